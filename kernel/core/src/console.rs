@@ -1,0 +1,156 @@
+//! The console: whole lines, no locks, no allocation.
+//!
+//! Every line is formatted into a fixed buffer on the stack and handed to the
+//! backend in one piece (one `console_io` hypercall under Xen). With no lock
+//! anywhere on the path, the same code serves as the emergency console of the
+//! fault and panic handlers. The backend is chosen once at boot: Xen's
+//! `console_io`, the PL011 named by `/chosen/stdout-path`, or, when the device
+//! tree is unusable, the build-time early UART.
+
+use core::fmt;
+
+/// Longest line the console emits; longer ones end in `...`.
+pub const LINE_MAX: usize = 320;
+
+/// A line being formatted.
+pub struct Line {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self { buf: [0; LINE_MAX], len: 0 }
+    }
+
+    /// Formats `args` and terminates the line with `\n` (truncating with
+    /// `...` if it does not fit).
+    pub fn format(args: fmt::Arguments<'_>) -> Self {
+        let mut line = Self::new();
+        // Writing to a Line never fails: overflow truncates instead.
+        let _ = fmt::write(&mut line, args);
+        line.finish();
+        line
+    }
+
+    /// The bytes to emit.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn finish(&mut self) {
+        if self.len >= LINE_MAX {
+            self.len = LINE_MAX - 4;
+            self.buf[self.len..self.len + 3].copy_from_slice(b"...");
+            self.len += 3;
+        }
+        self.buf[self.len] = b'\n';
+        self.len += 1;
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Keep one byte for the newline; remember overflow with len == LINE_MAX.
+        for &b in s.as_bytes() {
+            if self.len >= LINE_MAX - 1 {
+                self.len = LINE_MAX;
+                break;
+            }
+            self.buf[self.len] = if b == b'\n' { b' ' } else { b };
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use backend::{Backend, select, write_line};
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod backend {
+    use core::fmt;
+    use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    use super::Line;
+
+    /// Where console lines go.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Backend {
+        /// Nowhere (before selection).
+        None,
+        /// Xen's `console_io(CONSOLEIO_write)` hypercall.
+        Xen,
+        /// A PL011 (or SBSA) UART at this address.
+        Pl011(usize),
+    }
+
+    // Plain atomic loads and stores only (no read-modify-write), so this is
+    // safe to use before the MMU is on.
+    static KIND: AtomicU8 = AtomicU8::new(0);
+    static UART: AtomicUsize = AtomicUsize::new(0);
+
+    /// Selects the backend. Called at boot before anything else runs.
+    pub fn select(backend: Backend) {
+        let (kind, base) = match backend {
+            Backend::None => (0, 0),
+            Backend::Xen => (1, 0),
+            Backend::Pl011(base) => (2, base),
+        };
+        UART.store(base, Ordering::Relaxed);
+        KIND.store(kind, Ordering::Release);
+    }
+
+    /// Formats and emits one line.
+    pub fn write_line(args: fmt::Arguments<'_>) {
+        let line = Line::format(args);
+        match KIND.load(Ordering::Acquire) {
+            1 => crate::xen::console_write(line.as_bytes()),
+            2 => {
+                // SAFETY: the base was taken from the device tree's
+                // stdout-path node (or is the documented early UART) and is
+                // mapped as Device memory (identity before the MMU is on, by
+                // the MMU's MMIO window after); the PL011 is only ever driven
+                // through this stateless write path.
+                let mut uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
+                uart.write_bytes(line.as_bytes());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_line_gets_newline() {
+        let l = Line::format(format_args!("boot: el={}", 1));
+        assert_eq!(l.as_bytes(), b"boot: el=1\n");
+    }
+
+    #[test]
+    fn embedded_newlines_are_flattened() {
+        let l = Line::format(format_args!("a\nb"));
+        assert_eq!(l.as_bytes(), b"a b\n");
+    }
+
+    #[test]
+    fn long_line_is_truncated_visibly() {
+        let long = "x".repeat(LINE_MAX * 2);
+        let l = Line::format(format_args!("{long}"));
+        assert_eq!(l.as_bytes().len(), LINE_MAX);
+        assert!(l.as_bytes().ends_with(b"...\n"));
+        let exact = "y".repeat(LINE_MAX - 1);
+        let l = Line::format(format_args!("{exact}"));
+        assert!(l.as_bytes().ends_with(b"...\n"), "a line that fills the buffer is marked too");
+    }
+}

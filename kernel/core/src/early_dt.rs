@@ -1,0 +1,111 @@
+//! The first look at the device tree, before the MMU and heap exist: is the
+//! blob usable, are we under Xen, where is the console, how do we power off.
+//! Allocation-free; the full memory plan is computed later (tidepool-dt).
+
+use core::fmt;
+
+/// Largest device tree accepted (Linux's limit too).
+const MAX_DTB_SIZE: usize = 2 << 20;
+const FDT_MAGIC: u32 = 0xd00d_feed;
+
+/// Why the blob at x0 is not a usable device tree.
+#[derive(Clone, Copy, Debug)]
+pub enum DtbError {
+    /// x0 was 0: the loader passed no device tree.
+    Null,
+    /// Not 8-byte aligned, as the boot protocol requires.
+    Misaligned(usize),
+    /// No FDT magic at the address.
+    BadMagic(u32),
+    /// `totalsize` is implausible.
+    BadSize(usize),
+    /// The `fdt` crate rejected the blob.
+    Parse(fdt::FdtError),
+}
+
+impl fmt::Display for DtbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Null => f.write_str("x0 is 0 (the loader passed no device tree)"),
+            Self::Misaligned(a) => write!(f, "address {a:#x} is not 8-byte aligned"),
+            Self::BadMagic(m) => write!(f, "no FDT magic (found {m:#010x}, want {FDT_MAGIC:#010x})"),
+            Self::BadSize(s) => write!(f, "implausible totalsize {s:#x} (limit {MAX_DTB_SIZE:#x})"),
+            Self::Parse(e) => write!(f, "malformed: {e}"),
+        }
+    }
+}
+
+/// The device-tree blob at physical address `addr`, as a byte slice.
+///
+/// # Safety
+/// `addr` must be readable memory for at least the FDT header (8 bytes) and,
+/// if the header is valid, for `totalsize` bytes, and must stay unmodified
+/// for the kernel's lifetime (the loader hands it over).
+pub unsafe fn blob_at(addr: usize) -> Result<&'static [u8], DtbError> {
+    if addr == 0 {
+        return Err(DtbError::Null);
+    }
+    if addr % 8 != 0 {
+        return Err(DtbError::Misaligned(addr));
+    }
+    let header = addr as *const u32;
+    // SAFETY: the caller guarantees the first 8 bytes are readable; `addr` is aligned.
+    let (magic, size) = unsafe { (u32::from_be(header.read_volatile()), u32::from_be(header.add(1).read_volatile())) };
+    if magic != FDT_MAGIC {
+        return Err(DtbError::BadMagic(magic));
+    }
+    let size = size as usize;
+    if !(40..=MAX_DTB_SIZE).contains(&size) {
+        return Err(DtbError::BadSize(size));
+    }
+    // SAFETY: the caller guarantees `size` bytes at `addr` are readable and
+    // never modified while the kernel runs.
+    Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, size) })
+}
+
+/// How PSCI is reached, from `/psci`'s `method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciMethod {
+    /// `method = "hvc"`.
+    Hvc,
+    /// `method = "smc"`.
+    Smc,
+}
+
+/// What the kernel needs before it can do anything else.
+#[derive(Clone, Copy, Debug)]
+pub struct EarlyPlatform<'a> {
+    /// A `/hypervisor` node compatible with `xen,xen` exists.
+    pub xen: bool,
+    /// The PL011/SBSA UART named by `/chosen/stdout-path`, if any.
+    pub stdout_uart: Option<u64>,
+    /// PSCI's conduit, if a `/psci` node says.
+    pub psci: Option<PsciMethod>,
+    /// `/chosen/bootargs` (empty if absent).
+    pub bootargs: &'a str,
+}
+
+/// Reads the early facts from a parsed tree.
+pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
+    let xen = dt.find_compatible(&["xen,xen"]).is_some();
+    let chosen = dt.find_node("/chosen");
+    let bootargs = chosen.and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
+    let stdout_uart = chosen
+        .and_then(|c| c.property("stdout-path"))
+        .and_then(|p| p.as_str())
+        .and_then(|path| {
+            let path = path.split(':').next().unwrap_or(path);
+            if path.starts_with('/') { dt.find_node(path) } else { dt.aliases()?.resolve_node(path) }
+        })
+        .filter(|node| {
+            node.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011" || s == "arm,sbsa-uart"))
+        })
+        .and_then(|node| node.reg()?.next())
+        .map(|region| region.starting_address as u64);
+    let psci = dt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
+        "hvc" => Some(PsciMethod::Hvc),
+        "smc" => Some(PsciMethod::Smc),
+        _ => None,
+    });
+    EarlyPlatform { xen, stdout_uart, psci, bootargs }
+}

@@ -1,0 +1,99 @@
+//! From the entry code to a running kernel.
+
+use log::{error, info, warn};
+
+use crate::arch::aarch64::{cpu, linker, psci::Conduit};
+use crate::bootargs::{Bootargs, LogLevel};
+use crate::console::{self, Backend};
+use crate::early_dt::{self, PsciMethod};
+use crate::shutdown::{PowerControl, set_power_control, shutdown};
+use crate::xen::{self, ShutdownReason};
+
+/// The UART used when there is no usable device tree: QEMU `virt`'s PL011,
+/// unless the build sets `TIDEPOOL_EARLY_UART` (hex) for another board.
+const EARLY_UART: usize = match option_env!("TIDEPOOL_EARLY_UART") {
+    Some(hex) => parse_hex(hex),
+    None => 0x0900_0000,
+};
+
+const fn parse_hex(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut i = if bytes.len() > 2 && bytes[0] == b'0' && (bytes[1] == b'x' || bytes[1] == b'X') { 2 } else { 0 };
+    let mut value = 0usize;
+    while i < bytes.len() {
+        let digit = match bytes[i] {
+            b'0'..=b'9' => bytes[i] - b'0',
+            b'a'..=b'f' => bytes[i] - b'a' + 10,
+            b'A'..=b'F' => bytes[i] - b'A' + 10,
+            _ => panic!("TIDEPOOL_EARLY_UART must be a hex address"),
+        };
+        value = value * 16 + digit as usize;
+        i += 1;
+    }
+    value
+}
+
+/// Called by the entry code (boot/src/entry.S) with the MMU off, on the
+/// kernel stack, BSS cleared and relocations applied.
+#[unsafe(no_mangle)]
+extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -> ! {
+    // Until the device tree says otherwise, power off the way QEMU's virt
+    // board expects: its PSCI sits behind SMC when the guest owns EL2.
+    set_power_control(PowerControl::Psci(if entry_el == 2 { Conduit::Smc } else { Conduit::Hvc }));
+
+    // SAFETY: the boot protocol hands over the blob at x0 for the kernel's
+    // lifetime; a null, misaligned or magic-less pointer is rejected before
+    // anything beyond its 8-byte header is read.
+    let dt = match unsafe { early_dt::blob_at(dtb_addr) }.and_then(|b| fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse)) {
+        Ok(dt) => dt,
+        Err(err) => {
+            console::select(Backend::Pl011(EARLY_UART));
+            crate::logger::init(LogLevel::Info);
+            banner(entry_el, load_base, dtb_addr);
+            error!("boot: no usable device tree at {dtb_addr:#x}: {err}");
+            error!("boot: cannot continue without a device tree (console: build-time early UART {EARLY_UART:#x})");
+            shutdown(ShutdownReason::Crash);
+        }
+    };
+
+    let platform = early_dt::discover(&dt);
+    let console = match (platform.xen, platform.stdout_uart) {
+        (true, _) => Backend::Xen,
+        (false, Some(uart)) => Backend::Pl011(uart as usize),
+        (false, None) => Backend::Pl011(EARLY_UART),
+    };
+    console::select(console);
+    set_power_control(match (platform.xen, platform.psci) {
+        (true, _) => PowerControl::Xen,
+        (false, Some(PsciMethod::Smc)) => PowerControl::Psci(Conduit::Smc),
+        (false, Some(PsciMethod::Hvc)) => PowerControl::Psci(Conduit::Hvc),
+        (false, None) => PowerControl::Psci(if entry_el == 2 { Conduit::Smc } else { Conduit::Hvc }),
+    });
+    let args = Bootargs::parse(platform.bootargs);
+    crate::logger::init(args.log_level);
+    banner(entry_el, load_base, dtb_addr);
+    if platform.xen {
+        let v = xen::version();
+        info!("xen: version {}.{}{} console=console_io", v.major, v.minor, v.extra_str());
+    } else {
+        info!("boot: no hypervisor, console={console:?}");
+    }
+    for problem in args.errors() {
+        warn!("{problem}");
+    }
+    info!("boot: bootargs \"{}\"", platform.bootargs);
+
+    crate::selftest::run_requested(&args);
+
+    info!("boot: ready uptime_us={}", cpu::uptime_us());
+    shutdown(ShutdownReason::PowerOff)
+}
+
+fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {
+    let image = linker::image_layout().image;
+    info!(
+        "boot: tidepool {} el={entry_el} load={load_base:#x} image_size={:#x} dtb={dtb_addr:#x}",
+        env!("CARGO_PKG_VERSION"),
+        image.len()
+    );
+}

@@ -1,0 +1,218 @@
+//! Boot tests: tidepool booted in QEMU in every supported way, its console
+//! checked line by line. Each has a deadline so a hang fails fast, and a
+//! failure prints the console tail.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::qemu::{self, Captured, Machine, Mode};
+use crate::{Error, Result, Workspace};
+
+/// One boot and what its console must (and must not) show.
+pub struct BootTest {
+    /// Unique name (also the run directory).
+    pub name: String,
+    /// The machine to boot.
+    pub machine: Machine,
+    /// Substrings that must appear, each on a later line than the previous one.
+    pub expect: Vec<String>,
+    /// Substrings that must appear nowhere.
+    pub reject: Vec<String>,
+    /// Stop this long after a line containing this appears (crash shutdowns,
+    /// where Xen would wait 5 s before QEMU exits).
+    pub stop_after: Option<&'static str>,
+    /// Deadline for the whole run.
+    pub timeout: Duration,
+}
+
+const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
+
+impl BootTest {
+    fn new(name: &str, machine: Machine) -> Self {
+        Self {
+            name: name.into(),
+            machine,
+            expect: Vec::new(),
+            reject: Vec::new(),
+            stop_after: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn expect(mut self, lines: &[&str]) -> Self {
+        self.expect.extend(lines.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn reject(mut self, lines: &[&str]) -> Self {
+        self.reject.extend(lines.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// A boot that must reach `boot: ready` and power off cleanly.
+    fn clean(self) -> Self {
+        let is_xen_dom0 = matches!(self.machine.mode, Mode::XenDom0 { .. });
+        let mut t = self.expect(&["boot: ready", "shutdown: poweroff"]).reject(CLEAN_REJECT);
+        if is_xen_dom0 {
+            t.expect.push("Hardware Dom0 halted".into());
+        }
+        t
+    }
+
+    /// A boot that must end in a crash shutdown after the given lines.
+    fn crash(mut self, lines: &[&str]) -> Self {
+        self = self.expect(lines).expect(&["shutdown: crash"]).reject(&["boot: ready"]);
+        self.stop_after = Some("shutdown: crash");
+        self
+    }
+
+    /// Checks a finished run; `Err` says what is wrong.
+    fn check(&self, run: &Captured) -> std::result::Result<(), String> {
+        if run.timed_out {
+            return Err(format!("timed out after {:?}", self.timeout));
+        }
+        let mut from = 0;
+        for want in &self.expect {
+            match run.lines[from..].iter().position(|l| l.contains(want.as_str())) {
+                Some(i) => from += i + 1,
+                None => return Err(format!("missing (in order): {want:?}")),
+            }
+        }
+        for bad in &self.reject {
+            if let Some(line) = run.lines.iter().find(|l| l.contains(bad.as_str())) {
+                return Err(format!("unexpected {bad:?} in line {line:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn xen_dom0(dom0_mem: &str) -> Machine {
+    Machine::new(Mode::XenDom0 { dom0_mem: dom0_mem.into() })
+}
+
+fn with(mut machine: Machine, edit: impl FnOnce(&mut Machine)) -> Machine {
+    edit(&mut machine);
+    machine
+}
+
+/// Every boot test.
+pub fn all() -> Vec<BootTest> {
+    let banner_xen = ["boot: tidepool", "el=1", "xen: version 4.17"];
+    vec![
+        BootTest::new("xen-dom0-gicv3", xen_dom0("256M")).expect(&banner_xen).clean(),
+        BootTest::new("xen-dom0-gicv2", with(xen_dom0("256M"), |m| m.gic = 2)).expect(&banner_xen).clean(),
+        BootTest::new("xen-dom0-smp2", with(xen_dom0("256M"), |m| m.cpus = 2)).expect(&banner_xen).clean(),
+        BootTest::new("xen-dom0-mem128", xen_dom0("128M")).expect(&banner_xen).clean(),
+        BootTest::new("xen-dom0-mem512", xen_dom0("512M")).expect(&banner_xen).clean(),
+        BootTest::new("xen-domu", Machine::new(Mode::XenDomU { memory_kib: 8 * 1024 }))
+            .expect(&["boot: tidepool", "el=1", "xen: version 4.17"])
+            .clean(),
+        BootTest::new("bare-el1", Machine::new(Mode::Bare)).expect(&["boot: tidepool", "el=1", "boot: no hypervisor"]).clean(),
+        BootTest::new("bare-el2", with(Machine::new(Mode::Bare), |m| m.virtualization = true))
+            .expect(&["boot: tidepool", "el=2", "boot: no hypervisor"])
+            .clean(),
+        BootTest::new("bare-gicv2", with(Machine::new(Mode::Bare), |m| m.gic = 2)).expect(&["boot: no hypervisor"]).clean(),
+        BootTest::new("no-dtb", Machine::new(Mode::LoaderOnly))
+            .crash(&["boot: tidepool", "dtb=0x0", "boot: no usable device tree at 0x0: x0 is 0"]),
+        BootTest::new("bootargs-bad-word", with(xen_dom0("256M"), |m| m.bootargs = "log=loud frobnicate".into()))
+            .expect(&["warning: bootarg log=loud: bad value", "warning: bootarg frobnicate: unknown, ignored"])
+            .clean(),
+        BootTest::new("log-level-warn", with(Machine::new(Mode::Bare), |m| m.bootargs = "log=warn".into()))
+            .expect(&["shutdown: poweroff"])
+            .reject(&["boot: tidepool", "boot: ready"]),
+        BootTest::new("selftest-undef-xen", with(xen_dom0("256M"), |m| m.bootargs = "selftest=undef".into())).crash(&[
+            "selftest: undefined instruction",
+            "fault: synchronous exception in kernel: class=unknown-reason",
+        ]),
+        BootTest::new("selftest-brk-bare", with(Machine::new(Mode::Bare), |m| m.bootargs = "selftest=brk".into()))
+            .crash(&["selftest: brk", "fault: synchronous exception in kernel: class=brk"]),
+        BootTest::new("selftest-panic-xen", with(xen_dom0("256M"), |m| m.bootargs = "selftest=panic".into()))
+            .crash(&["panic: selftest: deliberate panic at kernel/core/src/selftest.rs:"])
+            .expect(&["Hardware Dom0 crashed"]),
+    ]
+}
+
+/// Cross-checks between runs: dom0's load address must follow dom0_mem.
+fn cross_checks(results: &[(String, Captured)]) -> Vec<(String, std::result::Result<(), String>)> {
+    let load_of = |name: &str| {
+        results.iter().find(|(n, _)| n == name).and_then(|(_, run)| {
+            run.lines.iter().find_map(|l| l.split("load=").nth(1).map(|s| s.split_whitespace().next().unwrap_or("").to_string()))
+        })
+    };
+    let mut checks = Vec::new();
+    if let (Some(a), Some(b)) = (load_of("xen-dom0-mem128"), load_of("xen-dom0-mem512")) {
+        let verdict = if a != b { Ok(()) } else { Err(format!("both dom0 boots loaded at {a}: the placement did not change")) };
+        checks.push(("dom0-load-address-moves".to_string(), verdict));
+    }
+    checks
+}
+
+/// Runs the boot tests (those matching `filter`) two at a time.
+pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()> {
+    let tests: Vec<BootTest> = all().into_iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))).collect();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(String, Captured)>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let passed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while let Some(test) = tests.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let verdict = run_one(ws, image, test);
+                    match verdict {
+                        Ok(run) => {
+                            match test.check(&run) {
+                                Ok(()) => {
+                                    println!("boot test {} ... ok ({:.1}s)", test.name, run.elapsed.as_secs_f64());
+                                    passed.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(why) => {
+                                    println!(
+                                        "boot test {} ... FAILED: {why}\n--- console tail ---\n{}\n--- qemu stderr ---\n{}\n---",
+                                        test.name,
+                                        run.tail(40),
+                                        run.stderr.trim()
+                                    );
+                                    failures.lock().expect("not poisoned").push(test.name.clone());
+                                }
+                            }
+                            results.lock().expect("not poisoned").push((test.name.clone(), run));
+                        }
+                        Err(err) => {
+                            println!("boot test {} ... FAILED: {err}", test.name);
+                            failures.lock().expect("not poisoned").push(test.name.clone());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().expect("not poisoned");
+    let mut failures = failures.into_inner().expect("not poisoned");
+    let mut passed = passed.into_inner();
+    for (name, verdict) in cross_checks(&results) {
+        match verdict {
+            Ok(()) => {
+                println!("boot check {name} ... ok");
+                passed += 1;
+            }
+            Err(why) => {
+                println!("boot check {name} ... FAILED: {why}");
+                failures.push(name);
+            }
+        }
+    }
+    println!("boot tests: {passed} passed, {} failed", failures.len());
+    if failures.is_empty() { Ok(()) } else { Err(Error::msg(format!("failed boot tests: {}", failures.join(", ")))) }
+}
+
+fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
+    let run_dir = ws.build.join("boot-tests").join(&test.name);
+    let args = test.machine.prepare(ws, image, &run_dir)?;
+    let run = qemu::run_captured(&args, test.timeout, test.stop_after)?;
+    std::fs::write(run_dir.join("console.log"), run.lines.join("\n")).map_err(|e| Error::io(run_dir.join("console.log"), e))?;
+    Ok(run)
+}

@@ -1,0 +1,66 @@
+//! Turning the linked kernel ELF into a Linux arm64 Image, with the checks
+//! that make a broken image fail the build instead of the boot.
+
+use object::elf::{PT_LOAD, R_AARCH64_RELATIVE};
+use object::read::elf::{ElfFile64, ProgramHeader, Rela};
+use object::{Endianness, Object, ObjectSection};
+
+use crate::{Error, Result};
+
+/// The Image format's magic at offset 56.
+const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
+/// The size target for the image file (README, DEVELOPERS guide).
+pub const IMAGE_SIZE_LIMIT: usize = 512 * 1024;
+
+/// What the conversion found.
+pub struct Image {
+    /// The flat image file.
+    pub bytes: Vec<u8>,
+    /// Memory the loader must reserve (header `image_size`).
+    pub memory_size: u64,
+    /// Relative relocations the entry code applies.
+    pub relocations: usize,
+}
+
+/// Flattens the loadable segments of `elf` (linked at 0) into an Image and
+/// checks the header and relocations.
+pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
+    let file = ElfFile64::<Endianness>::parse(elf).map_err(|e| Error::msg(format!("kernel ELF: {e}")))?;
+    let endian = file.endian();
+    let mut bytes = Vec::new();
+    for ph in file.elf_program_headers() {
+        if ph.p_type(endian) != PT_LOAD {
+            continue;
+        }
+        let vaddr = ph.p_vaddr(endian) as usize;
+        let data = ph.data(endian, elf).map_err(|_| Error::msg("kernel ELF: segment data out of bounds"))?;
+        if bytes.len() < vaddr + data.len() {
+            bytes.resize(vaddr + data.len(), 0);
+        }
+        bytes[vaddr..vaddr + data.len()].copy_from_slice(data);
+    }
+    if bytes.len() < 64 || &bytes[56..60] != IMAGE_MAGIC {
+        return Err(Error::msg("kernel ELF does not start with an arm64 Image header (magic missing)"));
+    }
+    let memory_size = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if memory_size < bytes.len() as u64 {
+        return Err(Error::msg(format!("Image header image_size {memory_size:#x} is smaller than the file {:#x}", bytes.len())));
+    }
+
+    let mut relocations = 0;
+    if let Some(section) = file.section_by_name(".rela.dyn") {
+        let data = section.data().map_err(|e| Error::msg(format!(".rela.dyn: {e}")))?;
+        let relas: &[object::elf::Rela64<Endianness>] = object::slice_from_all_bytes(data).map_err(|_| Error::msg(".rela.dyn is not a whole number of entries"))?;
+        for rela in relas {
+            let kind = rela.r_type(endian, false);
+            if kind != R_AARCH64_RELATIVE {
+                return Err(Error::msg(format!(
+                    "relocation of type {kind} at {:#x}: the entry code applies only R_AARCH64_RELATIVE",
+                    rela.r_offset(endian)
+                )));
+            }
+            relocations += 1;
+        }
+    }
+    Ok(Image { bytes, memory_size, relocations })
+}
