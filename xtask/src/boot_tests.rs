@@ -53,17 +53,26 @@ impl BootTest {
 
     /// A boot that must reach `boot: ready` and power off cleanly.
     fn clean(self) -> Self {
-        let is_xen_dom0 = matches!(self.machine.mode, Mode::XenDom0 { .. });
-        let mut t = self.expect(&["boot: ready", "shutdown: poweroff"]).reject(CLEAN_REJECT);
-        if is_xen_dom0 {
-            t.expect.push("Hardware Dom0 halted".into());
+        let mode = self.machine.mode.clone();
+        let mut t = self
+            .expect(&["boot: ready", "shutdown: poweroff"])
+            .reject(CLEAN_REJECT);
+        match mode {
+            Mode::XenDom0 { .. } => t.expect.push("Hardware Dom0 halted".into()),
+            // With no hardware domain, Xen keeps running after the domU
+            // powers off: the test ends at the guest's last line.
+            Mode::XenDomU { .. } => t.stop_after = Some("shutdown: poweroff"),
+            Mode::Bare | Mode::LoaderOnly => {}
         }
         t
     }
 
     /// A boot that must end in a crash shutdown after the given lines.
     fn crash(mut self, lines: &[&str]) -> Self {
-        self = self.expect(lines).expect(&["shutdown: crash"]).reject(&["boot: ready"]);
+        self = self
+            .expect(lines)
+            .expect(&["shutdown: crash"])
+            .reject(&["boot: ready"]);
         self.stop_after = Some("shutdown: crash");
         self
     }
@@ -73,10 +82,23 @@ impl BootTest {
         if run.timed_out {
             return Err(format!("timed out after {:?}", self.timeout));
         }
-        let mut from = 0;
+        // Expectations match in order, by position: several may match one
+        // line ("boot: tidepool" then "el=1" in the banner).
+        let (mut line, mut column) = (0, 0);
         for want in &self.expect {
-            match run.lines[from..].iter().position(|l| l.contains(want.as_str())) {
-                Some(i) => from += i + 1,
+            let found = run
+                .lines
+                .iter()
+                .enumerate()
+                .skip(line)
+                .find_map(|(i, text)| {
+                    let start = if i == line { column } else { 0 };
+                    text.get(start..)?
+                        .find(want.as_str())
+                        .map(|at| (i, start + at + want.len()))
+                });
+            match found {
+                Some(next) => (line, column) = next,
                 None => return Err(format!("missing (in order): {want:?}")),
             }
         }
@@ -90,7 +112,9 @@ impl BootTest {
 }
 
 fn xen_dom0(dom0_mem: &str) -> Machine {
-    Machine::new(Mode::XenDom0 { dom0_mem: dom0_mem.into() })
+    Machine::new(Mode::XenDom0 {
+        dom0_mem: dom0_mem.into(),
+    })
 }
 
 fn with(mut machine: Machine, edit: impl FnOnce(&mut Machine)) -> Machine {
@@ -102,49 +126,113 @@ fn with(mut machine: Machine, edit: impl FnOnce(&mut Machine)) -> Machine {
 pub fn all() -> Vec<BootTest> {
     let banner_xen = ["boot: tidepool", "el=1", "xen: version 4.17"];
     vec![
-        BootTest::new("xen-dom0-gicv3", xen_dom0("256M")).expect(&banner_xen).clean(),
-        BootTest::new("xen-dom0-gicv2", with(xen_dom0("256M"), |m| m.gic = 2)).expect(&banner_xen).clean(),
-        BootTest::new("xen-dom0-smp2", with(xen_dom0("256M"), |m| m.cpus = 2)).expect(&banner_xen).clean(),
-        BootTest::new("xen-dom0-mem128", xen_dom0("128M")).expect(&banner_xen).clean(),
-        BootTest::new("xen-dom0-mem512", xen_dom0("512M")).expect(&banner_xen).clean(),
-        BootTest::new("xen-domu", Machine::new(Mode::XenDomU { memory_kib: 8 * 1024 }))
-            .expect(&["boot: tidepool", "el=1", "xen: version 4.17"])
+        BootTest::new("xen-dom0-gicv3", xen_dom0("256M"))
+            .expect(&banner_xen)
             .clean(),
-        BootTest::new("bare-el1", Machine::new(Mode::Bare)).expect(&["boot: tidepool", "el=1", "boot: no hypervisor"]).clean(),
-        BootTest::new("bare-el2", with(Machine::new(Mode::Bare), |m| m.virtualization = true))
-            .expect(&["boot: tidepool", "el=2", "boot: no hypervisor"])
+        BootTest::new("xen-dom0-gicv2", with(xen_dom0("256M"), |m| m.gic = 2))
+            .expect(&banner_xen)
             .clean(),
-        BootTest::new("bare-gicv2", with(Machine::new(Mode::Bare), |m| m.gic = 2)).expect(&["boot: no hypervisor"]).clean(),
-        BootTest::new("no-dtb", Machine::new(Mode::LoaderOnly))
-            .crash(&["boot: tidepool", "dtb=0x0", "boot: no usable device tree at 0x0: x0 is 0"]),
-        BootTest::new("bootargs-bad-word", with(xen_dom0("256M"), |m| m.bootargs = "log=loud frobnicate".into()))
-            .expect(&["warning: bootarg log=loud: bad value", "warning: bootarg frobnicate: unknown, ignored"])
+        BootTest::new("xen-dom0-smp2", with(xen_dom0("256M"), |m| m.cpus = 2))
+            .expect(&banner_xen)
             .clean(),
-        BootTest::new("log-level-warn", with(Machine::new(Mode::Bare), |m| m.bootargs = "log=warn".into()))
-            .expect(&["shutdown: poweroff"])
-            .reject(&["boot: tidepool", "boot: ready"]),
-        BootTest::new("selftest-undef-xen", with(xen_dom0("256M"), |m| m.bootargs = "selftest=undef".into())).crash(&[
+        BootTest::new("xen-dom0-mem128", xen_dom0("128M"))
+            .expect(&banner_xen)
+            .clean(),
+        BootTest::new("xen-dom0-mem512", xen_dom0("512M"))
+            .expect(&banner_xen)
+            .clean(),
+        BootTest::new(
+            "xen-domu",
+            Machine::new(Mode::XenDomU {
+                memory_kib: 8 * 1024,
+            }),
+        )
+        .expect(&["boot: tidepool", "el=1", "xen: version 4.17"])
+        .clean(),
+        BootTest::new("bare-el1", Machine::new(Mode::Bare))
+            .expect(&["boot: tidepool", "el=1", "boot: no hypervisor"])
+            .clean(),
+        BootTest::new(
+            "bare-el2",
+            with(Machine::new(Mode::Bare), |m| m.virtualization = true),
+        )
+        .expect(&["boot: tidepool", "el=2", "boot: no hypervisor"])
+        .clean(),
+        BootTest::new("bare-gicv2", with(Machine::new(Mode::Bare), |m| m.gic = 2))
+            .expect(&["boot: no hypervisor"])
+            .clean(),
+        BootTest::new("no-dtb", Machine::new(Mode::LoaderOnly)).crash(&[
+            "boot: tidepool",
+            "dtb=0x0",
+            "boot: no usable device tree at 0x0: x0 is 0",
+        ]),
+        BootTest::new(
+            "bootargs-bad-word",
+            with(xen_dom0("256M"), |m| {
+                m.bootargs = "log=loud frobnicate".into()
+            }),
+        )
+        .expect(&[
+            "warning: bootarg log=loud: bad value",
+            "warning: bootarg frobnicate: unknown, ignored",
+        ])
+        .clean(),
+        BootTest::new(
+            "log-level-warn",
+            with(Machine::new(Mode::Bare), |m| m.bootargs = "log=warn".into()),
+        )
+        .expect(&["shutdown: poweroff"])
+        .reject(&["boot: tidepool", "boot: ready"]),
+        BootTest::new(
+            "selftest-undef-xen",
+            with(xen_dom0("256M"), |m| m.bootargs = "selftest=undef".into()),
+        )
+        .crash(&[
             "selftest: undefined instruction",
             "fault: synchronous exception in kernel: class=unknown-reason",
         ]),
-        BootTest::new("selftest-brk-bare", with(Machine::new(Mode::Bare), |m| m.bootargs = "selftest=brk".into()))
-            .crash(&["selftest: brk", "fault: synchronous exception in kernel: class=brk"]),
-        BootTest::new("selftest-panic-xen", with(xen_dom0("256M"), |m| m.bootargs = "selftest=panic".into()))
-            .crash(&["panic: selftest: deliberate panic at kernel/core/src/selftest.rs:"])
-            .expect(&["Hardware Dom0 crashed"]),
+        BootTest::new(
+            "selftest-brk-bare",
+            with(Machine::new(Mode::Bare), |m| {
+                m.bootargs = "selftest=brk".into()
+            }),
+        )
+        .crash(&[
+            "selftest: brk",
+            "fault: synchronous exception in kernel: class=brk",
+        ]),
+        BootTest::new(
+            "selftest-panic-xen",
+            with(xen_dom0("256M"), |m| m.bootargs = "selftest=panic".into()),
+        )
+        .crash(&["panic: selftest: deliberate panic at kernel/core/src/selftest.rs:"])
+        .expect(&["Hardware Dom0 crashed"]),
     ]
 }
 
 /// Cross-checks between runs: dom0's load address must follow dom0_mem.
 fn cross_checks(results: &[(String, Captured)]) -> Vec<(String, std::result::Result<(), String>)> {
     let load_of = |name: &str| {
-        results.iter().find(|(n, _)| n == name).and_then(|(_, run)| {
-            run.lines.iter().find_map(|l| l.split("load=").nth(1).map(|s| s.split_whitespace().next().unwrap_or("").to_string()))
-        })
+        results
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, run)| {
+                run.lines.iter().find_map(|l| {
+                    l.split("load=")
+                        .nth(1)
+                        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+                })
+            })
     };
     let mut checks = Vec::new();
     if let (Some(a), Some(b)) = (load_of("xen-dom0-mem128"), load_of("xen-dom0-mem512")) {
-        let verdict = if a != b { Ok(()) } else { Err(format!("both dom0 boots loaded at {a}: the placement did not change")) };
+        let verdict = if a != b {
+            Ok(())
+        } else {
+            Err(format!(
+                "both dom0 boots loaded at {a}: the placement did not change"
+            ))
+        };
         checks.push(("dom0-load-address-moves".to_string(), verdict));
     }
     checks
@@ -152,7 +240,10 @@ fn cross_checks(results: &[(String, Captured)]) -> Vec<(String, std::result::Res
 
 /// Runs the boot tests (those matching `filter`) two at a time.
 pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()> {
-    let tests: Vec<BootTest> = all().into_iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))).collect();
+    let tests: Vec<BootTest> = all()
+        .into_iter()
+        .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+        .collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(String, Captured)>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -206,13 +297,21 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
         }
     }
     println!("boot tests: {passed} passed, {} failed", failures.len());
-    if failures.is_empty() { Ok(()) } else { Err(Error::msg(format!("failed boot tests: {}", failures.join(", ")))) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "failed boot tests: {}",
+            failures.join(", ")
+        )))
+    }
 }
 
 fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
     let run_dir = ws.build.join("boot-tests").join(&test.name);
     let args = test.machine.prepare(ws, image, &run_dir)?;
     let run = qemu::run_captured(&args, test.timeout, test.stop_after)?;
-    std::fs::write(run_dir.join("console.log"), run.lines.join("\n")).map_err(|e| Error::io(run_dir.join("console.log"), e))?;
+    std::fs::write(run_dir.join("console.log"), run.lines.join("\n"))
+        .map_err(|e| Error::io(run_dir.join("console.log"), e))?;
     Ok(run)
 }

@@ -15,7 +15,11 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
     if which(program) {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     if !is_root {
         return Err(Error::msg(format!(
             "`{program}` is missing; install it with: sudo apt-get update && sudo apt-get install -y {package}"
@@ -23,12 +27,28 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
     }
     eprintln!("xtask: installing {package} (for `{program}`) with apt-get");
     run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", package]))?;
-    if which(program) { Ok(()) } else { Err(Error::msg(format!("installed {package} but `{program}` is still missing"))) }
+    run_checked(Command::new("apt-get").args([
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        package,
+    ]))?;
+    if which(program) {
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "installed {package} but `{program}` is still missing"
+        )))
+    }
 }
 
 fn which(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A private arm64 apt state under `dir`.
@@ -42,7 +62,9 @@ impl Arm64Apt {
         for sub in ["lists/partial", "cache/archives/partial", "debs"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn apt(&self, args: &[&str]) -> Command {
@@ -83,15 +105,25 @@ impl Arm64Apt {
         let deb = std::fs::read_dir(&debs)
             .map_err(|e| Error::io(debs.clone(), e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}_"))))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}_")))
+            })
             .max()
-            .ok_or_else(|| Error::msg(format!("apt-get download {name} left no .deb in {}", debs.display())))?;
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "apt-get download {name} left no .deb in {}",
+                    debs.display()
+                ))
+            })?;
         std::fs::create_dir_all(dest).map_err(|e| Error::io(dest.to_path_buf(), e))?;
         run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
-        std::fs::write(dest.join(".unpacked"), deb.display().to_string()).map_err(|e| Error::io(dest.to_path_buf(), e))
+        std::fs::write(dest.join(".unpacked"), deb.display().to_string())
+            .map_err(|e| Error::io(dest.to_path_buf(), e))
     }
 
-    /// The newest package named `prefix...suffix` (for packages with the
+    /// The newest package named `prefix<number>suffix` (for packages with the
     /// version in their name, e.g. Linux images), by numeric version order.
     pub fn newest_named(&self, prefix: &str, suffix: &str) -> Result<String> {
         self.update_once()?;
@@ -103,17 +135,32 @@ impl Arm64Apt {
             &format!("-oDir::Cache={}", self.dir.join("cache").display()),
             "pkgnames",
         ]);
-        let listing = cmd.output().map_err(|e| Error::msg(format!("apt-cache: {e}")))?;
+        let listing = cmd
+            .output()
+            .map_err(|e| Error::msg(format!("apt-cache: {e}")))?;
         let text = String::from_utf8_lossy(&listing.stdout);
-        let mut names: Vec<&str> = text.lines().filter(|n| n.starts_with(prefix) && n.ends_with(suffix)).collect();
+        // Only `prefix` + an ABI number + `suffix`: `linux-image-6.1.0-56-arm64-unsigned`,
+        // not the `-cloud-` or `-rt-` flavours, which ship fewer board DTBs.
+        let matches = |name: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(|abi| !abi.is_empty() && abi.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let mut names: Vec<&str> = text.lines().filter(|n| matches(n)).collect();
         names.sort_by_key(|n| version_key(n));
-        names.last().map(|s| s.to_string()).ok_or_else(|| Error::msg(format!("no arm64 package named {prefix}*{suffix}")))
+        names
+            .last()
+            .map(|s| s.to_string())
+            .ok_or_else(|| Error::msg(format!("no arm64 package named {prefix}*{suffix}")))
     }
 }
 
 /// Orders names like `linux-image-6.1.0-56-arm64-unsigned` by their numbers.
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -122,7 +169,11 @@ mod tests {
 
     #[test]
     fn numeric_version_order() {
-        let mut v = ["linux-image-6.1.0-9-arm64-unsigned", "linux-image-6.1.0-56-arm64-unsigned", "linux-image-6.1.0-10-arm64-unsigned"];
+        let mut v = [
+            "linux-image-6.1.0-9-arm64-unsigned",
+            "linux-image-6.1.0-56-arm64-unsigned",
+            "linux-image-6.1.0-10-arm64-unsigned",
+        ];
         v.sort_by_key(|n| version_key(n));
         assert_eq!(v[2], "linux-image-6.1.0-56-arm64-unsigned");
     }

@@ -25,7 +25,8 @@ pub struct Image {
 /// Flattens the loadable segments of `elf` (linked at 0) into an Image and
 /// checks the header and relocations.
 pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
-    let file = ElfFile64::<Endianness>::parse(elf).map_err(|e| Error::msg(format!("kernel ELF: {e}")))?;
+    let file =
+        ElfFile64::<Endianness>::parse(elf).map_err(|e| Error::msg(format!("kernel ELF: {e}")))?;
     let endian = file.endian();
     let mut bytes = Vec::new();
     for ph in file.elf_program_headers() {
@@ -33,24 +34,34 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
             continue;
         }
         let vaddr = ph.p_vaddr(endian) as usize;
-        let data = ph.data(endian, elf).map_err(|_| Error::msg("kernel ELF: segment data out of bounds"))?;
+        let data = ph
+            .data(endian, elf)
+            .map_err(|_| Error::msg("kernel ELF: segment data out of bounds"))?;
         if bytes.len() < vaddr + data.len() {
             bytes.resize(vaddr + data.len(), 0);
         }
         bytes[vaddr..vaddr + data.len()].copy_from_slice(data);
     }
     if bytes.len() < 64 || &bytes[56..60] != IMAGE_MAGIC {
-        return Err(Error::msg("kernel ELF does not start with an arm64 Image header (magic missing)"));
+        return Err(Error::msg(
+            "kernel ELF does not start with an arm64 Image header (magic missing)",
+        ));
     }
     let memory_size = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if memory_size < bytes.len() as u64 {
-        return Err(Error::msg(format!("Image header image_size {memory_size:#x} is smaller than the file {:#x}", bytes.len())));
+        return Err(Error::msg(format!(
+            "Image header image_size {memory_size:#x} is smaller than the file {:#x}",
+            bytes.len()
+        )));
     }
 
     let mut relocations = 0;
     if let Some(section) = file.section_by_name(".rela.dyn") {
-        let data = section.data().map_err(|e| Error::msg(format!(".rela.dyn: {e}")))?;
-        let relas: &[object::elf::Rela64<Endianness>] = object::slice_from_all_bytes(data).map_err(|_| Error::msg(".rela.dyn is not a whole number of entries"))?;
+        let data = section
+            .data()
+            .map_err(|e| Error::msg(format!(".rela.dyn: {e}")))?;
+        let relas: &[object::elf::Rela64<Endianness>] = object::slice_from_all_bytes(data)
+            .map_err(|_| Error::msg(".rela.dyn is not a whole number of entries"))?;
         for rela in relas {
             let kind = rela.r_type(endian, false);
             if kind != R_AARCH64_RELATIVE {
@@ -62,5 +73,9 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
             relocations += 1;
         }
     }
-    Ok(Image { bytes, memory_size, relocations })
+    Ok(Image {
+        bytes,
+        memory_size,
+        relocations,
+    })
 }

@@ -45,8 +45,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Runs `cmd`, failing with its command line if it does not succeed.
 pub fn run_checked(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().map_err(|e| Error::msg(format!("{cmd:?}: {e}")))?;
-    if status.success() { Ok(()) } else { Err(Error::msg(format!("{cmd:?} failed: {status}"))) }
+    let status = cmd
+        .status()
+        .map_err(|e| Error::msg(format!("{cmd:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("{cmd:?} failed: {status}")))
+    }
 }
 
 /// The repository and its build directory.
@@ -59,7 +65,10 @@ pub struct Workspace {
 
 impl Workspace {
     fn locate() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the workspace")
+            .to_path_buf();
         let build = root.join("build");
         Self { root, build }
     }
@@ -165,11 +174,15 @@ fn main() -> ExitCode {
 
 /// Builds the kernel and writes build/tidepool.img.
 pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
-    run_checked(
-        Command::new(env!("CARGO"))
-            .current_dir(&ws.root)
-            .args(["build", "--quiet", "--release", "-p", "tidepool-boot", "--target", "aarch64-unknown-none"]),
-    )?;
+    run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "tidepool-boot",
+        "--target",
+        "aarch64-unknown-none",
+    ]))?;
     let elf_path = ws.root.join("target/aarch64-unknown-none/release/tidepool");
     let elf = std::fs::read(&elf_path).map_err(|e| Error::io(elf_path.clone(), e))?;
     let image = image::elf_to_image(&elf)?;
@@ -200,9 +213,13 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     let mode = if args.no_xen {
         Mode::Bare
     } else if args.domu {
-        Mode::XenDomU { memory_kib: args.domu_mem * 1024 }
+        Mode::XenDomU {
+            memory_kib: args.domu_mem * 1024,
+        }
     } else {
-        Mode::XenDom0 { dom0_mem: args.dom0_mem }
+        Mode::XenDom0 {
+            dom0_mem: args.dom0_mem,
+        }
     };
     let mut machine = Machine::new(mode);
     machine.gic = args.gic;
@@ -212,7 +229,14 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     machine.xen_args = args.xen_args;
     machine.scenario = args.scenario;
     machine.modern_virtio = args.modern_virtio;
-    machine.disks = args.disk.into_iter().map(|file| Disk { file, read_only: false }).collect();
+    machine.disks = args
+        .disk
+        .into_iter()
+        .map(|file| Disk {
+            file,
+            read_only: false,
+        })
+        .collect();
     let qemu_args = machine.prepare(ws, &image, &ws.build.join("run"))?;
     qemu::run_interactive(&qemu_args)
 }
@@ -231,7 +255,15 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
             Command::new(env!("CARGO"))
                 .current_dir(&ws.root)
                 .env("TIDEPOOL_BOARD_DTBS", &dtbs)
-                .args(["test", "-p", "tidepool-dt", "--test", "boards", "--", "--ignored"]),
+                .args([
+                    "test",
+                    "-p",
+                    "tidepool-dt",
+                    "--test",
+                    "boards",
+                    "--",
+                    "--ignored",
+                ]),
         )?;
     }
     let image = build_kernel(ws)?;
@@ -240,7 +272,8 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
 
 fn dt(file: &Path, json: bool) -> Result<()> {
     let bytes = std::fs::read(file).map_err(|e| Error::io(file.to_path_buf(), e))?;
-    let plan = tidepool_dt::Plan::from_dtb(&bytes).map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
+    let plan = tidepool_dt::Plan::from_dtb(&bytes)
+        .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
     if json {
         println!("{}", plan.to_json());
     } else {

@@ -104,10 +104,19 @@ impl Machine {
         if let Some(path) = dumpdtb {
             machine.push_str(&format!(",dumpdtb={}", path.display()));
         }
-        let mut args: Vec<String> = ["-machine", &machine, "-cpu", "cortex-a57", "-m", &self.memory, "-smp", &self.cpus.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> = [
+            "-machine",
+            &machine,
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            &self.memory,
+            "-smp",
+            &self.cpus.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(["-display", "none", "-no-reboot"].map(String::from));
         if self.modern_virtio {
             args.extend(["-global", "virtio-mmio.force-legacy=false"].map(String::from));
@@ -115,7 +124,10 @@ impl Machine {
         for (i, disk) in self.disks.iter().enumerate() {
             let ro = if disk.read_only { ",readonly=on" } else { "" };
             args.push("-drive".into());
-            args.push(format!("if=none,id=disk{i},format=raw,file={}{ro}", disk.file));
+            args.push(format!(
+                "if=none,id=disk{i},format=raw,file={}{ro}",
+                disk.file
+            ));
             args.push("-device".into());
             args.push(format!("virtio-blk-device,drive=disk{i}"));
         }
@@ -129,22 +141,44 @@ impl Machine {
         match &self.mode {
             Mode::LoaderOnly => {
                 args.push("-device".into());
-                args.push(format!("loader,file={},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on", image.display()));
+                args.push(format!(
+                    "loader,file={},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on",
+                    image.display()
+                ));
                 return Ok(args);
             }
             Mode::Bare => {
-                let dtb = self.host_dtb(ws, run_dir, |tree| devicetree::set_bootargs(tree, &self.bootargs))?;
-                args.extend(["-kernel".into(), image.display().to_string(), "-dtb".into(), dtb.display().to_string()]);
+                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                    devicetree::set_bootargs(tree, &self.bootargs)
+                })?;
+                args.extend([
+                    "-kernel".into(),
+                    image.display().to_string(),
+                    "-dtb".into(),
+                    dtb.display().to_string(),
+                ]);
+                // With -kernel, QEMU rewrites /chosen/bootargs from -append.
+                args.extend(["-append".into(), self.bootargs.clone()]);
             }
             Mode::XenDom0 { dom0_mem } => {
                 let module = self.kernel_module(image)?;
-                let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}", self.xen_args);
-                let dtb = self.host_dtb(ws, run_dir, |tree| devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module))?;
+                let xen_bootargs = format!(
+                    "console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}",
+                    self.xen_args
+                );
+                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                    devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module)
+                })?;
                 self.push_xen(ws, &mut args, &dtb, image)?;
             }
             Mode::XenDomU { memory_kib } => {
                 let module = self.kernel_module(image)?;
-                let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 {}", self.xen_args);
+                // A domU's console_io output reaches Xen's console only at
+                // guest_loglvl=all (platform.md).
+                let xen_bootargs = format!(
+                    "console=dtuart dtuart=/pl011@9000000 guest_loglvl=all {}",
+                    self.xen_args
+                );
                 let dtb = self.host_dtb(ws, run_dir, |tree| {
                     devicetree::set_xen_bootargs(tree, xen_bootargs.trim())?;
                     devicetree::add_xen_dom0less_domu(tree, "domU1", *memory_kib, 1, true, &module)
@@ -156,18 +190,40 @@ impl Machine {
     }
 
     fn kernel_module(&self, image: &Path) -> Result<Module> {
-        let size = std::fs::metadata(image).map_err(|e| Error::io(image.to_path_buf(), e))?.len();
+        let size = std::fs::metadata(image)
+            .map_err(|e| Error::io(image.to_path_buf(), e))?
+            .len();
         if XEN_MODULE_ADDR + size > QEMU_DTB_ADDR {
-            return Err(Error::msg(format!("kernel image ({size} bytes) would overlap QEMU's DTB at {QEMU_DTB_ADDR:#x}")));
+            return Err(Error::msg(format!(
+                "kernel image ({size} bytes) would overlap QEMU's DTB at {QEMU_DTB_ADDR:#x}"
+            )));
         }
-        Ok(Module { addr: XEN_MODULE_ADDR, size, bootargs: self.bootargs.clone() })
+        Ok(Module {
+            addr: XEN_MODULE_ADDR,
+            size,
+            bootargs: self.bootargs.clone(),
+        })
     }
 
-    fn push_xen(&self, ws: &Workspace, args: &mut Vec<String>, dtb: &Path, image: &Path) -> Result<()> {
+    fn push_xen(
+        &self,
+        ws: &Workspace,
+        args: &mut Vec<String>,
+        dtb: &Path,
+        image: &Path,
+    ) -> Result<()> {
         let xen = crate::tools::xen_image(ws)?;
-        args.extend(["-kernel".into(), xen.display().to_string(), "-dtb".into(), dtb.display().to_string()]);
+        args.extend([
+            "-kernel".into(),
+            xen.display().to_string(),
+            "-dtb".into(),
+            dtb.display().to_string(),
+        ]);
         args.push("-device".into());
-        args.push(format!("loader,file={},addr={XEN_MODULE_ADDR:#x},force-raw=on", image.display()));
+        args.push(format!(
+            "loader,file={},addr={XEN_MODULE_ADDR:#x},force-raw=on",
+            image.display()
+        ));
         Ok(())
     }
 
@@ -186,18 +242,27 @@ impl Machine {
             .output()
             .map_err(|e| Error::msg(format!("qemu-system-aarch64 (dumpdtb): {e}")))?;
         if !status.status.success() {
-            return Err(Error::msg(format!("QEMU dumpdtb failed: {}", String::from_utf8_lossy(&status.stderr))));
+            return Err(Error::msg(format!(
+                "QEMU dumpdtb failed: {}",
+                String::from_utf8_lossy(&status.stderr)
+            )));
         }
         let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
         let mut tree = Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?;
         if let Some(name) = &self.scenario {
             let path = ws.root.join("qemu/scenarios").join(format!("{name}.toml"));
-            let scenario = Scenario::load(&path).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-            scenario.apply(&mut tree).map_err(|e| Error::msg(format!("scenario {name}: {e}")))?;
+            let scenario = Scenario::load(&path)
+                .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+            scenario
+                .apply(&mut tree)
+                .map_err(|e| Error::msg(format!("scenario {name}: {e}")))?;
+            eprintln!("xtask: scenario {name}: {}", scenario.description());
         }
         edit(&mut tree).map_err(|e| Error::msg(format!("device tree: {e}")))?;
         let host_dtb = run_dir.join("host.dtb");
-        let out = tree.to_dtb().map_err(|e| Error::msg(format!("writing DT: {e}")))?;
+        let out = tree
+            .to_dtb()
+            .map_err(|e| Error::msg(format!("writing DT: {e}")))?;
         std::fs::write(&host_dtb, out).map_err(|e| Error::io(host_dtb.clone(), e))?;
         Ok(host_dtb)
     }
@@ -236,7 +301,11 @@ impl Drop for KillOnDrop {
 /// Runs QEMU with `args`, capturing the console, until it exits, `timeout`
 /// passes, or (if given) a line containing `stop_after` was printed and a
 /// short grace period passed (used for crash shutdowns, where Xen waits 5 s).
-pub fn run_captured(args: &[String], timeout: Duration, stop_after: Option<&str>) -> Result<Captured> {
+pub fn run_captured(
+    args: &[String],
+    timeout: Duration,
+    stop_after: Option<&str>,
+) -> Result<Captured> {
     let start = Instant::now();
     let child = Command::new("qemu-system-aarch64")
         .args(args)
@@ -253,7 +322,9 @@ pub fn run_captured(args: &[String], timeout: Duration, stop_after: Option<&str>
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
             if tx.send(text).is_err() {
                 break;
             }
@@ -292,7 +363,12 @@ pub fn run_captured(args: &[String], timeout: Duration, stop_after: Option<&str>
         lines.push(line);
     }
     let stderr = err_reader.join().unwrap_or_default();
-    Ok(Captured { lines, stderr, timed_out, elapsed: start.elapsed() })
+    Ok(Captured {
+        lines,
+        stderr,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Runs QEMU on the terminal (console on stdin/stdout; Ctrl-A X quits).
@@ -303,5 +379,9 @@ pub fn run_interactive(args: &[String]) -> Result<()> {
         .args(["-serial", "mon:stdio"])
         .status()
         .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    if status.success() { Ok(()) } else { Err(Error::msg(format!("QEMU exited with {status}"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("QEMU exited with {status}")))
+    }
 }

@@ -1,2 +1,519 @@
-//! Placeholder: being written.
-#![no_std]
+//! Arm PL011 UART (`arm,pl011`), transmit side, for the kernel console.
+//!
+//! [`Pl011::new`] is the only `unsafe` item. [`Pl011::init`] with no clock
+//! leaves the UART exactly as the firmware, QEMU or the hypervisor set it up
+//! (QEMU's PL011 transmits without any set-up); with a clock it programs the
+//! baud rate and 8N1. Writes wait a bounded time for FIFO space and report a
+//! stuck transmitter as [`Pl011Error`], so a console on a dead UART cannot
+//! hang the kernel.
+//!
+//! Xen's emulated PL011 for guests (`vpl011`, shown to the guest as
+//! `arm,sbsa-uart`) implements only DR, RSR, FR, RIS, MIS, IMSC and ICR, and
+//! injects an abort on any other register: use `init(None, _)` there.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+use core::fmt;
+
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::registers::{ReadOnly, WriteOnly};
+use tock_registers::{register_bitfields, register_structs};
+
+register_bitfields! {u32,
+    /// Data Register.
+    DR [
+        /// Byte to transmit.
+        DATA OFFSET(0) NUMBITS(8) []
+    ],
+    /// Flag Register.
+    FR [
+        /// The UART is transmitting (until the shift register is empty).
+        BUSY OFFSET(3) NUMBITS(1) [],
+        /// The transmit FIFO (or holding register) is full.
+        TXFF OFFSET(5) NUMBITS(1) []
+    ],
+    /// Integer Baud Rate Register.
+    IBRD [
+        /// Integer part of the baud rate divisor.
+        BAUD_DIVINT OFFSET(0) NUMBITS(16) []
+    ],
+    /// Fractional Baud Rate Register.
+    FBRD [
+        /// Fractional part of the baud rate divisor, in 64ths.
+        BAUD_DIVFRAC OFFSET(0) NUMBITS(6) []
+    ],
+    /// Line Control Register (writing it also latches IBRD and FBRD).
+    LCR_H [
+        /// Enable the FIFOs (clearing it flushes them).
+        FEN OFFSET(4) NUMBITS(1) [],
+        /// Word length.
+        WLEN OFFSET(5) NUMBITS(2) [
+            /// Eight data bits.
+            EightBits = 0b11
+        ]
+    ],
+    /// Control Register.
+    CR [
+        /// Enable the UART.
+        UARTEN OFFSET(0) NUMBITS(1) [],
+        /// Enable transmission.
+        TXE OFFSET(8) NUMBITS(1) [],
+        /// Enable reception.
+        RXE OFFSET(9) NUMBITS(1) []
+    ],
+    /// Interrupt Clear Register.
+    ICR [
+        /// One bit per interrupt source (write 1 to clear).
+        ALL OFFSET(0) NUMBITS(11) []
+    ]
+}
+
+register_structs! {
+    /// PL011 registers used by this driver.
+    Registers {
+        (0x000 => dr: WriteOnly<u32, DR::Register>),
+        (0x004 => _receive_status_and_reserved),
+        (0x018 => fr: ReadOnly<u32, FR::Register>),
+        (0x01c => _reserved_and_irda),
+        (0x024 => ibrd: WriteOnly<u32, IBRD::Register>),
+        (0x028 => fbrd: WriteOnly<u32, FBRD::Register>),
+        (0x02c => lcr_h: WriteOnly<u32, LCR_H::Register>),
+        (0x030 => cr: WriteOnly<u32, CR::Register>),
+        (0x034 => _fifo_level),
+        (0x038 => imsc: WriteOnly<u32>),
+        (0x03c => _interrupt_status),
+        (0x044 => icr: WriteOnly<u32, ICR::Register>),
+        (0x048 => @END),
+    }
+}
+
+/// How many times the Flag Register is polled before a wait is given up:
+/// about a second of device reads, far longer than a character takes at
+/// any usual baud rate.
+const POLL_LIMIT: u32 = 1 << 20;
+
+/// Why the UART could not do what it was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pl011Error {
+    /// No divisor the PL011 can hold (1 to 65535 in 64ths) gives this baud
+    /// rate from this reference clock.
+    UnreachableBaudRate {
+        /// The UART reference clock.
+        clock_hz: u32,
+        /// The baud rate asked for.
+        baud: u32,
+    },
+    /// The transmit FIFO stayed full (FR.TXFF).
+    TransmitTimeout,
+    /// The transmitter stayed busy (FR.BUSY).
+    FlushTimeout,
+}
+
+impl fmt::Display for Pl011Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnreachableBaudRate { clock_hz, baud } => {
+                write!(
+                    f,
+                    "PL011: {baud} baud cannot be derived from a {clock_hz} Hz clock"
+                )
+            }
+            Self::TransmitTimeout => f.write_str("PL011: transmit FIFO stayed full"),
+            Self::FlushTimeout => f.write_str("PL011: transmitter stayed busy"),
+        }
+    }
+}
+
+impl core::error::Error for Pl011Error {}
+
+/// A baud rate divisor: the reference clock divided by 16 × baud, in 64ths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BaudDivisor {
+    integer: u16,
+    fractional: u8,
+}
+
+impl BaudDivisor {
+    /// The divisor nearest to `clock_hz / (16 * baud)`.
+    fn new(clock_hz: u32, baud: u32) -> Result<Self, Pl011Error> {
+        let unreachable = Pl011Error::UnreachableBaudRate { clock_hz, baud };
+        if baud == 0 {
+            return Err(unreachable);
+        }
+        // clock / (16 * baud) * 64 = 4 * clock / baud, rounded to nearest.
+        let sixty_fourths = (4 * u64::from(clock_hz) + u64::from(baud) / 2) / u64::from(baud);
+        let integer = u16::try_from(sixty_fourths >> 6).map_err(|_| unreachable)?;
+        let fractional = (sixty_fourths & 0x3f) as u8;
+        if integer == 0 || (integer == u16::MAX && fractional != 0) {
+            return Err(unreachable);
+        }
+        Ok(Self {
+            integer,
+            fractional,
+        })
+    }
+}
+
+/// Feeds `bytes` to `emit` with each `\n` preceded by `\r`, stopping at the
+/// first error.
+fn for_each_terminal_byte<E>(
+    bytes: &[u8],
+    mut emit: impl FnMut(u8) -> Result<(), E>,
+) -> Result<(), E> {
+    for &byte in bytes {
+        if byte == b'\n' {
+            emit(b'\r')?;
+        }
+        emit(byte)?;
+    }
+    Ok(())
+}
+
+/// A PL011 UART.
+pub struct Pl011 {
+    registers: &'static Registers,
+}
+
+// SAFETY: the registers are `UnsafeCell`-based and so not `Sync` to the
+// compiler, but each access is one volatile load or store of device memory,
+// which the UART serialises. Writers on several CPUs may interleave their
+// bytes; no memory is shared beyond the device's.
+#[allow(unsafe_code)]
+unsafe impl Send for Pl011 {}
+
+// SAFETY: as for `Send` above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Pl011 {}
+
+impl Pl011 {
+    /// The UART whose registers start at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` is the virtual address of a PL011's (or an SBSA UART's)
+    /// register block, 4 KiB-aligned and mapped as Device memory for the rest
+    /// of the kernel's life, and no other code programs that UART (other
+    /// `Pl011`s at the same address, such as a panic-time console, may write
+    /// to it).
+    #[allow(unsafe_code)]
+    pub unsafe fn new(base: usize) -> Self {
+        // SAFETY: the caller guarantees that `base` maps this register block
+        // for the kernel's lifetime; every field is an `UnsafeCell`-based
+        // register, so shared references to it permit the device's changes.
+        let registers = unsafe { &*(base as *const Registers) };
+        Self { registers }
+    }
+
+    /// Prepares the UART for transmission.
+    ///
+    /// With `clock_hz` unknown (`None`) nothing is written: the UART keeps
+    /// the configuration the firmware, QEMU or the hypervisor gave it. With
+    /// the reference clock, waits for the transmitter to drain, then sets
+    /// `baud` and 8 data bits, no parity, one stop bit, FIFOs on, interrupts
+    /// masked, transmitter and receiver enabled.
+    pub fn init(&self, clock_hz: Option<u32>, baud: u32) -> Result<(), Pl011Error> {
+        let Some(clock_hz) = clock_hz else {
+            return Ok(());
+        };
+        let divisor = BaudDivisor::new(clock_hz, baud)?;
+        self.flush()?;
+        let registers = self.registers;
+        registers.cr.set(0);
+        // Clearing FEN flushes the FIFOs.
+        registers.lcr_h.set(0);
+        registers.imsc.set(0);
+        registers.icr.write(ICR::ALL.val(ICR::ALL.mask));
+        registers
+            .ibrd
+            .write(IBRD::BAUD_DIVINT.val(divisor.integer.into()));
+        registers
+            .fbrd
+            .write(FBRD::BAUD_DIVFRAC.val(divisor.fractional.into()));
+        registers
+            .lcr_h
+            .write(LCR_H::WLEN::EightBits + LCR_H::FEN::SET);
+        registers
+            .cr
+            .write(CR::UARTEN::SET + CR::TXE::SET + CR::RXE::SET);
+        Ok(())
+    }
+
+    /// Transmits one byte as is, waiting while the transmit FIFO is full.
+    pub fn write_byte(&self, byte: u8) -> Result<(), Pl011Error> {
+        self.wait_until_clear(FR::TXFF, Pl011Error::TransmitTimeout)?;
+        self.registers.dr.write(DR::DATA.val(byte.into()));
+        Ok(())
+    }
+
+    /// Transmits `bytes`, sending `\r\n` for each `\n`.
+    pub fn write_bytes(&self, bytes: &[u8]) -> Result<(), Pl011Error> {
+        for_each_terminal_byte(bytes, |byte| self.write_byte(byte))
+    }
+
+    /// Waits until everything written has left the UART (FR.BUSY clear).
+    pub fn flush(&self) -> Result<(), Pl011Error> {
+        self.wait_until_clear(FR::BUSY, Pl011Error::FlushTimeout)
+    }
+
+    fn wait_until_clear(
+        &self,
+        flag: tock_registers::fields::Field<u32, FR::Register>,
+        timeout: Pl011Error,
+    ) -> Result<(), Pl011Error> {
+        for _ in 0..POLL_LIMIT {
+            if !self.registers.fr.is_set(flag) {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err(timeout)
+    }
+}
+
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Pl011>();
+};
+
+impl fmt::Write for Pl011 {
+    /// Transmits `text`, sending `\r\n` for each `\n`; a stuck transmitter
+    /// is reported as [`fmt::Error`].
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.write_bytes(text.as_bytes()).map_err(|_| fmt::Error)
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+    use core::fmt::Write as _;
+
+    const UARTDR: usize = 0x000;
+    const UARTFR: usize = 0x018;
+    const UARTIBRD: usize = 0x024;
+    const UARTFBRD: usize = 0x028;
+    const UARTLCR_H: usize = 0x02c;
+    const UARTCR: usize = 0x030;
+    const UARTIMSC: usize = 0x038;
+    const UARTICR: usize = 0x044;
+    const FR_BUSY: u32 = 1 << 3;
+    const FR_TXFF: u32 = 1 << 5;
+
+    /// Plain memory standing in for the UART's registers: a leaked, zeroed
+    /// 4 KiB allocation, accessed by the test only through its base pointer.
+    struct FakeUart {
+        base: *mut u32,
+    }
+
+    impl FakeUart {
+        const WORDS: usize = 0x1000 / 4;
+
+        fn new() -> Self {
+            let words: &'static mut [u32] = Box::leak(vec![0_u32; Self::WORDS].into_boxed_slice());
+            Self {
+                base: words.as_mut_ptr(),
+            }
+        }
+
+        fn uart(&self) -> Pl011 {
+            // SAFETY: the allocation is leaked, 4-byte aligned and as large
+            // as the register block.
+            unsafe { Pl011::new(self.base as usize) }
+        }
+
+        fn read(&self, offset: usize) -> u32 {
+            assert!(offset / 4 < Self::WORDS);
+            // SAFETY: in bounds (checked) and aligned in the leaked
+            // allocation; volatile, as the driver writes it too.
+            unsafe { self.base.add(offset / 4).read_volatile() }
+        }
+
+        fn write(&self, offset: usize, value: u32) {
+            assert!(offset / 4 < Self::WORDS);
+            // SAFETY: as for `read`.
+            unsafe { self.base.add(offset / 4).write_volatile(value) }
+        }
+    }
+
+    #[test]
+    fn divisors_match_the_pl011_formula() {
+        // 24 MHz, 115200: 13.0208 -> 13 + 1/64 (as Linux computes it).
+        assert_eq!(
+            BaudDivisor::new(24_000_000, 115_200),
+            Ok(BaudDivisor {
+                integer: 13,
+                fractional: 1
+            })
+        );
+        // 48 MHz, 115200: 26.0417 -> 26 + 3/64.
+        assert_eq!(
+            BaudDivisor::new(48_000_000, 115_200),
+            Ok(BaudDivisor {
+                integer: 26,
+                fractional: 3
+            })
+        );
+        // 3 MHz, 115200: 1.6276 -> 1 + 40/64.
+        assert_eq!(
+            BaudDivisor::new(3_000_000, 115_200),
+            Ok(BaudDivisor {
+                integer: 1,
+                fractional: 40
+            })
+        );
+        // Exact: 1.8432 MHz, 9600 -> 12.
+        assert_eq!(
+            BaudDivisor::new(1_843_200, 9600),
+            Ok(BaudDivisor {
+                integer: 12,
+                fractional: 0
+            })
+        );
+    }
+
+    #[test]
+    fn fraction_rounding_carries_into_the_integer() {
+        // 16 * 1000 * 9.999 Hz: 9.999 rounds to 10 + 0/64, not 9 + 64/64.
+        assert_eq!(
+            BaudDivisor::new(159_984, 1000),
+            Ok(BaudDivisor {
+                integer: 10,
+                fractional: 0
+            })
+        );
+    }
+
+    #[test]
+    fn unreachable_rates_are_rejected() {
+        let error = |clock_hz, baud| Err(Pl011Error::UnreachableBaudRate { clock_hz, baud });
+        assert_eq!(BaudDivisor::new(24_000_000, 0), error(24_000_000, 0));
+        // Faster than clock / 16.
+        assert_eq!(
+            BaudDivisor::new(1_000_000, 100_000),
+            error(1_000_000, 100_000)
+        );
+        // Divisor above 65535.
+        assert_eq!(BaudDivisor::new(u32::MAX, 1), error(u32::MAX, 1));
+        // The largest divisor is 65535 exactly.
+        assert_eq!(
+            BaudDivisor::new(16 * 65_535, 1),
+            Ok(BaudDivisor {
+                integer: u16::MAX,
+                fractional: 0
+            })
+        );
+        assert_eq!(
+            BaudDivisor::new(16 * 65_535 + 8, 1),
+            error(16 * 65_535 + 8, 1)
+        );
+    }
+
+    #[test]
+    fn newlines_become_crlf() {
+        let mut out = Vec::new();
+        for_each_terminal_byte::<()>(b"a\nb\n\n", |byte| {
+            out.push(byte);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, b"a\r\nb\r\n\r\n");
+    }
+
+    #[test]
+    fn emission_stops_at_first_error() {
+        let mut out = Vec::new();
+        let result = for_each_terminal_byte(b"ab\nc", |byte| {
+            if byte == b'\r' {
+                return Err(byte);
+            }
+            out.push(byte);
+            Ok(())
+        });
+        assert_eq!(result, Err(b'\r'));
+        assert_eq!(out, b"ab");
+    }
+
+    #[test]
+    fn init_without_clock_writes_nothing() {
+        let fake = FakeUart::new();
+        fake.write(UARTCR, 0x301);
+        fake.uart().init(None, 115_200).unwrap();
+        assert_eq!(fake.read(UARTCR), 0x301);
+        for offset in (0..0x1000).step_by(4).filter(|&offset| offset != UARTCR) {
+            assert_eq!(fake.read(offset), 0, "register at {offset:#x}");
+        }
+    }
+
+    #[test]
+    fn init_with_clock_programs_8n1() {
+        let fake = FakeUart::new();
+        fake.write(UARTIMSC, 0x7ff);
+        fake.uart().init(Some(24_000_000), 115_200).unwrap();
+        assert_eq!(fake.read(UARTIBRD), 13);
+        assert_eq!(fake.read(UARTFBRD), 1);
+        assert_eq!(fake.read(UARTLCR_H), 0x70);
+        assert_eq!(fake.read(UARTCR), 0x301);
+        assert_eq!(fake.read(UARTIMSC), 0);
+        assert_eq!(fake.read(UARTICR), 0x7ff);
+    }
+
+    #[test]
+    fn init_rejects_bad_baud_before_touching_the_uart() {
+        let fake = FakeUart::new();
+        fake.write(UARTCR, 0x301);
+        assert_eq!(
+            fake.uart().init(Some(24_000_000), 0),
+            Err(Pl011Error::UnreachableBaudRate {
+                clock_hz: 24_000_000,
+                baud: 0
+            })
+        );
+        assert_eq!(fake.read(UARTCR), 0x301);
+    }
+
+    #[test]
+    fn writes_reach_the_data_register() {
+        let fake = FakeUart::new();
+        let mut uart = fake.uart();
+        uart.write_byte(b'x').unwrap();
+        assert_eq!(fake.read(UARTDR), u32::from(b'x'));
+        write!(uart, "ok {}", 7).unwrap();
+        assert_eq!(fake.read(UARTDR), u32::from(b'7'));
+        uart.write_bytes(b"line\n").unwrap();
+        assert_eq!(fake.read(UARTDR), u32::from(b'\n'));
+    }
+
+    #[test]
+    fn full_fifo_times_out() {
+        let fake = FakeUart::new();
+        fake.write(UARTFR, FR_TXFF);
+        let mut uart = fake.uart();
+        assert_eq!(uart.write_byte(b'x'), Err(Pl011Error::TransmitTimeout));
+        assert_eq!(fake.read(UARTDR), 0);
+        assert_eq!(uart.write_str("x"), Err(fmt::Error));
+        // BUSY alone does not stop writes into the FIFO.
+        fake.write(UARTFR, FR_BUSY);
+        assert_eq!(uart.write_byte(b'y'), Ok(()));
+        assert_eq!(uart.flush(), Err(Pl011Error::FlushTimeout));
+        assert_eq!(
+            uart.init(Some(24_000_000), 115_200),
+            Err(Pl011Error::FlushTimeout)
+        );
+        fake.write(UARTFR, 0);
+        assert_eq!(uart.flush(), Ok(()));
+    }
+
+    #[test]
+    fn errors_display() {
+        assert_eq!(
+            Pl011Error::UnreachableBaudRate {
+                clock_hz: 1_000_000,
+                baud: 100_000
+            }
+            .to_string(),
+            "PL011: 100000 baud cannot be derived from a 1000000 Hz clock"
+        );
+    }
+}

@@ -67,7 +67,12 @@ pub const DEFAULT_HEAP_SIZE: usize = 1 << 20;
 impl<'a> Bootargs<'a> {
     /// Parses `line`; words that fail are skipped and reported by [`Bootargs::errors`].
     pub fn parse(line: &'a str) -> Self {
-        let mut args = Self { log_level: LogLevel::Info, selftests: "", heap_size: DEFAULT_HEAP_SIZE, raw: line };
+        let mut args = Self {
+            log_level: LogLevel::Info,
+            selftests: "",
+            heap_size: DEFAULT_HEAP_SIZE,
+            raw: line,
+        };
         for word in line.split_ascii_whitespace() {
             // Errors are reported by `errors()`, which re-parses the same words.
             let _ = args.apply(word);
@@ -78,7 +83,9 @@ impl<'a> Bootargs<'a> {
     /// The words that were not understood, for a one-time report.
     pub fn errors(&self) -> impl Iterator<Item = BootargError<'a>> + 'a {
         let mut scratch = Self { raw: "", ..*self };
-        self.raw.split_ascii_whitespace().filter_map(move |w| scratch.apply(w).err())
+        self.raw
+            .split_ascii_whitespace()
+            .filter_map(move |w| scratch.apply(w).err())
     }
 
     /// Whether self-test `name` was requested.
@@ -151,7 +158,11 @@ mod tests {
         let errors: std::vec::Vec<_> = a.errors().map(|e| e.to_string()).collect();
         assert_eq!(
             errors,
-            ["bootarg log=loud: bad value", "bootarg heap=12Q: bad value", "bootarg frobnicate: unknown, ignored"]
+            [
+                "bootarg log=loud: bad value",
+                "bootarg heap=12Q: bad value",
+                "bootarg frobnicate: unknown, ignored"
+            ]
         );
     }
 

@@ -21,7 +21,10 @@ pub struct Line {
 impl Line {
     /// An empty line.
     pub const fn new() -> Self {
-        Self { buf: [0; LINE_MAX], len: 0 }
+        Self {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
     }
 
     /// Formats `args` and terminates the line with `\n` (truncating with
@@ -92,6 +95,16 @@ mod backend {
         Pl011(usize),
     }
 
+    impl fmt::Display for Backend {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Backend::None => f.write_str("none"),
+                Backend::Xen => f.write_str("console_io"),
+                Backend::Pl011(base) => write!(f, "pl011@{base:#x}"),
+            }
+        }
+    }
+
     // Plain atomic loads and stores only (no read-modify-write), so this is
     // safe to use before the MMU is on.
     static KIND: AtomicU8 = AtomicU8::new(0);
@@ -118,9 +131,10 @@ mod backend {
                 // stdout-path node (or is the documented early UART) and is
                 // mapped as Device memory (identity before the MMU is on, by
                 // the MMU's MMIO window after); the PL011 is only ever driven
-                // through this stateless write path.
-                let mut uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
-                uart.write_bytes(line.as_bytes());
+                // through this stateless transmit path.
+                let uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
+                // A UART that reports an error has nowhere else to report it.
+                let _ = uart.write_bytes(line.as_bytes());
             }
             _ => {}
         }
@@ -151,6 +165,17 @@ mod tests {
         assert!(l.as_bytes().ends_with(b"...\n"));
         let exact = "y".repeat(LINE_MAX - 1);
         let l = Line::format(format_args!("{exact}"));
-        assert!(l.as_bytes().ends_with(b"...\n"), "a line that fills the buffer is marked too");
+        assert_eq!(
+            l.as_bytes().len(),
+            LINE_MAX,
+            "a line that exactly fits is kept whole"
+        );
+        assert!(l.as_bytes().ends_with(b"y\n"));
+        let one_more = "z".repeat(LINE_MAX);
+        let l = Line::format(format_args!("{one_more}"));
+        assert!(
+            l.as_bytes().ends_with(b"...\n"),
+            "one byte too many is marked"
+        );
     }
 }

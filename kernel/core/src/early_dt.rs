@@ -28,7 +28,9 @@ impl fmt::Display for DtbError {
         match self {
             Self::Null => f.write_str("x0 is 0 (the loader passed no device tree)"),
             Self::Misaligned(a) => write!(f, "address {a:#x} is not 8-byte aligned"),
-            Self::BadMagic(m) => write!(f, "no FDT magic (found {m:#010x}, want {FDT_MAGIC:#010x})"),
+            Self::BadMagic(m) => {
+                write!(f, "no FDT magic (found {m:#010x}, want {FDT_MAGIC:#010x})")
+            }
             Self::BadSize(s) => write!(f, "implausible totalsize {s:#x} (limit {MAX_DTB_SIZE:#x})"),
             Self::Parse(e) => write!(f, "malformed: {e}"),
         }
@@ -50,7 +52,12 @@ pub unsafe fn blob_at(addr: usize) -> Result<&'static [u8], DtbError> {
     }
     let header = addr as *const u32;
     // SAFETY: the caller guarantees the first 8 bytes are readable; `addr` is aligned.
-    let (magic, size) = unsafe { (u32::from_be(header.read_volatile()), u32::from_be(header.add(1).read_volatile())) };
+    let (magic, size) = unsafe {
+        (
+            u32::from_be(header.read_volatile()),
+            u32::from_be(header.add(1).read_volatile()),
+        )
+    };
     if magic != FDT_MAGIC {
         return Err(DtbError::BadMagic(magic));
     }
@@ -85,27 +92,60 @@ pub struct EarlyPlatform<'a> {
     pub bootargs: &'a str,
 }
 
+/// The node at absolute `path`, found by walking children from the root.
+///
+/// `fdt` 0.1.5's own `find_node` stops at NOP tokens, which QEMU leaves in
+/// the blob when it edits a `-dtb` file (it then misses `/chosen`); its child
+/// iteration skips them correctly. A component without `@` matches a node
+/// name with any unit address.
+fn node_at<'b, 'a>(dt: &'b fdt::Fdt<'a>, path: &str) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    let mut node = dt.find_node("/")?;
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        node = node.children().find(|child| {
+            child.name == component
+                || (!component.contains('@') && child.name.split('@').next() == Some(component))
+        })?;
+    }
+    Some(node)
+}
+
 /// Reads the early facts from a parsed tree.
 pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
     let xen = dt.find_compatible(&["xen,xen"]).is_some();
-    let chosen = dt.find_node("/chosen");
-    let bootargs = chosen.and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
+    let chosen = node_at(dt, "/chosen");
+    let bootargs = chosen
+        .and_then(|c| c.property("bootargs"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
     let stdout_uart = chosen
         .and_then(|c| c.property("stdout-path"))
         .and_then(|p| p.as_str())
         .and_then(|path| {
             let path = path.split(':').next().unwrap_or(path);
-            if path.starts_with('/') { dt.find_node(path) } else { dt.aliases()?.resolve_node(path) }
+            if path.starts_with('/') {
+                node_at(dt, path)
+            } else {
+                dt.aliases()?.resolve_node(path)
+            }
         })
         .filter(|node| {
-            node.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011" || s == "arm,sbsa-uart"))
+            node.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,pl011" || s == "arm,sbsa-uart"))
         })
         .and_then(|node| node.reg()?.next())
         .map(|region| region.starting_address as u64);
-    let psci = dt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
-        "hvc" => Some(PsciMethod::Hvc),
-        "smc" => Some(PsciMethod::Smc),
-        _ => None,
-    });
-    EarlyPlatform { xen, stdout_uart, psci, bootargs }
+    let psci = node_at(dt, "/psci")
+        .and_then(|n| n.property("method"))
+        .and_then(|p| p.as_str())
+        .and_then(|m| match m {
+            "hvc" => Some(PsciMethod::Hvc),
+            "smc" => Some(PsciMethod::Smc),
+            _ => None,
+        });
+    EarlyPlatform {
+        xen,
+        stdout_uart,
+        psci,
+        bootargs,
+    }
 }

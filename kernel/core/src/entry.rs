@@ -18,7 +18,11 @@ const EARLY_UART: usize = match option_env!("TIDEPOOL_EARLY_UART") {
 
 const fn parse_hex(text: &str) -> usize {
     let bytes = text.as_bytes();
-    let mut i = if bytes.len() > 2 && bytes[0] == b'0' && (bytes[1] == b'x' || bytes[1] == b'X') { 2 } else { 0 };
+    let mut i = if bytes.len() > 2 && bytes[0] == b'0' && (bytes[1] == b'x' || bytes[1] == b'X') {
+        2
+    } else {
+        0
+    };
     let mut value = 0usize;
     while i < bytes.len() {
         let digit = match bytes[i] {
@@ -39,19 +43,27 @@ const fn parse_hex(text: &str) -> usize {
 extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -> ! {
     // Until the device tree says otherwise, power off the way QEMU's virt
     // board expects: its PSCI sits behind SMC when the guest owns EL2.
-    set_power_control(PowerControl::Psci(if entry_el == 2 { Conduit::Smc } else { Conduit::Hvc }));
+    set_power_control(PowerControl::Psci(if entry_el == 2 {
+        Conduit::Smc
+    } else {
+        Conduit::Hvc
+    }));
 
     // SAFETY: the boot protocol hands over the blob at x0 for the kernel's
     // lifetime; a null, misaligned or magic-less pointer is rejected before
     // anything beyond its 8-byte header is read.
-    let dt = match unsafe { early_dt::blob_at(dtb_addr) }.and_then(|b| fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse)) {
+    let dt = match unsafe { early_dt::blob_at(dtb_addr) }
+        .and_then(|b| fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse))
+    {
         Ok(dt) => dt,
         Err(err) => {
             console::select(Backend::Pl011(EARLY_UART));
             crate::logger::init(LogLevel::Info);
             banner(entry_el, load_base, dtb_addr);
             error!("boot: no usable device tree at {dtb_addr:#x}: {err}");
-            error!("boot: cannot continue without a device tree (console: build-time early UART {EARLY_UART:#x})");
+            error!(
+                "boot: cannot continue without a device tree (console: build-time early UART {EARLY_UART:#x})"
+            );
             shutdown(ShutdownReason::Crash);
         }
     };
@@ -67,16 +79,25 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         (true, _) => PowerControl::Xen,
         (false, Some(PsciMethod::Smc)) => PowerControl::Psci(Conduit::Smc),
         (false, Some(PsciMethod::Hvc)) => PowerControl::Psci(Conduit::Hvc),
-        (false, None) => PowerControl::Psci(if entry_el == 2 { Conduit::Smc } else { Conduit::Hvc }),
+        (false, None) => PowerControl::Psci(if entry_el == 2 {
+            Conduit::Smc
+        } else {
+            Conduit::Hvc
+        }),
     });
     let args = Bootargs::parse(platform.bootargs);
     crate::logger::init(args.log_level);
     banner(entry_el, load_base, dtb_addr);
     if platform.xen {
         let v = xen::version();
-        info!("xen: version {}.{}{} console=console_io", v.major, v.minor, v.extra_str());
+        info!(
+            "xen: version {}.{}{} console=console_io",
+            v.major,
+            v.minor,
+            v.extra_str()
+        );
     } else {
-        info!("boot: no hypervisor, console={console:?}");
+        info!("boot: no hypervisor, console={console}");
     }
     for problem in args.errors() {
         warn!("{problem}");

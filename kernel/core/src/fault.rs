@@ -74,7 +74,10 @@ impl ExceptionClass {
     pub fn is_abort(self) -> bool {
         matches!(
             self,
-            Self::InstructionAbort | Self::InstructionAbortLower | Self::DataAbort | Self::DataAbortLower
+            Self::InstructionAbort
+                | Self::InstructionAbortLower
+                | Self::DataAbort
+                | Self::DataAbortLower
         )
     }
 
@@ -232,7 +235,10 @@ impl Syndrome {
         if !class.is_abort() {
             return None;
         }
-        let is_data = matches!(class, ExceptionClass::DataAbort | ExceptionClass::DataAbortLower);
+        let is_data = matches!(
+            class,
+            ExceptionClass::DataAbort | ExceptionClass::DataAbortLower
+        );
         let write = is_data.then_some(self.esr & (1 << 6) != 0);
         Some((FaultStatus::from_esr(self.esr), write))
     }
@@ -254,35 +260,62 @@ mod tests {
     #[test]
     fn data_abort_translation_level3_read() {
         // EC=0x25, IL=1, ISS: WnR=0, DFSC=0b000111.
-        let s = Syndrome { esr: 0x9600_0007, far: 0xffff_0000_7800_0000, elr: 0x4008_1234 };
+        let s = Syndrome {
+            esr: 0x9600_0007,
+            far: 0xffff_0000_7800_0000,
+            elr: 0x4008_1234,
+        };
         assert_eq!(s.class(), ExceptionClass::DataAbort);
         assert_eq!(s.abort(), Some((FaultStatus::Translation(3), Some(false))));
         assert!(s.far_valid());
         assert_eq!(s.class().to_string(), "data-abort");
-        assert_eq!(FaultStatus::Translation(3).to_string(), "translation fault at level 3");
+        assert_eq!(
+            FaultStatus::Translation(3).to_string(),
+            "translation fault at level 3"
+        );
     }
 
     #[test]
     fn write_permission_and_alignment() {
-        let s = Syndrome { esr: 0x9600_004f, far: 0, elr: 0 };
+        let s = Syndrome {
+            esr: 0x9600_004f,
+            far: 0,
+            elr: 0,
+        };
         assert_eq!(s.abort(), Some((FaultStatus::Permission(3), Some(true))));
-        let s = Syndrome { esr: 0x9600_0021, far: 0, elr: 0 };
+        let s = Syndrome {
+            esr: 0x9600_0021,
+            far: 0,
+            elr: 0,
+        };
         assert_eq!(s.abort(), Some((FaultStatus::Alignment, Some(false))));
     }
 
     #[test]
     fn instruction_abort_has_no_direction() {
-        let s = Syndrome { esr: 0x8600_0005, far: 0x10, elr: 0x10 };
+        let s = Syndrome {
+            esr: 0x8600_0005,
+            far: 0x10,
+            elr: 0x10,
+        };
         assert_eq!(s.class(), ExceptionClass::InstructionAbort);
         assert_eq!(s.abort(), Some((FaultStatus::Translation(1), None)));
     }
 
     #[test]
     fn far_not_valid() {
-        let s = Syndrome { esr: 0x9600_0410, far: 0, elr: 0 };
+        let s = Syndrome {
+            esr: 0x9600_0410,
+            far: 0,
+            elr: 0,
+        };
         assert!(!s.far_valid());
         assert_eq!(s.abort().unwrap().0, FaultStatus::External);
-        let brk = Syndrome { esr: 0xf200_0000, far: 0, elr: 0 };
+        let brk = Syndrome {
+            esr: 0xf200_0000,
+            far: 0,
+            elr: 0,
+        };
         assert_eq!(brk.class(), ExceptionClass::Brk);
         assert!(!brk.far_valid());
         assert!(brk.abort().is_none());
@@ -290,8 +323,14 @@ mod tests {
 
     #[test]
     fn unknown_classes_keep_their_number() {
-        assert_eq!(ExceptionClass::from_esr(0x3du64 << 26).to_string(), "other(ec=0x3d)");
-        assert_eq!(ExceptionClass::from_esr(0).to_string(), "unknown-reason (undefined instruction?)");
+        assert_eq!(
+            ExceptionClass::from_esr(0x3du64 << 26).to_string(),
+            "other(ec=0x3d)"
+        );
+        assert_eq!(
+            ExceptionClass::from_esr(0).to_string(),
+            "unknown-reason (undefined instruction?)"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub fn init_boot_region() {
     // SAFETY: BOOT_ARENA is used by nothing but this heap, and this runs once
     // (guarded by the `is_some` check under the lock).
     unsafe { boot.init(ptr::addr_of_mut!(BOOT_ARENA).cast::<u8>(), BOOT_HEAP_SIZE) };
-    *regions = Some(Regions { boot, main: Heap::empty() });
+    *regions = Some(Regions {
+        boot,
+        main: Heap::empty(),
+    });
 }
 
 /// Adds the main region `[start, start + size)`.
@@ -70,10 +73,16 @@ unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut guard = self.0.lock();
         let Some(regions) = guard.as_mut() else {
-            crate::console::write_line(format_args!("heap: allocation of {} bytes before the heap exists", layout.size()));
+            crate::console::write_line(format_args!(
+                "heap: allocation of {} bytes before the heap exists",
+                layout.size()
+            ));
             return ptr::null_mut();
         };
-        let found = regions.main.allocate_first_fit(layout).or_else(|()| regions.boot.allocate_first_fit(layout));
+        let found = regions
+            .main
+            .allocate_first_fit(layout)
+            .or_else(|()| regions.boot.allocate_first_fit(layout));
         match found {
             Ok(p) => p.as_ptr(),
             Err(()) => {
@@ -93,11 +102,12 @@ unsafe impl GlobalAlloc for KernelHeap {
         let mut guard = self.0.lock();
         let regions = guard.as_mut().expect("dealloc implies an earlier alloc");
         let addr = ptr as usize;
-        let region = if (regions.main.bottom() as usize..regions.main.top() as usize).contains(&addr) {
-            &mut regions.main
-        } else {
-            &mut regions.boot
-        };
+        let region =
+            if (regions.main.bottom() as usize..regions.main.top() as usize).contains(&addr) {
+                &mut regions.main
+            } else {
+                &mut regions.boot
+            };
         // SAFETY: `ptr` came from `alloc` of this allocator with `layout`, from
         // the region whose bounds contain it.
         unsafe { region.deallocate(NonNull::new_unchecked(ptr), layout) };

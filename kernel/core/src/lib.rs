@@ -15,9 +15,9 @@ mod arch;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod early_dt;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-mod heap;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod entry;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod heap;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod irq;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

@@ -36,8 +36,13 @@ impl fmt::Display for VirtDescription {
         match self {
             Self::Image(section) => write!(f, "kernel {section}"),
             Self::Guard(which) => write!(f, "the {which} guard page (stack overflow)"),
-            Self::LinearAlias(pa, AddressClass::LinearRam { .. }) => write!(f, "linear map of RAM {pa}"),
-            Self::LinearAlias(pa, class) => write!(f, "the linear alias of {pa}: {class}, which is not in the linear map"),
+            Self::LinearAlias(pa, AddressClass::LinearRam { .. }) => {
+                write!(f, "linear map of RAM {pa}")
+            }
+            Self::LinearAlias(pa, class) => write!(
+                f,
+                "the linear alias of {pa}: {class}, which is not in the linear map"
+            ),
             Self::Unknown => f.write_str("not mapped by the kernel"),
         }
     }
@@ -53,7 +58,12 @@ pub fn describe_virt(va: u64) -> VirtDescription {
     if layout.exception_stack_guard.contains(va_usize) {
         return VirtDescription::Guard("exception stack");
     }
-    for (span, name) in [(layout.text, "text"), (layout.rodata, "rodata"), (layout.data, "data/bss"), (layout.stack, "stack")] {
+    for (span, name) in [
+        (layout.text, "text"),
+        (layout.rodata, "rodata"),
+        (layout.data, "data/bss"),
+        (layout.stack, "stack"),
+    ] {
         if span.contains(va_usize) {
             return VirtDescription::Image(name);
         }

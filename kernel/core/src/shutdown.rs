@@ -43,15 +43,22 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
         ShutdownReason::PowerOff => "poweroff",
         ShutdownReason::Crash => "crash",
     };
-    crate::console::write_line(format_args!("shutdown: {word} uptime_us={}", crate::arch::aarch64::cpu::uptime_us()));
+    crate::console::write_line(format_args!(
+        "shutdown: {word} uptime_us={}",
+        crate::arch::aarch64::cpu::uptime_us()
+    ));
     match power_control() {
         PowerControl::Xen => {
             let rc = xen::shutdown(reason);
-            crate::console::write_line(format_args!("shutdown: SCHEDOP_shutdown refused ({rc}); halting"));
+            crate::console::write_line(format_args!(
+                "shutdown: SCHEDOP_shutdown refused ({rc}); halting"
+            ));
         }
         PowerControl::Psci(conduit) => {
             let rc = psci::system_off(conduit);
-            crate::console::write_line(format_args!("shutdown: PSCI SYSTEM_OFF failed ({rc}); halting"));
+            crate::console::write_line(format_args!(
+                "shutdown: PSCI SYSTEM_OFF failed ({rc}); halting"
+            ));
         }
     }
     loop {

@@ -1,2 +1,85 @@
-//! Placeholder: being written.
+//! tidepool's DMA layer, without hardware: per-device DMA contexts, DMA
+//! pools and their allocator, streaming maps with bounce buffers, and the
+//! policy that decides the cache maintenance of every sync.
+//!
+//! # Model
+//!
+//! - **DMA addresses are physical addresses** (identity): no IOMMU, no
+//!   `dma-ranges` translation. Under Xen, dom0 is mapped 1:1, so they are
+//!   machine addresses as well, which `GNTTABOP_cache_flush` needs.
+//! - **Every physical address has a class** ([`tidepool_mm::AddressMap::classify`]):
+//!   linear RAM, a no-map pool (which one), a mapped pool, MMIO or unknown.
+//!   The DMA layer never computes a linear address for no-map pool memory:
+//!   it reaches pools only through their own windows, and `phys_to_virt` of
+//!   pool memory is refused by the address map with an error naming the pool.
+//! - **A device** ([`DmaDevice`], from [`DeviceSpec`]: `dma-coherent` and the
+//!   `memory-region` pool of its device-tree node) gets coherent memory from
+//!   its device-tree pool, else from the kernel's non-cacheable pool if it is
+//!   not coherent, else from the kernel's linear pool ([`PoolRole`]). Its
+//!   streaming maps bounce through its device-tree pool; without one the
+//!   device uses the CPU buffer directly, which must be linear RAM.
+//! - **A sync** does what [`sync_action`] says for (device coherent?, memory
+//!   class, Xen's answer for the pool, window cacheable?, sync point,
+//!   direction). In short: coherent devices need nothing; linear memory is
+//!   maintained by linear VA; a no-map pool is flushed by Xen when Xen
+//!   accepts it, maintained through its window when Xen refuses it, and
+//!   needs nothing without Xen when its window is non-cacheable.
+//! - **Xen's answer is learned once per pool** when the pool is set up, by
+//!   cleaning its first page ([`Pool::probe_platform_flush`]). A refusal
+//!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
+//!   that sync and all later ones, is counted, and is reported once per pool
+//!   to the [`WarningSink`].
+//!
+//! # Boundaries
+//!
+//! The machine is behind four traits, implemented by the kernel on aarch64
+//! and by recording fakes in the tests: [`CacheMaintenance`] (`DC` by VA),
+//! [`PlatformFlush`] (`GNTTABOP_cache_flush`, one batched call per sync),
+//! [`DmaMemory`] (copies for bounce buffers) and [`WarningSink`].
+//!
+//! # No allocation on the I/O path
+//!
+//! Pool metadata is allocated once, by [`PoolSet::add`]. Map, unmap, syncs
+//! and coherent allocation and free use no heap (a test counts allocations
+//! around them).
+//!
+//! # Console lines
+//!
+//! Stable and greppable; tests match them.
+//! - Pool setup ([`Pool::setup_line`]):
+//!   `dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000 window 0xfffff00000000000 nc xen-flush=refused(EPERM) -> window VA maintenance`
+//! - Device counters ([`DmaDevice::stats_line`]):
+//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0`
+//! - A refusal after an accepted probe ([`FlushRefusedWarning`]):
+//!   `dma: warning: pool /reserved-memory/dma@78000000 xen-flush=refused(EPERM) in a sync for /virtio_mmio@a003e00 -> window VA maintenance from now on`
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod allocator;
+mod boundary;
+mod device;
+mod error;
+mod policy;
+mod pool;
+
+#[cfg(test)]
+mod tests;
+
+pub use allocator::FreeFault;
+pub use boundary::{
+    CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, PlatformFlush,
+};
+pub use device::{
+    CoherentBuffer, CpuBuffer, DeviceSpec, DmaAddr, DmaDevice, DmaEnv, DmaMapping, DmaStats,
+    FlushRefusedWarning, StatsLine, WarningSink,
+};
+pub use error::{DmaError, SetupError};
+pub use policy::{
+    DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
+};
+pub use pool::{
+    Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,
+    WindowAttributes,
+};

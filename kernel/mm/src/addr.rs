@@ -71,7 +71,10 @@ address_impls!(VirtAddr, "VA");
 impl PhysRange {
     /// A range from its base and size.
     pub const fn new(base: u64, size: u64) -> Self {
-        Self { base: PhysAddr(base), size }
+        Self {
+            base: PhysAddr(base),
+            size,
+        }
     }
     /// One past the last byte (saturating at `u64::MAX`).
     pub const fn end(&self) -> u64 {

@@ -113,11 +113,24 @@ impl fmt::Display for TranslationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotLinear { phys, class } => {
-                write!(f, "phys_to_virt({phys}) refused: {class}, not in the linear map")
+                write!(
+                    f,
+                    "phys_to_virt({phys}) refused: {class}, not in the linear map"
+                )
             }
             Self::NotMapped { virt } => write!(f, "virt_to_phys({virt}): not a kernel mapping"),
         }
     }
+}
+
+/// A range the kernel maps at its physical address (VA == PA), such as a
+/// section of the kernel image.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IdentityRange {
+    /// What the range is (e.g. "kernel text").
+    pub name: String,
+    /// The physical (and virtual) range.
+    pub phys: PhysRange,
 }
 
 /// Every classified physical range plus the linear-map offset.
@@ -127,6 +140,7 @@ impl fmt::Display for TranslationError {
 pub struct AddressMap {
     regions: Vec<Region>,
     linear_offset: u64,
+    identity: Vec<IdentityRange>,
 }
 
 impl AddressMap {
@@ -141,7 +155,34 @@ impl AddressMap {
                 return Err((pair[0].name.clone(), pair[1].name.clone()));
             }
         }
-        Ok(Self { regions, linear_offset })
+        Ok(Self {
+            regions,
+            linear_offset,
+            identity: Vec::new(),
+        })
+    }
+
+    /// The same map, also recording `ranges` as mapped at VA == PA, so that
+    /// [`Self::virt_to_phys`] answers for them. They may overlap the
+    /// regions (the kernel image is RAM that is also in the linear map).
+    pub fn with_identity_ranges(mut self, mut ranges: Vec<IdentityRange>) -> Self {
+        ranges.sort_by_key(|r| r.phys.base);
+        self.identity = ranges;
+        self
+    }
+
+    /// The ranges mapped at VA == PA, sorted by base.
+    pub fn identity_ranges(&self) -> &[IdentityRange] {
+        &self.identity
+    }
+
+    /// The address of `pa` in the window of the region containing it (a
+    /// no-map pool's window, an MMIO mapping), if that region has one.
+    pub fn window_address(&self, pa: PhysAddr) -> Option<VirtAddr> {
+        let region = self.region_of(pa)?;
+        region
+            .window
+            .map(|w| VirtAddr(w.0 + (pa.0 - region.phys.base.0)))
     }
 
     /// The regions, sorted by base.
@@ -167,16 +208,23 @@ impl AddressMap {
         };
         let offset_in_region = pa.0 - region.phys.base.0;
         match region.kind {
-            RegionKind::LinearRam => AddressClass::LinearRam { virt: self.linear(pa) },
-            RegionKind::MappedPool => {
-                AddressClass::MappedPool { pool: &region.name, virt: self.linear(pa) }
-            }
+            RegionKind::LinearRam => AddressClass::LinearRam {
+                virt: self.linear(pa),
+            },
+            RegionKind::MappedPool => AddressClass::MappedPool {
+                pool: &region.name,
+                virt: self.linear(pa),
+            },
             RegionKind::NoMapPool => AddressClass::NoMapPool {
                 pool: &region.name,
                 window: region.window.map(|w| VirtAddr(w.0 + offset_in_region)),
             },
-            RegionKind::NoMapReserved => AddressClass::NoMapReserved { region: &region.name },
-            RegionKind::Mmio => AddressClass::Mmio { device: &region.name },
+            RegionKind::NoMapReserved => AddressClass::NoMapReserved {
+                region: &region.name,
+            },
+            RegionKind::Mmio => AddressClass::Mmio {
+                device: &region.name,
+            },
         }
     }
 
@@ -184,27 +232,38 @@ impl AddressMap {
     pub fn phys_to_virt(&self, pa: PhysAddr) -> Result<VirtAddr, TranslationError> {
         match self.classify(pa) {
             AddressClass::LinearRam { virt } | AddressClass::MappedPool { virt, .. } => Ok(virt),
-            other => Err(TranslationError::NotLinear { phys: pa, class: other.to_string_lossless() }),
+            other => Err(TranslationError::NotLinear {
+                phys: pa,
+                class: other.to_string_lossless(),
+            }),
         }
     }
 
-    /// The physical address behind a kernel virtual address in the linear map
-    /// or in any region's window.
+    /// The physical address behind a kernel virtual address in the linear map,
+    /// in any region's window, or in an identity-mapped range.
     pub fn virt_to_phys(&self, va: VirtAddr) -> Result<PhysAddr, TranslationError> {
+        if self
+            .identity
+            .iter()
+            .any(|r| r.phys.contains(PhysAddr(va.0)))
+        {
+            return Ok(PhysAddr(va.0));
+        }
         let linear_candidate = va.0.checked_sub(self.linear_offset).map(PhysAddr);
-        if let Some(pa) = linear_candidate {
-            if matches!(
+        if let Some(pa) = linear_candidate
+            && matches!(
                 self.region_of(pa).map(|r| r.kind),
                 Some(RegionKind::LinearRam | RegionKind::MappedPool)
-            ) {
-                return Ok(pa);
-            }
+            )
+        {
+            return Ok(pa);
         }
         self.regions
             .iter()
             .find_map(|r| {
                 let w = r.window?;
-                (va.0 >= w.0 && va.0 - w.0 < r.phys.size).then(|| PhysAddr(r.phys.base.0 + (va.0 - w.0)))
+                (va.0 >= w.0 && va.0 - w.0 < r.phys.size)
+                    .then(|| PhysAddr(r.phys.base.0 + (va.0 - w.0)))
             })
             .ok_or(TranslationError::NotMapped { virt: va })
     }
@@ -282,7 +341,10 @@ mod tests {
                 window: Some(VirtAddr(0xffff_f000_0000_0010))
             }
         );
-        assert_eq!(map.virt_to_phys(VirtAddr(0xffff_f000_0000_0010)).unwrap(), PhysAddr(0x7800_0010));
+        assert_eq!(
+            map.virt_to_phys(VirtAddr(0xffff_f000_0000_0010)).unwrap(),
+            PhysAddr(0x7800_0010)
+        );
         // The pool's linear alias is not a kernel mapping.
         assert!(map.virt_to_phys(VirtAddr(0xffff_0000_7800_0010)).is_err());
     }
@@ -293,6 +355,49 @@ mod tests {
         assert!(map.phys_to_virt(PhysAddr(0x0900_0000)).is_err());
         assert_eq!(map.classify(PhysAddr(0x1000)), AddressClass::Unknown);
         assert_eq!(map.classify(PhysAddr(0x7840_0000)), AddressClass::Unknown);
+    }
+
+    #[test]
+    fn identity_ranges_translate_to_themselves_only() {
+        let map = sample().with_identity_ranges(alloc::vec![IdentityRange {
+            name: "kernel text".into(),
+            phys: PhysRange::new(0x4008_0000, 0x2000),
+        }]);
+        assert_eq!(
+            map.virt_to_phys(VirtAddr(0x4008_1fff)).unwrap(),
+            PhysAddr(0x4008_1fff)
+        );
+        assert_eq!(
+            map.virt_to_phys(VirtAddr(0x4008_2000)).unwrap_err(),
+            TranslationError::NotMapped {
+                virt: VirtAddr(0x4008_2000)
+            }
+        );
+        // The image is still reached through the linear map by phys_to_virt.
+        assert_eq!(
+            map.phys_to_virt(PhysAddr(0x4008_0000)).unwrap(),
+            VirtAddr(0xffff_0000_4008_0000)
+        );
+        assert_eq!(map.identity_ranges().len(), 1);
+    }
+
+    #[test]
+    fn window_address_follows_the_region_offset() {
+        let map = sample();
+        assert_eq!(
+            map.window_address(PhysAddr(0x0900_0018)),
+            Some(VirtAddr(0xffff_e000_0000_0018))
+        );
+        assert_eq!(
+            map.window_address(PhysAddr(0x7800_0010)),
+            Some(VirtAddr(0xffff_f000_0000_0010))
+        );
+        assert_eq!(
+            map.window_address(PhysAddr(0x4000_0000)),
+            None,
+            "linear RAM has no window"
+        );
+        assert_eq!(map.window_address(PhysAddr(0x1000)), None);
     }
 
     #[test]

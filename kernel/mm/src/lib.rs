@@ -1,7 +1,8 @@
 //! Memory-management logic of tidepool that does not touch hardware: typed
 //! physical and virtual addresses, the address map that classifies every
 //! physical address (and refuses to invent a linear address for memory that is
-//! not in the linear map), and page-table construction.
+//! not in the linear map), the kernel's address-space layout, and page-table
+//! construction.
 //!
 //! Everything here builds and is unit-tested on the host.
 #![cfg_attr(not(test), no_std)]
@@ -11,6 +12,21 @@ extern crate alloc;
 
 pub mod addr;
 pub mod address_map;
+pub mod attributes;
+mod descriptor;
+pub mod layout;
+pub mod page_table;
 
-pub use addr::{PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
-pub use address_map::{AddressClass, AddressMap, Region, RegionKind, TranslationError};
+pub use addr::{PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
+pub use address_map::{
+    AddressClass, AddressMap, IdentityRange, Region, RegionKind, TranslationError,
+};
+pub use attributes::{MAIR_EL1_VALUE, MapAttributes, MemoryType, TcrError, tcr_el1};
+pub use layout::{
+    BuildError, ImageSections, KernelLayout, KernelRoots, LINEAR_OFFSET, Mapping, MappingKind,
+    MmioSpec, NamedRange, PlanError, PlanInput, PoolSpec, WINDOW_BASE, build_tables, plan_layout,
+    tables_needed,
+};
+pub use page_table::{
+    Granule, MapError, MappingCounts, PageTable, TableArena, TableRoot, TableView, Translation,
+};

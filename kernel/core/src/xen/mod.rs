@@ -21,7 +21,11 @@ pub fn note_caches_enabled() {
 /// a real-hardware obligation no emulated test can see.
 fn prepare_buffer_for_xen<T: ?Sized>(buf: &T) {
     if !CACHES_ON.load(Ordering::Acquire) {
-        maintain_range(CacheOp::CleanInvalidate, core::ptr::from_ref(buf).cast::<u8>() as usize, size_of_val(buf));
+        maintain_range(
+            CacheOp::CleanInvalidate,
+            core::ptr::from_ref(buf).cast::<u8>() as usize,
+            size_of_val(buf),
+        );
     }
 }
 
@@ -34,7 +38,13 @@ pub fn console_write(bytes: &[u8]) {
     unsafe {
         hypercall(
             xen_sys::__HYPERVISOR_console_io,
-            [u64::from(xen_sys::CONSOLEIO_write), bytes.len() as u64, bytes.as_ptr() as u64, 0, 0],
+            [
+                u64::from(xen_sys::CONSOLEIO_write),
+                bytes.len() as u64,
+                bytes.as_ptr() as u64,
+                0,
+                0,
+            ],
         );
     }
 }
@@ -53,7 +63,11 @@ pub struct XenVersion {
 impl XenVersion {
     /// The extra version as text (up to the first NUL; lossy if not UTF-8).
     pub fn extra_str(&self) -> &str {
-        let len = self.extra.iter().position(|&b| b == 0).unwrap_or(self.extra.len());
+        let len = self
+            .extra
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.extra.len());
         core::str::from_utf8(&self.extra[..len]).unwrap_or("?")
     }
 }
@@ -64,12 +78,20 @@ const XENVER_EXTRAVERSION: u64 = 1;
 /// Queries `xen_version` (XENVER_version and XENVER_extraversion).
 pub fn version() -> XenVersion {
     // SAFETY: XENVER_version takes no buffer.
-    let packed = unsafe { hypercall(xen_sys::__HYPERVISOR_xen_version, [XENVER_VERSION, 0, 0, 0, 0]) };
+    let packed = unsafe {
+        hypercall(
+            xen_sys::__HYPERVISOR_xen_version,
+            [XENVER_VERSION, 0, 0, 0, 0],
+        )
+    };
     let mut extra = [0u8; 16];
     prepare_buffer_for_xen(&extra);
     // SAFETY: XENVER_extraversion writes exactly 16 bytes to the buffer.
     let rc = unsafe {
-        hypercall(xen_sys::__HYPERVISOR_xen_version, [XENVER_EXTRAVERSION, extra.as_mut_ptr() as u64, 0, 0, 0])
+        hypercall(
+            xen_sys::__HYPERVISOR_xen_version,
+            [XENVER_EXTRAVERSION, extra.as_mut_ptr() as u64, 0, 0, 0],
+        )
     };
     // Xen wrote through its cacheable mapping: drop any stale line before an
     // uncached read (no-op once caches are on).
@@ -77,7 +99,11 @@ pub fn version() -> XenVersion {
     if rc < 0 {
         extra = [0; 16];
     }
-    XenVersion { major: (packed >> 16) as u16, minor: packed as u16, extra }
+    XenVersion {
+        major: (packed >> 16) as u16,
+        minor: packed as u16,
+        extra,
+    }
 }
 
 /// Shutdown reasons for `SCHEDOP_shutdown`.
@@ -100,6 +126,15 @@ pub fn shutdown(reason: ShutdownReason) -> i64 {
     prepare_buffer_for_xen(&arg);
     // SAFETY: SCHEDOP_shutdown reads one u32 (struct sched_shutdown) at the pointer.
     unsafe {
-        hypercall(xen_sys::__HYPERVISOR_sched_op, [u64::from(xen_sys::SCHEDOP_shutdown), arg.as_ptr() as u64, 0, 0, 0])
+        hypercall(
+            xen_sys::__HYPERVISOR_sched_op,
+            [
+                u64::from(xen_sys::SCHEDOP_shutdown),
+                arg.as_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        )
     }
 }

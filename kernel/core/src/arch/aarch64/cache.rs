@@ -42,8 +42,12 @@ pub fn maintain_range(op: CacheOp, start: usize, len: usize) {
         unsafe {
             match op {
                 CacheOp::Clean => core::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)),
-                CacheOp::Invalidate => core::arch::asm!("dc ivac, {}", in(reg) addr, options(nostack)),
-                CacheOp::CleanInvalidate => core::arch::asm!("dc civac, {}", in(reg) addr, options(nostack)),
+                CacheOp::Invalidate => {
+                    core::arch::asm!("dc ivac, {}", in(reg) addr, options(nostack))
+                }
+                CacheOp::CleanInvalidate => {
+                    core::arch::asm!("dc civac, {}", in(reg) addr, options(nostack))
+                }
             }
         }
         addr += line;

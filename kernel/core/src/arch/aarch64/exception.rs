@@ -29,6 +29,10 @@ extern "C" fn tidepool_exception(frame: &mut TrapFrame, vector: u64) {
     if origin == VectorOrigin::Kernel && kind == VectorKind::Irq && crate::irq::dispatch() {
         return;
     }
-    let syndrome = Syndrome { esr: frame.esr, far: frame.far, elr: frame.elr };
+    let syndrome = Syndrome {
+        esr: frame.esr,
+        far: frame.far,
+        elr: frame.elr,
+    };
     crate::report::fatal_exception(origin, kind, &syndrome, frame.sp_el0, frame.x[30])
 }

@@ -84,7 +84,10 @@ fn at(sym: &u8) -> usize {
 pub fn image_layout() -> ImageLayout {
     // SAFETY: only the addresses of linker-defined symbols are taken; nothing is read.
     unsafe {
-        let span = |start: &u8, end: &u8| Span { start: at(start), end: at(end) };
+        let span = |start: &u8, end: &u8| Span {
+            start: at(start),
+            end: at(end),
+        };
         ImageLayout {
             image: span(&__image_start, &__image_end),
             text: span(&__image_start, &__text_end),
@@ -101,7 +104,12 @@ pub fn image_layout() -> ImageLayout {
 /// The BSS range (for reports; the entry code clears it).
 pub fn bss() -> Span {
     // SAFETY: only the addresses of linker-defined symbols are taken.
-    unsafe { Span { start: at(&__bss_start), end: at(&__bss_end) } }
+    unsafe {
+        Span {
+            start: at(&__bss_start),
+            end: at(&__bss_end),
+        }
+    }
 }
 
 /// End of the initialised part of the image.

@@ -6,4 +6,5 @@ pub mod cpu;
 pub mod exception;
 pub mod hypercall;
 pub mod linker;
+pub mod mmu;
 pub mod psci;

@@ -1,0 +1,72 @@
+//! Turning the MMU on and installing translation tables. The tables
+//! themselves are built by tidepool-mm; this module only writes registers.
+
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{
+    MAIR_EL1, ReadWriteable, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, Writeable,
+};
+
+use super::cache::{CacheOp, maintain_range};
+
+/// Invalidates all EL1 TLB entries of this CPU (inner shareable) and waits.
+fn invalidate_tlb() {
+    barrier::dsb(barrier::ISHST);
+    // SAFETY: TLBI VMALLE1IS only drops cached translations.
+    unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) };
+    barrier::dsb(barrier::ISH);
+    barrier::isb(barrier::SY);
+}
+
+/// Enables the MMU and the caches with the given tables.
+///
+/// `written_uncached` lists the ranges the kernel wrote with the MMU off
+/// (the image's data, BSS, stacks and tables) and the ranges it will keep
+/// reading (the device tree): their cache lines are invalidated first, so no
+/// line a loader left behind can shadow what is in memory once caches are on.
+///
+/// # Safety
+/// `ttbr0` and `ttbr1` must be the physical addresses of valid level-0 tables
+/// for `tcr`, using attribute indices defined by `mair`, that map the running
+/// code, its stack and everything it touches next at their current addresses
+/// with compatible permissions.
+pub unsafe fn enable(
+    mair: u64,
+    tcr: u64,
+    ttbr0: u64,
+    ttbr1: u64,
+    written_uncached: &[(usize, usize)],
+) {
+    for &(start, len) in written_uncached {
+        maintain_range(CacheOp::Invalidate, start, len);
+    }
+    MAIR_EL1.set(mair);
+    TCR_EL1.set(tcr);
+    TTBR0_EL1.set(ttbr0);
+    TTBR1_EL1.set(ttbr1);
+    barrier::isb(barrier::SY);
+    invalidate_tlb();
+    // Instruction cache: discard anything fetched before the tables existed.
+    // SAFETY: IC IALLU only invalidates instruction-cache contents.
+    unsafe { core::arch::asm!("ic iallu", options(nostack)) };
+    barrier::dsb(barrier::NSH);
+    barrier::isb(barrier::SY);
+    SCTLR_EL1.modify(
+        SCTLR_EL1::M::Enable
+            + SCTLR_EL1::C::Cacheable
+            + SCTLR_EL1::I::Cacheable
+            + SCTLR_EL1::SA::Enable,
+    );
+    barrier::isb(barrier::SY);
+}
+
+/// Replaces the upper-half (kernel window) tables.
+///
+/// # Safety
+/// `ttbr1` must be a valid level-0 table for the current TCR_EL1 and MAIR_EL1,
+/// and nothing the running code uses may lose its mapping.
+pub unsafe fn set_ttbr1(ttbr1: u64) {
+    barrier::dsb(barrier::ISHST);
+    TTBR1_EL1.set(ttbr1);
+    barrier::isb(barrier::SY);
+    invalidate_tlb();
+}

@@ -1,0 +1,793 @@
+//! The DMA context of one device: coherent allocations, streaming maps and
+//! syncs, with per-device counters.
+//!
+//! Nothing here touches the heap: map, unmap, sync and coherent allocation
+//! run on the I/O path. All state they change was allocated at setup (the
+//! pools' bitmaps) or lives in the device itself (the counters).
+
+use core::fmt;
+
+use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
+
+use crate::boundary::{CacheMaintenance, CacheOp, DmaMemory, FlushErrno, PlatformFlush};
+use crate::error::{DmaError, SetupError};
+use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
+use crate::pool::{Pool, PoolId, PoolRole, PoolSet, first_rejected_byte};
+
+/// A DMA address: what a device is given to reach memory.
+///
+/// DMA addresses are physical addresses (identity): tidepool uses no IOMMU
+/// and no `dma-ranges` translation. Under Xen, dom0 is mapped 1:1, so they
+/// are machine addresses too.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DmaAddr(pub u64);
+
+impl DmaAddr {
+    /// The DMA address of a physical address (identity).
+    pub const fn from_phys(pa: PhysAddr) -> Self {
+        Self(pa.0)
+    }
+
+    /// The physical address behind a DMA address (identity).
+    pub const fn phys(self) -> PhysAddr {
+        PhysAddr(self.0)
+    }
+}
+
+impl fmt::Display for DmaAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// What the device tree says about a device's DMA.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DeviceSpec<'a> {
+    /// The device node's path, e.g. `/virtio_mmio@a003e00`.
+    pub name: &'a str,
+    /// Whether the node has `dma-coherent`.
+    pub coherent: bool,
+    /// The `shared-dma-pool` its `memory-region` points at, by name.
+    pub pool: Option<&'a str>,
+}
+
+/// A CPU buffer to map for streaming DMA, by kernel virtual address.
+///
+/// Whoever builds one vouches that the range is mapped, valid memory that
+/// nobody else uses until the mapping is unmapped: the kernel's
+/// [`DmaMemory`] copies to and from it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CpuBuffer {
+    /// First byte.
+    pub virt: VirtAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Told once per pool when Xen refuses a flush during a sync that the
+/// one-time probe had accepted.
+pub trait WarningSink {
+    /// Reports the warning (the kernel prints its `Display` line).
+    fn warn(&mut self, warning: &FlushRefusedWarning<'_>);
+}
+
+/// Xen refused a flush of a pool it had accepted flushes for.
+///
+/// Display (one console line):
+/// `dma: warning: pool <pool> xen-flush=refused(<ERRNO>) in a sync for <device> -> window VA maintenance from now on`
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FlushRefusedWarning<'a> {
+    /// The device whose sync saw it.
+    pub device: &'a str,
+    /// The pool.
+    pub pool: &'a str,
+    /// What Xen said.
+    pub errno: FlushErrno,
+}
+
+impl fmt::Display for FlushRefusedWarning<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dma: warning: pool {} xen-flush=refused({}) in a sync for {} -> window VA maintenance from now on",
+            self.pool, self.errno, self.device
+        )
+    }
+}
+
+/// Everything a DMA operation uses besides the device itself.
+pub struct DmaEnv<'e, 'a> {
+    /// The address map (classifies every physical address).
+    pub address_map: &'a AddressMap,
+    /// All pools.
+    pub pools: &'e mut PoolSet<'a>,
+    /// Cache maintenance by VA.
+    pub cache: &'e mut dyn CacheMaintenance,
+    /// Copies to and from pool windows.
+    pub memory: &'e mut dyn DmaMemory,
+    /// The hypervisor's flush by physical address; `None` without Xen (or
+    /// where guest-physical is not machine-physical).
+    pub platform: Option<&'e mut dyn PlatformFlush>,
+    /// Where warnings go.
+    pub warnings: &'e mut dyn WarningSink,
+}
+
+/// Where a mapping's device-visible memory is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum MappingTarget {
+    /// The CPU buffer itself, in linear RAM.
+    Direct { linear: VirtAddr },
+    /// A bounce buffer in the device's pool.
+    Bounce {
+        pool: PoolId,
+        block: PhysRange,
+        window: VirtAddr,
+    },
+}
+
+/// A live streaming mapping. Unmapping consumes it; it cannot be copied.
+#[derive(PartialEq, Eq, Debug)]
+pub struct DmaMapping<'a> {
+    device: &'a str,
+    dma: DmaAddr,
+    cpu: CpuBuffer,
+    dir: DmaDirection,
+    target: MappingTarget,
+}
+
+impl<'a> DmaMapping<'a> {
+    /// The address to give the device.
+    pub fn dma_addr(&self) -> DmaAddr {
+        self.dma
+    }
+
+    /// The mapped length in bytes.
+    pub fn size(&self) -> u64 {
+        self.cpu.len
+    }
+
+    /// The direction it was mapped for.
+    pub fn direction(&self) -> DmaDirection {
+        self.dir
+    }
+
+    /// The CPU buffer it maps.
+    pub fn cpu_buffer(&self) -> CpuBuffer {
+        self.cpu
+    }
+
+    /// Whether the device sees a bounce buffer in its pool rather than the
+    /// CPU buffer itself.
+    pub fn is_bounced(&self) -> bool {
+        matches!(self.target, MappingTarget::Bounce { .. })
+    }
+
+    /// The device that made it.
+    pub fn device(&self) -> &'a str {
+        self.device
+    }
+}
+
+/// A coherent DMA buffer. Freeing consumes it; it cannot be copied.
+#[derive(PartialEq, Eq, Debug)]
+pub struct CoherentBuffer<'a> {
+    device: &'a str,
+    pool: PoolId,
+    dma: DmaAddr,
+    virt: VirtAddr,
+    size: u64,
+}
+
+impl<'a> CoherentBuffer<'a> {
+    /// The address to give the device.
+    pub fn dma_addr(&self) -> DmaAddr {
+        self.dma
+    }
+
+    /// Where the CPU reaches it: the pool's window (linear for a linear pool).
+    pub fn virt(&self) -> VirtAddr {
+        self.virt
+    }
+
+    /// Its size in bytes (whole pages).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> PoolId {
+        self.pool
+    }
+
+    /// The device that allocated it.
+    pub fn device(&self) -> &'a str {
+        self.device
+    }
+}
+
+/// Per-device counters. Every sync path adds to them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct DmaStats {
+    /// Sync points: explicit syncs plus the one in every map and unmap.
+    pub syncs: u64,
+    /// Platform flush hypercalls made (refused ones included).
+    pub hypercalls: u64,
+    /// Pages flushed by those hypercalls.
+    pub pages: u64,
+    /// Platform flushes refused during syncs.
+    pub refusals: u64,
+    /// Syncs that did window VA maintenance because Xen refused the pool
+    /// (at its probe or during the sync).
+    pub fallbacks: u64,
+    /// Cache maintenance calls by VA (linear or window).
+    pub va_ops: u64,
+    /// Bytes covered by those calls.
+    pub va_bytes: u64,
+    /// Bytes copied between CPU buffers and bounce buffers, both ways.
+    pub bounced: u64,
+    /// Streaming maps.
+    pub maps: u64,
+    /// Streaming unmaps.
+    pub unmaps: u64,
+    /// Coherent allocations.
+    pub allocs: u64,
+    /// Coherent frees.
+    pub frees: u64,
+}
+
+/// The console line of a device's counters:
+///
+/// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N`
+///
+/// Keys are the [`DmaStats`] fields, always all of them, in that order, in
+/// decimal.
+pub struct StatsLine<'d, 'a>(&'d DmaDevice<'a>);
+
+impl fmt::Display for StatsLine<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.0.stats;
+        write!(
+            f,
+            "dma: stats {} syncs={} hypercalls={} pages={} refusals={} fallbacks={} va_ops={} va_bytes={} \
+             bounced={} maps={} unmaps={} allocs={} frees={}",
+            self.0.name,
+            s.syncs,
+            s.hypercalls,
+            s.pages,
+            s.refusals,
+            s.fallbacks,
+            s.va_ops,
+            s.va_bytes,
+            s.bounced,
+            s.maps,
+            s.unmaps,
+            s.allocs,
+            s.frees
+        )
+    }
+}
+
+/// The DMA context of one device.
+///
+/// - Coherent memory comes from its device-tree pool if it has one, else
+///   from the kernel's non-cacheable pool if the device is not coherent, else
+///   from the kernel's linear pool.
+/// - Streaming maps bounce through its device-tree pool if it has one;
+///   otherwise the device is given the CPU buffer's own physical address,
+///   which must be linear RAM.
+/// - Syncs follow [`sync_action`].
+pub struct DmaDevice<'a> {
+    name: &'a str,
+    coherent: bool,
+    private_pool: Option<PoolId>,
+    coherent_pool: PoolId,
+    stats: DmaStats,
+}
+
+impl<'a> DmaDevice<'a> {
+    /// The context of the device `spec` describes, with its pools resolved.
+    pub fn new(spec: DeviceSpec<'a>, pools: &PoolSet<'a>) -> Result<Self, SetupError<'a>> {
+        let device = spec.name;
+        let private_pool = match spec.pool {
+            Some(pool) => Some(
+                pools
+                    .find(pool)
+                    .ok_or(SetupError::UnknownPool { device, pool })?,
+            ),
+            None => None,
+        };
+        let coherent_pool = match private_pool {
+            Some(pool) => pool,
+            None => {
+                let role = if spec.coherent {
+                    PoolRole::KernelLinear
+                } else {
+                    PoolRole::KernelNonCacheable
+                };
+                pools
+                    .kernel_pool(role)
+                    .ok_or(SetupError::NoKernelPool { device, role })?
+            }
+        };
+        Ok(Self {
+            name: device,
+            coherent: spec.coherent,
+            private_pool,
+            coherent_pool,
+            stats: DmaStats::default(),
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Whether the device is DMA-coherent.
+    pub fn is_coherent(&self) -> bool {
+        self.coherent
+    }
+
+    /// Its device-tree pool, if any.
+    pub fn private_pool(&self) -> Option<PoolId> {
+        self.private_pool
+    }
+
+    /// The pool its coherent memory comes from.
+    pub fn coherent_pool(&self) -> PoolId {
+        self.coherent_pool
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &DmaStats {
+        &self.stats
+    }
+
+    /// Its counters as a console line.
+    pub fn stats_line(&self) -> StatsLine<'_, 'a> {
+        StatsLine(self)
+    }
+
+    fn pool<'p>(&self, pools: &'p PoolSet<'a>, id: PoolId) -> Result<&'p Pool<'a>, DmaError<'a>> {
+        pools.get(id).ok_or(DmaError::UnknownPoolId {
+            device: self.name,
+            pool: id,
+        })
+    }
+
+    fn pool_mut<'p>(
+        &self,
+        pools: &'p mut PoolSet<'a>,
+        id: PoolId,
+    ) -> Result<&'p mut Pool<'a>, DmaError<'a>> {
+        pools.get_mut(id).ok_or(DmaError::UnknownPoolId {
+            device: self.name,
+            pool: id,
+        })
+    }
+
+    fn check_owner(&self, owner: &'a str) -> Result<(), DmaError<'a>> {
+        if owner == self.name {
+            Ok(())
+        } else {
+            Err(DmaError::ForeignHandle {
+                device: self.name,
+                owner,
+            })
+        }
+    }
+
+    /// Allocates `size` bytes (whole pages) of zeroed coherent memory at a
+    /// DMA address that is a multiple of `align` (a power of two).
+    pub fn alloc_coherent(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        size: u64,
+        align: u64,
+    ) -> Result<CoherentBuffer<'a>, DmaError<'a>> {
+        let device = self.name;
+        let pool_id = self.coherent_pool;
+        let pool = self.pool_mut(env.pools, pool_id)?;
+        if !self.coherent && pool.window_cacheable() {
+            return Err(DmaError::CacheableCoherentPool {
+                device,
+                pool: pool.name(),
+            });
+        }
+        let block = pool
+            .alloc(size, align)
+            .map_err(|error| DmaError::Pool { device, error })?;
+        let virt = window_address(pool, block.base);
+        env.memory.zero(virt, block.size);
+        self.stats.allocs += 1;
+        Ok(CoherentBuffer {
+            device,
+            pool: pool_id,
+            dma: DmaAddr::from_phys(block.base),
+            virt,
+            size: block.size,
+        })
+    }
+
+    /// Frees a coherent buffer of this device.
+    pub fn free_coherent(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        buffer: CoherentBuffer<'a>,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(buffer.device)?;
+        let device = self.name;
+        let pool = self.pool_mut(env.pools, buffer.pool)?;
+        pool.free(PhysRange {
+            base: buffer.dma.phys(),
+            size: buffer.size,
+        })
+        .map_err(|error| DmaError::Pool { device, error })?;
+        self.stats.frees += 1;
+        Ok(())
+    }
+
+    /// The live coherent buffer of this device at `dma` of `size` bytes, for
+    /// callers that keep only the address (virtio-drivers' `Hal::dma_dealloc`).
+    pub fn coherent_at(
+        &self,
+        env: &DmaEnv<'_, 'a>,
+        dma: DmaAddr,
+        size: u64,
+    ) -> Result<CoherentBuffer<'a>, DmaError<'a>> {
+        let pool = self.pool(env.pools, self.coherent_pool)?;
+        let block = PhysRange {
+            base: dma.phys(),
+            size,
+        };
+        if !pool.is_allocation(block) {
+            return Err(DmaError::NoSuchMapping {
+                device: self.name,
+                dma,
+                len: size,
+            });
+        }
+        Ok(CoherentBuffer {
+            device: self.name,
+            pool: self.coherent_pool,
+            dma,
+            virt: window_address(pool, block.base),
+            size: size.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        })
+    }
+
+    /// The physical and linear addresses of a CPU buffer the device uses
+    /// directly; refused unless every byte is linear RAM.
+    fn direct_buffer(
+        &self,
+        map: &'a AddressMap,
+        cpu: CpuBuffer,
+    ) -> Result<(PhysAddr, VirtAddr), DmaError<'a>> {
+        let device = self.name;
+        let phys = map
+            .virt_to_phys(cpu.virt)
+            .map_err(|_| DmaError::BufferNotMapped {
+                device,
+                virt: cpu.virt,
+            })?;
+        let range = PhysRange {
+            base: phys,
+            size: cpu.len,
+        };
+        if let Some((phys, class)) = first_rejected_byte(map, range, |_, class| {
+            matches!(class, AddressClass::LinearRam { .. })
+        }) {
+            return Err(DmaError::NotLinearRam {
+                device,
+                phys,
+                class,
+            });
+        }
+        Ok((phys, VirtAddr(phys.0.wrapping_add(map.linear_offset()))))
+    }
+
+    fn check_buffer(&self, cpu: CpuBuffer) -> Result<(), DmaError<'a>> {
+        if cpu.len == 0 {
+            return Err(DmaError::ZeroLength { device: self.name });
+        }
+        if cpu.virt.checked_add(cpu.len).is_none() {
+            return Err(DmaError::BufferOutOfRange {
+                device: self.name,
+                virt: cpu.virt,
+                len: cpu.len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Maps `cpu` for streaming DMA in direction `dir` and syncs it for the
+    /// device.
+    ///
+    /// With a device-tree pool, the device gets a bounce buffer in the pool
+    /// and the CPU buffer is copied into it whatever the direction: a device
+    /// that writes less than the whole buffer must not leave stale pool
+    /// contents to be copied back at unmap (Linux's swiotlb does the same).
+    /// Without one, the device gets the buffer's own physical address, which
+    /// must be linear RAM.
+    pub fn map(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        cpu: CpuBuffer,
+        dir: DmaDirection,
+    ) -> Result<DmaMapping<'a>, DmaError<'a>> {
+        self.check_buffer(cpu)?;
+        let device = self.name;
+        let mapping = match self.private_pool {
+            Some(pool_id) => {
+                let pool = self.pool_mut(env.pools, pool_id)?;
+                let block = pool
+                    .alloc(cpu.len, PAGE_SIZE)
+                    .map_err(|error| DmaError::Pool { device, error })?;
+                let window = window_address(pool, block.base);
+                env.memory.copy(cpu.virt, window, cpu.len);
+                self.stats.bounced += cpu.len;
+                let target = MappingTarget::Bounce {
+                    pool: pool_id,
+                    block,
+                    window,
+                };
+                DmaMapping {
+                    device,
+                    dma: DmaAddr::from_phys(block.base),
+                    cpu,
+                    dir,
+                    target,
+                }
+            }
+            None => {
+                let (phys, linear) = self.direct_buffer(env.address_map, cpu)?;
+                let target = MappingTarget::Direct { linear };
+                DmaMapping {
+                    device,
+                    dma: DmaAddr::from_phys(phys),
+                    cpu,
+                    dir,
+                    target,
+                }
+            }
+        };
+        self.cache_sync(env, &mapping, SyncPoint::ForDevice)?;
+        self.stats.maps += 1;
+        Ok(mapping)
+    }
+
+    /// The live mapping of this device at `dma` for `cpu` and `dir`, for
+    /// callers that keep only the address (virtio-drivers' `Hal::unshare`).
+    /// A bounce buffer must be a live allocation of exactly that size; a
+    /// direct mapping must be `cpu`'s own address. The caller must not
+    /// rebuild a mapping it already unmapped.
+    pub fn mapping_at(
+        &self,
+        env: &DmaEnv<'_, 'a>,
+        dma: DmaAddr,
+        cpu: CpuBuffer,
+        dir: DmaDirection,
+    ) -> Result<DmaMapping<'a>, DmaError<'a>> {
+        self.check_buffer(cpu)?;
+        let device = self.name;
+        let no_such_mapping = DmaError::NoSuchMapping {
+            device,
+            dma,
+            len: cpu.len,
+        };
+        let target = match self.private_pool {
+            Some(pool_id) => {
+                let pool = self.pool(env.pools, pool_id)?;
+                if !pool.is_allocation(PhysRange {
+                    base: dma.phys(),
+                    size: cpu.len,
+                }) {
+                    return Err(no_such_mapping);
+                }
+                // A live allocation lies inside the pool: the rounding cannot overflow.
+                let block = PhysRange {
+                    base: dma.phys(),
+                    size: cpu.len.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+                };
+                MappingTarget::Bounce {
+                    pool: pool_id,
+                    block,
+                    window: window_address(pool, block.base),
+                }
+            }
+            None => {
+                let (phys, linear) = self.direct_buffer(env.address_map, cpu)?;
+                if phys != dma.phys() {
+                    return Err(no_such_mapping);
+                }
+                MappingTarget::Direct { linear }
+            }
+        };
+        Ok(DmaMapping {
+            device,
+            dma,
+            cpu,
+            dir,
+            target,
+        })
+    }
+
+    /// Syncs for the CPU, copies a bounce buffer back to the CPU buffer when
+    /// the device wrote it, and frees the bounce buffer.
+    ///
+    /// A mapping of another device is refused; it is consumed all the same
+    /// and its bounce buffer stays allocated (a caller bug, visible in the
+    /// pool's usage). A bounce buffer that is no longer allocated is refused
+    /// before any copy.
+    pub fn unmap(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        mapping: DmaMapping<'a>,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(mapping.device)?;
+        if let MappingTarget::Bounce { pool, block, .. } = mapping.target
+            && !self.pool(env.pools, pool)?.is_allocation(block)
+        {
+            return Err(DmaError::NoSuchMapping {
+                device: self.name,
+                dma: mapping.dma,
+                len: mapping.cpu.len,
+            });
+        }
+        self.sync_for_cpu(env, &mapping)?;
+        if let MappingTarget::Bounce { pool, block, .. } = mapping.target {
+            let device = self.name;
+            self.pool_mut(env.pools, pool)?
+                .free(block)
+                .map_err(|error| DmaError::Pool { device, error })?;
+        }
+        self.stats.unmaps += 1;
+        Ok(())
+    }
+
+    /// Hands the buffer (back) to the device: copies the CPU buffer into the
+    /// bounce buffer when the device reads it, then does the cache
+    /// maintenance [`sync_action`] asks for.
+    pub fn sync_for_device(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        mapping: &DmaMapping<'a>,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(mapping.device)?;
+        if let MappingTarget::Bounce { window, .. } = mapping.target
+            && mapping.dir.device_reads()
+        {
+            env.memory.copy(mapping.cpu.virt, window, mapping.cpu.len);
+            self.stats.bounced += mapping.cpu.len;
+        }
+        self.cache_sync(env, mapping, SyncPoint::ForDevice)
+    }
+
+    /// Hands the buffer (back) to the CPU: does the cache maintenance
+    /// [`sync_action`] asks for, then copies the bounce buffer into the CPU
+    /// buffer when the device wrote it.
+    pub fn sync_for_cpu(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        mapping: &DmaMapping<'a>,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(mapping.device)?;
+        self.cache_sync(env, mapping, SyncPoint::ForCpu)?;
+        if let MappingTarget::Bounce { window, .. } = mapping.target
+            && mapping.dir.device_writes()
+        {
+            env.memory.copy(window, mapping.cpu.virt, mapping.cpu.len);
+            self.stats.bounced += mapping.cpu.len;
+        }
+        Ok(())
+    }
+
+    /// Decides and does the cache maintenance of one sync point.
+    fn cache_sync(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        mapping: &DmaMapping<'a>,
+        point: SyncPoint,
+    ) -> Result<(), DmaError<'a>> {
+        self.stats.syncs += 1;
+        let len = mapping.cpu.len;
+        let (pool_id, block, window) = match mapping.target {
+            MappingTarget::Direct { linear } => {
+                let action = sync_action(
+                    self.coherent,
+                    MemoryClass::LinearRam,
+                    None,
+                    true,
+                    point,
+                    mapping.dir,
+                );
+                if let SyncAction::LinearVa { op } = action {
+                    self.maintain_by_va(env.cache, op, linear, len);
+                }
+                return Ok(());
+            }
+            MappingTarget::Bounce {
+                pool,
+                block,
+                window,
+            } => (pool, block, window),
+        };
+        let pool = self.pool_mut(env.pools, pool_id)?;
+        let mut platform = env.platform.as_deref_mut();
+        let support = match platform.as_deref_mut() {
+            // Learned once: at setup, or here if the pool was set up without the platform.
+            Some(flush) if pool.memory_class() == MemoryClass::NoMapPool && !self.coherent => Some(
+                pool.flush_support()
+                    .unwrap_or_else(|| pool.probe_platform_flush(flush)),
+            ),
+            Some(_) => pool.flush_support(),
+            None => None,
+        };
+        let action = sync_action(
+            self.coherent,
+            pool.memory_class(),
+            support,
+            pool.window_cacheable(),
+            point,
+            mapping.dir,
+        );
+        match (action, platform) {
+            (SyncAction::None, _) => {}
+            (SyncAction::Platform { op }, Some(flush)) => {
+                match flush.flush(
+                    op,
+                    PhysRange {
+                        base: block.base,
+                        size: len,
+                    },
+                ) {
+                    Ok(done) => {
+                        self.stats.hypercalls += u64::from(done.hypercalls);
+                        self.stats.pages += u64::from(done.pages);
+                    }
+                    Err(failed) => {
+                        self.stats.hypercalls += u64::from(failed.hypercalls);
+                        self.stats.refusals += 1;
+                        self.stats.fallbacks += 1;
+                        if pool.record_sync_refusal(FlushSupport::Refused(failed.errno)) {
+                            env.warnings.warn(&FlushRefusedWarning {
+                                device: self.name,
+                                pool: pool.name(),
+                                errno: failed.errno,
+                            });
+                        }
+                        self.maintain_by_va(env.cache, op, window, len);
+                    }
+                }
+            }
+            (SyncAction::WindowVa { op }, _) => {
+                if let Some(FlushSupport::Refused(_)) = support {
+                    self.stats.fallbacks += 1;
+                }
+                self.maintain_by_va(env.cache, op, window, len);
+            }
+            // Linear VA of a pool in the linear map is its window address.
+            (SyncAction::LinearVa { op } | SyncAction::Platform { op }, _) => {
+                self.maintain_by_va(env.cache, op, window, len);
+            }
+        }
+        Ok(())
+    }
+
+    fn maintain_by_va(
+        &mut self,
+        cache: &mut dyn CacheMaintenance,
+        op: CacheOp,
+        start: VirtAddr,
+        len: u64,
+    ) {
+        cache.maintain(op, start, len);
+        self.stats.va_ops += 1;
+        self.stats.va_bytes += len;
+    }
+}
+
+/// The window address of `pa`, a byte of `pool`.
+fn window_address(pool: &Pool<'_>, pa: PhysAddr) -> VirtAddr {
+    VirtAddr(pool.window().0 + (pa.0 - pool.phys().base.0))
+}

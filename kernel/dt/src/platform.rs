@@ -1,0 +1,544 @@
+//! Platform facts the kernel needs once at boot: `/chosen`, the Xen
+//! `/hypervisor` node, the GIC, PSCI, virtio-mmio transports and UARTs.
+//!
+//! Only available nodes (`status` absent or okay on the node and every
+//! ancestor) are read. Every `reg` is translated to a root (CPU physical)
+//! address through the `ranges` of the buses above it. A node with an error
+//! is left out and the error recorded in [`Platform::errors`].
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::blob;
+use crate::error::{DtbError, NodeError, NodeErrorKind};
+use crate::range::AddrRange;
+use crate::tree::{self, ROOT, Tree};
+
+/// GICv2 `compatible` strings.
+const GIC_V2: &[&str] = &[
+    "arm,gic-400",
+    "arm,cortex-a15-gic",
+    "arm,cortex-a9-gic",
+    "arm,cortex-a7-gic",
+];
+/// GICv3 `compatible` strings.
+const GIC_V3: &[&str] = &["arm,gic-v3"];
+/// Largest SPI number (INTID 1019).
+const MAX_SPI: u32 = 987;
+/// Largest PPI number (INTID 31).
+const MAX_PPI: u32 = 15;
+
+/// Facts from `/chosen`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chosen {
+    /// `bootargs`.
+    pub bootargs: Option<String>,
+    /// `stdout-path` (or `linux,stdout-path`), resolved.
+    pub stdout: Option<Stdout>,
+}
+
+/// The console `stdout-path` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stdout {
+    /// Full path of the node (aliases resolved).
+    pub path: String,
+    /// What follows `:` in `stdout-path` (for example `115200n8`).
+    pub options: Option<String>,
+    /// The node's `compatible` strings.
+    pub compatible: Vec<String>,
+    /// Its first `reg` entry, translated; `None` if it has none.
+    pub reg: Option<AddrRange>,
+}
+
+/// An interrupt on the GIC, from a three-cell specifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GicInterrupt {
+    /// SPI or PPI.
+    pub kind: InterruptKind,
+    /// Number within its kind (second cell).
+    pub number: u32,
+    /// Third cell: trigger type in bits 3:0 (1 rising edge, 2 falling edge,
+    /// 4 level high, 8 level low), GICv2 PPI CPU mask in bits 15:8.
+    pub flags: u32,
+}
+
+/// The kind of a GIC interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// Shared peripheral interrupt (first cell 0).
+    Spi,
+    /// Private peripheral interrupt (first cell 1).
+    Ppi,
+}
+
+impl GicInterrupt {
+    /// The GIC interrupt ID: SPI n is 32 + n, PPI n is 16 + n.
+    pub fn intid(&self) -> u32 {
+        match self.kind {
+            InterruptKind::Spi => 32 + self.number,
+            InterruptKind::Ppi => 16 + self.number,
+        }
+    }
+}
+
+/// The Xen `/hypervisor` node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hypervisor {
+    /// Full path (`/hypervisor`).
+    pub path: String,
+    /// `compatible`, for example `xen,xen-4.17`, `xen,xen`.
+    pub compatible: Vec<String>,
+    /// First `reg` entry: where to map the grant table.
+    pub grant_table: AddrRange,
+    /// Further `reg` entries: free guest-physical space (extended regions).
+    pub extended_regions: Vec<AddrRange>,
+    /// The event-channel upcall interrupt.
+    pub event_channel: GicInterrupt,
+}
+
+/// GIC architecture version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicVersion {
+    /// GICv2 (`arm,gic-400`, `arm,cortex-a15-gic`, ...).
+    V2,
+    /// GICv3 (`arm,gic-v3`).
+    V3,
+}
+
+/// The interrupt controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gic {
+    /// Full path.
+    pub path: String,
+    /// Version, from `compatible`.
+    pub version: GicVersion,
+    /// Distributor (first `reg` entry).
+    pub distributor: AddrRange,
+    /// CPU interface: v2's second `reg` entry; v3's optional legacy GICC
+    /// entry after the redistributors.
+    pub cpu_interface: Option<AddrRange>,
+    /// v3 redistributor regions (`#redistributor-regions`, default 1); empty
+    /// for v2.
+    pub redistributors: Vec<AddrRange>,
+}
+
+/// How PSCI calls are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciMethod {
+    /// `hvc`.
+    Hvc,
+    /// `smc`.
+    Smc,
+}
+
+/// The PSCI node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Psci {
+    /// Full path.
+    pub path: String,
+    /// `compatible` (`arm,psci-1.0`, ...).
+    pub compatible: Vec<String>,
+    /// `method`.
+    pub method: PsciMethod,
+}
+
+/// A virtio-mmio transport (`virtio,mmio`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioMmio {
+    /// Full path.
+    pub path: String,
+    /// Register window (first `reg` entry), translated.
+    pub reg: AddrRange,
+    /// Its interrupt (first specifier).
+    pub interrupt: GicInterrupt,
+    /// `dma-coherent` on the node or an ancestor.
+    pub dma_coherent: bool,
+    /// Paths of the nodes its `memory-region` names, in order.
+    pub memory_regions: Vec<String>,
+}
+
+/// The kind of a UART.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UartKind {
+    /// `arm,pl011`.
+    Pl011,
+    /// `arm,sbsa-uart` (Xen's vpl011 in a domU).
+    SbsaUart,
+}
+
+/// A PL011-compatible UART.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uart {
+    /// Full path.
+    pub path: String,
+    /// Kind, from `compatible`.
+    pub kind: UartKind,
+    /// Register window (first `reg` entry), translated.
+    pub reg: AddrRange,
+}
+
+/// Everything the kernel learns about the platform from the device tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Platform {
+    /// `/chosen`.
+    pub chosen: Chosen,
+    /// The Xen `/hypervisor` node, if present.
+    pub hypervisor: Option<Hypervisor>,
+    /// The first available GIC node, in tree order.
+    pub gic: Option<Gic>,
+    /// The first available PSCI node, in tree order.
+    pub psci: Option<Psci>,
+    /// virtio-mmio transports, in tree order.
+    pub virtio_mmio: Vec<VirtioMmio>,
+    /// PL011 and SBSA UARTs, in tree order.
+    pub uarts: Vec<Uart>,
+    /// Nodes left out (or facts left unset) and why.
+    pub errors: Vec<NodeError>,
+}
+
+impl Platform {
+    /// The platform facts of the device tree blob `dtb`.
+    pub fn from_dtb(dtb: &[u8]) -> Result<Platform, DtbError> {
+        let checked = blob::check(dtb)?;
+        Ok(Self::build(&Tree::new(&checked)?))
+    }
+
+    pub(crate) fn build(tree: &Tree<'_>) -> Platform {
+        let mut platform = Platform::default();
+        let errors = &mut platform.errors;
+        platform.chosen = chosen(tree, errors);
+        platform.hypervisor = tree
+            .child(ROOT, "hypervisor")
+            .filter(|&n| tree.nodes[n].available && tree.is_compatible(n, &["xen,xen"]))
+            .and_then(|n| keep(hypervisor(tree, n), errors));
+        for node in (0..tree.nodes.len()).filter(|&n| tree.nodes[n].available) {
+            if platform.gic.is_none()
+                && (tree.is_compatible(node, GIC_V2) || tree.is_compatible(node, GIC_V3))
+            {
+                platform.gic = keep(gic(tree, node), errors);
+            }
+            if platform.psci.is_none() && is_psci(tree, node) {
+                platform.psci = keep(psci(tree, node), errors);
+            }
+            if tree.is_compatible(node, &["virtio,mmio"]) {
+                platform
+                    .virtio_mmio
+                    .extend(keep(virtio_mmio(tree, node), errors));
+            }
+            let uart_kind = if tree.is_compatible(node, &["arm,pl011"]) {
+                Some(UartKind::Pl011)
+            } else if tree.is_compatible(node, &["arm,sbsa-uart"]) {
+                Some(UartKind::SbsaUart)
+            } else {
+                None
+            };
+            if let Some(kind) = uart_kind {
+                let uart = first_reg(tree, node).map(|reg| Uart {
+                    path: tree.nodes[node].path.clone(),
+                    kind,
+                    reg,
+                });
+                platform.uarts.extend(keep(uart, errors));
+            }
+        }
+        platform
+    }
+}
+
+fn keep<T>(result: Result<T, NodeError>, errors: &mut Vec<NodeError>) -> Option<T> {
+    result.map_err(|error| errors.push(error)).ok()
+}
+
+fn owned(strings: Vec<&str>) -> Vec<String> {
+    strings.into_iter().map(String::from).collect()
+}
+
+fn chosen(tree: &Tree<'_>, errors: &mut Vec<NodeError>) -> Chosen {
+    let Some(node) = tree.child(ROOT, "chosen") else {
+        return Chosen::default();
+    };
+    let bootargs = keep(
+        tree.string(node, "bootargs")
+            .map_err(|kind| tree.error(node, kind)),
+        errors,
+    )
+    .flatten();
+    let stdout_property = if tree.has(node, "stdout-path") {
+        "stdout-path"
+    } else {
+        "linux,stdout-path"
+    };
+    let spec = keep(
+        tree.string(node, stdout_property)
+            .map_err(|kind| tree.error(node, kind)),
+        errors,
+    )
+    .flatten();
+    let stdout = spec.and_then(|spec| keep(stdout(tree, node, spec), errors));
+    Chosen {
+        bootargs: bootargs.map(String::from),
+        stdout,
+    }
+}
+
+fn stdout(tree: &Tree<'_>, chosen: usize, spec: &str) -> Result<Stdout, NodeError> {
+    let (name, options) = match spec.split_once(':') {
+        Some((name, options)) => (name, Some(options.to_string())),
+        None => (spec, None),
+    };
+    let path = if name.starts_with('/') {
+        name
+    } else {
+        let alias = tree
+            .child(ROOT, "aliases")
+            .and_then(|aliases| tree.property(aliases, name));
+        alias
+            .and_then(tree::first_string)
+            .ok_or_else(|| tree.error(chosen, NodeErrorKind::UnknownAlias(name.to_string())))?
+    };
+    let node = tree
+        .find(path)
+        .ok_or_else(|| tree.error(chosen, NodeErrorKind::NoSuchNode(path.to_string())))?;
+    let compatible = owned(
+        tree.strings(node, "compatible")
+            .map_err(|kind| tree.error(node, kind))?
+            .unwrap_or_default(),
+    );
+    let reg = if tree.has(node, "reg") {
+        Some(first_reg(tree, node)?)
+    } else {
+        None
+    };
+    Ok(Stdout {
+        path: tree.nodes[node].path.clone(),
+        options,
+        compatible,
+        reg,
+    })
+}
+
+/// All `reg` entries of `node`, decoded with its parent's cells and
+/// translated to root addresses.
+fn regs(tree: &Tree<'_>, node: usize) -> Result<Vec<AddrRange>, NodeError> {
+    let value = tree
+        .property(node, "reg")
+        .ok_or_else(|| tree.error(node, NodeErrorKind::Missing { property: "reg" }))?;
+    let parent = tree.nodes[node].parent.unwrap_or(ROOT);
+    let cells = tree.cells(parent)?;
+    let entries = tree::decode(value, "reg", &[cells.address, cells.size])
+        .map_err(|kind| tree.error(node, kind))?;
+    if entries.is_empty() {
+        return Err(tree.error(node, NodeErrorKind::Missing { property: "reg" }));
+    }
+    entries
+        .iter()
+        .map(|entry| {
+            let range = AddrRange::new(entry[0], entry[1]);
+            let range = range.ok_or_else(|| {
+                tree.error(
+                    node,
+                    NodeErrorKind::Wraps {
+                        property: "reg",
+                        base: entry[0],
+                        size: entry[1],
+                    },
+                )
+            })?;
+            tree.to_root(node, range)
+        })
+        .collect()
+}
+
+fn first_reg(tree: &Tree<'_>, node: usize) -> Result<AddrRange, NodeError> {
+    Ok(regs(tree, node)?[0])
+}
+
+/// The interrupt parent of `node`, found as Linux does: follow
+/// `interrupt-parent` where a node has one, else go to the tree parent,
+/// until a node with `#interrupt-cells`.
+fn interrupt_parent(tree: &Tree<'_>, node: usize) -> Result<usize, NodeError> {
+    let mut current = node;
+    // Each step visits a node; more steps than nodes means a cycle.
+    for _ in 0..tree.nodes.len() {
+        let next = match tree
+            .u32(current, "interrupt-parent")
+            .map_err(|kind| tree.error(current, kind))?
+        {
+            Some(phandle) => tree.target(current, "interrupt-parent", 0, phandle)?,
+            None => tree.nodes[current]
+                .parent
+                .ok_or_else(|| tree.error(node, NodeErrorKind::NoInterruptParent))?,
+        };
+        if tree.has(next, "#interrupt-cells") {
+            return Ok(next);
+        }
+        current = next;
+    }
+    Err(tree.error(node, NodeErrorKind::NoInterruptParent))
+}
+
+/// The first interrupt of `node`, decoded by its interrupt parent, which
+/// must be a GIC with three interrupt cells.
+fn interrupt(tree: &Tree<'_>, node: usize) -> Result<GicInterrupt, NodeError> {
+    let error = |kind| tree.error(node, kind);
+    let value = tree.property(node, "interrupts").ok_or_else(|| {
+        error(NodeErrorKind::Missing {
+            property: "interrupts",
+        })
+    })?;
+    let parent = interrupt_parent(tree, node)?;
+    if !(tree.is_compatible(parent, GIC_V2) || tree.is_compatible(parent, GIC_V3)) {
+        return Err(error(NodeErrorKind::InterruptParentNotGic {
+            parent: tree.nodes[parent].path.clone(),
+        }));
+    }
+    let cells = tree
+        .u32(parent, "#interrupt-cells")
+        .map_err(|kind| tree.error(parent, kind))?
+        .unwrap_or(0);
+    if cells != 3 {
+        return Err(tree.error(parent, NodeErrorKind::UnsupportedInterruptCells(cells)));
+    }
+    let specifiers = tree::decode(value, "interrupts", &[1, 1, 1]).map_err(error)?;
+    let Some(first) = specifiers.first() else {
+        return Err(error(NodeErrorKind::Truncated {
+            property: "interrupts",
+            len: 0,
+            unit: 12,
+        }));
+    };
+    let (kind, number, flags) = (first[0] as u32, first[1] as u32, first[2] as u32);
+    let (kind, max) = match kind {
+        0 => (InterruptKind::Spi, MAX_SPI),
+        1 => (InterruptKind::Ppi, MAX_PPI),
+        other => return Err(error(NodeErrorKind::UnsupportedInterruptType(other))),
+    };
+    if number > max {
+        return Err(error(NodeErrorKind::InterruptOutOfRange {
+            kind: first[0] as u32,
+            number,
+        }));
+    }
+    Ok(GicInterrupt {
+        kind,
+        number,
+        flags,
+    })
+}
+
+fn hypervisor(tree: &Tree<'_>, node: usize) -> Result<Hypervisor, NodeError> {
+    let compatible = owned(
+        tree.strings(node, "compatible")
+            .map_err(|kind| tree.error(node, kind))?
+            .unwrap_or_default(),
+    );
+    let regs = regs(tree, node)?;
+    Ok(Hypervisor {
+        path: tree.nodes[node].path.clone(),
+        compatible,
+        grant_table: regs[0],
+        extended_regions: regs[1..].to_vec(),
+        event_channel: interrupt(tree, node)?,
+    })
+}
+
+fn gic(tree: &Tree<'_>, node: usize) -> Result<Gic, NodeError> {
+    let regs = regs(tree, node)?;
+    let path = tree.nodes[node].path.clone();
+    let too_few = |required: usize| {
+        tree.error(
+            node,
+            NodeErrorKind::TooFewRegEntries {
+                found: regs.len(),
+                required,
+            },
+        )
+    };
+    if tree.is_compatible(node, GIC_V3) {
+        let count = tree
+            .u32(node, "#redistributor-regions")
+            .map_err(|kind| tree.error(node, kind))?
+            .unwrap_or(1) as usize;
+        let redistributors = regs.get(1..count.saturating_add(1)).filter(|_| count > 0);
+        let redistributors = redistributors
+            .ok_or_else(|| too_few(count.saturating_add(1)))?
+            .to_vec();
+        let cpu_interface = regs.get(count + 1).copied();
+        Ok(Gic {
+            path,
+            version: GicVersion::V3,
+            distributor: regs[0],
+            cpu_interface,
+            redistributors,
+        })
+    } else {
+        let cpu_interface = *regs.get(1).ok_or_else(|| too_few(2))?;
+        Ok(Gic {
+            path,
+            version: GicVersion::V2,
+            distributor: regs[0],
+            cpu_interface: Some(cpu_interface),
+            redistributors: Vec::new(),
+        })
+    }
+}
+
+fn is_psci(tree: &Tree<'_>, node: usize) -> bool {
+    let list = tree
+        .property(node, "compatible")
+        .and_then(tree::string_list)
+        .unwrap_or_default();
+    list.iter()
+        .any(|c| *c == "arm,psci" || c.starts_with("arm,psci-"))
+}
+
+fn psci(tree: &Tree<'_>, node: usize) -> Result<Psci, NodeError> {
+    let compatible = owned(
+        tree.strings(node, "compatible")
+            .map_err(|kind| tree.error(node, kind))?
+            .unwrap_or_default(),
+    );
+    let method = tree
+        .string(node, "method")
+        .map_err(|kind| tree.error(node, kind))?;
+    let method = match method {
+        Some("hvc") => PsciMethod::Hvc,
+        Some("smc") => PsciMethod::Smc,
+        Some(other) => {
+            return Err(tree.error(node, NodeErrorKind::BadPsciMethod(other.to_string())));
+        }
+        None => return Err(tree.error(node, NodeErrorKind::Missing { property: "method" })),
+    };
+    Ok(Psci {
+        path: tree.nodes[node].path.clone(),
+        compatible,
+        method,
+    })
+}
+
+fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
+    let reg = first_reg(tree, node)?;
+    let interrupt = interrupt(tree, node)?;
+    let mut dma_coherent = false;
+    let mut current = Some(node);
+    while let Some(n) = current {
+        dma_coherent |= tree.has(n, "dma-coherent");
+        current = tree.nodes[n].parent;
+    }
+    let mut memory_regions = Vec::new();
+    if let Some(value) = tree.property(node, "memory-region") {
+        let phandles =
+            tree::decode(value, "memory-region", &[1]).map_err(|kind| tree.error(node, kind))?;
+        for (entry, phandle) in phandles.iter().map(|p| p[0] as u32).enumerate() {
+            let target = tree.target(node, "memory-region", entry, phandle)?;
+            memory_regions.push(tree.nodes[target].path.clone());
+        }
+    }
+    Ok(VirtioMmio {
+        path: tree.nodes[node].path.clone(),
+        reg,
+        interrupt,
+        dma_coherent,
+        memory_regions,
+    })
+}

@@ -1,0 +1,519 @@
+//! Grant table v1 (`xen/include/public/grant_table.h`): the entry layout,
+//! the setup and size-query arguments, and the guest's bookkeeping of which
+//! references are free.
+//!
+//! Arm supports only version 1. The kernel maps the table's frames with
+//! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` into the region the
+//! device tree's `/hypervisor` node names, and hands the entries to
+//! [`GrantTable`] as a slice.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+
+use crate::domain::DomId;
+
+/// `GNTTABOP_setup_table`.
+pub const GNTTABOP_setup_table: u32 = 2;
+/// `GNTTABOP_query_size`.
+pub const GNTTABOP_query_size: u32 = 6;
+
+/// `GTF_permit_access`: the entry lets `domid` map or access `frame`.
+pub const GTF_permit_access: u16 = 1;
+/// `GTF_type_mask`: the entry's type bits.
+pub const GTF_type_mask: u16 = 3;
+/// `GTF_readonly`: only read-only access is permitted.
+pub const GTF_readonly: u16 = 1 << 2;
+/// `GTF_reading`: Xen marks the entry in use for reading (set by Xen).
+pub const GTF_reading: u16 = 1 << 3;
+/// `GTF_writing`: Xen marks the entry in use for writing (set by Xen).
+pub const GTF_writing: u16 = 1 << 4;
+
+/// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 belong to the toolstack
+/// (0 console, 1 xenstore) and are never handed out.
+pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
+
+/// Entries per 4 KiB grant-table frame.
+pub const GRANT_ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
+
+/// A grant reference: the index of an entry in the grant table.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct GrantRef(pub u32);
+
+impl fmt::Display for GrantRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gref {}", self.0)
+    }
+}
+
+/// `struct grant_entry_v1`, shared with Xen while it is live.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct GrantEntryV1 {
+    /// `GTF_*`: type and flags. Written by the guest to grant and revoke;
+    /// Xen sets and clears `GTF_reading`/`GTF_writing`.
+    pub flags: AtomicU16,
+    /// The domain being granted access.
+    pub domid: AtomicU16,
+    /// The guest frame number (GFN) granted.
+    pub frame: AtomicU32,
+}
+
+crate::assert_layout!(GrantEntryV1, size 8, align 4, flags @ 0, domid @ 2, frame @ 4);
+
+/// `struct gnttab_setup_table`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GnttabSetupTable {
+    /// The domain (`DOMID_SELF`).
+    pub dom: u16,
+    /// Frames wanted; Xen grows the table to this size.
+    pub nr_frames: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Guest handle of a `xen_pfn_t[nr_frames]` Xen fills with the frames'
+    /// current GFNs (on Arm: those already mapped with `add_to_physmap`).
+    pub frame_list: u64,
+}
+
+crate::assert_layout!(GnttabSetupTable, size 24, align 8,
+    dom @ 0, nr_frames @ 4, status @ 8, frame_list @ 16);
+
+/// `struct gnttab_query_size`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GnttabQuerySize {
+    /// The domain (`DOMID_SELF`).
+    pub dom: u16,
+    /// OUT: frames in the table now.
+    pub nr_frames: u32,
+    /// OUT: the most frames the table can have.
+    pub max_nr_frames: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+}
+
+crate::assert_layout!(GnttabQuerySize, size 16, align 4,
+    dom @ 0, nr_frames @ 4, max_nr_frames @ 8, status @ 12);
+
+impl GnttabQuerySize {
+    /// A query for the calling domain.
+    pub const fn new() -> Self {
+        Self {
+            dom: DomId::SELF.0,
+            nr_frames: 0,
+            max_nr_frames: 0,
+            status: 0,
+        }
+    }
+}
+
+impl Default for GnttabQuerySize {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GnttabSetupTable {
+    /// A setup request for the calling domain; `nr_frames` and `frame_list`
+    /// are filled from the frame buffer when the call is issued.
+    pub const fn new() -> Self {
+        Self {
+            dom: DomId::SELF.0,
+            nr_frames: 0,
+            status: 0,
+            frame_list: 0,
+        }
+    }
+}
+
+impl Default for GnttabSetupTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The grant table's size as `GNTTABOP_query_size` reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GrantTableSize {
+    /// Frames the table has now.
+    pub nr_frames: u32,
+    /// The most frames it may grow to.
+    pub max_nr_frames: u32,
+}
+
+/// What a grant lets the other domain do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GrantAccess {
+    /// Read only (`GTF_readonly`).
+    ReadOnly,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// Errors of [`GrantTable`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GrantError {
+    /// Every usable entry is granted.
+    Exhausted {
+        /// Usable (non-reserved) entries of the table.
+        usable: usize,
+    },
+    /// The remote domain still has the grant mapped (`GTF_reading` or
+    /// `GTF_writing`); the grant stays valid and may be ended later.
+    InUse {
+        /// The grant.
+        gref: GrantRef,
+        /// The entry's flags when the attempt was made.
+        flags: u16,
+    },
+    /// The reference lies beyond the table.
+    OutOfRange {
+        /// The reference.
+        gref: GrantRef,
+        /// Entries in the table.
+        entries: usize,
+    },
+    /// The reference is one of the toolstack's reserved entries (0..8).
+    Reserved(GrantRef),
+    /// The reference is not currently granted by this table.
+    NotGranted(GrantRef),
+    /// The frame number does not fit the v1 entry's 32 bits.
+    FrameTooLarge(u64),
+    /// A non-reserved entry was not all-zero when the table was built.
+    StaleEntry {
+        /// The entry.
+        gref: GrantRef,
+        /// Its flags.
+        flags: u16,
+    },
+    /// The free-list storage given at setup is smaller than the table's
+    /// usable entries.
+    FreeListTooSmall {
+        /// Slots needed.
+        needed: usize,
+        /// Slots given.
+        provided: usize,
+    },
+}
+
+impl fmt::Display for GrantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exhausted { usable } => {
+                write!(
+                    f,
+                    "grant table exhausted: all {usable} usable entries are granted"
+                )
+            }
+            Self::InUse { gref, flags } => {
+                write!(
+                    f,
+                    "{gref} is still mapped by the remote domain (flags {flags:#x})"
+                )
+            }
+            Self::OutOfRange { gref, entries } => {
+                write!(f, "{gref} is beyond the grant table ({entries} entries)")
+            }
+            Self::Reserved(gref) => write!(f, "{gref} is reserved for the toolstack"),
+            Self::NotGranted(gref) => write!(f, "{gref} is not granted"),
+            Self::FrameTooLarge(gfn) => {
+                write!(f, "frame {gfn:#x} does not fit a v1 grant entry (32 bits)")
+            }
+            Self::StaleEntry { gref, flags } => {
+                write!(f, "{gref} is not free at setup (flags {flags:#x})")
+            }
+            Self::FreeListTooSmall { needed, provided } => write!(
+                f,
+                "grant free list needs {needed} slots, {provided} were given"
+            ),
+        }
+    }
+}
+
+/// The guest side of a v1 grant table: grants frames to other domains and
+/// ends grants, with a free list of references.
+///
+/// Entries below [`GNTTAB_NR_RESERVED_ENTRIES`] are never touched; the others
+/// must be unused (flags zero, as Xen creates them) when the table is built.
+pub struct GrantTable<'a> {
+    entries: &'a [GrantEntryV1],
+    free: &'a mut [GrantRef],
+    free_len: usize,
+}
+
+impl<'a> GrantTable<'a> {
+    /// Builds the table over the mapped `entries`, keeping the free list in
+    /// `free_storage`, which needs one slot per non-reserved entry.
+    /// References are handed out lowest first. Fails if a non-reserved entry
+    /// already has flags set: this table could not tell it from its own.
+    pub fn new(
+        entries: &'a [GrantEntryV1],
+        free_storage: &'a mut [GrantRef],
+    ) -> Result<Self, GrantError> {
+        let first = GNTTAB_NR_RESERVED_ENTRIES as usize;
+        let usable = entries.len().saturating_sub(first);
+        if free_storage.len() < usable {
+            return Err(GrantError::FreeListTooSmall {
+                needed: usable,
+                provided: free_storage.len(),
+            });
+        }
+        for (index, entry) in entries.iter().enumerate().skip(first) {
+            let flags = entry.flags.load(Ordering::Acquire);
+            if flags != 0 {
+                let gref = GrantRef(u32::try_from(index).unwrap_or(u32::MAX));
+                return Err(GrantError::StaleEntry { gref, flags });
+            }
+        }
+        // The free list is a stack: push the highest reference first.
+        let refs = (first..entries.len()).rev();
+        for (slot, index) in free_storage.iter_mut().zip(refs) {
+            // `index` < entries.len(), whose references are u32 by ABI.
+            *slot = GrantRef(u32::try_from(index).unwrap_or(u32::MAX));
+        }
+        Ok(Self {
+            entries,
+            free: free_storage,
+            free_len: usable,
+        })
+    }
+
+    /// Usable (non-reserved) entries.
+    pub fn usable(&self) -> usize {
+        self.entries
+            .len()
+            .saturating_sub(GNTTAB_NR_RESERVED_ENTRIES as usize)
+    }
+
+    /// Entries not granted now.
+    pub fn free_count(&self) -> usize {
+        self.free_len
+    }
+
+    /// Grants `domid` access to guest frame `gfn`.
+    ///
+    /// Writes the frame and domain first and publishes the flags last with
+    /// release ordering, so Xen never sees a valid entry with stale contents.
+    pub fn grant(
+        &mut self,
+        domid: DomId,
+        gfn: u64,
+        access: GrantAccess,
+    ) -> Result<GrantRef, GrantError> {
+        let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
+        if self.free_len == 0 {
+            return Err(GrantError::Exhausted {
+                usable: self.usable(),
+            });
+        }
+        self.free_len -= 1;
+        let gref = self.free[self.free_len];
+        let entry = &self.entries[gref.0 as usize];
+        entry.frame.store(frame, Ordering::Relaxed);
+        entry.domid.store(domid.0, Ordering::Relaxed);
+        let flags = match access {
+            GrantAccess::ReadOnly => GTF_permit_access | GTF_readonly,
+            GrantAccess::ReadWrite => GTF_permit_access,
+        };
+        entry.flags.store(flags, Ordering::Release);
+        Ok(gref)
+    }
+
+    /// Ends a grant: atomically clears the entry's flags, but only while Xen
+    /// has it neither reading nor writing. On [`GrantError::InUse`] the grant
+    /// stays valid and the caller must retry after the remote domain unmaps.
+    pub fn end(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+        let entry = self.entry(gref)?;
+        if self.free_len >= self.usable() {
+            // Every usable entry is on the free list: none is granted.
+            return Err(GrantError::NotGranted(gref));
+        }
+        let mut flags = entry.flags.load(Ordering::Acquire);
+        loop {
+            if flags & GTF_type_mask != GTF_permit_access {
+                return Err(GrantError::NotGranted(gref));
+            }
+            if flags & (GTF_reading | GTF_writing) != 0 {
+                return Err(GrantError::InUse { gref, flags });
+            }
+            match entry
+                .flags
+                .compare_exchange(flags, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(current) => flags = current,
+            }
+        }
+        // Checked above: free_len < usable <= free.len().
+        self.free[self.free_len] = gref;
+        self.free_len += 1;
+        Ok(())
+    }
+
+    fn entry(&self, gref: GrantRef) -> Result<&'a GrantEntryV1, GrantError> {
+        if gref.0 < GNTTAB_NR_RESERVED_ENTRIES {
+            return Err(GrantError::Reserved(gref));
+        }
+        self.entries
+            .get(gref.0 as usize)
+            .ok_or(GrantError::OutOfRange {
+                gref,
+                entries: self.entries.len(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: usize) -> Vec<GrantEntryV1> {
+        (0..n).map(|_| GrantEntryV1::default()).collect()
+    }
+
+    #[test]
+    fn grant_writes_entry_and_hands_out_lowest_first() {
+        let entries = table(16);
+        let mut storage = [GrantRef::default(); 8];
+        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        assert_eq!(gt.usable(), 8);
+        let a = gt.grant(DomId(1), 0x40123, GrantAccess::ReadWrite).unwrap();
+        let b = gt.grant(DomId(2), 0x40124, GrantAccess::ReadOnly).unwrap();
+        assert_eq!((a, b), (GrantRef(8), GrantRef(9)));
+        let e = &entries[8];
+        assert_eq!(e.flags.load(Ordering::SeqCst), GTF_permit_access);
+        assert_eq!(e.domid.load(Ordering::SeqCst), 1);
+        assert_eq!(e.frame.load(Ordering::SeqCst), 0x40123);
+        assert_eq!(
+            entries[9].flags.load(Ordering::SeqCst),
+            GTF_permit_access | GTF_readonly
+        );
+        assert_eq!(gt.free_count(), 6);
+        // Reserved entries are untouched.
+        assert!(
+            entries[..8]
+                .iter()
+                .all(|e| e.flags.load(Ordering::SeqCst) == 0)
+        );
+    }
+
+    #[test]
+    fn end_clears_flags_and_reference_is_reused() {
+        let entries = table(10);
+        let mut storage = [GrantRef::default(); 2];
+        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let a = gt.grant(DomId(1), 1, GrantAccess::ReadWrite).unwrap();
+        gt.end(a).unwrap();
+        assert_eq!(entries[a.0 as usize].flags.load(Ordering::SeqCst), 0);
+        assert_eq!(gt.free_count(), 2);
+        assert_eq!(gt.grant(DomId(1), 2, GrantAccess::ReadWrite).unwrap(), a);
+        assert_eq!(
+            gt.end(GrantRef(9)),
+            Err(GrantError::NotGranted(GrantRef(9)))
+        );
+        gt.end(a).unwrap();
+        assert_eq!(gt.end(a), Err(GrantError::NotGranted(a)));
+    }
+
+    #[test]
+    fn end_fails_while_remote_maps_the_grant() {
+        let entries = table(9);
+        let mut storage = [GrantRef::default(); 1];
+        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let g = gt.grant(DomId(3), 7, GrantAccess::ReadWrite).unwrap();
+        let entry = &entries[g.0 as usize];
+        for busy in [GTF_reading, GTF_writing, GTF_reading | GTF_writing] {
+            entry.flags.fetch_or(busy, Ordering::SeqCst);
+            let err = gt.end(g).unwrap_err();
+            assert_eq!(
+                err,
+                GrantError::InUse {
+                    gref: g,
+                    flags: GTF_permit_access | busy
+                }
+            );
+            // The grant is left intact.
+            assert_eq!(entry.flags.load(Ordering::SeqCst), GTF_permit_access | busy);
+            entry.flags.fetch_and(!busy, Ordering::SeqCst);
+        }
+        assert_eq!(
+            GrantError::InUse {
+                gref: g,
+                flags: 0x19
+            }
+            .to_string(),
+            "gref 8 is still mapped by the remote domain (flags 0x19)"
+        );
+        gt.end(g).unwrap();
+        assert_eq!(gt.free_count(), 1);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_until_a_grant_ends() {
+        let entries = table(10);
+        let mut storage = [GrantRef::default(); 2];
+        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let a = gt.grant(DomId(1), 1, GrantAccess::ReadOnly).unwrap();
+        gt.grant(DomId(1), 2, GrantAccess::ReadOnly).unwrap();
+        let err = gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap_err();
+        assert_eq!(err, GrantError::Exhausted { usable: 2 });
+        assert_eq!(
+            err.to_string(),
+            "grant table exhausted: all 2 usable entries are granted"
+        );
+        gt.end(a).unwrap();
+        assert_eq!(gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_references_and_frames_are_refused() {
+        let entries = table(12);
+        let mut storage = [GrantRef::default(); 4];
+        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        assert_eq!(gt.end(GrantRef(1)), Err(GrantError::Reserved(GrantRef(1))));
+        assert_eq!(
+            gt.end(GrantRef(12)),
+            Err(GrantError::OutOfRange {
+                gref: GrantRef(12),
+                entries: 12
+            })
+        );
+        assert_eq!(
+            gt.grant(DomId(1), 1 << 32, GrantAccess::ReadWrite),
+            Err(GrantError::FrameTooLarge(1 << 32))
+        );
+        assert_eq!(gt.free_count(), 4);
+    }
+
+    #[test]
+    fn setup_checks_free_list_storage() {
+        let entries = table(GRANT_ENTRIES_PER_FRAME);
+        let mut storage = [GrantRef::default(); 100];
+        assert_eq!(
+            GrantTable::new(&entries, &mut storage).err(),
+            Some(GrantError::FreeListTooSmall {
+                needed: 504,
+                provided: 100
+            })
+        );
+        let stale = table(10);
+        stale[9].flags.store(GTF_permit_access, Ordering::SeqCst);
+        let mut storage = [GrantRef::default(); 2];
+        let err = GrantTable::new(&stale, &mut storage).err().unwrap();
+        assert_eq!(
+            err,
+            GrantError::StaleEntry {
+                gref: GrantRef(9),
+                flags: 1
+            }
+        );
+        assert_eq!(err.to_string(), "gref 9 is not free at setup (flags 0x1)");
+        let small = table(4);
+        let mut none: [GrantRef; 0] = [];
+        let mut gt = GrantTable::new(&small, &mut none).unwrap();
+        assert_eq!(
+            gt.grant(DomId(1), 1, GrantAccess::ReadWrite),
+            Err(GrantError::Exhausted { usable: 0 })
+        );
+    }
+}
