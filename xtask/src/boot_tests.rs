@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::qemu::{self, Captured, Machine, Mode};
 use crate::{Error, Result, Workspace};
 
+/// A check over a whole console: `Err` says what is wrong.
+type ConsoleCheck = fn(&[String]) -> std::result::Result<(), String>;
+
 /// One boot and what its console must (and must not) show.
 pub struct BootTest {
     /// Unique name (also the run directory).
@@ -25,6 +28,8 @@ pub struct BootTest {
     pub stop_after: Option<&'static str>,
     /// Deadline for the whole run.
     pub timeout: Duration,
+    /// A check beyond substrings, over the whole console.
+    pub check: Option<ConsoleCheck>,
 }
 
 const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
@@ -38,7 +43,13 @@ impl BootTest {
             reject: Vec::new(),
             stop_after: None,
             timeout: Duration::from_secs(60),
+            check: None,
         }
+    }
+
+    fn check_with(mut self, check: ConsoleCheck) -> Self {
+        self.check = Some(check);
+        self
     }
 
     fn expect(mut self, lines: &[&str]) -> Self {
@@ -107,8 +118,52 @@ impl BootTest {
                 return Err(format!("unexpected {bad:?} in line {line:?}"));
             }
         }
-        Ok(())
+        match self.check {
+            Some(check) => check(&run.lines),
+            None => Ok(()),
+        }
     }
+}
+
+/// `0x...` in `text` after `key`, as a number.
+fn hex_after(text: &str, key: &str) -> Option<u64> {
+    let rest = text.split(key).nth(1)?;
+    let digits = rest
+        .strip_prefix("0x")?
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .next()?;
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Every no-map reserved region the plan printed is outside every linear
+/// range it printed, and at least one such region exists.
+fn no_map_regions_not_linear(lines: &[String]) -> std::result::Result<(), String> {
+    let ranges = |prefix: &str, needs: &str| -> Vec<(u64, u64)> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(prefix) && l.contains(needs))
+            .filter_map(|l| {
+                let base = hex_after(l, "base=").or_else(|| hex_after(l, "linear "))?;
+                Some((base, base + hex_after(l, "size=")?))
+            })
+            .collect()
+    };
+    let no_map = ranges("mem: reserved ", " no-map");
+    let linear = ranges("mem: linear ", "");
+    if no_map.is_empty() || linear.is_empty() {
+        return Err(format!(
+            "expected no-map regions and linear ranges, found {no_map:x?} and {linear:x?}"
+        ));
+    }
+    for &(base, end) in &no_map {
+        if let Some(l) = linear.iter().find(|&&(lb, le)| lb < end && base < le) {
+            return Err(format!(
+                "no-map region {base:#x}..{end:#x} overlaps linear range {:#x}..{:#x}",
+                l.0, l.1
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn xen_dom0(dom0_mem: &str) -> Machine {
@@ -201,6 +256,71 @@ pub fn all() -> Vec<BootTest> {
             "selftest: brk",
             "fault: synchronous exception in kernel: class=brk",
         ]),
+        BootTest::new("mmu-xen-static-pool", with(xen_dom0("256M"), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=pool-window".into();
+        }))
+        .expect(&[
+            "mem: bank 0x78000000 size=0x400000",
+            "mem: reserved /reserved-memory/dma@78000000 base=0x78000000 size=0x400000 static no-map compatible=shared-dma-pool users=/virtio_mmio@a003e00",
+            "mm: map pool /reserved-memory/dma@78000000 [0x78000000..0x78400000) at 0xffff8",
+            "Normal NC RW",
+            "mm: pool /reserved-memory/dma@78000000 [0x78000000..0x78400000) no-map: not in the linear map, window 0xffff8",
+            "mm: heap ",
+            "selftest: pool /reserved-memory/dma@78000000 window 0xffff8",
+            "pattern 4096 bytes ok",
+        ])
+        .check_with(no_map_regions_not_linear)
+        .clean(),
+        BootTest::new("mmu-xen-pool-alias", with(xen_dom0("256M"), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=pool-alias".into();
+        }))
+        .crash(&[
+            "selftest: reading the linear alias 0xffff000078000000 of no-map pool /reserved-memory/dma@78000000",
+            "fault: synchronous exception in kernel: class=data-abort",
+            "far=0xffff000078000000",
+            "fault: translation fault at level",
+            "fault: address 0xffff000078000000 is the linear alias of 0x78000000: no-map pool /reserved-memory/dma@78000000, which is not in the linear map",
+        ]),
+        BootTest::new("mmu-xen-dynamic-pool", with(xen_dom0("256M"), |m| {
+            m.scenario = Some("dynamic-pool".into());
+            m.bootargs = "selftest=pool-window".into();
+        }))
+        .expect(&[
+            "mem: reserved /reserved-memory/dma-pool-dynamic base=",
+            "dynamic no-map compatible=shared-dma-pool users=/virtio_mmio@a003c00",
+            "mm: pool /reserved-memory/dma-pool-dynamic ",
+            "selftest: pool /reserved-memory/dma-pool-dynamic window 0xffff8",
+        ])
+        .check_with(no_map_regions_not_linear)
+        .clean(),
+        BootTest::new("mmu-bare-static-pool", with(Machine::new(Mode::Bare), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=pool-window".into();
+        }))
+        .expect(&[
+            "mem: linear 0x40000000 size=0x38000000",
+            "mem: linear 0x78400000 size=0x7c00000",
+            "mm: pool /reserved-memory/dma@78000000 [0x78000000..0x78400000) no-map: not in the linear map",
+            "selftest: pool /reserved-memory/dma@78000000 window 0xffff8",
+        ])
+        .check_with(no_map_regions_not_linear)
+        .clean(),
+        BootTest::new("mmu-bare-pool-alias", with(Machine::new(Mode::Bare), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=pool-alias".into();
+        }))
+        .crash(&[
+            "fault: translation fault at level",
+            "fault: address 0xffff000078000000 is the linear alias of 0x78000000: no-map pool /reserved-memory/dma@78000000, which is not in the linear map",
+        ]),
+        BootTest::new("heap-too-big-domu", with(Machine::new(Mode::XenDomU { memory_kib: 8 * 1024 }), |m| {
+            m.bootargs = "heap=64M".into();
+        }))
+        .crash(&["error: mm: heap of 0x4000000 bytes: no 0x4000000 bytes aligned to 0x1000 free in linear RAM"]),
+        BootTest::new("heap-oom-bare", with(Machine::new(Mode::Bare), |m| m.bootargs = "selftest=oom".into()))
+            .crash(&["selftest: allocating", "heap: out of memory: ", "panic: "]),
         BootTest::new(
             "selftest-panic-xen",
             with(xen_dom0("256M"), |m| m.bootargs = "selftest=panic".into()),

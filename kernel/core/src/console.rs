@@ -75,7 +75,7 @@ impl fmt::Write for Line {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use backend::{Backend, select, write_line};
+pub use backend::{Backend, move_to_window, select, write_line};
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod backend {
@@ -119,6 +119,20 @@ mod backend {
         };
         UART.store(base, Ordering::Relaxed);
         KIND.store(kind, Ordering::Release);
+    }
+
+    /// Once the MMU is on, moves a PL011 console to its window in `map`
+    /// (the identity address is no longer mapped). A UART without a window
+    /// (not named by `stdout-path`, e.g. the build-time early UART) goes
+    /// quiet rather than fault.
+    pub fn move_to_window(map: &tidepool_mm::AddressMap) {
+        if KIND.load(Ordering::Acquire) == 2 {
+            let base = UART.load(Ordering::Relaxed) as u64;
+            match map.window_address(tidepool_mm::PhysAddr(base)) {
+                Some(window) => select(Backend::Pl011(window.0 as usize)),
+                None => select(Backend::None),
+            }
+        }
     }
 
     /// Formats and emits one line.

@@ -47,7 +47,7 @@ pub unsafe fn blob_at(addr: usize) -> Result<&'static [u8], DtbError> {
     if addr == 0 {
         return Err(DtbError::Null);
     }
-    if addr % 8 != 0 {
+    if !addr.is_multiple_of(8) {
         return Err(DtbError::Misaligned(addr));
     }
     let header = addr as *const u32;

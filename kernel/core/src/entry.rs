@@ -1,6 +1,10 @@
 //! From the entry code to a running kernel.
 
+use alloc::boxed::Box;
+
 use log::{error, info, warn};
+use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree};
+use tidepool_mm::PhysRange;
 
 use crate::arch::aarch64::{cpu, linker, psci::Conduit};
 use crate::bootargs::{Bootargs, LogLevel};
@@ -52,10 +56,10 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     // SAFETY: the boot protocol hands over the blob at x0 for the kernel's
     // lifetime; a null, misaligned or magic-less pointer is rejected before
     // anything beyond its 8-byte header is read.
-    let dt = match unsafe { early_dt::blob_at(dtb_addr) }
-        .and_then(|b| fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse))
-    {
-        Ok(dt) => dt,
+    let blob = unsafe { early_dt::blob_at(dtb_addr) };
+    let parsed = blob.and_then(|b| Ok((b, fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse)?)));
+    let (dt_blob, early) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             console::select(Backend::Pl011(EARLY_UART));
             crate::logger::init(LogLevel::Info);
@@ -68,7 +72,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         }
     };
 
-    let platform = early_dt::discover(&dt);
+    let platform = early_dt::discover(&early);
     let console = match (platform.xen, platform.stdout_uart) {
         (true, _) => Backend::Xen,
         (false, Some(uart)) => Backend::Pl011(uart as usize),
@@ -104,9 +108,44 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     }
     info!("boot: bootargs \"{}\"", platform.bootargs);
 
-    crate::selftest::run_requested(&args);
+    crate::heap::init_boot_region();
+    let image = linker::image_layout().image;
+    let busy = AddrRange::new(image.start as u64, (image.end - image.start) as u64);
+    let dt = match DeviceTree::from_dtb_with(dt_blob, busy.as_slice()) {
+        Ok(dt) => &*Box::leak(Box::new(dt)),
+        Err(err) => {
+            error!("dt: unusable device tree at {dtb_addr:#x}: {err}");
+            shutdown(ShutdownReason::Crash);
+        }
+    };
+    for line in dt.plan.console_lines() {
+        match line {
+            ConsoleLine::Error(_) => warn!("{line}"),
+            _ => info!("{line}"),
+        }
+    }
+    for problem in &dt.platform.errors {
+        warn!("dt: {problem}");
+    }
+    // From here on the blob is not mapped: bootargs come from the owned copy
+    // (already checked and reported above).
+    let args = Bootargs::parse(dt.platform.chosen.bootargs.as_deref().unwrap_or(""));
+    let dtb = PhysRange::new(dtb_addr as u64, dt_blob.len() as u64);
+    let memory = match crate::memory::bring_up(dt, dtb, args.heap_size as u64) {
+        Ok(memory) => memory,
+        Err(err) => {
+            error!("mm: {err}");
+            shutdown(ShutdownReason::Crash);
+        }
+    };
 
-    info!("boot: ready uptime_us={}", cpu::uptime_us());
+    crate::selftest::run_requested(&args, memory);
+
+    let (heap_used, heap_total) = crate::heap::usage();
+    info!(
+        "boot: ready uptime_us={} heap_used={heap_used} heap_total={heap_total}",
+        cpu::uptime_us()
+    );
     shutdown(ShutdownReason::PowerOff)
 }
 

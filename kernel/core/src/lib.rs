@@ -6,9 +6,12 @@
 //! small safe wrappers.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 pub mod bootargs;
 pub mod console;
 pub mod fault;
+pub mod memory_plan;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod arch;

@@ -1,22 +1,148 @@
-//! What the kernel knows about an address, for fault reports.
+//! Memory bring-up (device-tree plan to page tables to MMU on, in one pass)
+//! and what the kernel knows about an address, for fault reports.
 
+use alloc::boxed::Box;
 use core::fmt;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
-use tidepool_mm::{AddressClass, AddressMap, PhysAddr};
+use log::info;
+use tidepool_dt::DeviceTree;
+use tidepool_mm::{
+    AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, PageTable, PhysAddr, PhysRange,
+    RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
+};
 
-use crate::arch::aarch64::linker::image_layout;
+use crate::arch::aarch64::linker::{Span, image_layout};
+use crate::arch::aarch64::mmu;
+use crate::memory_plan::{ImageSpans, MemoryError, MemorySetup, plan_memory};
 
-static ADDRESS_MAP: spin::Once<AddressMap> = spin::Once::new();
+/// Tables in the page-table arena (in BSS, identity-mapped as kernel data).
+/// QEMU's `virt` dom0 layout with 32 virtio windows needs about a dozen.
+const TABLE_ARENA_TABLES: usize = 32;
 
-/// Publishes the address map once the MMU is on; from then on fault reports
-/// name the memory class of a faulting address.
-pub fn install_address_map(map: AddressMap) -> &'static AddressMap {
-    ADDRESS_MAP.call_once(|| map)
+static mut TABLE_ARENA: [PageTable; TABLE_ARENA_TABLES] = [PageTable::EMPTY; TABLE_ARENA_TABLES];
+
+/// The address map, published once the MMU is on (null before).
+static ADDRESS_MAP: AtomicPtr<AddressMap> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The address map, once the MMU is on; fault reports use it to name the
+/// memory class of a faulting address.
+pub fn address_map() -> Option<&'static AddressMap> {
+    // SAFETY: the pointer is null or was made from a `&'static AddressMap`
+    // (a leaked allocation, never freed or written again).
+    unsafe { ADDRESS_MAP.load(Ordering::Acquire).as_ref() }
 }
 
-/// The address map, once installed.
-pub fn address_map() -> Option<&'static AddressMap> {
-    ADDRESS_MAP.get()
+/// Why the memory bring-up failed.
+#[derive(Debug)]
+pub enum BringUpError {
+    /// The layout or the heap could not be planned.
+    Plan(MemoryError),
+    /// The page-table arena is unusable.
+    Arena(MapError),
+    /// The tables could not be built.
+    Tables(BuildError<'static>),
+    /// The CPU reports an unknown physical address size.
+    Tcr(TcrError),
+    /// The heap's linear address could not be computed.
+    Heap(TranslationError),
+}
+
+impl fmt::Display for BringUpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plan(e) => write!(f, "{e}"),
+            Self::Arena(e) => write!(f, "page-table arena: {e}"),
+            Self::Tables(e) => write!(f, "{e}"),
+            Self::Tcr(e) => write!(f, "TCR_EL1: {e}"),
+            Self::Heap(e) => write!(f, "heap: {e}"),
+        }
+    }
+}
+
+fn phys(span: Span) -> PhysRange {
+    PhysRange::new(span.start as u64, (span.end - span.start) as u64)
+}
+
+/// Plans memory from `dt`, builds the page tables, turns the MMU and caches
+/// on, and adds the main heap. Runs once, with the MMU off, on the image's
+/// identity addresses (which the lower-half tables keep). Returns the
+/// memory setup, which lives for the kernel's lifetime.
+pub fn bring_up(
+    dt: &'static DeviceTree,
+    dtb: PhysRange,
+    heap_size: u64,
+) -> Result<&'static MemorySetup<'static>, BringUpError> {
+    let layout = image_layout();
+    let image = ImageSpans {
+        image: phys(layout.image),
+        text: phys(layout.text),
+        rodata: phys(layout.rodata),
+        data: phys(layout.data),
+        stack: phys(layout.stack),
+        exception_stack: phys(layout.exception_stack),
+    };
+    let setup: &'static MemorySetup<'static> = Box::leak(Box::new(
+        plan_memory(dt, &image, dtb, heap_size).map_err(BringUpError::Plan)?,
+    ));
+
+    // SAFETY: the arena is used only here, once, before anything else can
+    // reach it; afterwards the MMU walks it and nothing writes it.
+    let tables = unsafe { &mut *core::ptr::addr_of_mut!(TABLE_ARENA) };
+    let first_table = PhysAddr(tables.as_ptr() as u64);
+    let mut arena = TableArena::new(tables, first_table).map_err(BringUpError::Arena)?;
+    let roots = build_tables(&mut arena, &setup.layout.mappings).map_err(BringUpError::Tables)?;
+    let tcr = tcr_el1(mmu::pa_range()).map_err(BringUpError::Tcr)?;
+    let used = arena.tables_used();
+    let view = arena.into_view();
+
+    // SAFETY: the tables map the whole image at its identity addresses with
+    // its sections' permissions (text executable, everything the code
+    // touches next writable where it must be), and MAIR_EL1_VALUE defines the
+    // attribute indices they use. The image was written with the caches off
+    // (relocations, BSS, stacks, heap, tables): its lines are invalidated.
+    unsafe {
+        mmu::enable(
+            MAIR_EL1_VALUE,
+            tcr,
+            roots.ttbr0.phys().0,
+            roots.ttbr1.phys().0,
+            &[(layout.image.start, layout.image.end - layout.image.start)],
+        );
+    }
+    let map = &setup.layout.address_map;
+    crate::console::move_to_window(map);
+    ADDRESS_MAP.store(core::ptr::from_ref(map).cast_mut(), Ordering::Release);
+
+    let heap = map
+        .phys_to_virt(setup.heap.base)
+        .map_err(BringUpError::Heap)?;
+    // SAFETY: the heap range is linear RAM (so mapped read-write through the
+    // linear map) that the memory plan keeps clear of everything else.
+    unsafe { crate::heap::add_main_region(heap.0 as *mut u8, setup.heap.size as usize) };
+
+    for mapping in &setup.layout.mappings {
+        info!("mm: map {mapping}");
+    }
+    for region in map.regions() {
+        if let (RegionKind::NoMapPool, Some(window)) = (region.kind, region.window) {
+            info!(
+                "mm: pool {} {} no-map: not in the linear map, window {window} non-cacheable",
+                region.name, region.phys
+            );
+        }
+    }
+    info!(
+        "mm: tables {used} of {TABLE_ARENA_TABLES}, ttbr0 {} ttbr1 {}",
+        view.mapping_counts(roots.ttbr0),
+        view.mapping_counts(roots.ttbr1)
+    );
+    info!(
+        "mm: heap {} at {heap} ({} KiB)",
+        setup.heap,
+        setup.heap.size / 1024
+    );
+    Ok(setup)
 }
 
 /// A description of a virtual address, printable without allocating.
@@ -68,12 +194,12 @@ pub fn describe_virt(va: u64) -> VirtDescription {
             return VirtDescription::Image(name);
         }
     }
-    if let Some(map) = address_map() {
-        if let Some(pa) = va.checked_sub(map.linear_offset()) {
-            let class = map.classify(PhysAddr(pa));
-            if class != AddressClass::Unknown {
-                return VirtDescription::LinearAlias(PhysAddr(pa), class);
-            }
+    if let Some(map) = address_map()
+        && let Some(pa) = va.checked_sub(map.linear_offset())
+    {
+        let class = map.classify(PhysAddr(pa));
+        if class != AddressClass::Unknown {
+            return VirtDescription::LinearAlias(PhysAddr(pa), class);
         }
     }
     VirtDescription::Unknown

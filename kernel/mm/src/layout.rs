@@ -96,7 +96,7 @@ pub struct MmioSpec<'a> {
 /// The kernel image's sections as loaded (physical addresses, 4 KiB aligned;
 /// the linker script aligns them).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ImageSections<'a> {
+pub struct ImageSections<'s, 'a> {
     /// Code.
     pub text: PhysRange,
     /// Read-only data and relocations.
@@ -104,24 +104,24 @@ pub struct ImageSections<'a> {
     /// Data and BSS.
     pub data: PhysRange,
     /// Each stack; the page under each must be left out of every section.
-    pub stacks: &'a [NamedRange<'a>],
+    pub stacks: &'s [NamedRange<'a>],
 }
 
 /// Everything the layout is planned from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct PlanInput<'a> {
+pub struct PlanInput<'s, 'a> {
     /// The kernel image.
-    pub image: ImageSections<'a>,
+    pub image: ImageSections<'s, 'a>,
     /// RAM of the linear map, exact to the byte (no-map regions already left
     /// out; mapped pools included).
-    pub linear: &'a [NamedRange<'a>],
+    pub linear: &'s [NamedRange<'a>],
     /// DMA pools, no-map or not.
-    pub pools: &'a [PoolSpec<'a>],
+    pub pools: &'s [PoolSpec<'a>],
     /// No-map reserved regions that are not pools: never mapped, only named
     /// in the address map.
-    pub reserved: &'a [NamedRange<'a>],
+    pub reserved: &'s [NamedRange<'a>],
     /// Devices the kernel maps.
-    pub mmio: &'a [MmioSpec<'a>],
+    pub mmio: &'s [MmioSpec<'a>],
 }
 
 /// What a mapping is for.
@@ -361,7 +361,7 @@ fn overlap(first: &str, second: &str) -> PlanError {
 /// share a page have the same memory type. Exact (byte) disjointness is
 /// enough: a page rounded inward from one range never touches a disjoint
 /// range, so the linear map shares no page with any window.
-pub fn plan_layout<'a>(input: &PlanInput<'a>) -> Result<KernelLayout<'a>, PlanError> {
+pub fn plan_layout<'a>(input: &PlanInput<'_, 'a>) -> Result<KernelLayout<'a>, PlanError> {
     let mut mappings = Vec::new();
     let mut identity = Vec::new();
     plan_image(&input.image, &mut mappings, &mut identity)?;
@@ -389,7 +389,7 @@ pub fn plan_layout<'a>(input: &PlanInput<'a>) -> Result<KernelLayout<'a>, PlanEr
 
 /// Identity mappings of the image sections and stacks.
 fn plan_image<'a>(
-    image: &ImageSections<'a>,
+    image: &ImageSections<'_, 'a>,
     mappings: &mut Vec<Mapping<'a>>,
     identity: &mut Vec<IdentityRange>,
 ) -> Result<(), PlanError> {
@@ -468,7 +468,7 @@ fn plan_image<'a>(
 }
 
 /// Sizes, limits and exact disjointness of every non-image range.
-fn check_physical_ranges(input: &PlanInput<'_>) -> Result<(), PlanError> {
+fn check_physical_ranges(input: &PlanInput<'_, '_>) -> Result<(), PlanError> {
     // (name, range, is linear RAM, is a mapped pool)
     let mut all: Vec<(&str, PhysRange, bool, bool)> = Vec::new();
     all.extend(input.linear.iter().map(|r| (r.name, r.phys, true, false)));
@@ -526,7 +526,7 @@ fn check_physical_ranges(input: &PlanInput<'_>) -> Result<(), PlanError> {
 
 /// The linear map, and the address-map regions of linear RAM and mapped pools.
 fn plan_linear<'a>(
-    input: &PlanInput<'a>,
+    input: &PlanInput<'_, 'a>,
     mappings: &mut Vec<Mapping<'a>>,
     regions: &mut Vec<Region>,
 ) -> Result<(), PlanError> {
@@ -613,7 +613,7 @@ fn covered(linear: &[(u64, u64, &str)], range: PhysRange) -> bool {
 
 /// Windows for no-map pools and devices.
 fn plan_windows<'a>(
-    input: &PlanInput<'a>,
+    input: &PlanInput<'_, 'a>,
     mappings: &mut Vec<Mapping<'a>>,
     regions: &mut Vec<Region>,
 ) -> Result<(), PlanError> {
@@ -822,7 +822,7 @@ mod tests {
     ];
 
     /// The image as the linker script lays it out, at 0x50080000 (dom0 at 0x50000000).
-    fn image() -> ImageSections<'static> {
+    fn image() -> ImageSections<'static, 'static> {
         ImageSections {
             text: PhysRange::new(0x5008_0000, 0x8_0000),
             rodata: PhysRange::new(0x5010_0000, 0x2_0000),
@@ -916,7 +916,7 @@ mod tests {
         },
     ];
 
-    fn input() -> PlanInput<'static> {
+    fn input() -> PlanInput<'static, 'static> {
         PlanInput {
             image: image(),
             linear: &LINEAR,
@@ -929,7 +929,7 @@ mod tests {
     /// Plans `input`, builds its tables in an arena of exactly the size
     /// `tables_needed` asks for, and hands both to `check`.
     fn with_built<R>(
-        input: &PlanInput<'_>,
+        input: &PlanInput<'_, '_>,
         check: impl FnOnce(&KernelLayout<'_>, TableView<'_>, KernelRoots) -> R,
     ) -> R {
         let layout = plan_layout(input).unwrap();

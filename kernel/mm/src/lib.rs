@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod addr;
 pub mod address_map;
 pub mod attributes;
+pub mod carve;
 mod descriptor;
 pub mod layout;
 pub mod page_table;
@@ -22,6 +23,7 @@ pub use address_map::{
     AddressClass, AddressMap, IdentityRange, Region, RegionKind, TranslationError,
 };
 pub use attributes::{MAIR_EL1_VALUE, MapAttributes, MemoryType, TcrError, tcr_el1};
+pub use carve::{CarveError, carve};
 pub use layout::{
     BuildError, ImageSections, KernelLayout, KernelRoots, LINEAR_OFFSET, Mapping, MappingKind,
     MmioSpec, NamedRange, PlanError, PlanInput, PoolSpec, WINDOW_BASE, build_tables, plan_layout,

@@ -1,26 +1,17 @@
 //! The kernel's Xen interface: the hypercalls it makes, with typed results.
 
-use core::sync::atomic::{AtomicBool, Ordering};
-
 use crate::arch::aarch64::cache::{CacheOp, maintain_range};
 use crate::arch::aarch64::hypercall::hypercall;
-
-static CACHES_ON: AtomicBool = AtomicBool::new(false);
-
-/// Records that the MMU and data caches are on: from then on Xen and the
-/// kernel see memory through the same cacheable attributes and hypercall
-/// buffers need no maintenance.
-pub fn note_caches_enabled() {
-    CACHES_ON.store(true, Ordering::Release);
-}
 
 /// Before the MMU is on the kernel's stores bypass the cache, while Xen reads
 /// and writes guest memory through its own cacheable mapping. A buffer handed
 /// to Xen is therefore cleaned and invalidated to the point of coherency
 /// first, so Xen cannot read a stale line; QEMU models no caches, so this is
-/// a real-hardware obligation no emulated test can see.
+/// a real-hardware obligation no emulated test can see. Once the caches are
+/// on, Xen and the kernel see memory through the same cacheable attributes
+/// and buffers need no maintenance.
 fn prepare_buffer_for_xen<T: ?Sized>(buf: &T) {
-    if !CACHES_ON.load(Ordering::Acquire) {
+    if !crate::arch::aarch64::cpu::caches_enabled() {
         maintain_range(
             CacheOp::CleanInvalidate,
             core::ptr::from_ref(buf).cast::<u8>() as usize,

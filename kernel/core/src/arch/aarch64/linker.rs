@@ -13,12 +13,6 @@ unsafe extern "C" {
     static __text_end: u8;
     /// End of read-only data (including relocations), page-aligned.
     static __rodata_end: u8;
-    /// End of initialised data.
-    static __data_end: u8;
-    /// Start of BSS.
-    static __bss_start: u8;
-    /// End of BSS.
-    static __bss_end: u8;
     /// Guard page under the kernel stack (never mapped).
     static __boot_stack_guard: u8;
     /// Lowest byte of the kernel stack.
@@ -99,21 +93,4 @@ pub fn image_layout() -> ImageLayout {
             exception_stack: span(&__exception_stack_bottom, &__exception_stack_top),
         }
     }
-}
-
-/// The BSS range (for reports; the entry code clears it).
-pub fn bss() -> Span {
-    // SAFETY: only the addresses of linker-defined symbols are taken.
-    unsafe {
-        Span {
-            start: at(&__bss_start),
-            end: at(&__bss_end),
-        }
-    }
-}
-
-/// End of the initialised part of the image.
-pub fn data_end() -> usize {
-    // SAFETY: only the address of a linker-defined symbol is taken.
-    unsafe { at(&__data_end) }
 }

@@ -3,7 +3,8 @@
 
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    MAIR_EL1, ReadWriteable, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, Writeable,
+    ID_AA64MMFR0_EL1, MAIR_EL1, ReadWriteable, Readable, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1,
+    Writeable,
 };
 
 use super::cache::{CacheOp, maintain_range};
@@ -59,14 +60,7 @@ pub unsafe fn enable(
     barrier::isb(barrier::SY);
 }
 
-/// Replaces the upper-half (kernel window) tables.
-///
-/// # Safety
-/// `ttbr1` must be a valid level-0 table for the current TCR_EL1 and MAIR_EL1,
-/// and nothing the running code uses may lose its mapping.
-pub unsafe fn set_ttbr1(ttbr1: u64) {
-    barrier::dsb(barrier::ISHST);
-    TTBR1_EL1.set(ttbr1);
-    barrier::isb(barrier::SY);
-    invalidate_tlb();
+/// `ID_AA64MMFR0_EL1.PARange`: the physical address size this CPU supports.
+pub fn pa_range() -> u8 {
+    ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) as u8
 }

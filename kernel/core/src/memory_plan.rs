@@ -1,0 +1,413 @@
+//! From the device-tree plan to the kernel's address-space layout: which
+//! ranges are linear RAM, DMA pools, reserved memory and device windows, and
+//! where the heap goes. Pure logic, tested on the host; the MMU code only
+//! installs the result.
+//!
+//! - Linear RAM: the plan's `linear_map` (every no-map region already cut
+//!   out, static or dynamic, even where a `memory` node covers it).
+//! - Pools: `/reserved-memory` regions compatible with `shared-dma-pool` or
+//!   `restricted-dma-pool`; no-map ones get a window of their own.
+//! - Other no-map regions are classified (a fault there names them) but not
+//!   mapped.
+//! - Windows (Device-nGnRE): the console UART named by `stdout-path`, the
+//!   GIC's distributor, CPU interface and redistributors, and every
+//!   virtio-mmio transport. Under Xen, the grant-table region and the page
+//!   chosen for the shared-info frame are windows of Normal write-back memory
+//!   (Xen's Arm ABI requires that type for memory it shares).
+//! - The heap: carved from linear RAM by [`tidepool_mm::carve`] (the highest
+//!   fit), clear of the image, the device tree, `/memreserve/` entries and
+//!   every reserved region.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion};
+use tidepool_mm::{
+    CarveError, ImageSections, KernelLayout, MemoryType, MmioSpec, NamedRange, PAGE_SIZE,
+    PhysRange, PlanError, PlanInput, PoolSpec, carve, plan_layout,
+};
+
+/// Name of linear RAM in the address map.
+const RAM: &str = "RAM";
+/// Name of the shared-info frame's window.
+const SHARED_INFO: &str = "xen shared info";
+
+/// The kernel image as loaded (physical addresses; the image runs
+/// identity-mapped).
+#[derive(Clone, Copy, Debug)]
+pub struct ImageSpans {
+    /// The whole image, BSS and stacks included.
+    pub image: PhysRange,
+    /// Code.
+    pub text: PhysRange,
+    /// Read-only data.
+    pub rodata: PhysRange,
+    /// Data and BSS (with the page-table arena and the boot heap).
+    pub data: PhysRange,
+    /// The kernel stack (its guard page is below it).
+    pub stack: PhysRange,
+    /// The exception stack (its guard page is below it).
+    pub exception_stack: PhysRange,
+}
+
+/// What the kernel will map, and where its heap is.
+#[derive(Debug)]
+pub struct MemorySetup<'a> {
+    /// Mappings and address map.
+    pub layout: KernelLayout<'a>,
+    /// The heap's physical range (in linear RAM).
+    pub heap: PhysRange,
+    /// The page where Xen's shared-info frame goes, if running under Xen.
+    pub shared_info: Option<PhysRange>,
+}
+
+/// Why the memory setup failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The layout is inconsistent (overlaps, alignment, reach).
+    Layout(PlanError),
+    /// No room for the heap.
+    Heap {
+        /// Requested size.
+        size: u64,
+        /// Why.
+        error: CarveError,
+    },
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Layout(error) => write!(f, "memory layout: {error}"),
+            Self::Heap { size, error } => write!(f, "heap of {size:#x} bytes: {error}"),
+        }
+    }
+}
+
+fn phys(range: AddrRange) -> PhysRange {
+    PhysRange::new(range.base(), range.size())
+}
+
+/// Whether `region` is a DMA pool.
+pub fn is_dma_pool(region: &ReservedRegion) -> bool {
+    region.is_compatible("shared-dma-pool") || region.is_compatible("restricted-dma-pool")
+}
+
+/// Plans the kernel's memory from the device tree (see the module docs).
+pub fn plan_memory<'a>(
+    dt: &'a DeviceTree,
+    image: &ImageSpans,
+    dtb: PhysRange,
+    heap_size: u64,
+) -> Result<MemorySetup<'a>, MemoryError> {
+    let plan = &dt.plan;
+    let linear: Vec<NamedRange<'a>> = plan
+        .linear_map()
+        .iter()
+        .map(|r| NamedRange {
+            name: RAM,
+            phys: phys(*r),
+        })
+        .collect();
+    let pools: Vec<PoolSpec<'a>> = plan
+        .reserved()
+        .iter()
+        .filter(|r| is_dma_pool(r))
+        .map(|r| PoolSpec {
+            name: &r.path,
+            phys: phys(r.range),
+            no_map: r.no_map,
+        })
+        .collect();
+    let reserved: Vec<NamedRange<'a>> = plan
+        .reserved()
+        .iter()
+        .filter(|r| r.no_map && !is_dma_pool(r))
+        .map(|r| NamedRange {
+            name: &r.path,
+            phys: phys(r.range),
+        })
+        .collect();
+
+    let platform = &dt.platform;
+    let device = |name: &'a str, range: AddrRange| MmioSpec {
+        name,
+        phys: phys(range),
+        memory: MemoryType::Device,
+    };
+    let mut mmio: Vec<MmioSpec<'a>> = Vec::new();
+    if let Some(stdout) = &platform.chosen.stdout
+        && let Some(reg) = stdout.reg
+        && platform.uarts.iter().any(|u| u.path == stdout.path)
+    {
+        mmio.push(device(&stdout.path, reg));
+    }
+    if let Some(gic) = &platform.gic {
+        mmio.push(device(&gic.path, gic.distributor));
+        mmio.extend(gic.cpu_interface.map(|r| device(&gic.path, r)));
+        mmio.extend(gic.redistributors.iter().map(|r| device(&gic.path, *r)));
+    }
+    mmio.extend(platform.virtio_mmio.iter().map(|v| device(&v.path, v.reg)));
+    let mut shared_info = None;
+    if let Some(xen) = &platform.hypervisor {
+        let shared = |name: &'a str, phys: PhysRange| MmioSpec {
+            name,
+            phys,
+            memory: MemoryType::NormalWriteBack,
+        };
+        mmio.push(shared(&xen.path, phys(xen.grant_table)));
+        // The first whole page of the first extended region: guest-physical
+        // space Xen guarantees unused, where XENMEM_add_to_physmap puts it.
+        shared_info = xen.extended_regions.iter().find_map(|r| {
+            let base = r.base().checked_next_multiple_of(PAGE_SIZE)?;
+            (base.checked_add(PAGE_SIZE)? <= r.end()).then(|| PhysRange::new(base, PAGE_SIZE))
+        });
+        mmio.extend(shared_info.map(|page| shared(SHARED_INFO, page)));
+    }
+
+    let stacks = [
+        NamedRange {
+            name: "kernel stack",
+            phys: image.stack,
+        },
+        NamedRange {
+            name: "exception stack",
+            phys: image.exception_stack,
+        },
+    ];
+    let input = PlanInput {
+        image: ImageSections {
+            text: image.text,
+            rodata: image.rodata,
+            data: image.data,
+            stacks: &stacks,
+        },
+        linear: &linear,
+        pools: &pools,
+        reserved: &reserved,
+        mmio: &mmio,
+    };
+    let layout = plan_layout(&input).map_err(MemoryError::Layout)?;
+
+    let mut avoid: Vec<PhysRange> = alloc::vec![image.image, dtb];
+    avoid.extend(plan.memreserve().iter().map(|r| phys(*r)));
+    avoid.extend(plan.reserved().iter().map(|r| phys(r.range)));
+    let linear_ranges: Vec<PhysRange> = linear.iter().map(|r| r.phys).collect();
+    let heap =
+        carve(&linear_ranges, &avoid, heap_size, PAGE_SIZE).map_err(|error| MemoryError::Heap {
+            size: heap_size,
+            error,
+        })?;
+    Ok(MemorySetup {
+        layout,
+        heap,
+        shared_info,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidepool_mm::{AddressClass, MappingKind, PhysAddr, TranslationError, VirtAddr};
+    use vm_fdt::FdtWriter;
+
+    const MIB: u64 = 1 << 20;
+
+    fn image() -> ImageSpans {
+        let base = 0x4008_0000;
+        ImageSpans {
+            image: PhysRange::new(base, 0x40000),
+            text: PhysRange::new(base, 0x10000),
+            rodata: PhysRange::new(base + 0x10000, 0x8000),
+            data: PhysRange::new(base + 0x18000, 0x10000),
+            stack: PhysRange::new(base + 0x29000, 0x10000),
+            exception_stack: PhysRange::new(base + 0x3a000, 0x4000),
+        }
+    }
+
+    /// Xen 4.17's dom0 shape: the pool is also covered by a memory node.
+    fn xen_dom0_dtb(pool_no_map: bool) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_u32("interrupt-parent", 2).unwrap();
+        let gic = w.begin_node("intc@8000000").unwrap();
+        w.property_string("compatible", "arm,gic-v3").unwrap();
+        w.property_array_u64("reg", &[0x800_0000, 0x1_0000, 0x80a_0000, 0xf6_0000])
+            .unwrap();
+        w.property_null("interrupt-controller").unwrap();
+        w.property_u32("#interrupt-cells", 3).unwrap();
+        w.property_phandle(2).unwrap();
+        w.end_node(gic).unwrap();
+        let mem = w.begin_node("memory@40000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u64("reg", &[0x4000_0000, 0x1000_0000, 0x7800_0000, 0x40_0000])
+            .unwrap();
+        w.end_node(mem).unwrap();
+        let rm = w.begin_node("reserved-memory").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_null("ranges").unwrap();
+        let pool = w.begin_node("dma@78000000").unwrap();
+        w.property_string("compatible", "shared-dma-pool").unwrap();
+        w.property_array_u64("reg", &[0x7800_0000, 0x40_0000])
+            .unwrap();
+        if pool_no_map {
+            w.property_null("no-map").unwrap();
+        }
+        w.property_phandle(1).unwrap();
+        w.end_node(pool).unwrap();
+        w.end_node(rm).unwrap();
+        let virtio = w.begin_node("virtio_mmio@a003e00").unwrap();
+        w.property_string("compatible", "virtio,mmio").unwrap();
+        w.property_array_u64("reg", &[0xa00_3e00, 0x200]).unwrap();
+        w.property_array_u32("interrupts", &[0, 0x2f, 1]).unwrap();
+        w.property_u32("memory-region", 1).unwrap();
+        w.end_node(virtio).unwrap();
+        let hyp = w.begin_node("hypervisor").unwrap();
+        w.property_string_list("compatible", vec!["xen,xen-4.17".into(), "xen,xen".into()])
+            .unwrap();
+        w.property_array_u64(
+            "reg",
+            &[0x3800_0000, 0x100_0000, 0x1_0000_0800, 0x1000_0000],
+        )
+        .unwrap();
+        w.property_array_u32("interrupts", &[1, 15, 0xf08]).unwrap();
+        w.end_node(hyp).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn device_tree(pool_no_map: bool) -> DeviceTree {
+        DeviceTree::from_dtb_with(
+            &xen_dom0_dtb(pool_no_map),
+            &[AddrRange::new(0x4008_0000, 0x40000).unwrap()],
+        )
+        .expect("a valid tree")
+    }
+
+    const DTB: PhysRange = PhysRange::new(0x4800_0000, 0x1_0000);
+
+    #[test]
+    fn no_map_pool_is_a_window_not_linear() {
+        let dt = device_tree(true);
+        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let map = &setup.layout.address_map;
+        let pool = "/reserved-memory/dma@78000000";
+        match map.classify(PhysAddr(0x7800_1000)) {
+            AddressClass::NoMapPool {
+                pool: name,
+                window: Some(_),
+            } => assert_eq!(name, pool),
+            other => panic!("pool classified as {other:?}"),
+        }
+        assert!(matches!(
+            map.phys_to_virt(PhysAddr(0x7800_0000)),
+            Err(TranslationError::NotLinear { .. })
+        ));
+        let window = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.kind == MappingKind::PoolWindow)
+            .unwrap();
+        assert_eq!(window.name, pool);
+        assert_eq!(window.attributes.memory, MemoryType::NormalNonCacheable);
+        for linear in setup
+            .layout
+            .mappings
+            .iter()
+            .filter(|m| m.kind == MappingKind::Linear)
+        {
+            assert!(
+                !linear
+                    .phys_range()
+                    .overlaps(&PhysRange::new(0x7800_0000, 0x40_0000)),
+                "{linear}"
+            );
+        }
+        // The heap is linear RAM, at the top of the first bank (the pool's bank is all pool).
+        assert_eq!(setup.heap, PhysRange::new(0x5000_0000 - MIB, MIB));
+        assert!(matches!(
+            map.classify(setup.heap.base),
+            AddressClass::LinearRam { .. }
+        ));
+    }
+
+    #[test]
+    fn mapped_pool_stays_linear() {
+        let dt = device_tree(false);
+        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        assert!(matches!(
+            setup.layout.address_map.classify(PhysAddr(0x7800_0000)),
+            AddressClass::MappedPool { .. }
+        ));
+        assert!(
+            setup
+                .layout
+                .mappings
+                .iter()
+                .all(|m| m.kind != MappingKind::PoolWindow)
+        );
+        // The heap avoids the pool even though it is linear.
+        assert!(!setup.heap.overlaps(&PhysRange::new(0x7800_0000, 0x40_0000)));
+    }
+
+    #[test]
+    fn devices_and_xen_windows() {
+        let dt = device_tree(true);
+        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let map = &setup.layout.address_map;
+        let class = map.classify(PhysAddr(0xa00_3e00));
+        assert!(
+            matches!(
+                class,
+                AddressClass::Mmio {
+                    device: "/virtio_mmio@a003e00"
+                }
+            ),
+            "{class:?} {:?}",
+            dt.platform.errors
+        );
+        let info = setup.shared_info.expect("a shared-info page");
+        assert_eq!(
+            info,
+            PhysRange::new(0x1_0000_1000, PAGE_SIZE),
+            "first whole page of the extended region"
+        );
+        let window = map
+            .window_address(info.base)
+            .expect("shared info is mapped");
+        assert!(window.0 >= tidepool_mm::WINDOW_BASE);
+        let grant = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.phys == PhysAddr(0x3800_0000))
+            .unwrap();
+        assert_eq!(grant.attributes.memory, MemoryType::NormalWriteBack);
+        assert!(matches!(
+            map.classify(PhysAddr(0x80a_0000)),
+            AddressClass::Mmio {
+                device: "/intc@8000000"
+            }
+        ));
+        assert!(
+            map.window_address(PhysAddr(0xa00_3e00))
+                .is_some_and(|v: VirtAddr| v.0 % PAGE_SIZE == 0xe00)
+        );
+    }
+
+    #[test]
+    fn heap_too_big_is_a_clear_error() {
+        let dt = device_tree(true);
+        let err = plan_memory(&dt, &image(), DTB, 512 * MIB).unwrap_err();
+        assert!(matches!(err, MemoryError::Heap { size, .. } if size == 512 * MIB));
+        assert!(
+            err.to_string()
+                .starts_with("heap of 0x20000000 bytes: no 0x20000000 bytes"),
+            "{err}"
+        );
+    }
+}
