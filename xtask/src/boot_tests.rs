@@ -180,7 +180,7 @@ fn with(mut machine: Machine, edit: impl FnOnce(&mut Machine)) -> Machine {
 /// Every boot test.
 pub fn all() -> Vec<BootTest> {
     let banner_xen = ["boot: tidepool", "el=1", "xen: version 4.17"];
-    vec![
+    let mut tests = vec![
         BootTest::new("xen-dom0-gicv3", xen_dom0("256M"))
             .expect(&banner_xen)
             .clean(),
@@ -327,6 +327,83 @@ pub fn all() -> Vec<BootTest> {
         )
         .crash(&["panic: selftest: deliberate panic at kernel/core/src/selftest.rs:"])
         .expect(&["Hardware Dom0 crashed"]),
+    ];
+    tests.extend(xen_platform());
+    tests.extend(dma());
+    tests
+}
+
+/// The Xen platform layer (issue 5): timer, events, grants, cache flush.
+fn xen_platform() -> Vec<BootTest> {
+    Vec::new()
+}
+
+/// The DMA layer (issue 6): per-device contexts, pools, sync paths, counters.
+/// The imx8-like scenario has all four kinds of device: a static no-map pool
+/// (a003e00), a dynamic no-map pool (a003c00), non-coherent without a pool
+/// (a003a00), and coherent (a000000, the first plain one).
+fn dma() -> Vec<BootTest> {
+    let imx8 = |machine: Machine, bootargs: &str| {
+        with(machine, |m| {
+            m.scenario = Some("imx8-like".into());
+            m.bootargs = bootargs.into();
+        })
+    };
+    const COHERENT: &str = "dma: stats /virtio_mmio@a000000 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=0 \
+                            va_ops=0 va_bytes=0 bounced=0 maps=2 unmaps=2 allocs=1 frees=1";
+    const NON_COHERENT: &str = "dma: stats /virtio_mmio@a003a00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=0 \
+                                va_ops=3 va_bytes=24576 bounced=0 maps=2 unmaps=2 allocs=1 frees=1";
+    vec![
+        BootTest::new("dma-xen-dom0-all-paths", imx8(xen_dom0("256M"), "selftest=dma"))
+            .expect(&[
+                "dma: pool /reserved-memory/dma-pool-dynamic 0x",
+                "nc xen-flush=accepted -> xen cache flush",
+                "dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000 window 0xffff8",
+                "nc xen-flush=refused(EPERM) -> window VA maintenance",
+                "dma: pool tidepool:nc-pool ",
+                "dma: pool tidepool:linear-pool ",
+                "dma: device /virtio_mmio@a000000 coherent=yes pool=none coherent-allocs=tidepool:linear-pool",
+                "dma: selftest /virtio_mmio@a000000 ok bounced=no",
+                COHERENT,
+                "dma: device /virtio_mmio@a003a00 coherent=no pool=none coherent-allocs=tidepool:nc-pool",
+                "dma: selftest /virtio_mmio@a003a00 ok bounced=no",
+                NON_COHERENT,
+                "dma: device /virtio_mmio@a003c00 coherent=no pool=/reserved-memory/dma-pool-dynamic",
+                "dma: selftest /virtio_mmio@a003c00 ok bounced=yes",
+                // One hypercall per sync for the device, covering both pages; none for the CPU.
+                "dma: stats /virtio_mmio@a003c00 syncs=4 hypercalls=2 pages=4 refusals=0 fallbacks=0 va_ops=0 \
+                 va_bytes=0 bounced=24576 maps=2 unmaps=2 allocs=1 frees=1",
+                "dma: device /virtio_mmio@a003e00 coherent=no pool=/reserved-memory/dma@78000000",
+                "dma: selftest /virtio_mmio@a003e00 ok bounced=yes",
+                // Xen refused the pool at setup: window VA maintenance, no hypercall.
+                "dma: stats /virtio_mmio@a003e00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=2 va_ops=2 \
+                 va_bytes=16384 bounced=24576 maps=2 unmaps=2 allocs=1 frees=1",
+                "dma: pool /reserved-memory/dma-pool-dynamic usage 0/1024 pages",
+                "dma: pool /reserved-memory/dma@78000000 usage 0/1024 pages",
+            ])
+            .clean(),
+        BootTest::new("dma-bare-all-paths", imx8(Machine::new(Mode::Bare), "selftest=dma"))
+            .expect(&[
+                "nc xen-flush=none -> no CPU maintenance",
+                COHERENT,
+                NON_COHERENT,
+                "dma: stats /virtio_mmio@a003c00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=0 va_ops=0 \
+                 va_bytes=0 bounced=24576",
+                "dma: stats /virtio_mmio@a003e00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=0 va_ops=0 \
+                 va_bytes=0 bounced=24576",
+            ])
+            .clean(),
+        BootTest::new("dma-xen-naive-path-faults", imx8(xen_dom0("256M"), "selftest=dma-naive")).crash(&[
+            "dma: naive: tidepool path ok for /virtio_mmio@a003c00 buffer 0x",
+            "dma: naive: tidepool refuses phys_to_virt(0x",
+            "refused: no-map pool /reserved-memory/dma-pool-dynamic, not in the linear map",
+            "dma: naive: the MMU has no translation for the linear alias 0xffff0000",
+            "dma: naive: Linux's path: DC CIVAC by phys_to_virt(0x",
+            "fault: synchronous exception in kernel: class=data-abort",
+            "fault: translation fault at level",
+            "is the linear alias of 0x",
+            ": no-map pool /reserved-memory/dma-pool-dynamic, which is not in the linear map",
+        ]),
     ]
 }
 

@@ -73,6 +73,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     };
 
     let platform = early_dt::discover(&early);
+    let under_xen = platform.xen;
     let console = match (platform.xen, platform.stdout_uart) {
         (true, _) => Backend::Xen,
         (false, Some(uart)) => Backend::Pl011(uart as usize),
@@ -139,7 +140,21 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         }
     };
 
+    let mut dma = match crate::dma::Dma::new(dt, memory, under_xen) {
+        Ok(dma) => dma,
+        Err(err) => {
+            error!("{err}");
+            shutdown(ShutdownReason::Crash);
+        }
+    };
+
     crate::selftest::run_requested(&args, memory);
+    if args.selftest("dma") {
+        crate::dma_selftest::run(&mut dma, dt);
+    }
+    if args.selftest("dma-naive") {
+        crate::dma_selftest::run_naive(&mut dma, dt);
+    }
 
     let (heap_used, heap_total) = crate::heap::usage();
     info!(

@@ -16,6 +16,10 @@ pub mod memory_plan;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod arch;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod dma;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod dma_selftest;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod early_dt;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod entry;

@@ -14,9 +14,14 @@
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
+//! - The kernel's own DMA pools, carved from RAM like the heap: a
+//!   non-cacheable pool ([`KERNEL_NC_POOL`], cut out of the linear map and
+//!   given a window, for coherent allocations of non-coherent devices
+//!   without a pool of their own) and a linear pool ([`KERNEL_LINEAR_POOL`],
+//!   for those of coherent devices).
 //! - The heap: carved from linear RAM by [`tidepool_mm::carve`] (the highest
-//!   fit), clear of the image, the device tree, `/memreserve/` entries and
-//!   every reserved region.
+//!   fit), clear of the image, the device tree, `/memreserve/` entries,
+//!   every reserved region and the kernel pools.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -31,6 +36,13 @@ use tidepool_mm::{
 const RAM: &str = "RAM";
 /// Name of the shared-info frame's window.
 const SHARED_INFO: &str = "xen shared info";
+/// Name of the kernel's non-cacheable DMA pool.
+pub const KERNEL_NC_POOL: &str = "tidepool:nc-pool";
+/// Name of the kernel's linear DMA pool.
+pub const KERNEL_LINEAR_POOL: &str = "tidepool:linear-pool";
+/// Size of each kernel DMA pool: virtqueue rings and request headers of a
+/// few devices.
+pub const KERNEL_POOL_SIZE: u64 = 256 * 1024;
 
 /// The kernel image as loaded (physical addresses; the image runs
 /// identity-mapped).
@@ -59,6 +71,10 @@ pub struct MemorySetup<'a> {
     pub heap: PhysRange,
     /// The page where Xen's shared-info frame goes, if running under Xen.
     pub shared_info: Option<PhysRange>,
+    /// The kernel's non-cacheable DMA pool (out of the linear map, in a window).
+    pub kernel_nc_pool: PhysRange,
+    /// The kernel's linear DMA pool (in the linear map).
+    pub kernel_linear_pool: PhysRange,
 }
 
 /// Why the memory setup failed.
@@ -66,6 +82,13 @@ pub struct MemorySetup<'a> {
 pub enum MemoryError {
     /// The layout is inconsistent (overlaps, alignment, reach).
     Layout(PlanError),
+    /// No room for a kernel DMA pool.
+    KernelPool {
+        /// The pool.
+        pool: &'static str,
+        /// Why.
+        error: CarveError,
+    },
     /// No room for the heap.
     Heap {
         /// Requested size.
@@ -79,6 +102,7 @@ impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Layout(error) => write!(f, "memory layout: {error}"),
+            Self::KernelPool { pool, error } => write!(f, "{pool}: {error}"),
             Self::Heap { size, error } => write!(f, "heap of {size:#x} bytes: {error}"),
         }
     }
@@ -101,13 +125,27 @@ pub fn plan_memory<'a>(
     heap_size: u64,
 ) -> Result<MemorySetup<'a>, MemoryError> {
     let plan = &dt.plan;
-    let linear: Vec<NamedRange<'a>> = plan
-        .linear_map()
+    let ram: Vec<PhysRange> = plan.linear_map().iter().map(|r| phys(*r)).collect();
+    let mut avoid: Vec<PhysRange> = alloc::vec![image.image, dtb];
+    avoid.extend(plan.memreserve().iter().map(|r| phys(*r)));
+    avoid.extend(plan.reserved().iter().map(|r| phys(r.range)));
+    let mut carve_pool = |pool: &'static str| {
+        let range = carve(&ram, &avoid, KERNEL_POOL_SIZE, PAGE_SIZE)
+            .map_err(|error| MemoryError::KernelPool { pool, error })?;
+        avoid.push(range);
+        Ok(range)
+    };
+    let kernel_nc_pool = carve_pool(KERNEL_NC_POOL)?;
+    let kernel_linear_pool = carve_pool(KERNEL_LINEAR_POOL)?;
+    let heap = carve(&ram, &avoid, heap_size, PAGE_SIZE).map_err(|error| MemoryError::Heap {
+        size: heap_size,
+        error,
+    })?;
+
+    let linear: Vec<NamedRange<'a>> = ram
         .iter()
-        .map(|r| NamedRange {
-            name: RAM,
-            phys: phys(*r),
-        })
+        .flat_map(|r| subtract(*r, kernel_nc_pool))
+        .map(|phys| NamedRange { name: RAM, phys })
         .collect();
     let pools: Vec<PoolSpec<'a>> = plan
         .reserved()
@@ -118,6 +156,11 @@ pub fn plan_memory<'a>(
             phys: phys(r.range),
             no_map: r.no_map,
         })
+        .chain([PoolSpec {
+            name: KERNEL_NC_POOL,
+            phys: kernel_nc_pool,
+            no_map: true,
+        }])
         .collect();
     let reserved: Vec<NamedRange<'a>> = plan
         .reserved()
@@ -188,21 +231,29 @@ pub fn plan_memory<'a>(
         mmio: &mmio,
     };
     let layout = plan_layout(&input).map_err(MemoryError::Layout)?;
-
-    let mut avoid: Vec<PhysRange> = alloc::vec![image.image, dtb];
-    avoid.extend(plan.memreserve().iter().map(|r| phys(*r)));
-    avoid.extend(plan.reserved().iter().map(|r| phys(r.range)));
-    let linear_ranges: Vec<PhysRange> = linear.iter().map(|r| r.phys).collect();
-    let heap =
-        carve(&linear_ranges, &avoid, heap_size, PAGE_SIZE).map_err(|error| MemoryError::Heap {
-            size: heap_size,
-            error,
-        })?;
     Ok(MemorySetup {
         layout,
         heap,
         shared_info,
+        kernel_nc_pool,
+        kernel_linear_pool,
     })
+}
+
+/// `range` minus `hole`: zero, one or two ranges.
+fn subtract(range: PhysRange, hole: PhysRange) -> impl Iterator<Item = PhysRange> {
+    let below = PhysRange::new(
+        range.base.0,
+        hole.base.0.saturating_sub(range.base.0).min(range.size),
+    );
+    let above_base = hole.end().max(range.base.0).min(range.end());
+    let above = PhysRange::new(above_base, range.end() - above_base);
+    let (below, above) = if range.overlaps(&hole) {
+        (below, above)
+    } else {
+        (range, PhysRange::new(0, 0))
+    };
+    [below, above].into_iter().filter(|r| r.size != 0)
 }
 
 #[cfg(test)]
@@ -327,8 +378,16 @@ mod tests {
                 "{linear}"
             );
         }
-        // The heap is linear RAM, at the top of the first bank (the pool's bank is all pool).
-        assert_eq!(setup.heap, PhysRange::new(0x5000_0000 - MIB, MIB));
+        // The kernel pools and the heap are at the top of the first bank (the
+        // second bank is all pool), in that order downward.
+        assert_eq!(
+            setup.kernel_nc_pool,
+            PhysRange::new(0x5000_0000 - KERNEL_POOL_SIZE, KERNEL_POOL_SIZE)
+        );
+        assert_eq!(
+            setup.heap,
+            PhysRange::new(0x5000_0000 - 2 * KERNEL_POOL_SIZE - MIB, MIB)
+        );
         assert!(matches!(
             map.classify(setup.heap.base),
             AddressClass::LinearRam { .. }
@@ -348,7 +407,9 @@ mod tests {
                 .layout
                 .mappings
                 .iter()
-                .all(|m| m.kind != MappingKind::PoolWindow)
+                .filter(|m| m.kind == MappingKind::PoolWindow)
+                .all(|m| m.name == KERNEL_NC_POOL),
+            "only the kernel's own pool has a window"
         );
         // The heap avoids the pool even though it is linear.
         assert!(!setup.heap.overlaps(&PhysRange::new(0x7800_0000, 0x40_0000)));
@@ -397,6 +458,52 @@ mod tests {
             map.window_address(PhysAddr(0xa00_3e00))
                 .is_some_and(|v: VirtAddr| v.0 % PAGE_SIZE == 0xe00)
         );
+    }
+
+    #[test]
+    fn subtract_cuts_zero_one_or_two_pieces() {
+        let r = PhysRange::new(0x1000, 0x4000);
+        let cut = |hole| subtract(r, hole).collect::<Vec<_>>();
+        assert_eq!(cut(PhysRange::new(0x9000, 0x1000)), [r]);
+        assert_eq!(
+            cut(PhysRange::new(0x2000, 0x1000)),
+            [
+                PhysRange::new(0x1000, 0x1000),
+                PhysRange::new(0x3000, 0x2000)
+            ]
+        );
+        assert_eq!(
+            cut(PhysRange::new(0x1000, 0x1000)),
+            [PhysRange::new(0x2000, 0x3000)]
+        );
+        assert_eq!(
+            cut(PhysRange::new(0x4000, 0x2000)),
+            [PhysRange::new(0x1000, 0x3000)]
+        );
+        assert_eq!(cut(PhysRange::new(0, 0x9000)), []);
+    }
+
+    #[test]
+    fn kernel_pools_one_windowed_one_linear() {
+        let dt = device_tree(true);
+        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let map = &setup.layout.address_map;
+        assert!(matches!(
+            map.classify(setup.kernel_nc_pool.base),
+            AddressClass::NoMapPool {
+                pool: KERNEL_NC_POOL,
+                window: Some(_)
+            }
+        ));
+        assert!(matches!(
+            map.classify(setup.kernel_linear_pool.base),
+            AddressClass::LinearRam { .. }
+        ));
+        let all = [setup.kernel_nc_pool, setup.kernel_linear_pool, setup.heap];
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| !a.overlaps(b)), "{all:?}");
+            assert!(!a.overlaps(&image().image) && !a.overlaps(&DTB));
+        }
     }
 
     #[test]

@@ -141,6 +141,17 @@ pub const fn cache_op_for(point: SyncPoint, dir: DmaDirection) -> Option<CacheOp
 /// | non-coherent | no-map pool, NC    | none      | none                        |
 /// | non-coherent | no-map pool, WB    | none      | by window VA                |
 ///
+/// One exception to the rows above: **for the CPU, a no-map pool whose
+/// window is non-cacheable needs nothing**, under Xen or not. The CPU reaches
+/// the pool only through that window (there is no linear alias), and its
+/// non-cacheable reads do not allocate or use lines of this guest; the sync
+/// for the device (clean+invalidate where the device writes) already removed
+/// every line, dirty or clean, that another agent held, so nothing can be
+/// written back over the device's data. This is the assumption Linux makes
+/// for every coherent allocation it remaps non-cacheable (including from a
+/// no-map `shared-dma-pool`), and it makes a request cost one platform
+/// flush (for the device) instead of two.
+///
 /// A no-map pool's window is non-cacheable by default, so CPU accesses
 /// through it never allocate lines and need no maintenance of their own.
 /// Under Xen the hypervisor's own mapping of the pages (or an earlier
@@ -161,6 +172,9 @@ pub const fn sync_action(
         return SyncAction::None;
     };
     if coherent {
+        return SyncAction::None;
+    }
+    if matches!((class, point), (MemoryClass::NoMapPool, SyncPoint::ForCpu)) && !window_cacheable {
         return SyncAction::None;
     }
     match (class, platform) {
@@ -291,8 +305,24 @@ mod tests {
                     ForCpu,
                     FromDevice
                 ),
-                SyncAction::Platform { op: Invalidate }
+                if cacheable {
+                    SyncAction::Platform { op: Invalidate }
+                } else {
+                    SyncAction::None
+                }
             );
+        }
+    }
+
+    #[test]
+    fn no_map_pool_behind_a_non_cacheable_window_needs_nothing_for_the_cpu() {
+        for platform in ALL_PLATFORMS {
+            for dir in ALL_DIRS {
+                assert_eq!(
+                    sync_action(false, MemoryClass::NoMapPool, platform, false, ForCpu, dir),
+                    SyncAction::None
+                );
+            }
         }
     }
 

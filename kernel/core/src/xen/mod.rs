@@ -1,7 +1,32 @@
 //! The kernel's Xen interface: the hypercalls it makes, with typed results.
 
+use tidepool_xen_abi::{Hypercall, Hypervisor};
+
 use crate::arch::aarch64::cache::{CacheOp, maintain_range};
 use crate::arch::aarch64::hypercall::hypercall;
+
+/// The running hypervisor: every typed hypercall of `tidepool-xen-abi` goes
+/// through here.
+pub struct Xen;
+
+impl Hypervisor for Xen {
+    fn call(&mut self, mut call: Hypercall<'_>) -> i64 {
+        let buffers = call.guest_buffers();
+        for buffer in buffers.iter().flatten() {
+            prepare_range_for_xen(buffer.address as usize, buffer.len);
+        }
+        let registers = call.registers();
+        // SAFETY: `Hypercall` borrows every buffer its registers point at,
+        // with the size Xen accesses, for the whole call.
+        let rc = unsafe { hypercall(registers.number, registers.args) };
+        // What Xen wrote went through its cacheable mapping: drop stale lines
+        // before uncached reads (nothing to do once the caches are on).
+        for buffer in buffers.iter().flatten() {
+            prepare_range_for_xen(buffer.address as usize, buffer.len);
+        }
+        rc
+    }
+}
 
 /// Before the MMU is on the kernel's stores bypass the cache, while Xen reads
 /// and writes guest memory through its own cacheable mapping. A buffer handed
@@ -11,12 +36,15 @@ use crate::arch::aarch64::hypercall::hypercall;
 /// on, Xen and the kernel see memory through the same cacheable attributes
 /// and buffers need no maintenance.
 fn prepare_buffer_for_xen<T: ?Sized>(buf: &T) {
+    prepare_range_for_xen(
+        core::ptr::from_ref(buf).cast::<u8>() as usize,
+        size_of_val(buf),
+    );
+}
+
+fn prepare_range_for_xen(start: usize, len: usize) {
     if !crate::arch::aarch64::cpu::caches_enabled() {
-        maintain_range(
-            CacheOp::CleanInvalidate,
-            core::ptr::from_ref(buf).cast::<u8>() as usize,
-            size_of_val(buf),
-        );
+        maintain_range(CacheOp::CleanInvalidate, start, len);
     }
 }
 

@@ -24,21 +24,30 @@ fn dcache_line() -> usize {
 /// Applies `op` to every cache line of `[start, start + len)`, then waits for
 /// completion (DSB SY).
 ///
-/// Safe to call on any address range: an unmapped VA faults like a load. Note
-/// that `Invalidate` discards data: callers use it only on memory whose CPU
-/// writes do not matter (a buffer a device is about to write).
+/// Safe to call on any address range: an unmapped VA faults like a load.
+/// `Invalidate` discards data, so it is applied only to lines wholly inside
+/// the range: a partial line at either end also holds bytes of a neighbour,
+/// and is cleaned and invalidated instead.
 pub fn maintain_range(op: CacheOp, start: usize, len: usize) {
     if len == 0 {
         return;
     }
     let line = dcache_line();
-    let mut addr = start & !(line - 1);
     let end = start + len;
+    let first = start & !(line - 1);
+    let last = (end - 1) & !(line - 1);
     barrier::dsb(barrier::SY);
-    while addr < end {
+    let mut addr = first;
+    while addr <= last {
+        let partial = (addr == first && start != first) || (addr == last && end != last + line);
+        let op = match op {
+            CacheOp::Invalidate if partial => CacheOp::CleanInvalidate,
+            op => op,
+        };
         // SAFETY: DC by VA only affects cache state for `addr`'s line; it
         // reads or writes no program-visible memory beyond what the
-        // coherence protocol does anyway.
+        // coherence protocol does anyway (IVAC only on whole lines inside
+        // the range, whose contents the caller gives up).
         unsafe {
             match op {
                 CacheOp::Clean => core::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)),

@@ -1,0 +1,240 @@
+//! The DMA layer's machine side: cache maintenance by VA, Xen's
+//! `GNTTABOP_cache_flush`, copies for bounce buffers, warnings on the
+//! console, and the pools the device tree and the memory plan give.
+//!
+//! The policy and the bookkeeping live in `tidepool-dma` (host-tested); this
+//! module only implements its four boundary traits for the running machine
+//! and sets up the pools. DMA addresses are physical addresses: there is no
+//! IOMMU, and under Xen dom0 is mapped 1:1 (see `tidepool_dma`).
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use log::info;
+use tidepool_dma::{
+    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
+    FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
+    SetupError, WarningSink, WindowAttributes,
+};
+use tidepool_dt::DeviceTree;
+use tidepool_mm::{AddressMap, PhysRange, RegionKind, VirtAddr};
+use tidepool_xen_abi::{CacheFlushBatch, CacheFlushOp, cache_flush_range};
+
+use crate::arch::aarch64::cache::{self, maintain_range};
+use crate::memory_plan::{KERNEL_LINEAR_POOL, KERNEL_NC_POOL, MemorySetup, is_dma_pool};
+use crate::xen::Xen;
+
+/// Data-cache maintenance by virtual address, to the point of coherency.
+pub struct KernelCache;
+
+impl CacheMaintenance for KernelCache {
+    fn maintain(&mut self, op: CacheOp, start: VirtAddr, len: u64) {
+        let op = match op {
+            CacheOp::Clean => cache::CacheOp::Clean,
+            CacheOp::Invalidate => cache::CacheOp::Invalidate,
+            CacheOp::CleanInvalidate => cache::CacheOp::CleanInvalidate,
+        };
+        maintain_range(op, start.0 as usize, len as usize);
+    }
+}
+
+/// `GNTTABOP_cache_flush`: every page of a range in one hypercall.
+pub struct XenFlush {
+    batch: CacheFlushBatch,
+}
+
+impl PlatformFlush for XenFlush {
+    fn flush(&mut self, op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
+        let op = match op {
+            CacheOp::Clean => CacheFlushOp::Clean,
+            CacheOp::Invalidate => CacheFlushOp::Invalidate,
+            CacheOp::CleanInvalidate => CacheFlushOp::CleanInvalidate,
+        };
+        match cache_flush_range(&mut Xen, &mut self.batch, range.base.0, range.size, op) {
+            Ok(done) => Ok(FlushDone {
+                hypercalls: done.hypercalls,
+                pages: done.pages as u32,
+            }),
+            Err(error) => Err(FlushFailed {
+                // A range overflow never reaches Xen: report it as EINVAL.
+                errno: error.errno().map_or(FlushErrno::Einval, |e| {
+                    FlushErrno::from_xen_return(-e.code())
+                }),
+                hypercalls: error.hypercalls(),
+            }),
+        }
+    }
+}
+
+/// Copies between kernel virtual addresses the DMA layer names: CPU buffers
+/// (vouched for by whoever built the `CpuBuffer`) and pool windows.
+pub struct KernelMemory;
+
+impl DmaMemory for KernelMemory {
+    fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
+        // SAFETY: the DMA layer passes a CPU buffer (mapped and owned by the
+        // mapping's creator until unmap) and a block of a pool window it has
+        // allocated; the two never overlap (a pool is never a CPU buffer).
+        unsafe {
+            core::ptr::copy_nonoverlapping(src.0 as *const u8, dst.0 as *mut u8, len as usize)
+        };
+    }
+
+    fn zero(&mut self, dst: VirtAddr, len: u64) {
+        // SAFETY: `dst` is a block of a pool the DMA layer just allocated.
+        unsafe { core::ptr::write_bytes(dst.0 as *mut u8, 0, len as usize) };
+    }
+}
+
+/// Prints DMA warnings as their one-line `Display`.
+pub struct ConsoleWarnings;
+
+impl WarningSink for ConsoleWarnings {
+    fn warn(&mut self, warning: &FlushRefusedWarning<'_>) {
+        crate::console::write_line(format_args!("{warning}"));
+    }
+}
+
+/// The kernel's DMA state: pools and the machine implementations.
+pub struct Dma {
+    address_map: &'static AddressMap,
+    pools: PoolSet<'static>,
+    cache: KernelCache,
+    memory: KernelMemory,
+    flush: Option<XenFlush>,
+    warnings: ConsoleWarnings,
+}
+
+/// Why the DMA layer could not be set up.
+#[derive(Debug)]
+pub struct DmaSetupError(SetupError<'static>);
+
+impl fmt::Display for DmaSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dma: {}", self.0)
+    }
+}
+
+impl Dma {
+    /// Sets up every pool: the device tree's DMA pools and the kernel's two.
+    /// Under Xen, each own-window pool is probed once for
+    /// `GNTTABOP_cache_flush` (one page), and the answer is printed and kept.
+    pub fn new(
+        dt: &'static DeviceTree,
+        memory: &'static MemorySetup<'static>,
+        xen: bool,
+    ) -> Result<Self, DmaSetupError> {
+        let address_map = &memory.layout.address_map;
+        let mut dma = Dma {
+            address_map,
+            pools: PoolSet::new(),
+            cache: KernelCache,
+            memory: KernelMemory,
+            flush: xen.then(|| XenFlush {
+                batch: CacheFlushBatch::new(),
+            }),
+            warnings: ConsoleWarnings,
+        };
+        let own_window = |name: &str| {
+            address_map
+                .regions()
+                .iter()
+                .find(|r| r.kind == RegionKind::NoMapPool && r.name == name)
+                .and_then(|r| r.window)
+                .map(|window| PoolPlacement::OwnWindow {
+                    window,
+                    attributes: WindowAttributes::NonCacheable,
+                })
+        };
+        let mut specs: Vec<PoolSpec<'static>> = dt
+            .plan
+            .reserved()
+            .iter()
+            .filter(|r| is_dma_pool(r))
+            .map(|r| PoolSpec {
+                name: &r.path,
+                phys: PhysRange::new(r.range.base(), r.range.size()),
+                placement: own_window(&r.path).unwrap_or(PoolPlacement::Linear),
+                role: PoolRole::DeviceTree,
+            })
+            .collect();
+        specs.push(PoolSpec {
+            name: KERNEL_NC_POOL,
+            phys: memory.kernel_nc_pool,
+            placement: own_window(KERNEL_NC_POOL).unwrap_or(PoolPlacement::Linear),
+            role: PoolRole::KernelNonCacheable,
+        });
+        specs.push(PoolSpec {
+            name: KERNEL_LINEAR_POOL,
+            phys: memory.kernel_linear_pool,
+            placement: PoolPlacement::Linear,
+            role: PoolRole::KernelLinear,
+        });
+        for spec in specs {
+            let platform = dma.flush.as_mut().map(|f| f as &mut dyn PlatformFlush);
+            let id = dma
+                .pools
+                .add(spec, address_map, &mut dma.cache, platform)
+                .map_err(DmaSetupError)?;
+            if let Some(pool) = dma.pools.get(id) {
+                info!("{}", pool.setup_line());
+            }
+        }
+        Ok(dma)
+    }
+
+    /// The environment DMA operations run in.
+    pub fn env(&mut self) -> DmaEnv<'_, 'static> {
+        DmaEnv {
+            address_map: self.address_map,
+            pools: &mut self.pools,
+            cache: &mut self.cache,
+            memory: &mut self.memory,
+            platform: self.flush.as_mut().map(|f| f as &mut dyn PlatformFlush),
+            warnings: &mut self.warnings,
+        }
+    }
+
+    /// The pools (for usage reports).
+    pub fn pools(&self) -> &PoolSet<'static> {
+        &self.pools
+    }
+
+    /// A DMA context for the device at `path`, from its device-tree node:
+    /// `dma-coherent`, and the first `memory-region` that is a DMA pool.
+    pub fn device(
+        &self,
+        dt: &'static DeviceTree,
+        path: &'static str,
+        coherent: bool,
+        regions: &'static [alloc::string::String],
+    ) -> Result<DmaDevice<'static>, DmaSetupError> {
+        let pool = regions
+            .iter()
+            .find(|region| {
+                dt.plan
+                    .reserved()
+                    .iter()
+                    .any(|r| r.path == **region && is_dma_pool(r))
+            })
+            .map(|region| region.as_str());
+        let device = DmaDevice::new(
+            DeviceSpec {
+                name: path,
+                coherent,
+                pool,
+            },
+            &self.pools,
+        )
+        .map_err(DmaSetupError)?;
+        info!(
+            "dma: device {path} coherent={} pool={} coherent-allocs={} dma-addr=phys",
+            if coherent { "yes" } else { "no" },
+            pool.unwrap_or("none"),
+            self.pools
+                .get(device.coherent_pool())
+                .map_or("?", |p| p.name())
+        );
+        Ok(device)
+    }
+}
