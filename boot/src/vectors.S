@@ -4,12 +4,17 @@
  * kernel/core/src/arch/aarch64/exception.rs) and calls the Rust handler,
  * which returns only for exceptions it has dealt with (interrupts).
  *
+ * Below the frame go FPCR, FPSR and q0-q31: the handler is compiled Rust,
+ * which uses SIMD registers freely (copies, formatting), and an interrupt
+ * returns to code that may have been in the middle of using them.
+ *
  * The kernel runs on SP_EL0, so the group "current EL with SP_EL0" is the
  * ordinary one; "current EL with SP_ELx" means a fault while handling an
  * exception, and the lower-EL groups cannot happen (no EL0 code).
  */
 
 .equ FRAME_SIZE, 288
+.equ FP_FRAME_SIZE, 528         /* FPCR and FPSR, then q0-q31 */
 
 .macro vector kind
     .balign 0x80
@@ -67,9 +72,49 @@ save_and_handle:
     mrs     x1, esr_el1
     mrs     x2, far_el1
     stp     x1, x2, [sp, #272]
+    sub     sp, sp, #FP_FRAME_SIZE
+    stp     q0, q1, [sp, #16]
+    stp     q2, q3, [sp, #48]
+    stp     q4, q5, [sp, #80]
+    stp     q6, q7, [sp, #112]
+    stp     q8, q9, [sp, #144]
+    stp     q10, q11, [sp, #176]
+    stp     q12, q13, [sp, #208]
+    stp     q14, q15, [sp, #240]
+    stp     q16, q17, [sp, #272]
+    stp     q18, q19, [sp, #304]
+    stp     q20, q21, [sp, #336]
+    stp     q22, q23, [sp, #368]
+    stp     q24, q25, [sp, #400]
+    stp     q26, q27, [sp, #432]
+    stp     q28, q29, [sp, #464]
+    stp     q30, q31, [sp, #496]
+    mrs     x1, fpcr
+    mrs     x2, fpsr
+    stp     x1, x2, [sp, #0]
     mov     x1, x0                  /* kind */
-    mov     x0, sp                  /* &mut TrapFrame */
+    add     x0, sp, #FP_FRAME_SIZE  /* &mut TrapFrame */
     bl      tidepool_exception
+    ldp     x1, x2, [sp, #0]
+    msr     fpcr, x1
+    msr     fpsr, x2
+    ldp     q0, q1, [sp, #16]
+    ldp     q2, q3, [sp, #48]
+    ldp     q4, q5, [sp, #80]
+    ldp     q6, q7, [sp, #112]
+    ldp     q8, q9, [sp, #144]
+    ldp     q10, q11, [sp, #176]
+    ldp     q12, q13, [sp, #208]
+    ldp     q14, q15, [sp, #240]
+    ldp     q16, q17, [sp, #272]
+    ldp     q18, q19, [sp, #304]
+    ldp     q20, q21, [sp, #336]
+    ldp     q22, q23, [sp, #368]
+    ldp     q24, q25, [sp, #400]
+    ldp     q26, q27, [sp, #432]
+    ldp     q28, q29, [sp, #464]
+    ldp     q30, q31, [sp, #496]
+    add     sp, sp, #FP_FRAME_SIZE
     ldp     x1, x2, [sp, #256]
     msr     elr_el1, x1
     msr     spsr_el1, x2

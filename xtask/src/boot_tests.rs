@@ -30,6 +30,32 @@ pub struct BootTest {
     pub timeout: Duration,
     /// A check beyond substrings, over the whole console.
     pub check: Option<ConsoleCheck>,
+    /// Disk images created (with the disk pattern) before the boot.
+    pub disks: Vec<TestDisk>,
+    /// A second boot on the same disks with these bootargs; its console
+    /// follows the first's (after [`SECOND_BOOT`]), so `expect` continues
+    /// into it.
+    pub second_boot: Option<&'static str>,
+}
+
+/// Printed between the consoles of a test's two boots.
+const SECOND_BOOT: &str = "xtask: --- second boot ---";
+/// Printed when a disk image does not hold what it should after a boot.
+const DISK_CHECK_FAILED: &str = "xtask: disk check failed";
+
+/// A disk of a block test.
+#[derive(Clone, Copy, Debug)]
+pub struct TestDisk {
+    /// Size in sectors.
+    pub sectors: u64,
+    /// Pattern seed it is created with.
+    pub seed: u64,
+    /// Attached read-only.
+    pub read_only: bool,
+    /// A `blkdebug` error injection: QEMU event (`read_aio`, `write_aio`) and sector.
+    pub inject: Option<(&'static str, u64)>,
+    /// What it must hold after the (last) boot.
+    pub after: Option<crate::disk::Content>,
 }
 
 const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
@@ -44,7 +70,20 @@ impl BootTest {
             stop_after: None,
             timeout: Duration::from_secs(60),
             check: None,
+            disks: Vec::new(),
+            second_boot: None,
         }
+    }
+
+    fn with_disks(mut self, disks: &[TestDisk]) -> Self {
+        self.disks = disks.to_vec();
+        self.reject.push(DISK_CHECK_FAILED.into());
+        self
+    }
+
+    fn then_boot(mut self, bootargs: &'static str) -> Self {
+        self.second_boot = Some(bootargs);
+        self
     }
 
     fn check_with(mut self, check: ConsoleCheck) -> Self {
@@ -330,12 +369,125 @@ pub fn all() -> Vec<BootTest> {
     ];
     tests.extend(xen_platform());
     tests.extend(dma());
+    tests.extend(block());
     tests
 }
 
-/// The Xen platform layer (issue 5): timer, events, grants, cache flush.
+/// The Xen platform layer (issue 5): timer, events, grants, cache flush,
+/// under `selftest=xen`, as dom0 and as a dom0less domU on GICv2 and GICv3,
+/// and the GIC and timer alone on bare QEMU.
 fn xen_platform() -> Vec<BootTest> {
-    Vec::new()
+    let selftest = |machine: Machine| {
+        with(machine, |m| {
+            m.bootargs = "selftest=xen".into();
+        })
+    };
+    let timer = [
+        "timer: interrupt fired after",
+        "(sleep of 1000 us)",
+        "timer: wait_for 1000 us timed out after",
+    ];
+    let events = |domid: u16| {
+        [
+            "xen: event channel port ".to_string(),
+            " (ipi vcpu0) delivered after ".to_string(),
+            " masked: held; unmasked: delivered".to_string(),
+            format!(" (interdomain loopback d{domid}) delivered after "),
+            " bound to VIRQ_DEBUG".to_string(),
+        ]
+    };
+    let grants = [
+        "end refused while in use (flags 0x19), grant kept",
+        " (rw) and gref ",
+        " (ro) of gfn 0x",
+        " made and ended",
+        "xen: grant table full after 2040 grants (grant table exhausted: all 2040 usable entries are granted); all ended, 2040 free",
+        "xen: cache_flush available",
+    ];
+    let dom0 = |name: &str, gic: u8| {
+        BootTest::new(
+            name,
+            selftest(with(xen_dom0("256M"), |m| {
+                m.gic = gic;
+                m.scenario = Some("static-pool".into());
+            })),
+        )
+        .expect(&[
+            &format!("irq: GICv{gic} /"),
+            "timer: virtual timer /timer intid=27 level",
+            "xen: features 0x",
+            "dom0",
+            "xen: shared info at gpa 0x40400000 va 0x",
+            "xen: event channel upcall intid=16 level",
+            "xen: domain d0 direct-mapped (guest-physical = machine)",
+            "xen: grant table v1 at gpa 0x40200000 va 0x",
+            "frames=4 (max 64) entries=2048 free=2040",
+        ])
+        .expect(&timer)
+        .expect(&events(0).each_ref().map(String::as_str))
+        .expect(&grants)
+        .expect(&[
+            "xen: cache_flush own-ram 0x",
+            " pages=1 hypercalls=1 ok (clean)",
+            "xen: cache_flush own-ram 0x",
+            " pages=3 hypercalls=1 ok (clean+invalidate)",
+            "xen: cache_flush pool /reserved-memory/dma@78000000 page 0x78000000 -> EPERM (cache_flush 0x78000000+0x1000: EPERM (-1) at page 0x78000000, 0 of 1 pages known done (clean+invalidate, 1 hypercalls))",
+        ])
+        .clean()
+    };
+    let domu = |name: &str, gic: u8| {
+        BootTest::new(
+            name,
+            selftest(with(
+                Machine::new(Mode::XenDomU {
+                    memory_kib: 8 * 1024,
+                }),
+                |m| m.gic = gic,
+            )),
+        )
+        .expect(&[
+            &format!("irq: GICv{gic} /"),
+            "timer: virtual timer /timer intid=27 level",
+            "xen: features 0x",
+            "xen: shared info at gpa 0x40800000 va 0x",
+            "xen: event channel upcall intid=31 level",
+            "xen: domain d1 not direct-mapped",
+            "xen: grant table v1 at gpa 0x38000000 va 0x",
+            "frames=4 (max 64) entries=2048 free=2040",
+        ])
+        .expect(&timer)
+        .expect(&events(1).each_ref().map(String::as_str))
+        .expect(&grants)
+        .expect(&[
+            "xen: cache_flush own-ram 0x",
+            ": not issued: cache_flush: this domain is not direct-mapped (guest-physical is not machine)",
+        ])
+        // No pool page reaches Xen from a domain that is not direct-mapped.
+        .reject(&["-> EPERM", "-> ok"])
+        .clean()
+    };
+    let bare = |name: &str, gic: u8| {
+        BootTest::new(
+            name,
+            selftest(with(Machine::new(Mode::Bare), |m| m.gic = gic)),
+        )
+        .expect(&[
+            &format!("irq: GICv{gic} /intc@8000000"),
+            "timer: virtual timer /timer intid=27 level freq=",
+        ])
+        .expect(&timer)
+        .expect(&["selftest: xen: no hypervisor: timer only"])
+        .reject(&["xen: features", "xen: event channel"])
+        .clean()
+    };
+    vec![
+        dom0("xen-platform-dom0-gicv3", 3),
+        dom0("xen-platform-dom0-gicv2", 2),
+        domu("xen-platform-domu-gicv3", 3),
+        domu("xen-platform-domu-gicv2", 2),
+        bare("xen-platform-bare-gicv3", 3),
+        bare("xen-platform-bare-gicv2", 2),
+    ]
 }
 
 /// The DMA layer (issue 6): per-device contexts, pools, sync paths, counters.
@@ -506,9 +658,297 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
 
 fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
     let run_dir = ws.build.join("boot-tests").join(&test.name);
-    let args = test.machine.prepare(ws, image, &run_dir)?;
-    let run = qemu::run_captured(&args, test.timeout, test.stop_after)?;
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(run_dir.clone(), e))?;
+    let mut machine = test.machine.clone();
+    let mut images = Vec::new();
+    for (i, disk) in test.disks.iter().enumerate() {
+        let path = run_dir.join(format!("disk{i}.img"));
+        crate::disk::create(&path, disk.sectors, disk.seed)?;
+        let file = match disk.inject {
+            Some((event, sector)) => {
+                let config = crate::disk::blkdebug_config(&run_dir, event, sector)?;
+                format!("blkdebug:{}:{}", config.display(), path.display())
+            }
+            None => path.display().to_string(),
+        };
+        machine.disks.push(qemu::Disk {
+            file,
+            read_only: disk.read_only,
+        });
+        images.push(path);
+    }
+    let args = machine.prepare(ws, image, &run_dir)?;
+    let mut run = qemu::run_captured(&args, test.timeout, test.stop_after)?;
+    if let Some(bootargs) = test.second_boot
+        && !run.timed_out
+    {
+        machine.bootargs = bootargs.into();
+        let args = machine.prepare(ws, image, &run_dir)?;
+        let second = qemu::run_captured(&args, test.timeout, test.stop_after)?;
+        run.lines.push(SECOND_BOOT.into());
+        run.lines.extend(second.lines);
+        run.timed_out |= second.timed_out;
+        run.elapsed += second.elapsed;
+    }
+    for (disk, path) in test.disks.iter().zip(&images) {
+        if let Some(content) = disk.after
+            && let Err(why) = crate::disk::verify(path, content)
+        {
+            run.lines.push(format!("{DISK_CHECK_FAILED}: {why}"));
+        }
+    }
     std::fs::write(run_dir.join("console.log"), run.lines.join("\n"))
         .map_err(|e| Error::io(run_dir.join("console.log"), e))?;
     Ok(run)
+}
+
+/// Sectors of each block-test disk (8 MiB).
+const DISK_SECTORS: u64 = 16384;
+
+fn disk(seed: u64, after: Option<crate::disk::Content>) -> TestDisk {
+    TestDisk {
+        sectors: DISK_SECTORS,
+        seed,
+        read_only: false,
+        inject: None,
+        after,
+    }
+}
+
+/// Seed 1 everywhere, seed 2 in sectors 2048..4096 (what `WRITE` writes).
+const REWRITTEN: crate::disk::Content = crate::disk::Content {
+    seed: 1,
+    written: Some(crate::disk::Written {
+        seed: 2,
+        lba: 2048,
+        count: 2048,
+    }),
+};
+/// Write seed 2 to sectors 2048..4096 and flush, then read and check the whole disk.
+const WRITE_AND_VERIFY: &str = "blk-write=2@2048+2048 blk-verify=1,2@2048+2048";
+/// Check the whole disk again, in a later boot.
+const VERIFY_AGAIN: &str = "blk-verify=1,2@2048+2048";
+
+/// `dma: stats <device>` counters, by name.
+fn dma_stats(lines: &[String], device: &str) -> Option<std::collections::HashMap<String, u64>> {
+    let prefix = format!("dma: stats {device} ");
+    let line = lines.iter().rev().find(|l| l.starts_with(&prefix))?;
+    Some(
+        line[prefix.len()..]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// The four DMA paths of the imx8-like scenario, from the counters: the
+/// dynamic pool (Xen flushes it) costs exactly one hypercall per request, the
+/// static pool (Xen refuses) none but one window maintenance per request,
+/// the non-coherent device without a pool two linear maintenances per
+/// request, the coherent device nothing.
+fn four_dma_paths(lines: &[String]) -> std::result::Result<(), String> {
+    let get = |device: &str| {
+        dma_stats(lines, device).ok_or_else(|| format!("no dma: stats line for {device}"))
+    };
+    let dynamic = get("/virtio_mmio@a003c00")?;
+    if dynamic["hypercalls"] != dynamic["maps"] || dynamic["maps"] == 0 {
+        return Err(format!(
+            "dynamic pool: {} hypercalls for {} requests",
+            dynamic["hypercalls"], dynamic["maps"]
+        ));
+    }
+    let fixed = get("/virtio_mmio@a003e00")?;
+    if fixed["hypercalls"] != 0
+        || fixed["fallbacks"] != fixed["maps"]
+        || fixed["va_ops"] != fixed["maps"]
+    {
+        return Err(format!("static pool: {fixed:?}"));
+    }
+    let linear = get("/virtio_mmio@a003a00")?;
+    if linear["hypercalls"] != 0 || linear["va_ops"] != 2 * linear["maps"] || linear["bounced"] != 0
+    {
+        return Err(format!("non-coherent without a pool: {linear:?}"));
+    }
+    let coherent = get("/virtio_mmio@a003800")?;
+    if coherent["va_ops"] != 0 || coherent["hypercalls"] != 0 || coherent["bounced"] != 0 {
+        return Err(format!("coherent: {coherent:?}"));
+    }
+    Ok(())
+}
+
+/// Every pool's usage at the end equals its baseline.
+fn pools_back_to_baseline(lines: &[String]) -> std::result::Result<(), String> {
+    let usage = |label: &str| -> Vec<(String, String)> {
+        let suffix = format!(" ({label})");
+        lines
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("dma: pool ")?
+                    .strip_suffix(&suffix)
+                    .map(str::to_string)
+            })
+            .filter_map(|l| {
+                l.split_once(" usage ")
+                    .map(|(p, u)| (p.to_string(), u.to_string()))
+            })
+            .collect()
+    };
+    let (baseline, now) = (usage("baseline"), usage("now"));
+    if baseline.is_empty() || baseline != now {
+        return Err(format!(
+            "pool usage baseline {baseline:?}, at the end {now:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The block driver (issue 7): data integrity across boots, every DMA path,
+/// both transports, read-only devices and injected errors.
+fn block() -> Vec<BootTest> {
+    let verified = |device: &str| format!("blk: verify {device} sectors={DISK_SECTORS} ok");
+    let e00 = "/virtio_mmio@a003e00";
+    vec![
+        BootTest::new(
+            "blk-xen-stock",
+            with(xen_dom0("256M"), |m| m.bootargs = WRITE_AND_VERIFY.into()),
+        )
+        .with_disks(&[disk(1, Some(REWRITTEN))])
+        .then_boot(VERIFY_AGAIN)
+        .expect(&[
+            "dma: device /virtio_mmio@a003e00 coherent=yes pool=none",
+            "blk: /virtio_mmio@a003e00 virtio-mmio legacy capacity=16384 block_size=512",
+            "blk: wrote /virtio_mmio@a003e00 lba=2048 sectors=2048 seed=2, flushed",
+            &verified(e00),
+            SECOND_BOOT,
+            &verified(e00),
+        ])
+        .check_with(pools_back_to_baseline)
+        .clean(),
+        BootTest::new(
+            "blk-xen-imx8-four-paths",
+            with(xen_dom0("256M"), |m| {
+                m.scenario = Some("imx8-like".into());
+                m.bootargs = WRITE_AND_VERIFY.into();
+            }),
+        )
+        .with_disks(&[
+            disk(1, Some(REWRITTEN)),
+            disk(1, Some(REWRITTEN)),
+            disk(1, Some(REWRITTEN)),
+            disk(1, Some(REWRITTEN)),
+        ])
+        .then_boot(VERIFY_AGAIN)
+        .expect(&[
+            "dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000",
+            "xen-flush=refused(EPERM)",
+            // Devices are set up in address order.
+            &verified("/virtio_mmio@a003800"),
+            &verified("/virtio_mmio@a003a00"),
+            &verified("/virtio_mmio@a003c00"),
+            &verified(e00),
+            SECOND_BOOT,
+            &verified("/virtio_mmio@a003800"),
+            &verified(e00),
+        ])
+        .check_with(four_dma_paths)
+        .clean(),
+        BootTest::new(
+            "blk-bare-pool",
+            with(Machine::new(Mode::Bare), |m| {
+                m.scenario = Some("static-pool".into());
+                m.bootargs = WRITE_AND_VERIFY.into();
+            }),
+        )
+        .with_disks(&[disk(1, Some(REWRITTEN))])
+        .expect(&[
+            "dma: device /virtio_mmio@a003e00 coherent=no pool=/reserved-memory/dma@78000000",
+            &verified(e00),
+        ])
+        .check_with(pools_back_to_baseline)
+        .clean(),
+        BootTest::new(
+            "blk-xen-modern",
+            with(xen_dom0("256M"), |m| {
+                m.modern_virtio = true;
+                m.scenario = Some("dynamic-pool".into());
+                m.bootargs = WRITE_AND_VERIFY.into();
+            }),
+        )
+        .with_disks(&[disk(1, Some(REWRITTEN)), disk(1, Some(REWRITTEN))])
+        .expect(&[
+            "blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=16384",
+            &verified("/virtio_mmio@a003c00"),
+            &verified(e00),
+        ])
+        .check_with(pools_back_to_baseline)
+        .clean(),
+        BootTest::new(
+            "blk-read-only",
+            with(xen_dom0("256M"), |m| {
+                m.bootargs = "blk-write=2@0+8 blk-verify=1".into()
+            }),
+        )
+        .with_disks(&[TestDisk {
+            read_only: true,
+            ..disk(
+                1,
+                Some(crate::disk::Content {
+                    seed: 1,
+                    written: None,
+                }),
+            )
+        }])
+        .expect(&[
+            "read_only=yes",
+            "error: blk: /virtio_mmio@a003e00 write of sectors 0..8: ",
+            "read-only",
+            &verified(e00),
+            "shutdown: poweroff",
+        ])
+        .reject(&["fault:", "panic:"]),
+        BootTest::new(
+            "blk-inject-read-error",
+            with(xen_dom0("256M"), |m| m.bootargs = "blk-verify=1".into()),
+        )
+        .with_disks(&[TestDisk {
+            inject: Some(("read_aio", 4096)),
+            ..disk(1, None)
+        }])
+        .expect(&[
+            "error: blk: /virtio_mmio@a003e00 read of sectors ",
+            "4096",
+            "error: blk: verify /virtio_mmio@a003e00 sectors=16384 problems=1",
+            "blk: stats /virtio_mmio@a003e00 ",
+            "errors=1",
+            "shutdown: poweroff",
+        ])
+        .check_with(pools_back_to_baseline)
+        .reject(&["fault:", "panic:"]),
+        BootTest::new(
+            "blk-inject-write-error",
+            with(xen_dom0("256M"), |m| {
+                m.scenario = Some("dynamic-pool".into());
+                m.bootargs = "blk-write=2@8192+128 blk-verify=1".into();
+            }),
+        )
+        .with_disks(&[TestDisk {
+            inject: Some(("write_aio", 8192)),
+            ..disk(
+                1,
+                Some(crate::disk::Content {
+                    seed: 1,
+                    written: None,
+                }),
+            )
+        }])
+        .expect(&[
+            "error: blk: /virtio_mmio@a003e00 write of sectors 8192..8320: ",
+            "8192",
+            &verified(e00),
+            "shutdown: poweroff",
+        ])
+        .check_with(pools_back_to_baseline)
+        .reject(&["fault:", "panic:"]),
+    ]
 }

@@ -13,7 +13,10 @@ pub(crate) mod test_fixture;
 
 use std::fmt;
 
-pub use boot::{Module, add_xen_dom0, add_xen_dom0less_domu, set_bootargs, set_xen_bootargs};
+pub use boot::{
+    Module, add_xen_dom0, add_xen_dom0_ramdisk, add_xen_dom0less_domu, set_bootargs,
+    set_xen_bootargs,
+};
 pub use dtb::{DtParseError, DtWriteError};
 
 /// `#address-cells` when a node does not say (Devicetree Specification 2.3.5).

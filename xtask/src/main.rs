@@ -1,9 +1,11 @@
 //! `cargo xtask`: the one entry point for building, running and testing
 //! tidepool. CI runs exactly `cargo xtask test`.
 
+mod bench;
 mod boot_tests;
 mod debian;
 mod devicetree;
+mod disk;
 mod image;
 mod qemu;
 mod scenario;
@@ -94,6 +96,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run every test: host unit tests, the board device-tree test and the QEMU boot tests.
     Test(TestArgs),
+    /// Measure tidepool against Linux as Xen dom0 and print the ratios to the targets.
+    Bench(bench::BenchArgs),
     /// Print the memory plan of a device tree blob.
     Dt {
         /// The .dtb file.
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         Cmd::Build => build_kernel(&ws).map(|_| ()),
         Cmd::Run(args) => run(&ws, args),
         Cmd::Test(args) => test(&ws, args),
+        Cmd::Bench(args) => bench::run(&ws, args),
         Cmd::Dt { file, json } => dt(&file, json),
     };
     match result {

@@ -3,7 +3,15 @@
 //! Recognised keys:
 //! - `log=error|warn|info|debug|trace`: console log level (default `info`);
 //! - `selftest=NAME[,NAME...]`: self-tests to run after boot (see `selftest`);
-//! - `heap=SIZE`: heap size with an optional K/M suffix (default 1M).
+//! - `heap=SIZE`: heap size with an optional K/M suffix (default: an
+//!   eighth of linear RAM, between 1 MiB and 16 MiB);
+//! - `blk-verify=SEED[,SEED2@LBA+COUNT]`: read every block device whole and
+//!   check it holds the disk pattern of `SEED` (sectors `LBA..LBA+COUNT`
+//!   that of `SEED2`);
+//! - `blk-write=SEED@LBA+COUNT`: write the pattern of `SEED` to those
+//!   sectors of every block device, then flush;
+//! - `bench=MIB`: the block benchmark over the first `MIB` MiB of the first
+//!   block device.
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -55,14 +63,71 @@ pub struct Bootargs<'a> {
     pub log_level: LogLevel,
     /// Comma-separated self-test names, if any.
     pub selftests: &'a str,
-    /// Heap size in bytes.
-    pub heap_size: usize,
+    /// Heap size in bytes, if `heap=` gives one.
+    pub heap_size: Option<usize>,
+    /// `blk-verify=`: the expected disk content.
+    pub blk_verify: Option<DiskPattern>,
+    /// `blk-write=`: a range to write.
+    pub blk_write: Option<SectorRange>,
+    /// `bench=`: MiB to benchmark over.
+    pub bench_mib: Option<u64>,
     raw: &'a str,
 }
 
-/// Default heap size: enough for the device-tree plan, page-table bookkeeping
-/// and driver state, small enough for an 8 MiB domU.
-pub const DEFAULT_HEAP_SIZE: usize = 1 << 20;
+/// Sectors holding the disk pattern of one seed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SectorRange {
+    /// The pattern's seed.
+    pub seed: u64,
+    /// First sector.
+    pub lba: u64,
+    /// Sectors.
+    pub count: u64,
+}
+
+/// What a whole disk should hold: the pattern of `seed`, except `written`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DiskPattern {
+    /// The seed of every sector outside `written`.
+    pub seed: u64,
+    /// A range holding another seed's pattern.
+    pub written: Option<SectorRange>,
+}
+
+impl DiskPattern {
+    /// The seed sector `lba` should hold.
+    pub fn seed_of(&self, lba: u64) -> u64 {
+        match self.written {
+            Some(range) if (range.lba..range.lba.saturating_add(range.count)).contains(&lba) => {
+                range.seed
+            }
+            _ => self.seed,
+        }
+    }
+}
+
+/// Parses `SEED@LBA+COUNT`.
+fn parse_range(text: &str) -> Option<SectorRange> {
+    let (seed, rest) = text.split_once('@')?;
+    let (lba, count) = rest.split_once('+')?;
+    Some(SectorRange {
+        seed: seed.parse().ok()?,
+        lba: lba.parse().ok()?,
+        count: count.parse().ok()?,
+    })
+}
+
+/// Parses `SEED[,SEED2@LBA+COUNT]`.
+fn parse_pattern(text: &str) -> Option<DiskPattern> {
+    let (seed, written) = match text.split_once(',') {
+        Some((seed, range)) => (seed, Some(parse_range(range)?)),
+        None => (text, None),
+    };
+    Some(DiskPattern {
+        seed: seed.parse().ok()?,
+        written,
+    })
+}
 
 impl<'a> Bootargs<'a> {
     /// Parses `line`; words that fail are skipped and reported by [`Bootargs::errors`].
@@ -70,7 +135,10 @@ impl<'a> Bootargs<'a> {
         let mut args = Self {
             log_level: LogLevel::Info,
             selftests: "",
-            heap_size: DEFAULT_HEAP_SIZE,
+            heap_size: None,
+            blk_verify: None,
+            blk_write: None,
+            bench_mib: None,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -108,7 +176,12 @@ impl<'a> Bootargs<'a> {
                 }
             }
             "selftest" => self.selftests = value,
-            "heap" => self.heap_size = parse_size(value).ok_or_else(bad)?,
+            "heap" => self.heap_size = Some(parse_size(value).ok_or_else(bad)?),
+            "blk-verify" => self.blk_verify = Some(parse_pattern(value).ok_or_else(bad)?),
+            "blk-write" => self.blk_write = Some(parse_range(value).ok_or_else(bad)?),
+            "bench" => {
+                self.bench_mib = Some(value.parse().ok().filter(|&m| m > 0).ok_or_else(bad)?)
+            }
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -133,10 +206,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn block_words() {
+        let a = Bootargs::parse("blk-verify=7,8@2048+16 blk-write=8@2048+16 bench=64");
+        assert_eq!(a.errors().count(), 0);
+        let written = SectorRange {
+            seed: 8,
+            lba: 2048,
+            count: 16,
+        };
+        assert_eq!(
+            a.blk_verify,
+            Some(DiskPattern {
+                seed: 7,
+                written: Some(written)
+            })
+        );
+        assert_eq!(a.blk_write, Some(written));
+        assert_eq!(a.bench_mib, Some(64));
+        let p = a.blk_verify.unwrap();
+        assert_eq!(
+            (
+                p.seed_of(2047),
+                p.seed_of(2048),
+                p.seed_of(2063),
+                p.seed_of(2064)
+            ),
+            (7, 8, 8, 7)
+        );
+        assert_eq!(
+            Bootargs::parse("blk-verify=3").blk_verify,
+            Some(DiskPattern {
+                seed: 3,
+                written: None
+            })
+        );
+        for bad in [
+            "blk-verify=x",
+            "blk-verify=1,2@3",
+            "blk-write=1@2",
+            "bench=0",
+            "bench=lots",
+        ] {
+            let a = Bootargs::parse(bad);
+            assert!(
+                matches!(a.errors().next(), Some(BootargError::BadValue { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults() {
         let a = Bootargs::parse("");
         assert_eq!(a.log_level, LogLevel::Info);
-        assert_eq!(a.heap_size, DEFAULT_HEAP_SIZE);
+        assert_eq!(a.heap_size, None);
         assert!(!a.selftest("x"));
         assert_eq!(a.errors().count(), 0);
     }
@@ -146,7 +269,7 @@ mod tests {
         let a = Bootargs::parse("console=hvc0 log=debug selftest=fault,dma heap=2M");
         assert_eq!(a.log_level, LogLevel::Debug);
         assert!(a.selftest("fault") && a.selftest("dma") && !a.selftest("fa"));
-        assert_eq!(a.heap_size, 2 << 20);
+        assert_eq!(a.heap_size, Some(2 << 20));
         assert_eq!(a.errors().count(), 0);
     }
 
@@ -154,7 +277,7 @@ mod tests {
     fn bad_words_are_reported_and_skipped() {
         let a = Bootargs::parse("log=loud heap=12Q frobnicate log=warn");
         assert_eq!(a.log_level, LogLevel::Warn);
-        assert_eq!(a.heap_size, DEFAULT_HEAP_SIZE);
+        assert_eq!(a.heap_size, None);
         let errors: std::vec::Vec<_> = a.errors().map(|e| e.to_string()).collect();
         assert_eq!(
             errors,

@@ -117,12 +117,13 @@ impl fmt::Display for DmaSetupError {
 
 impl Dma {
     /// Sets up every pool: the device tree's DMA pools and the kernel's two.
-    /// Under Xen, each own-window pool is probed once for
-    /// `GNTTABOP_cache_flush` (one page), and the answer is printed and kept.
+    /// With `platform_flush` (a direct-mapped Xen domain), each own-window
+    /// pool is probed once for `GNTTABOP_cache_flush` (one page), and the
+    /// answer is printed and kept.
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
-        xen: bool,
+        platform_flush: bool,
     ) -> Result<Self, DmaSetupError> {
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
@@ -130,7 +131,7 @@ impl Dma {
             pools: PoolSet::new(),
             cache: KernelCache,
             memory: KernelMemory,
-            flush: xen.then(|| XenFlush {
+            flush: platform_flush.then(|| XenFlush {
                 batch: CacheFlushBatch::new(),
             }),
             warnings: ConsoleWarnings,

@@ -132,15 +132,27 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     // (already checked and reported above).
     let args = Bootargs::parse(dt.platform.chosen.bootargs.as_deref().unwrap_or(""));
     let dtb = PhysRange::new(dtb_addr as u64, dt_blob.len() as u64);
-    let memory = match crate::memory::bring_up(dt, dtb, args.heap_size as u64) {
+    let memory = match crate::memory::bring_up(dt, dtb, args.heap_size.map(|size| size as u64)) {
         Ok(memory) => memory,
         Err(err) => {
             error!("mm: {err}");
             shutdown(ShutdownReason::Crash);
         }
     };
+    if let Err(err) = crate::platform::init(dt, memory) {
+        error!("{err}");
+        shutdown(ShutdownReason::Crash);
+    }
 
-    let mut dma = match crate::dma::Dma::new(dt, memory, under_xen) {
+    // GNTTABOP_cache_flush takes machine addresses: only a direct-mapped
+    // domain (dom0 here) can name its pages by their guest-physical address.
+    let platform_flush = crate::xen::domain().is_some_and(|domain| domain.direct_mapped());
+    if under_xen && !platform_flush {
+        info!(
+            "dma: no xen cache flush: the domain is not direct-mapped (guest-physical is not machine)"
+        );
+    }
+    let mut dma = match crate::dma::Dma::new(dt, memory, platform_flush) {
         Ok(dma) => dma,
         Err(err) => {
             error!("{err}");
@@ -155,6 +167,8 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if args.selftest("dma-naive") {
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
+    let mut disks = crate::block::probe(dt, &mut dma);
+    crate::block::run_requested(&args, &mut disks, &mut dma);
 
     let (heap_used, heap_total) = crate::heap::usage();
     info!(

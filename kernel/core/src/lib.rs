@@ -16,6 +16,8 @@ pub mod memory_plan;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod arch;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod block;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dma;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dma_selftest;
@@ -32,10 +34,14 @@ mod logger;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod memory;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod platform;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod report;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod selftest;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod shutdown;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod timer;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod xen;

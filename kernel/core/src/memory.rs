@@ -71,7 +71,7 @@ fn phys(span: Span) -> PhysRange {
 pub fn bring_up(
     dt: &'static DeviceTree,
     dtb: PhysRange,
-    heap_size: u64,
+    heap_size: Option<u64>,
 ) -> Result<&'static MemorySetup<'static>, BringUpError> {
     let layout = image_layout();
     let image = ImageSpans {

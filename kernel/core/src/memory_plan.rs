@@ -122,7 +122,7 @@ pub fn plan_memory<'a>(
     dt: &'a DeviceTree,
     image: &ImageSpans,
     dtb: PhysRange,
-    heap_size: u64,
+    heap_size: Option<u64>,
 ) -> Result<MemorySetup<'a>, MemoryError> {
     let plan = &dt.plan;
     let ram: Vec<PhysRange> = plan.linear_map().iter().map(|r| phys(*r)).collect();
@@ -137,6 +137,7 @@ pub fn plan_memory<'a>(
     };
     let kernel_nc_pool = carve_pool(KERNEL_NC_POOL)?;
     let kernel_linear_pool = carve_pool(KERNEL_LINEAR_POOL)?;
+    let heap_size = heap_size.unwrap_or_else(|| default_heap_size(&ram));
     let heap = carve(&ram, &avoid, heap_size, PAGE_SIZE).map_err(|error| MemoryError::Heap {
         size: heap_size,
         error,
@@ -238,6 +239,15 @@ pub fn plan_memory<'a>(
         kernel_nc_pool,
         kernel_linear_pool,
     })
+}
+
+/// The heap size without `heap=`: an eighth of linear RAM, between 1 MiB
+/// (an 8 MiB domU) and 16 MiB (a block device's 16 request slots take
+/// 1 MiB of staging buffers; a few devices and the transfers' buffers fit).
+pub fn default_heap_size(ram: &[PhysRange]) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let total: u64 = ram.iter().map(|r| r.size).sum();
+    (total / 8).clamp(MIB, 16 * MIB) & !(PAGE_SIZE - 1)
 }
 
 /// `range` minus `hole`: zero, one or two ranges.
@@ -343,7 +353,7 @@ mod tests {
     #[test]
     fn no_map_pool_is_a_window_not_linear() {
         let dt = device_tree(true);
-        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
         let map = &setup.layout.address_map;
         let pool = "/reserved-memory/dma@78000000";
         match map.classify(PhysAddr(0x7800_1000)) {
@@ -397,7 +407,7 @@ mod tests {
     #[test]
     fn mapped_pool_stays_linear() {
         let dt = device_tree(false);
-        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
         assert!(matches!(
             setup.layout.address_map.classify(PhysAddr(0x7800_0000)),
             AddressClass::MappedPool { .. }
@@ -418,7 +428,7 @@ mod tests {
     #[test]
     fn devices_and_xen_windows() {
         let dt = device_tree(true);
-        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
         let map = &setup.layout.address_map;
         let class = map.classify(PhysAddr(0xa00_3e00));
         assert!(
@@ -461,6 +471,17 @@ mod tests {
     }
 
     #[test]
+    fn default_heap_follows_ram_within_bounds() {
+        let mib = |n: u64| PhysRange::new(0x4000_0000, n * MIB);
+        assert_eq!(default_heap_size(&[mib(8)]), MIB);
+        assert_eq!(default_heap_size(&[mib(64)]), 8 * MIB);
+        assert_eq!(default_heap_size(&[mib(1024)]), 16 * MIB);
+        let dt = device_tree(true);
+        let setup = plan_memory(&dt, &image(), DTB, None).unwrap();
+        assert_eq!(setup.heap.size, 16 * MIB, "256 MiB of linear RAM");
+    }
+
+    #[test]
     fn subtract_cuts_zero_one_or_two_pieces() {
         let r = PhysRange::new(0x1000, 0x4000);
         let cut = |hole| subtract(r, hole).collect::<Vec<_>>();
@@ -486,7 +507,7 @@ mod tests {
     #[test]
     fn kernel_pools_one_windowed_one_linear() {
         let dt = device_tree(true);
-        let setup = plan_memory(&dt, &image(), DTB, MIB).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
         let map = &setup.layout.address_map;
         assert!(matches!(
             map.classify(setup.kernel_nc_pool.base),
@@ -509,7 +530,7 @@ mod tests {
     #[test]
     fn heap_too_big_is_a_clear_error() {
         let dt = device_tree(true);
-        let err = plan_memory(&dt, &image(), DTB, 512 * MIB).unwrap_err();
+        let err = plan_memory(&dt, &image(), DTB, Some(512 * MIB)).unwrap_err();
         assert!(matches!(err, MemoryError::Heap { size, .. } if size == 512 * MIB));
         assert!(
             err.to_string()

@@ -15,12 +15,9 @@ const WINDOW_TEST_BYTES: usize = 4096;
 /// Runs every self-test `args` asks for. Fault self-tests do not return.
 pub fn run_requested(args: &Bootargs<'_>, memory: &MemorySetup<'_>) {
     let no_map_pools = || {
-        memory
-            .layout
-            .address_map
-            .regions()
-            .iter()
-            .filter(|r| r.kind == RegionKind::NoMapPool)
+        memory.layout.address_map.regions().iter().filter(|r| {
+            r.kind == RegionKind::NoMapPool && r.name != crate::memory_plan::KERNEL_NC_POOL
+        })
     };
     if args.selftest("pool-window") {
         for pool in no_map_pools() {
@@ -35,6 +32,9 @@ pub fn run_requested(args: &Bootargs<'_>, memory: &MemorySetup<'_>) {
                 shutdown(ShutdownReason::Crash);
             }
         }
+    }
+    if args.selftest("xen") {
+        crate::platform::selftest::run(memory);
     }
     if args.selftest("oom") {
         let (_, total) = crate::heap::usage();

@@ -49,10 +49,9 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
     ));
     match power_control() {
         PowerControl::Xen => {
-            let rc = xen::shutdown(reason);
-            crate::console::write_line(format_args!(
-                "shutdown: SCHEDOP_shutdown refused ({rc}); halting"
-            ));
+            if let Err(err) = xen::shutdown(reason) {
+                crate::console::write_line(format_args!("shutdown: {err}; halting"));
+            }
         }
         PowerControl::Psci(conduit) => {
             let rc = psci::system_off(conduit);

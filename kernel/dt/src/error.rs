@@ -373,6 +373,13 @@ pub enum NodeErrorKind {
         /// Entries required.
         required: usize,
     },
+    /// Too few `interrupts` specifiers for what the binding requires.
+    TooFewInterrupts {
+        /// Specifiers found.
+        found: usize,
+        /// Specifiers required.
+        required: usize,
+    },
     /// PSCI `method` is neither `hvc` nor `smc`.
     BadPsciMethod(String),
     /// An alias (in `stdout-path`) is not defined in `/aliases`.
@@ -527,6 +534,9 @@ impl fmt::Display for NodeErrorKind {
             Self::InterruptOutOfRange { number, .. } => write!(f, "PPI {number} is beyond PPI 15"),
             Self::TooFewRegEntries { found, required } => {
                 write!(f, "`reg` has {found} entries, needs {required}")
+            }
+            Self::TooFewInterrupts { found, required } => {
+                write!(f, "`interrupts` has {found} specifiers, needs {required}")
             }
             Self::BadPsciMethod(method) => {
                 write!(f, "PSCI method {method:?} is neither \"hvc\" nor \"smc\"")

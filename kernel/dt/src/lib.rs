@@ -134,8 +134,8 @@
 //! # Platform facts
 //!
 //! [`Platform`] holds `/chosen` (bootargs, the resolved `stdout-path`), the
-//! Xen `/hypervisor` node, the GIC, PSCI, virtio-mmio transports and PL011
-//! UARTs; see its module for the rules.
+//! Xen `/hypervisor` node, the GIC, the architected timer, PSCI, virtio-mmio
+//! transports and PL011 UARTs; see its module for the rules.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -160,8 +160,8 @@ pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,
 };
 pub use platform::{
-    Chosen, Gic, GicInterrupt, GicVersion, Hypervisor, InterruptKind, Platform, Psci, PsciMethod,
-    Stdout, Uart, UartKind, VirtioMmio,
+    ArchTimer, Chosen, Gic, GicInterrupt, GicVersion, Hypervisor, InterruptKind, Platform, Psci,
+    PsciMethod, Stdout, Uart, UartKind, VirtioMmio,
 };
 pub use range::AddrRange;
 pub use report::ConsoleLine;

@@ -1,5 +1,6 @@
 //! Platform facts the kernel needs once at boot: `/chosen`, the Xen
-//! `/hypervisor` node, the GIC, PSCI, virtio-mmio transports and UARTs.
+//! `/hypervisor` node, the GIC, the architected timer, PSCI, virtio-mmio
+//! transports and UARTs.
 //!
 //! Only available nodes (`status` absent or okay on the node and every
 //! ancestor) are read. Every `reg` is translated to a root (CPU physical)
@@ -23,6 +24,11 @@ const GIC_V2: &[&str] = &[
 ];
 /// GICv3 `compatible` strings.
 const GIC_V3: &[&str] = &["arm,gic-v3"];
+/// Architected (generic) timer `compatible` strings.
+const ARCH_TIMER: &[&str] = &["arm,armv8-timer", "arm,armv7-timer"];
+/// Position of the virtual timer among the architected timer's interrupts
+/// (secure physical, non-secure physical, virtual, hypervisor).
+const VIRTUAL_TIMER: usize = 2;
 /// Largest SPI number (INTID 1019).
 const MAX_SPI: u32 = 987;
 /// Largest PPI number (INTID 31).
@@ -122,6 +128,16 @@ pub struct Gic {
     pub redistributors: Vec<AddrRange>,
 }
 
+/// The architected (generic) timer (`arm,armv8-timer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchTimer {
+    /// Full path.
+    pub path: String,
+    /// The virtual timer's interrupt (the third specifier): PPI 11
+    /// (INTID 27) on QEMU `virt` and under Xen.
+    pub virtual_timer: GicInterrupt,
+}
+
 /// How PSCI calls are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PsciMethod {
@@ -186,6 +202,8 @@ pub struct Platform {
     pub hypervisor: Option<Hypervisor>,
     /// The first available GIC node, in tree order.
     pub gic: Option<Gic>,
+    /// The first available architected timer node, in tree order.
+    pub timer: Option<ArchTimer>,
     /// The first available PSCI node, in tree order.
     pub psci: Option<Psci>,
     /// virtio-mmio transports, in tree order.
@@ -216,6 +234,9 @@ impl Platform {
                 && (tree.is_compatible(node, GIC_V2) || tree.is_compatible(node, GIC_V3))
             {
                 platform.gic = keep(gic(tree, node), errors);
+            }
+            if platform.timer.is_none() && tree.is_compatible(node, ARCH_TIMER) {
+                platform.timer = keep(arch_timer(tree, node), errors);
             }
             if platform.psci.is_none() && is_psci(tree, node) {
                 platform.psci = keep(psci(tree, node), errors);
@@ -377,9 +398,9 @@ fn interrupt_parent(tree: &Tree<'_>, node: usize) -> Result<usize, NodeError> {
     Err(tree.error(node, NodeErrorKind::NoInterruptParent))
 }
 
-/// The first interrupt of `node`, decoded by its interrupt parent, which
-/// must be a GIC with three interrupt cells.
-fn interrupt(tree: &Tree<'_>, node: usize) -> Result<GicInterrupt, NodeError> {
+/// The interrupts of `node`, decoded by its interrupt parent, which must be
+/// a GIC with three interrupt cells; at least one is required.
+fn interrupts(tree: &Tree<'_>, node: usize) -> Result<Vec<GicInterrupt>, NodeError> {
     let error = |kind| tree.error(node, kind);
     let value = tree.property(node, "interrupts").ok_or_else(|| {
         error(NodeErrorKind::Missing {
@@ -400,29 +421,60 @@ fn interrupt(tree: &Tree<'_>, node: usize) -> Result<GicInterrupt, NodeError> {
         return Err(tree.error(parent, NodeErrorKind::UnsupportedInterruptCells(cells)));
     }
     let specifiers = tree::decode(value, "interrupts", &[1, 1, 1]).map_err(error)?;
-    let Some(first) = specifiers.first() else {
+    if specifiers.is_empty() {
         return Err(error(NodeErrorKind::Truncated {
             property: "interrupts",
             len: 0,
             unit: 12,
         }));
-    };
-    let (kind, number, flags) = (first[0] as u32, first[1] as u32, first[2] as u32);
-    let (kind, max) = match kind {
-        0 => (InterruptKind::Spi, MAX_SPI),
-        1 => (InterruptKind::Ppi, MAX_PPI),
-        other => return Err(error(NodeErrorKind::UnsupportedInterruptType(other))),
-    };
-    if number > max {
-        return Err(error(NodeErrorKind::InterruptOutOfRange {
-            kind: first[0] as u32,
-            number,
-        }));
     }
-    Ok(GicInterrupt {
-        kind,
-        number,
-        flags,
+    specifiers
+        .iter()
+        .map(|specifier| {
+            let (kind, number, flags) = (
+                specifier[0] as u32,
+                specifier[1] as u32,
+                specifier[2] as u32,
+            );
+            let (kind, max) = match kind {
+                0 => (InterruptKind::Spi, MAX_SPI),
+                1 => (InterruptKind::Ppi, MAX_PPI),
+                other => return Err(error(NodeErrorKind::UnsupportedInterruptType(other))),
+            };
+            if number > max {
+                return Err(error(NodeErrorKind::InterruptOutOfRange {
+                    kind: specifier[0] as u32,
+                    number,
+                }));
+            }
+            Ok(GicInterrupt {
+                kind,
+                number,
+                flags,
+            })
+        })
+        .collect()
+}
+
+/// The first interrupt of `node` (see [`interrupts`]).
+fn interrupt(tree: &Tree<'_>, node: usize) -> Result<GicInterrupt, NodeError> {
+    Ok(interrupts(tree, node)?[0])
+}
+
+fn arch_timer(tree: &Tree<'_>, node: usize) -> Result<ArchTimer, NodeError> {
+    let interrupts = interrupts(tree, node)?;
+    let virtual_timer = *interrupts.get(VIRTUAL_TIMER).ok_or_else(|| {
+        tree.error(
+            node,
+            NodeErrorKind::TooFewInterrupts {
+                found: interrupts.len(),
+                required: VIRTUAL_TIMER + 1,
+            },
+        )
+    })?;
+    Ok(ArchTimer {
+        path: tree.nodes[node].path.clone(),
+        virtual_timer,
     })
 }
 

@@ -1184,6 +1184,14 @@ fn qemu_virt() -> Dt {
                 .str("method", "hvc")
         })
         .node("intc@8000000", gic_v3)
+        .node("timer", |n| {
+            n.strs("compatible", &["arm,armv8-timer", "arm,armv7-timer"])
+                .cells(
+                    "interrupts",
+                    &[1, 13, 0x104, 1, 14, 0x104, 1, 11, 0x104, 1, 10, 0x104],
+                )
+                .empty("always-on")
+        })
         .node("pl011@9000000", |n| {
             n.strs("compatible", &["arm,pl011", "arm,primecell"])
                 .reg64("reg", &[(0x900_0000, 0x1000)])
@@ -1219,6 +1227,17 @@ fn platform_of_qemu_virt() {
     );
     assert_eq!(gic.redistributors, vec![r(0x80a_0000, 0xf6_0000)]);
     assert_eq!(gic.cpu_interface, None);
+    let timer = platform.timer.as_ref().unwrap();
+    assert_eq!(timer.path, "/timer");
+    assert_eq!(
+        timer.virtual_timer,
+        GicInterrupt {
+            kind: InterruptKind::Ppi,
+            number: 11,
+            flags: 0x104
+        }
+    );
+    assert_eq!(timer.virtual_timer.intid(), 27);
     assert_eq!(
         platform.psci.as_ref().map(|p| p.method),
         Some(PsciMethod::Hvc)
@@ -1245,6 +1264,40 @@ fn platform_of_qemu_virt() {
     assert_eq!(virtio[0].interrupt.intid(), 48);
     assert!(virtio[0].dma_coherent && !virtio[1].dma_coherent);
     assert!(virtio[1].memory_regions.is_empty());
+}
+
+#[test]
+fn arch_timer_needs_the_virtual_timer_interrupt() {
+    let timer_with = |interrupts: &'static [u32]| {
+        two_gib()
+            .root(|n| {
+                n.u32("#address-cells", 2)
+                    .u32("#size-cells", 2)
+                    .u32("interrupt-parent", 0x8002)
+            })
+            .node("intc@8000000", gic_v3)
+            .node("timer", move |n| {
+                n.str("compatible", "arm,armv7-timer")
+                    .cells("interrupts", interrupts)
+            })
+            .build()
+    };
+    let platform = Platform::from_dtb(&timer_with(&[1, 13, 0xf08, 1, 14, 0xf08])).unwrap();
+    assert!(platform.timer.is_none());
+    let errors: Vec<String> = platform.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors, ["/timer: `interrupts` has 2 specifiers, needs 3"]);
+
+    let platform =
+        Platform::from_dtb(&timer_with(&[1, 13, 0xf08, 1, 14, 0xf08, 1, 16, 0xf08])).unwrap();
+    assert!(platform.timer.is_none());
+    assert_eq!(
+        platform.errors[0].to_string(),
+        "/timer: PPI 16 is beyond PPI 15"
+    );
+
+    let platform = Platform::from_dtb(&timer_with(&[1, 13, 8, 1, 14, 8, 1, 11, 8])).unwrap();
+    assert!(platform.errors.is_empty(), "{:?}", platform.errors);
+    assert_eq!(platform.timer.unwrap().virtual_timer.intid(), 27);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use core::fmt;
 
 use crate::cache_flush::GNTTABOP_cache_flush;
-use crate::grant::{GNTTABOP_query_size, GNTTABOP_setup_table};
+use crate::grant::{
+    GNTTABOP_map_grant_ref, GNTTABOP_query_size, GNTTABOP_setup_table, GNTTABOP_unmap_grant_ref,
+};
 use crate::hvm::HVMOP_get_param;
 use crate::memory::XENMEM_add_to_physmap;
 use crate::vcpu::VCPUOP_register_vcpu_info;
@@ -226,6 +228,8 @@ pub enum XenOp {
     EvtchnUnmask,
     /// `event_channel_op(EVTCHNOP_close)`.
     EvtchnClose,
+    /// `event_channel_op(EVTCHNOP_status)`.
+    EvtchnStatus,
     /// `sched_op(SCHEDOP_shutdown)`.
     SchedShutdown,
     /// `vcpu_op(VCPUOP_register_vcpu_info)`.
@@ -234,6 +238,10 @@ pub enum XenOp {
     GrantSetupTable,
     /// `grant_table_op(GNTTABOP_query_size)`.
     GrantQuerySize,
+    /// `grant_table_op(GNTTABOP_map_grant_ref)`.
+    GrantMap,
+    /// `grant_table_op(GNTTABOP_unmap_grant_ref)`.
+    GrantUnmap,
     /// `grant_table_op(GNTTABOP_cache_flush)`.
     GrantCacheFlush,
 }
@@ -254,12 +262,15 @@ impl XenOp {
             | Self::EvtchnBindIpi
             | Self::EvtchnSend
             | Self::EvtchnUnmask
-            | Self::EvtchnClose => xen_sys::__HYPERVISOR_event_channel_op,
+            | Self::EvtchnClose
+            | Self::EvtchnStatus => xen_sys::__HYPERVISOR_event_channel_op,
             Self::SchedShutdown => xen_sys::__HYPERVISOR_sched_op,
             Self::VcpuRegisterVcpuInfo => xen_sys::__HYPERVISOR_vcpu_op,
-            Self::GrantSetupTable | Self::GrantQuerySize | Self::GrantCacheFlush => {
-                xen_sys::__HYPERVISOR_grant_table_op
-            }
+            Self::GrantSetupTable
+            | Self::GrantQuerySize
+            | Self::GrantMap
+            | Self::GrantUnmap
+            | Self::GrantCacheFlush => xen_sys::__HYPERVISOR_grant_table_op,
         }
     }
 
@@ -279,10 +290,13 @@ impl XenOp {
             Self::EvtchnSend => xen_sys::EVTCHNOP_send,
             Self::EvtchnUnmask => xen_sys::EVTCHNOP_unmask,
             Self::EvtchnClose => xen_sys::EVTCHNOP_close,
+            Self::EvtchnStatus => xen_sys::EVTCHNOP_status,
             Self::SchedShutdown => xen_sys::SCHEDOP_shutdown,
             Self::VcpuRegisterVcpuInfo => VCPUOP_register_vcpu_info,
             Self::GrantSetupTable => GNTTABOP_setup_table,
             Self::GrantQuerySize => GNTTABOP_query_size,
+            Self::GrantMap => GNTTABOP_map_grant_ref,
+            Self::GrantUnmap => GNTTABOP_unmap_grant_ref,
             Self::GrantCacheFlush => GNTTABOP_cache_flush,
         }
     }
@@ -300,12 +314,15 @@ impl XenOp {
             | Self::EvtchnBindIpi
             | Self::EvtchnSend
             | Self::EvtchnUnmask
-            | Self::EvtchnClose => "event_channel_op",
+            | Self::EvtchnClose
+            | Self::EvtchnStatus => "event_channel_op",
             Self::SchedShutdown => "sched_op",
             Self::VcpuRegisterVcpuInfo => "vcpu_op",
-            Self::GrantSetupTable | Self::GrantQuerySize | Self::GrantCacheFlush => {
-                "grant_table_op"
-            }
+            Self::GrantSetupTable
+            | Self::GrantQuerySize
+            | Self::GrantMap
+            | Self::GrantUnmap
+            | Self::GrantCacheFlush => "grant_table_op",
         }
     }
 
@@ -325,10 +342,13 @@ impl XenOp {
             Self::EvtchnSend => "send",
             Self::EvtchnUnmask => "unmask",
             Self::EvtchnClose => "close",
+            Self::EvtchnStatus => "status",
             Self::SchedShutdown => "shutdown",
             Self::VcpuRegisterVcpuInfo => "register_vcpu_info",
             Self::GrantSetupTable => "setup_table",
             Self::GrantQuerySize => "query_size",
+            Self::GrantMap => "map_grant_ref",
+            Self::GrantUnmap => "unmap_grant_ref",
             Self::GrantCacheFlush => "cache_flush",
         }
     }
@@ -497,6 +517,7 @@ mod tests {
             (XenOp::EvtchnBindInterdomain, 0),
             (XenOp::EvtchnBindVirq, 1),
             (XenOp::EvtchnClose, 3),
+            (XenOp::EvtchnStatus, 5),
             (XenOp::EvtchnSend, 4),
             (XenOp::EvtchnAllocUnbound, 6),
             (XenOp::EvtchnBindIpi, 7),
@@ -505,6 +526,8 @@ mod tests {
             (XenOp::VcpuRegisterVcpuInfo, 10),
             (XenOp::GrantSetupTable, 2),
             (XenOp::GrantQuerySize, 6),
+            (XenOp::GrantMap, 0),
+            (XenOp::GrantUnmap, 1),
             (XenOp::GrantCacheFlush, 12),
         ];
         for (op, command) in commands {

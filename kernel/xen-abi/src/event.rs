@@ -11,6 +11,8 @@
 use core::fmt;
 use core::sync::atomic::{AtomicI8, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
+use crate::domain::DomId;
+
 /// Ports of the 2-level ABI: 64 selector bits × 64 bits per word.
 pub const EVTCHN_2L_NR_CHANNELS: u32 = 4096;
 
@@ -148,6 +150,95 @@ pub struct EvtchnClose {
 }
 
 crate::assert_layout!(EvtchnClose, size 4, align 4, port @ 0);
+
+/// `struct evtchn_status`: the state of a port.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EvtchnStatus {
+    /// Domain that owns the port (`DOMID_SELF`).
+    pub dom: u16,
+    /// The port.
+    pub port: u32,
+    /// OUT: `EVTCHNSTAT_*`.
+    pub status: u32,
+    /// OUT: the vCPU the port notifies.
+    pub vcpu: u32,
+    /// OUT: the union `u`, as two words: `unbound.dom` and
+    /// `interdomain.dom` are the low 16 bits of word 0, `interdomain.port`
+    /// is word 1, `pirq` and `virq` are word 0.
+    pub u: [u32; 2],
+}
+
+crate::assert_layout!(EvtchnStatus, size 24, align 4,
+    dom @ 0, port @ 4, status @ 8, vcpu @ 12, u @ 16);
+
+impl EvtchnStatus {
+    /// A query of `port` of the calling domain.
+    pub const fn query(port: EvtchnPort) -> Self {
+        Self {
+            dom: DomId::SELF.0,
+            port: port.0,
+            status: 0,
+            vcpu: 0,
+            u: [0; 2],
+        }
+    }
+
+    /// The decoded state.
+    pub const fn state(&self) -> EvtchnState {
+        // domid_t is the low half of the union's first word (little endian).
+        let dom = DomId(self.u[0] as u16);
+        match self.status {
+            xen_sys::EVTCHNSTAT_closed => EvtchnState::Closed,
+            xen_sys::EVTCHNSTAT_unbound => EvtchnState::Unbound { remote_dom: dom },
+            xen_sys::EVTCHNSTAT_interdomain => EvtchnState::Interdomain {
+                remote_dom: dom,
+                remote_port: EvtchnPort(self.u[1]),
+            },
+            xen_sys::EVTCHNSTAT_pirq => EvtchnState::Pirq(self.u[0]),
+            xen_sys::EVTCHNSTAT_virq => EvtchnState::Virq(Virq(self.u[0])),
+            xen_sys::EVTCHNSTAT_ipi => EvtchnState::Ipi,
+            other => EvtchnState::Unknown(other),
+        }
+    }
+}
+
+/// What a port is bound to, as `EVTCHNOP_status` reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EvtchnState {
+    /// Not in use.
+    Closed,
+    /// Waiting for `remote_dom` to bind to it.
+    Unbound {
+        /// The domain allowed to bind (Xen resolves `DOMID_SELF` to the
+        /// caller's own id, which makes this a way to learn it).
+        remote_dom: DomId,
+    },
+    /// Connected to a port of another (or the same) domain.
+    Interdomain {
+        /// The remote domain.
+        remote_dom: DomId,
+        /// The remote port.
+        remote_port: EvtchnPort,
+    },
+    /// Bound to a physical IRQ.
+    Pirq(u32),
+    /// Bound to a virtual IRQ.
+    Virq(Virq),
+    /// Bound to an IPI.
+    Ipi,
+    /// A status value `event_channel.h` does not define.
+    Unknown(u32),
+}
+
+/// The state of a port and the vCPU it notifies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EvtchnPortStatus {
+    /// What the port is bound to.
+    pub state: EvtchnState,
+    /// The vCPU it notifies.
+    pub vcpu: u32,
+}
 
 /// `struct vcpu_time_info` (arm64). Xen on Arm does not maintain it (guests
 /// use the architected timer); it is here for the layout.
@@ -298,10 +389,12 @@ impl SharedInfo {
     ///
     /// A port that became pending while masked raised no upcall, and clearing
     /// the bit locally does not raise one either: that edge is lost. So when
-    /// this returns `true` the caller must either issue `EVTCHNOP_unmask`
-    /// ([`Hypervisor::evtchn_unmask`](crate::Hypervisor::evtchn_unmask), which
-    /// makes Xen re-raise the upcall) or handle the port itself. Issuing
-    /// `EVTCHNOP_unmask` alone, without this, is always correct.
+    /// this returns `true` the caller must handle the port itself.
+    /// `EVTCHNOP_unmask` cannot help afterwards: Xen re-raises the upcall only
+    /// when it clears a set mask bit itself (x4.17 `evtchn_2l_unmask`). To
+    /// unmask with the re-raise, issue
+    /// [`Hypervisor::evtchn_unmask`](crate::Hypervisor::evtchn_unmask)
+    /// instead of this.
     pub fn unmask_local(&self, port: EvtchnPort) -> Result<bool, EventError> {
         let (word, bit) = port_bit(port)?;
         self.evtchn_mask[word].fetch_and(!bit, Ordering::SeqCst);
@@ -607,8 +700,8 @@ mod tests {
         assert_eq!(collect(&shared, vcpu), [6]);
         assert!(shared.is_pending(EvtchnPort(5)).unwrap());
         assert!(shared.is_masked(EvtchnPort(5)).unwrap());
-        // Unmasking locally reports the pending port: the caller must follow
-        // up with EVTCHNOP_unmask.
+        // Unmasking locally reports the pending port: the caller must deliver
+        // it itself.
         assert!(shared.unmask_local(EvtchnPort(5)).unwrap());
         assert!(!shared.is_masked(EvtchnPort(5)).unwrap());
         assert!(!shared.unmask_local(EvtchnPort(6)).unwrap());
@@ -657,6 +750,44 @@ mod tests {
         });
         assert_eq!(seen, [1]);
         assert!(shared.is_pending(EvtchnPort(2)).unwrap());
+    }
+
+    #[test]
+    fn status_decodes_every_state() {
+        let status = |status: u32, u: [u32; 2]| EvtchnStatus {
+            status,
+            u,
+            ..EvtchnStatus::query(EvtchnPort(5))
+        };
+        assert_eq!(
+            EvtchnStatus::query(EvtchnPort(5)),
+            EvtchnStatus {
+                dom: 0x7ff0,
+                port: 5,
+                status: 0,
+                vcpu: 0,
+                u: [0, 0]
+            }
+        );
+        assert_eq!(status(0, [9, 9]).state(), EvtchnState::Closed);
+        // The union's upper half of word 0 is padding: ignored.
+        assert_eq!(
+            status(1, [0xabcd_0001, 0]).state(),
+            EvtchnState::Unbound {
+                remote_dom: DomId(1)
+            }
+        );
+        assert_eq!(
+            status(2, [0, 7]).state(),
+            EvtchnState::Interdomain {
+                remote_dom: DomId(0),
+                remote_port: EvtchnPort(7)
+            }
+        );
+        assert_eq!(status(3, [40, 0]).state(), EvtchnState::Pirq(40));
+        assert_eq!(status(4, [1, 0]).state(), EvtchnState::Virq(Virq::DEBUG));
+        assert_eq!(status(5, [0, 0]).state(), EvtchnState::Ipi);
+        assert_eq!(status(6, [0, 0]).state(), EvtchnState::Unknown(6));
     }
 
     #[test]

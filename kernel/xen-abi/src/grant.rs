@@ -12,6 +12,10 @@ use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use crate::domain::DomId;
 
+/// `GNTTABOP_map_grant_ref`.
+pub const GNTTABOP_map_grant_ref: u32 = 0;
+/// `GNTTABOP_unmap_grant_ref`.
+pub const GNTTABOP_unmap_grant_ref: u32 = 1;
 /// `GNTTABOP_setup_table`.
 pub const GNTTABOP_setup_table: u32 = 2;
 /// `GNTTABOP_query_size`.
@@ -27,6 +31,12 @@ pub const GTF_readonly: u16 = 1 << 2;
 pub const GTF_reading: u16 = 1 << 3;
 /// `GTF_writing`: Xen marks the entry in use for writing (set by Xen).
 pub const GTF_writing: u16 = 1 << 4;
+
+/// `GNTMAP_host_map`: map the granted frame into the caller's address space
+/// (on Arm: at the guest-physical address `host_addr`).
+pub const GNTMAP_host_map: u32 = 1 << 1;
+/// `GNTMAP_readonly`: map read-only.
+pub const GNTMAP_readonly: u32 = 1 << 2;
 
 /// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 belong to the toolstack
 /// (0 console, 1 xenstore) and are never handed out.
@@ -129,6 +139,89 @@ impl GnttabSetupTable {
 impl Default for GnttabSetupTable {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A mapping of a granted frame, as `GNTTABOP_map_grant_ref` returns it
+/// (`grant_handle_t`); needed to unmap it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GrantHandle(pub u32);
+
+impl fmt::Display for GrantHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grant handle {}", self.0)
+    }
+}
+
+/// `struct gnttab_map_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GnttabMapGrantRef {
+    /// Where to map: on Arm, with [`GNTMAP_host_map`], the guest-physical
+    /// address (page-aligned) the frame appears at.
+    pub host_addr: u64,
+    /// `GNTMAP_*`.
+    pub flags: u32,
+    /// The grant reference in the granting domain's table.
+    pub gref: u32,
+    /// The granting domain.
+    pub dom: u16,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// OUT: the mapping's handle.
+    pub handle: u32,
+    /// OUT: the frame's bus address, for `GNTMAP_device_map`.
+    pub dev_bus_addr: u64,
+}
+
+crate::assert_layout!(GnttabMapGrantRef, size 32, align 8, host_addr @ 0, flags @ 8,
+    gref @ 12, dom @ 16, status @ 18, handle @ 20, dev_bus_addr @ 24);
+
+impl GnttabMapGrantRef {
+    /// A host mapping of `dom`'s grant `gref` at guest-physical address
+    /// `gpa`, read-only or read-write.
+    pub const fn host(dom: DomId, gref: GrantRef, gpa: u64, access: GrantAccess) -> Self {
+        Self {
+            host_addr: gpa,
+            flags: match access {
+                GrantAccess::ReadOnly => GNTMAP_host_map | GNTMAP_readonly,
+                GrantAccess::ReadWrite => GNTMAP_host_map,
+            },
+            gref: gref.0,
+            dom: dom.0,
+            status: 0,
+            handle: 0,
+            dev_bus_addr: 0,
+        }
+    }
+}
+
+/// `struct gnttab_unmap_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GnttabUnmapGrantRef {
+    /// The address the frame was mapped at (its `host_addr`).
+    pub host_addr: u64,
+    /// The device mapping's bus address (0 for a host mapping).
+    pub dev_bus_addr: u64,
+    /// The mapping's handle.
+    pub handle: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+}
+
+crate::assert_layout!(GnttabUnmapGrantRef, size 24, align 8,
+    host_addr @ 0, dev_bus_addr @ 8, handle @ 16, status @ 20);
+
+impl GnttabUnmapGrantRef {
+    /// Removes the host mapping `handle` at guest-physical address `gpa`.
+    pub const fn host(gpa: u64, handle: GrantHandle) -> Self {
+        Self {
+            host_addr: gpa,
+            dev_bus_addr: 0,
+            handle: handle.0,
+            status: 0,
+        }
     }
 }
 
@@ -483,6 +576,23 @@ mod tests {
             Err(GrantError::FrameTooLarge(1 << 32))
         );
         assert_eq!(gt.free_count(), 4);
+    }
+
+    #[test]
+    fn map_arguments_carry_access_and_target() {
+        let map =
+            GnttabMapGrantRef::host(DomId(1), GrantRef(9), 0x4040_1000, GrantAccess::ReadOnly);
+        assert_eq!(map.flags, GNTMAP_host_map | GNTMAP_readonly);
+        assert_eq!((map.gref, map.dom, map.host_addr), (9, 1, 0x4040_1000));
+        let map =
+            GnttabMapGrantRef::host(DomId(0), GrantRef(8), 0x4040_1000, GrantAccess::ReadWrite);
+        assert_eq!(map.flags, 2);
+        let unmap = GnttabUnmapGrantRef::host(0x4040_1000, GrantHandle(3));
+        assert_eq!(
+            (unmap.host_addr, unmap.dev_bus_addr, unmap.handle),
+            (0x4040_1000, 0, 3)
+        );
+        assert_eq!(GrantHandle(3).to_string(), "grant handle 3");
     }
 
     #[test]

@@ -17,9 +17,12 @@ use crate::domain::DomId;
 use crate::error::{GrantStatus, XenError, XenErrorCause, XenOp};
 use crate::event::{
     EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVirq, EvtchnClose,
-    EvtchnPort, EvtchnSend, EvtchnUnmask, Virq,
+    EvtchnPort, EvtchnPortStatus, EvtchnSend, EvtchnStatus, EvtchnUnmask, Virq,
 };
-use crate::grant::{GnttabQuerySize, GnttabSetupTable, GrantTableSize};
+use crate::grant::{
+    GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef, GrantAccess,
+    GrantHandle, GrantRef, GrantTableSize,
+};
 use crate::hvm::{HvmParam, XenHvmParam};
 use crate::memory::{XenAddToPhysmap, XenMapSpace};
 use crate::sched::{SchedShutdown, ShutdownReason};
@@ -56,6 +59,8 @@ pub enum Hypercall<'a> {
     EvtchnUnmask(&'a EvtchnUnmask),
     /// `event_channel_op(EVTCHNOP_close, arg)`.
     EvtchnClose(&'a EvtchnClose),
+    /// `event_channel_op(EVTCHNOP_status, arg)`.
+    EvtchnStatus(&'a mut EvtchnStatus),
     /// `sched_op(SCHEDOP_shutdown, arg)`.
     SchedShutdown(&'a SchedShutdown),
     /// `vcpu_op(VCPUOP_register_vcpu_info, vcpu, arg)`.
@@ -77,6 +82,10 @@ pub enum Hypercall<'a> {
     },
     /// `grant_table_op(GNTTABOP_query_size, arg, 1)`.
     GrantQuerySize(&'a mut GnttabQuerySize),
+    /// `grant_table_op(GNTTABOP_map_grant_ref, arg, 1)`.
+    GrantMap(&'a mut GnttabMapGrantRef),
+    /// `grant_table_op(GNTTABOP_unmap_grant_ref, arg, 1)`.
+    GrantUnmap(&'a mut GnttabUnmapGrantRef),
     /// `grant_table_op(GNTTABOP_cache_flush, entries, count)`.
     GrantCacheFlush(&'a [GnttabCacheFlush]),
 }
@@ -128,10 +137,13 @@ impl Hypercall<'_> {
             Self::EvtchnSend(_) => XenOp::EvtchnSend,
             Self::EvtchnUnmask(_) => XenOp::EvtchnUnmask,
             Self::EvtchnClose(_) => XenOp::EvtchnClose,
+            Self::EvtchnStatus(_) => XenOp::EvtchnStatus,
             Self::SchedShutdown(_) => XenOp::SchedShutdown,
             Self::VcpuRegisterVcpuInfo { .. } => XenOp::VcpuRegisterVcpuInfo,
             Self::GrantSetupTable { .. } => XenOp::GrantSetupTable,
             Self::GrantQuerySize(_) => XenOp::GrantQuerySize,
+            Self::GrantMap(_) => XenOp::GrantMap,
+            Self::GrantUnmap(_) => XenOp::GrantUnmap,
             Self::GrantCacheFlush(_) => XenOp::GrantCacheFlush,
         }
     }
@@ -157,6 +169,7 @@ impl Hypercall<'_> {
             Self::EvtchnSend(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::EvtchnUnmask(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::EvtchnClose(arg) => [command, address_of(*arg), 0, 0, 0],
+            Self::EvtchnStatus(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::SchedShutdown(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::VcpuRegisterVcpuInfo { vcpu, info } => {
                 [command, u64::from(*vcpu), address_of(*info), 0, 0]
@@ -168,6 +181,8 @@ impl Hypercall<'_> {
                 [command, address_of(*setup), 1, 0, 0]
             }
             Self::GrantQuerySize(arg) => [command, address_of(*arg), 1, 0, 0],
+            Self::GrantMap(arg) => [command, address_of(*arg), 1, 0, 0],
+            Self::GrantUnmap(arg) => [command, address_of(*arg), 1, 0, 0],
             Self::GrantCacheFlush(entries) => {
                 // Xen reads `count` entries; a count it rejects (negative as
                 // an int) fails with -EINVAL before any read.
@@ -197,12 +212,15 @@ impl Hypercall<'_> {
             Self::EvtchnSend(arg) => [Some(buffer_of(*arg)), None],
             Self::EvtchnUnmask(arg) => [Some(buffer_of(*arg)), None],
             Self::EvtchnClose(arg) => [Some(buffer_of(*arg)), None],
+            Self::EvtchnStatus(arg) => [Some(buffer_of(*arg)), None],
             Self::SchedShutdown(arg) => [Some(buffer_of(*arg)), None],
             Self::VcpuRegisterVcpuInfo { info, .. } => [Some(buffer_of(*info)), None],
             Self::GrantSetupTable { setup, frames } => {
                 [Some(buffer_of(*setup)), Some(buffer_of(*frames))]
             }
             Self::GrantQuerySize(arg) => [Some(buffer_of(*arg)), None],
+            Self::GrantMap(arg) => [Some(buffer_of(*arg)), None],
+            Self::GrantUnmap(arg) => [Some(buffer_of(*arg)), None],
             Self::GrantCacheFlush(entries) => [Some(buffer_of(*entries)), None],
         }
     }
@@ -345,6 +363,17 @@ pub trait Hypervisor {
         XenError::check(XenOp::EvtchnClose, ret).map(|_| ())
     }
 
+    /// `EVTCHNOP_status` of one of the calling domain's ports.
+    fn evtchn_status(&mut self, port: EvtchnPort) -> Result<EvtchnPortStatus, XenError> {
+        let mut arg = EvtchnStatus::query(port);
+        let ret = self.call(Hypercall::EvtchnStatus(&mut arg));
+        XenError::check(XenOp::EvtchnStatus, ret)?;
+        Ok(EvtchnPortStatus {
+            state: arg.state(),
+            vcpu: arg.vcpu,
+        })
+    }
+
     /// `SCHEDOP_shutdown`. Returns only if Xen refused, or with `Ok` after a
     /// suspend when the domain resumes.
     fn sched_shutdown(&mut self, reason: ShutdownReason) -> Result<(), XenError> {
@@ -381,6 +410,31 @@ pub trait Hypervisor {
             frames,
         });
         grant_result(XenOp::GrantSetupTable, ret, setup.status)
+    }
+
+    /// `GNTTABOP_map_grant_ref` as a host mapping: `dom`'s grant `gref`
+    /// appears at guest-physical address `gpa` (page-aligned, not RAM) of the
+    /// calling domain. While mapped, Xen marks the grant entry in use
+    /// (`GTF_reading`/`GTF_writing`).
+    fn grant_map(
+        &mut self,
+        dom: DomId,
+        gref: GrantRef,
+        gpa: u64,
+        access: GrantAccess,
+    ) -> Result<GrantHandle, XenError> {
+        let mut arg = GnttabMapGrantRef::host(dom, gref, gpa, access);
+        let ret = self.call(Hypercall::GrantMap(&mut arg));
+        grant_result(XenOp::GrantMap, ret, arg.status)?;
+        Ok(GrantHandle(arg.handle))
+    }
+
+    /// `GNTTABOP_unmap_grant_ref` of a host mapping made by
+    /// [`Hypervisor::grant_map`] at `gpa`.
+    fn grant_unmap(&mut self, gpa: u64, handle: GrantHandle) -> Result<(), XenError> {
+        let mut arg = GnttabUnmapGrantRef::host(gpa, handle);
+        let ret = self.call(Hypercall::GrantUnmap(&mut arg));
+        grant_result(XenOp::GrantUnmap, ret, arg.status)
     }
 
     /// `GNTTABOP_cache_flush` with all `entries` in one call. On failure Xen
@@ -427,6 +481,21 @@ mod tests {
                     arg.port = 9;
                 }
                 Hypercall::EvtchnBindIpi(arg) => arg.port = 20 + arg.vcpu,
+                Hypercall::EvtchnStatus(arg) => {
+                    assert_eq!(arg.dom, DomId::SELF.0);
+                    arg.status = xen_sys::EVTCHNSTAT_unbound;
+                    arg.vcpu = 0;
+                    arg.u = [1, 0];
+                }
+                Hypercall::GrantMap(arg) => {
+                    assert_ne!(arg.flags & crate::grant::GNTMAP_host_map, 0);
+                    arg.handle = arg.gref + 100;
+                    arg.status = self.status;
+                }
+                Hypercall::GrantUnmap(arg) => {
+                    assert_eq!(arg.dev_bus_addr, 0);
+                    arg.status = self.status;
+                }
                 Hypercall::GrantQuerySize(arg) => {
                     arg.nr_frames = 1;
                     arg.max_nr_frames = 64;
@@ -465,6 +534,20 @@ mod tests {
         );
         assert_eq!(xen.evtchn_alloc_unbound(DomId(0)).unwrap(), EvtchnPort(9));
         assert_eq!(xen.evtchn_bind_ipi(1).unwrap(), EvtchnPort(21));
+        assert_eq!(
+            xen.evtchn_status(EvtchnPort(9)).unwrap(),
+            EvtchnPortStatus {
+                state: crate::EvtchnState::Unbound {
+                    remote_dom: DomId(1)
+                },
+                vcpu: 0
+            }
+        );
+        let handle = xen
+            .grant_map(DomId(1), GrantRef(8), 0x4040_1000, GrantAccess::ReadWrite)
+            .unwrap();
+        assert_eq!(handle, GrantHandle(108));
+        xen.grant_unmap(0x4040_1000, handle).unwrap();
         assert_eq!(
             xen.grant_query_size().unwrap(),
             GrantTableSize {
@@ -521,6 +604,15 @@ mod tests {
             err.cause,
             XenErrorCause::GrantStatus(GrantStatus::PermissionDenied)
         );
+        let err = xen
+            .grant_map(DomId(1), GrantRef(8), 0x4040_1000, GrantAccess::ReadOnly)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "grant_table_op(map_grant_ref): GNTST_permission_denied (-8)"
+        );
+        let err = xen.grant_unmap(0x4040_1000, GrantHandle(1)).unwrap_err();
+        assert_eq!(err.op, XenOp::GrantUnmap);
         // A failing hypercall wins over whatever the status field holds.
         let mut xen = RecordingXen {
             ret: -14,

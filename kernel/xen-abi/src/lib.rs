@@ -53,10 +53,12 @@ pub use cache_flush::{
 pub use domain::DomId;
 pub use error::{GrantStatus, XenErrno, XenError, XenErrorCause, XenOp};
 pub use event::{
-    EventDispatcher, EventError, EventHandler, EvtchnPort, SharedInfo, SharedInfoPage,
-    UpcallSummary, VcpuInfo, Virq, scan_pending_events,
+    EventDispatcher, EventError, EventHandler, EvtchnPort, EvtchnPortStatus, EvtchnState,
+    SharedInfo, SharedInfoPage, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
 };
-pub use grant::{GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, GrantTableSize};
+pub use grant::{
+    GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantRef, GrantTable, GrantTableSize,
+};
 pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};
 pub use memory::XenMapSpace;

@@ -49,6 +49,20 @@ pub fn add_xen_dom0(
     add_kernel_module(tree, CHOSEN, kernel)
 }
 
+/// Gives Xen's dom0 an initial ramdisk: a `/chosen/module@<addr>` child
+/// (`multiboot,ramdisk`) for the `size` bytes loaded at `addr`. Call after
+/// [`add_xen_dom0`], which sets `/chosen`'s 2+2 cells.
+pub fn add_xen_dom0_ramdisk(tree: &mut Tree, addr: u64, size: u64) -> Result<(), DtEditError> {
+    let path = format!("{CHOSEN}/module@{addr:x}");
+    tree.add_node(&path)?;
+    tree.set_strings(
+        &path,
+        "compatible",
+        &["multiboot,ramdisk", "multiboot,module"],
+    )?;
+    tree.set_address_size_pairs(&path, "reg", &[(addr, size)])
+}
+
 /// Adds a dom0less domU `/chosen/<name>` that boots `kernel` with
 /// `memory_kib` KiB of RAM and `cpus` vCPUs, and a virtual PL011 if `vpl011`.
 ///
@@ -252,6 +266,26 @@ mod tests {
             (err.path.as_str(), err.reason),
             ("/chosen/domU1", DtEditReason::NodeExists)
         );
+    }
+
+    #[test]
+    fn xen_dom0_ramdisk_module() {
+        let mut tree = fixture();
+        add_xen_dom0(&mut tree, "dom0_mem=512M", &module()).unwrap();
+        add_xen_dom0_ramdisk(&mut tree, 0x5800_0000, 0x20_1000).unwrap();
+        let dtb = tree.to_dtb().unwrap();
+        assert_eq!(
+            props_of(&dtb, "/chosen/module@58000000"),
+            owned(&[
+                (
+                    "compatible",
+                    b"multiboot,ramdisk\0multiboot,module\0".to_vec(),
+                ),
+                ("reg", cells(&[0, 0x5800_0000, 0, 0x20_1000])),
+            ])
+        );
+        let err = add_xen_dom0_ramdisk(&mut tree, 0x5800_0000, 1).unwrap_err();
+        assert_eq!(err.reason, DtEditReason::NodeExists);
     }
 
     #[test]

@@ -1,9 +1,30 @@
-//! The kernel's Xen interface: the hypercalls it makes, with typed results.
+//! The kernel's Xen interface: every hypercall goes through [`Xen`], the
+//! `tidepool-xen-abi` [`Hypervisor`], with typed results.
+//!
+//! At boot ([`init`], when the device tree has a `/hypervisor` node) the
+//! kernel reads Xen's feature flags, maps the shared-info page and takes
+//! the event-channel upcall ([`events`]), and maps the grant table
+//! ([`grants`]). [`flush`] is `GNTTABOP_cache_flush` for the DMA layer.
+//! The console, version and shutdown calls below also work before the MMU
+//! is on, take no lock and never allocate.
 
-use tidepool_xen_abi::{Hypercall, Hypervisor};
+pub mod events;
+pub mod flush;
+pub mod grants;
+
+use core::fmt;
+
+use log::{info, warn};
+use spin::Once;
+use tidepool_dt::Hypervisor as HypervisorNode;
+use tidepool_xen_abi::{
+    DomId, Hypercall, Hypervisor, XenError, XenExtraVersion, XenFeature, XenFeatures,
+};
 
 use crate::arch::aarch64::cache::{CacheOp, maintain_range};
 use crate::arch::aarch64::hypercall::hypercall;
+use crate::irq::IrqError;
+use crate::memory_plan::MemorySetup;
 
 /// The running hypervisor: every typed hypercall of `tidepool-xen-abi` goes
 /// through here.
@@ -31,17 +52,11 @@ impl Hypervisor for Xen {
 /// Before the MMU is on the kernel's stores bypass the cache, while Xen reads
 /// and writes guest memory through its own cacheable mapping. A buffer handed
 /// to Xen is therefore cleaned and invalidated to the point of coherency
-/// first, so Xen cannot read a stale line; QEMU models no caches, so this is
-/// a real-hardware obligation no emulated test can see. Once the caches are
-/// on, Xen and the kernel see memory through the same cacheable attributes
-/// and buffers need no maintenance.
-fn prepare_buffer_for_xen<T: ?Sized>(buf: &T) {
-    prepare_range_for_xen(
-        core::ptr::from_ref(buf).cast::<u8>() as usize,
-        size_of_val(buf),
-    );
-}
-
+/// first, so Xen cannot read a stale line, and again after the call, so the
+/// kernel's uncached reads cannot be overtaken by a stale line later; QEMU
+/// models no caches, so this is a real-hardware obligation no emulated test
+/// can see. Once the caches are on, Xen and the kernel see memory through
+/// the same cacheable attributes and buffers need no maintenance.
 fn prepare_range_for_xen(start: usize, len: usize) {
     if !crate::arch::aarch64::cpu::caches_enabled() {
         maintain_range(CacheOp::CleanInvalidate, start, len);
@@ -51,21 +66,7 @@ fn prepare_range_for_xen(start: usize, len: usize) {
 /// Writes `bytes` to Xen's console (`CONSOLEIO_write`). Errors are ignored:
 /// there is nowhere else to report them.
 pub fn console_write(bytes: &[u8]) {
-    prepare_buffer_for_xen(bytes);
-    // SAFETY: CONSOLEIO_write reads `len` bytes from the guest address
-    // `bytes.as_ptr()`, which is valid for that length for the whole call.
-    unsafe {
-        hypercall(
-            xen_sys::__HYPERVISOR_console_io,
-            [
-                u64::from(xen_sys::CONSOLEIO_write),
-                bytes.len() as u64,
-                bytes.as_ptr() as u64,
-                0,
-                0,
-            ],
-        );
-    }
+    let _ = Xen.console_write(bytes);
 }
 
 /// Xen's version as `xen_version` reports it.
@@ -75,52 +76,32 @@ pub struct XenVersion {
     pub major: u16,
     /// Minor version.
     pub minor: u16,
-    /// XENVER_extraversion, NUL-padded (e.g. ".7").
-    pub extra: [u8; 16],
+    /// `XENVER_extraversion` (e.g. ".7").
+    extra: XenExtraVersion,
 }
 
 impl XenVersion {
-    /// The extra version as text (up to the first NUL; lossy if not UTF-8).
+    /// The extra version as text.
     pub fn extra_str(&self) -> &str {
-        let len = self
-            .extra
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.extra.len());
-        core::str::from_utf8(&self.extra[..len]).unwrap_or("?")
+        self.extra.as_str()
     }
 }
 
-const XENVER_VERSION: u64 = 0;
-const XENVER_EXTRAVERSION: u64 = 1;
-
-/// Queries `xen_version` (XENVER_version and XENVER_extraversion).
+/// Queries `xen_version` (`XENVER_version` and `XENVER_extraversion`). A
+/// failure is reported as a warning and reads as version 0.0.
 pub fn version() -> XenVersion {
-    // SAFETY: XENVER_version takes no buffer.
-    let packed = unsafe {
-        hypercall(
-            xen_sys::__HYPERVISOR_xen_version,
-            [XENVER_VERSION, 0, 0, 0, 0],
-        )
-    };
-    let mut extra = [0u8; 16];
-    prepare_buffer_for_xen(&extra);
-    // SAFETY: XENVER_extraversion writes exactly 16 bytes to the buffer.
-    let rc = unsafe {
-        hypercall(
-            xen_sys::__HYPERVISOR_xen_version,
-            [XENVER_EXTRAVERSION, extra.as_mut_ptr() as u64, 0, 0, 0],
-        )
-    };
-    // Xen wrote through its cacheable mapping: drop any stale line before an
-    // uncached read (no-op once caches are on).
-    prepare_buffer_for_xen(&extra);
-    if rc < 0 {
-        extra = [0; 16];
-    }
+    let mut xen = Xen;
+    let version = xen.xen_version().unwrap_or_else(|err| {
+        warn!("xen: {err}");
+        tidepool_xen_abi::XenVersion::from_raw(0)
+    });
+    let extra = xen.xen_extra_version().unwrap_or_else(|err| {
+        warn!("xen: {err}");
+        XenExtraVersion::default()
+    });
     XenVersion {
-        major: (packed >> 16) as u16,
-        minor: packed as u16,
+        major: version.major,
+        minor: version.minor,
         extra,
     }
 }
@@ -134,26 +115,104 @@ pub enum ShutdownReason {
     Crash,
 }
 
-/// `SCHEDOP_shutdown`; returns only if Xen refused, with its error code.
-pub fn shutdown(reason: ShutdownReason) -> i64 {
-    let code: u32 = match reason {
-        ShutdownReason::PowerOff => xen_sys::SHUTDOWN_poweroff,
-        ShutdownReason::Crash => xen_sys::SHUTDOWN_crash,
-    };
-    // struct sched_shutdown { unsigned int reason; }
-    let arg = [code];
-    prepare_buffer_for_xen(&arg);
-    // SAFETY: SCHEDOP_shutdown reads one u32 (struct sched_shutdown) at the pointer.
-    unsafe {
-        hypercall(
-            xen_sys::__HYPERVISOR_sched_op,
-            [
-                u64::from(xen_sys::SCHEDOP_shutdown),
-                arg.as_ptr() as u64,
-                0,
-                0,
-                0,
-            ],
-        )
+/// `SCHEDOP_shutdown`; returns only if Xen refused.
+pub fn shutdown(reason: ShutdownReason) -> Result<(), XenError> {
+    Xen.sched_shutdown(match reason {
+        ShutdownReason::PowerOff => tidepool_xen_abi::ShutdownReason::PowerOff,
+        ShutdownReason::Crash => tidepool_xen_abi::ShutdownReason::Crash,
+    })
+}
+
+/// What the kernel learned about its domain at [`init`].
+#[derive(Clone, Copy, Debug)]
+pub struct Domain {
+    /// This domain's id.
+    pub id: DomId,
+    /// Xen's feature flags (`XENVER_get_features`, submap 0).
+    pub features: XenFeatures,
+    /// The device tree's `/hypervisor` node.
+    pub node: &'static HypervisorNode,
+}
+
+impl Domain {
+    /// Whether guest-physical addresses are machine addresses here: Xen says
+    /// the domain is direct-mapped, or it is dom0 (which Xen on Arm always
+    /// maps 1:1) and Xen does not say otherwise.
+    pub fn direct_mapped(&self) -> bool {
+        self.features.has(XenFeature::DirectMapped)
+            || (self.features.has(XenFeature::Dom0)
+                && !self.features.has(XenFeature::NotDirectMapped))
     }
+}
+
+static DOMAIN: Once<Domain> = Once::new();
+
+/// This domain, once [`init`] has run (`None` without Xen).
+pub fn domain() -> Option<&'static Domain> {
+    DOMAIN.get()
+}
+
+/// Why the Xen platform could not be set up.
+#[derive(Debug)]
+pub enum XenSetupError {
+    /// `XENVER_get_features` failed.
+    Features(XenError),
+    /// Learning the domain id (an unbound loopback port and its status)
+    /// failed.
+    DomainId(events::EventChannelError),
+    /// The memory plan has no page for the shared-info frame: the
+    /// hypervisor node lists no extended region.
+    NoSharedInfoPage,
+    /// Xen refused to map the shared-info page.
+    SharedInfo(XenError),
+    /// The shared-info page has no window in the address map.
+    SharedInfoNotMapped {
+        /// Its guest-physical address.
+        gpa: u64,
+    },
+    /// The event-channel upcall interrupt could not be registered.
+    Upcall(IrqError),
+    /// The grant table could not be set up.
+    Grants(grants::GrantSetupError),
+}
+
+impl fmt::Display for XenSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Features(error) => write!(f, "features: {error}"),
+            Self::DomainId(error) => write!(f, "domain id: {error}"),
+            Self::NoSharedInfoPage => {
+                f.write_str("no page for shared info: the hypervisor node lists no extended region")
+            }
+            Self::SharedInfo(error) => write!(f, "shared info: {error}"),
+            Self::SharedInfoNotMapped { gpa } => {
+                write!(f, "shared info at gpa {gpa:#x} has no window")
+            }
+            Self::Upcall(error) => write!(f, "event channel upcall: {error}"),
+            Self::Grants(error) => write!(f, "grant table: {error}"),
+        }
+    }
+}
+
+/// Sets up the Xen platform from the `/hypervisor` node: feature flags,
+/// shared info and event channels, the grant table. The interrupt
+/// controller must be up ([`crate::irq::init`]); IRQs may still be masked.
+pub fn init(
+    node: &'static HypervisorNode,
+    memory: &'static MemorySetup<'static>,
+) -> Result<(), XenSetupError> {
+    let features = Xen.xen_features().map_err(XenSetupError::Features)?;
+    info!("xen: features {features}");
+    events::init(node, memory)?;
+    let id = events::own_domain_id().map_err(XenSetupError::DomainId)?;
+    let domain = DOMAIN.call_once(|| Domain { id, features, node });
+    info!(
+        "xen: domain {id} {}",
+        if domain.direct_mapped() {
+            "direct-mapped (guest-physical = machine)"
+        } else {
+            "not direct-mapped"
+        }
+    );
+    grants::init(node, &memory.layout.address_map).map_err(XenSetupError::Grants)
 }

@@ -1,17 +1,33 @@
 //! Small CPU facts and primitives.
 
-use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, Readable, SCTLR_EL1};
+use aarch64_cpu::registers::{DAIF, ReadWriteable, Readable, SCTLR_EL1};
 
-/// Waits for an interrupt (Xen traps WFI and deschedules the vCPU).
+use super::timer;
+
+/// Waits for an interrupt (Xen traps WFI and deschedules the vCPU). It
+/// returns once an interrupt is pending, even one masked by PSTATE.I.
 pub fn wait_for_interrupt() {
     aarch64_cpu::asm::wfi();
 }
 
+/// Whether IRQs are masked (PSTATE.I): at boot, and inside an exception.
+pub fn irqs_masked() -> bool {
+    DAIF.is_set(DAIF::I)
+}
+
+/// Masks IRQs (PSTATE.I = 1).
+pub fn mask_irqs() {
+    DAIF.modify(DAIF::I::Masked);
+}
+
+/// Unmasks IRQs (PSTATE.I = 0): a pending interrupt is taken at once.
+pub fn unmask_irqs() {
+    DAIF.modify(DAIF::I::Unmasked);
+}
+
 /// Microseconds on the virtual counter (since the domain or machine started).
 pub fn uptime_us() -> u64 {
-    let freq = CNTFRQ_EL0.get().max(1);
-    let ticks = CNTVCT_EL0.get();
-    ((u128::from(ticks) * 1_000_000) / u128::from(freq)) as u64
+    ((u128::from(timer::counter()) * 1_000_000) / u128::from(timer::frequency())) as u64
 }
 
 /// Whether the MMU and data cache are on (SCTLR_EL1.M and .C): before that,

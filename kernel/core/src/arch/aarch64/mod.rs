@@ -8,3 +8,4 @@ pub mod hypercall;
 pub mod linker;
 pub mod mmu;
 pub mod psci;
+pub mod timer;

@@ -1,0 +1,1112 @@
+//! The block device: setup, submission, completion (interrupt or polling),
+//! timeouts, the blocking helpers and shutdown.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{Ordering, fence};
+use core::task::Poll;
+
+use tidepool_dma::{
+    CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
+};
+use tidepool_mm::{PAGE_SIZE, VirtAddr};
+
+use crate::error::{BlkError, DeviceFault, InitError};
+use crate::memory::SharedMemory;
+use crate::queue::{Buffer, QUEUE_SIZE_LIMIT, RING_ALIGN, RingLayout, SplitQueue};
+use crate::request::{
+    Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,
+    MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request, SECTOR_SIZE, STATUS_UNWRITTEN, Token,
+};
+use crate::stats::{BlkStats, StatsLine};
+use crate::transport::{
+    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptStatus, InterruptValue,
+    LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion, WriteRegister,
+    feature,
+};
+
+/// Bytes of one slot's staging buffer: header, the largest data and the
+/// status, rounded up to whole pages so that no two slots share a cache line
+/// (or a bounce page).
+const SLOT_STRIDE: usize =
+    (HEADER_LEN + MAX_REQUEST_BYTES as usize + 1).next_multiple_of(PAGE_SIZE as usize);
+
+/// Largest `blk_size` the driver takes (a request's data is whole blocks).
+const MAX_BLOCK_SIZE: u32 = MAX_REQUEST_BYTES;
+
+/// Choices the kernel makes per device.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Options {
+    /// Requests in flight at most (request slots). Each slot holds a
+    /// staging buffer of the largest request (68 KiB of heap), allocated at
+    /// setup. Capped at [`MAX_IN_FLIGHT`] and at a third of the queue (a
+    /// request takes three descriptors).
+    pub in_flight: usize,
+}
+
+impl Default for Options {
+    /// 16 requests in flight (1088 KiB of staging buffers).
+    fn default() -> Self {
+        Self { in_flight: 16 }
+    }
+}
+
+/// What the configuration space and the negotiated features say.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Geometry {
+    /// Sectors.
+    capacity: u64,
+    /// Bytes per logical block (512 unless `VIRTIO_BLK_F_BLK_SIZE`).
+    block_size: u32,
+    /// Bytes per request at most.
+    max_request: u32,
+    read_only: bool,
+    flush: bool,
+}
+
+/// Why a request that came back did not succeed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failure<'a> {
+    /// The device's status.
+    Status(DeviceStatus),
+    /// The DMA layer refused the unmap.
+    Dma(DmaError<'a>),
+    /// Its deadline had passed.
+    Expired,
+}
+
+enum SlotState<'a> {
+    Free,
+    /// The device holds the request.
+    InFlight {
+        mapping: DmaMapping<'a>,
+        request: Completion,
+        deadline: Deadline,
+        /// The deadline passed (counted and reported once).
+        expired: bool,
+        /// Finished as a timeout: the token is dead, the slot comes back
+        /// when the device returns the request.
+        abandoned: bool,
+    },
+    /// The device returned it; the kernel has not finished it yet.
+    Done {
+        request: Completion,
+        outcome: Result<(), Failure<'a>>,
+    },
+}
+
+struct Slot<'a> {
+    /// Bumped at every submission, so a token outlives its request only as
+    /// an unknown token.
+    generation: u32,
+    state: SlotState<'a>,
+}
+
+/// A virtio-mmio block device, all of whose DMA goes through its
+/// [`DmaDevice`].
+pub struct BlockDevice<'a, T: Transport> {
+    transport: T,
+    dma: DmaDevice<'a>,
+    version: TransportVersion,
+    features: u64,
+    geometry: Geometry,
+    queue: SplitQueue,
+    ring: CoherentBuffer<'a>,
+    staging: SharedMemory,
+    slots: Vec<Slot<'a>>,
+    /// The slot of the chain headed by each descriptor in flight.
+    head_slot: [u16; QUEUE_SIZE_LIMIT as usize],
+    stats: BlkStats,
+    fault: Option<DeviceFault>,
+}
+
+/// What setup builds before the device is told `DRIVER_OK`.
+struct Parts<'a> {
+    features: u64,
+    geometry: Geometry,
+    queue: SplitQueue,
+    ring: CoherentBuffer<'a>,
+    staging: SharedMemory,
+    slots: usize,
+}
+
+impl<'a, T: Transport> BlockDevice<'a, T> {
+    /// Sets up the block device behind `transport`, whose DMA context is
+    /// `dma`: checks the transport, resets the device, negotiates features,
+    /// reads the configuration, allocates the virtqueue (coherent, from
+    /// `dma`'s pool) and the staging buffers (heap), programs the queue and
+    /// sets `DRIVER_OK`.
+    ///
+    /// This is setup: it allocates. On error the device is reset and marked
+    /// `FAILED` (once the handshake began) and nothing stays allocated.
+    ///
+    /// # Safety
+    ///
+    /// The virtual address the DMA layer gives for `dma`'s coherent memory
+    /// (its pool's window in `env`, or the linear map for a linear pool) is
+    /// mapped, readable and writable normal memory for as long as the
+    /// returned device lives, as the kernel's [`DmaMemory`](tidepool_dma::DmaMemory)
+    /// also assumes; and `env`'s pools hand each page to one owner at a time.
+    #[allow(unsafe_code)]
+    pub unsafe fn new(
+        mut transport: T,
+        mut dma: DmaDevice<'a>,
+        env: &mut DmaEnv<'_, 'a>,
+        options: Options,
+    ) -> Result<Self, InitError<'a>> {
+        let device = dma.name();
+        let magic = transport.read(ReadRegister::MagicValue);
+        if magic != MAGIC {
+            return Err(InitError::BadMagic {
+                device,
+                found: magic,
+            });
+        }
+        let found = transport.read(ReadRegister::Version);
+        let version = TransportVersion::from_register(found)
+            .ok_or(InitError::UnsupportedVersion { device, found })?;
+        match transport.read(ReadRegister::DeviceId) {
+            0 => return Err(InitError::NoDevice { device }),
+            BLOCK_DEVICE_ID => {}
+            device_id => return Err(InitError::NotBlock { device, device_id }),
+        }
+        if options.in_flight == 0 {
+            return Err(InitError::NoSlots { device });
+        }
+        // SAFETY: passed on from this function's contract.
+        match unsafe { Self::bring_up(&mut transport, &mut dma, env, version, options) } {
+            Ok(parts) => Ok(Self {
+                transport,
+                dma,
+                version,
+                features: parts.features,
+                geometry: parts.geometry,
+                queue: parts.queue,
+                ring: parts.ring,
+                staging: parts.staging,
+                slots: (0..parts.slots)
+                    .map(|_| Slot {
+                        generation: 0,
+                        state: SlotState::Free,
+                    })
+                    .collect(),
+                head_slot: [0; QUEUE_SIZE_LIMIT as usize],
+                stats: BlkStats::default(),
+                fault: None,
+            }),
+            Err((error, ring)) => {
+                // Stop the device before its ring goes back to the pool.
+                transport::reset(&mut transport, version);
+                transport::add_status(&mut transport, Status::FAILED::SET.value);
+                if let Some(ring) = ring {
+                    let freed = dma.free_coherent(env, ring);
+                    // The buffer was allocated by this device just before and
+                    // is live: the DMA layer cannot refuse to free it.
+                    debug_assert!(freed.is_ok(), "{freed:?}");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The handshake up to `DRIVER_OK`. An error comes with the ring if it
+    /// was already allocated, for the caller to free.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::new`].
+    #[allow(unsafe_code)]
+    unsafe fn bring_up(
+        transport: &mut T,
+        dma: &mut DmaDevice<'a>,
+        env: &mut DmaEnv<'_, 'a>,
+        version: TransportVersion,
+        options: Options,
+    ) -> Result<Parts<'a>, (InitError<'a>, Option<CoherentBuffer<'a>>)> {
+        let device = dma.name();
+        let (features, geometry) =
+            negotiate(transport, version, device).map_err(|error| (error, None))?;
+        let size = queue_size(transport, version, device).map_err(|error| (error, None))?;
+        let slots = options
+            .in_flight
+            .min(MAX_IN_FLIGHT)
+            .min(usize::from(size) / DESCRIPTORS_PER_REQUEST);
+        let bytes = slots * SLOT_STRIDE;
+        let staging = SharedMemory::allocate(bytes, PAGE_SIZE as usize)
+            .ok_or((InitError::OutOfMemory { device, bytes }, None))?;
+        let layout = RingLayout::new(size);
+        let ring = dma
+            .alloc_coherent(env, layout.bytes as u64, RING_ALIGN as u64)
+            .map_err(|error| (InitError::Dma { error }, None))?;
+        // SAFETY: `ring.virt()` is where the CPU reaches the coherent
+        // allocation just made for this device, of at least `layout.bytes`
+        // bytes; it is mapped read-write normal memory (this function's
+        // contract), so not 0, and the pool gave those pages to this allocation only,
+        // which the queue owns until `shutdown` frees it. `alloc_coherent`
+        // zeroed it.
+        let memory = unsafe { SharedMemory::window(ring.virt(), layout.bytes) };
+        let queue = SplitQueue::new(memory, ring.dma_addr(), layout);
+        if let Err(error) = program_queue(transport, version, &queue, device) {
+            return Err((error, Some(ring)));
+        }
+        transport::add_status(transport, Status::DRIVER_OK::SET.value);
+        let status = transport::status(transport);
+        if status.is_set(Status::FAILED) || status.is_set(Status::DEVICE_NEEDS_RESET) {
+            let error = InitError::DeviceFailed {
+                device,
+                status: status.get(),
+            };
+            return Err((error, Some(ring)));
+        }
+        Ok(Parts {
+            features,
+            geometry,
+            queue,
+            ring,
+            staging,
+            slots,
+        })
+    }
+
+    /// The device's name (its DMA context's, the device-tree path).
+    pub fn name(&self) -> &'a str {
+        self.dma.name()
+    }
+
+    /// The transport's interface version.
+    pub fn version(&self) -> TransportVersion {
+        self.version
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> FeatureSet {
+        FeatureSet(self.features)
+    }
+
+    /// Capacity in 512-byte sectors (read again when the device signals a
+    /// configuration change).
+    pub fn capacity(&self) -> u64 {
+        self.geometry.capacity
+    }
+
+    /// Logical block size in bytes: every transfer is whole blocks.
+    pub fn block_size(&self) -> u32 {
+        self.geometry.block_size
+    }
+
+    /// The largest single request in bytes.
+    pub fn max_request_bytes(&self) -> u32 {
+        self.geometry.max_request
+    }
+
+    /// Whether the device is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.geometry.read_only
+    }
+
+    /// Whether the device takes flush requests (it has a write cache).
+    pub fn has_flush(&self) -> bool {
+        self.geometry.flush
+    }
+
+    /// Entries of the virtqueue.
+    pub fn queue_size(&self) -> u16 {
+        self.queue.size()
+    }
+
+    /// Request slots (requests in flight at most).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Requests the device holds, timed-out ones included.
+    pub fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot.state, SlotState::InFlight { .. }))
+            .count()
+    }
+
+    /// The fault that stopped the device, if any.
+    pub fn fault(&self) -> Option<DeviceFault> {
+        self.fault
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &BlkStats {
+        &self.stats
+    }
+
+    /// Its counters as a console line.
+    pub fn stats_line(&self) -> StatsLine<'_> {
+        StatsLine {
+            device: self.name(),
+            stats: &self.stats,
+        }
+    }
+
+    /// What was set up, as a console line.
+    pub fn info_line(&self) -> InfoLine<'_> {
+        InfoLine {
+            device: self.name(),
+            version: self.version,
+            geometry: self.geometry,
+            queue_size: self.queue.size(),
+            slots: self.slots.len(),
+            features: FeatureSet(self.features),
+        }
+    }
+
+    /// Its DMA context (for its counters).
+    pub fn dma(&self) -> &DmaDevice<'a> {
+        &self.dma
+    }
+
+    /// Submits a request due by `deadline` and notifies the device.
+    ///
+    /// Refused without touching the device: a write to a read-only device,
+    /// sectors beyond the capacity, transfers that are empty, not whole
+    /// blocks or larger than [`Self::max_request_bytes`], a flush to a device
+    /// without one, a full queue, a broken device. Otherwise the request's
+    /// region is mapped once (the one `ForDevice` sync) and published.
+    pub fn submit(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, BlkError<'a>> {
+        let device = self.name();
+        if let Some(fault) = self.fault {
+            return Err(BlkError::Broken { device, fault });
+        }
+        let (completion, data) = self.check(request)?;
+        let Completion { op, lba, bytes } = completion;
+        // Slots are at most a third of the queue, so a free slot always finds
+        // its descriptors (the queue's refusal is still handled below).
+        let Some(index) = self
+            .slots
+            .iter()
+            .position(|slot| matches!(slot.state, SlotState::Free))
+        else {
+            return Err(BlkError::QueueFull {
+                device,
+                in_flight: self.in_flight(),
+            });
+        };
+        let base = index * SLOT_STRIDE;
+        let bytes_len = bytes as usize;
+        self.staging.write_u32(base, op.request_type());
+        self.staging.write_u32(base + 4, 0);
+        self.staging.write_u64(base + 8, lba);
+        if let Some(data) = data {
+            self.staging.write_bytes(base + HEADER_LEN, data);
+        }
+        self.staging
+            .write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
+        let cpu = CpuBuffer {
+            virt: VirtAddr(self.staging.virt().0 + base as u64),
+            len: (HEADER_LEN + bytes_len + 1) as u64,
+        };
+        let mapping = self
+            .dma
+            .map(env, cpu, DmaDirection::Bidirectional)
+            .map_err(|error| BlkError::Dma { op, lba, error })?;
+        let region = mapping.dma_addr().0;
+        let header = Buffer {
+            addr: mapping.dma_addr(),
+            len: HEADER_LEN as u32,
+            device_writes: false,
+        };
+        let status = Buffer {
+            addr: DmaAddr(region + (HEADER_LEN + bytes_len) as u64),
+            len: 1,
+            device_writes: true,
+        };
+        let data = Buffer {
+            addr: DmaAddr(region + HEADER_LEN as u64),
+            len: bytes,
+            device_writes: op == Op::Read,
+        };
+        let chain_storage = [header, data, status];
+        let chain: &[Buffer] = if op == Op::Flush {
+            &[header, status]
+        } else {
+            &chain_storage
+        };
+        let head = match self.queue.push(chain) {
+            Ok(head) => head,
+            Err(_) => {
+                self.dma
+                    .unmap(env, mapping)
+                    .map_err(|error| BlkError::Dma { op, lba, error })?;
+                return Err(BlkError::QueueFull {
+                    device,
+                    in_flight: self.in_flight(),
+                });
+            }
+        };
+        self.head_slot[usize::from(head)] = index as u16;
+        // The available index must reach memory before the device is told
+        // to look at it (§2.7.13.4).
+        fence(Ordering::SeqCst);
+        self.transport.write(WriteRegister::QueueNotify, 0);
+        let slot = &mut self.slots[index];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.state = SlotState::InFlight {
+            mapping,
+            request: completion,
+            deadline,
+            expired: false,
+            abandoned: false,
+        };
+        Ok(Token {
+            slot: index as u16,
+            generation: slot.generation,
+        })
+    }
+
+    /// What `request` is, or why it is refused before the device sees it.
+    fn check<'d>(
+        &self,
+        request: Request<'d>,
+    ) -> Result<(Completion, Option<&'d [u8]>), BlkError<'a>> {
+        let device = self.name();
+        let (op, lba, bytes, data) = match request {
+            Request::Flush => {
+                if !self.geometry.flush {
+                    return Err(BlkError::FlushNotSupported { device });
+                }
+                return Ok((
+                    Completion {
+                        op: Op::Flush,
+                        lba: 0,
+                        bytes: 0,
+                    },
+                    None,
+                ));
+            }
+            Request::Read { lba, sectors } => (
+                Op::Read,
+                lba,
+                u64::from(sectors) * u64::from(SECTOR_SIZE),
+                None,
+            ),
+            Request::Write { lba, data } => {
+                if self.geometry.read_only {
+                    return Err(BlkError::ReadOnly { device, lba });
+                }
+                (Op::Write, lba, data.len() as u64, Some(data))
+            }
+        };
+        self.check_transfer(op, lba, bytes)?;
+        let max = self.geometry.max_request;
+        let bytes = u32::try_from(bytes)
+            .ok()
+            .filter(|&bytes| bytes <= max)
+            .ok_or(BlkError::TooLarge { device, bytes, max })?;
+        Ok((Completion { op, lba, bytes }, data))
+    }
+
+    /// The checks of a whole read or write, whatever the request size.
+    fn check_transfer(&self, op: Op, lba: u64, bytes: u64) -> Result<(), BlkError<'a>> {
+        let device = self.name();
+        if op == Op::Write && self.geometry.read_only {
+            return Err(BlkError::ReadOnly { device, lba });
+        }
+        if bytes == 0 {
+            return Err(BlkError::Empty { device, op });
+        }
+        let block_size = self.geometry.block_size;
+        let start_aligned = lba
+            .checked_mul(u64::from(SECTOR_SIZE))
+            .is_some_and(|start| start.is_multiple_of(u64::from(block_size)));
+        if !start_aligned || !bytes.is_multiple_of(u64::from(block_size)) {
+            return Err(BlkError::Misaligned {
+                device,
+                lba,
+                bytes,
+                block_size,
+            });
+        }
+        let sectors = bytes / u64::from(SECTOR_SIZE);
+        let capacity = self.geometry.capacity;
+        if lba.checked_add(sectors).is_none_or(|end| end > capacity) {
+            return Err(BlkError::OutOfRange {
+                device,
+                lba,
+                sectors,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// The interrupt handler: reads and acknowledges `InterruptStatus`, takes
+    /// what the device returned (one unmap per request: the `ForCpu` sync)
+    /// and notes a configuration change (capacity, `DEVICE_NEEDS_RESET`).
+    /// Returns the tokens that became ready to [`Self::finish`]; none for an
+    /// interrupt that was not this device's.
+    pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
+        let mut completions = Completions::new();
+        let pending = InterruptValue::new(self.transport.read(ReadRegister::InterruptStatus));
+        if pending.get() == 0 {
+            return completions;
+        }
+        // Acknowledge first: a completion after this raises a new interrupt
+        // rather than being lost.
+        self.transport
+            .write(WriteRegister::InterruptAck, pending.get());
+        if pending.is_set(InterruptStatus::CONFIG_CHANGE) {
+            self.config_changed();
+        }
+        if pending.is_set(InterruptStatus::USED_BUFFER) {
+            self.harvest(env, &mut completions);
+        }
+        completions
+    }
+
+    /// The polling path (before interrupts are wired, or instead of them):
+    /// takes what the device returned, like [`Self::handle_interrupt`]
+    /// without touching the interrupt registers.
+    pub fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
+        let mut completions = Completions::new();
+        self.harvest(env, &mut completions);
+        completions
+    }
+
+    /// Marks the requests whose deadline is at or before `now` as timed out
+    /// and returns their tokens ([`Self::finish`] gives
+    /// [`BlkError::Timeout`]). Their slots stay with the device until it
+    /// returns them.
+    pub fn expire(&mut self, now: u64) -> Completions {
+        let mut completions = Completions::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let SlotState::InFlight {
+                deadline, expired, ..
+            } = &mut slot.state
+                && !*expired
+                && deadline.0 <= now
+            {
+                *expired = true;
+                self.stats.timeouts += 1;
+                completions.push(Token {
+                    slot: index as u16,
+                    generation: slot.generation,
+                });
+            }
+        }
+        completions
+    }
+
+    /// The outcome of a request, once: `Pending` while the device holds it
+    /// and its deadline has not passed. A read's data is copied into
+    /// `read_into`, which must be exactly the read's length (on a length
+    /// error the request stays ready); for a write or a flush `read_into` is
+    /// not used.
+    pub fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, BlkError<'a>>> {
+        let device = self.name();
+        let unknown = Poll::Ready(Err(BlkError::UnknownToken { device, token }));
+        let Some(slot) = self
+            .slots
+            .get_mut(usize::from(token.slot))
+            .filter(|slot| slot.generation == token.generation)
+        else {
+            return unknown;
+        };
+        let base = usize::from(token.slot) * SLOT_STRIDE;
+        let (request, outcome) = match &mut slot.state {
+            SlotState::Free
+            | SlotState::InFlight {
+                abandoned: true, ..
+            } => return unknown,
+            SlotState::InFlight { expired: false, .. } => return Poll::Pending,
+            SlotState::InFlight {
+                request, abandoned, ..
+            } => {
+                *abandoned = true;
+                return Poll::Ready(Err(BlkError::Timeout {
+                    device,
+                    op: request.op,
+                    lba: request.lba,
+                }));
+            }
+            SlotState::Done { request, outcome } => (*request, *outcome),
+        };
+        let Completion { op, lba, bytes } = request;
+        if outcome.is_ok() && op == Op::Read {
+            if read_into.len() != bytes as usize {
+                return Poll::Ready(Err(BlkError::ReadBufferLength {
+                    device,
+                    expected: bytes,
+                    found: read_into.len(),
+                }));
+            }
+            self.staging.read_bytes(base + HEADER_LEN, read_into);
+        }
+        slot.state = SlotState::Free;
+        Poll::Ready(match outcome {
+            Ok(()) => Ok(request),
+            Err(Failure::Status(status)) => Err(BlkError::Device {
+                device,
+                op,
+                lba,
+                status,
+            }),
+            Err(Failure::Dma(error)) => Err(BlkError::Dma { op, lba, error }),
+            Err(Failure::Expired) => Err(BlkError::Timeout { device, op, lba }),
+        })
+    }
+
+    /// Takes every used entry: unmaps the request's region and records its
+    /// outcome. A protocol fault stops the device.
+    fn harvest(&mut self, env: &mut DmaEnv<'_, 'a>, completions: &mut Completions) {
+        while self.fault.is_none() {
+            let used = match self.queue.pop_used() {
+                None => return,
+                Some(Ok(used)) => used,
+                Some(Err(fault)) => {
+                    self.fault = Some(fault);
+                    return;
+                }
+            };
+            let index = usize::from(self.head_slot[usize::from(used.head)]);
+            let slot = &mut self.slots[index];
+            let SlotState::InFlight {
+                mapping,
+                request,
+                expired,
+                abandoned,
+                ..
+            } = core::mem::replace(&mut slot.state, SlotState::Free)
+            else {
+                // The queue returns only chains in flight, each of which is a
+                // slot in flight.
+                unreachable!("used chain {} of a slot not in flight", used.head);
+            };
+            let outcome = match self.dma.unmap(env, mapping) {
+                Err(error) => Err(Failure::Dma(error)),
+                Ok(()) => {
+                    let status = self
+                        .staging
+                        .read_u8(index * SLOT_STRIDE + HEADER_LEN + request.bytes as usize);
+                    DeviceStatus::check(status).map_err(Failure::Status)
+                }
+            };
+            if abandoned {
+                continue;
+            }
+            if expired {
+                slot.state = SlotState::Done {
+                    request,
+                    outcome: Err(Failure::Expired),
+                };
+                continue;
+            }
+            match outcome {
+                Ok(()) => self.count_success(request),
+                Err(_) => self.stats.errors += 1,
+            }
+            let slot = &mut self.slots[index];
+            slot.state = SlotState::Done { request, outcome };
+            completions.push(Token {
+                slot: index as u16,
+                generation: slot.generation,
+            });
+        }
+    }
+
+    fn count_success(&mut self, request: Completion) {
+        let stats = &mut self.stats;
+        match request.op {
+            Op::Read => {
+                stats.reads += 1;
+                stats.bytes_read += u64::from(request.bytes);
+            }
+            Op::Write => {
+                stats.writes += 1;
+                stats.bytes_written += u64::from(request.bytes);
+            }
+            Op::Flush => stats.flushes += 1,
+        }
+    }
+
+    fn config_changed(&mut self) {
+        if self.version == TransportVersion::Modern
+            && transport::status(&self.transport).is_set(Status::DEVICE_NEEDS_RESET)
+        {
+            self.fault = Some(DeviceFault::NeedsReset);
+        }
+        if let Some(capacity) = transport::read_capacity(&self.transport, self.version) {
+            self.geometry.capacity = capacity;
+        }
+    }
+
+    /// Reads `buffer.len()` bytes from sector `lba`, splitting into requests
+    /// of at most [`Self::max_request_bytes`] kept in flight together, and
+    /// polls until all are done. `clock` gives the time [`Deadline`]s count
+    /// in; every request must complete within `timeout` of its submission.
+    ///
+    /// On an error, the requests already in flight are still waited for
+    /// (or timed out) before the first error is returned; a device that
+    /// breaks the protocol ends the wait at once ([`BlkError::Broken`]).
+    pub fn read(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        lba: u64,
+        buffer: &mut [u8],
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+    ) -> Result<(), BlkError<'a>> {
+        self.transfer(env, lba, Transfer::Read(buffer), clock, timeout)
+    }
+
+    /// Writes `data` at sector `lba`, as [`Self::read`] reads.
+    pub fn write(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        lba: u64,
+        data: &[u8],
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+    ) -> Result<(), BlkError<'a>> {
+        self.transfer(env, lba, Transfer::Write(data), clock, timeout)
+    }
+
+    /// Flushes the device's write cache and waits; without
+    /// `VIRTIO_BLK_F_FLUSH` completed writes are already durable and this
+    /// returns at once.
+    pub fn flush(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+    ) -> Result<(), BlkError<'a>> {
+        if !self.geometry.flush {
+            return Ok(());
+        }
+        let token = self.submit(env, Request::Flush, Deadline::after(clock(), timeout))?;
+        loop {
+            self.poll(env);
+            if let Some(fault) = self.fault {
+                return Err(BlkError::Broken {
+                    device: self.name(),
+                    fault,
+                });
+            }
+            self.expire(clock());
+            if let Poll::Ready(result) = self.finish(token, &mut []) {
+                return result.map(|_| ());
+            }
+        }
+    }
+
+    fn transfer(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        lba: u64,
+        mut transfer: Transfer<'_>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+    ) -> Result<(), BlkError<'a>> {
+        let (op, total) = match &transfer {
+            Transfer::Read(buffer) => (Op::Read, buffer.len()),
+            Transfer::Write(data) => (Op::Write, data.len()),
+        };
+        // Nothing is submitted for a transfer that cannot complete.
+        self.check_transfer(op, lba, total as u64)?;
+        let chunk = self.geometry.max_request as usize;
+        let mut in_flight: [Option<(Token, usize, usize)>; MAX_IN_FLIGHT] = [None; MAX_IN_FLIGHT];
+        let mut next = 0;
+        let mut first_error = None;
+        loop {
+            while first_error.is_none() && next < total {
+                let Some(entry) = in_flight.iter().position(Option::is_none) else {
+                    break;
+                };
+                let len = chunk.min(total - next);
+                let chunk_lba = lba + (next / SECTOR_SIZE as usize) as u64;
+                let request = match &transfer {
+                    Transfer::Read(_) => Request::Read {
+                        lba: chunk_lba,
+                        sectors: (len / SECTOR_SIZE as usize) as u32,
+                    },
+                    Transfer::Write(data) => Request::Write {
+                        lba: chunk_lba,
+                        data: &data[next..next + len],
+                    },
+                };
+                match self.submit(env, request, Deadline::after(clock(), timeout)) {
+                    Ok(token) => {
+                        in_flight[entry] = Some((token, next, len));
+                        next += len;
+                    }
+                    Err(BlkError::QueueFull { .. }) if in_flight.iter().any(Option::is_some) => {
+                        break;
+                    }
+                    Err(error) => first_error = Some(error),
+                }
+            }
+            if in_flight.iter().all(Option::is_none) {
+                return first_error.map_or(Ok(()), Err);
+            }
+            self.poll(env);
+            if let Some(fault) = self.fault {
+                // Nothing more comes back; shutdown reclaims what is in flight.
+                return Err(first_error.unwrap_or(BlkError::Broken {
+                    device: self.name(),
+                    fault,
+                }));
+            }
+            self.expire(clock());
+            for entry in &mut in_flight {
+                let Some((token, offset, len)) = *entry else {
+                    continue;
+                };
+                let read_into: &mut [u8] = match &mut transfer {
+                    Transfer::Read(buffer) => &mut buffer[offset..offset + len],
+                    Transfer::Write(_) => &mut [],
+                };
+                if let Poll::Ready(result) = self.finish(token, read_into) {
+                    *entry = None;
+                    if let Err(error) = result {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resets the device (it stops all DMA), unmaps the regions of requests
+    /// it still held, frees the ring, and gives back the DMA context (whose
+    /// pools are then as before [`Self::new`]). Staging buffers go back to
+    /// the heap.
+    pub fn shutdown(self, env: &mut DmaEnv<'_, 'a>) -> Result<DmaDevice<'a>, BlkError<'a>> {
+        let Self {
+            mut transport,
+            mut dma,
+            version,
+            ring,
+            slots,
+            ..
+        } = self;
+        let device = dma.name();
+        if !transport::reset(&mut transport, version) {
+            // The device may still write: its memory must not be reused.
+            return Err(BlkError::Broken {
+                device,
+                fault: DeviceFault::ResetIncomplete,
+            });
+        }
+        let mut first_error = None;
+        for slot in slots {
+            if let SlotState::InFlight {
+                mapping, request, ..
+            } = slot.state
+                && let Err(error) = dma.unmap(env, mapping)
+            {
+                first_error.get_or_insert(BlkError::Dma {
+                    op: request.op,
+                    lba: request.lba,
+                    error,
+                });
+            }
+        }
+        if let Err(error) = dma.free_coherent(env, ring) {
+            first_error.get_or_insert(BlkError::Dma {
+                op: Op::Flush,
+                lba: 0,
+                error,
+            });
+        }
+        first_error.map_or(Ok(dma), Err)
+    }
+}
+
+/// The data of a blocking transfer.
+enum Transfer<'b> {
+    Read(&'b mut [u8]),
+    Write(&'b [u8]),
+}
+
+/// Resets the device, acknowledges it, negotiates features and reads the
+/// configuration.
+fn negotiate<'a, T: Transport>(
+    transport: &mut T,
+    version: TransportVersion,
+    device: &'a str,
+) -> Result<(u64, Geometry), InitError<'a>> {
+    if !transport::reset(transport, version) {
+        return Err(InitError::ResetTimeout {
+            device,
+            status: transport::status(transport).get(),
+        });
+    }
+    transport::add_status(transport, Status::ACKNOWLEDGE::SET.value);
+    transport::add_status(transport, Status::DRIVER::SET.value);
+    let offered = transport::device_features(transport);
+    if version == TransportVersion::Modern && offered & feature::VERSION_1 == 0 {
+        return Err(InitError::MissingVersion1 {
+            device,
+            offered: FeatureSet(offered),
+        });
+    }
+    let accepted = offered & version.supported_features();
+    transport::set_driver_features(transport, accepted);
+    if version == TransportVersion::Modern {
+        transport::add_status(transport, Status::FEATURES_OK::SET.value);
+        if !transport::status(transport).is_set(Status::FEATURES_OK) {
+            return Err(InitError::FeaturesRejected {
+                device,
+                accepted: FeatureSet(accepted),
+            });
+        }
+    }
+    let capacity =
+        transport::read_capacity(transport, version).ok_or(InitError::ConfigUnstable { device })?;
+    let block_size = if accepted & feature::BLK_BLK_SIZE != 0 {
+        let blk_size = transport.read_config(ConfigWord::BlkSize);
+        if !blk_size.is_power_of_two() || !(SECTOR_SIZE..=MAX_BLOCK_SIZE).contains(&blk_size) {
+            return Err(InitError::BadBlockSize { device, blk_size });
+        }
+        blk_size
+    } else {
+        SECTOR_SIZE
+    };
+    let max_request = if accepted & feature::BLK_SIZE_MAX != 0 {
+        let size_max = transport.read_config(ConfigWord::SizeMax);
+        if size_max < block_size {
+            return Err(InitError::SegmentTooSmall {
+                device,
+                size_max,
+                block_size,
+            });
+        }
+        let limit = size_max.min(MAX_REQUEST_BYTES);
+        limit - limit % block_size
+    } else {
+        MAX_REQUEST_BYTES
+    };
+    Ok((
+        accepted,
+        Geometry {
+            capacity,
+            block_size,
+            max_request,
+            read_only: accepted & feature::BLK_RO != 0,
+            flush: accepted & feature::BLK_FLUSH != 0,
+        },
+    ))
+}
+
+/// Selects queue 0 and chooses its size: the device's maximum, at most
+/// [`QUEUE_SIZE_LIMIT`], rounded down to a power of two (which legacy
+/// devices require).
+fn queue_size<'a, T: Transport>(
+    transport: &mut T,
+    version: TransportVersion,
+    device: &'a str,
+) -> Result<u16, InitError<'a>> {
+    transport.write(WriteRegister::QueueSel, 0);
+    let in_use = match version {
+        TransportVersion::Legacy => transport.read(ReadRegister::QueuePfn),
+        TransportVersion::Modern => transport.read(ReadRegister::QueueReady),
+    };
+    if in_use != 0 {
+        return Err(InitError::QueueInUse { device });
+    }
+    let max = transport.read(ReadRegister::QueueNumMax);
+    if max == 0 {
+        return Err(InitError::QueueUnavailable { device });
+    }
+    let size = 1_u32 << max.min(u32::from(QUEUE_SIZE_LIMIT)).ilog2();
+    if size < DESCRIPTORS_PER_REQUEST as u32 {
+        return Err(InitError::QueueTooSmall { device, max });
+    }
+    // A power of two no larger than QUEUE_SIZE_LIMIT fits in u16.
+    Ok(size as u16)
+}
+
+/// Tells the device where queue 0 is.
+fn program_queue<'a, T: Transport>(
+    transport: &mut T,
+    version: TransportVersion,
+    queue: &SplitQueue,
+    device: &'a str,
+) -> Result<(), InitError<'a>> {
+    match version {
+        TransportVersion::Legacy => {
+            let ring = queue.descriptor_table();
+            let pfn = u32::try_from(ring.0 / u64::from(LEGACY_PAGE_SIZE))
+                .map_err(|_| InitError::RingUnreachable { device, ring })?;
+            transport.write(WriteRegister::GuestPageSize, LEGACY_PAGE_SIZE);
+            transport.write(WriteRegister::QueueNum, u32::from(queue.size()));
+            transport.write(WriteRegister::QueueAlign, LEGACY_PAGE_SIZE);
+            transport.write(WriteRegister::QueuePfn, pfn);
+        }
+        TransportVersion::Modern => {
+            transport.write(WriteRegister::QueueNum, u32::from(queue.size()));
+            let addresses = [
+                (
+                    (WriteRegister::QueueDescLow, WriteRegister::QueueDescHigh),
+                    queue.descriptor_table(),
+                ),
+                (
+                    (
+                        WriteRegister::QueueDriverLow,
+                        WriteRegister::QueueDriverHigh,
+                    ),
+                    queue.available_ring(),
+                ),
+                (
+                    (
+                        WriteRegister::QueueDeviceLow,
+                        WriteRegister::QueueDeviceHigh,
+                    ),
+                    queue.used_ring(),
+                ),
+            ];
+            for (registers, address) in addresses {
+                transport::write_address(transport, registers, address.0);
+            }
+            transport.write(WriteRegister::QueueReady, 1);
+        }
+    }
+    Ok(())
+}
+
+/// The console line describing a device after setup:
+///
+/// `blk: <device> virtio-mmio <legacy|modern> capacity=<sectors> block_size=<bytes> max_request=<bytes> queue=<entries> slots=<n> read_only=<yes|no> flush=<yes|no> features=<hex> (<names>)`
+pub struct InfoLine<'d> {
+    device: &'d str,
+    version: TransportVersion,
+    geometry: Geometry,
+    queue_size: u16,
+    slots: usize,
+    features: FeatureSet,
+}
+
+impl fmt::Display for InfoLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+        let g = &self.geometry;
+        write!(
+            f,
+            "blk: {} virtio-mmio {} capacity={} block_size={} max_request={} queue={} slots={} read_only={} flush={} features={}",
+            self.device,
+            self.version,
+            g.capacity,
+            g.block_size,
+            g.max_request,
+            self.queue_size,
+            self.slots,
+            yes_no(g.read_only),
+            yes_no(g.flush),
+            self.features
+        )
+    }
+}

@@ -1,0 +1,157 @@
+//! tidepool's virtio-mmio block driver (legacy and modern transports, one
+//! split virtqueue), all of whose DMA — allocation, mapping and every sync —
+//! goes through the device's [`DmaDevice`](tidepool_dma::DmaDevice); and
+//! [`pattern`], the disk content the kernel and xtask share.
+//!
+//! # Why not `virtio-drivers`
+//!
+//! `virtio-drivers`' `Hal` is a trait of static functions: `dma_alloc`,
+//! `share` and `unshare` get no device, so they cannot reach the per-device
+//! DMA context (the device's pool, its coherence, its counters) that
+//! tidepool's DMA layer is built around. And its block driver shares a
+//! request's header, data and status as three separate buffers: three
+//! `share` calls, so three `ForDevice` syncs, which for a device whose pool
+//! Xen flushes are three `GNTTABOP_cache_flush` hypercalls per request (and
+//! as many `unshare` syncs after). This driver has its own transport and
+//! queue so that a request is **one** region, **one** map and **one**
+//! unmap, and costs at most one cache-flush hypercall.
+//!
+//! # What a request costs
+//!
+//! Each request slot owns a staging buffer in linear RAM, allocated once at
+//! setup: `[16-byte header | data | status byte]`, contiguous. A request
+//! writes its header (and a write's data) there, maps the used part once,
+//! `Bidirectional` (the device reads the header and writes the status; a
+//! read's data too), and hands the device a chain of three descriptors
+//! pointing into that one region: header (device reads), data (device
+//! writes for a read, reads for a write), status (device writes). A flush
+//! has no data descriptor. Completion unmaps it once. The virtqueue itself
+//! is coherent memory and is never synced.
+//!
+//! So a request is exactly two sync points, whatever its size: the map's
+//! `ForDevice` (clean+invalidate of the region) and the unmap's `ForCpu`.
+//! What they cost follows the DMA layer's policy (`tidepool_dma::sync_action`):
+//!
+//! | device                                   | `ForDevice` (submit)                  | `ForCpu` (completion) |
+//! |------------------------------------------|---------------------------------------|-----------------------|
+//! | coherent                                 | nothing                               | nothing               |
+//! | non-coherent, no pool (linear RAM)       | 1 `DC CIVAC` range by linear VA       | 1 `DC IVAC` range by linear VA |
+//! | non-coherent, no-map pool, Xen accepts   | **1 hypercall** (one batch, every page of the region) | nothing |
+//! | non-coherent, no-map pool, Xen refuses   | 1 `DC CIVAC` range through the pool window (the refusal was learned once, at setup) | nothing |
+//! | non-coherent, no-map pool, no Xen        | nothing                               | nothing               |
+//!
+//! The `ForCpu` sync of a no-map pool behind a non-cacheable window needs
+//! nothing: the CPU reads the region (through the bounce copy) via that
+//! window, which does not use the caches, and the `ForDevice`
+//! clean+invalidate already removed every line. So under Xen a request
+//! through a pool costs one `GNTTABOP_cache_flush` hypercall, where
+//! `virtio-drivers`' three separate shares would cost three. The driver
+//! only ever syncs its one mapping; the policy decides the rest. A region
+//! starts on a page (slots and bounce buffers are page-aligned) and is at
+//! most 16 + 64 KiB + 1 bytes, so 17 pages: one batch of the kernel's
+//! `GNTTABOP_cache_flush` (64 entries).
+//!
+//! A pool device's map also copies the region into a bounce buffer in its
+//! pool, and its unmap copies it back (the DMA layer's bounce buffers);
+//! placing the staging buffers in coherent pool memory would save those
+//! copies but bypass the streaming path this project exists to exercise.
+//!
+//! # Using it
+//!
+//! ```text
+//! // Once per device, at boot (setup allocates):
+//! let transport = unsafe { MmioTransport::new(mmio_va) };          // the register block
+//! let mut disk = unsafe { BlockDevice::new(transport, dma_device, &mut env, Options::default()) }?;
+//! console!("{}", disk.info_line());
+//! // Blocking, for early use (polls; splits large transfers):
+//! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
+//! // Asynchronous:
+//! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
+//! //   in the GIC SPI handler of the transport's `interrupts`:
+//! for token in &disk.handle_interrupt(&mut env) { /* ready: finish it */ }
+//! //   or, without interrupts: disk.poll(&mut env);
+//! //   from a timer: for token in &disk.expire(now()) { /* timed out */ }
+//! match disk.finish(token, &mut buffer) { Poll::Ready(result) => ..., Poll::Pending => ... }
+//! console!("{}", disk.stats_line());
+//! ```
+//!
+//! The kernel supplies time: deadlines are plain numbers in its clock's
+//! units, compared with the `now` it passes to [`BlockDevice::expire`]. A
+//! request that timed out is reported once; its slot stays with the device
+//! (which may still write its region) until the device returns it, and
+//! [`BlockDevice::shutdown`] resets the device and reclaims everything.
+//!
+//! # Ordering
+//!
+//! The ring is in coherent memory (non-cacheable for a non-coherent
+//! device), so it needs ordering, never cache maintenance.
+//! `VIRTIO_F_ORDER_PLATFORM` is not negotiated: device and driver count as
+//! software on CPUs of one SMP system (virtio 1.2 §6.1), as a QEMU or Xen
+//! backend is, and `core::sync::atomic::fence` is the barrier the
+//! specification asks for (a `DMB ISH` family barrier on aarch64): a release
+//! fence between writing descriptors and ring entry and publishing
+//! `avail.idx`; a full fence between that and the `QueueNotify` write; an
+//! acquire fence between reading `used.idx` and reading the used entry and
+//! the request's region. A request's region is synced by `map` (whose cache
+//! maintenance or hypercall has completed when it returns) before its
+//! descriptors are written.
+//!
+//! # Features
+//!
+//! Accepted when offered, and nothing else: `VIRTIO_BLK_F_RO` (writes are
+//! refused with [`BlkError::ReadOnly`] before the device is touched),
+//! `VIRTIO_BLK_F_BLK_SIZE` (transfers must be whole blocks),
+//! `VIRTIO_BLK_F_FLUSH`, `VIRTIO_BLK_F_SIZE_MAX` (lowers the request size),
+//! and on a modern transport `VIRTIO_F_VERSION_1` (required) and
+//! `VIRTIO_F_ACCESS_PLATFORM` (every address comes from the DMA layer).
+//! Not indirect descriptors, not event indices, not packed rings.
+//!
+//! # No allocation on the I/O path
+//!
+//! Setup allocates the staging buffers, the slot table and (through the DMA
+//! layer) the ring. Submission, interrupt handling, polling, expiry,
+//! finishing and the blocking helpers allocate nothing (a test counts).
+//!
+//! # `unsafe`
+//!
+//! The crate is `#![deny(unsafe_code)]` except for three places: `mmio`
+//! (the one constructor of the register block, [`MmioTransport::new`]),
+//! `memory` (bounds-checked volatile and copying accesses to memory shared
+//! with the device, either the driver's own heap allocation or a window
+//! address), and [`BlockDevice::new`], which turns the DMA layer's window
+//! address of the ring into such a window and carries that proof obligation
+//! to the kernel.
+//!
+//! # Console lines
+//!
+//! - [`BlockDevice::info_line`]:
+//!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=65536 queue=64 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
+//! - [`BlockDevice::stats_line`]:
+//!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod device;
+mod error;
+#[allow(unsafe_code)]
+mod memory;
+#[allow(unsafe_code)]
+mod mmio;
+pub mod pattern;
+mod queue;
+mod request;
+mod stats;
+pub mod transport;
+
+pub use device::{BlockDevice, InfoLine, Options};
+pub use error::{BlkError, DeviceFault, InitError};
+pub use mmio::MmioTransport;
+pub use queue::QUEUE_SIZE_LIMIT;
+pub use request::{
+    Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
+    SECTOR_SIZE, Token,
+};
+pub use stats::{BlkStats, StatsLine};
+pub use transport::{FeatureSet, Transport, TransportVersion};

@@ -1,0 +1,203 @@
+//! Memory the CPU shares with the device: the virtqueue's coherent
+//! allocation (reached through its pool window) and the per-slot staging
+//! buffers (the driver's own allocation in linear RAM).
+//!
+//! Both are reached only through [`SharedMemory`], which checks every access
+//! against its length. The device may write the memory at any time it owns
+//! part of it, so the driver never holds a Rust reference into it: ring
+//! fields are read and written with volatile accesses, and staging bytes are
+//! copied in and out while the CPU owns them (before `map`, after `unmap`).
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use tidepool_mm::VirtAddr;
+
+/// A range of memory shared with a device.
+pub(crate) struct SharedMemory {
+    base: NonNull<u8>,
+    len: usize,
+    /// The layout to free it with, when the driver allocated it.
+    owned: Option<Layout>,
+}
+
+// SAFETY: the memory is used by nothing but this value (and the device), so
+// moving it to another CPU moves every access with it.
+unsafe impl Send for SharedMemory {}
+
+impl SharedMemory {
+    /// `len` zeroed bytes aligned to `align`, from the heap (linear RAM in
+    /// the kernel); freed when dropped. `None` if the heap cannot give them.
+    pub(crate) fn allocate(len: usize, align: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len, align).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: `layout` has a non-zero size.
+        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        Some(Self {
+            base,
+            len,
+            owned: Some(layout),
+        })
+    }
+
+    /// The `len` bytes at `virt`, which the driver does not own.
+    ///
+    /// # Safety
+    ///
+    /// `[virt, virt + len)` is mapped, readable and writable normal memory
+    /// that nothing but this value and the device accesses for as long as
+    /// the value lives; `virt` is not 0.
+    pub(crate) unsafe fn window(virt: VirtAddr, len: usize) -> Self {
+        let pointer = core::ptr::with_exposed_provenance_mut::<u8>(virt.0 as usize);
+        // SAFETY: the caller guarantees `virt` is not 0.
+        let base = unsafe { NonNull::new_unchecked(pointer) };
+        Self {
+            base,
+            len,
+            owned: None,
+        }
+    }
+
+    /// The virtual address of the first byte.
+    pub(crate) fn virt(&self) -> VirtAddr {
+        VirtAddr(self.base.as_ptr().expose_provenance() as u64)
+    }
+
+    /// The byte at `offset` as a `T` pointer, after checking that a `T` there
+    /// lies inside the memory and is aligned.
+    fn at<T>(&self, offset: usize) -> *mut T {
+        let end = offset.checked_add(size_of::<T>());
+        assert!(
+            end.is_some_and(|end| end <= self.len),
+            "shared memory access at {offset:#x} of {} bytes past {:#x}",
+            size_of::<T>(),
+            self.len
+        );
+        // SAFETY: `offset + size_of::<T>() <= len`, so the result stays inside
+        // the memory (checked just above).
+        let pointer = unsafe { self.base.as_ptr().add(offset) };
+        assert!(
+            pointer.cast::<T>().is_aligned(),
+            "misaligned shared memory access at {offset:#x}"
+        );
+        pointer.cast()
+    }
+
+    /// Reads the little-endian `u16` at `offset`.
+    pub(crate) fn read_u16(&self, offset: usize) -> u16 {
+        // SAFETY: `at` checked bounds and alignment; the memory is valid for
+        // reads (constructor contracts).
+        u16::from_le(unsafe { self.at::<u16>(offset).read_volatile() })
+    }
+
+    /// Writes the little-endian `u16` at `offset`.
+    pub(crate) fn write_u16(&mut self, offset: usize, value: u16) {
+        // SAFETY: as for `read_u16`; the memory is valid for writes.
+        unsafe { self.at::<u16>(offset).write_volatile(value.to_le()) }
+    }
+
+    /// Reads the little-endian `u32` at `offset`.
+    pub(crate) fn read_u32(&self, offset: usize) -> u32 {
+        // SAFETY: as for `read_u16`.
+        u32::from_le(unsafe { self.at::<u32>(offset).read_volatile() })
+    }
+
+    /// Writes the little-endian `u32` at `offset`.
+    pub(crate) fn write_u32(&mut self, offset: usize, value: u32) {
+        // SAFETY: as for `write_u16`.
+        unsafe { self.at::<u32>(offset).write_volatile(value.to_le()) }
+    }
+
+    /// Writes the little-endian `u64` at `offset`.
+    pub(crate) fn write_u64(&mut self, offset: usize, value: u64) {
+        // SAFETY: as for `write_u16`.
+        unsafe { self.at::<u64>(offset).write_volatile(value.to_le()) }
+    }
+
+    /// Reads the byte at `offset`.
+    pub(crate) fn read_u8(&self, offset: usize) -> u8 {
+        // SAFETY: as for `read_u16`.
+        unsafe { self.at::<u8>(offset).read_volatile() }
+    }
+
+    /// Writes the byte at `offset`.
+    pub(crate) fn write_u8(&mut self, offset: usize, value: u8) {
+        // SAFETY: as for `write_u16`.
+        unsafe { self.at::<u8>(offset).write_volatile(value) }
+    }
+
+    /// Copies `bytes` to `offset`. Only while the CPU owns that part.
+    pub(crate) fn write_bytes(&mut self, offset: usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let destination = self.at::<u8>(offset);
+        // Bounds of the last byte as well.
+        self.at::<u8>(offset + bytes.len() - 1);
+        // SAFETY: both ends were checked to lie inside the memory, which is
+        // valid for writes; `bytes` is a Rust slice, which never overlaps
+        // memory shared with a device.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), destination, bytes.len()) }
+    }
+
+    /// Copies the bytes at `offset` into `bytes`. Only while the CPU owns
+    /// that part.
+    pub(crate) fn read_bytes(&self, offset: usize, bytes: &mut [u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let source = self.at::<u8>(offset);
+        self.at::<u8>(offset + bytes.len() - 1);
+        // SAFETY: as for `write_bytes`, for reads.
+        unsafe { core::ptr::copy_nonoverlapping(source, bytes.as_mut_ptr(), bytes.len()) }
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        if let Some(layout) = self.owned {
+            // SAFETY: `base` was allocated by `allocate` with this layout and
+            // is freed only here.
+            unsafe { alloc::alloc::dealloc(self.base.as_ptr(), layout) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accesses_are_little_endian_and_bounded() {
+        let mut memory = SharedMemory::allocate(64, 4096).unwrap();
+        assert!(memory.virt().0.is_multiple_of(4096));
+        memory.write_u64(8, 0x0102_0304_0506_0708);
+        let mut bytes = [0; 8];
+        memory.read_bytes(8, &mut bytes);
+        assert_eq!(bytes, [8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(memory.read_u32(8), 0x0506_0708);
+        assert_eq!(memory.read_u16(12), 0x0304);
+        memory.write_bytes(60, &[0xaa, 0xbb, 0xcc, 0xdd]);
+        assert_eq!(memory.read_u8(63), 0xdd);
+        memory.write_u16(0, 0xbeef);
+        memory.write_u32(4, 0xdead_beef);
+        memory.write_u8(2, 0x11);
+        assert_eq!(memory.read_u32(0), 0x0011_beef);
+    }
+
+    #[test]
+    #[should_panic(expected = "past")]
+    fn an_access_past_the_end_is_refused() {
+        let memory = SharedMemory::allocate(64, 8).unwrap();
+        let mut bytes = [0; 8];
+        memory.read_bytes(60, &mut bytes);
+    }
+
+    #[test]
+    fn empty_allocations_are_refused() {
+        assert!(SharedMemory::allocate(0, 8).is_none());
+        assert!(SharedMemory::allocate(8, 3).is_none());
+    }
+}

@@ -1,0 +1,53 @@
+//! Per-device counters and their console line.
+
+use core::fmt;
+
+/// What a device has done, counted when requests complete (a timed-out
+/// request counts once, as a timeout, whenever the device returns it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct BlkStats {
+    /// Reads completed successfully.
+    pub reads: u64,
+    /// Writes completed successfully.
+    pub writes: u64,
+    /// Flushes completed successfully.
+    pub flushes: u64,
+    /// Requests the device failed (error status) or the DMA layer refused
+    /// to unmap.
+    pub errors: u64,
+    /// Requests whose deadline passed before they completed.
+    pub timeouts: u64,
+    /// Bytes read by successful reads.
+    pub bytes_read: u64,
+    /// Bytes written by successful writes.
+    pub bytes_written: u64,
+}
+
+/// The console line of a device's counters:
+///
+/// `blk: stats <device> reads=N writes=N flushes=N errors=N timeouts=N bytes_read=N bytes_written=N`
+///
+/// Keys are the [`BlkStats`] fields, always all of them, in that order, in
+/// decimal.
+pub struct StatsLine<'s> {
+    pub(crate) device: &'s str,
+    pub(crate) stats: &'s BlkStats,
+}
+
+impl fmt::Display for StatsLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.stats;
+        write!(
+            f,
+            "blk: stats {} reads={} writes={} flushes={} errors={} timeouts={} bytes_read={} bytes_written={}",
+            self.device,
+            s.reads,
+            s.writes,
+            s.flushes,
+            s.errors,
+            s.timeouts,
+            s.bytes_read,
+            s.bytes_written
+        )
+    }
+}

@@ -1,0 +1,202 @@
+//! What a request costs in syncs, cache maintenance and hypercalls, for
+//! every kind of device, through the real DMA layer.
+
+use core::task::Poll;
+
+use tidepool_dma::CacheOp;
+use tidepool_mm::{PhysRange, VirtAddr};
+use tidepool_virtio_blk::{Deadline, Request};
+
+use crate::host::{DYNAMIC_PHYS, DeviceKind, NC_PHYS, STATIC_PHYS, VaOp};
+use crate::sim::SimConfig;
+use crate::{Bench, bench};
+
+/// Bytes of a request's region: header, data, status.
+const fn region(data: u64) -> u64 {
+    16 + data + 1
+}
+
+/// What one request did: hypercalls made by the time it was submitted, all
+/// its hypercalls, and its maintenance by VA.
+struct Cost {
+    hypercalls_at_submit: usize,
+    hypercalls: Vec<(CacheOp, PhysRange)>,
+    va_ops: Vec<VaOp>,
+}
+
+fn one_request(b: &mut Bench, request: Request<'_>, read_into: &mut [u8]) -> Cost {
+    b.rig.forget();
+    let token = b
+        .disk
+        .submit(&mut b.rig.env(), request, Deadline::NEVER)
+        .unwrap();
+    let hypercalls_at_submit = b.rig.hypercalls().len();
+    let env = &mut b.rig.env();
+    assert_eq!(b.disk.handle_interrupt(env).as_slice(), [token]);
+    assert!(matches!(
+        b.disk.finish(token, read_into),
+        Poll::Ready(Ok(_))
+    ));
+    Cost {
+        hypercalls_at_submit,
+        hypercalls: b.rig.hypercalls().to_vec(),
+        va_ops: b.rig.cache.ops.clone(),
+    }
+}
+
+/// The ring's physical range (two pages for 64 entries).
+fn ring(b: &Bench) -> PhysRange {
+    PhysRange::new(b.sim.state().desc, 0x2000)
+}
+
+#[test]
+fn a_4k_read_through_a_pool_xen_flushes_costs_one_hypercall() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
+    let ring = ring(&b);
+    assert!(
+        DYNAMIC_PHYS.contains(ring.base),
+        "the ring is in the device's pool"
+    );
+    let mut buffer = [0; 4096];
+    const REQUESTS: u64 = 10;
+    for i in 0..REQUESTS {
+        let cost = one_request(
+            &mut b,
+            Request::Read {
+                lba: i * 8,
+                sectors: 8,
+            },
+            &mut buffer,
+        );
+        // Exactly one hypercall, made at submission: a clean+invalidate of
+        // the whole region (two pages, one batch) in the pool. Completion
+        // (the unmap's ForCpu sync) needs none: the CPU reads the pool
+        // through its non-cacheable window.
+        assert_eq!(
+            (cost.hypercalls_at_submit, cost.hypercalls.len()),
+            (1, 1),
+            "request {i}"
+        );
+        let (op, range) = cost.hypercalls[0];
+        assert_eq!((op, range.size), (CacheOp::CleanInvalidate, region(4096)));
+        assert!(DYNAMIC_PHYS.contains(range.base) && !range.overlaps(&ring));
+        assert_eq!(cost.va_ops, [], "no maintenance by VA");
+    }
+    // A write and a flush cost the same.
+    let data = [0x5a; 4096];
+    let write = one_request(
+        &mut b,
+        Request::Write {
+            lba: 0,
+            data: &data,
+        },
+        &mut [],
+    );
+    assert_eq!((write.hypercalls_at_submit, write.hypercalls.len()), (1, 1));
+    let flush = one_request(&mut b, Request::Flush, &mut []);
+    assert_eq!((flush.hypercalls_at_submit, flush.hypercalls.len()), (1, 1));
+    assert_eq!(flush.hypercalls[0].1.size, region(0));
+    // Per request: one map and one unmap, two sync points, one hypercall.
+    let stats = *b.disk.dma().stats();
+    let requests = REQUESTS + 2;
+    assert_eq!(
+        (stats.maps, stats.unmaps, stats.syncs),
+        (requests, requests, 2 * requests)
+    );
+    assert_eq!(
+        (stats.hypercalls, stats.pages),
+        (requests, 2 * REQUESTS + 2 + 1)
+    );
+    assert_eq!((stats.refusals, stats.fallbacks, stats.va_ops), (0, 0, 0));
+}
+
+#[test]
+fn a_pool_xen_refuses_is_maintained_through_its_window_without_hypercalls() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::StaticPool, true);
+    let window = b
+        .rig
+        .pools
+        .iter()
+        .find(|p| p.phys() == STATIC_PHYS)
+        .unwrap()
+        .window();
+    let ring = b.rig.map.window_address(ring(&b).base).unwrap();
+    let mut buffer = [0; 4096];
+    for i in 0..4 {
+        let cost = one_request(
+            &mut b,
+            Request::Read {
+                lba: i * 8,
+                sectors: 8,
+            },
+            &mut buffer,
+        );
+        assert_eq!(
+            cost.hypercalls,
+            [],
+            "the refusal was learned once, at setup"
+        );
+        // One clean+invalidate through the window for the device; nothing
+        // for the CPU, which reads through the non-cacheable window.
+        let [(op, va, len)] = cost.va_ops[..] else {
+            panic!("{:?}", cost.va_ops);
+        };
+        assert_eq!((op, len), (CacheOp::CleanInvalidate, region(4096)));
+        assert!(va.0 >= window.0 && va.0 + len <= window.0 + STATIC_PHYS.size);
+        assert!(
+            va.0 + len <= ring.0 || va.0 >= ring.0 + 0x2000,
+            "the ring is never maintained"
+        );
+    }
+    let stats = *b.disk.dma().stats();
+    assert_eq!(
+        (stats.syncs, stats.fallbacks, stats.va_ops, stats.hypercalls),
+        (8, 4, 4, 0)
+    );
+}
+
+#[test]
+fn a_non_coherent_device_without_pool_maintains_its_staging_region_by_linear_va() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::NonCoherent, true);
+    assert!(
+        NC_PHYS.contains(ring(&b).base),
+        "the ring is in the kernel's NC pool"
+    );
+    let mut buffer = [0; 4096];
+    let mut regions = Vec::new();
+    for i in 0..3 {
+        let cost = one_request(
+            &mut b,
+            Request::Read {
+                lba: i * 8,
+                sectors: 8,
+            },
+            &mut buffer,
+        );
+        assert_eq!(cost.hypercalls, [], "linear RAM is never flushed by Xen");
+        let [(first, va, len), second] = cost.va_ops[..] else {
+            panic!("{:?}", cost.va_ops);
+        };
+        assert_eq!((first, len), (CacheOp::CleanInvalidate, region(4096)));
+        assert_eq!(second, (CacheOp::Invalidate, va, len));
+        // The region is the staging buffer itself: ordinary heap memory.
+        assert!(b.rig.map.virt_to_phys(va).is_ok_and(|pa| pa.0 == va.0));
+        regions.push(va);
+    }
+    // One slot is reused while it is the only free one... or another: any
+    // staging region is page-aligned.
+    assert!(
+        regions
+            .iter()
+            .all(|va: &VirtAddr| va.0.is_multiple_of(4096))
+    );
+}
+
+#[test]
+fn a_coherent_device_costs_no_maintenance() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::Coherent, true);
+    let mut buffer = [0; 4096];
+    let cost = one_request(&mut b, Request::Read { lba: 0, sectors: 8 }, &mut buffer);
+    assert_eq!((cost.hypercalls, cost.va_ops), (vec![], vec![]));
+    assert_eq!(b.disk.dma().stats().syncs, 2);
+}

@@ -1,0 +1,640 @@
+//! Requests: reads and writes on every kind of DMA, splitting, flush,
+//! read-only devices, device errors, refusals, timeouts, many requests in
+//! flight completed out of order, interrupts, faults and shutdown.
+
+use core::task::Poll;
+
+use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
+use tidepool_virtio_blk::transport::feature;
+use tidepool_virtio_blk::{
+    BlkError, BlockDevice, Completion, Deadline, DeviceFault, DeviceStatus, Op, Options, Request,
+    Token,
+};
+
+use crate::host::{DEVICE, DeviceKind, Rig};
+use crate::sim::{S_IOERR, S_UNSUPP, Sim, SimConfig};
+use crate::{Bench, bench, bench_with, ticking};
+
+const KINDS: [DeviceKind; 4] = [
+    DeviceKind::Coherent,
+    DeviceKind::NonCoherent,
+    DeviceKind::DynamicPool,
+    DeviceKind::StaticPool,
+];
+
+/// Fills the simulated disk with the pattern of `seed`.
+fn fill_disk(sim: &Sim, seed: u64) {
+    sim.with(|s| {
+        let (sectors, _) = s.disk.as_chunks_mut::<SECTOR_BYTES>();
+        pattern::fill_sectors(seed, 0, sectors);
+    });
+}
+
+fn pattern_bytes(seed: u64, lba: u64, sectors: usize) -> Vec<u8> {
+    let mut bytes = vec![0; sectors * SECTOR_BYTES];
+    pattern::fill_sectors(seed, lba, bytes.as_chunks_mut::<SECTOR_BYTES>().0);
+    bytes
+}
+
+fn verify(seed: u64, lba: u64, bytes: &[u8]) {
+    let (sectors, rest) = bytes.as_chunks::<SECTOR_BYTES>();
+    assert!(rest.is_empty());
+    if let Err(mismatch) = pattern::verify_sectors(seed, lba, sectors) {
+        panic!("{mismatch}");
+    }
+}
+
+/// Finishes `token`, which must be ready.
+fn finish(
+    disk: &mut BlockDevice<'static, Sim>,
+    token: Token,
+    read_into: &mut [u8],
+) -> Result<Completion, BlkError<'static>> {
+    match disk.finish(token, read_into) {
+        Poll::Ready(result) => result,
+        Poll::Pending => panic!("{token} still pending"),
+    }
+}
+
+/// Releases the device and checks every pool is back to `baseline`.
+fn shut_down(b: Bench, baseline: &[tidepool_dma::PoolUsage]) {
+    let Bench { mut rig, disk, .. } = b;
+    let dma = disk.shutdown(&mut rig.env()).unwrap();
+    assert_eq!(dma.stats().maps, dma.stats().unmaps);
+    assert_eq!(rig.usage(), baseline);
+}
+
+#[test]
+fn reads_and_writes_round_trip_on_every_kind_of_dma_and_transport() {
+    for kind in KINDS {
+        for config in [SimConfig::modern(), SimConfig::legacy()] {
+            if kind == DeviceKind::Coherent && config.version == 1 {
+                // Its ring is host memory above a legacy page frame's reach.
+                continue;
+            }
+            let baseline = Rig::new(true).usage();
+            let mut b = bench(config, kind, true);
+            fill_disk(&b.sim, 1);
+            let mut clock = ticking();
+            let mut buffer = vec![0; 3 * SECTOR_BYTES];
+            b.disk
+                .read(&mut b.rig.env(), 5, &mut buffer, &mut clock, 100)
+                .unwrap();
+            verify(1, 5, &buffer);
+            let data = pattern_bytes(2, 100, 8);
+            b.disk
+                .write(&mut b.rig.env(), 100, &data, &mut clock, 100)
+                .unwrap();
+            assert_eq!(
+                b.sim.state().disk[100 * 512..108 * 512],
+                data[..],
+                "{kind:?}"
+            );
+            let mut back = vec![0; 8 * SECTOR_BYTES];
+            b.disk
+                .read(&mut b.rig.env(), 100, &mut back, &mut clock, 100)
+                .unwrap();
+            verify(2, 100, &back);
+            b.disk.flush(&mut b.rig.env(), &mut clock, 100).unwrap();
+            assert_eq!(
+                b.disk.stats_line().to_string(),
+                "blk: stats /virtio_mmio@a003e00 reads=2 writes=1 flushes=1 errors=0 timeouts=0 \
+                 bytes_read=5632 bytes_written=4096"
+            );
+            assert_eq!(b.sim.state().notifications, 4);
+            shut_down(b, &baseline);
+        }
+    }
+}
+
+#[test]
+fn large_transfers_are_split_and_kept_in_flight_together() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench(config, DeviceKind::DynamicPool, true);
+    let data = pattern_bytes(9, 1000, 400);
+    // The device works only while the driver waits (time passes without a
+    // new submission); note how many requests it held at once.
+    let sim = b.sim.clone();
+    let mut most = 0;
+    let mut last = 0;
+    let mut now = 0;
+    let mut clock = || {
+        let pending = sim.pending();
+        most = most.max(pending);
+        if pending == last {
+            sim.complete_all();
+        }
+        last = sim.pending();
+        now += 1;
+        now
+    };
+    b.disk
+        .write(&mut b.rig.env(), 1000, &data, &mut clock, 1000)
+        .unwrap();
+    assert_eq!(b.sim.state().disk[1000 * 512..1400 * 512], data[..]);
+    // 200 KiB: three of 64 KiB and one of 8 KiB, all submitted before the
+    // first completion.
+    assert_eq!(b.disk.stats().writes, 4);
+    assert_eq!(b.disk.stats().bytes_written, 400 * 512);
+    let mut back = vec![0; 400 * SECTOR_BYTES];
+    b.disk
+        .read(&mut b.rig.env(), 1000, &mut back, &mut clock, 1000)
+        .unwrap();
+    verify(9, 1000, &back);
+    assert_eq!(most, 4);
+    assert_eq!(b.disk.stats().reads, 4);
+}
+
+#[test]
+fn flush_goes_to_the_device_only_when_it_has_a_write_cache() {
+    let mut clock = ticking();
+    let mut b = bench(SimConfig::modern(), DeviceKind::NonCoherent, false);
+    b.disk.flush(&mut b.rig.env(), &mut clock, 10).unwrap();
+    assert_eq!(b.sim.state().flushes, 1);
+    assert_eq!(b.disk.stats().flushes, 1);
+
+    let mut config = SimConfig::modern();
+    config.features &= !feature::BLK_FLUSH;
+    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    assert!(!b.disk.has_flush());
+    b.disk.flush(&mut b.rig.env(), &mut clock, 10).unwrap();
+    let refused = b
+        .disk
+        .submit(&mut b.rig.env(), Request::Flush, Deadline::NEVER);
+    assert_eq!(refused, Err(BlkError::FlushNotSupported { device: DEVICE }));
+    assert_eq!(b.sim.state().notifications, 0);
+    assert_eq!(b.disk.stats().flushes, 0);
+}
+
+#[test]
+fn writes_to_a_read_only_device_are_refused_before_touching_it() {
+    let mut config = SimConfig::modern();
+    config.features |= feature::BLK_RO;
+    let mut b = bench(config, DeviceKind::DynamicPool, true);
+    assert!(b.disk.is_read_only());
+    let data = [0; 512];
+    let refused = b.disk.submit(
+        &mut b.rig.env(),
+        Request::Write {
+            lba: 7,
+            data: &data,
+        },
+        Deadline::NEVER,
+    );
+    assert_eq!(
+        refused,
+        Err(BlkError::ReadOnly {
+            device: DEVICE,
+            lba: 7
+        })
+    );
+    let mut clock = ticking();
+    let blocking = b
+        .disk
+        .write(&mut b.rig.env(), 9, &[0; 4096], &mut clock, 10);
+    assert_eq!(
+        blocking,
+        Err(BlkError::ReadOnly {
+            device: DEVICE,
+            lba: 9
+        })
+    );
+    assert_eq!(
+        refused.unwrap_err().to_string(),
+        "blk /virtio_mmio@a003e00: write at sector 7 to a read-only device"
+    );
+    // Neither the device nor the DMA layer saw anything.
+    assert_eq!(b.sim.state().notifications, 0);
+    assert_eq!(b.disk.dma().stats().maps, 0);
+    assert_eq!(b.rig.hypercalls(), []);
+    // Reads still work.
+    fill_disk(&b.sim, 4);
+    let mut buffer = [0; 512];
+    b.disk
+        .read(&mut b.rig.env(), 7, &mut buffer, &mut clock, 10)
+        .unwrap();
+    verify(4, 7, &buffer);
+}
+
+#[test]
+fn device_errors_carry_the_operation_sector_and_status() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::NonCoherent, false);
+    b.sim
+        .with(|s| s.errors.extend([(40, S_IOERR), (41, S_UNSUPP), (42, 0x7f)]));
+    let mut clock = ticking();
+    let mut buffer = [0; 512];
+    let read = b
+        .disk
+        .read(&mut b.rig.env(), 40, &mut buffer, &mut clock, 10);
+    let expected = BlkError::Device {
+        device: DEVICE,
+        op: Op::Read,
+        lba: 40,
+        status: DeviceStatus::IoError,
+    };
+    assert_eq!(read, Err(expected));
+    assert_eq!(
+        expected.to_string(),
+        "blk /virtio_mmio@a003e00: read at sector 40 failed: VIRTIO_BLK_S_IOERR"
+    );
+    let write = b.disk.write(&mut b.rig.env(), 41, &buffer, &mut clock, 10);
+    assert_eq!(
+        write,
+        Err(BlkError::Device {
+            device: DEVICE,
+            op: Op::Write,
+            lba: 41,
+            status: DeviceStatus::Unsupported
+        })
+    );
+    let token = b
+        .disk
+        .submit(
+            &mut b.rig.env(),
+            Request::Read {
+                lba: 42,
+                sectors: 1,
+            },
+            Deadline::NEVER,
+        )
+        .unwrap();
+    b.disk.poll(&mut b.rig.env());
+    let error = finish(&mut b.disk, token, &mut buffer).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "blk /virtio_mmio@a003e00: read at sector 42 failed: status 0x7f"
+    );
+    let stats = *b.disk.stats();
+    assert_eq!((stats.errors, stats.reads, stats.writes), (3, 0, 0));
+    // The slots came back: the queue still works.
+    b.disk
+        .read(&mut b.rig.env(), 43, &mut buffer, &mut clock, 10)
+        .unwrap();
+}
+
+#[test]
+fn impossible_requests_are_refused_before_touching_the_device() {
+    let mut config = SimConfig::modern();
+    config.blk_size = 4096;
+    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    let mut env = b.rig.env();
+    let mut submit = |request| {
+        b.disk
+            .submit(&mut env, request, Deadline::NEVER)
+            .unwrap_err()
+    };
+    assert_eq!(
+        submit(Request::Read {
+            lba: 8192,
+            sectors: 8
+        }),
+        BlkError::OutOfRange {
+            device: DEVICE,
+            lba: 8192,
+            sectors: 8,
+            capacity: 8192
+        }
+    );
+    assert_eq!(
+        submit(Request::Read {
+            lba: u64::MAX - 3,
+            sectors: 8
+        }),
+        BlkError::Misaligned {
+            device: DEVICE,
+            lba: u64::MAX - 3,
+            bytes: 4096,
+            block_size: 4096
+        }
+    );
+    assert_eq!(
+        submit(Request::Read { lba: 1, sectors: 8 }),
+        BlkError::Misaligned {
+            device: DEVICE,
+            lba: 1,
+            bytes: 4096,
+            block_size: 4096
+        }
+    );
+    assert_eq!(
+        submit(Request::Write {
+            lba: 8,
+            data: &[0; 512]
+        }),
+        BlkError::Misaligned {
+            device: DEVICE,
+            lba: 8,
+            bytes: 512,
+            block_size: 4096
+        }
+    );
+    assert_eq!(
+        submit(Request::Read {
+            lba: 0,
+            sectors: 136
+        }),
+        BlkError::TooLarge {
+            device: DEVICE,
+            bytes: 136 * 512,
+            max: 65536
+        }
+    );
+    assert_eq!(
+        submit(Request::Write { lba: 0, data: &[] }),
+        BlkError::Empty {
+            device: DEVICE,
+            op: Op::Write
+        }
+    );
+    assert_eq!(b.sim.state().notifications, 0);
+    assert_eq!(b.disk.dma().stats().maps, 0);
+}
+
+#[test]
+fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_device() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let baseline = Rig::new(true).usage();
+    let mut b = bench(config, DeviceKind::DynamicPool, true);
+    let env = &mut b.rig.env();
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline(100))
+        .unwrap();
+    let mut buffer = [0; 4096];
+    assert_eq!(b.disk.finish(token, &mut buffer), Poll::Pending);
+    assert!(b.disk.expire(99).is_empty());
+    assert_eq!(b.disk.expire(100).as_slice(), [token]);
+    assert!(b.disk.expire(1000).is_empty(), "reported once");
+    let timeout = BlkError::Timeout {
+        device: DEVICE,
+        op: Op::Read,
+        lba: 0,
+    };
+    assert_eq!(finish(&mut b.disk, token, &mut buffer), Err(timeout));
+    assert_eq!(
+        finish(&mut b.disk, token, &mut buffer),
+        Err(BlkError::UnknownToken {
+            device: DEVICE,
+            token
+        })
+    );
+    // The device still holds the request, so the slot and its mapping stay.
+    assert_eq!(b.disk.in_flight(), 1);
+    assert_eq!(b.disk.dma().stats().unmaps, 0);
+    b.sim.complete_all();
+    assert!(
+        b.disk.handle_interrupt(env).is_empty(),
+        "not reported again"
+    );
+    assert_eq!(b.disk.in_flight(), 0);
+    assert_eq!(b.disk.dma().stats().unmaps, 1);
+
+    // Timed out, then returned by the device before being finished: still a
+    // timeout, and not a read.
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 8, sectors: 8 }, Deadline(5))
+        .unwrap();
+    assert_eq!(b.disk.expire(5).as_slice(), [token]);
+    b.sim.complete_all();
+    assert!(b.disk.poll(env).is_empty());
+    assert_eq!(
+        finish(&mut b.disk, token, &mut buffer),
+        Err(BlkError::Timeout {
+            device: DEVICE,
+            op: Op::Read,
+            lba: 8
+        })
+    );
+    let stats = *b.disk.stats();
+    assert_eq!((stats.timeouts, stats.reads, stats.errors), (2, 0, 0));
+
+    // The blocking helpers give up at the deadline, after waiting for what
+    // they submitted.
+    let mut clock = ticking();
+    let read = b.disk.read(env, 16, &mut buffer, &mut clock, 50);
+    assert_eq!(
+        read,
+        Err(BlkError::Timeout {
+            device: DEVICE,
+            op: Op::Read,
+            lba: 16
+        })
+    );
+    assert_eq!(b.disk.in_flight(), 1);
+    b.sim.complete_all();
+    b.disk.poll(env);
+    assert_eq!(b.disk.stats().timeouts, 3);
+    shut_down(b, &baseline);
+}
+
+#[test]
+fn twenty_one_requests_in_flight_complete_out_of_order_by_interrupt() {
+    for kind in [DeviceKind::DynamicPool, DeviceKind::NonCoherent] {
+        let mut config = SimConfig::modern();
+        config.auto_complete = false;
+        let mut b = bench_with(config, kind, true, Options { in_flight: 21 });
+        fill_disk(&b.sim, 77);
+        let env = &mut b.rig.env();
+        // 21 reads of 4 KiB at scattered sectors.
+        let lbas: Vec<u64> = (0..21).map(|i| (i * 389) % 8000).collect();
+        let tokens: Vec<Token> = lbas
+            .iter()
+            .map(|&lba| {
+                b.disk
+                    .submit(env, Request::Read { lba, sectors: 8 }, Deadline::NEVER)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!((b.disk.in_flight(), b.sim.pending()), (21, 21));
+        assert_eq!(
+            b.disk.submit(env, Request::Flush, Deadline::NEVER),
+            Err(BlkError::QueueFull {
+                device: DEVICE,
+                in_flight: 21
+            })
+        );
+        // Complete in a scrambled order, a few at a time; each interrupt
+        // reports exactly those.
+        let order: Vec<usize> = (0..21).map(|i| (i * 8 + 5) % 21).collect();
+        let mut buffer = vec![0; 4096];
+        for batch in order.chunks(4) {
+            for &request in batch {
+                let position = b
+                    .sim
+                    .state()
+                    .pending
+                    .iter()
+                    .position(|p| p.sector == lbas[request])
+                    .unwrap();
+                b.sim.complete(position);
+            }
+            let completed = b.disk.handle_interrupt(env);
+            assert_eq!(b.sim.state().interrupt_status, 0, "acknowledged");
+            let expected: Vec<Token> = batch.iter().map(|&r| tokens[r]).collect();
+            assert_eq!(completed.as_slice(), expected);
+            for &request in batch {
+                let done = finish(&mut b.disk, tokens[request], &mut buffer).unwrap();
+                assert_eq!(
+                    done,
+                    Completion {
+                        op: Op::Read,
+                        lba: lbas[request],
+                        bytes: 4096
+                    }
+                );
+                verify(77, lbas[request], &buffer);
+            }
+        }
+        assert_eq!(b.disk.in_flight(), 0);
+        assert_eq!(b.disk.stats().reads, 21);
+    }
+}
+
+#[test]
+fn tokens_are_finished_once_and_read_buffers_must_fit() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::NonCoherent, false);
+    fill_disk(&b.sim, 5);
+    let env = &mut b.rig.env();
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 3, sectors: 2 }, Deadline::NEVER)
+        .unwrap();
+    assert_eq!(b.disk.poll(env).as_slice(), [token]);
+    let mut short = [0; 512];
+    assert_eq!(
+        finish(&mut b.disk, token, &mut short),
+        Err(BlkError::ReadBufferLength {
+            device: DEVICE,
+            expected: 1024,
+            found: 512
+        })
+    );
+    let mut buffer = [0; 1024];
+    finish(&mut b.disk, token, &mut buffer).unwrap();
+    verify(5, 3, &buffer);
+    let unknown = finish(&mut b.disk, token, &mut buffer).unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        format!("blk /virtio_mmio@a003e00: {token} is not waiting to be finished")
+    );
+    // The slot is reused under a new generation; the old token stays dead.
+    let again = b
+        .disk
+        .submit(env, Request::Read { lba: 3, sectors: 2 }, Deadline::NEVER)
+        .unwrap();
+    assert_ne!(again, token);
+    b.disk.poll(env);
+    assert!(finish(&mut b.disk, token, &mut buffer).is_err());
+    assert!(finish(&mut b.disk, again, &mut buffer).is_ok());
+}
+
+#[test]
+fn interrupts_acknowledge_and_follow_configuration_changes() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench(config, DeviceKind::Coherent, false);
+    let env = &mut b.rig.env();
+    // Not this device's interrupt.
+    assert!(b.disk.handle_interrupt(env).is_empty());
+    b.sim.set_capacity(16384);
+    assert!(b.disk.handle_interrupt(env).is_empty());
+    assert_eq!(b.disk.capacity(), 16384);
+    assert_eq!(b.sim.state().interrupt_status, 0);
+    b.disk
+        .submit(
+            env,
+            Request::Read {
+                lba: 16000,
+                sectors: 1,
+            },
+            Deadline::NEVER,
+        )
+        .unwrap();
+    b.sim.need_reset();
+    b.sim.complete_all();
+    b.disk.handle_interrupt(env);
+    assert_eq!(b.disk.fault(), Some(DeviceFault::NeedsReset));
+    assert_eq!(
+        b.disk.submit(env, Request::Flush, Deadline::NEVER),
+        Err(BlkError::Broken {
+            device: DEVICE,
+            fault: DeviceFault::NeedsReset
+        })
+    );
+}
+
+#[test]
+fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let baseline = Rig::new(true).usage();
+    let mut b = bench(config, DeviceKind::DynamicPool, true);
+    let env = &mut b.rig.env();
+    for lba in 0..3 {
+        b.disk
+            .submit(env, Request::Read { lba, sectors: 8 }, Deadline::NEVER)
+            .unwrap();
+    }
+    b.sim.return_bogus(99);
+    assert!(b.disk.handle_interrupt(env).is_empty());
+    let fault = DeviceFault::UsedIdOutOfRange { id: 99, size: 64 };
+    assert_eq!(b.disk.fault(), Some(fault));
+    let error = b
+        .disk
+        .submit(env, Request::Flush, Deadline::NEVER)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "blk /virtio_mmio@a003e00: device broken: used entry names descriptor 99 of a queue of 64"
+    );
+    // Three regions still mapped and the ring allocated; shutdown resets the
+    // device and gives everything back.
+    assert_eq!(b.disk.in_flight(), 3);
+    shut_down(b, &baseline);
+}
+
+#[test]
+fn the_blocking_helpers_stop_waiting_for_a_broken_device() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    let sim = b.sim.clone();
+    // The device returns garbage instead of the request, and the driver
+    // waits without a deadline.
+    let mut clock = move || {
+        sim.return_bogus(99);
+        1
+    };
+    let mut buffer = [0; 1024];
+    let broken = BlkError::Broken {
+        device: DEVICE,
+        fault: DeviceFault::UsedIdOutOfRange { id: 99, size: 64 },
+    };
+    let read = b
+        .disk
+        .read(&mut b.rig.env(), 0, &mut buffer, &mut clock, u64::MAX);
+    assert_eq!(read, Err(broken));
+    assert_eq!(b.disk.in_flight(), 1);
+    assert_eq!(
+        b.disk.flush(&mut b.rig.env(), &mut clock, u64::MAX),
+        Err(broken)
+    );
+}
+
+#[test]
+fn the_driver_survives_the_wrap_of_its_16_bit_ring_indices() {
+    let mut config = SimConfig::modern();
+    config.queue_num_max = 4;
+    let mut b = bench(config, DeviceKind::Coherent, false);
+    let env = &mut b.rig.env();
+    for round in 0..70_000_u32 {
+        let token = b.disk.submit(env, Request::Flush, Deadline::NEVER).unwrap();
+        assert_eq!(b.disk.poll(env).as_slice(), [token], "round {round}");
+        finish(&mut b.disk, token, &mut []).unwrap();
+    }
+    assert_eq!(b.disk.stats().flushes, 70_000);
+    assert_eq!(b.sim.state().flushes, 70_000);
+}

@@ -1,0 +1,195 @@
+//! Grant table v1: frames mapped with `XENMEM_add_to_physmap` into the
+//! region the hypervisor node's first `reg` entry names (a window of Normal
+//! write-back memory), and the kernel's grants in them.
+//!
+//! Grants are made and ended with IRQs masked around a lock, so interrupt
+//! handlers may end grants too.
+
+use alloc::vec;
+use core::fmt;
+
+use log::info;
+use spin::{Mutex, Once};
+use tidepool_dt::Hypervisor as HypervisorNode;
+use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
+use tidepool_xen_abi::{
+    DomId, GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, Hypervisor, XenError,
+    XenMapSpace,
+};
+
+use super::Xen;
+use crate::irq;
+
+/// Frames the kernel maps: 2048 entries, 2040 of them usable (a block ring
+/// of 32 requests with 11 segments each needs 352).
+const FRAMES: u64 = 4;
+
+/// Grant entries per 4 KiB frame.
+const ENTRIES_PER_FRAME: usize = PAGE_SIZE as usize / size_of::<GrantEntryV1>();
+
+static TABLE: Once<Mutex<GrantTable<'static>>> = Once::new();
+
+/// Why the grant table could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantSetupError {
+    /// `GNTTABOP_query_size` failed.
+    QuerySize(XenError),
+    /// The region or Xen's limit leaves no frame to map.
+    NoFrames {
+        /// Frames the region holds.
+        region_frames: u64,
+        /// Xen's `max_nr_frames`.
+        max_nr_frames: u32,
+    },
+    /// The region has no window in the address map.
+    NotMapped {
+        /// Its guest-physical address.
+        gpa: u64,
+    },
+    /// Xen refused to map a frame.
+    MapFrame {
+        /// The frame's index in the table.
+        index: u64,
+        /// Xen's answer.
+        error: XenError,
+    },
+    /// `GNTTABOP_setup_table` failed.
+    SetupTable(XenError),
+    /// `GNTTABOP_setup_table` places a frame elsewhere than it was mapped.
+    FrameMismatch {
+        /// The frame's index in the table.
+        index: usize,
+        /// Where it was mapped (GFN).
+        mapped: u64,
+        /// Where Xen says it is (GFN).
+        reported: u64,
+    },
+    /// The table's entries are not free.
+    Table(GrantError),
+}
+
+impl fmt::Display for GrantSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QuerySize(error) | Self::SetupTable(error) => error.fmt(f),
+            Self::NoFrames {
+                region_frames,
+                max_nr_frames,
+            } => write!(
+                f,
+                "no frame to map: region holds {region_frames}, Xen allows {max_nr_frames}"
+            ),
+            Self::NotMapped { gpa } => write!(f, "region at gpa {gpa:#x} has no window"),
+            Self::MapFrame { index, error } => write!(f, "frame {index}: {error}"),
+            Self::FrameMismatch {
+                index,
+                mapped,
+                reported,
+            } => write!(
+                f,
+                "frame {index} mapped at gfn {mapped:#x}, Xen reports gfn {reported:#x}"
+            ),
+            Self::Table(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Maps the grant table's frames into the hypervisor node's grant-table
+/// region, checks where Xen says they are, and builds the free list.
+pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupError> {
+    let mut xen = Xen;
+    let size = xen.grant_query_size().map_err(GrantSetupError::QuerySize)?;
+    let region = node.grant_table;
+    let region_frames = region.size() / PAGE_SIZE;
+    let frames = FRAMES.min(region_frames).min(u64::from(size.max_nr_frames));
+    if frames == 0 {
+        return Err(GrantSetupError::NoFrames {
+            region_frames,
+            max_nr_frames: size.max_nr_frames,
+        });
+    }
+    let gpa = region.base();
+    let va = map
+        .window_address(PhysAddr(gpa))
+        .ok_or(GrantSetupError::NotMapped { gpa })?;
+    let first_gfn = gpa / PAGE_SIZE;
+    for index in 0..frames {
+        xen.add_to_physmap(XenMapSpace::GrantTable, index, first_gfn + index)
+            .map_err(|error| GrantSetupError::MapFrame { index, error })?;
+    }
+    let mut reported = [0u64; FRAMES as usize];
+    let reported = &mut reported[..frames as usize];
+    xen.grant_setup_table(reported)
+        .map_err(GrantSetupError::SetupTable)?;
+    for (index, (&gfn, mapped)) in reported.iter().zip(first_gfn..).enumerate() {
+        if gfn != mapped {
+            return Err(GrantSetupError::FrameMismatch {
+                index,
+                mapped,
+                reported: gfn,
+            });
+        }
+    }
+    let entries = frames as usize * ENTRIES_PER_FRAME;
+    // SAFETY: the window maps the grant-table region read-write as Normal
+    // write-back memory for the kernel's lifetime, Xen has just put the
+    // table's first `frames` frames there, and nothing else in the kernel
+    // uses the region. Every field of `GrantEntryV1` is an atomic, so sharing
+    // the entries with Xen is sound.
+    let entries: &'static [GrantEntryV1] =
+        unsafe { core::slice::from_raw_parts(va.0 as *const GrantEntryV1, entries) };
+    let free = vec![GrantRef::default(); entries.len()].leak();
+    let table = GrantTable::new(entries, free).map_err(GrantSetupError::Table)?;
+    info!(
+        "xen: grant table v1 at gpa {gpa:#x} va {va} frames={frames} (max {}) entries={} free={}",
+        size.max_nr_frames,
+        entries.len(),
+        table.free_count()
+    );
+    TABLE.call_once(|| Mutex::new(table));
+    Ok(())
+}
+
+/// Why a grant could not be made or ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantTableError {
+    /// No grant table (not under Xen, or before [`init`]).
+    NotSetUp,
+    /// The table refused (exhausted, still in use, not granted, ...).
+    Table(GrantError),
+}
+
+impl fmt::Display for GrantTableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotSetUp => f.write_str("the grant table is not set up"),
+            Self::Table(error) => error.fmt(f),
+        }
+    }
+}
+
+fn with_table<R>(
+    action: impl FnOnce(&mut GrantTable<'static>) -> Result<R, GrantError>,
+) -> Result<R, GrantTableError> {
+    let table = TABLE.get().ok_or(GrantTableError::NotSetUp)?;
+    irq::without_interrupts(|| action(&mut table.lock())).map_err(GrantTableError::Table)
+}
+
+/// Grants `domid` access to the guest frame `gfn` (a guest-physical
+/// address >> 12). Fails with [`GrantError::Exhausted`] when every entry is
+/// granted.
+pub fn grant(domid: DomId, gfn: u64, access: GrantAccess) -> Result<GrantRef, GrantTableError> {
+    with_table(|table| table.grant(domid, gfn, access))
+}
+
+/// Ends a grant. While the other domain still has it mapped this fails with
+/// [`GrantError::InUse`] and the grant stays valid: end it again after the
+/// other domain unmaps it.
+pub fn end(gref: GrantRef) -> Result<(), GrantTableError> {
+    with_table(|table| table.end(gref))
+}
+
+/// Entries not granted now.
+pub fn free_count() -> Result<usize, GrantTableError> {
+    with_table(|table| Ok(table.free_count()))
+}
