@@ -13,6 +13,22 @@ impl<T: DeviceRegisters> DeviceRegisters for [T] {}
 /// register-block types, which carry the proof obligation.
 pub(crate) struct Mmio<T: ?Sized + DeviceRegisters + 'static>(&'static T);
 
+impl<T: DeviceRegisters> Mmio<T> {
+    /// The register block at virtual address `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` maps a `T` register block as Device memory for the rest of
+    /// the kernel's life, and only this driver uses it.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn at(base: usize) -> Self {
+        // SAFETY: guaranteed by the caller; every field is an
+        // `UnsafeCell`-based register, so a shared reference permits the
+        // device's own changes.
+        Self(unsafe { &*(base as *const T) })
+    }
+}
+
 impl<T: ?Sized + DeviceRegisters> Mmio<T> {
     /// Wraps a register block reference.
     pub(crate) const fn new(registers: &'static T) -> Self {

@@ -149,13 +149,9 @@ impl Distributor {
     /// kernel's life, and nothing else drives that distributor.
     #[allow(unsafe_code)]
     pub unsafe fn new(base: usize) -> Self {
-        // SAFETY: the caller guarantees that `base` maps this register block
-        // for the kernel's lifetime and that only this driver uses it; every
-        // field is an `UnsafeCell`-based register, so shared references to
-        // it permit the device's own changes.
-        let registers = unsafe { &*(base as *const DistributorRegisters) };
         Self {
-            registers: Mmio::new(registers),
+            // SAFETY: the caller's guarantee is `Mmio::at`'s.
+            registers: unsafe { Mmio::at(base) },
         }
     }
 
