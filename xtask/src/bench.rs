@@ -6,13 +6,16 @@
 //! 1. tidepool as dom0 without a benchmark: host time from QEMU's spawn to
 //!    `boot: ready`, and the kernel's own `uptime_us`;
 //! 2. tidepool as dom0 with `bench=64` on QEMU's device tree (coherent disk);
-//! 3. the same with the `imx8-like` scenario (the disk non-coherent, with a
-//!    static no-map pool);
+//! 3. the same with the `dynamic-pool-first` scenario (the disk
+//!    non-coherent, with a dynamic no-map pool Xen flushes: the path where
+//!    every request costs a cache-flush hypercall);
 //! 4. tidepool as an 8 MiB dom0less domU, which must reach `boot: ready`;
 //! 5. Linux as dom0 (`linux.rs`), timing busybox `dd` reads of the disk.
 //!
-//! A run that yields no numbers fails the command; a missed target is
-//! reported as `MISSED` and does not.
+//! Runs 1, 2, 3 and 5 are repeated (`--runs`, default 3) and the best
+//! timing of each kind kept: other work on the host only ever slows an
+//! emulated run down. A run that yields no numbers fails the command; a
+//! missed target is reported as `MISSED` and does not.
 
 mod cpio;
 mod linux;
@@ -42,8 +45,10 @@ const DOM0_MEM: &str = "256M";
 const DISK_MIB: u64 = 64;
 /// The dom0less domU's memory in KiB (the 8 MiB target).
 const DOMU_KIB: u64 = 8 * 1024;
-/// The scenario with a non-coherent first disk behind a static no-map pool.
-const NONCOHERENT_SCENARIO: &str = "imx8-like";
+/// The scenario with a non-coherent first disk behind a no-map pool that
+/// Xen flushes (the static pool of `imx8-like` is refused by Xen 4.17 and
+/// maintained by VA, without hypercalls; the boot tests cover it).
+const NONCOHERENT_SCENARIO: &str = "dynamic-pool-first";
 /// Deadline for one tidepool run.
 const TIDEPOOL_TIMEOUT: Duration = Duration::from_secs(180);
 /// Deadline for the Linux run (its boot alone takes seconds under TCG).
@@ -57,6 +62,9 @@ pub struct BenchArgs {
     /// Skip the Linux dom0 run (tidepool's numbers only, no ratios).
     #[arg(long)]
     skip_linux: bool,
+    /// Boots per measurement; the best timing of each kind is kept.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
 }
 
 /// Runs every benchmark, prints the table, and fails if a run yielded no
@@ -85,20 +93,35 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         })
     };
 
-    let boot = tidepool_ready(ws, &image, &dir, "tidepool-boot", dom0());
+    let runs = args.runs;
+    let boot = best_of(runs, "tidepool-boot", Ready::earlier, |label| {
+        tidepool_ready(ws, &image, &dir.join("tidepool-boot"), label, &dom0())
+    });
     let mut bench = dom0();
     bench.bootargs = format!("bench={DISK_MIB}");
-    let stock = tidepool_bench(ws, &image, &dir, "tidepool-stock", bench.clone());
+    let stock = best_of(runs, "tidepool-stock", KernelBench::best, |label| {
+        tidepool_bench(ws, &image, &dir.join("tidepool-stock"), label, &bench)
+    });
     bench.scenario = Some(NONCOHERENT_SCENARIO.into());
-    let noncoherent = tidepool_bench(ws, &image, &dir, "tidepool-imx8-like", bench);
+    let name = format!("tidepool-{NONCOHERENT_SCENARIO}");
+    let noncoherent = best_of(runs, &name, KernelBench::best, |label| {
+        tidepool_bench(ws, &image, &dir.join(&name), label, &bench)
+    });
     let mut domu = machine(Mode::XenDomU {
         memory_kib: DOMU_KIB,
     });
     domu.disks.clear();
-    let domu = tidepool_ready(ws, &image, &dir, "tidepool-domu", domu);
-    let linux = (!args.skip_linux).then(|| linux_bench(ws, &dir, dom0()));
+    let domu = tidepool_ready(
+        ws,
+        &image,
+        &dir.join("tidepool-domu"),
+        "tidepool-domu",
+        &domu,
+    );
+    let linux = (!args.skip_linux).then(|| linux_bench(ws, &dir, runs, dom0()));
 
     let results = Results {
+        runs,
         disk_mib: DISK_MIB,
         dom0_mem: DOM0_MEM,
         boot,
@@ -142,19 +165,34 @@ fn disk_image(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `one` `runs` times (labelled `name i/runs`) and merges the results
+/// with `merge`; the first failure ends the series.
+fn best_of<T>(
+    runs: u32,
+    name: &str,
+    merge: impl Fn(T, T) -> T,
+    mut one: impl FnMut(&str) -> std::result::Result<T, RunError>,
+) -> std::result::Result<T, RunError> {
+    let mut best = one(&format!("{name} 1/{runs}"))?;
+    for i in 2..=runs {
+        best = merge(best, one(&format!("{name} {i}/{runs}"))?);
+    }
+    Ok(best)
+}
+
 /// Boots tidepool on `machine` and reads when it was ready.
 fn tidepool_ready(
     ws: &Workspace,
     image: &Path,
-    dir: &Path,
-    name: &str,
-    machine: Machine,
+    run_dir: &Path,
+    label: &str,
+    machine: &Machine,
 ) -> std::result::Result<Ready, RunError> {
-    eprintln!("bench: {name}: booting ({})", describe(&machine));
-    let console = tidepool_console(ws, image, &dir.join(name), &machine)?;
+    eprintln!("bench: {label}: booting ({})", describe(machine));
+    let console = tidepool_console(ws, image, run_dir, machine)?;
     let ready = console_ready(&console)?;
     eprintln!(
-        "bench: {name}: boot: ready after {:.3} s (kernel uptime {:.3} s)",
+        "bench: {label}: boot: ready after {:.3} s (kernel uptime {:.3} s)",
         ready.host.as_secs_f64(),
         ready.uptime.as_secs_f64()
     );
@@ -165,16 +203,16 @@ fn tidepool_ready(
 fn tidepool_bench(
     ws: &Workspace,
     image: &Path,
-    dir: &Path,
-    name: &str,
-    machine: Machine,
+    run_dir: &Path,
+    label: &str,
+    machine: &Machine,
 ) -> std::result::Result<KernelBench, RunError> {
-    eprintln!("bench: {name}: booting ({})", describe(&machine));
-    let console = tidepool_console(ws, image, &dir.join(name), &machine)?;
+    eprintln!("bench: {label}: booting ({})", describe(machine));
+    let console = tidepool_console(ws, image, run_dir, machine)?;
     let Some((line, fields)) = console.find(tidepool::BENCH_PREFIX) else {
         return Err(console.failure(format!("no '{}' line", tidepool::BENCH_PREFIX.trim_end())));
     };
-    eprintln!("bench: {name}: {}", line.text.trim_start());
+    eprintln!("bench: {label}: {}", line.text.trim_start());
     KernelBench::parse(fields).map_err(|e| console.failure(format!("{e} in {:?}", line.text)))
 }
 
@@ -203,15 +241,17 @@ fn console_ready(console: &Console) -> std::result::Result<Ready, RunError> {
     })
 }
 
-/// Builds the Linux dom0 and runs its benchmark on `machine`'s hardware.
+/// Builds the Linux dom0 and runs its benchmark `runs` times on
+/// `machine`'s hardware.
 fn linux_bench(
     ws: &Workspace,
     dir: &Path,
+    runs: u32,
     machine: Machine,
 ) -> std::result::Result<LinuxRun, RunError> {
     let dom0 = linux::prepare(ws, dir, DISK_MIB << 20)?;
     eprintln!(
-        "bench: linux: booting {} as dom0 ({}; initramfs {} KiB, modules: {})",
+        "bench: linux: {} as dom0 ({}; initramfs {} KiB, modules: {})",
         dom0.image.display(),
         describe(&machine),
         std::fs::metadata(&dom0.initramfs).map_or(0, |m| m.len() / 1024),
@@ -223,19 +263,22 @@ fn linux_bench(
     );
     let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
     let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
-    let console = run_timed(&args, LINUX_TIMEOUT, None)?;
-    for line in console
-        .lines
-        .iter()
-        .filter(|l| l.text.contains(linux::PREFIX))
-    {
-        eprintln!("bench: linux: {}", line.text.trim_start());
-    }
-    let bench = linux::parse(&console.texts()).map_err(|e| console.failure(e.to_string()))?;
-    let init_host = console
-        .find(linux::INIT_MARKER)
-        .map_or(console.elapsed, |(line, _)| line.at);
-    Ok(LinuxRun { bench, init_host })
+    best_of(runs, "linux", LinuxRun::best, |label| {
+        eprintln!("bench: {label}: booting");
+        let console = run_timed(&args, LINUX_TIMEOUT, None)?;
+        for line in console
+            .lines
+            .iter()
+            .filter(|l| l.text.contains(linux::PREFIX))
+        {
+            eprintln!("bench: {label}: {}", line.text.trim_start());
+        }
+        let bench = linux::parse(&console.texts()).map_err(|e| console.failure(e.to_string()))?;
+        let init_host = console
+            .find(linux::INIT_MARKER)
+            .map_or(console.elapsed, |(line, _)| line.at);
+        Ok(LinuxRun { bench, init_host })
+    })
 }
 
 /// A short description of a machine for progress lines.
@@ -304,6 +347,15 @@ impl Throughput {
     pub fn mib_per_s(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.time.as_secs_f64()
     }
+
+    /// The faster of two readings.
+    pub fn faster(self, other: Self) -> Self {
+        if other.mib_per_s() > self.mib_per_s() {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// Requests over a time: IOPS.
@@ -319,6 +371,15 @@ impl Rate {
     /// Requests per second.
     pub fn iops(&self) -> f64 {
         self.requests as f64 / self.time.as_secs_f64()
+    }
+
+    /// The faster of two readings.
+    pub fn faster(self, other: Self) -> Self {
+        if other.iops() > self.iops() {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -554,6 +615,51 @@ mod tests {
             time: Duration::from_secs(2),
         };
         assert!((r.iops() - 2048.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn best_of_merges_every_run_and_stops_at_a_failure() {
+        let mut labels = Vec::new();
+        let best = best_of(3, "x", u32::max, |label| {
+            labels.push(label.to_string());
+            Ok(labels.len() as u32 * 10 % 25)
+        });
+        assert_eq!(best.unwrap(), 20);
+        assert_eq!(labels, ["x 1/3", "x 2/3", "x 3/3"]);
+        let mut calls = 0;
+        let failed = best_of(3, "x", u32::max, |_| {
+            calls += 1;
+            if calls == 2 {
+                Err(RunError::Setup(Error::msg("no QEMU")))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "no QEMU");
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn faster_readings() {
+        let slow = Throughput {
+            bytes: 1 << 20,
+            time: Duration::from_secs(2),
+        };
+        let fast = Throughput {
+            time: Duration::from_secs(1),
+            ..slow
+        };
+        assert_eq!(slow.faster(fast), fast);
+        assert_eq!(fast.faster(slow), fast);
+        let slow = Rate {
+            requests: 10,
+            time: Duration::from_secs(2),
+        };
+        let fast = Rate {
+            time: Duration::from_secs(1),
+            ..slow
+        };
+        assert_eq!(slow.faster(fast), fast);
     }
 
     fn console(lines: &[(u64, &str)], timed_out: bool) -> Console {

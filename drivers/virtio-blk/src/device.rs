@@ -38,14 +38,14 @@ const MAX_BLOCK_SIZE: u32 = MAX_REQUEST_BYTES;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Options {
     /// Requests in flight at most (request slots). Each slot holds a
-    /// staging buffer of the largest request (68 KiB of heap), allocated at
+    /// staging buffer of the largest request (260 KiB of heap), allocated at
     /// setup. Capped at [`MAX_IN_FLIGHT`] and at a third of the queue (a
     /// request takes three descriptors).
     pub in_flight: usize,
 }
 
 impl Default for Options {
-    /// 16 requests in flight (1088 KiB of staging buffers).
+    /// 16 requests in flight (4160 KiB of staging buffers).
     fn default() -> Self {
         Self { in_flight: 16 }
     }

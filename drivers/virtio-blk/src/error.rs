@@ -61,7 +61,7 @@ pub enum InitError<'a> {
         /// What the driver accepted.
         accepted: FeatureSet,
     },
-    /// A `blk_size` that is not a power of two from 512 to 64 KiB.
+    /// A `blk_size` that is not a power of two from 512 to the largest request.
     BadBlockSize {
         /// The device.
         device: &'a str,
@@ -172,7 +172,7 @@ impl fmt::Display for InitError<'_> {
             Self::BadBlockSize { device, blk_size } => {
                 write!(
                     f,
-                    "blk {device}: blk_size {blk_size} is not a power of two in 512..=65536"
+                    "blk {device}: blk_size {blk_size} is not a power of two in 512..=262144"
                 )
             }
             Self::SegmentTooSmall {

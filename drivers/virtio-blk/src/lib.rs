@@ -48,7 +48,7 @@
 //! `virtio-drivers`' three separate shares would cost three. The driver
 //! only ever syncs its one mapping; the policy decides the rest. A region
 //! starts on a page (slots and bounce buffers are page-aligned) and is at
-//! most 16 + 64 KiB + 1 bytes, so 17 pages: one batch of the kernel's
+//! most 16 + 256 KiB + 1 bytes, so 66 pages: one batch of the kernel's
 //! `GNTTABOP_cache_flush` (64 entries).
 //!
 //! A pool device's map also copies the region into a bounce buffer in its
@@ -125,7 +125,7 @@
 //! # Console lines
 //!
 //! - [`BlockDevice::info_line`]:
-//!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=65536 queue=64 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
+//!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=64 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
 //! - [`BlockDevice::stats_line`]:
 //!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
 #![cfg_attr(not(test), no_std)]

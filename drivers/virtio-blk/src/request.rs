@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! +------------------+---------------------------+--------+
-//! | header, 16 bytes | data, 0..=64 KiB          | status |
+//! | header, 16 bytes | data, 0..=256 KiB         | status |
 //! | type, 0, sector  | (none for a flush)        | 1 byte |
 //! +------------------+---------------------------+--------+
 //!   descriptor 0:      descriptor 1:               descriptor 2 (1 for a flush):
@@ -28,7 +28,7 @@ pub const SECTOR_SIZE: u32 = 512;
 /// ([`BlockDevice::read`](crate::BlockDevice::read) and
 /// [`BlockDevice::write`](crate::BlockDevice::write)). A device's `size_max`
 /// can lower it.
-pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
+pub const MAX_REQUEST_BYTES: u32 = 256 * 1024;
 
 /// Bytes of `struct virtio_blk_req`'s header: `type`, `reserved`, `sector`.
 pub(crate) const HEADER_LEN: usize = 16;

@@ -14,6 +14,7 @@ use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
+use tidepool_dma::{DmaError, PoolError};
 use tidepool_dt::{DeviceTree, VirtioMmio};
 use tidepool_mm::PhysAddr;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
@@ -35,7 +36,7 @@ const BLOCK_DEVICE_ID: u32 = 2;
 /// How long one request may take before it is reported as timed out.
 const REQUEST_TIMEOUT_US: u64 = 5_000_000;
 /// Bytes per request of the bulk paths (the driver's largest request).
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// One block device.
 pub struct Disk {
@@ -144,12 +145,22 @@ impl Disk {
         }
     }
 
-    /// Submits a request, waiting for a free slot if all are in use.
+    /// Submits a request, waiting while all slots are in use or the
+    /// device's pool has no room for another bounce buffer (both free up as
+    /// requests in flight complete).
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
         loop {
             let deadline = Deadline::after(now_us(), REQUEST_TIMEOUT_US);
             match self.device.submit(&mut dma.env(), request, deadline) {
                 Err(BlkError::QueueFull { .. }) => self.wait_and_harvest(dma),
+                Err(BlkError::Dma {
+                    error:
+                        DmaError::Pool {
+                            error: PoolError::Exhausted { .. },
+                            ..
+                        },
+                    ..
+                }) if self.device.in_flight() > 0 => self.wait_and_harvest(dma),
                 other => return other,
             }
         }
@@ -171,7 +182,7 @@ impl Disk {
     }
 
     /// Reads `buffer.len()` bytes at `lba` with up to the driver's
-    /// in-flight limit of 64 KiB requests outstanding.
+    /// in-flight limit of 256 KiB requests outstanding.
     pub fn read(
         &mut self,
         dma: &mut Dma,
@@ -216,7 +227,7 @@ impl Disk {
         result
     }
 
-    /// Writes `data` at `lba`, one 64 KiB request at a time.
+    /// Writes `data` at `lba`, one 256 KiB request at a time.
     pub fn write(&mut self, dma: &mut Dma, lba: u64, data: &[u8]) -> Result<(), BlkError<'static>> {
         for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
             let lba = lba + (i * CHUNK_BYTES / SECTOR_BYTES) as u64;
@@ -279,7 +290,7 @@ pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
     problems
 }
 
-/// Writes the pattern of `range.seed` to `range`, one 64 KiB request at a
+/// Writes the pattern of `range.seed` to `range`, one 256 KiB request at a
 /// time, then flushes.
 pub fn write_pattern(
     disk: &mut Disk,

@@ -121,8 +121,13 @@ pub fn bring_up(
     // linear map) that the memory plan keeps clear of everything else.
     unsafe { crate::heap::add_main_region(heap.0 as *mut u8, setup.heap.size as usize) };
 
+    // Device windows (one per virtio transport on QEMU) only at debug level.
     for mapping in &setup.layout.mappings {
-        info!("mm: map {mapping}");
+        if mapping.kind == tidepool_mm::MappingKind::MmioWindow {
+            log::debug!("mm: map {mapping}");
+        } else {
+            info!("mm: map {mapping}");
+        }
     }
     for region in map.regions() {
         if let (RegionKind::NoMapPool, Some(window)) = (region.kind, region.window) {

@@ -242,12 +242,12 @@ pub fn plan_memory<'a>(
 }
 
 /// The heap size without `heap=`: an eighth of linear RAM, between 1 MiB
-/// (an 8 MiB domU) and 16 MiB (a block device's 16 request slots take
-/// 1 MiB of staging buffers; a few devices and the transfers' buffers fit).
+/// (an 8 MiB domU) and 32 MiB (a block device's 16 request slots take
+/// 4 MiB of staging buffers; a few devices and the transfers' buffers fit).
 pub fn default_heap_size(ram: &[PhysRange]) -> u64 {
     const MIB: u64 = 1 << 20;
     let total: u64 = ram.iter().map(|r| r.size).sum();
-    (total / 8).clamp(MIB, 16 * MIB) & !(PAGE_SIZE - 1)
+    (total / 8).clamp(MIB, 32 * MIB) & !(PAGE_SIZE - 1)
 }
 
 /// `range` minus `hole`: zero, one or two ranges.
@@ -475,10 +475,10 @@ mod tests {
         let mib = |n: u64| PhysRange::new(0x4000_0000, n * MIB);
         assert_eq!(default_heap_size(&[mib(8)]), MIB);
         assert_eq!(default_heap_size(&[mib(64)]), 8 * MIB);
-        assert_eq!(default_heap_size(&[mib(1024)]), 16 * MIB);
+        assert_eq!(default_heap_size(&[mib(1024)]), 32 * MIB);
         let dt = device_tree(true);
         let setup = plan_memory(&dt, &image(), DTB, None).unwrap();
-        assert_eq!(setup.heap.size, 16 * MIB, "256 MiB of linear RAM");
+        assert_eq!(setup.heap.size, 32 * MIB, "256 MiB of linear RAM");
     }
 
     #[test]

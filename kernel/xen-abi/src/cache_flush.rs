@@ -27,9 +27,11 @@ pub const GNTTAB_CACHE_INVAL: u32 = 1 << 1;
 /// The page size Xen's entries are bounded by.
 pub const XEN_PAGE_SIZE: u64 = 4096;
 
-/// Entries issued per hypercall: 64 pages, 256 KiB. Longer ranges are
-/// issued as several batches.
-pub const CACHE_FLUSH_MAX_BATCH: usize = 64;
+/// Entries issued per hypercall: 128 pages, 512 KiB, more than the largest
+/// DMA mapping the kernel makes (a 256 KiB block request with its header
+/// and status). Longer ranges are issued as several batches. Xen sets no
+/// limit: it preempts long batches with a continuation.
+pub const CACHE_FLUSH_MAX_BATCH: usize = 128;
 
 /// `struct gnttab_cache_flush` (the `a` union used as `dev_bus_addr`; the
 /// grant-reference source, `GNTTAB_CACHE_SOURCE_GREF`, is unimplemented in
@@ -579,7 +581,8 @@ mod tests {
             }
         );
         let sizes: Vec<_> = xen.calls.iter().map(Vec::len).collect();
-        assert_eq!(sizes, [64, 64, 5]);
+        let full = CACHE_FLUSH_MAX_BATCH;
+        assert_eq!(sizes, [full, full, 5]);
         let flushed: Vec<u64> = (0..pages).map(|i| 0x8000_0000 + i * 4096).collect();
         assert_eq!(xen.flushed, flushed);
     }
@@ -649,16 +652,23 @@ mod tests {
     #[test]
     fn failure_in_a_later_batch_counts_earlier_batches_as_done() {
         let mut xen = FakeXen::default();
-        let failing = 0x1_0000_0000 + 70 * 4096;
+        let full = CACHE_FLUSH_MAX_BATCH as u64;
+        let failing = 0x1_0000_0000 + (full + 6) * 4096;
         xen.refuse.push((failing, XenErrno::EPERM));
-        let err = flush(&mut xen, 0x1_0000_0000, 100 * 4096, CacheFlushOp::Clean).unwrap_err();
+        let err = flush(
+            &mut xen,
+            0x1_0000_0000,
+            (full + 36) * 4096,
+            CacheFlushOp::Clean,
+        )
+        .unwrap_err();
         let CacheFlushError::Refused(refusal) = err else {
             panic!("{err}")
         };
-        assert_eq!(refusal.pages_done, 70);
-        assert_eq!(refusal.pages_total, 100);
+        assert_eq!(refusal.pages_done, full + 6);
+        assert_eq!(refusal.pages_total, full + 36);
         assert_eq!(refusal.failed_page, failing);
-        // Batch 1 (64), batch 2 (36) fails, then entries 64..=70 singly.
+        // Batch 1 (full), batch 2 (36) fails, then its entries 0..=6 singly.
         assert_eq!(refusal.hypercalls, 2 + 7);
     }
 

@@ -91,9 +91,16 @@ impl Newc {
 mod tests {
     use super::*;
 
-    /// Reads back every entry as (name, mode, rdev, data), checking magic,
-    /// alignment and the trailer.
-    fn entries(archive: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// One entry read back.
+    struct Entry {
+        name: String,
+        mode: u32,
+        rdev: (u32, u32),
+        data: Vec<u8>,
+    }
+
+    /// Reads back every entry, checking magic, alignment and the trailer.
+    fn entries(archive: &[u8]) -> Vec<Entry> {
         let field = |at: usize, i: usize| {
             let start = at + 6 + 8 * i;
             let text = std::str::from_utf8(&archive[start..start + 8]).unwrap();
@@ -122,7 +129,12 @@ mod tests {
                 assert_eq!(at, archive.len(), "nothing after the trailer");
                 return found;
             }
-            found.push((name, mode as u32, rdev, data));
+            found.push(Entry {
+                name,
+                mode: mode as u32,
+                rdev,
+                data,
+            });
         }
     }
 
@@ -163,19 +175,19 @@ mod tests {
         a.char_device("dev/console", 0o600, 5, 1);
         a.file("empty", 0o644, b"");
         let got = entries(&a.finish());
-        let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        let names: Vec<&str> = got.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
             ["bin", "bin/busybox", "bin/sh", "dev/console", "empty"]
         );
-        assert_eq!(got[0].1, 0o040_755);
-        assert_eq!(got[1].1, 0o100_755);
-        assert_eq!(got[1].3, vec![7u8; 1001]);
+        assert_eq!(got[0].mode, 0o040_755);
+        assert_eq!(got[1].mode, 0o100_755);
+        assert_eq!(got[1].data, vec![7u8; 1001]);
         assert_eq!(
-            (got[2].1, got[2].3.as_slice()),
+            (got[2].mode, got[2].data.as_slice()),
             (0o120_777, &b"busybox"[..])
         );
-        assert_eq!((got[3].1, got[3].2), (0o020_600, (5, 1)));
-        assert!(got[4].3.is_empty());
+        assert_eq!((got[3].mode, got[3].rdev), (0o020_600, (5, 1)));
+        assert!(got[4].data.is_empty());
     }
 }

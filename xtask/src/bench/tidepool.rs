@@ -57,6 +57,29 @@ impl KernelBench {
         })
     }
 
+    /// The best of two runs: each timing from the faster run, the
+    /// hypercall counts from the run with more per request.
+    pub fn best(self, other: Self) -> Self {
+        let worse = if other.hypercalls_per_request() > self.hypercalls_per_request() {
+            &other
+        } else {
+            &self
+        };
+        let (requests, flush_hypercalls) = (worse.requests, worse.flush_hypercalls);
+        let qd16 = match (self.qd16, other.qd16) {
+            (Some(a), Some(b)) => Some(a.faster(b)),
+            (a, b) => a.or(b),
+        };
+        Self {
+            device: self.device.or(other.device),
+            seq: self.seq.faster(other.seq),
+            qd1: self.qd1.faster(other.qd1),
+            qd16,
+            requests,
+            flush_hypercalls,
+        }
+    }
+
     /// Flush hypercalls per request, if there were requests.
     pub fn hypercalls_per_request(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.flush_hypercalls as f64 / self.requests as f64)
@@ -141,6 +164,27 @@ mod tests {
             KernelBench::parse(&zero),
             Err(ParseError::Invalid { key: "seq_us", .. })
         ));
+    }
+
+    #[test]
+    fn best_of_two_runs() {
+        let a = KernelBench::parse(LINE).unwrap();
+        let faster = LINE
+            .replace("seq_us=123456", "seq_us=100000")
+            .replace("qd16_us=512000", "qd16_us=400000")
+            .replace("flush_hypercalls=8256", "flush_hypercalls=4128");
+        let b = KernelBench::parse(&faster).unwrap();
+        let best = a.clone().best(b.clone());
+        assert_eq!(best.seq, b.seq);
+        assert_eq!(best.qd1, a.qd1, "a tie keeps the first");
+        assert_eq!(best.qd16, b.qd16);
+        assert_eq!(best.flush_hypercalls, 8256, "the worse count per request");
+        assert_eq!(b.best(a.clone()).flush_hypercalls, 8256);
+        let without_qd16 = KernelBench {
+            qd16: None,
+            ..a.clone()
+        };
+        assert_eq!(without_qd16.best(a.clone()).qd16, a.qd16);
     }
 
     #[test]

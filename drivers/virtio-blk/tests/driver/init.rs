@@ -63,12 +63,12 @@ fn modern_setup_negotiates_only_what_the_driver_implements() {
             b.disk.slots(),
             b.disk.max_request_bytes()
         ),
-        (64, 16, 65536)
+        (64, 16, 262144)
     );
     assert!(b.disk.has_flush() && !b.disk.is_read_only());
     assert_eq!(
         b.disk.info_line().to_string(),
-        "blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=8192 block_size=512 max_request=65536 queue=64 \
+        "blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=8192 block_size=512 max_request=262144 queue=64 \
          slots=16 read_only=no flush=yes features=0x300000242 (size-max,blk-size,flush,version-1,access-platform)"
     );
 }

@@ -112,7 +112,7 @@ fn large_transfers_are_split_and_kept_in_flight_together() {
     let mut config = SimConfig::modern();
     config.auto_complete = false;
     let mut b = bench(config, DeviceKind::DynamicPool, true);
-    let data = pattern_bytes(9, 1000, 400);
+    let data = pattern_bytes(9, 1000, 1600);
     // The device works only while the driver waits (time passes without a
     // new submission); note how many requests it held at once.
     let sim = b.sim.clone();
@@ -132,12 +132,12 @@ fn large_transfers_are_split_and_kept_in_flight_together() {
     b.disk
         .write(&mut b.rig.env(), 1000, &data, &mut clock, 1000)
         .unwrap();
-    assert_eq!(b.sim.state().disk[1000 * 512..1400 * 512], data[..]);
-    // 200 KiB: three of 64 KiB and one of 8 KiB, all submitted before the
+    assert_eq!(b.sim.state().disk[1000 * 512..2600 * 512], data[..]);
+    // 800 KiB: three of 256 KiB and one of 32 KiB, all submitted before the
     // first completion.
     assert_eq!(b.disk.stats().writes, 4);
-    assert_eq!(b.disk.stats().bytes_written, 400 * 512);
-    let mut back = vec![0; 400 * SECTOR_BYTES];
+    assert_eq!(b.disk.stats().bytes_written, 1600 * 512);
+    let mut back = vec![0; 1600 * SECTOR_BYTES];
     b.disk
         .read(&mut b.rig.env(), 1000, &mut back, &mut clock, 1000)
         .unwrap();
@@ -332,12 +332,12 @@ fn impossible_requests_are_refused_before_touching_the_device() {
     assert_eq!(
         submit(Request::Read {
             lba: 0,
-            sectors: 136
+            sectors: 520
         }),
         BlkError::TooLarge {
             device: DEVICE,
-            bytes: 136 * 512,
-            max: 65536
+            bytes: 520 * 512,
+            max: 262144
         }
     );
     assert_eq!(

@@ -29,7 +29,8 @@ fn the_io_path_does_not_allocate() {
             },
         );
         b.sim.with(|s| s.errors.push((500, S_IOERR)));
-        let mut buffer = vec![0; 128 * 1024];
+        // Two of the largest requests, for the split read below.
+        let mut buffer = vec![0; 512 * 1024];
         let data = vec![0xa5; 8192];
         let sim = b.sim.clone();
         let mut now = 0;
