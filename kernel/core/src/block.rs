@@ -3,8 +3,9 @@
 //!
 //! The transport's SPI handler only acknowledges the interrupt and notes it;
 //! the waiting code harvests the used ring (`poll`) after WFI returns, so the
-//! driver's state is never touched from interrupt context. Time is the
-//! virtual counter in microseconds ([`cpu::uptime_us`]).
+//! driver's state is never touched from interrupt context. The driver's
+//! clock is the virtual counter in ticks (no division on the I/O path);
+//! reports use microseconds ([`cpu::uptime_us`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -23,7 +24,7 @@ use tidepool_virtio_blk::{
     BlkError, BlockDevice, Deadline, MmioTransport, Options, Request, Token,
 };
 
-use crate::arch::aarch64::cpu;
+use crate::arch::aarch64::{cpu, timer as arch_timer};
 use crate::bootargs::{DiskPattern, SectorRange};
 use crate::dma::Dma;
 use crate::irq;
@@ -43,6 +44,8 @@ pub struct Disk {
     device: BlockDevice<'static, MmioTransport>,
     /// Set by the interrupt handler, cleared by the waiter.
     interrupted: &'static AtomicBool,
+    /// [`REQUEST_TIMEOUT_US`] in counter ticks.
+    timeout_ticks: u64,
 }
 
 fn now_us() -> u64 {
@@ -115,9 +118,11 @@ fn set_up(
         intid.raw(),
         trigger
     );
+    let timeout_ticks = arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000);
     Ok(Disk {
         device,
         interrupted,
+        timeout_ticks,
     })
 }
 
@@ -140,7 +145,7 @@ impl Disk {
         }
         self.interrupted.store(false, Ordering::Release);
         self.device.poll(&mut dma.env());
-        for token in &self.device.expire(now_us()) {
+        for token in &self.device.expire(arch_timer::counter()) {
             warn!("blk: {} request {token:?} timed out", self.name());
         }
     }
@@ -150,7 +155,7 @@ impl Disk {
     /// requests in flight complete).
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
         loop {
-            let deadline = Deadline::after(now_us(), REQUEST_TIMEOUT_US);
+            let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
             match self.device.submit(&mut dma.env(), request, deadline) {
                 Err(BlkError::QueueFull { .. }) => self.wait_and_harvest(dma),
                 Err(BlkError::Dma {
