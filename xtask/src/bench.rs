@@ -24,17 +24,15 @@ mod tidepool;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 
 use self::report::{LinuxRun, Ready, Results};
 use self::tidepool::KernelBench;
-use crate::qemu::{Disk, Machine, Mode};
+use crate::qemu::{self, Disk, Machine, Mode};
 use crate::{Error, Result, Workspace, tools};
 
 /// QEMU's RAM for every run, in MiB.
@@ -500,82 +498,19 @@ impl Console {
     }
 }
 
-/// Kills QEMU when dropped, so no run outlives the command.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs QEMU like `qemu::run_captured` (until it exits, `timeout` passes, or
-/// 700 ms after a line containing `stop_after`), stamping each console line
-/// with the host time since the spawn as it arrives.
+/// Runs QEMU like [`qemu::run_captured`], keeping each line's arrival time.
 fn run_timed(args: &[String], timeout: Duration, stop_after: Option<&str>) -> Result<Console> {
-    let start = Instant::now();
-    let child = Command::new("qemu-system-aarch64")
-        .args(args)
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    let mut child = KillOnDrop(child);
-    let stdout = child.0.stdout.take().expect("piped");
-    let mut stderr = child.0.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel::<Line>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let at = start.elapsed();
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send(Line { at, text }).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut lines = Vec::new();
-    let mut deadline = start + timeout;
-    let mut timed_out = false;
-    let mut stopping = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            timed_out = !stopping;
-            break;
-        }
-        match rx.recv_timeout(deadline - now) {
-            Ok(line) => {
-                if !stopping && stop_after.is_some_and(|p| line.text.contains(p)) {
-                    stopping = true;
-                    deadline = Instant::now() + Duration::from_millis(700);
-                }
-                lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let elapsed = start.elapsed();
-    drop(child);
-    let _ = reader.join();
-    lines.extend(rx.try_iter());
-    let stderr = err_reader.join().unwrap_or_default();
+    let run = qemu::run_captured(args, timeout, stop_after)?;
     Ok(Console {
-        lines,
-        stderr,
-        timed_out,
-        elapsed,
+        lines: run
+            .arrivals
+            .into_iter()
+            .zip(run.lines)
+            .map(|(at, text)| Line { at, text })
+            .collect(),
+        stderr: run.stderr,
+        timed_out: run.timed_out,
+        elapsed: run.elapsed,
     })
 }
 

@@ -272,6 +272,8 @@ impl Machine {
 pub struct Captured {
     /// Every console line, in order.
     pub lines: Vec<String>,
+    /// When the host read each line, from QEMU's spawn (same order).
+    pub arrivals: Vec<Duration>,
     /// QEMU's stderr.
     pub stderr: String,
     /// The run hit its deadline and was killed.
@@ -318,14 +320,15 @@ pub fn run_captured(
     let mut child = KillOnDrop(child);
     let stdout = child.0.stdout.take().expect("piped");
     let mut stderr = child.0.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel::<String>();
+    let (tx, rx) = mpsc::channel::<(Duration, String)>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
+            let at = start.elapsed();
             let text = String::from_utf8_lossy(&line)
                 .trim_end_matches('\r')
                 .to_string();
-            if tx.send(text).is_err() {
+            if tx.send((at, text)).is_err() {
                 break;
             }
         }
@@ -335,7 +338,7 @@ pub fn run_captured(
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let mut lines = Vec::new();
+    let mut received = Vec::new();
     let mut deadline = start + timeout;
     let mut timed_out = false;
     let mut stopping = false;
@@ -346,28 +349,29 @@ pub fn run_captured(
             break;
         }
         match rx.recv_timeout(deadline - now) {
-            Ok(line) => {
+            Ok((at, line)) => {
                 if !stopping && stop_after.is_some_and(|p| line.contains(p)) {
                     stopping = true;
                     deadline = Instant::now() + Duration::from_millis(700);
                 }
-                lines.push(line);
+                received.push((at, line));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    let elapsed = start.elapsed();
     drop(child);
     let _ = reader.join();
-    while let Ok(line) = rx.try_recv() {
-        lines.push(line);
-    }
+    received.extend(rx.try_iter());
     let stderr = err_reader.join().unwrap_or_default();
+    let (arrivals, lines) = received.into_iter().unzip();
     Ok(Captured {
         lines,
+        arrivals,
         stderr,
         timed_out,
-        elapsed: start.elapsed(),
+        elapsed,
     })
 }
 
