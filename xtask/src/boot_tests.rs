@@ -593,6 +593,13 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
         .collect();
+    // Fetch Xen once, before the tests run in parallel.
+    if tests
+        .iter()
+        .any(|t| matches!(t.machine.mode, Mode::XenDom0 { .. } | Mode::XenDomU { .. }))
+    {
+        crate::tools::xen_image(ws)?;
+    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(String, Captured)>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());

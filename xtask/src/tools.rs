@@ -32,6 +32,11 @@ pub fn xen_image(ws: &Workspace) -> Result<PathBuf> {
     }
     let dest = ws.build.join("xen");
     let image = dest.join(XEN_IMAGE_IN_PACKAGE);
+    // Boot tests run in parallel: one of them fetches, the others wait.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _fetching = FETCH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !image.is_file() {
         eprintln!(
             "xtask: fetching {XEN_PACKAGE} (arm64) into {}",
