@@ -361,6 +361,20 @@ pub fn all() -> Vec<BootTest> {
         BootTest::new("heap-oom-bare", with(Machine::new(Mode::Bare), |m| m.bootargs = "selftest=oom".into()))
             .crash(&["selftest: allocating", "heap: out of memory: ", "panic: "]),
         BootTest::new(
+            "selftest-irq-unhandled-bare",
+            with(Machine::new(Mode::Bare), |m| m.bootargs = "selftest=irq-unhandled".into()),
+        )
+        .crash(&[
+            "selftest: an interrupt without a handler",
+            "irq: INTID 30 (PPI 14) has no handler",
+            "fault: unhandled IRQ in kernel elr=0x",
+        ]),
+        BootTest::new(
+            "selftest-irq-unhandled-xen",
+            with(xen_dom0("256M"), |m| m.bootargs = "selftest=irq-unhandled".into()),
+        )
+        .crash(&["irq: INTID 30 (PPI 14) has no handler", "fault: unhandled IRQ in kernel elr=0x"]),
+        BootTest::new(
             "selftest-panic-xen",
             with(xen_dom0("256M"), |m| m.bootargs = "selftest=panic".into()),
         )

@@ -180,6 +180,14 @@ pub fn register(intid: IntId, trigger: Trigger, handler: Handler) -> Result<(), 
     Ok(())
 }
 
+/// Enables `intid` at the GIC with no handler: only for the self-test that
+/// shows the fatal report of an interrupt nobody handles.
+pub fn enable_unhandled(intid: IntId, trigger: Trigger) -> Result<(), IrqError> {
+    let gic = GIC.get().ok_or(IrqError::NoController)?;
+    gic.enable(intid, trigger, DEFAULT_PRIORITY)?;
+    Ok(())
+}
+
 /// Unmasks IRQs on this CPU: from here on, registered interrupts are taken.
 pub fn unmask() {
     cpu::unmask_irqs();

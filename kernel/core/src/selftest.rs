@@ -49,6 +49,9 @@ pub fn run_requested(args: &Bootargs<'_>, memory: &MemorySetup<'_>) {
         );
         shutdown(ShutdownReason::Crash);
     }
+    if args.selftest("irq-unhandled") {
+        unhandled_interrupt();
+    }
     if args.selftest("panic") {
         info!("selftest: panic");
         panic!("selftest: deliberate panic");
@@ -114,5 +117,23 @@ fn pool_alias(pool: &Region) -> ! {
         "selftest: the linear alias of {} is mapped (read {value:#x})",
         pool.name
     );
+    shutdown(ShutdownReason::Crash)
+}
+
+/// Makes the EL1 physical timer's PPI (INTID 30) fire with no handler
+/// registered: the IRQ path names it and the fatal report follows.
+fn unhandled_interrupt() -> ! {
+    const PHYSICAL_TIMER_PPI: u32 = 14;
+    let armed = tidepool_gic::IntId::ppi(PHYSICAL_TIMER_PPI)
+        .map_err(crate::irq::IrqError::from)
+        .and_then(|intid| crate::irq::enable_unhandled(intid, tidepool_gic::Trigger::Level));
+    if let Err(err) = armed {
+        error!("selftest: irq-unhandled: {err}");
+        shutdown(ShutdownReason::Crash);
+    }
+    info!("selftest: an interrupt without a handler (EL1 physical timer, INTID 30)");
+    crate::arch::aarch64::timer::fire_physical_timer_now();
+    let waited = crate::timer::sleep(core::time::Duration::from_millis(100));
+    error!("selftest: irq-unhandled: the interrupt never came ({waited:?})");
     shutdown(ShutdownReason::Crash)
 }

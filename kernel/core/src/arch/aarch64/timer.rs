@@ -5,7 +5,8 @@
 
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, Readable, Writeable,
+    CNTFRQ_EL0, CNTP_CTL_EL0, CNTP_TVAL_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, Readable,
+    Writeable,
 };
 
 /// Counter ticks per second (CNTFRQ_EL0), never 0.
@@ -31,5 +32,14 @@ pub fn arm(compare: u64) {
 /// Stops the virtual timer; its (level-triggered) interrupt deasserts.
 pub fn disarm() {
     CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::CLEAR + CNTV_CTL_EL0::IMASK::SET);
+    barrier::isb(barrier::SY);
+}
+
+/// Makes the EL1 physical timer (CNTP, which the kernel does not otherwise
+/// use) assert its interrupt now: for the self-test of an interrupt that
+/// nobody handles.
+pub fn fire_physical_timer_now() {
+    CNTP_TVAL_EL0.set(0);
+    CNTP_CTL_EL0.write(CNTP_CTL_EL0::ENABLE::SET + CNTP_CTL_EL0::IMASK::CLEAR);
     barrier::isb(barrier::SY);
 }
