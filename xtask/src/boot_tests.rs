@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
+
 use crate::qemu::{self, Captured, Machine, Mode};
 use crate::{Error, Result, Workspace};
 
@@ -55,7 +57,7 @@ pub struct TestDisk {
     /// A `blkdebug` error injection: QEMU event (`read_aio`, `write_aio`) and sector.
     pub inject: Option<(&'static str, u64)>,
     /// What it must hold after the (last) boot.
-    pub after: Option<crate::disk::Content>,
+    pub after: Option<DiskPattern>,
 }
 
 const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
@@ -726,7 +728,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
 /// Sectors of each block-test disk (8 MiB).
 const DISK_SECTORS: u64 = 16384;
 
-fn disk(seed: u64, after: Option<crate::disk::Content>) -> TestDisk {
+fn disk(seed: u64, after: Option<DiskPattern>) -> TestDisk {
     TestDisk {
         sectors: DISK_SECTORS,
         seed,
@@ -737,9 +739,9 @@ fn disk(seed: u64, after: Option<crate::disk::Content>) -> TestDisk {
 }
 
 /// Seed 1 everywhere, seed 2 in sectors 2048..4096 (what `WRITE` writes).
-const REWRITTEN: crate::disk::Content = crate::disk::Content {
+const REWRITTEN: DiskPattern = DiskPattern {
     seed: 1,
-    written: Some(crate::disk::Written {
+    written: Some(SectorRange {
         seed: 2,
         lba: 2048,
         count: 2048,
@@ -750,17 +752,32 @@ const WRITE_AND_VERIFY: &str = "blk-write=2@2048+2048 blk-verify=1,2@2048+2048";
 /// Check the whole disk again, in a later boot.
 const VERIFY_AGAIN: &str = "blk-verify=1,2@2048+2048";
 
-/// `dma: stats <device>` counters, by name.
-fn dma_stats(lines: &[String], device: &str) -> Option<std::collections::HashMap<String, u64>> {
+/// The counters of a device's last `dma: stats` line that the checks use.
+#[derive(Debug)]
+struct DmaCounters {
+    maps: u64,
+    hypercalls: u64,
+    fallbacks: u64,
+    va_ops: u64,
+    bounced: u64,
+}
+
+fn dma_counters(lines: &[String], device: &str) -> std::result::Result<DmaCounters, String> {
     let prefix = format!("dma: stats {device} ");
-    let line = lines.iter().rev().find(|l| l.starts_with(&prefix))?;
-    Some(
-        line[prefix.len()..]
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect(),
-    )
+    let line = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .ok_or_else(|| format!("no dma: stats line for {device}"))?;
+    let counters = crate::bench::KeyValues::new(line);
+    let get = |key| counters.u64(key).map_err(|e| format!("{device}: {e}"));
+    Ok(DmaCounters {
+        maps: get("maps")?,
+        hypercalls: get("hypercalls")?,
+        fallbacks: get("fallbacks")?,
+        va_ops: get("va_ops")?,
+        bounced: get("bounced")?,
+    })
 }
 
 /// The four DMA paths of the imx8-like scenario, from the counters: the
@@ -769,30 +786,23 @@ fn dma_stats(lines: &[String], device: &str) -> Option<std::collections::HashMap
 /// the non-coherent device without a pool two linear maintenances per
 /// request, the coherent device nothing.
 fn four_dma_paths(lines: &[String]) -> std::result::Result<(), String> {
-    let get = |device: &str| {
-        dma_stats(lines, device).ok_or_else(|| format!("no dma: stats line for {device}"))
-    };
-    let dynamic = get("/virtio_mmio@a003c00")?;
-    if dynamic["hypercalls"] != dynamic["maps"] || dynamic["maps"] == 0 {
+    let dynamic = dma_counters(lines, "/virtio_mmio@a003c00")?;
+    if dynamic.hypercalls != dynamic.maps || dynamic.maps == 0 {
         return Err(format!(
             "dynamic pool: {} hypercalls for {} requests",
-            dynamic["hypercalls"], dynamic["maps"]
+            dynamic.hypercalls, dynamic.maps
         ));
     }
-    let fixed = get("/virtio_mmio@a003e00")?;
-    if fixed["hypercalls"] != 0
-        || fixed["fallbacks"] != fixed["maps"]
-        || fixed["va_ops"] != fixed["maps"]
-    {
+    let fixed = dma_counters(lines, "/virtio_mmio@a003e00")?;
+    if fixed.hypercalls != 0 || fixed.fallbacks != fixed.maps || fixed.va_ops != fixed.maps {
         return Err(format!("static pool: {fixed:?}"));
     }
-    let linear = get("/virtio_mmio@a003a00")?;
-    if linear["hypercalls"] != 0 || linear["va_ops"] != 2 * linear["maps"] || linear["bounced"] != 0
-    {
+    let linear = dma_counters(lines, "/virtio_mmio@a003a00")?;
+    if linear.hypercalls != 0 || linear.va_ops != 2 * linear.maps || linear.bounced != 0 {
         return Err(format!("non-coherent without a pool: {linear:?}"));
     }
-    let coherent = get("/virtio_mmio@a003800")?;
-    if coherent["va_ops"] != 0 || coherent["hypercalls"] != 0 || coherent["bounced"] != 0 {
+    let coherent = dma_counters(lines, "/virtio_mmio@a003800")?;
+    if coherent.va_ops != 0 || coherent.hypercalls != 0 || coherent.bounced != 0 {
         return Err(format!("coherent: {coherent:?}"));
     }
     Ok(())
@@ -914,7 +924,7 @@ fn block() -> Vec<BootTest> {
             read_only: true,
             ..disk(
                 1,
-                Some(crate::disk::Content {
+                Some(DiskPattern {
                     seed: 1,
                     written: None,
                 }),
@@ -957,7 +967,7 @@ fn block() -> Vec<BootTest> {
             inject: Some(("write_aio", 8192)),
             ..disk(
                 1,
-                Some(crate::disk::Content {
+                Some(DiskPattern {
                     seed: 1,
                     written: None,
                 }),

@@ -5,38 +5,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
+use tidepool_virtio_blk::pattern::{self, DiskPattern, SECTOR_BYTES};
 
 use crate::{Error, Result};
-
-/// Sectors `lba..lba + count` hold the pattern of `seed`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
-    /// The pattern's seed.
-    pub seed: u64,
-    /// First sector.
-    pub lba: u64,
-    /// Sectors.
-    pub count: u64,
-}
-
-/// What a disk image holds: the pattern of `seed`, except `written`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Content {
-    /// The seed of every other sector.
-    pub seed: u64,
-    /// A range with another seed.
-    pub written: Option<Written>,
-}
-
-impl Content {
-    fn seed_of(&self, lba: u64) -> u64 {
-        match self.written {
-            Some(w) if (w.lba..w.lba + w.count).contains(&lba) => w.seed,
-            _ => self.seed,
-        }
-    }
-}
 
 /// Creates `path`: `sectors` sectors of the pattern of `seed`.
 pub fn create(path: &Path, sectors: u64, seed: u64) -> Result<()> {
@@ -51,7 +22,7 @@ pub fn create(path: &Path, sectors: u64, seed: u64) -> Result<()> {
 
 /// Checks that `path` holds `content`; `Err` names the first bad sector and
 /// how many there are.
-pub fn verify(path: &Path, content: Content) -> std::result::Result<(), String> {
+pub fn verify(path: &Path, content: DiskPattern) -> std::result::Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() % SECTOR_BYTES != 0 {
         return Err(format!(
@@ -104,7 +75,7 @@ mod tests {
         assert_eq!(
             verify(
                 &path,
-                Content {
+                DiskPattern {
                     seed: 7,
                     written: None
                 }
@@ -113,7 +84,7 @@ mod tests {
         );
         let err = verify(
             &path,
-            Content {
+            DiskPattern {
                 seed: 8,
                 written: None,
             },
@@ -128,15 +99,15 @@ mod tests {
             bytes[at..at + SECTOR_BYTES].copy_from_slice(&pattern::sector(9, lba));
         }
         std::fs::write(&path, &bytes).unwrap();
-        let written = Some(Written {
+        let written = Some(pattern::SectorRange {
             seed: 9,
             lba: 8,
             count: 8,
         });
-        assert_eq!(verify(&path, Content { seed: 7, written }), Ok(()));
+        assert_eq!(verify(&path, DiskPattern { seed: 7, written }), Ok(()));
         let err = verify(
             &path,
-            Content {
+            DiskPattern {
                 seed: 7,
                 written: None,
             },

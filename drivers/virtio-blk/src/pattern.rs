@@ -153,6 +153,38 @@ const fn xorshift64(mut x: u64) -> u64 {
     x
 }
 
+/// Sectors holding the disk pattern of one seed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SectorRange {
+    /// The pattern's seed.
+    pub seed: u64,
+    /// First sector.
+    pub lba: u64,
+    /// Sectors.
+    pub count: u64,
+}
+
+/// What a whole disk should hold: the pattern of `seed`, except `written`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DiskPattern {
+    /// The seed of every sector outside `written`.
+    pub seed: u64,
+    /// A range holding another seed's pattern.
+    pub written: Option<SectorRange>,
+}
+
+impl DiskPattern {
+    /// The seed sector `lba` should hold.
+    pub fn seed_of(&self, lba: u64) -> u64 {
+        match self.written {
+            Some(range) if (range.lba..range.lba.saturating_add(range.count)).contains(&lba) => {
+                range.seed
+            }
+            _ => self.seed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,10 +48,6 @@ pub struct Disk {
     timeout_ticks: u64,
 }
 
-fn now_us() -> u64 {
-    cpu::uptime_us()
-}
-
 /// Finds and sets up every virtio block device of the device tree.
 /// Transports without a device, or with another kind, are skipped; a block
 /// device that fails to set up is reported and left out.
@@ -376,21 +372,21 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
 
     // Large passes keep the queue full: it drains only between passes.
     let mut buffer = vec![0u8; 8 << 20];
-    let start = now_us();
+    let start = cpu::uptime_us();
     let mut lba = 0;
     while lba < span {
         let sectors = (span - lba).min((buffer.len() / SECTOR_BYTES) as u64);
         disk.read(dma, lba, &mut buffer[..sectors as usize * SECTOR_BYTES])?;
         lba += sectors;
     }
-    let seq_us = (now_us() - start).max(1);
+    let seq_us = (cpu::uptime_us() - start).max(1);
 
-    let start = now_us();
+    let start = cpu::uptime_us();
     random_reads(disk, dma, RANDOM_READS, 1, span)?;
-    let qd1_us = (now_us() - start).max(1);
-    let start = now_us();
+    let qd1_us = (cpu::uptime_us() - start).max(1);
+    let start = cpu::uptime_us();
     random_reads(disk, dma, RANDOM_READS, 16, span)?;
-    let qd16_us = (now_us() - start).max(1);
+    let qd16_us = (cpu::uptime_us() - start).max(1);
 
     let blk = disk.device.stats();
     let dma_stats = disk.device.dma().stats();
@@ -414,20 +410,6 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
     Ok(())
 }
 
-/// Prints every pool's usage, labelled (`baseline` after the devices are
-/// set up, `now` at the end: a leak shows as a difference).
-fn print_pool_usage(dma: &Dma, label: &str) {
-    for pool in dma.pools().iter() {
-        let usage = pool.usage();
-        info!(
-            "dma: pool {} usage {}/{} pages ({label})",
-            pool.name(),
-            usage.used_pages,
-            usage.total_pages
-        );
-    }
-}
-
 /// What the bootargs ask of the block devices, in order: write, verify,
 /// benchmark; then each device's counters and the pools' usage against
 /// their baseline. Errors are reported and the next task still runs.
@@ -435,7 +417,7 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [Disk], d
     if disks.is_empty() {
         return;
     }
-    print_pool_usage(dma, "baseline");
+    dma.print_usage("baseline");
     for disk in disks.iter_mut() {
         if let Some(range) = args.blk_write
             && let Err(err) = write_pattern(disk, dma, range)
@@ -461,5 +443,5 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [Disk], d
         info!("{}", disk.device.stats_line());
         info!("{}", disk.device.dma().stats_line());
     }
-    print_pool_usage(dma, "now");
+    dma.print_usage("now");
 }

@@ -18,6 +18,8 @@
 
 use core::fmt;
 
+pub use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
+
 /// Console log level selected by `log=`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LogLevel {
@@ -72,38 +74,6 @@ pub struct Bootargs<'a> {
     /// `bench=`: MiB to benchmark over.
     pub bench_mib: Option<u64>,
     raw: &'a str,
-}
-
-/// Sectors holding the disk pattern of one seed.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct SectorRange {
-    /// The pattern's seed.
-    pub seed: u64,
-    /// First sector.
-    pub lba: u64,
-    /// Sectors.
-    pub count: u64,
-}
-
-/// What a whole disk should hold: the pattern of `seed`, except `written`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct DiskPattern {
-    /// The seed of every sector outside `written`.
-    pub seed: u64,
-    /// A range holding another seed's pattern.
-    pub written: Option<SectorRange>,
-}
-
-impl DiskPattern {
-    /// The seed sector `lba` should hold.
-    pub fn seed_of(&self, lba: u64) -> u64 {
-        match self.written {
-            Some(range) if (range.lba..range.lba.saturating_add(range.count)).contains(&lba) => {
-                range.seed
-            }
-            _ => self.seed,
-        }
-    }
 }
 
 /// Parses `SEED@LBA+COUNT`.

@@ -16,7 +16,7 @@ use tidepool_dma::{
     FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
     SetupError, WarningSink, WindowAttributes,
 };
-use tidepool_dt::DeviceTree;
+use tidepool_dt::{DeviceTree, ReservedRegion};
 use tidepool_mm::{AddressMap, PhysRange, RegionKind, VirtAddr};
 use tidepool_xen_abi::{CacheFlushBatch, CacheFlushOp, cache_flush_range};
 
@@ -36,6 +36,19 @@ impl CacheMaintenance for KernelCache {
         };
         maintain_range(op, start.0 as usize, len as usize);
     }
+}
+
+/// A device's DMA pool: the first of its `memory-region`s that is a DMA pool.
+pub fn device_pool<'d>(
+    dt: &'d DeviceTree,
+    regions: &[alloc::string::String],
+) -> Option<&'d ReservedRegion> {
+    regions.iter().find_map(|region| {
+        dt.plan
+            .reserved()
+            .iter()
+            .find(|r| r.path == *region && is_dma_pool(r))
+    })
 }
 
 /// `GNTTABOP_cache_flush`: every page of a range in one hypercall.
@@ -196,9 +209,18 @@ impl Dma {
         }
     }
 
-    /// The pools (for usage reports).
-    pub fn pools(&self) -> &PoolSet<'static> {
-        &self.pools
+    /// Prints every pool's usage, labelled (e.g. `baseline` and `now`, so
+    /// that a leak shows as a difference).
+    pub fn print_usage(&self, label: &str) {
+        for pool in self.pools.iter() {
+            let usage = pool.usage();
+            info!(
+                "dma: pool {} usage {}/{} pages ({label})",
+                pool.name(),
+                usage.used_pages,
+                usage.total_pages
+            );
+        }
     }
 
     /// A DMA context for the device at `path`, from its device-tree node:
@@ -210,15 +232,7 @@ impl Dma {
         coherent: bool,
         regions: &'static [alloc::string::String],
     ) -> Result<DmaDevice<'static>, DmaSetupError> {
-        let pool = regions
-            .iter()
-            .find(|region| {
-                dt.plan
-                    .reserved()
-                    .iter()
-                    .any(|r| r.path == **region && is_dma_pool(r))
-            })
-            .map(|region| region.as_str());
+        let pool = device_pool(dt, regions).map(|region| region.path.as_str());
         let device = DmaDevice::new(
             DeviceSpec {
                 name: path,

@@ -157,15 +157,7 @@ pub fn run(dma: &mut Dma, dt: &'static DeviceTree) {
         }
         info!("{}", device.stats_line());
     }
-    for pool in dma.pools().iter() {
-        let usage = pool.usage();
-        info!(
-            "dma: pool {} usage {}/{} pages",
-            pool.name(),
-            usage.used_pages,
-            usage.total_pages
-        );
-    }
+    dma.print_usage("after the self-test");
 }
 
 /// `selftest=dma-naive`: the tidepool path on a buffer of the first device
@@ -173,14 +165,10 @@ pub fn run(dma: &mut Dma, dt: &'static DeviceTree) {
 /// (`phys_to_virt`, then `DC CIVAC` by that address), which faults.
 pub fn run_naive(dma: &mut Dma, dt: &'static DeviceTree) -> ! {
     let map = dma.env().address_map;
-    let with_pool = dt.platform.virtio_mmio.iter().find(|v| {
-        v.memory_regions.iter().any(|region| {
-            dt.plan
-                .reserved()
-                .iter()
-                .any(|r| r.path == *region && r.no_map && crate::memory_plan::is_dma_pool(r))
-        })
-    });
+    let with_pool =
+        dt.platform.virtio_mmio.iter().find(|v| {
+            crate::dma::device_pool(dt, &v.memory_regions).is_some_and(|pool| pool.no_map)
+        });
     let Some(node) = with_pool else {
         error!("dma: naive: no device with a no-map pool in the device tree");
         shutdown(ShutdownReason::Crash);
