@@ -541,15 +541,11 @@ mod tests {
     fn qemu_dumpdtb() -> Option<Vec<u8>> {
         let path =
             std::env::temp_dir().join(format!("xtask-devicetree-test-{}.dtb", std::process::id()));
+        let machine = crate::qemu::Machine::new(crate::qemu::Mode::XenDom0 {
+            dom0_mem: "256M".into(),
+        });
         let result = std::process::Command::new("qemu-system-aarch64")
-            .args([
-                "-machine",
-                &format!(
-                    "virt,gic-version=3,virtualization=on,dumpdtb={}",
-                    path.display()
-                ),
-            ])
-            .args(["-cpu", "cortex-a57", "-m", "1G", "-display", "none"])
+            .args(machine.hardware_args(Some(&path)))
             .output();
         let output = match result {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,

@@ -179,6 +179,7 @@ fn main() -> ExitCode {
 
 /// Builds the kernel and writes build/tidepool.img.
 pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
+    tools::ensure_kernel_target(ws)?;
     run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
         "build",
         "--quiet",
@@ -186,9 +187,13 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
         "-p",
         "tidepool-boot",
         "--target",
-        "aarch64-unknown-none",
+        tools::KERNEL_TARGET,
     ]))?;
-    let elf_path = ws.root.join("target/aarch64-unknown-none/release/tidepool");
+    let elf_path = ws
+        .root
+        .join("target")
+        .join(tools::KERNEL_TARGET)
+        .join("release/tidepool");
     let elf = std::fs::read(&elf_path).map_err(|e| Error::io(elf_path.clone(), e))?;
     let image = image::elf_to_image(&elf)?;
     if image.bytes.len() > image::IMAGE_SIZE_LIMIT {

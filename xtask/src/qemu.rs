@@ -96,7 +96,7 @@ impl Machine {
 
     /// The `-machine`/`-cpu`/`-m`/`-smp`/device arguments shared by the real
     /// boot and the `dumpdtb` run, so the dumped tree matches the machine.
-    fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
+    pub(crate) fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
         let mut machine = format!("virt,gic-version={}", self.gic);
         if self.virtualization || self.is_xen() {
             machine.push_str(",virtualization=on");
@@ -117,7 +117,9 @@ impl Machine {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(["-display", "none", "-no-reboot"].map(String::from));
+        // No default NIC: its option ROM (efi-virtio.rom) comes only with
+        // ipxe-qemu, a Recommends that a --no-install-recommends install lacks.
+        args.extend(["-display", "none", "-no-reboot", "-nic", "none"].map(String::from));
         if self.modern_virtio {
             args.extend(["-global", "virtio-mmio.force-legacy=false"].map(String::from));
         }

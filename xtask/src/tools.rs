@@ -1,9 +1,10 @@
 //! The outside programs tidepool needs, obtained on demand and cached.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use crate::debian::{Arm64Apt, ensure_host_tool};
-use crate::{Error, Result, Workspace};
+use crate::{Error, Result, Workspace, run_checked};
 
 /// The Xen package and the hypervisor image inside it.
 const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
@@ -14,6 +15,62 @@ pub fn ensure_host_tools() -> Result<()> {
     ensure_host_tool("qemu-system-aarch64", "qemu-system-arm")?;
     ensure_host_tool("fdtget", "device-tree-compiler")?;
     ensure_host_tool("dpkg-deb", "dpkg")
+}
+
+/// The kernel's target triple (also named in rust-toolchain.toml).
+pub const KERNEL_TARGET: &str = "aarch64-unknown-none";
+
+/// Makes sure the toolchain that builds the kernel has its target's standard
+/// library. rustup installs the targets of rust-toolchain.toml only when it
+/// installs the toolchain itself: a toolchain that was already there (or is
+/// a link to another) may lack it, and the build then fails with "can't find
+/// crate for `core`". The target is added to the toolchain directory the
+/// sysroot really is, so a linked toolchain gets it too.
+pub fn ensure_kernel_target(ws: &Workspace) -> Result<()> {
+    let output = Command::new("rustc")
+        .current_dir(&ws.root)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| Error::msg(format!("rustc --print sysroot: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::msg(format!(
+            "rustc --print sysroot failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let target_lib = sysroot.join("lib/rustlib").join(KERNEL_TARGET).join("lib");
+    if target_lib.is_dir() {
+        return Ok(());
+    }
+    let real = std::fs::canonicalize(&sysroot).map_err(|e| Error::io(sysroot.clone(), e))?;
+    let toolchain = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::msg(format!("no toolchain name in {}", real.display())))?
+        .to_string();
+    eprintln!("xtask: adding the {KERNEL_TARGET} target to toolchain {toolchain} with rustup");
+    run_checked(
+        Command::new("rustup")
+            .current_dir(&ws.root)
+            .args(["target", "add", "--toolchain", &toolchain, KERNEL_TARGET]),
+    )
+    .map_err(|e| {
+        Error::msg(format!(
+            "the toolchain at {} has no {KERNEL_TARGET} standard library and rustup could not add it ({e}); \
+             run `rustup target add {KERNEL_TARGET}` in {}",
+            sysroot.display(),
+            ws.root.display()
+        ))
+    })?;
+    if target_lib.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "rustup added {KERNEL_TARGET} but {} is still missing",
+            target_lib.display()
+        )))
+    }
 }
 
 /// The Xen hypervisor image: `$TIDEPOOL_XEN` if set (a Xen of the user's
