@@ -8,6 +8,7 @@ use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
+    PoolBuffer,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
@@ -37,10 +38,11 @@ const MAX_BLOCK_SIZE: u32 = MAX_REQUEST_BYTES;
 /// Choices the kernel makes per device.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Options {
-    /// Requests in flight at most (request slots). Each slot holds a
-    /// staging buffer of the largest request (260 KiB of heap), allocated at
-    /// setup. Capped at [`MAX_IN_FLIGHT`] and at a third of the queue (a
-    /// request takes three descriptors).
+    /// Requests in flight at most (request slots). For a device without a
+    /// pool of its own each slot holds a staging buffer of the largest
+    /// request (260 KiB of heap), allocated at setup; a pool device builds
+    /// each request in its pool instead. Capped at [`MAX_IN_FLIGHT`] and at
+    /// a third of the queue (a request takes three descriptors).
     pub in_flight: usize,
 }
 
@@ -92,6 +94,9 @@ enum SlotState<'a> {
     Done {
         request: Completion,
         outcome: Result<(), Failure<'a>>,
+        /// A pool device's request region, back from the device, until
+        /// `finish` has copied a read's data out of it.
+        region: Option<PoolBuffer<'a>>,
     },
 }
 
@@ -112,7 +117,9 @@ pub struct BlockDevice<'a, T: Transport> {
     geometry: Geometry,
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
-    staging: SharedMemory,
+    /// The slots' regions in linear RAM, for a device without a pool of its
+    /// own (`None`: each request is built in a [`PoolBuffer`]).
+    staging: Option<SharedMemory>,
     slots: Vec<Slot<'a>>,
     /// The slot of the chain headed by each descriptor in flight.
     head_slot: [u16; QUEUE_SIZE_LIMIT as usize],
@@ -126,7 +133,7 @@ struct Parts<'a> {
     geometry: Geometry,
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
-    staging: SharedMemory,
+    staging: Option<SharedMemory>,
     slots: usize,
 }
 
@@ -134,18 +141,18 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// Sets up the block device behind `transport`, whose DMA context is
     /// `dma`: checks the transport, resets the device, negotiates features,
     /// reads the configuration, allocates the virtqueue (coherent, from
-    /// `dma`'s pool) and the staging buffers (heap), programs the queue and
-    /// sets `DRIVER_OK`.
+    /// `dma`'s pool) and, for a device without a pool of its own, the
+    /// staging buffers (heap), programs the queue and sets `DRIVER_OK`.
     ///
     /// This is setup: it allocates. On error the device is reset and marked
     /// `FAILED` (once the handshake began) and nothing stays allocated.
     ///
     /// # Safety
     ///
-    /// The virtual address the DMA layer gives for `dma`'s coherent memory
-    /// (its pool's window in `env`, or the linear map for a linear pool) is
-    /// mapped, readable and writable normal memory for as long as the
-    /// returned device lives, as the kernel's [`DmaMemory`](tidepool_dma::DmaMemory)
+    /// The virtual addresses the DMA layer gives for `dma`'s coherent memory
+    /// and pool buffers (its pool's window in `env`, or the linear map for a
+    /// linear pool) are mapped, readable and writable normal memory for as
+    /// long as the returned device lives, as the kernel's [`DmaMemory`](tidepool_dma::DmaMemory)
     /// also assumes; and `env`'s pools hand each page to one owner at a time.
     #[allow(unsafe_code)]
     pub unsafe fn new(
@@ -231,9 +238,17 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             .in_flight
             .min(MAX_IN_FLIGHT)
             .min(usize::from(size) / DESCRIPTORS_PER_REQUEST);
-        let bytes = slots * SLOT_STRIDE;
-        let staging = SharedMemory::allocate(bytes, PAGE_SIZE as usize)
-            .ok_or((InitError::OutOfMemory { device, bytes }, None))?;
+        // A pool device builds each request in its pool, sized to it: no
+        // staging in linear RAM, and no copy between the two.
+        let staging = match dma.private_pool() {
+            Some(_) => None,
+            None => {
+                let bytes = slots * SLOT_STRIDE;
+                let memory = SharedMemory::allocate(bytes, PAGE_SIZE as usize)
+                    .ok_or((InitError::OutOfMemory { device, bytes }, None))?;
+                Some(memory)
+            }
+        };
         let layout = RingLayout::new(size);
         let ring = dma
             .alloc_coherent(env, layout.bytes as u64, RING_ALIGN as u64)
@@ -393,24 +408,54 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 in_flight: self.in_flight(),
             });
         };
-        let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.staging.write_u32(base, op.request_type());
-        self.staging.write_u32(base + 4, 0);
-        self.staging.write_u64(base + 8, lba);
-        if let Some(data) = data {
-            self.staging.write_bytes(base + HEADER_LEN, data);
-        }
-        self.staging
-            .write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
-        let cpu = CpuBuffer {
-            virt: VirtAddr(self.staging.virt().0 + base as u64),
-            len: (HEADER_LEN + bytes_len + 1) as u64,
+        let region_len = HEADER_LEN + bytes_len + 1;
+        // Only the header, a write's data and the status byte are written:
+        // a read's data area is the device's to fill.
+        let fill = |memory: &mut SharedMemory, base: usize| {
+            memory.write_u32(base, op.request_type());
+            memory.write_u32(base + 4, 0);
+            memory.write_u64(base + 8, lba);
+            if let Some(data) = data {
+                memory.write_bytes(base + HEADER_LEN, data);
+            }
+            memory.write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
         };
-        let mapping = self
-            .dma
-            .map(env, cpu, DmaDirection::Bidirectional)
-            .map_err(|error| BlkError::Dma { op, lba, error })?;
+        let dma_error = |error| BlkError::Dma { op, lba, error };
+        let mapping = match &mut self.staging {
+            Some(staging) => {
+                let base = index * SLOT_STRIDE;
+                fill(staging, base);
+                let cpu = CpuBuffer {
+                    virt: VirtAddr(staging.virt().0 + base as u64),
+                    len: region_len as u64,
+                };
+                self.dma
+                    .map(env, cpu, DmaDirection::Bidirectional)
+                    .map_err(dma_error)?
+            }
+            None => {
+                let region = self
+                    .dma
+                    .alloc_in_pool(env, region_len as u64)
+                    .map_err(dma_error)?;
+                fill(&mut pool_memory(&region), 0);
+                match self.dma.map_in_pool(
+                    env,
+                    region,
+                    region_len as u64,
+                    DmaDirection::Bidirectional,
+                ) {
+                    Ok(mapping) => mapping,
+                    Err((error, region)) => {
+                        // Ours, just allocated: the pool takes it back.
+                        let freed = self.dma.free_in_pool(env, region);
+                        debug_assert!(freed.is_ok(), "{freed:?}");
+                        return Err(dma_error(error));
+                    }
+                }
+            }
+        };
         let region = mapping.dma_addr().0;
         let header = Buffer {
             addr: mapping.dma_addr(),
@@ -436,9 +481,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         let head = match self.queue.push(chain) {
             Ok(head) => head,
             Err(_) => {
-                self.dma
-                    .unmap(env, mapping)
-                    .map_err(|error| BlkError::Dma { op, lba, error })?;
+                self.dma.unmap(env, mapping).map_err(dma_error)?;
                 return Err(BlkError::QueueFull {
                     device,
                     in_flight: self.in_flight(),
@@ -602,9 +645,10 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// and its deadline has not passed. A read's data is copied into
     /// `read_into`, which must be exactly the read's length (on a length
     /// error the request stays ready); for a write or a flush `read_into` is
-    /// not used.
+    /// not used. A pool device's request region goes back to its pool.
     pub fn finish(
         &mut self,
+        env: &mut DmaEnv<'_, 'a>,
         token: Token,
         read_into: &mut [u8],
     ) -> Poll<Result<Completion, BlkError<'a>>> {
@@ -617,7 +661,6 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         else {
             return unknown;
         };
-        let base = usize::from(token.slot) * SLOT_STRIDE;
         let (request, outcome) = match &mut slot.state {
             SlotState::Free
             | SlotState::InFlight {
@@ -634,20 +677,40 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     lba: request.lba,
                 }));
             }
-            SlotState::Done { request, outcome } => (*request, *outcome),
+            SlotState::Done {
+                request, outcome, ..
+            } => (*request, *outcome),
         };
         let Completion { op, lba, bytes } = request;
-        if outcome.is_ok() && op == Op::Read {
-            if read_into.len() != bytes as usize {
-                return Poll::Ready(Err(BlkError::ReadBufferLength {
-                    device,
-                    expected: bytes,
-                    found: read_into.len(),
-                }));
-            }
-            self.staging.read_bytes(base + HEADER_LEN, read_into);
+        if outcome.is_ok() && op == Op::Read && read_into.len() != bytes as usize {
+            return Poll::Ready(Err(BlkError::ReadBufferLength {
+                device,
+                expected: bytes,
+                found: read_into.len(),
+            }));
         }
-        slot.state = SlotState::Free;
+        let SlotState::Done { region, .. } = core::mem::replace(&mut slot.state, SlotState::Free)
+        else {
+            unreachable!("only a done slot gets here");
+        };
+        let copy_out = outcome.is_ok() && op == Op::Read;
+        match (&self.staging, region) {
+            (Some(staging), _) => {
+                if copy_out {
+                    let base = usize::from(token.slot) * SLOT_STRIDE;
+                    staging.read_bytes(base + HEADER_LEN, read_into);
+                }
+            }
+            (None, Some(region)) => {
+                if copy_out {
+                    pool_memory(&region).read_bytes(HEADER_LEN, read_into);
+                }
+                if let Err(error) = self.dma.free_in_pool(env, region) {
+                    return Poll::Ready(Err(BlkError::Dma { op, lba, error }));
+                }
+            }
+            (None, None) => {}
+        }
         Poll::Ready(match outcome {
             Ok(()) => Ok(request),
             Err(Failure::Status(status)) => Err(BlkError::Device {
@@ -687,23 +750,36 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 // slot in flight.
                 unreachable!("used chain {} of a slot not in flight", used.head);
             };
-            let outcome = match self.dma.unmap(env, mapping) {
-                Err(error) => Err(Failure::Dma(error)),
-                Ok(()) => {
-                    let status = self
-                        .staging
-                        .read_u8(index * SLOT_STRIDE + HEADER_LEN + request.bytes as usize);
-                    DeviceStatus::check(status).map_err(Failure::Status)
-                }
+            let status_at = HEADER_LEN + request.bytes as usize;
+            let (outcome, region) = match &self.staging {
+                Some(staging) => match self.dma.unmap(env, mapping) {
+                    Err(error) => (Err(Failure::Dma(error)), None),
+                    Ok(()) => (
+                        Ok(staging.read_u8(index * SLOT_STRIDE + status_at)),
+                        None,
+                    ),
+                },
+                None => match self.dma.unmap_in_pool(env, mapping) {
+                    Err(error) => (Err(Failure::Dma(error)), None),
+                    Ok(region) => (Ok(pool_memory(&region).read_u8(status_at)), Some(region)),
+                },
             };
-            if abandoned {
-                continue;
-            }
-            if expired {
-                slot.state = SlotState::Done {
-                    request,
-                    outcome: Err(Failure::Expired),
-                };
+            let outcome = outcome
+                .and_then(|status| DeviceStatus::check(status).map_err(Failure::Status));
+            let slot = &mut self.slots[index];
+            if abandoned || expired {
+                if let Some(region) = region {
+                    let freed = self.dma.free_in_pool(env, region);
+                    // Ours, just back from the device: the pool takes it.
+                    debug_assert!(freed.is_ok(), "{freed:?}");
+                }
+                if expired && !abandoned {
+                    slot.state = SlotState::Done {
+                        request,
+                        outcome: Err(Failure::Expired),
+                        region: None,
+                    };
+                }
                 continue;
             }
             match outcome {
@@ -711,7 +787,11 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 Err(_) => self.stats.errors += 1,
             }
             let slot = &mut self.slots[index];
-            slot.state = SlotState::Done { request, outcome };
+            slot.state = SlotState::Done {
+                request,
+                outcome,
+                region,
+            };
             completions.push(Token {
                 slot: index as u16,
                 generation: slot.generation,
@@ -798,7 +878,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 });
             }
             self.expire(clock());
-            if let Poll::Ready(result) = self.finish(token, &mut []) {
+            if let Poll::Ready(result) = self.finish(env, token, &mut []) {
                 return result.map(|_| ());
             }
         }
@@ -870,7 +950,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     Transfer::Read(buffer) => &mut buffer[offset..offset + len],
                     Transfer::Write(_) => &mut [],
                 };
-                if let Poll::Ready(result) = self.finish(token, read_into) {
+                if let Poll::Ready(result) = self.finish(env, token, read_into) {
                     *entry = None;
                     if let Err(error) = result {
                         first_error.get_or_insert(error);
@@ -903,11 +983,18 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
         let mut first_error = None;
         for slot in slots {
-            if let SlotState::InFlight {
-                mapping, request, ..
-            } = slot.state
-                && let Err(error) = dma.unmap(env, mapping)
-            {
+            let (request, result) = match slot.state {
+                SlotState::InFlight {
+                    mapping, request, ..
+                } => (request, dma.unmap(env, mapping)),
+                SlotState::Done {
+                    request,
+                    region: Some(region),
+                    ..
+                } => (request, dma.free_in_pool(env, region)),
+                _ => continue,
+            };
+            if let Err(error) = result {
                 first_error.get_or_insert(BlkError::Dma {
                     op: request.op,
                     lba: request.lba,
@@ -924,6 +1011,17 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
         first_error.map_or(Ok(dma), Err)
     }
+}
+
+/// The CPU's access to a pool buffer, through its pool's window.
+#[allow(unsafe_code)]
+fn pool_memory(region: &PoolBuffer<'_>) -> SharedMemory {
+    // SAFETY: the DMA layer gives the buffer's address in its pool's window,
+    // which `BlockDevice::new`'s contract makes mapped read-write normal
+    // memory (not 0) while the device lives; the pool gave these pages to
+    // this buffer alone, and the caller holds it (not mapped for the device)
+    // for as long as it uses the returned value.
+    unsafe { SharedMemory::window(region.virt(), region.size() as usize) }
 }
 
 /// The data of a blocking transfer.

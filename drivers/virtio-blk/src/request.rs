@@ -3,7 +3,8 @@
 //!
 //! # One region per request
 //!
-//! Every request lives in one contiguous staging buffer of its slot:
+//! Every request lives in one contiguous region (its slot's staging buffer,
+//! or a buffer in the device's own pool):
 //!
 //! ```text
 //! +------------------+---------------------------+--------+

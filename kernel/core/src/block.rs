@@ -175,7 +175,7 @@ impl Disk {
         buffer: &mut [u8],
     ) -> Result<(), BlkError<'static>> {
         loop {
-            if let Poll::Ready(result) = self.device.finish(token, buffer) {
+            if let Poll::Ready(result) = self.device.finish(&mut dma.env(), token, buffer) {
                 return result.map(|_| ());
             }
             self.wait_and_harvest(dma);

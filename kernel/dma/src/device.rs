@@ -123,6 +123,31 @@ enum MappingTarget {
         block: PhysRange,
         window: VirtAddr,
     },
+    /// A [`PoolBuffer`] the CPU filled in place: nothing is copied.
+    InPool {
+        pool: PoolId,
+        block: PhysRange,
+        window: VirtAddr,
+    },
+}
+
+impl MappingTarget {
+    /// The pool memory the device is given, if it is pool memory.
+    fn pool_block(&self) -> Option<(PoolId, PhysRange, VirtAddr)> {
+        match *self {
+            Self::Direct { .. } => None,
+            Self::Bounce {
+                pool,
+                block,
+                window,
+            }
+            | Self::InPool {
+                pool,
+                block,
+                window,
+            } => Some((pool, block, window)),
+        }
+    }
 }
 
 /// A live streaming mapping. Unmapping consumes it; it cannot be copied.
@@ -197,6 +222,44 @@ impl<'a> CoherentBuffer<'a> {
     /// The pool it came from.
     pub fn pool(&self) -> PoolId {
         self.pool
+    }
+
+    /// The device that allocated it.
+    pub fn device(&self) -> &'a str {
+        self.device
+    }
+}
+
+/// Streaming memory in the device's own pool, which the CPU fills and reads
+/// in place through the pool's window and the device is given directly: no
+/// bounce copy either way. Its syncs are the DMA layer's, the same as a
+/// bounce buffer's at that address. Mapping it hands it to the device
+/// ([`DmaDevice::map_in_pool`] consumes it and [`DmaDevice::unmap_in_pool`]
+/// gives it back), so it cannot be freed or refilled while the device may
+/// use it; freeing consumes it. Its contents are not zeroed: a fresh buffer
+/// holds what this pool's earlier users left.
+#[derive(PartialEq, Eq, Debug)]
+pub struct PoolBuffer<'a> {
+    device: &'a str,
+    pool: PoolId,
+    block: PhysRange,
+    window: VirtAddr,
+}
+
+impl<'a> PoolBuffer<'a> {
+    /// Where the CPU reaches it: the pool's window.
+    pub fn virt(&self) -> VirtAddr {
+        self.window
+    }
+
+    /// Its DMA address.
+    pub fn dma_addr(&self) -> DmaAddr {
+        DmaAddr::from_phys(self.block.base)
+    }
+
+    /// Its size in bytes (whole pages).
+    pub fn size(&self) -> u64 {
+        self.block.size
     }
 
     /// The device that allocated it.
@@ -427,6 +490,130 @@ impl<'a> DmaDevice<'a> {
         Ok(())
     }
 
+    /// Allocates `size` bytes (whole pages, not zeroed) of streaming memory
+    /// in the device's own pool, for requests built in place
+    /// ([`Self::map_in_pool`]). Refused for a device without a pool: its
+    /// streaming memory is its CPU buffers ([`Self::map`]).
+    pub fn alloc_in_pool(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        size: u64,
+    ) -> Result<PoolBuffer<'a>, DmaError<'a>> {
+        let device = self.name;
+        let pool_id = self
+            .private_pool
+            .ok_or(DmaError::NoDevicePool { device })?;
+        let pool = self.pool_mut(env.pools, pool_id)?;
+        let block = pool
+            .alloc(size, PAGE_SIZE)
+            .map_err(|error| DmaError::Pool { device, error })?;
+        Ok(PoolBuffer {
+            device,
+            pool: pool_id,
+            window: window_address(pool, block.base),
+            block,
+        })
+    }
+
+    /// Frees a pool buffer of this device.
+    pub fn free_in_pool(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        buffer: PoolBuffer<'a>,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(buffer.device)?;
+        let device = self.name;
+        self.pool_mut(env.pools, buffer.pool)?
+            .free(buffer.block)
+            .map_err(|error| DmaError::Pool { device, error })
+    }
+
+    /// Maps the first `len` bytes of `buffer` for streaming DMA in direction
+    /// `dir` and syncs them for the device, copying nothing: the device is
+    /// given the buffer itself. Only the mapped bytes are synced, now and at
+    /// unmap. On a refusal (another device's buffer, `len` zero or past the
+    /// buffer) the buffer comes back with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn map_in_pool(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        buffer: PoolBuffer<'a>,
+        len: u64,
+        dir: DmaDirection,
+    ) -> Result<DmaMapping<'a>, (DmaError<'a>, PoolBuffer<'a>)> {
+        if let Err(error) = self.check_owner(buffer.device) {
+            return Err((error, buffer));
+        }
+        if len == 0 {
+            return Err((DmaError::ZeroLength { device: self.name }, buffer));
+        }
+        if len > buffer.block.size {
+            let error = DmaError::BufferOutOfRange {
+                device: self.name,
+                virt: buffer.window,
+                len,
+            };
+            return Err((error, buffer));
+        }
+        let mapping = DmaMapping {
+            device: self.name,
+            dma: buffer.dma_addr(),
+            cpu: CpuBuffer {
+                virt: buffer.window,
+                len,
+            },
+            dir,
+            target: MappingTarget::InPool {
+                pool: buffer.pool,
+                block: buffer.block,
+                window: buffer.window,
+            },
+        };
+        if let Err(error) = self.cache_sync(env, &mapping, SyncPoint::ForDevice) {
+            return Err((error, buffer));
+        }
+        self.stats.maps += 1;
+        Ok(mapping)
+    }
+
+    /// Syncs a mapping made by [`Self::map_in_pool`] for the CPU and gives
+    /// its buffer back, whose bytes the CPU may then read in place. Any
+    /// other mapping is refused (and consumed: [`Self::unmap`] is its way
+    /// back).
+    pub fn unmap_in_pool(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        mapping: DmaMapping<'a>,
+    ) -> Result<PoolBuffer<'a>, DmaError<'a>> {
+        self.check_owner(mapping.device)?;
+        let MappingTarget::InPool {
+            pool,
+            block,
+            window,
+        } = mapping.target
+        else {
+            return Err(DmaError::NotInPool {
+                device: self.name,
+                dma: mapping.dma,
+            });
+        };
+        if !self.pool(env.pools, pool)?.is_allocation(block) {
+            return Err(DmaError::NoSuchMapping {
+                device: self.name,
+                dma: mapping.dma,
+                len: mapping.cpu.len,
+            });
+        }
+        self.cache_sync(env, &mapping, SyncPoint::ForCpu)?;
+        self.stats.unmaps += 1;
+        Ok(PoolBuffer {
+            device: self.name,
+            pool,
+            block,
+            window,
+        })
+    }
+
     /// The live coherent buffer of this device at `dma` of `size` bytes, for
     /// callers that keep only the address (virtio-drivers' `Hal::dma_dealloc`).
     pub fn coherent_at(
@@ -615,6 +802,10 @@ impl<'a> DmaDevice<'a> {
     /// Syncs for the CPU, copies a bounce buffer back to the CPU buffer when
     /// the device wrote it, and frees the bounce buffer.
     ///
+    /// A mapping of [`Self::map_in_pool`] is synced and its pool buffer
+    /// freed (for a caller giving up on it; [`Self::unmap_in_pool`] keeps
+    /// it).
+    ///
     /// A mapping of another device is refused; it is consumed all the same
     /// and its bounce buffer stays allocated (a caller bug, visible in the
     /// pool's usage). A bounce buffer that is no longer allocated is refused
@@ -625,7 +816,7 @@ impl<'a> DmaDevice<'a> {
         mapping: DmaMapping<'a>,
     ) -> Result<(), DmaError<'a>> {
         self.check_owner(mapping.device)?;
-        if let MappingTarget::Bounce { pool, block, .. } = mapping.target
+        if let Some((pool, block, _)) = mapping.target.pool_block()
             && !self.pool(env.pools, pool)?.is_allocation(block)
         {
             return Err(DmaError::NoSuchMapping {
@@ -635,7 +826,7 @@ impl<'a> DmaDevice<'a> {
             });
         }
         self.sync_for_cpu(env, &mapping)?;
-        if let MappingTarget::Bounce { pool, block, .. } = mapping.target {
+        if let Some((pool, block, _)) = mapping.target.pool_block() {
             let device = self.name;
             self.pool_mut(env.pools, pool)?
                 .free(block)
@@ -692,6 +883,16 @@ impl<'a> DmaDevice<'a> {
         self.stats.syncs += 1;
         let len = mapping.cpu.len;
         let (pool_id, block, window) = match mapping.target {
+            MappingTarget::Bounce {
+                pool,
+                block,
+                window,
+            }
+            | MappingTarget::InPool {
+                pool,
+                block,
+                window,
+            } => (pool, block, window),
             MappingTarget::Direct { linear } => {
                 let action = sync_action(
                     self.coherent,
@@ -706,11 +907,6 @@ impl<'a> DmaDevice<'a> {
                 }
                 return Ok(());
             }
-            MappingTarget::Bounce {
-                pool,
-                block,
-                window,
-            } => (pool, block, window),
         };
         let pool = self.pool_mut(env.pools, pool_id)?;
         let mut platform = env.platform.as_deref_mut();

@@ -202,6 +202,19 @@ pub enum DmaError<'a> {
         /// The pool id.
         pool: PoolId,
     },
+    /// Streaming memory in the device's pool for a device without one.
+    NoDevicePool {
+        /// The device.
+        device: &'a str,
+    },
+    /// [`DmaDevice::unmap_in_pool`](crate::DmaDevice::unmap_in_pool) of a
+    /// mapping that is not of a pool buffer.
+    NotInPool {
+        /// The device.
+        device: &'a str,
+        /// The mapping's DMA address.
+        dma: DmaAddr,
+    },
     /// No live mapping or coherent buffer matches what was given.
     NoSuchMapping {
         /// The device.
@@ -249,6 +262,12 @@ impl fmt::Display for DmaError<'_> {
             ),
             Self::UnknownPoolId { device, pool } => {
                 write!(f, "device {device}: pool {pool} is not in this pool set")
+            }
+            Self::NoDevicePool { device } => {
+                write!(f, "device {device} has no DMA pool of its own")
+            }
+            Self::NotInPool { device, dma } => {
+                write!(f, "device {device}: the mapping at {dma} is not of a pool buffer")
             }
             Self::NoSuchMapping { device, dma, len } => {
                 write!(

@@ -73,7 +73,7 @@ pub use boundary::{
 };
 pub use device::{
     CoherentBuffer, CpuBuffer, DeviceSpec, DmaAddr, DmaDevice, DmaEnv, DmaMapping, DmaStats,
-    FlushRefusedWarning, StatsLine, WarningSink,
+    FlushRefusedWarning, PoolBuffer, StatsLine, WarningSink,
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{

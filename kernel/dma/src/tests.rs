@@ -745,6 +745,91 @@ fn bounce_copies_follow_the_direction() {
 }
 
 #[test]
+fn a_pool_buffer_is_synced_like_a_bounce_buffer_and_never_copied() {
+    let mut rig = Rig::new(Platform::Xen);
+    let mut dev = rig.device(DEVICE, false, Some(DYNAMIC_POOL));
+    let free = rig.pool(DYNAMIC_POOL).usage();
+    let buffer = dev.alloc_in_pool(&mut rig.env(), 0x2100).unwrap();
+    assert_eq!(buffer.size(), 0x3000);
+    assert!(DYNAMIC_PHYS.contains(buffer.dma_addr().phys()));
+    assert_eq!(
+        buffer.virt().0,
+        window_of(&rig, DYNAMIC_POOL, buffer.dma_addr())
+    );
+    let (dma, window) = (buffer.dma_addr(), buffer.virt().0);
+    rig.memory.write(window, &pattern(0x2011, 5));
+    rig.forget_setup();
+    // Only the bytes the device touches are mapped and flushed: one
+    // hypercall, for the device; the non-cacheable window needs none after.
+    let mapping = dev
+        .map_in_pool(&mut rig.env(), buffer, 0x2011, DmaDirection::Bidirectional)
+        .unwrap();
+    assert_eq!((mapping.dma_addr(), mapping.size()), (dma, 0x2011));
+    assert!(!mapping.is_bounced());
+    rig.memory.write(window + 0x10, &pattern(0x2000, 9));
+    let buffer = dev.unmap_in_pool(&mut rig.env(), mapping).unwrap();
+    assert_eq!(
+        rig.hypercalls(),
+        [(CacheOp::CleanInvalidate, PhysRange::new(dma.0, 0x2011))]
+    );
+    assert_eq!(rig.memory.read(window + 0x10, 0x2000), pattern(0x2000, 9));
+    let stats = *dev.stats();
+    assert_eq!(
+        (stats.maps, stats.unmaps, stats.syncs, stats.hypercalls),
+        (1, 1, 2, 1)
+    );
+    assert_eq!(stats.bounced, 0, "nothing copied either way");
+    // The same buffer again, then given up through `unmap`, which frees it.
+    let mapping = dev
+        .map_in_pool(&mut rig.env(), buffer, 0x1000, DmaDirection::FromDevice)
+        .unwrap();
+    dev.unmap(&mut rig.env(), mapping).unwrap();
+    assert_eq!(rig.pool(DYNAMIC_POOL).usage(), free);
+    assert_eq!(dev.stats().hypercalls, 2);
+}
+
+#[test]
+fn pool_buffers_are_refused_where_they_do_not_belong() {
+    let mut rig = Rig::new(Platform::Xen);
+    let mut dev = rig.device(DEVICE, false, Some(STATIC_POOL));
+    let mut other = rig.device(OTHER_DEVICE, false, Some(STATIC_POOL));
+    let mut no_pool = rig.device(OTHER_DEVICE, false, None);
+    assert!(matches!(
+        no_pool.alloc_in_pool(&mut rig.env(), 0x1000),
+        Err(DmaError::NoDevicePool {
+            device: OTHER_DEVICE
+        })
+    ));
+    let buffer = dev.alloc_in_pool(&mut rig.env(), 0x1000).unwrap();
+    let dma = buffer.dma_addr();
+    let (err, buffer) = other
+        .map_in_pool(&mut rig.env(), buffer, 0x10, DmaDirection::ToDevice)
+        .unwrap_err();
+    assert!(matches!(err, DmaError::ForeignHandle { .. }), "{err}");
+    let (err, buffer) = dev
+        .map_in_pool(&mut rig.env(), buffer, 0x1001, DmaDirection::ToDevice)
+        .unwrap_err();
+    assert!(matches!(err, DmaError::BufferOutOfRange { .. }), "{err}");
+    let (err, buffer) = dev
+        .map_in_pool(&mut rig.env(), buffer, 0, DmaDirection::ToDevice)
+        .unwrap_err();
+    assert!(matches!(err, DmaError::ZeroLength { .. }), "{err}");
+    assert_eq!(buffer.dma_addr(), dma, "every refusal gives the buffer back");
+    assert_eq!(dev.stats().syncs, 0);
+    let cpu = rig.cpu_buffer(0x4010_0000, 0x100, 1);
+    let bounced = dev
+        .map(&mut rig.env(), cpu, DmaDirection::ToDevice)
+        .unwrap();
+    let bounce_dma = bounced.dma_addr();
+    let err = dev.unmap_in_pool(&mut rig.env(), bounced).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("device {DEVICE}: the mapping at {bounce_dma} is not of a pool buffer")
+    );
+    assert!(other.free_in_pool(&mut rig.env(), buffer).is_err());
+}
+
+#[test]
 fn a_buffer_inside_a_pool_window_is_not_linear_ram() {
     let mut rig = Rig::new(Platform::Xen);
     let mut dev = rig.device(DEVICE, false, None);

@@ -4,6 +4,7 @@
 
 use core::task::Poll;
 
+use tidepool_dma::DmaEnv;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::feature;
 use tidepool_virtio_blk::{
@@ -47,10 +48,11 @@ fn verify(seed: u64, lba: u64, bytes: &[u8]) {
 /// Finishes `token`, which must be ready.
 fn finish(
     disk: &mut BlockDevice<'static, Sim>,
+    env: &mut DmaEnv<'_, 'static>,
     token: Token,
     read_into: &mut [u8],
 ) -> Result<Completion, BlkError<'static>> {
-    match disk.finish(token, read_into) {
+    match disk.finish(env, token, read_into) {
         Poll::Ready(result) => result,
         Poll::Pending => panic!("{token} still pending"),
     }
@@ -260,7 +262,7 @@ fn device_errors_carry_the_operation_sector_and_status() {
         )
         .unwrap();
     b.disk.poll(&mut b.rig.env());
-    let error = finish(&mut b.disk, token, &mut buffer).unwrap_err();
+    let error = finish(&mut b.disk, &mut b.rig.env(), token, &mut buffer).unwrap_err();
     assert_eq!(
         error.to_string(),
         "blk /virtio_mmio@a003e00: read at sector 42 failed: status 0x7f"
@@ -363,7 +365,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
         .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline(100))
         .unwrap();
     let mut buffer = [0; 4096];
-    assert_eq!(b.disk.finish(token, &mut buffer), Poll::Pending);
+    assert_eq!(b.disk.finish(env, token, &mut buffer), Poll::Pending);
     assert!(b.disk.expire(99).is_empty());
     assert_eq!(b.disk.expire(100).as_slice(), [token]);
     assert!(b.disk.expire(1000).is_empty(), "reported once");
@@ -372,9 +374,9 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
         op: Op::Read,
         lba: 0,
     };
-    assert_eq!(finish(&mut b.disk, token, &mut buffer), Err(timeout));
+    assert_eq!(finish(&mut b.disk, env, token, &mut buffer), Err(timeout));
     assert_eq!(
-        finish(&mut b.disk, token, &mut buffer),
+        finish(&mut b.disk, env, token, &mut buffer),
         Err(BlkError::UnknownToken {
             device: DEVICE,
             token
@@ -401,7 +403,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
     b.sim.complete_all();
     assert!(b.disk.poll(env).is_empty());
     assert_eq!(
-        finish(&mut b.disk, token, &mut buffer),
+        finish(&mut b.disk, env, token, &mut buffer),
         Err(BlkError::Timeout {
             device: DEVICE,
             op: Op::Read,
@@ -476,7 +478,7 @@ fn twenty_one_requests_in_flight_complete_out_of_order_by_interrupt() {
             let expected: Vec<Token> = batch.iter().map(|&r| tokens[r]).collect();
             assert_eq!(completed.as_slice(), expected);
             for &request in batch {
-                let done = finish(&mut b.disk, tokens[request], &mut buffer).unwrap();
+                let done = finish(&mut b.disk, env, tokens[request], &mut buffer).unwrap();
                 assert_eq!(
                     done,
                     Completion {
@@ -505,7 +507,7 @@ fn tokens_are_finished_once_and_read_buffers_must_fit() {
     assert_eq!(b.disk.poll(env).as_slice(), [token]);
     let mut short = [0; 512];
     assert_eq!(
-        finish(&mut b.disk, token, &mut short),
+        finish(&mut b.disk, env, token, &mut short),
         Err(BlkError::ReadBufferLength {
             device: DEVICE,
             expected: 1024,
@@ -513,9 +515,9 @@ fn tokens_are_finished_once_and_read_buffers_must_fit() {
         })
     );
     let mut buffer = [0; 1024];
-    finish(&mut b.disk, token, &mut buffer).unwrap();
+    finish(&mut b.disk, env, token, &mut buffer).unwrap();
     verify(5, 3, &buffer);
-    let unknown = finish(&mut b.disk, token, &mut buffer).unwrap_err();
+    let unknown = finish(&mut b.disk, env, token, &mut buffer).unwrap_err();
     assert_eq!(
         unknown.to_string(),
         format!("blk /virtio_mmio@a003e00: {token} is not waiting to be finished")
@@ -527,8 +529,8 @@ fn tokens_are_finished_once_and_read_buffers_must_fit() {
         .unwrap();
     assert_ne!(again, token);
     b.disk.poll(env);
-    assert!(finish(&mut b.disk, token, &mut buffer).is_err());
-    assert!(finish(&mut b.disk, again, &mut buffer).is_ok());
+    assert!(finish(&mut b.disk, env, token, &mut buffer).is_err());
+    assert!(finish(&mut b.disk, env, again, &mut buffer).is_ok());
 }
 
 #[test]
@@ -633,7 +635,7 @@ fn the_driver_survives_the_wrap_of_its_16_bit_ring_indices() {
     for round in 0..70_000_u32 {
         let token = b.disk.submit(env, Request::Flush, Deadline::NEVER).unwrap();
         assert_eq!(b.disk.poll(env).as_slice(), [token], "round {round}");
-        finish(&mut b.disk, token, &mut []).unwrap();
+        finish(&mut b.disk, env, token, &mut []).unwrap();
     }
     assert_eq!(b.disk.stats().flushes, 70_000);
     assert_eq!(b.sim.state().flushes, 70_000);

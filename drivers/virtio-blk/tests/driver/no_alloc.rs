@@ -83,7 +83,7 @@ fn the_io_path_does_not_allocate() {
                     &mut buffer[..0]
                 };
                 assert!(matches!(
-                    b.disk.finish(token.unwrap(), read_into),
+                    b.disk.finish(env, token.unwrap(), read_into),
                     Poll::Ready(Ok(_))
                 ));
             }
@@ -114,11 +114,11 @@ fn the_io_path_does_not_allocate() {
             b.sim.complete_all();
             b.disk.poll(env);
             assert!(matches!(
-                b.disk.finish(failing, &mut buffer[..512]),
+                b.disk.finish(env, failing, &mut buffer[..512]),
                 Poll::Ready(Err(BlkError::Device { .. }))
             ));
             assert!(matches!(
-                b.disk.finish(late, &mut buffer[..512]),
+                b.disk.finish(env, late, &mut buffer[..512]),
                 Poll::Ready(Err(BlkError::Timeout { .. }))
             ));
             // The blocking helpers: a split read, a write and a flush.
