@@ -372,6 +372,13 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
     }
 
+    /// Asks the device to interrupt when it completes requests (the
+    /// default) or not, for a caller that polls ([`Self::poll`]). A hint:
+    /// a device may interrupt anyway.
+    pub fn set_interrupts(&mut self, enabled: bool) {
+        self.queue.suppress_interrupts(!enabled);
+    }
+
     /// Its DMA context (for its counters).
     pub fn dma(&self) -> &DmaDevice<'a> {
         &self.dma

@@ -1,7 +1,8 @@
 //! tidepool's virtio-mmio block driver (legacy and modern transports, one
 //! split virtqueue), all of whose DMA — allocation, mapping and every sync —
 //! goes through the device's [`DmaDevice`](tidepool_dma::DmaDevice); and
-//! [`pattern`], the disk content the kernel and xtask share.
+//! what the kernel and xtask share: [`pattern`], the disk content, and
+//! [`workload`], the benchmark's random reads and checksum.
 //!
 //! # Why not `virtio-drivers`
 //!
@@ -135,7 +136,7 @@
 //! # Console lines
 //!
 //! - [`BlockDevice::info_line`]:
-//!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=64 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
+//!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=128 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
 //! - [`BlockDevice::stats_line`]:
 //!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
 #![cfg_attr(not(test), no_std)]
@@ -154,6 +155,8 @@ mod queue;
 mod request;
 mod stats;
 pub mod transport;
+pub mod wait;
+pub mod workload;
 
 pub use device::{BlockDevice, InfoLine, Options};
 pub use error::{BlkError, DeviceFault, InitError};

@@ -44,7 +44,7 @@ use crate::memory::SharedMemory;
 
 /// The largest queue the driver sets up (it takes the device's maximum if
 /// that is smaller).
-pub const QUEUE_SIZE_LIMIT: u16 = 64;
+pub const QUEUE_SIZE_LIMIT: u16 = 128;
 
 /// Alignment of the allocation and of the used ring.
 pub(crate) const RING_ALIGN: usize = 4096;
@@ -54,6 +54,8 @@ const DESCRIPTOR_SIZE: usize = 16;
 const DESC_F_NEXT: u16 = 1;
 /// `VIRTQ_DESC_F_WRITE`: the device writes this buffer.
 const DESC_F_WRITE: u16 = 2;
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver asks not to be interrupted.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Offset of `idx` in both rings (after `flags`).
 const RING_IDX: usize = 2;
 /// Offset of the first entry in both rings.
@@ -165,6 +167,14 @@ impl SplitQueue {
     }
 
     /// Queue size (entries).
+    /// Asks the device not to interrupt when it returns buffers, or to
+    /// again (the available ring's `flags`; a hint the device may ignore,
+    /// virtio 1.2 §2.7.7).
+    pub(crate) fn suppress_interrupts(&mut self, suppress: bool) {
+        let flags = if suppress { AVAIL_F_NO_INTERRUPT } else { 0 };
+        self.memory.write_u16(self.layout.avail, flags);
+    }
+
     pub(crate) fn size(&self) -> u16 {
         self.layout.size
     }
@@ -479,6 +489,17 @@ mod tests {
         }
         assert_eq!(q.pop_used().unwrap().unwrap().head, heads[2]);
         assert_eq!(q.pop_used().unwrap().unwrap().head, heads[1]);
+    }
+
+    #[test]
+    fn interrupt_suppression_is_the_available_rings_flag() {
+        let mut q = queue(8);
+        let avail = q.layout.avail;
+        assert_eq!(q.memory.read_u16(avail), 0);
+        q.suppress_interrupts(true);
+        assert_eq!(q.memory.read_u16(avail), AVAIL_F_NO_INTERRUPT);
+        q.suppress_interrupts(false);
+        assert_eq!(q.memory.read_u16(avail), 0);
     }
 
     #[test]

@@ -2,10 +2,22 @@
 //! driven by `tidepool-virtio-blk` on the DMA layer, completing by interrupt.
 //!
 //! The transport's SPI handler only acknowledges the interrupt and notes it;
-//! the waiting code harvests the used ring (`poll`) after WFI returns, so the
-//! driver's state is never touched from interrupt context. The driver's
-//! clock is the virtual counter in ticks (no division on the I/O path);
-//! reports use microseconds ([`cpu::uptime_us`]).
+//! the waiting code harvests the used ring (`poll`), so the driver's state is
+//! never touched from interrupt context. The driver's clock is the virtual
+//! counter in ticks (no division on the I/O path); reports convert.
+//!
+//! # Waiting (`wait=`)
+//!
+//! - `wfi`: idle in WFI until the device's interrupt. Under Xen, WFI traps:
+//!   the vCPU is descheduled and woken for every completion.
+//! - `poll`: spin on the used ring with the device's interrupts suppressed.
+//! - `hybrid`: spin for a budget that follows recent completion times
+//!   ([`SpinBudget`], at most [`SPIN_CAP_US`]), then WFI.
+//!
+//! The default is `poll`: a dom0 that waits for its disk has nothing else to
+//! run on that vCPU, and `cargo xtask bench` measured it the fastest at every
+//! queue depth (its CPU cost per request is reported beside, as the time not
+//! spent in WFI).
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -20,11 +32,13 @@ use tidepool_dt::{DeviceTree, VirtioMmio};
 use tidepool_mm::PhysAddr;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::{ReadRegister, Transport, WriteRegister};
+use tidepool_virtio_blk::wait::{SpinBudget, WaitMode};
+use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
 use tidepool_virtio_blk::{
     BlkError, BlockDevice, Deadline, MmioTransport, Options, Request, Token,
 };
 
-use crate::arch::aarch64::{cpu, timer as arch_timer};
+use crate::arch::aarch64::timer as arch_timer;
 use crate::bootargs::{DiskPattern, SectorRange};
 use crate::dma::Dma;
 use crate::irq;
@@ -38,6 +52,22 @@ const BLOCK_DEVICE_ID: u32 = 2;
 const REQUEST_TIMEOUT_US: u64 = 5_000_000;
 /// Bytes per request of the bulk paths (the driver's largest request).
 const CHUNK_BYTES: usize = 256 * 1024;
+/// Requests in flight per device (the benchmark's deepest queue, QD32).
+const IN_FLIGHT: usize = 32;
+/// The longest spin of `wait=hybrid` before WFI.
+pub const SPIN_CAP_US: u64 = 1000;
+/// Random reads per queue depth of `bench=` when `bench-reads=` is not given.
+const BENCH_READS: u64 = 4096;
+/// How block I/O waits when `wait=` is not given.
+pub const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
+
+/// How a device waits, and what waiting cost.
+struct Waiter {
+    mode: WaitMode,
+    budget: SpinBudget,
+    /// Ticks spent in WFI (interrupts on), for the CPU cost of a request.
+    idle_ticks: u64,
+}
 
 /// One block device.
 pub struct Disk {
@@ -46,12 +76,13 @@ pub struct Disk {
     interrupted: &'static AtomicBool,
     /// [`REQUEST_TIMEOUT_US`] in counter ticks.
     timeout_ticks: u64,
+    waiter: Waiter,
 }
 
 /// Finds and sets up every virtio block device of the device tree.
 /// Transports without a device, or with another kind, are skipped; a block
 /// device that fails to set up is reported and left out.
-pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
+pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<Disk> {
     let map = dma.env().address_map;
     let mut disks = Vec::new();
     for node in &dt.platform.virtio_mmio {
@@ -69,7 +100,8 @@ pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
             continue;
         }
         match set_up(dt, dma, node, transport, base) {
-            Ok(disk) => {
+            Ok(mut disk) => {
+                disk.set_wait(wait);
                 info!("{}", disk.device.info_line());
                 disks.push(disk);
             }
@@ -94,8 +126,17 @@ fn set_up(
     // read-write for the kernel's lifetime, and its pools hand each page to
     // one owner (the memory bring-up and `Dma::new` set them up).
     let device =
-        unsafe { BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default()) }
-            .map_err(|e| e.to_string())?;
+        unsafe {
+            BlockDevice::new(
+                transport,
+                dma_device,
+                &mut dma.env(),
+                Options {
+                    in_flight: IN_FLIGHT,
+                },
+            )
+        }
+        .map_err(|e| e.to_string())?;
     let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
     let handler: irq::Handler = Box::leak(Box::new(move |_| {
@@ -115,10 +156,16 @@ fn set_up(
         trigger
     );
     let timeout_ticks = arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000);
+    let spin_cap = arch_timer::frequency() * SPIN_CAP_US / 1_000_000;
     Ok(Disk {
         device,
         interrupted,
         timeout_ticks,
+        waiter: Waiter {
+            mode: DEFAULT_WAIT,
+            budget: SpinBudget::new(spin_cap),
+            idle_ticks: 0,
+        },
     })
 }
 
@@ -128,22 +175,68 @@ impl Disk {
         self.device.name()
     }
 
-    /// Waits (WFI) for an interrupt of this device or the nearest deadline,
-    /// then harvests finished requests and expires late ones.
+    /// Sets how the device waits; `poll` suppresses its interrupts.
+    pub fn set_wait(&mut self, mode: WaitMode) {
+        self.waiter.mode = mode;
+        self.device.set_interrupts(mode != WaitMode::Poll);
+    }
+
+    /// Waits for a completion as the wait mode says (or the nearest
+    /// deadline), harvests finished requests and expires late ones.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
+        let start = arch_timer::counter();
+        let spin = match self.waiter.mode {
+            WaitMode::Wfi => 0,
+            WaitMode::Poll => self.timeout_ticks,
+            WaitMode::Hybrid => self.waiter.budget.ticks(),
+        };
+        let mut done = self.spin(dma, start, spin);
+        if !done && self.waiter.mode != WaitMode::Poll {
+            self.idle(dma);
+            done = true;
+        }
+        if done && self.waiter.mode == WaitMode::Hybrid {
+            self.waiter
+                .budget
+                .record(arch_timer::counter().wrapping_sub(start));
+        }
+        for token in &self.device.expire(arch_timer::counter()) {
+            warn!("blk: {} request {token:?} timed out", self.name());
+        }
+    }
+
+    /// Harvests the used ring for up to `ticks` after `start`; whether
+    /// anything completed.
+    fn spin(&mut self, dma: &mut Dma, start: u64, ticks: u64) -> bool {
+        if ticks == 0 {
+            return false;
+        }
+        loop {
+            if !self.device.poll(&mut dma.env()).is_empty() {
+                return true;
+            }
+            if arch_timer::counter().wrapping_sub(start) >= ticks {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Idles (WFI) until an interrupt of this device or the request
+    /// timeout, then harvests.
+    fn idle(&mut self, dma: &mut Dma) {
         let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
         let interrupted = self.interrupted;
-        // A timeout is not an error here: `expire` below reports late requests.
+        let start = arch_timer::counter();
+        // A timeout is not an error here: `expire` reports late requests.
         if let Err(err) = timer::wait_for(deadline, || interrupted.load(Ordering::Acquire))
             && !matches!(err, timer::WaitError::TimedOut { .. })
         {
             error!("blk: {}: cannot wait: {err}", self.name());
         }
+        self.waiter.idle_ticks += arch_timer::counter().wrapping_sub(start);
         self.interrupted.store(false, Ordering::Release);
         self.device.poll(&mut dma.env());
-        for token in &self.device.expire(arch_timer::counter()) {
-            warn!("blk: {} request {token:?} timed out", self.name());
-        }
     }
 
     /// Submits a request, waiting while all slots are in use or the
@@ -316,40 +409,70 @@ pub fn write_pattern(
     Ok(())
 }
 
-/// Random 4 KiB reads of the first `span` sectors, `depth` in flight.
-fn random_reads(
+/// What one benchmark phase measured.
+struct Phase {
+    requests: u64,
+    elapsed_ticks: u64,
+    /// Ticks spent in WFI.
+    idle_ticks: u64,
+    checksum: Checksum,
+}
+
+impl Phase {
+    fn us(&self) -> u64 {
+        ticks_to_ns(self.elapsed_ticks).div_ceil(1000).max(1)
+    }
+
+    /// CPU time per request: the time not spent in WFI, in nanoseconds.
+    fn busy_ns_per_request(&self) -> u64 {
+        ticks_to_ns(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
+    }
+
+    fn per_second(&self) -> u64 {
+        self.requests * 1_000_000 / self.us()
+    }
+}
+
+fn ticks_to_ns(ticks: u64) -> u64 {
+    (u128::from(ticks) * 1_000_000_000 / u128::from(arch_timer::frequency())) as u64
+}
+
+/// Reads `requests` (first sector, sectors) with up to `depth` in flight,
+/// finishing them in submission order and adding every byte read to a
+/// checksum; times it all.
+fn timed_reads(
     disk: &mut Disk,
     dma: &mut Dma,
-    count: u64,
     depth: usize,
-    span: u64,
-) -> Result<(), BlkError<'static>> {
-    const SECTORS: u32 = 8;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next_lba = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % (span / u64::from(SECTORS))) * u64::from(SECTORS)
-    };
-    let mut buffer = [0u8; SECTORS as usize * SECTOR_BYTES];
-    let mut pending: Vec<Token> = Vec::with_capacity(depth);
-    let mut submitted = 0;
-    while submitted < count || !pending.is_empty() {
-        while submitted < count && pending.len() < depth {
-            pending.push(disk.submit(
-                dma,
-                Request::Read {
-                    lba: next_lba(),
-                    sectors: SECTORS,
-                },
-            )?);
-            submitted += 1;
+    requests: impl Iterator<Item = (u64, u32)>,
+    buffer: &mut [u8],
+) -> Result<Phase, BlkError<'static>> {
+    let mut requests = requests.peekable();
+    let mut pending: Vec<(Token, usize)> = Vec::with_capacity(depth);
+    let mut checksum = Checksum::new();
+    let mut count = 0;
+    let idle_before = disk.waiter.idle_ticks;
+    let start = arch_timer::counter();
+    while requests.peek().is_some() || !pending.is_empty() {
+        while pending.len() < depth
+            && let Some((lba, sectors)) = requests.next()
+        {
+            let token = disk.submit(dma, Request::Read { lba, sectors })?;
+            pending.push((token, sectors as usize * SECTOR_BYTES));
+            count += 1;
         }
-        let token = pending.remove(0);
-        disk.complete(dma, token, &mut buffer)?;
+        let (token, len) = pending.remove(0);
+        let bytes = &mut buffer[..len];
+        disk.complete(dma, token, bytes)?;
+        // Whole sectors: a multiple of 8 bytes.
+        let _ = checksum.update(bytes);
     }
-    Ok(())
+    Ok(Phase {
+        requests: count,
+        elapsed_ticks: arch_timer::counter() - start,
+        idle_ticks: disk.waiter.idle_ticks - idle_before,
+        checksum,
+    })
 }
 
 /// `a / b` with two decimals, as text-ready integer parts.
@@ -361,32 +484,33 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
     (hundredths / 100, hundredths % 100)
 }
 
-/// The block benchmark (`bench=MIB`): sequential reads of the first `mib`
-/// MiB, then 4 KiB random reads at queue depth 1 and 16, and the DMA
-/// counters per request, printed as one `key=value` line.
-pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'static>> {
-    const RANDOM_READS: u64 = 4096;
+/// The block benchmark (`bench=MIB`): 256 KiB sequential reads of the
+/// first `mib` MiB with the queue kept full, then `reads` random 4 KiB reads
+/// ([`workload::random_blocks`], the list `cargo xtask bench` gives Linux's
+/// fio) at queue depth 1, 16 and 32; every byte read goes into a checksum
+/// per phase, computed inside the timing. Printed as one `key=value` line
+/// with the wait mode, the CPU time per request (time not in WFI) and the
+/// DMA counters.
+pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64, reads: u64) -> Result<(), BlkError<'static>> {
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
     let before_dma = *disk.device.dma().stats();
+    let mut buffer = vec![0u8; CHUNK_BYTES];
 
-    // Large passes keep the queue full: it drains only between passes.
-    let mut buffer = vec![0u8; 8 << 20];
-    let start = cpu::uptime_us();
-    let mut lba = 0;
-    while lba < span {
-        let sectors = (span - lba).min((buffer.len() / SECTOR_BYTES) as u64);
-        disk.read(dma, lba, &mut buffer[..sectors as usize * SECTOR_BYTES])?;
-        lba += sectors;
+    let chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
+    let chunks = (0..span.div_ceil(chunk)).map(|i| {
+        let lba = i * chunk;
+        (lba, (span - lba).min(chunk) as u32)
+    });
+    let seq = timed_reads(disk, dma, disk.device.slots(), chunks, &mut buffer)?;
+    let block_sectors = BLOCK_BYTES / SECTOR_BYTES as u64;
+    let span_blocks = span / block_sectors;
+    let mut random = [1usize, 16, 32].map(|depth| (depth, None));
+    for (depth, phase) in &mut random {
+        let blocks = workload::random_blocks(workload::SEED, reads, span_blocks)
+            .map(|block| (block * block_sectors, block_sectors as u32));
+        *phase = Some(timed_reads(disk, dma, *depth, blocks, &mut buffer)?);
     }
-    let seq_us = (cpu::uptime_us() - start).max(1);
-
-    let start = cpu::uptime_us();
-    random_reads(disk, dma, RANDOM_READS, 1, span)?;
-    let qd1_us = (cpu::uptime_us() - start).max(1);
-    let start = cpu::uptime_us();
-    random_reads(disk, dma, RANDOM_READS, 16, span)?;
-    let qd16_us = (cpu::uptime_us() - start).max(1);
 
     let blk = disk.device.stats();
     let dma_stats = disk.device.dma().stats();
@@ -394,16 +518,34 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
         - (before_blk.reads + before_blk.writes + before_blk.flushes);
     let hypercalls = dma_stats.hypercalls - before_dma.hypercalls;
     let seq_bytes = span * SECTOR_BYTES as u64;
-    let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq_us);
+    let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq.us());
     let (per_req, per_req_frac) = ratio(hypercalls, requests);
-    info!(
-        "blk: bench device={} seq_mib={} seq_us={seq_us} seq_mib_s={mib_s}.{mib_s_frac:02} qd1_reqs={RANDOM_READS} \
-         qd1_us={qd1_us} qd1_iops={} qd16_reqs={RANDOM_READS} qd16_us={qd16_us} qd16_iops={} requests={requests} \
-         flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} syncs={} bounced={}",
+    let mut line = alloc::format!(
+        "blk: bench device={} wait={} seq_mib={} seq_reqs={} seq_us={} seq_mib_s={mib_s}.{mib_s_frac:02} \
+         seq_busy_ns={} seq_sum={:016x} reads={reads} span_blocks={span_blocks} seed={:#x}",
         disk.name(),
+        disk.waiter.mode,
         seq_bytes >> 20,
-        RANDOM_READS * 1_000_000 / qd1_us,
-        RANDOM_READS * 1_000_000 / qd16_us,
+        seq.requests,
+        seq.us(),
+        seq.busy_ns_per_request(),
+        seq.checksum.value(),
+        workload::SEED,
+    );
+    for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
+        use core::fmt::Write;
+        let _ = write!(
+            line,
+            " qd{depth}_us={} qd{depth}_iops={} qd{depth}_busy_ns={} qd{depth}_sum={:016x}",
+            phase.us(),
+            phase.per_second(),
+            phase.busy_ns_per_request(),
+            phase.checksum.value()
+        );
+    }
+    info!(
+        "{line} requests={requests} flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} \
+         syncs={} bounced={}",
         dma_stats.syncs - before_dma.syncs,
         dma_stats.bounced - before_dma.bounced,
     );
@@ -435,7 +577,8 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [Disk], d
     }
     if let Some(mib) = args.bench_mib {
         let disk = &mut disks[0];
-        if let Err(err) = bench(disk, dma, mib) {
+        let reads = args.bench_reads.unwrap_or(BENCH_READS);
+        if let Err(err) = bench(disk, dma, mib, reads) {
             error!("blk: bench {}: {err}", disk.name());
         }
     }

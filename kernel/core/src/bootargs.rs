@@ -11,7 +11,10 @@
 //! - `blk-write=SEED@LBA+COUNT`: write the pattern of `SEED` to those
 //!   sectors of every block device, then flush;
 //! - `bench=MIB`: the block benchmark over the first `MIB` MiB of the first
-//!   block device.
+//!   block device; `bench-reads=N` random 4 KiB reads per queue depth
+//!   (default 4096);
+//! - `wait=wfi|poll|hybrid`: how block I/O waits for completions (default
+//!   `poll`, see `block`).
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -19,6 +22,7 @@
 use core::fmt;
 
 pub use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
+pub use tidepool_virtio_blk::wait::WaitMode;
 
 /// Console log level selected by `log=`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,6 +77,10 @@ pub struct Bootargs<'a> {
     pub blk_write: Option<SectorRange>,
     /// `bench=`: MiB to benchmark over.
     pub bench_mib: Option<u64>,
+    /// `bench-reads=`: random reads per queue depth (default 4096).
+    pub bench_reads: Option<u64>,
+    /// `wait=wfi|poll|hybrid`: how block I/O waits for completions.
+    pub wait: Option<WaitMode>,
     raw: &'a str,
 }
 
@@ -109,6 +117,8 @@ impl<'a> Bootargs<'a> {
             blk_verify: None,
             blk_write: None,
             bench_mib: None,
+            bench_reads: None,
+            wait: None,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -152,6 +162,10 @@ impl<'a> Bootargs<'a> {
             "bench" => {
                 self.bench_mib = Some(value.parse().ok().filter(|&m| m > 0).ok_or_else(bad)?)
             }
+            "bench-reads" => {
+                self.bench_reads = Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?)
+            }
+            "wait" => self.wait = Some(value.parse().map_err(|_| bad())?),
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -177,8 +191,14 @@ mod tests {
 
     #[test]
     fn block_words() {
-        let a = Bootargs::parse("blk-verify=7,8@2048+16 blk-write=8@2048+16 bench=64");
+        let a = Bootargs::parse(
+            "blk-verify=7,8@2048+16 blk-write=8@2048+16 bench=64 bench-reads=32 wait=poll",
+        );
         assert_eq!(a.errors().count(), 0);
+        assert_eq!((a.bench_reads, a.wait), (Some(32), Some(WaitMode::Poll)));
+        let bad = Bootargs::parse("wait=spin bench-reads=0");
+        assert_eq!((bad.wait, bad.bench_reads), (None, None));
+        assert_eq!(bad.errors().count(), 2);
         let written = SectorRange {
             seed: 8,
             lba: 2048,

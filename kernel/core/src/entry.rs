@@ -45,6 +45,7 @@ const fn parse_hex(text: &str) -> usize {
 /// kernel stack, BSS cleared and relocations applied.
 #[unsafe(no_mangle)]
 extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -> ! {
+    cpu::mark_entry();
     // Until the device tree says otherwise, power off the way QEMU's virt
     // board expects: its PSCI sits behind SMC when the guest owns EL2.
     set_power_control(PowerControl::Psci(if entry_el == 2 {
@@ -167,13 +168,15 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if args.selftest("dma-naive") {
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
-    let mut disks = crate::block::probe(dt, &mut dma);
+    let wait = args.wait.unwrap_or(crate::block::DEFAULT_WAIT);
+    let mut disks = crate::block::probe(dt, &mut dma, wait);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
     let (heap_used, heap_total) = crate::heap::usage();
     info!(
-        "boot: ready uptime_us={} heap_used={heap_used} heap_total={heap_total}",
-        cpu::uptime_us()
+        "boot: ready uptime_us={} since_entry_us={} heap_used={heap_used} heap_total={heap_total}",
+        cpu::uptime_us(),
+        cpu::since_entry_us()
     );
     shutdown(ShutdownReason::PowerOff)
 }

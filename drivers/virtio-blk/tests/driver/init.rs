@@ -51,9 +51,9 @@ fn modern_setup_negotiates_only_what_the_driver_implements() {
     );
     // One allocation in the kernel's non-cacheable pool: descriptors, then
     // the available ring, then the used ring on the next page.
-    assert_eq!((s.queue_num, s.queue_ready), (64, 1));
+    assert_eq!((s.queue_num, s.queue_ready), (128, 1));
     assert_eq!(s.desc, 0x7a00_0000);
-    assert_eq!((s.driver, s.device), (s.desc + 64 * 16, s.desc + 0x1000));
+    assert_eq!((s.driver, s.device), (s.desc + 128 * 16, s.desc + 0x1000));
     assert_eq!(s.guest_page_size, 0, "no legacy register written");
     assert_eq!(b.disk.version(), TransportVersion::Modern);
     assert_eq!((b.disk.capacity(), b.disk.block_size()), (8192, 512));
@@ -63,12 +63,12 @@ fn modern_setup_negotiates_only_what_the_driver_implements() {
             b.disk.slots(),
             b.disk.max_request_bytes()
         ),
-        (64, 16, 262144)
+        (128, 16, 262144)
     );
     assert!(b.disk.has_flush() && !b.disk.is_read_only());
     assert_eq!(
         b.disk.info_line().to_string(),
-        "blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=8192 block_size=512 max_request=262144 queue=64 \
+        "blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=8192 block_size=512 max_request=262144 queue=128 \
          slots=16 read_only=no flush=yes features=0x300000242 (size-max,blk-size,flush,version-1,access-platform)"
     );
 }
@@ -94,7 +94,7 @@ fn legacy_setup_programs_page_size_alignment_and_page_frame() {
     );
     assert_eq!(
         (s.guest_page_size, s.queue_align, s.queue_num),
-        (4096, 4096, 64)
+        (4096, 4096, 128)
     );
     assert_eq!(s.queue_pfn, 0x7a000);
     assert_eq!(
@@ -108,7 +108,7 @@ fn legacy_setup_programs_page_size_alignment_and_page_frame() {
 #[test]
 fn the_queue_is_as_large_as_the_device_allows_up_to_the_limit() {
     for (max, size, slots) in [
-        (1024, 64, 16),
+        (1024, 128, 16),
         (64, 64, 16),
         (48, 32, 10),
         (8, 8, 2),
@@ -142,7 +142,7 @@ fn the_queue_is_as_large_as_the_device_allows_up_to_the_limit() {
         false,
         Options { in_flight: 100 },
     );
-    assert_eq!(b.disk.slots(), 21);
+    assert_eq!(b.disk.slots(), 42);
 }
 
 #[test]

@@ -580,9 +580,9 @@ fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all
             .submit(env, Request::Read { lba, sectors: 8 }, Deadline::NEVER)
             .unwrap();
     }
-    b.sim.return_bogus(99);
+    b.sim.return_bogus(199);
     assert!(b.disk.handle_interrupt(env).is_empty());
-    let fault = DeviceFault::UsedIdOutOfRange { id: 99, size: 64 };
+    let fault = DeviceFault::UsedIdOutOfRange { id: 199, size: 128 };
     assert_eq!(b.disk.fault(), Some(fault));
     let error = b
         .disk
@@ -590,7 +590,7 @@ fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "blk /virtio_mmio@a003e00: device broken: used entry names descriptor 99 of a queue of 64"
+        "blk /virtio_mmio@a003e00: device broken: used entry names descriptor 199 of a queue of 128"
     );
     // Three regions still mapped and the ring allocated; shutdown resets the
     // device and gives everything back.
@@ -607,13 +607,13 @@ fn the_blocking_helpers_stop_waiting_for_a_broken_device() {
     // The device returns garbage instead of the request, and the driver
     // waits without a deadline.
     let mut clock = move || {
-        sim.return_bogus(99);
+        sim.return_bogus(199);
         1
     };
     let mut buffer = [0; 1024];
     let broken = BlkError::Broken {
         device: DEVICE,
-        fault: DeviceFault::UsedIdOutOfRange { id: 99, size: 64 },
+        fault: DeviceFault::UsedIdOutOfRange { id: 199, size: 128 },
     };
     let read = b
         .disk

@@ -2,6 +2,8 @@
 
 use aarch64_cpu::registers::{DAIF, ReadWriteable, Readable, SCTLR_EL1};
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use super::timer;
 
 /// Waits for an interrupt (Xen traps WFI and deschedules the vCPU). It
@@ -23,6 +25,22 @@ pub fn mask_irqs() {
 /// Unmasks IRQs (PSTATE.I = 0): a pending interrupt is taken at once.
 pub fn unmask_irqs() {
     DAIF.modify(DAIF::I::Unmasked);
+}
+
+/// The virtual counter when the kernel's Rust code was entered.
+static ENTRY_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Notes the kernel's entry time; called first thing by the entry code (a
+/// plain store: no exclusive access, so safe with the MMU off).
+pub fn mark_entry() {
+    ENTRY_TICKS.store(timer::counter(), Ordering::Relaxed);
+}
+
+/// Microseconds since [`mark_entry`]: the kernel's own boot time, without
+/// the hypervisor's or firmware's before it.
+pub fn since_entry_us() -> u64 {
+    let ticks = timer::counter().wrapping_sub(ENTRY_TICKS.load(Ordering::Relaxed));
+    ((u128::from(ticks) * 1_000_000) / u128::from(timer::frequency())) as u64
 }
 
 /// Microseconds on the virtual counter (since the domain or machine started).
