@@ -1,36 +1,49 @@
 //! `cargo xtask bench`: tidepool against Linux as Xen dom0 on the same QEMU,
-//! Xen and disk, in one run, with the ratios against the project's targets.
+//! Xen and disk, the same workload, in one run, with the ratios against the
+//! project's targets; `--json FILE` writes every figure.
 //!
 //! Runs, in order, all on a `-m 1G` QEMU `virt` machine with one read-only
 //! virtio-blk disk (a 64 MiB raw image in `build/bench/`):
 //! 1. tidepool as dom0 without a benchmark: host time from QEMU's spawn to
-//!    `boot: ready`, and the kernel's own `uptime_us`;
-//! 2. tidepool as dom0 with `bench=64` on QEMU's device tree (coherent disk);
+//!    `boot: ready`, and the kernel's own time since its entry; then the
+//!    same under `-icount shift=0,sleep=off` (guest time, deterministic);
+//! 2. tidepool as dom0 with `bench=64` on QEMU's device tree (coherent
+//!    disk), default wait mode; then with each other `wait=` mode;
 //! 3. the same with the `dynamic-pool-first` scenario (the disk
 //!    non-coherent, with a dynamic no-map pool Xen flushes: the path where
 //!    every request costs a cache-flush hypercall);
 //! 4. tidepool as an 8 MiB dom0less domU, which must reach `boot: ready`;
-//! 5. Linux as dom0 (`linux.rs`), timing busybox `dd` reads of the disk.
+//! 5. Linux as dom0 (`linux.rs`): fio over the same reads.
 //!
+//! Every tidepool benchmark run's checksums, and Linux's, are compared with
+//! what the disk image holds at the offsets read; a mismatch fails the run.
 //! Runs 1, 2, 3 and 5 are repeated (`--runs`, default 3) and the best
 //! timing of each kind kept: other work on the host only ever slows an
 //! emulated run down. A run that yields no numbers fails the command; a
 //! missed target is reported as `MISSED` and does not.
+//!
+//! `cargo xtask test` runs [`smoke`]: one short iteration of each side
+//! (8 MiB, 64 random reads), so the harness cannot rot.
 
 mod cpio;
 mod linux;
 mod report;
 mod tidepool;
+mod userland;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Args;
+use tidepool_virtio_blk::wait::WaitMode;
+use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
 
-use self::report::{LinuxRun, Ready, Results};
+use self::linux::Cksum;
+use self::report::{LinuxRun, Ready, Results, Setup};
 use self::tidepool::KernelBench;
 use crate::qemu::{self, Disk, Machine, Mode};
 use crate::{Error, Result, Workspace, tools};
@@ -41,16 +54,25 @@ const MEMORY_MIB: u64 = 1024;
 const DOM0_MEM: &str = "256M";
 /// The disk's size in MiB; tidepool reads all of it (`bench=`), as does Linux.
 const DISK_MIB: u64 = 64;
+/// Random 4 KiB reads per queue depth.
+const RANDOM_READS: u64 = 4096;
+/// The smoke run's disk and reads.
+const SMOKE_DISK_MIB: u64 = 8;
+const SMOKE_READS: u64 = 64;
 /// The dom0less domU's memory in KiB (the 8 MiB target).
 const DOMU_KIB: u64 = 8 * 1024;
+/// The kernel's default wait mode (`kernel/core/src/block.rs`), which the
+/// stock run uses; the others get a run each.
+const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
 /// The scenario with a non-coherent first disk behind a no-map pool that
 /// Xen flushes (the static pool of `imx8-like` is refused by Xen 4.17 and
 /// maintained by VA, without hypercalls; the boot tests cover it).
 const NONCOHERENT_SCENARIO: &str = "dynamic-pool-first";
 /// Deadline for one tidepool run.
 const TIDEPOOL_TIMEOUT: Duration = Duration::from_secs(180);
-/// Deadline for the Linux run (its boot alone takes seconds under TCG).
-const LINUX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Deadline for the Linux run (its boot alone takes seconds under TCG, and
+/// the checksum pass one `dd` per random block).
+const LINUX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Console lines shown when a run fails.
 const TAIL_LINES: usize = 20;
 
@@ -63,11 +85,78 @@ pub struct BenchArgs {
     /// Boots per measurement; the best timing of each kind is kept.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
+    /// Also write every figure, ratio and target to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
-/// Runs every benchmark, prints the table, and fails if a run yielded no
-/// numbers.
+/// What one benchmark run does.
+struct Plan {
+    runs: u32,
+    disk_mib: u64,
+    reads: u64,
+    linux: bool,
+    /// The boot-time runs, the other wait modes and the domU.
+    everything: bool,
+}
+
+/// Runs every benchmark, prints the table (and writes the JSON), and fails
+/// if a run yielded no numbers.
 pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
+    let plan = Plan {
+        runs: args.runs,
+        disk_mib: DISK_MIB,
+        reads: RANDOM_READS,
+        linux: !args.skip_linux,
+        everything: true,
+    };
+    let command = std::iter::once("cargo xtask bench".to_string())
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let results = measure(ws, &plan, command)?;
+    println!("{}", report::render(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&results)).map_err(|e| Error::io(path.clone(), e))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    match results.failed_runs() {
+        0 => Ok(()),
+        n => Err(Error::msg(format!(
+            "{n} benchmark run(s) failed (see above)"
+        ))),
+    }
+}
+
+/// One short iteration of each side (tidepool's benchmark on the coherent
+/// and the pool disk, Linux's fio and checksums) on an 8 MiB disk: fails if
+/// any run yields no numbers or a wrong checksum. For `cargo xtask test`.
+pub fn smoke(ws: &Workspace) -> Result<()> {
+    let plan = Plan {
+        runs: 1,
+        disk_mib: SMOKE_DISK_MIB,
+        reads: SMOKE_READS,
+        linux: true,
+        everything: false,
+    };
+    let results = measure(ws, &plan, "cargo xtask test (bench smoke)".into())?;
+    match results.failed_runs() {
+        0 => {
+            eprintln!(
+                "bench: smoke run ok (tidepool coherent and pool, Linux fio; checksums match)"
+            );
+            Ok(())
+        }
+        n => {
+            println!("{}", report::render(&results));
+            Err(Error::msg(format!(
+                "bench smoke: {n} run(s) failed (see above)"
+            )))
+        }
+    }
+}
+
+fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
     tools::ensure_host_tools()?;
     let image = crate::build_kernel(ws)?;
     let image_bytes = std::fs::metadata(&image)
@@ -75,7 +164,8 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         .len();
     let dir = ws.build.join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.clone(), e))?;
-    let disk = disk_image(&dir)?;
+    let disk = disk_image(&dir, plan.disk_mib)?;
+    let expected = Expected::of(&disk, plan.reads)?;
     let machine = |mode: Mode| {
         let mut m = Machine::new(mode);
         m.memory = format!("{MEMORY_MIB}M");
@@ -90,64 +180,118 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
             dom0_mem: DOM0_MEM.into(),
         })
     };
+    let host_load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
 
-    let runs = args.runs;
+    let runs = plan.runs;
+    let mut xen = String::new();
     let boot = best_of(runs, "tidepool-boot", Ready::earlier, |label| {
-        tidepool_ready(ws, &image, &dir.join("tidepool-boot"), label, &dom0())
+        let (ready, version) =
+            tidepool_ready(ws, &image, &dir.join("tidepool-boot"), label, &dom0())?;
+        xen = version;
+        Ok(ready)
     });
-    let mut bench = dom0();
-    bench.bootargs = format!("bench={DISK_MIB}");
-    let stock = best_of(runs, "tidepool-stock", KernelBench::best, |label| {
-        tidepool_bench(ws, &image, &dir.join("tidepool-stock"), label, &bench)
-    });
-    bench.scenario = Some(NONCOHERENT_SCENARIO.into());
-    let name = format!("tidepool-{NONCOHERENT_SCENARIO}");
-    let noncoherent = best_of(runs, &name, KernelBench::best, |label| {
-        tidepool_bench(ws, &image, &dir.join(&name), label, &bench)
-    });
-    let mut domu = machine(Mode::XenDomU {
-        memory_kib: DOMU_KIB,
-    });
-    domu.disks.clear();
-    let domu = tidepool_ready(
-        ws,
-        &image,
-        &dir.join("tidepool-domu"),
-        "tidepool-domu",
-        &domu,
+    let boot_icount = if plan.everything {
+        let mut m = dom0();
+        m.icount = true;
+        tidepool_ready(
+            ws,
+            &image,
+            &dir.join("tidepool-icount"),
+            "tidepool-boot-icount",
+            &m,
+        )
+        .map(|(ready, _)| ready)
+    } else {
+        Err(RunError::NotRun)
+    };
+    let bench_machine = |wait: WaitMode, scenario: Option<&str>| {
+        let mut m = dom0();
+        m.bootargs = format!(
+            "bench={} bench-reads={} wait={wait}",
+            plan.disk_mib, plan.reads
+        );
+        m.scenario = scenario.map(str::to_string);
+        m
+    };
+    let bench = |name: &str, machine: &Machine| {
+        best_of(runs, name, KernelBench::best, |label| {
+            tidepool_bench(ws, &image, &dir.join(name), label, machine, &expected)
+        })
+    };
+    let stock = bench("tidepool-stock", &bench_machine(DEFAULT_WAIT, None));
+    let pool_name = format!("tidepool-{NONCOHERENT_SCENARIO}");
+    let pool = bench(
+        &pool_name,
+        &bench_machine(DEFAULT_WAIT, Some(NONCOHERENT_SCENARIO)),
     );
-    let linux = (!args.skip_linux).then(|| linux_bench(ws, &dir, runs, dom0()));
+    let mut waits = Vec::new();
+    if plan.everything {
+        for mode in WaitMode::ALL.into_iter().filter(|&m| m != DEFAULT_WAIT) {
+            let name = format!("tidepool-wait-{mode}");
+            waits.push((mode, bench(&name, &bench_machine(mode, None))));
+        }
+    }
+    let domu = if plan.everything {
+        let mut domu = machine(Mode::XenDomU {
+            memory_kib: DOMU_KIB,
+        });
+        domu.disks.clear();
+        tidepool_ready(
+            ws,
+            &image,
+            &dir.join("tidepool-domu"),
+            "tidepool-domu",
+            &domu,
+        )
+        .map(|(ready, _)| ready)
+    } else {
+        Err(RunError::NotRun)
+    };
+    let linux = plan
+        .linux
+        .then(|| linux_bench(ws, &dir, plan, dom0(), &expected));
 
-    let results = Results {
+    let setup = Setup {
+        date: utc_now(),
+        command,
+        qemu: qemu_version(),
+        xen: if xen.is_empty() {
+            "unknown".into()
+        } else {
+            xen
+        },
+        host_cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        host_memory_mib: host_memory_mib(),
+        host_load,
         runs,
-        disk_mib: DISK_MIB,
+        disk_mib: plan.disk_mib,
+        random_reads: plan.reads,
         dom0_mem: DOM0_MEM,
+    };
+    Ok(Results {
+        setup,
         boot,
+        boot_icount,
         stock,
-        noncoherent,
+        pool,
+        waits,
         domu,
         linux,
         image_bytes,
-    };
-    println!("{}", report::render(&results));
-    match results.failed_runs() {
-        0 => Ok(()),
-        n => Err(Error::msg(format!(
-            "{n} benchmark run(s) failed (see above)"
-        ))),
-    }
+    })
 }
 
-/// The benchmark disk: `DISK_MIB` MiB of a deterministic pattern (each
-/// 8-byte word is its 4 KiB block number and its index in the block), made
-/// once.
-fn disk_image(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join(format!("disk-{DISK_MIB}M.img"));
-    let size = DISK_MIB << 20;
+/// The benchmark disk: `mib` MiB of a deterministic pattern (each 8-byte
+/// word is its 4 KiB block number and its index in the block), made once.
+fn disk_image(dir: &Path, mib: u64) -> Result<PathBuf> {
+    let path = dir.join(format!("disk-{mib}M.img"));
+    let size = mib << 20;
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
         return Ok(path);
     }
-    eprintln!("bench: writing {} ({DISK_MIB} MiB)", path.display());
+    eprintln!("bench: writing {} ({mib} MiB)", path.display());
     let partial = path.with_extension("partial");
     let file = std::fs::File::create(&partial).map_err(|e| Error::io(partial.clone(), e))?;
     let mut out = BufWriter::new(file);
@@ -161,6 +305,128 @@ fn disk_image(dir: &Path) -> Result<PathBuf> {
     out.flush().map_err(|e| Error::io(partial.clone(), e))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(path.clone(), e))?;
     Ok(path)
+}
+
+/// What each side must report for the bytes it read, from the disk image.
+struct Expected {
+    /// tidepool's checksum of the whole disk, in order.
+    seq: u64,
+    /// tidepool's checksum of the random blocks, in list order.
+    random: u64,
+    /// Linux's `cksum` of the whole disk.
+    linux_seq: Cksum,
+    /// Linux's `cksum` of the random blocks.
+    linux_random: Cksum,
+}
+
+impl Expected {
+    fn of(disk: &Path, reads: u64) -> Result<Self> {
+        let bytes = std::fs::read(disk).map_err(|e| Error::io(disk.to_path_buf(), e))?;
+        let blocks: Vec<&[u8]> =
+            workload::random_blocks(workload::SEED, reads, bytes.len() as u64 / BLOCK_BYTES)
+                .map(|b| &bytes[(b * BLOCK_BYTES) as usize..((b + 1) * BLOCK_BYTES) as usize])
+                .collect();
+        let sum = |chunks: &[&[u8]]| {
+            let mut c = Checksum::new();
+            for chunk in chunks {
+                // Whole blocks: multiples of 8 bytes.
+                let _ = c.update(chunk);
+            }
+            c.value()
+        };
+        Ok(Self {
+            seq: sum(&[&bytes]),
+            random: sum(&blocks),
+            linux_seq: linux::posix_cksum([&bytes[..]]),
+            linux_random: linux::posix_cksum(blocks.iter().copied()),
+        })
+    }
+
+    /// Why a tidepool run's checksums are wrong, if they are.
+    fn check_tidepool(&self, bench: &KernelBench) -> std::result::Result<(), String> {
+        if bench.seq_sum != self.seq {
+            return Err(format!(
+                "sequential checksum {:016x}, the disk holds {:016x}",
+                bench.seq_sum, self.seq
+            ));
+        }
+        for (depth, phase) in &bench.random {
+            if phase.sum != self.random {
+                return Err(format!(
+                    "QD{depth} checksum {:016x}, the disk holds {:016x} at those blocks",
+                    phase.sum, self.random
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why Linux's checksums are wrong, if they are.
+    fn check_linux(&self, seq: Cksum, random: Cksum) -> std::result::Result<(), String> {
+        if seq != self.linux_seq {
+            return Err(format!(
+                "Linux's cksum of the disk is {seq:?}, expected {:?}",
+                self.linux_seq
+            ));
+        }
+        if random != self.linux_random {
+            return Err(format!(
+                "Linux's cksum of the random blocks is {random:?}, expected {:?}",
+                self.linux_random
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn qemu_version() -> String {
+    Command::new("qemu-system-aarch64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Now, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic
+/// Gregorian, days to civil date after Howard Hinnant's algorithm).
+fn utc(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 /// Runs `one` `runs` times (labelled `name i/runs`) and merges the results
@@ -178,40 +444,57 @@ fn best_of<T>(
     Ok(best)
 }
 
-/// Boots tidepool on `machine` and reads when it was ready.
+/// Boots tidepool on `machine` and reads when it was ready, and the Xen
+/// version it printed (empty without Xen).
 fn tidepool_ready(
     ws: &Workspace,
     image: &Path,
     run_dir: &Path,
     label: &str,
     machine: &Machine,
-) -> std::result::Result<Ready, RunError> {
+) -> std::result::Result<(Ready, String), RunError> {
     eprintln!("bench: {label}: booting ({})", describe(machine));
     let console = tidepool_console(ws, image, run_dir, machine)?;
     let ready = console_ready(&console)?;
     eprintln!(
-        "bench: {label}: boot: ready after {:.3} s (kernel uptime {:.3} s)",
+        "bench: {label}: boot: ready after {:.3} s (kernel uptime {:.3} s, {:.3} ms since its entry)",
         ready.host.as_secs_f64(),
-        ready.uptime.as_secs_f64()
+        ready.uptime.as_secs_f64(),
+        ready.since_entry.as_secs_f64() * 1000.0
     );
-    Ok(ready)
+    let xen = console
+        .find("xen: version ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    Ok((ready, xen))
 }
 
-/// Boots tidepool with `bench=` on `machine` and reads its `blk: bench` line.
+/// Boots tidepool with `bench=` on `machine`, reads its `blk: bench` lines
+/// and checks its checksums.
 fn tidepool_bench(
     ws: &Workspace,
     image: &Path,
     run_dir: &Path,
     label: &str,
     machine: &Machine,
+    expected: &Expected,
 ) -> std::result::Result<KernelBench, RunError> {
     eprintln!("bench: {label}: booting ({})", describe(machine));
     let console = tidepool_console(ws, image, run_dir, machine)?;
-    let Some((line, fields)) = console.find(tidepool::BENCH_PREFIX) else {
-        return Err(console.failure(format!("no '{}' line", tidepool::BENCH_PREFIX.trim_end())));
-    };
-    eprintln!("bench: {label}: {}", line.text.trim_start());
-    KernelBench::parse(fields).map_err(|e| console.failure(format!("{e} in {:?}", line.text)))
+    for line in console
+        .lines
+        .iter()
+        .filter(|l| l.text.contains(tidepool::BENCH_PREFIX))
+    {
+        eprintln!("bench: {label}: {}", line.text.trim_start());
+    }
+    let bench = KernelBench::parse(console.lines.iter().map(|l| l.text.as_str()))
+        .map_err(|e| console.failure(e.to_string()))?;
+    expected
+        .check_tidepool(&bench)
+        .map_err(|e| console.failure(format!("wrong data: {e}")))?;
+    Ok(bench)
 }
 
 fn tidepool_console(
@@ -231,23 +514,25 @@ fn console_ready(console: &Console) -> std::result::Result<Ready, RunError> {
     let Some((line, fields)) = console.find(tidepool::READY_PREFIX) else {
         return Err(console.failure(format!("no '{}' line", tidepool::READY_PREFIX)));
     };
-    let uptime = tidepool::ready_uptime(fields)
+    let (uptime, since_entry) = tidepool::ready_times(fields)
         .map_err(|e| console.failure(format!("{e} in {:?}", line.text)))?;
     Ok(Ready {
         host: line.at,
         uptime,
+        since_entry,
     })
 }
 
-/// Builds the Linux dom0 and runs its benchmark `runs` times on
+/// Builds the Linux dom0 and runs its benchmark `plan.runs` times on
 /// `machine`'s hardware.
 fn linux_bench(
     ws: &Workspace,
     dir: &Path,
-    runs: u32,
+    plan: &Plan,
     machine: Machine,
+    expected: &Expected,
 ) -> std::result::Result<LinuxRun, RunError> {
-    let dom0 = linux::prepare(ws, dir, DISK_MIB << 20)?;
+    let dom0 = linux::prepare(ws, dir, plan.disk_mib << 20, plan.reads)?;
     eprintln!(
         "bench: linux: {} as dom0 ({}; initramfs {} KiB, modules: {})",
         dom0.image.display(),
@@ -261,7 +546,7 @@ fn linux_bench(
     );
     let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
     let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
-    best_of(runs, "linux", LinuxRun::best, |label| {
+    best_of(plan.runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
         let console = run_timed(&args, LINUX_TIMEOUT, None)?;
         for line in console
@@ -272,6 +557,9 @@ fn linux_bench(
             eprintln!("bench: {label}: {}", line.text.trim_start());
         }
         let bench = linux::parse(&console.texts()).map_err(|e| console.failure(e.to_string()))?;
+        expected
+            .check_linux(bench.seq_sum, bench.random_sum)
+            .map_err(|e| console.failure(format!("wrong data: {e}")))?;
         let init_host = console
             .find(linux::INIT_MARKER)
             .map_or(console.elapsed, |(line, _)| line.at);
@@ -301,6 +589,8 @@ fn describe(machine: &Machine) -> String {
 /// Why a run yielded no numbers.
 #[derive(Debug)]
 pub enum RunError {
+    /// Left out of this kind of run (the smoke run's).
+    NotRun,
     /// QEMU could not be prepared or started.
     Setup(Error),
     /// The console did not have what was needed.
@@ -323,6 +613,7 @@ impl From<Error> for RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NotRun => f.write_str("not run"),
             Self::Setup(err) => write!(f, "{err}"),
             Self::Console { what, ended, tail } => {
                 write!(f, "{what} ({ended}); console tail:\n{tail}")
@@ -345,15 +636,6 @@ impl Throughput {
     pub fn mib_per_s(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.time.as_secs_f64()
     }
-
-    /// The faster of two readings.
-    pub fn faster(self, other: Self) -> Self {
-        if other.mib_per_s() > self.mib_per_s() {
-            other
-        } else {
-            self
-        }
-    }
 }
 
 /// Requests over a time: IOPS.
@@ -369,15 +651,6 @@ impl Rate {
     /// Requests per second.
     pub fn iops(&self) -> f64 {
         self.requests as f64 / self.time.as_secs_f64()
-    }
-
-    /// The faster of two readings.
-    pub fn faster(self, other: Self) -> Self {
-        if other.iops() > self.iops() {
-            other
-        } else {
-            self
-        }
     }
 }
 
@@ -574,29 +847,6 @@ mod tests {
         assert_eq!(calls, 2);
     }
 
-    #[test]
-    fn faster_readings() {
-        let slow = Throughput {
-            bytes: 1 << 20,
-            time: Duration::from_secs(2),
-        };
-        let fast = Throughput {
-            time: Duration::from_secs(1),
-            ..slow
-        };
-        assert_eq!(slow.faster(fast), fast);
-        assert_eq!(fast.faster(slow), fast);
-        let slow = Rate {
-            requests: 10,
-            time: Duration::from_secs(2),
-        };
-        let fast = Rate {
-            time: Duration::from_secs(1),
-            ..slow
-        };
-        assert_eq!(slow.faster(fast), fast);
-    }
-
     fn console(lines: &[(u64, &str)], timed_out: bool) -> Console {
         Console {
             lines: lines
@@ -613,11 +863,18 @@ mod tests {
     }
 
     #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(utc(1_796_472_000), "2026-12-05T12:00:00Z");
+    }
+
+    #[test]
     fn ready_is_stamped_by_the_host() {
         let c = console(
             &[
                 (300, "(XEN) Freed 356kB init memory."),
-                (612, "boot: ready uptime_us=301234"),
+                (612, "boot: ready uptime_us=301234 since_entry_us=1500"),
                 (640, "shutdown: poweroff uptime_us=330000"),
             ],
             false,
@@ -625,7 +882,11 @@ mod tests {
         let ready = console_ready(&c).unwrap();
         assert_eq!(ready.host, Duration::from_millis(612));
         assert_eq!(ready.uptime, Duration::from_micros(301_234));
-        let domu = console(&[(550, "(d1) boot: ready uptime_us=1000")], false);
+        assert_eq!(ready.since_entry, Duration::from_micros(1500));
+        let domu = console(
+            &[(550, "(d1) boot: ready uptime_us=1000 since_entry_us=900")],
+            false,
+        );
         assert_eq!(
             console_ready(&domu).unwrap().host,
             Duration::from_millis(550)

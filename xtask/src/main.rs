@@ -94,7 +94,8 @@ enum Cmd {
     Build,
     /// Boot tidepool under Xen on QEMU (default: as dom0), console on the terminal.
     Run(RunArgs),
-    /// Run every test: host unit tests, the board device-tree test and the QEMU boot tests.
+    /// Run every test: host unit tests, the board device-tree test, the QEMU boot tests and a
+    /// smoke run of the benchmark harness.
     Test(TestArgs),
     /// Measure tidepool against Linux as Xen dom0 and print the ratios to the targets.
     Bench(bench::BenchArgs),
@@ -277,7 +278,14 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         )?;
     }
     let image = build_kernel(ws)?;
-    boot_tests::run_all(ws, &image, args.filter.as_deref())
+    let boot = boot_tests::run_all(ws, &image, args.filter.as_deref());
+    // The benchmark harness, one short iteration each side: named
+    // `bench-smoke` for --filter like a boot test.
+    let smoke = match args.filter.as_deref() {
+        Some(filter) if !"bench-smoke".contains(filter) => Ok(()),
+        _ => bench::smoke(ws),
+    };
+    boot.and(smoke)
 }
 
 fn dt(file: &Path, json: bool) -> Result<()> {

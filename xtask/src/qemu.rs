@@ -70,6 +70,10 @@ pub struct Machine {
     pub disks: Vec<Disk>,
     /// Use the modern (v2) virtio-mmio interface instead of QEMU 7.2's legacy default.
     pub modern_virtio: bool,
+    /// Count time in guest instructions (`-icount shift=0,sleep=off`: one
+    /// instruction per nanosecond, idle time skipped), so guest timings
+    /// do not depend on the host.
+    pub icount: bool,
 }
 
 impl Machine {
@@ -87,6 +91,7 @@ impl Machine {
             scenario: None,
             disks: Vec::new(),
             modern_virtio: false,
+            icount: false,
         }
     }
 
@@ -122,6 +127,9 @@ impl Machine {
         args.extend(["-display", "none", "-no-reboot", "-nic", "none"].map(String::from));
         if self.modern_virtio {
             args.extend(["-global", "virtio-mmio.force-legacy=false"].map(String::from));
+        }
+        if self.icount {
+            args.extend(["-icount", "shift=0,sleep=off"].map(String::from));
         }
         for (i, disk) in self.disks.iter().enumerate() {
             let ro = if disk.read_only { ",readonly=on" } else { "" };

@@ -761,18 +761,15 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             let (outcome, region) = match &self.staging {
                 Some(staging) => match self.dma.unmap(env, mapping) {
                     Err(error) => (Err(Failure::Dma(error)), None),
-                    Ok(()) => (
-                        Ok(staging.read_u8(index * SLOT_STRIDE + status_at)),
-                        None,
-                    ),
+                    Ok(()) => (Ok(staging.read_u8(index * SLOT_STRIDE + status_at)), None),
                 },
                 None => match self.dma.unmap_in_pool(env, mapping) {
                     Err(error) => (Err(Failure::Dma(error)), None),
                     Ok(region) => (Ok(pool_memory(&region).read_u8(status_at)), Some(region)),
                 },
             };
-            let outcome = outcome
-                .and_then(|status| DeviceStatus::check(status).map_err(Failure::Status));
+            let outcome =
+                outcome.and_then(|status| DeviceStatus::check(status).map_err(Failure::Status));
             let slot = &mut self.slots[index];
             if abandoned || expired {
                 if let Some(region) = region {

@@ -86,7 +86,10 @@ mod tests {
         distinct.dedup();
         assert!(distinct.len() > 3500, "{}", distinct.len());
         assert_ne!(a, random_blocks(SEED + 1, 4096, 16384).collect::<Vec<_>>());
-        assert_eq!(random_blocks(0, 3, 10).collect::<Vec<_>>(), a_of(SEED, 3, 10));
+        assert_eq!(
+            random_blocks(0, 3, 10).collect::<Vec<_>>(),
+            a_of(SEED, 3, 10)
+        );
         assert_eq!(random_blocks(SEED, 10, 0).count(), 0);
         // The first values are part of the interface (fio replays them).
         assert_eq!(a_of(SEED, 3, 16384), [a[0], a[1], a[2]]);

@@ -125,18 +125,17 @@ fn set_up(
     // SAFETY: the DMA layer's windows and linear addresses are mapped
     // read-write for the kernel's lifetime, and its pools hand each page to
     // one owner (the memory bring-up and `Dma::new` set them up).
-    let device =
-        unsafe {
-            BlockDevice::new(
-                transport,
-                dma_device,
-                &mut dma.env(),
-                Options {
-                    in_flight: IN_FLIGHT,
-                },
-            )
-        }
-        .map_err(|e| e.to_string())?;
+    let device = unsafe {
+        BlockDevice::new(
+            transport,
+            dma_device,
+            &mut dma.env(),
+            Options {
+                in_flight: IN_FLIGHT,
+            },
+        )
+    }
+    .map_err(|e| e.to_string())?;
     let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
     let handler: irq::Handler = Box::leak(Box::new(move |_| {
@@ -488,10 +487,15 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
 /// first `mib` MiB with the queue kept full, then `reads` random 4 KiB reads
 /// ([`workload::random_blocks`], the list `cargo xtask bench` gives Linux's
 /// fio) at queue depth 1, 16 and 32; every byte read goes into a checksum
-/// per phase, computed inside the timing. Printed as one `key=value` line
-/// with the wait mode, the CPU time per request (time not in WFI) and the
-/// DMA counters.
-pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64, reads: u64) -> Result<(), BlkError<'static>> {
+/// per phase, computed inside the timing. Printed as `blk: bench seq ...`,
+/// `blk: bench qdN ...` (each with the CPU time per request: time not in
+/// WFI) and `blk: bench dma ...` (the DMA counters) lines.
+pub fn bench(
+    disk: &mut Disk,
+    dma: &mut Dma,
+    mib: u64,
+    reads: u64,
+) -> Result<(), BlkError<'static>> {
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
     let before_dma = *disk.device.dma().stats();
@@ -520,9 +524,8 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64, reads: u64) -> Result<(),
     let seq_bytes = span * SECTOR_BYTES as u64;
     let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq.us());
     let (per_req, per_req_frac) = ratio(hypercalls, requests);
-    let mut line = alloc::format!(
-        "blk: bench device={} wait={} seq_mib={} seq_reqs={} seq_us={} seq_mib_s={mib_s}.{mib_s_frac:02} \
-         seq_busy_ns={} seq_sum={:016x} reads={reads} span_blocks={span_blocks} seed={:#x}",
+    info!(
+        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} sum={:016x}",
         disk.name(),
         disk.waiter.mode,
         seq_bytes >> 20,
@@ -530,13 +533,12 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64, reads: u64) -> Result<(),
         seq.us(),
         seq.busy_ns_per_request(),
         seq.checksum.value(),
-        workload::SEED,
     );
     for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
-        use core::fmt::Write;
-        let _ = write!(
-            line,
-            " qd{depth}_us={} qd{depth}_iops={} qd{depth}_busy_ns={} qd{depth}_sum={:016x}",
+        info!(
+            "blk: bench qd{depth} reqs={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} sum={:016x}",
+            phase.requests,
+            workload::SEED,
             phase.us(),
             phase.per_second(),
             phase.busy_ns_per_request(),
@@ -544,8 +546,7 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64, reads: u64) -> Result<(),
         );
     }
     info!(
-        "{line} requests={requests} flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} \
-         syncs={} bounced={}",
+        "blk: bench dma requests={requests} flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} syncs={} bounced={}",
         dma_stats.syncs - before_dma.syncs,
         dma_stats.bounced - before_dma.bounced,
     );

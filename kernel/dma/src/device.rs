@@ -500,9 +500,7 @@ impl<'a> DmaDevice<'a> {
         size: u64,
     ) -> Result<PoolBuffer<'a>, DmaError<'a>> {
         let device = self.name;
-        let pool_id = self
-            .private_pool
-            .ok_or(DmaError::NoDevicePool { device })?;
+        let pool_id = self.private_pool.ok_or(DmaError::NoDevicePool { device })?;
         let pool = self.pool_mut(env.pools, pool_id)?;
         let block = pool
             .alloc(size, PAGE_SIZE)

@@ -267,7 +267,10 @@ impl fmt::Display for DmaError<'_> {
                 write!(f, "device {device} has no DMA pool of its own")
             }
             Self::NotInPool { device, dma } => {
-                write!(f, "device {device}: the mapping at {dma} is not of a pool buffer")
+                write!(
+                    f,
+                    "device {device}: the mapping at {dma} is not of a pool buffer"
+                )
             }
             Self::NoSuchMapping { device, dma, len } => {
                 write!(

@@ -814,7 +814,11 @@ fn pool_buffers_are_refused_where_they_do_not_belong() {
         .map_in_pool(&mut rig.env(), buffer, 0, DmaDirection::ToDevice)
         .unwrap_err();
     assert!(matches!(err, DmaError::ZeroLength { .. }), "{err}");
-    assert_eq!(buffer.dma_addr(), dma, "every refusal gives the buffer back");
+    assert_eq!(
+        buffer.dma_addr(),
+        dma,
+        "every refusal gives the buffer back"
+    );
     assert_eq!(dev.stats().syncs, 0);
     let cpu = rig.cpu_buffer(0x4010_0000, 0x100, 1);
     let bounced = dev

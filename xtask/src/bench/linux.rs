@@ -1,11 +1,21 @@
 //! The Linux side of the benchmark: Debian's arm64 kernel booted as Xen's
-//! dom0 with a small initramfs (busybox-static, the virtio modules, an
-//! `/init` that times `dd` reads of the disk and powers off).
+//! dom0 with an initramfs of busybox-static, the virtio modules, Debian's
+//! `fio` with its libraries ([`userland::FIO`]) and an `/init` that runs the
+//! same workload as tidepool's `bench=` and powers off:
+//!
+//! - `fio`, `O_DIRECT`, libaio: 1 MiB sequential reads of the whole disk,
+//!   8 in flight (8 MiB, as tidepool's 32 requests of 256 KiB); then the
+//!   random 4 KiB reads of [`workload::random_blocks`] replayed from an
+//!   iolog (`read_iolog`) at queue depth 1, 16 and 32;
+//! - untimed, the proof of what Linux's block path returns for those reads:
+//!   a POSIX `cksum` of the whole disk read with `dd` (1 MiB, `O_DIRECT`)
+//!   and of the random blocks in list order (one `dd` each).
 //!
 //! `/init` prints `bench-linux: KIND key=value ...` lines: `init` (uptime at
-//! /init), `seq` and `qd1` (bytes, requests, and Linux's monotonic clock in
-//! nanoseconds before and after, read from `/proc/timer_list` because
-//! busybox `date` has no `%N`), `error`, `done`.
+//! /init), `fio NAME` (fio's JSON figures: `io_bytes`, `total_ios`,
+//! `runtime` in ms, `usr_cpu`/`sys_cpu` in percent; the first of each is
+//! the read direction's), `sum seq|random` (`crc`, `bytes`), `error`,
+//! `done`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -14,7 +24,10 @@ use std::time::Duration;
 
 use object::{Object, ObjectSection};
 
+use tidepool_virtio_blk::workload::{self, BLOCK_BYTES};
+
 use super::cpio::Newc;
+use super::userland::{self, LIB_DIR};
 use super::{KeyValues, ParseError, Rate, Throughput};
 use crate::debian::Arm64Apt;
 use crate::devicetree::{self, Module, Tree};
@@ -34,17 +47,23 @@ const LINUX_BOOTARGS: &str = "console=hvc0 earlycon=xen rdinit=/init cma=0";
 /// The modules the benchmark needs, in the kernel's own names.
 const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_blk"];
 /// busybox applets `/init` uses, linked to `/bin/busybox`.
-const APPLETS: &[&str] = &["sh", "mount", "insmod", "dd", "cut", "usleep", "poweroff"];
+const APPLETS: &[&str] = &[
+    "sh", "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "cksum",
+];
 /// The prefix of `/init`'s console lines.
 pub const PREFIX: &str = "bench-linux: ";
 /// The line `/init` prints first.
 pub const INIT_MARKER: &str = "bench-linux: init ";
 /// Sequential reads: 1 MiB each, O_DIRECT, the whole disk.
 const SEQ_BLOCK: u64 = 1 << 20;
-/// Small reads: 4 KiB each, O_DIRECT, this many, one at a time.
-const SMALL_BLOCK: u64 = 4096;
-/// How many small reads.
-pub const SMALL_READS: u64 = 4096;
+/// Sequential reads in flight (8 MiB, the bytes tidepool keeps in flight).
+const SEQ_DEPTH: u64 = 8;
+/// The queue depths of the random reads, as tidepool's.
+pub const DEPTHS: [u64; 3] = [1, 16, 32];
+/// The iolog of the random reads in the initramfs.
+const IOLOG: &str = "bench/random.iolog";
+/// The random reads' block numbers, one a line, for the checksum pass.
+const BLOCKS: &str = "bench/random.blocks";
 
 /// The files that make Linux a benchmark dom0.
 pub struct LinuxDom0 {
@@ -56,9 +75,10 @@ pub struct LinuxDom0 {
     pub modules: Vec<String>,
 }
 
-/// Fetches (once) Debian's Linux image package and busybox-static and
-/// writes the initramfs for reading a `disk_bytes` disk into `dir`.
-pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0> {
+/// Fetches (once) Debian's Linux image package, busybox-static and fio with
+/// its libraries, and writes the initramfs for reading a `disk_bytes` disk,
+/// `reads` random 4 KiB reads per queue depth, into `dir`.
+pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Result<LinuxDom0> {
     // The package board_dtbs unpacks: ROOT/usr/lib/linux-image-VERSION holds
     // the DTBs; the Image and modules are ROOT/boot and ROOT/lib/modules.
     let dtbs = tools::board_dtbs(ws)?;
@@ -79,14 +99,27 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
     let busybox_dir = dir.join("busybox-static");
-    Arm64Apt::new(&ws.build.join("apt-arm64"))?.fetch_and_unpack("busybox-static", &busybox_dir)?;
+    let apt = Arm64Apt::new(&ws.build.join("apt-arm64"))?;
+    apt.fetch_and_unpack("busybox-static", &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 
     let index = ModuleIndex::scan(&modules_dir)?;
     let modules = load_order(WANTED_MODULES, &index.builtin, |name| index.depends(name))?;
     let mut archive = Newc::new();
-    for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "lib",
+        "lib/modules",
+        "usr",
+        "usr/bin",
+        "bench",
+    ] {
         archive.dir(d, 0o755);
     }
     // The kernel opens /dev/console for /init before devtmpfs is mounted.
@@ -100,6 +133,17 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
         let bytes = std::fs::read(path).map_err(|e| Error::io(path.clone(), e))?;
         archive.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
     }
+    let fio = userland::add(&apt, &dir.join("packages"), &userland::FIO, &mut archive)?;
+    eprintln!(
+        "bench: linux: initramfs gets fio with {} libraries ({} KiB)",
+        fio.libraries.len(),
+        fio.bytes / 1024
+    );
+    let blocks: Vec<u64> =
+        workload::random_blocks(workload::SEED, reads, disk_bytes / BLOCK_BYTES).collect();
+    archive.file(IOLOG, 0o644, iolog(&blocks).as_bytes());
+    let list: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+    archive.file(BLOCKS, 0o644, list.as_bytes());
     archive.file("init", 0o755, init_script(&modules, disk_bytes).as_bytes());
     let initramfs = dir.join("linux-initramfs.cpio");
     std::fs::write(&initramfs, archive.finish()).map_err(|e| Error::io(initramfs.clone(), e))?;
@@ -110,32 +154,48 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     })
 }
 
-/// `/init`: mount, load `modules`, wait for /dev/vda, time the reads of a
-/// `disk_bytes` disk, power off.
+/// fio's version 2 iolog of 4 KiB reads of `blocks` from /dev/vda.
+fn iolog(blocks: &[u64]) -> String {
+    let mut log = String::from("fio version 2 iolog\n/dev/vda add\n/dev/vda open\n");
+    for block in blocks {
+        log.push_str(&format!(
+            "/dev/vda read {} {BLOCK_BYTES}\n",
+            block * BLOCK_BYTES
+        ));
+    }
+    log.push_str("/dev/vda close\n");
+    log
+}
+
+/// `/init`: mount, load `modules`, wait for /dev/vda, run fio on a
+/// `disk_bytes` disk, checksum what Linux reads, power off.
 fn init_script(modules: &[String], disk_bytes: u64) -> String {
-    let seq_reads = disk_bytes / SEQ_BLOCK;
-    let seq_bytes = seq_reads * SEQ_BLOCK;
-    let small_bytes = SMALL_READS * SMALL_BLOCK;
     let insmods: String = modules
         .iter()
         .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
         .collect();
+    let depths = DEPTHS.map(|d| d.to_string()).join(" ");
     format!(
         r#"#!/bin/sh
 # tidepool's `cargo xtask bench`, Linux dom0 side (xtask/src/bench/linux.rs).
-export PATH=/bin
+export PATH=/bin:/usr/bin
+export LD_LIBRARY_PATH=/{LIB_DIR}
 fail() {{ echo "{PREFIX}error $1"; poweroff -f; }}
-# Monotonic nanoseconds: /proc/timer_list's "now at N nsecs" (busybox date
-# has no %N).
-now() {{
-    while read -r a b c d; do
-        [ "$a $b $d" = "now at nsecs" ] && {{ echo "$c"; return; }}
-    done < /proc/timer_list
-    echo "no-clock"
+# fio's figures: the numeric fields of its JSON, one line (the first of each
+# key is the read direction's).
+fio_run() {{
+    name=$1
+    shift
+    fio --thread --output-format=json --output=/run/$name.json --name=$name "$@" >/dev/null 2>/run/$name.err \
+        || fail "fio $name: $(tr '\n' ' ' < /run/$name.err)"
+    echo "{PREFIX}fio $name $(grep -E '"(io_bytes|total_ios|runtime|usr_cpu|sys_cpu)" :' /run/$name.json \
+        | sed 's/^ *"\([a-z_]*\)" : \([0-9.]*\),*$/\1=\2/' | tr '\n' ' ')"
 }}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
 echo "{PREFIX}init uptime=$(cut -d' ' -f1 /proc/uptime)"
 {insmods}n=0
 while [ ! -b /dev/vda ]; do
@@ -143,14 +203,14 @@ while [ ! -b /dev/vda ]; do
     [ $n -gt 500 ] && fail "no /dev/vda after 5 s"
     usleep 10000
 done
-t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SEQ_BLOCK} count={seq_reads} iflag=direct 2>/dev/null || fail "dd seq"
-t1=$(now)
-echo "{PREFIX}seq bytes={seq_bytes} reqs={seq_reads} start_ns=$t0 end_ns=$t1"
-t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SMALL_BLOCK} count={SMALL_READS} iflag=direct 2>/dev/null || fail "dd qd1"
-t1=$(now)
-echo "{PREFIX}qd1 bytes={small_bytes} reqs={SMALL_READS} start_ns=$t0 end_ns=$t1"
+fio_run seq --filename=/dev/vda --rw=read --bs={SEQ_BLOCK} --size={disk_bytes} --direct=1 --ioengine=libaio --iodepth={SEQ_DEPTH}
+for qd in {depths}; do
+    fio_run qd$qd --read_iolog=/{IOLOG} --direct=1 --ioengine=libaio --iodepth=$qd
+done
+set -- $(dd if=/dev/vda bs={SEQ_BLOCK} iflag=direct 2>/dev/null | cksum)
+echo "{PREFIX}sum seq crc=$1 bytes=$2"
+set -- $(while read -r b; do dd if=/dev/vda bs={BLOCK_BYTES} skip=$b count=1 iflag=direct 2>/dev/null; done < /{BLOCKS} | cksum)
+echo "{PREFIX}sum random crc=$1 bytes=$2"
 echo "{PREFIX}done"
 poweroff -f
 "#
@@ -233,15 +293,69 @@ fn check_layout(kernel_size: u64, ramdisk_size: u64) -> Result<()> {
     Ok(())
 }
 
+/// One fio job's figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FioJob {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Requests (fio's I/Os) completed.
+    pub requests: u64,
+    /// fio's runtime of the job (millisecond resolution).
+    pub time: Duration,
+    /// fio's user plus system CPU, in percent of `time`.
+    pub cpu_percent: f64,
+}
+
+impl FioJob {
+    /// The read throughput.
+    pub fn throughput(&self) -> Throughput {
+        Throughput {
+            bytes: self.bytes,
+            time: self.time,
+        }
+    }
+
+    /// The request rate.
+    pub fn rate(&self) -> Rate {
+        Rate {
+            requests: self.requests,
+            time: self.time,
+        }
+    }
+
+    /// CPU time per request (fio's usr+sys share of its runtime).
+    pub fn cpu_per_request(&self) -> Duration {
+        self.time.mul_f64(self.cpu_percent / 100.0) / self.requests.max(1) as u32
+    }
+
+    /// The faster of two runs of the same job.
+    pub fn faster(self, other: Self) -> Self {
+        if other.time < self.time { other } else { self }
+    }
+}
+
+/// A POSIX `cksum` (CRC and byte count) of bytes Linux read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cksum {
+    /// The CRC.
+    pub crc: u32,
+    /// Bytes summed.
+    pub bytes: u64,
+}
+
 /// What Linux measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinuxBench {
     /// Uptime when `/init` started, by Linux's clock.
     pub init_uptime: Duration,
-    /// The whole-disk 1 MiB O_DIRECT reads.
-    pub seq: Throughput,
-    /// The 4 KiB O_DIRECT reads, one at a time (sequential offsets).
-    pub qd1: Rate,
+    /// fio's whole-disk 1 MiB reads.
+    pub seq: FioJob,
+    /// fio's random 4 KiB reads at each of [`DEPTHS`], in that order.
+    pub random: Vec<(u64, FioJob)>,
+    /// The whole disk, read with `dd`.
+    pub seq_sum: Cksum,
+    /// The random blocks in list order, read with `dd`.
+    pub random_sum: Cksum,
 }
 
 /// Why Linux's console did not yield the numbers.
@@ -250,7 +364,7 @@ pub enum LinuxParseError {
     /// `/init` reported an error.
     Reported(String),
     /// A line of this kind never appeared.
-    Missing(&'static str),
+    Missing(String),
     /// A line did not parse.
     Bad {
         /// The line.
@@ -272,7 +386,7 @@ impl fmt::Display for LinuxParseError {
 
 /// Finds `/init`'s lines in the console and reads the measurements.
 pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseError> {
-    let mut found: HashMap<&str, &str> = HashMap::new();
+    let mut found: HashMap<String, &str> = HashMap::new();
     for line in lines {
         let Some(at) = line.find(PREFIX) else {
             continue;
@@ -282,50 +396,114 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
         if kind == "error" {
             return Err(LinuxParseError::Reported(fields.to_string()));
         }
+        // `fio NAME ...` and `sum NAME ...` are keyed by both words.
+        let (kind, fields) = match kind {
+            "fio" | "sum" => {
+                let (name, fields) = fields.split_once(' ').unwrap_or((fields, ""));
+                (format!("{kind} {name}"), fields)
+            }
+            _ => (kind.to_string(), fields),
+        };
         found.entry(kind).or_insert(fields);
     }
-    let get = |kind: &'static str| {
+    let get = |kind: &str| -> std::result::Result<(KeyValues<'_>, String), LinuxParseError> {
         found
             .get(kind)
-            .map(|fields| KeyValues::new(fields))
-            .ok_or(LinuxParseError::Missing(kind))
+            .map(|fields| (KeyValues::new(fields), format!("{PREFIX}{kind} {fields}")))
+            .ok_or_else(|| LinuxParseError::Missing(kind.to_string()))
     };
-    let bad = |kind: &str, err| LinuxParseError::Bad {
-        line: format!("{PREFIX}{kind} {}", found.get(kind).unwrap_or(&"")),
-        err,
-    };
-    let init = get("init")?;
+    let bad = |line: String| move |err| LinuxParseError::Bad { line, err };
+    let (init, line) = get("init")?;
     let init_uptime = init
         .f64("uptime")
         .map(Duration::from_secs_f64)
-        .map_err(|e| bad("init", e))?;
-    let seq = get("seq")?;
-    let (bytes, time) = read_timed(&seq, "bytes").map_err(|e| bad("seq", e))?;
-    let qd1 = get("qd1")?;
-    let (requests, qd1_time) = read_timed(&qd1, "reqs").map_err(|e| bad("qd1", e))?;
+        .map_err(bad(line))?;
+    let job = |name: &str| {
+        let (kv, line) = get(&format!("fio {name}"))?;
+        fio_job(&kv).map_err(bad(line))
+    };
+    let sum = |name: &str| {
+        let (kv, line) = get(&format!("sum {name}"))?;
+        cksum(&kv).map_err(bad(line))
+    };
+    let mut random = Vec::new();
+    for depth in DEPTHS {
+        random.push((depth, job(&format!("qd{depth}"))?));
+    }
     Ok(LinuxBench {
         init_uptime,
-        seq: Throughput { bytes, time },
-        qd1: Rate {
-            requests,
-            time: qd1_time,
-        },
+        seq: job("seq")?,
+        random,
+        seq_sum: sum("seq")?,
+        random_sum: sum("random")?,
     })
 }
 
-/// `count_key` and the time between `start_ns` and `end_ns`.
-fn read_timed(
-    kv: &KeyValues<'_>,
-    count_key: &'static str,
-) -> std::result::Result<(u64, Duration), ParseError> {
-    let (start, end) = (kv.u64("start_ns")?, kv.u64("end_ns")?);
-    if end <= start {
-        return Err(ParseError::Invalid {
-            key: "end_ns",
-            value: format!("{end} (start_ns={start})"),
-        });
+/// A fio line's figures; a job that moved nothing or took no time is
+/// refused.
+fn fio_job(kv: &KeyValues<'_>) -> std::result::Result<FioJob, ParseError> {
+    let nonzero = |key: &'static str| match kv.u64(key)? {
+        0 => Err(ParseError::Invalid {
+            key,
+            value: "0".into(),
+        }),
+        n => Ok(n),
+    };
+    Ok(FioJob {
+        bytes: nonzero("io_bytes")?,
+        requests: nonzero("total_ios")?,
+        time: Duration::from_millis(nonzero("runtime")?),
+        cpu_percent: kv.f64("usr_cpu")? + kv.f64("sys_cpu")?,
+    })
+}
+
+fn cksum(kv: &KeyValues<'_>) -> std::result::Result<Cksum, ParseError> {
+    let crc = kv.u64("crc")?;
+    Ok(Cksum {
+        crc: u32::try_from(crc).map_err(|_| ParseError::Invalid {
+            key: "crc",
+            value: crc.to_string(),
+        })?,
+        bytes: kv.u64("bytes")?,
+    })
+}
+
+/// The POSIX `cksum` of what `bytes` yields, in order (CRC-32 with
+/// polynomial 0x04C11DB7, MSB first, over the data and then its length).
+pub fn posix_cksum<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Cksum {
+    const fn table() -> [u32; 256] {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = (i as u32) << 24;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 0x8000_0000 != 0 {
+                    (crc << 1) ^ 0x04C1_1DB7
+                } else {
+                    crc << 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
     }
-    Ok((kv.u64(count_key)?, Duration::from_nanos(end - start)))
+    const TABLE: [u32; 256] = table();
+    let step = |crc: u32, byte: u8| (crc << 8) ^ TABLE[((crc >> 24) as u8 ^ byte) as usize];
+    let mut crc = 0u32;
+    let mut bytes = 0u64;
+    for chunk in chunks {
+        crc = chunk.iter().fold(crc, |crc, &b| step(crc, b));
+        bytes += chunk.len() as u64;
+    }
+    let mut len = bytes;
+    while len != 0 {
+        crc = step(crc, len as u8);
+        len >>= 8;
+    }
+    Cksum { crc: !crc, bytes }
 }
 
 /// The modules of one kernel: which are built in, where the others are.
@@ -447,31 +625,58 @@ mod tests {
         text.lines().map(str::to_string).collect()
     }
 
-    const GOOD: &str = "\
-(XEN) *** LOADING DOMAIN 0 ***
-[    2.9] Run /init as init process
-bench-linux: init uptime=2.91
-bench-linux: seq bytes=67108864 reqs=64 start_ns=1000000000 end_ns=1420000000
-bench-linux: qd1 bytes=16777216 reqs=4096 start_ns=2000000000123 end_ns=2002048000123
-bench-linux: done";
+    const FIO: &str =
+        "io_bytes=67108864 total_ios=64 runtime=420 usr_cpu=1.5 sys_cpu=10.5 io_bytes=0 runtime=0";
+
+    fn good() -> String {
+        let random = |depth: u64, ms: u64| {
+            format!(
+                "bench-linux: fio qd{depth} io_bytes=16777216 total_ios=4096 runtime={ms} usr_cpu=5.0 sys_cpu=20.0\n"
+            )
+        };
+        format!(
+            "(XEN) *** LOADING DOMAIN 0 ***\n[    2.9] Run /init as init process\nbench-linux: init uptime=2.91\n\
+             bench-linux: fio seq {FIO}\n{}{}{}\
+             bench-linux: sum seq crc=4294967295 bytes=67108864\n\
+             bench-linux: sum random crc=12345 bytes=16777216\nbench-linux: done",
+            random(1, 2048),
+            random(16, 512),
+            random(32, 500)
+        )
+    }
 
     #[test]
     fn parses_init_output() {
-        let got = parse(&lines(GOOD)).unwrap();
+        let got = parse(&lines(&good())).unwrap();
         assert_eq!(got.init_uptime, Duration::from_millis(2910));
         assert_eq!(got.seq.bytes, 64 << 20);
         assert_eq!(got.seq.time, Duration::from_millis(420));
-        assert!((got.seq.mib_per_s() - 64.0 / 0.42).abs() < 1e-9);
-        assert_eq!(got.qd1.requests, 4096);
-        assert_eq!(got.qd1.time, Duration::from_millis(2048));
-        assert!((got.qd1.iops() - 2000.0).abs() < 1e-9);
+        assert!((got.seq.throughput().mib_per_s() - 64.0 / 0.42).abs() < 1e-9);
+        assert!(
+            (got.seq.cpu_percent - 12.0).abs() < 1e-9,
+            "the read's figures come first"
+        );
+        let depths: Vec<u64> = got.random.iter().map(|(d, _)| *d).collect();
+        assert_eq!(depths, DEPTHS);
+        let qd1 = got.random[0].1;
+        assert_eq!(qd1.requests, 4096);
+        assert!((qd1.rate().iops() - 2000.0).abs() < 1e-9);
+        assert_eq!(qd1.cpu_per_request(), Duration::from_nanos(125_000));
+        assert_eq!(
+            got.seq_sum,
+            Cksum {
+                crc: u32::MAX,
+                bytes: 64 << 20
+            }
+        );
+        assert_eq!(got.random_sum.crc, 12345);
     }
 
     #[test]
     fn lines_may_carry_console_noise_before_the_prefix() {
-        let text = GOOD.replace(
-            "bench-linux: seq",
-            "[  3.1] random: crng initbench-linux: seq",
+        let text = good().replace(
+            "bench-linux: fio seq",
+            "[  3.1] random: crng initbench-linux: fio seq",
         );
         assert_eq!(parse(&lines(&text)).unwrap().seq.bytes, 64 << 20);
     }
@@ -486,40 +691,63 @@ bench-linux: done";
             LinuxParseError::Reported("no /dev/vda after 5 s".into())
         );
         let err = parse(&lines("bench-linux: init uptime=1.0")).unwrap_err();
-        assert_eq!(err, LinuxParseError::Missing("seq"));
-        assert_eq!(err.to_string(), "no 'bench-linux: seq' line");
-        // /init found no clock in /proc/timer_list.
-        let text = GOOD.replace("end_ns=1420000000", "end_ns=no-clock");
-        let err = parse(&lines(&text)).unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                LinuxParseError::Bad {
-                    err: ParseError::Invalid { key: "end_ns", .. },
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let text = GOOD.replace("end_ns=1420000000", "end_ns=900000000");
+        assert_eq!(err, LinuxParseError::Missing("fio qd1".into()));
+        assert_eq!(err.to_string(), "no 'bench-linux: fio qd1' line");
+        let text = good().replace("runtime=420", "runtime=0");
         assert!(matches!(
             parse(&lines(&text)),
-            Err(LinuxParseError::Bad { .. })
+            Err(LinuxParseError::Bad {
+                err: ParseError::Invalid { key: "runtime", .. },
+                ..
+            })
         ));
+        let text = good().replace("crc=12345", "crc=4294967296");
+        assert!(parse(&lines(&text)).is_err());
     }
 
     #[test]
-    fn init_script_reads_the_whole_disk_and_loads_modules_in_order() {
+    fn posix_cksum_matches_the_standard() {
+        // `printf 123456789 | cksum` and `printf '' | cksum`.
+        assert_eq!(posix_cksum([&b"123456789"[..]]).crc, 930_766_865);
+        assert_eq!(posix_cksum([&b"1234"[..], &b"56789"[..]]).crc, 930_766_865);
+        assert_eq!(
+            posix_cksum([]),
+            Cksum {
+                crc: u32::MAX,
+                bytes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn the_iolog_replays_the_blocks() {
+        let log = iolog(&[0, 3]);
+        assert_eq!(
+            log,
+            "fio version 2 iolog\n/dev/vda add\n/dev/vda open\n/dev/vda read 0 4096\n\
+             /dev/vda read 12288 4096\n/dev/vda close\n"
+        );
+    }
+
+    #[test]
+    fn init_script_runs_fio_and_the_checksums_and_loads_modules_in_order() {
         let script = init_script(&["virtio_mmio".into(), "virtio_blk".into()], 64 << 20);
         assert!(script.starts_with("#!/bin/sh\n"));
         let mmio = script.find("insmod /lib/modules/virtio_mmio.ko").unwrap();
         let blk = script.find("insmod /lib/modules/virtio_blk.ko").unwrap();
         assert!(mmio < blk);
-        assert!(script.contains("bs=1048576 count=64 iflag=direct"));
-        assert!(script.contains("bs=4096 count=4096 iflag=direct"));
-        assert!(script.contains("bench-linux: seq bytes=67108864 reqs=64 "));
+        assert!(script.contains(
+            "--rw=read --bs=1048576 --size=67108864 --direct=1 --ioengine=libaio --iodepth=8"
+        ));
+        assert!(script.contains("for qd in 1 16 32; do"));
+        assert!(script.contains(
+            "--read_iolog=/bench/random.iolog --direct=1 --ioengine=libaio --iodepth=$qd"
+        ));
+        assert!(script.contains("skip=$b count=1 iflag=direct"));
         assert!(script.trim_end().ends_with("poweroff -f"));
-        for applet in ["mount", "insmod", "dd", "cut", "usleep", "poweroff"] {
+        for applet in [
+            "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "cksum",
+        ] {
             assert!(APPLETS.contains(&applet), "{applet} is linked");
         }
     }
