@@ -259,6 +259,30 @@ impl Disk {
         }
     }
 
+    /// Submits `request` like [`Self::submit`], except that when the pool
+    /// is held by requests the device has returned but the caller has not
+    /// finished yet (`holding`: the caller has some), it returns `None`
+    /// for the caller to finish its oldest first. A pool device's finished
+    /// request keeps its region until `finish` copies the data out.
+    fn submit_or_defer(
+        &mut self,
+        dma: &mut Dma,
+        request: Request<'_>,
+        holding: bool,
+    ) -> Result<Option<Token>, BlkError<'static>> {
+        match self.submit(dma, request) {
+            Err(BlkError::Dma {
+                error:
+                    DmaError::Pool {
+                        error: PoolError::Exhausted { .. },
+                        ..
+                    },
+                ..
+            }) if holding => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     /// Waits for `token` and copies a read's data into `buffer`.
     fn complete(
         &mut self,
@@ -295,8 +319,9 @@ impl Disk {
                     lba: lba + next as u64 * sectors_per_chunk,
                     sectors: (len / SECTOR_BYTES) as u32,
                 };
-                match self.submit(dma, request) {
-                    Ok(token) => pending.push((token, offset)),
+                match self.submit_or_defer(dma, request, !pending.is_empty()) {
+                    Ok(Some(token)) => pending.push((token, offset)),
+                    Ok(None) => break,
                     Err(err) => result = Err(err),
                 }
                 next += 1;
@@ -454,9 +479,13 @@ fn timed_reads(
     let start = arch_timer::counter();
     while requests.peek().is_some() || !pending.is_empty() {
         while pending.len() < depth
-            && let Some((lba, sectors)) = requests.next()
+            && let Some(&(lba, sectors)) = requests.peek()
         {
-            let token = disk.submit(dma, Request::Read { lba, sectors })?;
+            let request = Request::Read { lba, sectors };
+            let Some(token) = disk.submit_or_defer(dma, request, !pending.is_empty())? else {
+                break;
+            };
+            requests.next();
             pending.push((token, sectors as usize * SECTOR_BYTES));
             count += 1;
         }
