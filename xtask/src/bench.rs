@@ -50,8 +50,10 @@ use crate::{Error, Result, Workspace, tools};
 
 /// QEMU's RAM for every run, in MiB.
 const MEMORY_MIB: u64 = 1024;
-/// Xen's `dom0_mem` for every dom0 run, tidepool's and Linux's.
-const DOM0_MEM: &str = "256M";
+/// Xen's `dom0_mem` for every dom0 run, tidepool's and Linux's: room for
+/// Linux's 33 MB Image, its 85 MB initramfs (fio's libraries) and that
+/// initramfs unpacked (256M was too little to unpack it).
+const DOM0_MEM: &str = "512M";
 /// The disk's size in MiB; tidepool reads all of it (`bench=`), as does Linux.
 const DISK_MIB: u64 = 64;
 /// Random 4 KiB reads per queue depth.

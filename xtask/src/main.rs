@@ -147,6 +147,9 @@ struct RunArgs {
     /// Use the modern (v2) virtio-mmio transport.
     #[arg(long)]
     modern_virtio: bool,
+    /// Guest time from instructions (-icount shift=0,sleep=off): deterministic timings.
+    #[arg(long)]
+    icount: bool,
 }
 
 #[derive(Args)]
@@ -240,6 +243,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     machine.xen_args = args.xen_args;
     machine.scenario = args.scenario;
     machine.modern_virtio = args.modern_virtio;
+    machine.icount = args.icount;
     machine.disks = args
         .disk
         .into_iter()

@@ -105,6 +105,9 @@ struct Slot<'a> {
     /// an unknown token.
     generation: u32,
     state: SlotState<'a>,
+    /// Its staging region has been zeroed (on first use, not at setup:
+    /// 32 slots are 8 MiB of heap to clear).
+    staged: bool,
 }
 
 /// A virtio-mmio block device, all of whose DMA goes through its
@@ -195,6 +198,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     .map(|_| Slot {
                         generation: 0,
                         state: SlotState::Free,
+                        staged: false,
                     })
                     .collect(),
                 head_slot: [0; QUEUE_SIZE_LIMIT as usize],
@@ -244,7 +248,8 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             Some(_) => None,
             None => {
                 let bytes = slots * SLOT_STRIDE;
-                let memory = SharedMemory::allocate(bytes, PAGE_SIZE as usize)
+                // Zeroed a slot at a time, at its first request.
+                let memory = SharedMemory::allocate_unzeroed(bytes, PAGE_SIZE as usize)
                     .ok_or((InitError::OutOfMemory { device, bytes }, None))?;
                 Some(memory)
             }
@@ -432,6 +437,11 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         let mapping = match &mut self.staging {
             Some(staging) => {
                 let base = index * SLOT_STRIDE;
+                let slot = &mut self.slots[index];
+                if !slot.staged {
+                    staging.zero(base, SLOT_STRIDE);
+                    slot.staged = true;
+                }
                 fill(staging, base);
                 let cpu = CpuBuffer {
                     virt: VirtAddr(staging.virt().0 + base as u64),

@@ -29,12 +29,23 @@ impl SharedMemory {
     /// `len` zeroed bytes aligned to `align`, from the heap (linear RAM in
     /// the kernel); freed when dropped. `None` if the heap cannot give them.
     pub(crate) fn allocate(len: usize, align: usize) -> Option<Self> {
+        let mut memory = Self::allocate_unzeroed(len, align)?;
+        memory.zero(0, len);
+        Some(memory)
+    }
+
+    /// `len` bytes aligned to `align` from the heap, **not** initialized:
+    /// the caller writes or [`zero`](Self::zero)es each part before it
+    /// reads it (a device's writes count). For large buffers used a part
+    /// at a time, so that setup does not pay for zeroing what may never be
+    /// used.
+    pub(crate) fn allocate_unzeroed(len: usize, align: usize) -> Option<Self> {
         let layout = Layout::from_size_align(len, align).ok()?;
         if len == 0 {
             return None;
         }
         // SAFETY: `layout` has a non-zero size.
-        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        let base = NonNull::new(unsafe { alloc::alloc::alloc(layout) })?;
         Some(Self {
             base,
             len,
@@ -128,6 +139,18 @@ impl SharedMemory {
         unsafe { self.at::<u8>(offset).write_volatile(value) }
     }
 
+    /// Zeroes `len` bytes at `offset`. Only while the CPU owns that part.
+    pub(crate) fn zero(&mut self, offset: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let destination = self.at::<u8>(offset);
+        self.at::<u8>(offset + len - 1);
+        // SAFETY: both ends were checked to lie inside the memory, which is
+        // valid for writes.
+        unsafe { core::ptr::write_bytes(destination, 0, len) }
+    }
+
     /// Copies `bytes` to `offset`. Only while the CPU owns that part.
     pub(crate) fn write_bytes(&mut self, offset: usize, bytes: &[u8]) {
         if bytes.is_empty() {
@@ -193,6 +216,22 @@ mod tests {
         let memory = SharedMemory::allocate(64, 8).unwrap();
         let mut bytes = [0; 8];
         memory.read_bytes(60, &mut bytes);
+    }
+
+    #[test]
+    fn zeroing_is_bounded() {
+        let mut memory = SharedMemory::allocate_unzeroed(64, 8).unwrap();
+        memory.zero(0, 64);
+        memory.write_u8(10, 7);
+        memory.zero(8, 8);
+        assert_eq!(memory.read_u8(10), 0);
+        memory.zero(64, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "past")]
+    fn zeroing_past_the_end_is_refused() {
+        SharedMemory::allocate(64, 8).unwrap().zero(60, 8);
     }
 
     #[test]

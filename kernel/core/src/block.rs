@@ -575,7 +575,8 @@ pub fn bench(
         );
     }
     info!(
-        "blk: bench dma requests={requests} flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} syncs={} bounced={}",
+        "blk: bench dma requests={requests} flush_hypercalls={hypercalls} hypercalls_per_req={per_req}.{per_req_frac:02} flush_pages={} syncs={} bounced={}",
+        dma_stats.pages - before_dma.pages,
         dma_stats.syncs - before_dma.syncs,
         dma_stats.bounced - before_dma.bounced,
     );

@@ -25,6 +25,10 @@ const POOL_RATIO_TARGET: f64 = 0.8;
 const HYPERCALLS_PER_REQUEST_TARGET: f64 = 1.0;
 /// `boot: ready` at most this long after QEMU's spawn.
 const READY_TARGET: Duration = Duration::from_secs(1);
+/// tidepool's sequential requests, and the pages one of them flushes
+/// (header, 256 KiB and status from a page boundary).
+const SEQ_REQUEST_BYTES: u64 = 256 * 1024;
+const SEQ_REQUEST_PAGES: u64 = 65;
 /// Kernel entry to `boot: ready` in guest time under `-icount shift=0`.
 const GUEST_BOOT_TARGET: Duration = Duration::from_millis(2);
 
@@ -379,6 +383,27 @@ pub fn figures(r: &Results) -> Vec<Figure> {
                 format!("<= {HYPERCALLS_PER_REQUEST_TARGET}"),
             ),
     );
+    let pages =
+        |b: Option<&KernelBench>| b.map(|b| b.flush_pages as f64 / b.requests.max(1) as f64);
+    out.push(Figure::new("pages flushed per request", "pages").values(
+        pages(stock),
+        pages(pool),
+        None,
+    ));
+    // What the pool path's extra time costs per flushed page: its
+    // sequential time over the coherent one's, per page its hypercalls
+    // flushed in the sequential phase (256 KiB + header and status: 65).
+    let per_page = match (stock, pool) {
+        (Some(s), Some(p)) if p.flush_pages > 0 => {
+            let pages = p.seq.bytes.div_ceil(SEQ_REQUEST_BYTES) * SEQ_REQUEST_PAGES;
+            Some((p.seq.time.as_secs_f64() - s.seq.time.as_secs_f64()) * 1e6 / pages as f64)
+        }
+        _ => None,
+    };
+    out.push(
+        Figure::new("pool path's extra time per flushed page, sequential", "us")
+            .values(None, per_page, None),
+    );
     let bounced = |b: Option<&KernelBench>| b.map(|b| b.bounced as f64 / b.requests.max(1) as f64);
     out.push(Figure::new("bytes bounced per request", "bytes").values(
         bounced(stock),
@@ -505,6 +530,7 @@ fn show(value: Option<f64>, unit: &str) -> String {
     };
     let digits = match unit {
         "IOPS" | "bytes" => 0,
+        "pages" => 1,
         "s" | "ms" => 3,
         _ => 2,
     };
@@ -701,6 +727,7 @@ mod tests {
                 .collect(),
             requests: 12544,
             flush_hypercalls: flushes,
+            flush_pages: flushes * 4,
             bounced: 0,
         }
     }

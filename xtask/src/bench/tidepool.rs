@@ -44,6 +44,8 @@ pub struct KernelBench {
     pub requests: u64,
     /// `GNTTABOP_cache_flush` hypercalls over the whole benchmark.
     pub flush_hypercalls: u64,
+    /// Pages those hypercalls flushed.
+    pub flush_pages: u64,
     /// Bytes the DMA layer bounced over the whole benchmark.
     pub bounced: u64,
 }
@@ -102,7 +104,8 @@ impl KernelBench {
             }
         }
         let (device, wait, seq, seq_busy, seq_sum) = seq.ok_or(BenchLinesError::Missing("seq"))?;
-        let (requests, flush_hypercalls, bounced) = dma.ok_or(BenchLinesError::Missing("dma"))?;
+        let (requests, flush_hypercalls, flush_pages, bounced) =
+            dma.ok_or(BenchLinesError::Missing("dma"))?;
         if random.is_empty() {
             return Err(BenchLinesError::Missing("qd1"));
         }
@@ -115,6 +118,7 @@ impl KernelBench {
             random,
             requests,
             flush_hypercalls,
+            flush_pages,
             bounced,
         })
     }
@@ -190,10 +194,11 @@ fn read_random(kv: &KeyValues<'_>) -> Result<RandomPhase, ParseError> {
     })
 }
 
-fn read_dma(kv: &KeyValues<'_>) -> Result<(u64, u64, u64), ParseError> {
+fn read_dma(kv: &KeyValues<'_>) -> Result<(u64, u64, u64, u64), ParseError> {
     Ok((
         kv.u64("requests")?,
         kv.u64("flush_hypercalls")?,
+        kv.u64("flush_pages")?,
         kv.u64("bounced")?,
     ))
 }
@@ -236,7 +241,7 @@ blk: bench seq device=/virtio_mmio@a003e00 wait=poll mib=64 reqs=256 us=123456 m
 blk: bench qd1 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=1024000 iops=4000 busy_ns=250000 sum=60885000c31226f5
 blk: bench qd16 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=512000 iops=8000 busy_ns=120000 sum=60885000c31226f5
 blk: bench qd32 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=500000 iops=8192 busy_ns=110000 sum=60885000c31226f5
-blk: bench dma requests=12544 flush_hypercalls=12544 hypercalls_per_req=1.00 syncs=25088 bounced=0";
+blk: bench dma requests=12544 flush_hypercalls=12544 hypercalls_per_req=1.00 flush_pages=50000 syncs=25088 bounced=0";
 
     fn parse(text: &str) -> Result<KernelBench, BenchLinesError> {
         KernelBench::parse(text.lines())
