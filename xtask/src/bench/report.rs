@@ -10,7 +10,7 @@ use tidepool_virtio_blk::wait::WaitMode;
 
 use super::linux::LinuxBench;
 use super::tidepool::KernelBench;
-use super::{NONCOHERENT_SCENARIO as POOL_LABEL, RunError};
+use super::{NONCOHERENT_SCENARIO as POOL_LABEL, RunError, VA_POOL_SCENARIO as VA_POOL_LABEL};
 use crate::image::IMAGE_SIZE_LIMIT;
 
 /// Sequential reads: at least this many times Linux's MiB/s.
@@ -130,6 +130,8 @@ pub struct Results {
     pub stock: Outcome<KernelBench>,
     /// The same with the disk non-coherent behind a no-map pool Xen flushes.
     pub pool: Outcome<KernelBench>,
+    /// The same behind a static pool Xen refuses to flush (VA maintenance).
+    pub pool_va: Outcome<KernelBench>,
     /// The coherent disk with each other wait mode.
     pub waits: Vec<(WaitMode, Outcome<KernelBench>)>,
     /// tidepool as an 8 MiB dom0less domU.
@@ -156,6 +158,10 @@ impl Results {
             ),
             ("tidepool stock".into(), self.stock.as_ref().err()),
             (format!("tidepool {POOL_LABEL}"), self.pool.as_ref().err()),
+            (
+                format!("tidepool {VA_POOL_LABEL}"),
+                self.pool_va.as_ref().err(),
+            ),
             ("tidepool domU".into(), self.domu.as_ref().err()),
             (
                 "linux".into(),
@@ -368,6 +374,36 @@ pub fn figures(r: &Results) -> Vec<Figure> {
                     .pool_vs_coherent(POOL_RATIO_TARGET),
             );
         }
+    }
+    // The pool path when maintenance is by VA through the pool's window
+    // (a static pool Xen refuses to flush): no column of its own, the ratio
+    // against the coherent disk.
+    let va = r.pool_va.as_ref().ok();
+    for (metric, value, coherent) in [
+        (
+            "sequential read, pool maintained by VA",
+            seq(va),
+            seq(stock),
+        ),
+        (
+            "4 KiB random reads, QD16, pool maintained by VA",
+            iops(va, 16),
+            iops(stock, 16),
+        ),
+    ] {
+        out.push(Figure {
+            ratio: ratio(value, coherent),
+            ratio_of: Some("pool/tidepool"),
+            ..Figure::new(
+                metric,
+                if metric.starts_with("seq") {
+                    "MiB/s"
+                } else {
+                    "IOPS"
+                },
+            )
+            .values(coherent, value, None)
+        });
     }
     let per_request = |b: Option<&KernelBench>| b.and_then(KernelBench::hypercalls_per_request);
     let worst = match (per_request(pool), per_request(stock)) {
@@ -645,7 +681,9 @@ pub fn render(r: &Results) -> String {
     out.push_str(&format!(
         "\ncoherent: QEMU's device tree (the disk is DMA-coherent); pool: scenario {POOL_LABEL}, the \
          disk non-coherent behind a no-map pool Xen flushes (one GNTTABOP_cache_flush per request), \
-         which Linux's Xen DMA path cannot serve (README), so Linux runs only the coherent disk.\n\
+         which Linux's Xen DMA path cannot serve (README), so Linux runs only the coherent disk; \
+         \"pool maintained by VA\": scenario {VA_POOL_LABEL}, a static pool Xen refuses to flush, \
+         cleaned by VA through its window instead (no hypercall).\n\
          Same workload both sides: 1 MiB sequential reads of the whole disk (Linux: fio, 8 in \
          flight; tidepool: 256 KiB requests, 32 in flight) and the same {} random 4 KiB blocks \
          (one seed, fio replays them from an iolog) at QD1/16/32. Every byte tidepool read is \
@@ -800,6 +838,7 @@ mod tests {
             boot_icount: Ok(ready(900, 1800)),
             stock: Ok(kernel(WaitMode::Poll, 50, [500, 200, 150], 0)),
             pool: Ok(kernel(WaitMode::Poll, 60, [600, 240, 180], 12544)),
+            pool_va: Ok(kernel(WaitMode::Poll, 55, [550, 220, 170], 0)),
             waits: vec![
                 (
                     WaitMode::Wfi,
