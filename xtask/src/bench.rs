@@ -43,7 +43,7 @@ use clap::Args;
 use tidepool_virtio_blk::wait::WaitMode;
 use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
 
-use self::linux::Cksum;
+use self::linux::Crc32;
 use self::report::{LinuxRun, Ready, Results, Setup};
 use self::tidepool::KernelBench;
 use crate::qemu::{self, Disk, Machine, Mode};
@@ -325,10 +325,10 @@ struct Expected {
     seq: u64,
     /// tidepool's checksum of the random blocks, in list order.
     random: u64,
-    /// Linux's `cksum` of the whole disk.
-    linux_seq: Cksum,
-    /// Linux's `cksum` of the random blocks.
-    linux_random: Cksum,
+    /// Linux's CRC-32 of the whole disk.
+    linux_seq: Crc32,
+    /// Linux's CRC-32 of the random blocks.
+    linux_random: Crc32,
 }
 
 impl Expected {
@@ -349,8 +349,8 @@ impl Expected {
         Ok(Self {
             seq: sum(&[&bytes]),
             random: sum(&blocks),
-            linux_seq: linux::posix_cksum([&bytes[..]]),
-            linux_random: linux::posix_cksum(blocks.iter().copied()),
+            linux_seq: linux::crc32([&bytes[..]]),
+            linux_random: linux::crc32(blocks.iter().copied()),
         })
     }
 
@@ -374,16 +374,16 @@ impl Expected {
     }
 
     /// Why Linux's checksums are wrong, if they are.
-    fn check_linux(&self, seq: Cksum, random: Cksum) -> std::result::Result<(), String> {
+    fn check_linux(&self, seq: Crc32, random: Crc32) -> std::result::Result<(), String> {
         if seq != self.linux_seq {
             return Err(format!(
-                "Linux's cksum of the disk is {seq:?}, expected {:?}",
+                "Linux's CRC-32 of the disk is {seq:?}, expected {:?}",
                 self.linux_seq
             ));
         }
         if random != self.linux_random {
             return Err(format!(
-                "Linux's cksum of the random blocks is {random:?}, expected {:?}",
+                "Linux's CRC-32 of the random blocks is {random:?}, expected {:?}",
                 self.linux_random
             ));
         }

@@ -8,13 +8,14 @@
 //!   random 4 KiB reads of [`workload::random_blocks`] replayed from an
 //!   iolog (`read_iolog`) at queue depth 1, 16 and 32;
 //! - untimed, the proof of what Linux's block path returns for those reads:
-//!   a POSIX `cksum` of the whole disk read with `dd` (1 MiB, `O_DIRECT`)
-//!   and of the random blocks in list order (one `dd` each).
+//!   a CRC-32 (busybox `crc32`, zlib's) of the whole disk read with `dd`
+//!   (1 MiB, `O_DIRECT`) and of the random blocks in list order (one `dd`
+//!   each).
 //!
 //! `/init` prints `bench-linux: KIND key=value ...` lines: `init` (uptime at
 //! /init), `fio NAME` (fio's JSON figures: `io_bytes`, `total_ios`,
 //! `runtime` in ms, `usr_cpu`/`sys_cpu` in percent; the first of each is
-//! the read direction's), `sum seq|random` (`crc`, `bytes`), `error`,
+//! the read direction's), `sum seq|random` (`crc32`, hex), `error`,
 //! `done`.
 
 use std::collections::{HashMap, HashSet};
@@ -48,7 +49,7 @@ const LINUX_BOOTARGS: &str = "console=hvc0 earlycon=xen rdinit=/init cma=0";
 const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_blk"];
 /// busybox applets `/init` uses, linked to `/bin/busybox`.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "cksum",
+    "sh", "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "crc32",
 ];
 /// The prefix of `/init`'s console lines.
 pub const PREFIX: &str = "bench-linux: ";
@@ -207,10 +208,8 @@ fio_run seq --filename=/dev/vda --rw=read --bs={SEQ_BLOCK} --size={disk_bytes} -
 for qd in {depths}; do
     fio_run qd$qd --read_iolog=/{IOLOG} --direct=1 --ioengine=libaio --iodepth=$qd
 done
-set -- $(dd if=/dev/vda bs={SEQ_BLOCK} iflag=direct 2>/dev/null | cksum)
-echo "{PREFIX}sum seq crc=$1 bytes=$2"
-set -- $(while read -r b; do dd if=/dev/vda bs={BLOCK_BYTES} skip=$b count=1 iflag=direct 2>/dev/null; done < /{BLOCKS} | cksum)
-echo "{PREFIX}sum random crc=$1 bytes=$2"
+echo "{PREFIX}sum seq crc32=$(dd if=/dev/vda bs={SEQ_BLOCK} iflag=direct 2>/dev/null | crc32)"
+echo "{PREFIX}sum random crc32=$(while read -r b; do dd if=/dev/vda bs={BLOCK_BYTES} skip=$b count=1 iflag=direct 2>/dev/null; done < /{BLOCKS} | crc32)"
 echo "{PREFIX}done"
 poweroff -f
 "#
@@ -334,14 +333,10 @@ impl FioJob {
     }
 }
 
-/// A POSIX `cksum` (CRC and byte count) of bytes Linux read.
+/// A CRC-32 (zlib's: reflected 0xEDB88320, busybox `crc32`) of bytes
+/// Linux read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cksum {
-    /// The CRC.
-    pub crc: u32,
-    /// Bytes summed.
-    pub bytes: u64,
-}
+pub struct Crc32(pub u32);
 
 /// What Linux measured.
 #[derive(Clone, Debug, PartialEq)]
@@ -353,9 +348,9 @@ pub struct LinuxBench {
     /// fio's random 4 KiB reads at each of [`DEPTHS`], in that order.
     pub random: Vec<(u64, FioJob)>,
     /// The whole disk, read with `dd`.
-    pub seq_sum: Cksum,
+    pub seq_sum: Crc32,
     /// The random blocks in list order, read with `dd`.
-    pub random_sum: Cksum,
+    pub random_sum: Crc32,
 }
 
 /// Why Linux's console did not yield the numbers.
@@ -424,7 +419,7 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
     };
     let sum = |name: &str| {
         let (kv, line) = get(&format!("sum {name}"))?;
-        cksum(&kv).map_err(bad(line))
+        crc32_field(&kv).map_err(bad(line))
     };
     let mut random = Vec::new();
     for depth in DEPTHS {
@@ -457,31 +452,31 @@ fn fio_job(kv: &KeyValues<'_>) -> std::result::Result<FioJob, ParseError> {
     })
 }
 
-fn cksum(kv: &KeyValues<'_>) -> std::result::Result<Cksum, ParseError> {
-    let crc = kv.u64("crc")?;
-    Ok(Cksum {
-        crc: u32::try_from(crc).map_err(|_| ParseError::Invalid {
-            key: "crc",
-            value: crc.to_string(),
-        })?,
-        bytes: kv.u64("bytes")?,
-    })
+fn crc32_field(kv: &KeyValues<'_>) -> std::result::Result<Crc32, ParseError> {
+    let value = kv.get("crc32")?;
+    u32::from_str_radix(value, 16)
+        .ok()
+        .filter(|_| value.len() == 8)
+        .map(Crc32)
+        .ok_or_else(|| ParseError::Invalid {
+            key: "crc32",
+            value: value.into(),
+        })
 }
 
-/// The POSIX `cksum` of what `bytes` yields, in order (CRC-32 with
-/// polynomial 0x04C11DB7, MSB first, over the data and then its length).
-pub fn posix_cksum<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Cksum {
+/// zlib's CRC-32 of what `chunks` yield, in order (busybox `crc32`).
+pub fn crc32<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Crc32 {
     const fn table() -> [u32; 256] {
         let mut table = [0u32; 256];
         let mut i = 0;
         while i < 256 {
-            let mut crc = (i as u32) << 24;
+            let mut crc = i as u32;
             let mut bit = 0;
             while bit < 8 {
-                crc = if crc & 0x8000_0000 != 0 {
-                    (crc << 1) ^ 0x04C1_1DB7
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
                 } else {
-                    crc << 1
+                    crc >> 1
                 };
                 bit += 1;
             }
@@ -491,19 +486,13 @@ pub fn posix_cksum<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Cksum {
         table
     }
     const TABLE: [u32; 256] = table();
-    let step = |crc: u32, byte: u8| (crc << 8) ^ TABLE[((crc >> 24) as u8 ^ byte) as usize];
-    let mut crc = 0u32;
-    let mut bytes = 0u64;
+    let mut crc = u32::MAX;
     for chunk in chunks {
-        crc = chunk.iter().fold(crc, |crc, &b| step(crc, b));
-        bytes += chunk.len() as u64;
+        for &byte in chunk {
+            crc = (crc >> 8) ^ TABLE[((crc as u8) ^ byte) as usize];
+        }
     }
-    let mut len = bytes;
-    while len != 0 {
-        crc = step(crc, len as u8);
-        len >>= 8;
-    }
-    Cksum { crc: !crc, bytes }
+    Crc32(!crc)
 }
 
 /// The modules of one kernel: which are built in, where the others are.
@@ -637,8 +626,8 @@ mod tests {
         format!(
             "(XEN) *** LOADING DOMAIN 0 ***\n[    2.9] Run /init as init process\nbench-linux: init uptime=2.91\n\
              bench-linux: fio seq {FIO}\n{}{}{}\
-             bench-linux: sum seq crc=4294967295 bytes=67108864\n\
-             bench-linux: sum random crc=12345 bytes=16777216\nbench-linux: done",
+             bench-linux: sum seq crc32=ffffffff\n\
+             bench-linux: sum random crc32=00003039\nbench-linux: done",
             random(1, 2048),
             random(16, 512),
             random(32, 500)
@@ -662,14 +651,8 @@ mod tests {
         assert_eq!(qd1.requests, 4096);
         assert!((qd1.rate().iops() - 2000.0).abs() < 1e-9);
         assert_eq!(qd1.cpu_per_request(), Duration::from_nanos(125_000));
-        assert_eq!(
-            got.seq_sum,
-            Cksum {
-                crc: u32::MAX,
-                bytes: 64 << 20
-            }
-        );
-        assert_eq!(got.random_sum.crc, 12345);
+        assert_eq!(got.seq_sum, Crc32(u32::MAX));
+        assert_eq!(got.random_sum, Crc32(12345));
     }
 
     #[test]
@@ -701,22 +684,21 @@ mod tests {
                 ..
             })
         ));
-        let text = good().replace("crc=12345", "crc=4294967296");
+        let text = good().replace("crc32=00003039", "crc32=");
+        assert!(
+            parse(&lines(&text)).is_err(),
+            "an empty sum (no crc32 applet)"
+        );
+        let text = good().replace("crc32=00003039", "crc32=123456789");
         assert!(parse(&lines(&text)).is_err());
     }
 
     #[test]
-    fn posix_cksum_matches_the_standard() {
-        // `printf 123456789 | cksum` and `printf '' | cksum`.
-        assert_eq!(posix_cksum([&b"123456789"[..]]).crc, 930_766_865);
-        assert_eq!(posix_cksum([&b"1234"[..], &b"56789"[..]]).crc, 930_766_865);
-        assert_eq!(
-            posix_cksum([]),
-            Cksum {
-                crc: u32::MAX,
-                bytes: 0
-            }
-        );
+    fn crc32_matches_zlib() {
+        // The standard check value: CRC-32 of "123456789".
+        assert_eq!(crc32([&b"123456789"[..]]), Crc32(0xcbf4_3926));
+        assert_eq!(crc32([&b"1234"[..], &b"56789"[..]]), Crc32(0xcbf4_3926));
+        assert_eq!(crc32([]), Crc32(0));
     }
 
     #[test]
@@ -746,7 +728,7 @@ mod tests {
         assert!(script.contains("skip=$b count=1 iflag=direct"));
         assert!(script.trim_end().ends_with("poweroff -f"));
         for applet in [
-            "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "cksum",
+            "mount", "insmod", "dd", "cut", "usleep", "poweroff", "grep", "sed", "tr", "crc32",
         ] {
             assert!(APPLETS.contains(&applet), "{applet} is linked");
         }

@@ -688,7 +688,7 @@ pub fn render(r: &Results) -> String {
          flight; tidepool: 256 KiB requests, 32 in flight) and the same {} random 4 KiB blocks \
          (one seed, fio replays them from an iolog) at QD1/16/32. Every byte tidepool read is \
          checksummed inside the timing and each run's sums are checked against the disk image; \
-         Linux's reads of the same blocks are checked by cksum after fio (untimed).\n",
+         Linux's reads of the same blocks are checked by CRC-32 after fio (untimed).\n",
         s.random_reads
     ));
     let failures = r.failures();
@@ -731,7 +731,7 @@ fn table(lines: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::linux::{Cksum, FioJob, LinuxBench};
+    use super::super::linux::{Crc32, FioJob, LinuxBench};
     use super::super::tidepool::RandomPhase;
     use super::super::{Error, Rate, Throughput};
     use super::*;
@@ -794,14 +794,8 @@ mod tests {
                     (16, job(4096, 800)),
                     (32, job(4096, 800)),
                 ],
-                seq_sum: Cksum {
-                    crc: 1,
-                    bytes: 64 << 20,
-                },
-                random_sum: Cksum {
-                    crc: 2,
-                    bytes: 4096 * 4096,
-                },
+                seq_sum: Crc32(1),
+                random_sum: Crc32(2),
             },
             init_host: Duration::from_secs(4),
         }
