@@ -26,15 +26,18 @@ pub(crate) struct SharedMemory {
 unsafe impl Send for SharedMemory {}
 
 impl SharedMemory {
-    /// `len` zeroed bytes aligned to `align`, from the heap (linear RAM in
-    /// the kernel); freed when dropped. `None` if the heap cannot give them.
+    /// `len` zeroed bytes aligned to `align`, from the heap; freed when
+    /// dropped. `None` if the heap cannot give them. (The driver allocates
+    /// with [`Self::allocate_unzeroed`] and zeroes as it goes.)
+    #[cfg(test)]
     pub(crate) fn allocate(len: usize, align: usize) -> Option<Self> {
         let mut memory = Self::allocate_unzeroed(len, align)?;
         memory.zero(0, len);
         Some(memory)
     }
 
-    /// `len` bytes aligned to `align` from the heap, **not** initialized:
+    /// `len` bytes aligned to `align` from the heap (linear RAM in the
+    /// kernel), freed when dropped, **not** initialized:
     /// the caller writes or [`zero`](Self::zero)es each part before it
     /// reads it (a device's writes count). For large buffers used a part
     /// at a time, so that setup does not pay for zeroing what may never be
