@@ -8,6 +8,7 @@ use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
+    PoolError,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
@@ -102,17 +103,80 @@ struct Slot<'a> {
     state: SlotState<'a>,
 }
 
+/// What the device reaches outside the DMA pools, and the one way to stop
+/// it: its registers (the transport) and the staging buffers (heap).
+///
+/// The staging buffers go back to the heap only after a reset completed:
+/// until then the device may still write them. Dropping the hold resets the
+/// device unless that was done; if a reset did not complete, the buffers are
+/// leaked on purpose, and the console says so. The ring and the bounce
+/// buffers need no such care: they are pool memory, which stays allocated
+/// until the DMA layer is told to free it.
+struct Hold<'a, T: Transport> {
+    device: &'a str,
+    transport: T,
+    version: TransportVersion,
+    staging: SharedMemory,
+    state: HoldState,
+}
+
+/// Whether the device has been stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HoldState {
+    /// Set up; it may use its memory.
+    Running,
+    /// A reset completed: it uses no memory.
+    Stopped,
+    /// A reset did not complete: it may still use its memory.
+    Unresponsive,
+}
+
+impl<T: Transport> Hold<'_, T> {
+    /// Resets the device and returns whether the reset completed; marks it
+    /// `FAILED` when it did not.
+    fn reset(&mut self) -> bool {
+        let stopped = transport::reset(&mut self.transport, self.version);
+        if stopped {
+            self.state = HoldState::Stopped;
+        } else {
+            self.state = HoldState::Unresponsive;
+            transport::add_status(&mut self.transport, Status::FAILED::SET.value);
+        }
+        stopped
+    }
+}
+
+impl<T: Transport> Drop for Hold<'_, T> {
+    fn drop(&mut self) {
+        if self.state == HoldState::Running {
+            log::warn!(
+                "blk: {} dropped without shutdown: reset; its ring and bounce buffers stay allocated",
+                self.device
+            );
+            self.reset();
+        }
+        if self.state == HoldState::Unresponsive {
+            let bytes = self.staging.leak();
+            log::error!(
+                "blk: {} reset incomplete: staging buffers leaked bytes={bytes} (the device may still write them)",
+                self.device
+            );
+        }
+    }
+}
+
 /// A virtio-mmio block device, all of whose DMA goes through its
 /// [`DmaDevice`].
+///
+/// Dropping it without [`Self::shutdown`] resets the device first; its
+/// staging buffers are freed only if that reset completes.
 pub struct BlockDevice<'a, T: Transport> {
-    transport: T,
+    hold: Hold<'a, T>,
     dma: DmaDevice<'a>,
-    version: TransportVersion,
     features: u64,
     geometry: Geometry,
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
-    staging: SharedMemory,
     slots: Vec<Slot<'a>>,
     /// The slot of the chain headed by each descriptor in flight.
     head_slot: [u16; QUEUE_SIZE_LIMIT as usize],
@@ -138,7 +202,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// sets `DRIVER_OK`.
     ///
     /// This is setup: it allocates. On error the device is reset and marked
-    /// `FAILED` (once the handshake began) and nothing stays allocated.
+    /// `FAILED` (once the handshake began) and nothing stays allocated, but
+    /// for the ring of a device whose reset does not complete (said on the
+    /// console: it may still write it).
     ///
     /// # Safety
     ///
@@ -176,14 +242,18 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         // SAFETY: passed on from this function's contract.
         match unsafe { Self::bring_up(&mut transport, &mut dma, env, version, options) } {
             Ok(parts) => Ok(Self {
-                transport,
+                hold: Hold {
+                    device,
+                    transport,
+                    version,
+                    staging: parts.staging,
+                    state: HoldState::Running,
+                },
                 dma,
-                version,
                 features: parts.features,
                 geometry: parts.geometry,
                 queue: parts.queue,
                 ring: parts.ring,
-                staging: parts.staging,
                 slots: (0..parts.slots)
                     .map(|_| Slot {
                         generation: 0,
@@ -196,13 +266,21 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             }),
             Err((error, ring)) => {
                 // Stop the device before its ring goes back to the pool.
-                transport::reset(&mut transport, version);
+                // Stop the device before its ring goes back to the pool; one
+                // that does not stop keeps it (it may still write it).
+                let stopped = transport::reset(&mut transport, version);
                 transport::add_status(&mut transport, Status::FAILED::SET.value);
-                if let Some(ring) = ring {
-                    let freed = dma.free_coherent(env, ring);
-                    // The buffer was allocated by this device just before and
-                    // is live: the DMA layer cannot refuse to free it.
-                    debug_assert!(freed.is_ok(), "{freed:?}");
+                match ring {
+                    Some(ring) if stopped => {
+                        let freed = dma.free_coherent(env, ring);
+                        // The buffer was allocated by this device just before and
+                        // is live: the DMA layer cannot refuse to free it.
+                        debug_assert!(freed.is_ok(), "{freed:?}");
+                    }
+                    Some(_) => log::error!(
+                        "blk: {device} reset incomplete: its ring stays allocated (the device may still write it)"
+                    ),
+                    None => {}
                 }
                 Err(error)
             }
@@ -275,7 +353,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The transport's interface version.
     pub fn version(&self) -> TransportVersion {
-        self.version
+        self.hold.version
     }
 
     /// The negotiated features.
@@ -349,7 +427,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     pub fn info_line(&self) -> InfoLine<'_> {
         InfoLine {
             device: self.name(),
-            version: self.version,
+            version: self.hold.version,
             geometry: self.geometry,
             queue_size: self.queue.size(),
             slots: self.slots.len(),
@@ -395,13 +473,14 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         };
         let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.staging.write_u32(base, op.request_type());
-        self.staging.write_u32(base + 4, 0);
-        self.staging.write_u64(base + 8, lba);
+        self.hold.staging.write_u32(base, op.request_type());
+        self.hold.staging.write_u32(base + 4, 0);
+        self.hold.staging.write_u64(base + 8, lba);
         if let Some(data) = data {
-            self.staging.write_bytes(base + HEADER_LEN, data);
+            self.hold.staging.write_bytes(base + HEADER_LEN, data);
         }
-        self.staging
+        self.hold
+            .staging
             .write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
         // SAFETY: the bytes are this free slot's part of the staging
         // allocation, mapped linear RAM that only this device (the CPU side
@@ -412,7 +491,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         #[allow(unsafe_code)]
         let cpu = unsafe {
             CpuBuffer::new(
-                VirtAddr(self.staging.virt().0 + base as u64),
+                VirtAddr(self.hold.staging.virt().0 + base as u64),
                 (HEADER_LEN + bytes_len + 1) as u64,
             )
         };
@@ -458,7 +537,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         // The available index must reach memory before the device is told
         // to look at it (§2.7.13.4).
         fence(Ordering::SeqCst);
-        self.transport.write(WriteRegister::QueueNotify, 0);
+        self.hold.transport.write(WriteRegister::QueueNotify, 0);
         let slot = &mut self.slots[index];
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = SlotState::InFlight {
@@ -472,6 +551,61 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             slot: index as u16,
             generation: slot.generation,
         })
+    }
+
+    /// Submits `request`, due `timeout` after its submission, waiting while
+    /// every slot is busy (or the device's pool has no room for another
+    /// bounce buffer while requests are in flight). `wait` lets time pass
+    /// (the kernel sleeps until the device's interrupt or a timer) and takes
+    /// what came back ([`Self::handle_interrupt`] or [`Self::poll`], and
+    /// [`Self::expire`]).
+    ///
+    /// It waits at most `timeout`, by `clock`: every request holding a slot
+    /// was submitted before the call, so each is past its own deadline by
+    /// then, and a device that returned none of them holds them for good.
+    /// Then it gives up with [`BlkError::NoFreeSlot`] rather than wait
+    /// forever.
+    pub fn submit_waiting(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+        wait: &mut dyn FnMut(&mut Self, &mut DmaEnv<'_, 'a>),
+    ) -> Result<Token, BlkError<'a>> {
+        let give_up = clock().saturating_add(timeout);
+        loop {
+            let now = clock();
+            match self.submit(env, request, Deadline::after(now, timeout)) {
+                Err(BlkError::QueueFull { .. })
+                | Err(BlkError::Dma {
+                    error:
+                        DmaError::Pool {
+                            error: PoolError::Exhausted { .. },
+                            ..
+                        },
+                    ..
+                }) if self.in_flight() > 0 => {
+                    if now >= give_up {
+                        return Err(BlkError::NoFreeSlot {
+                            device: self.name(),
+                            in_flight: self.in_flight(),
+                            timed_out: self.timed_out(),
+                        });
+                    }
+                    wait(self, env);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Requests the device holds past their deadline.
+    fn timed_out(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot.state, SlotState::InFlight { expired: true, .. }))
+            .count()
     }
 
     /// What `request` is, or why it is refused before the device sees it.
@@ -552,26 +686,40 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The interrupt handler: reads and acknowledges `InterruptStatus`, takes
     /// what the device returned (one unmap per request: the `ForCpu` sync)
-    /// and notes a configuration change (capacity, `DEVICE_NEEDS_RESET`).
-    /// Returns the tokens that became ready to [`Self::finish`]; none for an
-    /// interrupt that was not this device's.
-    pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
-        let mut completions = Completions::new();
-        let pending = InterruptValue::new(self.transport.read(ReadRegister::InterruptStatus));
+    /// and acts on a configuration change: the capacity is read again, and
+    /// `DEVICE_NEEDS_RESET` fails the device (marked `FAILED`; its requests
+    /// in flight fail, new ones are refused). Returns what the interrupt
+    /// brought; nothing for an interrupt that was not this device's.
+    ///
+    /// The interrupt's registers are the driver's like all the others: call
+    /// this from wherever the driver runs (the kernel masks the line in its
+    /// handler and calls this from the waiting code).
+    pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> InterruptOutcome<'a> {
+        let mut outcome = InterruptOutcome {
+            completions: Completions::new(),
+            capacity: None,
+            fault: None,
+        };
+        let pending = InterruptValue::new(self.hold.transport.read(ReadRegister::InterruptStatus));
         if pending.get() == 0 {
-            return completions;
+            return outcome;
         }
         // Acknowledge first: a completion after this raises a new interrupt
         // rather than being lost.
-        self.transport
+        self.hold
+            .transport
             .write(WriteRegister::InterruptAck, pending.get());
+        let healthy = self.fault.is_none();
         if pending.is_set(InterruptStatus::CONFIG_CHANGE) {
-            self.config_changed();
+            outcome.capacity = self.config_changed();
         }
         if pending.is_set(InterruptStatus::USED_BUFFER) {
-            self.harvest(env, &mut completions);
+            self.harvest(env, &mut outcome.completions);
         }
-        completions
+        if healthy {
+            outcome.fault = self.fault;
+        }
+        outcome
     }
 
     /// The polling path (before interrupts are wired, or instead of them):
@@ -607,8 +755,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         completions
     }
 
-    /// The outcome of a request, once: `Pending` while the device holds it
-    /// and its deadline has not passed. A read's data is copied into
+    /// The outcome of a request, once: `Pending` while the device holds it,
+    /// its deadline has not passed and the device has not failed (then it
+    /// is [`BlkError::Broken`]). A read's data is copied into
     /// `read_into`, which must be exactly the read's length (on a length
     /// error the request stays ready); for a write or a flush `read_into` is
     /// not used.
@@ -632,15 +781,25 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             | SlotState::InFlight {
                 abandoned: true, ..
             } => return unknown,
-            SlotState::InFlight { expired: false, .. } => return Poll::Pending,
+            SlotState::InFlight { expired: false, .. } if self.fault.is_none() => {
+                return Poll::Pending;
+            }
             SlotState::InFlight {
-                request, abandoned, ..
+                request,
+                abandoned,
+                expired,
+                ..
             } => {
+                // Timed out, or the device failed: the request is over for
+                // its owner, while its memory stays with the device.
                 *abandoned = true;
-                return Poll::Ready(Err(BlkError::Timeout {
-                    device,
-                    op: request.op,
-                    lba: request.lba,
+                return Poll::Ready(Err(match self.fault {
+                    Some(fault) if !*expired => BlkError::Broken { device, fault },
+                    _ => BlkError::Timeout {
+                        device,
+                        op: request.op,
+                        lba: request.lba,
+                    },
                 }));
             }
             SlotState::Done { request, outcome } => (*request, *outcome),
@@ -654,7 +813,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     found: read_into.len(),
                 }));
             }
-            self.staging.read_bytes(base + HEADER_LEN, read_into);
+            self.hold.staging.read_bytes(base + HEADER_LEN, read_into);
         }
         slot.state = SlotState::Free;
         Poll::Ready(match outcome {
@@ -700,6 +859,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 Err(error) => Err(Failure::Dma(error)),
                 Ok(()) => {
                     let status = self
+                        .hold
                         .staging
                         .read_u8(index * SLOT_STRIDE + HEADER_LEN + request.bytes as usize);
                     DeviceStatus::check(status).map_err(Failure::Status)
@@ -743,15 +903,24 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
     }
 
-    fn config_changed(&mut self) {
-        if self.version == TransportVersion::Modern
-            && transport::status(&self.transport).is_set(Status::DEVICE_NEEDS_RESET)
+    /// Acts on a configuration change: `DEVICE_NEEDS_RESET` fails the
+    /// device; otherwise the capacity is read again, and returned when it
+    /// changed.
+    fn config_changed(&mut self) -> Option<CapacityChange<'a>> {
+        if self.hold.version == TransportVersion::Modern
+            && transport::status(&self.hold.transport).is_set(Status::DEVICE_NEEDS_RESET)
         {
-            self.fault = Some(DeviceFault::NeedsReset);
+            self.fault.get_or_insert(DeviceFault::NeedsReset);
+            transport::add_status(&mut self.hold.transport, Status::FAILED::SET.value);
+            return None;
         }
-        if let Some(capacity) = transport::read_capacity(&self.transport, self.version) {
-            self.geometry.capacity = capacity;
-        }
+        let after = transport::read_capacity(&self.hold.transport, self.hold.version)?;
+        let before = core::mem::replace(&mut self.geometry.capacity, after);
+        (before != after).then_some(CapacityChange {
+            device: self.name(),
+            before,
+            after,
+        })
     }
 
     /// Reads `buffer.len()` bytes from sector `lba`, splitting into requests
@@ -893,18 +1062,24 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// it still held, frees the ring, and gives back the DMA context (whose
     /// pools are then as before [`Self::new`]). Staging buffers go back to
     /// the heap.
+    ///
+    /// If the reset does not complete, the device may still write all of
+    /// that memory, so none of it is given back: the ring and the bounce
+    /// buffers stay allocated in their pools, the staging buffers are leaked
+    /// (said on the console), and the error is
+    /// [`DeviceFault::ResetIncomplete`].
     pub fn shutdown(self, env: &mut DmaEnv<'_, 'a>) -> Result<DmaDevice<'a>, BlkError<'a>> {
         let Self {
-            mut transport,
+            mut hold,
             mut dma,
-            version,
             ring,
             slots,
             ..
         } = self;
         let device = dma.name();
-        if !transport::reset(&mut transport, version) {
-            // The device may still write: its memory must not be reused.
+        if !hold.reset() {
+            // Dropping the handles frees nothing; `hold` leaks the staging
+            // buffers when it goes.
             return Err(BlkError::Broken {
                 device,
                 fault: DeviceFault::ResetIncomplete,
@@ -1085,6 +1260,41 @@ fn program_queue<'a, T: Transport>(
         }
     }
     Ok(())
+}
+
+/// What one interrupt of the device brought ([`BlockDevice::handle_interrupt`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct InterruptOutcome<'a> {
+    /// Requests that became ready to [`BlockDevice::finish`].
+    pub completions: Completions,
+    /// The capacity, when a configuration change changed it.
+    pub capacity: Option<CapacityChange<'a>>,
+    /// The fault that stopped the device during this interrupt (e.g.
+    /// [`DeviceFault::NeedsReset`]).
+    pub fault: Option<DeviceFault>,
+}
+
+/// The device changed its capacity. Display (a console line):
+///
+/// `blk: <device> capacity=<sectors> was=<sectors>`
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CapacityChange<'a> {
+    /// The device.
+    pub device: &'a str,
+    /// Sectors before.
+    pub before: u64,
+    /// Sectors now.
+    pub after: u64,
+}
+
+impl fmt::Display for CapacityChange<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "blk: {} capacity={} was={}",
+            self.device, self.after, self.before
+        )
+    }
 }
 
 /// The console line describing a device after setup:

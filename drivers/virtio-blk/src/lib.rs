@@ -67,8 +67,12 @@
 //! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
 //! // Asynchronous:
 //! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
-//! //   in the GIC SPI handler of the transport's `interrupts`:
-//! for token in &disk.handle_interrupt(&mut env) { /* ready: finish it */ }
+//! //   or, waiting at most `timeout` for a free slot:
+//! let token = disk.submit_waiting(&mut env, request, &mut || now(), timeout, &mut |disk, env| { /* sleep, then take what came back */ })?;
+//! //   after the transport's interrupt (whose handler only masks the line):
+//! let outcome = disk.handle_interrupt(&mut env);
+//! for token in &outcome.completions { /* ready: finish it */ }
+//! //   outcome.capacity: report it; outcome.fault: the device failed, its requests fail
 //! //   or, without interrupts: disk.poll(&mut env);
 //! //   from a timer: for token in &disk.expire(now()) { /* timed out */ }
 //! match disk.finish(token, &mut buffer) { Poll::Ready(result) => ..., Poll::Pending => ... }
@@ -145,7 +149,7 @@ mod request;
 mod stats;
 pub mod transport;
 
-pub use device::{BlockDevice, InfoLine, Options};
+pub use device::{BlockDevice, CapacityChange, InfoLine, InterruptOutcome, Options};
 pub use error::{BlkError, DeviceFault, InitError};
 pub use mmio::MmioTransport;
 pub use queue::QUEUE_SIZE_LIMIT;

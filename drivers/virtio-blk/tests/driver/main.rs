@@ -7,6 +7,7 @@ mod init;
 mod io;
 mod no_alloc;
 mod sim;
+mod stop;
 
 use tidepool_virtio_blk::{BlockDevice, InitError, Options};
 

@@ -54,6 +54,10 @@ pub struct SimConfig {
     pub fail_on_driver_ok: bool,
     /// Complete every request as soon as it is notified.
     pub auto_complete: bool,
+    /// Once `DRIVER_OK` is set, ignore resets: `Status` keeps its value
+    /// when the driver writes 0 (a live device that may go on using its
+    /// memory).
+    pub stuck_reset: bool,
 }
 
 impl SimConfig {
@@ -83,6 +87,7 @@ impl SimConfig {
             reject_features: false,
             fail_on_driver_ok: false,
             auto_complete: true,
+            stuck_reset: false,
         }
     }
 
@@ -524,7 +529,9 @@ impl Transport for Sim {
             WriteRegister::Status => {
                 s.status_writes.push(value);
                 if value == 0 {
-                    s.reset();
+                    if !(s.config.stuck_reset && s.status & status::DRIVER_OK != 0) {
+                        s.reset();
+                    }
                     return;
                 }
                 let mut value = value;
