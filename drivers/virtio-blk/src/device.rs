@@ -206,15 +206,11 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// for the ring of a device whose reset does not complete (said on the
     /// console: it may still write it).
     ///
-    /// # Safety
-    ///
-    /// The virtual address the DMA layer gives for `dma`'s coherent memory
-    /// (its pool's window in `env`, or the linear map for a linear pool) is
-    /// mapped, readable and writable normal memory for as long as the
-    /// returned device lives, as [`PoolSet::add`](tidepool_dma::PoolSet::add)'s
-    /// contract already requires of every pool.
-    #[allow(unsafe_code)]
-    pub unsafe fn new(
+    /// Safe: the ring is reached at the address the DMA layer gives for the
+    /// coherent allocation, which [`PoolSet::add`](tidepool_dma::PoolSet::add)'s
+    /// contract makes mapped, read-write normal memory owned by that
+    /// allocation alone.
+    pub fn new(
         mut transport: T,
         mut dma: DmaDevice<'a>,
         env: &mut DmaEnv<'_, 'a>,
@@ -239,8 +235,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         if options.in_flight == 0 {
             return Err(InitError::NoSlots { device });
         }
-        // SAFETY: passed on from this function's contract.
-        match unsafe { Self::bring_up(&mut transport, &mut dma, env, version, options) } {
+        match Self::bring_up(&mut transport, &mut dma, env, version, options) {
             Ok(parts) => Ok(Self {
                 hold: Hold {
                     device,
@@ -289,12 +284,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The handshake up to `DRIVER_OK`. An error comes with the ring if it
     /// was already allocated, for the caller to free.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Self::new`].
-    #[allow(unsafe_code)]
-    unsafe fn bring_up(
+    fn bring_up(
         transport: &mut T,
         dma: &mut DmaDevice<'a>,
         env: &mut DmaEnv<'_, 'a>,
@@ -318,10 +308,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             .map_err(|error| (InitError::Dma { error }, None))?;
         // SAFETY: `ring.virt()` is where the CPU reaches the coherent
         // allocation just made for this device, of at least `layout.bytes`
-        // bytes; it is mapped read-write normal memory (this function's
-        // contract), so not 0, and the pool gave those pages to this allocation only,
-        // which the queue owns until `shutdown` frees it. `alloc_coherent`
-        // zeroed it.
+        // bytes. Its pool was vouched for to `PoolSet::add` (the only way a
+        // pool, and so a `CoherentBuffer`, comes to be): its window is
+        // mapped read-write normal memory (so not at 0, where no memory is
+        // valid) that the pool gave to this allocation only, which the queue
+        // owns until `shutdown` frees it. `alloc_coherent` zeroed it.
+        #[allow(unsafe_code)]
         let memory = unsafe { SharedMemory::window(ring.virt(), layout.bytes) };
         let queue = SplitQueue::new(memory, ring.dma_addr(), layout);
         if let Err(error) = program_queue(transport, version, &queue, device) {

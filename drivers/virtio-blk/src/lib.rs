@@ -61,7 +61,7 @@
 //! ```text
 //! // Once per device, at boot (setup allocates):
 //! let transport = unsafe { MmioTransport::new(mmio_va) };          // the register block
-//! let mut disk = unsafe { BlockDevice::new(transport, dma_device, &mut env, Options::default()) }?;
+//! let mut disk = BlockDevice::new(transport, dma_device, &mut env, Options::default())?;
 //! console!("{}", disk.info_line());
 //! // Blocking, for early use (polls; splits large transfers):
 //! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
@@ -118,13 +118,13 @@
 //!
 //! # `unsafe`
 //!
-//! The crate is `#![deny(unsafe_code)]` except for three places: `mmio`
-//! (the one constructor of the register block, [`MmioTransport::new`]),
-//! `memory` (bounds-checked volatile and copying accesses to memory shared
-//! with the device, either the driver's own heap allocation or a window
-//! address), and [`BlockDevice::new`], which turns the DMA layer's window
-//! address of the ring into such a window and carries that proof obligation
-//! to the kernel.
+//! The crate is `#![deny(unsafe_code)]` except for `mmio` (the one
+//! constructor of the register block, [`MmioTransport::new`]), `memory`
+//! (bounds-checked volatile and copying accesses to memory shared with the
+//! device, either the driver's own heap allocation or a window address), and
+//! two blocks in `device`: the ring's window address becomes such a window
+//! (vouched for by the DMA layer's `PoolSet::add` contract), and a request
+//! slot of the staging buffers becomes a `CpuBuffer` to map.
 //!
 //! # Console lines
 //!

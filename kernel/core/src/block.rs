@@ -103,12 +103,8 @@ fn set_up(
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
         .map_err(|e| e.to_string())?;
-    // SAFETY: the DMA layer's windows and linear addresses are mapped
-    // read-write for the kernel's lifetime (`Dma::new` vouched for its pools
-    // to `PoolSet::add`).
-    let device =
-        unsafe { BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default()) }
-            .map_err(|e| e.to_string())?;
+    let device = BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default())
+        .map_err(|e| e.to_string())?;
     let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
     // The device's registers are the driver's alone: the handler masks the
