@@ -32,7 +32,7 @@ impl fmt::Display for FlushUnavailable {
         f.write_str(match self {
             Self::NoXen => "not running under Xen",
             Self::NotDirectMapped => {
-                "the domain is not direct-mapped (guest-physical is not machine)"
+                "this domain is not direct-mapped (guest-physical is not machine)"
             }
         })
     }
