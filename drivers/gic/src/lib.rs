@@ -132,16 +132,6 @@ impl Gic {
         }
     }
 
-    /// Enables an interrupt again after [`Gic::disable`], as [`Gic::enable`]
-    /// configured it (one register write: cheap enough for every interrupt
-    /// of a line masked while its device is serviced outside the handler).
-    pub fn reenable(&self, intid: IntId) -> Result<(), GicError> {
-        match self {
-            Self::V2(gic) => gic.reenable(intid),
-            Self::V3(gic) => gic.reenable(intid),
-        }
-    }
-
     /// Acknowledges the highest-priority pending interrupt, or `None` if
     /// there is none (a spurious INTID, 1020–1023).
     #[cfg(target_arch = "aarch64")]

@@ -227,13 +227,6 @@ impl GicV2 {
         Ok(())
     }
 
-    /// Enables an interrupt again, keeping its configuration.
-    pub fn reenable(&self, intid: IntId) -> Result<(), GicError> {
-        common::check_exists(intid, self.intid_limit)?;
-        self.distributor.bank().enable(intid);
-        Ok(())
-    }
-
     /// Acknowledges the highest-priority pending interrupt (GICC_IAR), or
     /// `None` if nothing is pending (spurious INTID).
     pub fn acknowledge(&self) -> Option<Acknowledged> {
@@ -391,16 +384,6 @@ mod tests {
         let (gic, gicd, _) = fake_gic(0x01);
         gic.disable(IntId::spi(0).unwrap()).unwrap();
         assert_eq!(gicd.read32(GICD_ICENABLER + 4), 1);
-    }
-
-    #[test]
-    fn reenable_writes_set_enable_only() {
-        let (gic, gicd, _) = fake_gic(0x01);
-        gic.reenable(IntId::spi(1).unwrap()).unwrap();
-        assert_eq!(gicd.read32(GICD_ISENABLER + 4), 1 << 1);
-        assert_eq!(gicd.read32(GICD_ICENABLER + 4), 0);
-        assert_eq!(gicd.read8(GICD_IPRIORITYR + 33), 0);
-        assert!(gic.reenable(IntId::spi(64).unwrap()).is_err());
     }
 
     #[test]

@@ -334,14 +334,6 @@ impl GicV3 {
         self.wait_for_writes_to(intid)
     }
 
-    /// Enables an interrupt again, keeping its configuration (setting an
-    /// enable bit needs no wait for `RWP`).
-    pub fn reenable(&self, intid: IntId) -> Result<(), GicError> {
-        common::check_exists(intid, self.intid_limit)?;
-        self.bank_for(intid).enable(intid);
-        Ok(())
-    }
-
     fn bank_for(&self, intid: IntId) -> InterruptBank<'static> {
         if intid.is_private() {
             let sgi = &self.redistributor.get().sgi;
@@ -654,15 +646,6 @@ mod tests {
             gic.disable(IntId::spi(0).unwrap()),
             Err(GicError::WritePendingTimeout(RegisterBlock::Distributor))
         );
-    }
-
-    #[test]
-    fn reenable_writes_set_enable_only() {
-        let (gic, gicd, _) = fake_gic(CPU_FAR, &[(0, typer(CPU_FAR) | TYPER_LAST)], 1).unwrap();
-        gic.reenable(IntId::spi(16).unwrap()).unwrap();
-        assert_eq!(gicd.read32(GICD_ISENABLER + 4), 1 << 16);
-        assert_eq!(gicd.read32(GICD_ICENABLER + 4), 0);
-        assert_eq!(gicd.read64(GICD_IROUTER + 8 * 48), 0);
     }
 
     #[test]

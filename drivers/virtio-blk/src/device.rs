@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU32, Ordering, fence};
 use core::task::Poll;
 
 use tidepool_dma::{
@@ -21,9 +21,9 @@ use crate::request::{
 };
 use crate::stats::{BlkStats, StatsLine};
 use crate::transport::{
-    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptStatus, InterruptValue,
-    LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion, WriteRegister,
-    feature,
+    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptRegisters, InterruptStatus,
+    InterruptValue, LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion,
+    WriteRegister, feature,
 };
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
@@ -178,6 +178,9 @@ pub struct BlockDevice<'a, T: Transport> {
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
     slots: Vec<Slot<'a>>,
+    /// Where the interrupt handler notes the causes it acknowledged, once
+    /// [`Self::interrupt_handler`] handed it the interrupt registers.
+    interrupts: Option<&'a AtomicU32>,
     /// The slot of the chain headed by each descriptor in flight.
     head_slot: [u16; QUEUE_SIZE_LIMIT as usize],
     stats: BlkStats,
@@ -255,6 +258,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                         state: SlotState::Free,
                     })
                     .collect(),
+                interrupts: None,
                 head_slot: [0; QUEUE_SIZE_LIMIT as usize],
                 stats: BlkStats::default(),
                 fault: None,
@@ -676,31 +680,57 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         Ok(())
     }
 
-    /// The interrupt handler: reads and acknowledges `InterruptStatus`, takes
-    /// what the device returned (one unmap per request: the `ForCpu` sync)
-    /// and acts on a configuration change: the capacity is read again, and
-    /// `DEVICE_NEEDS_RESET` fails the device (marked `FAILED`; its requests
-    /// in flight fail, new ones are refused). Returns what the interrupt
-    /// brought; nothing for an interrupt that was not this device's.
+    /// The interrupt registers, for the kernel's interrupt handler: from now
+    /// on the handler acknowledges the device's interrupts
+    /// ([`InterruptHandler::handle`]) and notes their causes in `pending`,
+    /// and [`Self::handle_interrupt`] acts on what it noted instead of
+    /// reading the registers. So the driver's state is never touched in
+    /// interrupt context, and no second transport aliases the registers.
+    /// Handed out once: `None` after.
+    pub fn interrupt_handler(
+        &mut self,
+        pending: &'a AtomicU32,
+    ) -> Option<InterruptHandler<'a, T::Interrupt>> {
+        if self.interrupts.is_some() {
+            return None;
+        }
+        self.interrupts = Some(pending);
+        Some(InterruptHandler {
+            registers: self.hold.transport.interrupt_registers(),
+            pending,
+        })
+    }
+
+    /// Whether the [`InterruptHandler`] noted an interrupt that
+    /// [`Self::handle_interrupt`] has not handled yet: what a waiter waits
+    /// for.
+    pub fn interrupt_noted(&self) -> bool {
+        self.interrupts
+            .is_some_and(|noted| noted.load(Ordering::Acquire) != 0)
+    }
+
+    /// Acts on the device's interrupt: takes what the device returned (one
+    /// unmap per request: the `ForCpu` sync) and acts on a configuration
+    /// change: the capacity is read again, and `DEVICE_NEEDS_RESET` fails
+    /// the device (marked `FAILED`; its requests in flight fail, new ones
+    /// are refused). Returns what the interrupt brought; nothing for an
+    /// interrupt that was not this device's.
     ///
-    /// The interrupt's registers are the driver's like all the others: call
-    /// this from wherever the driver runs (the kernel masks the line in its
-    /// handler and calls this from the waiting code).
+    /// The causes are those the [`InterruptHandler`] noted, once there is
+    /// one; before, this reads and acknowledges `InterruptStatus` itself.
     pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> InterruptOutcome<'a> {
         let mut outcome = InterruptOutcome {
             completions: Completions::new(),
             capacity: None,
             fault: None,
         };
-        let pending = InterruptValue::new(self.hold.transport.read(ReadRegister::InterruptStatus));
+        let pending = InterruptValue::new(match self.interrupts {
+            Some(noted) => noted.swap(0, Ordering::Acquire),
+            None => self.acknowledge_interrupt(),
+        });
         if pending.get() == 0 {
             return outcome;
         }
-        // Acknowledge first: a completion after this raises a new interrupt
-        // rather than being lost.
-        self.hold
-            .transport
-            .write(WriteRegister::InterruptAck, pending.get());
         let healthy = self.fault.is_none();
         if pending.is_set(InterruptStatus::CONFIG_CHANGE) {
             outcome.capacity = self.config_changed();
@@ -893,6 +923,18 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             }
             Op::Flush => stats.flushes += 1,
         }
+    }
+
+    /// Reads `InterruptStatus` and acknowledges it first: a completion after
+    /// this raises a new interrupt rather than being lost.
+    fn acknowledge_interrupt(&mut self) -> u32 {
+        let pending = self.hold.transport.read(ReadRegister::InterruptStatus);
+        if pending != 0 {
+            self.hold
+                .transport
+                .write(WriteRegister::InterruptAck, pending);
+        }
+        pending
     }
 
     /// Acts on a configuration change: `DEVICE_NEEDS_RESET` fails the
@@ -1252,6 +1294,27 @@ fn program_queue<'a, T: Transport>(
         }
     }
     Ok(())
+}
+
+/// The device's half of its interrupt, for the interrupt handler
+/// ([`BlockDevice::interrupt_handler`]).
+pub struct InterruptHandler<'a, I> {
+    registers: I,
+    pending: &'a AtomicU32,
+}
+
+impl<I: InterruptRegisters> InterruptHandler<'_, I> {
+    /// In the interrupt handler: acknowledges the device's interrupt (a
+    /// level-triggered line drops) and notes its causes for
+    /// [`BlockDevice::handle_interrupt`]. Two accesses of device registers;
+    /// nothing else is touched. An interrupt that was not the device's
+    /// notes nothing.
+    pub fn handle(&self) {
+        let causes = self.registers.acknowledge();
+        if causes != 0 {
+            self.pending.fetch_or(causes, Ordering::Release);
+        }
+    }
 }
 
 /// What one interrupt of the device brought ([`BlockDevice::handle_interrupt`]).

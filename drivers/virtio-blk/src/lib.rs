@@ -69,7 +69,10 @@
 //! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
 //! //   or, waiting at most `timeout` for a free slot:
 //! let token = disk.submit_waiting(&mut env, request, &mut || now(), timeout, &mut |disk, env| { /* sleep, then take what came back */ })?;
-//! //   after the transport's interrupt (whose handler only masks the line):
+//! //   interrupts: the GIC SPI handler of the transport's `interrupts` runs
+//! //   `handler.handle()` (it acknowledges and notes), with
+//! let handler = disk.interrupt_handler(&PENDING).unwrap();
+//! //   and after it (disk.interrupt_noted()), outside interrupt context:
 //! let outcome = disk.handle_interrupt(&mut env);
 //! for token in &outcome.completions { /* ready: finish it */ }
 //! //   outcome.capacity: report it; outcome.fault: the device failed, its requests fail
@@ -149,13 +152,15 @@ mod request;
 mod stats;
 pub mod transport;
 
-pub use device::{BlockDevice, CapacityChange, InfoLine, InterruptOutcome, Options};
+pub use device::{
+    BlockDevice, CapacityChange, InfoLine, InterruptHandler, InterruptOutcome, Options,
+};
 pub use error::{BlkError, DeviceFault, InitError};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioInterrupt, MmioTransport};
 pub use queue::QUEUE_SIZE_LIMIT;
 pub use request::{
     Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
     SECTOR_SIZE, Token,
 };
 pub use stats::{BlkStats, StatsLine};
-pub use transport::{FeatureSet, Transport, TransportVersion};
+pub use transport::{FeatureSet, InterruptRegisters, Transport, TransportVersion};

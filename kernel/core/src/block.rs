@@ -1,28 +1,27 @@
 //! Block devices: every virtio-mmio transport with a block device behind it,
 //! driven by `tidepool-virtio-blk` on the DMA layer, completing by interrupt.
 //!
-//! The transport's SPI handler only masks the line at the GIC and notes the
-//! interrupt; the waiting code, after WFI returns, hands it to the driver
-//! (`handle_interrupt`: acknowledge, completions, configuration changes)
-//! and unmasks the line. So the driver owns its register block alone and
-//! its state is never touched from interrupt context (Linux's threaded
-//! interrupts with `IRQF_ONESHOT` work the same way). A capacity change is
-//! reported; a device that needs a reset is failed: its requests fail and
-//! new ones are refused. The driver's clock is the virtual counter in ticks
+//! The transport's SPI handler is the driver's `InterruptHandler`: it
+//! acknowledges the device's interrupt through the interrupt registers the
+//! driver handed out (no second transport) and notes its causes; the
+//! waiting code, after WFI returns, lets the driver act on them
+//! (`handle_interrupt`: completions, configuration changes). So the
+//! driver's state is never touched from interrupt context. A capacity
+//! change is reported; a device that needs a reset is failed: its requests
+//! fail and new ones are refused. The driver's clock is the virtual counter in ticks
 //! (no division on the I/O path); reports use microseconds
 //! ([`cpu::uptime_us`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::AtomicU32;
 use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
 use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, VirtioMmio};
-use tidepool_gic::IntId;
 use tidepool_mm::PhysAddr;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::{ReadRegister, Transport};
@@ -46,18 +45,8 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// One block device.
 pub struct Disk {
     device: BlockDevice<'static, MmioTransport>,
-    line: Line,
     /// [`REQUEST_TIMEOUT_US`] in counter ticks.
     timeout_ticks: u64,
-}
-
-/// A device's interrupt line.
-#[derive(Clone, Copy)]
-struct Line {
-    intid: IntId,
-    /// Set by the interrupt handler (which masks the line), cleared by the
-    /// waiter (which unmasks it).
-    interrupted: &'static AtomicBool,
 }
 
 /// Finds and sets up every virtio block device of the device tree.
@@ -103,18 +92,14 @@ fn set_up(
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
         .map_err(|e| e.to_string())?;
-    let device = BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default())
+    let mut device = BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default())
         .map_err(|e| e.to_string())?;
-    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
-    // The device's registers are the driver's alone: the handler masks the
-    // line and the waiter hands the interrupt to the driver.
-    let handler: irq::Handler = Box::leak(Box::new(move |intid| {
-        if let Err(err) = irq::disable(intid) {
-            crate::console::write_line(format_args!("blk: cannot mask {intid}: {err}"));
-        }
-        interrupted.store(true, Ordering::Release);
-    }));
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let Some(interrupt) = device.interrupt_handler(pending) else {
+        return Err("the driver's interrupt registers are already handed out".into());
+    };
+    let handler: irq::Handler = Box::leak(Box::new(move |_| interrupt.handle()));
     irq::register(intid, trigger, handler).map_err(|e| e.to_string())?;
     info!(
         "blk: {} interrupt intid={} {:?}",
@@ -125,7 +110,6 @@ fn set_up(
     let timeout_ticks = arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000);
     Ok(Disk {
         device,
-        line: Line { intid, interrupted },
         timeout_ticks,
     })
 }
@@ -139,7 +123,7 @@ impl Disk {
     /// Waits for this device's interrupt or a request timeout, then takes
     /// what the device returned and expires late requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
-        wait_and_take(self.line, &mut self.device, &mut dma.env());
+        wait_and_take(&mut self.device, &mut dma.env());
     }
 
     /// Submits a request, waiting while all slots are in use or the
@@ -147,13 +131,12 @@ impl Disk {
     /// requests in flight complete), at most one request timeout: a device
     /// that keeps every slot past that is reported, not waited for forever.
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
-        let line = self.line;
         self.device.submit_waiting(
             &mut dma.env(),
             request,
             &mut arch_timer::counter,
             self.timeout_ticks,
-            &mut |device, env| wait_and_take(line, device, env),
+            &mut wait_and_take,
         )
     }
 
@@ -235,23 +218,18 @@ impl Disk {
     }
 }
 
-/// Waits (WFI) for `line`'s interrupt or a request timeout; hands an
-/// interrupt to the driver (reporting a capacity change or a failed device)
-/// and unmasks the line, otherwise polls; then expires late requests.
-fn wait_and_take(
-    line: Line,
-    device: &mut BlockDevice<'static, MmioTransport>,
-    env: &mut DmaEnv<'_, 'static>,
-) {
+/// Waits (WFI) for the device's interrupt or a request timeout; lets the
+/// driver act on an interrupt (reporting a capacity change or a failed
+/// device), otherwise polls; then expires late requests.
+fn wait_and_take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut DmaEnv<'_, 'static>) {
     let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
-    let interrupted = line.interrupted;
     // A timeout is not an error here: `expire` below reports late requests.
-    if let Err(err) = timer::wait_for(deadline, || interrupted.load(Ordering::Acquire))
+    if let Err(err) = timer::wait_for(deadline, || device.interrupt_noted())
         && !matches!(err, timer::WaitError::TimedOut { .. })
     {
         error!("blk: {}: cannot wait: {err}", device.name());
     }
-    if interrupted.swap(false, Ordering::AcqRel) {
+    if device.interrupt_noted() {
         let outcome = device.handle_interrupt(env);
         if let Some(change) = outcome.capacity {
             info!("{change}");
@@ -260,14 +238,6 @@ fn wait_and_take(
             error!(
                 "blk: {} failed: {fault}; its requests in flight fail, new ones are refused",
                 device.name()
-            );
-        }
-        // Acknowledged by the driver: a new completion raises the line again.
-        if let Err(err) = irq::reenable(line.intid) {
-            error!(
-                "blk: {}: cannot unmask {}: {err}",
-                device.name(),
-                line.intid
             );
         }
     } else {

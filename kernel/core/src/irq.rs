@@ -22,9 +22,8 @@ use tidepool_mm::{AddressMap, PhysAddr};
 use crate::arch::aarch64::cpu;
 
 /// An interrupt handler: called on the IRQ path with the INTID it was
-/// registered for, with IRQs masked. It must clear the interrupt's cause or
-/// [`disable`] the line until the cause is cleared elsewhere (a
-/// level-triggered line stays pending otherwise), must not allocate, and
+/// registered for, with IRQs masked. It must clear the interrupt's cause
+/// (a level-triggered line stays pending otherwise), must not allocate, and
 /// must not wait.
 pub type Handler = &'static (dyn Fn(IntId) + Sync);
 
@@ -178,22 +177,6 @@ pub fn register(intid: IntId, trigger: Trigger, handler: Handler) -> Result<(), 
         return Err(IrqError::AlreadyRegistered(intid));
     }
     gic.enable(intid, trigger, DEFAULT_PRIORITY)?;
-    Ok(())
-}
-
-/// Disables `intid` at the GIC: a handler that leaves its device to code
-/// outside interrupt context masks the line this way, and that code
-/// [`reenable`]s it once it has cleared the cause.
-pub fn disable(intid: IntId) -> Result<(), IrqError> {
-    let gic = GIC.get().ok_or(IrqError::NoController)?;
-    gic.disable(intid)?;
-    Ok(())
-}
-
-/// Enables `intid` again after [`disable`], as [`register`] configured it.
-pub fn reenable(intid: IntId) -> Result<(), IrqError> {
-    let gic = GIC.get().ok_or(IrqError::NoController)?;
-    gic.reenable(intid)?;
     Ok(())
 }
 

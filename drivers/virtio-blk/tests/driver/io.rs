@@ -2,6 +2,7 @@
 //! read-only devices, device errors, refusals, timeouts, many requests in
 //! flight completed out of order, interrupts, faults and shutdown.
 
+use core::sync::atomic::AtomicU32;
 use core::task::Poll;
 
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
@@ -576,6 +577,54 @@ fn interrupts_acknowledge_and_report_capacity_changes() {
     // A configuration change that changes nothing reports nothing.
     b.sim.set_capacity(16384);
     assert_eq!(b.disk.handle_interrupt(env).capacity, None);
+}
+
+#[test]
+fn the_interrupt_handler_acknowledges_and_the_driver_acts_on_what_it_noted() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench(config, DeviceKind::Coherent, false);
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let handler = b.disk.interrupt_handler(pending).unwrap();
+    assert!(
+        b.disk.interrupt_handler(pending).is_none(),
+        "handed out once"
+    );
+    let env = &mut b.rig.env();
+    // Another device's interrupt on the line: nothing noted.
+    handler.handle();
+    assert!(!b.disk.interrupt_noted());
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
+        .unwrap();
+    b.sim.complete_all();
+    b.sim.set_capacity(16384);
+    // In the interrupt: acknowledged (the line drops), noted, nothing else.
+    handler.handle();
+    assert_eq!(b.sim.state().interrupt_status, 0);
+    assert!(b.disk.interrupt_noted());
+    assert_eq!(b.disk.capacity(), 8192);
+    assert_eq!(b.disk.dma().stats().unmaps, 0);
+    // After it, the driver acts on both causes, without reading the
+    // registers again.
+    let outcome = b.disk.handle_interrupt(env);
+    assert_eq!(outcome.completions.as_slice(), [token]);
+    assert_eq!(outcome.capacity.map(|change| change.after), Some(16384));
+    assert!(!b.disk.interrupt_noted());
+    assert!(b.disk.handle_interrupt(env).completions.is_empty());
+    // The registers are the handler's now: a cause it has not seen waits
+    // for it.
+    b.sim.set_capacity(32768);
+    assert_eq!(b.disk.handle_interrupt(env).capacity, None);
+    handler.handle();
+    assert_eq!(
+        b.disk
+            .handle_interrupt(env)
+            .capacity
+            .map(|change| change.after),
+        Some(32768)
+    );
 }
 
 #[test]

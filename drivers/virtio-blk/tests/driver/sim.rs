@@ -14,8 +14,8 @@ use std::sync::atomic::{Ordering, fence};
 use std::vec::Vec;
 
 use tidepool_mm::{AddressClass, AddressMap, PhysAddr};
-use tidepool_virtio_blk::Transport;
 use tidepool_virtio_blk::transport::{ConfigWord, MAGIC, ReadRegister, WriteRegister, feature};
+use tidepool_virtio_blk::{InterruptRegisters, Transport};
 
 /// `Status` bits (virtio 1.2 §2.1).
 pub mod status {
@@ -448,6 +448,8 @@ impl SimState {
 }
 
 impl Transport for Sim {
+    type Interrupt = Sim;
+
     fn read(&self, register: ReadRegister) -> u32 {
         let s = self.0.borrow();
         match register {
@@ -568,5 +570,15 @@ impl Transport for Sim {
             ConfigWord::SizeMax => s.config.size_max,
             ConfigWord::BlkSize => s.config.blk_size,
         }
+    }
+
+    fn interrupt_registers(&self) -> Sim {
+        self.clone()
+    }
+}
+
+impl InterruptRegisters for Sim {
+    fn acknowledge(&self) -> u32 {
+        self.with(|s| core::mem::take(&mut s.interrupt_status))
     }
 }
