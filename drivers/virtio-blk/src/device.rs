@@ -264,7 +264,6 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 fault: None,
             }),
             Err((error, ring)) => {
-                // Stop the device before its ring goes back to the pool.
                 // Stop the device before its ring goes back to the pool; one
                 // that does not stop keeps it (it may still write it).
                 let stopped = transport::reset(&mut transport, version);
