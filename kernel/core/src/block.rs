@@ -1,10 +1,15 @@
 //! Block devices: every virtio-mmio transport with a block device behind it,
 //! driven by `tidepool-virtio-blk` on the DMA layer, completing by interrupt.
 //!
-//! The transport's SPI handler only acknowledges the interrupt and notes it;
-//! the waiting code harvests the used ring (`poll`), so the driver's state is
-//! never touched from interrupt context. The driver's clock is the virtual
-//! counter in ticks (no division on the I/O path); reports convert.
+//! The transport's SPI handler is the driver's `InterruptHandler`: it
+//! acknowledges the device's interrupt through the interrupt registers the
+//! driver handed out (no second transport) and notes its causes; the
+//! waiting code, after WFI returns, lets the driver act on them
+//! (`handle_interrupt`: completions, configuration changes). So the
+//! driver's state is never touched from interrupt context. A capacity
+//! change is reported; a device that needs a reset is failed: its requests
+//! fail and new ones are refused. The driver's clock is the virtual counter in ticks
+//! (no division on the I/O path); reports convert.
 //!
 //! # Waiting (`wait=`)
 //!
@@ -14,29 +19,25 @@
 //! - `hybrid`: spin for a budget that follows recent completion times
 //!   ([`SpinBudget`], at most [`SPIN_CAP_US`]), then WFI.
 //!
-//! The default is `poll`: a dom0 that waits for its disk has nothing else to
-//! run on that vCPU, and `cargo xtask bench` measured it the fastest at every
-//! queue depth (its CPU cost per request is reported beside, as the time not
-//! spent in WFI).
+//! The default is [`DEFAULT_WAIT`]; `cargo xtask bench` measures all three
+//! (rate and CPU time per request: the time not spent in WFI).
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::AtomicU32;
 use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
-use tidepool_dma::{DmaError, PoolError};
+use tidepool_dma::{DmaEnv, DmaError, PoolError};
 use tidepool_dt::{DeviceTree, VirtioMmio};
 use tidepool_mm::PhysAddr;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
-use tidepool_virtio_blk::transport::{ReadRegister, Transport, WriteRegister};
+use tidepool_virtio_blk::transport::{ReadRegister, Transport};
 use tidepool_virtio_blk::wait::{SpinBudget, WaitMode};
 use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
-use tidepool_virtio_blk::{
-    BlkError, BlockDevice, Deadline, MmioTransport, Options, Request, Token,
-};
+use tidepool_virtio_blk::{BlkError, BlockDevice, MmioTransport, Options, Request, Token};
 
 use crate::arch::aarch64::timer as arch_timer;
 use crate::bootargs::{DiskPattern, SectorRange};
@@ -61,6 +62,14 @@ const BENCH_READS: u64 = 4096;
 /// How block I/O waits when `wait=` is not given.
 pub const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
 
+/// One block device.
+pub struct Disk {
+    device: BlockDevice<'static, MmioTransport>,
+    /// [`REQUEST_TIMEOUT_US`] in counter ticks.
+    timeout_ticks: u64,
+    waiter: Waiter,
+}
+
 /// How a device waits, and what waiting cost.
 struct Waiter {
     mode: WaitMode,
@@ -69,21 +78,11 @@ struct Waiter {
     idle_ticks: u64,
 }
 
-/// One block device.
-pub struct Disk {
-    device: BlockDevice<'static, MmioTransport>,
-    /// Set by the interrupt handler, cleared by the waiter.
-    interrupted: &'static AtomicBool,
-    /// [`REQUEST_TIMEOUT_US`] in counter ticks.
-    timeout_ticks: u64,
-    waiter: Waiter,
-}
-
 /// Finds and sets up every virtio block device of the device tree.
 /// Transports without a device, or with another kind, are skipped; a block
 /// device that fails to set up is reported and left out.
 pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<Disk> {
-    let map = dma.env().address_map;
+    let map = dma.address_map();
     let mut disks = Vec::new();
     for node in &dt.platform.virtio_mmio {
         let Some(window) = map.window_address(PhysAddr(node.reg.base())) else {
@@ -92,14 +91,16 @@ pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<Disk
         };
         let base = window.0 as usize;
         // SAFETY: `base` is the transport's register block, mapped as
-        // Device memory by the memory bring-up for the kernel's lifetime.
+        // Device memory by the memory bring-up for the kernel's lifetime;
+        // this is the one transport made for it (the interrupt handler
+        // touches only the GIC).
         let transport = unsafe { MmioTransport::new(base) };
         if transport.read(ReadRegister::MagicValue) != VIRTIO_MAGIC
             || transport.read(ReadRegister::DeviceId) != BLOCK_DEVICE_ID
         {
             continue;
         }
-        match set_up(dt, dma, node, transport, base) {
+        match set_up(dt, dma, node, transport) {
             Ok(mut disk) => {
                 disk.set_wait(wait);
                 info!("{}", disk.device.info_line());
@@ -116,37 +117,22 @@ fn set_up(
     dma: &mut Dma,
     node: &'static VirtioMmio,
     transport: MmioTransport,
-    base: usize,
 ) -> Result<Disk, alloc::string::String> {
     use alloc::string::ToString;
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
         .map_err(|e| e.to_string())?;
-    // SAFETY: the DMA layer's windows and linear addresses are mapped
-    // read-write for the kernel's lifetime, and its pools hand each page to
-    // one owner (the memory bring-up and `Dma::new` set them up).
-    let device = unsafe {
-        BlockDevice::new(
-            transport,
-            dma_device,
-            &mut dma.env(),
-            Options {
-                in_flight: IN_FLIGHT,
-            },
-        )
-    }
-    .map_err(|e| e.to_string())?;
-    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let options = Options {
+        in_flight: IN_FLIGHT,
+    };
+    let mut device = BlockDevice::new(transport, dma_device, &mut dma.env(), options)
+        .map_err(|e| e.to_string())?;
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
-    let handler: irq::Handler = Box::leak(Box::new(move |_| {
-        // SAFETY: the same register block as the driver's; the handler
-        // touches only InterruptStatus and InterruptACK, which the driver
-        // never uses once it runs on interrupts (it harvests with `poll`).
-        let mut registers = unsafe { MmioTransport::new(base) };
-        let status = registers.read(ReadRegister::InterruptStatus);
-        registers.write(WriteRegister::InterruptAck, status);
-        interrupted.store(true, Ordering::Release);
-    }));
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let Some(interrupt) = device.interrupt_handler(pending) else {
+        return Err("the driver's interrupt registers are already handed out".into());
+    };
+    let handler: irq::Handler = Box::leak(Box::new(move |_| interrupt.handle()));
     irq::register(intid, trigger, handler).map_err(|e| e.to_string())?;
     info!(
         "blk: {} interrupt intid={} {:?}",
@@ -158,7 +144,6 @@ fn set_up(
     let spin_cap = arch_timer::frequency() * SPIN_CAP_US / 1_000_000;
     Ok(Disk {
         device,
-        interrupted,
         timeout_ticks,
         waiter: Waiter {
             mode: DEFAULT_WAIT,
@@ -180,83 +165,26 @@ impl Disk {
         self.device.set_interrupts(mode != WaitMode::Poll);
     }
 
-    /// Waits for a completion as the wait mode says (or the nearest
-    /// deadline), harvests finished requests and expires late ones.
+    /// Waits for a completion as the wait mode says (or a request
+    /// timeout), then takes what the device returned and expires late
+    /// requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
-        let start = arch_timer::counter();
-        let spin = match self.waiter.mode {
-            WaitMode::Wfi => 0,
-            WaitMode::Poll => self.timeout_ticks,
-            WaitMode::Hybrid => self.waiter.budget.ticks(),
-        };
-        let mut done = self.spin(dma, start, spin);
-        if !done && self.waiter.mode != WaitMode::Poll {
-            self.idle(dma);
-            done = true;
-        }
-        if done && self.waiter.mode == WaitMode::Hybrid {
-            self.waiter
-                .budget
-                .record(arch_timer::counter().wrapping_sub(start));
-        }
-        for token in &self.device.expire(arch_timer::counter()) {
-            warn!("blk: {} request {token:?} timed out", self.name());
-        }
-    }
-
-    /// Harvests the used ring for up to `ticks` after `start`; whether
-    /// anything completed.
-    fn spin(&mut self, dma: &mut Dma, start: u64, ticks: u64) -> bool {
-        if ticks == 0 {
-            return false;
-        }
-        loop {
-            if !self.device.poll(&mut dma.env()).is_empty() {
-                return true;
-            }
-            if arch_timer::counter().wrapping_sub(start) >= ticks {
-                return false;
-            }
-            core::hint::spin_loop();
-        }
-    }
-
-    /// Idles (WFI) until an interrupt of this device or the request
-    /// timeout, then harvests.
-    fn idle(&mut self, dma: &mut Dma) {
-        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
-        let interrupted = self.interrupted;
-        let start = arch_timer::counter();
-        // A timeout is not an error here: `expire` reports late requests.
-        if let Err(err) = timer::wait_for(deadline, || interrupted.load(Ordering::Acquire))
-            && !matches!(err, timer::WaitError::TimedOut { .. })
-        {
-            error!("blk: {}: cannot wait: {err}", self.name());
-        }
-        self.waiter.idle_ticks += arch_timer::counter().wrapping_sub(start);
-        self.interrupted.store(false, Ordering::Release);
-        self.device.poll(&mut dma.env());
+        self.waiter.wait(&mut self.device, &mut dma.env());
     }
 
     /// Submits a request, waiting while all slots are in use or the
     /// device's pool has no room for another bounce buffer (both free up as
-    /// requests in flight complete).
+    /// requests in flight complete), at most one request timeout: a device
+    /// that keeps every slot past that is reported, not waited for forever.
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
-        loop {
-            let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
-            match self.device.submit(&mut dma.env(), request, deadline) {
-                Err(BlkError::QueueFull { .. }) => self.wait_and_harvest(dma),
-                Err(BlkError::Dma {
-                    error:
-                        DmaError::Pool {
-                            error: PoolError::Exhausted { .. },
-                            ..
-                        },
-                    ..
-                }) if self.device.in_flight() > 0 => self.wait_and_harvest(dma),
-                other => return other,
-            }
-        }
+        let waiter = &mut self.waiter;
+        self.device.submit_waiting(
+            &mut dma.env(),
+            request,
+            &mut arch_timer::counter,
+            self.timeout_ticks,
+            &mut |device, env| waiter.wait(device, env),
+        )
     }
 
     /// Submits `request` like [`Self::submit`], except that when the pool
@@ -359,6 +287,98 @@ impl Disk {
     pub fn flush(&mut self, dma: &mut Dma) -> Result<(), BlkError<'static>> {
         let token = self.submit(dma, Request::Flush)?;
         self.complete(dma, token, &mut [])
+    }
+}
+
+impl Waiter {
+    /// Waits for a completion as the mode says, or a request timeout; lets
+    /// the driver act on an interrupt (reporting a capacity change or a
+    /// failed device), otherwise polls; then expires late requests.
+    fn wait(
+        &mut self,
+        device: &mut BlockDevice<'static, MmioTransport>,
+        env: &mut DmaEnv<'_, 'static>,
+    ) {
+        let start = arch_timer::counter();
+        let spin = match self.mode {
+            WaitMode::Wfi => 0,
+            WaitMode::Poll => arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
+            WaitMode::Hybrid => self.budget.ticks(),
+        };
+        let mut done = spin_for(device, env, start, spin);
+        if !done && self.mode != WaitMode::Poll {
+            self.idle(device, env);
+            done = true;
+        }
+        if done && self.mode == WaitMode::Hybrid {
+            self.budget
+                .record(arch_timer::counter().wrapping_sub(start));
+        }
+        for token in &device.expire(arch_timer::counter()) {
+            warn!("blk: {} request {token:?} timed out", device.name());
+        }
+    }
+
+    /// Idles (WFI) until the device's interrupt or a request timeout, then
+    /// takes what the device returned.
+    fn idle(
+        &mut self,
+        device: &mut BlockDevice<'static, MmioTransport>,
+        env: &mut DmaEnv<'_, 'static>,
+    ) {
+        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
+        let start = arch_timer::counter();
+        // A timeout is not an error here: `expire` reports late requests.
+        if let Err(err) = timer::wait_for(deadline, || device.interrupt_noted())
+            && !matches!(err, timer::WaitError::TimedOut { .. })
+        {
+            error!("blk: {}: cannot wait: {err}", device.name());
+        }
+        self.idle_ticks += arch_timer::counter().wrapping_sub(start);
+        take(device, env);
+    }
+}
+
+/// Takes what the device returned for up to `ticks` after `start`;
+/// whether anything completed.
+fn spin_for(
+    device: &mut BlockDevice<'static, MmioTransport>,
+    env: &mut DmaEnv<'_, 'static>,
+    start: u64,
+    ticks: u64,
+) -> bool {
+    if ticks == 0 {
+        return false;
+    }
+    loop {
+        if take(device, env) {
+            return true;
+        }
+        if arch_timer::counter().wrapping_sub(start) >= ticks {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Lets the driver act on a noted interrupt (reporting a capacity change or
+/// a failed device), otherwise polls the used ring; whether any request
+/// completed.
+fn take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut DmaEnv<'_, 'static>) -> bool {
+    if device.interrupt_noted() {
+        let outcome = device.handle_interrupt(env);
+        if let Some(change) = outcome.capacity {
+            info!("{change}");
+        }
+        if let Some(fault) = outcome.fault {
+            error!(
+                "blk: {} failed: {fault}; its requests in flight fail, new ones are refused",
+                device.name()
+            );
+        }
+        !outcome.completions.is_empty() || outcome.fault.is_some()
+    } else {
+        !device.poll(env).is_empty() || device.fault().is_some()
     }
 }
 

@@ -32,7 +32,7 @@ fn one_request(b: &mut Bench, request: Request<'_>, read_into: &mut [u8]) -> Cos
         .unwrap();
     let hypercalls_at_submit = b.rig.hypercalls().len();
     let env = &mut b.rig.env();
-    assert_eq!(b.disk.handle_interrupt(env).as_slice(), [token]);
+    assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
     assert!(matches!(
         b.disk.finish(env, token, read_into),
         Poll::Ready(Ok(_))
