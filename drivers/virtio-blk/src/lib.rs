@@ -62,8 +62,8 @@
 //! header and status, a write's data in, a read's data out. Bouncing the
 //! region through the pool (the DMA layer's [`map`](tidepool_dma::DmaDevice::map))
 //! would copy the whole region in and out again, whatever the direction;
-//! `cargo xtask bench` measured that path at 0.43x of the coherent one for
-//! sequential reads. Every sync decision stays the DMA layer's: a pool
+//! issue 15's `cargo xtask bench` run measured that path at 0.43x of the
+//! coherent one for sequential reads. Every sync decision stays the DMA layer's: a pool
 //! buffer is synced exactly as a bounce buffer at the same address.
 //!
 //! # Using it
