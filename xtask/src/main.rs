@@ -17,7 +17,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::qemu::{Disk, Machine, Mode};
+use crate::qemu::{Console, Disk, Machine, Mode};
 
 /// xtask's error: what failed, in words.
 #[derive(Debug)]
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     let ws = Workspace::locate();
     let result = match cli.command {
         Cmd::Build => build_kernel(&ws).map(|_| ()),
-        Cmd::Run(args) => run(&ws, args),
+        Cmd::Run(args) => run(&ws, args).and_then(|run| run_verdict(&run)),
         Cmd::Test(args) => test(&ws, args),
         Cmd::Bench(args) => bench::run(&ws, args),
         Cmd::Dt { file, json } => dt(&file, json),
@@ -217,7 +217,7 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
+fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     tools::ensure_host_tools()?;
     let image = build_kernel(ws)?;
     let mode = if args.no_xen {
@@ -247,8 +247,40 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
             read_only: false,
         })
         .collect();
-    let qemu_args = machine.prepare(ws, &image, &ws.build.join("run"))?;
-    qemu::run_interactive(&qemu_args)
+    // One directory per run, so that runs side by side (the tests of this
+    // command run several) do not share a device tree.
+    let run_dir = ws.build.join("run").join(std::process::id().to_string());
+    let qemu = machine.prepare(ws, &image, &run_dir)?;
+    eprintln!("xtask: qemu-system-aarch64 {}", qemu.args().join(" "));
+    // Short and outside the tree: a Unix socket path has at most 107 bytes.
+    let qmp = std::env::temp_dir().join(format!("tidepool-qmp-{}.sock", std::process::id()));
+    let run = qemu.run(Console::Terminal, Some(&qmp));
+    let _ = std::fs::remove_file(&qmp);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    run
+}
+
+/// What `cargo xtask run` says when QEMU is gone, and whether it succeeded:
+/// a power-off or reboot is success; a crash, a Xen panic or QEMU ending
+/// before the guest shut down (Ctrl-A X, or a QEMU error) is not.
+fn run_verdict(run: &qemu::Captured) -> Result<()> {
+    match (&run.ending, run.exit) {
+        (Some((ending, _)), _) if ending.is_clean() => {
+            eprintln!("xtask: {ending}");
+            Ok(())
+        }
+        (Some((ending, line)), _) => {
+            eprintln!("xtask: {ending}");
+            Err(Error::msg(format!("{ending}: {}", line.trim())))
+        }
+        (None, Some(status)) if status.success() => Err(Error::msg(
+            "QEMU quit before the guest shut down (Ctrl-A X, or a reset without a shutdown line)",
+        )),
+        (None, Some(status)) => Err(Error::msg(format!(
+            "QEMU failed ({status}) before the guest shut down"
+        ))),
+        (None, None) => Err(Error::msg("QEMU was stopped before the guest shut down")),
+    }
 }
 
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {

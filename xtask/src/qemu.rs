@@ -1,9 +1,11 @@
 //! QEMU command lines for every way tidepool boots, and running them: on the
 //! terminal (`cargo xtask run`) or captured with a deadline (tests, benchmarks).
 
-use std::io::{BufRead, BufReader, Read};
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,7 @@ impl Machine {
 
     /// The `-machine`/`-cpu`/`-m`/`-smp`/device arguments shared by the real
     /// boot and the `dumpdtb` run, so the dumped tree matches the machine.
-    pub(crate) fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
+    fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
         let mut machine = format!("virt,gic-version={}", self.gic);
         if self.virtualization || self.is_xen() {
             machine.push_str(",virtualization=on");
@@ -136,8 +138,23 @@ impl Machine {
         args
     }
 
-    /// Prepares the run directory (device tree) and returns QEMU's full argument list.
-    pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<Vec<String>> {
+    /// Writes QEMU's own device tree for this machine to `path` (QEMU's
+    /// `dumpdtb`, with the same hardware arguments as the boot).
+    pub fn dump_dtb(&self, path: &Path) -> Result<()> {
+        let output = QemuCommand::new(self.hardware_args(Some(path))).output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::msg(format!(
+                "QEMU dumpdtb failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    /// Prepares the run directory (device tree) and returns QEMU's command
+    /// line (without the console, which [`QemuCommand::run`] adds).
+    pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<QemuCommand> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir.to_path_buf(), e))?;
         let mut args = self.hardware_args(None);
         match &self.mode {
@@ -147,7 +164,7 @@ impl Machine {
                     "loader,file={},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on",
                     image.display()
                 ));
-                return Ok(args);
+                return Ok(QemuCommand::new(args));
             }
             Mode::Bare => {
                 let dtb = self.host_dtb(ws, run_dir, |tree| {
@@ -188,7 +205,7 @@ impl Machine {
                 self.push_xen(ws, &mut args, &dtb, image)?;
             }
         }
-        Ok(args)
+        Ok(QemuCommand::new(args))
     }
 
     fn kernel_module(&self, image: &Path) -> Result<Module> {
@@ -237,18 +254,7 @@ impl Machine {
         edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
     ) -> Result<PathBuf> {
         let qemu_dtb = run_dir.join("qemu.dtb");
-        let status = Command::new("qemu-system-aarch64")
-            .args(self.hardware_args(Some(&qemu_dtb)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| Error::msg(format!("qemu-system-aarch64 (dumpdtb): {e}")))?;
-        if !status.status.success() {
-            return Err(Error::msg(format!(
-                "QEMU dumpdtb failed: {}",
-                String::from_utf8_lossy(&status.stderr)
-            )));
-        }
+        self.dump_dtb(&qemu_dtb)?;
         let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
         let mut tree = Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?;
         if let Some(name) = &self.scenario {
@@ -270,14 +276,107 @@ impl Machine {
     }
 }
 
-/// A finished captured run.
+/// How a boot ended, as its console says: the guest's own `shutdown:` line
+/// (directly, `(dN) ` from a domU through Xen's console, or `(XEN) DOMn: `
+/// through a vpl011), or Xen's report of what happened to a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// `shutdown: poweroff`, or Xen halting the machine for dom0.
+    PowerOff,
+    /// `shutdown: reboot`, or Xen restarting the machine for dom0 (QEMU runs
+    /// with `-no-reboot`, so nothing boots again).
+    Reboot,
+    /// `shutdown: crash`, or Xen reporting that a domain crashed.
+    Crash,
+    /// Xen itself panicked.
+    XenPanic,
+}
+
+impl Ending {
+    /// The ending a console line announces, if any.
+    pub fn of_line(line: &str) -> Option<Ending> {
+        let mut text = line.trim_end();
+        let xen = text.starts_with("(XEN) ");
+        // Peel Xen's prefixes: `(XEN) `, a guest's `(d1) `, a vpl011's `DOM1: `.
+        loop {
+            let peeled = strip_tag(text, "(XEN) ", "")
+                .or_else(|| strip_tag(text, "(d", ") "))
+                .or_else(|| strip_tag(text, "DOM", ": "));
+            match peeled {
+                Some(rest) => text = rest,
+                None => break,
+            }
+        }
+        if let Some(how) = text.strip_prefix("shutdown: ") {
+            return match how.split(' ').next() {
+                Some("poweroff") => Some(Self::PowerOff),
+                Some("reboot") => Some(Self::Reboot),
+                Some("crash") => Some(Self::Crash),
+                _ => None,
+            };
+        }
+        if !xen {
+            return None;
+        }
+        if text.starts_with("Hardware Dom0 halted") {
+            Some(Self::PowerOff)
+        } else if text.starts_with("Hardware Dom0 shutdown: rebooting") {
+            Some(Self::Reboot)
+        } else if text.starts_with("Hardware Dom0 crashed")
+            || (text.starts_with("Domain ") && text.contains(" crashed "))
+        {
+            Some(Self::Crash)
+        } else if text.starts_with("Panic on CPU") {
+            Some(Self::XenPanic)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the guest ended as asked (power-off or reboot).
+    pub fn is_clean(self) -> bool {
+        matches!(self, Self::PowerOff | Self::Reboot)
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PowerOff => "guest powered off",
+            Self::Reboot => "guest rebooted",
+            Self::Crash => "guest crashed",
+            Self::XenPanic => "Xen panicked",
+        })
+    }
+}
+
+/// `text` without a leading `open` + digits-or-`XEN` + `close` tag.
+fn strip_tag<'t>(text: &'t str, open: &str, close: &str) -> Option<&'t str> {
+    let rest = text.strip_prefix(open)?;
+    if close.is_empty() {
+        return Some(rest);
+    }
+    let (tag, rest) = rest.split_once(close)?;
+    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit())).then_some(rest)
+}
+
+/// How long QEMU may go on after the console announced the ending (Xen
+/// prints its own line after the guest's; after a dom0 crash it would wait
+/// 5 s before resetting, and after a dom0less domU it never stops).
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// A finished run.
 pub struct Captured {
     /// Every console line, in order.
     pub lines: Vec<String>,
     /// When the host read each line, from QEMU's spawn (same order).
     pub arrivals: Vec<Duration>,
-    /// QEMU's stderr.
+    /// QEMU's stderr (empty on the terminal, where it is not captured).
     pub stderr: String,
+    /// How the console said the boot ended, and the line that said it first.
+    pub ending: Option<(Ending, String)>,
+    /// QEMU's exit status, if it exited by itself (not stopped by xtask).
+    pub exit: Option<ExitStatus>,
     /// The run hit its deadline and was killed.
     pub timed_out: bool,
     /// Wall time from spawn to the end.
@@ -292,6 +391,286 @@ impl Captured {
     }
 }
 
+/// Where QEMU's serial console goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Captured with a deadline: no input, output and stderr read by xtask.
+    Captured(Duration),
+    /// On the terminal (`cargo xtask run`): QEMU reads xtask's standard input
+    /// itself (`mon:stdio`, so Ctrl-A X and the monitor work), xtask relays
+    /// its output as it comes and watches it for the ending; no deadline.
+    Terminal,
+}
+
+/// A QEMU command line built by [`Machine`]. Every QEMU process xtask starts
+/// is spawned by this type (`QemuCommand::spawn_args` is the one full
+/// argument list), after [`missing_from_base_install`] found nothing.
+#[derive(Clone, Debug)]
+pub struct QemuCommand {
+    args: Vec<String>,
+}
+
+/// The QEMU binary.
+const QEMU: &str = "qemu-system-aarch64";
+
+/// How QEMU's console is wired, per [`Console`].
+fn console_args(console: Console, qmp: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = match console {
+        Console::Captured(_) => ["-serial", "stdio", "-monitor", "none"].map(String::from).into(),
+        Console::Terminal => ["-serial", "mon:stdio"].map(String::from).into(),
+    };
+    if let Some(socket) = qmp {
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", socket.display()));
+    }
+    args
+}
+
+/// Why a QEMU argument list would need a file that only one of
+/// `qemu-system-arm`'s Recommends brings (xtask installs it with
+/// `--no-install-recommends`): `ipxe-qemu` (NIC option ROMs: the `virt`
+/// machine's default NIC needs `efi-virtio.rom`), `qemu-system-gui` (the
+/// default display), `qemu-efi-aarch64`/`qemu-efi-arm` (firmware), or
+/// `qemu-block-extra` (network block protocols). `None` when it needs none.
+pub fn missing_from_base_install(args: &[String]) -> Option<String> {
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+    if !has("-nodefaults") && !pair("-nic", "none") {
+        return Some("no `-nic none` (or `-nodefaults`): the default NIC needs ipxe-qemu's efi-virtio.rom".into());
+    }
+    if !pair("-display", "none") && !has("-nographic") {
+        return Some("no `-display none`: the default display needs qemu-system-gui".into());
+    }
+    for flag in ["-bios", "-pflash"] {
+        if has(flag) {
+            return Some(format!("`{flag}`: firmware comes from qemu-efi-aarch64"));
+        }
+    }
+    for pair in args.windows(2) {
+        let (flag, value) = (pair[0].as_str(), pair[1].as_str());
+        match flag {
+            "-net" | "-netdev" => return Some(format!("`{flag} {value}`: a NIC needs an ipxe-qemu ROM")),
+            "-nic" if value != "none" => {
+                return Some(format!("`-nic {value}`: a NIC needs an ipxe-qemu ROM"));
+            }
+            "-device" => {
+                let driver = value.split(',').next().unwrap_or_default();
+                let nic = ["virtio-net-pci", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxnet3"];
+                if nic.contains(&driver) && !value.contains("romfile=") {
+                    return Some(format!("`-device {value}`: its option ROM comes from ipxe-qemu"));
+                }
+            }
+            "-drive" => {
+                let extra = ["curl", "http", "https", "ftp", "ftps", "iscsi", "nfs", "rbd", "ssh", "gluster"];
+                if value
+                    .split(',')
+                    .filter_map(|kv| kv.strip_prefix("file="))
+                    .any(|file| extra.iter().any(|p| file.starts_with(&format!("{p}:"))))
+                {
+                    return Some(format!("`-drive {value}`: that protocol comes from qemu-block-extra"));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+impl QemuCommand {
+    fn new(args: Vec<String>) -> Self {
+        Self { args }
+    }
+
+    /// Appends arguments (for a boot mode's own devices).
+    pub fn push(&mut self, arg: impl Into<String>) {
+        self.args.push(arg.into());
+    }
+
+    /// The arguments built so far (without the console).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The full argument list QEMU is spawned with for `console`.
+    fn spawn_args(&self, console: Option<Console>, qmp: Option<&Path>) -> Vec<String> {
+        let mut args = self.args.clone();
+        if let Some(console) = console {
+            args.extend(console_args(console, qmp));
+        }
+        args
+    }
+
+    /// The one place a QEMU process is made: refused if the arguments need
+    /// a file from a Recommends package.
+    fn command(&self, console: Option<Console>, qmp: Option<&Path>) -> Result<Command> {
+        let args = self.spawn_args(console, qmp);
+        if let Some(why) = missing_from_base_install(&args) {
+            return Err(Error::msg(format!("QEMU command line refused: {why}")));
+        }
+        let mut cmd = Command::new(QEMU);
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    /// Runs QEMU to completion without a console (`dumpdtb`).
+    pub fn output(&self) -> Result<std::process::Output> {
+        self.command(None, None)?
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::msg(format!("{QEMU}: {e}")))
+    }
+
+    /// Runs QEMU with `console` until it exits, the deadline passes, or
+    /// [`GRACE`] after the console announced an [`Ending`]. `qmp` is a
+    /// socket path for a graceful quit (the terminal's state is restored
+    /// by QEMU itself); without it QEMU is killed.
+    pub fn run(&self, console: Console, qmp: Option<&Path>) -> Result<Captured> {
+        let terminal = console == Console::Terminal;
+        let mut cmd = self.command(Some(console), qmp)?;
+        cmd.stdout(Stdio::piped());
+        if terminal {
+            cmd.stdin(Stdio::inherit()).stderr(Stdio::inherit());
+        } else {
+            cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        }
+        let start = Instant::now();
+        let child = cmd.spawn().map_err(|e| Error::msg(format!("{QEMU}: {e}")))?;
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().expect("piped");
+        let stderr = child.0.stderr.take();
+        let (tx, rx) = mpsc::channel::<(Duration, String)>();
+        let reader = std::thread::spawn(move || relay_lines(stdout, terminal, start, &tx));
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_string(&mut s);
+            }
+            s
+        });
+        let mut received = Vec::new();
+        let mut deadline = match console {
+            Console::Captured(timeout) => Some(start + timeout),
+            Console::Terminal => None,
+        };
+        let mut ending: Option<(Ending, String)> = None;
+        let mut timed_out = false;
+        let mut closed = false;
+        loop {
+            let next = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        timed_out = ending.is_none();
+                        break;
+                    }
+                    rx.recv_timeout(deadline - now)
+                }
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok((at, line)) => {
+                    if ending.is_none()
+                        && let Some(how) = Ending::of_line(&line)
+                    {
+                        ending = Some((how, line.clone()));
+                        deadline = Some(Instant::now() + GRACE);
+                    }
+                    received.push((at, line));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        // QEMU closed its output: it is exiting by itself. Otherwise xtask
+        // stops it, and its status says nothing about the guest.
+        let exit = if closed {
+            child.0.wait().ok()
+        } else {
+            if let Some(socket) = qmp {
+                quit_by_qmp(&mut child.0, socket);
+            }
+            None
+        };
+        drop(child);
+        let _ = reader.join();
+        received.extend(rx.try_iter());
+        let stderr = err_reader.join().unwrap_or_default();
+        let (arrivals, lines) = received.into_iter().unzip();
+        Ok(Captured {
+            lines,
+            arrivals,
+            stderr,
+            ending,
+            exit,
+            timed_out,
+            elapsed,
+        })
+    }
+}
+
+/// Reads QEMU's output, sends each line with its arrival time, and on the
+/// terminal also writes every byte through as it arrives (prompts and
+/// echoed input have no newline yet).
+fn relay_lines(
+    mut stdout: impl Read,
+    echo: bool,
+    start: Instant,
+    tx: &mpsc::Sender<(Duration, String)>,
+) {
+    let mut out = std::io::stdout();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stdout.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let at = start.elapsed();
+        if echo {
+            let _ = out.write_all(&chunk[..n]);
+            let _ = out.flush();
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..end])
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send((at, text)).is_err() {
+                return;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let text = String::from_utf8_lossy(&pending).trim_end_matches('\r').to_string();
+        let _ = tx.send((start.elapsed(), text));
+    }
+}
+
+/// Asks QEMU to quit through its QMP socket and waits for it a moment, so
+/// that it restores the terminal it put in raw mode; the caller kills it if
+/// it is still there.
+fn quit_by_qmp(child: &mut Child, socket: &Path) {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut greeting = [0u8; 1024];
+    let _ = stream.read(&mut greeting);
+    let _ = stream.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kills QEMU when dropped, so no run outlives its test.
 struct KillOnDrop(Child);
 
@@ -299,95 +678,5 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Runs QEMU with `args`, capturing the console, until it exits, `timeout`
-/// passes, or (if given) a line containing `stop_after` was printed and a
-/// short grace period passed (used for crash shutdowns, where Xen waits 5 s).
-pub fn run_captured(
-    args: &[String],
-    timeout: Duration,
-    stop_after: Option<&str>,
-) -> Result<Captured> {
-    let start = Instant::now();
-    let child = Command::new("qemu-system-aarch64")
-        .args(args)
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    let mut child = KillOnDrop(child);
-    let stdout = child.0.stdout.take().expect("piped");
-    let mut stderr = child.0.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel::<(Duration, String)>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let at = start.elapsed();
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send((at, text)).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut received = Vec::new();
-    let mut deadline = start + timeout;
-    let mut timed_out = false;
-    let mut stopping = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            timed_out = !stopping;
-            break;
-        }
-        match rx.recv_timeout(deadline - now) {
-            Ok((at, line)) => {
-                if !stopping && stop_after.is_some_and(|p| line.contains(p)) {
-                    stopping = true;
-                    deadline = Instant::now() + Duration::from_millis(700);
-                }
-                received.push((at, line));
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let elapsed = start.elapsed();
-    drop(child);
-    let _ = reader.join();
-    received.extend(rx.try_iter());
-    let stderr = err_reader.join().unwrap_or_default();
-    let (arrivals, lines) = received.into_iter().unzip();
-    Ok(Captured {
-        lines,
-        arrivals,
-        stderr,
-        timed_out,
-        elapsed,
-    })
-}
-
-/// Runs QEMU on the terminal (console on stdin/stdout; Ctrl-A X quits).
-pub fn run_interactive(args: &[String]) -> Result<()> {
-    eprintln!("xtask: qemu-system-aarch64 {}", args.join(" "));
-    let status = Command::new("qemu-system-aarch64")
-        .args(args)
-        .args(["-serial", "mon:stdio"])
-        .status()
-        .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::msg(format!("QEMU exited with {status}")))
     }
 }
