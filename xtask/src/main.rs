@@ -179,7 +179,7 @@ fn main() -> ExitCode {
 
 /// Builds the kernel and writes build/tidepool.img.
 pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
-    tools::ensure_kernel_target(ws)?;
+    tools::ensure_toolchain(ws)?;
     run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
         "build",
         "--quiet",
@@ -283,7 +283,54 @@ fn run_verdict(run: &qemu::Captured) -> Result<()> {
     }
 }
 
+/// `cargo fmt --check` and `cargo clippy -D warnings`, on the host crates
+/// (every target, tests included) and on the crates the kernel is built
+/// from for its own target, so `undocumented_unsafe_blocks` and the other
+/// workspace lints hold for the kernel too.
+fn lint(ws: &Workspace) -> Result<()> {
+    tools::ensure_toolchain(ws)?;
+    let cargo = |args: &[&str]| {
+        eprintln!("xtask: cargo {}", args.join(" "));
+        run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args(args))
+    };
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--exclude",
+        "tidepool-boot",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut kernel = vec!["clippy", "--quiet", "--target", tools::KERNEL_TARGET];
+    for package in KERNEL_CRATES {
+        kernel.extend(["-p", package]);
+    }
+    kernel.extend(["--", "-D", "warnings"]);
+    cargo(&kernel)
+}
+
+/// Every crate that goes into the kernel Image (linted for its target).
+const KERNEL_CRATES: [&str; 9] = [
+    "tidepool-boot",
+    "tidepool-kernel",
+    "tidepool-gic",
+    "tidepool-pl011",
+    "tidepool-virtio-blk",
+    "tidepool-dma",
+    "tidepool-dt",
+    "tidepool-mm",
+    "tidepool-xen-abi",
+];
+
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
+    if !args.boot_only {
+        // Lints first: they fail in seconds, before anything is fetched.
+        lint(ws)?;
+    }
     tools::ensure_host_tools()?;
     if !args.boot_only {
         run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
@@ -322,4 +369,33 @@ fn dt(file: &Path, json: bool) -> Result<()> {
         print!("{plan}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KERNEL_CRATES;
+
+    /// Every workspace member but xtask goes into the kernel and is linted
+    /// for its target.
+    #[test]
+    fn every_kernel_crate_is_linted_for_the_kernel_target() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let manifest = |dir: &std::path::Path| -> toml::Table {
+            toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap()
+        };
+        let workspace = manifest(&root);
+        let members = workspace["workspace"]["members"].as_array().unwrap();
+        let mut names: Vec<String> = members
+            .iter()
+            .map(|m| {
+                let package = manifest(&root.join(m.as_str().unwrap()));
+                package["package"]["name"].as_str().unwrap().to_string()
+            })
+            .filter(|name| name != "xtask")
+            .collect();
+        names.sort();
+        let mut linted = KERNEL_CRATES.map(String::from).to_vec();
+        linted.sort();
+        assert_eq!(names, linted);
+    }
 }

@@ -40,6 +40,16 @@ pub enum Mode {
     LoaderOnly,
 }
 
+/// The files a boot uses, made or found by [`Machine::prepare`].
+struct BootFiles<'f> {
+    /// The kernel Image.
+    image: &'f Path,
+    /// The device tree (every mode but [`Mode::LoaderOnly`]).
+    dtb: Option<&'f Path>,
+    /// Xen (the Xen modes).
+    xen: Option<&'f Path>,
+}
+
 /// A virtio block device on the command line.
 #[derive(Clone, Debug)]
 pub struct Disk {
@@ -156,39 +166,20 @@ impl Machine {
     /// line (without the console, which [`QemuCommand::run`] adds).
     pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<QemuCommand> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir.to_path_buf(), e))?;
-        let mut args = self.hardware_args(None);
-        match &self.mode {
-            Mode::LoaderOnly => {
-                args.push("-device".into());
-                args.push(format!(
-                    "loader,file={},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on",
-                    image.display()
-                ));
-                return Ok(QemuCommand::new(args));
-            }
-            Mode::Bare => {
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
-                    devicetree::set_bootargs(tree, &self.bootargs)
-                })?;
-                args.extend([
-                    "-kernel".into(),
-                    image.display().to_string(),
-                    "-dtb".into(),
-                    dtb.display().to_string(),
-                ]);
-                // With -kernel, QEMU rewrites /chosen/bootargs from -append.
-                args.extend(["-append".into(), self.bootargs.clone()]);
-            }
+        let dtb = match &self.mode {
+            Mode::LoaderOnly => None,
+            Mode::Bare => Some(self.host_dtb(ws, run_dir, |tree| {
+                devicetree::set_bootargs(tree, &self.bootargs)
+            })?),
             Mode::XenDom0 { dom0_mem } => {
                 let module = self.kernel_module(image)?;
                 let xen_bootargs = format!(
                     "console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}",
                     self.xen_args
                 );
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module)
-                })?;
-                self.push_xen(ws, &mut args, &dtb, image)?;
+                })?)
             }
             Mode::XenDomU { memory_kib } => {
                 let module = self.kernel_module(image)?;
@@ -198,11 +189,59 @@ impl Machine {
                     "console=dtuart dtuart=/pl011@9000000 guest_loglvl=all {}",
                     self.xen_args
                 );
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::set_xen_bootargs(tree, xen_bootargs.trim())?;
                     devicetree::add_xen_dom0less_domu(tree, "domU1", *memory_kib, 1, true, &module)
-                })?;
-                self.push_xen(ws, &mut args, &dtb, image)?;
+                })?)
+            }
+        };
+        let xen = if self.is_xen() {
+            Some(crate::tools::xen_image(ws)?)
+        } else {
+            None
+        };
+        self.command(&BootFiles {
+            image,
+            dtb: dtb.as_deref(),
+            xen: xen.as_deref(),
+        })
+    }
+
+    /// QEMU's command line for a boot from `files`.
+    fn command(&self, files: &BootFiles<'_>) -> Result<QemuCommand> {
+        let needed = |file: Option<&Path>, what: &str| {
+            file.map(|f| f.display().to_string())
+                .ok_or_else(|| Error::msg(format!("{:?} needs {what}", self.mode)))
+        };
+        let mut args = self.hardware_args(None);
+        let image = files.image.display().to_string();
+        match &self.mode {
+            Mode::LoaderOnly => {
+                args.push("-device".into());
+                args.push(format!(
+                    "loader,file={image},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on"
+                ));
+            }
+            Mode::Bare => {
+                // With -kernel, QEMU rewrites /chosen/bootargs from -append.
+                args.extend([
+                    "-kernel".into(),
+                    image,
+                    "-dtb".into(),
+                    needed(files.dtb, "a device tree")?,
+                    "-append".into(),
+                    self.bootargs.clone(),
+                ]);
+            }
+            Mode::XenDom0 { .. } | Mode::XenDomU { .. } => {
+                args.extend([
+                    "-kernel".into(),
+                    needed(files.xen, "Xen")?,
+                    "-dtb".into(),
+                    needed(files.dtb, "a device tree")?,
+                    "-device".into(),
+                    format!("loader,file={image},addr={XEN_MODULE_ADDR:#x},force-raw=on"),
+                ]);
             }
         }
         Ok(QemuCommand::new(args))
@@ -222,28 +261,6 @@ impl Machine {
             size,
             bootargs: self.bootargs.clone(),
         })
-    }
-
-    fn push_xen(
-        &self,
-        ws: &Workspace,
-        args: &mut Vec<String>,
-        dtb: &Path,
-        image: &Path,
-    ) -> Result<()> {
-        let xen = crate::tools::xen_image(ws)?;
-        args.extend([
-            "-kernel".into(),
-            xen.display().to_string(),
-            "-dtb".into(),
-            dtb.display().to_string(),
-        ]);
-        args.push("-device".into());
-        args.push(format!(
-            "loader,file={},addr={XEN_MODULE_ADDR:#x},force-raw=on",
-            image.display()
-        ));
-        Ok(())
     }
 
     /// QEMU's own device tree for this machine, plus the scenario and `edit`.
@@ -416,7 +433,9 @@ const QEMU: &str = "qemu-system-aarch64";
 /// How QEMU's console is wired, per [`Console`].
 fn console_args(console: Console, qmp: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = match console {
-        Console::Captured(_) => ["-serial", "stdio", "-monitor", "none"].map(String::from).into(),
+        Console::Captured(_) => ["-serial", "stdio", "-monitor", "none"]
+            .map(String::from)
+            .into(),
         Console::Terminal => ["-serial", "mon:stdio"].map(String::from).into(),
     };
     if let Some(socket) = qmp {
@@ -436,7 +455,10 @@ pub fn missing_from_base_install(args: &[String]) -> Option<String> {
     let has = |flag: &str| args.iter().any(|a| a == flag);
     let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
     if !has("-nodefaults") && !pair("-nic", "none") {
-        return Some("no `-nic none` (or `-nodefaults`): the default NIC needs ipxe-qemu's efi-virtio.rom".into());
+        return Some(
+            "no `-nic none` (or `-nodefaults`): the default NIC needs ipxe-qemu's efi-virtio.rom"
+                .into(),
+        );
     }
     if !pair("-display", "none") && !has("-nographic") {
         return Some("no `-display none`: the default display needs qemu-system-gui".into());
@@ -449,25 +471,41 @@ pub fn missing_from_base_install(args: &[String]) -> Option<String> {
     for pair in args.windows(2) {
         let (flag, value) = (pair[0].as_str(), pair[1].as_str());
         match flag {
-            "-net" | "-netdev" => return Some(format!("`{flag} {value}`: a NIC needs an ipxe-qemu ROM")),
+            "-net" | "-netdev" => {
+                return Some(format!("`{flag} {value}`: a NIC needs an ipxe-qemu ROM"));
+            }
             "-nic" if value != "none" => {
                 return Some(format!("`-nic {value}`: a NIC needs an ipxe-qemu ROM"));
             }
             "-device" => {
                 let driver = value.split(',').next().unwrap_or_default();
-                let nic = ["virtio-net-pci", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "vmxnet3"];
+                let nic = [
+                    "virtio-net-pci",
+                    "e1000",
+                    "e1000e",
+                    "rtl8139",
+                    "ne2k_pci",
+                    "pcnet",
+                    "vmxnet3",
+                ];
                 if nic.contains(&driver) && !value.contains("romfile=") {
-                    return Some(format!("`-device {value}`: its option ROM comes from ipxe-qemu"));
+                    return Some(format!(
+                        "`-device {value}`: its option ROM comes from ipxe-qemu"
+                    ));
                 }
             }
             "-drive" => {
-                let extra = ["curl", "http", "https", "ftp", "ftps", "iscsi", "nfs", "rbd", "ssh", "gluster"];
+                let extra = [
+                    "curl", "http", "https", "ftp", "ftps", "iscsi", "nfs", "rbd", "ssh", "gluster",
+                ];
                 if value
                     .split(',')
                     .filter_map(|kv| kv.strip_prefix("file="))
                     .any(|file| extra.iter().any(|p| file.starts_with(&format!("{p}:"))))
                 {
-                    return Some(format!("`-drive {value}`: that protocol comes from qemu-block-extra"));
+                    return Some(format!(
+                        "`-drive {value}`: that protocol comes from qemu-block-extra"
+                    ));
                 }
             }
             _ => {}
@@ -534,7 +572,9 @@ impl QemuCommand {
             cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         }
         let start = Instant::now();
-        let child = cmd.spawn().map_err(|e| Error::msg(format!("{QEMU}: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::msg(format!("{QEMU}: {e}")))?;
         let mut child = KillOnDrop(child);
         let stdout = child.0.stdout.take().expect("piped");
         let stderr = child.0.stderr.take();
@@ -646,7 +686,9 @@ fn relay_lines(
         }
     }
     if !pending.is_empty() {
-        let text = String::from_utf8_lossy(&pending).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(&pending)
+            .trim_end_matches('\r')
+            .to_string();
         let _ = tx.send((start.elapsed(), text));
     }
 }
@@ -678,5 +720,226 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index of each [`Mode`]: a new mode fails to compile here until it is
+    /// numbered, and then [`every_mode`] must give an example of it.
+    fn mode_index(mode: &Mode) -> usize {
+        match mode {
+            Mode::XenDom0 { .. } => 0,
+            Mode::XenDomU { .. } => 1,
+            Mode::Bare => 2,
+            Mode::LoaderOnly => 3,
+        }
+    }
+    const MODES: usize = 4;
+
+    /// An example of every mode, each with every option that adds arguments.
+    fn every_mode() -> Vec<Machine> {
+        let modes = [
+            Mode::XenDom0 {
+                dom0_mem: "256M".into(),
+            },
+            Mode::XenDomU { memory_kib: 8192 },
+            Mode::Bare,
+            Mode::LoaderOnly,
+        ];
+        let mut covered: Vec<usize> = modes.iter().map(mode_index).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        assert_eq!(
+            covered,
+            (0..MODES).collect::<Vec<_>>(),
+            "an example of every mode"
+        );
+        modes
+            .into_iter()
+            .flat_map(|mode| {
+                let plain = Machine::new(mode);
+                let mut full = plain.clone();
+                full.gic = 2;
+                full.virtualization = true;
+                full.cpus = 2;
+                full.bootargs = "log=debug".into();
+                full.modern_virtio = true;
+                full.disks = vec![
+                    Disk {
+                        file: "disk.img".into(),
+                        read_only: false,
+                    },
+                    Disk {
+                        file: "blkdebug:cfg:disk.img".into(),
+                        read_only: true,
+                    },
+                ];
+                [plain, full]
+            })
+            .collect()
+    }
+
+    fn files() -> BootFiles<'static> {
+        BootFiles {
+            image: Path::new("tidepool.img"),
+            dtb: Some(Path::new("host.dtb")),
+            xen: Some(Path::new("xen")),
+        }
+    }
+
+    /// Every full argument list xtask spawns QEMU with: each mode on each
+    /// console, and each machine's `dumpdtb` run.
+    #[test]
+    fn no_command_line_needs_a_recommends_package() {
+        let qmp = Path::new("/tmp/qmp.sock");
+        let mut checked = 0;
+        for machine in every_mode() {
+            let boot = machine.command(&files()).unwrap();
+            let dump = QemuCommand::new(machine.hardware_args(Some(Path::new("qemu.dtb"))));
+            let runs = [
+                boot.spawn_args(Some(Console::Captured(Duration::from_secs(1))), None),
+                boot.spawn_args(Some(Console::Terminal), Some(qmp)),
+                dump.spawn_args(None, None),
+            ];
+            for args in runs {
+                assert_eq!(missing_from_base_install(&args), None, "{args:?}");
+                assert!(args.windows(2).any(|w| w == ["-nic", "none"]), "{args:?}");
+                assert!(boot.command(None, None).is_ok());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3 * 2 * MODES);
+    }
+
+    #[test]
+    fn the_check_refuses_what_needs_a_recommends_package() {
+        let base: Vec<String> = Machine::new(Mode::Bare).hardware_args(None);
+        assert_eq!(missing_from_base_install(&base), None);
+        let without = |flag: &str, value: &str| -> Vec<String> {
+            let at = base
+                .windows(2)
+                .position(|w| w[0] == flag && w[1] == value)
+                .unwrap();
+            [&base[..at], &base[at + 2..]].concat()
+        };
+        let with = |extra: &[&str]| -> Vec<String> {
+            base.iter()
+                .cloned()
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect()
+        };
+        let refused = [
+            without("-nic", "none"),
+            without("-display", "none"),
+            with(&["-nic", "user"]),
+            with(&["-netdev", "user,id=n0"]),
+            with(&["-device", "virtio-net-pci,netdev=n0"]),
+            with(&["-bios", "QEMU_EFI.fd"]),
+            with(&["-drive", "if=none,id=d,file=https://example.invalid/disk"]),
+        ];
+        for args in refused {
+            assert!(missing_from_base_install(&args).is_some(), "{args:?}");
+            let refused = QemuCommand::new(args).command(None, None).unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .starts_with("QEMU command line refused: ")
+            );
+        }
+        let mut nodefaults = without("-nic", "none");
+        nodefaults.push("-nodefaults".into());
+        assert_eq!(missing_from_base_install(&nodefaults), None);
+        assert_eq!(
+            missing_from_base_install(&with(&["-device", "virtio-net-pci,romfile="])),
+            None
+        );
+    }
+
+    /// No file of xtask starts QEMU but through [`QemuCommand::command`].
+    #[test]
+    fn qemu_is_spawned_in_one_place() {
+        fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 10);
+        let spawn = ["Command::new(", "QEMU"].concat();
+        let by_name = ["Command::new(\"", "qemu-system"].concat();
+        let mut spawns = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            spawns.extend(std::iter::repeat_n(
+                name.clone(),
+                text.matches(&spawn).count(),
+            ));
+            spawns.extend(std::iter::repeat_n(name, text.matches(&by_name).count()));
+        }
+        assert_eq!(spawns, ["qemu.rs"]);
+    }
+
+    #[test]
+    fn endings_from_the_guest_and_from_xen() {
+        let cases = [
+            ("shutdown: poweroff uptime_us=30894", Some(Ending::PowerOff)),
+            (
+                "(d1) shutdown: poweroff uptime_us=117181",
+                Some(Ending::PowerOff),
+            ),
+            (
+                "(XEN) DOM1: shutdown: crash uptime_us=5",
+                Some(Ending::Crash),
+            ),
+            ("shutdown: reboot uptime_us=1", Some(Ending::Reboot)),
+            ("shutdown: crash", Some(Ending::Crash)),
+            (
+                "(XEN) Hardware Dom0 halted: halting machine",
+                Some(Ending::PowerOff),
+            ),
+            (
+                "(XEN) Hardware Dom0 shutdown: rebooting machine",
+                Some(Ending::Reboot),
+            ),
+            (
+                "(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.",
+                Some(Ending::Crash),
+            ),
+            (
+                "(XEN) Domain 1 (vcpu#0) crashed on cpu#0:",
+                Some(Ending::Crash),
+            ),
+            (
+                "(XEN) Domain 1 reported crashed by domain 0 on cpu#0:",
+                Some(Ending::Crash),
+            ),
+            ("(XEN) Panic on CPU 0:", Some(Ending::XenPanic)),
+            // Not endings: other words, other places, a Linux guest's lines.
+            ("shutdown: poweroffx", None),
+            ("selftest: shutdown: crash", None),
+            ("Hardware Dom0 halted: halting machine", None),
+            ("(dx) shutdown: poweroff", None),
+            ("reboot: Power down", None),
+            ("(XEN) Domain 1 created", None),
+        ];
+        for (line, ending) in cases {
+            assert_eq!(Ending::of_line(line), ending, "{line:?}");
+        }
+        assert!(Ending::PowerOff.is_clean() && Ending::Reboot.is_clean());
+        assert!(!Ending::Crash.is_clean() && !Ending::XenPanic.is_clean());
+        assert_eq!(Ending::Crash.to_string(), "guest crashed");
     }
 }
