@@ -3,6 +3,7 @@
 
 mod bench;
 mod boot_tests;
+mod command_tests;
 mod debian;
 mod devicetree;
 mod disk;
@@ -204,8 +205,12 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
         )));
     }
     std::fs::create_dir_all(&ws.build).map_err(|e| Error::io(ws.build.clone(), e))?;
+    // Written aside and renamed into place: a QEMU started by another run
+    // never reads a half-written Image.
     let out = ws.image_path();
-    std::fs::write(&out, &image.bytes).map_err(|e| Error::io(out.clone(), e))?;
+    let fresh = out.with_extension(format!("img.{}", std::process::id()));
+    std::fs::write(&fresh, &image.bytes).map_err(|e| Error::io(fresh.clone(), e))?;
+    std::fs::rename(&fresh, &out).map_err(|e| Error::io(out.clone(), e))?;
     eprintln!(
         "xtask: {}: {} bytes (limit {}), {:#x} bytes in memory, {} relocations",
         out.display(),
@@ -356,7 +361,20 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         )?;
     }
     let image = build_kernel(ws)?;
-    boot_tests::run_all(ws, &image, args.filter.as_deref())
+    let boot = boot_tests::run_all(ws, &image, args.filter.as_deref());
+    let commands = command_tests::run_all(ws, args.filter.as_deref());
+    match (boot, commands.is_empty()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(Error::msg(format!(
+            "failed command tests: {}",
+            commands.join(", ")
+        ))),
+        (Err(boot), true) => Err(boot),
+        (Err(boot), false) => Err(Error::msg(format!(
+            "{boot}; failed command tests: {}",
+            commands.join(", ")
+        ))),
+    }
 }
 
 fn dt(file: &Path, json: bool) -> Result<()> {
