@@ -222,6 +222,8 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Boots as `args` says, the console on the terminal, until QEMU is gone
+/// (see [`qemu::QemuCommand::run`]).
 fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     tools::ensure_host_tools()?;
     let image = build_kernel(ws)?;
