@@ -48,8 +48,9 @@
 //! `virtio-drivers`' three separate shares would cost three. The driver
 //! only ever syncs its one mapping; the policy decides the rest. A region
 //! starts on a page (slots and bounce buffers are page-aligned) and is at
-//! most 16 + 256 KiB + 1 bytes, so 66 pages: one batch of the kernel's
-//! `GNTTABOP_cache_flush` (64 entries).
+//! most 16 + 256 KiB + 1 bytes, so 65 pages: one batch of the kernel's
+//! `GNTTABOP_cache_flush` (up to 128 entries,
+//! `tidepool_xen_abi::CACHE_FLUSH_MAX_BATCH`).
 //!
 //! A pool device's map also copies the region into a bounce buffer in its
 //! pool, and its unmap copies it back (the DMA layer's bounce buffers);
