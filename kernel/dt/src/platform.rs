@@ -191,6 +191,9 @@ pub struct Uart {
     pub kind: UartKind,
     /// Register window (first `reg` entry), translated.
     pub reg: AddrRange,
+    /// Its (first) interrupt; `None` without an `interrupts` property or
+    /// with one that cannot be used (reported in [`Platform::errors`]).
+    pub interrupt: Option<GicInterrupt>,
 }
 
 /// Everything the kernel learns about the platform from the device tree.
@@ -254,10 +257,16 @@ impl Platform {
                 None
             };
             if let Some(kind) = uart_kind {
+                // A UART serves output without an interrupt: only a
+                // malformed one is an error, and the UART is kept.
+                let interrupt = tree.has(node, "interrupts").then(|| {
+                    keep(interrupts(tree, node), errors).and_then(|list| list.first().copied())
+                });
                 let uart = first_reg(tree, node).map(|reg| Uart {
                     path: tree.nodes[node].path.clone(),
                     kind,
                     reg,
+                    interrupt: interrupt.flatten(),
                 });
                 platform.uarts.extend(keep(uart, errors));
             }

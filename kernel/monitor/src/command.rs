@@ -42,8 +42,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "blk verify DEV SEED",
         "check the whole disk against the pattern of SEED",
     ),
-    ("blk bench DEV MIB", "the block benchmark over the first MIB MiB"),
-    ("log LEVEL", "console log level: error, warn, info, debug or trace"),
+    (
+        "blk bench DEV MIB",
+        "the block benchmark over the first MIB MiB",
+    ),
+    (
+        "log LEVEL",
+        "console log level: error, warn, info, debug or trace",
+    ),
     ("poweroff", "power off"),
     ("reboot", "reboot"),
 ];
@@ -420,11 +426,17 @@ mod tests {
 
     #[test]
     fn each_refusal_names_what_is_wrong() {
-        assert_eq!(refused("frob 1"), "unknown command \"frob\" (help lists them)");
+        assert_eq!(
+            refused("frob 1"),
+            "unknown command \"frob\" (help lists them)"
+        );
         assert_eq!(refused("help me"), "help: unexpected argument \"me\"");
         assert_eq!(refused("dma a b"), "dma: unexpected argument \"b\"");
         assert_eq!(refused("dt"), "dt: missing argument PATH");
-        assert_eq!(refused("dt chosen"), "dt: path \"chosen\" does not start with /");
+        assert_eq!(
+            refused("dt chosen"),
+            "dt: path \"chosen\" does not start with /"
+        );
         assert_eq!(refused("log"), "log: missing argument LEVEL");
         assert_eq!(
             refused("log loud"),

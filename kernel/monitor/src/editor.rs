@@ -185,7 +185,11 @@ impl LineEditor {
         let line = core::mem::replace(&mut self.line, Line::EMPTY);
         self.browsing = 0;
         let text = line.as_str().trim();
-        if !text.is_empty() && self.nth_back(1).is_none_or(|newest| newest.as_str() != text) {
+        if !text.is_empty()
+            && self
+                .nth_back(1)
+                .is_none_or(|newest| newest.as_str() != text)
+        {
             let mut entry = Line::EMPTY;
             entry.bytes[..text.len()].copy_from_slice(text.as_bytes());
             entry.len = text.len();
@@ -344,10 +348,18 @@ mod tests {
         // The application-keypad form works too, and the recalled line can
         // be edited before Enter.
         assert_eq!(
-            type_in(&mut editor, &mut terminal, b"\x1bOA\x7f\x7f\x7f\x7f\x7fmem\r"),
+            type_in(
+                &mut editor,
+                &mut terminal,
+                b"\x1bOA\x7f\x7f\x7f\x7f\x7fmem\r"
+            ),
             ["mem"]
         );
-        assert!(terminal.screen().ends_with("\nmem\n"), "{}", terminal.screen());
+        assert!(
+            terminal.screen().ends_with("\nmem\n"),
+            "{}",
+            terminal.screen()
+        );
     }
 
     #[test]
@@ -392,7 +404,11 @@ mod tests {
         );
         terminal.raw.clear();
         assert_eq!(
-            type_in(&mut editor, &mut terminal, b"\x1b[A\x1b[A\x1b[A\x1b[A\x1b[A\r"),
+            type_in(
+                &mut editor,
+                &mut terminal,
+                b"\x1b[A\x1b[A\x1b[A\x1b[A\x1b[A\r"
+            ),
             ["a"]
         );
         assert!(terminal.raw.contains(&BELL));
