@@ -128,6 +128,11 @@ impl Disk {
         self.device.name()
     }
 
+    /// The driver's device: capacity, counters, info and stats lines.
+    pub fn device(&self) -> &BlockDevice<'static, MmioTransport> {
+        &self.device
+    }
+
     /// Waits (WFI) for an interrupt of this device or the nearest deadline,
     /// then harvests finished requests and expires late ones.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {

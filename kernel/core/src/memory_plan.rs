@@ -9,7 +9,8 @@
 //!   `restricted-dma-pool`; no-map ones get a window of their own.
 //! - Other no-map regions are classified (a fault there names them) but not
 //!   mapped.
-//! - Windows (Device-nGnRE): the console UART named by `stdout-path`, the
+//! - Windows (Device-nGnRE): the console UART named by `stdout-path` (and,
+//!   under Xen, the vpl011 a dom0less domU reads its input from), the
 //!   GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
@@ -26,7 +27,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion};
+use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion, UartKind};
 use tidepool_mm::{
     CarveError, ImageSections, KernelLayout, MemoryType, MmioSpec, NamedRange, PAGE_SIZE,
     PhysRange, PlanError, PlanInput, PoolSpec, carve, plan_layout,
@@ -185,6 +186,18 @@ pub fn plan_memory<'a>(
         && platform.uarts.iter().any(|u| u.path == stdout.path)
     {
         mmio.push(device(&stdout.path, reg));
+    }
+    // Under Xen the console writes through console_io, and a dom0less domU
+    // reads what its user types from Xen's vpl011 (`arm,sbsa-uart`).
+    if platform.hypervisor.is_some() {
+        let stdout = platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
+        mmio.extend(
+            platform
+                .uarts
+                .iter()
+                .filter(|u| u.kind == UartKind::SbsaUart && Some(u.path.as_str()) != stdout)
+                .map(|u| device(&u.path, u.reg)),
+        );
     }
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));
