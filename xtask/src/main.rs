@@ -12,7 +12,9 @@ mod scenario;
 mod tools;
 
 use std::fmt;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::process::{Command, ExitCode};
 
 use clap::{Args, Parser, Subcommand};
@@ -235,7 +237,14 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     machine.gic = args.gic;
     machine.virtualization |= args.el2;
     machine.memory = args.memory;
-    machine.bootargs = args.bootargs;
+    // On a terminal the user can type, so the kernel stays up as a monitor.
+    let interactive = std::io::stdin().is_terminal();
+    let monitor = interactive || monitor_requested(&args.bootargs);
+    machine.bootargs = if interactive && !monitor_requested(&args.bootargs) {
+        format!("{} monitor", args.bootargs).trim().to_string()
+    } else {
+        args.bootargs
+    };
     machine.xen_args = args.xen_args;
     machine.scenario = args.scenario;
     machine.modern_virtio = args.modern_virtio;
@@ -248,7 +257,43 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
         })
         .collect();
     let qemu_args = machine.prepare(ws, &image, &ws.build.join("run"))?;
+    if monitor && !interactive {
+        return run_piped(&qemu_args);
+    }
     qemu::run_interactive(&qemu_args)
+}
+
+fn monitor_requested(bootargs: &str) -> bool {
+    bootargs.split_whitespace().any(|w| w == "monitor")
+}
+
+/// `cargo xtask run --bootargs monitor` with commands on a pipe: the lines
+/// are typed into the monitor once it is ready (see [`qemu::Typing`]), the
+/// console is printed as it arrives, and the command returns when QEMU
+/// exits (or the guest's `shutdown:` line is followed by nothing).
+fn run_piped(qemu_args: &[String]) -> Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| Error::msg(format!("standard input: {e}")))?;
+    let typing = qemu::Typing {
+        after: "boot: ready".into(),
+        lines: input.lines().map(str::to_string).collect(),
+    };
+    eprintln!("xtask: qemu-system-aarch64 {}", qemu_args.join(" "));
+    // A dom0less domU's poweroff leaves Xen running: the guest's last line
+    // ends the run.
+    let run = qemu::run_typing(
+        qemu_args,
+        Duration::from_secs(24 * 3600),
+        Some("shutdown: "),
+        Some(&typing),
+        true,
+    )?;
+    if run.timed_out {
+        return Err(Error::msg("the guest did not shut down"));
+    }
+    Ok(())
 }
 
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {

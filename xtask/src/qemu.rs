@@ -1,7 +1,7 @@
 //! QEMU command lines for every way tidepool boots, and running them: on the
 //! terminal (`cargo xtask run`) or captured with a deadline (tests, benchmarks).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -310,16 +310,48 @@ pub fn run_captured(
     timeout: Duration,
     stop_after: Option<&str>,
 ) -> Result<Captured> {
+    run_typing(args, timeout, stop_after, None, false)
+}
+
+/// Lines to type into the guest's console (QEMU's stdin).
+///
+/// Nothing is typed before a console line contains `after` (under Xen,
+/// bytes that reach the serial port before dom0 runs go to Xen's own
+/// debug-key handler), and each line only once the console shows the echo
+/// of the one before (a line ending in `> ` and that text), so no more than
+/// one line waits in the guest's buffers at a time.
+#[derive(Clone, Debug, Default)]
+pub struct Typing {
+    /// The console line that starts the typing.
+    pub after: String,
+    /// The lines, without their newlines.
+    pub lines: Vec<String>,
+}
+
+/// [`run_captured`], typing `typing` into the console, and with `relay`
+/// printing each console line as it arrives.
+pub fn run_typing(
+    args: &[String],
+    timeout: Duration,
+    stop_after: Option<&str>,
+    typing: Option<&Typing>,
+    relay: bool,
+) -> Result<Captured> {
     let start = Instant::now();
     let child = Command::new("qemu-system-aarch64")
         .args(args)
         .args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
+        .stdin(if typing.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
     let mut child = KillOnDrop(child);
+    let mut stdin = child.0.stdin.take();
     let stdout = child.0.stdout.take().expect("piped");
     let mut stderr = child.0.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<(Duration, String)>();
@@ -344,6 +376,8 @@ pub fn run_captured(
     let mut deadline = start + timeout;
     let mut timed_out = false;
     let mut stopping = false;
+    // Index of the next line to type; `None` until `typing.after` appears.
+    let mut next_line: Option<usize> = None;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -352,9 +386,29 @@ pub fn run_captured(
         }
         match rx.recv_timeout(deadline - now) {
             Ok((at, line)) => {
+                if relay {
+                    println!("{line}");
+                }
                 if !stopping && stop_after.is_some_and(|p| line.contains(p)) {
                     stopping = true;
                     deadline = Instant::now() + Duration::from_millis(700);
+                }
+                if let Some(typing) = typing {
+                    let echoed = |i: usize| {
+                        line.contains("> ") && line.ends_with(typing.lines[i].as_str())
+                    };
+                    let send = match next_line {
+                        None if line.contains(typing.after.as_str()) => Some(0),
+                        Some(i) if i > 0 && i <= typing.lines.len() && echoed(i - 1) => Some(i),
+                        _ => None,
+                    };
+                    if let Some(i) = send {
+                        next_line = Some(i + 1);
+                        if let (Some(input), Some(text)) = (stdin.as_mut(), typing.lines.get(i)) {
+                            // A guest that stopped reading is seen in the console.
+                            let _ = writeln!(input, "{text}").and_then(|()| input.flush());
+                        }
+                    }
                 }
                 received.push((at, line));
             }
@@ -362,6 +416,7 @@ pub fn run_captured(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    drop(stdin);
     let elapsed = start.elapsed();
     drop(child);
     let _ = reader.join();
