@@ -258,7 +258,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
         .collect();
     let qemu_args = machine.prepare(ws, &image, &ws.build.join("run"))?;
     if monitor && !interactive {
-        return run_piped(&qemu_args);
+        return run_piped(&machine.mode, &qemu_args);
     }
     qemu::run_interactive(&qemu_args)
 }
@@ -271,15 +271,12 @@ fn monitor_requested(bootargs: &str) -> bool {
 /// are typed into the monitor once it is ready (see [`qemu::Typing`]), the
 /// console is printed as it arrives, and the command returns when QEMU
 /// exits (or the guest's `shutdown:` line is followed by nothing).
-fn run_piped(qemu_args: &[String]) -> Result<()> {
+fn run_piped(mode: &Mode, qemu_args: &[String]) -> Result<()> {
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| Error::msg(format!("standard input: {e}")))?;
-    let typing = qemu::Typing {
-        after: "boot: ready".into(),
-        lines: input.lines().map(str::to_string).collect(),
-    };
+    let typing = qemu::Typing::after_boot(mode, input.lines().map(str::to_string).collect());
     eprintln!("xtask: qemu-system-aarch64 {}", qemu_args.join(" "));
     // A dom0less domU's poweroff leaves Xen running: the guest's last line
     // ends the run.

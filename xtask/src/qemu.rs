@@ -324,8 +324,30 @@ pub fn run_captured(
 pub struct Typing {
     /// The console line that starts the typing.
     pub after: String,
+    /// Bytes typed first, on their own: [`Typing::XEN_SWITCH_TO_DOMU`].
+    pub prefix: Vec<u8>,
     /// The lines, without their newlines.
     pub lines: Vec<String>,
+}
+
+impl Typing {
+    /// Xen's console switch (Ctrl-A three times): from the hardware domain
+    /// (where Xen sends serial input after boot, even in a dom0less system
+    /// without one) to the next domain, the dom0less domU.
+    pub const XEN_SWITCH_TO_DOMU: &[u8] = b"\x01\x01\x01";
+
+    /// `lines`, typed after `boot: ready` in a guest started in `mode`.
+    pub fn after_boot(mode: &Mode, lines: Vec<String>) -> Self {
+        let prefix = match mode {
+            Mode::XenDomU { .. } => Self::XEN_SWITCH_TO_DOMU.to_vec(),
+            _ => Vec::new(),
+        };
+        Self {
+            after: "boot: ready".into(),
+            prefix,
+            lines,
+        }
+    }
 }
 
 /// [`run_captured`], typing `typing` into the console, and with `relay`
@@ -405,8 +427,12 @@ pub fn run_typing(
                     if let Some(i) = send {
                         next_line = Some(i + 1);
                         if let (Some(input), Some(text)) = (stdin.as_mut(), typing.lines.get(i)) {
+                            let prefix: &[u8] = if i == 0 { &typing.prefix } else { &[] };
                             // A guest that stopped reading is seen in the console.
-                            let _ = writeln!(input, "{text}").and_then(|()| input.flush());
+                            let _ = input
+                                .write_all(prefix)
+                                .and_then(|()| writeln!(input, "{text}"))
+                                .and_then(|()| input.flush());
                         }
                     }
                 }

@@ -114,7 +114,10 @@ impl Monitor {
             Command::Log(level) => {
                 log::set_max_level(level);
                 // Printed whatever the new level, so the change is seen.
-                console::write_line(format_args!("log: level={level}"));
+                console::write_line(format_args!(
+                    "log: level={}",
+                    level.as_str().to_ascii_lowercase()
+                ));
             }
             Command::PowerOff => crate::shutdown::shutdown(ShutdownReason::PowerOff),
             Command::Reboot => crate::shutdown::shutdown(ShutdownReason::Reboot),
