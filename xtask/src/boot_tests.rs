@@ -413,6 +413,66 @@ pub fn all() -> Vec<BootTest> {
     tests
 }
 
+/// The name of [`xtask_run_pipe`]'s check.
+const XTASK_RUN_PIPE: &str = "monitor-xtask-run-pipe";
+
+/// `printf 'pools\npoweroff\n' | cargo xtask run --bootargs monitor`
+/// prints the pool records and returns, successfully, once the guest has
+/// powered off.
+fn xtask_run_pipe(ws: &Workspace) -> std::result::Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO"))
+        .current_dir(&ws.root)
+        .args(["xtask", "run", "--bootargs", "monitor"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo xtask run: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(b"pools\npoweroff\n")
+        .map_err(|e| format!("writing to cargo xtask run: {e}"))?;
+    drop(stdin);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let id = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(Duration::from_secs(180)) {
+        Ok(output) => output.map_err(|e| format!("cargo xtask run: {e}"))?,
+        Err(_) => {
+            // The child is ours: end the whole run (QEMU dies with its pipe).
+            let _ = Command::new("kill").arg(id.to_string()).status();
+            return Err("cargo xtask run did not return within 180 s".into());
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+    let tail = || lines[lines.len().saturating_sub(20)..].join("\n");
+    if !output.status.success() {
+        return Err(format!(
+            "cargo xtask run exited with {}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            tail()
+        ));
+    }
+    let pools_after_prompt = lines
+        .iter()
+        .skip_while(|l| !l.ends_with("> pools"))
+        .filter(|l| l.starts_with("dma: pool ") && l.ends_with(" (now)"))
+        .count();
+    if pools_after_prompt != 2 || !lines.iter().any(|l| l.starts_with("shutdown: poweroff")) {
+        return Err(format!(
+            "expected two pool usage records after \"> pools\" and a poweroff:\n{}",
+            tail()
+        ));
+    }
+    Ok(())
+}
+
 /// Exactly `want` lines contain `error:`.
 fn error_lines(lines: &[String], want: usize) -> std::result::Result<(), String> {
     let errors: Vec<&String> = lines.iter().filter(|l| l.contains("error:")).collect();
@@ -851,7 +911,11 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
     let results = results.into_inner().expect("not poisoned");
     let mut failures = failures.into_inner().expect("not poisoned");
     let mut passed = passed.into_inner();
-    for (name, verdict) in cross_checks(&results) {
+    let mut checks = cross_checks(&results);
+    if filter.is_none_or(|f| XTASK_RUN_PIPE.contains(f)) {
+        checks.push((XTASK_RUN_PIPE.to_string(), xtask_run_pipe(ws)));
+    }
+    for (name, verdict) in checks {
         match verdict {
             Ok(()) => {
                 println!("boot check {name} ... ok");
@@ -902,13 +966,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
             test.typing.iter().map(|s| s.to_string()).collect(),
         )
     });
-    let mut run = qemu::run_typing(
-        &args,
-        test.timeout,
-        test.stop_after,
-        typing.as_ref(),
-        false,
-    )?;
+    let mut run = qemu::run_typing(&args, test.timeout, test.stop_after, typing.as_ref(), false)?;
     if let Some(bootargs) = test.second_boot
         && !run.timed_out
     {

@@ -14,8 +14,8 @@ mod tools;
 use std::fmt;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 

@@ -416,9 +416,8 @@ pub fn run_typing(
                     deadline = Instant::now() + Duration::from_millis(700);
                 }
                 if let Some(typing) = typing {
-                    let echoed = |i: usize| {
-                        line.contains("> ") && line.ends_with(typing.lines[i].as_str())
-                    };
+                    let echoed =
+                        |i: usize| line.contains("> ") && line.ends_with(typing.lines[i].as_str());
                     let send = match next_line {
                         None if line.contains(typing.after.as_str()) => Some(0),
                         Some(i) if i > 0 && i <= typing.lines.len() && echoed(i - 1) => Some(i),

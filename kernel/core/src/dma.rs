@@ -227,7 +227,10 @@ impl Dma {
     /// Prints each pool's set-up line (window, attributes, Xen's answer to
     /// its flush probe) with its users (`users_of` gives a pool's device
     /// paths; the kernel's own pools are used by `kernel`).
-    pub fn print_pools<'u>(&self, users_of: impl Fn(&str) -> Option<&'u [tidepool_dt::RegionUser]>) {
+    pub fn print_pools<'u>(
+        &self,
+        users_of: impl Fn(&str) -> Option<&'u [tidepool_dt::RegionUser]>,
+    ) {
         for pool in self.pools.iter() {
             match users_of(pool.name()) {
                 Some(users) => {

@@ -194,14 +194,17 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 /// hardware domain, the vpl011 as another Xen guest, the `stdout-path`
 /// PL011 on bare metal. Without input there is no monitor: the reason is
 /// printed and the kernel powers off.
-fn start_console_input(dt: &'static DeviceTree, memory: &'static crate::memory_plan::MemorySetup<'static>) {
+fn start_console_input(
+    dt: &'static DeviceTree,
+    memory: &'static crate::memory_plan::MemorySetup<'static>,
+) {
     use crate::console_input::{self, ConsoleInput, Pl011Input, XenConsoleInput};
     use tidepool_dt::UartKind;
     static XEN_CONSOLE: XenConsoleInput = XenConsoleInput::new();
     let map = &memory.layout.address_map;
     let uarts = &dt.platform.uarts;
-    let hardware_domain = crate::xen::domain()
-        .map(|d| d.features.has(tidepool_xen_abi::XenFeature::Dom0));
+    let hardware_domain =
+        crate::xen::domain().map(|d| d.features.has(tidepool_xen_abi::XenFeature::Dom0));
     let source: Result<&'static dyn ConsoleInput, alloc::string::String> = match hardware_domain {
         Some(true) => Ok(&XEN_CONSOLE),
         Some(false) => match uarts.iter().find(|u| u.kind == UartKind::SbsaUart) {

@@ -130,15 +130,16 @@ impl Monitor {
         }
         crate::memory::print_mappings(self.memory, true);
         let (used, total) = crate::heap::usage();
-        info!(
-            "mm: heap {} used={used} total={total}",
-            self.memory.heap
-        );
+        info!("mm: heap {} used={used} total={total}", self.memory.heap);
     }
 
     fn dma_stats(&self, device: Option<&str>) {
         let mut shown = 0;
-        for disk in self.disks.iter().filter(|d| device.is_none_or(|name| matches(d, name))) {
+        for disk in self
+            .disks
+            .iter()
+            .filter(|d| device.is_none_or(|name| matches(d, name)))
+        {
             info!("{}", disk.device().dma().stats_line());
             shown += 1;
         }
@@ -188,7 +189,14 @@ impl Monitor {
                 self.with_disk(device, |disk, dma| read(disk, dma, lba, count));
             }
             BlkCommand::Verify { device, seed } => self.with_disk(device, |disk, dma| {
-                crate::block::verify(disk, dma, DiskPattern { seed, written: None });
+                crate::block::verify(
+                    disk,
+                    dma,
+                    DiskPattern {
+                        seed,
+                        written: None,
+                    },
+                );
             }),
             BlkCommand::Bench { device, mib } => self.with_disk(device, |disk, dma| {
                 if let Err(err) = crate::block::bench(disk, dma, mib) {
@@ -219,7 +227,10 @@ fn read(disk: &mut Disk, dma: &mut Dma, lba: u64, count: u64) {
     }
     let mut buffer = vec![0u8; count as usize * SECTOR_BYTES];
     if let Err(err) = disk.read(dma, lba, &mut buffer) {
-        error!("blk: {} read of sectors {lba}+{count} failed: {err}", disk.name());
+        error!(
+            "blk: {} read of sectors {lba}+{count} failed: {err}",
+            disk.name()
+        );
         return;
     }
     let (first, rest) = buffer.split_at(SECTOR_BYTES);
