@@ -8,9 +8,11 @@ pub const BYTES_PER_LINE: usize = 16;
 /// One dump record's fields: `offset=0x010 hex=... ascii=...`, the hex as
 /// one word of 32 digits and the text with every byte that is not graphic
 /// ASCII (space included) shown as `.`, so both stay one `key=value` word.
+/// A run of identical rows is one record ending in `rows=N`.
 pub struct HexLine<'a> {
     offset: usize,
     bytes: &'a [u8],
+    rows: usize,
 }
 
 impl fmt::Display for HexLine<'_> {
@@ -24,19 +26,29 @@ impl fmt::Display for HexLine<'_> {
             let shown = if byte.is_ascii_graphic() { byte } else { b'.' };
             write!(f, "{}", shown as char)?;
         }
+        if self.rows > 1 {
+            write!(f, " rows={}", self.rows)?;
+        }
         Ok(())
     }
 }
 
 /// `data` as dump records of [`BYTES_PER_LINE`] bytes (the last may be
-/// shorter).
+/// shorter), consecutive identical rows folded into one record.
 pub fn lines(data: &[u8]) -> impl Iterator<Item = HexLine<'_>> {
-    data.chunks(BYTES_PER_LINE)
-        .enumerate()
-        .map(|(i, bytes)| HexLine {
-            offset: i * BYTES_PER_LINE,
+    let mut rows = data.chunks(BYTES_PER_LINE).enumerate().peekable();
+    core::iter::from_fn(move || {
+        let (index, bytes) = rows.next()?;
+        let mut count = 1;
+        while rows.next_if(|&(_, next)| next == bytes).is_some() {
+            count += 1;
+        }
+        Some(HexLine {
+            offset: index * BYTES_PER_LINE,
             bytes,
+            rows: count,
         })
+    })
 }
 
 /// The 64-bit FNV-1a hash of `data`: a checksum a host can recompute with a
@@ -65,6 +77,22 @@ mod tests {
         assert_eq!(
             text[2],
             "offset=0x020 hex=204122232425262728 ascii=.A\"#$%&'("
+        );
+    }
+
+    #[test]
+    fn identical_rows_fold_into_one_record() {
+        let mut data = vec![0u8; 512];
+        data[..8].copy_from_slice(b"tidepool");
+        data[0x1f0] = 0xff;
+        let text: Vec<String> = lines(&data).map(|l| l.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "offset=0x000 hex=74696465706f6f6c0000000000000000 ascii=tidepool........",
+                "offset=0x010 hex=00000000000000000000000000000000 ascii=................ rows=30",
+                "offset=0x1f0 hex=ff000000000000000000000000000000 ascii=................",
+            ]
         );
     }
 
