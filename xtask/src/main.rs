@@ -290,6 +290,9 @@ fn run_piped(mode: &Mode, qemu_args: &[String]) -> Result<()> {
     if run.timed_out {
         return Err(Error::msg("the guest did not shut down"));
     }
+    if let Some(line) = run.lines.iter().find(|l| l.contains("shutdown: crash")) {
+        return Err(Error::msg(format!("the guest crashed: {line}")));
+    }
     Ok(())
 }
 

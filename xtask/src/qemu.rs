@@ -350,6 +350,46 @@ impl Typing {
     }
 }
 
+/// Decides, console line by console line, what to type next (see
+/// [`Typing`]).
+pub struct Typist<'t> {
+    typing: &'t Typing,
+    /// The next line to type; `None` until `typing.after` appears.
+    next: Option<usize>,
+}
+
+impl<'t> Typist<'t> {
+    /// Nothing typed yet.
+    pub fn new(typing: &'t Typing) -> Self {
+        Self { typing, next: None }
+    }
+
+    /// The bytes to type now that the console printed `line`, if any.
+    pub fn on_line(&mut self, line: &str) -> Option<Vec<u8>> {
+        let lines = &self.typing.lines;
+        let send = match self.next {
+            None if line.contains(self.typing.after.as_str()) => 0,
+            Some(i) if i > 0 && i < lines.len() => {
+                let previous = lines[i - 1].as_str();
+                if !(line.contains("> ") && line.ends_with(previous)) {
+                    return None;
+                }
+                i
+            }
+            _ => return None,
+        };
+        self.next = Some(send + 1);
+        let mut bytes = if send == 0 {
+            self.typing.prefix.clone()
+        } else {
+            Vec::new()
+        };
+        bytes.extend_from_slice(lines.get(send)?.as_bytes());
+        bytes.push(b'\n');
+        Some(bytes)
+    }
+}
+
 /// [`run_captured`], typing `typing` into the console, and with `relay`
 /// printing each console line as it arrives.
 pub fn run_typing(
@@ -398,8 +438,7 @@ pub fn run_typing(
     let mut deadline = start + timeout;
     let mut timed_out = false;
     let mut stopping = false;
-    // Index of the next line to type; `None` until `typing.after` appears.
-    let mut next_line: Option<usize> = None;
+    let mut typist = typing.map(Typist::new);
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -415,25 +454,11 @@ pub fn run_typing(
                     stopping = true;
                     deadline = Instant::now() + Duration::from_millis(700);
                 }
-                if let Some(typing) = typing {
-                    let echoed =
-                        |i: usize| line.contains("> ") && line.ends_with(typing.lines[i].as_str());
-                    let send = match next_line {
-                        None if line.contains(typing.after.as_str()) => Some(0),
-                        Some(i) if i > 0 && i <= typing.lines.len() && echoed(i - 1) => Some(i),
-                        _ => None,
-                    };
-                    if let Some(i) = send {
-                        next_line = Some(i + 1);
-                        if let (Some(input), Some(text)) = (stdin.as_mut(), typing.lines.get(i)) {
-                            let prefix: &[u8] = if i == 0 { &typing.prefix } else { &[] };
-                            // A guest that stopped reading is seen in the console.
-                            let _ = input
-                                .write_all(prefix)
-                                .and_then(|()| writeln!(input, "{text}"))
-                                .and_then(|()| input.flush());
-                        }
-                    }
+                if let (Some(typist), Some(input)) = (typist.as_mut(), stdin.as_mut())
+                    && let Some(bytes) = typist.on_line(&line)
+                {
+                    // A guest that stopped reading shows in the console.
+                    let _ = input.write_all(&bytes).and_then(|()| input.flush());
                 }
                 received.push((at, line));
             }
@@ -469,5 +494,57 @@ pub fn run_interactive(args: &[String]) -> Result<()> {
         Ok(())
     } else {
         Err(Error::msg(format!("QEMU exited with {status}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typing(mode: &Mode, lines: &[&str]) -> Typing {
+        Typing::after_boot(mode, lines.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn typing_starts_at_boot_ready_and_waits_for_each_echo() {
+        let typing = typing(&Mode::Bare, &["pools", "poweroff"]);
+        let mut typist = Typist::new(&typing);
+        assert_eq!(typist.on_line("boot: tidepool 0.1.0"), None);
+        assert_eq!(
+            typist.on_line("boot: ready uptime_us=1").as_deref(),
+            Some(&b"pools\n"[..])
+        );
+        // Output before the echo, or another line's echo, types nothing.
+        assert_eq!(typist.on_line("boot: ready uptime_us=1"), None);
+        assert_eq!(typist.on_line("dma: pool x"), None);
+        assert_eq!(typist.on_line("> poweroff"), None);
+        assert_eq!(
+            typist.on_line("> pools").as_deref(),
+            Some(&b"poweroff\n"[..])
+        );
+        assert_eq!(typist.on_line("> poweroff"), None, "nothing left to type");
+    }
+
+    #[test]
+    fn a_domu_gets_xen_s_console_switch_first() {
+        let domu = Mode::XenDomU { memory_kib: 8192 };
+        let typing = typing(&domu, &["irq", "xen"]);
+        let mut typist = Typist::new(&typing);
+        assert_eq!(
+            typist.on_line("(d1) boot: ready uptime_us=5").as_deref(),
+            Some(&b"\x01\x01\x01irq\n"[..])
+        );
+        assert_eq!(typist.on_line("(d1) > irq").as_deref(), Some(&b"xen\n"[..]));
+        let dom0 = typing_for_dom0();
+        assert!(dom0.prefix.is_empty());
+    }
+
+    fn typing_for_dom0() -> Typing {
+        typing(
+            &Mode::XenDom0 {
+                dom0_mem: "256M".into(),
+            },
+            &["pools"],
+        )
     }
 }

@@ -11,18 +11,19 @@
 //! dom0 (`CONSOLEIO_read` on `VIRQ_CONSOLE`) and the PL011 (bare metal, or
 //! Xen's vpl011 in a dom0less domU).
 //!
-//! The ring has one producer (the source's interrupt handler, IRQs masked)
-//! and one consumer (the monitor): no lock. A full ring drops the newest
-//! bytes and counts them ([`dropped`]).
+//! The ring ([`InputRing`]) has one producer (the source's interrupt
+//! handler, IRQs masked) and one consumer (the monitor): no lock. A full
+//! ring drops the newest bytes and counts them ([`dropped`]).
 
 use core::fmt;
-use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use spin::Once;
 use tidepool_dt::Uart;
 use tidepool_gic::{IntId, Trigger};
 use tidepool_mm::{AddressMap, PhysAddr};
+use tidepool_monitor::InputRing;
 use tidepool_pl011::Pl011;
 use tidepool_xen_abi::{EvtchnPort, Hypervisor, Virq};
 
@@ -34,12 +35,7 @@ use crate::xen::events::{self, EventChannelError};
 /// Bytes the ring holds: several lines typed ahead of a slow command.
 const RING_BYTES: usize = 1024;
 
-static RING: [AtomicU8; RING_BYTES] = [const { AtomicU8::new(0) }; RING_BYTES];
-/// Bytes ever written (by the producer).
-static WRITTEN: AtomicUsize = AtomicUsize::new(0);
-/// Bytes ever read (by the consumer).
-static READ: AtomicUsize = AtomicUsize::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static RING: InputRing<RING_BYTES> = InputRing::new();
 static DEVICE_ERRORS: AtomicU64 = AtomicU64::new(0);
 static SOURCE: Once<&'static dyn ConsoleInput> = Once::new();
 
@@ -123,14 +119,9 @@ pub fn receive() {
     let Some(source) = SOURCE.get() else {
         return;
     };
+    // A full ring counts what it drops.
     source.drain(&mut |byte| {
-        let written = WRITTEN.load(Ordering::Relaxed);
-        if written.wrapping_sub(READ.load(Ordering::Acquire)) >= RING_BYTES {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        RING[written % RING_BYTES].store(byte, Ordering::Relaxed);
-        WRITTEN.store(written.wrapping_add(1), Ordering::Release);
+        RING.push(byte);
     });
 }
 
@@ -151,19 +142,13 @@ pub fn device_error() {
 
 /// The next byte typed, if one is waiting.
 pub fn read() -> Option<u8> {
-    let read = READ.load(Ordering::Relaxed);
-    if read == WRITTEN.load(Ordering::Acquire) {
-        return None;
-    }
-    let byte = RING[read % RING_BYTES].load(Ordering::Relaxed);
-    READ.store(read.wrapping_add(1), Ordering::Release);
-    Some(byte)
+    RING.pop()
 }
 
 /// Idles (WFI) until a byte is waiting. Fails only if the kernel cannot
 /// wait at all (no timer, IRQs masked).
 pub fn wait() -> Result<(), WaitError> {
-    let waiting = || READ.load(Ordering::Relaxed) != WRITTEN.load(Ordering::Acquire);
+    let waiting = || !RING.is_empty();
     loop {
         // The timeout only bounds each stretch of WFI; the wait goes on.
         match crate::timer::wait_for(Duration::from_secs(60), waiting) {
@@ -176,10 +161,7 @@ pub fn wait() -> Result<(), WaitError> {
 /// Bytes dropped because the ring was full, and bytes the device flagged
 /// as damaged.
 pub fn dropped() -> (u64, u64) {
-    (
-        DROPPED.load(Ordering::Relaxed),
-        DEVICE_ERRORS.load(Ordering::Relaxed),
-    )
+    (RING.dropped(), DEVICE_ERRORS.load(Ordering::Relaxed))
 }
 
 /// Xen's console as the hardware domain reads it: `VIRQ_CONSOLE` says

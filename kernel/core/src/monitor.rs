@@ -7,7 +7,6 @@
 //! into its line editor, echoes through the console, and runs commands with
 //! the printers the boot report uses.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use log::{error, info};
@@ -107,7 +106,8 @@ impl Monitor {
                     crate::irq::registered().count()
                 );
                 for (intid, count) in crate::irq::registered() {
-                    info!("irq: intid={intid} count={count}");
+                    let owner = self.dt.platform.interrupt_owner(intid).unwrap_or("?");
+                    info!("irq: intid={intid} count={count} device={owner}");
                 }
             }
             Command::Blk(command) => self.blk(command),
@@ -225,7 +225,13 @@ fn read(disk: &mut Disk, dma: &mut Dma, lba: u64, count: u64) {
         );
         return;
     }
-    let mut buffer = vec![0u8; count as usize * SECTOR_BYTES];
+    let bytes = count as usize * SECTOR_BYTES;
+    let mut buffer = Vec::new();
+    if buffer.try_reserve_exact(bytes).is_err() {
+        error!("monitor: blk read: no heap for {bytes} bytes");
+        return;
+    }
+    buffer.resize(bytes, 0);
     if let Err(err) = disk.read(dma, lba, &mut buffer) {
         error!(
             "blk: {} read of sectors {lba}+{count} failed: {err}",

@@ -218,6 +218,33 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The node whose interrupt is `intid`, among those the kernel drives:
+    /// the virtual timer, Xen's event-channel upcall, UARTs and virtio-mmio
+    /// transports (what the monitor's `irq` names).
+    pub fn interrupt_owner(&self, intid: u32) -> Option<&str> {
+        let timer = self
+            .timer
+            .iter()
+            .filter(|t| t.virtual_timer.intid() == intid)
+            .map(|t| t.path.as_str());
+        let xen = self
+            .hypervisor
+            .iter()
+            .filter(|h| h.event_channel.intid() == intid)
+            .map(|h| h.path.as_str());
+        let uarts = self
+            .uarts
+            .iter()
+            .filter(|u| u.interrupt.is_some_and(|i| i.intid() == intid))
+            .map(|u| u.path.as_str());
+        let virtio = self
+            .virtio_mmio
+            .iter()
+            .filter(|v| v.interrupt.intid() == intid)
+            .map(|v| v.path.as_str());
+        timer.chain(xen).chain(uarts).chain(virtio).next()
+    }
+
     /// The platform facts of the device tree blob `dtb`.
     pub fn from_dtb(dtb: &[u8]) -> Result<Platform, DtbError> {
         let checked = blob::check(dtb)?;

@@ -1597,3 +1597,13 @@ fn describe_refuses_missing_nodes_and_bad_blobs() {
         Err(DescribeError::Dtb(_))
     ));
 }
+
+#[test]
+fn interrupt_owners() {
+    let platform = Platform::from_dtb(&qemu_virt().build()).unwrap();
+    assert_eq!(platform.interrupt_owner(27), Some("/timer"));
+    assert_eq!(platform.interrupt_owner(33), Some("/pl011@9000000"));
+    assert_eq!(platform.interrupt_owner(48), Some("/virtio_mmio@a000000"));
+    assert_eq!(platform.interrupt_owner(49), Some("/virtio_mmio@a000200"));
+    assert_eq!(platform.interrupt_owner(26), None);
+}
