@@ -19,15 +19,17 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
+use alloc::boxed::Box;
 use spin::Once;
-use tidepool_dt::Uart;
+use tidepool_dt::{DeviceTree, Uart, UartKind};
 use tidepool_gic::{IntId, Trigger};
 use tidepool_mm::{AddressMap, PhysAddr};
 use tidepool_monitor::InputRing;
 use tidepool_pl011::Pl011;
-use tidepool_xen_abi::{EvtchnPort, Hypervisor, Virq};
+use tidepool_xen_abi::{EvtchnPort, Hypervisor, Virq, XenFeature};
 
 use crate::irq::{self, IrqError};
+use crate::memory_plan::MemorySetup;
 use crate::timer::WaitError;
 use crate::xen::Xen;
 use crate::xen::events::{self, EventChannelError};
@@ -62,6 +64,11 @@ pub trait ConsoleInput: fmt::Display + Sync {
 pub enum InputError {
     /// A source was already started.
     AlreadyStarted,
+    /// A Xen guest other than the hardware domain without a vpl011 (an
+    /// `xl` guest, whose console is the PV ring).
+    NoVpl011,
+    /// Bare metal, and `/chosen/stdout-path` names no PL011.
+    NoStdoutUart,
     /// The UART node has no usable `interrupts` property.
     NoInterrupt {
         /// The UART node.
@@ -84,6 +91,10 @@ impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AlreadyStarted => f.write_str("console input is already started"),
+            Self::NoVpl011 => f.write_str(
+                "this Xen guest has no vpl011 (arm,sbsa-uart), and PV console input is not supported",
+            ),
+            Self::NoStdoutUart => f.write_str("/chosen/stdout-path names no PL011"),
             Self::NoInterrupt { path } => write!(f, "{path} has no usable interrupt"),
             Self::NotMapped { path, phys } => {
                 write!(f, "{path}: register block {phys:#x} has no window")
@@ -92,6 +103,41 @@ impl fmt::Display for InputError {
             Self::Event(error) => write!(f, "event channel: {error}"),
         }
     }
+}
+
+/// Picks the console's input for this platform and starts it: Xen's
+/// console as the hardware domain, the vpl011 as another Xen guest, the
+/// `stdout-path` PL011 on bare metal.
+pub fn start_for_platform(
+    dt: &'static DeviceTree,
+    memory: &'static MemorySetup<'static>,
+) -> Result<&'static dyn ConsoleInput, InputError> {
+    static XEN_CONSOLE: XenConsoleInput = XenConsoleInput::new();
+    let map = &memory.layout.address_map;
+    let uarts = &dt.platform.uarts;
+    let pl011 = |uart: &'static Uart| -> Result<&'static dyn ConsoleInput, InputError> {
+        Ok(Box::leak(Box::new(Pl011Input::new(uart, map)?)))
+    };
+    let source = match crate::xen::domain() {
+        Some(domain) if domain.features.has(XenFeature::Dom0) => &XEN_CONSOLE,
+        Some(_) => pl011(
+            uarts
+                .iter()
+                .find(|u| u.kind == UartKind::SbsaUart)
+                .ok_or(InputError::NoVpl011)?,
+        )?,
+        None => {
+            let stdout = dt.platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
+            pl011(
+                uarts
+                    .iter()
+                    .find(|u| Some(u.path.as_str()) == stdout)
+                    .ok_or(InputError::NoStdoutUart)?,
+            )?
+        }
+    };
+    start(source)?;
+    Ok(source)
 }
 
 /// Takes `source` as the console's input: attaches its interrupt, then

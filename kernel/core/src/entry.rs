@@ -171,7 +171,14 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
     if args.monitor {
-        start_console_input(dt, memory);
+        // Without input there is no monitor: say why and power off.
+        match crate::console_input::start_for_platform(dt, memory) {
+            Ok(source) => info!("monitor: input {source}"),
+            Err(err) => {
+                error!("monitor: no console input: {err}");
+                shutdown(ShutdownReason::PowerOff)
+            }
+        }
     }
     let (heap_used, heap_total) = crate::heap::usage();
     info!(
@@ -188,52 +195,6 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         dma,
         disks,
     })
-}
-
-/// Starts reading the console for the monitor: Xen's console as the
-/// hardware domain, the vpl011 as another Xen guest, the `stdout-path`
-/// PL011 on bare metal. Without input there is no monitor: the reason is
-/// printed and the kernel powers off.
-fn start_console_input(
-    dt: &'static DeviceTree,
-    memory: &'static crate::memory_plan::MemorySetup<'static>,
-) {
-    use crate::console_input::{self, ConsoleInput, Pl011Input, XenConsoleInput};
-    use tidepool_dt::UartKind;
-    static XEN_CONSOLE: XenConsoleInput = XenConsoleInput::new();
-    let map = &memory.layout.address_map;
-    let uarts = &dt.platform.uarts;
-    let hardware_domain =
-        crate::xen::domain().map(|d| d.features.has(tidepool_xen_abi::XenFeature::Dom0));
-    let source: Result<&'static dyn ConsoleInput, alloc::string::String> = match hardware_domain {
-        Some(true) => Ok(&XEN_CONSOLE),
-        Some(false) => match uarts.iter().find(|u| u.kind == UartKind::SbsaUart) {
-            Some(uart) => Pl011Input::new(uart, map)
-                .map(|input| &*Box::leak(Box::new(input)) as &dyn ConsoleInput)
-                .map_err(|e| alloc::format!("{e}")),
-            None => Err("this guest has no vpl011 (a PV console driver is not available)".into()),
-        },
-        None => {
-            let stdout = dt.platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
-            match uarts.iter().find(|u| Some(u.path.as_str()) == stdout) {
-                Some(uart) => Pl011Input::new(uart, map)
-                    .map(|input| &*Box::leak(Box::new(input)) as &dyn ConsoleInput)
-                    .map_err(|e| alloc::format!("{e}")),
-                None => Err("stdout-path names no PL011".into()),
-            }
-        }
-    };
-    let started = source.and_then(|source| {
-        console_input::start(source).map_err(|e| alloc::format!("{e}"))?;
-        Ok(source)
-    });
-    match started {
-        Ok(source) => info!("monitor: input {source}"),
-        Err(why) => {
-            error!("monitor: no console input: {why}");
-            shutdown(ShutdownReason::PowerOff)
-        }
-    }
 }
 
 fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {
