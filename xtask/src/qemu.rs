@@ -371,10 +371,13 @@ impl<'t> Typist<'t> {
             None if line.contains(self.typing.after.as_str()) => 0,
             Some(i) if i > 0 && i < lines.len() => {
                 let previous = lines[i - 1].as_str();
-                if !(line.contains("> ") && line.ends_with(previous)) {
-                    return None;
+                // A line with editing keys (arrows, backspace, Ctrl-U) echoes
+                // as something else: any prompt line is its echo.
+                let edited = previous.bytes().any(|b| b.is_ascii_control());
+                match after_prompt(line) {
+                    Some(echo) if edited || echo == previous => i,
+                    _ => return None,
                 }
-                i
             }
             _ => return None,
         };
@@ -388,6 +391,19 @@ impl<'t> Typist<'t> {
         bytes.push(b'\n');
         Some(bytes)
     }
+}
+
+/// What follows the monitor's prompt (`> `) on a console line, Xen's
+/// `(dN) ` prefix for a domU's output allowed.
+fn after_prompt(line: &str) -> Option<&str> {
+    let line = match line
+        .strip_prefix("(d")
+        .and_then(|rest| rest.split_once(") "))
+    {
+        Some((domain, rest)) if domain.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => line,
+    };
+    line.strip_prefix("> ")
 }
 
 /// [`run_captured`], typing `typing` into the console, and with `relay`
@@ -517,6 +533,7 @@ mod tests {
         // Output before the echo, or another line's echo, types nothing.
         assert_eq!(typist.on_line("boot: ready uptime_us=1"), None);
         assert_eq!(typist.on_line("dma: pool x"), None);
+        assert_eq!(typist.on_line("dma: pool x -> pools"), None);
         assert_eq!(typist.on_line("> poweroff"), None);
         assert_eq!(
             typist.on_line("> pools").as_deref(),
@@ -537,6 +554,25 @@ mod tests {
         assert_eq!(typist.on_line("(d1) > irq").as_deref(), Some(&b"xen\n"[..]));
         let dom0 = typing_for_dom0();
         assert!(dom0.prefix.is_empty());
+    }
+
+    #[test]
+    fn an_edited_line_is_echoed_by_any_prompt_line() {
+        let typing = typing(&Mode::Bare, &["irq", "\x1b[A", "blk\x15pools", "poweroff"]);
+        let mut typist = Typist::new(&typing);
+        typist.on_line("boot: ready").unwrap();
+        assert_eq!(typist.on_line("> irq").as_deref(), Some(&b"\x1b[A\n"[..]));
+        assert_eq!(typist.on_line("irq: intid=27 count=0 device=/timer"), None);
+        assert_eq!(
+            typist.on_line("> irq").as_deref(),
+            Some(&b"blk\x15pools\n"[..])
+        );
+        assert_eq!(
+            typist
+                .on_line("> blk\x08 \x08\x08 \x08\x08 \x08pools")
+                .as_deref(),
+            Some(&b"poweroff\n"[..])
+        );
     }
 
     fn typing_for_dom0() -> Typing {
