@@ -68,7 +68,17 @@ pub fn run(mut monitor: Monitor) -> ! {
                 reported = lost;
             }
             match Command::parse(line.as_str()) {
-                Ok(Some(command)) => monitor.execute(command),
+                Ok(Some(command)) => {
+                    // `log` sets the level of the kernel's own messages; a
+                    // command's answer (info records) is printed whatever
+                    // the level is.
+                    let level = log::max_level();
+                    log::set_max_level(level.max(log::LevelFilter::Info));
+                    monitor.execute(command);
+                    if !matches!(command, Command::Log(_)) {
+                        log::set_max_level(level);
+                    }
+                }
                 Ok(None) => {}
                 Err(err) => error!("monitor: {err}"),
             }
