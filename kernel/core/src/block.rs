@@ -250,12 +250,24 @@ impl Disk {
     }
 }
 
+/// `bytes` zeroed bytes from the heap, `None` where the heap has no room
+/// (the monitor asks for these buffers on a running system).
+pub fn zeroed(bytes: usize) -> Option<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(bytes).ok()?;
+    buffer.resize(bytes, 0);
+    Some(buffer)
+}
+
 /// Reads the whole disk and checks every sector; read errors are reported
 /// with their sector and the check goes on. Returns the number of bad
 /// sectors or failed reads.
 pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
     let capacity = disk.device.capacity();
-    let mut buffer = vec![0u8; CHUNK_BYTES * 16];
+    let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
+        error!("blk: verify {}: no heap for its buffer", disk.name());
+        return 1;
+    };
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
     let mut problems = 0;
     let mut lba = 0;
@@ -376,7 +388,10 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
     let before_dma = *disk.device.dma().stats();
 
     // Large passes keep the queue full: it drains only between passes.
-    let mut buffer = vec![0u8; 8 << 20];
+    let Some(mut buffer) = zeroed(8 << 20) else {
+        error!("blk: bench {}: no heap for its buffer", disk.name());
+        return Ok(());
+    };
     let start = cpu::uptime_us();
     let mut lba = 0;
     while lba < span {

@@ -236,12 +236,10 @@ fn read(disk: &mut Disk, dma: &mut Dma, lba: u64, count: u64) {
         return;
     }
     let bytes = count as usize * SECTOR_BYTES;
-    let mut buffer = Vec::new();
-    if buffer.try_reserve_exact(bytes).is_err() {
+    let Some(mut buffer) = crate::block::zeroed(bytes) else {
         error!("monitor: blk read: no heap for {bytes} bytes");
         return;
-    }
-    buffer.resize(bytes, 0);
+    };
     if let Err(err) = disk.read(dma, lba, &mut buffer) {
         error!(
             "blk: {} read of sectors {lba}+{count} failed: {err}",
