@@ -25,9 +25,6 @@ pub struct BootTest {
     pub expect: Vec<String>,
     /// Substrings that must appear nowhere.
     pub reject: Vec<String>,
-    /// Stop this long after a line containing this appears (crash shutdowns,
-    /// where Xen would wait 5 s before QEMU exits).
-    pub stop_after: Option<&'static str>,
     /// Deadline for the whole run.
     pub timeout: Duration,
     /// A check beyond substrings, over the whole console.
@@ -74,7 +71,6 @@ impl BootTest {
             machine,
             expect: Vec::new(),
             reject: Vec::new(),
-            stop_after: None,
             timeout: Duration::from_secs(60),
             check: None,
             disks: Vec::new(),
@@ -93,9 +89,6 @@ impl BootTest {
             .to_string();
         self.typing = lines.to_vec();
         self.errors = Some(errors);
-        if matches!(self.machine.mode, Mode::XenDomU { .. }) {
-            self.stop_after = Some("shutdown: ");
-        }
         self.reject(&["fault:", "panic:", "shutdown: crash", "monitor: input lost"])
     }
 
@@ -125,30 +118,25 @@ impl BootTest {
         self
     }
 
-    /// A boot that must reach `boot: ready` and power off cleanly.
+    /// A boot that must reach `boot: ready` and power off cleanly. (With no
+    /// hardware domain, Xen keeps running after a domU powers off: the run
+    /// stops shortly after the guest's `shutdown:` line.)
     fn clean(self) -> Self {
         let mode = self.machine.mode.clone();
         let mut t = self
             .expect(&["boot: ready", "shutdown: poweroff"])
             .reject(CLEAN_REJECT);
-        match mode {
-            Mode::XenDom0 { .. } => t.expect.push("Hardware Dom0 halted".into()),
-            // With no hardware domain, Xen keeps running after the domU
-            // powers off: the test ends at the guest's last line.
-            Mode::XenDomU { .. } => t.stop_after = Some("shutdown: poweroff"),
-            Mode::Bare | Mode::LoaderOnly => {}
+        if let Mode::XenDom0 { .. } = mode {
+            t.expect.push("Hardware Dom0 halted".into());
         }
         t
     }
 
     /// A boot that must end in a crash shutdown after the given lines.
-    fn crash(mut self, lines: &[&str]) -> Self {
-        self = self
-            .expect(lines)
+    fn crash(self, lines: &[&str]) -> Self {
+        self.expect(lines)
             .expect(&["shutdown: crash"])
-            .reject(&["boot: ready"]);
-        self.stop_after = Some("shutdown: crash");
-        self
+            .reject(&["boot: ready"])
     }
 
     /// Checks a finished run; `Err` says what is wrong.
@@ -416,66 +404,6 @@ pub fn all() -> Vec<BootTest> {
     tests.extend(block());
     tests.extend(monitor());
     tests
-}
-
-/// The name of [`xtask_run_pipe`]'s check.
-const XTASK_RUN_PIPE: &str = "monitor-xtask-run-pipe";
-
-/// `printf 'pools\npoweroff\n' | cargo xtask run --bootargs monitor`
-/// prints the pool records and returns, successfully, once the guest has
-/// powered off.
-fn xtask_run_pipe(ws: &Workspace) -> std::result::Result<(), String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO"))
-        .current_dir(&ws.root)
-        .args(["xtask", "run", "--bootargs", "monitor"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cargo xtask run: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin
-        .write_all(b"pools\npoweroff\n")
-        .map_err(|e| format!("writing to cargo xtask run: {e}"))?;
-    drop(stdin);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let id = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let output = match rx.recv_timeout(Duration::from_secs(180)) {
-        Ok(output) => output.map_err(|e| format!("cargo xtask run: {e}"))?,
-        Err(_) => {
-            // The child is ours: end the whole run (QEMU dies with its pipe).
-            let _ = Command::new("kill").arg(id.to_string()).status();
-            return Err("cargo xtask run did not return within 180 s".into());
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
-    let tail = || lines[lines.len().saturating_sub(20)..].join("\n");
-    if !output.status.success() {
-        return Err(format!(
-            "cargo xtask run exited with {}: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            tail()
-        ));
-    }
-    let pools_after_prompt = lines
-        .iter()
-        .skip_while(|l| !l.ends_with("> pools"))
-        .filter(|l| l.starts_with("dma: pool ") && l.ends_with(" (now)"))
-        .count();
-    if pools_after_prompt != 2 || !lines.iter().any(|l| l.starts_with("shutdown: poweroff")) {
-        return Err(format!(
-            "expected two pool usage records after \"> pools\" and a poweroff:\n{}",
-            tail()
-        ));
-    }
-    Ok(())
 }
 
 /// The console monitor (issue 16): commands typed into QEMU's stdin under
@@ -952,11 +880,7 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
     let results = results.into_inner().expect("not poisoned");
     let mut failures = failures.into_inner().expect("not poisoned");
     let mut passed = passed.into_inner();
-    let mut checks = cross_checks(&results);
-    if filter.is_none_or(|f| XTASK_RUN_PIPE.contains(f)) {
-        checks.push((XTASK_RUN_PIPE.to_string(), xtask_run_pipe(ws)));
-    }
-    for (name, verdict) in checks {
+    for (name, verdict) in cross_checks(&results) {
         match verdict {
             Ok(()) => {
                 println!("boot check {name} ... ok");
@@ -1000,6 +924,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
         });
         images.push(path);
     }
+    let console = qemu::Console::Captured(test.timeout);
     let args = machine.prepare(ws, image, &run_dir)?;
     let typing = (!test.typing.is_empty()).then(|| {
         qemu::Typing::after_boot(
@@ -1007,13 +932,13 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
             test.typing.iter().map(|s| s.to_string()).collect(),
         )
     });
-    let mut run = qemu::run_typing(&args, test.timeout, test.stop_after, typing.as_ref(), false)?;
+    let mut run = args.run_typing(console, None, typing.as_ref())?;
     if let Some(bootargs) = test.second_boot
         && !run.timed_out
     {
         machine.bootargs = bootargs.into();
         let args = machine.prepare(ws, image, &run_dir)?;
-        let second = qemu::run_captured(&args, test.timeout, test.stop_after)?;
+        let second = args.run(console, None)?;
         run.lines.push(SECOND_BOOT.into());
         run.lines.extend(second.lines);
         run.timed_out |= second.timed_out;
