@@ -46,7 +46,7 @@ use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
 use self::linux::Crc32;
 use self::report::{LinuxRun, Ready, Results, Setup};
 use self::tidepool::KernelBench;
-use crate::qemu::{self, Disk, Machine, Mode};
+use crate::qemu::{self, Disk, Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
 
 /// QEMU's RAM for every run, in MiB: Xen must find `DOM0_MEM` of 1:1
@@ -516,9 +516,9 @@ fn tidepool_console(
     machine: &Machine,
 ) -> std::result::Result<Console, RunError> {
     let args = machine.prepare(ws, image, run_dir)?;
-    // Xen keeps running after a dom0less domU powers off; a dom0's
-    // poweroff ends QEMU, a crash after Xen's 5 s wait.
-    Ok(run_timed(&args, TIDEPOOL_TIMEOUT, Some("shutdown:"))?)
+    // The run stops shortly after the guest's `shutdown:` line (Xen keeps
+    // running after a dom0less domU powers off, and waits 5 s after a crash).
+    Ok(run_timed(&args, TIDEPOOL_TIMEOUT)?)
 }
 
 /// When `boot: ready` arrived, by the host and by the kernel.
@@ -560,7 +560,7 @@ fn linux_bench(
     let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
     best_of(plan.runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
-        let console = run_timed(&args, LINUX_TIMEOUT, None)?;
+        let console = run_timed(&args, LINUX_TIMEOUT)?;
         for line in console
             .lines
             .iter()
@@ -783,9 +783,10 @@ impl Console {
     }
 }
 
-/// Runs QEMU like [`qemu::run_captured`], keeping each line's arrival time.
-fn run_timed(args: &[String], timeout: Duration, stop_after: Option<&str>) -> Result<Console> {
-    let run = qemu::run_captured(args, timeout, stop_after)?;
+/// Runs QEMU captured (see [`QemuCommand::run`]), keeping each line's
+/// arrival time.
+fn run_timed(args: &QemuCommand, timeout: Duration) -> Result<Console> {
+    let run = args.run(qemu::Console::Captured(timeout), None)?;
     Ok(Console {
         lines: run
             .arrivals

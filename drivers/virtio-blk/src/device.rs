@@ -40,7 +40,8 @@ const MAX_BLOCK_SIZE: u32 = MAX_REQUEST_BYTES;
 pub struct Options {
     /// Requests in flight at most (request slots). For a device without a
     /// pool of its own each slot holds a staging buffer of the largest
-    /// request (260 KiB of heap), allocated at setup; a pool device builds
+    /// request (260 KiB of heap), allocated at setup (halved, down to one
+    /// slot, while the heap cannot give them all); a pool device builds
     /// each request in its pool instead. Capped at [`MAX_IN_FLIGHT`] and at
     /// a third of the queue (a request takes three descriptors).
     pub in_flight: usize,
@@ -315,15 +316,20 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             .min(usize::from(size) / DESCRIPTORS_PER_REQUEST);
         // A pool device builds each request in its pool, sized to it: no
         // staging in linear RAM, and no copy between the two.
+        // A heap too small for every slot's staging gets half as many
+        // slots, down to one: fewer requests in flight rather than no disk.
+        let mut slots = slots;
         let staging = match dma.private_pool() {
             Some(_) => None,
-            None => {
+            None => loop {
                 let bytes = slots * SLOT_STRIDE;
                 // Zeroed a slot at a time, at its first request.
-                let memory = SharedMemory::allocate_unzeroed(bytes, PAGE_SIZE as usize)
-                    .ok_or((InitError::OutOfMemory { device, bytes }, None))?;
-                Some(memory)
-            }
+                match SharedMemory::allocate_unzeroed(bytes, PAGE_SIZE as usize) {
+                    Some(memory) => break Some(memory),
+                    None if slots > 1 => slots /= 2,
+                    None => return Err((InitError::OutOfMemory { device, bytes }, None)),
+                }
+            },
         };
         let layout = RingLayout::new(size);
         let ring = dma

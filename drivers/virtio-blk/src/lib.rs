@@ -55,8 +55,9 @@
 //! `virtio-drivers`' three separate shares would cost three. The driver
 //! only ever syncs its one mapping; the policy decides the rest. A region
 //! starts on a page (slots and bounce buffers are page-aligned) and is at
-//! most 16 + 256 KiB + 1 bytes, so 66 pages: one batch of the kernel's
-//! `GNTTABOP_cache_flush` (64 entries).
+//! most 16 + 256 KiB + 1 bytes, so 65 pages: one batch of the kernel's
+//! `GNTTABOP_cache_flush` (up to 128 entries,
+//! `tidepool_xen_abi::CACHE_FLUSH_MAX_BATCH`).
 //!
 //! Bytes copied per request are therefore the same on every path: the
 //! header and status, a write's data in, a read's data out. Bouncing the
@@ -147,6 +148,15 @@
 //!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=128 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
 //! - [`BlockDevice::stats_line`]:
 //!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
+//! - [`CapacityChange`] (from [`BlockDevice::handle_interrupt`]):
+//!   `blk: /virtio_mmio@a003e00 capacity=16384 was=8192`
+//!
+//! Logged by the driver itself (the `log` crate), when memory is kept from
+//! a device that may still use it or a device is dropped without
+//! [`BlockDevice::shutdown`]:
+//! - `blk: /virtio_mmio@a003e00 reset incomplete: staging buffers leaked bytes=4259840 (the device may still write them)`
+//! - `blk: /virtio_mmio@a003e00 reset incomplete: its ring stays allocated (the device may still write it)`
+//! - `blk: /virtio_mmio@a003e00 dropped without shutdown: reset; its ring and bounce buffers stay allocated`
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 

@@ -58,7 +58,7 @@ const IN_FLIGHT: usize = 32;
 /// The longest spin of `wait=hybrid` before WFI.
 pub const SPIN_CAP_US: u64 = 1000;
 /// Random reads per queue depth of `bench=` when `bench-reads=` is not given.
-const BENCH_READS: u64 = 4096;
+pub const BENCH_READS: u64 = 4096;
 /// How block I/O waits when `wait=` is not given.
 pub const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
 
@@ -157,6 +157,11 @@ impl Disk {
     /// The device-tree path of the transport.
     pub fn name(&self) -> &'static str {
         self.device.name()
+    }
+
+    /// The driver's device: capacity, counters, info and stats lines.
+    pub fn device(&self) -> &BlockDevice<'static, MmioTransport> {
+        &self.device
     }
 
     /// Sets how the device waits; `poll` suppresses its interrupts.
@@ -290,6 +295,15 @@ impl Disk {
     }
 }
 
+/// `bytes` zeroed bytes from the heap, `None` where the heap has no room
+/// (the monitor asks for these buffers on a running system).
+pub fn zeroed(bytes: usize) -> Option<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(bytes).ok()?;
+    buffer.resize(bytes, 0);
+    Some(buffer)
+}
+
 impl Waiter {
     /// Waits for a completion as the mode says, or a request timeout; lets
     /// the driver act on an interrupt (reporting a capacity change or a
@@ -387,7 +401,10 @@ fn take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut DmaEnv<'_, '
 /// sectors or failed reads.
 pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
     let capacity = disk.device.capacity();
-    let mut buffer = vec![0u8; CHUNK_BYTES * 16];
+    let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
+        error!("blk: verify {}: no heap for its buffer", disk.name());
+        return 1;
+    };
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
     let mut problems = 0;
     let mut lba = 0;
@@ -548,7 +565,10 @@ pub fn bench(
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
     let before_dma = *disk.device.dma().stats();
-    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let Some(mut buffer) = zeroed(CHUNK_BYTES) else {
+        error!("blk: bench {}: no heap for its buffer", disk.name());
+        return Ok(());
+    };
 
     let chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
     let chunks = (0..span.div_ceil(chunk)).map(|i| {

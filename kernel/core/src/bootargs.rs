@@ -15,6 +15,8 @@
 //!   (default 4096);
 //! - `wait=wfi|poll|hybrid`: how block I/O waits for completions (default
 //!   `poll`, see `block`).
+//! - `monitor`: after the boot work, read commands from the console instead
+//!   of powering off.
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -81,6 +83,8 @@ pub struct Bootargs<'a> {
     pub bench_reads: Option<u64>,
     /// `wait=wfi|poll|hybrid`: how block I/O waits for completions.
     pub wait: Option<WaitMode>,
+    /// `monitor`: run the console monitor after boot.
+    pub monitor: bool,
     raw: &'a str,
 }
 
@@ -119,6 +123,7 @@ impl<'a> Bootargs<'a> {
             bench_mib: None,
             bench_reads: None,
             wait: None,
+            monitor: false,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -166,6 +171,7 @@ impl<'a> Bootargs<'a> {
                 self.bench_reads = Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?)
             }
             "wait" => self.wait = Some(value.parse().map_err(|_| bad())?),
+            "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -257,6 +263,12 @@ mod tests {
     #[test]
     fn known_keys() {
         let a = Bootargs::parse("console=hvc0 log=debug selftest=fault,dma heap=2M");
+        assert!(!a.monitor);
+        assert!(Bootargs::parse("log=warn monitor").monitor);
+        assert!(matches!(
+            Bootargs::parse("monitor=yes").errors().next(),
+            Some(BootargError::Unknown("monitor=yes"))
+        ));
         assert_eq!(a.log_level, LogLevel::Debug);
         assert!(a.selftest("fault") && a.selftest("dma") && !a.selftest("fa"));
         assert_eq!(a.heap_size, Some(2 << 20));

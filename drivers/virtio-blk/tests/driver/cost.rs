@@ -113,6 +113,26 @@ fn a_4k_read_through_a_pool_xen_flushes_costs_one_hypercall() {
 }
 
 #[test]
+fn the_largest_request_is_one_hypercall_of_65_pages() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
+    let max = b.disk.max_request_bytes();
+    assert_eq!(max, 256 * 1024);
+    let mut buffer = vec![0; max as usize];
+    let cost = one_request(
+        &mut b,
+        Request::Read {
+            lba: 0,
+            sectors: max / 512,
+        },
+        &mut buffer,
+    );
+    assert_eq!(cost.hypercalls.len(), 1, "one batch for the whole region");
+    assert_eq!(cost.hypercalls[0].1.size, region(u64::from(max)));
+    let stats = *b.disk.dma().stats();
+    assert_eq!((stats.hypercalls, stats.pages), (1, 65));
+}
+
+#[test]
 fn a_pool_xen_refuses_is_maintained_through_its_window_without_hypercalls() {
     let mut b = bench(SimConfig::modern(), DeviceKind::StaticPool, true);
     let window = b
