@@ -36,7 +36,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use clap::Args;
@@ -267,7 +266,7 @@ fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
     let setup = Setup {
         date: utc_now(),
         command,
-        qemu: qemu_version(),
+        qemu: qemu::version(),
         xen: if xen.is_empty() {
             "unknown".into()
         } else {
@@ -389,16 +388,6 @@ impl Expected {
         }
         Ok(())
     }
-}
-
-fn qemu_version() -> String {
-    Command::new("qemu-system-aarch64")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|text| text.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn host_memory_mib() -> u64 {

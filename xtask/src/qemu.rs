@@ -443,6 +443,16 @@ pub struct QemuCommand {
 /// The QEMU binary.
 const QEMU: &str = "qemu-system-aarch64";
 
+/// The first line of `qemu-system-aarch64 --version`, or `unknown`.
+pub fn version() -> String {
+    QemuCommand::new(vec!["--version".into()])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// How QEMU's console is wired, per [`Console`].
 fn console_args(console: Console, qmp: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = match console {
