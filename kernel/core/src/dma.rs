@@ -13,8 +13,8 @@ use core::fmt;
 use log::info;
 use tidepool_dma::{
     CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
-    SetupError, WarningSink, WindowAttributes,
+    FlushFailed, FlushRefusedWarning, Host, PlatformFlush, PoolPlacement, PoolRole, PoolSet,
+    PoolSpec, SetupError, WarningSink, WindowAttributes,
 };
 use tidepool_dt::{DeviceTree, ReservedRegion};
 use tidepool_mm::{AddressMap, PhysRange, RegionKind, VirtAddr};
@@ -130,18 +130,22 @@ impl fmt::Display for DmaSetupError {
 
 impl Dma {
     /// Sets up every pool: the device tree's DMA pools and the kernel's two.
-    /// With `platform_flush` (a direct-mapped Xen domain), each own-window
+    /// `host` says whether Xen maps the memory too (its directmap, which
+    /// decides the maintenance of non-cacheable pools; see
+    /// `tidepool_dma::sync_action`). With `platform_flush` (a direct-mapped
+    /// Xen domain), each own-window
     /// pool is probed once for `GNTTABOP_cache_flush` (one page), and the
     /// answer is printed and kept.
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
+        host: Host,
         platform_flush: bool,
     ) -> Result<Self, DmaSetupError> {
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
             address_map,
-            pools: PoolSet::new(),
+            pools: PoolSet::new(host),
             cache: KernelCache,
             memory: KernelMemory,
             flush: platform_flush.then(|| XenFlush {

@@ -152,7 +152,16 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             "dma: no xen cache flush: the domain is not direct-mapped (guest-physical is not machine)"
         );
     }
-    let mut dma = match crate::dma::Dma::new(dt, memory, platform_flush) {
+    let mut dma = match crate::dma::Dma::new(
+        dt,
+        memory,
+        if under_xen {
+            tidepool_dma::Host::Hypervisor
+        } else {
+            tidepool_dma::Host::Bare
+        },
+        platform_flush,
+    ) {
         Ok(dma) => dma,
         Err(err) => {
             error!("{err}");

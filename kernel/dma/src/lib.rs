@@ -77,7 +77,7 @@ pub use device::{
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{
-    DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
 };
 pub use pool::{
     Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,

@@ -24,7 +24,9 @@ use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, Virt
 use crate::allocator::{AllocFailure, FreeFault, PageAllocator};
 use crate::boundary::{CacheMaintenance, CacheOp, PlatformFlush};
 use crate::error::SetupError;
-use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
+use crate::policy::{
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, sync_action,
+};
 
 /// Memory attributes of a pool's own window.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -214,6 +216,7 @@ pub struct Pool<'a> {
     placement: PoolPlacement,
     class: MemoryClass,
     role: PoolRole,
+    host: Host,
     flush_support: Option<FlushSupport>,
     refusal_warned: bool,
     pages: PageAllocator,
@@ -260,6 +263,11 @@ impl<'a> Pool<'a> {
                 ..
             }
         )
+    }
+
+    /// What the kernel runs on (whether a hypervisor maps the pool too).
+    pub fn host(&self) -> Host {
+        self.host
     }
 
     /// What Xen said to a flush of the pool's pages; `None` if never asked
@@ -391,14 +399,23 @@ impl fmt::Display for PoolLine<'_, '_> {
             Some(support) => write!(f, "{support}")?,
             None => f.write_str("none")?,
         }
-        let action = sync_action(
-            false,
-            pool.class,
-            pool.flush_support,
-            pool.window_cacheable(),
-            SyncPoint::ForDevice,
-            DmaDirection::ToDevice,
-        );
+        // What a non-coherent device's request (the device reads and writes)
+        // costs: the first maintenance of its two syncs.
+        let action = [SyncPoint::ForDevice, SyncPoint::ForCpu]
+            .into_iter()
+            .map(|point| {
+                sync_action(
+                    false,
+                    pool.class,
+                    pool.host,
+                    pool.flush_support,
+                    pool.window_cacheable(),
+                    point,
+                    DmaDirection::Bidirectional,
+                )
+            })
+            .find(|action| *action != SyncAction::None)
+            .unwrap_or(SyncAction::None);
         f.write_str(match action {
             SyncAction::None => " -> no CPU maintenance",
             SyncAction::LinearVa { .. } => " -> linear VA maintenance",
@@ -429,15 +446,23 @@ pub(crate) fn first_rejected_byte<'m>(
 
 /// Every pool of the system, set up at boot. Devices refer to pools by
 /// [`PoolId`].
-#[derive(Default)]
 pub struct PoolSet<'a> {
+    host: Host,
     pools: Vec<Pool<'a>>,
 }
 
 impl<'a> PoolSet<'a> {
-    /// No pools.
-    pub fn new() -> Self {
-        Self { pools: Vec::new() }
+    /// No pools yet, on `host`.
+    pub fn new(host: Host) -> Self {
+        Self {
+            host,
+            pools: Vec::new(),
+        }
+    }
+
+    /// What the kernel runs on.
+    pub fn host(&self) -> Host {
+        self.host
     }
 
     /// Sets up a pool: checks it against the address map, cleans and
@@ -531,6 +556,7 @@ impl<'a> PoolSet<'a> {
             placement: spec.placement,
             class,
             role: spec.role,
+            host: self.host,
             flush_support: None,
             refusal_warned: false,
             pages: PageAllocator::new(phys),

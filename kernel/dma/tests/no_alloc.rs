@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, DmaMemory,
-    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement,
+    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, Host, PlatformFlush, PoolPlacement,
     PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
@@ -138,7 +138,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
         calls: 0,
     };
     let mut warnings = CountingWarnings::default();
-    let mut pools = PoolSet::new();
+    let mut pools = PoolSet::new(Host::Hypervisor);
     let nc = WindowAttributes::NonCacheable;
     for (name, phys, window, role) in [
         (
