@@ -159,16 +159,18 @@ pub enum Host {
 /// |--------------|--------------------|----------------|----------------------|----------------------------|
 /// | coherent     | cacheable          | any            | none                 | none                       |
 /// | coherent     | no-map pool, NC    | bare           | none                 | none                       |
-/// | coherent     | no-map pool, NC    | hypervisor     | invalidate (device reads) | none                  |
+/// | coherent     | no-map pool, NC    | hypervisor     | invalidate           | none                       |
 /// | non-coherent | linear / mapped    | any            | clean (+inval.) by linear VA | invalidate by linear VA |
 /// | non-coherent | no-map pool, WB    | any            | clean (+inval.) by window / Xen | invalidate by window / Xen |
 /// | non-coherent | no-map pool, NC    | bare           | none                 | none                       |
 /// | non-coherent | no-map pool, NC    | hypervisor     | none                 | invalidate by Xen / window |
 ///
 /// A coherent device's reads snoop the cache, so a stale line allocated
-/// through the hypervisor's alias before the CPU's non-cacheable writes would
-/// be what it reads; its writes update or drop lines, so the CPU needs
-/// nothing after them. A non-coherent device reads memory, which the CPU's
+/// through the hypervisor's alias before the CPU's non-cacheable writes (the
+/// bounce copy) would be what it reads, and what the CPU reads back where the
+/// device wrote nothing; dropped after those writes, lines allocated later
+/// hold the CPU's data, and the device's writes update them, so the CPU
+/// needs nothing afterwards. A non-coherent device reads memory, which the CPU's
 /// non-cacheable writes reached; after it wrote, the stale lines are dropped
 /// so that the CPU's non-cacheable reads cannot hit them (lines allocated
 /// after the drop hold the device's data). Either way a request through a
@@ -192,9 +194,7 @@ pub const fn sync_action(
     let op = if non_cacheable_pool {
         match (host, coherent, point) {
             (Host::Bare, _, _) => None,
-            (Host::Hypervisor, true, SyncPoint::ForDevice) if dir.device_reads() => {
-                Some(CacheOp::Invalidate)
-            }
+            (Host::Hypervisor, true, SyncPoint::ForDevice) => Some(CacheOp::Invalidate),
             (Host::Hypervisor, false, SyncPoint::ForCpu) if dir.device_writes() => {
                 Some(CacheOp::Invalidate)
             }
@@ -270,15 +270,9 @@ mod tests {
     }
 
     #[test]
-    fn coherent_device_invalidates_a_non_cacheable_pool_before_reading_it_under_a_hypervisor() {
+    fn coherent_device_invalidates_a_non_cacheable_pool_for_itself_under_a_hypervisor() {
         for dir in ALL_DIRS {
-            let expected = |action| {
-                if dir.device_reads() {
-                    action
-                } else {
-                    SyncAction::None
-                }
-            };
+            let expected = |action: SyncAction| action;
             let nc = |flush, point| {
                 sync_action(
                     true,

@@ -366,7 +366,7 @@ fn window_of(rig: &Rig, pool: &str, dma: DmaAddr) -> u64 {
 // ---- the policy rows, applied ----
 
 #[test]
-fn coherent_device_invalidates_a_non_cacheable_pool_before_reading_it_under_xen() {
+fn coherent_device_invalidates_a_non_cacheable_pool_for_itself_under_xen() {
     let mut rig = Rig::new(Platform::Xen);
     for pool in [STATIC_POOL, DYNAMIC_POOL] {
         rig.forget_setup();
