@@ -40,10 +40,13 @@
 //! ([`Machine::new`]'s `chaos`) consumed at every step of every boundary call
 //! (each cache line copied, before and after each maintenance operation and
 //! hypercall) and whenever the test asks. Each choice writes back a dirty
-//! line, evicts a line, allocates a reachable line, or does nothing, and a
-//! non-cacheable read of a cached line takes one choice to decide hit or miss.
-//! The lines it picks from are those anyone has touched, so that it spends
-//! its moves where the data is.
+//! line, evicts a line, allocates a reachable line, or does nothing; the
+//! lines it picks from are those anyone has touched, so that it spends its
+//! moves where the data is. Tests can also make the sweeping moves
+//! themselves ([`Machine::fill_all`], [`Machine::write_back_all`]). Whether a
+//! non-cacheable read of a cached line hits it is a setting
+//! ([`Machine::set_non_cacheable_reads_hit`]): a stale clean line shows only
+//! when it hits, a newer dirty one only when it misses.
 #![deny(unsafe_code)]
 
 use std::cell::RefCell;
@@ -122,6 +125,7 @@ pub struct Machine {
     cache: BTreeMap<u64, Line>,
     aliases: Vec<Alias>,
     hypervisor: bool,
+    non_cacheable_hits: bool,
     refused: Vec<(PhysRange, FlushErrno)>,
     chaos: Vec<u16>,
     next_choice: usize,
@@ -146,6 +150,7 @@ impl Machine {
             cache: BTreeMap::new(),
             aliases,
             hypervisor,
+            non_cacheable_hits: true,
             refused: Vec::new(),
             chaos,
             next_choice: 0,
@@ -160,6 +165,33 @@ impl Machine {
     /// 4.17 refuses a static host pool with `EPERM`).
     pub fn refuse_flushes(&mut self, range: PhysRange, errno: FlushErrno) {
         self.refused.push((range, errno));
+    }
+
+    /// Whether a non-cacheable read of a line that is cached returns the
+    /// cached line (the default) or memory.
+    pub fn set_non_cacheable_reads_hit(&mut self, hit: bool) {
+        self.non_cacheable_hits = hit;
+    }
+
+    /// Allocates every line anyone touched that a cacheable alias reaches and
+    /// that is not cached, from memory (a burst of speculative fills).
+    pub fn fill_all(&mut self) {
+        for i in 0..self.touched.len() {
+            let line = self.touched[i];
+            if self.cacheable(line) && !self.cache.contains_key(&line) {
+                let data = self.memory_line(line);
+                self.cache.insert(line, Line { data, dirty: false });
+            }
+        }
+    }
+
+    /// Writes every dirty line back and drops every line (evictions).
+    pub fn write_back_all(&mut self) {
+        let lines: Vec<u64> = self.cache.keys().copied().collect();
+        for line in lines {
+            self.write_back(line);
+        }
+        self.cache.clear();
     }
 
     /// Fills every line of `range` with dirty garbage derived from `seed`: the
@@ -282,8 +314,9 @@ impl Machine {
                     .data[index]
             }
             Attributes::NonCacheable => match self.cache.get(&line).map(|l| l.data[index]) {
-                // Mismatched attributes: hit or miss, as the adversary likes.
-                Some(cached) if self.choice().is_some_and(|c| c & 1 == 1) => cached,
+                // Mismatched attributes: the read may hit a line another alias
+                // allocated.
+                Some(cached) if self.non_cacheable_hits => cached,
                 _ => self.memory_line(line)[index],
             },
         }

@@ -6,6 +6,7 @@ use tidepool_dma::{
     PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
 };
 use tidepool_dma_model::{Alias, Attributes, Device, Handle, Machine};
+
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
 
 pub const LINEAR_OFFSET: u64 = 0xffff_0000_0000_0000;
@@ -47,6 +48,9 @@ pub enum Xen {
     Accepted,
     /// Xen, which refuses flushes of the pool (EPERM, a static host pool).
     Refused,
+    /// Xen, which accepts the pool's probe and refuses every later flush
+    /// (EINVAL): the fallback to the window during a sync.
+    RefusedAfterProbe,
     /// Xen, but the domain is not direct-mapped: no flush can be asked.
     NotDirectMapped,
 }
@@ -77,6 +81,11 @@ pub enum Step {
     CpuRead,
     /// The adversary moves this many times.
     Chaos(u8),
+    /// Every reachable line is allocated ([`Machine::fill_all`]).
+    FillAll,
+    /// Every line is written back if dirty and dropped
+    /// ([`Machine::write_back_all`]).
+    WriteBackAll,
     /// Unmap (then the CPU reads), and map again.
     Remap,
 }
@@ -90,6 +99,8 @@ pub struct Case {
     pub len: u16,
     pub steps: Vec<Step>,
     pub chaos: Vec<u16>,
+    /// Whether non-cacheable reads of a cached line hit it.
+    pub non_cacheable_hits: bool,
 }
 
 struct Warnings;
@@ -124,7 +135,7 @@ fn region(name: &str, phys: PhysRange, kind: RegionKind, window: Option<u64>) ->
 impl World {
     /// The machine of `row`, the pools set up on it (pool memory starts out
     /// full of dirty lines, as RAM used before), and the device.
-    pub fn new(row: Row, chaos: Vec<u16>) -> (Self, DmaDevice<'static>) {
+    pub fn new(row: Row, chaos: Vec<u16>, non_cacheable_hits: bool) -> (Self, DmaDevice<'static>) {
         let map: &'static AddressMap = Box::leak(Box::new(
             AddressMap::new(
                 LINEAR_OFFSET,
@@ -162,6 +173,7 @@ impl World {
             },
         ];
         let mut machine = Machine::new(aliases, row.xen != Xen::Bare, chaos);
+        machine.set_non_cacheable_reads_hit(non_cacheable_hits);
         if row.xen == Xen::Refused {
             machine.refuse_flushes(POOL_PHYS, FlushErrno::Eperm);
         }
@@ -174,7 +186,10 @@ impl World {
         } else {
             Host::Hypervisor
         };
-        let platform = matches!(row.xen, Xen::Accepted | Xen::Refused);
+        let platform = matches!(
+            row.xen,
+            Xen::Accepted | Xen::Refused | Xen::RefusedAfterProbe
+        );
         let mut pools = PoolSet::new(host);
         let window = |window: u64, attributes| PoolPlacement::OwnWindow {
             window: VirtAddr(window),
@@ -224,6 +239,11 @@ impl World {
             pools
                 .add(spec, map, &mut cache, platform)
                 .expect("the pools fit the address map");
+        }
+        if row.xen == Xen::RefusedAfterProbe {
+            machine
+                .machine()
+                .refuse_flushes(POOL_PHYS, FlushErrno::Einval);
         }
         let pool = match row.pool {
             PoolKind::None => None,
@@ -282,7 +302,7 @@ impl World {
 /// the CPU last wrote, and the CPU reads exactly what the device last wrote
 /// (byte by byte, whoever wrote it last). `Err` names the first violation.
 pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
-    let (mut world, mut device) = World::new(row, case.chaos.clone());
+    let (mut world, mut device) = World::new(row, case.chaos.clone(), case.non_cacheable_hits);
     let len = u64::from(case.len.max(1));
     let cpu = CpuBuffer {
         virt: VirtAddr(LINEAR_OFFSET + CPU_PHYS + u64::from(case.offset)),
@@ -358,6 +378,8 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
                 compare("CPU read", index, &seen, &shadow)?;
             }
             Step::Chaos(n) => world.machine.machine().chaos(usize::from(n)),
+            Step::FillAll => world.machine.machine().fill_all(),
+            Step::WriteBackAll => world.machine.machine().write_back_all(),
             Step::Remap => {
                 if let Some(m) = mapping.take() {
                     if cpu_wrote {
@@ -419,4 +441,27 @@ fn compare(what: &str, step: usize, seen: &[u8], expected: &[u8]) -> Result<(), 
             seen[byte], expected[byte]
         )),
     }
+}
+
+/// Flush hypercalls made by one request (map, the device reads and writes
+/// the whole buffer, unmap) of `len` bytes, setup's probes not counted.
+pub fn hypercalls_per_request(row: Row, dir: DmaDirection, len: u64) -> u64 {
+    let (mut world, mut device) = World::new(row, Vec::new(), true);
+    let before = world.machine.machine().hypercalls();
+    let cpu = CpuBuffer {
+        virt: VirtAddr(LINEAR_OFFSET + CPU_PHYS),
+        len,
+    };
+    let mapping = device
+        .map(&mut world.env(), cpu, dir)
+        .expect("the pool has room");
+    let data = world.data(len as usize);
+    let dma = tidepool_mm::PhysAddr(mapping.dma_addr().0);
+    let kind = world.kind;
+    world.machine.machine().device_read(kind, dma, len);
+    world.machine.machine().device_write(kind, dma, &data);
+    device
+        .unmap(&mut world.env(), mapping)
+        .expect("the mapping is live");
+    world.machine.machine().hypercalls() - before
 }
