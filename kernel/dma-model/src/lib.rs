@@ -350,7 +350,7 @@ impl Machine {
         (0..len)
             .map(|i| {
                 let at = VirtAddr(virt.0 + i);
-                if i == 0 || at.0 % LINE == 0 {
+                if i == 0 || at.0.is_multiple_of(LINE) {
                     self.chaos_step();
                 }
                 self.cpu_read_byte(at)
@@ -362,7 +362,7 @@ impl Machine {
     pub fn cpu_write(&mut self, virt: VirtAddr, bytes: &[u8]) {
         for (i, &byte) in bytes.iter().enumerate() {
             let at = VirtAddr(virt.0 + i as u64);
-            if i == 0 || at.0 % LINE == 0 {
+            if i == 0 || at.0.is_multiple_of(LINE) {
                 self.chaos_step();
             }
             self.cpu_write_byte(at, byte);
@@ -375,7 +375,7 @@ impl Machine {
             .map(|i| {
                 let pa = pa.0 + i;
                 let line = line_of(pa);
-                if i == 0 || pa % LINE == 0 {
+                if i == 0 || pa.is_multiple_of(LINE) {
                     self.chaos_step();
                     self.touch(line);
                 }
@@ -393,7 +393,7 @@ impl Machine {
         for (i, &byte) in bytes.iter().enumerate() {
             let pa = pa.0 + i as u64;
             let line = line_of(pa);
-            if i == 0 || pa % LINE == 0 {
+            if i == 0 || pa.is_multiple_of(LINE) {
                 self.chaos_step();
                 self.touch(line);
             }
@@ -499,7 +499,7 @@ impl DmaMemory for Handle {
     fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
         let mut machine = self.0.borrow_mut();
         for i in 0..len {
-            if i % LINE == 0 {
+            if i.is_multiple_of(LINE) {
                 machine.chaos_step();
             }
             let byte = machine.cpu_read_byte(VirtAddr(src.0 + i));
