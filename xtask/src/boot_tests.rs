@@ -25,6 +25,8 @@ pub struct BootTest {
     pub expect: Vec<String>,
     /// Substrings that must appear nowhere.
     pub reject: Vec<String>,
+    /// Substrings that must appear somewhere, in any order.
+    pub anywhere: Vec<String>,
     /// Stop this long after a line containing this appears (crash shutdowns,
     /// where Xen would wait 5 s before QEMU exits).
     pub stop_after: Option<&'static str>,
@@ -62,6 +64,23 @@ pub struct TestDisk {
 
 const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
 
+/// The classes of mappings the kernel has the MMU translate at every boot
+/// (`tidepool_mm::verify`), and whether a boot under Xen / on bare QEMU must
+/// have at least one of the class.
+const VERIFIED_CLASSES: &[(&str, bool, bool)] = &[
+    ("image", true, true),
+    ("linear-ram", true, true),
+    ("pool-window", true, true),
+    ("device-window", true, true),
+    ("xen-shared", true, false),
+    ("no-map-alias", true, true),
+];
+
+/// The console line of one verified class (the count precedes it).
+fn verified_line(class: &str) -> String {
+    format!(" mappings by translation, 0 mismatches class={class}")
+}
+
 impl BootTest {
     fn new(name: &str, machine: Machine) -> Self {
         Self {
@@ -69,6 +88,7 @@ impl BootTest {
             machine,
             expect: Vec::new(),
             reject: Vec::new(),
+            anywhere: Vec::new(),
             stop_after: None,
             timeout: Duration::from_secs(60),
             check: None,
@@ -103,12 +123,21 @@ impl BootTest {
         self
     }
 
-    /// A boot that must reach `boot: ready` and power off cleanly.
+    /// A boot that must reach `boot: ready` and power off cleanly, after
+    /// the MMU confirmed every mapping class ([`VERIFIED_CLASSES`]).
     fn clean(self) -> Self {
         let mode = self.machine.mode.clone();
         let mut t = self
             .expect(&["boot: ready", "shutdown: poweroff"])
             .reject(CLEAN_REJECT);
+        let xen = matches!(mode, Mode::XenDom0 { .. } | Mode::XenDomU { .. });
+        for &(class, under_xen, bare) in VERIFIED_CLASSES {
+            t.anywhere.push(verified_line(class));
+            if (xen && under_xen) || (!xen && bare) {
+                t.reject
+                    .push(format!("mm: verified 0{}", verified_line(class)));
+            }
+        }
         match mode {
             Mode::XenDom0 { .. } => t.expect.push("Hardware Dom0 halted".into()),
             // With no hardware domain, Xen keeps running after the domU
@@ -152,6 +181,11 @@ impl BootTest {
             match found {
                 Some(next) => (line, column) = next,
                 None => return Err(format!("missing (in order): {want:?}")),
+            }
+        }
+        for want in &self.anywhere {
+            if !run.lines.iter().any(|l| l.contains(want.as_str())) {
+                return Err(format!("missing: {want:?}"));
             }
         }
         for bad in &self.reject {

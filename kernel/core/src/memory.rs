@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use log::info;
 use tidepool_dt::DeviceTree;
+use tidepool_mm::verify::{Mismatch, verify};
 use tidepool_mm::{
     AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, PageTable, PhysAddr, PhysRange,
     RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
@@ -46,6 +47,8 @@ pub enum BringUpError {
     Tcr(TcrError),
     /// The heap's linear address could not be computed.
     Heap(TranslationError),
+    /// The MMU translates an address differently from the plan.
+    Verify(Mismatch<'static>),
 }
 
 impl fmt::Display for BringUpError {
@@ -56,6 +59,7 @@ impl fmt::Display for BringUpError {
             Self::Tables(e) => write!(f, "{e}"),
             Self::Tcr(e) => write!(f, "TCR_EL1: {e}"),
             Self::Heap(e) => write!(f, "heap: {e}"),
+            Self::Verify(mismatch) => write!(f, "{mismatch}"),
         }
     }
 }
@@ -113,6 +117,14 @@ pub fn bring_up(
     let map = &setup.layout.address_map;
     crate::console::move_to_window(map);
     ADDRESS_MAP.store(core::ptr::from_ref(map).cast_mut(), Ordering::Release);
+    // Every boot: the MMU's own answer for every mapping (and for the linear
+    // alias of every no-map region) against the plan, before anything uses
+    // them.
+    let verified = verify(&setup.layout.mappings, map, |va| mmu::translate_read(va.0))
+        .map_err(BringUpError::Verify)?;
+    for class in verified {
+        info!("{class}");
+    }
 
     let heap = map
         .phys_to_virt(setup.heap.base)
