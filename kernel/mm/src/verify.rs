@@ -507,8 +507,7 @@ mod tests {
         let last_linear = layout
             .mappings
             .iter()
-            .filter(|m| m.kind == MappingKind::Linear)
-            .last()
+            .rfind(|m| m.kind == MappingKind::Linear)
             .unwrap();
         let last_page = VirtAddr(last_linear.virt.0 + last_linear.size - PAGE_SIZE);
         with_mmu(&layout, |mmu| {
