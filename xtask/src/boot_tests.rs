@@ -370,6 +370,29 @@ pub fn all() -> Vec<BootTest> {
         ])
         .check_with(no_map_regions_not_linear)
         .clean(),
+        // The MMU check of every boot, against a plan that asks for a
+        // write-back pool window: QEMU's AT reports non-cacheable, fatal.
+        BootTest::new("mmu-xen-mismatch", with(xen_dom0("256M"), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=mm-mismatch".into();
+        }))
+        .crash(&[
+            "mm: verified 1 mappings by translation, 0 mismatches class=linear-ram",
+            "selftest: mm-mismatch: expecting ",
+            "error: mm: translation mismatch class=pool-window ",
+            " va=0xffff8",
+            " expected=Normal WB pa=0x",
+            " found=Normal NC pa=0x",
+        ]),
+        BootTest::new("mmu-bare-mismatch", with(Machine::new(Mode::Bare), |m| {
+            m.bootargs = "selftest=mm-mismatch".into();
+        }))
+        .crash(&[
+            "selftest: mm-mismatch: expecting tidepool:nc-pool write-back",
+            "error: mm: translation mismatch class=pool-window tidepool:nc-pool va=0xffff8",
+            " expected=Normal WB pa=0x",
+            " found=Normal NC pa=0x",
+        ]),
         BootTest::new("mmu-bare-static-pool", with(Machine::new(Mode::Bare), |m| {
             m.scenario = Some("static-pool".into());
             m.bootargs = "selftest=pool-window".into();

@@ -7,10 +7,10 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use log::info;
 use tidepool_dt::DeviceTree;
-use tidepool_mm::verify::{Mismatch, verify};
+use tidepool_mm::verify::{Mismatch, Verified, verify};
 use tidepool_mm::{
-    AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, PageTable, PhysAddr, PhysRange,
-    RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
+    AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, Mapping, PageTable, PhysAddr,
+    PhysRange, RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
 };
 
 use crate::arch::aarch64::linker::{Span, image_layout};
@@ -120,8 +120,7 @@ pub fn bring_up(
     // Every boot: the MMU's own answer for every mapping (and for the linear
     // alias of every no-map region) against the plan, before anything uses
     // them.
-    let verified = verify(&setup.layout.mappings, map, |va| mmu::translate_read(va.0))
-        .map_err(BringUpError::Verify)?;
+    let verified = verify_mappings(&setup.layout.mappings, map).map_err(BringUpError::Verify)?;
     for class in verified {
         info!("{class}");
     }
@@ -160,6 +159,16 @@ pub fn bring_up(
         setup.heap.size / 1024
     );
     Ok(setup)
+}
+
+/// Has the MMU translate the pages of `mappings` and of the linear alias of
+/// every no-map region of `map` (`AT S1E1R`) and compares its answers with
+/// them ([`verify`]).
+pub fn verify_mappings<'a>(
+    mappings: &[Mapping<'a>],
+    map: &'a AddressMap,
+) -> Result<[Verified; 6], Mismatch<'a>> {
+    verify(mappings, map, |va| mmu::translate_read(va.0))
 }
 
 /// A description of a virtual address, printable without allocating.

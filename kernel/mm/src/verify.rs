@@ -176,7 +176,8 @@ impl fmt::Display for Expected {
 
 /// An address the MMU translated differently from the plan. Fatal.
 ///
-/// Display: `mm: translation mismatch class=<class> <name> va=<va> expected=<...> found=<...>`
+/// Display (the kernel prefixes `mm: `):
+/// `translation mismatch class=<class> <name> va=<va> expected=<...> found=<...>`
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Mismatch<'a> {
     /// The class of the mapping.
@@ -195,7 +196,7 @@ impl fmt::Display for Mismatch<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "mm: translation mismatch class={} {} va={} expected={} found={}",
+            "translation mismatch class={} {} va={} expected={} found={}",
             self.class, self.name, self.virt, self.expected, self.found
         )
     }
@@ -472,7 +473,7 @@ mod tests {
         assert_eq!(
             mismatch.to_string(),
             alloc::format!(
-                "mm: translation mismatch class=pool-window /reserved-memory/dma@78000000 va={} \
+                "translation mismatch class=pool-window /reserved-memory/dma@78000000 va={} \
                  expected=Normal NC pa=0x78000000 found=Normal WB pa=0x78000000",
                 window.virt
             )
