@@ -5,7 +5,7 @@ use tidepool_dma::{
     CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno, FlushRefusedWarning, Host,
     PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
 };
-use tidepool_dma_model::{Alias, Attributes, Device, Handle, Machine};
+use tidepool_dma_model::{Alias, Attributes, Device, Handle, LINE, Machine};
 
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -464,4 +464,57 @@ pub fn hypercalls_per_request(row: Row, dir: DmaDirection, len: u64) -> u64 {
         .unmap(&mut world.env(), mapping)
         .expect("the mapping is live");
     world.machine.machine().hypercalls() - before
+}
+
+/// The driver of one case on a coherent allocation of `case.len` bytes:
+/// the CPU reaches it at the address the DMA layer gives (a window or the
+/// linear map), the device at its DMA address, with no sync points at all
+/// (syncs and remaps in the steps are skipped); the same invariant as
+/// [`run`].
+pub fn run_coherent(row: Row, case: &Case) -> Result<(), String> {
+    let (mut world, mut device) = World::new(row, case.chaos.clone(), case.non_cacheable_hits);
+    let len = u64::from(case.len.max(1));
+    let buffer = device
+        .alloc_coherent(&mut world.env(), len, LINE)
+        .map_err(|e| e.to_string())?;
+    let (virt, dma, kind) = (buffer.virt(), buffer.dma_addr(), world.kind);
+    let mut shadow = vec![0; len as usize];
+    for (index, step) in case.steps.iter().enumerate() {
+        let at = |at: u16, n: u16| {
+            let at = u64::from(at) % len;
+            (at, u64::from(n.max(1)).min(len - at))
+        };
+        match *step {
+            Step::CpuWrite { at: a, len: n } => {
+                let (a, n) = at(a, n);
+                let data = world.data(n as usize);
+                let mut machine = world.machine.machine();
+                machine.cpu_write(VirtAddr(virt.0 + a), &data);
+                shadow[a as usize..(a + n) as usize].copy_from_slice(&data);
+            }
+            Step::DeviceWrite { at: a, len: n } => {
+                let (a, n) = at(a, n);
+                let data = world.data(n as usize);
+                let pa = tidepool_mm::PhysAddr(dma.0 + a);
+                world.machine.machine().device_write(kind, pa, &data);
+                shadow[a as usize..(a + n) as usize].copy_from_slice(&data);
+            }
+            Step::DeviceRead => {
+                let pa = tidepool_mm::PhysAddr(dma.0);
+                let seen = world.machine.machine().device_read(kind, pa, len);
+                compare("device read", index, &seen, &shadow)?;
+            }
+            Step::CpuRead => {
+                let seen = world.machine.machine().cpu_read(virt, len);
+                compare("CPU read", index, &seen, &shadow)?;
+            }
+            Step::Chaos(n) => world.machine.machine().chaos(usize::from(n)),
+            Step::FillAll => world.machine.machine().fill_all(),
+            Step::WriteBackAll => world.machine.machine().write_back_all(),
+            Step::SyncForCpu | Step::SyncForDevice | Step::Remap => {}
+        }
+    }
+    device
+        .free_coherent(&mut world.env(), buffer)
+        .map_err(|e| e.to_string())
 }
