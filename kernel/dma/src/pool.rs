@@ -371,9 +371,10 @@ impl<'a> Pool<'a> {
 /// `dma: pool <name> <base>+<size> window <va> <nc|wb|linear> xen-flush=<state> -> <sync>`
 ///
 /// `<state>` is `accepted`, `refused(<ERRNO>)` or `none` (not asked: no
-/// hypervisor, or a pool in the linear map); `<sync>` is what a sync of a
-/// non-coherent device does in the pool: `xen cache flush`, `window VA
-/// maintenance`, `linear VA maintenance` or `no CPU maintenance`.
+/// hypervisor, or a pool in the linear map); `<sync>` is how a
+/// non-coherent device's request (a bidirectional mapping) is maintained in
+/// the pool: `xen cache flush`, `window VA maintenance`, `linear VA
+/// maintenance` or `no CPU maintenance`.
 pub struct PoolLine<'p, 'a>(&'p Pool<'a>);
 
 impl fmt::Display for PoolLine<'_, '_> {
@@ -468,7 +469,8 @@ impl<'a> PoolSet<'a> {
     /// Sets up a pool: checks it against the address map, cleans and
     /// invalidates an own-window pool once through its window (so that no
     /// line an earlier cacheable alias left can later be written back over
-    /// device data), and, when a platform is given, probes whether it
+    /// device data; the policy for non-cacheable windows relies on it:
+    /// see [`sync_action`]), and, when a platform is given, probes whether it
     /// flushes the pool's pages (own-window pools only: a pool in the linear
     /// map is always maintained by linear VA).
     ///
