@@ -146,12 +146,15 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     // GNTTABOP_cache_flush takes machine addresses: only a direct-mapped
     // domain (dom0 here) can name its pages by their guest-physical address.
-    let platform_flush = crate::xen::domain().is_some_and(|domain| domain.direct_mapped());
-    if under_xen && !platform_flush {
-        info!(
-            "dma: no xen cache flush: the domain is not direct-mapped (guest-physical is not machine)"
-        );
-    }
+    let flush = match crate::xen::flush::XenFlush::new() {
+        Ok(flush) => Some(flush),
+        Err(reason) => {
+            if under_xen {
+                info!("dma: no xen cache flush: {reason}");
+            }
+            None
+        }
+    };
     let mut dma = match crate::dma::Dma::new(
         dt,
         memory,
@@ -160,7 +163,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         } else {
             tidepool_dma::Host::Bare
         },
-        platform_flush,
+        flush,
     ) {
         Ok(dma) => dma,
         Err(err) => {
@@ -179,12 +182,31 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     let mut disks = crate::block::probe(dt, &mut dma);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
+    if args.monitor {
+        // Without input there is no monitor: say why and power off.
+        match crate::console_input::start_for_platform(dt, memory) {
+            Ok(source) => info!("monitor: input {source}"),
+            Err(err) => {
+                error!("monitor: no console input: {err}");
+                shutdown(ShutdownReason::PowerOff)
+            }
+        }
+    }
     let (heap_used, heap_total) = crate::heap::usage();
     info!(
         "boot: ready uptime_us={} heap_used={heap_used} heap_total={heap_total}",
         cpu::uptime_us()
     );
-    shutdown(ShutdownReason::PowerOff)
+    if !args.monitor {
+        shutdown(ShutdownReason::PowerOff)
+    }
+    crate::monitor::run(crate::monitor::Monitor {
+        dt,
+        dtb: crate::memory::dtb_in_linear_map(memory, dtb),
+        memory,
+        dma,
+        disks,
+    })
 }
 
 fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {

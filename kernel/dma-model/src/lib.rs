@@ -55,7 +55,8 @@ use std::fmt;
 use std::rc::Rc;
 
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, PlatformFlush,
+    CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, OwnedPhysRange,
+    OwnedVirtRange, PlatformFlush,
 };
 use tidepool_mm::{PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
 
@@ -446,8 +447,16 @@ impl Handle {
     }
 }
 
-impl CacheMaintenance for Handle {
-    fn maintain(&mut self, op: CacheOp, start: VirtAddr, len: u64) {
+// The boundary traits are `unsafe` to implement (the DMA layer relies on
+// their "Implementation safety"), hence the one exception to this crate's
+// `deny(unsafe_code)` per implementation; no unsafe operation follows.
+#[allow(unsafe_code)]
+// SAFETY: maintains exactly the modelled lines overlapping the range (partial
+// lines of an invalidate are cleaned first), complete on return, keeps no
+// address; it touches no real memory.
+unsafe impl CacheMaintenance for Handle {
+    fn maintain(&mut self, op: CacheOp, range: &OwnedVirtRange) {
+        let (start, len) = (range.start(), range.len());
         let mut machine = self.0.borrow_mut();
         machine.chaos_step();
         // DC by VA: each line's VA is translated, then the physical line is
@@ -465,8 +474,12 @@ impl CacheMaintenance for Handle {
     }
 }
 
-impl PlatformFlush for Handle {
-    fn flush(&mut self, op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
+#[allow(unsafe_code)]
+// SAFETY: maintains exactly the modelled lines of the range, or nothing and
+// `Err` when the range is refused; keeps no address; no real memory.
+unsafe impl PlatformFlush for Handle {
+    fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        let range = range.range();
         let mut machine = self.0.borrow_mut();
         machine.chaos_step();
         if !machine.hypervisor {
@@ -495,8 +508,12 @@ impl PlatformFlush for Handle {
     }
 }
 
-impl DmaMemory for Handle {
-    fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
+#[allow(unsafe_code)]
+// SAFETY: writes exactly the modelled bytes of `dst`, complete on return,
+// keeps no address; no real memory.
+unsafe impl DmaMemory for Handle {
+    fn copy(&mut self, src: &OwnedVirtRange, dst: &OwnedVirtRange) {
+        let (src, dst, len) = (src.start(), dst.start(), src.len());
         let mut machine = self.0.borrow_mut();
         for i in 0..len {
             if i.is_multiple_of(LINE) {
@@ -507,7 +524,8 @@ impl DmaMemory for Handle {
         }
     }
 
-    fn zero(&mut self, dst: VirtAddr, len: u64) {
-        self.0.borrow_mut().cpu_write(dst, &vec![0; len as usize]);
+    fn zero(&mut self, dst: &OwnedVirtRange) {
+        let zeros = vec![0; dst.len() as usize];
+        self.0.borrow_mut().cpu_write(dst.start(), &zeros);
     }
 }

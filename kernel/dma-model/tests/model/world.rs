@@ -116,7 +116,6 @@ pub struct World {
     memory: Handle,
     flush: Handle,
     platform: bool,
-    map: &'static AddressMap,
     pools: PoolSet<'static>,
     warnings: Warnings,
     kind: Device,
@@ -190,7 +189,7 @@ impl World {
             row.xen,
             Xen::Accepted | Xen::Refused | Xen::RefusedAfterProbe
         );
-        let mut pools = PoolSet::new(host);
+        let mut pools = PoolSet::new(map, host);
         let window = |window: u64, attributes| PoolPlacement::OwnWindow {
             window: VirtAddr(window),
             attributes,
@@ -236,8 +235,9 @@ impl World {
                 role,
             };
             let platform = platform.then_some(&mut flush as &mut dyn PlatformFlush);
-            pools
-                .add(spec, map, &mut cache, platform)
+            // SAFETY: the address map describes the model's aliases, and the
+            // pools' memory is the model's, used by nothing but the pools.
+            unsafe { pools.add(spec, &mut cache, platform) }
                 .expect("the pools fit the address map");
         }
         if row.xen == Xen::RefusedAfterProbe {
@@ -262,7 +262,6 @@ impl World {
             cache,
             flush,
             platform,
-            map,
             pools,
             warnings: Warnings,
             kind: if row.coherent {
@@ -277,7 +276,6 @@ impl World {
 
     fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
-            address_map: self.map,
             pools: &mut self.pools,
             cache: &mut self.cache,
             memory: &mut self.memory,
@@ -304,15 +302,15 @@ impl World {
 pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
     let (mut world, mut device) = World::new(row, case.chaos.clone(), case.non_cacheable_hits);
     let len = u64::from(case.len.max(1));
-    let cpu = CpuBuffer {
-        virt: VirtAddr(LINEAR_OFFSET + CPU_PHYS + u64::from(case.offset)),
-        len,
-    };
+    let virt = VirtAddr(LINEAR_OFFSET + CPU_PHYS + u64::from(case.offset));
+    // SAFETY: the buffer is the model's linear RAM, used by nothing but the
+    // case's steps, which follow the DMA API's ownership rules.
+    let buffer = || unsafe { CpuBuffer::new(virt, len) };
     let mut shadow = world.data(len as usize);
-    world.machine.machine().cpu_write(cpu.virt, &shadow);
+    world.machine.machine().cpu_write(virt, &shadow);
     let mut mapping = Some(
         device
-            .map(&mut world.env(), cpu, dir)
+            .map(&mut world.env(), buffer(), dir)
             .map_err(|e| e.to_string())?,
     );
     let mut device_owns = true;
@@ -331,7 +329,7 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
                 world
                     .machine
                     .machine()
-                    .cpu_write(VirtAddr(cpu.virt.0 + a), &data);
+                    .cpu_write(VirtAddr(virt.0 + a), &data);
                 shadow[a as usize..(a + n) as usize].copy_from_slice(&data);
                 cpu_wrote = true;
             }
@@ -374,7 +372,7 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
                 cpu_wrote = false;
             }
             Step::CpuRead if !device_owns => {
-                let seen = world.machine.machine().cpu_read(cpu.virt, len);
+                let seen = world.machine.machine().cpu_read(virt, len);
                 compare("CPU read", index, &seen, &shadow)?;
             }
             Step::Chaos(n) => world.machine.machine().chaos(usize::from(n)),
@@ -397,11 +395,11 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
                         .unmap(&mut world.env(), m)
                         .map_err(|e| e.to_string())?;
                 }
-                let seen = world.machine.machine().cpu_read(cpu.virt, len);
+                let seen = world.machine.machine().cpu_read(virt, len);
                 compare("CPU read after unmap", index, &seen, &shadow)?;
                 mapping = Some(
                     device
-                        .map(&mut world.env(), cpu, dir)
+                        .map(&mut world.env(), buffer(), dir)
                         .map_err(|e| e.to_string())?,
                 );
                 device_owns = true;
@@ -419,7 +417,7 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
             .unmap(&mut world.env(), m)
             .map_err(|e| e.to_string())?;
     }
-    let seen = world.machine.machine().cpu_read(cpu.virt, len);
+    let seen = world.machine.machine().cpu_read(virt, len);
     compare(
         "CPU read after the last unmap",
         case.steps.len(),
@@ -448,10 +446,8 @@ fn compare(what: &str, step: usize, seen: &[u8], expected: &[u8]) -> Result<(), 
 pub fn hypercalls_per_request(row: Row, dir: DmaDirection, len: u64) -> u64 {
     let (mut world, mut device) = World::new(row, Vec::new(), true);
     let before = world.machine.machine().hypercalls();
-    let cpu = CpuBuffer {
-        virt: VirtAddr(LINEAR_OFFSET + CPU_PHYS),
-        len,
-    };
+    // SAFETY: as in `run`.
+    let cpu = unsafe { CpuBuffer::new(VirtAddr(LINEAR_OFFSET + CPU_PHYS), len) };
     let mapping = device
         .map(&mut world.env(), cpu, dir)
         .expect("the pool has room");
