@@ -472,6 +472,8 @@ pub fn write_pattern(
 
 /// What one benchmark phase measured.
 struct Phase {
+    /// Requests in flight at most.
+    depth: usize,
     requests: u64,
     elapsed_ticks: u64,
     /// Ticks spent in WFI.
@@ -498,9 +500,11 @@ fn ticks_to_ns(ticks: u64) -> u64 {
     (u128::from(ticks) * 1_000_000_000 / u128::from(arch_timer::frequency())) as u64
 }
 
-/// Reads `requests` (first sector, sectors) with up to `depth` in flight,
-/// finishing them in submission order and adding every byte read to a
-/// checksum; times it all.
+/// Reads `requests` (first sector, sectors) with up to `depth` in flight
+/// (at most the device's slots), finishing them in submission order and
+/// adding every byte read to a checksum; times it all. On an error the
+/// requests already submitted are still finished (their slots come back)
+/// before the first error is returned.
 fn timed_reads(
     disk: &mut Disk,
     dma: &mut Dma,
@@ -508,31 +512,50 @@ fn timed_reads(
     requests: impl Iterator<Item = (u64, u32)>,
     buffer: &mut [u8],
 ) -> Result<Phase, BlkError<'static>> {
+    let depth = depth.min(disk.device.slots());
     let mut requests = requests.peekable();
     let mut pending: Vec<(Token, usize)> = Vec::with_capacity(depth);
     let mut checksum = Checksum::new();
     let mut count = 0;
+    let mut result = Ok(());
     let idle_before = disk.waiter.idle_ticks;
     let start = arch_timer::counter();
-    while requests.peek().is_some() || !pending.is_empty() {
-        while pending.len() < depth
+    while (result.is_ok() && requests.peek().is_some()) || !pending.is_empty() {
+        while result.is_ok()
+            && pending.len() < depth
             && let Some(&(lba, sectors)) = requests.peek()
         {
             let request = Request::Read { lba, sectors };
-            let Some(token) = disk.submit_or_defer(dma, request, !pending.is_empty())? else {
-                break;
-            };
-            requests.next();
-            pending.push((token, sectors as usize * SECTOR_BYTES));
-            count += 1;
+            match disk.submit_or_defer(dma, request, !pending.is_empty()) {
+                Ok(Some(token)) => {
+                    requests.next();
+                    pending.push((token, sectors as usize * SECTOR_BYTES));
+                    count += 1;
+                }
+                Ok(None) => break,
+                Err(err) => result = Err(err),
+            }
+        }
+        if pending.is_empty() {
+            break;
         }
         let (token, len) = pending.remove(0);
         let bytes = &mut buffer[..len];
-        disk.complete(dma, token, bytes)?;
-        // Whole sectors: a multiple of 8 bytes.
-        let _ = checksum.update(bytes);
+        match disk.complete(dma, token, bytes) {
+            // Whole sectors: a multiple of 8 bytes.
+            Ok(()) => {
+                let _ = checksum.update(bytes);
+            }
+            Err(err) => {
+                if result.is_ok() {
+                    result = Err(err);
+                }
+            }
+        }
     }
+    result?;
     Ok(Phase {
+        depth,
         requests: count,
         elapsed_ticks: arch_timer::counter() - start,
         idle_ticks: disk.waiter.idle_ticks - idle_before,
@@ -605,8 +628,9 @@ pub fn bench(
     );
     for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
         info!(
-            "blk: bench qd{depth} reqs={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} sum={:016x}",
+            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} sum={:016x}",
             phase.requests,
+            phase.depth,
             workload::SEED,
             phase.us(),
             phase.per_second(),
