@@ -610,7 +610,7 @@ fn monitor() -> Vec<BootTest> {
                 "blk read virtio_mmio@a003e00 0 1",
                 "poweroff",
             ],
-            3,
+            2,
         )
         .expect(&[
             "mm: heap ",
