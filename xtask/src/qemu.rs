@@ -445,12 +445,18 @@ const QEMU: &str = "qemu-system-aarch64";
 
 /// The first line of `qemu-system-aarch64 --version`, or `unknown`.
 pub fn version() -> String {
-    QemuCommand::new(vec!["--version".into()])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|text| text.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
+    // QEMU prints its version and exits at `--version`, before the rest,
+    // which only satisfies `missing_from_base_install`.
+    QemuCommand::new(
+        ["--version", "-nic", "none", "-display", "none"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .output()
+    .ok()
+    .and_then(|o| String::from_utf8(o.stdout).ok())
+    .and_then(|text| text.lines().next().map(str::to_string))
+    .unwrap_or_else(|| "unknown".into())
 }
 
 /// How QEMU's console is wired, per [`Console`].
@@ -1003,6 +1009,15 @@ mod tests {
     }
 
     /// No file of xtask starts QEMU but through [`QemuCommand::command`].
+    #[test]
+    fn the_version_is_asked_of_the_installed_qemu() {
+        assert!(
+            version().starts_with("QEMU emulator version "),
+            "{}",
+            version()
+        );
+    }
+
     #[test]
     fn qemu_is_spawned_in_one_place() {
         fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
