@@ -13,7 +13,10 @@ use crate::boundary::{
     CacheMaintenance, CacheOp, DmaMemory, FlushErrno, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
 };
 use crate::error::{DmaError, SetupError};
-use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
+use crate::policy::{
+    DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, coherent_sync_action,
+    sync_action,
+};
 use crate::pool::{Pool, PoolId, PoolRole, PoolSet, first_rejected_byte};
 
 /// A DMA address: what a device is given to reach memory.
@@ -470,6 +473,56 @@ impl<'a> DmaDevice<'a> {
         })
         .map_err(|error| DmaError::Pool { device, error })?;
         self.stats.frees += 1;
+        Ok(())
+    }
+
+    /// The sync point of coherent memory: `len` bytes at `offset` of
+    /// `buffer`, before the CPU reads what the device wrote there
+    /// ([`SyncPoint::ForCpu`]) or before the device reads what the CPU wrote
+    /// there ([`SyncPoint::ForDevice`]). Does what [`coherent_sync_action`]
+    /// says: nothing unless a hypervisor's cacheable alias may hold stale
+    /// lines the reader could hit, then an invalidate of just those lines
+    /// through the window (never a hypercall).
+    ///
+    /// The device must have finished writing the part before a `ForCpu`
+    /// sync (it said so, e.g. by an index the CPU read before the sync);
+    /// the CPU reads it after.
+    pub fn sync_coherent(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        buffer: &CoherentBuffer<'a>,
+        offset: u64,
+        len: u64,
+        point: SyncPoint,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(buffer.device)?;
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > buffer.size) {
+            return Err(DmaError::OutsideCoherentBuffer {
+                device: self.name,
+                offset,
+                len,
+                size: buffer.size,
+            });
+        }
+        let pool = self.pool(env.pools, buffer.pool)?;
+        let action = coherent_sync_action(
+            self.coherent,
+            pool.memory_class(),
+            pool.host(),
+            pool.window_cacheable(),
+            point,
+        );
+        self.stats.syncs += 1;
+        match action {
+            SyncAction::None => {}
+            SyncAction::LinearVa { op }
+            | SyncAction::WindowVa { op }
+            | SyncAction::Platform { op } => {
+                // Coherent memory is reached at its window address (the
+                // linear one for a linear pool).
+                self.maintain_by_va(env.cache, op, VirtAddr(buffer.virt.0 + offset), len);
+            }
+        }
         Ok(())
     }
 

@@ -95,7 +95,8 @@ pub use device::{
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{
-    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for,
+    coherent_sync_action, sync_action,
 };
 pub use pool::{
     Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,
