@@ -177,4 +177,4 @@ pub use request::{
     SECTOR_SIZE, Token,
 };
 pub use stats::{BlkStats, StatsLine};
-pub use transport::{FeatureSet, InterruptRegisters, Transport, TransportVersion};
+pub use transport::{Barrier, FeatureSet, InterruptRegisters, Transport, TransportVersion};

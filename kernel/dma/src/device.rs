@@ -282,11 +282,16 @@ pub struct DmaStats {
     pub allocs: u64,
     /// Coherent frees.
     pub frees: u64,
+    /// Sync points of coherent memory ([`DmaDevice::sync_coherent`]); not
+    /// in `syncs`, which counts those of streaming mappings.
+    pub coherent_syncs: u64,
+    /// Cache maintenance calls by VA they made; not in `va_ops`.
+    pub coherent_va_ops: u64,
 }
 
 /// The console line of a device's counters:
 ///
-/// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N`
+/// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N coherent_syncs=N coherent_va_ops=N`
 ///
 /// Keys are the [`DmaStats`] fields, always all of them, in that order, in
 /// decimal.
@@ -298,7 +303,7 @@ impl fmt::Display for StatsLine<'_, '_> {
         write!(
             f,
             "dma: stats {} syncs={} hypercalls={} pages={} refusals={} fallbacks={} va_ops={} va_bytes={} \
-             bounced={} maps={} unmaps={} allocs={} frees={}",
+             bounced={} maps={} unmaps={} allocs={} frees={} coherent_syncs={} coherent_va_ops={}",
             self.0.name,
             s.syncs,
             s.hypercalls,
@@ -311,7 +316,9 @@ impl fmt::Display for StatsLine<'_, '_> {
             s.maps,
             s.unmaps,
             s.allocs,
-            s.frees
+            s.frees,
+            s.coherent_syncs,
+            s.coherent_va_ops
         )
     }
 }
@@ -512,7 +519,7 @@ impl<'a> DmaDevice<'a> {
             pool.window_cacheable(),
             point,
         );
-        self.stats.syncs += 1;
+        self.stats.coherent_syncs += 1;
         match action {
             SyncAction::None => {}
             SyncAction::LinearVa { op }
@@ -520,7 +527,9 @@ impl<'a> DmaDevice<'a> {
             | SyncAction::Platform { op } => {
                 // Coherent memory is reached at its window address (the
                 // linear one for a linear pool).
-                self.maintain_by_va(env.cache, op, VirtAddr(buffer.virt.0 + offset), len);
+                let start = VirtAddr(buffer.virt.0 + offset);
+                env.cache.maintain(op, &OwnedVirtRange::new(start, len));
+                self.stats.coherent_va_ops += 1;
             }
         }
         Ok(())

@@ -66,7 +66,7 @@
 //! - Pool setup ([`Pool::setup_line`]):
 //!   `dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000 window 0xfffff00000000000 nc xen-flush=refused(EPERM) -> window VA maintenance`
 //! - Device counters ([`DmaDevice::stats_line`]):
-//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0`
+//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0 coherent_syncs=0 coherent_va_ops=0`
 //! - A refusal after an accepted probe ([`FlushRefusedWarning`]):
 //!   `dma: warning: pool /reserved-memory/dma@78000000 xen-flush=refused(EPERM) in a sync for /virtio_mmio@a003e00 -> window VA maintenance from now on`
 #![cfg_attr(not(test), no_std)]
