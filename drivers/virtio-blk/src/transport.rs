@@ -84,9 +84,10 @@ pub mod feature {
     /// platform's DMA view. Accepted when offered: every address the driver
     /// gives comes from the DMA layer, which is that view.
     pub const ACCESS_PLATFORM: u64 = 1 << 33;
-    /// `VIRTIO_F_ORDER_PLATFORM`: not negotiated. Without it device and
-    /// driver are software on CPUs of one SMP system, for which the driver's
-    /// barriers are the right ones (see the crate documentation).
+    /// `VIRTIO_F_ORDER_PLATFORM`: not negotiated, since the driver orders
+    /// for the platform anyway: its barriers ([`Barrier`](crate::transport::Barrier)) are outer
+    /// shareable, what a device that is not a CPU needs (see the crate
+    /// documentation).
     pub const ORDER_PLATFORM: u64 = 1 << 36;
 }
 
