@@ -29,6 +29,14 @@
 //!   pool, through the window otherwise). The policy is proven against a
 //!   pessimistic model of caches and aliases by the `tidepool-dma-model`
 //!   crate, whose tests run this crate's real code.
+//! - **Coherent memory has sync points too** ([`DmaDevice::sync_coherent`],
+//!   decided by [`coherent_sync_action`]): before the CPU reads part of it
+//!   the device wrote, or the device reads part the CPU wrote. Under a
+//!   hypervisor whose directmap may hold stale lines of non-cacheable
+//!   memory, an invalidate of just that part through the window for the
+//!   reader that could hit them (the CPU for a non-coherent device, the
+//!   device for a coherent one); nothing otherwise; never a hypercall, so
+//!   a ring costs no flush.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
 //!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
