@@ -116,9 +116,11 @@ macro_rules! coherent_allocations {
     ($($name:ident: $row:expr;)*) => {
         mod coherent_allocation {
             use super::*;
+            // More cases than the streaming rows: a run is cheap, and the
+            // hazard needs five steps in order across ownership changes.
             $(proptest! {
                 #![proptest_config(ProptestConfig {
-                    cases: 48,
+                    cases: 256,
                     failure_persistence: None,
                     ..ProptestConfig::default()
                 })]
