@@ -766,4 +766,41 @@ mod tests {
         }
         assert_eq!(wrapped, [true, true]);
     }
+
+    /// A ring the DMA layer refuses to sync.
+    struct Refusing;
+
+    impl<'a> RingAccess<'a> for Refusing {
+        fn barrier(&mut self, _: Barrier) {}
+
+        fn sync(&mut self, _: usize, _: usize, _: SyncPoint) -> Result<(), DmaError<'a>> {
+            Err(DmaError::ZeroLength { device: "dev" })
+        }
+
+        fn sync_published(&mut self, _: usize, _: usize) {
+            unreachable!("a refused sync publishes nothing");
+        }
+    }
+
+    /// A refused sync publishes nothing and takes nothing: the chain's
+    /// descriptors stay free, the device sees no new index, and a used
+    /// entry stays to be taken once syncs work again.
+    #[test]
+    fn a_refused_sync_publishes_and_takes_nothing() {
+        let mut q = queue(8);
+        let mut device = Device::new();
+        assert_eq!(
+            q.push(&request(0x1000), &mut Refusing),
+            Err(PushError::Sync(DmaError::ZeroLength { device: "dev" }))
+        );
+        assert_eq!((q.free_descriptors(), device.take(&q)), (8, None));
+        let head = push(&mut q, &request(0x1000)).unwrap();
+        device.take(&q).unwrap();
+        device.complete(&mut q, u32::from(head), 1);
+        assert_eq!(
+            q.pop_used(&mut Refusing),
+            Some(Err(UsedError::Sync(DmaError::ZeroLength { device: "dev" })))
+        );
+        assert_eq!(pop(&mut q), Some(Ok(Used { head, len: 1 })));
+    }
 }
