@@ -188,3 +188,52 @@ fn coherent_allocation_of_a_non_coherent_device_under_xen_is_invalidated_for_the
         }
     }
 }
+
+/// Why virtio-blk syncs a used ring's entries again after reading the
+/// `used.idx` that publishes them, rather than syncing the whole used ring
+/// once before: Xen's directmap may allocate the entries' line between
+/// that sync and the device's write of the entries; the device then writes
+/// the index, which the CPU reads fresh, and the entry it reads hits the
+/// stale line. A second sync after the index was read drops it (any line
+/// allocated after that holds what the device wrote). The adversary here
+/// allocates the entries' line whenever it is not cached.
+#[test]
+fn used_entries_are_synced_after_the_index_that_publishes_them() {
+    use tidepool_dma::SyncPoint::ForCpu;
+    use tidepool_dma_model::LINE;
+    use tidepool_mm::{PhysAddr, VirtAddr};
+
+    const IDX: u64 = 2;
+    const ENTRY: u64 = LINE;
+    for second_sync in [false, true] {
+        let row = row(false, PoolKind::NoMapNc, Xen::Accepted);
+        // The ring is the pool's first allocation: its two lines are the
+        // first two the adversary knows of; choice 5 allocates the second.
+        let (mut world, mut device) = crate::world::World::new(row, vec![5], true);
+        let ring = device
+            .alloc_coherent(&mut world.env(), 2 * LINE, LINE)
+            .unwrap();
+        let (virt, dma) = (ring.virt(), ring.dma_addr().0);
+        device
+            .sync_coherent(&mut world.env(), &ring, 0, 2 * LINE, ForCpu)
+            .unwrap();
+        {
+            let mut machine = world.machine.machine();
+            let device = tidepool_dma_model::Device::NonCoherent;
+            machine.device_write(device, PhysAddr(dma + ENTRY), &[0x5a; 8]);
+            machine.device_write(device, PhysAddr(dma + IDX), &[1, 0]);
+            assert_eq!(machine.cpu_read(VirtAddr(virt.0 + IDX), 2), [1, 0]);
+        }
+        if second_sync {
+            device
+                .sync_coherent(&mut world.env(), &ring, ENTRY, 8, ForCpu)
+                .unwrap();
+        }
+        let entry = world
+            .machine
+            .machine()
+            .cpu_read(VirtAddr(virt.0 + ENTRY), 8);
+        assert_eq!(entry == [0x5a; 8], second_sync, "{entry:?}");
+        device.free_coherent(&mut world.env(), ring).unwrap();
+    }
+}

@@ -275,7 +275,8 @@ impl World {
         (world, device)
     }
 
-    fn env(&mut self) -> DmaEnv<'_, 'static> {
+    /// The DMA environment of the world's pools and boundaries.
+    pub fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
             pools: &mut self.pools,
             cache: &mut self.cache,
