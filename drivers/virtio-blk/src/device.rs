@@ -18,7 +18,7 @@ use crate::request::{
     Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,
     MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request, SECTOR_SIZE, STATUS_UNWRITTEN, Token,
 };
-use crate::stats::{BlkStats, StatsLine};
+use tidepool_block::{BlkStats, BlockDriver, StatsLine};
 use crate::transport::{
     self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptStatus, InterruptValue,
     LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion, WriteRegister,
@@ -339,10 +339,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// Its counters as a console line.
     pub fn stats_line(&self) -> StatsLine<'_> {
-        StatsLine {
-            device: self.name(),
-            stats: &self.stats,
-        }
+        StatsLine::new(self.name(), &self.stats)
     }
 
     /// What was set up, as a console line.
@@ -395,7 +392,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         };
         let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.staging.write_u32(base, op.request_type());
+        self.staging.write_u32(base, crate::request::request_type(op));
         self.staging.write_u32(base + 4, 0);
         self.staging.write_u64(base + 8, lba);
         if let Some(data) = data {
@@ -459,10 +456,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             expired: false,
             abandoned: false,
         };
-        Ok(Token {
-            slot: index as u16,
-            generation: slot.generation,
-        })
+        Ok(Token::new(index as u16, slot.generation))
     }
 
     /// What `request` is, or why it is refused before the device sees it.
@@ -589,10 +583,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             {
                 *expired = true;
                 self.stats.timeouts += 1;
-                completions.push(Token {
-                    slot: index as u16,
-                    generation: slot.generation,
-                });
+                completions.push(Token::new(index as u16, slot.generation));
             }
         }
         completions
@@ -612,12 +603,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         let unknown = Poll::Ready(Err(BlkError::UnknownToken { device, token }));
         let Some(slot) = self
             .slots
-            .get_mut(usize::from(token.slot))
-            .filter(|slot| slot.generation == token.generation)
+            .get_mut(usize::from(token.slot()))
+            .filter(|slot| slot.generation == token.generation())
         else {
             return unknown;
         };
-        let base = usize::from(token.slot) * SLOT_STRIDE;
+        let base = usize::from(token.slot()) * SLOT_STRIDE;
         let (request, outcome) = match &mut slot.state {
             SlotState::Free
             | SlotState::InFlight {
@@ -712,10 +703,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             }
             let slot = &mut self.slots[index];
             slot.state = SlotState::Done { request, outcome };
-            completions.push(Token {
-                slot: index as u16,
-                generation: slot.generation,
-            });
+            completions.push(Token::new(index as u16, slot.generation));
         }
     }
 
@@ -1108,5 +1096,77 @@ impl fmt::Display for InfoLine<'_> {
             yes_no(g.flush),
             self.features
         )
+    }
+}
+
+impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
+    type Error = BlkError<'a>;
+
+    fn name(&self) -> &'a str {
+        BlockDevice::name(self)
+    }
+
+    fn capacity(&self) -> u64 {
+        BlockDevice::capacity(self)
+    }
+
+    fn max_request_bytes(&self) -> u32 {
+        BlockDevice::max_request_bytes(self)
+    }
+
+    fn slots(&self) -> usize {
+        BlockDevice::slots(self)
+    }
+
+    fn in_flight(&self) -> usize {
+        BlockDevice::in_flight(self)
+    }
+
+    fn submit(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, BlkError<'a>> {
+        BlockDevice::submit(self, env, request, deadline)
+    }
+
+    fn is_busy(&self, error: &BlkError<'a>) -> bool {
+        match error {
+            BlkError::QueueFull { .. } => true,
+            BlkError::Dma {
+                error:
+                    tidepool_dma::DmaError::Pool {
+                        error: tidepool_dma::PoolError::Exhausted { .. },
+                        ..
+                    },
+                ..
+            } => BlockDevice::in_flight(self) > 0,
+            _ => false,
+        }
+    }
+
+    fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
+        BlockDevice::poll(self, env)
+    }
+
+    fn expire(&mut self, now: u64) -> Completions {
+        BlockDevice::expire(self, now)
+    }
+
+    fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, BlkError<'a>>> {
+        BlockDevice::finish(self, token, read_into)
+    }
+
+    fn stats(&self) -> &BlkStats {
+        BlockDevice::stats(self)
+    }
+
+    fn dma(&self) -> &DmaDevice<'a> {
+        BlockDevice::dma(self)
     }
 }

@@ -139,10 +139,8 @@ mod error;
 mod memory;
 #[allow(unsafe_code)]
 mod mmio;
-pub mod pattern;
 mod queue;
 mod request;
-mod stats;
 pub mod transport;
 
 pub use device::{BlockDevice, InfoLine, Options};
@@ -153,5 +151,5 @@ pub use request::{
     Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
     SECTOR_SIZE, Token,
 };
-pub use stats::{BlkStats, StatsLine};
+pub use tidepool_block::{BlkStats, StatsLine, pattern};
 pub use transport::{FeatureSet, Transport, TransportVersion};

@@ -1,0 +1,82 @@
+//! What tidepool's block drivers share, so that the kernel has one block
+//! interface and one transfer loop whatever the device (virtio-blk, the
+//! i.MX uSDHC SD card): requests ([`Request`]), their handles ([`Token`])
+//! and deadlines, the counters and their console line ([`BlkStats`]), the
+//! [`BlockDriver`] trait, and [`pattern`], the disk content the kernel and
+//! xtask share.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+pub mod pattern;
+mod request;
+mod stats;
+
+use core::fmt;
+use core::task::Poll;
+
+use tidepool_dma::{DmaDevice, DmaEnv};
+
+pub use request::{
+    Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,
+};
+pub use stats::{BlkStats, StatsLine};
+
+/// A block device as the kernel drives it: asynchronous requests with
+/// deadlines, completed by the kernel calling [`Self::poll`] after the
+/// device's interrupt (or instead of it) and [`Self::expire`] from its
+/// clock, and collected with [`Self::finish`]. All DMA goes through the
+/// device's [`DmaDevice`].
+pub trait BlockDriver<'a> {
+    /// Why a request failed or was refused.
+    type Error: fmt::Display;
+
+    /// The device's name (its device-tree path).
+    fn name(&self) -> &'a str;
+
+    /// Capacity in 512-byte sectors.
+    fn capacity(&self) -> u64;
+
+    /// The largest request in bytes (larger transfers are split).
+    fn max_request_bytes(&self) -> u32;
+
+    /// How many requests can be in flight at once.
+    fn slots(&self) -> usize;
+
+    /// How many are in flight now.
+    fn in_flight(&self) -> usize;
+
+    /// Submits a request due by `deadline`. Refused without touching the
+    /// device when it cannot be done (read-only, out of range, ...).
+    fn submit(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, Self::Error>;
+
+    /// Whether `error` (from [`Self::submit`]) only means "not now": every
+    /// slot, or the device's DMA pool, is taken by requests in flight, and
+    /// the same request can be submitted again once one completes.
+    fn is_busy(&self, error: &Self::Error) -> bool;
+
+    /// Takes what the device finished (after its interrupt, or polling);
+    /// returns the tokens that became ready to [`Self::finish`].
+    fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions;
+
+    /// Marks requests whose deadline is at or before `now` as timed out.
+    fn expire(&mut self, now: u64) -> Completions;
+
+    /// The outcome of a request, once; `Pending` while the device holds it.
+    /// A read's data is copied into `read_into` (exactly its length).
+    fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, Self::Error>>;
+
+    /// Its request counters.
+    fn stats(&self) -> &BlkStats;
+
+    /// Its DMA context (for its counters).
+    fn dma(&self) -> &DmaDevice<'a>;
+}
