@@ -2,11 +2,16 @@
 //! interface and one transfer loop whatever the device (virtio-blk, the
 //! i.MX uSDHC SD card): requests ([`Request`]), their handles ([`Token`])
 //! and deadlines, the counters and their console line ([`BlkStats`]), the
-//! [`BlockDriver`] trait, and [`pattern`], the disk content the kernel and
-//! xtask share.
+//! [`BlockDriver`] trait, [`SharedMemory`] (bounds-checked access to memory
+//! a driver shares with its device, the crate's one `unsafe` module), and
+//! [`pattern`], the disk content the kernel and xtask share.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
+#[allow(unsafe_code)]
+mod memory;
 pub mod pattern;
 mod request;
 mod stats;
@@ -16,6 +21,7 @@ use core::task::Poll;
 
 use tidepool_dma::{DmaDevice, DmaEnv};
 
+pub use memory::SharedMemory;
 pub use request::{
     Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,
 };

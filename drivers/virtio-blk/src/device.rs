@@ -12,7 +12,7 @@ use tidepool_dma::{
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
 use crate::error::{BlkError, DeviceFault, InitError};
-use crate::memory::SharedMemory;
+use tidepool_block::SharedMemory;
 use crate::queue::{Buffer, QUEUE_SIZE_LIMIT, RING_ALIGN, RingLayout, SplitQueue};
 use crate::request::{
     Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,

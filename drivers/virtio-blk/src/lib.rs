@@ -114,13 +114,12 @@
 //!
 //! # `unsafe`
 //!
-//! The crate is `#![deny(unsafe_code)]` except for three places: `mmio`
-//! (the one constructor of the register block, [`MmioTransport::new`]),
-//! `memory` (bounds-checked volatile and copying accesses to memory shared
-//! with the device, either the driver's own heap allocation or a window
-//! address), and [`BlockDevice::new`], which turns the DMA layer's window
-//! address of the ring into such a window and carries that proof obligation
-//! to the kernel.
+//! The crate is `#![deny(unsafe_code)]` except for two places: `mmio`
+//! (the one constructor of the register block, [`MmioTransport::new`]) and
+//! [`BlockDevice::new`], which turns the DMA layer's window address of the
+//! ring into a [`tidepool_block::SharedMemory`] (bounds-checked volatile and
+//! copying accesses to memory shared with the device) and carries that proof
+//! obligation to the kernel.
 //!
 //! # Console lines
 //!
@@ -135,8 +134,6 @@ extern crate alloc;
 
 mod device;
 mod error;
-#[allow(unsafe_code)]
-mod memory;
 #[allow(unsafe_code)]
 mod mmio;
 mod queue;

@@ -40,7 +40,7 @@ use core::sync::atomic::{Ordering, fence};
 use tidepool_dma::DmaAddr;
 
 use crate::error::DeviceFault;
-use crate::memory::SharedMemory;
+use tidepool_block::SharedMemory;
 
 /// The largest queue the driver sets up (it takes the device's maximum if
 /// that is smaller).
