@@ -185,7 +185,11 @@ mod tests {
         assert!(id.hz <= 400_000 && id.hz > 300_000, "{id:?}");
         let fast = ClockSetting::for_target(400_000_000, 25_000_000);
         assert_eq!(fast.hz, 25_000_000);
-        let prescaler = if fast.sdclkfs == 0 { 1 } else { 2 * fast.sdclkfs };
+        let prescaler = if fast.sdclkfs == 0 {
+            1
+        } else {
+            2 * fast.sdclkfs
+        };
         assert_eq!(prescaler * (fast.dvs + 1), 16);
         let slow = ClockSetting::for_target(400_000_000, 1);
         assert_eq!((slow.sdclkfs, slow.dvs), (0x80, 0xf));

@@ -282,9 +282,8 @@ impl<'a, C: Controller> SdCard<'a, C> {
         if self.card.csd_write_protected {
             return Some(WriteProtect::Csd);
         }
-        let pres = LocalRegisterCopy::<u32, PRES_STATE::Register>::new(
-            self.ctl.read(Reg::PresState),
-        );
+        let pres =
+            LocalRegisterCopy::<u32, PRES_STATE::Register>::new(self.ctl.read(Reg::PresState));
         (!self.options.ignore_write_protect_pin && !pres.is_set(PRES_STATE::WPSPL))
             .then_some(WriteProtect::Switch)
     }
@@ -456,7 +455,8 @@ impl<'a, C: Controller> SdCard<'a, C> {
         let blocks = bytes / SECTOR_SIZE;
         ctl.write(Reg::BlkAtt, SECTOR_SIZE | blocks << 16);
         let multi = blocks > 1;
-        let mut mix = LocalRegisterCopy::<u32, MIX_CTRL::Register>::new(ctl.read(Reg::MixCtrl) & !0xff);
+        let mut mix =
+            LocalRegisterCopy::<u32, MIX_CTRL::Register>::new(ctl.read(Reg::MixCtrl) & !0xff);
         mix.modify(
             MIX_CTRL::DMAEN::SET
                 + MIX_CTRL::BCEN::SET
@@ -521,7 +521,10 @@ impl<'a, C: Controller> SdCard<'a, C> {
         let seen = *seen;
         let outcome = if seen & ERROR_BITS != 0 {
             let registers = registers(&self.ctl, seen);
-            recover(&mut self.ctl, cmd == command::READ_MULTIPLE_BLOCK || cmd == command::WRITE_MULTIPLE_BLOCK);
+            recover(
+                &mut self.ctl,
+                cmd == command::READ_MULTIPLE_BLOCK || cmd == command::WRITE_MULTIPLE_BLOCK,
+            );
             Some(Err(SdError::Controller {
                 device,
                 cmd: cmd.index,
@@ -589,7 +592,10 @@ impl<'a, C: Controller> SdCard<'a, C> {
         }
         let (cmd, arg) = (*cmd, *arg);
         let registers = registers(&self.ctl, *seen | self.ctl.read(Reg::IntStatus));
-        recover(&mut self.ctl, cmd == command::READ_MULTIPLE_BLOCK || cmd == command::WRITE_MULTIPLE_BLOCK);
+        recover(
+            &mut self.ctl,
+            cmd == command::READ_MULTIPLE_BLOCK || cmd == command::WRITE_MULTIPLE_BLOCK,
+        );
         let Slot::InFlight { mapping, .. } = core::mem::replace(&mut self.slot, Slot::Free) else {
             unreachable!("the slot was in flight just above");
         };
@@ -671,7 +677,9 @@ impl<'a, C: Controller> SdCard<'a, C> {
         reset.modify(SYS_CTRL::RSTA::SET);
         self.ctl.write(Reg::SysCtrl, reset.get());
         match core::mem::replace(&mut self.slot, Slot::Free) {
-            Slot::InFlight { mapping, request, .. } => {
+            Slot::InFlight {
+                mapping, request, ..
+            } => {
                 self.dma.unmap(env, mapping).map_err(|error| SdError::Dma {
                     op: request.op,
                     lba: request.lba,
@@ -688,11 +696,12 @@ impl<'a, C: Controller> SdCard<'a, C> {
             Slot::Free | Slot::Done { .. } => {}
         }
         let Self { mut dma, table, .. } = self;
-        dma.free_coherent(env, table).map_err(|error| SdError::Dma {
-            op: Op::Read,
-            lba: 0,
-            error,
-        })?;
+        dma.free_coherent(env, table)
+            .map_err(|error| SdError::Dma {
+                op: Op::Read,
+                lba: 0,
+                error,
+            })?;
         Ok(dma)
     }
 }
@@ -745,7 +754,9 @@ fn send<'a, C: Controller>(
     }
     if cmd.response == Response::R1b {
         // The card signals busy on DAT0 until it is done.
-        while ctl.read(Reg::PresState) & (PRES_STATE::CDIHB::SET.value | PRES_STATE::DLA::SET.value) != 0 {
+        while ctl.read(Reg::PresState) & (PRES_STATE::CDIHB::SET.value | PRES_STATE::DLA::SET.value)
+            != 0
+        {
             if clock.passed(deadline) {
                 let registers = registers(ctl, 0);
                 return Err(SdError::Timeout {
@@ -835,9 +846,7 @@ fn initialise<'a, C: Controller>(
     }
     ctl.write(Reg::WtmkLvl, WATERMARKS);
     let mut prot = LocalRegisterCopy::<u32, PROT_CTRL::Register>::new(0);
-    prot.modify(
-        PROT_CTRL::DTW::OneBit + PROT_CTRL::EMODE::LittleEndian + PROT_CTRL::DMASEL::Adma2,
-    );
+    prot.modify(PROT_CTRL::DTW::OneBit + PROT_CTRL::EMODE::LittleEndian + PROT_CTRL::DMASEL::Adma2);
     ctl.write(Reg::ProtCtrl, prot.get());
     ctl.write(
         Reg::VendSpec,
@@ -860,7 +869,13 @@ fn initialise<'a, C: Controller>(
     // CMD8: a card of version 2.00 or later echoes the pattern; an older
     // one does not answer (command timeout), and then cannot be high
     // capacity.
-    let version2 = match send(ctl, device, clock, command::SEND_IF_COND, command::IF_COND_ARG) {
+    let version2 = match send(
+        ctl,
+        device,
+        clock,
+        command::SEND_IF_COND,
+        command::IF_COND_ARG,
+    ) {
         Ok(r7) => {
             if r7[0] & 0xfff != command::IF_COND_ARG {
                 return Err(InitError::IfCondRejected {
@@ -894,8 +909,14 @@ fn initialise<'a, C: Controller>(
     let product = [4, 3, 2, 1, 0].map(|n| (pnm >> (8 * n)) as u8);
     let rca = (send(ctl, device, clock, command::SEND_RELATIVE_ADDR, 0)?[0] >> 16) as u16;
     let rca_arg = u32::from(rca) << 16;
-    let csd = Csd::decode(r2_bits(send(ctl, device, clock, command::SEND_CSD, rca_arg)?))
-        .map_err(|error| InitError::Csd { device, error })?;
+    let csd = Csd::decode(r2_bits(send(
+        ctl,
+        device,
+        clock,
+        command::SEND_CSD,
+        rca_arg,
+    )?))
+    .map_err(|error| InitError::Csd { device, error })?;
     send(ctl, device, clock, command::SELECT_CARD, rca_arg)?;
     send_app(ctl, device, clock, rca, command::SET_BUS_WIDTH, 2)?;
     prot.modify(PROT_CTRL::DTW::FourBit);
@@ -943,7 +964,11 @@ impl<C: Controller> fmt::Display for InfoLine<'_, '_, C> {
             card.rca
         )?;
         for byte in card.product {
-            let c = if byte.is_ascii_graphic() { byte as char } else { '?' };
+            let c = if byte.is_ascii_graphic() {
+                byte as char
+            } else {
+                '?'
+            };
             write!(f, "{c}")?;
         }
         write!(

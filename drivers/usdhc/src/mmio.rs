@@ -117,10 +117,7 @@ impl Controller for Usdhc {
             Reg::AdmaSysAddr => r.adma_sys_addr.set(value),
             Reg::VendSpec => r.vend_spec.set(value),
             // Read-only registers: a write would be ignored by the hardware.
-            Reg::CmdRsp(_)
-            | Reg::PresState
-            | Reg::HostCtrlCap
-            | Reg::AdmaErrStatus => {}
+            Reg::CmdRsp(_) | Reg::PresState | Reg::HostCtrlCap | Reg::AdmaErrStatus => {}
         }
     }
 }
@@ -169,7 +166,11 @@ mod tests {
             if writable {
                 usdhc.write(reg, value);
                 // SAFETY: as above.
-                assert_eq!(unsafe { word.read_volatile() }, value, "{reg:?} at {offset:#x}");
+                assert_eq!(
+                    unsafe { word.read_volatile() },
+                    value,
+                    "{reg:?} at {offset:#x}"
+                );
             }
             // SAFETY: as above.
             unsafe { word.write_volatile(value + 1000) };

@@ -12,18 +12,18 @@ use tidepool_dma::{
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
 use crate::error::{BlkError, DeviceFault, InitError};
-use tidepool_block::SharedMemory;
 use crate::queue::{Buffer, QUEUE_SIZE_LIMIT, RING_ALIGN, RingLayout, SplitQueue};
 use crate::request::{
     Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,
     MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request, SECTOR_SIZE, STATUS_UNWRITTEN, Token,
 };
-use tidepool_block::{BlkStats, BlockDriver, StatsLine};
 use crate::transport::{
     self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptStatus, InterruptValue,
     LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion, WriteRegister,
     feature,
 };
+use tidepool_block::SharedMemory;
+use tidepool_block::{BlkStats, BlockDriver, StatsLine};
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
 /// status, rounded up to whole pages so that no two slots share a cache line
@@ -392,7 +392,8 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         };
         let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.staging.write_u32(base, crate::request::request_type(op));
+        self.staging
+            .write_u32(base, crate::request::request_type(op));
         self.staging.write_u32(base + 4, 0);
         self.staging.write_u64(base + 8, lba);
         if let Some(data) = data {

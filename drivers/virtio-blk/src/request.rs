@@ -21,9 +21,7 @@
 
 use core::fmt;
 
-pub use tidepool_block::{
-    Completion, Completions, Deadline, Op, Request, SECTOR_SIZE, Token,
-};
+pub use tidepool_block::{Completion, Completions, Deadline, Op, Request, SECTOR_SIZE, Token};
 
 /// The largest request the driver sends; larger transfers are split
 /// ([`BlockDevice::read`](crate::BlockDevice::read) and
