@@ -436,7 +436,6 @@ fn completion_is_interrupt_driven_and_a_late_request_times_out_and_is_stopped() 
 fn requests_the_card_cannot_do_are_refused_before_it_sees_them() {
     let mut b = bench(SimConfig::sdhc(), DeviceKind::DynamicPool, false);
     let before = commands(&b.sim).len();
-    let mut env = b.rig.env();
     let capacity = 16384;
     let cases = [
         (
@@ -470,7 +469,6 @@ fn requests_the_card_cannot_do_are_refused_before_it_sees_them() {
         assert!(error.to_string().contains(text), "{error}");
         assert!(!b.card.is_busy(&error));
     }
-    drop(env);
     assert_eq!(commands(&b.sim).len(), before);
     // A flush completes without a command: no card cache is enabled.
     b.run(Request::Flush, &mut []).unwrap();
