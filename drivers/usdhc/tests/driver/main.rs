@@ -464,7 +464,7 @@ fn requests_the_card_cannot_do_are_refused_before_it_sees_them() {
     for (request, text) in cases {
         let error = b
             .card
-            .submit(&mut env, request, Deadline::NEVER)
+            .submit(&mut b.rig.env(), request, Deadline::NEVER)
             .unwrap_err();
         assert!(error.to_string().contains(text), "{error}");
         assert!(!b.card.is_busy(&error));
