@@ -166,11 +166,8 @@ mod tests {
             if writable {
                 usdhc.write(reg, value);
                 // SAFETY: as above.
-                assert_eq!(
-                    unsafe { word.read_volatile() },
-                    value,
-                    "{reg:?} at {offset:#x}"
-                );
+                let stored = unsafe { word.read_volatile() };
+                assert_eq!(stored, value, "{reg:?} at {offset:#x}");
             }
             // SAFETY: as above.
             unsafe { word.write_volatile(value + 1000) };
