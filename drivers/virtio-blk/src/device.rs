@@ -145,8 +145,8 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// The virtual address the DMA layer gives for `dma`'s coherent memory
     /// (its pool's window in `env`, or the linear map for a linear pool) is
     /// mapped, readable and writable normal memory for as long as the
-    /// returned device lives, as the kernel's [`DmaMemory`](tidepool_dma::DmaMemory)
-    /// also assumes; and `env`'s pools hand each page to one owner at a time.
+    /// returned device lives, as [`PoolSet::add`](tidepool_dma::PoolSet::add)'s
+    /// contract already requires of every pool.
     #[allow(unsafe_code)]
     pub unsafe fn new(
         mut transport: T,
@@ -401,9 +401,18 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
         self.staging
             .write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
-        let cpu = CpuBuffer {
-            virt: VirtAddr(self.staging.virt().0 + base as u64),
-            len: (HEADER_LEN + bytes_len + 1) as u64,
+        // SAFETY: the bytes are this free slot's part of the staging
+        // allocation, mapped linear RAM that only this device (the CPU side
+        // while the slot is free, the DMA layer and the device while it is
+        // mapped) touches; the slot is marked in flight until its one mapping
+        // is unmapped, and the allocation is freed only once the device is
+        // reset (or never: see `shutdown`).
+        #[allow(unsafe_code)]
+        let cpu = unsafe {
+            CpuBuffer::new(
+                VirtAddr(self.staging.virt().0 + base as u64),
+                (HEADER_LEN + bytes_len + 1) as u64,
+            )
         };
         let mapping = self
             .dma

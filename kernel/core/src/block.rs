@@ -52,7 +52,7 @@ pub struct Disk {
 /// Transports without a device, or with another kind, are skipped; a block
 /// device that fails to set up is reported and left out.
 pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
-    let map = dma.env().address_map;
+    let map = dma.address_map();
     let mut disks = Vec::new();
     for node in &dt.platform.virtio_mmio {
         let Some(window) = map.window_address(PhysAddr(node.reg.base())) else {

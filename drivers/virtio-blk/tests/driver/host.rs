@@ -18,8 +18,8 @@ use std::vec::Vec;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
-    PoolUsage, WarningSink, WindowAttributes,
+    FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange, PlatformFlush, PoolPlacement,
+    PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -79,8 +79,10 @@ pub struct RecordingCache {
     pub ops: Vec<VaOp>,
 }
 
-impl CacheMaintenance for RecordingCache {
-    fn maintain(&mut self, op: CacheOp, start: VirtAddr, len: u64) {
+// SAFETY: records; touches no memory.
+unsafe impl CacheMaintenance for RecordingCache {
+    fn maintain(&mut self, op: CacheOp, range: &OwnedVirtRange) {
+        let (start, len) = (range.start(), range.len());
         assert_not_pool_alias(start.0, len);
         self.ops.push((op, start, len));
     }
@@ -92,8 +94,10 @@ pub struct FakeXen {
     pub calls: Vec<(CacheOp, PhysRange)>,
 }
 
-impl PlatformFlush for FakeXen {
-    fn flush(&mut self, op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
+// SAFETY: records; touches no memory.
+unsafe impl PlatformFlush for FakeXen {
+    fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        let range = range.range();
         self.calls.push((op, range));
         if range.overlaps(&STATIC_PHYS) {
             return Err(FlushFailed {
@@ -115,12 +119,15 @@ pub struct HostMemory {
     pub bytes: u64,
 }
 
-impl DmaMemory for HostMemory {
-    fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
+// SAFETY: a plain copy or fill of exactly the lent ranges; nothing kept.
+unsafe impl DmaMemory for HostMemory {
+    fn copy(&mut self, src: &OwnedVirtRange, dst: &OwnedVirtRange) {
+        assert_eq!(src.len(), dst.len());
+        let (src, dst, len) = (src.start(), dst.start(), dst.len());
         assert_not_pool_alias(src.0, len);
         assert_not_pool_alias(dst.0, len);
         self.bytes += len;
-        // SAFETY: the DMA layer passes pool windows (leaked arenas that live
+        // SAFETY: the DMA layer lends pool windows (leaked arenas that live
         // as long as the process) and CPU buffers the driver built from its
         // live staging allocation; the two never overlap.
         unsafe {
@@ -132,7 +139,8 @@ impl DmaMemory for HostMemory {
         }
     }
 
-    fn zero(&mut self, dst: VirtAddr, len: u64) {
+    fn zero(&mut self, dst: &OwnedVirtRange) {
+        let (dst, len) = (dst.start(), dst.len());
         assert_not_pool_alias(dst.0, len);
         self.bytes += len;
         // SAFETY: as for `copy`.
@@ -224,7 +232,7 @@ impl Rig {
         let map: &'static AddressMap = Box::leak(Box::new(AddressMap::new(0, regions).unwrap()));
         let mut rig = Rig {
             map,
-            pools: PoolSet::new(),
+            pools: PoolSet::new(map),
             cache: RecordingCache {
                 ops: Vec::with_capacity(1 << 16),
             },
@@ -254,7 +262,10 @@ impl Rig {
         });
         for spec in specs {
             let platform = rig.xen.as_mut().map(|xen| xen as &mut dyn PlatformFlush);
-            rig.pools.add(spec, map, &mut rig.cache, platform).unwrap();
+            // SAFETY: the map describes this process's memory as the rig set
+            // it up: the windows are leaked arenas and the linear pool a
+            // leaked allocation, each used by its pool alone.
+            unsafe { rig.pools.add(spec, &mut rig.cache, platform) }.unwrap();
         }
         rig.forget();
         rig
@@ -272,7 +283,6 @@ impl Rig {
     /// The DMA environment for one call.
     pub fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
-            address_map: self.map,
             pools: &mut self.pools,
             cache: &mut self.cache,
             memory: &mut self.memory,
