@@ -206,8 +206,8 @@ impl<'a, C: Controller> SdCard<'a, C> {
     /// The virtual address the DMA layer gives for `dma`'s coherent memory
     /// (its pool's window in `env`, or the linear map for a linear pool) is
     /// mapped, readable and writable normal memory for as long as the
-    /// returned card lives; and `env`'s pools hand each page to one owner
-    /// at a time.
+    /// returned card lives, as [`PoolSet::add`](tidepool_dma::PoolSet::add)'s
+    /// contract already requires of every pool.
     #[allow(unsafe_code)]
     pub unsafe fn new(
         mut ctl: C,
@@ -408,10 +408,15 @@ impl<'a, C: Controller> SdCard<'a, C> {
         } else {
             (lba * u64::from(SECTOR_SIZE)) as u32
         };
-        let cpu = CpuBuffer {
-            virt: self.staging.virt(),
-            len: u64::from(bytes),
-        };
+        // SAFETY: the bytes are the start of the staging allocation, linear
+        // RAM of at least `max_request_bytes` (checked above) that only this
+        // card touches: the CPU side while the slot is free, the DMA layer
+        // and the controller while it holds the one mapping. The slot stays
+        // taken until that mapping is unmapped, after the controller's DMA
+        // completed or was stopped by a line reset; the allocation is freed
+        // only with the card, after `shutdown` resets the controller.
+        #[allow(unsafe_code)]
+        let cpu = unsafe { CpuBuffer::new(self.staging.virt(), u64::from(bytes)) };
         let direction = if op == Op::Read {
             DmaDirection::FromDevice
         } else {
