@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
+use tidepool_block::pattern::{DiskPattern, SectorRange};
 
 use crate::qemu::{self, Captured, Machine, Mode};
 use crate::{Error, Result, Workspace};

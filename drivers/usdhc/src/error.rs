@@ -10,6 +10,7 @@ use tidepool_dma::DmaError;
 use crate::adma::AdmaError;
 use crate::card::CsdError;
 use crate::command::CardStatus;
+use crate::regs::INT;
 
 /// The controller's status registers at the time of an error.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -22,6 +23,13 @@ pub struct Registers {
     pub autocmd12: u32,
     /// `ADMA_ERR_STATUS`.
     pub adma: u32,
+}
+
+impl Registers {
+    /// Whether the controller reported a command timeout: no card answered.
+    pub fn is_command_timeout(&self) -> bool {
+        self.int_status & INT::CTOE::SET.value != 0
+    }
 }
 
 impl fmt::Display for Registers {

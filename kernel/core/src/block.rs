@@ -1,11 +1,17 @@
-//! Block devices: every virtio-mmio transport with a block device behind it,
-//! driven by `tidepool-virtio-blk` on the DMA layer, completing by interrupt.
+//! Block devices: every virtio-mmio transport with a block device behind it
+//! (`tidepool-virtio-blk`) and every i.MX uSDHC with an SD card
+//! (`tidepool-usdhc`), both on the DMA layer, completing by interrupt, and
+//! both driven through the one [`BlockDriver`] interface by the one
+//! transfer loop here ([`Disk`]): `blk-write=`, `blk-verify=` and `bench=`
+//! work the same on either, and print the same lines.
 //!
-//! The transport's SPI handler only acknowledges the interrupt and notes it;
-//! the waiting code harvests the used ring (`poll`) after WFI returns, so the
-//! driver's state is never touched from interrupt context. The driver's
-//! clock is the virtual counter in ticks (no division on the I/O path);
-//! reports use microseconds ([`cpu::uptime_us`]).
+//! A device's SPI handler only quietens the device (virtio: acknowledges
+//! `InterruptStatus`; uSDHC: masks its interrupt signals, whose status the
+//! driver reads) and notes the interrupt; the waiting code harvests
+//! (`poll`) after WFI returns, so a driver's state is never touched from
+//! interrupt context. The drivers' clock is the virtual counter in ticks
+//! (no division on the I/O path); reports use microseconds
+//! ([`cpu::uptime_us`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -15,14 +21,13 @@ use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
-use tidepool_dma::{DmaError, PoolError};
-use tidepool_dt::{DeviceTree, VirtioMmio};
+use tidepool_block::pattern::{self, SECTOR_BYTES};
+use tidepool_block::{BlockDriver, Deadline, Request, StatsLine, Token};
+use tidepool_dt::{DeviceTree, GicInterrupt, Usdhc as UsdhcNode, VirtioMmio};
 use tidepool_mm::PhysAddr;
-use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
+use tidepool_usdhc::{InitError, SdCard, SdError, Usdhc};
 use tidepool_virtio_blk::transport::{ReadRegister, Transport, WriteRegister};
-use tidepool_virtio_blk::{
-    BlkError, BlockDevice, Deadline, MmioTransport, Options, Request, Token,
-};
+use tidepool_virtio_blk::{BlockDevice, MmioTransport, Options};
 
 use crate::arch::aarch64::{cpu, timer as arch_timer};
 use crate::bootargs::{DiskPattern, SectorRange};
@@ -39,19 +44,61 @@ const REQUEST_TIMEOUT_US: u64 = 5_000_000;
 /// Bytes per request of the bulk paths (the driver's largest request).
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// One block device.
-pub struct Disk {
-    device: BlockDevice<'static, MmioTransport>,
+/// The uSDHC's input clock when the device tree does not assign one: what
+/// the i.MX 8M Plus tree assigns its `usdhc` clocks.
+const USDHC_DEFAULT_CLOCK_HZ: u32 = 400_000_000;
+
+/// A virtio block device.
+pub type VirtioDisk = BlockDevice<'static, MmioTransport>;
+/// An SD card on a uSDHC.
+pub type SdDisk = SdCard<'static, Usdhc>;
+
+/// Every block device the kernel found, whatever its driver.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a few disks, set up once at boot and never moved"
+)]
+pub enum AnyDisk {
+    /// virtio-blk.
+    Virtio(Disk<VirtioDisk>),
+    /// SD card.
+    Sd(Disk<SdDisk>),
+}
+
+/// Runs `$body` with `$disk` bound to the [`Disk`] inside an [`AnyDisk`],
+/// whatever its driver (the body is generic code over [`BlockDriver`]).
+macro_rules! with_disk {
+    ($any:expr, $disk:ident => $body:expr) => {
+        match $any {
+            AnyDisk::Virtio($disk) => $body,
+            AnyDisk::Sd($disk) => $body,
+        }
+    };
+}
+
+/// One block device and how the kernel waits for it.
+pub struct Disk<D> {
+    device: D,
     /// Set by the interrupt handler, cleared by the waiter.
     interrupted: &'static AtomicBool,
     /// [`REQUEST_TIMEOUT_US`] in counter ticks.
     timeout_ticks: u64,
 }
 
-/// Finds and sets up every virtio block device of the device tree.
-/// Transports without a device, or with another kind, are skipped; a block
-/// device that fails to set up is reported and left out.
-pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
+/// Finds and sets up every block device of the device tree: virtio block
+/// devices, then SD cards. Transports without a device, or with another
+/// kind, and controllers without a card are skipped; a device that fails
+/// to set up is reported and left out.
+pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<AnyDisk> {
+    let mut disks: Vec<AnyDisk> = probe_virtio(dt, dma)
+        .into_iter()
+        .map(AnyDisk::Virtio)
+        .collect();
+    disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
+    disks
+}
+
+fn probe_virtio(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk<VirtioDisk>> {
     let map = dma.address_map();
     let mut disks = Vec::new();
     for node in &dt.platform.virtio_mmio {
@@ -85,7 +132,7 @@ fn set_up(
     node: &'static VirtioMmio,
     transport: MmioTransport,
     base: usize,
-) -> Result<Disk, alloc::string::String> {
+) -> Result<Disk<VirtioDisk>, alloc::string::String> {
     use alloc::string::ToString;
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
@@ -96,34 +143,129 @@ fn set_up(
     let device =
         unsafe { BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default()) }
             .map_err(|e| e.to_string())?;
-    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
-    let handler: irq::Handler = Box::leak(Box::new(move |_| {
+    let interrupted = interrupt(&node.path, &node.interrupt, move || {
         // SAFETY: the same register block as the driver's; the handler
         // touches only InterruptStatus and InterruptACK, which the driver
         // never uses once it runs on interrupts (it harvests with `poll`).
         let mut registers = unsafe { MmioTransport::new(base) };
         let status = registers.read(ReadRegister::InterruptStatus);
         registers.write(WriteRegister::InterruptAck, status);
+    })?;
+    Ok(Disk::new(device, interrupted))
+}
+
+/// Registers `quieten` as the handler of a device's interrupt, noting each
+/// interrupt in the flag it returns.
+fn interrupt(
+    path: &str,
+    interrupt: &GicInterrupt,
+    quieten: impl Fn() + Sync + 'static,
+) -> Result<&'static AtomicBool, alloc::string::String> {
+    use alloc::string::ToString;
+    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let (intid, trigger) = irq::from_device_tree(interrupt).map_err(|e| e.to_string())?;
+    let handler: irq::Handler = Box::leak(Box::new(move |_| {
+        quieten();
         interrupted.store(true, Ordering::Release);
     }));
     irq::register(intid, trigger, handler).map_err(|e| e.to_string())?;
-    info!(
-        "blk: {} interrupt intid={} {:?}",
-        node.path,
-        intid.raw(),
-        trigger
-    );
-    let timeout_ticks = arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000);
-    Ok(Disk {
-        device,
-        interrupted,
-        timeout_ticks,
-    })
+    info!("blk: {path} interrupt intid={} {trigger:?}", intid.raw());
+    Ok(interrupted)
 }
 
-impl Disk {
-    /// The device-tree path of the transport.
+/// Finds and sets up the SD card of every uSDHC in the device tree. A
+/// controller where no card answers is reported as empty.
+fn probe_sd(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk<SdDisk>> {
+    let mut disks = Vec::new();
+    for node in &dt.platform.usdhc {
+        let path = node.device.path.as_str();
+        let Some(window) = dma
+            .address_map()
+            .window_address(PhysAddr(node.device.reg.base()))
+        else {
+            warn!("blk: {path} has no MMIO window");
+            continue;
+        };
+        match set_up_sd(dt, dma, node, window.0 as usize) {
+            Ok(disk) => {
+                info!("{}", disk.device.info_line());
+                disks.push(disk);
+            }
+            Err(SdSetupError::NoCard(why)) => info!("blk: {path} sd no card ({why})"),
+            Err(SdSetupError::Failed(why)) => error!("blk: {path}: {why}"),
+        }
+    }
+    disks
+}
+
+/// Why an SD card was not set up.
+enum SdSetupError {
+    /// No card answered the first commands (an empty slot).
+    NoCard(alloc::string::String),
+    /// Anything else.
+    Failed(alloc::string::String),
+}
+
+fn set_up_sd(
+    dt: &'static DeviceTree,
+    dma: &mut Dma,
+    node: &'static UsdhcNode,
+    base: usize,
+) -> Result<Disk<SdDisk>, SdSetupError> {
+    use alloc::string::ToString;
+    let failed = |e: &dyn core::fmt::Display| SdSetupError::Failed(e.to_string());
+    let device = &node.device;
+    let dma_device = dma
+        .device(
+            dt,
+            &device.path,
+            device.dma_coherent,
+            &device.memory_regions,
+        )
+        .map_err(|e| failed(&e))?;
+    let options = tidepool_usdhc::Options {
+        base_clock_hz: node.clock_hz.unwrap_or(USDHC_DEFAULT_CLOCK_HZ),
+        ignore_write_protect_pin: !node.write_protect_pin,
+        ticks_per_ms: (arch_timer::frequency() / 1000).max(1),
+        ..tidepool_usdhc::Options::default()
+    };
+    // SAFETY: `base` is the controller's register block, mapped as Device
+    // memory by the memory bring-up for the kernel's lifetime; the only
+    // other user is this card's interrupt handler, which only masks.
+    let controller = unsafe { Usdhc::new(base) };
+    let mut clock = arch_timer::counter;
+    // SAFETY: the DMA layer's windows and linear addresses are mapped
+    // read-write for the kernel's lifetime, and its pools hand each page to
+    // one owner (the memory bring-up and `Dma::new` set them up).
+    let card = unsafe { SdCard::new(controller, dma_device, &mut dma.env(), options, &mut clock) }
+        .map_err(|e| match e {
+            InitError::Command(SdError::Controller { registers, .. })
+                if registers.is_command_timeout() =>
+            {
+                SdSetupError::NoCard(e.to_string())
+            }
+            other => failed(&other),
+        })?;
+    let interrupted = interrupt(&device.path, &device.interrupt, move || {
+        // SAFETY: the same register block as the driver's (see above); the
+        // handler only clears the signal enables, which the driver sets
+        // again while a request is in flight.
+        unsafe { Usdhc::new(base) }.mask_interrupts();
+    })
+    .map_err(|e| failed(&e))?;
+    Ok(Disk::new(card, interrupted))
+}
+
+impl<D: BlockDriver<'static>> Disk<D> {
+    fn new(device: D, interrupted: &'static AtomicBool) -> Self {
+        Self {
+            device,
+            interrupted,
+            timeout_ticks: arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
+        }
+    }
+
+    /// The device-tree path of the device.
     pub fn name(&self) -> &'static str {
         self.device.name()
     }
@@ -149,31 +291,18 @@ impl Disk {
     /// Submits a request, waiting while all slots are in use or the
     /// device's pool has no room for another bounce buffer (both free up as
     /// requests in flight complete).
-    fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
+    fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, D::Error> {
         loop {
             let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
             match self.device.submit(&mut dma.env(), request, deadline) {
-                Err(BlkError::QueueFull { .. }) => self.wait_and_harvest(dma),
-                Err(BlkError::Dma {
-                    error:
-                        DmaError::Pool {
-                            error: PoolError::Exhausted { .. },
-                            ..
-                        },
-                    ..
-                }) if self.device.in_flight() > 0 => self.wait_and_harvest(dma),
+                Err(error) if self.device.is_busy(&error) => self.wait_and_harvest(dma),
                 other => return other,
             }
         }
     }
 
     /// Waits for `token` and copies a read's data into `buffer`.
-    fn complete(
-        &mut self,
-        dma: &mut Dma,
-        token: Token,
-        buffer: &mut [u8],
-    ) -> Result<(), BlkError<'static>> {
+    fn complete(&mut self, dma: &mut Dma, token: Token, buffer: &mut [u8]) -> Result<(), D::Error> {
         loop {
             if let Poll::Ready(result) = self.device.finish(token, buffer) {
                 return result.map(|_| ());
@@ -184,12 +313,7 @@ impl Disk {
 
     /// Reads `buffer.len()` bytes at `lba` with up to the driver's
     /// in-flight limit of 256 KiB requests outstanding.
-    pub fn read(
-        &mut self,
-        dma: &mut Dma,
-        lba: u64,
-        buffer: &mut [u8],
-    ) -> Result<(), BlkError<'static>> {
+    pub fn read(&mut self, dma: &mut Dma, lba: u64, buffer: &mut [u8]) -> Result<(), D::Error> {
         let sectors_per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
         let mut pending: Vec<(Token, usize)> = Vec::with_capacity(self.device.slots());
         let chunks = buffer.len().div_ceil(CHUNK_BYTES);
@@ -229,7 +353,7 @@ impl Disk {
     }
 
     /// Writes `data` at `lba`, one 256 KiB request at a time.
-    pub fn write(&mut self, dma: &mut Dma, lba: u64, data: &[u8]) -> Result<(), BlkError<'static>> {
+    pub fn write(&mut self, dma: &mut Dma, lba: u64, data: &[u8]) -> Result<(), D::Error> {
         for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
             let lba = lba + (i * CHUNK_BYTES / SECTOR_BYTES) as u64;
             let token = self.submit(dma, Request::Write { lba, data: chunk })?;
@@ -239,7 +363,7 @@ impl Disk {
     }
 
     /// Flushes the device's write cache.
-    pub fn flush(&mut self, dma: &mut Dma) -> Result<(), BlkError<'static>> {
+    pub fn flush(&mut self, dma: &mut Dma) -> Result<(), D::Error> {
         let token = self.submit(dma, Request::Flush)?;
         self.complete(dma, token, &mut [])
     }
@@ -248,7 +372,11 @@ impl Disk {
 /// Reads the whole disk and checks every sector; read errors are reported
 /// with their sector and the check goes on. Returns the number of bad
 /// sectors or failed reads.
-pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
+pub fn verify<D: BlockDriver<'static>>(
+    disk: &mut Disk<D>,
+    dma: &mut Dma,
+    expected: DiskPattern,
+) -> u64 {
     let capacity = disk.device.capacity();
     let mut buffer = vec![0u8; CHUNK_BYTES * 16];
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
@@ -293,11 +421,11 @@ pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
 
 /// Writes the pattern of `range.seed` to `range`, one 256 KiB request at a
 /// time, then flushes.
-pub fn write_pattern(
-    disk: &mut Disk,
+pub fn write_pattern<D: BlockDriver<'static>>(
+    disk: &mut Disk<D>,
     dma: &mut Dma,
     range: SectorRange,
-) -> Result<(), BlkError<'static>> {
+) -> Result<(), D::Error> {
     let SectorRange { seed, lba, count } = range;
     let per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
     let mut sectors = vec![[0u8; SECTOR_BYTES]; per_chunk as usize];
@@ -317,13 +445,13 @@ pub fn write_pattern(
 }
 
 /// Random 4 KiB reads of the first `span` sectors, `depth` in flight.
-fn random_reads(
-    disk: &mut Disk,
+fn random_reads<D: BlockDriver<'static>>(
+    disk: &mut Disk<D>,
     dma: &mut Dma,
     count: u64,
     depth: usize,
     span: u64,
-) -> Result<(), BlkError<'static>> {
+) -> Result<(), D::Error> {
     const SECTORS: u32 = 8;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next_lba = move || {
@@ -364,7 +492,11 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
 /// The block benchmark (`bench=MIB`): sequential reads of the first `mib`
 /// MiB, then 4 KiB random reads at queue depth 1 and 16, and the DMA
 /// counters per request, printed as one `key=value` line.
-pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'static>> {
+pub fn bench<D: BlockDriver<'static>>(
+    disk: &mut Disk<D>,
+    dma: &mut Dma,
+    mib: u64,
+) -> Result<(), D::Error> {
     const RANDOM_READS: u64 = 4096;
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
@@ -413,35 +545,47 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
 /// What the bootargs ask of the block devices, in order: write, verify,
 /// benchmark; then each device's counters and the pools' usage against
 /// their baseline. Errors are reported and the next task still runs.
-pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [Disk], dma: &mut Dma) {
+pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk], dma: &mut Dma) {
     if disks.is_empty() {
         return;
     }
     dma.print_usage("baseline");
-    for disk in disks.iter_mut() {
-        if let Some(range) = args.blk_write
-            && let Err(err) = write_pattern(disk, dma, range)
-        {
-            error!(
-                "blk: {} write of sectors {}..{}: {err}",
-                disk.name(),
-                range.lba,
-                range.lba + range.count
-            );
-        }
-        if let Some(expected) = args.blk_verify {
-            verify(disk, dma, expected);
-        }
+    for any in disks.iter_mut() {
+        with_disk!(any, disk => run_on(args, disk, dma));
     }
     if let Some(mib) = args.bench_mib {
-        let disk = &mut disks[0];
-        if let Err(err) = bench(disk, dma, mib) {
-            error!("blk: bench {}: {err}", disk.name());
-        }
+        with_disk!(&mut disks[0], disk => {
+            if let Err(err) = bench(disk, dma, mib) {
+                error!("blk: bench {}: {err}", disk.name());
+            }
+        });
     }
-    for disk in disks.iter() {
-        info!("{}", disk.device.stats_line());
-        info!("{}", disk.device.dma().stats_line());
+    for any in disks.iter() {
+        with_disk!(any, disk => {
+            info!("{}", StatsLine::new(disk.name(), disk.device.stats()));
+            info!("{}", disk.device.dma().stats_line());
+        });
     }
     dma.print_usage("now");
+}
+
+/// The write and the verify the bootargs ask of one device.
+fn run_on<D: BlockDriver<'static>>(
+    args: &crate::bootargs::Bootargs<'_>,
+    disk: &mut Disk<D>,
+    dma: &mut Dma,
+) {
+    if let Some(range) = args.blk_write
+        && let Err(err) = write_pattern(disk, dma, range)
+    {
+        error!(
+            "blk: {} write of sectors {}..{}: {err}",
+            disk.name(),
+            range.lba,
+            range.lba + range.count
+        );
+    }
+    if let Some(expected) = args.blk_verify {
+        verify(disk, dma, expected);
+    }
 }
