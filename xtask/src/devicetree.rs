@@ -537,20 +537,21 @@ mod tests {
             .collect()
     }
 
-    /// QEMU's own DT for a GICv3 virt machine, or `None` if QEMU is not installed.
+    /// QEMU's own DT for a GICv3 virt machine, or `None` if xtask has not
+    /// fetched QEMU into build/qemu yet (`cargo xtask test` fetches it first).
     fn qemu_dumpdtb() -> Option<Vec<u8>> {
+        let qemu =
+            crate::tools::Qemu::unpacked(&crate::Workspace::locate().build.join("qemu")).ok()?;
         let path =
             std::env::temp_dir().join(format!("xtask-devicetree-test-{}.dtb", std::process::id()));
         let machine = crate::qemu::Machine::new(crate::qemu::Mode::XenDom0 {
             dom0_mem: "256M".into(),
         });
-        let result = std::process::Command::new("qemu-system-aarch64")
+        let output = qemu
+            .command()
             .args(machine.hardware_args(Some(&path)))
-            .output();
-        let output = match result {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
-            other => other.expect("qemu-system-aarch64 runs"),
-        };
+            .output()
+            .expect("qemu-system-aarch64 runs");
         assert!(
             output.status.success(),
             "dumpdtb failed: {}",
@@ -583,7 +584,7 @@ mod tests {
             Some(dtb) => assert_round_trip(&dtb),
             None => {
                 eprintln!(
-                    "qemu-system-aarch64 not found: round-tripping the vm-fdt fixture instead"
+                    "QEMU not fetched into build/qemu: round-tripping the vm-fdt fixture instead"
                 );
                 assert_round_trip(&test_fixture::qemu_like_dtb())
             }

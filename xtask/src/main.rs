@@ -66,7 +66,8 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    fn locate() -> Self {
+    /// The workspace this xtask was built in.
+    pub fn locate() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives in the workspace")
@@ -218,7 +219,7 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
 }
 
 fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     let image = build_kernel(ws)?;
     let mode = if args.no_xen {
         Mode::Bare
@@ -252,7 +253,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
 }
 
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     if !args.boot_only {
         run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
             "test",

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,7 @@ impl Machine {
         edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
     ) -> Result<PathBuf> {
         let qemu_dtb = run_dir.join("qemu.dtb");
-        let status = Command::new("qemu-system-aarch64")
+        let status = crate::tools::qemu()?
             .args(self.hardware_args(Some(&qemu_dtb)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -311,7 +311,7 @@ pub fn run_captured(
     stop_after: Option<&str>,
 ) -> Result<Captured> {
     let start = Instant::now();
-    let child = Command::new("qemu-system-aarch64")
+    let child = crate::tools::qemu()?
         .args(args)
         .args(["-serial", "stdio", "-monitor", "none"])
         .stdin(Stdio::null())
@@ -380,7 +380,7 @@ pub fn run_captured(
 /// Runs QEMU on the terminal (console on stdin/stdout; Ctrl-A X quits).
 pub fn run_interactive(args: &[String]) -> Result<()> {
     eprintln!("xtask: qemu-system-aarch64 {}", args.join(" "));
-    let status = Command::new("qemu-system-aarch64")
+    let status = crate::tools::qemu()?
         .args(args)
         .args(["-serial", "mon:stdio"])
         .status()
