@@ -501,6 +501,7 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::dtb::DtWriteReason;
     use super::test_fixture::{self, VIRTIO_MMIO_COUNT};
     use super::*;
 
@@ -942,11 +943,35 @@ mod tests {
         tree.add_node("/bad name").unwrap();
         let err = tree.to_dtb().unwrap_err();
         assert_eq!(err.place, "/bad name");
-        assert_eq!(err.error, vm_fdt::Error::InvalidNodeName);
+        assert_eq!(err.error, DtWriteReason::InvalidNodeName);
 
         let mut tree = fixture();
         tree.set_u32s("/psci", "phandle", &[0x8000]).unwrap();
         let err = tree.to_dtb().unwrap_err();
-        assert_eq!(err.error, vm_fdt::Error::DuplicatePhandle);
+        assert_eq!(err.error, DtWriteReason::DuplicatePhandle(0x8000));
+
+        let mut tree = fixture();
+        tree.set_empty("/psci", "bad name").unwrap();
+        let err = tree.to_dtb().unwrap_err();
+        assert_eq!(err.place, "/psci:bad name");
+        assert_eq!(err.error, DtWriteReason::InvalidPropertyName);
+    }
+
+    #[test]
+    fn long_property_names_of_linux_trees_are_written() {
+        let mut tree = fixture();
+        let name = "snps,gfladj-refclk-lpm-sel-quirk";
+        assert_eq!(name.len(), 32, "one over the specification's limit");
+        tree.set_empty("/psci", name).unwrap();
+        let written = tree.to_dtb().unwrap();
+        assert_eq!(Tree::from_dtb(&written).unwrap(), tree);
+        assert!(
+            fdt::Fdt::new(&written)
+                .unwrap()
+                .find_node("/psci")
+                .unwrap()
+                .property(name)
+                .is_some()
+        );
     }
 }

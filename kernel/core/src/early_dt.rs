@@ -126,6 +126,25 @@ fn node_at<'b, 'a>(dt: &'b fdt::Fdt<'a>, path: &str) -> Option<fdt::node::FdtNod
     Some(node)
 }
 
+/// The UART `spec` names (a node path or an `/aliases` name, optionally
+/// followed by `:options`, as in `stdout-path`), if the kernel drives its
+/// kind: the kind and its first `reg` address.
+pub fn uart(dt: &fdt::Fdt<'_>, spec: &str) -> Option<(tidepool_dt::UartKind, u64)> {
+    let path = spec.split(':').next().unwrap_or(spec);
+    let node = if path.starts_with('/') {
+        node_at(dt, path)
+    } else {
+        dt.aliases()?.resolve_node(path)
+    }?;
+    let kind = tidepool_dt::UartKind::from_compatible(node.compatible()?.all())?;
+    // The fdt crate does not translate through bus `ranges`: the buses above
+    // the UARTs this reads (QEMU virt, i.MX 8M) map 1:1. The full device
+    // tree (tidepool-dt) translates, and the console moves to its window
+    // once the MMU is on.
+    let region = node.reg()?.next()?;
+    Some((kind, region.starting_address as u64))
+}
+
 /// Reads the early facts from a parsed tree.
 pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
     let xen = dt.find_compatible(&["xen,xen"]).is_some();
@@ -137,23 +156,7 @@ pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
     let stdout_uart = chosen
         .and_then(|c| c.property("stdout-path"))
         .and_then(|p| p.as_str())
-        .and_then(|path| {
-            let path = path.split(':').next().unwrap_or(path);
-            if path.starts_with('/') {
-                node_at(dt, path)
-            } else {
-                dt.aliases()?.resolve_node(path)
-            }
-        })
-        .and_then(|node| {
-            let kind = tidepool_dt::UartKind::from_compatible(node.compatible()?.all())?;
-            // The fdt crate does not translate through bus `ranges`: the
-            // buses above the UARTs this reads (QEMU virt, i.MX 8M) map
-            // 1:1. The full device tree (tidepool-dt) translates, and the
-            // console moves to its window once the MMU is on.
-            let region = node.reg()?.next()?;
-            Some((kind, region.starting_address as u64))
-        });
+        .and_then(|spec| uart(dt, spec));
     let psci = node_at(dt, "/psci")
         .and_then(|n| n.property("method"))
         .and_then(|p| p.as_str())

@@ -80,18 +80,25 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     let platform = early_dt::discover(&early);
     let under_xen = platform.xen;
-    // Under Xen the console is Xen's console_io, except on an i.MX UART:
-    // Xen hides the UART it drives itself from its guests, and a PL011 in a
-    // guest's tree is Xen's emulation, but an i.MX UART in dom0's tree is
-    // the real one, left to dom0 (Xen 4.17 has no driver for it, and its
-    // console_io output then goes nowhere).
-    let console = match (platform.xen, platform.stdout_uart) {
-        (_, Some((UartKind::Imx, uart))) => Backend::ImxUart(uart as usize),
-        (true, _) => Backend::Xen,
-        (false, Some((UartKind::Pl011 | UartKind::SbsaUart, uart))) => {
-            Backend::Pl011(uart as usize)
-        }
-        (false, None) => Backend::Pl011(EARLY_UART),
+    let args = Bootargs::parse(platform.bootargs);
+    // `console-uart=` chooses the UART, also under Xen (which removes
+    // stdout-path from dom0's tree). Otherwise under Xen the console is
+    // Xen's console_io, except on an i.MX UART: Xen hides the UART it
+    // drives itself from its guests, and a PL011 in a guest's tree is Xen's
+    // emulation, but an i.MX UART in a guest's tree is the real one, left to
+    // it (Xen 4.17 has no driver for it; its console_io output goes
+    // nowhere).
+    let chosen_uart = args.console_uart.map(|spec| early_dt::uart(&early, spec));
+    let uart_backend = |(kind, base): (UartKind, u64)| match kind {
+        UartKind::Imx => Backend::ImxUart(base as usize),
+        UartKind::Pl011 | UartKind::SbsaUart => Backend::Pl011(base as usize),
+    };
+    let console = match (chosen_uart, platform.xen, platform.stdout_uart) {
+        (Some(Some(uart)), _, _) => uart_backend(uart),
+        (_, _, Some(uart @ (UartKind::Imx, _))) => uart_backend(uart),
+        (_, true, _) => Backend::Xen,
+        (_, false, Some(uart)) => uart_backend(uart),
+        (_, false, None) => Backend::Pl011(EARLY_UART),
     };
     console::select(console);
     set_power_control(match (platform.xen, platform.psci) {
@@ -104,7 +111,6 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             Conduit::Hvc
         }),
     });
-    let args = Bootargs::parse(platform.bootargs);
     crate::logger::init(args.log_level);
     banner(entry_el, load_base, dtb_addr);
     if platform.xen {
@@ -120,6 +126,9 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     }
     for problem in args.errors() {
         warn!("{problem}");
+    }
+    if let (Some(None), Some(spec)) = (chosen_uart, args.console_uart) {
+        warn!("boot: console-uart={spec} names no UART this kernel drives; console={console}");
     }
     info!("boot: bootargs \"{}\"", platform.bootargs);
 
