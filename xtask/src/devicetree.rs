@@ -501,6 +501,7 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::dtb::DtWriteReason;
     use super::test_fixture::{self, VIRTIO_MMIO_COUNT};
     use super::*;
 
@@ -537,20 +538,21 @@ mod tests {
             .collect()
     }
 
-    /// QEMU's own DT for a GICv3 virt machine, or `None` if QEMU is not installed.
+    /// QEMU's own DT for a GICv3 virt machine, or `None` if xtask has not
+    /// fetched QEMU into build/qemu yet (`cargo xtask test` fetches it first).
     fn qemu_dumpdtb() -> Option<Vec<u8>> {
+        let qemu =
+            crate::tools::Qemu::unpacked(&crate::Workspace::locate().build.join("qemu")).ok()?;
         let path =
             std::env::temp_dir().join(format!("xtask-devicetree-test-{}.dtb", std::process::id()));
         let machine = crate::qemu::Machine::new(crate::qemu::Mode::XenDom0 {
             dom0_mem: "256M".into(),
         });
-        let result = std::process::Command::new("qemu-system-aarch64")
+        let output = qemu
+            .command()
             .args(machine.hardware_args(Some(&path)))
-            .output();
-        let output = match result {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
-            other => other.expect("qemu-system-aarch64 runs"),
-        };
+            .output()
+            .expect("qemu-system-aarch64 runs");
         assert!(
             output.status.success(),
             "dumpdtb failed: {}",
@@ -583,7 +585,7 @@ mod tests {
             Some(dtb) => assert_round_trip(&dtb),
             None => {
                 eprintln!(
-                    "qemu-system-aarch64 not found: round-tripping the vm-fdt fixture instead"
+                    "QEMU not fetched into build/qemu: round-tripping the vm-fdt fixture instead"
                 );
                 assert_round_trip(&test_fixture::qemu_like_dtb())
             }
@@ -941,11 +943,35 @@ mod tests {
         tree.add_node("/bad name").unwrap();
         let err = tree.to_dtb().unwrap_err();
         assert_eq!(err.place, "/bad name");
-        assert_eq!(err.error, vm_fdt::Error::InvalidNodeName);
+        assert_eq!(err.error, DtWriteReason::InvalidNodeName);
 
         let mut tree = fixture();
         tree.set_u32s("/psci", "phandle", &[0x8000]).unwrap();
         let err = tree.to_dtb().unwrap_err();
-        assert_eq!(err.error, vm_fdt::Error::DuplicatePhandle);
+        assert_eq!(err.error, DtWriteReason::DuplicatePhandle(0x8000));
+
+        let mut tree = fixture();
+        tree.set_empty("/psci", "bad name").unwrap();
+        let err = tree.to_dtb().unwrap_err();
+        assert_eq!(err.place, "/psci:bad name");
+        assert_eq!(err.error, DtWriteReason::InvalidPropertyName);
+    }
+
+    #[test]
+    fn long_property_names_of_linux_trees_are_written() {
+        let mut tree = fixture();
+        let name = "snps,gfladj-refclk-lpm-sel-quirk";
+        assert_eq!(name.len(), 32, "one over the specification's limit");
+        tree.set_empty("/psci", name).unwrap();
+        let written = tree.to_dtb().unwrap();
+        assert_eq!(Tree::from_dtb(&written).unwrap(), tree);
+        assert!(
+            fdt::Fdt::new(&written)
+                .unwrap()
+                .find_node("/psci")
+                .unwrap()
+                .property(name)
+                .is_some()
+        );
     }
 }

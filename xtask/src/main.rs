@@ -2,6 +2,7 @@
 //! tidepool. CI runs exactly `cargo xtask test`.
 
 mod bench;
+mod board;
 mod boot_tests;
 mod debian;
 mod devicetree;
@@ -66,7 +67,8 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    fn locate() -> Self {
+    /// The workspace this xtask was built in.
+    pub fn locate() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives in the workspace")
@@ -122,9 +124,9 @@ struct RunArgs {
     /// GIC version (2 or 3).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     gic: u8,
-    /// QEMU memory (-m).
-    #[arg(long, default_value = "1G")]
-    memory: String,
+    /// QEMU memory (-m; default 1G, a board's own default with --board).
+    #[arg(long)]
+    memory: Option<String>,
     /// Xen's dom0_mem.
     #[arg(long, default_value = "256M")]
     dom0_mem: String,
@@ -146,6 +148,10 @@ struct RunArgs {
     /// Use the modern (v2) virtio-mmio transport.
     #[arg(long)]
     modern_virtio: bool,
+    /// Boot on this board's QEMU model with its own device tree instead of
+    /// `virt` (imx8mp-evk); `--disk` is then its SD card.
+    #[arg(long, conflicts_with_all = ["domu", "el2", "modern_virtio"])]
+    board: Option<String>,
 }
 
 #[derive(Args)]
@@ -218,7 +224,7 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
 }
 
 fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     let image = build_kernel(ws)?;
     let mode = if args.no_xen {
         Mode::Bare
@@ -234,7 +240,15 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     let mut machine = Machine::new(mode);
     machine.gic = args.gic;
     machine.virtualization |= args.el2;
-    machine.memory = args.memory;
+    machine.board = args
+        .board
+        .as_deref()
+        .map(board::Board::from_name)
+        .transpose()?;
+    machine.memory = match (args.memory, machine.board) {
+        (None, Some(board)) => board.default_memory().to_string(),
+        (memory, _) => memory.unwrap_or_else(|| "1G".into()),
+    };
     machine.bootargs = args.bootargs;
     machine.xen_args = args.xen_args;
     machine.scenario = args.scenario;
@@ -252,7 +266,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
 }
 
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     if !args.boot_only {
         run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
             "test",

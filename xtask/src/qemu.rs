@@ -3,10 +3,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::board::Board;
 use crate::devicetree::{self, Module, Tree};
 use crate::scenario::Scenario;
 use crate::{Error, Result, Workspace};
@@ -70,6 +71,9 @@ pub struct Machine {
     pub disks: Vec<Disk>,
     /// Use the modern (v2) virtio-mmio interface instead of QEMU 7.2's legacy default.
     pub modern_virtio: bool,
+    /// A board with its own device tree instead of `virt` (then `disks`
+    /// are SD cards, `gic` and `modern_virtio` do not apply).
+    pub board: Option<Board>,
 }
 
 impl Machine {
@@ -87,6 +91,7 @@ impl Machine {
             scenario: None,
             disks: Vec::new(),
             modern_virtio: false,
+            board: None,
         }
     }
 
@@ -139,7 +144,15 @@ impl Machine {
     /// Prepares the run directory (device tree) and returns QEMU's full argument list.
     pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<Vec<String>> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir.to_path_buf(), e))?;
-        let mut args = self.hardware_args(None);
+        if self.board.is_some() && matches!(self.mode, Mode::XenDomU { .. } | Mode::LoaderOnly) {
+            return Err(Error::msg(
+                "on a board tidepool boots bare or as Xen dom0 (no domU, no loader-only boot)",
+            ));
+        }
+        let mut args = match self.board {
+            Some(board) => board.hardware_args(&board.tree(ws)?, &self.memory, &self.disks)?,
+            None => self.hardware_args(None),
+        };
         match &self.mode {
             Mode::LoaderOnly => {
                 args.push("-device".into());
@@ -163,11 +176,18 @@ impl Machine {
                 args.extend(["-append".into(), self.bootargs.clone()]);
             }
             Mode::XenDom0 { dom0_mem } => {
-                let module = self.kernel_module(image)?;
-                let xen_bootargs = format!(
-                    "console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}",
-                    self.xen_args
-                );
+                let mut module = self.kernel_module(image)?;
+                if let Some(board) = self.board {
+                    module.bootargs = board.dom0_bootargs(&board.tree(ws)?, &module.bootargs)?;
+                }
+                // On a board Xen's console is the tree's stdout-path UART,
+                // if Xen has a driver for it (Xen 4.17 has none for the
+                // i.MX UART: dom0 drives it, and prints Xen's ring).
+                let console = match self.board {
+                    Some(_) => "console=dtuart",
+                    None => "console=dtuart dtuart=/pl011@9000000",
+                };
+                let xen_bootargs = format!("{console} dom0_mem={dom0_mem} {}", self.xen_args);
                 let dtb = self.host_dtb(ws, run_dir, |tree| {
                     devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module)
                 })?;
@@ -229,15 +249,10 @@ impl Machine {
         Ok(())
     }
 
-    /// QEMU's own device tree for this machine, plus the scenario and `edit`.
-    fn host_dtb(
-        &self,
-        ws: &Workspace,
-        run_dir: &Path,
-        edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
-    ) -> Result<PathBuf> {
+    /// QEMU's own device tree for this `virt` machine (`dumpdtb`).
+    fn dump_qemu_dtb(&self, run_dir: &Path) -> Result<Tree> {
         let qemu_dtb = run_dir.join("qemu.dtb");
-        let status = Command::new("qemu-system-aarch64")
+        let status = crate::tools::qemu()?
             .args(self.hardware_args(Some(&qemu_dtb)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -250,7 +265,22 @@ impl Machine {
             )));
         }
         let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
-        let mut tree = Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?;
+        Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))
+    }
+
+    /// The machine's device tree (QEMU's own for `virt`, the board's),
+    /// plus the scenario and `edit`.
+    fn host_dtb(
+        &self,
+        ws: &Workspace,
+        run_dir: &Path,
+        edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
+    ) -> Result<PathBuf> {
+        let mut tree = match self.board {
+            // The board's own tree (QEMU rewrites its memory node to -m).
+            Some(board) => board.tree(ws)?,
+            None => self.dump_qemu_dtb(run_dir)?,
+        };
         if let Some(name) = &self.scenario {
             let path = ws.root.join("qemu/scenarios").join(format!("{name}.toml"));
             let scenario = Scenario::load(&path)
@@ -311,7 +341,7 @@ pub fn run_captured(
     stop_after: Option<&str>,
 ) -> Result<Captured> {
     let start = Instant::now();
-    let child = Command::new("qemu-system-aarch64")
+    let child = crate::tools::qemu()?
         .args(args)
         .args(["-serial", "stdio", "-monitor", "none"])
         .stdin(Stdio::null())
@@ -380,7 +410,7 @@ pub fn run_captured(
 /// Runs QEMU on the terminal (console on stdin/stdout; Ctrl-A X quits).
 pub fn run_interactive(args: &[String]) -> Result<()> {
     eprintln!("xtask: qemu-system-aarch64 {}", args.join(" "));
-    let status = Command::new("qemu-system-aarch64")
+    let status = crate::tools::qemu()?
         .args(args)
         .args(["-serial", "mon:stdio"])
         .status()

@@ -11,7 +11,11 @@
 //! - `blk-write=SEED@LBA+COUNT`: write the pattern of `SEED` to those
 //!   sectors of every block device, then flush;
 //! - `bench=MIB`: the block benchmark over the first `MIB` MiB of the first
-//!   block device.
+//!   block device;
+//! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
+//!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
+//!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
+//!   does not drive (the i.MX UART under Xen 4.17) is told this way.
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -73,6 +77,8 @@ pub struct Bootargs<'a> {
     pub blk_write: Option<SectorRange>,
     /// `bench=`: MiB to benchmark over.
     pub bench_mib: Option<u64>,
+    /// `console-uart=`: the UART to drive as the console.
+    pub console_uart: Option<&'a str>,
     raw: &'a str,
 }
 
@@ -109,6 +115,7 @@ impl<'a> Bootargs<'a> {
             blk_verify: None,
             blk_write: None,
             bench_mib: None,
+            console_uart: None,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -152,6 +159,8 @@ impl<'a> Bootargs<'a> {
             "bench" => {
                 self.bench_mib = Some(value.parse().ok().filter(|&m| m > 0).ok_or_else(bad)?)
             }
+            "console-uart" if !value.is_empty() => self.console_uart = Some(value),
+            "console-uart" => return Err(bad()),
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -174,6 +183,24 @@ pub fn parse_size(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_uart_names_a_node_or_alias() {
+        let a = Bootargs::parse("console-uart=serial1 log=debug");
+        assert_eq!(a.console_uart, Some("serial1"));
+        assert_eq!(a.errors().count(), 0);
+        let a = Bootargs::parse("console-uart=/soc@0/bus@30800000/serial@30890000");
+        assert_eq!(a.console_uart, Some("/soc@0/bus@30800000/serial@30890000"));
+        let a = Bootargs::parse("console-uart=");
+        assert_eq!(a.console_uart, None);
+        assert_eq!(
+            a.errors().collect::<Vec<_>>(),
+            [BootargError::BadValue {
+                key: "console-uart",
+                value: ""
+            }]
+        );
+    }
 
     #[test]
     fn block_words() {

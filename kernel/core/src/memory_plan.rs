@@ -9,8 +9,8 @@
 //!   `restricted-dma-pool`; no-map ones get a window of their own.
 //! - Other no-map regions are classified (a fault there names them) but not
 //!   mapped.
-//! - Windows (Device-nGnRE): the console UART named by `stdout-path`, the
-//!   GIC's distributor, CPU interface and redistributors, and every
+//! - Windows (Device-nGnRE): every UART the kernel drives (the console is
+//!   one), the GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
@@ -180,12 +180,9 @@ pub fn plan_memory<'a>(
         memory: MemoryType::Device,
     };
     let mut mmio: Vec<MmioSpec<'a>> = Vec::new();
-    if let Some(stdout) = &platform.chosen.stdout
-        && let Some(reg) = stdout.reg
-        && platform.uarts.iter().any(|u| u.path == stdout.path)
-    {
-        mmio.push(device(&stdout.path, reg));
-    }
+    // Every UART the kernel drives, not only stdout-path's: Xen removes
+    // stdout-path from dom0's tree, where `console-uart=` names the console.
+    mmio.extend(platform.uarts.iter().map(|u| device(&u.path, u.reg)));
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));
         mmio.extend(gic.cpu_interface.map(|r| device(&gic.path, r)));
