@@ -1019,7 +1019,9 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
 
     fn is_busy(&self, error: &SdError<'a>) -> bool {
         match error {
-            SdError::Busy { .. } => true,
+            // Waiting helps only while the request holding the slot is in
+            // flight; a finished one waits for its owner's `finish`.
+            SdError::Busy { .. } => matches!(self.slot, Slot::InFlight { .. }),
             SdError::Dma {
                 error:
                     DmaError::Pool {

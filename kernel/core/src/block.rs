@@ -461,6 +461,8 @@ fn random_reads<D: BlockDriver<'static>>(
         (state % (span / u64::from(SECTORS))) * u64::from(SECTORS)
     };
     let mut buffer = [0u8; SECTORS as usize * SECTOR_BYTES];
+    // No more in flight than the device has slots (an SD card has one).
+    let depth = depth.min(disk.device.slots());
     let mut pending: Vec<Token> = Vec::with_capacity(depth);
     let mut submitted = 0;
     while submitted < count || !pending.is_empty() {
