@@ -285,6 +285,13 @@ impl Machine {
             let path = ws.root.join("qemu/scenarios").join(format!("{name}.toml"));
             let scenario = Scenario::load(&path)
                 .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+            let machine = self.board.map_or(crate::scenario::VIRT, Board::name);
+            if scenario.machine() != machine {
+                return Err(Error::msg(format!(
+                    "scenario {name} edits the tree of {}, not of {machine}",
+                    scenario.machine()
+                )));
+            }
             scenario
                 .apply(&mut tree)
                 .map_err(|e| Error::msg(format!("scenario {name}: {e}")))?;

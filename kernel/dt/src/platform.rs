@@ -620,7 +620,7 @@ fn psci(tree: &Tree<'_>, node: usize) -> Result<Psci, NodeError> {
 /// `of_dma_is_coherent` reads them); with neither, not coherent (arm64's
 /// default). QEMU 10's `virt` puts `dma-coherent` on the root node, so a
 /// scenario makes one device non-coherent with `dma-noncoherent` on it.
-fn dma_coherent(tree: &Tree<'_>, node: usize) -> bool {
+pub(crate) fn dma_coherent(tree: &Tree<'_>, node: usize) -> bool {
     let mut current = Some(node);
     while let Some(n) = current {
         if tree.has(n, "dma-coherent") {
