@@ -65,6 +65,11 @@ pub trait BlockDriver<'a> {
     /// the same request can be submitted again once one completes.
     fn is_busy(&self, error: &Self::Error) -> bool;
 
+    /// Whether the device finished something [`Self::poll`] would take: a
+    /// register or ring read with no side effect, for a waiter to check
+    /// after every wake-up rather than trust that the interrupt arrived.
+    fn has_completions(&self) -> bool;
+
     /// Takes what the device finished (after its interrupt, or polling);
     /// returns the tokens that became ready to [`Self::finish`].
     fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions;

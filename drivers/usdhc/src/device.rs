@@ -1034,6 +1034,11 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
         }
     }
 
+    fn has_completions(&self) -> bool {
+        matches!(self.slot, Slot::InFlight { .. })
+            && self.ctl.read(Reg::IntStatus) & (INT::TC::SET.value | ERROR_BITS) != 0
+    }
+
     fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
         SdCard::poll(self, env)
     }

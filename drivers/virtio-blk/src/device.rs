@@ -1156,6 +1156,10 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         }
     }
 
+    fn has_completions(&self) -> bool {
+        self.queue.has_used()
+    }
+
     fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
         BlockDevice::poll(self, env)
     }

@@ -237,6 +237,12 @@ impl SplitQueue {
         Ok(head)
     }
 
+    /// Whether the device returned a chain not yet taken (one read of the
+    /// used index, no side effect).
+    pub(crate) fn has_used(&self) -> bool {
+        self.memory.read_u16(self.layout.used + RING_IDX) != self.last_used
+    }
+
     /// Takes the next chain the device returned, if any, and puts its
     /// descriptors back on the free list.
     ///

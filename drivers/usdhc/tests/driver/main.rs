@@ -377,6 +377,7 @@ fn completion_is_interrupt_driven_and_a_late_request_times_out_and_is_stopped() 
         .unwrap();
     // Command complete only: the interrupt is signalled, the request stays.
     assert!(b.sim.irq());
+    assert!(!b.card.has_completions());
     assert!(b.card.poll(&mut b.rig.env()).is_empty());
     assert_eq!(b.card.finish(token, &mut []), Poll::Pending);
     assert_eq!(b.sim.state().int_signal_en & 0x3, 0x3);
@@ -425,7 +426,20 @@ fn completion_is_interrupt_driven_and_a_late_request_times_out_and_is_stopped() 
         )
         .unwrap();
     b.sim.complete();
+    assert!(b.card.has_completions());
     assert_eq!(b.card.poll(&mut b.rig.env()).as_slice(), [token]);
+    assert!(!b.card.has_completions());
+    // A finished request holds the slot until its owner finishes it: a
+    // submission is refused, and waiting would not help.
+    let held = b
+        .card
+        .submit(
+            &mut b.rig.env(),
+            Request::Read { lba: 1, sectors: 1 },
+            Deadline::NEVER,
+        )
+        .unwrap_err();
+    assert!(matches!(held, SdError::Busy { .. }) && !b.card.is_busy(&held));
     assert!(matches!(
         b.card.finish(token, &mut [0; 512]),
         Poll::Ready(Ok(_))
