@@ -31,10 +31,10 @@ use crate::devicetree::{self, Module, Tree};
 use crate::{Error, Result, Workspace};
 
 /// Why Debian's Xen 4.17 is not enough on the i.MX 8M Plus.
-pub const XEN_417_UART_WARNING: &str = "Xen 4.17 (Debian's) boots on the i.MX 8M Plus but has no driver for \
+pub const XEN_417_UART_WARNING: &str = "Debian's Xen 4.17 boots on the i.MX 8M Plus but has no driver for \
 its UART (fsl,imx6q-uart family): Xen's own messages reach only its console ring, which tidepool prints \
-as dom0 (`xen: ring:` lines). A Xen that drives the UART (upstream Xen's `imx-uart` driver, merged \
-after 4.22) prints them itself; give it with --xen.";
+as dom0 (`xen: ring:` lines). For Xen's console on the UART use a Xen built from upstream's master with \
+xen/drivers/char/imx-uart.c (merged after 4.22), given with --xen.";
 
 /// Load addresses start this far above the start of RAM (ImageBuilder's
 /// default: the first 2 MiB are left to firmware and U-Boot's own use).
