@@ -13,7 +13,7 @@ use crate::{Error, Result, run_checked};
 /// `package` with apt-get when running as root; otherwise says exactly what
 /// to run.
 pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
-    if which(program) {
+    if which(program).is_some() {
         return Ok(());
     }
     let is_root = Command::new("id")
@@ -35,7 +35,7 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
         "--no-install-recommends",
         package,
     ]))?;
-    if which(program) {
+    if which(program).is_some() {
         Ok(())
     } else {
         Err(Error::msg(format!(
@@ -44,12 +44,14 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
     }
 }
 
-fn which(program: &str) -> bool {
-    Command::new("sh")
+/// Where host command `program` is, if installed.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let output = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .ok()?;
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// A private apt state under `dir`, for one architecture, reading the
@@ -75,15 +77,13 @@ impl PrivateApt {
     /// The host-architecture apt state in `dir` (created if needed) whose
     /// only source is `bookworm-backports`.
     pub fn host_backports(dir: &Path) -> Result<Self> {
-        let output = Command::new("dpkg")
-            .arg("--print-architecture")
-            .output()
-            .map_err(|e| Error::msg(format!("dpkg --print-architecture: {e}")))?;
-        let arch = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if !output.status.success() || arch.is_empty() {
-            return Err(Error::msg("dpkg --print-architecture gave no architecture"));
-        }
-        Self::create(dir, arch, Some(BACKPORTS_SOURCE))
+        Self::create(dir, host_architecture()?, Some(BACKPORTS_SOURCE))
+    }
+
+    /// The host-architecture apt state in `dir` (created if needed),
+    /// reading the system's sources.
+    pub fn host(dir: &Path) -> Result<Self> {
+        Self::create(dir, host_architecture()?, None)
     }
 
     fn create(dir: &Path, arch: String, sources: Option<&str>) -> Result<Self> {
@@ -210,6 +210,19 @@ impl PrivateApt {
             .map(|s| s.to_string())
             .ok_or_else(|| Error::msg(format!("no {} package named {prefix}*{suffix}", self.arch)))
     }
+}
+
+/// The host's Debian architecture (`amd64`).
+fn host_architecture() -> Result<String> {
+    let output = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .map_err(|e| Error::msg(format!("dpkg --print-architecture: {e}")))?;
+    let arch = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || arch.is_empty() {
+        return Err(Error::msg("dpkg --print-architecture gave no architecture"));
+    }
+    Ok(arch)
 }
 
 /// Orders names like `linux-image-6.1.0-56-arm64-unsigned` by their numbers.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod board;
+mod board_image;
 mod boot_tests;
 mod debian;
 mod devicetree;
@@ -100,6 +101,9 @@ enum Cmd {
     Test(TestArgs),
     /// Measure tidepool against Linux as Xen dom0 and print the ratios to the targets.
     Bench(bench::BenchArgs),
+    /// Write the boot files for a physical board's SD card (Xen, tidepool,
+    /// the board DTB, a U-Boot script).
+    Image(board_image::ImageArgs),
     /// Print the memory plan of a device tree blob.
     Dt {
         /// The .dtb file.
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(&ws, args),
         Cmd::Test(args) => test(&ws, args),
         Cmd::Bench(args) => bench::run(&ws, args),
+        Cmd::Image(args) => board_image::run(&ws, args),
         Cmd::Dt { file, json } => dt(&file, json),
     };
     match result {
@@ -291,7 +296,26 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         )?;
     }
     let image = build_kernel(ws)?;
-    boot_tests::run_all(ws, &image, args.filter.as_deref())
+    boot_tests::run_all(ws, &image, args.filter.as_deref())?;
+    // The physical board's boot folder, written and checked (no boot).
+    if args
+        .filter
+        .as_deref()
+        .is_none_or(|f| "image-imx8mp-evk".contains(f))
+    {
+        board_image::run(
+            ws,
+            board_image::ImageArgs {
+                board: board::Board::Imx8mpEvk.name().into(),
+                out: ws.build.join("image-test/imx8mp-evk"),
+                xen: None,
+                dom0_mem: "512M".into(),
+                bootargs: String::new(),
+            },
+        )?;
+        println!("image check imx8mp-evk ... ok");
+    }
+    Ok(())
 }
 
 fn dt(file: &Path, json: bool) -> Result<()> {

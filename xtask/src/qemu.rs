@@ -69,10 +69,11 @@ pub struct Machine {
     pub scenario: Option<String>,
     /// virtio-mmio block devices (the first gets QEMU's last transport).
     pub disks: Vec<Disk>,
-    /// Use the modern (v2) virtio-mmio interface instead of QEMU 7.2's legacy default.
+    /// Use the modern (v2) virtio-mmio interface instead of QEMU's legacy default.
     pub modern_virtio: bool,
     /// A board with its own device tree instead of `virt` (then `disks`
-    /// are SD cards, `gic` and `modern_virtio` do not apply).
+    /// is at most one SD card, and `gic`, `cpus`, `virtualization` and
+    /// `modern_virtio` do not apply: the board's tree and model decide).
     pub board: Option<Board>,
 }
 
@@ -135,8 +136,16 @@ impl Machine {
                 "if=none,id=disk{i},format=raw,file={}{ro}",
                 disk.file
             ));
+            // QEMU merges adjacent requests it finds queued together; an
+            // injected error then fails every request of the merge (timing
+            // decides how many): keep each request its own.
+            let merging = if disk.file.starts_with("blkdebug:") {
+                ",request-merging=off"
+            } else {
+                ""
+            };
             args.push("-device".into());
-            args.push(format!("virtio-blk-device,drive=disk{i}"));
+            args.push(format!("virtio-blk-device,drive=disk{i}{merging}"));
         }
         args
     }

@@ -115,6 +115,31 @@ impl Qemu {
     }
 }
 
+/// U-Boot's `mkimage`: the system's if installed, otherwise Debian's
+/// `u-boot-tools` fetched once into build/u-boot-tools (no system install).
+pub fn mkimage(ws: &Workspace) -> Result<PathBuf> {
+    if let Some(path) = crate::debian::which("mkimage") {
+        return Ok(path);
+    }
+    let dest = ws.build.join("u-boot-tools");
+    let binary = dest.join("usr/bin/mkimage");
+    if !binary.is_file() {
+        eprintln!(
+            "xtask: fetching u-boot-tools (for mkimage) into {}",
+            dest.display()
+        );
+        PrivateApt::host(&ws.build.join("apt-host"))?.fetch_and_unpack(&["u-boot-tools"], &dest)?;
+    }
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(Error::msg(format!(
+            "u-boot-tools has no {}",
+            binary.display()
+        )))
+    }
+}
+
 /// A command running the QEMU of this workspace (fetched if needed).
 pub fn qemu() -> Result<Command> {
     Ok(Qemu::fetch(&Workspace::locate())?.command())

@@ -14,11 +14,10 @@
 //! whatever rate its divider registers hold. Writing UCR2 with SRST clear
 //! resets the UART, so every write keeps it set.
 //!
-//! Receive: [`ImxUart::read_byte`] takes one received character or reports
-//! why it is bad; [`ImxUart::set_receive_interrupt`] raises the UART's
-//! interrupt while a character waits (receiver-ready with a FIFO trigger
-//! level of one character), so a console monitor can read input by
-//! interrupt.
+//! Receive, in the shape of the PL011 driver's, for console input by
+//! interrupt: [`ImxUart::enable_receive_interrupts`] raises the UART's
+//! interrupt while a character waits; the handler drains
+//! [`ImxUart::receive`], which returns each character or why it is damaged.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -82,13 +81,6 @@ register_bitfields! {u32,
         /// Receiver trigger level: USR1.RRDY is set at this many characters.
         RXTL OFFSET(0) NUMBITS(6) []
     ],
-    /// UART Status Register 1.
-    USR1 [
-        /// Receiver ready: the FIFO holds at least RXTL characters.
-        RRDY OFFSET(9) NUMBITS(1) [],
-        /// Transmitter ready: the FIFO is below its trigger level.
-        TRDY OFFSET(13) NUMBITS(1) []
-    ],
     /// UART Status Register 2.
     USR2 [
         /// Receive data ready: at least one character waits.
@@ -116,7 +108,7 @@ register_structs! {
         (0x84 => ucr2: ReadWrite<u32, UCR2::Register>),
         (0x88 => _ucr3_ucr4),
         (0x90 => ufcr: ReadWrite<u32, UFCR::Register>),
-        (0x94 => usr1: ReadOnly<u32, USR1::Register>),
+        (0x94 => _usr1),
         (0x98 => usr2: ReadWrite<u32, USR2::Register>),
         (0x9c => _escape_timer_baud_onems),
         (0xb4 => uts: ReadOnly<u32, UTS::Register>),
@@ -135,19 +127,6 @@ pub enum ImxUartError {
     TransmitTimeout,
     /// The transmitter never completed (USR2.TXDC stayed clear).
     FlushTimeout,
-    /// A character arrived damaged: the receiver's error bits (URXD).
-    Receive {
-        /// The character as received.
-        byte: u8,
-        /// Parity error.
-        parity: bool,
-        /// Framing error.
-        framing: bool,
-        /// Characters were lost before this one (FIFO overrun).
-        overrun: bool,
-        /// A break condition.
-        break_condition: bool,
-    },
 }
 
 impl fmt::Display for ImxUartError {
@@ -155,29 +134,44 @@ impl fmt::Display for ImxUartError {
         match self {
             Self::TransmitTimeout => f.write_str("i.MX UART: transmit FIFO stayed full"),
             Self::FlushTimeout => f.write_str("i.MX UART: transmission never completed"),
-            Self::Receive {
-                byte,
-                parity,
-                framing,
-                overrun,
-                break_condition,
-            } => {
-                write!(f, "i.MX UART: received {byte:#04x} with")?;
-                for (set, name) in [
-                    (parity, " parity-error"),
-                    (framing, " framing-error"),
-                    (overrun, " overrun"),
-                    (break_condition, " break"),
-                ] {
-                    if *set {
-                        f.write_str(name)?;
-                    }
-                }
-                Ok(())
-            }
         }
     }
 }
+
+/// A received character the UART flagged as damaged (URXD's error bits; the
+/// character is dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveError {
+    /// The character as received.
+    pub byte: u8,
+    /// Framing error.
+    pub framing: bool,
+    /// Parity error.
+    pub parity: bool,
+    /// Break condition.
+    pub break_condition: bool,
+    /// Characters were lost before this one (receive FIFO overrun).
+    pub overrun: bool,
+}
+
+impl fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "i.MX UART: received {:#04x} with", self.byte)?;
+        for (set, name) in [
+            (self.framing, " framing-error"),
+            (self.parity, " parity-error"),
+            (self.break_condition, " break"),
+            (self.overrun, " overrun"),
+        ] {
+            if set {
+                f.write_str(name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for ReceiveError {}
 
 impl core::error::Error for ImxUartError {}
 
@@ -263,49 +257,41 @@ impl ImxUart {
         )
     }
 
-    /// The next received character, `Ok(None)` if none waits, or the
-    /// receiver's report of a damaged one (which is consumed).
-    pub fn read_byte(&self) -> Result<Option<u8>, ImxUartError> {
+    /// The next received character, `None` when none waits. A character
+    /// the UART flagged (framing, parity, break, overrun) is returned as
+    /// that error, and an overrun is acknowledged (USR2.ORE).
+    pub fn receive(&self) -> Option<Result<u8, ReceiveError>> {
         if !self.registers.usr2.is_set(USR2::RDR) {
-            return Ok(None);
+            return None;
         }
         let rx = self.registers.urxd.extract();
         if !rx.is_set(URXD::CHARRDY) {
-            return Ok(None);
+            return None;
         }
         let byte = rx.read(URXD::RX_DATA) as u8;
-        if rx.is_set(URXD::ERR) {
-            if rx.is_set(URXD::OVRRUN) {
-                self.registers.usr2.write(USR2::ORE::SET);
-            }
-            return Err(ImxUartError::Receive {
-                byte,
-                parity: rx.is_set(URXD::PRERR),
-                framing: rx.is_set(URXD::FRMERR),
-                overrun: rx.is_set(URXD::OVRRUN),
-                break_condition: rx.is_set(URXD::BRK),
-            });
+        if !rx.is_set(URXD::ERR) {
+            return Some(Ok(byte));
         }
-        Ok(Some(byte))
+        if rx.is_set(URXD::OVRRUN) {
+            self.registers.usr2.write(USR2::ORE::SET);
+        }
+        Some(Err(ReceiveError {
+            byte,
+            framing: rx.is_set(URXD::FRMERR),
+            parity: rx.is_set(URXD::PRERR),
+            break_condition: rx.is_set(URXD::BRK),
+            overrun: rx.is_set(URXD::OVRRUN),
+        }))
     }
 
-    /// Turns the receive interrupt on or off: while on, the UART's
-    /// interrupt line is raised as long as a character waits (the receive
-    /// FIFO's trigger level is set to one character). The handler drains
-    /// [`Self::read_byte`] until it returns `Ok(None)`.
-    pub fn set_receive_interrupt(&self, on: bool) {
-        if on {
-            self.registers.ufcr.modify(UFCR::RXTL.val(1));
-            self.registers.ucr1.modify(UCR1::RRDYEN::SET);
-        } else {
-            self.registers.ucr1.modify(UCR1::RRDYEN::CLEAR);
-        }
-    }
-
-    /// Whether the receive interrupt is on and a character waits (the
-    /// interrupt line is raised).
-    pub fn receive_interrupt_pending(&self) -> bool {
-        self.registers.ucr1.is_set(UCR1::RRDYEN) && self.registers.usr1.is_set(USR1::RRDY)
+    /// Raises the UART's interrupt while a character waits: receiver-ready
+    /// with a receive FIFO trigger level of one character (the FIFO's
+    /// divider bits are kept). The condition clears itself as
+    /// [`Self::receive`] empties the FIFO: the handler drains it until
+    /// `None`, and there is nothing else to acknowledge.
+    pub fn enable_receive_interrupts(&self) {
+        self.registers.ufcr.modify(UFCR::RXTL.val(1));
+        self.registers.ucr1.modify(UCR1::RRDYEN::SET);
     }
 
     fn wait(&self, done: impl Fn() -> bool, timeout: ImxUartError) -> Result<(), ImxUartError> {
@@ -343,7 +329,6 @@ mod tests {
     const UCR1_: usize = 0x80;
     const UCR2_: usize = 0x84;
     const UFCR_: usize = 0x90;
-    const USR1_: usize = 0x94;
     const USR2_: usize = 0x98;
     const UTS_: usize = 0xb4;
 
@@ -436,13 +421,13 @@ mod tests {
     fn reads_a_waiting_character() {
         let fake = FakeUart::new();
         let uart = fake.uart();
-        assert_eq!(uart.read_byte(), Ok(None));
+        assert_eq!(uart.receive(), None);
         fake.write(USR2_, 1);
         fake.write(URXD_, 0x8000 | u32::from(b'q'));
-        assert_eq!(uart.read_byte(), Ok(Some(b'q')));
+        assert_eq!(uart.receive(), Some(Ok(b'q')));
         // RDR set but no valid character: nothing.
         fake.write(URXD_, u32::from(b'q'));
-        assert_eq!(uart.read_byte(), Ok(None));
+        assert_eq!(uart.receive(), None);
     }
 
     #[test]
@@ -451,15 +436,15 @@ mod tests {
         let uart = fake.uart();
         fake.write(USR2_, 1);
         fake.write(URXD_, 0x8000 | 0x4000 | 0x2000 | 0x1000 | 0x41);
-        let err = uart.read_byte().unwrap_err();
+        let err = uart.receive().unwrap().unwrap_err();
         assert_eq!(
             err,
-            ImxUartError::Receive {
+            ReceiveError {
                 byte: 0x41,
-                parity: false,
                 framing: true,
+                parity: false,
+                break_condition: false,
                 overrun: true,
-                break_condition: false
             }
         );
         assert_eq!(
@@ -476,15 +461,8 @@ mod tests {
         // The divider bits (RFDIV, 9:7) must survive.
         fake.write(UFCR_, 0b101 << 7 | 0x20);
         fake.write(UCR1_, 1);
-        let uart = fake.uart();
-        uart.set_receive_interrupt(true);
+        fake.uart().enable_receive_interrupts();
         assert_eq!(fake.read(UFCR_), 0b101 << 7 | 1);
         assert_eq!(fake.read(UCR1_), 1 | 1 << 9);
-        assert!(!uart.receive_interrupt_pending());
-        fake.write(USR1_, 1 << 9);
-        assert!(uart.receive_interrupt_pending());
-        uart.set_receive_interrupt(false);
-        assert_eq!(fake.read(UCR1_), 1);
-        assert!(!uart.receive_interrupt_pending());
     }
 }

@@ -75,7 +75,7 @@ impl fmt::Write for Line {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use backend::{Backend, current, move_to_window, select, write_line};
+pub use backend::{Backend, move_to_window, select, write_line};
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod backend {
@@ -145,17 +145,6 @@ mod backend {
                 Some(window) => select(Backend::ImxUart(window.0 as usize)),
                 None => select(Backend::None),
             }
-        }
-    }
-
-    /// The selected backend.
-    pub fn current() -> Backend {
-        let base = UART.load(Ordering::Relaxed);
-        match KIND.load(Ordering::Acquire) {
-            1 => Backend::Xen,
-            2 => Backend::Pl011(base),
-            3 => Backend::ImxUart(base),
-            _ => Backend::None,
         }
     }
 

@@ -77,10 +77,8 @@ pub fn print_console_ring() {
     const MAX_READS: usize = 64;
     let mut buffer = alloc::vec![0u8; 4096];
     let result = tidepool_xen_abi::read_console_lines(&mut Xen, &mut buffer, MAX_READS, |line| {
-        info!(
-            "xen: ring: {}",
-            core::str::from_utf8(line).unwrap_or("(not UTF-8)")
-        );
+        let text = core::str::from_utf8(line).unwrap_or("(not UTF-8)");
+        info!("xen: ring: {}", text.trim_end());
     });
     match result {
         Ok(summary) => info!(
