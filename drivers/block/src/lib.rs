@@ -27,11 +27,20 @@ pub use request::{
 };
 pub use stats::{BlkStats, StatsLine};
 
+/// A console line an interrupt brought besides completions (a capacity
+/// change, a device that failed), for the kernel to print at its level.
+pub enum Notice<'n> {
+    /// Information.
+    Info(&'n dyn fmt::Display),
+    /// An error.
+    Error(&'n dyn fmt::Display),
+}
+
 /// A block device as the kernel drives it: asynchronous requests with
-/// deadlines, completed by the kernel calling [`Self::poll`] after the
-/// device's interrupt (or instead of it) and [`Self::expire`] from its
-/// clock, and collected with [`Self::finish`]. All DMA goes through the
-/// device's [`DmaDevice`].
+/// deadlines, completed by the kernel calling [`Self::handle_interrupt`]
+/// after the device's interrupt (or [`Self::poll`] instead of it) and
+/// [`Self::expire`] from its clock, and collected with [`Self::finish`].
+/// All DMA goes through the device's [`DmaDevice`].
 pub trait BlockDriver<'a> {
     /// Why a request failed or was refused.
     type Error: fmt::Display;
@@ -65,12 +74,66 @@ pub trait BlockDriver<'a> {
     /// the same request can be submitted again once one completes.
     fn is_busy(&self, error: &Self::Error) -> bool;
 
+    /// The error of [`Self::submit_waiting`] when the requests holding the
+    /// slots stayed past the wait.
+    fn no_free_slot(&self) -> Self::Error;
+
+    /// Submits `request`, due `timeout` after its submission, waiting while
+    /// the device is busy ([`Self::is_busy`]). `wait` lets time pass (the
+    /// kernel sleeps until the device's interrupt or a timer) and takes what
+    /// came back.
+    ///
+    /// It waits at most `timeout`, by `clock`: every request holding a slot
+    /// was submitted before the call, so each is past its own deadline by
+    /// then, and a device that returned none of them holds them for good.
+    /// Then it gives up with [`Self::no_free_slot`] rather than wait
+    /// forever.
+    fn submit_waiting(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+        wait: &mut dyn FnMut(&mut Self, &mut DmaEnv<'_, 'a>),
+    ) -> Result<Token, Self::Error>
+    where
+        Self: Sized,
+    {
+        let give_up = clock().saturating_add(timeout);
+        loop {
+            let now = clock();
+            match self.submit(env, request, Deadline::after(now, timeout)) {
+                Err(error) if self.is_busy(&error) => {
+                    if now >= give_up {
+                        return Err(self.no_free_slot());
+                    }
+                    wait(self, env);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the kernel's interrupt handler noted an interrupt that
+    /// [`Self::handle_interrupt`] has not handled yet: what a waiter waits
+    /// for.
+    fn interrupt_noted(&self) -> bool;
+
+    /// Acts on the noted interrupt: takes what the device finished, and
+    /// tells `notice` what else it brought. Returns the tokens that became
+    /// ready to [`Self::finish`].
+    fn handle_interrupt(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions;
+
     /// Whether the device finished something [`Self::poll`] would take: a
     /// register or ring read with no side effect, for a waiter to check
     /// after every wake-up rather than trust that the interrupt arrived.
     fn has_completions(&self) -> bool;
 
-    /// Takes what the device finished (after its interrupt, or polling);
+    /// Takes what the device finished without an interrupt (polling);
     /// returns the tokens that became ready to [`Self::finish`].
     fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions;
 

@@ -2,11 +2,11 @@
 //! block requests (ADMA2, completed by interrupt or polling).
 
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicBool, Ordering, fence};
 use core::task::Poll;
 
 use tidepool_block::{
-    BlkStats, BlockDriver, Completion, Completions, Deadline, Op, Request, SECTOR_SIZE,
+    BlkStats, BlockDriver, Completion, Completions, Deadline, Notice, Op, Request, SECTOR_SIZE,
     SharedMemory, StatsLine, Token,
 };
 use tidepool_dma::{
@@ -136,6 +136,8 @@ pub struct SdCard<'a, C: Controller> {
     slot: Slot<'a>,
     generation: u32,
     stats: BlkStats,
+    /// Set by the kernel's interrupt handler ([`SdCard::use_interrupt_flag`]).
+    noted: Option<&'a AtomicBool>,
 }
 
 /// Setup's clock: ticks and a deadline.
@@ -244,12 +246,21 @@ impl<'a, C: Controller> SdCard<'a, C> {
             slot: Slot::Free,
             generation: 0,
             stats: BlkStats::default(),
+            noted: None,
         })
     }
 
     /// The device's name (its device-tree path).
     pub fn name(&self) -> &'a str {
         self.dma.name()
+    }
+
+    /// The flag the kernel's interrupt handler sets (after masking the
+    /// controller's signals with [`Usdhc::mask_interrupts`](crate::Usdhc::mask_interrupts)):
+    /// what [`BlockDriver::interrupt_noted`] reads and
+    /// [`BlockDriver::handle_interrupt`] clears.
+    pub fn use_interrupt_flag(&mut self, noted: &'a AtomicBool) {
+        self.noted = Some(noted);
     }
 
     /// What the card said at setup.
@@ -1032,6 +1043,29 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
             } => !matches!(self.slot, Slot::Free),
             _ => false,
         }
+    }
+
+    fn no_free_slot(&self) -> SdError<'a> {
+        SdError::NoFreeSlot {
+            device: self.name(),
+        }
+    }
+
+    fn interrupt_noted(&self) -> bool {
+        self.noted.is_some_and(|noted| noted.load(Ordering::Acquire))
+    }
+
+    /// The controller reports nothing but completions and errors, which
+    /// [`SdCard::poll`] takes: no notices.
+    fn handle_interrupt(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        _notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions {
+        if let Some(noted) = self.noted {
+            noted.store(false, Ordering::Release);
+        }
+        SdCard::poll(self, env)
     }
 
     fn has_completions(&self) -> bool {

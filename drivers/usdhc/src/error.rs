@@ -179,6 +179,12 @@ pub enum SdError<'a> {
         /// The device.
         device: &'a str,
     },
+    /// A request kept the card past a whole request timeout while another
+    /// waited to be submitted.
+    NoFreeSlot {
+        /// The device.
+        device: &'a str,
+    },
     /// The request's DMA region cannot be described to the controller.
     Adma {
         /// The device.
@@ -277,6 +283,10 @@ impl fmt::Display for SdError<'_> {
                 write!(f, "{device}: request of {bytes} bytes exceeds {max}")
             }
             Self::Busy { device } => write!(f, "{device}: a request is in flight"),
+            Self::NoFreeSlot { device } => write!(
+                f,
+                "{device}: the request in flight kept the card past the wait for it"
+            ),
             Self::Adma {
                 device,
                 op,

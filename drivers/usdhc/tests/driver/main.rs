@@ -539,3 +539,43 @@ fn shutdown_gives_every_page_back() {
     card.shutdown(&mut rig.env()).unwrap();
     assert_eq!(rig.usage(), baseline);
 }
+
+#[test]
+fn the_noted_interrupt_is_handled_and_a_held_card_is_not_waited_for_forever() {
+    let config = SimConfig {
+        auto_complete: false,
+        ..SimConfig::sdhc()
+    };
+    let mut b = bench(config, DeviceKind::DynamicPool, false);
+    let noted: &'static std::sync::atomic::AtomicBool =
+        Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+    b.card.use_interrupt_flag(noted);
+    let token = b
+        .card
+        .submit(&mut b.rig.env(), Request::Read { lba: 0, sectors: 1 }, Deadline::NEVER)
+        .unwrap();
+    // Another request waits a whole timeout for the slot, then gives up.
+    let mut clock = ticking();
+    let mut waits = 0;
+    let error = b
+        .card
+        .submit_waiting(
+            &mut b.rig.env(),
+            Request::Read { lba: 1, sectors: 1 },
+            &mut clock,
+            10,
+            &mut |_, _| waits += 1,
+        )
+        .unwrap_err();
+    assert!(matches!(error, SdError::NoFreeSlot { .. }), "{error:?}");
+    assert!(waits > 0);
+    // The handler notes the interrupt; the driver acts on it once.
+    b.sim.complete();
+    noted.store(true, std::sync::atomic::Ordering::Release);
+    assert!(b.card.interrupt_noted());
+    let done = b.card.handle_interrupt(&mut b.rig.env(), &mut |_| {
+        panic!("the SD card has no notices")
+    });
+    assert_eq!(done.as_slice(), [token]);
+    assert!(!b.card.interrupt_noted());
+}
