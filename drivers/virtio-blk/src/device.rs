@@ -23,7 +23,7 @@ use crate::transport::{
     feature,
 };
 use tidepool_block::SharedMemory;
-use tidepool_block::{BlkStats, BlockDriver, StatsLine};
+use tidepool_block::{BlkStats, BlockDriver, Notice, StatsLine};
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
 /// status, rounded up to whole pages so that no two slots share a cache line
@@ -1154,6 +1154,25 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
             } => BlockDevice::in_flight(self) > 0,
             _ => false,
         }
+    }
+
+    fn no_free_slot(&self) -> BlkError<'a> {
+        BlkError::QueueFull {
+            device: BlockDevice::name(self),
+            in_flight: BlockDevice::in_flight(self),
+        }
+    }
+
+    fn interrupt_noted(&self) -> bool {
+        false
+    }
+
+    fn handle_interrupt(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        _notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions {
+        BlockDevice::handle_interrupt(self, env)
     }
 
     fn has_completions(&self) -> bool {
