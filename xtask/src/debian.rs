@@ -13,7 +13,7 @@ use crate::{Error, Result, run_checked};
 /// `package` with apt-get when running as root; otherwise says exactly what
 /// to run.
 pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
-    if which(program).is_some() {
+    if has_program(program) {
         return Ok(());
     }
     let is_root = Command::new("id")
@@ -35,7 +35,7 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
         "--no-install-recommends",
         package,
     ]))?;
-    if which(program).is_some() {
+    if has_program(program) {
         Ok(())
     } else {
         Err(Error::msg(format!(
@@ -44,14 +44,13 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
     }
 }
 
-/// Where host command `program` is, if installed.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let output = Command::new("sh")
+/// Whether `program` is on `PATH`.
+pub fn has_program(program: &str) -> bool {
+    Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    (output.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A private apt state under `dir`, for one architecture, reading the

@@ -541,23 +541,13 @@ mod tests {
     /// QEMU's own DT for a GICv3 virt machine, or `None` if xtask has not
     /// fetched QEMU into build/qemu yet (`cargo xtask test` fetches it first).
     fn qemu_dumpdtb() -> Option<Vec<u8>> {
-        let qemu =
-            crate::tools::Qemu::unpacked(&crate::Workspace::locate().build.join("qemu")).ok()?;
+        crate::tools::Qemu::unpacked(&crate::Workspace::locate().build.join("qemu")).ok()?;
         let path =
             std::env::temp_dir().join(format!("xtask-devicetree-test-{}.dtb", std::process::id()));
         let machine = crate::qemu::Machine::new(crate::qemu::Mode::XenDom0 {
             dom0_mem: "256M".into(),
         });
-        let output = qemu
-            .command()
-            .args(machine.hardware_args(Some(&path)))
-            .output()
-            .expect("qemu-system-aarch64 runs");
-        assert!(
-            output.status.success(),
-            "dumpdtb failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        machine.dump_dtb(&path).expect("QEMU dumps its DTB");
         let bytes = std::fs::read(&path).expect("QEMU wrote the DTB");
         std::fs::remove_file(&path).expect("the DTB can be removed");
         Some(bytes)

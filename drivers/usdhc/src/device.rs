@@ -1052,7 +1052,8 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
     }
 
     fn interrupt_noted(&self) -> bool {
-        self.noted.is_some_and(|noted| noted.load(Ordering::Acquire))
+        self.noted
+            .is_some_and(|noted| noted.load(Ordering::Acquire))
     }
 
     /// The controller reports nothing but completions and errors, which

@@ -5,28 +5,33 @@
 //! transfer loop here ([`Disk`]): `blk-write=`, `blk-verify=` and `bench=`
 //! work the same on either, and print the same lines.
 //!
-//! A device's SPI handler only quietens the device (virtio: acknowledges
-//! `InterruptStatus`; uSDHC: masks its interrupt signals, whose status the
-//! driver reads) and notes the interrupt; the waiting code harvests
-//! (`poll`) after WFI returns, so a driver's state is never touched from
-//! interrupt context. The drivers' clock is the virtual counter in ticks
-//! (no division on the I/O path); reports use microseconds
-//! ([`cpu::uptime_us`]).
+//! A device's SPI handler only quietens the device and notes the interrupt
+//! for its driver (virtio: the driver's `InterruptHandler` acknowledges it
+//! through the interrupt registers the driver handed out and notes its
+//! causes; uSDHC: the handler masks the controller's interrupt signals,
+//! whose status the driver reads); after WFI the waiting code lets the
+//! driver act on it (`handle_interrupt`: completions, and for virtio a
+//! capacity change, reported, or a device that needs a reset, failed). So
+//! a driver's state is never touched from interrupt context. Waiting for a
+//! free request slot lasts at most one request timeout. The drivers' clock
+//! is the virtual counter in ticks (no division on the I/O path); reports
+//! use microseconds ([`cpu::uptime_us`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32};
 use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
 use tidepool_block::pattern::{self, SECTOR_BYTES};
-use tidepool_block::{BlockDriver, Deadline, Request, StatsLine, Token};
+use tidepool_block::{BlockDriver, Notice, Request, StatsLine, Token};
+use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, GicInterrupt, Usdhc as UsdhcNode, VirtioMmio};
 use tidepool_mm::PhysAddr;
 use tidepool_usdhc::{InitError, SdCard, SdError, Usdhc};
-use tidepool_virtio_blk::transport::{ReadRegister, Transport, WriteRegister};
+use tidepool_virtio_blk::transport::{ReadRegister, Transport};
 use tidepool_virtio_blk::{BlockDevice, MmioTransport, Options};
 
 use crate::arch::aarch64::{cpu, timer as arch_timer};
@@ -76,11 +81,9 @@ macro_rules! with_disk {
     };
 }
 
-/// One block device and how the kernel waits for it.
+/// One block device and how long its requests may take.
 pub struct Disk<D> {
     device: D,
-    /// Set by the interrupt handler, cleared by the waiter.
-    interrupted: &'static AtomicBool,
     /// [`REQUEST_TIMEOUT_US`] in counter ticks.
     timeout_ticks: u64,
 }
@@ -108,14 +111,16 @@ fn probe_virtio(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk<VirtioDisk>>
         };
         let base = window.0 as usize;
         // SAFETY: `base` is the transport's register block, mapped as
-        // Device memory by the memory bring-up for the kernel's lifetime.
+        // Device memory by the memory bring-up for the kernel's lifetime;
+        // this is the one transport made for it (the interrupt handler
+        // touches only the interrupt registers the driver hands out).
         let transport = unsafe { MmioTransport::new(base) };
         if transport.read(ReadRegister::MagicValue) != VIRTIO_MAGIC
             || transport.read(ReadRegister::DeviceId) != BLOCK_DEVICE_ID
         {
             continue;
         }
-        match set_up(dt, dma, node, transport, base) {
+        match set_up(dt, dma, node, transport) {
             Ok(disk) => {
                 info!("{}", disk.device.info_line());
                 disks.push(disk);
@@ -131,46 +136,33 @@ fn set_up(
     dma: &mut Dma,
     node: &'static VirtioMmio,
     transport: MmioTransport,
-    base: usize,
 ) -> Result<Disk<VirtioDisk>, alloc::string::String> {
     use alloc::string::ToString;
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
         .map_err(|e| e.to_string())?;
-    // SAFETY: the DMA layer's windows and linear addresses are mapped
-    // read-write for the kernel's lifetime, and its pools hand each page to
-    // one owner (the memory bring-up and `Dma::new` set them up).
-    let device =
-        unsafe { BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default()) }
-            .map_err(|e| e.to_string())?;
-    let interrupted = interrupt(&node.path, &node.interrupt, move || {
-        // SAFETY: the same register block as the driver's; the handler
-        // touches only InterruptStatus and InterruptACK, which the driver
-        // never uses once it runs on interrupts (it harvests with `poll`).
-        let mut registers = unsafe { MmioTransport::new(base) };
-        let status = registers.read(ReadRegister::InterruptStatus);
-        registers.write(WriteRegister::InterruptAck, status);
-    })?;
-    Ok(Disk::new(device, interrupted))
+    let mut device = BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default())
+        .map_err(|e| e.to_string())?;
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let Some(interrupt) = device.interrupt_handler(pending) else {
+        return Err("the driver's interrupt registers are already handed out".into());
+    };
+    register_interrupt(&node.path, &node.interrupt, move || interrupt.handle())?;
+    Ok(Disk::new(device))
 }
 
-/// Registers `quieten` as the handler of a device's interrupt, noting each
-/// interrupt in the flag it returns.
-fn interrupt(
+/// Registers `handler` as the handler of a device's interrupt.
+fn register_interrupt(
     path: &str,
     interrupt: &GicInterrupt,
-    quieten: impl Fn() + Sync + 'static,
-) -> Result<&'static AtomicBool, alloc::string::String> {
+    handler: impl Fn() + Sync + 'static,
+) -> Result<(), alloc::string::String> {
     use alloc::string::ToString;
-    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (intid, trigger) = irq::from_device_tree(interrupt).map_err(|e| e.to_string())?;
-    let handler: irq::Handler = Box::leak(Box::new(move |_| {
-        quieten();
-        interrupted.store(true, Ordering::Release);
-    }));
+    let handler: irq::Handler = Box::leak(Box::new(move |_| handler()));
     irq::register(intid, trigger, handler).map_err(|e| e.to_string())?;
     info!("blk: {path} interrupt intid={} {trigger:?}", intid.raw());
-    Ok(interrupted)
+    Ok(())
 }
 
 /// Finds and sets up the SD card of every uSDHC in the device tree. A
@@ -237,30 +229,33 @@ fn set_up_sd(
     // SAFETY: the DMA layer's windows and linear addresses are mapped
     // read-write for the kernel's lifetime, and its pools hand each page to
     // one owner (the memory bring-up and `Dma::new` set them up).
-    let card = unsafe { SdCard::new(controller, dma_device, &mut dma.env(), options, &mut clock) }
-        .map_err(|e| match e {
-            InitError::Command(SdError::Controller { registers, .. })
-                if registers.is_command_timeout() =>
-            {
-                SdSetupError::NoCard(e.to_string())
-            }
-            other => failed(&other),
-        })?;
-    let interrupted = interrupt(&device.path, &device.interrupt, move || {
+    let mut card =
+        unsafe { SdCard::new(controller, dma_device, &mut dma.env(), options, &mut clock) }
+            .map_err(|e| match e {
+                InitError::Command(SdError::Controller { registers, .. })
+                    if registers.is_command_timeout() =>
+                {
+                    SdSetupError::NoCard(e.to_string())
+                }
+                other => failed(&other),
+            })?;
+    let noted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    card.use_interrupt_flag(noted);
+    register_interrupt(&device.path, &device.interrupt, move || {
         // SAFETY: the same register block as the driver's (see above); the
         // handler only clears the signal enables, which the driver sets
         // again while a request is in flight.
         unsafe { Usdhc::new(base) }.mask_interrupts();
+        noted.store(true, core::sync::atomic::Ordering::Release);
     })
     .map_err(|e| failed(&e))?;
-    Ok(Disk::new(card, interrupted))
+    Ok(Disk::new(card))
 }
 
 impl<D: BlockDriver<'static>> Disk<D> {
-    fn new(device: D, interrupted: &'static AtomicBool) -> Self {
+    fn new(device: D) -> Self {
         Self {
             device,
-            interrupted,
             timeout_ticks: arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
         }
     }
@@ -270,43 +265,24 @@ impl<D: BlockDriver<'static>> Disk<D> {
         self.device.name()
     }
 
-    /// Waits (WFI) for an interrupt of this device or the nearest deadline,
-    /// then harvests finished requests and expires late ones.
+    /// Waits for this device's interrupt or a request timeout, then takes
+    /// what the device returned and expires late requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
-        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
-        let interrupted = self.interrupted;
-        let device = &self.device;
-        // After every wake-up the device itself is asked too, so a lost
-        // interrupt costs a wake-up, not the whole wait. It happens: QEMU's
-        // imx8mp-evk model wires only the GIC's IRQ and FIQ outputs to the
-        // CPUs, not the virtual IRQ ones (hw/arm/fsl-imx8mp.c), so a guest
-        // of Xen there takes no interrupt at all; Xen still ends its WFI
-        // when it injects one, and this check then sees the completion.
-        // A timeout is not an error here: `expire` below reports late requests.
-        if let Err(err) = timer::wait_for(deadline, || {
-            interrupted.load(Ordering::Acquire) || device.has_completions()
-        }) && !matches!(err, timer::WaitError::TimedOut { .. })
-        {
-            error!("blk: {}: cannot wait: {err}", self.name());
-        }
-        self.interrupted.store(false, Ordering::Release);
-        self.device.poll(&mut dma.env());
-        for token in &self.device.expire(arch_timer::counter()) {
-            warn!("blk: {} request {token:?} timed out", self.name());
-        }
+        wait_and_take(&mut self.device, &mut dma.env());
     }
 
     /// Submits a request, waiting while all slots are in use or the
     /// device's pool has no room for another bounce buffer (both free up as
-    /// requests in flight complete).
+    /// requests in flight complete), at most one request timeout: a device
+    /// that keeps every slot past that is reported, not waited for forever.
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, D::Error> {
-        loop {
-            let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
-            match self.device.submit(&mut dma.env(), request, deadline) {
-                Err(error) if self.device.is_busy(&error) => self.wait_and_harvest(dma),
-                other => return other,
-            }
-        }
+        self.device.submit_waiting(
+            &mut dma.env(),
+            request,
+            &mut arch_timer::counter,
+            self.timeout_ticks,
+            &mut wait_and_take,
+        )
     }
 
     /// Waits for `token` and copies a read's data into `buffer`.
@@ -374,6 +350,39 @@ impl<D: BlockDriver<'static>> Disk<D> {
     pub fn flush(&mut self, dma: &mut Dma) -> Result<(), D::Error> {
         let token = self.submit(dma, Request::Flush)?;
         self.complete(dma, token, &mut [])
+    }
+}
+
+/// Waits (WFI) for the device's interrupt or a request timeout; lets the
+/// driver act on an interrupt (printing what else it brought), otherwise
+/// polls; then expires late requests.
+///
+/// After every wake-up the device itself is asked too
+/// ([`BlockDriver::has_completions`]), so a lost interrupt costs a wake-up,
+/// not the whole wait. It happens: QEMU's imx8mp-evk model wires only the
+/// GIC's IRQ and FIQ outputs to the CPUs, not the virtual IRQ ones
+/// (hw/arm/fsl-imx8mp.c), so a guest of Xen there takes no interrupt at
+/// all; Xen still ends its WFI when it injects one, and the check then sees
+/// the completion.
+fn wait_and_take<D: BlockDriver<'static>>(device: &mut D, env: &mut DmaEnv<'_, 'static>) {
+    let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
+    // A timeout is not an error here: `expire` below reports late requests.
+    if let Err(err) = timer::wait_for(deadline, || {
+        device.interrupt_noted() || device.has_completions()
+    }) && !matches!(err, timer::WaitError::TimedOut { .. })
+    {
+        error!("blk: {}: cannot wait: {err}", device.name());
+    }
+    if device.interrupt_noted() {
+        device.handle_interrupt(env, &mut |notice| match notice {
+            Notice::Info(line) => info!("{line}"),
+            Notice::Error(line) => error!("{line}"),
+        });
+    } else {
+        device.poll(env);
+    }
+    for token in &device.expire(arch_timer::counter()) {
+        warn!("blk: {} request {token:?} timed out", device.name());
     }
 }
 

@@ -12,17 +12,16 @@ use core::fmt;
 
 use log::info;
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange, PlatformFlush, PoolPlacement,
-    PoolRole, PoolSet, PoolSpec, SetupError, WarningSink, WindowAttributes,
+    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning,
+    OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SetupError,
+    WarningSink, WindowAttributes,
 };
 use tidepool_dt::{DeviceTree, ReservedRegion};
 use tidepool_mm::{AddressMap, PhysRange, RegionKind};
-use tidepool_xen_abi::{CacheFlushBatch, CacheFlushOp, cache_flush_range};
 
-use crate::arch::aarch64::cache::{self, maintain_range};
+use crate::arch::aarch64::cache::maintain_range;
 use crate::memory_plan::{KERNEL_LINEAR_POOL, KERNEL_NC_POOL, MemorySetup, is_dma_pool};
-use crate::xen::Xen;
+use crate::xen::flush::XenFlush;
 
 /// Data-cache maintenance by virtual address, to the point of coherency.
 pub struct KernelCache;
@@ -32,12 +31,8 @@ pub struct KernelCache;
 // (clean+invalidate), completes with `DSB` and keeps nothing.
 unsafe impl CacheMaintenance for KernelCache {
     fn maintain(&mut self, op: CacheOp, range: &OwnedVirtRange) {
-        let op = match op {
-            CacheOp::Clean => cache::CacheOp::Clean,
-            CacheOp::Invalidate => cache::CacheOp::Invalidate,
-            CacheOp::CleanInvalidate => cache::CacheOp::CleanInvalidate,
-        };
-        maintain_range(op, range.start().0 as usize, range.len() as usize);
+        // SAFETY: the DMA layer lends only memory it owns for this call.
+        unsafe { maintain_range(op, range.start().0 as usize, range.len() as usize) };
     }
 }
 
@@ -52,38 +47,6 @@ pub fn device_pool<'d>(
             .iter()
             .find(|r| r.path == *region && is_dma_pool(r))
     })
-}
-
-/// `GNTTABOP_cache_flush`: every page of a range in one hypercall.
-pub struct XenFlush {
-    batch: CacheFlushBatch,
-}
-
-// SAFETY: `cache_flush_range` asks Xen for exactly `op` on every page of
-// the range and reports any entry Xen did not do as an error; Xen's flush is
-// complete when the hypercall returns.
-unsafe impl PlatformFlush for XenFlush {
-    fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
-        let range = range.range();
-        let op = match op {
-            CacheOp::Clean => CacheFlushOp::Clean,
-            CacheOp::Invalidate => CacheFlushOp::Invalidate,
-            CacheOp::CleanInvalidate => CacheFlushOp::CleanInvalidate,
-        };
-        match cache_flush_range(&mut Xen, &mut self.batch, range.base.0, range.size, op) {
-            Ok(done) => Ok(FlushDone {
-                hypercalls: done.hypercalls,
-                pages: done.pages as u32,
-            }),
-            Err(error) => Err(FlushFailed {
-                // A range overflow never reaches Xen: report it as EINVAL.
-                errno: error.errno().map_or(FlushErrno::Einval, |e| {
-                    FlushErrno::from_xen_return(-e.code())
-                }),
-                hypercalls: error.hypercalls(),
-            }),
-        }
-    }
 }
 
 /// Copies between kernel virtual addresses the DMA layer lends: CPU buffers
@@ -145,22 +108,20 @@ impl fmt::Display for DmaSetupError {
 
 impl Dma {
     /// Sets up every pool: the device tree's DMA pools and the kernel's two.
-    /// With `platform_flush` (a direct-mapped Xen domain), each own-window
-    /// pool is probed once for `GNTTABOP_cache_flush` (one page), and the
-    /// answer is printed and kept.
+    /// With `flush` (a direct-mapped Xen domain), each own-window pool is
+    /// probed once for `GNTTABOP_cache_flush` (one page), and the answer is
+    /// printed and kept.
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
-        platform_flush: bool,
+        flush: Option<XenFlush>,
     ) -> Result<Self, DmaSetupError> {
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
             pools: PoolSet::new(address_map),
             cache: KernelCache,
             memory: KernelMemory,
-            flush: platform_flush.then(|| XenFlush {
-                batch: CacheFlushBatch::new(),
-            }),
+            flush,
             warnings: ConsoleWarnings,
         };
         let own_window = |name: &str| {

@@ -31,6 +31,7 @@
 
 use core::fmt;
 
+pub use tidepool_mm::CacheOp;
 use tidepool_mm::{PhysRange, VirtAddr};
 
 /// A range of kernel virtual addresses the DMA layer owns for the duration
@@ -91,27 +92,6 @@ impl OwnedPhysRange {
     /// The range.
     pub const fn range(&self) -> PhysRange {
         self.range
-    }
-}
-
-/// A cache maintenance operation to the point of coherency, by VA or by PA.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CacheOp {
-    /// Write dirty lines back (`DC CVAC`; Xen `GNTTAB_CACHE_CLEAN`).
-    Clean,
-    /// Discard lines (`DC IVAC`; Xen `GNTTAB_CACHE_INVAL`).
-    Invalidate,
-    /// Write dirty lines back, then discard them (`DC CIVAC`; Xen both flags).
-    CleanInvalidate,
-}
-
-impl fmt::Display for CacheOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Clean => "clean",
-            Self::Invalidate => "invalidate",
-            Self::CleanInvalidate => "clean+invalidate",
-        })
     }
 }
 

@@ -83,10 +83,11 @@ impl CpuBuffer {
     ///
     /// `[virt, virt + len)` is mapped, readable and writable normal memory,
     /// and from now until the mapping made from this buffer is unmapped
-    /// (forever, if it never is) nothing but the DMA layer and the device
-    /// reads or writes it, and it stays mapped and allocated: the layer
-    /// copies to and from it, and the device may reach it by its physical
-    /// address.
+    /// (or, if it is dropped instead, until no device can still use the
+    /// address it gave: the device was reset) nothing but the DMA layer and
+    /// the device reads or writes it, and it stays mapped and allocated: the
+    /// layer copies to and from it, and the device may reach it by its
+    /// physical address.
     #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
     pub const unsafe fn new(virt: VirtAddr, len: u64) -> Self {
         Self { virt, len }

@@ -18,7 +18,7 @@ use super::cpio::Newc;
 use super::{KeyValues, ParseError, Rate, Throughput};
 use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
-use crate::qemu::{Machine, Mode};
+use crate::qemu::{Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
 
 /// Where QEMU's loader puts the Linux Image (33 MB): above QEMU's DTB at
@@ -171,7 +171,7 @@ pub fn qemu_args(
     dom0: &LinuxDom0,
     xen_bootargs: &str,
     run_dir: &Path,
-) -> Result<Vec<String>> {
+) -> Result<QemuCommand> {
     let mut bare = machine.clone();
     bare.mode = Mode::Bare;
     bare.virtualization = true;
@@ -179,9 +179,10 @@ pub fn qemu_args(
     let xen = tools::xen_image(ws)?;
     let mut args = bare.prepare(ws, &xen, run_dir)?;
     let dtb_path = args
+        .args()
         .iter()
         .position(|a| a == "-dtb")
-        .and_then(|i| args.get(i + 1))
+        .and_then(|i| args.args().get(i + 1))
         .map(PathBuf::from)
         .ok_or_else(|| Error::msg("bare QEMU arguments have no -dtb"))?;
 
@@ -210,7 +211,7 @@ pub fn qemu_args(
     std::fs::write(&dtb_path, out).map_err(|e| Error::io(dtb_path.clone(), e))?;
 
     for (file, addr) in [(&dom0.image, KERNEL_ADDR), (&dom0.initramfs, RAMDISK_ADDR)] {
-        args.push("-device".into());
+        args.push("-device");
         args.push(format!(
             "loader,file={},addr={addr:#x},force-raw=on",
             file.display()

@@ -552,7 +552,11 @@ fn the_noted_interrupt_is_handled_and_a_held_card_is_not_waited_for_forever() {
     b.card.use_interrupt_flag(noted);
     let token = b
         .card
-        .submit(&mut b.rig.env(), Request::Read { lba: 0, sectors: 1 }, Deadline::NEVER)
+        .submit(
+            &mut b.rig.env(),
+            Request::Read { lba: 0, sectors: 1 },
+            Deadline::NEVER,
+        )
         .unwrap();
     // Another request waits a whole timeout for the slot, then gives up.
     let mut clock = ticking();

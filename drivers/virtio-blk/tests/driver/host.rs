@@ -12,8 +12,9 @@
 //! - The kernel's linear pool is a leaked host allocation, so identity too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::string::{String, ToString};
+use std::sync::Once;
 use std::vec::Vec;
 
 use tidepool_dma::{
@@ -328,6 +329,8 @@ impl Rig {
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static FREED: Cell<u64> = const { Cell::new(0) };
+    static LOG: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The test binary's global allocator: the system's, counting this thread's
@@ -351,6 +354,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        FREED.with(|freed| freed.set(freed.get() + layout.size() as u64));
         // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -366,4 +370,38 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// Allocations this thread has made so far.
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Bytes this thread has freed so far.
+pub fn freed_bytes() -> u64 {
+    FREED.with(Cell::get)
+}
+
+/// Keeps every log line of the thread that logs it (tests run on threads of
+/// their own).
+struct ThreadLog;
+
+impl log::Log for ThreadLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        LOG.with(|lines| lines.borrow_mut().push(record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+static THREAD_LOG: ThreadLog = ThreadLog;
+
+/// The driver's log lines on this thread since the last call (the console
+/// lines the kernel would print).
+pub fn take_log() -> Vec<String> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&THREAD_LOG).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    LOG.with(|lines| core::mem::take(&mut *lines.borrow_mut()))
 }
