@@ -80,6 +80,29 @@ macro_rules! with_disk {
         }
     };
 }
+pub(crate) use with_disk;
+
+impl AnyDisk {
+    /// The device-tree path of the device.
+    pub fn name(&self) -> &'static str {
+        with_disk!(self, disk => disk.name())
+    }
+
+    /// Prints the device's setup line (`blk: <device> virtio-mmio ...` or
+    /// `blk: <device> sd ...`) and its counters (`blk: stats ...`).
+    pub fn print_info(&self) {
+        match self {
+            AnyDisk::Virtio(disk) => info!("{}", disk.device.info_line()),
+            AnyDisk::Sd(disk) => info!("{}", disk.device.info_line()),
+        }
+        with_disk!(self, disk => info!("{}", StatsLine::new(disk.name(), disk.device.stats())));
+    }
+
+    /// Prints the device's DMA counters (`dma: stats ...`).
+    pub fn print_dma_stats(&self) {
+        with_disk!(self, disk => info!("{}", disk.device.dma().stats_line()));
+    }
+}
 
 /// One block device and how long its requests may take.
 pub struct Disk<D> {
@@ -265,6 +288,11 @@ impl<D: BlockDriver<'static>> Disk<D> {
         self.device.name()
     }
 
+    /// The driver's device: capacity, counters.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
     /// Waits for this device's interrupt or a request timeout, then takes
     /// what the device returned and expires late requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
@@ -353,6 +381,15 @@ impl<D: BlockDriver<'static>> Disk<D> {
     }
 }
 
+/// `bytes` zeroed bytes from the heap, `None` where the heap has no room
+/// (the monitor asks for these buffers on a running system).
+pub fn zeroed(bytes: usize) -> Option<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(bytes).ok()?;
+    buffer.resize(bytes, 0);
+    Some(buffer)
+}
+
 /// Waits (WFI) for the device's interrupt or a request timeout; lets the
 /// driver act on an interrupt (printing what else it brought), otherwise
 /// polls; then expires late requests.
@@ -395,7 +432,10 @@ pub fn verify<D: BlockDriver<'static>>(
     expected: DiskPattern,
 ) -> u64 {
     let capacity = disk.device.capacity();
-    let mut buffer = vec![0u8; CHUNK_BYTES * 16];
+    let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
+        error!("blk: verify {}: no heap for its buffer", disk.name());
+        return 1;
+    };
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
     let mut problems = 0;
     let mut lba = 0;
@@ -522,7 +562,10 @@ pub fn bench<D: BlockDriver<'static>>(
     let before_dma = *disk.device.dma().stats();
 
     // Large passes keep the queue full: it drains only between passes.
-    let mut buffer = vec![0u8; 8 << 20];
+    let Some(mut buffer) = zeroed(8 << 20) else {
+        error!("blk: bench {}: no heap for its buffer", disk.name());
+        return Ok(());
+    };
     let start = cpu::uptime_us();
     let mut lba = 0;
     while lba < span {

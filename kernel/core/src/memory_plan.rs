@@ -12,7 +12,9 @@
 //! - Other no-map regions in memory are classified (a fault there names
 //!   them) but not mapped.
 //! - Windows (Device-nGnRE): every UART the kernel drives (the console is
-//!   one), the GIC's distributor, CPU interface and redistributors, and every
+//!   one; under Xen, a dom0less domU also reads its input from Xen's
+//!   vpl011, an `arm,sbsa-uart`), the GIC's distributor, CPU interface and
+//!   redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
@@ -340,6 +342,11 @@ mod tests {
         w.property_array_u32("interrupts", &[0, 0x2f, 1]).unwrap();
         w.property_u32("memory-region", 1).unwrap();
         w.end_node(virtio).unwrap();
+        let vpl011 = w.begin_node("sbsa-uart@22000000").unwrap();
+        w.property_string("compatible", "arm,sbsa-uart").unwrap();
+        w.property_array_u64("reg", &[0x2200_0000, 0x1000]).unwrap();
+        w.property_array_u32("interrupts", &[0, 0, 4]).unwrap();
+        w.end_node(vpl011).unwrap();
         let hyp = w.begin_node("hypervisor").unwrap();
         w.property_string_list("compatible", vec!["xen,xen-4.17".into(), "xen,xen".into()])
             .unwrap();
@@ -510,6 +517,14 @@ mod tests {
             map.window_address(PhysAddr(0xa00_3e00))
                 .is_some_and(|v: VirtAddr| v.0 % PAGE_SIZE == 0xe00)
         );
+        // Under Xen the vpl011 gets a window (a domU's monitor reads it).
+        let vpl011 = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.phys == PhysAddr(0x2200_0000))
+            .expect("the vpl011 is mapped");
+        assert_eq!(vpl011.attributes.memory, MemoryType::Device);
     }
 
     #[test]

@@ -156,6 +156,7 @@
 extern crate alloc;
 
 mod blob;
+mod describe;
 mod error;
 mod plan;
 mod platform;
@@ -169,6 +170,7 @@ mod tree;
 mod tests;
 
 pub use blob::MAX_DEPTH;
+pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
 
 /// The blob as the `fdt` crate can read it without panicking: `dtb` itself
 /// when it passes the structural check and has no NOP tokens, otherwise a
@@ -178,6 +180,7 @@ pub use blob::MAX_DEPTH;
 pub fn fdt_readable(dtb: &[u8]) -> Result<alloc::borrow::Cow<'_, [u8]>, DtbError> {
     Ok(blob::check(dtb)?.bytes)
 }
+
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,
