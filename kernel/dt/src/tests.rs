@@ -1438,7 +1438,8 @@ fn imx_uart_on_a_soc_bus_is_the_console() {
         vec![Uart {
             path: "/soc@0/bus@30800000/serial@30890000".into(),
             kind: UartKind::Imx,
-            reg: r(0x3089_0000, 0x1_0000)
+            reg: r(0x3089_0000, 0x1_0000),
+            interrupt: None,
         }]
     );
     assert_eq!(
