@@ -34,9 +34,13 @@
 //! # Interrupts
 //!
 //! The kernel's handler only masks the controller's interrupt signals
-//! ([`Usdhc::mask_interrupts`]); the driver reads and clears the status in
-//! [`SdCard::poll`] and enables the signals again while a request is in
-//! flight, so its state is never touched from interrupt context.
+//! ([`Usdhc::mask_interrupts`]) and sets the flag the driver was given
+//! ([`SdCard::use_interrupt_flag`]); the driver reads and clears the status
+//! in [`SdCard::poll`] (through `BlockDriver::handle_interrupt`) and
+//! enables the signals again while a request is in flight, so its state is
+//! never touched from interrupt context. `BlockDriver::has_completions`
+//! reads the status without side effect, for a waiter whose interrupt did
+//! not arrive.
 //!
 //! # `unsafe`
 //!
