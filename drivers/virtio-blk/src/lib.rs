@@ -136,6 +136,15 @@
 //!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=64 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
 //! - [`BlockDevice::stats_line`]:
 //!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
+//! - [`CapacityChange`] (from [`BlockDevice::handle_interrupt`]):
+//!   `blk: /virtio_mmio@a003e00 capacity=16384 was=8192`
+//!
+//! Logged by the driver itself (the `log` crate), when memory is kept from
+//! a device that may still use it or a device is dropped without
+//! [`BlockDevice::shutdown`]:
+//! - `blk: /virtio_mmio@a003e00 reset incomplete: staging buffers leaked bytes=4259840 (the device may still write them)`
+//! - `blk: /virtio_mmio@a003e00 reset incomplete: its ring stays allocated (the device may still write it)`
+//! - `blk: /virtio_mmio@a003e00 dropped without shutdown: reset; its ring and bounce buffers stay allocated`
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 

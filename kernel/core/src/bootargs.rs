@@ -15,7 +15,9 @@
 //! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
 //!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
 //!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
-//!   does not drive (the i.MX UART under Xen 4.17) is told this way.
+//!   does not drive (the i.MX UART under Xen 4.17) is told this way;
+//! - `monitor`: after the boot work, read commands from the console instead
+//!   of powering off.
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -79,6 +81,8 @@ pub struct Bootargs<'a> {
     pub bench_mib: Option<u64>,
     /// `console-uart=`: the UART to drive as the console.
     pub console_uart: Option<&'a str>,
+    /// `monitor`: run the console monitor after boot.
+    pub monitor: bool,
     raw: &'a str,
 }
 
@@ -116,6 +120,7 @@ impl<'a> Bootargs<'a> {
             blk_write: None,
             bench_mib: None,
             console_uart: None,
+            monitor: false,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -161,6 +166,7 @@ impl<'a> Bootargs<'a> {
             }
             "console-uart" if !value.is_empty() => self.console_uart = Some(value),
             "console-uart" => return Err(bad()),
+            "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -264,6 +270,12 @@ mod tests {
     #[test]
     fn known_keys() {
         let a = Bootargs::parse("console=hvc0 log=debug selftest=fault,dma heap=2M");
+        assert!(!a.monitor);
+        assert!(Bootargs::parse("log=warn monitor").monitor);
+        assert!(matches!(
+            Bootargs::parse("monitor=yes").errors().next(),
+            Some(BootargError::Unknown("monitor=yes"))
+        ));
         assert_eq!(a.log_level, LogLevel::Debug);
         assert!(a.selftest("fault") && a.selftest("dma") && !a.selftest("fa"));
         assert_eq!(a.heap_size, Some(2 << 20));

@@ -11,8 +11,9 @@
 //!   window of their own.
 //! - Other no-map regions in memory are classified (a fault there names
 //!   them) but not mapped.
-//! - Windows (Device-nGnRE): every UART the kernel drives (the console is
-//!   one), the GIC's distributor, CPU interface and redistributors, and every
+//! - Windows (Device-nGnRE): every UART the kernel drives (the console, and
+//!   under Xen the vpl011 a dom0less domU reads its input from, are among
+//!   them), the GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
@@ -186,7 +187,8 @@ pub fn plan_memory<'a>(
     };
     let mut mmio: Vec<MmioSpec<'a>> = Vec::new();
     // Every UART the kernel drives, not only stdout-path's: Xen removes
-    // stdout-path from dom0's tree, where `console-uart=` names the console.
+    // stdout-path from dom0's tree, where `console-uart=` names the console,
+    // and a dom0less domU reads what its user types from Xen's vpl011.
     mmio.extend(platform.uarts.iter().map(|u| device(&u.path, u.reg)));
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));
@@ -334,6 +336,11 @@ mod tests {
         w.property_array_u32("interrupts", &[0, 0x2f, 1]).unwrap();
         w.property_u32("memory-region", 1).unwrap();
         w.end_node(virtio).unwrap();
+        let vpl011 = w.begin_node("sbsa-uart@22000000").unwrap();
+        w.property_string("compatible", "arm,sbsa-uart").unwrap();
+        w.property_array_u64("reg", &[0x2200_0000, 0x1000]).unwrap();
+        w.property_array_u32("interrupts", &[0, 0, 4]).unwrap();
+        w.end_node(vpl011).unwrap();
         let hyp = w.begin_node("hypervisor").unwrap();
         w.property_string_list("compatible", vec!["xen,xen-4.17".into(), "xen,xen".into()])
             .unwrap();
@@ -504,6 +511,14 @@ mod tests {
             map.window_address(PhysAddr(0xa00_3e00))
                 .is_some_and(|v: VirtAddr| v.0 % PAGE_SIZE == 0xe00)
         );
+        // Under Xen the vpl011 gets a window (a domU's monitor reads it).
+        let vpl011 = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.phys == PhysAddr(0x2200_0000))
+            .expect("the vpl011 is mapped");
+        assert_eq!(vpl011.attributes.memory, MemoryType::Device);
     }
 
     #[test]

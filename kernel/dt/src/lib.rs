@@ -156,6 +156,7 @@
 extern crate alloc;
 
 mod blob;
+mod describe;
 mod error;
 mod plan;
 mod platform;
@@ -169,6 +170,7 @@ mod tree;
 mod tests;
 
 pub use blob::MAX_DEPTH;
+pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
 
 /// The blob as the `fdt` crate can read it without panicking: `dtb` itself
 /// when it passes the structural check and has no NOP tokens, otherwise a
