@@ -15,7 +15,7 @@
 //! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
 //!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
 //!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
-//!   does not drive (the i.MX UART under Xen 4.17) is told this way.
+//!   does not drive (the i.MX UART under Xen 4.17) is told this way;
 //! - `monitor`: after the boot work, read commands from the console instead
 //!   of powering off.
 //!

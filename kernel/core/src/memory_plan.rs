@@ -11,10 +11,9 @@
 //!   window of their own.
 //! - Other no-map regions in memory are classified (a fault there names
 //!   them) but not mapped.
-//! - Windows (Device-nGnRE): every UART the kernel drives (the console is
-//!   one; under Xen, a dom0less domU also reads its input from Xen's
-//!   vpl011, an `arm,sbsa-uart`), the GIC's distributor, CPU interface and
-//!   redistributors, and every
+//! - Windows (Device-nGnRE): every UART the kernel drives (the console, and
+//!   under Xen the vpl011 a dom0less domU reads its input from, are among
+//!   them), the GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
@@ -188,7 +187,8 @@ pub fn plan_memory<'a>(
     };
     let mut mmio: Vec<MmioSpec<'a>> = Vec::new();
     // Every UART the kernel drives, not only stdout-path's: Xen removes
-    // stdout-path from dom0's tree, where `console-uart=` names the console.
+    // stdout-path from dom0's tree, where `console-uart=` names the console,
+    // and a dom0less domU reads what its user types from Xen's vpl011.
     mmio.extend(platform.uarts.iter().map(|u| device(&u.path, u.reg)));
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));

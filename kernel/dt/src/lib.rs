@@ -180,7 +180,6 @@ pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node}
 pub fn fdt_readable(dtb: &[u8]) -> Result<alloc::borrow::Cow<'_, [u8]>, DtbError> {
     Ok(blob::check(dtb)?.bytes)
 }
-
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,

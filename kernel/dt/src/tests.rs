@@ -1406,7 +1406,12 @@ fn imx_uart_on_a_soc_bus_is_the_console() {
     // The i.MX 8M Plus EVK's layout: the UART under /soc@0/bus@30800000,
     // stdout-path by full path, 32-bit cells below the root.
     let dt = two_gib()
-        .root(|n| n.u32("#address-cells", 2).u32("#size-cells", 2))
+        .root(|n| {
+            n.u32("#address-cells", 2)
+                .u32("#size-cells", 2)
+                .u32("interrupt-parent", 0x8002)
+        })
+        .node("intc@8000000", gic_v3)
         .node("chosen", |n| {
             n.str("stdout-path", "/soc@0/bus@30800000/serial@30890000")
         })
@@ -1421,6 +1426,7 @@ fn imx_uart_on_a_soc_bus_is_the_console() {
                         .node("serial@30890000", |n| {
                             n.strs("compatible", &["fsl,imx8mp-uart", "fsl,imx6q-uart"])
                                 .cells("reg", &[0x3089_0000, 0x1_0000])
+                                .cells("interrupts", &[0, 0x1b, 4])
                         })
                         .node("serial@30880000", |n| {
                             n.strs("compatible", &["fsl,imx8mp-uart", "fsl,imx6q-uart"])
@@ -1439,7 +1445,11 @@ fn imx_uart_on_a_soc_bus_is_the_console() {
             path: "/soc@0/bus@30800000/serial@30890000".into(),
             kind: UartKind::Imx,
             reg: r(0x3089_0000, 0x1_0000),
-            interrupt: None,
+            interrupt: Some(GicInterrupt {
+                kind: InterruptKind::Spi,
+                number: 0x1b,
+                flags: 4
+            })
         }]
     );
     assert_eq!(
