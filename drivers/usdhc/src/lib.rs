@@ -12,9 +12,12 @@
 //! staging buffer (linear RAM, allocated once) and is mapped once per
 //! request (`ToDevice` for a write, `FromDevice` for a read): one
 //! `ForDevice` sync at submission and one `ForCpu` sync at completion,
-//! whose cost the DMA layer's policy decides; through a pool Xen flushes,
-//! that is one `GNTTABOP_cache_flush` hypercall per request, through a
-//! pool Xen refuses, window maintenance and no hypercall. ADMA2 here is
+//! whose cost the DMA layer's policy decides. Through a pool (whose
+//! non-cacheable window the bounce copies go through) a write needs no
+//! maintenance and a read one invalidate at completion: where Xen flushes
+//! the pool, one `GNTTABOP_cache_flush` hypercall per read and none per
+//! write; where Xen refuses, one maintenance through the window per read
+//! and no hypercall. ADMA2 here is
 //! 32-bit: a region above 4 GiB is refused with an error.
 //!
 //! # Requests
