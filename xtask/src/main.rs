@@ -373,7 +373,7 @@ fn lint(ws: &Workspace) -> Result<()> {
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).
-const KERNEL_CRATES: [&str; 12] = [
+const KERNEL_CRATES: [&str; 13] = [
     "tidepool-boot",
     "tidepool-kernel",
     "tidepool-monitor",
@@ -383,6 +383,7 @@ const KERNEL_CRATES: [&str; 12] = [
     "tidepool-serial",
     "tidepool-virtio-blk",
     "tidepool-dma",
+    "tidepool-dma-model",
     "tidepool-dt",
     "tidepool-mm",
     "tidepool-xen-abi",
