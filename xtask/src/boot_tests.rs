@@ -948,6 +948,22 @@ fn board() -> Vec<BootTest> {
             ])
             .clean(),
         ),
+        // The monitor reads the i.MX UART by its interrupt (SPI 27). As Xen
+        // 4.17's dom0 the same input gets no interrupt on QEMU (the model
+        // receives the bytes, dom0 never takes SPI 27): not covered yet.
+        BootTest::new("imx8mp-monitor-bare", evk(Machine::new(Mode::Bare)))
+            .monitor(&["irq", "pools", "poweroff"], 0)
+            .expect(&[
+                "monitor: input imx-uart /soc@0/bus@30800000/serial@30890000 intid=59 level",
+                "boot: ready",
+                "> irq",
+                "irq: intid=59 count=",
+                " device=/soc@0/bus@30800000/serial@30890000",
+                "> pools",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "> poweroff",
+                "shutdown: poweroff",
+            ]),
         BootTest::new(
             "imx8mp-bare-dynamic-pool-naive-faults",
             scenario(evk(Machine::new(Mode::Bare)), "imx8mp-evk-dynamic-pool", "selftest=dma-naive"),

@@ -492,7 +492,7 @@ mod tests {
                 let package = manifest(&root.join(m.as_str().unwrap()));
                 package["package"]["name"].as_str().unwrap().to_string()
             })
-            // Host-only crates: xtask and the DMA layer's cache model.
+            // Host-only: xtask, and the DMA layer's model (std, host tests).
             .filter(|name| name != "xtask" && name != "tidepool-dma-model")
             .collect();
         names.sort();

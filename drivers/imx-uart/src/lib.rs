@@ -6,13 +6,14 @@
 //! chapter); QEMU models it as `imx.serial`. [`ImxUart::new`] is the only
 //! `unsafe` item.
 //!
-//! [`ImxUart::enable`] leaves a UART the firmware already set up (U-Boot on
-//! a real board: UART enabled, transmitter on) exactly as it is, baud rate
-//! included: the driver does not know the UART's reference clock. A UART
-//! nobody set up (QEMU starts the kernel with the transmitter off) is
-//! enabled with 8 data bits, no parity, one stop bit, RTS ignored, at
-//! whatever rate its divider registers hold. Writing UCR2 with SRST clear
-//! resets the UART, so every write keeps it set.
+//! [`ImxUart::enable`] leaves the frame format and baud rate of a UART the
+//! firmware already set up (U-Boot on a real board, QEMU's model for
+//! Linux's earlycon: UART enabled, transmitter on) as they are, since the
+//! driver does not know the UART's reference clock, and only makes sure the
+//! receiver is on. A UART nobody set up is enabled with 8 data bits, no
+//! parity, one stop bit, RTS ignored, at whatever rate its divider
+//! registers hold. Writing UCR2 with SRST clear resets the UART, so every
+//! write keeps it set.
 //!
 //! Receive, in the shape of the PL011 driver's, for console input by
 //! interrupt: [`ImxUart::enable_receive_interrupts`] raises the UART's
@@ -208,30 +209,28 @@ impl ImxUart {
         Self { registers }
     }
 
-    /// Makes the UART transmit and receive: a UART whose transmitter is
-    /// already on is left as it is; otherwise it is enabled with 8 data
-    /// bits, no parity, one stop bit and RTS ignored (see the crate docs).
+    /// Makes the UART transmit and receive. A UART whose transmitter is
+    /// already on keeps its frame format and rate and only gets its
+    /// receiver enabled (QEMU's model starts that way, for Linux's
+    /// earlycon); otherwise it is enabled with 8 data bits, no parity, one
+    /// stop bit and RTS ignored (see the crate docs).
     pub fn enable(&self) {
         let registers = self.registers;
-        if registers.ucr1.is_set(UCR1::UARTEN) && registers.ucr2.is_set(UCR2::TXEN) {
-            return;
-        }
+        let configured = registers.ucr1.is_set(UCR1::UARTEN) && registers.ucr2.is_set(UCR2::TXEN);
         registers.ucr1.modify(UCR1::UARTEN::SET);
-        registers.ucr2.modify(
-            UCR2::SRST::SET
-                + UCR2::RXEN::SET
-                + UCR2::TXEN::SET
-                + UCR2::WS::SET
-                + UCR2::STPB::CLEAR
-                + UCR2::PREN::CLEAR
-                + UCR2::IRTS::SET,
-        );
-    }
-
-    /// Whether the transmitter is on (after [`Self::enable`], or as the
-    /// firmware left it).
-    pub fn is_enabled(&self) -> bool {
-        self.registers.ucr1.is_set(UCR1::UARTEN) && self.registers.ucr2.is_set(UCR2::TXEN)
+        if configured {
+            registers.ucr2.modify(UCR2::SRST::SET + UCR2::RXEN::SET);
+        } else {
+            registers.ucr2.modify(
+                UCR2::SRST::SET
+                    + UCR2::RXEN::SET
+                    + UCR2::TXEN::SET
+                    + UCR2::WS::SET
+                    + UCR2::STPB::CLEAR
+                    + UCR2::PREN::CLEAR
+                    + UCR2::IRTS::SET,
+            );
+        }
     }
 
     /// Transmits one byte as is, waiting while the transmit FIFO is full.
@@ -377,18 +376,21 @@ mod tests {
         assert_eq!(fake.read(UCR1_), 1, "UARTEN");
         // SRST | RXEN | TXEN | WS | IRTS.
         assert_eq!(fake.read(UCR2_), 0x4027);
-        assert!(fake.uart().is_enabled());
     }
 
     #[test]
-    fn enable_keeps_a_configured_uart_as_it_is() {
+    fn enable_keeps_a_configured_uart_and_turns_its_receiver_on() {
         let fake = FakeUart::new();
-        // Firmware's choice: two stop bits, parity, transmitter on.
+        // Firmware's choice: two stop bits, parity, 8 bits, transmitter on.
         fake.write(UCR1_, 1);
-        fake.write(UCR2_, 0x4000 | 0x100 | 0x40 | 0x27);
+        fake.write(UCR2_, 0x4000 | 0x100 | 0x40 | 0x20 | 0x05);
         fake.uart().enable();
         assert_eq!(fake.read(UCR2_), 0x4167);
         assert_eq!(fake.read(UCR1_), 1);
+        // QEMU's model at boot: UARTEN and TXEN only (SRST reads 0).
+        fake.write(UCR2_, 0x4);
+        fake.uart().enable();
+        assert_eq!(fake.read(UCR2_), 0x7, "SRST and RXEN added, nothing else");
     }
 
     #[test]

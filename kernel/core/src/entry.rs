@@ -211,7 +211,11 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     if args.monitor {
         // Without input there is no monitor: say why and power off.
-        match crate::console_input::start_for_platform(dt, memory) {
+        let console_uart = match console {
+            Backend::ImxUart(base) => Some(base as u64),
+            _ => None,
+        };
+        match crate::console_input::start_for_platform(dt, memory, console_uart) {
             Ok(source) => info!("monitor: input {source}"),
             Err(err) => {
                 error!("monitor: no console input: {err}");
