@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+mod barrier;
 #[allow(unsafe_code)]
 mod memory;
 pub mod pattern;
@@ -21,6 +22,7 @@ use core::task::Poll;
 
 use tidepool_dma::{DmaDevice, DmaEnv};
 
+pub use barrier::Barrier;
 pub use memory::SharedMemory;
 pub use request::{
     Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,

@@ -2,12 +2,12 @@
 //! block requests (ADMA2, completed by interrupt or polling).
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering, fence};
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::Poll;
 
 use tidepool_block::{
-    BlkStats, BlockDriver, Completion, Completions, Deadline, Notice, Op, Request, SECTOR_SIZE,
-    SharedMemory, StatsLine, Token,
+    Barrier, BlkStats, BlockDriver, Completion, Completions, Deadline, Notice, Op, Request,
+    SECTOR_SIZE, SharedMemory, StatsLine, Token,
 };
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolError,
@@ -484,9 +484,9 @@ impl<'a, C: Controller> SdCard<'a, C> {
         ctl.write(Reg::CmdArg, arg);
         ctl.write(Reg::IntSignalEn, SIGNAL_ENABLES);
         // The descriptor table (non-cacheable or coherent memory) and the
-        // mapped data must be visible to the controller before the command
-        // starts its DMA.
-        fence(Ordering::SeqCst);
+        // mapped data must be visible to the controller, which is not a
+        // CPU, before the command starts its DMA.
+        ctl.barrier(Barrier::DmaWrite);
         ctl.write(Reg::CmdXfrTyp, cmd.encode());
         Ok(self.occupy(Slot::InFlight {
             mapping,
@@ -569,6 +569,9 @@ impl<'a, C: Controller> SdCard<'a, C> {
         let Slot::InFlight { mapping, .. } = core::mem::replace(&mut self.slot, Slot::Free) else {
             unreachable!("the slot was in flight just above");
         };
+        // The data the controller wrote is read (unmapped, copied) only
+        // after the status that says it is complete.
+        self.ctl.barrier(Barrier::DmaRead);
         let outcome = match self.dma.unmap(env, mapping) {
             Err(error) => Err(SdError::Dma {
                 op: request.op,

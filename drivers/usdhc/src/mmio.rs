@@ -5,6 +5,8 @@ use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
 
+use tidepool_block::Barrier;
+
 use crate::regs::{Controller, Reg};
 
 register_structs! {
@@ -119,6 +121,10 @@ impl Controller for Usdhc {
             // Read-only registers: a write would be ignored by the hardware.
             Reg::CmdRsp(_) | Reg::PresState | Reg::HostCtrlCap | Reg::AdmaErrStatus => {}
         }
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        barrier.execute();
     }
 }
 

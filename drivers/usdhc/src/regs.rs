@@ -12,6 +12,7 @@
 //! DMA select in 9:8; the clock is set in `SYS_CTRL` by a prescaler and a
 //! divisor, and the card clock is forced on in `VEND_SPEC`.
 
+use tidepool_block::Barrier;
 use tock_registers::register_bitfields;
 
 register_bitfields! [u32,
@@ -223,4 +224,8 @@ pub trait Controller {
     fn read(&self, reg: Reg) -> u32;
     /// Writes a register.
     fn write(&mut self, reg: Reg, value: u32);
+    /// Orders the driver's accesses of memory the controller reads or
+    /// writes by DMA (the descriptor table, the data) against its register
+    /// accesses, for an observer that is not a CPU.
+    fn barrier(&self, barrier: Barrier);
 }

@@ -6,7 +6,8 @@ use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
 use crate::transport::{
-    ConfigWord, InterruptRegisters, InterruptStatus, ReadRegister, Status, Transport, WriteRegister,
+    Barrier, ConfigWord, InterruptRegisters, InterruptStatus, ReadRegister, Status, Transport,
+    WriteRegister,
 };
 
 register_structs! {
@@ -147,6 +148,10 @@ impl Transport for MmioTransport {
             ConfigWord::SizeMax => config.size_max.get(),
             ConfigWord::BlkSize => config.blk_size.get(),
         }
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        barrier.execute();
     }
 
     fn interrupt_registers(&self) -> MmioInterrupt {

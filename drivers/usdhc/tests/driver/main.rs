@@ -168,6 +168,8 @@ fn single_and_multi_block_reads_and_writes_reach_the_card_through_every_pool() {
         assert_eq!(log[log.len() - 6..], [24, 25, 12, 17, 18, 12]);
         let stats = *b.card.stats();
         assert_eq!((stats.reads, stats.writes, stats.errors), (2, 2, 0));
+        // Every completion read the data after a DmaRead barrier.
+        assert_eq!(b.sim.state().read_barriers, 4);
         assert_eq!(stats.bytes_read, 512 + 256 * 1024);
         // Every bounce buffer went back to the pool.
         let dma = b.card.dma().stats();

@@ -11,6 +11,7 @@ use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 use std::vec::Vec;
 
+use tidepool_block::Barrier;
 use tidepool_mm::{AddressClass, AddressMap, PhysAddr};
 use tidepool_usdhc::{Controller, Reg};
 
@@ -118,6 +119,10 @@ pub struct SimState {
     rca: u16,
     pub bus_width_4: bool,
     blocklen_set: bool,
+    /// A `DmaWrite` barrier since the last command write.
+    write_barrier: bool,
+    /// `DmaRead` barriers executed.
+    pub read_barriers: u32,
 }
 
 /// The simulation, shared between the test and the driver.
@@ -155,6 +160,8 @@ impl Sim {
             rca: 0,
             bus_width_4: false,
             blocklen_set: false,
+            write_barrier: false,
+            read_barriers: 0,
         })))
     }
 
@@ -397,6 +404,10 @@ impl SimState {
     }
 
     fn data_command(&mut self, index: u8, arg: u32) {
+        assert!(
+            self.write_barrier,
+            "CMD{index} issued without a DmaWrite barrier after its descriptor table"
+        );
         assert_eq!(
             self.state,
             CardState::Tran,
@@ -543,7 +554,8 @@ impl Controller for Sim {
             Reg::CmdArg => s.arg = value,
             Reg::CmdXfrTyp => {
                 assert!(s.pending.is_none(), "command issued while a transfer runs");
-                s.command(value)
+                s.command(value);
+                s.write_barrier = false;
             }
             Reg::ProtCtrl => s.prot_ctrl = value,
             Reg::SysCtrl => {
@@ -584,6 +596,14 @@ impl Controller for Sim {
             Reg::CmdRsp(_) | Reg::PresState | Reg::HostCtrlCap | Reg::AdmaErrStatus => {
                 panic!("write to read-only {reg:?}")
             }
+        }
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        let mut s = self.0.borrow_mut();
+        match barrier {
+            Barrier::DmaWrite => s.write_barrier = true,
+            Barrier::DmaRead => s.read_barriers += 1,
         }
     }
 }
