@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use tidepool_virtio_blk::wait::WaitMode;
-use tidepool_virtio_blk::workload::{self, BLOCK_BYTES, Checksum};
+use tidepool_block::wait::WaitMode;
+use tidepool_block::workload::{self, BLOCK_BYTES, Checksum};
 
 use self::linux::Crc32;
 use self::report::{LinuxRun, Ready, Results, Setup};
@@ -164,7 +164,8 @@ pub fn smoke(ws: &Workspace) -> Result<()> {
 }
 
 fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
+    let qemu = tools::Qemu::fetch(ws)?.version()?;
     let image = crate::build_kernel(ws)?;
     let image_bytes = std::fs::metadata(&image)
         .map_err(|e| Error::io(image.clone(), e))?
@@ -266,7 +267,7 @@ fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
     let setup = Setup {
         date: utc_now(),
         command,
-        qemu: qemu::version(),
+        qemu,
         xen: if xen.is_empty() {
             "unknown".into()
         } else {

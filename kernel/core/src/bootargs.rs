@@ -14,7 +14,11 @@
 //!   block device; `bench-reads=N` random 4 KiB reads per queue depth
 //!   (default 4096);
 //! - `wait=wfi|poll|hybrid`: how block I/O waits for completions (default
-//!   `poll`, see `block`).
+//!   `poll`, see `block`);
+//! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
+//!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
+//!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
+//!   does not drive (the i.MX UART under Xen 4.17) is told this way;
 //! - `monitor`: after the boot work, read commands from the console instead
 //!   of powering off.
 //!
@@ -23,8 +27,8 @@
 
 use core::fmt;
 
-pub use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
-pub use tidepool_virtio_blk::wait::WaitMode;
+pub use tidepool_block::pattern::{DiskPattern, SectorRange};
+pub use tidepool_block::wait::WaitMode;
 
 /// Console log level selected by `log=`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -83,6 +87,8 @@ pub struct Bootargs<'a> {
     pub bench_reads: Option<u64>,
     /// `wait=wfi|poll|hybrid`: how block I/O waits for completions.
     pub wait: Option<WaitMode>,
+    /// `console-uart=`: the UART to drive as the console.
+    pub console_uart: Option<&'a str>,
     /// `monitor`: run the console monitor after boot.
     pub monitor: bool,
     raw: &'a str,
@@ -123,6 +129,7 @@ impl<'a> Bootargs<'a> {
             bench_mib: None,
             bench_reads: None,
             wait: None,
+            console_uart: None,
             monitor: false,
             raw: line,
         };
@@ -171,6 +178,8 @@ impl<'a> Bootargs<'a> {
                 self.bench_reads = Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?)
             }
             "wait" => self.wait = Some(value.parse().map_err(|_| bad())?),
+            "console-uart" if !value.is_empty() => self.console_uart = Some(value),
+            "console-uart" => return Err(bad()),
             "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
@@ -194,6 +203,24 @@ pub fn parse_size(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_uart_names_a_node_or_alias() {
+        let a = Bootargs::parse("console-uart=serial1 log=debug");
+        assert_eq!(a.console_uart, Some("serial1"));
+        assert_eq!(a.errors().count(), 0);
+        let a = Bootargs::parse("console-uart=/soc@0/bus@30800000/serial@30890000");
+        assert_eq!(a.console_uart, Some("/soc@0/bus@30800000/serial@30890000"));
+        let a = Bootargs::parse("console-uart=");
+        assert_eq!(a.console_uart, None);
+        assert_eq!(
+            a.errors().collect::<Vec<_>>(),
+            [BootargError::BadValue {
+                key: "console-uart",
+                value: ""
+            }]
+        );
+    }
 
     #[test]
     fn block_words() {

@@ -43,6 +43,7 @@ pub mod hypercall;
 pub mod memory;
 pub mod ring;
 pub mod sched;
+pub mod sysctl;
 pub mod vcpu;
 pub mod version;
 
@@ -63,4 +64,5 @@ pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};
 pub use memory::XenMapSpace;
 pub use sched::ShutdownReason;
+pub use sysctl::{ConsoleRingRead, ConsoleRingSummary, XenSysctl, read_console_lines};
 pub use version::{XenExtraVersion, XenFeature, XenFeatures, XenVersion};

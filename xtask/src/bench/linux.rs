@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use object::{Object, ObjectSection};
 
-use tidepool_virtio_blk::workload::{self, BLOCK_BYTES};
+use tidepool_block::workload::{self, BLOCK_BYTES};
 
 use super::cpio::Newc;
 use super::userland::{self, LIB_DIR};
 use super::{KeyValues, ParseError, Rate, Throughput};
-use crate::debian::Arm64Apt;
+use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
 use crate::qemu::{Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
@@ -100,8 +100,8 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Resul
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
     let busybox_dir = dir.join("busybox-static");
-    let apt = Arm64Apt::new(&ws.build.join("apt-arm64"))?;
-    apt.fetch_and_unpack("busybox-static", &busybox_dir)?;
+    let apt = PrivateApt::arm64(&ws.build.join("apt-arm64"))?;
+    apt.fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 

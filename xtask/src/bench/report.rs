@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
-use tidepool_virtio_blk::wait::WaitMode;
+use tidepool_block::wait::WaitMode;
 
 use super::linux::LinuxBench;
 use super::tidepool::KernelBench;
@@ -813,7 +813,7 @@ mod tests {
         Setup {
             date: "2026-12-05T12:00:00Z".into(),
             command: "cargo xtask bench".into(),
-            qemu: "QEMU emulator version 7.2.19".into(),
+            qemu: "QEMU emulator version 10.0.2".into(),
             xen: "4.17.7".into(),
             host_cores: 2,
             host_memory_mib: 8000,
@@ -911,7 +911,7 @@ mod tests {
             ["ms", "1.800", "-", "-", "-", "<= 2 ms", "ok"]
         );
         assert!(
-            report.contains("QEMU: QEMU emulator version 7.2.19"),
+            report.contains("QEMU: QEMU emulator version 10.0.2"),
             "{report}"
         );
         assert!(report.contains("Xen 4.17.7 dom0_mem=256M"), "{report}");

@@ -17,7 +17,7 @@ use object::elf::{DT_NEEDED, FileHeader64, PT_INTERP};
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 
 use super::cpio::Newc;
-use crate::debian::Arm64Apt;
+use crate::debian::PrivateApt;
 use crate::{Error, Result};
 
 /// Where the libraries go in the initramfs.
@@ -117,11 +117,11 @@ pub struct Added {
 /// Fetches `userland`'s packages into `dir` (each unpacked once) and adds
 /// its programs and their libraries to `archive`, whose `lib`, `usr` and
 /// `usr/bin` directories must exist.
-pub fn add(apt: &Arm64Apt, dir: &Path, userland: &Userland, archive: &mut Newc) -> Result<Added> {
+pub fn add(apt: &PrivateApt, dir: &Path, userland: &Userland, archive: &mut Newc) -> Result<Added> {
     let mut roots = Vec::new();
     for package in userland.packages {
         let root = dir.join(package);
-        apt.fetch_and_unpack(package, &root)?;
+        apt.fetch_and_unpack(&[package], &root)?;
         roots.push(root);
     }
     let libraries = library_index(&roots)?;

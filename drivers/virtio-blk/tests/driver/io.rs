@@ -4,9 +4,10 @@
 
 use core::sync::atomic::AtomicU32;
 use core::task::Poll;
+use tidepool_block::BlockDriver;
 
+use tidepool_block::pattern::{self, SECTOR_BYTES};
 use tidepool_dma::DmaEnv;
-use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::feature;
 use tidepool_virtio_blk::{
     BlkError, BlockDevice, CapacityChange, Completion, Deadline, DeviceFault, DeviceStatus, Op,
