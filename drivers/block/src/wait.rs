@@ -12,8 +12,9 @@ pub enum WaitMode {
     /// the vCPU is descheduled and woken: the cheapest in CPU, the slowest
     /// at queue depth 1).
     Wfi,
-    /// Spin on the used ring with the device's interrupts suppressed: the
-    /// lowest latency, a whole CPU while anything is in flight.
+    /// Spin on the device (virtio: its used ring) with its interrupts
+    /// suppressed where the driver can: the lowest latency, a whole CPU
+    /// while anything is in flight.
     Poll,
     /// Spin for a budget that follows the device's recent completion times
     /// ([`SpinBudget`]), then idle in WFI with interrupts on.
