@@ -17,8 +17,8 @@
 //! emulated run down. A run that yields no numbers fails the command; a
 //! missed target is reported as `MISSED` and does not.
 
-mod cpio;
-mod linux;
+pub(crate) mod cpio;
+pub(crate) mod linux;
 mod report;
 mod tidepool;
 

@@ -7,6 +7,7 @@ mod debian;
 mod devicetree;
 mod disk;
 mod image;
+mod pv;
 mod qemu;
 mod scenario;
 mod tools;
@@ -113,6 +114,10 @@ struct RunArgs {
     /// Boot as a dom0less domU (with vpl011) instead of dom0.
     #[arg(long, conflicts_with = "no_xen")]
     domu: bool,
+    /// Boot as an `xl` guest of a Linux dom0 (Xen toolstack, Linux's
+    /// blkback serving --disk as xvda); the console is `xl console`.
+    #[arg(long, conflicts_with_all = ["no_xen", "domu"])]
+    pv: bool,
     /// Boot on bare QEMU, without Xen.
     #[arg(long)]
     no_xen: bool,
@@ -140,7 +145,8 @@ struct RunArgs {
     /// Device-tree scenario from qemu/scenarios/ (e.g. static-pool).
     #[arg(long)]
     scenario: Option<String>,
-    /// A raw disk image for a virtio-blk device (repeatable).
+    /// A raw disk image for a virtio-blk device (repeatable; with --pv,
+    /// one disk, the guest's xvda).
     #[arg(long)]
     disk: Vec<String>,
     /// Use the modern (v2) virtio-mmio transport.
@@ -220,6 +226,19 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
 fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
     tools::ensure_host_tools()?;
     let image = build_kernel(ws)?;
+    if args.pv {
+        if args.disk.len() > 1 {
+            return Err(Error::msg("--pv takes one --disk (the guest's xvda)"));
+        }
+        let guest = pv::PvGuest {
+            bootargs: args.bootargs,
+            disk: args.disk.first().map(PathBuf::from),
+            read_only: false,
+            detach_on: None,
+        };
+        let qemu_args = pv::qemu_args(ws, &image, &guest, &ws.build.join("run-pv"))?;
+        return qemu::run_interactive(&qemu_args);
+    }
     let mode = if args.no_xen {
         Mode::Bare
     } else if args.domu {

@@ -46,7 +46,7 @@ const SMALL_BLOCK: u64 = 4096;
 /// How many small reads.
 pub const SMALL_READS: u64 = 4096;
 
-/// The files that make Linux a benchmark dom0.
+/// The files that make Linux a dom0: the Image and an initramfs.
 pub struct LinuxDom0 {
     /// The uncompressed arm64 Image.
     pub image: PathBuf,
@@ -56,9 +56,52 @@ pub struct LinuxDom0 {
     pub modules: Vec<String>,
 }
 
+/// Part of a Debian package to put into an initramfs.
+pub struct PackagePart {
+    /// The package name.
+    pub name: &'static str,
+    /// Which of its paths (relative, no leading `/`) to keep; directories
+    /// are kept when something under them is.
+    pub keep: fn(&str) -> bool,
+}
+
+/// What a dom0 initramfs holds besides busybox-static.
+pub struct Dom0Contents<'a> {
+    /// Modules wanted, in the kernel's names (dependencies are added).
+    pub modules: &'a [&'a str],
+    /// busybox applets linked into `/bin`.
+    pub applets: &'a [&'a str],
+    /// Package contents unpacked into the root.
+    pub packages: &'a [PackagePart],
+    /// Further files: path, permission bits, contents.
+    pub files: Vec<(String, u32, Vec<u8>)>,
+    /// `/init`, given the modules to load in order.
+    pub init: &'a dyn Fn(&[String]) -> String,
+    /// The initramfs file name in the run directory.
+    pub name: &'a str,
+}
+
 /// Fetches (once) Debian's Linux image package and busybox-static and
 /// writes the initramfs for reading a `disk_bytes` disk into `dir`.
 pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: WANTED_MODULES,
+            applets: APPLETS,
+            packages: &[],
+            files: Vec::new(),
+            init: &|modules| init_script(modules, disk_bytes),
+            name: "linux-initramfs.cpio",
+        },
+    )
+}
+
+/// Fetches (once) Debian's Linux image package, busybox-static and
+/// `contents.packages`, and writes the initramfs `contents` describes into
+/// `dir`.
+pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<LinuxDom0> {
     // The package board_dtbs unpacks: ROOT/usr/lib/linux-image-VERSION holds
     // the DTBs; the Image and modules are ROOT/boot and ROOT/lib/modules.
     let dtbs = tools::board_dtbs(ws)?;
@@ -78,13 +121,15 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     }
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
-    let busybox_dir = dir.join("busybox-static");
-    Arm64Apt::new(&ws.build.join("apt-arm64"))?.fetch_and_unpack("busybox-static", &busybox_dir)?;
+    let apt = Arm64Apt::new(&ws.build.join("apt-arm64"))?;
+    let unpacked = ws.build.join("debian-arm64");
+    let busybox_dir = unpacked.join("busybox-static");
+    apt.fetch_and_unpack("busybox-static", &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 
     let index = ModuleIndex::scan(&modules_dir)?;
-    let modules = load_order(WANTED_MODULES, &index.builtin, |name| index.depends(name))?;
+    let modules = load_order(contents.modules, &index.builtin, |name| index.depends(name))?;
     let mut archive = Newc::new();
     for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
         archive.dir(d, 0o755);
@@ -92,7 +137,7 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     // The kernel opens /dev/console for /init before devtmpfs is mounted.
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("bin/busybox", 0o755, &busybox);
-    for applet in APPLETS {
+    for applet in contents.applets {
         archive.symlink(&format!("bin/{applet}"), "busybox");
     }
     for name in &modules {
@@ -100,8 +145,17 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
         let bytes = std::fs::read(path).map_err(|e| Error::io(path.clone(), e))?;
         archive.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
     }
-    archive.file("init", 0o755, init_script(&modules, disk_bytes).as_bytes());
-    let initramfs = dir.join("linux-initramfs.cpio");
+    for part in contents.packages {
+        let dest = unpacked.join(part.name);
+        apt.fetch_and_unpack(part.name, &dest)?;
+        archive.tree(&dest, part.keep)?;
+    }
+    for (path, perm, bytes) in &contents.files {
+        archive.file(path, *perm, bytes);
+    }
+    archive.file("init", 0o755, (contents.init)(&modules).as_bytes());
+    let initramfs = dir.join(contents.name);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.to_path_buf(), e))?;
     std::fs::write(&initramfs, archive.finish()).map_err(|e| Error::io(initramfs.clone(), e))?;
     Ok(LinuxDom0 {
         image,
