@@ -34,6 +34,7 @@ pub(crate) use assert_layout;
 
 pub mod blkif;
 pub mod cache_flush;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod event;

@@ -11,6 +11,8 @@
 pub mod events;
 pub mod flush;
 pub mod grants;
+pub mod pv;
+pub mod pv_console;
 
 use core::fmt;
 
