@@ -19,6 +19,8 @@
 // ABI constants keep the C names of Xen's headers, so they can be grepped.
 #![allow(non_upper_case_globals)]
 
+extern crate alloc;
+
 /// Checks a `#[repr(C)]` type's size, alignment and field offsets at compile
 /// time.
 macro_rules! assert_layout {
@@ -46,6 +48,7 @@ pub mod ring;
 pub mod sched;
 pub mod vcpu;
 pub mod version;
+pub mod xenstore;
 
 pub use cache_flush::{
     CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushOp, CacheFlushRefusal,
