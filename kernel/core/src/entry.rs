@@ -167,6 +167,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if args.selftest("dma-naive") {
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
+    connect_xenstore(&memory.layout.address_map);
     let mut disks = crate::block::probe(dt, &mut dma);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
@@ -176,6 +177,27 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         cpu::uptime_us()
     );
     shutdown(ShutdownReason::PowerOff)
+}
+
+/// Connects to xenstore when the toolstack gave this domain a store page
+/// (an `xl` guest) and says who the domain is there.
+fn connect_xenstore(map: &tidepool_mm::AddressMap) {
+    use tidepool_xen_abi::xenstore::TxId;
+    match xen::store::init(map) {
+        Ok(page) => {
+            let name = xen::store::with(|xs| xs.read(TxId::NONE, "name"));
+            match name {
+                Some(Ok(name)) => info!(
+                    "xenstore: connected gpa={} evtchn={} name={name}",
+                    page.gpa, page.port.0
+                ),
+                Some(Err(err)) => error!("xenstore: read name: {err}"),
+                None => {}
+            }
+        }
+        Err(xen::store::StoreSetupError::NoStore) => {}
+        Err(err) => error!("xenstore: {err}"),
+    }
 }
 
 fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {

@@ -13,6 +13,7 @@ pub mod flush;
 pub mod grants;
 pub mod pv;
 pub mod pv_console;
+pub mod store;
 
 use core::fmt;
 
