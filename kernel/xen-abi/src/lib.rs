@@ -34,6 +34,7 @@ macro_rules! assert_layout {
 }
 pub(crate) use assert_layout;
 
+pub mod blkfront;
 pub mod blkif;
 pub mod cache_flush;
 pub mod console;

@@ -680,4 +680,6 @@ fn utf8(op: XsType, bytes: Vec<u8>) -> Result<String, XsError> {
 }
 
 #[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
 mod tests;
