@@ -253,6 +253,7 @@ fn init_script(modules: &[String], guest: &PvGuest) -> String {
         Some(pattern) => format!(
             r#"(
     until grep -q "{pattern}" /var/log/xen/guest-{GUEST_NAME}.log 2>/dev/null; do usleep 20000; done
+    echo "{PREFIX}detaching disk=xvda"
     if xl block-detach {GUEST_NAME} xvda; then echo "{PREFIX}detached disk=xvda"; else echo "{PREFIX}detach-failed disk=xvda"; fi
 ) &
 "#,

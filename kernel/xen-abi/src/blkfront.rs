@@ -419,8 +419,9 @@ pub fn set_state<C: StoreChannel>(
 }
 
 /// Waits (through a watch on the back end's state) until the back end is
-/// `want`. Closing or Closed on the way is [`BlkfrontError::BackendClosed`]
-/// unless that is what is wanted.
+/// `want` (or past it: Initialised or Connected for InitWait, Closed for
+/// Closing). Closing or Closed on the way is
+/// [`BlkfrontError::BackendClosed`] unless that is what is wanted.
 pub fn wait_for_backend<C: StoreChannel>(
     xs: &mut Xenstore<'_, C>,
     vbd: &Vbd,
@@ -433,10 +434,16 @@ pub fn wait_for_backend<C: StoreChannel>(
         let mut seen = XenbusState::Unknown;
         for _ in 0..STATE_EVENTS_MAX {
             seen = backend_state(xs, vbd)?;
-            // Skipped states are allowed: past InitWait counts as InitWait.
-            let past_init_wait = want == XenbusState::InitWait
-                && matches!(seen, XenbusState::Initialised | XenbusState::Connected);
-            if seen == want || past_init_wait {
+            // Skipped states are allowed: past InitWait counts as InitWait,
+            // Closed as Closing.
+            let past = match want {
+                XenbusState::InitWait => {
+                    matches!(seen, XenbusState::Initialised | XenbusState::Connected)
+                }
+                XenbusState::Closing => seen == XenbusState::Closed,
+                _ => false,
+            };
+            if seen == want || past {
                 return Ok(());
             }
             let closing = matches!(seen, XenbusState::Closing | XenbusState::Closed);
@@ -607,6 +614,13 @@ impl<const N: usize> Inflight<N> {
             op: pending.op,
             result,
         })
+    }
+
+    /// Frees `slot` for a request that never reached the ring.
+    pub fn cancel(&mut self, slot: usize) {
+        if let Some(entry) = self.slots.get_mut(slot) {
+            *entry = None;
+        }
     }
 
     /// The request in `slot`: operation and first sector.

@@ -250,6 +250,8 @@ fn slots_run_out_and_late_requests_expire() {
         )]
     );
     assert_eq!(inflight.count(), 1);
+    inflight.cancel(1);
+    assert_eq!(inflight.count(), 0);
 }
 
 #[test]
