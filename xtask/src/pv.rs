@@ -24,7 +24,7 @@ pub const MEMORY: &str = "1024M";
 /// dom0's memory: Linux, the toolstack and the unpacked initramfs.
 pub const DOM0_MEM: &str = "384M";
 /// The guest's memory in MiB.
-pub const GUEST_MEM_MIB: u64 = 64;
+pub const GUEST_MEM_MIB: u64 = 128;
 
 /// Kernel modules for the toolstack and the disk backend.
 const MODULES: &[&str] = &[
@@ -270,6 +270,8 @@ fail() {{ echo "{PREFIX}error $1"; poweroff -f; }}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# Warnings and worse only: the guest's console shares this one.
+echo 4 > /proc/sys/kernel/printk
 mkdir -p /dev/pts /run /tmp /var/lib/xen /var/log/xen
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run

@@ -2,11 +2,12 @@
 //! domain's back end (Linux's xen-blkback under `xl`), on the protocol
 //! logic of `tidepool_xen_abi::blkfront`.
 //!
-//! One ring page and, per ring slot, [`SEGMENTS`] data pages, all granted
-//! to the back end once at setup and kept granted (the front end's side of
-//! persistent grants, as Linux keeps them): data is copied between the
-//! caller's buffer and a slot's pages, so no request grants or revokes
-//! anything. Every response is checked (`Inflight::complete`) before its
+//! One ring page and, per ring slot, its data pages (11, a direct
+//! request's segments; or [`INDIRECT_SEGMENTS`] and one indirect page when
+//! the back end takes indirect requests), all granted to the back end once
+//! at setup and kept granted (the front end's side of persistent grants, as
+//! Linux keeps them): data is copied between the caller's buffer and a
+//! slot's pages, so no request grants or revokes anything. Every response is checked (`Inflight::complete`) before its
 //! slot is reused; a request without a response after
 //! [`REQUEST_TIMEOUT`] fails. A watch on the back end's state notices a
 //! detach (`xl block-detach`): I/O then fails with "back end went away" and
@@ -35,12 +36,16 @@ use crate::arch::aarch64::cpu;
 use crate::timer;
 use crate::xen::{Xen, events, grants, store};
 
-/// Data pages per ring slot: a direct request's segments.
-pub const SEGMENTS: usize = BLKIF_MAX_SEGMENTS_PER_REQUEST;
-/// Bytes one request moves at most.
-pub const REQUEST_BYTES: usize = SEGMENTS * PAGE;
-/// How long one request may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Segments of an indirect request (128 KiB; Linux's blkfront default too):
+/// 32 slots of them are 4 MiB of granted pages, about a thousand grants.
+pub const INDIRECT_SEGMENTS: usize = 32;
+/// Bytes a pass of the pattern writer and the verifier moves: requests
+/// enough to keep the ring busy.
+const PASS_BYTES: usize = 2 << 20;
+/// How long one request may take. Generous: under emulation on a busy host
+/// dom0's blkback was seen taking over 5 s for one request of a batch; a
+/// response after this time finds its slot expired and breaks the device.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PAGE: usize = 4096;
 const SECTOR: usize = 512;
 
@@ -91,7 +96,12 @@ pub struct PvDisk {
     inflight: Inflight<BLKIF_RING_SLOTS>,
     /// Each slot's data pages and their grants.
     pages: Vec<&'static mut [u8]>,
-    grefs: Vec<[GrantRef; SEGMENTS]>,
+    grefs: Vec<Vec<GrantRef>>,
+    /// Each slot's indirect page and its grant (with indirect requests).
+    indirect: Vec<(&'static mut [u8], GrantRef)>,
+    /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
+    /// requests.
+    segments: usize,
     /// Results of finished requests not yet collected, by slot.
     done: [Option<Result<(), BlkfrontError>>; BLKIF_RING_SLOTS],
     /// The back end went away or broke the protocol: no more I/O.
@@ -178,19 +188,33 @@ impl PvDisk {
             grants_made: 1,
             ..PvStats::default()
         };
+        let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
+        let segments = if indirect_ok {
+            INDIRECT_SEGMENTS
+        } else {
+            BLKIF_MAX_SEGMENTS_PER_REQUEST
+        };
+        let mut grant = |pa: u64, access| {
+            stats.grants_made += 1;
+            grants::grant(backend, pa >> 12, access).map_err(PvSetupError::Grant)
+        };
         let mut pages = Vec::with_capacity(BLKIF_RING_SLOTS);
         let mut grefs = Vec::with_capacity(BLKIF_RING_SLOTS);
+        let mut indirect = Vec::new();
         for _ in 0..BLKIF_RING_SLOTS {
-            let (buffer, pa) = alloc_pages(map, SEGMENTS).ok_or(PvSetupError::NoMemory)?;
-            let mut refs = [GrantRef(0); SEGMENTS];
-            for (i, gref) in refs.iter_mut().enumerate() {
-                let gfn = (pa.0 >> 12) + i as u64;
-                *gref = grants::grant(backend, gfn, GrantAccess::ReadWrite)
-                    .map_err(PvSetupError::Grant)?;
-                stats.grants_made += 1;
-            }
+            let (buffer, pa) = alloc_pages(map, segments).ok_or(PvSetupError::NoMemory)?;
+            let refs = (0..segments)
+                .map(|i| grant(pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
+                .collect::<Result<Vec<_>, _>>()?;
             pages.push(buffer);
             grefs.push(refs);
+            if indirect_ok {
+                let (page, pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory)?;
+                // Read-write although the back end only reads it: with
+                // persistent grants Linux's blkback maps every page
+                // read-write, and a read-only grant fails that map.
+                indirect.push((page, grant(pa.0, GrantAccess::ReadWrite)?));
+            }
         }
         let signalled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let handler: &'static dyn EventHandler = Box::leak(Box::new(move |_: EvtchnPort| {
@@ -241,6 +265,8 @@ impl PvDisk {
             inflight: Inflight::new(),
             pages,
             grefs,
+            indirect,
+            segments,
             done: [const { None }; BLKIF_RING_SLOTS],
             broken: None,
             token,
@@ -252,7 +278,7 @@ impl PvDisk {
     /// `blk: xvda pv sectors=... ...`.
     pub fn info_line(&self) -> String {
         format!(
-            "blk: {} pv devid={} sectors={} sector_size={} read_only={} flush={} ring_pages=1 slots={} request_bytes={}",
+            "blk: {} pv devid={} sectors={} sector_size={} read_only={} flush={} ring_pages=1 slots={} indirect={} request_bytes={}",
             self.name,
             self.vbd.devid,
             self.info.sectors,
@@ -260,7 +286,8 @@ impl PvDisk {
             u8::from(self.info.read_only),
             u8::from(self.info.flush),
             BLKIF_RING_SLOTS,
-            REQUEST_BYTES
+            u8::from(!self.indirect.is_empty()),
+            self.request_bytes()
         )
     }
 
@@ -271,6 +298,11 @@ impl PvDisk {
             "blk: stats {} reads={} writes={} flushes={} errors={} grants_made={} grants_reused={}",
             self.name, s.reads, s.writes, s.flushes, s.errors, s.grants_made, s.grants_reused
         )
+    }
+
+    /// Bytes one request moves at most.
+    pub fn request_bytes(&self) -> usize {
+        self.segments * PAGE
     }
 
     /// The disk's name (`xvda`).
@@ -335,23 +367,48 @@ impl PvDisk {
         let (slot, id) = self.inflight.start(op, lba, deadline)?;
         let handle = self.vbd.devid as u16;
         let request = if op == BLKIF_OP_FLUSH_DISKCACHE {
-            blkfront::flush_request(handle, id)
+            blkfront::flush_request(handle, id).to_words()
         } else {
             if let Some(data) = data {
                 self.pages[slot][..data.len()].copy_from_slice(data);
             }
-            let request = blkfront::rw_request(op, handle, id, lba, sectors, &self.grefs[slot]);
-            let request = match request {
-                Ok(r) => r,
+            let pages = sectors.div_ceil(SECTORS_PER_PAGE);
+            let words = if pages > BLKIF_MAX_SEGMENTS_PER_REQUEST && !self.indirect.is_empty() {
+                let (page, gref) = &mut self.indirect[slot];
+                let request = blkfront::indirect_request(
+                    op,
+                    handle,
+                    id,
+                    lba,
+                    sectors,
+                    &self.grefs[slot],
+                    &[*gref],
+                    self.segments,
+                );
+                request.map(|r| {
+                    for (bytes, seg) in page
+                        .chunks_exact_mut(8)
+                        .zip(blkfront::segments(sectors, &self.grefs[slot]))
+                    {
+                        bytes.copy_from_slice(&seg.to_word().to_le_bytes());
+                    }
+                    r.to_words()
+                })
+            } else {
+                blkfront::rw_request(op, handle, id, lba, sectors, &self.grefs[slot])
+                    .map(|r| r.to_words())
+            };
+            let words = match words {
+                Ok(words) => words,
                 Err(err) => {
                     self.forget(slot);
                     return Err(err);
                 }
             };
-            self.stats.grants_reused += u64::from(request.nr_segments);
-            request
+            self.stats.grants_reused += pages as u64;
+            words
         };
-        if let Err(err) = self.ring.put_request(&request.to_words()) {
+        if let Err(err) = self.ring.put_request(&request) {
             self.forget(slot);
             return Err(BlkfrontError::BadRequest(match err {
                 tidepool_xen_abi::ring::RingError::Full { .. } => "ring full",
@@ -458,8 +515,9 @@ impl PvDisk {
         buffer: &mut [u8],
         depth: usize,
     ) -> Result<(), BlkfrontError> {
+        let request_bytes = self.request_bytes();
         let chunks: Vec<(u64, usize, usize)> = buffer
-            .chunks(REQUEST_BYTES)
+            .chunks(request_bytes)
             .enumerate()
             .scan(0usize, |offset, (_, chunk)| {
                 let at = *offset;
@@ -501,7 +559,8 @@ impl PvDisk {
     pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), BlkfrontError> {
         let mut pending = alloc::collections::VecDeque::new();
         let mut result = Ok(());
-        for (i, chunk) in data.chunks(REQUEST_BYTES).enumerate() {
+        let request_bytes = self.request_bytes();
+        for (i, chunk) in data.chunks(request_bytes).enumerate() {
             if pending.len() == BLKIF_RING_SLOTS {
                 let slot = pending.pop_front().expect("non-empty");
                 result = result.and(self.finish(slot, None));
@@ -509,7 +568,7 @@ impl PvDisk {
             if result.is_err() {
                 break;
             }
-            let at = lba + (i * REQUEST_BYTES / SECTOR) as u64;
+            let at = lba + (i * request_bytes / SECTOR) as u64;
             match self.submit(BLKIF_OP_WRITE, at, Some(chunk), chunk.len() / SECTOR) {
                 Ok(slot) => pending.push_back(slot),
                 Err(err) => result = Err(err),
@@ -621,7 +680,7 @@ fn write_pattern(
     range: crate::bootargs::SectorRange,
 ) -> Result<(), BlkfrontError> {
     use tidepool_virtio_blk::pattern;
-    let per_pass = (REQUEST_BYTES * BLKIF_RING_SLOTS / SECTOR) as u64;
+    let per_pass = (PASS_BYTES / SECTOR) as u64;
     let mut sectors = alloc::vec![[0u8; SECTOR]; per_pass as usize];
     let mut at = range.lba;
     let end = range.lba + range.count;
@@ -637,7 +696,7 @@ fn write_pattern(
 fn verify(disk: &mut PvDisk, expected: crate::bootargs::DiskPattern) -> u64 {
     use tidepool_virtio_blk::pattern;
     let capacity = disk.capacity();
-    let mut buffer = alloc::vec![0u8; REQUEST_BYTES * BLKIF_RING_SLOTS];
+    let mut buffer = alloc::vec![0u8; PASS_BYTES];
     let per_pass = (buffer.len() / SECTOR) as u64;
     let mut problems = 0;
     let mut lba = 0;
@@ -710,13 +769,13 @@ fn random_reads(
 }
 
 /// `bench=MIB` on a PV disk: sequential reads of the first `mib` MiB
-/// (44 KiB requests, the ring full: 1.4 MiB per pass), then 4 KiB random reads at queue
+/// (the largest requests, 4 MiB passes), then 4 KiB random reads at queue
 /// depth 1 and 16; one `blk: bench` line, as for virtio.
 fn bench(disk: &mut PvDisk, mib: u64) -> Result<(), BlkfrontError> {
     const RANDOM_READS: u64 = 4096;
     let span = (mib << 20).min(disk.capacity() * SECTOR as u64) / SECTOR as u64;
     let before = *disk.stats();
-    let mut buffer = alloc::vec![0u8; REQUEST_BYTES * BLKIF_RING_SLOTS];
+    let mut buffer = alloc::vec![0u8; 2 * PASS_BYTES];
     let start = cpu::uptime_us();
     let mut lba = 0;
     while lba < span {

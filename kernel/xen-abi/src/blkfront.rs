@@ -12,9 +12,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::blkif::{
-    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest, BlkifRequestSegment,
-    BlkifResponse,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+    BLKIF_RSP_OKAY, BLKIF_SEGMENTS_PER_INDIRECT_PAGE, BlkifRequest, BlkifRequestIndirect,
+    BlkifRequestSegment, BlkifResponse,
 };
 use crate::domain::DomId;
 use crate::event::EvtchnPort;
@@ -657,6 +658,37 @@ pub fn completion_error(op: u8, sector: u64, error: RequestFailure) -> BlkfrontE
     }
 }
 
+/// The segments covering `sectors` 512-byte sectors from the start of the
+/// pages `grefs` (8 sectors a page, the last one partly).
+pub fn segments(
+    sectors: usize,
+    grefs: &[GrantRef],
+) -> impl Iterator<Item = BlkifRequestSegment> + '_ {
+    grefs
+        .iter()
+        .take(sectors.div_ceil(SECTORS_PER_PAGE))
+        .enumerate()
+        .map(move |(i, gref)| {
+            let in_page = (sectors - i * SECTORS_PER_PAGE).min(SECTORS_PER_PAGE);
+            BlkifRequestSegment {
+                gref: gref.0,
+                first_sect: 0,
+                last_sect: (in_page - 1) as u8,
+            }
+        })
+}
+
+fn check_rw(op: u8, sectors: usize, pages: usize, max: usize) -> Result<usize, BlkfrontError> {
+    if op != BLKIF_OP_READ && op != BLKIF_OP_WRITE {
+        return Err(BlkfrontError::BadRequest("not a read or write"));
+    }
+    let needed = sectors.div_ceil(SECTORS_PER_PAGE);
+    if sectors == 0 || needed > max || needed > pages {
+        return Err(BlkfrontError::BadRequest("segment count"));
+    }
+    Ok(needed)
+}
+
 /// A direct read or write of `sectors` 512-byte sectors at `sector`, in the
 /// granted pages `grefs` (each page holds 8 sectors; the transfer starts at
 /// the first page's start).
@@ -668,13 +700,7 @@ pub fn rw_request(
     sectors: usize,
     grefs: &[GrantRef],
 ) -> Result<BlkifRequest, BlkfrontError> {
-    if op != BLKIF_OP_READ && op != BLKIF_OP_WRITE {
-        return Err(BlkfrontError::BadRequest("not a read or write"));
-    }
-    let pages = sectors.div_ceil(SECTORS_PER_PAGE);
-    if sectors == 0 || pages > BLKIF_MAX_SEGMENTS_PER_REQUEST || pages > grefs.len() {
-        return Err(BlkfrontError::BadRequest("segment count"));
-    }
+    let pages = check_rw(op, sectors, grefs.len(), BLKIF_MAX_SEGMENTS_PER_REQUEST)?;
     let mut request = BlkifRequest {
         operation: op,
         nr_segments: pages as u8,
@@ -683,15 +709,45 @@ pub fn rw_request(
         sector_number: sector,
         ..Default::default()
     };
-    for (i, seg) in request.seg[..pages].iter_mut().enumerate() {
-        let in_page = (sectors - i * SECTORS_PER_PAGE).min(SECTORS_PER_PAGE);
-        *seg = BlkifRequestSegment {
-            gref: grefs[i].0,
-            first_sect: 0,
-            last_sect: (in_page - 1) as u8,
-        };
+    for (slot, seg) in request.seg.iter_mut().zip(segments(sectors, grefs)) {
+        *slot = seg;
     }
     Ok(request)
+}
+
+/// An indirect read or write of `sectors` 512-byte sectors at `sector` in
+/// the data pages `grefs`, whose segments the caller writes (see
+/// [`segments`]) into the indirect pages `indirect`; at most
+/// `max_segments` (the back end's `feature-max-indirect-segments`).
+#[allow(clippy::too_many_arguments)]
+pub fn indirect_request(
+    op: u8,
+    handle: u16,
+    id: u64,
+    sector: u64,
+    sectors: usize,
+    grefs: &[GrantRef],
+    indirect: &[GrantRef],
+    max_segments: usize,
+) -> Result<BlkifRequestIndirect, BlkfrontError> {
+    let pages = check_rw(op, sectors, grefs.len(), max_segments)?;
+    let indirect_pages = pages.div_ceil(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
+    if indirect_pages > indirect.len() || indirect_pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST {
+        return Err(BlkfrontError::BadRequest("indirect pages"));
+    }
+    let mut indirect_grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+    for (slot, gref) in indirect_grefs.iter_mut().zip(&indirect[..indirect_pages]) {
+        *slot = gref.0;
+    }
+    Ok(BlkifRequestIndirect {
+        operation: BLKIF_OP_INDIRECT,
+        indirect_op: op,
+        nr_segments: pages as u16,
+        id,
+        sector_number: sector,
+        handle,
+        indirect_grefs,
+    })
 }
 
 /// A cache flush (`BLKIF_OP_FLUSH_DISKCACHE`, no segments).

@@ -272,3 +272,22 @@ fn requests_cover_their_sectors_page_by_page() {
         (BLKIF_OP_FLUSH_DISKCACHE, 0)
     );
 }
+
+#[test]
+fn indirect_requests_name_their_segment_pages() {
+    let data: Vec<GrantRef> = (200..232).map(GrantRef).collect();
+    let indirect = [GrantRef(300)];
+    let req = indirect_request(BLKIF_OP_READ, 0xca00, 5, 1024, 255, &data, &indirect, 256).unwrap();
+    assert_eq!(
+        (req.operation, req.indirect_op, req.nr_segments),
+        (crate::blkif::BLKIF_OP_INDIRECT, BLKIF_OP_READ, 32)
+    );
+    assert_eq!(req.indirect_grefs[..2], [300, 0]);
+    let segs: Vec<_> = segments(255, &data).collect();
+    assert_eq!(segs.len(), 32);
+    assert_eq!((segs[31].gref, segs[31].last_sect), (231, 6));
+    // More than the back end takes, or than the pages given.
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 257, &data, &indirect, 256).is_err());
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 64, &data, &indirect, 4).is_err());
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 8, &data, &[], 256).is_err());
+}
