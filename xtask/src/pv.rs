@@ -165,6 +165,20 @@ const PACKAGES: &[PackagePart] = &[
     },
 ];
 
+/// The guest's kernel.
+#[derive(Clone, Debug)]
+pub enum GuestKernel {
+    /// tidepool's Image.
+    Tidepool(PathBuf),
+    /// A Linux Image with its initramfs (the benchmark's Linux domU).
+    Linux {
+        /// The Image.
+        image: PathBuf,
+        /// The initramfs.
+        initramfs: PathBuf,
+    },
+}
+
 /// What the dom0 does with the guest.
 #[derive(Clone, Debug)]
 pub struct PvGuest {
@@ -180,15 +194,39 @@ pub struct PvGuest {
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
-/// toolstack and `image` as the guest to create, the disk as virtio-blk.
+/// toolstack and `image` (tidepool) as the guest to create, the disk as
+/// virtio-blk.
 pub fn qemu_args(
     ws: &Workspace,
     image: &Path,
     guest: &PvGuest,
     run_dir: &Path,
 ) -> Result<Vec<String>> {
-    let guest_image = std::fs::read(image).map_err(|e| Error::io(image.to_path_buf(), e))?;
-    let config = xl_config(guest);
+    qemu_args_for(
+        ws,
+        &GuestKernel::Tidepool(image.to_path_buf()),
+        guest,
+        run_dir,
+    )
+}
+
+/// [`qemu_args`] for any guest kernel.
+pub fn qemu_args_for(
+    ws: &Workspace,
+    kernel: &GuestKernel,
+    guest: &PvGuest,
+    run_dir: &Path,
+) -> Result<Vec<String>> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path.to_path_buf(), e));
+    let mut files = Vec::new();
+    match kernel {
+        GuestKernel::Tidepool(image) => files.push(("guest.img".to_string(), 0o644, read(image)?)),
+        GuestKernel::Linux { image, initramfs } => {
+            files.push(("guest.img".to_string(), 0o644, read(image)?));
+            files.push(("guest-initramfs.cpio".to_string(), 0o644, read(initramfs)?));
+        }
+    }
+    let config = xl_config(guest, matches!(kernel, GuestKernel::Linux { .. }));
     let dom0 = linux::build(
         ws,
         run_dir,
@@ -196,10 +234,10 @@ pub fn qemu_args(
             modules: MODULES,
             applets: APPLETS,
             packages: PACKAGES,
-            files: vec![
-                ("guest.img".into(), 0o644, guest_image),
-                ("etc/xen/guest.cfg".into(), 0o644, config.into_bytes()),
-            ],
+            files: files
+                .into_iter()
+                .chain([("etc/xen/guest.cfg".to_string(), 0o644, config.into_bytes())])
+                .collect(),
             init: &|modules| init_script(modules, guest),
             name: "pv-dom0.cpio",
         },
@@ -220,13 +258,26 @@ pub fn qemu_args(
     linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir)
 }
 
-/// The `xl` configuration of the guest.
-fn xl_config(guest: &PvGuest) -> String {
+/// Linux guest's command line: its console is the PV console, `/init`
+/// from its initramfs.
+const LINUX_GUEST_BOOTARGS: &str = "console=hvc0 rdinit=/init cma=0";
+
+/// The `xl` configuration of the guest (a Linux guest gets its initramfs
+/// as `ramdisk`).
+fn xl_config(guest: &PvGuest, linux: bool) -> String {
+    let bootargs = if linux {
+        LINUX_GUEST_BOOTARGS
+    } else {
+        guest.bootargs.as_str()
+    };
     let mut cfg = format!(
         "name = \"{GUEST_NAME}\"\nkernel = \"/guest.img\"\nmemory = {GUEST_MEM_MIB}\nvcpus = 1\n\
          extra = \"{}\"\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n",
-        guest.bootargs.replace('"', "")
+        bootargs.replace('"', "")
     );
+    if linux {
+        cfg.push_str("ramdisk = \"/guest-initramfs.cpio\"\n");
+    }
     if guest.disk.is_some() {
         let access = if guest.read_only { "ro" } else { "rw" };
         cfg.push_str(&format!(
@@ -335,19 +386,28 @@ mod tests {
 
     #[test]
     fn config_names_the_disk_and_its_access() {
-        let cfg = xl_config(&guest());
+        let cfg = xl_config(&guest(), false);
         assert!(cfg.contains("extra = \"blk-verify=0@0+8\""));
         assert!(cfg.contains("'format=raw,vdev=xvda,access=rw,target=/dev/vda'"));
-        let ro = xl_config(&PvGuest {
-            read_only: true,
-            ..guest()
-        });
+        let ro = xl_config(
+            &PvGuest {
+                read_only: true,
+                ..guest()
+            },
+            false,
+        );
         assert!(ro.contains("access=ro"));
-        let none = xl_config(&PvGuest {
-            disk: None,
-            ..guest()
-        });
+        let none = xl_config(
+            &PvGuest {
+                disk: None,
+                ..guest()
+            },
+            false,
+        );
         assert!(!none.contains("disk ="));
+        let linux = xl_config(&guest(), true);
+        assert!(linux.contains("extra = \"console=hvc0 rdinit=/init cma=0\""));
+        assert!(linux.contains("ramdisk = \"/guest-initramfs.cpio\""));
     }
 
     #[test]

@@ -796,7 +796,7 @@ fn bench(disk: &mut PvDisk, mib: u64) -> Result<(), BlkfrontError> {
     info!(
         "blk: bench device={} seq_mib={} seq_us={seq_us} seq_mib_s={}.{:02} qd1_reqs={RANDOM_READS} \
          qd1_us={qd1_us} qd1_iops={} qd16_reqs={RANDOM_READS} qd16_us={qd16_us} qd16_iops={} requests={} \
-         grants_made={} grants_reused={}",
+         flush_hypercalls=0 grants_made={} grants_reused={}",
         disk.name(),
         seq_bytes >> 20,
         hundredths / 100,

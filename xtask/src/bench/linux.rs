@@ -92,7 +92,7 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
             applets: APPLETS,
             packages: &[],
             files: Vec::new(),
-            init: &|modules| init_script(modules, disk_bytes),
+            init: &|modules| init_script(modules, disk_bytes, "vda", false),
             name: "linux-initramfs.cpio",
         },
     )
@@ -164,9 +164,28 @@ pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<
     })
 }
 
-/// `/init`: mount, load `modules`, wait for /dev/vda, time the reads of a
-/// `disk_bytes` disk, power off.
-fn init_script(modules: &[String], disk_bytes: u64) -> String {
+/// Fetches (once) what a Linux domU needs to time reads of its PV disk
+/// `xvda` (`disk_bytes`) through xen-blkfront, and writes its initramfs into
+/// `dir`: the same `/init` as the dom0 benchmark, plus 16 readers at once.
+pub fn prepare_domu(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: &["xen_blkfront"],
+            applets: APPLETS,
+            packages: &[],
+            files: Vec::new(),
+            init: &|modules| init_script(modules, disk_bytes, "xvda", true),
+            name: "linux-domu-initramfs.cpio",
+        },
+    )
+}
+
+/// `/init`: mount, load `modules`, wait for /dev/`device`, time the reads
+/// of a `disk_bytes` disk (and with `qd16`, 16 readers of 4 KiB blocks at
+/// once, each over its own sixteenth of the small reads' span), power off.
+fn init_script(modules: &[String], disk_bytes: u64, device: &str, qd16: bool) -> String {
     let seq_reads = disk_bytes / SEQ_BLOCK;
     let seq_bytes = seq_reads * SEQ_BLOCK;
     let small_bytes = SMALL_READS * SMALL_BLOCK;
@@ -174,6 +193,23 @@ fn init_script(modules: &[String], disk_bytes: u64) -> String {
         .iter()
         .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
         .collect();
+    let per_reader = SMALL_READS / 16;
+    let qd16_step = if qd16 {
+        format!(
+            r#"t0=$(now)
+i=0
+while [ $i -lt 16 ]; do
+    dd if=/dev/{device} of=/dev/null bs={SMALL_BLOCK} count={per_reader} skip=$((i * {per_reader})) iflag=direct 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+t1=$(now)
+echo "{PREFIX}qd16 bytes={small_bytes} reqs={SMALL_READS} start_ns=$t0 end_ns=$t1"
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"#!/bin/sh
 # tidepool's `cargo xtask bench`, Linux dom0 side (xtask/src/bench/linux.rs).
@@ -192,20 +228,20 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "{PREFIX}init uptime=$(cut -d' ' -f1 /proc/uptime)"
 {insmods}n=0
-while [ ! -b /dev/vda ]; do
+while [ ! -b /dev/{device} ]; do
     n=$((n + 1))
-    [ $n -gt 500 ] && fail "no /dev/vda after 5 s"
+    [ $n -gt 500 ] && fail "no /dev/{device} after 5 s"
     usleep 10000
 done
 t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SEQ_BLOCK} count={seq_reads} iflag=direct 2>/dev/null || fail "dd seq"
+dd if=/dev/{device} of=/dev/null bs={SEQ_BLOCK} count={seq_reads} iflag=direct 2>/dev/null || fail "dd seq"
 t1=$(now)
 echo "{PREFIX}seq bytes={seq_bytes} reqs={seq_reads} start_ns=$t0 end_ns=$t1"
 t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SMALL_BLOCK} count={SMALL_READS} iflag=direct 2>/dev/null || fail "dd qd1"
+dd if=/dev/{device} of=/dev/null bs={SMALL_BLOCK} count={SMALL_READS} iflag=direct 2>/dev/null || fail "dd qd1"
 t1=$(now)
 echo "{PREFIX}qd1 bytes={small_bytes} reqs={SMALL_READS} start_ns=$t0 end_ns=$t1"
-echo "{PREFIX}done"
+{qd16_step}echo "{PREFIX}done"
 poweroff -f
 "#
     )
@@ -296,6 +332,8 @@ pub struct LinuxBench {
     pub seq: Throughput,
     /// The 4 KiB O_DIRECT reads, one at a time (sequential offsets).
     pub qd1: Rate,
+    /// The same reads by 16 readers at once, if `/init` ran them.
+    pub qd16: Option<Rate>,
 }
 
 /// Why Linux's console did not yield the numbers.
@@ -357,6 +395,13 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
     let (bytes, time) = read_timed(&seq, "bytes").map_err(|e| bad("seq", e))?;
     let qd1 = get("qd1")?;
     let (requests, qd1_time) = read_timed(&qd1, "reqs").map_err(|e| bad("qd1", e))?;
+    let qd16 = match get("qd16") {
+        Ok(kv) => {
+            let (requests, time) = read_timed(&kv, "reqs").map_err(|e| bad("qd16", e))?;
+            Some(Rate { requests, time })
+        }
+        Err(_) => None,
+    };
     Ok(LinuxBench {
         init_uptime,
         seq: Throughput { bytes, time },
@@ -364,6 +409,7 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
             requests,
             time: qd1_time,
         },
+        qd16,
     })
 }
 
@@ -564,7 +610,17 @@ bench-linux: done";
 
     #[test]
     fn init_script_reads_the_whole_disk_and_loads_modules_in_order() {
-        let script = init_script(&["virtio_mmio".into(), "virtio_blk".into()], 64 << 20);
+        let script = init_script(
+            &["virtio_mmio".into(), "virtio_blk".into()],
+            64 << 20,
+            "vda",
+            false,
+        );
+        assert!(!script.contains("qd16"));
+        let domu = init_script(&["xen_blkfront".into()], 64 << 20, "xvda", true);
+        assert!(domu.contains("if=/dev/xvda"));
+        assert!(domu.contains("skip=$((i * 256))"));
+        assert!(domu.contains("bench-linux: qd16 bytes=16777216 reqs=4096 "));
         assert!(script.starts_with("#!/bin/sh\n"));
         let mmio = script.find("insmod /lib/modules/virtio_mmio.ko").unwrap();
         let blk = script.find("insmod /lib/modules/virtio_blk.ko").unwrap();
