@@ -271,7 +271,7 @@ fn linux_bench(
         }
     );
     let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
-    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
+    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"), None)?;
     best_of(runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
         let console = run_timed(&args, LINUX_TIMEOUT, None)?;

@@ -48,6 +48,9 @@ pub struct BootTest {
 pub struct PvSpec {
     /// `xl block-detach` the disk once the guest's console shows this.
     pub detach_on: Option<&'static str>,
+    /// tidepool is a dom0less domU next to the Linux dom0 (see
+    /// `crate::pv::PvGuest::dom0less`).
+    pub dom0less: bool,
 }
 
 /// Printed between the consoles of a test's two boots.
@@ -719,6 +722,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
                 disk: images.first().cloned(),
                 read_only: test.disks.first().is_some_and(|d| d.read_only),
                 detach_on: spec.detach_on.map(String::from),
+                dom0less: spec.dom0less,
             };
             crate::pv::qemu_args(ws, image, &guest, &run_dir)?
         }
@@ -809,6 +813,29 @@ fn pv() -> Vec<BootTest> {
     .reject(PV_REJECT);
     detach.pv = Some(PvSpec {
         detach_on: Some("blk: xvda pv devid="),
+        dom0less: false,
+    });
+    let mut dom0less = guest("pv-dom0less-block-attach", WRITE_AND_VERIFY)
+        .with_disks(&[disk(1, Some(REWRITTEN))])
+        .expect(&[
+            "boot: tidepool",
+            "xenstore: waiting for dom0's init-dom0less evtchn=",
+            "pv-dom0: init-dom0less done",
+            "xenstore: connected gpa=0x39001000",
+            "blk: xvda pv devid=51712 sectors=16384 sector_size=512 read_only=0",
+            "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
+            "blk: verify xvda sectors=16384 ok",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+            "boot: ready",
+            "shutdown: poweroff",
+            "pv-dom0: guest-shutdown name=1 state=---s--",
+            "pv-dom0: done",
+        ])
+        .reject(PV_REJECT)
+        .reject(&["error: "]);
+    dom0less.pv = Some(PvSpec {
+        detach_on: None,
+        dom0less: true,
     });
     vec![
         guest(
@@ -848,6 +875,7 @@ fn pv() -> Vec<BootTest> {
             .expect(&shut_down)
             .reject(PV_REJECT),
         detach,
+        dom0less,
     ]
 }
 

@@ -115,8 +115,10 @@ struct RunArgs {
     #[arg(long, conflicts_with = "no_xen")]
     domu: bool,
     /// Boot as an `xl` guest of a Linux dom0 (Xen toolstack, Linux's
-    /// blkback serving --disk as xvda); the console is `xl console`.
-    #[arg(long, conflicts_with_all = ["no_xen", "domu"])]
+    /// blkback serving --disk as xvda); the console is `xl console`. With
+    /// --domu: a dom0less domU next to that dom0 (`xen,enhanced`; dom0 runs
+    /// init-dom0less, then `xl block-attach`es the disk).
+    #[arg(long, conflicts_with = "no_xen")]
     pv: bool,
     /// Boot on bare QEMU, without Xen.
     #[arg(long)]
@@ -235,6 +237,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
             disk: args.disk.first().map(PathBuf::from),
             read_only: false,
             detach_on: None,
+            dom0less: args.domu,
         };
         let qemu_args = pv::qemu_args(ws, &image, &guest, &ws.build.join("run-pv"))?;
         return qemu::run_interactive(&qemu_args);

@@ -191,6 +191,10 @@ pub struct PvGuest {
     pub read_only: bool,
     /// `xl block-detach` the disk once the guest's console shows this.
     pub detach_on: Option<String>,
+    /// Boot tidepool as a dom0less domU next to the Linux dom0 (Xen builds
+    /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
+    /// runs `init-dom0less`, then `xl block-attach`es the disk.
+    pub dom0less: bool,
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
@@ -220,6 +224,7 @@ pub fn qemu_args_for(
     let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path.to_path_buf(), e));
     let mut files = Vec::new();
     match kernel {
+        GuestKernel::Tidepool(_) if guest.dom0less => {}
         GuestKernel::Tidepool(image) => files.push(("guest.img".to_string(), 0o644, read(image)?)),
         GuestKernel::Linux { image, initramfs } => {
             files.push(("guest.img".to_string(), 0o644, read(image)?));
@@ -254,8 +259,21 @@ pub fn qemu_args_for(
             read_only: guest.read_only,
         })
         .collect();
-    let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
-    linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir)
+    let mut xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
+    let domu = match kernel {
+        GuestKernel::Tidepool(image) if guest.dom0less => {
+            // A dom0less guest's console_io reaches Xen's console only at
+            // guest_loglvl=all (4.17 gives it no PV console).
+            xen_bootargs.push_str(" guest_loglvl=all");
+            Some(linux::DomU {
+                image,
+                memory_kib: GUEST_MEM_MIB * 1024,
+                bootargs: &guest.bootargs,
+            })
+        }
+        _ => None,
+    };
+    linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir, domu.as_ref())
 }
 
 /// Linux guest's command line: its console is the PV console, `/init`
@@ -300,17 +318,44 @@ fn init_script(modules: &[String], guest: &PvGuest) -> String {
     } else {
         ""
     };
+    // The dom0less guest is domain 1, named by init-dom0less.
+    let name = if guest.dom0less { "1" } else { GUEST_NAME };
     let detach = match &guest.detach_on {
         Some(pattern) => format!(
             r#"(
     until grep -q "{pattern}" /var/log/xen/guest-{GUEST_NAME}.log 2>/dev/null; do usleep 20000; done
     echo "{PREFIX}detaching disk=xvda"
-    if xl block-detach {GUEST_NAME} xvda; then echo "{PREFIX}detached disk=xvda"; else echo "{PREFIX}detach-failed disk=xvda"; fi
+    if xl block-detach {name} xvda; then echo "{PREFIX}detached disk=xvda"; else echo "{PREFIX}detach-failed disk=xvda"; fi
 ) &
 "#,
             pattern = pattern.replace('"', "")
         ),
         None => String::new(),
+    };
+    let start = if guest.dom0less {
+        let attach = if guest.disk.is_some() {
+            let access = if guest.read_only { "ro" } else { "rw" };
+            format!(
+                "xl block-attach 1 'format=raw,vdev=xvda,access={access},target=/dev/vda' || fail \"xl block-attach\"\n\
+                 echo \"{PREFIX}attached disk=xvda\"\n"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "init-dom0less || fail \"init-dom0less\"\n\
+             echo \"{PREFIX}init-dom0less done uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+             {attach}console=\n"
+        )
+    } else {
+        format!(
+            r#"xl create -p /etc/xen/guest.cfg || fail "xl create"
+echo "{PREFIX}created name={GUEST_NAME} domid=$(xl domid {GUEST_NAME}) uptime=$(cut -d' ' -f1 /proc/uptime)"
+xl console {GUEST_NAME} </dev/console &
+console=$!
+xl unpause {GUEST_NAME} || fail "xl unpause"
+"#
+        )
     };
     format!(
         r#"#!/bin/sh
@@ -348,23 +393,18 @@ xen-init-dom0 >/dev/null || fail "xen-init-dom0"
 xenconsoled --log=guest --log-dir=/var/log/xen || fail "xenconsoled"
 
 {wait_disk}echo "{PREFIX}toolstack uptime=$(cut -d' ' -f1 /proc/uptime)"
-xl create -p /etc/xen/guest.cfg || fail "xl create"
-echo "{PREFIX}created name={GUEST_NAME} domid=$(xl domid {GUEST_NAME}) uptime=$(cut -d' ' -f1 /proc/uptime)"
-xl console {GUEST_NAME} </dev/console &
-console=$!
-{detach}xl unpause {GUEST_NAME} || fail "xl unpause"
-while :; do
-    set -- $(xl list {GUEST_NAME} 2>/dev/null | tail -n 1)
+{start}{detach}while :; do
+    set -- $(xl list {name} 2>/dev/null | tail -n 1)
     case "$5" in
-        *s*) echo "{PREFIX}guest-shutdown name={GUEST_NAME} state=$5"; break ;;
-        *c*) echo "{PREFIX}guest-crashed name={GUEST_NAME} state=$5"; break ;;
-        "") echo "{PREFIX}guest-vanished name={GUEST_NAME}"; break ;;
+        *s*) echo "{PREFIX}guest-shutdown name={name} state=$5"; break ;;
+        *c*) echo "{PREFIX}guest-crashed name={name} state=$5"; break ;;
+        "") echo "{PREFIX}guest-vanished name={name}"; break ;;
     esac
     usleep 100000
 done
 usleep 300000
 kill $console 2>/dev/null
-xl destroy {GUEST_NAME}
+xl destroy {name}
 echo "{PREFIX}done"
 poweroff -f
 "#
@@ -381,6 +421,7 @@ mod tests {
             disk: Some("disk.img".into()),
             read_only: false,
             detach_on: None,
+            dom0less: false,
         }
     }
 

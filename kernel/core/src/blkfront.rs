@@ -144,10 +144,43 @@ impl From<BlkfrontError> for PvSetupError {
     }
 }
 
+/// How long a dom0less guest waits for its first disk (`xl block-attach`
+/// in dom0 after `init-dom0less`).
+const ATTACH_TIMEOUT_US: u64 = 120_000_000;
+
+/// A dom0less guest's disks come after its xenstore: watches `device/vbd`
+/// until one appears or [`ATTACH_TIMEOUT_US`] passes.
+fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
+    const TOKEN: &str = "blkfront-attach";
+    store::with(|xs| xs.watch("device/vbd", TOKEN)).transpose()?;
+    info!("blk: waiting for a disk (xl block-attach)");
+    let start = cpu::uptime_us();
+    let result = loop {
+        match store::with(blkfront::find_vbds) {
+            Some(Ok(devids)) if !devids.is_empty() => break Ok(devids),
+            Some(Err(err)) => break Err(err),
+            _ => {}
+        }
+        if cpu::uptime_us() - start > ATTACH_TIMEOUT_US {
+            break Ok(Vec::new());
+        }
+        // Each wait is bounded by the store's reply timeout; a timeout here
+        // only means nothing changed yet.
+        let _ = store::with(|xs| xs.wait_event());
+    };
+    let _ = store::with(|xs| xs.unwatch("device/vbd", TOKEN));
+    result
+}
+
 /// Sets up every `device/vbd` of this domain; a device that fails is
 /// reported and left out.
 pub fn probe(map: &'static AddressMap) -> Vec<PvDisk> {
-    let devids = match store::with(blkfront::find_vbds) {
+    let found = if store::came_late() {
+        Some(wait_for_attach())
+    } else {
+        store::with(blkfront::find_vbds)
+    };
+    let devids = match found {
         None => return Vec::new(),
         Some(Ok(devids)) => devids,
         Some(Err(err)) => {

@@ -247,8 +247,23 @@ poweroff -f
     )
 }
 
+/// A dom0less domU booted by Xen next to the Linux dom0.
+pub struct DomU<'a> {
+    /// Its kernel Image.
+    pub image: &'a Path,
+    /// Its memory in KiB.
+    pub memory_kib: u64,
+    /// Its command line.
+    pub bootargs: &'a str,
+}
+
+/// Where QEMU's loader puts a dom0less domU's Image: below QEMU's DTB.
+const DOMU_ADDR: u64 = 0x4700_0000;
+
 /// QEMU's arguments for Linux as dom0 on `machine`'s hardware (its memory,
-/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU.
+/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU; with
+/// `domu`, also a dom0less domU with `xen,enhanced = "enabled"` (xenstore
+/// once dom0 runs `init-dom0less`) and a vpl011.
 ///
 /// `Machine::prepare`'s dom0 mode loads one module below QEMU's DTB, too
 /// little room for a 33 MB Image; its bare mode with Xen as the `-kernel`
@@ -260,6 +275,7 @@ pub fn qemu_args(
     dom0: &LinuxDom0,
     xen_bootargs: &str,
     run_dir: &Path,
+    domu: Option<&DomU<'_>>,
 ) -> Result<Vec<String>> {
     let mut bare = machine.clone();
     bare.mode = Mode::Bare;
@@ -293,6 +309,27 @@ pub fn qemu_args(
     devicetree::add_xen_dom0(&mut tree, xen_bootargs, &kernel)
         .and_then(|()| devicetree::add_xen_dom0_ramdisk(&mut tree, RAMDISK_ADDR, ramdisk_size))
         .map_err(|e| Error::msg(format!("Linux dom0 device tree: {e}")))?;
+    if let Some(domu) = domu {
+        let size = size(domu.image)?;
+        if DOMU_ADDR + size > 0x4800_0000 {
+            return Err(Error::msg(format!(
+                "the domU Image ({size} bytes) would overlap QEMU's DTB"
+            )));
+        }
+        let module = Module {
+            addr: DOMU_ADDR,
+            size,
+            bootargs: domu.bootargs.into(),
+        };
+        devicetree::add_xen_dom0less_domu(&mut tree, "domU1", domu.memory_kib, 1, true, &module)
+            .and_then(|()| tree.set_string("/chosen/domU1", "xen,enhanced", "enabled"))
+            .map_err(|e| Error::msg(format!("dom0less domU device tree: {e}")))?;
+        args.push("-device".into());
+        args.push(format!(
+            "loader,file={},addr={DOMU_ADDR:#x},force-raw=on",
+            domu.image.display()
+        ));
+    }
     let out = tree
         .to_dtb()
         .map_err(|e| Error::msg(format!("writing DT: {e}")))?;

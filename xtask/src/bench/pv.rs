@@ -40,6 +40,7 @@ pub fn run(
         disk: Some(disk.to_path_buf()),
         read_only: true,
         detach_on: None,
+        dom0less: false,
     };
     let tidepool = best_of(runs, "pv-tidepool", KernelBench::best, |label| {
         eprintln!("bench: {label}: booting (xl guest of a Linux dom0, blkfront)");

@@ -29,6 +29,13 @@ pub struct RingPage {
     pub port: EvtchnPort,
 }
 
+/// Where Xen 4.17's `init-dom0less` puts a dom0less guest's xenstore page
+/// once dom0 runs it: `GUEST_MAGIC_BASE` (0x39000000) plus
+/// `XENSTORE_PFN_OFFSET` (one page). Before that `HVM_PARAM_STORE_PFN` reads
+/// all ones; the page is mapped in advance (the address map is fixed once
+/// the MMU is on) and the parameter checked against it when it comes.
+pub const DOM0LESS_STORE_GPA: u64 = 0x3900_1000;
+
 /// What `HVM_PARAM_*` named.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PvPages {
@@ -36,6 +43,10 @@ pub struct PvPages {
     pub console: Option<RingPage>,
     /// The xenstore ring (not dom0, whose xenstored runs in itself).
     pub store: Option<RingPage>,
+    /// A dom0less guest with `xen,enhanced = "enabled"`: xenstore comes
+    /// when dom0 runs `init-dom0less`, signalled on this port, at
+    /// [`DOM0LESS_STORE_GPA`].
+    pub store_late: Option<RingPage>,
 }
 
 static PAGES: Once<PvPages> = Once::new();
@@ -73,22 +84,35 @@ pub fn discover(dt: &DeviceTree) -> &'static PvPages {
                 port,
             })
         };
+        let store_late = (Xen.hvm_get_param(HvmParam::StorePfn) == Ok(u64::MAX))
+            .then(|| Xen.hvm_get_param(HvmParam::StoreEvtchn).ok())
+            .flatten()
+            .and_then(|port| u32::try_from(port).ok())
+            .filter(|&port| port != 0)
+            .map(|port| RingPage {
+                gpa: PhysAddr(DOM0LESS_STORE_GPA),
+                port: EvtchnPort(port),
+            });
         PvPages {
             console: ring(HvmParam::ConsolePfn, HvmParam::ConsoleEvtchn, "console"),
             store: ring(HvmParam::StorePfn, HvmParam::StoreEvtchn, "xenstore"),
+            store_late,
         }
     })
 }
 
 /// The windows the memory plan must add for `pages`.
 pub fn windows(pages: &PvPages) -> Vec<NamedRange<'static>> {
-    [(CONSOLE_PAGE, pages.console), (STORE_PAGE, pages.store)]
-        .into_iter()
-        .filter_map(|(name, page)| {
-            page.map(|p| NamedRange {
-                name,
-                phys: PhysRange::new(p.gpa.0, PAGE_SIZE),
-            })
+    [
+        (CONSOLE_PAGE, pages.console),
+        (STORE_PAGE, pages.store.or(pages.store_late)),
+    ]
+    .into_iter()
+    .filter_map(|(name, page)| {
+        page.map(|p| NamedRange {
+            name,
+            phys: PhysRange::new(p.gpa.0, PAGE_SIZE),
         })
-        .collect()
+    })
+    .collect()
 }

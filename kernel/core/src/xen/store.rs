@@ -7,10 +7,11 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
+use log::info;
 use spin::Mutex;
 use tidepool_mm::AddressMap;
 use tidepool_xen_abi::xenstore::{StoreChannel, Xenstore, XenstoreInterface};
-use tidepool_xen_abi::{EvtchnPort, Hypervisor};
+use tidepool_xen_abi::{EvtchnPort, HvmParam, Hypervisor};
 
 use super::Xen;
 use super::events::{self, EventChannelError};
@@ -19,6 +20,9 @@ use crate::timer;
 
 /// How long one wait for xenstored may take.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dom0less guest waits for dom0 to run `init-dom0less`: dom0
+/// boots Linux and starts xenstored meanwhile (tens of seconds emulated).
+pub const LATE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Set by the store port's handler, cleared by the waiter.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -55,6 +59,14 @@ pub enum StoreSetupError {
     NotMapped,
     /// Its event channel could not be taken.
     Port(EventChannelError),
+    /// A dom0less guest's xenstore did not come (no dom0 ran
+    /// `init-dom0less`) in [`LATE_TIMEOUT`].
+    LateTimeout,
+    /// `HVM_PARAM_STORE_PFN` named another page than the one mapped.
+    Moved {
+        /// The page it named.
+        gpa: u64,
+    },
 }
 
 impl core::fmt::Display for StoreSetupError {
@@ -63,6 +75,16 @@ impl core::fmt::Display for StoreSetupError {
             Self::NoStore => f.write_str("no xenstore page"),
             Self::NotMapped => f.write_str("the xenstore page has no window"),
             Self::Port(error) => write!(f, "xenstore event channel: {error}"),
+            Self::LateTimeout => write!(
+                f,
+                "no xenstore after {} s: dom0 did not run init-dom0less",
+                LATE_TIMEOUT.as_secs()
+            ),
+            Self::Moved { gpa } => write!(
+                f,
+                "xenstore page at {gpa:#x}, not {:#x} where 4.17's init-dom0less puts it",
+                pv::DOM0LESS_STORE_GPA
+            ),
         }
     }
 }
@@ -70,7 +92,27 @@ impl core::fmt::Display for StoreSetupError {
 /// Connects to xenstore through the page and port `HVM_PARAM_*` named.
 /// Event channels must be set up.
 pub fn init(map: &AddressMap) -> Result<pv::RingPage, StoreSetupError> {
-    let page = pv::pages().store.ok_or(StoreSetupError::NoStore)?;
+    let pages = pv::pages();
+    let page = pages
+        .store
+        .or(pages.store_late)
+        .ok_or(StoreSetupError::NoStore)?;
+    events::bind_existing(page.port, &|_| SIGNALLED.store(true, Ordering::Release))
+        .map_err(StoreSetupError::Port)?;
+    if pages.store.is_none() {
+        info!(
+            "xenstore: waiting for dom0's init-dom0less evtchn={}",
+            page.port.0
+        );
+        timer::wait_for(LATE_TIMEOUT, || SIGNALLED.swap(false, Ordering::AcqRel))
+            .map_err(|_| StoreSetupError::LateTimeout)?;
+        let pfn = Xen.hvm_get_param(HvmParam::StorePfn).unwrap_or(u64::MAX);
+        if pfn.checked_mul(4096) != Some(page.gpa.0) {
+            return Err(StoreSetupError::Moved {
+                gpa: pfn.wrapping_mul(4096),
+            });
+        }
+    }
     let va = map
         .window_address(page.gpa)
         .ok_or(StoreSetupError::NotMapped)?;
@@ -80,10 +122,14 @@ pub fn init(map: &AddressMap) -> Result<pv::RingPage, StoreSetupError> {
     // page is 4 KiB-aligned) is made of atomics only, so xenstored writing
     // it concurrently is sound.
     let shared: &'static XenstoreInterface = unsafe { &*(va.0 as *const XenstoreInterface) };
-    events::bind_existing(page.port, &|_| SIGNALLED.store(true, Ordering::Release))
-        .map_err(StoreSetupError::Port)?;
     *STORE.lock() = Some(Xenstore::new(shared, StorePort { port: page.port }));
     Ok(page)
+}
+
+/// Whether xenstore came late (a dom0less guest): its devices are attached
+/// after it boots.
+pub fn came_late() -> bool {
+    pv::pages().store.is_none() && pv::pages().store_late.is_some()
 }
 
 /// Runs `f` with the client, if connected.
