@@ -28,9 +28,11 @@ pub const BLKIF_SECTOR_BYTES: usize = 512;
 pub const SECTORS_PER_PAGE: usize = 8;
 /// `VDISK_READONLY` in the back end's `info`.
 pub const VDISK_READONLY: u32 = 4;
-/// Events looked at while waiting for the back end to change state, before
-/// giving up (each wait is bounded by the store channel too).
-const STATE_EVENTS_MAX: u32 = 64;
+/// Looks at the back end's state while waiting for it to change, each
+/// after a watch event or a bounded wait of the store channel without one,
+/// before giving up. The back end may wait for dom0's hotplug script (a bash
+/// script, seconds under emulation) before it connects.
+const STATE_EVENTS_MAX: u32 = 24;
 
 /// `enum xenbus_state`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -313,7 +315,8 @@ pub fn backend_state<C: StoreChannel>(
     })
 }
 
-/// Finds device `devid`'s back end and reads the features it offers.
+/// Finds device `devid`'s back end, waits until it has published its
+/// features (InitWait) and reads them.
 pub fn probe<C: StoreChannel>(
     xs: &mut Xenstore<'_, C>,
     devid: u32,
@@ -328,6 +331,9 @@ pub fn probe<C: StoreChannel>(
         backend,
         backend_id: DomId(backend_id),
     };
+    // The features are there once the back end is in InitWait (a device
+    // just attached may still be Initialising).
+    wait_for_backend(xs, &vbd, XenbusState::InitWait)?;
     let features = BackendFeatures {
         max_ring_page_order: read_opt(xs, &format!("{}/max-ring-page-order", vbd.backend))?
             .unwrap_or(0),
@@ -452,12 +458,12 @@ pub fn wait_for_backend<C: StoreChannel>(
                 return Err(BlkfrontError::BackendClosed { state: seen });
             }
             loop {
-                let event = xs.wait_event().map_err(|error| match error {
-                    XsError::Timeout { .. } => BlkfrontError::StateTimeout { want, seen },
-                    error => error.into(),
-                })?;
-                if event.token == token {
-                    break;
+                match xs.wait_event() {
+                    Ok(event) if event.token == token => break,
+                    Ok(_) => {}
+                    // Nothing changed in one wait: look again.
+                    Err(XsError::Timeout { .. }) => break,
+                    Err(error) => return Err(error.into()),
                 }
             }
         }

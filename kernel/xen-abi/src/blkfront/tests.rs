@@ -291,3 +291,22 @@ fn indirect_requests_name_their_segment_pages() {
     assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 64, &data, &indirect, 4).is_err());
     assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 8, &data, &[], 256).is_err());
 }
+
+#[test]
+fn probe_waits_for_the_backend_to_publish_its_features() {
+    // A device just attached: the back end is still Initialising and has
+    // written no features yet; reading them now would see none.
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/state"), "1".into());
+    assert_eq!(
+        probe(&mut xs, 51712).unwrap_err(),
+        BlkfrontError::StateTimeout {
+            want: XenbusState::InitWait,
+            seen: XenbusState::Initialising
+        }
+    );
+}
