@@ -35,7 +35,7 @@ use clap::Args;
 
 use self::report::{LinuxRun, Ready, Results};
 use self::tidepool::KernelBench;
-use crate::qemu::{self, Disk, Machine, Mode};
+use crate::qemu::{self, Disk, Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
 
 /// QEMU's RAM for every run, in MiB.
@@ -232,9 +232,9 @@ fn tidepool_console(
     machine: &Machine,
 ) -> std::result::Result<Console, RunError> {
     let args = machine.prepare(ws, image, run_dir)?;
-    // Xen keeps running after a dom0less domU powers off; a dom0's
-    // poweroff ends QEMU, a crash after Xen's 5 s wait.
-    Ok(run_timed(&args, TIDEPOOL_TIMEOUT, Some("shutdown:"))?)
+    // The run stops shortly after the guest's `shutdown:` line (Xen keeps
+    // running after a dom0less domU powers off, and waits 5 s after a crash).
+    Ok(run_timed(&args, TIDEPOOL_TIMEOUT)?)
 }
 
 /// When `boot: ready` arrived, by the host and by the kernel.
@@ -274,7 +274,7 @@ fn linux_bench(
     let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"), None)?;
     best_of(runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
-        let console = run_timed(&args, LINUX_TIMEOUT, None)?;
+        let console = run_timed(&args, LINUX_TIMEOUT)?;
         for line in console
             .lines
             .iter()
@@ -509,9 +509,10 @@ impl Console {
     }
 }
 
-/// Runs QEMU like [`qemu::run_captured`], keeping each line's arrival time.
-fn run_timed(args: &[String], timeout: Duration, stop_after: Option<&str>) -> Result<Console> {
-    let run = qemu::run_captured(args, timeout, stop_after)?;
+/// Runs QEMU captured (see [`QemuCommand::run`]), keeping each line's
+/// arrival time.
+fn run_timed(args: &QemuCommand, timeout: Duration) -> Result<Console> {
+    let run = args.run(qemu::Console::Captured(timeout), None)?;
     Ok(Console {
         lines: run
             .arrivals

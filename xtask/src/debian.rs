@@ -12,7 +12,7 @@ use crate::{Error, Result, run_checked};
 /// `package` with apt-get when running as root; otherwise says exactly what
 /// to run.
 pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
-    if which(program) {
+    if has_program(program) {
         return Ok(());
     }
     let is_root = Command::new("id")
@@ -34,7 +34,7 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
         "--no-install-recommends",
         package,
     ]))?;
-    if which(program) {
+    if has_program(program) {
         Ok(())
     } else {
         Err(Error::msg(format!(
@@ -43,7 +43,8 @@ pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
     }
 }
 
-fn which(program: &str) -> bool {
+/// Whether `program` is on `PATH`.
+pub fn has_program(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()

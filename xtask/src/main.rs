@@ -3,6 +3,7 @@
 
 mod bench;
 mod boot_tests;
+mod command_tests;
 mod debian;
 mod devicetree;
 mod disk;
@@ -18,7 +19,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::qemu::{Disk, Machine, Mode};
+use crate::qemu::{Console, Disk, Machine, Mode};
 
 /// xtask's error: what failed, in words.
 #[derive(Debug)]
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
     let ws = Workspace::locate();
     let result = match cli.command {
         Cmd::Build => build_kernel(&ws).map(|_| ()),
-        Cmd::Run(args) => run(&ws, args),
+        Cmd::Run(args) => run(&ws, args).and_then(|run| run_verdict(&run)),
         Cmd::Test(args) => test(&ws, args),
         Cmd::Bench(args) => bench::run(&ws, args),
         Cmd::Dt { file, json } => dt(&file, json),
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
 
 /// Builds the kernel and writes build/tidepool.img.
 pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
-    tools::ensure_kernel_target(ws)?;
+    tools::ensure_toolchain(ws)?;
     run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
         "build",
         "--quiet",
@@ -212,8 +213,12 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
         )));
     }
     std::fs::create_dir_all(&ws.build).map_err(|e| Error::io(ws.build.clone(), e))?;
+    // Written aside and renamed into place: a QEMU started by another run
+    // never reads a half-written Image.
     let out = ws.image_path();
-    std::fs::write(&out, &image.bytes).map_err(|e| Error::io(out.clone(), e))?;
+    let fresh = out.with_extension(format!("img.{}", std::process::id()));
+    std::fs::write(&fresh, &image.bytes).map_err(|e| Error::io(fresh.clone(), e))?;
+    std::fs::rename(&fresh, &out).map_err(|e| Error::io(out.clone(), e))?;
     eprintln!(
         "xtask: {}: {} bytes (limit {}), {:#x} bytes in memory, {} relocations",
         out.display(),
@@ -225,7 +230,9 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
+/// Boots as `args` says, the console on the terminal, until QEMU is gone
+/// (see [`qemu::QemuCommand::run`]).
+fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     tools::ensure_host_tools()?;
     let image = build_kernel(ws)?;
     if args.pv {
@@ -239,8 +246,14 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
             detach_on: None,
             dom0less: args.domu,
         };
-        let qemu_args = pv::qemu_args(ws, &image, &guest, &ws.build.join("run-pv"))?;
-        return qemu::run_interactive(&qemu_args);
+        let run_dir = ws.build.join("run-pv").join(std::process::id().to_string());
+        let qemu = pv::qemu_args(ws, &image, &guest, &run_dir)?;
+        eprintln!("xtask: qemu-system-aarch64 {}", qemu.args().join(" "));
+        let qmp = std::env::temp_dir().join(format!("tidepool-qmp-{}.sock", std::process::id()));
+        let run = qemu.run(Console::Terminal, Some(&qmp));
+        let _ = std::fs::remove_file(&qmp);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        return run;
     }
     let mode = if args.no_xen {
         Mode::Bare
@@ -269,11 +282,90 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<()> {
             read_only: false,
         })
         .collect();
-    let qemu_args = machine.prepare(ws, &image, &ws.build.join("run"))?;
-    qemu::run_interactive(&qemu_args)
+    // One directory per run, so that runs side by side (the tests of this
+    // command run several) do not share a device tree.
+    let run_dir = ws.build.join("run").join(std::process::id().to_string());
+    let qemu = machine.prepare(ws, &image, &run_dir)?;
+    eprintln!("xtask: qemu-system-aarch64 {}", qemu.args().join(" "));
+    // Short and outside the tree: a Unix socket path has at most 107 bytes.
+    let qmp = std::env::temp_dir().join(format!("tidepool-qmp-{}.sock", std::process::id()));
+    let run = qemu.run(Console::Terminal, Some(&qmp));
+    let _ = std::fs::remove_file(&qmp);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    run
 }
 
+/// What `cargo xtask run` says when QEMU is gone, and whether it succeeded:
+/// a power-off or reboot is success; a crash, a Xen panic or QEMU ending
+/// before the guest shut down (Ctrl-A X, or a QEMU error) is not.
+fn run_verdict(run: &qemu::Captured) -> Result<()> {
+    match (&run.ending, run.exit) {
+        (Some((ending, _)), _) if ending.is_clean() => {
+            eprintln!("xtask: {ending}");
+            Ok(())
+        }
+        (Some((ending, line)), _) => {
+            eprintln!("xtask: {ending}");
+            Err(Error::msg(format!("{ending}: {}", line.trim())))
+        }
+        (None, Some(status)) if status.success() => Err(Error::msg(
+            "QEMU quit before the guest shut down (Ctrl-A X, or a reset without a shutdown line)",
+        )),
+        (None, Some(status)) => Err(Error::msg(format!(
+            "QEMU failed ({status}) before the guest shut down"
+        ))),
+        (None, None) => Err(Error::msg("QEMU was stopped before the guest shut down")),
+    }
+}
+
+/// `cargo fmt --check` and `cargo clippy -D warnings`, on the host crates
+/// (every target, tests included) and on the crates the kernel is built
+/// from for its own target, so `undocumented_unsafe_blocks` and the other
+/// workspace lints hold for the kernel too.
+fn lint(ws: &Workspace) -> Result<()> {
+    tools::ensure_toolchain(ws)?;
+    let cargo = |args: &[&str]| {
+        eprintln!("xtask: cargo {}", args.join(" "));
+        run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args(args))
+    };
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--exclude",
+        "tidepool-boot",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut kernel = vec!["clippy", "--quiet", "--target", tools::KERNEL_TARGET];
+    for package in KERNEL_CRATES {
+        kernel.extend(["-p", package]);
+    }
+    kernel.extend(["--", "-D", "warnings"]);
+    cargo(&kernel)
+}
+
+/// Every crate that goes into the kernel Image (linted for its target).
+const KERNEL_CRATES: [&str; 9] = [
+    "tidepool-boot",
+    "tidepool-kernel",
+    "tidepool-gic",
+    "tidepool-pl011",
+    "tidepool-virtio-blk",
+    "tidepool-dma",
+    "tidepool-dt",
+    "tidepool-mm",
+    "tidepool-xen-abi",
+];
+
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
+    if !args.boot_only {
+        // Lints first: they fail in seconds, before anything is fetched.
+        lint(ws)?;
+    }
     tools::ensure_host_tools()?;
     if !args.boot_only {
         run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
@@ -299,7 +391,20 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         )?;
     }
     let image = build_kernel(ws)?;
-    boot_tests::run_all(ws, &image, args.filter.as_deref())
+    let boot = boot_tests::run_all(ws, &image, args.filter.as_deref());
+    let commands = command_tests::run_all(ws, args.filter.as_deref());
+    match (boot, commands.is_empty()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(Error::msg(format!(
+            "failed command tests: {}",
+            commands.join(", ")
+        ))),
+        (Err(boot), true) => Err(boot),
+        (Err(boot), false) => Err(Error::msg(format!(
+            "{boot}; failed command tests: {}",
+            commands.join(", ")
+        ))),
+    }
 }
 
 fn dt(file: &Path, json: bool) -> Result<()> {
@@ -312,4 +417,33 @@ fn dt(file: &Path, json: bool) -> Result<()> {
         print!("{plan}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KERNEL_CRATES;
+
+    /// Every workspace member but xtask goes into the kernel and is linted
+    /// for its target.
+    #[test]
+    fn every_kernel_crate_is_linted_for_the_kernel_target() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let manifest = |dir: &std::path::Path| -> toml::Table {
+            toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap()
+        };
+        let workspace = manifest(&root);
+        let members = workspace["workspace"]["members"].as_array().unwrap();
+        let mut names: Vec<String> = members
+            .iter()
+            .map(|m| {
+                let package = manifest(&root.join(m.as_str().unwrap()));
+                package["package"]["name"].as_str().unwrap().to_string()
+            })
+            .filter(|name| name != "xtask")
+            .collect();
+        names.sort();
+        let mut linted = KERNEL_CRATES.map(String::from).to_vec();
+        linted.sort();
+        assert_eq!(names, linted);
+    }
 }

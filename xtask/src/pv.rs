@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::bench::linux::{self, Dom0Contents, PackagePart};
-use crate::qemu::{Disk, Machine, Mode};
+use crate::qemu::{Disk, Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace};
 
 /// The prefix of dom0 `/init`'s console lines.
@@ -205,7 +205,7 @@ pub fn qemu_args(
     image: &Path,
     guest: &PvGuest,
     run_dir: &Path,
-) -> Result<Vec<String>> {
+) -> Result<QemuCommand> {
     qemu_args_for(
         ws,
         &GuestKernel::Tidepool(image.to_path_buf()),
@@ -220,7 +220,7 @@ pub fn qemu_args_for(
     kernel: &GuestKernel,
     guest: &PvGuest,
     run_dir: &Path,
-) -> Result<Vec<String>> {
+) -> Result<QemuCommand> {
     let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path.to_path_buf(), e));
     let mut files = Vec::new();
     match kernel {
@@ -273,7 +273,11 @@ pub fn qemu_args_for(
         }
         _ => None,
     };
-    linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir, domu.as_ref())
+    let mut qemu = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir, domu.as_ref())?;
+    // The guest's `shutdown:` line is not the end: dom0 reports the guest's
+    // state and powers off after it.
+    qemu.end_with_xen_only();
+    Ok(qemu)
 }
 
 /// Linux guest's command line: its console is the PV console, `/init`

@@ -1,9 +1,11 @@
 //! QEMU command lines for every way tidepool boots, and running them: on the
 //! terminal (`cargo xtask run`) or captured with a deadline (tests, benchmarks).
 
-use std::io::{BufRead, BufReader, Read};
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,16 @@ pub enum Mode {
     Bare,
     /// On bare QEMU via `-device loader` only: no device tree is passed (x0 = 0).
     LoaderOnly,
+}
+
+/// The files a boot uses, made or found by [`Machine::prepare`].
+struct BootFiles<'f> {
+    /// The kernel Image.
+    image: &'f Path,
+    /// The device tree (every mode but [`Mode::LoaderOnly`]).
+    dtb: Option<&'f Path>,
+    /// Xen (the Xen modes).
+    xen: Option<&'f Path>,
 }
 
 /// A virtio block device on the command line.
@@ -96,7 +108,7 @@ impl Machine {
 
     /// The `-machine`/`-cpu`/`-m`/`-smp`/device arguments shared by the real
     /// boot and the `dumpdtb` run, so the dumped tree matches the machine.
-    pub(crate) fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
+    fn hardware_args(&self, dumpdtb: Option<&Path>) -> Vec<String> {
         let mut machine = format!("virt,gic-version={}", self.gic);
         if self.virtualization || self.is_xen() {
             machine.push_str(",virtualization=on");
@@ -136,42 +148,38 @@ impl Machine {
         args
     }
 
-    /// Prepares the run directory (device tree) and returns QEMU's full argument list.
-    pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<Vec<String>> {
+    /// Writes QEMU's own device tree for this machine to `path` (QEMU's
+    /// `dumpdtb`, with the same hardware arguments as the boot).
+    pub fn dump_dtb(&self, path: &Path) -> Result<()> {
+        let output = QemuCommand::new(self.hardware_args(Some(path))).output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::msg(format!(
+                "QEMU dumpdtb failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    /// Prepares the run directory (device tree) and returns QEMU's command
+    /// line (without the console, which [`QemuCommand::run`] adds).
+    pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<QemuCommand> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir.to_path_buf(), e))?;
-        let mut args = self.hardware_args(None);
-        match &self.mode {
-            Mode::LoaderOnly => {
-                args.push("-device".into());
-                args.push(format!(
-                    "loader,file={},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on",
-                    image.display()
-                ));
-                return Ok(args);
-            }
-            Mode::Bare => {
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
-                    devicetree::set_bootargs(tree, &self.bootargs)
-                })?;
-                args.extend([
-                    "-kernel".into(),
-                    image.display().to_string(),
-                    "-dtb".into(),
-                    dtb.display().to_string(),
-                ]);
-                // With -kernel, QEMU rewrites /chosen/bootargs from -append.
-                args.extend(["-append".into(), self.bootargs.clone()]);
-            }
+        let dtb = match &self.mode {
+            Mode::LoaderOnly => None,
+            Mode::Bare => Some(self.host_dtb(ws, run_dir, |tree| {
+                devicetree::set_bootargs(tree, &self.bootargs)
+            })?),
             Mode::XenDom0 { dom0_mem } => {
                 let module = self.kernel_module(image)?;
                 let xen_bootargs = format!(
                     "console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}",
                     self.xen_args
                 );
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module)
-                })?;
-                self.push_xen(ws, &mut args, &dtb, image)?;
+                })?)
             }
             Mode::XenDomU { memory_kib } => {
                 let module = self.kernel_module(image)?;
@@ -181,14 +189,62 @@ impl Machine {
                     "console=dtuart dtuart=/pl011@9000000 guest_loglvl=all {}",
                     self.xen_args
                 );
-                let dtb = self.host_dtb(ws, run_dir, |tree| {
+                Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::set_xen_bootargs(tree, xen_bootargs.trim())?;
                     devicetree::add_xen_dom0less_domu(tree, "domU1", *memory_kib, 1, true, &module)
-                })?;
-                self.push_xen(ws, &mut args, &dtb, image)?;
+                })?)
+            }
+        };
+        let xen = if self.is_xen() {
+            Some(crate::tools::xen_image(ws)?)
+        } else {
+            None
+        };
+        self.command(&BootFiles {
+            image,
+            dtb: dtb.as_deref(),
+            xen: xen.as_deref(),
+        })
+    }
+
+    /// QEMU's command line for a boot from `files`.
+    fn command(&self, files: &BootFiles<'_>) -> Result<QemuCommand> {
+        let needed = |file: Option<&Path>, what: &str| {
+            file.map(|f| f.display().to_string())
+                .ok_or_else(|| Error::msg(format!("{:?} needs {what}", self.mode)))
+        };
+        let mut args = self.hardware_args(None);
+        let image = files.image.display().to_string();
+        match &self.mode {
+            Mode::LoaderOnly => {
+                args.push("-device".into());
+                args.push(format!(
+                    "loader,file={image},addr={LOADER_ONLY_ADDR:#x},cpu-num=0,force-raw=on"
+                ));
+            }
+            Mode::Bare => {
+                // With -kernel, QEMU rewrites /chosen/bootargs from -append.
+                args.extend([
+                    "-kernel".into(),
+                    image,
+                    "-dtb".into(),
+                    needed(files.dtb, "a device tree")?,
+                    "-append".into(),
+                    self.bootargs.clone(),
+                ]);
+            }
+            Mode::XenDom0 { .. } | Mode::XenDomU { .. } => {
+                args.extend([
+                    "-kernel".into(),
+                    needed(files.xen, "Xen")?,
+                    "-dtb".into(),
+                    needed(files.dtb, "a device tree")?,
+                    "-device".into(),
+                    format!("loader,file={image},addr={XEN_MODULE_ADDR:#x},force-raw=on"),
+                ]);
             }
         }
-        Ok(args)
+        Ok(QemuCommand::new(args))
     }
 
     fn kernel_module(&self, image: &Path) -> Result<Module> {
@@ -207,28 +263,6 @@ impl Machine {
         })
     }
 
-    fn push_xen(
-        &self,
-        ws: &Workspace,
-        args: &mut Vec<String>,
-        dtb: &Path,
-        image: &Path,
-    ) -> Result<()> {
-        let xen = crate::tools::xen_image(ws)?;
-        args.extend([
-            "-kernel".into(),
-            xen.display().to_string(),
-            "-dtb".into(),
-            dtb.display().to_string(),
-        ]);
-        args.push("-device".into());
-        args.push(format!(
-            "loader,file={},addr={XEN_MODULE_ADDR:#x},force-raw=on",
-            image.display()
-        ));
-        Ok(())
-    }
-
     /// QEMU's own device tree for this machine, plus the scenario and `edit`.
     fn host_dtb(
         &self,
@@ -237,18 +271,7 @@ impl Machine {
         edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
     ) -> Result<PathBuf> {
         let qemu_dtb = run_dir.join("qemu.dtb");
-        let status = Command::new("qemu-system-aarch64")
-            .args(self.hardware_args(Some(&qemu_dtb)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| Error::msg(format!("qemu-system-aarch64 (dumpdtb): {e}")))?;
-        if !status.status.success() {
-            return Err(Error::msg(format!(
-                "QEMU dumpdtb failed: {}",
-                String::from_utf8_lossy(&status.stderr)
-            )));
-        }
+        self.dump_dtb(&qemu_dtb)?;
         let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
         let mut tree = Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?;
         if let Some(name) = &self.scenario {
@@ -270,14 +293,107 @@ impl Machine {
     }
 }
 
-/// A finished captured run.
+/// How a boot ended, as its console says: the guest's own `shutdown:` line
+/// (directly, `(dN) ` from a domU through Xen's console, or `(XEN) DOMn: `
+/// through a vpl011), or Xen's report of what happened to a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// `shutdown: poweroff`, or Xen halting the machine for dom0.
+    PowerOff,
+    /// `shutdown: reboot`, or Xen restarting the machine for dom0 (QEMU runs
+    /// with `-no-reboot`, so nothing boots again).
+    Reboot,
+    /// `shutdown: crash`, or Xen reporting that a domain crashed.
+    Crash,
+    /// Xen itself panicked.
+    XenPanic,
+}
+
+impl Ending {
+    /// The ending a console line announces, if any.
+    pub fn of_line(line: &str) -> Option<Ending> {
+        let mut text = line.trim_end();
+        let xen = text.starts_with("(XEN) ");
+        // Peel Xen's prefixes: `(XEN) `, a guest's `(d1) `, a vpl011's `DOM1: `.
+        loop {
+            let peeled = strip_tag(text, "(XEN) ", "")
+                .or_else(|| strip_tag(text, "(d", ") "))
+                .or_else(|| strip_tag(text, "DOM", ": "));
+            match peeled {
+                Some(rest) => text = rest,
+                None => break,
+            }
+        }
+        if let Some(how) = text.strip_prefix("shutdown: ") {
+            return match how.split(' ').next() {
+                Some("poweroff") => Some(Self::PowerOff),
+                Some("reboot") => Some(Self::Reboot),
+                Some("crash") => Some(Self::Crash),
+                _ => None,
+            };
+        }
+        if !xen {
+            return None;
+        }
+        if text.starts_with("Hardware Dom0 halted") {
+            Some(Self::PowerOff)
+        } else if text.starts_with("Hardware Dom0 shutdown: rebooting") {
+            Some(Self::Reboot)
+        } else if text.starts_with("Hardware Dom0 crashed")
+            || (text.starts_with("Domain ") && text.contains(" crashed "))
+        {
+            Some(Self::Crash)
+        } else if text.starts_with("Panic on CPU") {
+            Some(Self::XenPanic)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the guest ended as asked (power-off or reboot).
+    pub fn is_clean(self) -> bool {
+        matches!(self, Self::PowerOff | Self::Reboot)
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PowerOff => "guest powered off",
+            Self::Reboot => "guest rebooted",
+            Self::Crash => "guest crashed",
+            Self::XenPanic => "Xen panicked",
+        })
+    }
+}
+
+/// `text` without a leading `open` + digits-or-`XEN` + `close` tag.
+fn strip_tag<'t>(text: &'t str, open: &str, close: &str) -> Option<&'t str> {
+    let rest = text.strip_prefix(open)?;
+    if close.is_empty() {
+        return Some(rest);
+    }
+    let (tag, rest) = rest.split_once(close)?;
+    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit())).then_some(rest)
+}
+
+/// How long QEMU may go on after the console announced the ending (Xen
+/// prints its own line after the guest's; after a dom0 crash it would wait
+/// 5 s before resetting, and after a dom0less domU it never stops).
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// A finished run.
 pub struct Captured {
     /// Every console line, in order.
     pub lines: Vec<String>,
     /// When the host read each line, from QEMU's spawn (same order).
     pub arrivals: Vec<Duration>,
-    /// QEMU's stderr.
+    /// QEMU's stderr (empty on the terminal, where it is not captured).
     pub stderr: String,
+    /// How the console said the boot ended, and the line that said it first.
+    pub ending: Option<(Ending, String)>,
+    /// QEMU's exit status, if it exited by itself (not stopped by xtask).
+    pub exit: Option<ExitStatus>,
     /// The run hit its deadline and was killed.
     pub timed_out: bool,
     /// Wall time from spawn to the end.
@@ -292,6 +408,325 @@ impl Captured {
     }
 }
 
+/// Where QEMU's serial console goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Captured with a deadline: no input, output and stderr read by xtask.
+    Captured(Duration),
+    /// On the terminal (`cargo xtask run`): QEMU reads xtask's standard input
+    /// itself (`mon:stdio`, so Ctrl-A X and the monitor work), xtask relays
+    /// its output as it comes and watches it for the ending; no deadline.
+    Terminal,
+}
+
+/// A QEMU command line built by [`Machine`]. Every QEMU process xtask starts
+/// is spawned by this type (`QemuCommand::spawn_args` is the one full
+/// argument list), after [`missing_from_base_install`] found nothing.
+#[derive(Clone, Debug)]
+pub struct QemuCommand {
+    args: Vec<String>,
+    /// Only Xen's own lines end the run: the guests' consoles share the
+    /// line with a Linux dom0 that outlives them (`crate::pv`).
+    xen_endings_only: bool,
+}
+
+/// The QEMU binary.
+const QEMU: &str = "qemu-system-aarch64";
+
+/// How QEMU's console is wired, per [`Console`].
+fn console_args(console: Console, qmp: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = match console {
+        Console::Captured(_) => ["-serial", "stdio", "-monitor", "none"]
+            .map(String::from)
+            .into(),
+        Console::Terminal => ["-serial", "mon:stdio"].map(String::from).into(),
+    };
+    if let Some(socket) = qmp {
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", socket.display()));
+    }
+    args
+}
+
+/// Why a QEMU argument list would need a file that only one of
+/// `qemu-system-arm`'s Recommends brings (xtask installs it with
+/// `--no-install-recommends`): `ipxe-qemu` (NIC option ROMs: the `virt`
+/// machine's default NIC needs `efi-virtio.rom`), `qemu-system-gui` (the
+/// default display), `qemu-efi-aarch64`/`qemu-efi-arm` (firmware), or
+/// `qemu-block-extra` (network block protocols). `None` when it needs none.
+pub fn missing_from_base_install(args: &[String]) -> Option<String> {
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+    if !has("-nodefaults") && !pair("-nic", "none") {
+        return Some(
+            "no `-nic none` (or `-nodefaults`): the default NIC needs ipxe-qemu's efi-virtio.rom"
+                .into(),
+        );
+    }
+    if !pair("-display", "none") && !has("-nographic") {
+        return Some("no `-display none`: the default display needs qemu-system-gui".into());
+    }
+    for flag in ["-bios", "-pflash"] {
+        if has(flag) {
+            return Some(format!("`{flag}`: firmware comes from qemu-efi-aarch64"));
+        }
+    }
+    for pair in args.windows(2) {
+        let (flag, value) = (pair[0].as_str(), pair[1].as_str());
+        match flag {
+            "-net" | "-netdev" => {
+                return Some(format!("`{flag} {value}`: a NIC needs an ipxe-qemu ROM"));
+            }
+            "-nic" if value != "none" => {
+                return Some(format!("`-nic {value}`: a NIC needs an ipxe-qemu ROM"));
+            }
+            "-device" => {
+                let driver = value.split(',').next().unwrap_or_default();
+                let nic = [
+                    "virtio-net-pci",
+                    "e1000",
+                    "e1000e",
+                    "rtl8139",
+                    "ne2k_pci",
+                    "pcnet",
+                    "vmxnet3",
+                ];
+                if nic.contains(&driver) && !value.contains("romfile=") {
+                    return Some(format!(
+                        "`-device {value}`: its option ROM comes from ipxe-qemu"
+                    ));
+                }
+            }
+            "-drive" => {
+                let extra = [
+                    "curl", "http", "https", "ftp", "ftps", "iscsi", "nfs", "rbd", "ssh", "gluster",
+                ];
+                if value
+                    .split(',')
+                    .filter_map(|kv| kv.strip_prefix("file="))
+                    .any(|file| extra.iter().any(|p| file.starts_with(&format!("{p}:"))))
+                {
+                    return Some(format!(
+                        "`-drive {value}`: that protocol comes from qemu-block-extra"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+impl QemuCommand {
+    fn new(args: Vec<String>) -> Self {
+        Self {
+            args,
+            xen_endings_only: false,
+        }
+    }
+
+    /// Lets only Xen's lines (`(XEN) ...`: dom0 halted, a panic) end the
+    /// run, not a guest's `shutdown:` line: with a Linux dom0 running the
+    /// toolstack, the machine ends when dom0 does.
+    pub fn end_with_xen_only(&mut self) {
+        self.xen_endings_only = true;
+    }
+
+    /// Appends arguments (for a boot mode's own devices).
+    pub fn push(&mut self, arg: impl Into<String>) {
+        self.args.push(arg.into());
+    }
+
+    /// The arguments built so far (without the console).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The full argument list QEMU is spawned with for `console`.
+    fn spawn_args(&self, console: Option<Console>, qmp: Option<&Path>) -> Vec<String> {
+        let mut args = self.args.clone();
+        if let Some(console) = console {
+            args.extend(console_args(console, qmp));
+        }
+        args
+    }
+
+    /// The one place a QEMU process is made: refused if the arguments need
+    /// a file from a Recommends package.
+    fn command(&self, console: Option<Console>, qmp: Option<&Path>) -> Result<Command> {
+        let args = self.spawn_args(console, qmp);
+        if let Some(why) = missing_from_base_install(&args) {
+            return Err(Error::msg(format!("QEMU command line refused: {why}")));
+        }
+        let mut cmd = Command::new(QEMU);
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    /// Runs QEMU to completion without a console (`dumpdtb`).
+    pub fn output(&self) -> Result<std::process::Output> {
+        self.command(None, None)?
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::msg(format!("{QEMU}: {e}")))
+    }
+
+    /// Runs QEMU with `console` until it exits, the deadline passes, or
+    /// [`GRACE`] after the console announced an [`Ending`]. `qmp` is a
+    /// socket path for a graceful quit (the terminal's state is restored
+    /// by QEMU itself); without it QEMU is killed.
+    pub fn run(&self, console: Console, qmp: Option<&Path>) -> Result<Captured> {
+        let terminal = console == Console::Terminal;
+        let mut cmd = self.command(Some(console), qmp)?;
+        cmd.stdout(Stdio::piped());
+        if terminal {
+            cmd.stdin(Stdio::inherit()).stderr(Stdio::inherit());
+        } else {
+            cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        }
+        let start = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::msg(format!("{QEMU}: {e}")))?;
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().expect("piped");
+        let stderr = child.0.stderr.take();
+        let (tx, rx) = mpsc::channel::<(Duration, String)>();
+        let reader = std::thread::spawn(move || relay_lines(stdout, terminal, start, &tx));
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_string(&mut s);
+            }
+            s
+        });
+        let mut received = Vec::new();
+        let mut deadline = match console {
+            Console::Captured(timeout) => Some(start + timeout),
+            Console::Terminal => None,
+        };
+        let mut ending: Option<(Ending, String)> = None;
+        let mut timed_out = false;
+        let mut closed = false;
+        loop {
+            let next = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        timed_out = ending.is_none();
+                        break;
+                    }
+                    rx.recv_timeout(deadline - now)
+                }
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok((at, line)) => {
+                    if ending.is_none()
+                        && let Some(how) = Ending::of_line(&line)
+                            .filter(|_| !self.xen_endings_only || line.starts_with("(XEN) "))
+                    {
+                        ending = Some((how, line.clone()));
+                        deadline = Some(Instant::now() + GRACE);
+                    }
+                    received.push((at, line));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        // QEMU closed its output: it is exiting by itself. Otherwise xtask
+        // stops it, and its status says nothing about the guest.
+        let exit = if closed {
+            child.0.wait().ok()
+        } else {
+            if let Some(socket) = qmp {
+                quit_by_qmp(&mut child.0, socket);
+            }
+            None
+        };
+        drop(child);
+        let _ = reader.join();
+        received.extend(rx.try_iter());
+        let stderr = err_reader.join().unwrap_or_default();
+        let (arrivals, lines) = received.into_iter().unzip();
+        Ok(Captured {
+            lines,
+            arrivals,
+            stderr,
+            ending,
+            exit,
+            timed_out,
+            elapsed,
+        })
+    }
+}
+
+/// Reads QEMU's output, sends each line with its arrival time, and on the
+/// terminal also writes every byte through as it arrives (prompts and
+/// echoed input have no newline yet).
+fn relay_lines(
+    mut stdout: impl Read,
+    echo: bool,
+    start: Instant,
+    tx: &mpsc::Sender<(Duration, String)>,
+) {
+    let mut out = std::io::stdout();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stdout.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let at = start.elapsed();
+        if echo {
+            let _ = out.write_all(&chunk[..n]);
+            let _ = out.flush();
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..end])
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send((at, text)).is_err() {
+                return;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let text = String::from_utf8_lossy(&pending)
+            .trim_end_matches('\r')
+            .to_string();
+        let _ = tx.send((start.elapsed(), text));
+    }
+}
+
+/// Asks QEMU to quit through its QMP socket and waits for it a moment, so
+/// that it restores the terminal it put in raw mode; the caller kills it if
+/// it is still there.
+fn quit_by_qmp(child: &mut Child, socket: &Path) {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut greeting = [0u8; 1024];
+    let _ = stream.read(&mut greeting);
+    let _ = stream.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kills QEMU when dropped, so no run outlives its test.
 struct KillOnDrop(Child);
 
@@ -302,92 +737,223 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Runs QEMU with `args`, capturing the console, until it exits, `timeout`
-/// passes, or (if given) a line containing `stop_after` was printed and a
-/// short grace period passed (used for crash shutdowns, where Xen waits 5 s).
-pub fn run_captured(
-    args: &[String],
-    timeout: Duration,
-    stop_after: Option<&str>,
-) -> Result<Captured> {
-    let start = Instant::now();
-    let child = Command::new("qemu-system-aarch64")
-        .args(args)
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    let mut child = KillOnDrop(child);
-    let stdout = child.0.stdout.take().expect("piped");
-    let mut stderr = child.0.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel::<(Duration, String)>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let at = start.elapsed();
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send((at, text)).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut received = Vec::new();
-    let mut deadline = start + timeout;
-    let mut timed_out = false;
-    let mut stopping = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            timed_out = !stopping;
-            break;
-        }
-        match rx.recv_timeout(deadline - now) {
-            Ok((at, line)) => {
-                if !stopping && stop_after.is_some_and(|p| line.contains(p)) {
-                    stopping = true;
-                    deadline = Instant::now() + Duration::from_millis(700);
-                }
-                received.push((at, line));
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index of each [`Mode`]: a new mode fails to compile here until it is
+    /// numbered, and then [`every_mode`] must give an example of it.
+    fn mode_index(mode: &Mode) -> usize {
+        match mode {
+            Mode::XenDom0 { .. } => 0,
+            Mode::XenDomU { .. } => 1,
+            Mode::Bare => 2,
+            Mode::LoaderOnly => 3,
         }
     }
-    let elapsed = start.elapsed();
-    drop(child);
-    let _ = reader.join();
-    received.extend(rx.try_iter());
-    let stderr = err_reader.join().unwrap_or_default();
-    let (arrivals, lines) = received.into_iter().unzip();
-    Ok(Captured {
-        lines,
-        arrivals,
-        stderr,
-        timed_out,
-        elapsed,
-    })
-}
+    const MODES: usize = 4;
 
-/// Runs QEMU on the terminal (console on stdin/stdout; Ctrl-A X quits).
-pub fn run_interactive(args: &[String]) -> Result<()> {
-    eprintln!("xtask: qemu-system-aarch64 {}", args.join(" "));
-    let status = Command::new("qemu-system-aarch64")
-        .args(args)
-        .args(["-serial", "mon:stdio"])
-        .status()
-        .map_err(|e| Error::msg(format!("qemu-system-aarch64: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::msg(format!("QEMU exited with {status}")))
+    /// An example of every mode, each with every option that adds arguments.
+    fn every_mode() -> Vec<Machine> {
+        let modes = [
+            Mode::XenDom0 {
+                dom0_mem: "256M".into(),
+            },
+            Mode::XenDomU { memory_kib: 8192 },
+            Mode::Bare,
+            Mode::LoaderOnly,
+        ];
+        let mut covered: Vec<usize> = modes.iter().map(mode_index).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        assert_eq!(
+            covered,
+            (0..MODES).collect::<Vec<_>>(),
+            "an example of every mode"
+        );
+        modes
+            .into_iter()
+            .flat_map(|mode| {
+                let plain = Machine::new(mode);
+                let mut full = plain.clone();
+                full.gic = 2;
+                full.virtualization = true;
+                full.cpus = 2;
+                full.bootargs = "log=debug".into();
+                full.modern_virtio = true;
+                full.disks = vec![
+                    Disk {
+                        file: "disk.img".into(),
+                        read_only: false,
+                    },
+                    Disk {
+                        file: "blkdebug:cfg:disk.img".into(),
+                        read_only: true,
+                    },
+                ];
+                [plain, full]
+            })
+            .collect()
+    }
+
+    fn files() -> BootFiles<'static> {
+        BootFiles {
+            image: Path::new("tidepool.img"),
+            dtb: Some(Path::new("host.dtb")),
+            xen: Some(Path::new("xen")),
+        }
+    }
+
+    /// Every full argument list xtask spawns QEMU with: each mode on each
+    /// console, and each machine's `dumpdtb` run.
+    #[test]
+    fn no_command_line_needs_a_recommends_package() {
+        let qmp = Path::new("/tmp/qmp.sock");
+        let mut checked = 0;
+        for machine in every_mode() {
+            let boot = machine.command(&files()).unwrap();
+            let dump = QemuCommand::new(machine.hardware_args(Some(Path::new("qemu.dtb"))));
+            let runs = [
+                boot.spawn_args(Some(Console::Captured(Duration::from_secs(1))), None),
+                boot.spawn_args(Some(Console::Terminal), Some(qmp)),
+                dump.spawn_args(None, None),
+            ];
+            for args in runs {
+                assert_eq!(missing_from_base_install(&args), None, "{args:?}");
+                assert!(args.windows(2).any(|w| w == ["-nic", "none"]), "{args:?}");
+                assert!(boot.command(None, None).is_ok());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3 * 2 * MODES);
+    }
+
+    #[test]
+    fn the_check_refuses_what_needs_a_recommends_package() {
+        let base: Vec<String> = Machine::new(Mode::Bare).hardware_args(None);
+        assert_eq!(missing_from_base_install(&base), None);
+        let without = |flag: &str, value: &str| -> Vec<String> {
+            let at = base
+                .windows(2)
+                .position(|w| w[0] == flag && w[1] == value)
+                .unwrap();
+            [&base[..at], &base[at + 2..]].concat()
+        };
+        let with = |extra: &[&str]| -> Vec<String> {
+            base.iter()
+                .cloned()
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect()
+        };
+        let refused = [
+            without("-nic", "none"),
+            without("-display", "none"),
+            with(&["-nic", "user"]),
+            with(&["-netdev", "user,id=n0"]),
+            with(&["-device", "virtio-net-pci,netdev=n0"]),
+            with(&["-bios", "QEMU_EFI.fd"]),
+            with(&["-drive", "if=none,id=d,file=https://example.invalid/disk"]),
+        ];
+        for args in refused {
+            assert!(missing_from_base_install(&args).is_some(), "{args:?}");
+            let refused = QemuCommand::new(args).command(None, None).unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .starts_with("QEMU command line refused: ")
+            );
+        }
+        let mut nodefaults = without("-nic", "none");
+        nodefaults.push("-nodefaults".into());
+        assert_eq!(missing_from_base_install(&nodefaults), None);
+        assert_eq!(
+            missing_from_base_install(&with(&["-device", "virtio-net-pci,romfile="])),
+            None
+        );
+    }
+
+    /// No file of xtask starts QEMU but through [`QemuCommand::command`].
+    #[test]
+    fn qemu_is_spawned_in_one_place() {
+        fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 10);
+        let spawn = ["Command::new(", "QEMU"].concat();
+        let by_name = ["Command::new(\"", "qemu-system"].concat();
+        let mut spawns = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            spawns.extend(std::iter::repeat_n(
+                name.clone(),
+                text.matches(&spawn).count(),
+            ));
+            spawns.extend(std::iter::repeat_n(name, text.matches(&by_name).count()));
+        }
+        assert_eq!(spawns, ["qemu.rs"]);
+    }
+
+    #[test]
+    fn endings_from_the_guest_and_from_xen() {
+        let cases = [
+            ("shutdown: poweroff uptime_us=30894", Some(Ending::PowerOff)),
+            (
+                "(d1) shutdown: poweroff uptime_us=117181",
+                Some(Ending::PowerOff),
+            ),
+            (
+                "(XEN) DOM1: shutdown: crash uptime_us=5",
+                Some(Ending::Crash),
+            ),
+            ("shutdown: reboot uptime_us=1", Some(Ending::Reboot)),
+            ("shutdown: crash", Some(Ending::Crash)),
+            (
+                "(XEN) Hardware Dom0 halted: halting machine",
+                Some(Ending::PowerOff),
+            ),
+            (
+                "(XEN) Hardware Dom0 shutdown: rebooting machine",
+                Some(Ending::Reboot),
+            ),
+            (
+                "(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.",
+                Some(Ending::Crash),
+            ),
+            (
+                "(XEN) Domain 1 (vcpu#0) crashed on cpu#0:",
+                Some(Ending::Crash),
+            ),
+            (
+                "(XEN) Domain 1 reported crashed by domain 0 on cpu#0:",
+                Some(Ending::Crash),
+            ),
+            ("(XEN) Panic on CPU 0:", Some(Ending::XenPanic)),
+            // Not endings: other words, other places, a Linux guest's lines.
+            ("shutdown: poweroffx", None),
+            ("selftest: shutdown: crash", None),
+            ("Hardware Dom0 halted: halting machine", None),
+            ("(dx) shutdown: poweroff", None),
+            ("reboot: Power down", None),
+            ("(XEN) Domain 1 created", None),
+        ];
+        for (line, ending) in cases {
+            assert_eq!(Ending::of_line(line), ending, "{line:?}");
+        }
+        assert!(Ending::PowerOff.is_clean() && Ending::Reboot.is_clean());
+        assert!(!Ending::Crash.is_clean() && !Ending::XenPanic.is_clean());
+        assert_eq!(Ending::Crash.to_string(), "guest crashed");
     }
 }

@@ -1,6 +1,6 @@
 //! The outside programs tidepool needs, obtained on demand and cached.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::debian::{Arm64Apt, ensure_host_tool};
@@ -10,23 +10,29 @@ use crate::{Error, Result, Workspace, run_checked};
 const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
 const XEN_IMAGE_IN_PACKAGE: &str = "boot/xen-4.17-arm64";
 
-/// Makes sure QEMU and the device-tree tools are installed.
+/// Makes sure QEMU, the device-tree tools and dpkg-deb are installed.
 pub fn ensure_host_tools() -> Result<()> {
     ensure_host_tool("qemu-system-aarch64", "qemu-system-arm")?;
-    ensure_host_tool("fdtget", "device-tree-compiler")?;
+    // The board test reads every DTB a second way, with libfdt's fdtdump.
+    ensure_host_tool("fdtdump", "device-tree-compiler")?;
     ensure_host_tool("dpkg-deb", "dpkg")
 }
 
 /// The kernel's target triple (also named in rust-toolchain.toml).
 pub const KERNEL_TARGET: &str = "aarch64-unknown-none";
 
+/// Components `cargo xtask test` runs (rust-toolchain.toml names them too),
+/// each with a program of the toolchain that shows it is installed.
+const COMPONENTS: [(&str, &str); 2] = [("clippy", "cargo-clippy"), ("rustfmt", "rustfmt")];
+
 /// Makes sure the toolchain that builds the kernel has its target's standard
-/// library. rustup installs the targets of rust-toolchain.toml only when it
-/// installs the toolchain itself: a toolchain that was already there (or is
-/// a link to another) may lack it, and the build then fails with "can't find
-/// crate for `core`". The target is added to the toolchain directory the
-/// sysroot really is, so a linked toolchain gets it too.
-pub fn ensure_kernel_target(ws: &Workspace) -> Result<()> {
+/// library and the lint components. rustup installs the targets and
+/// components of rust-toolchain.toml only when it installs the toolchain
+/// itself: a toolchain that was already there (or is a link to another) may
+/// lack them, and the build then fails with "can't find crate for `core`".
+/// They are added to the toolchain directory the sysroot really is, so a
+/// linked toolchain gets them too.
+pub fn ensure_toolchain(ws: &Workspace) -> Result<()> {
     let output = Command::new("rustc")
         .current_dir(&ws.root)
         .args(["--print", "sysroot"])
@@ -39,8 +45,8 @@ pub fn ensure_kernel_target(ws: &Workspace) -> Result<()> {
         )));
     }
     let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    let target_lib = sysroot.join("lib/rustlib").join(KERNEL_TARGET).join("lib");
-    if target_lib.is_dir() {
+    let missing = missing_parts(&sysroot);
+    if missing.is_empty() {
         return Ok(());
     }
     let real = std::fs::canonicalize(&sysroot).map_err(|e| Error::io(sysroot.clone(), e))?;
@@ -49,28 +55,65 @@ pub fn ensure_kernel_target(ws: &Workspace) -> Result<()> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::msg(format!("no toolchain name in {}", real.display())))?
         .to_string();
-    eprintln!("xtask: adding the {KERNEL_TARGET} target to toolchain {toolchain} with rustup");
-    run_checked(
-        Command::new("rustup")
-            .current_dir(&ws.root)
-            .args(["target", "add", "--toolchain", &toolchain, KERNEL_TARGET]),
-    )
-    .map_err(|e| {
-        Error::msg(format!(
-            "the toolchain at {} has no {KERNEL_TARGET} standard library and rustup could not add it ({e}); \
-             run `rustup target add {KERNEL_TARGET}` in {}",
-            sysroot.display(),
-            ws.root.display()
-        ))
-    })?;
-    if target_lib.is_dir() {
+    for part in &missing {
+        let (kind, name) = match part {
+            Part::Target => ("target", KERNEL_TARGET),
+            Part::Component(name) => ("component", *name),
+        };
+        eprintln!("xtask: adding {kind} {name} to toolchain {toolchain} with rustup");
+        run_checked(Command::new("rustup").current_dir(&ws.root).args([
+            kind,
+            "add",
+            "--toolchain",
+            &toolchain,
+            name,
+        ]))
+        .map_err(|e| {
+            Error::msg(format!(
+                "the toolchain at {} has no {kind} {name} and rustup could not add it ({e}); \
+                 run `rustup {kind} add {name}` in {}",
+                sysroot.display(),
+                ws.root.display()
+            ))
+        })?;
+    }
+    let still = missing_parts(&sysroot);
+    if still.is_empty() {
         Ok(())
     } else {
         Err(Error::msg(format!(
-            "rustup added {KERNEL_TARGET} but {} is still missing",
-            target_lib.display()
+            "rustup ran but {} still lacks {still:?}",
+            sysroot.display()
         )))
     }
+}
+
+/// A part of the toolchain xtask needs.
+#[derive(Debug, PartialEq, Eq)]
+enum Part {
+    /// The kernel target's standard library.
+    Target,
+    /// A rustup component.
+    Component(&'static str),
+}
+
+/// What the toolchain at `sysroot` lacks.
+fn missing_parts(sysroot: &Path) -> Vec<Part> {
+    let mut missing = Vec::new();
+    if !sysroot
+        .join("lib/rustlib")
+        .join(KERNEL_TARGET)
+        .join("lib")
+        .is_dir()
+    {
+        missing.push(Part::Target);
+    }
+    for (component, program) in COMPONENTS {
+        if !sysroot.join("bin").join(program).is_file() {
+            missing.push(Part::Component(component));
+        }
+    }
+    missing
 }
 
 /// The Xen hypervisor image: `$TIDEPOOL_XEN` if set (a Xen of the user's
@@ -139,4 +182,42 @@ pub fn board_dtbs(ws: &Workspace) -> Result<PathBuf> {
             ))
         })?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_target_and_components_are_found() {
+        let sysroot = std::env::temp_dir().join(format!("xtask-sysroot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&sysroot);
+        std::fs::create_dir_all(sysroot.join("bin")).unwrap();
+        assert_eq!(
+            missing_parts(&sysroot),
+            [
+                Part::Target,
+                Part::Component("clippy"),
+                Part::Component("rustfmt")
+            ]
+        );
+        std::fs::create_dir_all(sysroot.join("lib/rustlib/aarch64-unknown-none/lib")).unwrap();
+        std::fs::write(sysroot.join("bin/cargo-clippy"), b"").unwrap();
+        assert_eq!(missing_parts(&sysroot), [Part::Component("rustfmt")]);
+        std::fs::write(sysroot.join("bin/rustfmt"), b"").unwrap();
+        assert_eq!(missing_parts(&sysroot), []);
+        std::fs::remove_dir_all(&sysroot).unwrap();
+    }
+
+    /// The toolchain this test runs with has everything `cargo xtask` needs
+    /// (what `ensure_toolchain` would otherwise add).
+    #[test]
+    fn this_toolchain_is_complete_after_xtask() {
+        let output = Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .unwrap();
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        assert_eq!(missing_parts(&sysroot), []);
+    }
 }

@@ -3,11 +3,12 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU32, Ordering, fence};
 use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
+    PoolError,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
@@ -20,9 +21,9 @@ use crate::request::{
 };
 use crate::stats::{BlkStats, StatsLine};
 use crate::transport::{
-    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptStatus, InterruptValue,
-    LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion, WriteRegister,
-    feature,
+    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptRegisters, InterruptStatus,
+    InterruptValue, LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion,
+    WriteRegister, feature,
 };
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
@@ -102,18 +103,84 @@ struct Slot<'a> {
     state: SlotState<'a>,
 }
 
+/// What the device reaches outside the DMA pools, and the one way to stop
+/// it: its registers (the transport) and the staging buffers (heap).
+///
+/// The staging buffers go back to the heap only after a reset completed:
+/// until then the device may still write them. Dropping the hold resets the
+/// device unless that was done; if a reset did not complete, the buffers are
+/// leaked on purpose, and the console says so. The ring and the bounce
+/// buffers need no such care: they are pool memory, which stays allocated
+/// until the DMA layer is told to free it.
+struct Hold<'a, T: Transport> {
+    device: &'a str,
+    transport: T,
+    version: TransportVersion,
+    staging: SharedMemory,
+    state: HoldState,
+}
+
+/// Whether the device has been stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HoldState {
+    /// Set up; it may use its memory.
+    Running,
+    /// A reset completed: it uses no memory.
+    Stopped,
+    /// A reset did not complete: it may still use its memory.
+    Unresponsive,
+}
+
+impl<T: Transport> Hold<'_, T> {
+    /// Resets the device and returns whether the reset completed; marks it
+    /// `FAILED` when it did not.
+    fn reset(&mut self) -> bool {
+        let stopped = transport::reset(&mut self.transport, self.version);
+        if stopped {
+            self.state = HoldState::Stopped;
+        } else {
+            self.state = HoldState::Unresponsive;
+            transport::add_status(&mut self.transport, Status::FAILED::SET.value);
+        }
+        stopped
+    }
+}
+
+impl<T: Transport> Drop for Hold<'_, T> {
+    fn drop(&mut self) {
+        if self.state == HoldState::Running {
+            log::warn!(
+                "blk: {} dropped without shutdown: reset; its ring and bounce buffers stay allocated",
+                self.device
+            );
+            self.reset();
+        }
+        if self.state == HoldState::Unresponsive {
+            let bytes = self.staging.leak();
+            log::error!(
+                "blk: {} reset incomplete: staging buffers leaked bytes={bytes} (the device may still write them)",
+                self.device
+            );
+        }
+    }
+}
+
 /// A virtio-mmio block device, all of whose DMA goes through its
 /// [`DmaDevice`].
+///
+/// Dropping it without [`Self::shutdown`] resets the device first; its
+/// staging buffers are freed only if that reset completes.
 pub struct BlockDevice<'a, T: Transport> {
-    transport: T,
+    hold: Hold<'a, T>,
     dma: DmaDevice<'a>,
-    version: TransportVersion,
     features: u64,
     geometry: Geometry,
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
-    staging: SharedMemory,
     slots: Vec<Slot<'a>>,
+    /// Where the interrupt handler notes the causes it acknowledged, once
+    /// [`Self::interrupt_handler`] handed it the interrupt registers.
+    interrupts: Option<&'a AtomicU32>,
     /// The slot of the chain headed by each descriptor in flight.
     head_slot: [u16; QUEUE_SIZE_LIMIT as usize],
     stats: BlkStats,
@@ -138,17 +205,15 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// sets `DRIVER_OK`.
     ///
     /// This is setup: it allocates. On error the device is reset and marked
-    /// `FAILED` (once the handshake began) and nothing stays allocated.
+    /// `FAILED` (once the handshake began) and nothing stays allocated, but
+    /// for the ring of a device whose reset does not complete (said on the
+    /// console: it may still write it).
     ///
-    /// # Safety
-    ///
-    /// The virtual address the DMA layer gives for `dma`'s coherent memory
-    /// (its pool's window in `env`, or the linear map for a linear pool) is
-    /// mapped, readable and writable normal memory for as long as the
-    /// returned device lives, as the kernel's [`DmaMemory`](tidepool_dma::DmaMemory)
-    /// also assumes; and `env`'s pools hand each page to one owner at a time.
-    #[allow(unsafe_code)]
-    pub unsafe fn new(
+    /// Safe: the ring is reached at the address the DMA layer gives for the
+    /// coherent allocation, which [`PoolSet::add`](tidepool_dma::PoolSet::add)'s
+    /// contract makes mapped, read-write normal memory owned by that
+    /// allocation alone.
+    pub fn new(
         mut transport: T,
         mut dma: DmaDevice<'a>,
         env: &mut DmaEnv<'_, 'a>,
@@ -173,36 +238,47 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         if options.in_flight == 0 {
             return Err(InitError::NoSlots { device });
         }
-        // SAFETY: passed on from this function's contract.
-        match unsafe { Self::bring_up(&mut transport, &mut dma, env, version, options) } {
+        match Self::bring_up(&mut transport, &mut dma, env, version, options) {
             Ok(parts) => Ok(Self {
-                transport,
+                hold: Hold {
+                    device,
+                    transport,
+                    version,
+                    staging: parts.staging,
+                    state: HoldState::Running,
+                },
                 dma,
-                version,
                 features: parts.features,
                 geometry: parts.geometry,
                 queue: parts.queue,
                 ring: parts.ring,
-                staging: parts.staging,
                 slots: (0..parts.slots)
                     .map(|_| Slot {
                         generation: 0,
                         state: SlotState::Free,
                     })
                     .collect(),
+                interrupts: None,
                 head_slot: [0; QUEUE_SIZE_LIMIT as usize],
                 stats: BlkStats::default(),
                 fault: None,
             }),
             Err((error, ring)) => {
-                // Stop the device before its ring goes back to the pool.
-                transport::reset(&mut transport, version);
+                // Stop the device before its ring goes back to the pool; one
+                // that does not stop keeps it (it may still write it).
+                let stopped = transport::reset(&mut transport, version);
                 transport::add_status(&mut transport, Status::FAILED::SET.value);
-                if let Some(ring) = ring {
-                    let freed = dma.free_coherent(env, ring);
-                    // The buffer was allocated by this device just before and
-                    // is live: the DMA layer cannot refuse to free it.
-                    debug_assert!(freed.is_ok(), "{freed:?}");
+                match ring {
+                    Some(ring) if stopped => {
+                        let freed = dma.free_coherent(env, ring);
+                        // The buffer was allocated by this device just before and
+                        // is live: the DMA layer cannot refuse to free it.
+                        debug_assert!(freed.is_ok(), "{freed:?}");
+                    }
+                    Some(_) => log::error!(
+                        "blk: {device} reset incomplete: its ring stays allocated (the device may still write it)"
+                    ),
+                    None => {}
                 }
                 Err(error)
             }
@@ -211,12 +287,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The handshake up to `DRIVER_OK`. An error comes with the ring if it
     /// was already allocated, for the caller to free.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Self::new`].
-    #[allow(unsafe_code)]
-    unsafe fn bring_up(
+    fn bring_up(
         transport: &mut T,
         dma: &mut DmaDevice<'a>,
         env: &mut DmaEnv<'_, 'a>,
@@ -240,10 +311,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             .map_err(|error| (InitError::Dma { error }, None))?;
         // SAFETY: `ring.virt()` is where the CPU reaches the coherent
         // allocation just made for this device, of at least `layout.bytes`
-        // bytes; it is mapped read-write normal memory (this function's
-        // contract), so not 0, and the pool gave those pages to this allocation only,
-        // which the queue owns until `shutdown` frees it. `alloc_coherent`
-        // zeroed it.
+        // bytes. Its pool was vouched for to `PoolSet::add` (the only way a
+        // pool, and so a `CoherentBuffer`, comes to be): its window is
+        // mapped read-write normal memory (so not at 0, where no memory is
+        // valid) that the pool gave to this allocation only, which the queue
+        // owns until `shutdown` frees it. `alloc_coherent` zeroed it.
+        #[allow(unsafe_code)]
         let memory = unsafe { SharedMemory::window(ring.virt(), layout.bytes) };
         let queue = SplitQueue::new(memory, ring.dma_addr(), layout);
         if let Err(error) = program_queue(transport, version, &queue, device) {
@@ -275,7 +348,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The transport's interface version.
     pub fn version(&self) -> TransportVersion {
-        self.version
+        self.hold.version
     }
 
     /// The negotiated features.
@@ -349,7 +422,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     pub fn info_line(&self) -> InfoLine<'_> {
         InfoLine {
             device: self.name(),
-            version: self.version,
+            version: self.hold.version,
             geometry: self.geometry,
             queue_size: self.queue.size(),
             slots: self.slots.len(),
@@ -395,17 +468,27 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         };
         let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.staging.write_u32(base, op.request_type());
-        self.staging.write_u32(base + 4, 0);
-        self.staging.write_u64(base + 8, lba);
+        self.hold.staging.write_u32(base, op.request_type());
+        self.hold.staging.write_u32(base + 4, 0);
+        self.hold.staging.write_u64(base + 8, lba);
         if let Some(data) = data {
-            self.staging.write_bytes(base + HEADER_LEN, data);
+            self.hold.staging.write_bytes(base + HEADER_LEN, data);
         }
-        self.staging
+        self.hold
+            .staging
             .write_u8(base + HEADER_LEN + bytes_len, STATUS_UNWRITTEN);
-        let cpu = CpuBuffer {
-            virt: VirtAddr(self.staging.virt().0 + base as u64),
-            len: (HEADER_LEN + bytes_len + 1) as u64,
+        // SAFETY: the bytes are this free slot's part of the staging
+        // allocation, mapped linear RAM that only this device (the CPU side
+        // while the slot is free, the DMA layer and the device while it is
+        // mapped) touches; the slot is marked in flight until its one mapping
+        // is unmapped, and the allocation is freed only once the device is
+        // reset (or never: see `shutdown`).
+        #[allow(unsafe_code)]
+        let cpu = unsafe {
+            CpuBuffer::new(
+                VirtAddr(self.hold.staging.virt().0 + base as u64),
+                (HEADER_LEN + bytes_len + 1) as u64,
+            )
         };
         let mapping = self
             .dma
@@ -449,7 +532,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         // The available index must reach memory before the device is told
         // to look at it (§2.7.13.4).
         fence(Ordering::SeqCst);
-        self.transport.write(WriteRegister::QueueNotify, 0);
+        self.hold.transport.write(WriteRegister::QueueNotify, 0);
         let slot = &mut self.slots[index];
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = SlotState::InFlight {
@@ -463,6 +546,61 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             slot: index as u16,
             generation: slot.generation,
         })
+    }
+
+    /// Submits `request`, due `timeout` after its submission, waiting while
+    /// every slot is busy (or the device's pool has no room for another
+    /// bounce buffer while requests are in flight). `wait` lets time pass
+    /// (the kernel sleeps until the device's interrupt or a timer) and takes
+    /// what came back ([`Self::handle_interrupt`] or [`Self::poll`], and
+    /// [`Self::expire`]).
+    ///
+    /// It waits at most `timeout`, by `clock`: every request holding a slot
+    /// was submitted before the call, so each is past its own deadline by
+    /// then, and a device that returned none of them holds them for good.
+    /// Then it gives up with [`BlkError::NoFreeSlot`] rather than wait
+    /// forever.
+    pub fn submit_waiting(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+        wait: &mut dyn FnMut(&mut Self, &mut DmaEnv<'_, 'a>),
+    ) -> Result<Token, BlkError<'a>> {
+        let give_up = clock().saturating_add(timeout);
+        loop {
+            let now = clock();
+            match self.submit(env, request, Deadline::after(now, timeout)) {
+                Err(BlkError::QueueFull { .. })
+                | Err(BlkError::Dma {
+                    error:
+                        DmaError::Pool {
+                            error: PoolError::Exhausted { .. },
+                            ..
+                        },
+                    ..
+                }) if self.in_flight() > 0 => {
+                    if now >= give_up {
+                        return Err(BlkError::NoFreeSlot {
+                            device: self.name(),
+                            in_flight: self.in_flight(),
+                            timed_out: self.timed_out(),
+                        });
+                    }
+                    wait(self, env);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Requests the device holds past their deadline.
+    fn timed_out(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot.state, SlotState::InFlight { expired: true, .. }))
+            .count()
     }
 
     /// What `request` is, or why it is refused before the device sees it.
@@ -541,28 +679,68 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         Ok(())
     }
 
-    /// The interrupt handler: reads and acknowledges `InterruptStatus`, takes
-    /// what the device returned (one unmap per request: the `ForCpu` sync)
-    /// and notes a configuration change (capacity, `DEVICE_NEEDS_RESET`).
-    /// Returns the tokens that became ready to [`Self::finish`]; none for an
-    /// interrupt that was not this device's.
-    pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
-        let mut completions = Completions::new();
-        let pending = InterruptValue::new(self.transport.read(ReadRegister::InterruptStatus));
-        if pending.get() == 0 {
-            return completions;
+    /// The interrupt registers, for the kernel's interrupt handler: from now
+    /// on the handler acknowledges the device's interrupts
+    /// ([`InterruptHandler::handle`]) and notes their causes in `pending`,
+    /// and [`Self::handle_interrupt`] acts on what it noted instead of
+    /// reading the registers. So the driver's state is never touched in
+    /// interrupt context, and no second transport aliases the registers.
+    /// Handed out once: `None` after.
+    pub fn interrupt_handler(
+        &mut self,
+        pending: &'a AtomicU32,
+    ) -> Option<InterruptHandler<'a, T::Interrupt>> {
+        if self.interrupts.is_some() {
+            return None;
         }
-        // Acknowledge first: a completion after this raises a new interrupt
-        // rather than being lost.
-        self.transport
-            .write(WriteRegister::InterruptAck, pending.get());
+        self.interrupts = Some(pending);
+        Some(InterruptHandler {
+            registers: self.hold.transport.interrupt_registers(),
+            pending,
+        })
+    }
+
+    /// Whether the [`InterruptHandler`] noted an interrupt that
+    /// [`Self::handle_interrupt`] has not handled yet: what a waiter waits
+    /// for.
+    pub fn interrupt_noted(&self) -> bool {
+        self.interrupts
+            .is_some_and(|noted| noted.load(Ordering::Acquire) != 0)
+    }
+
+    /// Acts on the device's interrupt: takes what the device returned (one
+    /// unmap per request: the `ForCpu` sync) and acts on a configuration
+    /// change: the capacity is read again, and `DEVICE_NEEDS_RESET` fails
+    /// the device (marked `FAILED`; its requests in flight fail, new ones
+    /// are refused). Returns what the interrupt brought; nothing for an
+    /// interrupt that was not this device's.
+    ///
+    /// The causes are those the [`InterruptHandler`] noted, once there is
+    /// one; before, this reads and acknowledges `InterruptStatus` itself.
+    pub fn handle_interrupt(&mut self, env: &mut DmaEnv<'_, 'a>) -> InterruptOutcome<'a> {
+        let mut outcome = InterruptOutcome {
+            completions: Completions::new(),
+            capacity: None,
+            fault: None,
+        };
+        let pending = InterruptValue::new(match self.interrupts {
+            Some(noted) => noted.swap(0, Ordering::Acquire),
+            None => self.acknowledge_interrupt(),
+        });
+        if pending.get() == 0 {
+            return outcome;
+        }
+        let healthy = self.fault.is_none();
         if pending.is_set(InterruptStatus::CONFIG_CHANGE) {
-            self.config_changed();
+            outcome.capacity = self.config_changed();
         }
         if pending.is_set(InterruptStatus::USED_BUFFER) {
-            self.harvest(env, &mut completions);
+            self.harvest(env, &mut outcome.completions);
         }
-        completions
+        if healthy {
+            outcome.fault = self.fault;
+        }
+        outcome
     }
 
     /// The polling path (before interrupts are wired, or instead of them):
@@ -598,8 +776,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         completions
     }
 
-    /// The outcome of a request, once: `Pending` while the device holds it
-    /// and its deadline has not passed. A read's data is copied into
+    /// The outcome of a request, once: `Pending` while the device holds it,
+    /// its deadline has not passed and the device has not failed (then it
+    /// is [`BlkError::Broken`]). A read's data is copied into
     /// `read_into`, which must be exactly the read's length (on a length
     /// error the request stays ready); for a write or a flush `read_into` is
     /// not used.
@@ -623,15 +802,25 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             | SlotState::InFlight {
                 abandoned: true, ..
             } => return unknown,
-            SlotState::InFlight { expired: false, .. } => return Poll::Pending,
+            SlotState::InFlight { expired: false, .. } if self.fault.is_none() => {
+                return Poll::Pending;
+            }
             SlotState::InFlight {
-                request, abandoned, ..
+                request,
+                abandoned,
+                expired,
+                ..
             } => {
+                // Timed out, or the device failed: the request is over for
+                // its owner, while its memory stays with the device.
                 *abandoned = true;
-                return Poll::Ready(Err(BlkError::Timeout {
-                    device,
-                    op: request.op,
-                    lba: request.lba,
+                return Poll::Ready(Err(match self.fault {
+                    Some(fault) if !*expired => BlkError::Broken { device, fault },
+                    _ => BlkError::Timeout {
+                        device,
+                        op: request.op,
+                        lba: request.lba,
+                    },
                 }));
             }
             SlotState::Done { request, outcome } => (*request, *outcome),
@@ -645,7 +834,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     found: read_into.len(),
                 }));
             }
-            self.staging.read_bytes(base + HEADER_LEN, read_into);
+            self.hold.staging.read_bytes(base + HEADER_LEN, read_into);
         }
         slot.state = SlotState::Free;
         Poll::Ready(match outcome {
@@ -691,6 +880,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 Err(error) => Err(Failure::Dma(error)),
                 Ok(()) => {
                     let status = self
+                        .hold
                         .staging
                         .read_u8(index * SLOT_STRIDE + HEADER_LEN + request.bytes as usize);
                     DeviceStatus::check(status).map_err(Failure::Status)
@@ -734,15 +924,36 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
     }
 
-    fn config_changed(&mut self) {
-        if self.version == TransportVersion::Modern
-            && transport::status(&self.transport).is_set(Status::DEVICE_NEEDS_RESET)
+    /// Reads `InterruptStatus` and acknowledges it first: a completion after
+    /// this raises a new interrupt rather than being lost.
+    fn acknowledge_interrupt(&mut self) -> u32 {
+        let pending = self.hold.transport.read(ReadRegister::InterruptStatus);
+        if pending != 0 {
+            self.hold
+                .transport
+                .write(WriteRegister::InterruptAck, pending);
+        }
+        pending
+    }
+
+    /// Acts on a configuration change: `DEVICE_NEEDS_RESET` fails the
+    /// device; otherwise the capacity is read again, and returned when it
+    /// changed.
+    fn config_changed(&mut self) -> Option<CapacityChange<'a>> {
+        if self.hold.version == TransportVersion::Modern
+            && transport::status(&self.hold.transport).is_set(Status::DEVICE_NEEDS_RESET)
         {
-            self.fault = Some(DeviceFault::NeedsReset);
+            self.fault.get_or_insert(DeviceFault::NeedsReset);
+            transport::add_status(&mut self.hold.transport, Status::FAILED::SET.value);
+            return None;
         }
-        if let Some(capacity) = transport::read_capacity(&self.transport, self.version) {
-            self.geometry.capacity = capacity;
-        }
+        let after = transport::read_capacity(&self.hold.transport, self.hold.version)?;
+        let before = core::mem::replace(&mut self.geometry.capacity, after);
+        (before != after).then_some(CapacityChange {
+            device: self.name(),
+            before,
+            after,
+        })
     }
 
     /// Reads `buffer.len()` bytes from sector `lba`, splitting into requests
@@ -884,18 +1095,24 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// it still held, frees the ring, and gives back the DMA context (whose
     /// pools are then as before [`Self::new`]). Staging buffers go back to
     /// the heap.
+    ///
+    /// If the reset does not complete, the device may still write all of
+    /// that memory, so none of it is given back: the ring and the bounce
+    /// buffers stay allocated in their pools, the staging buffers are leaked
+    /// (said on the console), and the error is
+    /// [`DeviceFault::ResetIncomplete`].
     pub fn shutdown(self, env: &mut DmaEnv<'_, 'a>) -> Result<DmaDevice<'a>, BlkError<'a>> {
         let Self {
-            mut transport,
+            mut hold,
             mut dma,
-            version,
             ring,
             slots,
             ..
         } = self;
         let device = dma.name();
-        if !transport::reset(&mut transport, version) {
-            // The device may still write: its memory must not be reused.
+        if !hold.reset() {
+            // Dropping the handles frees nothing; `hold` leaks the staging
+            // buffers when it goes.
             return Err(BlkError::Broken {
                 device,
                 fault: DeviceFault::ResetIncomplete,
@@ -1076,6 +1293,62 @@ fn program_queue<'a, T: Transport>(
         }
     }
     Ok(())
+}
+
+/// The device's half of its interrupt, for the interrupt handler
+/// ([`BlockDevice::interrupt_handler`]).
+pub struct InterruptHandler<'a, I> {
+    registers: I,
+    pending: &'a AtomicU32,
+}
+
+impl<I: InterruptRegisters> InterruptHandler<'_, I> {
+    /// In the interrupt handler: acknowledges the device's interrupt (a
+    /// level-triggered line drops) and notes its causes for
+    /// [`BlockDevice::handle_interrupt`]. Two accesses of device registers;
+    /// nothing else is touched. An interrupt that was not the device's
+    /// notes nothing.
+    pub fn handle(&self) {
+        let causes = self.registers.acknowledge();
+        if causes != 0 {
+            self.pending.fetch_or(causes, Ordering::Release);
+        }
+    }
+}
+
+/// What one interrupt of the device brought ([`BlockDevice::handle_interrupt`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct InterruptOutcome<'a> {
+    /// Requests that became ready to [`BlockDevice::finish`].
+    pub completions: Completions,
+    /// The capacity, when a configuration change changed it.
+    pub capacity: Option<CapacityChange<'a>>,
+    /// The fault that stopped the device during this interrupt (e.g.
+    /// [`DeviceFault::NeedsReset`]).
+    pub fault: Option<DeviceFault>,
+}
+
+/// The device changed its capacity. Display (a console line):
+///
+/// `blk: <device> capacity=<sectors> was=<sectors>`
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CapacityChange<'a> {
+    /// The device.
+    pub device: &'a str,
+    /// Sectors before.
+    pub before: u64,
+    /// Sectors now.
+    pub after: u64,
+}
+
+impl fmt::Display for CapacityChange<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "blk: {} capacity={} was={}",
+            self.device, self.after, self.before
+        )
+    }
 }
 
 /// The console line describing a device after setup:

@@ -219,8 +219,10 @@ impl fmt::Display for InitError<'_> {
 }
 
 /// A device that broke the virtqueue protocol, or asked to be reset. The
-/// driver stops using it; requests in flight are released by
-/// [`BlockDevice::shutdown`](crate::BlockDevice::shutdown).
+/// driver stops using it: requests in flight fail with
+/// [`BlkError::Broken`] when finished (their memory stays with the device),
+/// new ones are refused, and [`BlockDevice::shutdown`](crate::BlockDevice::shutdown)
+/// resets it and releases everything.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum DeviceFault {
     /// A used entry names a descriptor beyond the queue.
@@ -335,6 +337,18 @@ pub enum BlkError<'a> {
         /// Requests the device holds (including timed-out ones it has not
         /// returned).
         in_flight: usize,
+    },
+    /// [`BlockDevice::submit_waiting`](crate::BlockDevice::submit_waiting)
+    /// waited a whole request timeout and no slot (or pool room) came free:
+    /// by then every request holding one was past its deadline, and the
+    /// device had not returned them.
+    NoFreeSlot {
+        /// The device.
+        device: &'a str,
+        /// Requests the device holds.
+        in_flight: usize,
+        /// How many of them timed out.
+        timed_out: usize,
     },
     /// The device answered with an error status.
     Device {
@@ -457,6 +471,15 @@ impl fmt::Display for BlkError<'_> {
                 "blk {device}: read of {expected} bytes into a buffer of {found}"
             ),
             Self::Dma { op, lba, error } => write!(f, "blk: {op} at sector {lba}: {error}"),
+            Self::NoFreeSlot {
+                device,
+                in_flight,
+                timed_out,
+            } => write!(
+                f,
+                "blk {device}: no request slot came free within a request timeout: the device holds \
+                 {in_flight} requests, {timed_out} of them timed out"
+            ),
             Self::Broken { device, fault } => write!(f, "blk {device}: device broken: {fault}"),
         }
     }

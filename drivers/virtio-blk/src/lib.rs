@@ -48,8 +48,9 @@
 //! `virtio-drivers`' three separate shares would cost three. The driver
 //! only ever syncs its one mapping; the policy decides the rest. A region
 //! starts on a page (slots and bounce buffers are page-aligned) and is at
-//! most 16 + 256 KiB + 1 bytes, so 66 pages: one batch of the kernel's
-//! `GNTTABOP_cache_flush` (64 entries).
+//! most 16 + 256 KiB + 1 bytes, so 65 pages: one batch of the kernel's
+//! `GNTTABOP_cache_flush` (up to 128 entries,
+//! `tidepool_xen_abi::CACHE_FLUSH_MAX_BATCH`).
 //!
 //! A pool device's map also copies the region into a bounce buffer in its
 //! pool, and its unmap copies it back (the DMA layer's bounce buffers);
@@ -61,14 +62,21 @@
 //! ```text
 //! // Once per device, at boot (setup allocates):
 //! let transport = unsafe { MmioTransport::new(mmio_va) };          // the register block
-//! let mut disk = unsafe { BlockDevice::new(transport, dma_device, &mut env, Options::default()) }?;
+//! let mut disk = BlockDevice::new(transport, dma_device, &mut env, Options::default())?;
 //! console!("{}", disk.info_line());
 //! // Blocking, for early use (polls; splits large transfers):
 //! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
 //! // Asynchronous:
 //! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
-//! //   in the GIC SPI handler of the transport's `interrupts`:
-//! for token in &disk.handle_interrupt(&mut env) { /* ready: finish it */ }
+//! //   or, waiting at most `timeout` for a free slot:
+//! let token = disk.submit_waiting(&mut env, request, &mut || now(), timeout, &mut |disk, env| { /* sleep, then take what came back */ })?;
+//! //   interrupts: the GIC SPI handler of the transport's `interrupts` runs
+//! //   `handler.handle()` (it acknowledges and notes), with
+//! let handler = disk.interrupt_handler(&PENDING).unwrap();
+//! //   and after it (disk.interrupt_noted()), outside interrupt context:
+//! let outcome = disk.handle_interrupt(&mut env);
+//! for token in &outcome.completions { /* ready: finish it */ }
+//! //   outcome.capacity: report it; outcome.fault: the device failed, its requests fail
 //! //   or, without interrupts: disk.poll(&mut env);
 //! //   from a timer: for token in &disk.expire(now()) { /* timed out */ }
 //! match disk.finish(token, &mut buffer) { Poll::Ready(result) => ..., Poll::Pending => ... }
@@ -114,13 +122,13 @@
 //!
 //! # `unsafe`
 //!
-//! The crate is `#![deny(unsafe_code)]` except for three places: `mmio`
-//! (the one constructor of the register block, [`MmioTransport::new`]),
-//! `memory` (bounds-checked volatile and copying accesses to memory shared
-//! with the device, either the driver's own heap allocation or a window
-//! address), and [`BlockDevice::new`], which turns the DMA layer's window
-//! address of the ring into such a window and carries that proof obligation
-//! to the kernel.
+//! The crate is `#![deny(unsafe_code)]` except for `mmio` (the one
+//! constructor of the register block, [`MmioTransport::new`]), `memory`
+//! (bounds-checked volatile and copying accesses to memory shared with the
+//! device, either the driver's own heap allocation or a window address), and
+//! two blocks in `device`: the ring's window address becomes such a window
+//! (vouched for by the DMA layer's `PoolSet::add` contract), and a request
+//! slot of the staging buffers becomes a `CpuBuffer` to map.
 //!
 //! # Console lines
 //!
@@ -145,13 +153,15 @@ mod request;
 mod stats;
 pub mod transport;
 
-pub use device::{BlockDevice, InfoLine, Options};
+pub use device::{
+    BlockDevice, CapacityChange, InfoLine, InterruptHandler, InterruptOutcome, Options,
+};
 pub use error::{BlkError, DeviceFault, InitError};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioInterrupt, MmioTransport};
 pub use queue::QUEUE_SIZE_LIMIT;
 pub use request::{
     Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
     SECTOR_SIZE, Token,
 };
 pub use stats::{BlkStats, StatsLine};
-pub use transport::{FeatureSet, Transport, TransportVersion};
+pub use transport::{FeatureSet, InterruptRegisters, Transport, TransportVersion};

@@ -155,6 +155,15 @@ impl SharedMemory {
     }
 }
 
+impl SharedMemory {
+    /// Gives up the memory for good: it is never freed (a device that may
+    /// still write it keeps it). Returns the bytes leaked (0 for a window,
+    /// which the driver does not own).
+    pub(crate) fn leak(&mut self) -> usize {
+        self.owned.take().map_or(0, |_| self.len)
+    }
+}
+
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         if let Some(layout) = self.owned {

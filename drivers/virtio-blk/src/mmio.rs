@@ -6,7 +6,7 @@ use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
 use crate::transport::{
-    ConfigWord, InterruptStatus, ReadRegister, Status, Transport, WriteRegister,
+    ConfigWord, InterruptRegisters, InterruptStatus, ReadRegister, Status, Transport, WriteRegister,
 };
 
 register_structs! {
@@ -97,6 +97,8 @@ impl MmioTransport {
 unsafe impl Send for MmioTransport {}
 
 impl Transport for MmioTransport {
+    type Interrupt = MmioInterrupt;
+
     fn read(&self, register: ReadRegister) -> u32 {
         let r = self.registers;
         match register {
@@ -145,6 +147,39 @@ impl Transport for MmioTransport {
             ConfigWord::SizeMax => config.size_max.get(),
             ConfigWord::BlkSize => config.blk_size.get(),
         }
+    }
+
+    fn interrupt_registers(&self) -> MmioInterrupt {
+        MmioInterrupt {
+            registers: self.registers,
+        }
+    }
+}
+
+/// `InterruptStatus` and `InterruptACK` of a [`MmioTransport`], for its
+/// interrupt handler.
+pub struct MmioInterrupt {
+    registers: &'static VirtioMmioRegisters,
+}
+
+// SAFETY: as for `MmioTransport`: the block stays mapped, and the value only
+// ever makes single volatile accesses to two registers that the transport
+// leaves to it once it was handed out (`Transport::interrupt_registers`).
+unsafe impl Send for MmioInterrupt {}
+
+// SAFETY: `acknowledge` is a volatile load of `InterruptStatus` and a
+// volatile store to `InterruptACK`, with no state of its own; two CPUs
+// calling it at once would each acknowledge what they read, which the
+// device allows (`InterruptACK` clears only the bits written).
+unsafe impl Sync for MmioInterrupt {}
+
+impl InterruptRegisters for MmioInterrupt {
+    fn acknowledge(&self) -> u32 {
+        let pending = self.registers.interrupt_status.get();
+        if pending != 0 {
+            self.registers.interrupt_ack.set(pending);
+        }
+        pending
     }
 }
 
@@ -233,5 +268,13 @@ mod tests {
                 "{word:?} at {offset:#x}"
             );
         }
+        // The interrupt half reads InterruptStatus and writes what it read to
+        // InterruptACK.
+        let interrupt = transport.interrupt_registers();
+        // SAFETY: as above.
+        unsafe { base.byte_add(0x060).write_volatile(0b11) };
+        assert_eq!(interrupt.acknowledge(), 0b11);
+        // SAFETY: as above.
+        assert_eq!(unsafe { base.byte_add(0x064).read_volatile() }, 0b11);
     }
 }

@@ -219,12 +219,28 @@ pub enum ConfigWord {
 /// has. The driver orders its ring memory against [`WriteRegister::QueueNotify`]
 /// with a fence before the write (see the crate documentation).
 pub trait Transport {
+    /// The interrupt registers, apart from the rest.
+    type Interrupt: InterruptRegisters;
+
     /// Reads `register`.
     fn read(&self, register: ReadRegister) -> u32;
     /// Writes `value` to `register`.
     fn write(&mut self, register: WriteRegister, value: u32);
     /// Reads one word of the device configuration space.
     fn read_config(&self, word: ConfigWord) -> u32;
+    /// `InterruptStatus` and `InterruptACK` as a value of their own, for an
+    /// interrupt handler. Only the driver asks for them, once
+    /// ([`BlockDevice::interrupt_handler`](crate::BlockDevice::interrupt_handler)),
+    /// and from then on leaves those two registers to them.
+    fn interrupt_registers(&self) -> Self::Interrupt;
+}
+
+/// `InterruptStatus` and `InterruptACK` of a transport: all an interrupt
+/// handler touches.
+pub trait InterruptRegisters {
+    /// Reads `InterruptStatus`, acknowledges every bit it has set
+    /// (`InterruptACK`), and returns them (0: not this device's interrupt).
+    fn acknowledge(&self) -> u32;
 }
 
 /// How many times the driver reads `Status` waiting for a modern device to

@@ -1,28 +1,31 @@
 //! Block devices: every virtio-mmio transport with a block device behind it,
 //! driven by `tidepool-virtio-blk` on the DMA layer, completing by interrupt.
 //!
-//! The transport's SPI handler only acknowledges the interrupt and notes it;
-//! the waiting code harvests the used ring (`poll`) after WFI returns, so the
-//! driver's state is never touched from interrupt context. The driver's
-//! clock is the virtual counter in ticks (no division on the I/O path);
-//! reports use microseconds ([`cpu::uptime_us`]).
+//! The transport's SPI handler is the driver's `InterruptHandler`: it
+//! acknowledges the device's interrupt through the interrupt registers the
+//! driver handed out (no second transport) and notes its causes; the
+//! waiting code, after WFI returns, lets the driver act on them
+//! (`handle_interrupt`: completions, configuration changes). So the
+//! driver's state is never touched from interrupt context. A capacity
+//! change is reported; a device that needs a reset is failed: its requests
+//! fail and new ones are refused. The driver's clock is the virtual counter in ticks
+//! (no division on the I/O path); reports use microseconds
+//! ([`cpu::uptime_us`]).
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::AtomicU32;
 use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
-use tidepool_dma::{DmaError, PoolError};
+use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, VirtioMmio};
 use tidepool_mm::PhysAddr;
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
-use tidepool_virtio_blk::transport::{ReadRegister, Transport, WriteRegister};
-use tidepool_virtio_blk::{
-    BlkError, BlockDevice, Deadline, MmioTransport, Options, Request, Token,
-};
+use tidepool_virtio_blk::transport::{ReadRegister, Transport};
+use tidepool_virtio_blk::{BlkError, BlockDevice, MmioTransport, Options, Request, Token};
 
 use crate::arch::aarch64::{cpu, timer as arch_timer};
 use crate::bootargs::{DiskPattern, SectorRange};
@@ -42,8 +45,6 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// One block device.
 pub struct Disk {
     device: BlockDevice<'static, MmioTransport>,
-    /// Set by the interrupt handler, cleared by the waiter.
-    interrupted: &'static AtomicBool,
     /// [`REQUEST_TIMEOUT_US`] in counter ticks.
     timeout_ticks: u64,
 }
@@ -52,7 +53,7 @@ pub struct Disk {
 /// Transports without a device, or with another kind, are skipped; a block
 /// device that fails to set up is reported and left out.
 pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
-    let map = dma.env().address_map;
+    let map = dma.address_map();
     let mut disks = Vec::new();
     for node in &dt.platform.virtio_mmio {
         let Some(window) = map.window_address(PhysAddr(node.reg.base())) else {
@@ -61,14 +62,16 @@ pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<Disk> {
         };
         let base = window.0 as usize;
         // SAFETY: `base` is the transport's register block, mapped as
-        // Device memory by the memory bring-up for the kernel's lifetime.
+        // Device memory by the memory bring-up for the kernel's lifetime;
+        // this is the one transport made for it (the interrupt handler
+        // touches only the GIC).
         let transport = unsafe { MmioTransport::new(base) };
         if transport.read(ReadRegister::MagicValue) != VIRTIO_MAGIC
             || transport.read(ReadRegister::DeviceId) != BLOCK_DEVICE_ID
         {
             continue;
         }
-        match set_up(dt, dma, node, transport, base) {
+        match set_up(dt, dma, node, transport) {
             Ok(disk) => {
                 info!("{}", disk.device.info_line());
                 disks.push(disk);
@@ -84,29 +87,19 @@ fn set_up(
     dma: &mut Dma,
     node: &'static VirtioMmio,
     transport: MmioTransport,
-    base: usize,
 ) -> Result<Disk, alloc::string::String> {
     use alloc::string::ToString;
     let dma_device = dma
         .device(dt, &node.path, node.dma_coherent, &node.memory_regions)
         .map_err(|e| e.to_string())?;
-    // SAFETY: the DMA layer's windows and linear addresses are mapped
-    // read-write for the kernel's lifetime, and its pools hand each page to
-    // one owner (the memory bring-up and `Dma::new` set them up).
-    let device =
-        unsafe { BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default()) }
-            .map_err(|e| e.to_string())?;
-    let interrupted: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let mut device = BlockDevice::new(transport, dma_device, &mut dma.env(), Options::default())
+        .map_err(|e| e.to_string())?;
     let (intid, trigger) = irq::from_device_tree(&node.interrupt).map_err(|e| e.to_string())?;
-    let handler: irq::Handler = Box::leak(Box::new(move |_| {
-        // SAFETY: the same register block as the driver's; the handler
-        // touches only InterruptStatus and InterruptACK, which the driver
-        // never uses once it runs on interrupts (it harvests with `poll`).
-        let mut registers = unsafe { MmioTransport::new(base) };
-        let status = registers.read(ReadRegister::InterruptStatus);
-        registers.write(WriteRegister::InterruptAck, status);
-        interrupted.store(true, Ordering::Release);
-    }));
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let Some(interrupt) = device.interrupt_handler(pending) else {
+        return Err("the driver's interrupt registers are already handed out".into());
+    };
+    let handler: irq::Handler = Box::leak(Box::new(move |_| interrupt.handle()));
     irq::register(intid, trigger, handler).map_err(|e| e.to_string())?;
     info!(
         "blk: {} interrupt intid={} {:?}",
@@ -117,7 +110,6 @@ fn set_up(
     let timeout_ticks = arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000);
     Ok(Disk {
         device,
-        interrupted,
         timeout_ticks,
     })
 }
@@ -128,43 +120,24 @@ impl Disk {
         self.device.name()
     }
 
-    /// Waits (WFI) for an interrupt of this device or the nearest deadline,
-    /// then harvests finished requests and expires late ones.
+    /// Waits for this device's interrupt or a request timeout, then takes
+    /// what the device returned and expires late requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
-        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
-        let interrupted = self.interrupted;
-        // A timeout is not an error here: `expire` below reports late requests.
-        if let Err(err) = timer::wait_for(deadline, || interrupted.load(Ordering::Acquire))
-            && !matches!(err, timer::WaitError::TimedOut { .. })
-        {
-            error!("blk: {}: cannot wait: {err}", self.name());
-        }
-        self.interrupted.store(false, Ordering::Release);
-        self.device.poll(&mut dma.env());
-        for token in &self.device.expire(arch_timer::counter()) {
-            warn!("blk: {} request {token:?} timed out", self.name());
-        }
+        wait_and_take(&mut self.device, &mut dma.env());
     }
 
     /// Submits a request, waiting while all slots are in use or the
     /// device's pool has no room for another bounce buffer (both free up as
-    /// requests in flight complete).
+    /// requests in flight complete), at most one request timeout: a device
+    /// that keeps every slot past that is reported, not waited for forever.
     fn submit(&mut self, dma: &mut Dma, request: Request<'_>) -> Result<Token, BlkError<'static>> {
-        loop {
-            let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
-            match self.device.submit(&mut dma.env(), request, deadline) {
-                Err(BlkError::QueueFull { .. }) => self.wait_and_harvest(dma),
-                Err(BlkError::Dma {
-                    error:
-                        DmaError::Pool {
-                            error: PoolError::Exhausted { .. },
-                            ..
-                        },
-                    ..
-                }) if self.device.in_flight() > 0 => self.wait_and_harvest(dma),
-                other => return other,
-            }
-        }
+        self.device.submit_waiting(
+            &mut dma.env(),
+            request,
+            &mut arch_timer::counter,
+            self.timeout_ticks,
+            &mut wait_and_take,
+        )
     }
 
     /// Waits for `token` and copies a read's data into `buffer`.
@@ -242,6 +215,36 @@ impl Disk {
     pub fn flush(&mut self, dma: &mut Dma) -> Result<(), BlkError<'static>> {
         let token = self.submit(dma, Request::Flush)?;
         self.complete(dma, token, &mut [])
+    }
+}
+
+/// Waits (WFI) for the device's interrupt or a request timeout; lets the
+/// driver act on an interrupt (reporting a capacity change or a failed
+/// device), otherwise polls; then expires late requests.
+fn wait_and_take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut DmaEnv<'_, 'static>) {
+    let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
+    // A timeout is not an error here: `expire` below reports late requests.
+    if let Err(err) = timer::wait_for(deadline, || device.interrupt_noted())
+        && !matches!(err, timer::WaitError::TimedOut { .. })
+    {
+        error!("blk: {}: cannot wait: {err}", device.name());
+    }
+    if device.interrupt_noted() {
+        let outcome = device.handle_interrupt(env);
+        if let Some(change) = outcome.capacity {
+            info!("{change}");
+        }
+        if let Some(fault) = outcome.fault {
+            error!(
+                "blk: {} failed: {fault}; its requests in flight fail, new ones are refused",
+                device.name()
+            );
+        }
+    } else {
+        device.poll(env);
+    }
+    for token in &device.expire(arch_timer::counter()) {
+        warn!("blk: {} request {token:?} timed out", device.name());
     }
 }
 

@@ -12,29 +12,27 @@ use core::fmt;
 
 use log::info;
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
-    SetupError, WarningSink, WindowAttributes,
+    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning,
+    OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SetupError,
+    WarningSink, WindowAttributes,
 };
 use tidepool_dt::{DeviceTree, ReservedRegion};
-use tidepool_mm::{AddressMap, PhysRange, RegionKind, VirtAddr};
-use tidepool_xen_abi::{CacheFlushBatch, CacheFlushOp, cache_flush_range};
+use tidepool_mm::{AddressMap, PhysRange, RegionKind};
 
-use crate::arch::aarch64::cache::{self, maintain_range};
+use crate::arch::aarch64::cache::maintain_range;
 use crate::memory_plan::{KERNEL_LINEAR_POOL, KERNEL_NC_POOL, MemorySetup, is_dma_pool};
-use crate::xen::Xen;
+use crate::xen::flush::XenFlush;
 
 /// Data-cache maintenance by virtual address, to the point of coherency.
 pub struct KernelCache;
 
-impl CacheMaintenance for KernelCache {
-    fn maintain(&mut self, op: CacheOp, start: VirtAddr, len: u64) {
-        let op = match op {
-            CacheOp::Clean => cache::CacheOp::Clean,
-            CacheOp::Invalidate => cache::CacheOp::Invalidate,
-            CacheOp::CleanInvalidate => cache::CacheOp::CleanInvalidate,
-        };
-        maintain_range(op, start.0 as usize, len as usize);
+// SAFETY: `maintain_range` does exactly `op` on every line overlapping the
+// range, to the point of coherency, keeps partial lines of an invalidate
+// (clean+invalidate), completes with `DSB` and keeps nothing.
+unsafe impl CacheMaintenance for KernelCache {
+    fn maintain(&mut self, op: CacheOp, range: &OwnedVirtRange) {
+        // SAFETY: the DMA layer lends only memory it owns for this call.
+        unsafe { maintain_range(op, range.start().0 as usize, range.len() as usize) };
     }
 }
 
@@ -51,51 +49,32 @@ pub fn device_pool<'d>(
     })
 }
 
-/// `GNTTABOP_cache_flush`: every page of a range in one hypercall.
-pub struct XenFlush {
-    batch: CacheFlushBatch,
-}
-
-impl PlatformFlush for XenFlush {
-    fn flush(&mut self, op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
-        let op = match op {
-            CacheOp::Clean => CacheFlushOp::Clean,
-            CacheOp::Invalidate => CacheFlushOp::Invalidate,
-            CacheOp::CleanInvalidate => CacheFlushOp::CleanInvalidate,
-        };
-        match cache_flush_range(&mut Xen, &mut self.batch, range.base.0, range.size, op) {
-            Ok(done) => Ok(FlushDone {
-                hypercalls: done.hypercalls,
-                pages: done.pages as u32,
-            }),
-            Err(error) => Err(FlushFailed {
-                // A range overflow never reaches Xen: report it as EINVAL.
-                errno: error.errno().map_or(FlushErrno::Einval, |e| {
-                    FlushErrno::from_xen_return(-e.code())
-                }),
-                hypercalls: error.hypercalls(),
-            }),
-        }
-    }
-}
-
-/// Copies between kernel virtual addresses the DMA layer names: CPU buffers
-/// (vouched for by whoever built the `CpuBuffer`) and pool windows.
+/// Copies between kernel virtual addresses the DMA layer lends: CPU buffers
+/// (vouched for by `CpuBuffer::new`) and blocks of pool windows (vouched for
+/// by `PoolSet::add`).
 pub struct KernelMemory;
 
-impl DmaMemory for KernelMemory {
-    fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
-        // SAFETY: the DMA layer passes a CPU buffer (mapped and owned by the
-        // mapping's creator until unmap) and a block of a pool window it has
-        // allocated; the two never overlap (a pool is never a CPU buffer).
+// SAFETY: a plain copy or fill of exactly the lent ranges, complete on
+// return; nothing is kept.
+unsafe impl DmaMemory for KernelMemory {
+    fn copy(&mut self, src: &OwnedVirtRange, dst: &OwnedVirtRange) {
+        let len = src.len().min(dst.len()) as usize;
+        // SAFETY: the DMA layer lends only memory it owns for this call,
+        // mapped and valid for the length: a CPU buffer and a block of a pool
+        // window, which never overlap (a pool is never a CPU buffer).
         unsafe {
-            core::ptr::copy_nonoverlapping(src.0 as *const u8, dst.0 as *mut u8, len as usize)
+            core::ptr::copy_nonoverlapping(
+                src.start().0 as *const u8,
+                dst.start().0 as *mut u8,
+                len,
+            )
         };
     }
 
-    fn zero(&mut self, dst: VirtAddr, len: u64) {
-        // SAFETY: `dst` is a block of a pool the DMA layer just allocated.
-        unsafe { core::ptr::write_bytes(dst.0 as *mut u8, 0, len as usize) };
+    fn zero(&mut self, dst: &OwnedVirtRange) {
+        // SAFETY: `dst` is a block of a pool window the DMA layer owns (just
+        // allocated), mapped and valid for its length.
+        unsafe { core::ptr::write_bytes(dst.start().0 as *mut u8, 0, dst.len() as usize) };
     }
 }
 
@@ -110,7 +89,6 @@ impl WarningSink for ConsoleWarnings {
 
 /// The kernel's DMA state: pools and the machine implementations.
 pub struct Dma {
-    address_map: &'static AddressMap,
     pools: PoolSet<'static>,
     cache: KernelCache,
     memory: KernelMemory,
@@ -130,23 +108,20 @@ impl fmt::Display for DmaSetupError {
 
 impl Dma {
     /// Sets up every pool: the device tree's DMA pools and the kernel's two.
-    /// With `platform_flush` (a direct-mapped Xen domain), each own-window
-    /// pool is probed once for `GNTTABOP_cache_flush` (one page), and the
-    /// answer is printed and kept.
+    /// With `flush` (a direct-mapped Xen domain), each own-window pool is
+    /// probed once for `GNTTABOP_cache_flush` (one page), and the answer is
+    /// printed and kept.
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
-        platform_flush: bool,
+        flush: Option<XenFlush>,
     ) -> Result<Self, DmaSetupError> {
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
-            address_map,
-            pools: PoolSet::new(),
+            pools: PoolSet::new(address_map),
             cache: KernelCache,
             memory: KernelMemory,
-            flush: platform_flush.then(|| XenFlush {
-                batch: CacheFlushBatch::new(),
-            }),
+            flush,
             warnings: ConsoleWarnings,
         };
         let own_window = |name: &str| {
@@ -186,10 +161,13 @@ impl Dma {
         });
         for spec in specs {
             let platform = dma.flush.as_mut().map(|f| f as &mut dyn PlatformFlush);
-            let id = dma
-                .pools
-                .add(spec, address_map, &mut dma.cache, platform)
-                .map_err(DmaSetupError)?;
+            // SAFETY: the address map is the memory bring-up's, which built
+            // the live page tables from it (windows and linear map) for the
+            // kernel's lifetime; every pool is a device-tree DMA pool or one
+            // of the kernel's two, carved for DMA alone from linear RAM clear
+            // of the image, the heap and every other region.
+            let id =
+                unsafe { dma.pools.add(spec, &mut dma.cache, platform) }.map_err(DmaSetupError)?;
             if let Some(pool) = dma.pools.get(id) {
                 info!("{}", pool.setup_line());
             }
@@ -197,10 +175,14 @@ impl Dma {
         Ok(dma)
     }
 
+    /// The address map every DMA operation classifies addresses with.
+    pub fn address_map(&self) -> &'static AddressMap {
+        self.pools.address_map()
+    }
+
     /// The environment DMA operations run in.
     pub fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
-            address_map: self.address_map,
             pools: &mut self.pools,
             cache: &mut self.cache,
             memory: &mut self.memory,

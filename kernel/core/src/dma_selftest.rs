@@ -10,9 +10,9 @@ use alloc::vec::Vec;
 use log::{error, info};
 use tidepool_dma::{CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaError};
 use tidepool_dt::{DeviceTree, VirtioMmio};
-use tidepool_mm::{AddressClass, AddressMap, LINEAR_OFFSET, VirtAddr};
+use tidepool_mm::{AddressClass, AddressMap, CacheOp, LINEAR_OFFSET, VirtAddr};
 
-use crate::arch::aarch64::cache::{CacheOp, maintain_range};
+use crate::arch::aarch64::cache::maintain_range;
 use crate::arch::aarch64::mmu;
 use crate::dma::Dma;
 use crate::shutdown::shutdown;
@@ -52,11 +52,14 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A CPU buffer over `buffer`, for one map that is unmapped before
+/// `buffer` goes: the self-test's mappings reach no device, so even one whose
+/// unmap failed leaves nothing that could write the freed memory.
 fn cpu_buffer(buffer: &mut [u8]) -> CpuBuffer {
-    CpuBuffer {
-        virt: VirtAddr(buffer.as_mut_ptr() as u64),
-        len: buffer.len() as u64,
-    }
+    // SAFETY: `buffer` is mapped heap memory this function borrows
+    // exclusively; the callers map it once and unmap it before they return,
+    // and no device is given the address (see above).
+    unsafe { CpuBuffer::new(VirtAddr(buffer.as_mut_ptr() as u64), buffer.len() as u64) }
 }
 
 /// What went wrong in one device's round trip.
@@ -72,7 +75,7 @@ impl From<DmaError<'static>> for Failure {
 }
 
 fn round_trip(dma: &mut Dma, device: &mut DmaDevice<'static>) -> Result<bool, Failure> {
-    let map = dma.env().address_map;
+    let map = dma.address_map();
 
     let coherent = device.alloc_coherent(&mut dma.env(), 4096, 4096)?;
     let words = coherent.virt().0 as *mut u64;
@@ -164,7 +167,7 @@ pub fn run(dma: &mut Dma, dt: &'static DeviceTree) {
 /// with a no-map pool, then Linux's fast path on the same buffer
 /// (`phys_to_virt`, then `DC CIVAC` by that address), which faults.
 pub fn run_naive(dma: &mut Dma, dt: &'static DeviceTree) -> ! {
-    let map = dma.env().address_map;
+    let map = dma.address_map();
     let with_pool =
         dt.platform.virtio_mmio.iter().find(|v| {
             crate::dma::device_pool(dt, &v.memory_regions).is_some_and(|pool| pool.no_map)
@@ -222,7 +225,9 @@ pub fn run_naive(dma: &mut Dma, dt: &'static DeviceTree) -> ! {
         }
     }
     info!("dma: naive: Linux's path: DC CIVAC by phys_to_virt({dma_addr}) = {alias:#x}");
-    maintain_range(CacheOp::CleanInvalidate, alias as usize, 64);
+    // SAFETY: clean+invalidate loses no data. The alias is unmapped: on
+    // hardware this faults, which is what the self-test shows.
+    unsafe { maintain_range(CacheOp::CleanInvalidate, alias as usize, 64) };
     // Real hardware has faulted by now. QEMU implements DC by VA as a no-op
     // without a translation; the swiotlb copy Linux makes through the same
     // address faults there too.

@@ -146,13 +146,16 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     // GNTTABOP_cache_flush takes machine addresses: only a direct-mapped
     // domain (dom0 here) can name its pages by their guest-physical address.
-    let platform_flush = crate::xen::domain().is_some_and(|domain| domain.direct_mapped());
-    if under_xen && !platform_flush {
-        info!(
-            "dma: no xen cache flush: the domain is not direct-mapped (guest-physical is not machine)"
-        );
-    }
-    let mut dma = match crate::dma::Dma::new(dt, memory, platform_flush) {
+    let flush = match crate::xen::flush::XenFlush::new() {
+        Ok(flush) => Some(flush),
+        Err(reason) => {
+            if under_xen {
+                info!("dma: no xen cache flush: {reason}");
+            }
+            None
+        }
+    };
+    let mut dma = match crate::dma::Dma::new(dt, memory, flush) {
         Ok(dma) => dma,
         Err(err) => {
             error!("{err}");

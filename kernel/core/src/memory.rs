@@ -100,8 +100,9 @@ pub fn bring_up(
     // SAFETY: the tables map the whole image at its identity addresses with
     // its sections' permissions (text executable, everything the code
     // touches next writable where it must be), and MAIR_EL1_VALUE defines the
-    // attribute indices they use. The image was written with the caches off
-    // (relocations, BSS, stacks, heap, tables): its lines are invalidated.
+    // attribute indices they use. The image is the kernel's own and was
+    // written only with the caches off (relocations, BSS, stacks, heap,
+    // tables): its lines may be, and are, invalidated.
     unsafe {
         mmu::enable(
             MAIR_EL1_VALUE,

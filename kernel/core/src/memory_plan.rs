@@ -6,9 +6,11 @@
 //! - Linear RAM: the plan's `linear_map` (every no-map region already cut
 //!   out, static or dynamic, even where a `memory` node covers it).
 //! - Pools: `/reserved-memory` regions compatible with `shared-dma-pool` or
-//!   `restricted-dma-pool`; no-map ones get a window of their own.
-//! - Other no-map regions are classified (a fault there names them) but not
-//!   mapped.
+//!   `restricted-dma-pool`; no-map ones, and those outside memory (board
+//!   memory the `memory` nodes do not list, never in the linear map), get a
+//!   window of their own.
+//! - Other no-map regions in memory are classified (a fault there names
+//!   them) but not mapped.
 //! - Windows (Device-nGnRE): the console UART named by `stdout-path`, the
 //!   GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
@@ -160,7 +162,8 @@ pub fn plan_memory<'a>(
         .map(|r| PoolSpec {
             name: &r.path,
             phys: phys(r.range),
-            no_map: r.no_map,
+            // A pool outside memory has no linear alias either.
+            no_map: !r.is_linear(),
         })
         .chain([PoolSpec {
             name: KERNEL_NC_POOL,
@@ -168,10 +171,12 @@ pub fn plan_memory<'a>(
             no_map: true,
         }])
         .collect();
+    // Regions outside memory are not RAM, and may overlap each other: the
+    // address map names only those in memory.
     let reserved: Vec<NamedRange<'a>> = plan
         .reserved()
         .iter()
-        .filter(|r| r.no_map && !is_dma_pool(r))
+        .filter(|r| r.no_map && r.in_memory && !is_dma_pool(r))
         .map(|r| NamedRange {
             name: &r.path,
             phys: phys(r.range),
@@ -292,8 +297,10 @@ mod tests {
         }
     }
 
-    /// Xen 4.17's dom0 shape: the pool is also covered by a memory node.
-    fn xen_dom0_dtb(pool_no_map: bool) -> Vec<u8> {
+    /// Xen 4.17's dom0 shape: the pool is also covered by a memory node
+    /// (unless `pool_in_memory` is false: then it is board memory outside
+    /// every bank, like Arm FVP's VRAM).
+    fn xen_dom0_dtb(pool_no_map: bool, pool_in_memory: bool) -> Vec<u8> {
         let mut w = FdtWriter::new().unwrap();
         let root = w.begin_node("").unwrap();
         w.property_u32("#address-cells", 2).unwrap();
@@ -309,8 +316,12 @@ mod tests {
         w.end_node(gic).unwrap();
         let mem = w.begin_node("memory@40000000").unwrap();
         w.property_string("device_type", "memory").unwrap();
-        w.property_array_u64("reg", &[0x4000_0000, 0x1000_0000, 0x7800_0000, 0x40_0000])
-            .unwrap();
+        let banks: &[u64] = if pool_in_memory {
+            &[0x4000_0000, 0x1000_0000, 0x7800_0000, 0x40_0000]
+        } else {
+            &[0x4000_0000, 0x1000_0000]
+        };
+        w.property_array_u64("reg", banks).unwrap();
         w.end_node(mem).unwrap();
         let rm = w.begin_node("reserved-memory").unwrap();
         w.property_u32("#address-cells", 2).unwrap();
@@ -346,9 +357,9 @@ mod tests {
         w.finish().unwrap()
     }
 
-    fn device_tree(pool_no_map: bool) -> DeviceTree {
+    fn device_tree(pool_no_map: bool, pool_in_memory: bool) -> DeviceTree {
         DeviceTree::from_dtb_with(
-            &xen_dom0_dtb(pool_no_map),
+            &xen_dom0_dtb(pool_no_map, pool_in_memory),
             &[AddrRange::new(0x4008_0000, 0x40000).unwrap()],
         )
         .expect("a valid tree")
@@ -358,7 +369,7 @@ mod tests {
 
     #[test]
     fn no_map_pool_is_a_window_not_linear() {
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         let pool = "/reserved-memory/dma@78000000";
@@ -410,9 +421,37 @@ mod tests {
         ));
     }
 
+    /// A pool outside memory has no linear alias, `no-map` or not: it gets
+    /// a window like a no-map pool.
+    #[test]
+    fn pool_outside_memory_is_a_window() {
+        for no_map in [true, false] {
+            let dt = device_tree(no_map, false);
+            let pool = &dt.plan.reserved()[0];
+            assert!(!pool.in_memory, "the plan keeps the pool outside memory");
+            let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
+            let map = &setup.layout.address_map;
+            match map.classify(PhysAddr(0x7800_1000)) {
+                AddressClass::NoMapPool {
+                    pool: name,
+                    window: Some(_),
+                } => assert_eq!(name, "/reserved-memory/dma@78000000"),
+                other => panic!("no_map={no_map}: pool classified as {other:?}"),
+            }
+            let window = setup
+                .layout
+                .mappings
+                .iter()
+                .find(|m| m.kind == MappingKind::PoolWindow && m.name == pool.path)
+                .unwrap();
+            assert_eq!(window.attributes.memory, MemoryType::NormalNonCacheable);
+            assert_eq!(window.phys_range(), PhysRange::new(0x7800_0000, 0x40_0000));
+        }
+    }
+
     #[test]
     fn mapped_pool_stays_linear() {
-        let dt = device_tree(false);
+        let dt = device_tree(false, true);
         let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         assert!(matches!(
             setup.layout.address_map.classify(PhysAddr(0x7800_0000)),
@@ -433,7 +472,7 @@ mod tests {
 
     #[test]
     fn toolstack_pages_are_write_back_windows() {
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let console = NamedRange {
             name: "xen pv console",
             phys: PhysRange::new(0x3900_0000, PAGE_SIZE),
@@ -457,7 +496,7 @@ mod tests {
 
     #[test]
     fn devices_and_xen_windows() {
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         let class = map.classify(PhysAddr(0xa00_3e00));
@@ -506,7 +545,7 @@ mod tests {
         assert_eq!(default_heap_size(&[mib(8)]), MIB);
         assert_eq!(default_heap_size(&[mib(64)]), 8 * MIB);
         assert_eq!(default_heap_size(&[mib(1024)]), 32 * MIB);
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let setup = plan_memory(&dt, &image(), DTB, None, &[]).unwrap();
         assert_eq!(setup.heap.size, 32 * MIB, "256 MiB of linear RAM");
     }
@@ -536,7 +575,7 @@ mod tests {
 
     #[test]
     fn kernel_pools_one_windowed_one_linear() {
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         assert!(matches!(
@@ -559,7 +598,7 @@ mod tests {
 
     #[test]
     fn heap_too_big_is_a_clear_error() {
-        let dt = device_tree(true);
+        let dt = device_tree(true, true);
         let err = plan_memory(&dt, &image(), DTB, Some(512 * MIB), &[]).unwrap_err();
         assert!(matches!(err, MemoryError::Heap { size, .. } if size == 512 * MIB));
         assert!(

@@ -9,7 +9,9 @@ use core::fmt;
 
 use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
 
-use crate::boundary::{CacheMaintenance, CacheOp, DmaMemory, FlushErrno, PlatformFlush};
+use crate::boundary::{
+    CacheMaintenance, CacheOp, DmaMemory, FlushErrno, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
+};
 use crate::error::{DmaError, SetupError};
 use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
 use crate::pool::{Pool, PoolId, PoolRole, PoolSet, first_rejected_byte};
@@ -53,15 +55,63 @@ pub struct DeviceSpec<'a> {
 
 /// A CPU buffer to map for streaming DMA, by kernel virtual address.
 ///
-/// Whoever builds one vouches that the range is mapped, valid memory that
-/// nobody else uses until the mapping is unmapped: the kernel's
-/// [`DmaMemory`] copies to and from it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// It is the mapping's to use: [`DmaDevice::map`] consumes it, the device and
+/// the layer's copies use its memory while the mapping lives, and it is
+/// neither `Clone` nor `Copy`, so one buffer is never mapped twice at once.
+///
+/// ```compile_fail,E0133
+/// // Building one is `unsafe`: its creator vouches for the memory.
+/// let buffer = tidepool_dma::CpuBuffer::new(tidepool_mm::VirtAddr(0x1000), 8);
+/// ```
+///
+/// ```compile_fail,E0451
+/// let buffer = tidepool_dma::CpuBuffer { virt: tidepool_mm::VirtAddr(0x1000), len: 8 };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
 pub struct CpuBuffer {
+    virt: VirtAddr,
+    len: u64,
+}
+
+impl CpuBuffer {
+    /// The `len` bytes at `virt`, to be mapped for streaming DMA.
+    ///
+    /// Zero or wrapping lengths are accepted here and refused by
+    /// [`DmaDevice::map`] with a typed error.
+    ///
+    /// # Safety
+    ///
+    /// `[virt, virt + len)` is mapped, readable and writable normal memory,
+    /// and from now until the mapping made from this buffer is unmapped
+    /// (or, if it is dropped instead, until no device can still use the
+    /// address it gave: the device was reset) nothing but the DMA layer and
+    /// the device reads or writes it, and it stays mapped and allocated: the
+    /// layer copies to and from it, and the device may reach it by its
+    /// physical address.
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub const unsafe fn new(virt: VirtAddr, len: u64) -> Self {
+        Self { virt, len }
+    }
+
     /// First byte.
-    pub virt: VirtAddr,
+    pub const fn virt(&self) -> VirtAddr {
+        self.virt
+    }
+
     /// Length in bytes.
-    pub len: u64,
+    pub const fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the buffer is empty (which [`DmaDevice::map`] refuses).
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer as a range the layer lends to its boundary traits.
+    fn owned(&self) -> OwnedVirtRange {
+        OwnedVirtRange::new(self.virt, self.len)
+    }
 }
 
 /// Told once per pool when Xen refuses a flush during a sync that the
@@ -96,9 +146,10 @@ impl fmt::Display for FlushRefusedWarning<'_> {
 }
 
 /// Everything a DMA operation uses besides the device itself.
+///
+/// The pools carry the address map they were checked against, so an
+/// operation cannot be given another one.
 pub struct DmaEnv<'e, 'a> {
-    /// The address map (classifies every physical address).
-    pub address_map: &'a AddressMap,
     /// All pools.
     pub pools: &'e mut PoolSet<'a>,
     /// Cache maintenance by VA.
@@ -149,11 +200,6 @@ impl<'a> DmaMapping<'a> {
     /// The direction it was mapped for.
     pub fn direction(&self) -> DmaDirection {
         self.dir
-    }
-
-    /// The CPU buffer it maps.
-    pub fn cpu_buffer(&self) -> CpuBuffer {
-        self.cpu
     }
 
     /// Whether the device sees a bounce buffer in its pool rather than the
@@ -398,7 +444,7 @@ impl<'a> DmaDevice<'a> {
             .alloc(size, align)
             .map_err(|error| DmaError::Pool { device, error })?;
         let virt = window_address(pool, block.base);
-        env.memory.zero(virt, block.size);
+        env.memory.zero(&OwnedVirtRange::new(virt, block.size));
         self.stats.allocs += 1;
         Ok(CoherentBuffer {
             device,
@@ -427,41 +473,12 @@ impl<'a> DmaDevice<'a> {
         Ok(())
     }
 
-    /// The live coherent buffer of this device at `dma` of `size` bytes, for
-    /// callers that keep only the address (virtio-drivers' `Hal::dma_dealloc`).
-    pub fn coherent_at(
-        &self,
-        env: &DmaEnv<'_, 'a>,
-        dma: DmaAddr,
-        size: u64,
-    ) -> Result<CoherentBuffer<'a>, DmaError<'a>> {
-        let pool = self.pool(env.pools, self.coherent_pool)?;
-        let block = PhysRange {
-            base: dma.phys(),
-            size,
-        };
-        if !pool.is_allocation(block) {
-            return Err(DmaError::NoSuchMapping {
-                device: self.name,
-                dma,
-                len: size,
-            });
-        }
-        Ok(CoherentBuffer {
-            device: self.name,
-            pool: self.coherent_pool,
-            dma,
-            virt: window_address(pool, block.base),
-            size: size.div_ceil(PAGE_SIZE) * PAGE_SIZE,
-        })
-    }
-
     /// The physical and linear addresses of a CPU buffer the device uses
     /// directly; refused unless every byte is linear RAM.
     fn direct_buffer(
         &self,
         map: &'a AddressMap,
-        cpu: CpuBuffer,
+        cpu: &CpuBuffer,
     ) -> Result<(PhysAddr, VirtAddr), DmaError<'a>> {
         let device = self.name;
         let phys = map
@@ -486,7 +503,7 @@ impl<'a> DmaDevice<'a> {
         Ok((phys, VirtAddr(phys.0.wrapping_add(map.linear_offset()))))
     }
 
-    fn check_buffer(&self, cpu: CpuBuffer) -> Result<(), DmaError<'a>> {
+    fn check_buffer(&self, cpu: &CpuBuffer) -> Result<(), DmaError<'a>> {
         if cpu.len == 0 {
             return Err(DmaError::ZeroLength { device: self.name });
         }
@@ -515,7 +532,7 @@ impl<'a> DmaDevice<'a> {
         cpu: CpuBuffer,
         dir: DmaDirection,
     ) -> Result<DmaMapping<'a>, DmaError<'a>> {
-        self.check_buffer(cpu)?;
+        self.check_buffer(&cpu)?;
         let device = self.name;
         let mapping = match self.private_pool {
             Some(pool_id) => {
@@ -524,7 +541,8 @@ impl<'a> DmaDevice<'a> {
                     .alloc(cpu.len, PAGE_SIZE)
                     .map_err(|error| DmaError::Pool { device, error })?;
                 let window = window_address(pool, block.base);
-                env.memory.copy(cpu.virt, window, cpu.len);
+                env.memory
+                    .copy(&cpu.owned(), &OwnedVirtRange::new(window, cpu.len));
                 self.stats.bounced += cpu.len;
                 let target = MappingTarget::Bounce {
                     pool: pool_id,
@@ -540,7 +558,7 @@ impl<'a> DmaDevice<'a> {
                 }
             }
             None => {
-                let (phys, linear) = self.direct_buffer(env.address_map, cpu)?;
+                let (phys, linear) = self.direct_buffer(env.pools.address_map(), &cpu)?;
                 let target = MappingTarget::Direct { linear };
                 DmaMapping {
                     device,
@@ -554,62 +572,6 @@ impl<'a> DmaDevice<'a> {
         self.cache_sync(env, &mapping, SyncPoint::ForDevice)?;
         self.stats.maps += 1;
         Ok(mapping)
-    }
-
-    /// The live mapping of this device at `dma` for `cpu` and `dir`, for
-    /// callers that keep only the address (virtio-drivers' `Hal::unshare`).
-    /// A bounce buffer must be a live allocation of exactly that size; a
-    /// direct mapping must be `cpu`'s own address. The caller must not
-    /// rebuild a mapping it already unmapped.
-    pub fn mapping_at(
-        &self,
-        env: &DmaEnv<'_, 'a>,
-        dma: DmaAddr,
-        cpu: CpuBuffer,
-        dir: DmaDirection,
-    ) -> Result<DmaMapping<'a>, DmaError<'a>> {
-        self.check_buffer(cpu)?;
-        let device = self.name;
-        let no_such_mapping = DmaError::NoSuchMapping {
-            device,
-            dma,
-            len: cpu.len,
-        };
-        let target = match self.private_pool {
-            Some(pool_id) => {
-                let pool = self.pool(env.pools, pool_id)?;
-                if !pool.is_allocation(PhysRange {
-                    base: dma.phys(),
-                    size: cpu.len,
-                }) {
-                    return Err(no_such_mapping);
-                }
-                // A live allocation lies inside the pool: the rounding cannot overflow.
-                let block = PhysRange {
-                    base: dma.phys(),
-                    size: cpu.len.div_ceil(PAGE_SIZE) * PAGE_SIZE,
-                };
-                MappingTarget::Bounce {
-                    pool: pool_id,
-                    block,
-                    window: window_address(pool, block.base),
-                }
-            }
-            None => {
-                let (phys, linear) = self.direct_buffer(env.address_map, cpu)?;
-                if phys != dma.phys() {
-                    return Err(no_such_mapping);
-                }
-                MappingTarget::Direct { linear }
-            }
-        };
-        Ok(DmaMapping {
-            device,
-            dma,
-            cpu,
-            dir,
-            target,
-        })
     }
 
     /// Syncs for the CPU, copies a bounce buffer back to the CPU buffer when
@@ -657,7 +619,10 @@ impl<'a> DmaDevice<'a> {
         if let MappingTarget::Bounce { window, .. } = mapping.target
             && mapping.dir.device_reads()
         {
-            env.memory.copy(mapping.cpu.virt, window, mapping.cpu.len);
+            env.memory.copy(
+                &mapping.cpu.owned(),
+                &OwnedVirtRange::new(window, mapping.cpu.len),
+            );
             self.stats.bounced += mapping.cpu.len;
         }
         self.cache_sync(env, mapping, SyncPoint::ForDevice)
@@ -676,7 +641,10 @@ impl<'a> DmaDevice<'a> {
         if let MappingTarget::Bounce { window, .. } = mapping.target
             && mapping.dir.device_writes()
         {
-            env.memory.copy(window, mapping.cpu.virt, mapping.cpu.len);
+            env.memory.copy(
+                &OwnedVirtRange::new(window, mapping.cpu.len),
+                &mapping.cpu.owned(),
+            );
             self.stats.bounced += mapping.cpu.len;
         }
         Ok(())
@@ -736,10 +704,10 @@ impl<'a> DmaDevice<'a> {
             (SyncAction::Platform { op }, Some(flush)) => {
                 match flush.flush(
                     op,
-                    PhysRange {
+                    &OwnedPhysRange::new(PhysRange {
                         base: block.base,
                         size: len,
-                    },
+                    }),
                 ) {
                     Ok(done) => {
                         self.stats.hypercalls += u64::from(done.hypercalls);
@@ -781,7 +749,7 @@ impl<'a> DmaDevice<'a> {
         start: VirtAddr,
         len: u64,
     ) {
-        cache.maintain(op, start, len);
+        cache.maintain(op, &OwnedVirtRange::new(start, len));
         self.stats.va_ops += 1;
         self.stats.va_bytes += len;
     }

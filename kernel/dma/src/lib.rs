@@ -25,7 +25,7 @@
 //!   accepts it, maintained through its window when Xen refuses it, and
 //!   needs nothing without Xen when its window is non-cacheable.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
-//!   cleaning its first page ([`Pool::probe_platform_flush`]). A refusal
+//!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
 //!   that sync and all later ones, is counted, and is reported once per pool
 //!   to the [`WarningSink`].
@@ -36,6 +36,18 @@
 //! and by recording fakes in the tests: [`CacheMaintenance`] (`DC` by VA),
 //! [`PlatformFlush`] (`GNTTABOP_cache_flush`, one batched call per sync),
 //! [`DmaMemory`] (copies for bounce buffers) and [`WarningSink`].
+//!
+//! # Soundness
+//!
+//! Safe code cannot make the layer, or a device it programs, touch memory
+//! the layer does not own. Memory enters only through two `unsafe` doors
+//! with written contracts: [`PoolSet::add`] (a pool's memory and the
+//! address map its windows come from) and [`CpuBuffer::new`] (a CPU buffer
+//! to map). Handles ([`CpuBuffer`], [`DmaMapping`], [`CoherentBuffer`]) are
+//! neither `Clone` nor `Copy` and have private fields, so memory is never
+//! handed out twice; the three memory-touching boundary traits are
+//! `unsafe` to implement and take ranges only this crate builds (`src/boundary.rs`
+//! says why both).
 //!
 //! # No allocation on the I/O path
 //!
@@ -69,7 +81,8 @@ mod tests;
 
 pub use allocator::FreeFault;
 pub use boundary::{
-    CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, PlatformFlush,
+    CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, OwnedPhysRange,
+    OwnedVirtRange, PlatformFlush,
 };
 pub use device::{
     CoherentBuffer, CpuBuffer, DeviceSpec, DmaAddr, DmaDevice, DmaEnv, DmaMapping, DmaStats,

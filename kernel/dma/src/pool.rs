@@ -22,7 +22,7 @@ use core::fmt;
 use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
 
 use crate::allocator::{AllocFailure, FreeFault, PageAllocator};
-use crate::boundary::{CacheMaintenance, CacheOp, PlatformFlush};
+use crate::boundary::{CacheMaintenance, CacheOp, OwnedPhysRange, OwnedVirtRange, PlatformFlush};
 use crate::error::SetupError;
 use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
 
@@ -271,12 +271,15 @@ impl<'a> Pool<'a> {
     /// Asks the platform to clean the pool's first page and records whether
     /// it accepted. This is the one-time probe; a refusal during a later sync
     /// also marks the pool refused.
-    pub fn probe_platform_flush(&mut self, platform: &mut dyn PlatformFlush) -> FlushSupport {
+    pub(crate) fn probe_platform_flush(
+        &mut self,
+        platform: &mut dyn PlatformFlush,
+    ) -> FlushSupport {
         let first_page = PhysRange {
             base: self.phys.base,
             size: PAGE_SIZE,
         };
-        let support = match platform.flush(CacheOp::Clean, first_page) {
+        let support = match platform.flush(CacheOp::Clean, &OwnedPhysRange::new(first_page)) {
             Ok(_) => FlushSupport::Accepted,
             Err(failed) => FlushSupport::Refused(failed.errno),
         };
@@ -301,7 +304,7 @@ impl<'a> Pool<'a> {
     /// Allocates `size` bytes (rounded up to whole pages) at a physical
     /// address that is a multiple of `align` (a power of two; page alignment
     /// at least). Never touches the heap; on failure nothing is allocated.
-    pub fn alloc(&mut self, size: u64, align: u64) -> Result<PhysRange, PoolError<'a>> {
+    pub(crate) fn alloc(&mut self, size: u64, align: u64) -> Result<PhysRange, PoolError<'a>> {
         let pool = self.name;
         self.pages
             .alloc(size, align)
@@ -325,7 +328,7 @@ impl<'a> Pool<'a> {
     /// Frees the allocation `range` names (as [`Self::alloc`] returned it).
     /// A double free or a range that is not exactly one allocation is refused
     /// and changes nothing.
-    pub fn free(&mut self, range: PhysRange) -> Result<(), PoolError<'a>> {
+    pub(crate) fn free(&mut self, range: PhysRange) -> Result<(), PoolError<'a>> {
         self.pages.free(range).map_err(|fault| PoolError::BadFree {
             pool: self.name,
             range,
@@ -429,15 +432,24 @@ pub(crate) fn first_rejected_byte<'m>(
 
 /// Every pool of the system, set up at boot. Devices refer to pools by
 /// [`PoolId`].
-#[derive(Default)]
 pub struct PoolSet<'a> {
+    map: &'a AddressMap,
     pools: Vec<Pool<'a>>,
 }
 
 impl<'a> PoolSet<'a> {
-    /// No pools.
-    pub fn new() -> Self {
-        Self { pools: Vec::new() }
+    /// No pools yet; every pool will be checked against `map`, and every
+    /// DMA operation classifies addresses with it.
+    pub fn new(map: &'a AddressMap) -> Self {
+        Self {
+            map,
+            pools: Vec::new(),
+        }
+    }
+
+    /// The address map the pools were checked against.
+    pub fn address_map(&self) -> &'a AddressMap {
+        self.map
     }
 
     /// Sets up a pool: checks it against the address map, cleans and
@@ -448,13 +460,24 @@ impl<'a> PoolSet<'a> {
     /// map is always maintained by linear VA).
     ///
     /// This is setup: it allocates the pool's allocator metadata.
-    pub fn add(
+    ///
+    /// # Safety
+    ///
+    /// The set's address map describes the running kernel's mappings for as
+    /// long as the set lives (every window it names maps its region with the
+    /// attributes it says, and the linear map is where it says), and
+    /// `spec.phys` is memory reserved for this pool: from now on nothing but
+    /// this pool's allocations (their owners, their devices and the DMA
+    /// layer) reads or writes it, and it stays mapped. The layer zeroes,
+    /// copies into and cleans it, and hands its addresses to devices.
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub unsafe fn add(
         &mut self,
         spec: PoolSpec<'a>,
-        map: &'a AddressMap,
         cache: &mut dyn CacheMaintenance,
         platform: Option<&mut dyn PlatformFlush>,
     ) -> Result<PoolId, SetupError<'a>> {
+        let map = self.map;
         let name = spec.name;
         if self.find(name).is_some() {
             return Err(SetupError::DuplicatePool { pool: name });
@@ -536,7 +559,10 @@ impl<'a> PoolSet<'a> {
             pages: PageAllocator::new(phys),
         };
         if let PoolPlacement::OwnWindow { .. } = spec.placement {
-            cache.maintain(CacheOp::CleanInvalidate, window, phys.size);
+            cache.maintain(
+                CacheOp::CleanInvalidate,
+                &OwnedVirtRange::new(window, phys.size),
+            );
             if let Some(platform) = platform {
                 pool.probe_platform_flush(platform);
             }
@@ -551,7 +577,7 @@ impl<'a> PoolSet<'a> {
     }
 
     /// The pool `id` names, mutably, if it is one of this set's.
-    pub fn get_mut(&mut self, id: PoolId) -> Option<&mut Pool<'a>> {
+    pub(crate) fn get_mut(&mut self, id: PoolId) -> Option<&mut Pool<'a>> {
         self.pools.get_mut(id.0)
     }
 

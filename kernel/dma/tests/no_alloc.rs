@@ -7,8 +7,8 @@ use std::cell::Cell;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, DmaMemory,
-    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement,
-    PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
+    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange,
+    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -51,8 +51,9 @@ fn allocations() -> u64 {
 #[derive(Default)]
 struct CountingCache(u64);
 
-impl CacheMaintenance for CountingCache {
-    fn maintain(&mut self, _op: CacheOp, _start: VirtAddr, _len: u64) {
+// SAFETY: counts; touches no memory.
+unsafe impl CacheMaintenance for CountingCache {
+    fn maintain(&mut self, _op: CacheOp, _range: &OwnedVirtRange) {
         self.0 += 1;
     }
 }
@@ -60,13 +61,14 @@ impl CacheMaintenance for CountingCache {
 #[derive(Default)]
 struct CountingMemory(u64);
 
-impl DmaMemory for CountingMemory {
-    fn copy(&mut self, _src: VirtAddr, _dst: VirtAddr, len: u64) {
-        self.0 += len;
+// SAFETY: counts; touches no memory.
+unsafe impl DmaMemory for CountingMemory {
+    fn copy(&mut self, _src: &OwnedVirtRange, dst: &OwnedVirtRange) {
+        self.0 += dst.len();
     }
 
-    fn zero(&mut self, _dst: VirtAddr, len: u64) {
-        self.0 += len;
+    fn zero(&mut self, dst: &OwnedVirtRange) {
+        self.0 += dst.len();
     }
 }
 
@@ -76,8 +78,10 @@ struct ScriptedXen {
     calls: u64,
 }
 
-impl PlatformFlush for ScriptedXen {
-    fn flush(&mut self, _op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
+// SAFETY: counts; touches no memory.
+unsafe impl PlatformFlush for ScriptedXen {
+    fn flush(&mut self, _op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        let range = range.range();
         self.calls += 1;
         if self.refuse {
             Err(FlushFailed {
@@ -138,7 +142,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
         calls: 0,
     };
     let mut warnings = CountingWarnings::default();
-    let mut pools = PoolSet::new();
+    let mut pools = PoolSet::new(&map);
     let nc = WindowAttributes::NonCacheable;
     for (name, phys, window, role) in [
         (
@@ -158,19 +162,20 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
             window: VirtAddr(window),
             attributes: nc,
         };
-        pools
-            .add(
+        // SAFETY: nothing here touches memory: the fakes only count.
+        unsafe {
+            pools.add(
                 PoolSpec {
                     name,
                     phys,
                     placement,
                     role,
                 },
-                &map,
                 &mut cache,
                 Some(&mut xen),
             )
-            .unwrap();
+        }
+        .unwrap();
     }
     let spec = |name, pool| DeviceSpec {
         name,
@@ -186,17 +191,15 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
     )
     .unwrap();
     let mut direct = DmaDevice::new(spec("/virtio_mmio@a003c00", None), &pools).unwrap();
-    let buf = CpuBuffer {
-        virt: VirtAddr(0x4010_0000 + LINEAR),
-        len: 0x3000,
-    };
+    let buf = VirtAddr(0x4010_0000 + LINEAR);
+    // SAFETY: nothing here touches memory: the fakes only count.
+    let buffer = |len| unsafe { CpuBuffer::new(buf, len) };
 
     let before = allocations();
     for round in 0..4 {
         // From the third round on Xen refuses (refusal, warning and fallback paths).
         xen.refuse = round >= 2;
         let mut env = DmaEnv {
-            address_map: &map,
             pools: &mut pools,
             cache: &mut cache,
             memory: &mut memory,
@@ -209,7 +212,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
                 DmaDirection::FromDevice,
                 DmaDirection::Bidirectional,
             ] {
-                let mapping = device.map(&mut env, buf, dir).unwrap();
+                let mapping = device.map(&mut env, buffer(0x3000), dir).unwrap();
                 device.sync_for_cpu(&mut env, &mapping).unwrap();
                 device.sync_for_device(&mut env, &mapping).unwrap();
                 device.unmap(&mut env, mapping).unwrap();
@@ -219,14 +222,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
             // Failure paths build their errors without the heap too.
             assert!(
                 device
-                    .map(
-                        &mut env,
-                        CpuBuffer {
-                            virt: buf.virt,
-                            len: 0
-                        },
-                        DmaDirection::ToDevice
-                    )
+                    .map(&mut env, buffer(0), DmaDirection::ToDevice)
                     .is_err()
             );
         }

@@ -274,8 +274,10 @@ pub enum NodeErrorKind {
     NoMapAndReusable,
     /// `alignment` is zero or not a power of two.
     BadAlignment(u64),
-    /// A static region is not entirely inside memory.
-    OutsideMemory(AddrRangeText),
+    /// A static region is partly inside memory and partly outside it (a
+    /// region entirely outside memory is kept, see
+    /// [`ReservedRegion::in_memory`](crate::ReservedRegion::in_memory)).
+    PartlyInMemory(AddrRangeText),
     /// A static region overlaps one kept earlier (lower base, or same base
     /// and earlier in the tree).
     Overlaps {
@@ -463,7 +465,9 @@ impl fmt::Display for NodeErrorKind {
             Self::BadAlignment(alignment) => {
                 write!(f, "`alignment` {alignment:#x} is not a power of two")
             }
-            Self::OutsideMemory(range) => write!(f, "{range} is not entirely inside memory"),
+            Self::PartlyInMemory(range) => {
+                write!(f, "{range} is partly inside memory and partly outside it")
+            }
             Self::Overlaps { range, other } => write!(f, "{range} overlaps {other}, which is kept"),
             Self::NoRoom { size, alignment } => {
                 write!(

@@ -49,9 +49,23 @@
 //!   placement but stay in the linear map (they are ordinary RAM the OS must
 //!   not allocate, as in Linux).
 //! - `reserved`: every valid region, sorted by base. A static region must
-//!   lie entirely inside memory and overlap no region kept before it, taking
-//!   regions by base, then tree order: of two overlapping regions the lower
-//!   (or earlier) one is kept and the other reported.
+//!   lie entirely inside memory or entirely outside it. Inside memory it must
+//!   overlap no region kept before it, taking regions by base, then tree
+//!   order: of two overlapping regions the lower (or earlier) one is kept
+//!   and the other reported (Linux refuses a no-map region over memory
+//!   already reserved). A region outside every bank is kept and marked
+//!   ([`ReservedRegion::in_memory`] is `false`), as Linux keeps it
+//!   (`early_init_dt_reserve_memory` records it; a no-map one "won't be
+//!   mapped"; `rmem_dma_setup` serves a `shared-dma-pool` there): memory a
+//!   board has outside its `memory` nodes, such as Arm FVP's `vram@18000000`
+//!   for its display controller, or RAM the boot loader adds to `/memory`
+//!   (174 of Debian's 577 arm64 board DTBs have such regions, most for that
+//!   reason). It is never in the linear map, whatever its `no-map`; the
+//!   kernel reaches a pool there through a window like a no-map pool.
+//!   Regions outside memory may overlap each other (several boards nest
+//!   firmware regions), since none of them is mapped as RAM.
+//!   A region partly inside memory is refused: no single rule says what its
+//!   two parts are.
 //! - **Dynamic placement**, deterministic: dynamic regions are placed one at
 //!   a time in tree order. The alignment is `alignment` or
 //!   [`MIN_DYNAMIC_ALIGNMENT`] (4 KiB), whichever is larger (Linux falls back
@@ -82,7 +96,7 @@
 //! neither of `reg` and `size`, `no-map` with `reusable`, a zero `size`, a
 //! truncated or mis-sized property, a bad `alignment`, no room for a dynamic
 //! region. One entry is left out when only that entry is wrong: zero size,
-//! wrapping past 2^64, outside memory, overlapping a kept region. An error
+//! wrapping past 2^64, partly inside memory, overlapping a kept region. An error
 //! never makes the plan less careful: a left-out node still keeps its
 //! readable no-map `reg` ranges out of the linear map and all its readable
 //! `reg` ranges out of dynamic placement. A bad memory node or entry is
@@ -108,7 +122,7 @@
 //! ```
 //!
 //! A `reserved` line has, after `size=`, `static` or `dynamic`, then any of
-//! `no-map`, `reusable`, `dma-default` (in that order), then
+//! `no-map`, `reusable`, `dma-default`, `outside-memory` (in that order), then
 //! `compatible=` and `users=` as comma-separated lists (`-` when empty).
 //! Spaces and control characters in device-tree text are written `\xNN`, so
 //! fields never split.
@@ -124,7 +138,7 @@
 //!  "memreserve":[{"base":"0x...","size":"0x..."}],
 //!  "reserved":[{"path":"/reserved-memory/dma@78000000","base":"0x78000000","size":"0x400000",
 //!    "compatible":["shared-dma-pool"],"no_map":true,"reusable":false,"dynamic":false,
-//!    "users":["/virtio_mmio@a003e00"]}],
+//!    "in_memory":true,"users":["/virtio_mmio@a003e00"]}],
 //!  "linear_map":[{"base":"0x40000000","size":"0x38000000"}],
 //!  "errors":[{"path":"/reserved-memory/foo","reason":"..."}]}
 //! ```

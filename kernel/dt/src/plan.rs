@@ -59,6 +59,11 @@ pub struct ReservedRegion {
     pub dma_default: bool,
     /// Static (`reg`) or dynamic (`size`).
     pub placement: Placement,
+    /// Whether it lies inside memory (one bank). A static region that
+    /// overlaps no bank is kept with `false`: memory the board has outside
+    /// its `memory` nodes (a display's VRAM, as on Arm's FVP) or RAM the boot
+    /// loader adds to `/memory` later. It is never in the linear map.
+    pub in_memory: bool,
     /// Devices naming it in `memory-region`, in tree order.
     pub users: Vec<RegionUser>,
 }
@@ -72,6 +77,12 @@ impl ReservedRegion {
     /// Whether it is a DMA pool (`shared-dma-pool`).
     pub fn is_dma_pool(&self) -> bool {
         self.is_compatible("shared-dma-pool")
+    }
+
+    /// Whether the linear map covers it: it is inside memory and not
+    /// `no-map`. Every other region can be reached only through a window.
+    pub fn is_linear(&self) -> bool {
+        self.in_memory && !self.no_map
     }
 }
 
@@ -109,7 +120,9 @@ impl Plan {
         &self.memreserve
     }
 
-    /// Reserved regions, sorted by base; disjoint and inside memory.
+    /// Reserved regions, sorted by base, each inside memory or outside every
+    /// bank ([`ReservedRegion::in_memory`]); those inside memory are
+    /// disjoint, those outside may overlap each other.
     pub fn reserved(&self) -> &[ReservedRegion] {
         &self.reserved
     }
@@ -194,6 +207,7 @@ impl Plan {
                         Placement::Dynamic {
                             alignment: *alignment,
                         },
+                        true,
                         index,
                     ));
                 }
@@ -310,6 +324,7 @@ impl Child {
         tree: &Tree<'_>,
         range: AddrRange,
         placement: Placement,
+        in_memory: bool,
         child: usize,
     ) -> Region {
         Region {
@@ -322,6 +337,7 @@ impl Child {
                 reusable: self.reusable,
                 dma_default: self.dma_default,
                 placement,
+                in_memory,
                 users: Vec::new(),
             },
         }
@@ -539,8 +555,8 @@ fn translated_entries(
 }
 
 /// The static regions kept: every readable entry of a valid static child
-/// that is inside memory and overlaps no region kept before it (by base,
-/// then tree order).
+/// that is outside every bank, or inside memory and overlapping no region
+/// kept before it (by base, then tree order).
 fn static_regions(
     tree: &Tree<'_>,
     children: &[Child],
@@ -553,19 +569,25 @@ fn static_regions(
             continue;
         }
         for &range in &child.readable {
-            if memory.iter().any(|bank| bank.contains(range)) {
-                candidates.push((range, index));
+            let in_memory = memory.iter().any(|bank| bank.contains(range));
+            if in_memory || !memory.iter().any(|bank| bank.overlaps(range)) {
+                candidates.push((range, index, in_memory));
             } else {
-                errors.push(tree.error(child.node, NodeErrorKind::OutsideMemory(range.into())));
+                errors.push(tree.error(child.node, NodeErrorKind::PartlyInMemory(range.into())));
             }
         }
     }
-    candidates.sort_by_key(|&(range, index)| (range.base(), index));
+    candidates.sort_by_key(|&(range, index, _)| (range.base(), index));
     let mut kept: Vec<Region> = Vec::with_capacity(candidates.len());
-    // Kept regions are disjoint and sorted, so the one reaching furthest is
-    // the only one a later candidate can overlap.
+    // Kept regions in memory are disjoint and sorted, so the one reaching
+    // furthest is the only one a later candidate can overlap. Outside memory
+    // nothing is mapped, so regions there may overlap (as in Linux).
     let mut furthest: Option<(AddrRange, usize)> = None;
-    for (range, index) in candidates {
+    for (range, index, in_memory) in candidates {
+        if !in_memory {
+            kept.push(children[index].region(tree, range, Placement::Static, false, index));
+            continue;
+        }
         if let Some((_, other_index)) = furthest.filter(|(other, _)| other.overlaps(range)) {
             let other = tree.nodes[children[other_index].node].path.clone();
             errors.push(tree.error(
@@ -577,7 +599,7 @@ fn static_regions(
             ));
             continue;
         }
-        kept.push(children[index].region(tree, range, Placement::Static, index));
+        kept.push(children[index].region(tree, range, Placement::Static, in_memory, index));
         if furthest.is_none_or(|(other, _)| range.end() > other.end()) {
             furthest = Some((range, index));
         }

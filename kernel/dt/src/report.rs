@@ -85,10 +85,11 @@ impl Plan {
             }
             write!(
                 out,
-                "],\"no_map\":{},\"reusable\":{},\"dynamic\":{},\"users\":[",
+                "],\"no_map\":{},\"reusable\":{},\"dynamic\":{},\"in_memory\":{},\"users\":[",
                 region.no_map,
                 region.reusable,
-                region.placement != Placement::Static
+                region.placement != Placement::Static,
+                region.in_memory
             )?;
             for (j, user) in region.users.iter().enumerate() {
                 write!(out, "{}{}", comma(j), Json(&user.path))?;
@@ -188,6 +189,7 @@ fn flags(region: &ReservedRegion) -> impl Iterator<Item = &'static str> + Clone 
         (region.no_map, "no-map"),
         (region.reusable, "reusable"),
         (region.dma_default, "dma-default"),
+        (!region.in_memory, "outside-memory"),
     ];
     [placement].into_iter().chain(
         optional

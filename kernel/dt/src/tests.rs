@@ -403,31 +403,42 @@ fn overlapping_static_regions_keep_the_lower_then_earlier_one() {
 }
 
 #[test]
-fn regions_outside_memory_zero_size_and_wrapping_entries() {
+fn regions_partly_in_memory_zero_size_and_wrapping_entries() {
     let dt = two_gib().reserved(|n| {
         n.node("outside", |n| {
             n.reg64("reg", &[(0x1000, 0x1000), (0x7000_0000, 0x1000)])
                 .empty("no-map")
         })
         .node("straddles", |n| n.reg64("reg", &[(0xbfff_f000, 0x2000)]))
+        .node("below", |n| n.reg64("reg", &[(0x3fff_f000, 0x2000)]))
         .node("zero", |n| n.reg64("reg", &[(0x7100_0000, 0)]))
         .node("wraps", |n| n.reg64("reg", &[(u64::MAX, 2)]))
     });
     let plan = plan(dt);
     assert_eq!(
         ranges_of(&plan),
-        vec![("/reserved-memory/outside", r(0x7000_0000, 0x1000))]
+        vec![
+            ("/reserved-memory/outside", r(0x1000, 0x1000)),
+            ("/reserved-memory/outside", r(0x7000_0000, 0x1000))
+        ]
+    );
+    assert_eq!(
+        plan.reserved()
+            .iter()
+            .map(|region| region.in_memory)
+            .collect::<Vec<_>>(),
+        [false, true]
     );
     assert_eq!(
         reasons(&plan),
         vec![
             (
-                "/reserved-memory/outside".to_string(),
-                "0x1000+0x1000 is not entirely inside memory".to_string()
+                "/reserved-memory/below".to_string(),
+                "0x3ffff000+0x2000 is partly inside memory and partly outside it".to_string()
             ),
             (
                 "/reserved-memory/straddles".to_string(),
-                "0xbffff000+0x2000 is not entirely inside memory".to_string()
+                "0xbffff000+0x2000 is partly inside memory and partly outside it".to_string()
             ),
             (
                 "/reserved-memory/wraps".to_string(),
@@ -439,6 +450,123 @@ fn regions_outside_memory_zero_size_and_wrapping_entries() {
                 "`reg` entry 0 has size 0".to_string()
             ),
         ]
+    );
+}
+
+/// Arm FVP's shape: a no-map `shared-dma-pool` in board memory outside
+/// DRAM, used by the display controller.
+#[test]
+fn a_pool_outside_memory_is_kept_with_its_user_and_never_linear() {
+    let dt = two_gib()
+        .reserved(|n| {
+            n.node("vram@18000000", |n| {
+                pool(n, 0x1800_0000, 0x80_0000).u32("phandle", 1)
+            })
+        })
+        .node("hdlcd@7ff60000", |n| n.u32("memory-region", 1));
+    let plan = plan(dt);
+    assert_eq!(plan.errors(), []);
+    let pool: Vec<_> = plan.dma_pools().collect();
+    assert_eq!(pool.len(), 1);
+    let pool = pool[0];
+    assert_eq!(pool.range, r(0x1800_0000, 0x80_0000));
+    assert!(!pool.in_memory && pool.no_map && !pool.is_linear());
+    assert_eq!(pool.users.len(), 1);
+    assert_eq!(pool.users[0].path, "/hdlcd@7ff60000");
+    assert_eq!(plan.linear_map(), [r(0x4000_0000, 0x8000_0000)]);
+    let line = plan.console_lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        line,
+        "mem: reserved /reserved-memory/vram@18000000 base=0x18000000 size=0x800000 static no-map outside-memory compatible=shared-dma-pool users=/hdlcd@7ff60000"
+    );
+    assert!(plan.to_json().contains(
+        r#""no_map":true,"reusable":false,"dynamic":false,"in_memory":false,"users":["/hdlcd@7ff60000"]"#
+    ));
+    assert!(alloc::format!("{plan}").contains("outside-memory"));
+}
+
+#[test]
+fn a_region_outside_memory_without_no_map_is_not_linear_either() {
+    let dt = two_gib().reserved(|n| n.node("sram@1000", |n| n.reg64("reg", &[(0x1000, 0x1000)])));
+    let plan = plan(dt);
+    let region = &plan.reserved()[0];
+    assert!(!region.in_memory && !region.no_map && !region.is_linear());
+    assert_eq!(plan.linear_map(), [r(0x4000_0000, 0x8000_0000)]);
+    // Inside memory without no-map, the same region is linear.
+    let dt = two_gib().reserved(|n| n.node("ram", |n| n.reg64("reg", &[(0x5000_0000, 0x1000)])));
+    assert!(plan_of_one(dt).is_linear());
+}
+
+fn plan_of_one(dt: Dt) -> ReservedRegion {
+    let plan = plan(dt);
+    assert_eq!(plan.reserved().len(), 1);
+    plan.reserved()[0].clone()
+}
+
+#[test]
+fn regions_outside_memory_may_overlap_those_inside_may_not() {
+    let dt = two_gib().reserved(|n| {
+        n.node("a", |n| n.reg64("reg", &[(0x1000_0000, 0x2000)]))
+            .node("b", |n| {
+                n.reg64("reg", &[(0x1000_1000, 0x1000)]).empty("no-map")
+            })
+            .node("c", |n| n.reg64("reg", &[(0x5000_0000, 0x2000)]))
+            .node("d", |n| {
+                n.reg64("reg", &[(0x5000_1000, 0x1000)]).empty("no-map")
+            })
+    });
+    let plan = plan(dt);
+    assert_eq!(
+        ranges_of(&plan),
+        vec![
+            ("/reserved-memory/a", r(0x1000_0000, 0x2000)),
+            ("/reserved-memory/b", r(0x1000_1000, 0x1000)),
+            ("/reserved-memory/c", r(0x5000_0000, 0x2000)),
+        ]
+    );
+    let overlap = NodeErrorKind::Overlaps {
+        range: r(0x5000_1000, 0x1000).into(),
+        other: "/reserved-memory/c".into(),
+    };
+    assert!(has_error(&plan, "/reserved-memory/d", &overlap));
+    assert_eq!(plan.errors().len(), 1);
+}
+
+#[test]
+fn a_region_across_a_gap_between_banks_is_partly_in_memory() {
+    let dt = Dt::new()
+        .memory(&[(0x4000_0000, 0x1000_0000), (0x6000_0000, 0x1000_0000)])
+        .reserved(|n| n.node("gap", |n| n.reg64("reg", &[(0x4fff_f000, 0x1000_2000)])));
+    let plan = plan(dt);
+    assert_eq!(plan.reserved(), []);
+    assert_eq!(
+        plan.errors()[0].kind,
+        NodeErrorKind::PartlyInMemory(r(0x4fff_f000, 0x1000_2000).into())
+    );
+}
+
+/// Boards whose boot loader fills `/memory` have no banks in the blob:
+/// every static region is kept, outside memory; a dynamic one has no room.
+#[test]
+fn without_memory_static_regions_are_kept_outside_memory() {
+    let dt = Dt::new().reserved(|n| {
+        n.node("pool@90000000", |n| pool(n, 0x9000_0000, 0x10_0000))
+            .node("dyn", |n| n.cells("size", &[0, 0x1000]))
+    });
+    let plan = plan(dt);
+    assert_eq!(plan.memory(), []);
+    assert_eq!(plan.linear_map(), []);
+    assert_eq!(
+        ranges_of(&plan),
+        vec![("/reserved-memory/pool@90000000", r(0x9000_0000, 0x10_0000))]
+    );
+    assert!(!plan.reserved()[0].in_memory);
+    assert_eq!(
+        reasons(&plan),
+        vec![(
+            "/reserved-memory/dyn".to_string(),
+            "no free place for 0x1000 bytes aligned to 0x1000".to_string()
+        )]
     );
 }
 
@@ -1111,10 +1239,10 @@ fn json_format() {
             r#"{"memory":[{"base":"0x40000000","size":"0x80000000"}],"#,
             r#""memreserve":[{"base":"0x48000000","size":"0x1000"}],"#,
             r#""reserved":[{"path":"/reserved-memory/dyn","base":"0x500fe000","size":"0x1000","compatible":[],"#,
-            r#""no_map":false,"reusable":false,"dynamic":true,"users":[]},"#,
+            r#""no_map":false,"reusable":false,"dynamic":true,"in_memory":true,"users":[]},"#,
             r#"{"path":"/reserved-memory/dma@78000000","base":"0x78000000","size":"0x400000","#,
             r#""compatible":["shared-dma-pool"],"no_map":true,"reusable":false,"dynamic":false,"#,
-            r#""users":["/virtio_mmio@a003e00"]}],"#,
+            r#""in_memory":true,"users":["/virtio_mmio@a003e00"]}],"#,
             r#""linear_map":[{"base":"0x40000000","size":"0x38000000"},{"base":"0x78400000","size":"0x47c00000"}],"#,
             r#""errors":[{"path":"/reserved-memory/bad","reason":"has neither `reg` nor `size`"}]}"#
         )

@@ -3,8 +3,11 @@
 //! them). For each, the plan is compared with an independent reading of the
 //! same file by `fdtdump` (libfdt, Debian's `device-tree-compiler`): memory
 //! banks, `/memreserve/`, reserved-memory children (reg, size, no-map,
-//! reusable, compatible), memory-region users and the linear map. A few
-//! known facts about specific boards are checked too.
+//! reusable, compatible), memory-region users and the linear map. Every
+//! static reserved region of every board is kept (inside memory, or outside
+//! every bank, as Linux keeps it), and every dynamic one is placed unless
+//! memory has no room. A few known facts about specific boards are checked
+//! too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -226,6 +229,7 @@ struct Expected {
     path: String,
     no_map: bool,
     reusable: bool,
+    in_memory: bool,
     compatible: Vec<String>,
 }
 
@@ -238,6 +242,8 @@ struct Totals {
     dynamic_regions: usize,
     users: usize,
     no_map_pools: usize,
+    outside_memory: usize,
+    boards_outside_memory: usize,
     errors: usize,
 }
 
@@ -344,13 +350,16 @@ fn check_board(file: &Path, totals: &mut Totals) {
             }
             let compatible = dump.strings(child, "compatible");
             for (base, size) in entries {
-                if memory.iter().any(|&(s, e)| s <= base && base + size <= e) {
+                let in_memory = memory.iter().any(|&(s, e)| s <= base && base + size <= e);
+                let outside = memory.iter().all(|&(s, e)| base + size <= s || e <= base);
+                if in_memory || outside {
                     let region = Expected {
                         base,
                         size,
                         path: path.clone(),
                         no_map,
                         reusable,
+                        in_memory,
                         compatible: compatible.clone(),
                     };
                     candidates.push((base, order, region));
@@ -364,7 +373,11 @@ fn check_board(file: &Path, totals: &mut Totals) {
     let mut expected_static: Vec<Expected> = Vec::new();
     let mut reach = 0u64;
     for (_, _, region) in candidates {
-        if !expected_static.is_empty() && region.base < reach {
+        if !region.in_memory {
+            expected_static.push(region);
+            continue;
+        }
+        if region.base < reach {
             invalid.insert(region.path.clone());
             continue;
         }
@@ -381,6 +394,7 @@ fn check_board(file: &Path, totals: &mut Totals) {
             path: r.path.clone(),
             no_map: r.no_map,
             reusable: r.reusable,
+            in_memory: r.in_memory,
             compatible: r.compatible.clone(),
         })
         .collect();
@@ -389,6 +403,13 @@ fn check_board(file: &Path, totals: &mut Totals) {
     assert_eq!(
         planned_static, expected_static,
         "{name}: static reserved regions"
+    );
+    // Real boards: every static region is kept, none partly in memory or
+    // overlapping another.
+    assert_eq!(
+        invalid,
+        BTreeSet::new(),
+        "{name}: every reserved region is kept"
     );
     let error_paths: BTreeSet<&str> = plan.errors().iter().map(|e| e.path.as_str()).collect();
     for path in &invalid {
@@ -413,12 +434,20 @@ fn check_board(file: &Path, totals: &mut Totals) {
     for (child, path) in &dynamic_children {
         let placed: Vec<_> = plan.regions_of(path).collect();
         if placed.is_empty() {
+            // Only a lack of room may leave a dynamic region out.
+            let reasons: Vec<String> = plan
+                .errors()
+                .iter()
+                .filter(|e| e.path == *path)
+                .map(|e| e.kind.to_string())
+                .collect();
             assert!(
-                error_paths.contains(path.as_str()),
-                "{name}: {path} neither placed nor reported"
+                !reasons.is_empty() && reasons.iter().all(|r| r.starts_with("no free place")),
+                "{name}: {path} neither placed nor left out for lack of room: {reasons:?}"
             );
             continue;
         }
+        assert!(placed[0].in_memory, "{name}: {path} placed outside memory");
         assert_eq!(placed.len(), 1, "{name}: {path}");
         let region = placed[0];
         let number = |p: &str| {
@@ -462,12 +491,17 @@ fn check_board(file: &Path, totals: &mut Totals) {
         }
         totals.dynamic_regions += 1;
     }
-    let all: Vec<(u64, u64)> =
-        intervals(&plan.reserved().iter().map(|r| r.range).collect::<Vec<_>>());
+    let in_memory: Vec<AddrRange> = plan
+        .reserved()
+        .iter()
+        .filter(|r| r.in_memory)
+        .map(|r| r.range)
+        .collect();
+    let all = intervals(&in_memory);
     assert_eq!(
         merged(all.clone()).iter().map(|(s, e)| e - s).sum::<u64>(),
         all.iter().map(|(s, e)| e - s).sum::<u64>(),
-        "{name}: reserved regions overlap"
+        "{name}: reserved regions in memory overlap"
     );
 
     // Users: every available node's memory-region phandles.
@@ -542,6 +576,9 @@ fn check_board(file: &Path, totals: &mut Totals) {
     totals.banks += plan.memory().len();
     totals.static_regions += expected_static.len();
     totals.no_map_pools += plan.dma_pools().filter(|p| p.no_map).count();
+    let outside = plan.reserved().iter().filter(|r| !r.in_memory).count();
+    totals.outside_memory += outside;
+    totals.boards_outside_memory += usize::from(outside > 0);
     totals.errors += plan.errors().len();
 }
 
@@ -586,11 +623,14 @@ fn every_board_plan_matches_fdtdump() {
         check_board(&file, &mut totals);
     }
     eprintln!(
-        "boards: {} DTBs, {} memory banks, {} static and {} dynamic reserved regions, {} users, {} no-map DMA pools, {} errors",
+        "boards: {} DTBs, {} memory banks, {} static and {} dynamic reserved regions \
+         ({} outside memory, on {} boards), {} users, {} no-map DMA pools, {} errors",
         totals.boards,
         totals.banks,
         totals.static_regions,
         totals.dynamic_regions,
+        totals.outside_memory,
+        totals.boards_outside_memory,
         totals.users,
         totals.no_map_pools,
         totals.errors
@@ -598,6 +638,10 @@ fn every_board_plan_matches_fdtdump() {
     assert!(
         totals.no_map_pools > 0,
         "the set should have no-map DMA pools"
+    );
+    assert!(
+        totals.outside_memory > 0,
+        "the set should have reserved regions outside memory"
     );
 }
 
@@ -659,4 +703,25 @@ fn known_board_facts() {
     assert!(pool[0].no_map && pool[0].is_dma_pool() && !overlaps_linear(&am642, pool[0].range));
     assert_eq!(pool[0].users.len(), 1);
     assert!(am642.dma_pools().filter(|p| p.no_map).count() >= 8);
+
+    // Arm FVP: the display's VRAM is a no-map pool in board memory outside
+    // DRAM, kept with its user and out of the linear map.
+    let fvp = board(&dtbs, "arm/fvp-base-revc.dtb");
+    let vram: Vec<_> = fvp.regions_of("/reserved-memory/vram@18000000").collect();
+    assert_eq!(vram.len(), 1);
+    assert_eq!(
+        vram[0].range,
+        AddrRange::new(0x1800_0000, 0x80_0000).unwrap()
+    );
+    assert!(vram[0].no_map && vram[0].is_dma_pool() && !vram[0].in_memory);
+    assert!(!overlaps_linear(&fvp, vram[0].range));
+    assert_eq!(
+        vram[0]
+            .users
+            .iter()
+            .map(|u| u.path.as_str())
+            .collect::<Vec<_>>(),
+        ["/bus@8000000/motherboard-bus@8000000/iofpga-bus@300000000/clcd@1f0000"]
+    );
+    assert_eq!(fvp.errors(), []);
 }

@@ -14,6 +14,8 @@
 
 use core::fmt;
 
+use tidepool_mm::CacheOp;
+
 use crate::error::{XenErrno, XenError};
 use crate::hypercall::{Hypercall, Hypervisor};
 
@@ -68,87 +70,12 @@ impl GnttabCacheFlush {
     }
 }
 
-/// The direction of a DMA transfer, as the DMA API names it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum DmaDirection {
-    /// The device reads memory.
-    ToDevice,
-    /// The device writes memory.
-    FromDevice,
-    /// Both.
-    Bidirectional,
-}
-
-/// When the synchronisation happens.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum SyncPoint {
-    /// Before the device accesses the buffer (map, `sync_for_device`).
-    ForDevice,
-    /// After the device is done, before the CPU reads (unmap,
-    /// `sync_for_cpu`).
-    ForCpu,
-}
-
-/// A cache maintenance operation (`GNTTAB_CACHE_*`), never empty.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CacheFlushOp {
-    /// `GNTTAB_CACHE_CLEAN`.
-    Clean,
-    /// `GNTTAB_CACHE_INVAL`.
-    Invalidate,
-    /// `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`.
-    CleanInvalidate,
-}
-
-impl CacheFlushOp {
-    /// The operation a DMA sync needs, or `None` when it needs none.
-    ///
-    /// | direction     | for device      | for CPU    |
-    /// |---------------|-----------------|------------|
-    /// | ToDevice      | clean           | none       |
-    /// | FromDevice    | clean+invalidate| invalidate |
-    /// | Bidirectional | clean+invalidate| invalidate |
-    ///
-    /// `FromDevice` before the transfer is clean+invalidate, not the plain
-    /// invalidate Linux's `xen_dma_sync_for_device` asks for. A plain
-    /// invalidate discards CPU writes still in the cache: if the device then
-    /// writes less than the whole buffer (a short read), the CPU later sees
-    /// stale memory instead of what it wrote (the reason arm64 Linux moved its
-    /// own `FromDevice` map to a clean). The clean writes those lines back and
-    /// also leaves no dirty line that could be evicted over the device's
-    /// data; the invalidate drops the clean copies too, at no extra cost to
-    /// Xen's loop. The invalidate after the transfer stays mandatory, because
-    /// the CPU may speculatively refill lines while the device writes.
-    pub const fn for_sync(direction: DmaDirection, point: SyncPoint) -> Option<CacheFlushOp> {
-        match (point, direction) {
-            (SyncPoint::ForDevice, DmaDirection::ToDevice) => Some(Self::Clean),
-            (SyncPoint::ForDevice, DmaDirection::FromDevice | DmaDirection::Bidirectional) => {
-                Some(Self::CleanInvalidate)
-            }
-            (SyncPoint::ForCpu, DmaDirection::ToDevice) => None,
-            (SyncPoint::ForCpu, DmaDirection::FromDevice | DmaDirection::Bidirectional) => {
-                Some(Self::Invalidate)
-            }
-        }
-    }
-
-    /// The `GNTTAB_CACHE_*` bits.
-    pub const fn bits(self) -> u32 {
-        match self {
-            Self::Clean => GNTTAB_CACHE_CLEAN,
-            Self::Invalidate => GNTTAB_CACHE_INVAL,
-            Self::CleanInvalidate => GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL,
-        }
-    }
-}
-
-impl fmt::Display for CacheFlushOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Clean => "clean",
-            Self::Invalidate => "invalidate",
-            Self::CleanInvalidate => "clean+invalidate",
-        })
+/// The `GNTTAB_CACHE_*` bits of `op`.
+pub const fn gnttab_cache_bits(op: CacheOp) -> u32 {
+    match op {
+        CacheOp::Clean => GNTTAB_CACHE_CLEAN,
+        CacheOp::Invalidate => GNTTAB_CACHE_INVAL,
+        CacheOp::CleanInvalidate => GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL,
     }
 }
 
@@ -193,7 +120,7 @@ pub struct CacheFlushRefusal {
     /// Length of the range in bytes.
     pub len: u64,
     /// The operation.
-    pub op: CacheFlushOp,
+    pub op: CacheOp,
     /// What Xen returned for the failing page.
     pub errno: XenErrno,
     /// 4 KiB pages the range touches.
@@ -313,7 +240,7 @@ pub fn cache_flush_range<H: Hypervisor + ?Sized>(
     batch: &mut CacheFlushBatch,
     start: u64,
     len: u64,
-    op: CacheFlushOp,
+    op: CacheOp,
 ) -> Result<CacheFlushDone, CacheFlushError> {
     if len == 0 {
         return Ok(CacheFlushDone {
@@ -328,7 +255,7 @@ pub fn cache_flush_range<H: Hypervisor + ?Sized>(
     let mut entries = PageEntries {
         next: start,
         end,
-        op: op.bits(),
+        op: gnttab_cache_bits(op),
     };
     let mut pages_done = 0u64;
     let mut hypercalls = 0u32;
@@ -444,33 +371,20 @@ mod tests {
         xen: &mut FakeXen,
         start: u64,
         len: u64,
-        op: CacheFlushOp,
+        op: CacheOp,
     ) -> Result<CacheFlushDone, CacheFlushError> {
         cache_flush_range(xen, &mut CacheFlushBatch::new(), start, len, op)
     }
 
     #[test]
-    fn direction_table() {
-        use CacheFlushOp::*;
-        use DmaDirection::*;
-        use SyncPoint::*;
-        assert_eq!(CacheFlushOp::for_sync(ToDevice, ForDevice), Some(Clean));
+    fn op_bits() {
+        use CacheOp::*;
         assert_eq!(
-            CacheFlushOp::for_sync(FromDevice, ForDevice),
-            Some(CleanInvalidate)
-        );
-        assert_eq!(
-            CacheFlushOp::for_sync(Bidirectional, ForDevice),
-            Some(CleanInvalidate)
-        );
-        assert_eq!(CacheFlushOp::for_sync(ToDevice, ForCpu), None);
-        assert_eq!(CacheFlushOp::for_sync(FromDevice, ForCpu), Some(Invalidate));
-        assert_eq!(
-            CacheFlushOp::for_sync(Bidirectional, ForCpu),
-            Some(Invalidate)
-        );
-        assert_eq!(
-            (Clean.bits(), Invalidate.bits(), CleanInvalidate.bits()),
+            (
+                gnttab_cache_bits(Clean),
+                gnttab_cache_bits(Invalidate),
+                gnttab_cache_bits(CleanInvalidate)
+            ),
             (1, 2, 3)
         );
     }
@@ -478,7 +392,7 @@ mod tests {
     #[test]
     fn unaligned_range_splits_at_pages() {
         let mut xen = FakeXen::default();
-        let done = flush(&mut xen, 0x4000_0f00, 0x1100, CacheFlushOp::Clean).unwrap();
+        let done = flush(&mut xen, 0x4000_0f00, 0x1100, CacheOp::Clean).unwrap();
         assert_eq!(
             done,
             CacheFlushDone {
@@ -499,7 +413,7 @@ mod tests {
     #[test]
     fn unaligned_start_and_end_within_three_pages() {
         let mut xen = FakeXen::default();
-        let done = flush(&mut xen, 0x1010, 0x2000, CacheFlushOp::Invalidate).unwrap();
+        let done = flush(&mut xen, 0x1010, 0x2000, CacheOp::Invalidate).unwrap();
         assert_eq!(done.pages, 3);
         assert_eq!(
             xen.calls,
@@ -514,7 +428,7 @@ mod tests {
     #[test]
     fn exactly_one_page() {
         let mut xen = FakeXen::default();
-        let done = flush(&mut xen, 0x7000, 0x1000, CacheFlushOp::CleanInvalidate).unwrap();
+        let done = flush(&mut xen, 0x7000, 0x1000, CacheOp::CleanInvalidate).unwrap();
         assert_eq!(
             done,
             CacheFlushDone {
@@ -528,8 +442,8 @@ mod tests {
     #[test]
     fn sub_page_range_and_range_near_the_top() {
         let mut xen = FakeXen::default();
-        flush(&mut xen, 0x7ffe, 1, CacheFlushOp::Clean).unwrap();
-        flush(&mut xen, u64::MAX - 0x1fff, 0x1000, CacheFlushOp::Clean).unwrap();
+        flush(&mut xen, 0x7ffe, 1, CacheOp::Clean).unwrap();
+        flush(&mut xen, u64::MAX - 0x1fff, 0x1000, CacheOp::Clean).unwrap();
         assert_eq!(
             xen.calls,
             [
@@ -542,7 +456,7 @@ mod tests {
     #[test]
     fn zero_length_issues_nothing() {
         let mut xen = FakeXen::default();
-        let done = flush(&mut xen, 0x1234, 0, CacheFlushOp::Clean).unwrap();
+        let done = flush(&mut xen, 0x1234, 0, CacheOp::Clean).unwrap();
         assert_eq!(
             done,
             CacheFlushDone {
@@ -556,7 +470,7 @@ mod tests {
     #[test]
     fn overflowing_range_is_refused_before_any_hypercall() {
         let mut xen = FakeXen::default();
-        let err = flush(&mut xen, u64::MAX - 10, 100, CacheFlushOp::Clean).unwrap_err();
+        let err = flush(&mut xen, u64::MAX - 10, 100, CacheOp::Clean).unwrap_err();
         assert_eq!(
             err,
             CacheFlushError::RangeOverflow {
@@ -572,7 +486,7 @@ mod tests {
     fn long_range_goes_in_full_batches() {
         let mut xen = FakeXen::default();
         let pages = 2 * CACHE_FLUSH_MAX_BATCH as u64 + 5;
-        let done = flush(&mut xen, 0x8000_0000, pages * 4096, CacheFlushOp::Clean).unwrap();
+        let done = flush(&mut xen, 0x8000_0000, pages * 4096, CacheOp::Clean).unwrap();
         assert_eq!(
             done,
             CacheFlushDone {
@@ -592,7 +506,7 @@ mod tests {
         let mut xen = FakeXen::default();
         // Page 3 of a 6-page range fails.
         xen.refuse.push((0x5000_3000, XenErrno::EPERM));
-        let err = flush(&mut xen, 0x5000_0000, 0x6000, CacheFlushOp::Clean).unwrap_err();
+        let err = flush(&mut xen, 0x5000_0000, 0x6000, CacheOp::Clean).unwrap_err();
         let CacheFlushError::Refused(refusal) = err else {
             panic!("{err}")
         };
@@ -621,7 +535,7 @@ mod tests {
             xen.refuse
                 .push((0x7800_0000 + page * 4096, XenErrno::EPERM));
         }
-        let err = flush(&mut xen, 0x7800_0000, 0x3000, CacheFlushOp::Clean).unwrap_err();
+        let err = flush(&mut xen, 0x7800_0000, 0x3000, CacheOp::Clean).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cache_flush 0x78000000+0x3000: EPERM (-1) at page 0x78000000, \
@@ -638,7 +552,7 @@ mod tests {
     fn single_entry_batch_needs_no_retry() {
         let mut xen = FakeXen::default();
         xen.refuse.push((0x9000, XenErrno::EINVAL));
-        let err = flush(&mut xen, 0x9800, 0x100, CacheFlushOp::Invalidate).unwrap_err();
+        let err = flush(&mut xen, 0x9800, 0x100, CacheOp::Invalidate).unwrap_err();
         let CacheFlushError::Refused(refusal) = err else {
             panic!("{err}")
         };
@@ -655,13 +569,7 @@ mod tests {
         let full = CACHE_FLUSH_MAX_BATCH as u64;
         let failing = 0x1_0000_0000 + (full + 6) * 4096;
         xen.refuse.push((failing, XenErrno::EPERM));
-        let err = flush(
-            &mut xen,
-            0x1_0000_0000,
-            (full + 36) * 4096,
-            CacheFlushOp::Clean,
-        )
-        .unwrap_err();
+        let err = flush(&mut xen, 0x1_0000_0000, (full + 36) * 4096, CacheOp::Clean).unwrap_err();
         let CacheFlushError::Refused(refusal) = err else {
             panic!("{err}")
         };
@@ -701,7 +609,7 @@ mod tests {
             counts: Vec::new(),
         };
         let mut batch = CacheFlushBatch::new();
-        let done = cache_flush_range(&mut xen, &mut batch, 0, 0x3000, CacheFlushOp::Clean);
+        let done = cache_flush_range(&mut xen, &mut batch, 0, 0x3000, CacheOp::Clean);
         assert_eq!(
             done,
             Ok(CacheFlushDone {

@@ -52,8 +52,8 @@ pub mod version;
 pub mod xenstore;
 
 pub use cache_flush::{
-    CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushOp, CacheFlushRefusal,
-    DmaDirection, GnttabCacheFlush, SyncPoint, cache_flush_available, cache_flush_range,
+    CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushRefusal, GnttabCacheFlush,
+    cache_flush_available, cache_flush_range, gnttab_cache_bits,
 };
 pub use domain::DomId;
 pub use error::{GrantStatus, XenErrno, XenError, XenErrorCause, XenOp};

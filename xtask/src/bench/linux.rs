@@ -18,7 +18,7 @@ use super::cpio::Newc;
 use super::{KeyValues, ParseError, Rate, Throughput};
 use crate::debian::Arm64Apt;
 use crate::devicetree::{self, Module, Tree};
-use crate::qemu::{Machine, Mode};
+use crate::qemu::{Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
 
 /// Where QEMU's loader puts the Linux Image (33 MB): above QEMU's DTB at
@@ -276,7 +276,7 @@ pub fn qemu_args(
     xen_bootargs: &str,
     run_dir: &Path,
     domu: Option<&DomU<'_>>,
-) -> Result<Vec<String>> {
+) -> Result<QemuCommand> {
     let mut bare = machine.clone();
     bare.mode = Mode::Bare;
     bare.virtualization = true;
@@ -284,9 +284,10 @@ pub fn qemu_args(
     let xen = tools::xen_image(ws)?;
     let mut args = bare.prepare(ws, &xen, run_dir)?;
     let dtb_path = args
+        .args()
         .iter()
         .position(|a| a == "-dtb")
-        .and_then(|i| args.get(i + 1))
+        .and_then(|i| args.args().get(i + 1))
         .map(PathBuf::from)
         .ok_or_else(|| Error::msg("bare QEMU arguments have no -dtb"))?;
 
@@ -324,7 +325,7 @@ pub fn qemu_args(
         devicetree::add_xen_dom0less_domu(&mut tree, "domU1", domu.memory_kib, 1, true, &module)
             .and_then(|()| tree.set_string("/chosen/domU1", "xen,enhanced", "enabled"))
             .map_err(|e| Error::msg(format!("dom0less domU device tree: {e}")))?;
-        args.push("-device".into());
+        args.push("-device");
         args.push(format!(
             "loader,file={},addr={DOMU_ADDR:#x},force-raw=on",
             domu.image.display()
@@ -336,7 +337,7 @@ pub fn qemu_args(
     std::fs::write(&dtb_path, out).map_err(|e| Error::io(dtb_path.clone(), e))?;
 
     for (file, addr) in [(&dom0.image, KERNEL_ADDR), (&dom0.initramfs, RAMDISK_ADDR)] {
-        args.push("-device".into());
+        args.push("-device");
         args.push(format!(
             "loader,file={},addr={addr:#x},force-raw=on",
             file.display()

@@ -50,7 +50,7 @@ pub fn run(
             &guest(format!("bench={disk_mib}")),
             &dir.join("pv-tidepool"),
         )?;
-        let console = run_timed(&args, PV_TIMEOUT, None)?;
+        let console = run_timed(&args, PV_TIMEOUT)?;
         let Some((line, fields)) = console.find(BENCH_PREFIX) else {
             return Err(console.failure(format!("no '{}' line", BENCH_PREFIX.trim_end())));
         };
@@ -74,10 +74,10 @@ fn linux_domu(
         image: domu.image.clone(),
         initramfs: domu.initramfs.clone(),
     };
-    let args: Vec<String> = crate::pv::qemu_args_for(ws, &kernel, guest, &run_dir)?;
+    let args = crate::pv::qemu_args_for(ws, &kernel, guest, &run_dir)?;
     best_of(runs, "pv-linux", faster, |label| {
         eprintln!("bench: {label}: booting (Linux domU, xen-blkfront)");
-        let console = run_timed(&args, PV_TIMEOUT, None)?;
+        let console = run_timed(&args, PV_TIMEOUT)?;
         for line in console
             .lines
             .iter()

@@ -32,7 +32,7 @@ fn one_request(b: &mut Bench, request: Request<'_>, read_into: &mut [u8]) -> Cos
         .unwrap();
     let hypercalls_at_submit = b.rig.hypercalls().len();
     let env = &mut b.rig.env();
-    assert_eq!(b.disk.handle_interrupt(env).as_slice(), [token]);
+    assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
     assert!(matches!(
         b.disk.finish(token, read_into),
         Poll::Ready(Ok(_))
@@ -108,6 +108,26 @@ fn a_4k_read_through_a_pool_xen_flushes_costs_one_hypercall() {
         (requests, 2 * REQUESTS + 2 + 1)
     );
     assert_eq!((stats.refusals, stats.fallbacks, stats.va_ops), (0, 0, 0));
+}
+
+#[test]
+fn the_largest_request_is_one_hypercall_of_65_pages() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
+    let max = b.disk.max_request_bytes();
+    assert_eq!(max, 256 * 1024);
+    let mut buffer = vec![0; max as usize];
+    let cost = one_request(
+        &mut b,
+        Request::Read {
+            lba: 0,
+            sectors: max / 512,
+        },
+        &mut buffer,
+    );
+    assert_eq!(cost.hypercalls.len(), 1, "one batch for the whole region");
+    assert_eq!(cost.hypercalls[0].1.size, region(u64::from(max)));
+    let stats = *b.disk.dma().stats();
+    assert_eq!((stats.hypercalls, stats.pages), (1, 65));
 }
 
 #[test]

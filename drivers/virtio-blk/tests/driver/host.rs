@@ -12,14 +12,15 @@
 //! - The kernel's linear pool is a leaked host allocation, so identity too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::string::{String, ToString};
+use std::sync::Once;
 use std::vec::Vec;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
-    PoolUsage, WarningSink, WindowAttributes,
+    FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange, PlatformFlush, PoolPlacement,
+    PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -79,8 +80,10 @@ pub struct RecordingCache {
     pub ops: Vec<VaOp>,
 }
 
-impl CacheMaintenance for RecordingCache {
-    fn maintain(&mut self, op: CacheOp, start: VirtAddr, len: u64) {
+// SAFETY: records; touches no memory.
+unsafe impl CacheMaintenance for RecordingCache {
+    fn maintain(&mut self, op: CacheOp, range: &OwnedVirtRange) {
+        let (start, len) = (range.start(), range.len());
         assert_not_pool_alias(start.0, len);
         self.ops.push((op, start, len));
     }
@@ -92,8 +95,10 @@ pub struct FakeXen {
     pub calls: Vec<(CacheOp, PhysRange)>,
 }
 
-impl PlatformFlush for FakeXen {
-    fn flush(&mut self, op: CacheOp, range: PhysRange) -> Result<FlushDone, FlushFailed> {
+// SAFETY: records; touches no memory.
+unsafe impl PlatformFlush for FakeXen {
+    fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        let range = range.range();
         self.calls.push((op, range));
         if range.overlaps(&STATIC_PHYS) {
             return Err(FlushFailed {
@@ -115,12 +120,15 @@ pub struct HostMemory {
     pub bytes: u64,
 }
 
-impl DmaMemory for HostMemory {
-    fn copy(&mut self, src: VirtAddr, dst: VirtAddr, len: u64) {
+// SAFETY: a plain copy or fill of exactly the lent ranges; nothing kept.
+unsafe impl DmaMemory for HostMemory {
+    fn copy(&mut self, src: &OwnedVirtRange, dst: &OwnedVirtRange) {
+        assert_eq!(src.len(), dst.len());
+        let (src, dst, len) = (src.start(), dst.start(), dst.len());
         assert_not_pool_alias(src.0, len);
         assert_not_pool_alias(dst.0, len);
         self.bytes += len;
-        // SAFETY: the DMA layer passes pool windows (leaked arenas that live
+        // SAFETY: the DMA layer lends pool windows (leaked arenas that live
         // as long as the process) and CPU buffers the driver built from its
         // live staging allocation; the two never overlap.
         unsafe {
@@ -132,7 +140,8 @@ impl DmaMemory for HostMemory {
         }
     }
 
-    fn zero(&mut self, dst: VirtAddr, len: u64) {
+    fn zero(&mut self, dst: &OwnedVirtRange) {
+        let (dst, len) = (dst.start(), dst.len());
         assert_not_pool_alias(dst.0, len);
         self.bytes += len;
         // SAFETY: as for `copy`.
@@ -224,7 +233,7 @@ impl Rig {
         let map: &'static AddressMap = Box::leak(Box::new(AddressMap::new(0, regions).unwrap()));
         let mut rig = Rig {
             map,
-            pools: PoolSet::new(),
+            pools: PoolSet::new(map),
             cache: RecordingCache {
                 ops: Vec::with_capacity(1 << 16),
             },
@@ -254,7 +263,10 @@ impl Rig {
         });
         for spec in specs {
             let platform = rig.xen.as_mut().map(|xen| xen as &mut dyn PlatformFlush);
-            rig.pools.add(spec, map, &mut rig.cache, platform).unwrap();
+            // SAFETY: the map describes this process's memory as the rig set
+            // it up: the windows are leaked arenas and the linear pool a
+            // leaked allocation, each used by its pool alone.
+            unsafe { rig.pools.add(spec, &mut rig.cache, platform) }.unwrap();
         }
         rig.forget();
         rig
@@ -272,7 +284,6 @@ impl Rig {
     /// The DMA environment for one call.
     pub fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
-            address_map: self.map,
             pools: &mut self.pools,
             cache: &mut self.cache,
             memory: &mut self.memory,
@@ -313,6 +324,8 @@ impl Rig {
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static FREED: Cell<u64> = const { Cell::new(0) };
+    static LOG: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The test binary's global allocator: the system's, counting this thread's
@@ -336,6 +349,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        FREED.with(|freed| freed.set(freed.get() + layout.size() as u64));
         // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -351,4 +365,38 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// Allocations this thread has made so far.
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Bytes this thread has freed so far.
+pub fn freed_bytes() -> u64 {
+    FREED.with(Cell::get)
+}
+
+/// Keeps every log line of the thread that logs it (tests run on threads of
+/// their own).
+struct ThreadLog;
+
+impl log::Log for ThreadLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        LOG.with(|lines| lines.borrow_mut().push(record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+static THREAD_LOG: ThreadLog = ThreadLog;
+
+/// The driver's log lines on this thread since the last call (the console
+/// lines the kernel would print).
+pub fn take_log() -> Vec<String> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&THREAD_LOG).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    LOG.with(|lines| core::mem::take(&mut *lines.borrow_mut()))
 }

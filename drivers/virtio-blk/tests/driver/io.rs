@@ -2,13 +2,14 @@
 //! read-only devices, device errors, refusals, timeouts, many requests in
 //! flight completed out of order, interrupts, faults and shutdown.
 
+use core::sync::atomic::AtomicU32;
 use core::task::Poll;
 
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::feature;
 use tidepool_virtio_blk::{
-    BlkError, BlockDevice, Completion, Deadline, DeviceFault, DeviceStatus, Op, Options, Request,
-    Token,
+    BlkError, BlockDevice, CapacityChange, Completion, Deadline, DeviceFault, DeviceStatus, Op,
+    Options, Request, Token,
 };
 
 use crate::host::{DEVICE, DeviceKind, Rig};
@@ -385,7 +386,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
     assert_eq!(b.disk.dma().stats().unmaps, 0);
     b.sim.complete_all();
     assert!(
-        b.disk.handle_interrupt(env).is_empty(),
+        b.disk.handle_interrupt(env).completions.is_empty(),
         "not reported again"
     );
     assert_eq!(b.disk.in_flight(), 0);
@@ -471,7 +472,7 @@ fn twenty_one_requests_in_flight_complete_out_of_order_by_interrupt() {
                     .unwrap();
                 b.sim.complete(position);
             }
-            let completed = b.disk.handle_interrupt(env);
+            let completed = b.disk.handle_interrupt(env).completions;
             assert_eq!(b.sim.state().interrupt_status, 0, "acknowledged");
             let expected: Vec<Token> = batch.iter().map(|&r| tokens[r]).collect();
             assert_eq!(completed.as_slice(), expected);
@@ -532,18 +533,35 @@ fn tokens_are_finished_once_and_read_buffers_must_fit() {
 }
 
 #[test]
-fn interrupts_acknowledge_and_follow_configuration_changes() {
+fn interrupts_acknowledge_and_report_capacity_changes() {
     let mut config = SimConfig::modern();
     config.auto_complete = false;
     let mut b = bench(config, DeviceKind::Coherent, false);
     let env = &mut b.rig.env();
     // Not this device's interrupt.
-    assert!(b.disk.handle_interrupt(env).is_empty());
+    let nothing = b.disk.handle_interrupt(env);
+    assert!(nothing.completions.is_empty());
+    assert_eq!((nothing.capacity, nothing.fault), (None, None));
     b.sim.set_capacity(16384);
-    assert!(b.disk.handle_interrupt(env).is_empty());
+    let outcome = b.disk.handle_interrupt(env);
+    assert!(outcome.completions.is_empty());
+    assert_eq!(
+        outcome.capacity,
+        Some(CapacityChange {
+            device: DEVICE,
+            before: 8192,
+            after: 16384
+        })
+    );
+    assert_eq!(
+        outcome.capacity.unwrap().to_string(),
+        "blk: /virtio_mmio@a003e00 capacity=16384 was=8192"
+    );
     assert_eq!(b.disk.capacity(), 16384);
     assert_eq!(b.sim.state().interrupt_status, 0);
-    b.disk
+    // The new sectors are readable.
+    let token = b
+        .disk
         .submit(
             env,
             Request::Read {
@@ -553,17 +571,174 @@ fn interrupts_acknowledge_and_follow_configuration_changes() {
             Deadline::NEVER,
         )
         .unwrap();
-    b.sim.need_reset();
     b.sim.complete_all();
-    b.disk.handle_interrupt(env);
-    assert_eq!(b.disk.fault(), Some(DeviceFault::NeedsReset));
+    assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
+    assert!(finish(&mut b.disk, token, &mut [0; 512]).is_ok());
+    // A configuration change that changes nothing reports nothing.
+    b.sim.set_capacity(16384);
+    assert_eq!(b.disk.handle_interrupt(env).capacity, None);
+}
+
+#[test]
+fn the_interrupt_handler_acknowledges_and_the_driver_acts_on_what_it_noted() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench(config, DeviceKind::Coherent, false);
+    let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let handler = b.disk.interrupt_handler(pending).unwrap();
+    assert!(
+        b.disk.interrupt_handler(pending).is_none(),
+        "handed out once"
+    );
+    let env = &mut b.rig.env();
+    // Another device's interrupt on the line: nothing noted.
+    handler.handle();
+    assert!(!b.disk.interrupt_noted());
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
+        .unwrap();
+    b.sim.complete_all();
+    b.sim.set_capacity(16384);
+    // In the interrupt: acknowledged (the line drops), noted, nothing else.
+    handler.handle();
+    assert_eq!(b.sim.state().interrupt_status, 0);
+    assert!(b.disk.interrupt_noted());
+    assert_eq!(b.disk.capacity(), 8192);
+    assert_eq!(b.disk.dma().stats().unmaps, 0);
+    // After it, the driver acts on both causes, without reading the
+    // registers again.
+    let outcome = b.disk.handle_interrupt(env);
+    assert_eq!(outcome.completions.as_slice(), [token]);
+    assert_eq!(outcome.capacity.map(|change| change.after), Some(16384));
+    assert!(!b.disk.interrupt_noted());
+    assert!(b.disk.handle_interrupt(env).completions.is_empty());
+    // The registers are the handler's now: a cause it has not seen waits
+    // for it.
+    b.sim.set_capacity(32768);
+    assert_eq!(b.disk.handle_interrupt(env).capacity, None);
+    handler.handle();
+    assert_eq!(
+        b.disk
+            .handle_interrupt(env)
+            .capacity
+            .map(|change| change.after),
+        Some(32768)
+    );
+}
+
+#[test]
+fn a_device_that_needs_a_reset_is_failed_and_its_requests_fail_at_once() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let baseline = Rig::new(false).usage();
+    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    let env = &mut b.rig.env();
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
+        .unwrap();
+    // The device gives up without returning the request.
+    b.sim.need_reset();
+    let outcome = b.disk.handle_interrupt(env);
+    assert_eq!(outcome.fault, Some(DeviceFault::NeedsReset));
+    assert_eq!(outcome.capacity, None);
+    assert_ne!(b.sim.state().status & crate::sim::status::FAILED, 0);
+    let broken = BlkError::Broken {
+        device: DEVICE,
+        fault: DeviceFault::NeedsReset,
+    };
+    // Its request fails now (no deadline would ever end it), once.
+    assert_eq!(finish(&mut b.disk, token, &mut [0; 4096]), Err(broken));
+    assert!(matches!(
+        finish(&mut b.disk, token, &mut [0; 4096]),
+        Err(BlkError::UnknownToken { .. })
+    ));
     assert_eq!(
         b.disk.submit(env, Request::Flush, Deadline::NEVER),
-        Err(BlkError::Broken {
+        Err(broken)
+    );
+    // Reported once; the request's memory stays with the device until the
+    // reset of shutdown.
+    assert_eq!(b.disk.handle_interrupt(env).fault, None);
+    b.sim.need_reset();
+    assert_eq!(b.disk.handle_interrupt(env).fault, None);
+    assert_eq!(b.disk.in_flight(), 1);
+    shut_down(b, &baseline);
+}
+
+#[test]
+fn waiting_for_a_slot_gives_up_after_a_request_timeout() {
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench_with(
+        config,
+        DeviceKind::NonCoherent,
+        false,
+        Options { in_flight: 2 },
+    );
+    let env = &mut b.rig.env();
+    let now = std::cell::Cell::new(0_u64);
+    let tokens = [0, 8].map(|lba| {
+        b.disk
+            .submit(env, Request::Read { lba, sectors: 8 }, Deadline(100))
+            .unwrap()
+    });
+    // A device that never returns them: each wait lets 10 ticks pass.
+    let mut waits = 0;
+    let result = b.disk.submit_waiting(
+        env,
+        Request::Flush,
+        &mut || now.get(),
+        100,
+        &mut |disk, env| {
+            waits += 1;
+            now.set(now.get() + 10);
+            disk.poll(env);
+            disk.expire(now.get());
+        },
+    );
+    assert_eq!(
+        result,
+        Err(BlkError::NoFreeSlot {
             device: DEVICE,
-            fault: DeviceFault::NeedsReset
+            in_flight: 2,
+            timed_out: 2
         })
     );
+    assert_eq!(waits, 10, "a whole timeout, then no more");
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "blk /virtio_mmio@a003e00: no request slot came free within a request timeout: the device \
+         holds 2 requests, 2 of them timed out"
+    );
+
+    // Their owners learn they timed out; a device that returns one late
+    // while the caller waits frees its slot, and the request goes in.
+    for token in tokens {
+        assert!(matches!(
+            finish(&mut b.disk, token, &mut [0; 4096]),
+            Err(BlkError::Timeout { .. })
+        ));
+    }
+    let sim = b.sim.clone();
+    let token = b
+        .disk
+        .submit_waiting(
+            env,
+            Request::Flush,
+            &mut || now.get(),
+            100,
+            &mut |disk, env| {
+                sim.complete(0);
+                disk.poll(env);
+            },
+        )
+        .unwrap();
+    assert_eq!(b.sim.pending(), 2, "one returned, the flush taken");
+    b.sim.complete_all();
+    b.disk.poll(env);
+    assert!(finish(&mut b.disk, token, &mut []).is_ok());
 }
 
 #[test]
@@ -579,7 +754,7 @@ fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all
             .unwrap();
     }
     b.sim.return_bogus(99);
-    assert!(b.disk.handle_interrupt(env).is_empty());
+    assert!(b.disk.handle_interrupt(env).completions.is_empty());
     let fault = DeviceFault::UsedIdOutOfRange { id: 99, size: 64 };
     assert_eq!(b.disk.fault(), Some(fault));
     let error = b

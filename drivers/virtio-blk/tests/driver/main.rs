@@ -7,6 +7,7 @@ mod init;
 mod io;
 mod no_alloc;
 mod sim;
+mod stop;
 
 use tidepool_virtio_blk::{BlockDevice, InitError, Options};
 
@@ -31,9 +32,7 @@ fn init(
     options: Options,
 ) -> Result<BlockDevice<'static, Sim>, InitError<'static>> {
     let dma = rig.dma_device(kind);
-    // SAFETY: the rig's pool windows are leaked host allocations and its
-    // linear pool is one too; the DMA layer hands each page to one owner.
-    unsafe { BlockDevice::new(sim.clone(), dma, &mut rig.env(), options) }
+    BlockDevice::new(sim.clone(), dma, &mut rig.env(), options)
 }
 
 /// A set-up driver on a fresh rig (under Xen when `xen`), what was recorded

@@ -14,8 +14,8 @@ use std::sync::atomic::{Ordering, fence};
 use std::vec::Vec;
 
 use tidepool_mm::{AddressClass, AddressMap, PhysAddr};
-use tidepool_virtio_blk::Transport;
 use tidepool_virtio_blk::transport::{ConfigWord, MAGIC, ReadRegister, WriteRegister, feature};
+use tidepool_virtio_blk::{InterruptRegisters, Transport};
 
 /// `Status` bits (virtio 1.2 §2.1).
 pub mod status {
@@ -54,6 +54,10 @@ pub struct SimConfig {
     pub fail_on_driver_ok: bool,
     /// Complete every request as soon as it is notified.
     pub auto_complete: bool,
+    /// Once `DRIVER_OK` is set, ignore resets: `Status` keeps its value
+    /// when the driver writes 0 (a live device that may go on using its
+    /// memory).
+    pub stuck_reset: bool,
 }
 
 impl SimConfig {
@@ -83,6 +87,7 @@ impl SimConfig {
             reject_features: false,
             fail_on_driver_ok: false,
             auto_complete: true,
+            stuck_reset: false,
         }
     }
 
@@ -443,6 +448,8 @@ impl SimState {
 }
 
 impl Transport for Sim {
+    type Interrupt = Sim;
+
     fn read(&self, register: ReadRegister) -> u32 {
         let s = self.0.borrow();
         match register {
@@ -524,7 +531,9 @@ impl Transport for Sim {
             WriteRegister::Status => {
                 s.status_writes.push(value);
                 if value == 0 {
-                    s.reset();
+                    if !(s.config.stuck_reset && s.status & status::DRIVER_OK != 0) {
+                        s.reset();
+                    }
                     return;
                 }
                 let mut value = value;
@@ -561,5 +570,15 @@ impl Transport for Sim {
             ConfigWord::SizeMax => s.config.size_max,
             ConfigWord::BlkSize => s.config.blk_size,
         }
+    }
+
+    fn interrupt_registers(&self) -> Sim {
+        self.clone()
+    }
+}
+
+impl InterruptRegisters for Sim {
+    fn acknowledge(&self) -> u32 {
+        self.with(|s| core::mem::take(&mut s.interrupt_status))
     }
 }

@@ -13,18 +13,18 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
 use log::{error, info};
-use tidepool_dma::{DmaDirection, SyncPoint};
+use tidepool_dma::{DmaDirection, SyncPoint, cache_op_for};
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, RegionKind, VirtAddr};
 use tidepool_xen_abi::{
-    CacheFlushBatch, CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, Hypervisor,
-    Virq, cache_flush_available,
+    CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, Hypervisor, Virq,
+    cache_flush_available,
 };
 
 use crate::memory_plan::MemorySetup;
 use crate::shutdown::shutdown;
 use crate::timer::{self, WaitError};
 use crate::xen::events;
-use crate::xen::flush::{self, FlushError};
+use crate::xen::flush::XenFlush;
 use crate::xen::grants::{self, GrantTableError};
 use crate::xen::{self, Domain, ShutdownReason, Xen};
 
@@ -256,11 +256,11 @@ fn cache_flush(map: &AddressMap) {
         true => info!("xen: cache_flush available"),
         false => fail("GNTTABOP_cache_flush is not implemented (ENOSYS)"),
     }
-    let mut batch = CacheFlushBatch::new();
-    let op_to_device = flush::op_for(SyncPoint::ForDevice, DmaDirection::ToDevice)
+    let op_to_device = cache_op_for(SyncPoint::ForDevice, DmaDirection::ToDevice)
         .unwrap_or_else(|| fail("no flush for a sync for the device"));
-    let op_from_device = flush::op_for(SyncPoint::ForDevice, DmaDirection::FromDevice)
+    let op_from_device = cache_op_for(SyncPoint::ForDevice, DmaDirection::FromDevice)
         .unwrap_or_else(|| fail("no flush for a sync before a device write"));
+    let mut flush = XenFlush::new();
 
     let page = Box::new(Page([0; PAGE_SIZE as usize]));
     let pages = Box::new(ThreePages([0; 3 * PAGE_SIZE as usize]));
@@ -276,15 +276,22 @@ fn cache_flush(map: &AddressMap) {
         ),
     ];
     for (range, op) in ranges {
-        match flush::cache_flush(&mut batch, range, op) {
+        let flush = match &mut flush {
+            Ok(flush) => flush,
+            Err(reason) => {
+                info!(
+                    "xen: cache_flush own-ram {:#x}: not issued: cache_flush: {reason}",
+                    range.base.0
+                );
+                continue;
+            }
+        };
+        // SAFETY: the pages are this function's own heap allocations, and
+        // neither operation discards data (clean, clean+invalidate).
+        match unsafe { flush.flush_range(op, range) } {
             Ok(done) => info!(
                 "xen: cache_flush own-ram {:#x}+{:#x} pages={} hypercalls={} ok ({op})",
                 range.base.0, range.size, done.pages, done.hypercalls
-            ),
-            Err(FlushError::NotDirectMapped) => info!(
-                "xen: cache_flush own-ram {:#x}: not issued: {}",
-                range.base.0,
-                FlushError::NotDirectMapped
             ),
             Err(error) => fail(format_args!("cache_flush of own RAM: {error}")),
         }
@@ -296,12 +303,24 @@ fn cache_flush(map: &AddressMap) {
         .filter(|r| r.kind == RegionKind::NoMapPool);
     for pool in pools {
         let page = PhysRange::new(pool.phys.base.0, PAGE_SIZE);
-        match flush::cache_flush(&mut batch, page, op_from_device) {
+        let flush = match &mut flush {
+            Ok(flush) => flush,
+            Err(reason) => {
+                info!(
+                    "xen: cache_flush pool {} page {:#x} -> not issued: cache_flush: {reason}",
+                    pool.name, page.base.0
+                );
+                continue;
+            }
+        };
+        // SAFETY: clean+invalidate loses no data; the pools are not in use
+        // yet (the self-test runs before any device is set up).
+        match unsafe { flush.flush_range(op_from_device, page) } {
             Ok(done) => info!(
                 "xen: cache_flush pool {} page {:#x} -> ok pages={} hypercalls={}",
                 pool.name, page.base.0, done.pages, done.hypercalls
             ),
-            Err(FlushError::Refused(CacheFlushError::Refused(refusal))) => info!(
+            Err(CacheFlushError::Refused(refusal)) => info!(
                 "xen: cache_flush pool {} page {:#x} -> {} ({refusal})",
                 pool.name,
                 page.base.0,

@@ -1,66 +1,95 @@
-//! `GNTTABOP_cache_flush` for the DMA layer: cache maintenance of a
-//! physical range by Xen, every page of the range in one batched hypercall,
-//! with Xen's refusal reported, never swallowed.
+//! `GNTTABOP_cache_flush`: cache maintenance of a physical range by Xen,
+//! every page of the range in batched hypercalls, with Xen's refusal
+//! reported, never swallowed. [`XenFlush`] is the kernel's one way to issue
+//! it: the DMA layer's [`PlatformFlush`] and the platform self-test both go
+//! through it.
 //!
-//! Xen reads the addresses as *machine* addresses, so a flush is issued only
-//! where guest-physical equals machine-physical (dom0, or a direct-mapped
-//! domU); elsewhere it is refused before any hypercall.
+//! Xen reads the addresses as *machine* addresses, so a [`XenFlush`] exists
+//! only where guest-physical equals machine-physical (dom0, or a
+//! direct-mapped domU): [`XenFlush::new`] refuses elsewhere, before any
+//! hypercall can be made.
 
 use core::fmt;
 
-use tidepool_dma::{DmaDirection, SyncPoint, cache_op_for};
-use tidepool_mm::PhysRange;
-use tidepool_xen_abi::{
-    CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushOp, cache_flush_range,
-};
+use tidepool_dma::{FlushDone, FlushErrno, FlushFailed, OwnedPhysRange, PlatformFlush};
+use tidepool_mm::{CacheOp, PhysRange};
+use tidepool_xen_abi::{CacheFlushBatch, CacheFlushDone, CacheFlushError, cache_flush_range};
 
 use super::Xen;
 
-/// Why a flush was not done.
+/// Why there is no Xen flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlushError {
+pub enum FlushUnavailable {
     /// Not running under Xen (or before [`super::init`]).
     NoXen,
     /// This domain's guest-physical addresses are not machine addresses, so
-    /// Xen would flush someone else's memory: nothing was issued.
+    /// Xen would flush someone else's memory.
     NotDirectMapped,
-    /// Xen refused a page (or the range overflows): which pages are known
-    /// done, which one failed, and the errno.
-    Refused(CacheFlushError),
 }
 
-impl fmt::Display for FlushError {
+impl fmt::Display for FlushUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoXen => f.write_str("cache_flush: not running under Xen"),
-            Self::NotDirectMapped => f.write_str(
-                "cache_flush: this domain is not direct-mapped (guest-physical is not machine)",
-            ),
-            Self::Refused(error) => error.fmt(f),
+        f.write_str(match self {
+            Self::NoXen => "not running under Xen",
+            Self::NotDirectMapped => {
+                "this domain is not direct-mapped (guest-physical is not machine)"
+            }
+        })
+    }
+}
+
+/// `GNTTABOP_cache_flush` for a direct-mapped domain, with the buffer its
+/// batches are built in (no allocation, no lock on the I/O path).
+pub struct XenFlush {
+    batch: CacheFlushBatch,
+}
+
+impl XenFlush {
+    /// The flush, if this domain may issue it.
+    pub fn new() -> Result<Self, FlushUnavailable> {
+        let domain = super::domain().ok_or(FlushUnavailable::NoXen)?;
+        if !domain.direct_mapped() {
+            return Err(FlushUnavailable::NotDirectMapped);
+        }
+        Ok(Self {
+            batch: CacheFlushBatch::new(),
+        })
+    }
+
+    /// Applies `op` to every byte of `range` through Xen.
+    ///
+    /// # Safety
+    ///
+    /// With [`CacheOp::Invalidate`] the caller owns `range`: Xen discards
+    /// the dirty lines wholly inside it (it cleans partial ones first).
+    /// `Clean` and `CleanInvalidate` lose no data.
+    pub unsafe fn flush_range(
+        &mut self,
+        op: CacheOp,
+        range: PhysRange,
+    ) -> Result<CacheFlushDone, CacheFlushError> {
+        cache_flush_range(&mut Xen, &mut self.batch, range.base.0, range.size, op)
+    }
+}
+
+// SAFETY: `flush_range` asks Xen for exactly `op` on every page of the range
+// and reports any entry Xen did not do as an error; Xen's flush is complete
+// when the hypercall returns, and nothing is kept.
+unsafe impl PlatformFlush for XenFlush {
+    fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        // SAFETY: the DMA layer lends only a block of a pool it owns.
+        match unsafe { self.flush_range(op, range.range()) } {
+            Ok(done) => Ok(FlushDone {
+                hypercalls: done.hypercalls,
+                pages: done.pages as u32,
+            }),
+            Err(error) => Err(FlushFailed {
+                // A range overflow never reaches Xen: report it as EINVAL.
+                errno: error.errno().map_or(FlushErrno::Einval, |e| {
+                    FlushErrno::from_xen_return(-e.code())
+                }),
+                hypercalls: error.hypercalls(),
+            }),
         }
     }
-}
-
-/// The flush a DMA sync needs, from the DMA layer's operation for
-/// (`point`, `direction`): `None` when the sync needs no maintenance.
-pub fn op_for(point: SyncPoint, direction: DmaDirection) -> Option<CacheFlushOp> {
-    cache_op_for(point, direction).map(|op| match op {
-        tidepool_dma::CacheOp::Clean => CacheFlushOp::Clean,
-        tidepool_dma::CacheOp::Invalidate => CacheFlushOp::Invalidate,
-        tidepool_dma::CacheOp::CleanInvalidate => CacheFlushOp::CleanInvalidate,
-    })
-}
-
-/// Flushes `range` with `op` through `GNTTABOP_cache_flush`, building the
-/// batches in the caller's `batch` (no allocation, no lock).
-pub fn cache_flush(
-    batch: &mut CacheFlushBatch,
-    range: PhysRange,
-    op: CacheFlushOp,
-) -> Result<CacheFlushDone, FlushError> {
-    let domain = super::domain().ok_or(FlushError::NoXen)?;
-    if !domain.direct_mapped() {
-        return Err(FlushError::NotDirectMapped);
-    }
-    cache_flush_range(&mut Xen, batch, range.base.0, range.size, op).map_err(FlushError::Refused)
 }

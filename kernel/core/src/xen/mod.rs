@@ -24,7 +24,9 @@ use tidepool_xen_abi::{
     DomId, Hypercall, Hypervisor, XenError, XenExtraVersion, XenFeature, XenFeatures,
 };
 
-use crate::arch::aarch64::cache::{CacheOp, maintain_range};
+use tidepool_mm::CacheOp;
+
+use crate::arch::aarch64::cache::maintain_range;
 use crate::arch::aarch64::hypercall::hypercall;
 use crate::irq::IrqError;
 use crate::memory_plan::MemorySetup;
@@ -62,7 +64,9 @@ impl Hypervisor for Xen {
 /// the same cacheable attributes and buffers need no maintenance.
 fn prepare_range_for_xen(start: usize, len: usize) {
     if !crate::arch::aarch64::cpu::caches_enabled() {
-        maintain_range(CacheOp::CleanInvalidate, start, len);
+        // SAFETY: the buffer is borrowed by the hypercall (so mapped: flat,
+        // with the MMU off); clean+invalidate loses no data.
+        unsafe { maintain_range(CacheOp::CleanInvalidate, start, len) };
     }
 }
 

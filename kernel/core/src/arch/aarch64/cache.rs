@@ -1,17 +1,8 @@
 //! Data-cache maintenance by virtual address, to the point of coherency.
 
 use aarch64_cpu::asm::barrier;
-
-/// A cache maintenance operation by VA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheOp {
-    /// DC CVAC: write dirty lines back to the PoC.
-    Clean,
-    /// DC IVAC: discard lines (dirty data is lost).
-    Invalidate,
-    /// DC CIVAC: write back, then discard.
-    CleanInvalidate,
-}
+use tidepool_mm::CacheOp;
+use tidepool_mm::cache::line_ops;
 
 /// Smallest data-cache line of this CPU (CTR_EL0.DminLine).
 fn dcache_line() -> usize {
@@ -24,30 +15,25 @@ fn dcache_line() -> usize {
 /// Applies `op` to every cache line of `[start, start + len)`, then waits for
 /// completion (DSB SY).
 ///
-/// Safe to call on any address range: an unmapped VA faults like a load.
 /// `Invalidate` discards data, so it is applied only to lines wholly inside
 /// the range: a partial line at either end also holds bytes of a neighbour,
-/// and is cleaned and invalidated instead.
-pub fn maintain_range(op: CacheOp, start: usize, len: usize) {
-    if len == 0 {
-        return;
-    }
-    let line = dcache_line();
-    let end = start + len;
-    let first = start & !(line - 1);
-    let last = (end - 1) & !(line - 1);
+/// and is cleaned and invalidated instead ([`line_ops`], host-tested).
+///
+/// # Safety
+///
+/// With [`CacheOp::Invalidate`] the caller owns the range: the data of
+/// every dirty line wholly inside it is lost, so nobody else may have
+/// written it through the cache or rely on what it holds. `Clean` and
+/// `CleanInvalidate` lose no data; for them any range is sound (an unmapped
+/// VA faults like a load).
+pub unsafe fn maintain_range(op: CacheOp, start: usize, len: usize) {
     barrier::dsb(barrier::SY);
-    let mut addr = first;
-    while addr <= last {
-        let partial = (addr == first && start != first) || (addr == last && end != last + line);
-        let op = match op {
-            CacheOp::Invalidate if partial => CacheOp::CleanInvalidate,
-            op => op,
-        };
+    for (addr, op) in line_ops(op, start, len, dcache_line()) {
         // SAFETY: DC by VA only affects cache state for `addr`'s line; it
         // reads or writes no program-visible memory beyond what the
-        // coherence protocol does anyway (IVAC only on whole lines inside
-        // the range, whose contents the caller gives up).
+        // coherence protocol does anyway, except that IVAC drops dirty data:
+        // `line_ops` asks for it only on whole lines inside the range, which
+        // the caller owns.
         unsafe {
             match op {
                 CacheOp::Clean => core::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)),
@@ -59,7 +45,6 @@ pub fn maintain_range(op: CacheOp, start: usize, len: usize) {
                 }
             }
         }
-        addr += line;
     }
     barrier::dsb(barrier::SY);
 }

@@ -1,6 +1,6 @@
 //! Small CPU facts and primitives.
 
-use aarch64_cpu::registers::{DAIF, ReadWriteable, Readable, SCTLR_EL1};
+use aarch64_cpu::registers::{DAIF, Readable, SCTLR_EL1};
 
 use super::timer;
 
@@ -16,13 +16,27 @@ pub fn irqs_masked() -> bool {
 }
 
 /// Masks IRQs (PSTATE.I = 1).
+///
+/// Also a compiler barrier: memory accesses after it (to state an interrupt
+/// handler shares, under a lock taken with IRQs masked) are not moved before
+/// it. `aarch64-cpu`'s `DAIF` accessors are `nomem` asm, which promises the
+/// compiler the opposite; this asm is not `nomem`.
 pub fn mask_irqs() {
-    DAIF.modify(DAIF::I::Masked);
+    // SAFETY: DAIFSet only sets PSTATE.I; it touches no memory. Not `nomem`,
+    // so the compiler keeps memory accesses on their side of it.
+    unsafe { core::arch::asm!("msr daifset, #2", options(nostack, preserves_flags)) };
 }
 
 /// Unmasks IRQs (PSTATE.I = 0): a pending interrupt is taken at once.
+///
+/// Also a compiler barrier: memory accesses before it (to state shared with
+/// an interrupt handler) are not moved after it, where the handler could run
+/// in between.
 pub fn unmask_irqs() {
-    DAIF.modify(DAIF::I::Unmasked);
+    // SAFETY: DAIFClr only clears PSTATE.I; a handler may run right after,
+    // and the asm is not `nomem`, so every memory access the compiler
+    // scheduled before it is done by then.
+    unsafe { core::arch::asm!("msr daifclr, #2", options(nostack, preserves_flags)) };
 }
 
 /// Microseconds on the virtual counter (since the domain or machine started).

@@ -7,7 +7,9 @@ use aarch64_cpu::registers::{
     Writeable,
 };
 
-use super::cache::{CacheOp, maintain_range};
+use tidepool_mm::CacheOp;
+
+use super::cache::maintain_range;
 
 /// Invalidates all EL1 TLB entries of this CPU (inner shareable) and waits.
 fn invalidate_tlb() {
@@ -29,7 +31,9 @@ fn invalidate_tlb() {
 /// `ttbr0` and `ttbr1` must be the physical addresses of valid level-0 tables
 /// for `tcr`, using attribute indices defined by `mair`, that map the running
 /// code, its stack and everything it touches next at their current addresses
-/// with compatible permissions.
+/// with compatible permissions. Every range of `written_uncached` is the
+/// kernel's own memory, written only with the caches off, so that whatever
+/// its cache lines hold may be discarded.
 pub unsafe fn enable(
     mair: u64,
     tcr: u64,
@@ -38,7 +42,10 @@ pub unsafe fn enable(
     written_uncached: &[(usize, usize)],
 ) {
     for &(start, len) in written_uncached {
-        maintain_range(CacheOp::Invalidate, start, len);
+        // SAFETY: the MMU is off, so every address is mapped (flat); the
+        // caller vouches that the ranges are the kernel's own, written only
+        // with the caches off: any line in them is a stale copy to discard.
+        unsafe { maintain_range(CacheOp::Invalidate, start, len) };
     }
     MAIR_EL1.set(mair);
     TCR_EL1.set(tcr);
