@@ -78,7 +78,7 @@ impl fmt::Write for Line {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use backend::{Backend, move_to_window, select, select_pv, write_line};
+pub use backend::{Backend, move_to_window, select, select_pv, write_bytes, write_line};
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod backend {
@@ -181,14 +181,19 @@ mod backend {
 
     /// Formats and emits one line.
     pub fn write_line(args: fmt::Arguments<'_>) {
-        let line = Line::format(args);
+        write_bytes(Line::format(args).as_bytes());
+    }
+
+    /// Emits `bytes` as they are (a prompt, the echo of typed characters):
+    /// not a line, so no newline is added.
+    pub fn write_bytes(bytes: &[u8]) {
         match KIND.load(Ordering::Acquire) {
             1 => {
-                keep_early(line.as_bytes());
-                crate::xen::console_write(line.as_bytes());
+                keep_early(bytes);
+                crate::xen::console_write(bytes);
             }
-            3 if !crate::xen::pv_console::write(line.as_bytes()) => {
-                crate::xen::console_write(line.as_bytes());
+            3 if !crate::xen::pv_console::write(bytes) => {
+                crate::xen::console_write(bytes);
             }
             2 => {
                 // SAFETY: the base was taken from the device tree's
@@ -198,7 +203,7 @@ mod backend {
                 // through this stateless transmit path.
                 let uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
                 // A UART that reports an error has nowhere else to report it.
-                let _ = uart.write_bytes(line.as_bytes());
+                let _ = uart.write_bytes(bytes);
             }
             _ => {}
         }

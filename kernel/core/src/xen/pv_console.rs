@@ -7,7 +7,9 @@
 //! `EVTCHNOP_send`. When the ring is full the writer waits for xenconsoled
 //! up to [`FULL_WAIT_US`]; a back end that does not drain it in that time is
 //! taken as gone, and later lines are dropped without waiting until it
-//! drains again, so a dead console never stalls the kernel.
+//! drains again, so a dead console never stalls the kernel. Input (what
+//! `xl console` types) is read from the same page by
+//! `crate::console_input::PvConsoleInput`.
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
@@ -87,4 +89,26 @@ pub fn write(bytes: &[u8]) -> bool {
     }
     notify();
     true
+}
+
+/// The console's event channel, once the PV console is the console.
+pub fn port() -> Option<EvtchnPort> {
+    page().map(|_| EvtchnPort(PORT.load(Ordering::Relaxed)))
+}
+
+/// Takes pending console input into `buf`; returns how many bytes (0 when
+/// there is no PV console, nothing was typed, or the back end corrupted the
+/// ring).
+pub fn read(buf: &mut [u8]) -> usize {
+    let Some(page) = page() else {
+        return 0;
+    };
+    match ring::read(page, buf) {
+        Ok(0) | Err(_) => 0,
+        Ok(n) => {
+            // Room was made: xenconsoled may be waiting to put more in.
+            notify();
+            n
+        }
+    }
 }
