@@ -106,6 +106,9 @@ pub struct PvDisk {
     done: [Option<Result<(), BlkfrontError>>; BLKIF_RING_SLOTS],
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
+    /// Requests finished (answered or timed out) so far: what a wait waits
+    /// to see grow.
+    finished: u64,
     token: String,
     stats: PvStats,
     timeout_ticks: u64,
@@ -302,6 +305,7 @@ impl PvDisk {
             segments,
             done: [const { None }; BLKIF_RING_SLOTS],
             broken: None,
+            finished: 0,
             token,
             stats,
             timeout_ticks,
@@ -393,7 +397,12 @@ impl PvDisk {
         if op != BLKIF_OP_READ && self.info.read_only {
             return Err(BlkfrontError::ReadOnly);
         }
-        while self.inflight.count() == BLKIF_RING_SLOTS {
+        // Every slot taken: requests in flight (wait for one) or results
+        // the caller has not collected (a caller's error: it holds them).
+        while !self.inflight.has_free() {
+            if self.inflight.count() == 0 {
+                return Err(BlkfrontError::Busy);
+            }
             self.wait_any()?;
         }
         let deadline = crate::arch::aarch64::timer::counter() + self.timeout_ticks;
@@ -456,7 +465,7 @@ impl PvDisk {
 
     /// Drops a slot that never reached the ring.
     fn forget(&mut self, slot: usize) {
-        self.inflight.cancel(slot);
+        self.inflight.release(slot);
     }
 
     /// Takes every response off the ring and checks it; a response that
@@ -486,6 +495,7 @@ impl PvDisk {
                         _ => self.stats.flushes += 1,
                     }
                     self.done[done.slot] = Some(result);
+                    self.finished += 1;
                 }
                 Err(err) => {
                     error!("blk: {}: {err}", self.name);
@@ -501,11 +511,13 @@ impl PvDisk {
             .map_or(0, |(_, sector)| sector)
     }
 
-    /// Waits until some request finishes (or fails, or times out).
+    /// Waits until another request finishes (answered or timed out), or the
+    /// device breaks.
     fn wait_any(&mut self) -> Result<(), BlkfrontError> {
+        let before = self.finished;
         loop {
             self.harvest();
-            if self.done.iter().any(Option::is_some) {
+            if self.finished != before {
                 return Ok(());
             }
             if let Some(err) = &self.broken {
@@ -522,6 +534,7 @@ impl PvDisk {
             for (slot, err) in self.inflight.expire(crate::arch::aarch64::timer::counter()) {
                 self.stats.errors += 1;
                 self.done[slot] = Some(Err(err));
+                self.finished += 1;
             }
             self.check_backend();
         }
@@ -534,6 +547,7 @@ impl PvDisk {
                 if let (Ok(()), Some(out)) = (&result, out) {
                     out.copy_from_slice(&self.pages[slot][..out.len()]);
                 }
+                self.inflight.release(slot);
                 return result;
             }
             self.wait_any()?;

@@ -524,11 +524,21 @@ struct Pending {
     deadline: u64,
 }
 
+/// One slot: free, a request in flight, or finished and holding its data
+/// until the caller collects it ([`Inflight::release`]): a finished slot
+/// is not reused before that, or a new request would overwrite its pages.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Free,
+    InFlight(Pending),
+    Done,
+}
+
 /// The requests in flight, by slot; ids carry a generation so a stale or
 /// forged id is caught.
 #[derive(Debug)]
 pub struct Inflight<const N: usize> {
-    slots: [Option<Pending>; N],
+    slots: [Slot; N],
     generation: [u32; N],
 }
 
@@ -562,14 +572,22 @@ impl<const N: usize> Inflight<N> {
     /// No requests.
     pub const fn new() -> Self {
         Self {
-            slots: [None; N],
+            slots: [Slot::Free; N],
             generation: [0; N],
         }
     }
 
     /// Requests in flight.
     pub fn count(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::InFlight(_)))
+            .count()
+    }
+
+    /// Whether a slot is free for [`Inflight::start`].
+    pub fn has_free(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Free))
     }
 
     /// Takes a free slot for `op` at `sector`, due by `deadline`; returns
@@ -583,10 +601,10 @@ impl<const N: usize> Inflight<N> {
         let slot = self
             .slots
             .iter()
-            .position(Option::is_none)
+            .position(|s| matches!(s, Slot::Free))
             .ok_or(BlkfrontError::Busy)?;
         self.generation[slot] = self.generation[slot].wrapping_add(1);
-        self.slots[slot] = Some(Pending {
+        self.slots[slot] = Slot::InFlight(Pending {
             op,
             sector,
             deadline,
@@ -594,12 +612,13 @@ impl<const N: usize> Inflight<N> {
         Ok((slot, u64::from(self.generation[slot]) << 32 | slot as u64))
     }
 
-    /// Checks a response against what is in flight and frees its slot.
+    /// Checks a response against what is in flight and marks its slot
+    /// done (still taken until [`Inflight::release`]).
     pub fn complete(&mut self, rsp: BlkifResponse) -> Result<Completed, BlkfrontError> {
         let slot = (rsp.id & 0xffff_ffff) as usize;
         let generation = (rsp.id >> 32) as u32;
         let pending = match self.slots.get(slot) {
-            Some(Some(p)) if self.generation[slot] == generation => *p,
+            Some(Slot::InFlight(p)) if self.generation[slot] == generation => *p,
             _ => return Err(BlkfrontError::UnknownId { id: rsp.id }),
         };
         if rsp.operation != pending.op {
@@ -615,7 +634,7 @@ impl<const N: usize> Inflight<N> {
             BLKIF_RSP_EOPNOTSUPP => Err(RequestFailure::NotSupported),
             status => return Err(BlkfrontError::BadStatus { id: rsp.id, status }),
         };
-        self.slots[slot] = None;
+        self.slots[slot] = Slot::Done;
         Ok(Completed {
             slot,
             op: pending.op,
@@ -623,23 +642,28 @@ impl<const N: usize> Inflight<N> {
         })
     }
 
-    /// Frees `slot` for a request that never reached the ring.
-    pub fn cancel(&mut self, slot: usize) {
+    /// Frees `slot` for a request that never reached the ring, or one
+    /// whose result the caller has collected.
+    pub fn release(&mut self, slot: usize) {
         if let Some(entry) = self.slots.get_mut(slot) {
-            *entry = None;
+            *entry = Slot::Free;
         }
     }
 
-    /// The request in `slot`: operation and first sector.
+    /// The request in flight in `slot`: operation and first sector.
     pub fn describe(&self, slot: usize) -> Option<(u8, u64)> {
-        self.slots.get(slot)?.map(|p| (p.op, p.sector))
+        match self.slots.get(slot)? {
+            Slot::InFlight(p) => Some((p.op, p.sector)),
+            _ => None,
+        }
     }
 
-    /// Frees every request due before `now` and returns their slots.
+    /// Marks every request due before `now` done (timed out) and returns
+    /// their slots.
     pub fn expire(&mut self, now: u64) -> Vec<(usize, BlkfrontError)> {
         let mut late = Vec::new();
         for (slot, entry) in self.slots.iter_mut().enumerate() {
-            if let Some(p) = entry
+            if let Slot::InFlight(p) = *entry
                 && now >= p.deadline
             {
                 late.push((
@@ -649,7 +673,7 @@ impl<const N: usize> Inflight<N> {
                         sector: p.sector,
                     },
                 ));
-                *entry = None;
+                *entry = Slot::Done;
             }
         }
         late

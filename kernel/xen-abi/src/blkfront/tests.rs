@@ -216,6 +216,7 @@ fn responses_are_checked_before_they_are_trusted() {
         Err(BlkfrontError::UnknownId { id })
     );
     // A reused slot has a new id.
+    inflight.release(slot);
     let (slot2, id2) = inflight.start(BLKIF_OP_WRITE, 16, 100).unwrap();
     assert_eq!(slot2, slot);
     assert_ne!(id2, id);
@@ -250,8 +251,35 @@ fn slots_run_out_and_late_requests_expire() {
         )]
     );
     assert_eq!(inflight.count(), 1);
-    inflight.cancel(1);
+    inflight.release(1);
     assert_eq!(inflight.count(), 0);
+    // The expired slot stays taken until its failure is collected.
+    assert_eq!(inflight.start(BLKIF_OP_READ, 24, 40).unwrap().0, 1);
+    assert_eq!(
+        inflight.start(BLKIF_OP_READ, 24, 40),
+        Err(BlkfrontError::Busy)
+    );
+    inflight.release(0);
+    assert!(inflight.has_free());
+}
+
+#[test]
+fn a_finished_slot_is_not_reused_before_it_is_collected() {
+    let mut inflight = Inflight::<2>::new();
+    let (a, id_a) = inflight.start(BLKIF_OP_READ, 0, 100).unwrap();
+    let (b, _) = inflight.start(BLKIF_OP_READ, 8, 100).unwrap();
+    inflight.complete(response(id_a, BLKIF_OP_READ, 0)).unwrap();
+    // `a` finished but its data is still in its pages: no new request
+    // may take it.
+    assert_eq!(inflight.count(), 1);
+    assert!(!inflight.has_free());
+    assert_eq!(
+        inflight.start(BLKIF_OP_READ, 16, 100),
+        Err(BlkfrontError::Busy)
+    );
+    inflight.release(a);
+    assert_eq!(inflight.start(BLKIF_OP_READ, 16, 100).unwrap().0, a);
+    assert_ne!(a, b);
 }
 
 #[test]
