@@ -1090,9 +1090,8 @@ fn pv() -> Vec<BootTest> {
         "console: xen-pv gpa=0x39000000",
         "xenstore: connected gpa=0x39001000",
         "name=tidepool",
-        "blk: xvda backend=/local/domain/0/backend/vbd/",
-        "max_ring_page_order=4 indirect_segments=256 persistent=1",
-        "blk: xvda pv devid=51712 sectors=16384 sector_size=512",
+        "blk: xvda pv devid=51712 backend=/local/domain/0/backend/vbd/",
+        "sectors=16384 sector_size=512",
     ];
     let shut_down = [
         "boot: ready",
@@ -1125,9 +1124,8 @@ fn pv() -> Vec<BootTest> {
             "boot: tidepool",
             "xenstore: waiting for dom0's init-dom0less evtchn=",
             "xenstore: connected gpa=0x39001000",
-            "blk: xvda backend=/local/domain/0/backend/vbd/1/51712 backend_id=0 \
-             max_ring_page_order=4 indirect_segments=256",
-            "blk: xvda pv devid=51712 sectors=16384 sector_size=512 read_only=0",
+            "blk: xvda pv devid=51712 backend=/local/domain/0/backend/vbd/1/51712 sectors=16384 \
+             sector_size=512 read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
             "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
             "blk: verify xvda sectors=16384 ok",
             "blk: xvda closed state=6 grants_still_mapped=0",
@@ -1165,7 +1163,7 @@ fn pv() -> Vec<BootTest> {
         .with_disks(&[disk(1, Some(REWRITTEN))])
         .expect(&attached)
         .expect(&[
-            "read_only=0 flush=1",
+            "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
             "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
             "blk: verify xvda sectors=16384 ok",
             "blk: bench device=xvda seq_mib=8",
@@ -1188,7 +1186,7 @@ fn pv() -> Vec<BootTest> {
             }])
             .expect(&attached)
             .expect(&[
-                "read_only=1",
+                "read_only=1 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
                 "error: blk: xvda write of sectors 0..8: the disk is read-only",
                 "blk: verify xvda sectors=16384 ok",
             ])

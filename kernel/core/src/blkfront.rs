@@ -23,7 +23,8 @@ use core::time::Duration;
 use log::{error, info, warn};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
-    self, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd, XenbusState,
+    self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd,
+    XenbusState,
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
@@ -33,6 +34,7 @@ use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantAccess, GrantRef, Hypervisor};
 
 use crate::arch::aarch64::cpu;
+use crate::block::IoError;
 use crate::timer;
 use crate::xen::{Xen, events, grants, store};
 
@@ -89,6 +91,10 @@ pub struct PvDisk {
     name: String,
     vbd: Vbd,
     info: DiskInfo,
+    /// What the back end offered.
+    features: BackendFeatures,
+    /// The back end keeps our grants mapped (`feature-persistent`).
+    persistent: bool,
     ring: BlkifFrontRing<'static>,
     ring_ref: GrantRef,
     port: EvtchnPort,
@@ -133,10 +139,10 @@ impl core::fmt::Display for PvSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Protocol(e) => write!(f, "{e}"),
-            Self::NoMemory => f.write_str("no memory for the ring and data pages"),
+            Self::NoMemory => f.write_str("no memory for the rings"),
             Self::Grant(e) => write!(f, "grant: {e}"),
             Self::Event(e) => write!(f, "event channel: {e}"),
-            Self::SectorSize(size) => write!(f, "sector-size {size} is not supported (512 only)"),
+            Self::SectorSize(size) => write!(f, "sector-size {size} (512 only)"),
         }
     }
 }
@@ -156,7 +162,7 @@ const ATTACH_TIMEOUT_US: u64 = 120_000_000;
 fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
     const TOKEN: &str = "blkfront-attach";
     store::with(|xs| xs.watch("device/vbd", TOKEN)).transpose()?;
-    info!("blk: waiting for a disk (xl block-attach)");
+    info!("blk: waiting for xl block-attach");
     let start = cpu::uptime_us();
     let result = loop {
         match store::with(blkfront::find_vbds) {
@@ -196,7 +202,7 @@ pub fn probe(map: &'static AddressMap) -> Vec<PvDisk> {
         let name = blkfront::disk_name(devid);
         match PvDisk::set_up(map, devid, name.clone()) {
             Ok(disk) => {
-                info!("{}", disk.info_line());
+                disk.log_info();
                 disks.push(disk);
             }
             Err(err) => error!("blk: {name} devid={devid}: {err}"),
@@ -274,26 +280,22 @@ impl PvDisk {
         let token = format!("blkfront-{devid}-state");
         let backend_state = format!("{}/state", vbd.backend);
         if let Some(Err(err)) = store::with(|xs| xs.watch(&backend_state, &token)) {
-            warn!("blk: {name}: no watch on the back end's state: {err}");
+            warn!("blk: {name}: no state watch: {err}");
         }
         let timeout_ticks = crate::arch::aarch64::timer::frequency() * REQUEST_TIMEOUT.as_secs();
-        info!(
-            "blk: {name} backend={} backend_id={} max_ring_page_order={} indirect_segments={} persistent={}",
-            vbd.backend,
-            backend.0,
-            features.max_ring_page_order,
-            features.max_indirect_segments,
-            store::with(|xs| xs
-                .read(TxId::NONE, &format!("{}/feature-persistent", vbd.backend))
-                .ok())
-            .flatten()
-            .as_deref()
-            .unwrap_or("0")
-        );
+        // Linux's blkback says whether it keeps grants mapped only when it
+        // connects.
+        let persistent = store::with(|xs| {
+            xs.read(TxId::NONE, &format!("{}/feature-persistent", vbd.backend))
+                .is_ok_and(|v| v == "1")
+        })
+        .unwrap_or(false);
         Ok(Self {
             name,
             vbd,
             info,
+            features,
+            persistent,
             ring,
             ring_ref,
             port,
@@ -312,29 +314,32 @@ impl PvDisk {
         })
     }
 
-    /// `blk: xvda pv sectors=... ...`.
-    pub fn info_line(&self) -> String {
-        format!(
-            "blk: {} pv devid={} sectors={} sector_size={} read_only={} flush={} ring_pages=1 slots={} indirect={} request_bytes={}",
+    /// Prints `blk: xvda pv devid=... backend=... sectors=... ...`.
+    pub fn log_info(&self) {
+        info!(
+            "blk: {} pv devid={} backend={} sectors={} sector_size={} read_only={} flush={} \
+             persistent={} max_ring_page_order={} indirect_segments={} request_bytes={}",
             self.name,
             self.vbd.devid,
+            self.vbd.backend,
             self.info.sectors,
             self.info.sector_size,
             u8::from(self.info.read_only),
             u8::from(self.info.flush),
-            BLKIF_RING_SLOTS,
-            u8::from(!self.indirect.is_empty()),
+            u8::from(self.persistent),
+            self.features.max_ring_page_order,
+            self.features.max_indirect_segments,
             self.request_bytes()
-        )
+        );
     }
 
-    /// `blk: stats xvda ...` and the grant counters.
-    pub fn stats_line(&self) -> String {
+    /// Prints `blk: stats xvda ...` with the grant counters.
+    pub fn log_stats(&self) {
         let s = &self.stats;
-        format!(
+        info!(
             "blk: stats {} reads={} writes={} flushes={} errors={} grants_made={} grants_reused={}",
             self.name, s.reads, s.writes, s.flushes, s.errors, s.grants_made, s.grants_reused
-        )
+        );
     }
 
     /// Bytes one request moves at most.
@@ -477,7 +482,7 @@ impl PvDisk {
                 Ok(None) => break,
                 Err(err) => {
                     error!("blk: {}: {err}", self.name);
-                    self.broken = Some(BlkfrontError::BadRequest("back end overran the ring"));
+                    self.broken = Some(BlkfrontError::BadRequest("ring overrun"));
                     break;
                 }
             };
@@ -686,104 +691,48 @@ impl PvDisk {
     }
 }
 
-/// What the bootargs ask of the PV disks: write, verify, benchmark on the
-/// first; then each one's counters; then every disk closes.
+impl crate::block::SectorIo for PvDisk {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn capacity(&self) -> u64 {
+        self.info.sectors
+    }
+    fn read_sectors(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), IoError> {
+        self.read(lba, buffer).map_err(IoError::Pv)
+    }
+    fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<(), IoError> {
+        self.write(lba, data).map_err(IoError::Pv)
+    }
+    fn flush_cache(&mut self) -> Result<(), IoError> {
+        self.flush().map_err(IoError::Pv)
+    }
+    fn gone(&self) -> bool {
+        self.broken.is_some()
+    }
+}
+
+/// What the bootargs ask of the PV disks: write, verify (the virtio disks'
+/// code, `crate::block`), benchmark on the first; then each one's counters;
+/// then every disk closes.
 pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [PvDisk]) {
     for disk in disks.iter_mut() {
         if let Some(range) = args.blk_write {
-            match write_pattern(disk, range) {
-                Ok(()) => info!(
-                    "blk: wrote {} lba={} sectors={} seed={}, flushed",
-                    disk.name(),
-                    range.lba,
-                    range.count,
-                    range.seed
-                ),
-                Err(err) => error!(
-                    "blk: {} write of sectors {}..{}: {err}",
-                    disk.name(),
-                    range.lba,
-                    range.lba + range.count
-                ),
-            }
+            crate::block::write_pattern(disk, range);
         }
         if let Some(expected) = args.blk_verify {
-            verify(disk, expected);
+            crate::block::verify(disk, expected);
         }
     }
     if let (Some(mib), Some(disk)) = (args.bench_mib, disks.first_mut())
         && let Err(err) = bench(disk, mib)
     {
-        error!("blk: bench {}: {err}", disk.name());
+        error!("blk: bench {}: {err}", disk.name);
     }
     for disk in disks.iter_mut() {
-        info!("{}", disk.stats_line());
+        disk.log_stats();
         disk.close();
     }
-}
-
-fn write_pattern(
-    disk: &mut PvDisk,
-    range: crate::bootargs::SectorRange,
-) -> Result<(), BlkfrontError> {
-    use tidepool_virtio_blk::pattern;
-    let per_pass = (PASS_BYTES / SECTOR) as u64;
-    let mut sectors = alloc::vec![[0u8; SECTOR]; per_pass as usize];
-    let mut at = range.lba;
-    let end = range.lba + range.count;
-    while at < end {
-        let n = per_pass.min(end - at) as usize;
-        pattern::fill_sectors(range.seed, at, &mut sectors[..n]);
-        disk.write(at, sectors[..n].as_flattened())?;
-        at += n as u64;
-    }
-    disk.flush()
-}
-
-fn verify(disk: &mut PvDisk, expected: crate::bootargs::DiskPattern) -> u64 {
-    use tidepool_virtio_blk::pattern;
-    let capacity = disk.capacity();
-    let mut buffer = alloc::vec![0u8; PASS_BYTES];
-    let per_pass = (buffer.len() / SECTOR) as u64;
-    let mut problems = 0;
-    let mut lba = 0;
-    while lba < capacity {
-        let sectors = per_pass.min(capacity - lba);
-        let bytes = &mut buffer[..sectors as usize * SECTOR];
-        if let Err(err) = disk.read(lba, bytes) {
-            error!(
-                "blk: {} read of sectors {lba}..{} failed: {err}",
-                disk.name(),
-                lba + sectors
-            );
-            problems += 1;
-            if disk.broken.is_some() {
-                break;
-            }
-            lba += sectors;
-            continue;
-        }
-        for (i, sector) in bytes.chunks_exact(SECTOR).enumerate() {
-            let at = lba + i as u64;
-            let sector: &[u8; SECTOR] = sector.try_into().expect("whole sectors");
-            if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
-                if problems < 8 {
-                    error!("blk: {} {mismatch}", disk.name());
-                }
-                problems += 1;
-            }
-        }
-        lba += sectors;
-    }
-    if problems == 0 {
-        info!("blk: verify {} sectors={capacity} ok", disk.name());
-    } else {
-        error!(
-            "blk: verify {} sectors={capacity} problems={problems}",
-            disk.name()
-        );
-    }
-    problems
 }
 
 /// Random 4 KiB reads of the first `span` sectors, `depth` in flight.
@@ -843,7 +792,7 @@ fn bench(disk: &mut PvDisk, mib: u64) -> Result<(), BlkfrontError> {
     info!(
         "blk: bench device={} seq_mib={} seq_us={seq_us} seq_mib_s={}.{:02} qd1_reqs={RANDOM_READS} \
          qd1_us={qd1_us} qd1_iops={} qd16_reqs={RANDOM_READS} qd16_us={qd16_us} qd16_iops={} requests={} \
-         flush_hypercalls=0 grants_made={} grants_reused={}",
+         flush_hypercalls=0",
         disk.name(),
         seq_bytes >> 20,
         hundredths / 100,
@@ -852,8 +801,6 @@ fn bench(disk: &mut PvDisk, mib: u64) -> Result<(), BlkfrontError> {
         RANDOM_READS * 1_000_000 / qd16_us,
         (after.reads + after.writes + after.flushes)
             - (before.reads + before.writes + before.flushes),
-        after.grants_made - before.grants_made,
-        after.grants_reused - before.grants_reused,
     );
     Ok(())
 }

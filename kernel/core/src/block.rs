@@ -262,13 +262,82 @@ fn wait_and_take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut Dma
     }
 }
 
+/// What the disk-pattern bootargs and monitor commands need of a block
+/// device, virtio or Xen PV (`crate::blkfront`): one verifier and one
+/// pattern writer for both.
+pub trait SectorIo {
+    /// The device's name on the console.
+    fn name(&self) -> &str;
+    /// Size in 512-byte sectors.
+    fn capacity(&self) -> u64;
+    /// Reads whole sectors at `lba` into `buffer`.
+    fn read_sectors(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), IoError>;
+    /// Writes whole sectors at `lba`.
+    fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<(), IoError>;
+    /// Flushes the device's write cache.
+    fn flush_cache(&mut self) -> Result<(), IoError>;
+    /// The device can do no more I/O (a verify stops instead of failing
+    /// every remaining read).
+    fn gone(&self) -> bool {
+        false
+    }
+}
+
+/// A failed read, write or flush of either kind of device.
+#[derive(Debug)]
+pub enum IoError {
+    /// A virtio-blk device.
+    Virtio(BlkError<'static>),
+    /// A Xen PV disk.
+    Pv(tidepool_xen_abi::blkfront::BlkfrontError),
+}
+
+impl core::fmt::Display for IoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Virtio(err) => write!(f, "{err}"),
+            Self::Pv(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// A virtio disk with the DMA layer it works through, as a [`SectorIo`].
+pub struct VirtioIo<'a> {
+    /// The disk.
+    pub disk: &'a mut Disk,
+    /// Its DMA layer.
+    pub dma: &'a mut Dma,
+}
+
+impl SectorIo for VirtioIo<'_> {
+    fn name(&self) -> &str {
+        self.disk.name()
+    }
+    fn capacity(&self) -> u64 {
+        self.disk.device.capacity()
+    }
+    fn read_sectors(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), IoError> {
+        self.disk
+            .read(self.dma, lba, buffer)
+            .map_err(IoError::Virtio)
+    }
+    fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<(), IoError> {
+        self.disk
+            .write(self.dma, lba, data)
+            .map_err(IoError::Virtio)
+    }
+    fn flush_cache(&mut self) -> Result<(), IoError> {
+        self.disk.flush(self.dma).map_err(IoError::Virtio)
+    }
+}
+
 /// Reads the whole disk and checks every sector; read errors are reported
-/// with their sector and the check goes on. Returns the number of bad
-/// sectors or failed reads.
-pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
-    let capacity = disk.device.capacity();
+/// with their sector and the check goes on (unless the device is gone).
+/// Returns the number of bad sectors or failed reads.
+pub fn verify(dev: &mut dyn SectorIo, expected: DiskPattern) -> u64 {
+    let capacity = dev.capacity();
     let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
-        error!("blk: verify {}: no heap for its buffer", disk.name());
+        error!("blk: verify {}: no heap for its buffer", dev.name());
         return 1;
     };
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
@@ -277,13 +346,16 @@ pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
     while lba < capacity {
         let sectors = per_pass.min(capacity - lba);
         let bytes = &mut buffer[..sectors as usize * SECTOR_BYTES];
-        if let Err(err) = disk.read(dma, lba, bytes) {
+        if let Err(err) = dev.read_sectors(lba, bytes) {
             error!(
                 "blk: {} read of sectors {lba}..{} failed: {err}",
-                disk.name(),
+                dev.name(),
                 lba + sectors
             );
             problems += 1;
+            if dev.gone() {
+                break;
+            }
             lba += sectors;
             continue;
         }
@@ -293,7 +365,7 @@ pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
                 sector.try_into().expect("chunks_exact gives whole sectors");
             if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
                 if problems < 8 {
-                    error!("blk: {} {mismatch}", disk.name());
+                    error!("blk: {} {mismatch}", dev.name());
                 }
                 problems += 1;
             }
@@ -301,39 +373,43 @@ pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
         lba += sectors;
     }
     if problems == 0 {
-        info!("blk: verify {} sectors={capacity} ok", disk.name());
+        info!("blk: verify {} sectors={capacity} ok", dev.name());
     } else {
         error!(
             "blk: verify {} sectors={capacity} problems={problems}",
-            disk.name()
+            dev.name()
         );
     }
     problems
 }
 
-/// Writes the pattern of `range.seed` to `range`, one 256 KiB request at a
-/// time, then flushes.
-pub fn write_pattern(
-    disk: &mut Disk,
-    dma: &mut Dma,
-    range: SectorRange,
-) -> Result<(), BlkError<'static>> {
+/// Writes the pattern of `range.seed` to `range`, 256 KiB at a time, then
+/// flushes; says so on the console, or reports the error.
+pub fn write_pattern(dev: &mut dyn SectorIo, range: SectorRange) {
     let SectorRange { seed, lba, count } = range;
-    let per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
-    let mut sectors = vec![[0u8; SECTOR_BYTES]; per_chunk as usize];
-    let mut at = lba;
-    while at < lba + count {
-        let n = per_chunk.min(lba + count - at) as usize;
-        pattern::fill_sectors(seed, at, &mut sectors[..n]);
-        disk.write(dma, at, sectors[..n].as_flattened())?;
-        at += n as u64;
+    let result = (|| {
+        let per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
+        let mut sectors = vec![[0u8; SECTOR_BYTES]; per_chunk as usize];
+        let mut at = lba;
+        while at < lba + count {
+            let n = per_chunk.min(lba + count - at) as usize;
+            pattern::fill_sectors(seed, at, &mut sectors[..n]);
+            dev.write_sectors(at, sectors[..n].as_flattened())?;
+            at += n as u64;
+        }
+        dev.flush_cache()
+    })();
+    match result {
+        Ok(()) => info!(
+            "blk: wrote {} lba={lba} sectors={count} seed={seed}, flushed",
+            dev.name()
+        ),
+        Err(err) => error!(
+            "blk: {} write of sectors {lba}..{}: {err}",
+            dev.name(),
+            lba + count
+        ),
     }
-    disk.flush(dma)?;
-    info!(
-        "blk: wrote {} lba={lba} sectors={count} seed={seed}, flushed",
-        disk.name()
-    );
-    Ok(())
 }
 
 /// Random 4 KiB reads of the first `span` sectors, `depth` in flight.
@@ -442,18 +518,11 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [Disk], d
     }
     dma.print_usage("baseline");
     for disk in disks.iter_mut() {
-        if let Some(range) = args.blk_write
-            && let Err(err) = write_pattern(disk, dma, range)
-        {
-            error!(
-                "blk: {} write of sectors {}..{}: {err}",
-                disk.name(),
-                range.lba,
-                range.lba + range.count
-            );
+        if let Some(range) = args.blk_write {
+            write_pattern(&mut VirtioIo { disk, dma }, range);
         }
         if let Some(expected) = args.blk_verify {
-            verify(disk, dma, expected);
+            verify(&mut VirtioIo { disk, dma }, expected);
         }
     }
     if let Some(mib) = args.bench_mib {

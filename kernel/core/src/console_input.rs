@@ -91,9 +91,7 @@ impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AlreadyStarted => f.write_str("console input is already started"),
-            Self::NoVpl011 => {
-                f.write_str("this Xen guest has neither a PV console nor a vpl011 (arm,sbsa-uart)")
-            }
+            Self::NoVpl011 => f.write_str("no PV console and no vpl011 (arm,sbsa-uart)"),
             Self::NoStdoutUart => f.write_str("/chosen/stdout-path names no PL011"),
             Self::NoInterrupt { path } => write!(f, "{path} has no usable interrupt"),
             Self::NotMapped { path, phys } => {

@@ -200,8 +200,7 @@ impl Monitor {
             }
             BlkCommand::Verify { device, seed } => self.with_disk(device, |disk, dma| {
                 crate::block::verify(
-                    disk,
-                    dma,
+                    &mut crate::block::VirtioIo { disk, dma },
                     DiskPattern {
                         seed,
                         written: None,

@@ -185,29 +185,23 @@ impl fmt::Display for BlkfrontError {
             Self::BadKey { path, value } => write!(f, "{path} = {value:?} is not valid"),
             Self::BackendClosed { state } => write!(f, "back end went away (state {state:?})"),
             Self::StateTimeout { want, seen } => {
-                write!(f, "back end did not reach {want:?} (still {seen:?})")
+                write!(f, "back end not {want:?} (still {seen:?})")
             }
             Self::ReadOnly => f.write_str("the disk is read-only"),
             Self::BadRequest(what) => write!(f, "bad request: {what}"),
-            Self::Busy => f.write_str("every request slot is in use"),
+            Self::Busy => f.write_str("no free request slot"),
             Self::UnknownId { id } => write!(f, "response for unknown request id {id:#x}"),
-            Self::WrongOperation { id, sent, got } => write!(
-                f,
-                "response {id:#x} is for operation {got}, the request was {}",
-                op_name(*sent)
-            ),
+            Self::WrongOperation { id, sent, got } => {
+                write!(f, "response {id:#x}: op {got}, sent {}", op_name(*sent))
+            }
             Self::BadStatus { id, status } => {
-                write!(f, "response {id:#x} has impossible status {status}")
+                write!(f, "response {id:#x}: bad status {status}")
             }
             Self::Io { op, sector } => {
-                write!(
-                    f,
-                    "{} at sector {sector} failed (BLKIF_RSP_ERROR)",
-                    op_name(*op)
-                )
+                write!(f, "{} at sector {sector} failed", op_name(*op))
             }
             Self::NotSupported { op } => {
-                write!(f, "{} not supported by the back end", op_name(*op))
+                write!(f, "{} not supported", op_name(*op))
             }
             Self::Timeout { op, sector } => {
                 write!(f, "{} at sector {sector} timed out", op_name(*op))
@@ -369,9 +363,7 @@ pub fn publish<C: StoreChannel>(
 ) -> Result<(), BlkfrontError> {
     let pages = setup.ring_refs.len();
     if !pages.is_power_of_two() {
-        return Err(BlkfrontError::BadRequest(
-            "ring pages must be a power of two",
-        ));
+        return Err(BlkfrontError::BadRequest("ring pages not 2^n"));
     }
     let fe = &vbd.frontend;
     xs.transaction(|xs, tx| {

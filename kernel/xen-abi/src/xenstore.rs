@@ -179,38 +179,54 @@ pub enum XsErrno {
     Quota,
 }
 
-const ERRNOS: [(XsErrno, &str); 17] = [
-    (XsErrno::Inval, "EINVAL"),
-    (XsErrno::Access, "EACCES"),
-    (XsErrno::Exist, "EEXIST"),
-    (XsErrno::IsDir, "EISDIR"),
-    (XsErrno::NoEnt, "ENOENT"),
-    (XsErrno::NoMem, "ENOMEM"),
-    (XsErrno::NoSpc, "ENOSPC"),
-    (XsErrno::Io, "EIO"),
-    (XsErrno::NotEmpty, "ENOTEMPTY"),
-    (XsErrno::NoSys, "ENOSYS"),
-    (XsErrno::RoFs, "EROFS"),
-    (XsErrno::Busy, "EBUSY"),
-    (XsErrno::Again, "EAGAIN"),
-    (XsErrno::IsConn, "EISCONN"),
-    (XsErrno::TooBig, "E2BIG"),
-    (XsErrno::Perm, "EPERM"),
-    (XsErrno::Quota, "EQUOTA"),
-];
-
+// Matches rather than a table of names: a table of `&str` costs a
+// relocation per entry in the kernel Image, which has a size limit.
 impl XsErrno {
     /// The error xenstored names `name`, if it is one of `xsd_errors`.
     pub fn from_name(name: &str) -> Option<Self> {
-        ERRNOS.iter().find(|(_, n)| *n == name).map(|(e, _)| *e)
+        Some(match name {
+            "EINVAL" => Self::Inval,
+            "EACCES" => Self::Access,
+            "EEXIST" => Self::Exist,
+            "EISDIR" => Self::IsDir,
+            "ENOENT" => Self::NoEnt,
+            "ENOMEM" => Self::NoMem,
+            "ENOSPC" => Self::NoSpc,
+            "EIO" => Self::Io,
+            "ENOTEMPTY" => Self::NotEmpty,
+            "ENOSYS" => Self::NoSys,
+            "EROFS" => Self::RoFs,
+            "EBUSY" => Self::Busy,
+            "EAGAIN" => Self::Again,
+            "EISCONN" => Self::IsConn,
+            "E2BIG" => Self::TooBig,
+            "EPERM" => Self::Perm,
+            "EQUOTA" => Self::Quota,
+            _ => return None,
+        })
     }
 
     /// xenstored's name for it.
     pub fn name(self) -> &'static str {
-        ERRNOS
-            .iter()
-            .find(|(e, _)| *e == self)
-            .map_or("?", |(_, n)| n)
+        match self {
+            Self::Inval => "EINVAL",
+            Self::Access => "EACCES",
+            Self::Exist => "EEXIST",
+            Self::IsDir => "EISDIR",
+            Self::NoEnt => "ENOENT",
+            Self::NoMem => "ENOMEM",
+            Self::NoSpc => "ENOSPC",
+            Self::Io => "EIO",
+            Self::NotEmpty => "ENOTEMPTY",
+            Self::NoSys => "ENOSYS",
+            Self::RoFs => "EROFS",
+            Self::Busy => "EBUSY",
+            Self::Again => "EAGAIN",
+            Self::IsConn => "EISCONN",
+            Self::TooBig => "E2BIG",
+            Self::Perm => "EPERM",
+            Self::Quota => "EQUOTA",
+        }
     }
 }
 
@@ -286,13 +302,13 @@ impl fmt::Display for XsError {
             }
             Self::UnknownError(name) => write!(f, "unknown xenstore error {name:?}"),
             Self::RequestTooLong { len } => {
-                write!(f, "request of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}")
+                write!(f, "request of {len} bytes")
             }
             Self::ReplyTooLong { len } => {
-                write!(f, "reply of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}")
+                write!(f, "reply of {len} bytes")
             }
             Self::WrongRequestId { sent, got } => {
-                write!(f, "reply for request {got}, expected {sent}")
+                write!(f, "reply id {got}, sent {sent}")
             }
             Self::WrongType { sent, got } => write!(f, "reply type {got} to {sent:?}"),
             Self::Malformed { op, what } => write!(f, "malformed reply to {op:?}: {what}"),
@@ -300,10 +316,7 @@ impl fmt::Display for XsError {
                 write!(f, "{ring} ring corrupt: prod {prod} cons {cons}")
             }
             Self::Timeout { op } => write!(f, "no reply to {op:?}"),
-            Self::TransactionRetries => write!(
-                f,
-                "transaction conflicted {TRANSACTION_RETRIES} times (EAGAIN)"
-            ),
+            Self::TransactionRetries => f.write_str("transaction kept conflicting"),
         }
     }
 }
@@ -431,7 +444,7 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
             .map(TxId)
             .ok_or(XsError::Malformed {
                 op: XsType::TransactionStart,
-                what: "transaction id is not a non-zero number",
+                what: "bad transaction id",
             })
     }
 
@@ -568,7 +581,7 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
         let (Some(path), Some(token)) = (fields.next(), fields.next()) else {
             return Err(XsError::Malformed {
                 op: XsType::WatchEvent,
-                what: "watch event without path and token",
+                what: "watch event fields",
             });
         };
         self.events.push_back(WatchEvent {

@@ -73,18 +73,10 @@ impl core::fmt::Display for StoreSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoStore => f.write_str("no xenstore page"),
-            Self::NotMapped => f.write_str("the xenstore page has no window"),
+            Self::NotMapped => f.write_str("xenstore page not mapped"),
             Self::Port(error) => write!(f, "xenstore event channel: {error}"),
-            Self::LateTimeout => write!(
-                f,
-                "no xenstore after {} s: dom0 did not run init-dom0less",
-                LATE_TIMEOUT.as_secs()
-            ),
-            Self::Moved { gpa } => write!(
-                f,
-                "xenstore page at {gpa:#x}, not {:#x} where 4.17's init-dom0less puts it",
-                pv::DOM0LESS_STORE_GPA
-            ),
+            Self::LateTimeout => f.write_str("no init-dom0less in dom0 in time"),
+            Self::Moved { gpa } => write!(f, "xenstore page moved to {gpa:#x}"),
         }
     }
 }
