@@ -34,7 +34,6 @@ use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantAccess, GrantRef, Hypervisor};
 
 use crate::arch::aarch64::cpu;
-use crate::block::IoError;
 use crate::timer;
 use crate::xen::{Xen, events, grants, store};
 
@@ -691,37 +690,29 @@ impl PvDisk {
     }
 }
 
-impl crate::block::SectorIo for PvDisk {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn capacity(&self) -> u64 {
-        self.info.sectors
-    }
-    fn read_sectors(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), IoError> {
-        self.read(lba, buffer).map_err(IoError::Pv)
-    }
-    fn write_sectors(&mut self, lba: u64, data: &[u8]) -> Result<(), IoError> {
-        self.write(lba, data).map_err(IoError::Pv)
-    }
-    fn flush_cache(&mut self) -> Result<(), IoError> {
-        self.flush().map_err(IoError::Pv)
-    }
-    fn gone(&self) -> bool {
-        self.broken.is_some()
-    }
-}
-
-/// What the bootargs ask of the PV disks: write, verify (the virtio disks'
-/// code, `crate::block`), benchmark on the first; then each one's counters;
-/// then every disk closes.
+/// What the bootargs ask of the PV disks: write, verify, benchmark on the
+/// first; then each one's counters; then every disk closes.
 pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [PvDisk]) {
     for disk in disks.iter_mut() {
         if let Some(range) = args.blk_write {
-            crate::block::write_pattern(disk, range);
+            match write_pattern(disk, range) {
+                Ok(()) => info!(
+                    "blk: wrote {} lba={} sectors={} seed={}, flushed",
+                    disk.name(),
+                    range.lba,
+                    range.count,
+                    range.seed
+                ),
+                Err(err) => error!(
+                    "blk: {} write of sectors {}..{}: {err}",
+                    disk.name(),
+                    range.lba,
+                    range.lba + range.count
+                ),
+            }
         }
         if let Some(expected) = args.blk_verify {
-            crate::block::verify(disk, expected);
+            verify(disk, expected);
         }
     }
     if let (Some(mib), Some(disk)) = (args.bench_mib, disks.first_mut())
@@ -733,6 +724,70 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [PvDisk])
         disk.log_stats();
         disk.close();
     }
+}
+
+fn write_pattern(
+    disk: &mut PvDisk,
+    range: crate::bootargs::SectorRange,
+) -> Result<(), BlkfrontError> {
+    use tidepool_virtio_blk::pattern;
+    let per_pass = (PASS_BYTES / SECTOR) as u64;
+    let mut sectors = alloc::vec![[0u8; SECTOR]; per_pass as usize];
+    let mut at = range.lba;
+    let end = range.lba + range.count;
+    while at < end {
+        let n = per_pass.min(end - at) as usize;
+        pattern::fill_sectors(range.seed, at, &mut sectors[..n]);
+        disk.write(at, sectors[..n].as_flattened())?;
+        at += n as u64;
+    }
+    disk.flush()
+}
+
+fn verify(disk: &mut PvDisk, expected: crate::bootargs::DiskPattern) -> u64 {
+    use tidepool_virtio_blk::pattern;
+    let capacity = disk.capacity();
+    let mut buffer = alloc::vec![0u8; PASS_BYTES];
+    let per_pass = (buffer.len() / SECTOR) as u64;
+    let mut problems = 0;
+    let mut lba = 0;
+    while lba < capacity {
+        let sectors = per_pass.min(capacity - lba);
+        let bytes = &mut buffer[..sectors as usize * SECTOR];
+        if let Err(err) = disk.read(lba, bytes) {
+            error!(
+                "blk: {} read of sectors {lba}..{} failed: {err}",
+                disk.name(),
+                lba + sectors
+            );
+            problems += 1;
+            if disk.broken.is_some() {
+                break;
+            }
+            lba += sectors;
+            continue;
+        }
+        for (i, sector) in bytes.chunks_exact(SECTOR).enumerate() {
+            let at = lba + i as u64;
+            let sector: &[u8; SECTOR] = sector.try_into().expect("whole sectors");
+            if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
+                if problems < 8 {
+                    error!("blk: {} {mismatch}", disk.name());
+                }
+                problems += 1;
+            }
+        }
+        lba += sectors;
+    }
+    if problems == 0 {
+        info!("blk: verify {} sectors={capacity} ok", disk.name());
+    } else {
+        error!(
+            "blk: verify {} sectors={capacity} problems={problems}",
+            disk.name()
+        );
+    }
+    problems
 }
 
 /// Random 4 KiB reads of the first `span` sectors, `depth` in flight.

@@ -4,11 +4,11 @@
 //! backend in one piece (one `console_io` hypercall under Xen). With no lock
 //! anywhere on the path, the same code serves as the emergency console of the
 //! fault and panic handlers. The backend is chosen once at boot: Xen's
-//! `console_io`, the PL011 named by `/chosen/stdout-path`, or, when the device
-//! tree is unusable, the build-time early UART. An `xl` guest moves to the PV
-//! console ring once its page is mapped; the lines written to `console_io`
-//! before (which a release Xen drops for a domU) are kept in a small buffer
-//! and replayed there.
+//! `console_io`, the UART named by `/chosen/stdout-path` (PL011 or i.MX), or,
+//! when the device tree is unusable, the build-time early UART. An `xl` guest
+//! moves to the PV console ring once its page is mapped; the lines written to
+//! `console_io` before (which a release Xen drops for a domU) are kept in a
+//! small buffer and replayed there.
 
 use core::fmt;
 
@@ -96,6 +96,8 @@ mod backend {
         Xen,
         /// A PL011 (or SBSA) UART at this address.
         Pl011(usize),
+        /// An i.MX UART at this address.
+        ImxUart(usize),
         /// The PV console ring (`xl console`).
         XenPv,
     }
@@ -106,6 +108,7 @@ mod backend {
                 Backend::None => f.write_str("none"),
                 Backend::Xen => f.write_str("console_io"),
                 Backend::Pl011(base) => write!(f, "pl011@{base:#x}"),
+                Backend::ImxUart(base) => write!(f, "imx-uart@{base:#x}"),
                 Backend::XenPv => f.write_str("xen-pv"),
             }
         }
@@ -150,30 +153,41 @@ mod backend {
             crate::xen::pv_console::write(&chunk[..n]);
             at += n;
         }
-        KIND.store(3, Ordering::Release);
+        KIND.store(4, Ordering::Release);
     }
 
     /// Selects the backend. Called at boot before anything else runs.
+    /// Selects the backend. Called at boot before anything else runs; an
+    /// i.MX UART nobody set up is enabled here (see `tidepool_imx_uart`).
     pub fn select(backend: Backend) {
         let (kind, base) = match backend {
             Backend::None => (0, 0),
             Backend::Xen => (1, 0),
             Backend::Pl011(base) => (2, base),
-            Backend::XenPv => (3, 0),
+            Backend::ImxUart(base) => {
+                // SAFETY: as in `write_line`: the base is the stdout-path
+                // UART's, mapped as Device memory (identity before the MMU
+                // is on, its window after), and only the console drives it.
+                unsafe { tidepool_imx_uart::ImxUart::new(base) }.enable();
+                (3, base)
+            }
+            Backend::XenPv => (4, 0),
         };
         UART.store(base, Ordering::Relaxed);
         KIND.store(kind, Ordering::Release);
     }
 
-    /// Once the MMU is on, moves a PL011 console to its window in `map`
+    /// Once the MMU is on, moves a UART console to its window in `map`
     /// (the identity address is no longer mapped). A UART without a window
     /// (not named by `stdout-path`, e.g. the build-time early UART) goes
     /// quiet rather than fault.
     pub fn move_to_window(map: &tidepool_mm::AddressMap) {
-        if KIND.load(Ordering::Acquire) == 2 {
+        let kind = KIND.load(Ordering::Acquire);
+        if kind == 2 || kind == 3 {
             let base = UART.load(Ordering::Relaxed) as u64;
             match map.window_address(tidepool_mm::PhysAddr(base)) {
-                Some(window) => select(Backend::Pl011(window.0 as usize)),
+                Some(window) if kind == 2 => select(Backend::Pl011(window.0 as usize)),
+                Some(window) => select(Backend::ImxUart(window.0 as usize)),
                 None => select(Backend::None),
             }
         }
@@ -192,7 +206,7 @@ mod backend {
                 keep_early(bytes);
                 crate::xen::console_write(bytes);
             }
-            3 if !crate::xen::pv_console::write(bytes) => {
+            4 if !crate::xen::pv_console::write(bytes) => {
                 crate::xen::console_write(bytes);
             }
             2 => {
@@ -202,6 +216,16 @@ mod backend {
                 // the MMU's MMIO window after); the PL011 is only ever driven
                 // through this stateless transmit path.
                 let uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
+                // A UART that reports an error has nowhere else to report it.
+                let _ = uart.write_bytes(bytes);
+            }
+            3 => {
+                // SAFETY: the base was taken from the device tree's
+                // stdout-path node and is mapped as Device memory (identity
+                // before the MMU is on, by its MMIO window after); the
+                // console only transmits, and receive is left to whoever
+                // takes the UART's interrupt.
+                let uart = unsafe { tidepool_imx_uart::ImxUart::new(UART.load(Ordering::Relaxed)) };
                 // A UART that reports an error has nowhere else to report it.
                 let _ = uart.write_bytes(bytes);
             }

@@ -1,6 +1,6 @@
 //! Platform facts the kernel needs once at boot: `/chosen`, the Xen
 //! `/hypervisor` node, the GIC, the architected timer, PSCI, virtio-mmio
-//! transports and UARTs.
+//! transports, i.MX uSDHC controllers and UARTs.
 //!
 //! Only available nodes (`status` absent or okay on the node and every
 //! ancestor) are read. Every `reg` is translated to a root (CPU physical)
@@ -29,6 +29,9 @@ const ARCH_TIMER: &[&str] = &["arm,armv8-timer", "arm,armv7-timer"];
 /// Position of the virtual timer among the architected timer's interrupts
 /// (secure physical, non-secure physical, virtual, hypervisor).
 const VIRTUAL_TIMER: usize = 2;
+/// i.MX uSDHC `compatible` strings: the i.MX 8M Plus and the earlier
+/// parts with the same register layout its node also lists.
+const USDHC: &[&str] = &["fsl,imx8mp-usdhc", "fsl,imx8mm-usdhc", "fsl,imx7d-usdhc"];
 /// Largest SPI number (INTID 1019).
 const MAX_SPI: u32 = 987;
 /// Largest PPI number (INTID 31).
@@ -158,19 +161,39 @@ pub struct Psci {
     pub method: PsciMethod,
 }
 
-/// A virtio-mmio transport (`virtio,mmio`).
+/// A memory-mapped device that does DMA: its registers, its interrupt, and
+/// what its DMA needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VirtioMmio {
+pub struct DmaDeviceNode {
     /// Full path.
     pub path: String,
     /// Register window (first `reg` entry), translated.
     pub reg: AddrRange,
     /// Its interrupt (first specifier).
     pub interrupt: GicInterrupt,
-    /// `dma-coherent` on the node or an ancestor.
+    /// DMA-coherent: `dma-coherent` on the node or the nearest ancestor
+    /// that says either `dma-coherent` or `dma-noncoherent`.
     pub dma_coherent: bool,
     /// Paths of the nodes its `memory-region` names, in order.
     pub memory_regions: Vec<String>,
+}
+
+/// A virtio-mmio transport (`virtio,mmio`).
+pub type VirtioMmio = DmaDeviceNode;
+
+/// An i.MX uSDHC controller (`fsl,imx8mp-usdhc` and its family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usdhc {
+    /// The node, its registers, interrupt and DMA.
+    pub device: DmaDeviceNode,
+    /// Whether the controller's write-protect input means something:
+    /// `fsl,wp-controller` and no `disable-wp`. As Linux's i.MX driver
+    /// reads the tree: without `fsl,wp-controller` the pin may be unwired
+    /// (the i.MX 8M Plus EVK's SD slot), and its level says nothing.
+    pub write_protect_pin: bool,
+    /// The first `assigned-clock-rates` entry: the controller's input
+    /// clock in Hz, when the tree sets it.
+    pub clock_hz: Option<u32>,
 }
 
 /// The kind of a UART.
@@ -180,9 +203,25 @@ pub enum UartKind {
     Pl011,
     /// `arm,sbsa-uart` (Xen's vpl011 in a domU).
     SbsaUart,
+    /// An NXP i.MX UART: `fsl,imx6q-uart`, the fallback every later i.MX
+    /// (6, 7, 8M: `fsl,imx8mp-uart`, ...) lists.
+    Imx,
 }
 
-/// A PL011-compatible UART.
+impl UartKind {
+    /// The kind of UART a node with these `compatible` strings is, if the
+    /// kernel has a driver for it.
+    pub fn from_compatible<'a>(compatible: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        compatible.into_iter().find_map(|c| match c {
+            "arm,pl011" => Some(Self::Pl011),
+            "arm,sbsa-uart" => Some(Self::SbsaUart),
+            "fsl,imx6q-uart" => Some(Self::Imx),
+            _ => None,
+        })
+    }
+}
+
+/// A UART the kernel can drive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uart {
     /// Full path.
@@ -211,7 +250,9 @@ pub struct Platform {
     pub psci: Option<Psci>,
     /// virtio-mmio transports, in tree order.
     pub virtio_mmio: Vec<VirtioMmio>,
-    /// PL011 and SBSA UARTs, in tree order.
+    /// i.MX uSDHC controllers, in tree order.
+    pub usdhc: Vec<Usdhc>,
+    /// PL011, SBSA and i.MX UARTs, in tree order.
     pub uarts: Vec<Uart>,
     /// Nodes left out (or facts left unset) and why.
     pub errors: Vec<NodeError>,
@@ -274,16 +315,22 @@ impl Platform {
             if tree.is_compatible(node, &["virtio,mmio"]) {
                 platform
                     .virtio_mmio
-                    .extend(keep(virtio_mmio(tree, node), errors));
+                    .extend(keep(dma_device(tree, node), errors));
             }
-            let uart_kind = if tree.is_compatible(node, &["arm,pl011"]) {
-                Some(UartKind::Pl011)
-            } else if tree.is_compatible(node, &["arm,sbsa-uart"]) {
-                Some(UartKind::SbsaUart)
-            } else {
-                None
-            };
-            if let Some(kind) = uart_kind {
+            if tree.is_compatible(node, USDHC) {
+                let usdhc = dma_device(tree, node).map(|device| Usdhc {
+                    device,
+                    write_protect_pin: tree.has(node, "fsl,wp-controller")
+                        && !tree.has(node, "disable-wp"),
+                    clock_hz: tree
+                        .property(node, "assigned-clock-rates")
+                        .filter(|value| value.len() >= 4)
+                        .map(|value| u32::from_be_bytes([value[0], value[1], value[2], value[3]])),
+                });
+                platform.usdhc.extend(keep(usdhc, errors));
+            }
+            let compatible = tree.strings(node, "compatible").ok().flatten();
+            if let Some(kind) = compatible.and_then(UartKind::from_compatible) {
                 // A UART serves output without an interrupt: only a
                 // malformed one is an error, and the UART is kept.
                 let interrupt = tree.has(node, "interrupts").then(|| {
@@ -604,15 +651,29 @@ fn psci(tree: &Tree<'_>, node: usize) -> Result<Psci, NodeError> {
     })
 }
 
-fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
-    let reg = first_reg(tree, node)?;
-    let interrupt = interrupt(tree, node)?;
-    let mut dma_coherent = false;
+/// Whether `node`'s DMA is cache-coherent: the nearest of the node and its
+/// ancestors with `dma-coherent` or `dma-noncoherent` decides (as Linux's
+/// `of_dma_is_coherent` reads them); with neither, not coherent (arm64's
+/// default). QEMU 10's `virt` puts `dma-coherent` on the root node, so a
+/// scenario makes one device non-coherent with `dma-noncoherent` on it.
+pub(crate) fn dma_coherent(tree: &Tree<'_>, node: usize) -> bool {
     let mut current = Some(node);
     while let Some(n) = current {
-        dma_coherent |= tree.has(n, "dma-coherent");
+        if tree.has(n, "dma-coherent") {
+            return true;
+        }
+        if tree.has(n, "dma-noncoherent") {
+            return false;
+        }
         current = tree.nodes[n].parent;
     }
+    false
+}
+
+fn dma_device(tree: &Tree<'_>, node: usize) -> Result<DmaDeviceNode, NodeError> {
+    let reg = first_reg(tree, node)?;
+    let interrupt = interrupt(tree, node)?;
+    let dma_coherent = dma_coherent(tree, node);
     let mut memory_regions = Vec::new();
     if let Some(value) = tree.property(node, "memory-region") {
         let phandles =
@@ -622,7 +683,7 @@ fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
             memory_regions.push(tree.nodes[target].path.clone());
         }
     }
-    Ok(VirtioMmio {
+    Ok(DmaDeviceNode {
         path: tree.nodes[node].path.clone(),
         reg,
         interrupt,

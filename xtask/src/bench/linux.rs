@@ -16,7 +16,7 @@ use object::{Object, ObjectSection};
 
 use super::cpio::Newc;
 use super::{KeyValues, ParseError, Rate, Throughput};
-use crate::debian::Arm64Apt;
+use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
 use crate::qemu::{Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
@@ -121,10 +121,10 @@ pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<
     }
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
-    let apt = Arm64Apt::new(&ws.build.join("apt-arm64"))?;
+    let apt = PrivateApt::arm64(&ws.build.join("apt-arm64"))?;
     let unpacked = ws.build.join("debian-arm64");
     let busybox_dir = unpacked.join("busybox-static");
-    apt.fetch_and_unpack("busybox-static", &busybox_dir)?;
+    apt.fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 
@@ -147,7 +147,7 @@ pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<
     }
     for part in contents.packages {
         let dest = unpacked.join(part.name);
-        apt.fetch_and_unpack(part.name, &dest)?;
+        apt.fetch_and_unpack(&[part.name], &dest)?;
         archive.tree(&dest, part.keep)?;
     }
     for (path, perm, bytes) in &contents.files {
