@@ -14,7 +14,10 @@
 //!    every request costs a cache-flush hypercall), and with `static-pool`
 //!    (a pool Xen refuses to flush: maintained by VA through its window);
 //! 4. tidepool as an 8 MiB dom0less domU, which must reach `boot: ready`;
-//! 5. Linux as dom0 (`linux.rs`): fio over the same reads.
+//! 5. Linux as dom0 (`linux.rs`): fio over the same reads;
+//! 6. the PV lines (`pv.rs`): tidepool and a Linux domU as `xl` guests of a
+//!    Linux dom0, each reading the disk through dom0's xen-blkback, with
+//!    the same workload (tidepool's `bench=`, Linux's fio `/init`).
 //!
 //! Every tidepool benchmark run's checksums, and Linux's, are compared with
 //! what the disk image holds at the offsets read; a mismatch fails the run.
@@ -26,8 +29,9 @@
 //! `cargo xtask test` runs [`smoke`]: one short iteration of each side
 //! (8 MiB, 64 random reads), so the harness cannot rot.
 
-mod cpio;
-mod linux;
+pub(crate) mod cpio;
+pub(crate) mod linux;
+mod pv;
 mod report;
 mod tidepool;
 mod userland;
@@ -89,6 +93,10 @@ pub struct BenchArgs {
     /// Skip the Linux dom0 run (tidepool's numbers only, no ratios).
     #[arg(long)]
     skip_linux: bool,
+    /// Skip the PV runs (tidepool and a Linux domU as xl guests of a Linux
+    /// dom0, through its blkback).
+    #[arg(long)]
+    skip_pv: bool,
     /// Boots per measurement; the best timing of each kind is kept.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
@@ -103,6 +111,8 @@ struct Plan {
     disk_mib: u64,
     reads: u64,
     linux: bool,
+    /// The PV lines (`pv.rs`).
+    pv: bool,
     /// The boot-time runs, the other wait modes and the domU.
     everything: bool,
 }
@@ -115,6 +125,7 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         disk_mib: DISK_MIB,
         reads: RANDOM_READS,
         linux: !args.skip_linux,
+        pv: !args.skip_pv,
         everything: true,
     };
     let command = std::iter::once("cargo xtask bench".to_string())
@@ -144,6 +155,7 @@ pub fn smoke(ws: &Workspace) -> Result<()> {
         disk_mib: SMOKE_DISK_MIB,
         reads: SMOKE_READS,
         linux: true,
+        pv: false,
         everything: false,
     };
     let results = measure(ws, &plan, "cargo xtask test (bench smoke)".into())?;
@@ -263,6 +275,9 @@ fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
     let linux = plan
         .linux
         .then(|| linux_bench(ws, &dir, plan, dom0(), &expected));
+    let pv = plan
+        .pv
+        .then(|| pv::run(ws, &image, &dir, &disk, plan, &expected));
 
     let setup = Setup {
         date: utc_now(),
@@ -291,6 +306,7 @@ fn measure(ws: &Workspace, plan: &Plan, command: String) -> Result<Results> {
         waits,
         domu,
         linux,
+        pv,
         image_bytes,
     })
 }
@@ -547,7 +563,7 @@ fn linux_bench(
         }
     );
     let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
-    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
+    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"), None)?;
     best_of(plan.runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
         let console = run_timed(&args, LINUX_TIMEOUT)?;

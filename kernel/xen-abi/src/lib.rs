@@ -19,6 +19,8 @@
 // ABI constants keep the C names of Xen's headers, so they can be grepped.
 #![allow(non_upper_case_globals)]
 
+extern crate alloc;
+
 /// Checks a `#[repr(C)]` type's size, alignment and field offsets at compile
 /// time.
 macro_rules! assert_layout {
@@ -32,8 +34,10 @@ macro_rules! assert_layout {
 }
 pub(crate) use assert_layout;
 
+pub mod blkfront;
 pub mod blkif;
 pub mod cache_flush;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod event;
@@ -46,6 +50,7 @@ pub mod sched;
 pub mod sysctl;
 pub mod vcpu;
 pub mod version;
+pub mod xenstore;
 
 pub use cache_flush::{
     CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushRefusal, GnttabCacheFlush,

@@ -1,7 +1,8 @@
 //! The Linux side of the benchmark: Debian's arm64 kernel booted as Xen's
-//! dom0 with an initramfs of busybox-static, the virtio modules, Debian's
-//! `fio` with its libraries ([`userland::FIO`]) and an `/init` that runs the
-//! same workload as tidepool's `bench=` and powers off:
+//! dom0 (disk `vda`, virtio modules) or as a PV domU (disk `xvda`,
+//! xen-blkfront) with an initramfs of busybox-static, Debian's `fio` with
+//! its libraries ([`userland::FIO`]) and one `/init`, parametrised by the
+//! disk, that runs the same workload as tidepool's `bench=` and powers off:
 //!
 //! - `fio`, `O_DIRECT`, libaio: 1 MiB sequential reads of the whole disk,
 //!   8 in flight (8 MiB, as tidepool's 32 requests of 256 KiB); then the
@@ -28,7 +29,7 @@ use object::{Object, ObjectSection};
 use tidepool_block::workload::{self, BLOCK_BYTES};
 
 use super::cpio::Newc;
-use super::userland::{self, LIB_DIR};
+use super::userland::{self, LIB_DIR, Userland};
 use super::{KeyValues, ParseError, Rate, Throughput};
 use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
@@ -66,7 +67,7 @@ const IOLOG: &str = "bench/random.iolog";
 /// The random reads' block numbers, one a line, for the checksum pass.
 const BLOCKS: &str = "bench/random.blocks";
 
-/// The files that make Linux a benchmark dom0.
+/// The files that make Linux a dom0: the Image and an initramfs.
 pub struct LinuxDom0 {
     /// The uncompressed arm64 Image.
     pub image: PathBuf,
@@ -76,10 +77,56 @@ pub struct LinuxDom0 {
     pub modules: Vec<String>,
 }
 
+/// Part of a Debian package to put into an initramfs.
+pub struct PackagePart {
+    /// The package name.
+    pub name: &'static str,
+    /// Which of its paths (relative, no leading `/`) to keep; directories
+    /// are kept when something under them is.
+    pub keep: fn(&str) -> bool,
+}
+
+/// What a dom0 initramfs holds besides busybox-static.
+pub struct Dom0Contents<'a> {
+    /// Modules wanted, in the kernel's names (dependencies are added).
+    pub modules: &'a [&'a str],
+    /// busybox applets linked into `/bin`.
+    pub applets: &'a [&'a str],
+    /// Package contents unpacked into the root.
+    pub packages: &'a [PackagePart],
+    /// Programs added with the libraries they link ([`userland::add`]).
+    pub userland: &'a [&'a Userland],
+    /// Further files: path, permission bits, contents.
+    pub files: Vec<(String, u32, Vec<u8>)>,
+    /// `/init`, given the modules to load in order.
+    pub init: &'a dyn Fn(&[String]) -> String,
+    /// The initramfs file name in the run directory.
+    pub name: &'a str,
+}
+
 /// Fetches (once) Debian's Linux image package, busybox-static and fio with
 /// its libraries, and writes the initramfs for reading a `disk_bytes` disk,
 /// `reads` random 4 KiB reads per queue depth, into `dir`.
 pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: WANTED_MODULES,
+            applets: APPLETS,
+            packages: &[],
+            userland: &[&userland::FIO],
+            files: workload_files(disk_bytes, reads, "vda"),
+            init: &|modules| init_script(modules, disk_bytes, "vda"),
+            name: "linux-initramfs.cpio",
+        },
+    )
+}
+
+/// Fetches (once) Debian's Linux image package, busybox-static,
+/// `contents.packages` and `contents.userland`, and writes the initramfs `contents` describes into
+/// `dir`.
+pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<LinuxDom0> {
     // The package board_dtbs unpacks: ROOT/usr/lib/linux-image-VERSION holds
     // the DTBs; the Image and modules are ROOT/boot and ROOT/lib/modules.
     let dtbs = tools::board_dtbs(ws)?;
@@ -99,14 +146,15 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Resul
     }
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
-    let busybox_dir = dir.join("busybox-static");
     let apt = PrivateApt::arm64(&ws.build.join("apt-arm64"))?;
+    let unpacked = ws.build.join("debian-arm64");
+    let busybox_dir = unpacked.join("busybox-static");
     apt.fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 
     let index = ModuleIndex::scan(&modules_dir)?;
-    let modules = load_order(WANTED_MODULES, &index.builtin, |name| index.depends(name))?;
+    let modules = load_order(contents.modules, &index.builtin, |name| index.depends(name))?;
     let mut archive = Newc::new();
     for d in [
         "bin",
@@ -126,7 +174,7 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Resul
     // The kernel opens /dev/console for /init before devtmpfs is mounted.
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("bin/busybox", 0o755, &busybox);
-    for applet in APPLETS {
+    for applet in contents.applets {
         archive.symlink(&format!("bin/{applet}"), "busybox");
     }
     for name in &modules {
@@ -134,19 +182,26 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Resul
         let bytes = std::fs::read(path).map_err(|e| Error::io(path.clone(), e))?;
         archive.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
     }
-    let fio = userland::add(&apt, &dir.join("packages"), &userland::FIO, &mut archive)?;
-    eprintln!(
-        "bench: linux: initramfs gets fio with {} libraries ({} KiB)",
-        fio.libraries.len(),
-        fio.bytes / 1024
-    );
-    let blocks: Vec<u64> =
-        workload::random_blocks(workload::SEED, reads, disk_bytes / BLOCK_BYTES).collect();
-    archive.file(IOLOG, 0o644, iolog(&blocks).as_bytes());
-    let list: String = blocks.iter().map(|b| format!("{b}\n")).collect();
-    archive.file(BLOCKS, 0o644, list.as_bytes());
-    archive.file("init", 0o755, init_script(&modules, disk_bytes).as_bytes());
-    let initramfs = dir.join("linux-initramfs.cpio");
+    for part in contents.packages {
+        let dest = unpacked.join(part.name);
+        apt.fetch_and_unpack(&[part.name], &dest)?;
+        archive.tree(&dest, part.keep)?;
+    }
+    for set in contents.userland {
+        let added = userland::add(&apt, &unpacked, set, &mut archive)?;
+        eprintln!(
+            "linux: initramfs gets {} with {} libraries ({} KiB)",
+            set.programs.join(" "),
+            added.libraries.len(),
+            added.bytes / 1024
+        );
+    }
+    for (path, perm, bytes) in &contents.files {
+        archive.file(path, *perm, bytes);
+    }
+    archive.file("init", 0o755, (contents.init)(&modules).as_bytes());
+    let initramfs = dir.join(contents.name);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.to_path_buf(), e))?;
     std::fs::write(&initramfs, archive.finish()).map_err(|e| Error::io(initramfs.clone(), e))?;
     Ok(LinuxDom0 {
         image,
@@ -155,22 +210,58 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Resul
     })
 }
 
-/// fio's version 2 iolog of 4 KiB reads of `blocks` from /dev/vda.
-fn iolog(blocks: &[u64]) -> String {
-    let mut log = String::from("fio version 2 iolog\n/dev/vda add\n/dev/vda open\n");
+/// Fetches (once) what a Linux domU needs to time reads of its PV disk
+/// `xvda` (`disk_bytes`) through xen-blkfront, and writes its initramfs into
+/// `dir`: the dom0 benchmark's fio workload and checksums, `reads` random
+/// reads per queue depth, on `xvda`.
+pub fn prepare_domu(ws: &Workspace, dir: &Path, disk_bytes: u64, reads: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: &["xen_blkfront"],
+            applets: APPLETS,
+            packages: &[],
+            userland: &[&userland::FIO],
+            files: workload_files(disk_bytes, reads, "xvda"),
+            init: &|modules| init_script(modules, disk_bytes, "xvda"),
+            name: "linux-domu-initramfs.cpio",
+        },
+    )
+}
+
+/// The workload's files: the iolog of [`workload::random_blocks`] on
+/// /dev/`device` and the same blocks, one a line, for the checksum pass.
+fn workload_files(disk_bytes: u64, reads: u64, device: &str) -> Vec<(String, u32, Vec<u8>)> {
+    let blocks: Vec<u64> =
+        workload::random_blocks(workload::SEED, reads, disk_bytes / BLOCK_BYTES).collect();
+    let list: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+    vec![
+        (
+            IOLOG.to_string(),
+            0o644,
+            iolog(&blocks, device).into_bytes(),
+        ),
+        (BLOCKS.to_string(), 0o644, list.into_bytes()),
+    ]
+}
+
+/// fio's version 2 iolog of 4 KiB reads of `blocks` from /dev/`device`.
+fn iolog(blocks: &[u64], device: &str) -> String {
+    let mut log = format!("fio version 2 iolog\n/dev/{device} add\n/dev/{device} open\n");
     for block in blocks {
         log.push_str(&format!(
-            "/dev/vda read {} {BLOCK_BYTES}\n",
+            "/dev/{device} read {} {BLOCK_BYTES}\n",
             block * BLOCK_BYTES
         ));
     }
-    log.push_str("/dev/vda close\n");
+    log.push_str(&format!("/dev/{device} close\n"));
     log
 }
 
-/// `/init`: mount, load `modules`, wait for /dev/vda, run fio on a
+/// `/init`: mount, load `modules`, wait for /dev/`device`, run fio on a
 /// `disk_bytes` disk, checksum what Linux reads, power off.
-fn init_script(modules: &[String], disk_bytes: u64) -> String {
+fn init_script(modules: &[String], disk_bytes: u64, device: &str) -> String {
     let insmods: String = modules
         .iter()
         .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
@@ -199,25 +290,40 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 echo "{PREFIX}init uptime=$(cut -d' ' -f1 /proc/uptime)"
 {insmods}n=0
-while [ ! -b /dev/vda ]; do
+while [ ! -b /dev/{device} ]; do
     n=$((n + 1))
-    [ $n -gt 500 ] && fail "no /dev/vda after 5 s"
+    [ $n -gt 500 ] && fail "no /dev/{device} after 5 s"
     usleep 10000
 done
-fio_run seq --filename=/dev/vda --rw=read --bs={SEQ_BLOCK} --size={disk_bytes} --direct=1 --ioengine=libaio --iodepth={SEQ_DEPTH}
+fio_run seq --filename=/dev/{device} --rw=read --bs={SEQ_BLOCK} --size={disk_bytes} --direct=1 --ioengine=libaio --iodepth={SEQ_DEPTH}
 for qd in {depths}; do
     fio_run qd$qd --read_iolog=/{IOLOG} --direct=1 --ioengine=libaio --iodepth=$qd
 done
-echo "{PREFIX}sum seq crc32=$(dd if=/dev/vda bs={SEQ_BLOCK} iflag=direct 2>/dev/null | crc32)"
-echo "{PREFIX}sum random crc32=$(while read -r b; do dd if=/dev/vda bs={BLOCK_BYTES} skip=$b count=1 iflag=direct 2>/dev/null; done < /{BLOCKS} | crc32)"
+echo "{PREFIX}sum seq crc32=$(dd if=/dev/{device} bs={SEQ_BLOCK} iflag=direct 2>/dev/null | crc32)"
+echo "{PREFIX}sum random crc32=$(while read -r b; do dd if=/dev/{device} bs={BLOCK_BYTES} skip=$b count=1 iflag=direct 2>/dev/null; done < /{BLOCKS} | crc32)"
 echo "{PREFIX}done"
 poweroff -f
 "#
     )
 }
 
+/// A dom0less domU booted by Xen next to the Linux dom0.
+pub struct DomU<'a> {
+    /// Its kernel Image.
+    pub image: &'a Path,
+    /// Its memory in KiB.
+    pub memory_kib: u64,
+    /// Its command line.
+    pub bootargs: &'a str,
+}
+
+/// Where QEMU's loader puts a dom0less domU's Image: below QEMU's DTB.
+const DOMU_ADDR: u64 = 0x4700_0000;
+
 /// QEMU's arguments for Linux as dom0 on `machine`'s hardware (its memory,
-/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU.
+/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU; with
+/// `domu`, also a dom0less domU with `xen,enhanced = "enabled"` (xenstore
+/// once dom0 runs `init-dom0less`) and a vpl011.
 ///
 /// `Machine::prepare`'s dom0 mode loads one module below QEMU's DTB, too
 /// little room for a 33 MB Image; its bare mode with Xen as the `-kernel`
@@ -229,6 +335,7 @@ pub fn qemu_args(
     dom0: &LinuxDom0,
     xen_bootargs: &str,
     run_dir: &Path,
+    domu: Option<&DomU<'_>>,
 ) -> Result<QemuCommand> {
     let mut bare = machine.clone();
     bare.mode = Mode::Bare;
@@ -263,6 +370,27 @@ pub fn qemu_args(
     devicetree::add_xen_dom0(&mut tree, xen_bootargs, &kernel)
         .and_then(|()| devicetree::add_xen_dom0_ramdisk(&mut tree, RAMDISK_ADDR, ramdisk_size))
         .map_err(|e| Error::msg(format!("Linux dom0 device tree: {e}")))?;
+    if let Some(domu) = domu {
+        let size = size(domu.image)?;
+        if DOMU_ADDR + size > 0x4800_0000 {
+            return Err(Error::msg(format!(
+                "the domU Image ({size} bytes) would overlap QEMU's DTB"
+            )));
+        }
+        let module = Module {
+            addr: DOMU_ADDR,
+            size,
+            bootargs: domu.bootargs.into(),
+        };
+        devicetree::add_xen_dom0less_domu(&mut tree, "domU1", domu.memory_kib, 1, true, &module)
+            .and_then(|()| tree.set_string("/chosen/domU1", "xen,enhanced", "enabled"))
+            .map_err(|e| Error::msg(format!("dom0less domU device tree: {e}")))?;
+        args.push("-device");
+        args.push(format!(
+            "loader,file={},addr={DOMU_ADDR:#x},force-raw=on",
+            domu.image.display()
+        ));
+    }
     let out = tree
         .to_dtb()
         .map_err(|e| Error::msg(format!("writing DT: {e}")))?;
@@ -352,6 +480,25 @@ pub struct LinuxBench {
     pub seq_sum: Crc32,
     /// The random blocks in list order, read with `dd`.
     pub random_sum: Crc32,
+}
+
+impl LinuxBench {
+    /// The best of two runs: each timing from the faster run, the earlier
+    /// `/init` (the checksums are checked per run).
+    pub fn faster(self, other: Self) -> Self {
+        let random = self
+            .random
+            .iter()
+            .zip(&other.random)
+            .map(|(&(depth, a), &(_, b))| (depth, a.faster(b)))
+            .collect();
+        Self {
+            init_uptime: self.init_uptime.min(other.init_uptime),
+            seq: self.seq.faster(other.seq),
+            random,
+            ..self
+        }
+    }
 }
 
 /// Why Linux's console did not yield the numbers.
@@ -704,7 +851,7 @@ mod tests {
 
     #[test]
     fn the_iolog_replays_the_blocks() {
-        let log = iolog(&[0, 3]);
+        let log = iolog(&[0, 3], "vda");
         assert_eq!(
             log,
             "fio version 2 iolog\n/dev/vda add\n/dev/vda open\n/dev/vda read 0 4096\n\
@@ -714,7 +861,15 @@ mod tests {
 
     #[test]
     fn init_script_runs_fio_and_the_checksums_and_loads_modules_in_order() {
-        let script = init_script(&["virtio_mmio".into(), "virtio_blk".into()], 64 << 20);
+        let script = init_script(
+            &["virtio_mmio".into(), "virtio_blk".into()],
+            64 << 20,
+            "vda",
+        );
+        let domu = init_script(&["xen_blkfront".into()], 64 << 20, "xvda");
+        assert!(domu.contains("--filename=/dev/xvda --rw=read"));
+        assert!(domu.contains("dd if=/dev/xvda bs=4096 skip=$b"));
+        assert!(!script.contains("xvda"));
         assert!(script.starts_with("#!/bin/sh\n"));
         let mmio = script.find("insmod /lib/modules/virtio_mmio.ko").unwrap();
         let blk = script.find("insmod /lib/modules/virtio_blk.ko").unwrap();

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tidepool_block::wait::WaitMode;
 
 use super::linux::LinuxBench;
+use super::pv::{self, PvResults};
 use super::tidepool::KernelBench;
 use super::{NONCOHERENT_SCENARIO as POOL_LABEL, RunError, VA_POOL_SCENARIO as VA_POOL_LABEL};
 use crate::image::IMAGE_SIZE_LIMIT;
@@ -72,19 +73,10 @@ impl LinuxRun {
             &self
         };
         let (init_host, init_uptime) = (earlier.init_host, earlier.bench.init_uptime);
-        let random = self
-            .bench
-            .random
-            .iter()
-            .zip(&other.bench.random)
-            .map(|(&(depth, a), &(_, b))| (depth, a.faster(b)))
-            .collect();
         Self {
             bench: LinuxBench {
                 init_uptime,
-                seq: self.bench.seq.faster(other.bench.seq),
-                random,
-                ..self.bench
+                ..self.bench.faster(other.bench)
             },
             init_host,
         }
@@ -138,6 +130,8 @@ pub struct Results {
     pub domu: Outcome<Ready>,
     /// Linux dom0's benchmark, unless skipped.
     pub linux: Option<Outcome<LinuxRun>>,
+    /// The PV lines (`pv.rs`), unless skipped.
+    pub pv: Option<PvResults>,
     /// Size of build/tidepool.img.
     pub image_bytes: u64,
 }
@@ -170,6 +164,10 @@ impl Results {
         ];
         for (mode, outcome) in &self.waits {
             all.push((format!("tidepool wait={mode}"), outcome.as_ref().err()));
+        }
+        if let Some(pv) = &self.pv {
+            all.push(("pv tidepool".into(), pv.tidepool.as_ref().err()));
+            all.push(("pv linux".into(), pv.linux.as_ref().err()));
         }
         all.into_iter()
             .filter_map(|(name, err)| Some((name, err?)))
@@ -211,7 +209,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn at_least(value: Option<f64>, target: f64) -> Self {
+    pub(super) fn at_least(value: Option<f64>, target: f64) -> Self {
         match value {
             Some(v) if v >= target => Self::Ok,
             Some(_) => Self::Missed,
@@ -307,7 +305,7 @@ impl Figure {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? / b?)
 }
 
@@ -332,7 +330,46 @@ struct Json<'r> {
     setup: &'r Setup,
     figures: Vec<Figure>,
     waiting: Vec<WaitRow>,
+    pv: Vec<PvFigure>,
     failures: Vec<String>,
+}
+
+/// One PV line: tidepool's blkfront against Linux's xen-blkfront, both `xl`
+/// guests of one Linux dom0.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PvFigure {
+    /// What is measured.
+    pub metric: String,
+    /// Its unit.
+    pub unit: &'static str,
+    /// tidepool's blkfront.
+    pub tidepool: Option<f64>,
+    /// Linux domU's xen-blkfront.
+    pub linux: Option<f64>,
+    /// `tidepool/linux`.
+    pub ratio: Option<f64>,
+    /// At least Linux's figure.
+    pub result: Verdict,
+}
+
+/// The PV lines, if they ran.
+fn pv_figures(r: &Results) -> Vec<PvFigure> {
+    r.pv.as_ref().map_or_else(Vec::new, |p| {
+        pv::lines(p)
+            .into_iter()
+            .map(|(metric, tidepool, linux, unit)| {
+                let ratio = ratio(tidepool, linux);
+                PvFigure {
+                    metric,
+                    unit,
+                    tidepool,
+                    linux,
+                    ratio,
+                    result: Verdict::at_least(ratio, 1.0),
+                }
+            })
+            .collect()
+    })
 }
 
 /// The figures with targets, in table order.
@@ -550,6 +587,7 @@ pub fn json(r: &Results) -> String {
         setup: &r.setup,
         figures: figures(r),
         waiting: waiting(r),
+        pv: pv_figures(r),
         failures: r
             .failures()
             .iter()
@@ -691,11 +729,18 @@ pub fn render(r: &Results) -> String {
          Linux's reads of the same blocks are checked by CRC-32 after fio (untimed).\n",
         s.random_reads
     ));
+    if let Some(pv) = &r.pv {
+        out.push_str(&pv::render(pv));
+    }
     let failures = r.failures();
     for (name, err) in &failures {
         out.push_str(&format!("\nbench: FAILED {name}: {err}\n"));
     }
-    let verdicts: Vec<Verdict> = figures.iter().filter_map(|f| f.result).collect();
+    let verdicts: Vec<Verdict> = figures
+        .iter()
+        .filter_map(|f| f.result)
+        .chain(pv_figures(r).iter().map(|f| f.result))
+        .collect();
     let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
     out.push_str(&format!(
         "\nbench: targets: {} ok, {} MISSED, {} n/a; runs failed: {}",
@@ -845,8 +890,42 @@ mod tests {
             ],
             domu: Ok(ready(400, 100)),
             linux: Some(Ok(linux())),
+            pv: None,
             image_bytes: 336 * 1024,
         }
+    }
+
+    #[test]
+    fn pv_lines_compare_the_same_fio_figures() {
+        let mut r = results();
+        assert!(pv_figures(&r).is_empty());
+        r.pv = Some(PvResults {
+            tidepool: Ok(kernel(WaitMode::Poll, 40, [400, 100, 80], 0)),
+            linux: Err(RunError::NotRun),
+        });
+        let figures = pv_figures(&r);
+        let names: Vec<&str> = figures.iter().map(|f| f.metric.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PV sequential read",
+                "PV 4 KiB random reads, QD1",
+                "PV 4 KiB random reads, QD16",
+                "PV 4 KiB random reads, QD32"
+            ]
+        );
+        assert!(figures.iter().all(|f| f.result == Verdict::NoData));
+        r.pv.as_mut().unwrap().linux = Ok(linux().bench);
+        let figures = pv_figures(&r);
+        let qd16 = &figures[2];
+        let linux_qd16 = linux().bench.random[1].1.rate().iops();
+        assert_eq!(qd16.linux, Some(linux_qd16));
+        assert_eq!(qd16.ratio, Some(qd16.tidepool.unwrap() / linux_qd16));
+        let text = render(&r);
+        assert!(text.contains("PV 4 KiB random reads, QD32"), "{text}");
+        assert!(json(&r).contains("\"pv\": ["));
+        r.pv = None;
+        assert!(!render(&r).contains("PV sequential"));
     }
 
     fn row<'a>(report: &'a str, metric: &str) -> Vec<&'a str> {
