@@ -54,7 +54,7 @@ use crate::{Error, Result, Workspace, tools};
 
 /// QEMU's RAM for every run, in MiB: Xen must find `DOM0_MEM` of 1:1
 /// memory beside Linux's Image and initramfs modules.
-const MEMORY_MIB: u64 = 2048;
+pub const MEMORY_MIB: u64 = 2048;
 /// Xen's `dom0_mem` for every dom0 run, tidepool's and Linux's: room for
 /// Linux's 33 MB Image, its 85 MB initramfs (fio's libraries) and that
 /// initramfs unpacked (256M was too little to unpack it).
