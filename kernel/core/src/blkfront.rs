@@ -49,9 +49,11 @@ use crate::xen::{Xen, events, grants, store};
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too):
 /// [`SLOTS`] of them are 2.6 MiB of granted pages, about 700 grants.
 pub const INDIRECT_SEGMENTS: usize = 32;
-/// Requests in flight at once: the most the block interface tracks (the
-/// ring has 32 slots; each in-flight request keeps its own data pages).
-const SLOTS: usize = MAX_IN_FLIGHT;
+/// Requests in flight at once: within the one-page ring's 32 entries and
+/// the block interface's [`MAX_IN_FLIGHT`] (42, sized for virtio's 128-entry
+/// queue); each in-flight request keeps its own data pages.
+const SLOTS: usize = 21;
+const _: () = assert!(SLOTS <= MAX_IN_FLIGHT && SLOTS <= 32);
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
 /// response after this time finds its slot expired and breaks the device.

@@ -811,7 +811,8 @@ pub fn bench<D: BlockDriver<'static>>(
         return Ok(());
     };
 
-    let chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
+    // The largest requests the driver takes, up to [`CHUNK_BYTES`].
+    let chunk = (disk.chunk_bytes() / SECTOR_BYTES) as u64;
     let chunks = (0..span.div_ceil(chunk)).map(|i| {
         let lba = i * chunk;
         (lba, (span - lba).min(chunk) as u32)
