@@ -6,11 +6,19 @@
 //! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` into the region the
 //! device tree's `/hypervisor` node names, and hands the entries to
 //! [`GrantTable`] as a slice.
+//!
+//! A grant lets another domain read or write one of this domain's frames,
+//! and a grant mapping puts another domain's frame at one of this domain's
+//! guest-physical frames; both name memory, so both take tokens only the
+//! memory's owner makes: a [`GrantableFrame`] to grant, a
+//! [`VacantFrame`](crate::VacantFrame) to map at (given back, on unmap, by
+//! the [`GrantMapping`] the map returned).
 
 use core::fmt;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use crate::domain::DomId;
+use crate::memory::VacantFrame;
 
 /// `GNTTABOP_map_grant_ref`.
 pub const GNTTABOP_map_grant_ref: u32 = 0;
@@ -52,6 +60,46 @@ pub struct GrantRef(pub u32);
 impl fmt::Display for GrantRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gref {}", self.0)
+    }
+}
+
+/// One of this domain's frames, which its owner lets another domain access
+/// through a grant ([`GrantTable::grant`]). Only [`GrantableFrame::new`],
+/// the owner's promise, makes one.
+///
+/// ```compile_fail,E0133
+/// // Sharing a frame with another domain is the owner's promise.
+/// let frame = tidepool_xen_abi::GrantableFrame::new(0x40123);
+/// ```
+///
+/// ```compile_fail,E0451
+/// let frame = tidepool_xen_abi::GrantableFrame { gfn: 0x40123 };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantableFrame {
+    gfn: u64,
+}
+
+impl GrantableFrame {
+    /// Guest frame `gfn` (guest-physical address >> 12), to be granted.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns frame `gfn` (this domain's RAM, allocated to it) and
+    /// keeps it allocated, given to nothing else, until the grant made from
+    /// this token has ended ([`GrantTable::end`] returned `Ok`): the other
+    /// domain may read it (and, with [`GrantAccess::ReadWrite`], write it)
+    /// at any moment until then, so the kernel reaches it only as memory
+    /// shared with that domain, never through a reference that assumes it
+    /// unchanged.
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub const unsafe fn new(gfn: u64) -> Self {
+        Self { gfn }
+    }
+
+    /// The guest frame number.
+    pub const fn gfn(&self) -> u64 {
+        self.gfn
     }
 }
 
@@ -153,19 +201,64 @@ impl fmt::Display for GrantHandle {
     }
 }
 
-/// `struct gnttab_map_grant_ref`.
+/// A grant mapping made by [`Hypervisor::grant_map`](crate::Hypervisor::grant_map):
+/// another domain's frame at one of this domain's guest-physical frames.
+/// Only a successful map makes one, and
+/// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) takes it to
+/// remove exactly that mapping, so safe code cannot unmap a frame it did
+/// not map.
+///
+/// ```compile_fail,E0451
+/// // No forged mapping: address and handle are private.
+/// use tidepool_xen_abi::{GrantHandle, GrantMapping};
+/// let mapping = GrantMapping { gfn: 0x40401, handle: GrantHandle(0) };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantMapping {
+    gfn: u64,
+    handle: GrantHandle,
+}
+
+impl GrantMapping {
+    /// A mapping Xen just made at `frame`.
+    pub(crate) const fn new(frame: VacantFrame, handle: GrantHandle) -> Self {
+        Self {
+            gfn: frame.gfn(),
+            handle,
+        }
+    }
+
+    /// The guest-physical address the granted frame appears at.
+    pub const fn gpa(&self) -> u64 {
+        self.gfn << 12
+    }
+
+    /// Xen's handle of the mapping.
+    pub const fn handle(&self) -> GrantHandle {
+        self.handle
+    }
+
+    /// The frame back, once Xen has removed the mapping.
+    pub(crate) const fn into_frame(self) -> VacantFrame {
+        VacantFrame::reclaimed(self.gfn)
+    }
+}
+
+/// `struct gnttab_map_grant_ref`. The inputs are private and only
+/// [`Hypervisor::grant_map`](crate::Hypervisor::grant_map) builds one, from a
+/// [`VacantFrame`].
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(PartialEq, Eq, Debug)]
 pub struct GnttabMapGrantRef {
     /// Where to map: on Arm, with [`GNTMAP_host_map`], the guest-physical
     /// address (page-aligned) the frame appears at.
-    pub host_addr: u64,
+    pub(crate) host_addr: u64,
     /// `GNTMAP_*`.
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// The grant reference in the granting domain's table.
-    pub gref: u32,
+    pub(crate) gref: u32,
     /// The granting domain.
-    pub dom: u16,
+    pub(crate) dom: u16,
     /// OUT: `GNTST_*`.
     pub status: i16,
     /// OUT: the mapping's handle.
@@ -178,11 +271,16 @@ crate::assert_layout!(GnttabMapGrantRef, size 32, align 8, host_addr @ 0, flags 
     gref @ 12, dom @ 16, status @ 18, handle @ 20, dev_bus_addr @ 24);
 
 impl GnttabMapGrantRef {
-    /// A host mapping of `dom`'s grant `gref` at guest-physical address
-    /// `gpa`, read-only or read-write.
-    pub const fn host(dom: DomId, gref: GrantRef, gpa: u64, access: GrantAccess) -> Self {
+    /// A host mapping of `dom`'s grant `gref` at `frame`, read-only or
+    /// read-write.
+    pub(crate) const fn host(
+        dom: DomId,
+        gref: GrantRef,
+        frame: &VacantFrame,
+        access: GrantAccess,
+    ) -> Self {
         Self {
-            host_addr: gpa,
+            host_addr: frame.gpa(),
             flags: match access {
                 GrantAccess::ReadOnly => GNTMAP_host_map | GNTMAP_readonly,
                 GrantAccess::ReadWrite => GNTMAP_host_map,
@@ -196,16 +294,18 @@ impl GnttabMapGrantRef {
     }
 }
 
-/// `struct gnttab_unmap_grant_ref`.
+/// `struct gnttab_unmap_grant_ref`. The inputs are private and only
+/// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) builds one,
+/// from a [`GrantMapping`].
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(PartialEq, Eq, Debug)]
 pub struct GnttabUnmapGrantRef {
     /// The address the frame was mapped at (its `host_addr`).
-    pub host_addr: u64,
+    pub(crate) host_addr: u64,
     /// The device mapping's bus address (0 for a host mapping).
-    pub dev_bus_addr: u64,
+    pub(crate) dev_bus_addr: u64,
     /// The mapping's handle.
-    pub handle: u32,
+    pub(crate) handle: u32,
     /// OUT: `GNTST_*`.
     pub status: i16,
 }
@@ -214,12 +314,12 @@ crate::assert_layout!(GnttabUnmapGrantRef, size 24, align 8,
     host_addr @ 0, dev_bus_addr @ 8, handle @ 16, status @ 20);
 
 impl GnttabUnmapGrantRef {
-    /// Removes the host mapping `handle` at guest-physical address `gpa`.
-    pub const fn host(gpa: u64, handle: GrantHandle) -> Self {
+    /// Removes the host mapping `mapping`.
+    pub(crate) const fn host(mapping: &GrantMapping) -> Self {
         Self {
-            host_addr: gpa,
+            host_addr: mapping.gpa(),
             dev_bus_addr: 0,
-            handle: handle.0,
+            handle: mapping.handle.0,
             status: 0,
         }
     }
@@ -383,16 +483,25 @@ impl<'a> GrantTable<'a> {
         self.free_len
     }
 
-    /// Grants `domid` access to guest frame `gfn`.
+    /// Grants `domid` access to `frame`. On an error nothing is granted.
     ///
     /// Writes the frame and domain first and publishes the flags last with
     /// release ordering, so Xen never sees a valid entry with stale contents.
+    ///
+    /// ```compile_fail,E0308
+    /// // A frame number is not a grantable frame: only its owner makes one.
+    /// use tidepool_xen_abi::{DomId, GrantAccess, GrantTable};
+    /// fn share(table: &mut GrantTable<'_>) {
+    ///     let _ = table.grant(DomId(1), 0x40123, GrantAccess::ReadWrite);
+    /// }
+    /// ```
     pub fn grant(
         &mut self,
         domid: DomId,
-        gfn: u64,
+        frame: GrantableFrame,
         access: GrantAccess,
     ) -> Result<GrantRef, GrantError> {
+        let gfn = frame.gfn;
         let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
         if self.free_len == 0 {
             return Err(GrantError::Exhausted {
@@ -460,6 +569,11 @@ impl<'a> GrantTable<'a> {
 mod tests {
     use super::*;
 
+    /// A frame to grant (the tests' entries point at nothing).
+    fn frame(gfn: u64) -> GrantableFrame {
+        GrantableFrame { gfn }
+    }
+
     fn table(n: usize) -> Vec<GrantEntryV1> {
         (0..n).map(|_| GrantEntryV1::default()).collect()
     }
@@ -470,8 +584,8 @@ mod tests {
         let mut storage = [GrantRef::default(); 8];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
         assert_eq!(gt.usable(), 8);
-        let a = gt.grant(DomId(1), 0x40123, GrantAccess::ReadWrite).unwrap();
-        let b = gt.grant(DomId(2), 0x40124, GrantAccess::ReadOnly).unwrap();
+        let a = gt.grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite).unwrap();
+        let b = gt.grant(DomId(2), frame(0x40124), GrantAccess::ReadOnly).unwrap();
         assert_eq!((a, b), (GrantRef(8), GrantRef(9)));
         let e = &entries[8];
         assert_eq!(e.flags.load(Ordering::SeqCst), GTF_permit_access);
@@ -495,11 +609,11 @@ mod tests {
         let entries = table(10);
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let a = gt.grant(DomId(1), 1, GrantAccess::ReadWrite).unwrap();
+        let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite).unwrap();
         gt.end(a).unwrap();
         assert_eq!(entries[a.0 as usize].flags.load(Ordering::SeqCst), 0);
         assert_eq!(gt.free_count(), 2);
-        assert_eq!(gt.grant(DomId(1), 2, GrantAccess::ReadWrite).unwrap(), a);
+        assert_eq!(gt.grant(DomId(1), frame(2), GrantAccess::ReadWrite).unwrap(), a);
         assert_eq!(
             gt.end(GrantRef(9)),
             Err(GrantError::NotGranted(GrantRef(9)))
@@ -513,7 +627,7 @@ mod tests {
         let entries = table(9);
         let mut storage = [GrantRef::default(); 1];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let g = gt.grant(DomId(3), 7, GrantAccess::ReadWrite).unwrap();
+        let g = gt.grant(DomId(3), frame(7), GrantAccess::ReadWrite).unwrap();
         let entry = &entries[g.0 as usize];
         for busy in [GTF_reading, GTF_writing, GTF_reading | GTF_writing] {
             entry.flags.fetch_or(busy, Ordering::SeqCst);
@@ -546,16 +660,16 @@ mod tests {
         let entries = table(10);
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let a = gt.grant(DomId(1), 1, GrantAccess::ReadOnly).unwrap();
-        gt.grant(DomId(1), 2, GrantAccess::ReadOnly).unwrap();
-        let err = gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap_err();
+        let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
+        gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
+        let err = gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap_err();
         assert_eq!(err, GrantError::Exhausted { usable: 2 });
         assert_eq!(
             err.to_string(),
             "grant table exhausted: all 2 usable entries are granted"
         );
         gt.end(a).unwrap();
-        assert_eq!(gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap(), a);
+        assert_eq!(gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap(), a);
     }
 
     #[test]
@@ -572,7 +686,7 @@ mod tests {
             })
         );
         assert_eq!(
-            gt.grant(DomId(1), 1 << 32, GrantAccess::ReadWrite),
+            gt.grant(DomId(1), frame(1 << 32), GrantAccess::ReadWrite),
             Err(GrantError::FrameTooLarge(1 << 32))
         );
         assert_eq!(gt.free_count(), 4);
@@ -580,19 +694,21 @@ mod tests {
 
     #[test]
     fn map_arguments_carry_access_and_target() {
-        let map =
-            GnttabMapGrantRef::host(DomId(1), GrantRef(9), 0x4040_1000, GrantAccess::ReadOnly);
+        let at = VacantFrame::reclaimed(0x40401);
+        let map = GnttabMapGrantRef::host(DomId(1), GrantRef(9), &at, GrantAccess::ReadOnly);
         assert_eq!(map.flags, GNTMAP_host_map | GNTMAP_readonly);
         assert_eq!((map.gref, map.dom, map.host_addr), (9, 1, 0x4040_1000));
-        let map =
-            GnttabMapGrantRef::host(DomId(0), GrantRef(8), 0x4040_1000, GrantAccess::ReadWrite);
+        let map = GnttabMapGrantRef::host(DomId(0), GrantRef(8), &at, GrantAccess::ReadWrite);
         assert_eq!(map.flags, 2);
-        let unmap = GnttabUnmapGrantRef::host(0x4040_1000, GrantHandle(3));
+        let mapping = GrantMapping::new(at, GrantHandle(3));
+        assert_eq!((mapping.gpa(), mapping.handle()), (0x4040_1000, GrantHandle(3)));
+        let unmap = GnttabUnmapGrantRef::host(&mapping);
         assert_eq!(
             (unmap.host_addr, unmap.dev_bus_addr, unmap.handle),
             (0x4040_1000, 0, 3)
         );
         assert_eq!(GrantHandle(3).to_string(), "grant handle 3");
+        assert_eq!(mapping.into_frame(), VacantFrame::reclaimed(0x40401));
     }
 
     #[test]
@@ -622,7 +738,7 @@ mod tests {
         let mut none: [GrantRef; 0] = [];
         let mut gt = GrantTable::new(&small, &mut none).unwrap();
         assert_eq!(
-            gt.grant(DomId(1), 1, GrantAccess::ReadWrite),
+            gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite),
             Err(GrantError::Exhausted { usable: 0 })
         );
     }
