@@ -584,8 +584,12 @@ mod tests {
         let mut storage = [GrantRef::default(); 8];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
         assert_eq!(gt.usable(), 8);
-        let a = gt.grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite).unwrap();
-        let b = gt.grant(DomId(2), frame(0x40124), GrantAccess::ReadOnly).unwrap();
+        let a = gt
+            .grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite)
+            .unwrap();
+        let b = gt
+            .grant(DomId(2), frame(0x40124), GrantAccess::ReadOnly)
+            .unwrap();
         assert_eq!((a, b), (GrantRef(8), GrantRef(9)));
         let e = &entries[8];
         assert_eq!(e.flags.load(Ordering::SeqCst), GTF_permit_access);
@@ -609,11 +613,17 @@ mod tests {
         let entries = table(10);
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite).unwrap();
+        let a = gt
+            .grant(DomId(1), frame(1), GrantAccess::ReadWrite)
+            .unwrap();
         gt.end(a).unwrap();
         assert_eq!(entries[a.0 as usize].flags.load(Ordering::SeqCst), 0);
         assert_eq!(gt.free_count(), 2);
-        assert_eq!(gt.grant(DomId(1), frame(2), GrantAccess::ReadWrite).unwrap(), a);
+        assert_eq!(
+            gt.grant(DomId(1), frame(2), GrantAccess::ReadWrite)
+                .unwrap(),
+            a
+        );
         assert_eq!(
             gt.end(GrantRef(9)),
             Err(GrantError::NotGranted(GrantRef(9)))
@@ -627,7 +637,9 @@ mod tests {
         let entries = table(9);
         let mut storage = [GrantRef::default(); 1];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let g = gt.grant(DomId(3), frame(7), GrantAccess::ReadWrite).unwrap();
+        let g = gt
+            .grant(DomId(3), frame(7), GrantAccess::ReadWrite)
+            .unwrap();
         let entry = &entries[g.0 as usize];
         for busy in [GTF_reading, GTF_writing, GTF_reading | GTF_writing] {
             entry.flags.fetch_or(busy, Ordering::SeqCst);
@@ -662,14 +674,19 @@ mod tests {
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
         let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
         gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
-        let err = gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap_err();
+        let err = gt
+            .grant(DomId(1), frame(3), GrantAccess::ReadOnly)
+            .unwrap_err();
         assert_eq!(err, GrantError::Exhausted { usable: 2 });
         assert_eq!(
             err.to_string(),
             "grant table exhausted: all 2 usable entries are granted"
         );
         gt.end(a).unwrap();
-        assert_eq!(gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap(), a);
+        assert_eq!(
+            gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap(),
+            a
+        );
     }
 
     #[test]
@@ -701,7 +718,10 @@ mod tests {
         let map = GnttabMapGrantRef::host(DomId(0), GrantRef(8), &at, GrantAccess::ReadWrite);
         assert_eq!(map.flags, 2);
         let mapping = GrantMapping::new(at, GrantHandle(3));
-        assert_eq!((mapping.gpa(), mapping.handle()), (0x4040_1000, GrantHandle(3)));
+        assert_eq!(
+            (mapping.gpa(), mapping.handle()),
+            (0x4040_1000, GrantHandle(3))
+        );
         let unmap = GnttabUnmapGrantRef::host(&mapping);
         assert_eq!(
             (unmap.host_addr, unmap.dev_bus_addr, unmap.handle),

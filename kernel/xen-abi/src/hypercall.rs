@@ -598,7 +598,10 @@ mod tests {
         let mapping = xen
             .grant_map(DomId(1), GrantRef(8), at, GrantAccess::ReadWrite)
             .unwrap();
-        assert_eq!((mapping.gpa(), mapping.handle()), (0x4040_1000, GrantHandle(108)));
+        assert_eq!(
+            (mapping.gpa(), mapping.handle()),
+            (0x4040_1000, GrantHandle(108))
+        );
         // Unmapping hands the frame back.
         assert_eq!(
             xen.grant_unmap(mapping).unwrap(),

@@ -13,8 +13,8 @@ use spin::{Mutex, Once};
 use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
 use tidepool_xen_abi::{
-    DomId, GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, Hypervisor, XenError,
-    XenMapSpace,
+    DomId, GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, GrantableFrame, Hypervisor,
+    VacantFrame, XenError, XenMapSpace,
 };
 
 use super::Xen;
@@ -114,7 +114,12 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
         .ok_or(GrantSetupError::NotMapped { gpa })?;
     let first_gfn = gpa / PAGE_SIZE;
     for index in 0..frames {
-        xen.add_to_physmap(XenMapSpace::GrantTable, index, first_gfn + index)
+        // SAFETY: the frame lies in the hypervisor node's grant-table region
+        // (`frames` is bounded by its size), guest-physical space Xen
+        // reserves for this: the kernel uses it only through this table,
+        // read as the entries Xen places there. `init` runs once.
+        let frame = unsafe { VacantFrame::new(first_gfn + index) };
+        xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)
             .map_err(|error| GrantSetupError::MapFrame { index, error })?;
     }
     let mut reported = [0u64; FRAMES as usize];
@@ -175,11 +180,14 @@ fn with_table<R>(
     irq::without_interrupts(|| action(&mut table.lock())).map_err(GrantTableError::Table)
 }
 
-/// Grants `domid` access to the guest frame `gfn` (a guest-physical
-/// address >> 12). Fails with [`GrantError::Exhausted`] when every entry is
-/// granted.
-pub fn grant(domid: DomId, gfn: u64, access: GrantAccess) -> Result<GrantRef, GrantTableError> {
-    with_table(|table| table.grant(domid, gfn, access))
+/// Grants `domid` access to `frame`, which its owner vouched for. Fails
+/// with [`GrantError::Exhausted`] when every entry is granted.
+pub fn grant(
+    domid: DomId,
+    frame: GrantableFrame,
+    access: GrantAccess,
+) -> Result<GrantRef, GrantTableError> {
+    with_table(|table| table.grant(domid, frame, access))
 }
 
 /// Ends a grant. While the other domain still has it mapped this fails with
