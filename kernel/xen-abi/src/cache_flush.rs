@@ -132,26 +132,6 @@ impl CacheFlushTarget {
     pub const unsafe fn new(start: u64, len: u64, op: CacheOp) -> Self {
         Self { start, len, op }
     }
-
-    /// First byte.
-    pub const fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// Length in bytes.
-    pub const fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the range is empty.
-    pub const fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The operation.
-    pub const fn op(&self) -> CacheOp {
-        self.op
-    }
 }
 
 /// The `GNTTAB_CACHE_*` bits of `op`.

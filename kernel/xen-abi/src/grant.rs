@@ -96,11 +96,6 @@ impl GrantableFrame {
     pub const unsafe fn new(gfn: u64) -> Self {
         Self { gfn }
     }
-
-    /// The guest frame number.
-    pub const fn gfn(&self) -> u64 {
-        self.gfn
-    }
 }
 
 /// `struct grant_entry_v1`, shared with Xen while it is live.
