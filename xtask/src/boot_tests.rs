@@ -31,6 +31,11 @@ pub struct BootTest {
     pub check: Option<ConsoleCheck>,
     /// Disk images created (with the disk pattern) before the boot.
     pub disks: Vec<TestDisk>,
+    /// Lines typed into the console after `boot: ready` (see
+    /// [`qemu::Typing`]).
+    pub typing: Vec<&'static str>,
+    /// Exactly this many lines contain `error:` (deliberately bad input).
+    pub errors: Option<usize>,
     /// A second boot on the same disks with these bootargs; its console
     /// follows the first's (after [`SECOND_BOOT`]), so `expect` continues
     /// into it.
@@ -69,8 +74,22 @@ impl BootTest {
             timeout: Duration::from_secs(60),
             check: None,
             disks: Vec::new(),
+            typing: Vec::new(),
+            errors: None,
             second_boot: None,
         }
+    }
+
+    /// Boots with the `monitor` bootarg and types `lines` once it is ready;
+    /// the last should power off. Exactly `errors` `error:` lines may
+    /// appear (the deliberately bad commands).
+    fn monitor(mut self, lines: &[&'static str], errors: usize) -> Self {
+        self.machine.bootargs = format!("{} monitor", self.machine.bootargs)
+            .trim()
+            .to_string();
+        self.typing = lines.to_vec();
+        self.errors = Some(errors);
+        self.reject(&["fault:", "panic:", "shutdown: crash", "monitor: input lost"])
     }
 
     fn with_disks(mut self, disks: &[TestDisk]) -> Self {
@@ -148,6 +167,12 @@ impl BootTest {
         for bad in &self.reject {
             if let Some(line) = run.lines.iter().find(|l| l.contains(bad.as_str())) {
                 return Err(format!("unexpected {bad:?} in line {line:?}"));
+            }
+        }
+        if let Some(want) = self.errors {
+            let errors: Vec<&String> = run.lines.iter().filter(|l| l.contains("error:")).collect();
+            if errors.len() != want {
+                return Err(format!("expected {want} error lines, found {errors:?}"));
             }
         }
         match self.check {
@@ -377,7 +402,215 @@ pub fn all() -> Vec<BootTest> {
     tests.extend(xen_platform());
     tests.extend(dma());
     tests.extend(block());
+    tests.extend(monitor());
     tests
+}
+
+/// The console monitor (issue 16): commands typed into QEMU's stdin under
+/// Xen dom0, as a dom0less domU and bare, each answered with records.
+fn monitor() -> Vec<BootTest> {
+    let e00 = "/virtio_mmio@a003e00";
+    vec![
+        BootTest::new(
+            "monitor-xen-dom0",
+            with(xen_dom0("256M"), |m| m.scenario = Some("imx8-like".into())),
+        )
+        .with_disks(&[disk(5, None)])
+        .monitor(
+            &[
+                "help",
+                "pools",
+                "dma",
+                "dma /nothing",
+                "xen",
+                "irq",
+                "blk",
+                "blk read virtio_mmio@a003e00 1 3",
+                "blk verify virtio_mmio@a003e00 5",
+                "blk bench virtio_mmio@a003e00 1",
+                "dt /reserved-memory/dma@78000000",
+                "mem",
+                "log warn",
+                "pools",
+                "\x1b[A",
+                "poweroff",
+            ],
+            1,
+        )
+        .expect(&[
+            "monitor: input console_io VIRQ_CONSOLE port ",
+            "boot: ready",
+            "> help",
+            "monitor: command=\"blk read DEV LBA COUNT\" about=",
+            "> pools",
+            "dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000",
+            "xen-flush=refused(EPERM) -> window VA maintenance users=/virtio_mmio@a003e00",
+            "users=kernel",
+            "dma: pool /reserved-memory/dma@78000000 usage ",
+            " largest_free=0x",
+            "(now)",
+            "> dma",
+            &format!("dma: stats {e00} syncs="),
+            "> dma /nothing",
+            "error: monitor: dma: no DMA device /nothing",
+            "> xen",
+            "xen: version 4.17",
+            "domain=d0 direct-mapped=yes",
+            "xen: features 0x",
+            "xen: event-channels bound=1 ports=",
+            "xen: grants in_use=0 usable=2040",
+            "> irq",
+            "irq: GICv3 registered=3",
+            "irq: intid=16 count=",
+            " device=/hypervisor",
+            "irq: intid=27 count=",
+            " device=/timer",
+            "> blk",
+            "blk: devices=1",
+            &format!("blk: {e00} virtio-mmio legacy capacity=16384"),
+            &format!("blk: stats {e00} reads="),
+            "> blk read virtio_mmio@a003e00 1 3",
+            &format!("blk: dump {e00} lba=1 offset=0x000 hex="),
+            &format!("blk: dump {e00} lba=1 offset=0x1f0 hex="),
+            &format!("blk: read {e00} lba=1 sectors=3 rest_sectors=2 rest_fnv1a64=0x"),
+            "> blk verify virtio_mmio@a003e00 5",
+            &format!("blk: verify {e00} sectors=16384 ok"),
+            "> blk bench virtio_mmio@a003e00 1",
+            &format!("blk: bench device={e00} seq_mib=1 "),
+            "> dt /reserved-memory/dma@78000000",
+            "dt: /reserved-memory/dma@78000000 compatible=\"shared-dma-pool\"",
+            "dt: /reserved-memory/dma@78000000 reg=0x78000000+0x400000",
+            "dt: /reserved-memory/dma@78000000 no-map=true",
+            "> mem",
+            "mem: reserved /reserved-memory/dma@78000000 base=0x78000000 size=0x400000 static no-map",
+            "mm: map linear RAM",
+            "mm: map mmio /virtio_mmio@a003e00",
+            "mm: heap ",
+            "> log warn",
+            "log: level=warn",
+            "> pools",
+            // The up arrow through Xen's console recalls pools.
+            "> pools",
+            "> poweroff",
+            "shutdown: poweroff",
+            "Hardware Dom0 halted",
+        ])
+        // At log=warn a command's answer is still printed.
+        .check_with(|lines| {
+            let after = lines
+                .iter()
+                .position(|l| l.ends_with("> log warn"))
+                .unwrap_or(lines.len());
+            let pools = lines[after..]
+                .iter()
+                .filter(|l| l.starts_with("dma: pool ") && l.ends_with("(now)"))
+                .count();
+            if pools != 8 {
+                return Err(format!("{pools} pool usage records at log=warn, not 2 x 4"));
+            }
+            Ok(())
+        }),
+        BootTest::new(
+            "monitor-xen-domu",
+            Machine::new(Mode::XenDomU {
+                memory_kib: 8 * 1024,
+            }),
+        )
+        .monitor(&["pools", "xen", "irq", "dt /", "frob 1", "poweroff"], 1)
+        .expect(&[
+            "monitor: input pl011 /sbsa-uart@22000000 intid=",
+            "boot: ready",
+            "> pools",
+            "dma: pool tidepool:nc-pool ",
+            "users=kernel",
+            "dma: pool tidepool:nc-pool usage 0/64 pages largest_free=0x40000 (now)",
+            "> xen",
+            "domain=d1 direct-mapped=no",
+            "xen: grants in_use=0 usable=2040",
+            "> irq",
+            "irq: intid=32 count=",
+            " device=/sbsa-uart@22000000",
+            "> dt /",
+            "dt: / #address-cells=2",
+            "dt: / child=chosen",
+            "> frob 1",
+            "error: monitor: unknown command \"frob\" (help lists them)",
+            "> poweroff",
+            "shutdown: poweroff",
+        ]),
+        // A command whose buffer the heap cannot hold is refused, and the
+        // monitor goes on.
+        BootTest::new(
+            "monitor-bare-small-heap",
+            with(Machine::new(Mode::Bare), |m| m.bootargs = "heap=5M".into()),
+        )
+        .with_disks(&[disk(3, None)])
+        .monitor(
+            &[
+                "blk bench virtio_mmio@a003e00 1",
+                "blk verify virtio_mmio@a003e00 3",
+                "blk read virtio_mmio@a003e00 0 2048",
+                "blk read virtio_mmio@a003e00 0 1",
+                "poweroff",
+            ],
+            3,
+        )
+        .expect(&[
+            "mm: heap ",
+            "(5120 KiB)",
+            "error: blk: bench /virtio_mmio@a003e00: no heap for its buffer",
+            "error: blk: verify /virtio_mmio@a003e00: no heap for its buffer",
+            "error: monitor: blk read: no heap for 1048576 bytes",
+            &format!("blk: read {e00} lba=0 sectors=1 "),
+            "shutdown: poweroff",
+        ]),
+        BootTest::new("monitor-bare", Machine::new(Mode::Bare))
+            .with_disks(&[disk(3, None)])
+            .monitor(
+                &[
+                    "pools",
+                    "dt /pl011@9000000",
+                    "blk read /virtio_mmio@a003e00 0 1",
+                    "blk read virtio_mmio@a003e00 16384 1",
+                    "blk verify virtio_mmio@a003e00 3",
+                    "irq",
+                    "xen",
+                    "\x1b[A",
+                    "blk\x15poolx\x7fs",
+                    "reboot now",
+                    "reboot",
+                ],
+                2,
+            )
+            .expect(&[
+                "monitor: input pl011 /pl011@9000000 intid=33 level",
+                "boot: ready",
+                "> pools",
+                "dma: pool tidepool:linear-pool usage 2/64 pages largest_free=0x3e000 (now)",
+                "> dt /pl011@9000000",
+                "dt: /pl011@9000000 interrupts=0x0,0x1,0x4",
+                "dt: /pl011@9000000 reg=0x9000000+0x1000",
+                "> blk read /virtio_mmio@a003e00 0 1",
+                &format!("blk: read {e00} lba=0 sectors=1 rest_sectors=0 rest_fnv1a64=0xcbf29ce484222325"),
+                "> blk read virtio_mmio@a003e00 16384 1",
+                "error: monitor: blk read: sectors 16384+1 are beyond /virtio_mmio@a003e00 (capacity=16384)",
+                "> blk verify virtio_mmio@a003e00 3",
+                &format!("blk: verify {e00} sectors=16384 ok"),
+                "> irq",
+                "irq: intid=33 count=",
+                " device=/pl011@9000000",
+                "> xen",
+                "xen: none (no hypervisor)",
+                // The up arrow ran xen again; Ctrl-U and backspace edited.
+                "> xen",
+                "xen: none (no hypervisor)",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "> reboot now",
+                "error: monitor: reboot: unexpected argument \"now\"",
+                "> reboot",
+                "shutdown: reboot",
+            ]),
+    ]
 }
 
 /// The Xen platform layer (issue 5): timer, events, grants, cache flush,
@@ -693,7 +926,13 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
     }
     let console = qemu::Console::Captured(test.timeout);
     let args = machine.prepare(ws, image, &run_dir)?;
-    let mut run = args.run(console, None)?;
+    let typing = (!test.typing.is_empty()).then(|| {
+        qemu::Typing::after_boot(
+            &machine.mode,
+            test.typing.iter().map(|s| s.to_string()).collect(),
+        )
+    });
+    let mut run = args.run_typing(console, None, typing.as_ref())?;
     if let Some(bootargs) = test.second_boot
         && !run.timed_out
     {

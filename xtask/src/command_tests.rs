@@ -1,10 +1,11 @@
 //! The README's commands run as a user runs them, each as its own process
 //! (`cargo xtask ...`, standard input not a terminal): `cargo xtask run` in
 //! every mode must return by itself, with the exit code and the closing
-//! line that say how the guest ended; `cargo xtask dt` on a board with a
+//! line that say how the guest ended; with monitor commands on standard
+//! input, the monitor answers them; `cargo xtask dt` on a board with a
 //! pool outside memory lists the pool and its user.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,6 +29,8 @@ struct CommandTest {
     /// The words after `cargo xtask`; `{disk}` is replaced by a fresh disk
     /// image, `{boards}` by the board DTB directory.
     args: &'static [&'static str],
+    /// What standard input carries (nothing: `/dev/null`).
+    stdin: &'static str,
     /// Whether it must exit with success.
     success: bool,
     /// Substrings standard output must contain, in this order.
@@ -44,6 +47,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-dom0",
             args: &["run"],
+            stdin: "",
             success: true,
             stdout: &[
                 "boot: ready",
@@ -56,6 +60,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-domu",
             args: &["run", "--domu"],
+            stdin: "",
             success: true,
             stdout: &["(d1) boot: ready", "(d1) shutdown: poweroff"],
             stderr: OFF,
@@ -63,6 +68,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-bare",
             args: &["run", "--no-xen"],
+            stdin: "",
             success: true,
             stdout: &["boot: no hypervisor", "boot: ready", "shutdown: poweroff"],
             stderr: OFF,
@@ -70,6 +76,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-bare-el2",
             args: &["run", "--no-xen", "--el2"],
+            stdin: "",
             success: true,
             stdout: &["el=2", "boot: ready", "shutdown: poweroff"],
             stderr: OFF,
@@ -77,6 +84,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-scenario-disk",
             args: &["run", "--scenario", "imx8-like", "--disk", "{disk}"],
+            stdin: "",
             success: true,
             stdout: &[
                 "mem: reserved /reserved-memory/dma@78000000",
@@ -88,6 +96,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-dom0-crash",
             args: &["run", "--bootargs", "selftest=panic"],
+            stdin: "",
             success: false,
             stdout: &["panic: selftest: deliberate panic", "shutdown: crash"],
             stderr: CRASHED,
@@ -95,6 +104,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-domu-crash",
             args: &["run", "--domu", "--bootargs", "selftest=undef"],
+            stdin: "",
             success: false,
             stdout: &["(d1) fault: synchronous exception", "(d1) shutdown: crash"],
             stderr: CRASHED,
@@ -102,6 +112,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "run-bare-crash",
             args: &["run", "--no-xen", "--bootargs", "selftest=brk"],
+            stdin: "",
             success: false,
             stdout: &[
                 "fault: synchronous exception in kernel: class=brk",
@@ -109,10 +120,55 @@ fn all() -> Vec<CommandTest> {
             ],
             stderr: CRASHED,
         },
+        // The monitor answers commands typed on a pipe, in each mode.
+        CommandTest {
+            name: "run-monitor-dom0-pipe",
+            args: &["run", "--bootargs", "monitor"],
+            stdin: "pools\npoweroff\n",
+            success: true,
+            stdout: &[
+                "boot: ready",
+                "> pools",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "dma: pool tidepool:linear-pool usage 0/64 pages",
+                "> poweroff",
+                "shutdown: poweroff",
+            ],
+            stderr: OFF,
+        },
+        CommandTest {
+            name: "run-monitor-domu-pipe",
+            args: &["run", "--domu", "--bootargs", "monitor"],
+            stdin: "pools\npoweroff\n",
+            success: true,
+            stdout: &[
+                "(d1) boot: ready",
+                "(d1) > pools",
+                "(d1) dma: pool tidepool:nc-pool usage 0/64 pages",
+                "(d1) > poweroff",
+                "(d1) shutdown: poweroff",
+            ],
+            stderr: OFF,
+        },
+        CommandTest {
+            name: "run-monitor-bare-pipe",
+            args: &["run", "--no-xen", "--bootargs", "monitor"],
+            stdin: "pools\nreboot\n",
+            success: true,
+            stdout: &[
+                "boot: ready",
+                "> pools",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "> reboot",
+                "shutdown: reboot",
+            ],
+            stderr: &["xtask: guest rebooted"],
+        },
         // Arm FVP's display VRAM: a no-map pool outside DRAM, with its user.
         CommandTest {
             name: "dt-fvp-vram",
             args: &["dt", "{boards}/arm/fvp-base-revc.dtb"],
+            stdin: "",
             success: true,
             stdout: &[
                 "reserved regions (1)",
@@ -127,6 +183,7 @@ fn all() -> Vec<CommandTest> {
         CommandTest {
             name: "dt-fvp-vram-json",
             args: &["dt", "--json", "{boards}/arm/fvp-base-revc.dtb"],
+            stdin: "",
             success: true,
             stdout: &[
                 r#"{"path":"/reserved-memory/vram@18000000","base":"0x18000000","size":"0x800000","#,
@@ -178,7 +235,11 @@ impl CommandTest {
             .current_dir(&ws.root)
             .arg("xtask")
             .args(&words)
-            .stdin(Stdio::null())
+            .stdin(if self.stdin.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -191,6 +252,12 @@ impl CommandTest {
                 String::from_utf8_lossy(&bytes).into_owned()
             })
         };
+        if let Some(mut stdin) = child.stdin.take() {
+            // All of it at once, then end of file, as `printf ... |` does.
+            stdin
+                .write_all(self.stdin.as_bytes())
+                .map_err(|e| Error::msg(format!("cargo xtask {}: stdin: {e}", words.join(" "))))?;
+        }
         let stdout = read(Box::new(child.stdout.take().expect("piped")));
         let stderr = read(Box::new(child.stderr.take().expect("piped")));
         let mut timed_out = false;
@@ -371,6 +438,7 @@ mod tests {
         let test = CommandTest {
             name: "t",
             args: &["run"],
+            stdin: "",
             success: true,
             stdout: &["a", "b"],
             stderr: &["c"],

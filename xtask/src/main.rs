@@ -13,6 +13,7 @@ mod scenario;
 mod tools;
 
 use std::fmt;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -242,7 +243,15 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     machine.gic = args.gic;
     machine.virtualization |= args.el2;
     machine.memory = args.memory;
-    machine.bootargs = args.bootargs;
+    // On a terminal the user can type, so the kernel stays up as a monitor;
+    // on a pipe the monitor runs when asked, and xtask types the lines.
+    let interactive = std::io::stdin().is_terminal();
+    let monitor = monitor_requested(&args.bootargs);
+    machine.bootargs = if interactive && !monitor {
+        format!("{} monitor", args.bootargs).trim().to_string()
+    } else {
+        args.bootargs
+    };
     machine.xen_args = args.xen_args;
     machine.scenario = args.scenario;
     machine.modern_virtio = args.modern_virtio;
@@ -261,10 +270,34 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     eprintln!("xtask: qemu-system-aarch64 {}", qemu.args().join(" "));
     // Short and outside the tree: a Unix socket path has at most 107 bytes.
     let qmp = std::env::temp_dir().join(format!("tidepool-qmp-{}.sock", std::process::id()));
-    let run = qemu.run(Console::Terminal, Some(&qmp));
+    let run = if monitor && !interactive {
+        piped_typing(&machine.mode)
+            .and_then(|typing| qemu.run_typing(Console::Piped, Some(&qmp), Some(&typing)))
+    } else {
+        qemu.run(Console::Terminal, Some(&qmp))
+    };
     let _ = std::fs::remove_file(&qmp);
     let _ = std::fs::remove_dir_all(&run_dir);
     run
+}
+
+/// Whether the bootargs ask for the monitor.
+fn monitor_requested(bootargs: &str) -> bool {
+    bootargs.split_whitespace().any(|w| w == "monitor")
+}
+
+/// The monitor's commands from a pipe (`printf 'pools\npoweroff\n' |
+/// cargo xtask run --bootargs monitor`), to be typed once it is ready (see
+/// [`qemu::Typing`]).
+fn piped_typing(mode: &Mode) -> Result<qemu::Typing> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| Error::msg(format!("standard input: {e}")))?;
+    Ok(qemu::Typing::after_boot(
+        mode,
+        input.lines().map(str::to_string).collect(),
+    ))
 }
 
 /// What `cargo xtask run` says when QEMU is gone, and whether it succeeded:
@@ -321,9 +354,10 @@ fn lint(ws: &Workspace) -> Result<()> {
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).
-const KERNEL_CRATES: [&str; 9] = [
+const KERNEL_CRATES: [&str; 10] = [
     "tidepool-boot",
     "tidepool-kernel",
+    "tidepool-monitor",
     "tidepool-gic",
     "tidepool-pl011",
     "tidepool-virtio-blk",

@@ -417,6 +417,11 @@ pub enum Console {
     /// itself (`mon:stdio`, so Ctrl-A X and the monitor work), xtask relays
     /// its output as it comes and watches it for the ending; no deadline.
     Terminal,
+    /// `cargo xtask run` with commands on a pipe: xtask types them (see
+    /// [`Typing`]) into QEMU's serial port (plain `stdio`: QEMU's
+    /// multiplexer would take the Ctrl-A that switches Xen's console) and
+    /// relays the output as on the terminal; no deadline.
+    Piped,
 }
 
 /// A QEMU command line built by [`Machine`]. Every QEMU process xtask starts
@@ -433,7 +438,7 @@ const QEMU: &str = "qemu-system-aarch64";
 /// How QEMU's console is wired, per [`Console`].
 fn console_args(console: Console, qmp: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = match console {
-        Console::Captured(_) => ["-serial", "stdio", "-monitor", "none"]
+        Console::Captured(_) | Console::Piped => ["-serial", "stdio", "-monitor", "none"]
             .map(String::from)
             .into(),
         Console::Terminal => ["-serial", "mon:stdio"].map(String::from).into(),
@@ -563,23 +568,43 @@ impl QemuCommand {
     /// socket path for a graceful quit (the terminal's state is restored
     /// by QEMU itself); without it QEMU is killed.
     pub fn run(&self, console: Console, qmp: Option<&Path>) -> Result<Captured> {
-        let terminal = console == Console::Terminal;
+        self.run_typing(console, qmp, None)
+    }
+
+    /// [`QemuCommand::run`], typing `typing` into the guest's console
+    /// (QEMU's standard input) as its output arrives.
+    pub fn run_typing(
+        &self,
+        console: Console,
+        qmp: Option<&Path>,
+        typing: Option<&Typing>,
+    ) -> Result<Captured> {
+        let relay = matches!(console, Console::Terminal | Console::Piped);
         let mut cmd = self.command(Some(console), qmp)?;
         cmd.stdout(Stdio::piped());
-        if terminal {
-            cmd.stdin(Stdio::inherit()).stderr(Stdio::inherit());
-        } else {
-            cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        match console {
+            Console::Terminal => cmd.stdin(Stdio::inherit()).stderr(Stdio::inherit()),
+            Console::Piped => cmd.stdin(Stdio::piped()).stderr(Stdio::inherit()),
+            Console::Captured(_) => cmd.stdin(if typing.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }),
+        };
+        if let Console::Captured(_) = console {
+            cmd.stderr(Stdio::piped());
         }
         let start = Instant::now();
         let child = cmd
             .spawn()
             .map_err(|e| Error::msg(format!("{QEMU}: {e}")))?;
         let mut child = KillOnDrop(child);
+        let mut stdin = child.0.stdin.take();
+        let mut typist = typing.map(Typist::new);
         let stdout = child.0.stdout.take().expect("piped");
         let stderr = child.0.stderr.take();
         let (tx, rx) = mpsc::channel::<(Duration, String)>();
-        let reader = std::thread::spawn(move || relay_lines(stdout, terminal, start, &tx));
+        let reader = std::thread::spawn(move || relay_lines(stdout, relay, start, &tx));
         let err_reader = std::thread::spawn(move || {
             let mut s = String::new();
             if let Some(mut stderr) = stderr {
@@ -590,7 +615,7 @@ impl QemuCommand {
         let mut received = Vec::new();
         let mut deadline = match console {
             Console::Captured(timeout) => Some(start + timeout),
-            Console::Terminal => None,
+            Console::Terminal | Console::Piped => None,
         };
         let mut ending: Option<(Ending, String)> = None;
         let mut timed_out = false;
@@ -615,6 +640,12 @@ impl QemuCommand {
                         ending = Some((how, line.clone()));
                         deadline = Some(Instant::now() + GRACE);
                     }
+                    if let (Some(typist), Some(input)) = (typist.as_mut(), stdin.as_mut())
+                        && let Some(bytes) = typist.on_line(&line)
+                    {
+                        // A guest that stopped reading shows in the console.
+                        let _ = input.write_all(&bytes).and_then(|()| input.flush());
+                    }
                     received.push((at, line));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -624,6 +655,7 @@ impl QemuCommand {
                 }
             }
         }
+        drop(stdin);
         let elapsed = start.elapsed();
         // QEMU closed its output: it is exiting by itself. Otherwise xtask
         // stops it, and its status says nothing about the guest.
@@ -650,6 +682,99 @@ impl QemuCommand {
             elapsed,
         })
     }
+}
+
+/// Lines to type into the guest's console (QEMU's stdin).
+///
+/// Nothing is typed before a console line contains `after` (under Xen,
+/// bytes that reach the serial port before dom0 runs go to Xen's own
+/// debug-key handler), and each line only once the console shows the echo
+/// of the one before (the monitor's prompt `> ` and that text), so no more
+/// than one line waits in the guest's buffers at a time.
+#[derive(Clone, Debug, Default)]
+pub struct Typing {
+    /// The console line that starts the typing.
+    pub after: String,
+    /// Bytes typed first, on their own: [`Typing::XEN_SWITCH_TO_DOMU`].
+    pub prefix: Vec<u8>,
+    /// The lines, without their newlines.
+    pub lines: Vec<String>,
+}
+
+impl Typing {
+    /// Xen's console switch (Ctrl-A three times): from the hardware domain
+    /// (where Xen sends serial input after boot, even in a dom0less system
+    /// without one) to the next domain, the dom0less domU.
+    pub const XEN_SWITCH_TO_DOMU: &[u8] = b"\x01\x01\x01";
+
+    /// `lines`, typed after `boot: ready` in a guest started in `mode`.
+    pub fn after_boot(mode: &Mode, lines: Vec<String>) -> Self {
+        let prefix = match mode {
+            Mode::XenDomU { .. } => Self::XEN_SWITCH_TO_DOMU.to_vec(),
+            _ => Vec::new(),
+        };
+        Self {
+            after: "boot: ready".into(),
+            prefix,
+            lines,
+        }
+    }
+}
+
+/// Decides, console line by console line, what to type next (see
+/// [`Typing`]).
+pub struct Typist<'t> {
+    typing: &'t Typing,
+    /// The next line to type; `None` until `typing.after` appears.
+    next: Option<usize>,
+}
+
+impl<'t> Typist<'t> {
+    /// Nothing typed yet.
+    pub fn new(typing: &'t Typing) -> Self {
+        Self { typing, next: None }
+    }
+
+    /// The bytes to type now that the console printed `line`, if any.
+    pub fn on_line(&mut self, line: &str) -> Option<Vec<u8>> {
+        let lines = &self.typing.lines;
+        let send = match self.next {
+            None if line.contains(self.typing.after.as_str()) => 0,
+            Some(i) if i > 0 && i < lines.len() => {
+                let previous = lines[i - 1].as_str();
+                // A line with editing keys (arrows, backspace, Ctrl-U) echoes
+                // as something else: any prompt line is its echo.
+                let edited = previous.bytes().any(|b| b.is_ascii_control());
+                match after_prompt(line) {
+                    Some(echo) if edited || echo == previous => i,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        self.next = Some(send + 1);
+        let mut bytes = if send == 0 {
+            self.typing.prefix.clone()
+        } else {
+            Vec::new()
+        };
+        bytes.extend_from_slice(lines.get(send)?.as_bytes());
+        bytes.push(b'\n');
+        Some(bytes)
+    }
+}
+
+/// What follows the monitor's prompt (`> `) on a console line, Xen's
+/// `(dN) ` prefix for a domU's output allowed.
+fn after_prompt(line: &str) -> Option<&str> {
+    let line = match line
+        .strip_prefix("(d")
+        .and_then(|rest| rest.split_once(") "))
+    {
+        Some((domain, rest)) if domain.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => line,
+    };
+    line.strip_prefix("> ")
 }
 
 /// Reads QEMU's output, sends each line with its arrival time, and on the
@@ -802,6 +927,7 @@ mod tests {
             let runs = [
                 boot.spawn_args(Some(Console::Captured(Duration::from_secs(1))), None),
                 boot.spawn_args(Some(Console::Terminal), Some(qmp)),
+                boot.spawn_args(Some(Console::Piped), Some(qmp)),
                 dump.spawn_args(None, None),
             ];
             for args in runs {
@@ -811,7 +937,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 3 * 2 * MODES);
+        assert_eq!(checked, 4 * 2 * MODES);
     }
 
     #[test]
@@ -941,5 +1067,65 @@ mod tests {
         assert!(Ending::PowerOff.is_clean() && Ending::Reboot.is_clean());
         assert!(!Ending::Crash.is_clean() && !Ending::XenPanic.is_clean());
         assert_eq!(Ending::Crash.to_string(), "guest crashed");
+    }
+
+    fn typing(mode: &Mode, lines: &[&str]) -> Typing {
+        Typing::after_boot(mode, lines.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn typing_starts_at_boot_ready_and_waits_for_each_echo() {
+        let typing = typing(&Mode::Bare, &["pools", "poweroff"]);
+        let mut typist = Typist::new(&typing);
+        assert_eq!(typist.on_line("boot: tidepool 0.1.0"), None);
+        assert_eq!(
+            typist.on_line("boot: ready uptime_us=1").as_deref(),
+            Some(&b"pools\n"[..])
+        );
+        // Output before the echo, or another line's echo, types nothing.
+        assert_eq!(typist.on_line("boot: ready uptime_us=1"), None);
+        assert_eq!(typist.on_line("dma: pool x"), None);
+        assert_eq!(typist.on_line("dma: pool x -> pools"), None);
+        assert_eq!(typist.on_line("> poweroff"), None);
+        assert_eq!(
+            typist.on_line("> pools").as_deref(),
+            Some(&b"poweroff\n"[..])
+        );
+        assert_eq!(typist.on_line("> poweroff"), None, "nothing left to type");
+    }
+
+    #[test]
+    fn a_domu_gets_xen_s_console_switch_first() {
+        let domu = Mode::XenDomU { memory_kib: 8192 };
+        let typing_domu = typing(&domu, &["irq", "xen"]);
+        let mut typist = Typist::new(&typing_domu);
+        assert_eq!(
+            typist.on_line("(d1) boot: ready uptime_us=5").as_deref(),
+            Some(&b"\x01\x01\x01irq\n"[..])
+        );
+        assert_eq!(typist.on_line("(d1) > irq").as_deref(), Some(&b"xen\n"[..]));
+        let dom0 = Mode::XenDom0 {
+            dom0_mem: "256M".into(),
+        };
+        assert!(typing(&dom0, &["pools"]).prefix.is_empty());
+    }
+
+    #[test]
+    fn an_edited_line_is_echoed_by_any_prompt_line() {
+        let typing = typing(&Mode::Bare, &["irq", "\x1b[A", "blk\x15pools", "poweroff"]);
+        let mut typist = Typist::new(&typing);
+        typist.on_line("boot: ready").unwrap();
+        assert_eq!(typist.on_line("> irq").as_deref(), Some(&b"\x1b[A\n"[..]));
+        assert_eq!(typist.on_line("irq: intid=27 count=0 device=/timer"), None);
+        assert_eq!(
+            typist.on_line("> irq").as_deref(),
+            Some(&b"blk\x15pools\n"[..])
+        );
+        assert_eq!(
+            typist
+                .on_line("> blk\x08 \x08\x08 \x08\x08 \x08pools")
+                .as_deref(),
+            Some(&b"poweroff\n"[..])
+        );
     }
 }

@@ -1,4 +1,6 @@
-//! Arm PL011 UART (`arm,pl011`), transmit side, for the kernel console.
+//! Arm PL011 UART (`arm,pl011`) for the kernel console: transmit, and
+//! receive by interrupt ([`Pl011::enable_receive_interrupts`],
+//! [`Pl011::receive`], [`Pl011::clear_receive_interrupts`]).
 //!
 //! [`Pl011::new`] is the only `unsafe` item. [`Pl011::init`] with no clock
 //! leaves the UART exactly as the firmware, QEMU or the hypervisor set it up
@@ -17,19 +19,29 @@
 use core::fmt;
 
 use tock_registers::interfaces::{Readable, Writeable};
-use tock_registers::registers::{ReadOnly, WriteOnly};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
 
 register_bitfields! {u32,
     /// Data Register.
     DR [
-        /// Byte to transmit.
-        DATA OFFSET(0) NUMBITS(8) []
+        /// Byte to transmit, or the byte received.
+        DATA OFFSET(0) NUMBITS(8) [],
+        /// Framing error: the received byte had no valid stop bit.
+        FE OFFSET(8) NUMBITS(1) [],
+        /// Parity error.
+        PE OFFSET(9) NUMBITS(1) [],
+        /// Break: the line was held low longer than a character.
+        BE OFFSET(10) NUMBITS(1) [],
+        /// Overrun: a byte arrived while the receive FIFO was full.
+        OE OFFSET(11) NUMBITS(1) []
     ],
     /// Flag Register.
     FR [
         /// The UART is transmitting (until the shift register is empty).
         BUSY OFFSET(3) NUMBITS(1) [],
+        /// The receive FIFO (or holding register) is empty.
+        RXFE OFFSET(4) NUMBITS(1) [],
         /// The transmit FIFO (or holding register) is full.
         TXFF OFFSET(5) NUMBITS(1) []
     ],
@@ -62,8 +74,19 @@ register_bitfields! {u32,
         /// Enable reception.
         RXE OFFSET(9) NUMBITS(1) []
     ],
+    /// Interrupt Mask Set/Clear Register (1 enables a source).
+    IMSC [
+        /// Receive: the FIFO reached its trigger level.
+        RXIM OFFSET(4) NUMBITS(1) [],
+        /// Receive timeout: data waits in the FIFO and the line went quiet.
+        RTIM OFFSET(6) NUMBITS(1) []
+    ],
     /// Interrupt Clear Register.
     ICR [
+        /// Receive.
+        RXIC OFFSET(4) NUMBITS(1) [],
+        /// Receive timeout.
+        RTIC OFFSET(6) NUMBITS(1) [],
         /// One bit per interrupt source (write 1 to clear).
         ALL OFFSET(0) NUMBITS(11) []
     ]
@@ -72,7 +95,7 @@ register_bitfields! {u32,
 register_structs! {
     /// PL011 registers used by this driver.
     Registers {
-        (0x000 => dr: WriteOnly<u32, DR::Register>),
+        (0x000 => dr: ReadWrite<u32, DR::Register>),
         (0x004 => _receive_status_and_reserved),
         (0x018 => fr: ReadOnly<u32, FR::Register>),
         (0x01c => _reserved_and_irda),
@@ -81,7 +104,7 @@ register_structs! {
         (0x02c => lcr_h: WriteOnly<u32, LCR_H::Register>),
         (0x030 => cr: WriteOnly<u32, CR::Register>),
         (0x034 => _fifo_level),
-        (0x038 => imsc: WriteOnly<u32>),
+        (0x038 => imsc: WriteOnly<u32, IMSC::Register>),
         (0x03c => _interrupt_status),
         (0x044 => icr: WriteOnly<u32, ICR::Register>),
         (0x048 => @END),
@@ -126,6 +149,38 @@ impl fmt::Display for Pl011Error {
 }
 
 impl core::error::Error for Pl011Error {}
+
+/// A received byte the UART flagged as damaged (the byte is dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveError {
+    /// Framing error.
+    pub framing: bool,
+    /// Parity error.
+    pub parity: bool,
+    /// Break condition.
+    pub break_condition: bool,
+    /// Bytes were lost before this one (receive FIFO overrun).
+    pub overrun: bool,
+}
+
+impl fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PL011: received")?;
+        for (set, name) in [
+            (self.framing, " framing-error"),
+            (self.parity, " parity-error"),
+            (self.break_condition, " break"),
+            (self.overrun, " overrun"),
+        ] {
+            if set {
+                f.write_str(name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for ReceiveError {}
 
 /// A baud rate divisor: the reference clock divided by 16 × baud, in 64ths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +306,40 @@ impl Pl011 {
         for_each_terminal_byte(bytes, |byte| self.write_byte(byte))
     }
 
+    /// The next received byte, `None` when the receive FIFO is empty. A
+    /// byte flagged with a framing, parity, break or overrun error is
+    /// returned as that error.
+    pub fn receive(&self) -> Option<Result<u8, ReceiveError>> {
+        if self.registers.fr.is_set(FR::RXFE) {
+            return None;
+        }
+        let data = self.registers.dr.extract();
+        let error = ReceiveError {
+            framing: data.is_set(DR::FE),
+            parity: data.is_set(DR::PE),
+            break_condition: data.is_set(DR::BE),
+            overrun: data.is_set(DR::OE),
+        };
+        if error.framing || error.parity || error.break_condition || error.overrun {
+            return Some(Err(error));
+        }
+        Some(Ok(data.read(DR::DATA) as u8))
+    }
+
+    /// Unmasks the receive and receive-timeout interrupts (and masks every
+    /// other source, which this driver does not use). Registers the vpl011
+    /// implements too.
+    pub fn enable_receive_interrupts(&self) {
+        self.clear_receive_interrupts();
+        self.registers.imsc.write(IMSC::RXIM::SET + IMSC::RTIM::SET);
+    }
+
+    /// Clears the receive and receive-timeout interrupts: call after
+    /// [`Pl011::receive`] has drained the FIFO.
+    pub fn clear_receive_interrupts(&self) {
+        self.registers.icr.write(ICR::RXIC::SET + ICR::RTIC::SET);
+    }
+
     /// Waits until everything written has left the UART (FR.BUSY clear).
     pub fn flush(&self) -> Result<(), Pl011Error> {
         self.wait_until_clear(FR::BUSY, Pl011Error::FlushTimeout)
@@ -300,6 +389,7 @@ mod tests {
     const UARTICR: usize = 0x044;
     const FR_BUSY: u32 = 1 << 3;
     const FR_TXFF: u32 = 1 << 5;
+    const FR_RXFE: u32 = 1 << 4;
 
     /// Plain memory standing in for the UART's registers: a leaked, zeroed
     /// 4 KiB allocation, accessed by the test only through its base pointer.
@@ -506,7 +596,49 @@ mod tests {
     }
 
     #[test]
+    fn receive_reads_until_the_fifo_is_empty() {
+        let fake = FakeUart::new();
+        let uart = fake.uart();
+        fake.write(UARTDR, u32::from(b'p'));
+        assert_eq!(uart.receive(), Some(Ok(b'p')));
+        fake.write(UARTDR, 0x800 | u32::from(b'q'));
+        assert_eq!(
+            uart.receive(),
+            Some(Err(ReceiveError {
+                framing: false,
+                parity: false,
+                break_condition: false,
+                overrun: true
+            }))
+        );
+        fake.write(UARTFR, FR_RXFE);
+        assert_eq!(uart.receive(), None);
+    }
+
+    #[test]
+    fn receive_interrupts_are_unmasked_and_cleared() {
+        let fake = FakeUart::new();
+        let uart = fake.uart();
+        uart.enable_receive_interrupts();
+        assert_eq!(fake.read(UARTIMSC), 0x50);
+        assert_eq!(fake.read(UARTICR), 0x50);
+        fake.write(UARTICR, 0);
+        uart.clear_receive_interrupts();
+        assert_eq!(fake.read(UARTICR), 0x50);
+    }
+
+    #[test]
     fn errors_display() {
+        assert_eq!(
+            ReceiveError {
+                framing: true,
+                parity: false,
+                break_condition: true,
+                overrun: false
+            }
+            .to_string(),
+            "PL011: received framing-error break"
+        );
         assert_eq!(
             Pl011Error::UnreachableBaudRate {
                 clock_hz: 1_000_000,

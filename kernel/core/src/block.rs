@@ -120,6 +120,11 @@ impl Disk {
         self.device.name()
     }
 
+    /// The driver's device: capacity, counters, info and stats lines.
+    pub fn device(&self) -> &BlockDevice<'static, MmioTransport> {
+        &self.device
+    }
+
     /// Waits for this device's interrupt or a request timeout, then takes
     /// what the device returned and expires late requests.
     fn wait_and_harvest(&mut self, dma: &mut Dma) {
@@ -218,6 +223,15 @@ impl Disk {
     }
 }
 
+/// `bytes` zeroed bytes from the heap, `None` where the heap has no room
+/// (the monitor asks for these buffers on a running system).
+pub fn zeroed(bytes: usize) -> Option<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(bytes).ok()?;
+    buffer.resize(bytes, 0);
+    Some(buffer)
+}
+
 /// Waits (WFI) for the device's interrupt or a request timeout; lets the
 /// driver act on an interrupt (reporting a capacity change or a failed
 /// device), otherwise polls; then expires late requests.
@@ -253,7 +267,10 @@ fn wait_and_take(device: &mut BlockDevice<'static, MmioTransport>, env: &mut Dma
 /// sectors or failed reads.
 pub fn verify(disk: &mut Disk, dma: &mut Dma, expected: DiskPattern) -> u64 {
     let capacity = disk.device.capacity();
-    let mut buffer = vec![0u8; CHUNK_BYTES * 16];
+    let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
+        error!("blk: verify {}: no heap for its buffer", disk.name());
+        return 1;
+    };
     let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
     let mut problems = 0;
     let mut lba = 0;
@@ -374,7 +391,10 @@ pub fn bench(disk: &mut Disk, dma: &mut Dma, mib: u64) -> Result<(), BlkError<'s
     let before_dma = *disk.device.dma().stats();
 
     // Large passes keep the queue full: it drains only between passes.
-    let mut buffer = vec![0u8; 8 << 20];
+    let Some(mut buffer) = zeroed(8 << 20) else {
+        error!("blk: bench {}: no heap for its buffer", disk.name());
+        return Ok(());
+    };
     let start = cpu::uptime_us();
     let mut lba = 0;
     while lba < span {

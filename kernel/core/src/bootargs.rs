@@ -11,7 +11,9 @@
 //! - `blk-write=SEED@LBA+COUNT`: write the pattern of `SEED` to those
 //!   sectors of every block device, then flush;
 //! - `bench=MIB`: the block benchmark over the first `MIB` MiB of the first
-//!   block device.
+//!   block device;
+//! - `monitor`: after the boot work, read commands from the console instead
+//!   of powering off.
 //!
 //! Unknown words are reported once at boot, never fatal: a bootloader may
 //! pass words meant for someone else.
@@ -73,6 +75,8 @@ pub struct Bootargs<'a> {
     pub blk_write: Option<SectorRange>,
     /// `bench=`: MiB to benchmark over.
     pub bench_mib: Option<u64>,
+    /// `monitor`: run the console monitor after boot.
+    pub monitor: bool,
     raw: &'a str,
 }
 
@@ -109,6 +113,7 @@ impl<'a> Bootargs<'a> {
             blk_verify: None,
             blk_write: None,
             bench_mib: None,
+            monitor: false,
             raw: line,
         };
         for word in line.split_ascii_whitespace() {
@@ -152,6 +157,7 @@ impl<'a> Bootargs<'a> {
             "bench" => {
                 self.bench_mib = Some(value.parse().ok().filter(|&m| m > 0).ok_or_else(bad)?)
             }
+            "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
             _ => return Err(BootargError::Unknown(word)),
@@ -237,6 +243,12 @@ mod tests {
     #[test]
     fn known_keys() {
         let a = Bootargs::parse("console=hvc0 log=debug selftest=fault,dma heap=2M");
+        assert!(!a.monitor);
+        assert!(Bootargs::parse("log=warn monitor").monitor);
+        assert!(matches!(
+            Bootargs::parse("monitor=yes").errors().next(),
+            Some(BootargError::Unknown("monitor=yes"))
+        ));
         assert_eq!(a.log_level, LogLevel::Debug);
         assert!(a.selftest("fault") && a.selftest("dma") && !a.selftest("fa"));
         assert_eq!(a.heap_size, Some(2 << 20));

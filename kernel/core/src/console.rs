@@ -75,7 +75,7 @@ impl fmt::Write for Line {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use backend::{Backend, move_to_window, select, write_line};
+pub use backend::{Backend, move_to_window, select, write_bytes, write_line};
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod backend {
@@ -137,9 +137,14 @@ mod backend {
 
     /// Formats and emits one line.
     pub fn write_line(args: fmt::Arguments<'_>) {
-        let line = Line::format(args);
+        write_bytes(Line::format(args).as_bytes());
+    }
+
+    /// Emits `bytes` as they are (a prompt, the echo of typed characters):
+    /// not a line, so no newline is added.
+    pub fn write_bytes(bytes: &[u8]) {
         match KIND.load(Ordering::Acquire) {
-            1 => crate::xen::console_write(line.as_bytes()),
+            1 => crate::xen::console_write(bytes),
             2 => {
                 // SAFETY: the base was taken from the device tree's
                 // stdout-path node (or is the documented early UART) and is
@@ -148,7 +153,7 @@ mod backend {
                 // through this stateless transmit path.
                 let uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
                 // A UART that reports an error has nowhere else to report it.
-                let _ = uart.write_bytes(line.as_bytes());
+                let _ = uart.write_bytes(bytes);
             }
             _ => {}
         }

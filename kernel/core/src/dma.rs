@@ -197,11 +197,39 @@ impl Dma {
         for pool in self.pools.iter() {
             let usage = pool.usage();
             info!(
-                "dma: pool {} usage {}/{} pages ({label})",
+                "dma: pool {} usage {}/{} pages largest_free={:#x} ({label})",
                 pool.name(),
                 usage.used_pages,
-                usage.total_pages
+                usage.total_pages,
+                pool.largest_free()
             );
+        }
+    }
+
+    /// Prints each pool's set-up line (window, attributes, Xen's answer to
+    /// its flush probe) with its users (`users_of` gives a pool's device
+    /// paths; the kernel's own pools are used by `kernel`).
+    pub fn print_pools<'u>(
+        &self,
+        users_of: impl Fn(&str) -> Option<&'u [tidepool_dt::RegionUser]>,
+    ) {
+        for pool in self.pools.iter() {
+            match users_of(pool.name()) {
+                Some(users) => {
+                    let mut list = alloc::string::String::new();
+                    for (i, user) in users.iter().enumerate() {
+                        if i > 0 {
+                            list.push(',');
+                        }
+                        list.push_str(&user.path);
+                    }
+                    if list.is_empty() {
+                        list.push_str("none");
+                    }
+                    info!("{} users={list}", pool.setup_line());
+                }
+                None => info!("{} users=kernel", pool.setup_line()),
+            }
         }
     }
 

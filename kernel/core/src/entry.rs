@@ -173,12 +173,31 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     let mut disks = crate::block::probe(dt, &mut dma);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
+    if args.monitor {
+        // Without input there is no monitor: say why and power off.
+        match crate::console_input::start_for_platform(dt, memory) {
+            Ok(source) => info!("monitor: input {source}"),
+            Err(err) => {
+                error!("monitor: no console input: {err}");
+                shutdown(ShutdownReason::PowerOff)
+            }
+        }
+    }
     let (heap_used, heap_total) = crate::heap::usage();
     info!(
         "boot: ready uptime_us={} heap_used={heap_used} heap_total={heap_total}",
         cpu::uptime_us()
     );
-    shutdown(ShutdownReason::PowerOff)
+    if !args.monitor {
+        shutdown(ShutdownReason::PowerOff)
+    }
+    crate::monitor::run(crate::monitor::Monitor {
+        dt,
+        dtb: crate::memory::dtb_in_linear_map(memory, dtb),
+        memory,
+        dma,
+        disks,
+    })
 }
 
 fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {

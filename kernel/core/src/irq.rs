@@ -9,6 +9,7 @@
 //! and (v3) redistributor are the ones set up here.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use log::info;
 use spin::Once;
@@ -32,6 +33,8 @@ const INTID_LIMIT: usize = 1020;
 
 static GIC: Once<Gic> = Once::new();
 static HANDLERS: [Once<Handler>; INTID_LIMIT] = [const { Once::new() }; INTID_LIMIT];
+/// Interrupts taken per INTID (handled or not).
+static COUNTS: [AtomicU64; INTID_LIMIT] = [const { AtomicU64::new(0) }; INTID_LIMIT];
 
 /// Why interrupts could not be set up or an interrupt not registered.
 #[derive(Debug)]
@@ -188,6 +191,22 @@ pub fn enable_unhandled(intid: IntId, trigger: Trigger) -> Result<(), IrqError> 
     Ok(())
 }
 
+/// Every INTID with a handler, with the interrupts taken on it so far,
+/// in INTID order.
+pub fn registered() -> impl Iterator<Item = (u32, u64)> {
+    HANDLERS
+        .iter()
+        .zip(&COUNTS)
+        .enumerate()
+        .filter(|(_, (handler, _))| handler.get().is_some())
+        .map(|(intid, (_, count))| (intid as u32, count.load(Ordering::Relaxed)))
+}
+
+/// The GIC's version, once [`init`] has run.
+pub fn gic_version() -> Option<u8> {
+    GIC.get().map(|gic| gic.version())
+}
+
 /// Unmasks IRQs on this CPU: from here on, registered interrupts are taken.
 pub fn unmask() {
     cpu::unmask_irqs();
@@ -218,6 +237,7 @@ pub fn dispatch() -> bool {
         return true;
     };
     let intid = acknowledged.intid();
+    COUNTS[intid.raw() as usize].fetch_add(1, Ordering::Relaxed);
     match HANDLERS[intid.raw() as usize].get() {
         Some(handler) => {
             handler(intid);

@@ -18,6 +18,8 @@ mod arch;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod block;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod console_input;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dma;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dma_selftest;
@@ -33,6 +35,8 @@ mod irq;
 mod logger;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod memory;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod monitor;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod platform;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

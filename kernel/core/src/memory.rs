@@ -122,22 +122,7 @@ pub fn bring_up(
     // linear map) that the memory plan keeps clear of everything else.
     unsafe { crate::heap::add_main_region(heap.0 as *mut u8, setup.heap.size as usize) };
 
-    // Device windows (one per virtio transport on QEMU) only at debug level.
-    for mapping in &setup.layout.mappings {
-        if mapping.kind == tidepool_mm::MappingKind::MmioWindow {
-            log::debug!("mm: map {mapping}");
-        } else {
-            info!("mm: map {mapping}");
-        }
-    }
-    for region in map.regions() {
-        if let (RegionKind::NoMapPool, Some(window)) = (region.kind, region.window) {
-            info!(
-                "mm: pool {} {} no-map: not in the linear map, window {window} non-cacheable",
-                region.name, region.phys
-            );
-        }
-    }
+    print_mappings(setup, false);
     info!(
         "mm: tables {used} of {TABLE_ARENA_TABLES}, ttbr0 {} ttbr1 {}",
         view.mapping_counts(roots.ttbr0),
@@ -149,6 +134,46 @@ pub fn bring_up(
         setup.heap.size / 1024
     );
     Ok(setup)
+}
+
+/// Prints every mapping with its attributes and each no-map pool's window.
+/// Device windows (one per virtio transport on QEMU) are printed at debug
+/// level unless `devices` asks for them at info level.
+pub fn print_mappings(setup: &MemorySetup<'_>, devices: bool) {
+    for mapping in &setup.layout.mappings {
+        if mapping.kind == tidepool_mm::MappingKind::MmioWindow && !devices {
+            log::debug!("mm: map {mapping}");
+        } else {
+            info!("mm: map {mapping}");
+        }
+    }
+    for region in setup.layout.address_map.regions() {
+        if let (RegionKind::NoMapPool, Some(window)) = (region.kind, region.window) {
+            info!(
+                "mm: pool {} {} no-map: not in the linear map, window {window} non-cacheable",
+                region.name, region.phys
+            );
+        }
+    }
+}
+
+/// The device-tree blob through the linear map, once the MMU is on (its
+/// identity mapping is gone); `None` if the loader put it outside linear
+/// RAM.
+pub fn dtb_in_linear_map(setup: &MemorySetup<'_>, dtb: PhysRange) -> Option<&'static [u8]> {
+    let map = &setup.layout.address_map;
+    let start = map.phys_to_virt(dtb.base).ok()?;
+    let last = map
+        .phys_to_virt(PhysAddr(dtb.base.0 + dtb.size.checked_sub(1)?))
+        .ok()?;
+    if last.0 - start.0 != dtb.size - 1 {
+        return None;
+    }
+    // SAFETY: both ends of the range are linear RAM and the linear map is
+    // contiguous between them, mapped read-write for the kernel's lifetime;
+    // the memory plan keeps the blob clear of the heap and every pool, and
+    // the loader handed it over, so nothing writes it.
+    Some(unsafe { core::slice::from_raw_parts(start.0 as *const u8, dtb.size as usize) })
 }
 
 /// A description of a virtual address, printable without allocating.

@@ -11,7 +11,8 @@
 //!   window of their own.
 //! - Other no-map regions in memory are classified (a fault there names
 //!   them) but not mapped.
-//! - Windows (Device-nGnRE): the console UART named by `stdout-path`, the
+//! - Windows (Device-nGnRE): the console UART named by `stdout-path` (and,
+//!   under Xen, the vpl011 a dom0less domU reads its input from), the
 //!   GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
@@ -28,7 +29,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion};
+use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion, UartKind};
 use tidepool_mm::{
     CarveError, ImageSections, KernelLayout, MemoryType, MmioSpec, NamedRange, PAGE_SIZE,
     PhysRange, PlanError, PlanInput, PoolSpec, carve, plan_layout,
@@ -191,6 +192,18 @@ pub fn plan_memory<'a>(
     {
         mmio.push(device(&stdout.path, reg));
     }
+    // Under Xen the console writes through console_io, and a dom0less domU
+    // reads what its user types from Xen's vpl011 (`arm,sbsa-uart`).
+    if platform.hypervisor.is_some() {
+        let stdout = platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
+        mmio.extend(
+            platform
+                .uarts
+                .iter()
+                .filter(|u| u.kind == UartKind::SbsaUart && Some(u.path.as_str()) != stdout)
+                .map(|u| device(&u.path, u.reg)),
+        );
+    }
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));
         mmio.extend(gic.cpu_interface.map(|r| device(&gic.path, r)));
@@ -337,6 +350,11 @@ mod tests {
         w.property_array_u32("interrupts", &[0, 0x2f, 1]).unwrap();
         w.property_u32("memory-region", 1).unwrap();
         w.end_node(virtio).unwrap();
+        let vpl011 = w.begin_node("sbsa-uart@22000000").unwrap();
+        w.property_string("compatible", "arm,sbsa-uart").unwrap();
+        w.property_array_u64("reg", &[0x2200_0000, 0x1000]).unwrap();
+        w.property_array_u32("interrupts", &[0, 0, 4]).unwrap();
+        w.end_node(vpl011).unwrap();
         let hyp = w.begin_node("hypervisor").unwrap();
         w.property_string_list("compatible", vec!["xen,xen-4.17".into(), "xen,xen".into()])
             .unwrap();
@@ -507,6 +525,14 @@ mod tests {
             map.window_address(PhysAddr(0xa00_3e00))
                 .is_some_and(|v: VirtAddr| v.0 % PAGE_SIZE == 0xe00)
         );
+        // Under Xen the vpl011 gets a window (a domU's monitor reads it).
+        let vpl011 = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.phys == PhysAddr(0x2200_0000))
+            .expect("the vpl011 is mapped");
+        assert_eq!(vpl011.attributes.memory, MemoryType::Device);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Powering off: `SCHEDOP_shutdown` under Xen, PSCI SYSTEM_OFF otherwise.
+//! Powering off and rebooting: `SCHEDOP_shutdown` under Xen, PSCI
+//! SYSTEM_OFF or SYSTEM_RESET otherwise.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,6 +42,7 @@ fn power_control() -> PowerControl {
 pub fn shutdown(reason: ShutdownReason) -> ! {
     let word = match reason {
         ShutdownReason::PowerOff => "poweroff",
+        ShutdownReason::Reboot => "reboot",
         ShutdownReason::Crash => "crash",
     };
     crate::console::write_line(format_args!(
@@ -54,9 +56,14 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
             }
         }
         PowerControl::Psci(conduit) => {
-            let rc = psci::system_off(conduit);
+            let (call, rc) = match reason {
+                ShutdownReason::Reboot => ("SYSTEM_RESET", psci::system_reset(conduit)),
+                ShutdownReason::PowerOff | ShutdownReason::Crash => {
+                    ("SYSTEM_OFF", psci::system_off(conduit))
+                }
+            };
             crate::console::write_line(format_args!(
-                "shutdown: PSCI SYSTEM_OFF failed ({rc}); halting"
+                "shutdown: PSCI {call} failed ({rc}); halting"
             ));
         }
     }

@@ -156,6 +156,7 @@
 extern crate alloc;
 
 mod blob;
+mod describe;
 mod error;
 mod plan;
 mod platform;
@@ -169,6 +170,7 @@ mod tree;
 mod tests;
 
 pub use blob::MAX_DEPTH;
+pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,

@@ -191,6 +191,9 @@ pub struct Uart {
     pub kind: UartKind,
     /// Register window (first `reg` entry), translated.
     pub reg: AddrRange,
+    /// Its (first) interrupt; `None` without an `interrupts` property or
+    /// with one that cannot be used (reported in [`Platform::errors`]).
+    pub interrupt: Option<GicInterrupt>,
 }
 
 /// Everything the kernel learns about the platform from the device tree.
@@ -215,6 +218,33 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The node whose interrupt is `intid`, among those the kernel drives:
+    /// the virtual timer, Xen's event-channel upcall, UARTs and virtio-mmio
+    /// transports (what the monitor's `irq` names).
+    pub fn interrupt_owner(&self, intid: u32) -> Option<&str> {
+        let timer = self
+            .timer
+            .iter()
+            .filter(|t| t.virtual_timer.intid() == intid)
+            .map(|t| t.path.as_str());
+        let xen = self
+            .hypervisor
+            .iter()
+            .filter(|h| h.event_channel.intid() == intid)
+            .map(|h| h.path.as_str());
+        let uarts = self
+            .uarts
+            .iter()
+            .filter(|u| u.interrupt.is_some_and(|i| i.intid() == intid))
+            .map(|u| u.path.as_str());
+        let virtio = self
+            .virtio_mmio
+            .iter()
+            .filter(|v| v.interrupt.intid() == intid)
+            .map(|v| v.path.as_str());
+        timer.chain(xen).chain(uarts).chain(virtio).next()
+    }
+
     /// The platform facts of the device tree blob `dtb`.
     pub fn from_dtb(dtb: &[u8]) -> Result<Platform, DtbError> {
         let checked = blob::check(dtb)?;
@@ -254,10 +284,16 @@ impl Platform {
                 None
             };
             if let Some(kind) = uart_kind {
+                // A UART serves output without an interrupt: only a
+                // malformed one is an error, and the UART is kept.
+                let interrupt = tree.has(node, "interrupts").then(|| {
+                    keep(interrupts(tree, node), errors).and_then(|list| list.first().copied())
+                });
                 let uart = first_reg(tree, node).map(|reg| Uart {
                     path: tree.nodes[node].path.clone(),
                     kind,
                     reg,
+                    interrupt: interrupt.flatten(),
                 });
                 platform.uarts.extend(keep(uart, errors));
             }

@@ -1323,6 +1323,8 @@ fn qemu_virt() -> Dt {
         .node("pl011@9000000", |n| {
             n.strs("compatible", &["arm,pl011", "arm,primecell"])
                 .reg64("reg", &[(0x900_0000, 0x1000)])
+                .cells("interrupts", &[0, 1, 4])
+                .u32("clock-frequency", 24_000_000)
         })
         .node("virtio_mmio@a000000", |n| {
             n.str("compatible", "virtio,mmio")
@@ -1375,7 +1377,12 @@ fn platform_of_qemu_virt() {
         vec![Uart {
             path: "/pl011@9000000".into(),
             kind: UartKind::Pl011,
-            reg: r(0x900_0000, 0x1000)
+            reg: r(0x900_0000, 0x1000),
+            interrupt: Some(GicInterrupt {
+                kind: InterruptKind::Spi,
+                number: 1,
+                flags: 4
+            })
         }]
     );
     let virtio = &platform.virtio_mmio;
@@ -1638,4 +1645,93 @@ fn platform_gic_v3_with_several_redistributor_regions_and_gicc() {
             required: 3
         }
     );
+}
+
+#[test]
+fn a_uart_with_a_bad_interrupt_is_kept_without_it() {
+    let dt = qemu_virt().node("pl011@9040000", |n| {
+        n.str("compatible", "arm,sbsa-uart")
+            .reg64("reg", &[(0x904_0000, 0x1000)])
+            .cells("interrupts", &[0, 1])
+    });
+    let platform = Platform::from_dtb(&dt.build()).unwrap();
+    let uart = &platform.uarts[1];
+    assert_eq!((uart.kind, uart.interrupt), (UartKind::SbsaUart, None));
+    assert!(
+        platform.errors.iter().any(|e| e.path == "/pl011@9040000"),
+        "{:?}",
+        platform.errors
+    );
+}
+
+#[test]
+fn describe_decodes_known_shapes() {
+    let blob = qemu_virt()
+        .node("odd", |n| {
+            n.bytes("blob", &[1, 2, 3])
+                .cells("ranges", &[0, 0x4000_0000])
+        })
+        .build();
+    let node = describe_node(&blob, "/pl011@9000000").unwrap();
+    assert_eq!(node.path, "/pl011@9000000");
+    let text: Vec<String> = node
+        .properties
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    assert_eq!(
+        text,
+        [
+            "compatible=\"arm,pl011\",\"arm,primecell\"",
+            "reg=0x9000000+0x1000",
+            "interrupts=0x0,0x1,0x4",
+            "clock-frequency=24000000",
+        ]
+    );
+    let root = describe_node(&blob, "/").unwrap();
+    assert_eq!(root.path, "/");
+    assert!(root.children.iter().any(|c| c == "chosen"));
+    assert!(
+        root.properties
+            .contains(&("#size-cells".into(), PropertyValue::Decimal(vec![2])))
+    );
+    let timer = describe_node(&blob, "/timer").unwrap();
+    assert_eq!(
+        timer.properties.last().unwrap(),
+        &("always-on".into(), PropertyValue::Flag)
+    );
+    // A unit-less component finds the node with a unit address.
+    let odd = describe_node(&blob, "/odd").unwrap();
+    assert_eq!(odd.properties[0].1.to_string(), "0x010203");
+    assert_eq!(
+        odd.properties[1].1,
+        PropertyValue::Cells(vec![0, 0x4000_0000])
+    );
+    assert_eq!(
+        describe_node(&blob, "/memory").unwrap().path,
+        "/memory@40000000"
+    );
+}
+
+#[test]
+fn describe_refuses_missing_nodes_and_bad_blobs() {
+    let blob = qemu_virt().build();
+    assert_eq!(
+        describe_node(&blob, "/nothing").unwrap_err().to_string(),
+        "no node at /nothing"
+    );
+    assert!(matches!(
+        describe_node(&blob[..40], "/"),
+        Err(DescribeError::Dtb(_))
+    ));
+}
+
+#[test]
+fn interrupt_owners() {
+    let platform = Platform::from_dtb(&qemu_virt().build()).unwrap();
+    assert_eq!(platform.interrupt_owner(27), Some("/timer"));
+    assert_eq!(platform.interrupt_owner(33), Some("/pl011@9000000"));
+    assert_eq!(platform.interrupt_owner(48), Some("/virtio_mmio@a000000"));
+    assert_eq!(platform.interrupt_owner(49), Some("/virtio_mmio@a000200"));
+    assert_eq!(platform.interrupt_owner(26), None);
 }

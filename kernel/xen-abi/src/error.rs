@@ -209,6 +209,8 @@ pub enum XenOp {
     XenGetFeatures,
     /// `console_io(CONSOLEIO_write)`.
     ConsoleWrite,
+    /// `console_io(CONSOLEIO_read)`.
+    ConsoleRead,
     /// `memory_op(XENMEM_add_to_physmap)`.
     AddToPhysmap,
     /// `hvm_op(HVMOP_get_param)`.
@@ -250,7 +252,7 @@ impl XenOp {
             Self::XenVersion | Self::XenExtraVersion | Self::XenGetFeatures => {
                 xen_sys::__HYPERVISOR_xen_version
             }
-            Self::ConsoleWrite => xen_sys::__HYPERVISOR_console_io,
+            Self::ConsoleWrite | Self::ConsoleRead => xen_sys::__HYPERVISOR_console_io,
             Self::AddToPhysmap => xen_sys::__HYPERVISOR_memory_op,
             Self::HvmGetParam => xen_sys::__HYPERVISOR_hvm_op,
             Self::EvtchnBindVirq
@@ -277,6 +279,7 @@ impl XenOp {
             Self::XenExtraVersion => XENVER_extraversion,
             Self::XenGetFeatures => XENVER_get_features,
             Self::ConsoleWrite => xen_sys::CONSOLEIO_write,
+            Self::ConsoleRead => xen_sys::CONSOLEIO_read,
             Self::AddToPhysmap => XENMEM_add_to_physmap,
             Self::HvmGetParam => HVMOP_get_param,
             Self::EvtchnBindVirq => xen_sys::EVTCHNOP_bind_virq,
@@ -300,7 +303,7 @@ impl XenOp {
     pub const fn hypercall_name(self) -> &'static str {
         match self {
             Self::XenVersion | Self::XenExtraVersion | Self::XenGetFeatures => "xen_version",
-            Self::ConsoleWrite => "console_io",
+            Self::ConsoleWrite | Self::ConsoleRead => "console_io",
             Self::AddToPhysmap => "memory_op",
             Self::HvmGetParam => "hvm_op",
             Self::EvtchnBindVirq
@@ -327,6 +330,7 @@ impl XenOp {
             Self::XenExtraVersion => "extraversion",
             Self::XenGetFeatures => "get_features",
             Self::ConsoleWrite => "write",
+            Self::ConsoleRead => "read",
             Self::AddToPhysmap => "add_to_physmap",
             Self::HvmGetParam => "get_param",
             Self::EvtchnBindVirq => "bind_virq",
@@ -504,6 +508,7 @@ mod tests {
             (XenOp::XenExtraVersion, 1),
             (XenOp::XenGetFeatures, 6),
             (XenOp::ConsoleWrite, 0),
+            (XenOp::ConsoleRead, 1),
             (XenOp::AddToPhysmap, 7),
             (XenOp::HvmGetParam, 1),
             (XenOp::EvtchnBindInterdomain, 0),

@@ -635,6 +635,11 @@ impl<'h, const N: usize> EventDispatcher<'h, N> {
         summary
     }
 
+    /// The ports that have a handler, in table order.
+    pub fn ports(&self) -> impl Iterator<Item = EvtchnPort> + '_ {
+        self.slots.iter().flatten().map(|&(port, _)| port)
+    }
+
     /// Events seen on ports without a handler since creation.
     pub fn unknown_events(&self) -> u64 {
         self.unknown_events.load(Ordering::Relaxed)
@@ -859,6 +864,7 @@ mod tests {
         assert_eq!(full, EventError::TableFull { capacity: 2 });
         assert_eq!(full.to_string(), "event handler table is full (2 handlers)");
         dispatcher.unregister(EvtchnPort(1)).unwrap();
+        assert_eq!(dispatcher.ports().collect::<Vec<_>>(), [EvtchnPort(2)]);
         assert_eq!(
             dispatcher.unregister(EvtchnPort(1)),
             Err(EventError::NotRegistered(EvtchnPort(1)))

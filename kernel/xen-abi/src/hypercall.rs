@@ -51,6 +51,8 @@ pub enum Hypercall<'a> {
     XenGetFeatures(&'a mut XenFeatureInfo),
     /// `console_io(CONSOLEIO_write, len, bytes)`.
     ConsoleWrite(&'a [u8]),
+    /// `console_io(CONSOLEIO_read, len, buffer)`: returns the bytes read.
+    ConsoleRead(&'a mut [u8]),
     /// `memory_op(XENMEM_add_to_physmap, arg)`. Names a guest frame: only
     /// [`Hypervisor::add_to_physmap`] builds the argument.
     AddToPhysmap(&'a mut XenAddToPhysmap),
@@ -136,6 +138,7 @@ impl Hypercall<'_> {
             Self::XenExtraVersion(_) => XenOp::XenExtraVersion,
             Self::XenGetFeatures(_) => XenOp::XenGetFeatures,
             Self::ConsoleWrite(_) => XenOp::ConsoleWrite,
+            Self::ConsoleRead(_) => XenOp::ConsoleRead,
             Self::AddToPhysmap(_) => XenOp::AddToPhysmap,
             Self::HvmGetParam(_) => XenOp::HvmGetParam,
             Self::EvtchnBindVirq(_) => XenOp::EvtchnBindVirq,
@@ -167,6 +170,7 @@ impl Hypercall<'_> {
             Self::XenExtraVersion(buf) => [command, address_of(*buf), 0, 0, 0],
             Self::XenGetFeatures(info) => [command, address_of(*info), 0, 0, 0],
             Self::ConsoleWrite(bytes) => [command, bytes.len() as u64, address_of(*bytes), 0, 0],
+            Self::ConsoleRead(buffer) => [command, buffer.len() as u64, address_of(*buffer), 0, 0],
             Self::AddToPhysmap(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::HvmGetParam(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::EvtchnBindVirq(arg) => [command, address_of(*arg), 0, 0, 0],
@@ -208,6 +212,7 @@ impl Hypercall<'_> {
             Self::XenExtraVersion(buf) => [Some(buffer_of(*buf)), None],
             Self::XenGetFeatures(info) => [Some(buffer_of(*info)), None],
             Self::ConsoleWrite(bytes) => [Some(buffer_of(*bytes)), None],
+            Self::ConsoleRead(buffer) => [Some(buffer_of(*buffer)), None],
             Self::AddToPhysmap(arg) => [Some(buffer_of(*arg)), None],
             Self::HvmGetParam(arg) => [Some(buffer_of(*arg)), None],
             Self::EvtchnBindVirq(arg) => [Some(buffer_of(*arg)), None],
@@ -305,6 +310,14 @@ pub unsafe trait Hypervisor {
     fn console_write(&mut self, bytes: &[u8]) -> Result<(), XenError> {
         let ret = self.call(Hypercall::ConsoleWrite(bytes));
         XenError::check(XenOp::ConsoleWrite, ret).map(|_| ())
+    }
+
+    /// `CONSOLEIO_read`: moves what Xen's console has received for this
+    /// domain (the hardware domain, or a domain Xen lets read it) into
+    /// `buffer`; returns how many bytes, 0 when nothing is waiting.
+    fn console_read(&mut self, buffer: &mut [u8]) -> Result<usize, XenError> {
+        let ret = self.call(Hypercall::ConsoleRead(buffer));
+        XenError::check(XenOp::ConsoleRead, ret).map(|n| (n as usize).min(buffer.len()))
     }
 
     /// `XENMEM_add_to_physmap` for the calling domain: page `idx` of `space`
@@ -755,6 +768,14 @@ mod tests {
         let text = b"abc";
         let mut call = Hypercall::ConsoleWrite(text);
         assert_eq!(call.registers().args[..3], [0, 3, address_of(&text[..])]);
+        let mut input = [0u8; 16];
+        let address = address_of(&input[..]);
+        let mut call = Hypercall::ConsoleRead(&mut input);
+        assert_eq!(call.registers().args[..3], [1, 16, address]);
+        assert_eq!(
+            call.guest_buffers(),
+            [Some(GuestBuffer { address, len: 16 }), None]
+        );
         assert_eq!(Hypercall::XenVersion.guest_buffers(), [None, None]);
     }
 }

@@ -148,6 +148,11 @@ pub fn upcalls() -> u64 {
     UPCALLS.load(Ordering::Relaxed)
 }
 
+/// The ports bound with a handler, at most [`MAX_HANDLERS`].
+pub fn bound_ports() -> alloc::vec::Vec<EvtchnPort> {
+    irq::without_interrupts(|| DISPATCHER.lock().ports().collect())
+}
+
 /// Registers `handler` for a freshly bound `port` and unmasks it; closes the
 /// port again if the handler table refuses it.
 fn attach(

@@ -197,6 +197,11 @@ pub fn end(gref: GrantRef) -> Result<(), GrantTableError> {
     with_table(|table| table.end(gref))
 }
 
+/// Entries granted now and entries usable in all.
+pub fn usage() -> Result<(usize, usize), GrantTableError> {
+    with_table(|table| Ok((table.usable() - table.free_count(), table.usable())))
+}
+
 /// Entries not granted now.
 pub fn free_count() -> Result<usize, GrantTableError> {
     with_table(|table| Ok(table.free_count()))

@@ -121,6 +121,8 @@ pub fn version() -> XenVersion {
 pub enum ShutdownReason {
     /// SHUTDOWN_poweroff.
     PowerOff,
+    /// SHUTDOWN_reboot.
+    Reboot,
     /// SHUTDOWN_crash.
     Crash,
 }
@@ -129,6 +131,7 @@ pub enum ShutdownReason {
 pub fn shutdown(reason: ShutdownReason) -> Result<(), XenError> {
     Xen.sched_shutdown(match reason {
         ShutdownReason::PowerOff => tidepool_xen_abi::ShutdownReason::PowerOff,
+        ShutdownReason::Reboot => tidepool_xen_abi::ShutdownReason::Reboot,
         ShutdownReason::Crash => tidepool_xen_abi::ShutdownReason::Crash,
     })
 }
