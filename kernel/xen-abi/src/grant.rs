@@ -87,11 +87,12 @@ impl GrantableFrame {
     ///
     /// The caller owns frame `gfn` (this domain's RAM, allocated to it) and
     /// keeps it allocated, given to nothing else, until the grant made from
-    /// this token has ended ([`GrantTable::end`] returned `Ok`): the other
-    /// domain may read it (and, with [`GrantAccess::ReadWrite`], write it)
-    /// at any moment until then, so the kernel reaches it only as memory
-    /// shared with that domain, never through a reference that assumes it
-    /// unchanged.
+    /// this token has ended ([`GrantTable::end`] returned `Ok`), or for
+    /// good. Until then the other domain may read it (and, with
+    /// [`GrantAccess::ReadWrite`], write it), so the kernel accesses the
+    /// page only as its protocol with that domain allows: atomics for a
+    /// shared ring, or a data page only while no request that names it is
+    /// in flight (before it is sent, after its response).
     #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
     pub const unsafe fn new(gfn: u64) -> Self {
         Self { gfn }
