@@ -11,7 +11,7 @@
 //! and a grant mapping puts another domain's frame at one of this domain's
 //! guest-physical frames; both name memory, so both take tokens only the
 //! memory's owner makes: a [`GrantableFrame`] to grant, a
-//! [`VacantFrame`](crate::VacantFrame) to map at (given back, on unmap, by
+//! [`VacantFrame`] to map at (given back, on unmap, by
 //! the [`GrantMapping`] the map returned).
 
 use core::fmt;
