@@ -12,7 +12,10 @@
 //! guest-physical frames; both name memory, so both take tokens only the
 //! memory's owner makes: a [`GrantableFrame`] to grant, a
 //! [`VacantFrame`] to map at (given back, on unmap, by
-//! the [`GrantMapping`] the map returned).
+//! the [`GrantMapping`] the map returned). A grant is ended only through the
+//! [`Grant`] that made it: ending another's grant would free its entry for
+//! reuse, and the other domain, still told that reference, would reach
+//! whatever frame the entry names next.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
@@ -96,6 +99,46 @@ impl GrantableFrame {
     #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
     pub const unsafe fn new(gfn: u64) -> Self {
         Self { gfn }
+    }
+}
+
+/// A grant made by [`GrantTable::grant`]: only the table makes one, and
+/// [`GrantTable::end`] takes it, so only the grant's maker can end it. Its
+/// [`GrantRef`] is what the other domain is told.
+///
+/// ```compile_fail,E0308
+/// // A reference is not a grant: safe code cannot end someone else's.
+/// use tidepool_xen_abi::{GrantRef, GrantTable};
+/// fn end_any(table: &mut GrantTable<'_>) {
+///     let _ = table.end(GrantRef(8));
+/// }
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct Grant {
+    gref: GrantRef,
+}
+
+impl Grant {
+    /// The reference to tell the other domain.
+    pub const fn gref(&self) -> GrantRef {
+        self.gref
+    }
+}
+
+/// A grant [`GrantTable::end`] did not end, given back with the reason
+/// (typically [`GrantError::InUse`]: end it again once the other domain has
+/// unmapped it).
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantNotEnded {
+    /// The grant, still valid.
+    pub grant: Grant,
+    /// Why it was not ended.
+    pub error: GrantError,
+}
+
+impl fmt::Display for GrantNotEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
     }
 }
 
@@ -496,7 +539,7 @@ impl<'a> GrantTable<'a> {
         domid: DomId,
         frame: GrantableFrame,
         access: GrantAccess,
-    ) -> Result<GrantRef, GrantError> {
+    ) -> Result<Grant, GrantError> {
         let gfn = frame.gfn;
         let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
         if self.free_len == 0 {
@@ -514,13 +557,20 @@ impl<'a> GrantTable<'a> {
             GrantAccess::ReadWrite => GTF_permit_access,
         };
         entry.flags.store(flags, Ordering::Release);
-        Ok(gref)
+        Ok(Grant { gref })
     }
 
     /// Ends a grant: atomically clears the entry's flags, but only while Xen
     /// has it neither reading nor writing. On [`GrantError::InUse`] the grant
-    /// stays valid and the caller must retry after the remote domain unmaps.
-    pub fn end(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+    /// stays valid, comes back in the error, and the caller must retry after
+    /// the remote domain unmaps. (The other errors mean the grant came from
+    /// another table.)
+    pub fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
+        self.end_entry(grant.gref)
+            .map_err(|error| GrantNotEnded { grant, error })
+    }
+
+    fn end_entry(&mut self, gref: GrantRef) -> Result<(), GrantError> {
         let entry = self.entry(gref)?;
         if self.free_len >= self.usable() {
             // Every usable entry is on the free list: none is granted.
@@ -570,6 +620,14 @@ mod tests {
         GrantableFrame { gfn }
     }
 
+    /// A grant this table did not make (from another table, in the
+    /// kernel's terms): only tests can build one.
+    fn foreign(gref: u32) -> Grant {
+        Grant {
+            gref: GrantRef(gref),
+        }
+    }
+
     fn table(n: usize) -> Vec<GrantEntryV1> {
         (0..n).map(|_| GrantEntryV1::default()).collect()
     }
@@ -586,7 +644,7 @@ mod tests {
         let b = gt
             .grant(DomId(2), frame(0x40124), GrantAccess::ReadOnly)
             .unwrap();
-        assert_eq!((a, b), (GrantRef(8), GrantRef(9)));
+        assert_eq!((a.gref(), b.gref()), (GrantRef(8), GrantRef(9)));
         let e = &entries[8];
         assert_eq!(e.flags.load(Ordering::SeqCst), GTF_permit_access);
         assert_eq!(e.domid.load(Ordering::SeqCst), 1);
@@ -612,20 +670,30 @@ mod tests {
         let a = gt
             .grant(DomId(1), frame(1), GrantAccess::ReadWrite)
             .unwrap();
+        let gref = a.gref();
         gt.end(a).unwrap();
-        assert_eq!(entries[a.0 as usize].flags.load(Ordering::SeqCst), 0);
+        assert_eq!(entries[gref.0 as usize].flags.load(Ordering::SeqCst), 0);
         assert_eq!(gt.free_count(), 2);
+        let again = gt
+            .grant(DomId(1), frame(2), GrantAccess::ReadWrite)
+            .unwrap();
+        assert_eq!(again.gref(), gref);
+        // A grant this table did not make is refused, and given back.
+        let err = gt.end(foreign(9)).unwrap_err();
         assert_eq!(
-            gt.grant(DomId(1), frame(2), GrantAccess::ReadWrite)
-                .unwrap(),
-            a
+            err,
+            GrantNotEnded {
+                grant: foreign(9),
+                error: GrantError::NotGranted(GrantRef(9))
+            }
         );
+        assert_eq!(err.to_string(), "gref 9 is not granted");
+        gt.end(again).unwrap();
+        // Every entry free: nothing to end.
         assert_eq!(
-            gt.end(GrantRef(9)),
-            Err(GrantError::NotGranted(GrantRef(9)))
+            gt.end(foreign(8)).unwrap_err().error,
+            GrantError::NotGranted(GrantRef(8))
         );
-        gt.end(a).unwrap();
-        assert_eq!(gt.end(a), Err(GrantError::NotGranted(a)));
     }
 
     #[test]
@@ -633,30 +701,29 @@ mod tests {
         let entries = table(9);
         let mut storage = [GrantRef::default(); 1];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let g = gt
+        let mut g = gt
             .grant(DomId(3), frame(7), GrantAccess::ReadWrite)
             .unwrap();
-        let entry = &entries[g.0 as usize];
+        let gref = g.gref();
+        let entry = &entries[gref.0 as usize];
         for busy in [GTF_reading, GTF_writing, GTF_reading | GTF_writing] {
             entry.flags.fetch_or(busy, Ordering::SeqCst);
             let err = gt.end(g).unwrap_err();
             assert_eq!(
-                err,
+                err.error,
                 GrantError::InUse {
-                    gref: g,
+                    gref,
                     flags: GTF_permit_access | busy
                 }
             );
+            // The grant comes back to its maker.
+            g = err.grant;
             // The grant is left intact.
             assert_eq!(entry.flags.load(Ordering::SeqCst), GTF_permit_access | busy);
             entry.flags.fetch_and(!busy, Ordering::SeqCst);
         }
         assert_eq!(
-            GrantError::InUse {
-                gref: g,
-                flags: 0x19
-            }
-            .to_string(),
+            GrantError::InUse { gref, flags: 0x19 }.to_string(),
             "gref 8 is still mapped by the remote domain (flags 0x19)"
         );
         gt.end(g).unwrap();
@@ -669,6 +736,7 @@ mod tests {
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
         let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
+        let gref = a.gref();
         gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
         let err = gt
             .grant(DomId(1), frame(3), GrantAccess::ReadOnly)
@@ -680,8 +748,10 @@ mod tests {
         );
         gt.end(a).unwrap();
         assert_eq!(
-            gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly).unwrap(),
-            a
+            gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly)
+                .unwrap()
+                .gref(),
+            gref
         );
     }
 
@@ -690,13 +760,16 @@ mod tests {
         let entries = table(12);
         let mut storage = [GrantRef::default(); 4];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        assert_eq!(gt.end(GrantRef(1)), Err(GrantError::Reserved(GrantRef(1))));
         assert_eq!(
-            gt.end(GrantRef(12)),
-            Err(GrantError::OutOfRange {
+            gt.end(foreign(1)).unwrap_err().error,
+            GrantError::Reserved(GrantRef(1))
+        );
+        assert_eq!(
+            gt.end(foreign(12)).unwrap_err().error,
+            GrantError::OutOfRange {
                 gref: GrantRef(12),
                 entries: 12
-            })
+            }
         );
         assert_eq!(
             gt.grant(DomId(1), frame(1 << 32), GrantAccess::ReadWrite),

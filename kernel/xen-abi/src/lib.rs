@@ -32,6 +32,7 @@
 //! | `GNTTABOP_unmap_grant_ref` | the mapping to remove | [`GrantMapping`] (only a map makes one; unmap gives the [`VacantFrame`] back) |
 //! | `GNTTABOP_cache_flush` | machine addresses to clean or invalidate | [`CacheFlushTarget`] |
 //! | a grant-table entry ([`GrantTable::grant`]) | the frame another domain may then read or write | [`GrantableFrame`] |
+//! | ending a grant ([`GrantTable::end`]) | the entry, free for reuse afterwards | [`Grant`] (only a grant makes one) |
 //!
 //! The argument structs of those calls have private fields and
 //! crate-private constructors, so the typed methods of [`Hypervisor`] are
@@ -96,8 +97,8 @@ pub use event::{
     SharedInfo, SharedInfoPage, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
 };
 pub use grant::{
-    GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantMapping, GrantRef, GrantTable,
-    GrantTableSize, GrantableFrame,
+    Grant, GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantMapping, GrantNotEnded,
+    GrantRef, GrantTable, GrantTableSize, GrantableFrame,
 };
 pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};

@@ -16,8 +16,8 @@ use log::{error, info};
 use tidepool_dma::{DmaDirection, SyncPoint, cache_op_for};
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, RegionKind, VirtAddr};
 use tidepool_xen_abi::{
-    CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, GrantableFrame, Hypervisor,
-    VacantFrame, Virq, cache_flush_available,
+    CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, GrantNotEnded,
+    GrantableFrame, Hypervisor, VacantFrame, Virq, cache_flush_available,
 };
 
 use crate::memory_plan::MemorySetup;
@@ -210,21 +210,29 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
     let at = unsafe { VacantFrame::new(target / PAGE_SIZE) };
     let mapping = check(
         "map own grant",
-        Xen.grant_map(domain.id, writable, at, GrantAccess::ReadWrite),
+        Xen.grant_map(domain.id, writable.gref(), at, GrantAccess::ReadWrite),
     );
-    match grants::end(writable) {
-        Err(GrantTableError::Table(GrantError::InUse { flags, .. })) => info!(
-            "xen: grant {writable} of gfn {gfn:#x} mapped at gpa {target:#x}: end refused while in use (flags {flags:#x}), grant kept"
-        ),
+    let writable_ref = writable.gref();
+    let writable = match grants::end(writable) {
+        Err(GrantNotEnded {
+            grant,
+            error: GrantError::InUse { flags, .. },
+        }) => {
+            info!(
+                "xen: grant {writable_ref} of gfn {gfn:#x} mapped at gpa {target:#x}: end refused while in use (flags {flags:#x}), grant kept"
+            );
+            grant
+        }
         other => fail(format_args!(
-            "ending mapped {writable} gave {other:?}, not InUse"
+            "ending mapped {writable_ref} gave {other:?}, not InUse"
         )),
-    }
+    };
     check("unmap own grant", Xen.grant_unmap(mapping));
+    let readable_ref = readable.gref();
     check("end rw grant", grants::end(writable));
     check("end ro grant", grants::end(readable));
     info!(
-        "xen: grant {writable} (rw) and {readable} (ro) of gfn {gfn:#x} to {} made and ended",
+        "xen: grant {writable_ref} (rw) and {readable_ref} (ro) of gfn {gfn:#x} to {} made and ended",
         domain.id
     );
 
@@ -245,8 +253,8 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
         ));
     }
     let granted = held.len();
-    for gref in held {
-        check("end grant", grants::end(gref));
+    for grant in held {
+        check("end grant", grants::end(grant));
     }
     let free_after = check("free count", grants::free_count());
     if granted != free || free_after != free {

@@ -13,8 +13,8 @@ use spin::{Mutex, Once};
 use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
 use tidepool_xen_abi::{
-    DomId, GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, GrantableFrame, Hypervisor,
-    VacantFrame, XenError, XenMapSpace,
+    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantNotEnded, GrantRef, GrantTable,
+    GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace,
 };
 
 use super::Xen;
@@ -155,12 +155,12 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
     Ok(())
 }
 
-/// Why a grant could not be made or ended.
+/// Why a grant could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantTableError {
     /// No grant table (not under Xen, or before [`init`]).
     NotSetUp,
-    /// The table refused (exhausted, still in use, not granted, ...).
+    /// The table refused (exhausted, frame beyond 32 bits).
     Table(GrantError),
 }
 
@@ -181,20 +181,28 @@ fn with_table<R>(
 }
 
 /// Grants `domid` access to `frame`, which its owner vouched for. Fails
-/// with [`GrantError::Exhausted`] when every entry is granted.
+/// with [`GrantError::Exhausted`] when every entry is granted. Only the
+/// returned [`Grant`] can end the grant.
 pub fn grant(
     domid: DomId,
     frame: GrantableFrame,
     access: GrantAccess,
-) -> Result<GrantRef, GrantTableError> {
+) -> Result<Grant, GrantTableError> {
     with_table(|table| table.grant(domid, frame, access))
 }
 
-/// Ends a grant. While the other domain still has it mapped this fails with
-/// [`GrantError::InUse`] and the grant stays valid: end it again after the
-/// other domain unmaps it.
-pub fn end(gref: GrantRef) -> Result<(), GrantTableError> {
-    with_table(|table| table.end(gref))
+/// Ends `grant`. While the other domain still has it mapped this fails with
+/// [`GrantError::InUse`] and the grant comes back in the error, still
+/// valid: end it again after the other domain unmaps it.
+pub fn end(grant: Grant) -> Result<(), GrantNotEnded> {
+    match TABLE.get() {
+        Some(table) => irq::without_interrupts(|| table.lock().end(grant)),
+        // Grants come only from the table: this one is not the kernel's.
+        None => {
+            let error = GrantError::NotGranted(grant.gref());
+            Err(GrantNotEnded { grant, error })
+        }
+    }
 }
 
 /// Entries granted now and entries usable in all.
