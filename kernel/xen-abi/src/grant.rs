@@ -245,7 +245,8 @@ impl fmt::Display for GrantHandle {
 /// Only a successful map makes one, and
 /// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) takes it to
 /// remove exactly that mapping, so safe code cannot unmap a frame it did
-/// not map.
+/// not map. Dropping it leaves the mapping in place for good (its frame is
+/// never handed out again).
 ///
 /// ```compile_fail,E0451
 /// // No forged mapping: address and handle are private.
