@@ -25,6 +25,8 @@ pub struct BootTest {
     pub expect: Vec<String>,
     /// Substrings that must appear nowhere.
     pub reject: Vec<String>,
+    /// Substrings that must appear somewhere, in any order.
+    pub anywhere: Vec<String>,
     /// Deadline for the whole run.
     pub timeout: Duration,
     /// A check beyond substrings, over the whole console.
@@ -64,6 +66,23 @@ pub struct TestDisk {
 
 const CLEAN_REJECT: &[&str] = &["fault:", "panic:", "error:", "shutdown: crash"];
 
+/// The classes of mappings the kernel has the MMU translate at every boot
+/// (`tidepool_mm::verify`), and whether a boot under Xen / on bare QEMU must
+/// have at least one of the class.
+const VERIFIED_CLASSES: &[(&str, bool, bool)] = &[
+    ("image", true, true),
+    ("linear-ram", true, true),
+    ("pool-window", true, true),
+    ("device-window", true, true),
+    ("xen-shared", true, false),
+    ("no-map-alias", true, true),
+];
+
+/// The console line of one verified class (the count precedes it).
+fn verified_line(class: &str) -> String {
+    format!(" mappings by translation, 0 mismatches class={class}")
+}
+
 impl BootTest {
     fn new(name: &str, machine: Machine) -> Self {
         Self {
@@ -71,6 +90,7 @@ impl BootTest {
             machine,
             expect: Vec::new(),
             reject: Vec::new(),
+            anywhere: Vec::new(),
             timeout: Duration::from_secs(60),
             check: None,
             disks: Vec::new(),
@@ -118,14 +138,23 @@ impl BootTest {
         self
     }
 
-    /// A boot that must reach `boot: ready` and power off cleanly. (With no
-    /// hardware domain, Xen keeps running after a domU powers off: the run
-    /// stops shortly after the guest's `shutdown:` line.)
+    /// A boot that must reach `boot: ready` and power off cleanly, after
+    /// the MMU confirmed every mapping class ([`VERIFIED_CLASSES`]). (With
+    /// no hardware domain, Xen keeps running after a domU powers off: the
+    /// run stops shortly after the guest's `shutdown:` line.)
     fn clean(self) -> Self {
         let mode = self.machine.mode.clone();
         let mut t = self
             .expect(&["boot: ready", "shutdown: poweroff"])
             .reject(CLEAN_REJECT);
+        let xen = matches!(mode, Mode::XenDom0 { .. } | Mode::XenDomU { .. });
+        for &(class, under_xen, bare) in VERIFIED_CLASSES {
+            t.anywhere.push(verified_line(class));
+            if (xen && under_xen) || (!xen && bare) {
+                t.reject
+                    .push(format!("mm: verified 0{}", verified_line(class)));
+            }
+        }
         if let Mode::XenDom0 { .. } = mode {
             t.expect.push("Hardware Dom0 halted".into());
         }
@@ -162,6 +191,11 @@ impl BootTest {
             match found {
                 Some(next) => (line, column) = next,
                 None => return Err(format!("missing (in order): {want:?}")),
+            }
+        }
+        for want in &self.anywhere {
+            if !run.lines.iter().any(|l| l.contains(want.as_str())) {
+                return Err(format!("missing: {want:?}"));
             }
         }
         for bad in &self.reject {
@@ -352,6 +386,29 @@ pub fn all() -> Vec<BootTest> {
         ])
         .check_with(no_map_regions_not_linear)
         .clean(),
+        // The MMU check of every boot, against a plan that asks for a
+        // write-back pool window: QEMU's AT reports non-cacheable, fatal.
+        BootTest::new("mmu-xen-mismatch", with(xen_dom0("256M"), |m| {
+            m.scenario = Some("static-pool".into());
+            m.bootargs = "selftest=mm-mismatch".into();
+        }))
+        .crash(&[
+            "mm: verified 1 mappings by translation, 0 mismatches class=linear-ram",
+            "selftest: mm-mismatch: expecting ",
+            "error: mm: translation mismatch class=pool-window ",
+            " va=0xffff8",
+            " expected=Normal WB pa=0x",
+            " found=Normal NC pa=0x",
+        ]),
+        BootTest::new("mmu-bare-mismatch", with(Machine::new(Mode::Bare), |m| {
+            m.bootargs = "selftest=mm-mismatch".into();
+        }))
+        .crash(&[
+            "selftest: mm-mismatch: expecting tidepool:nc-pool write-back",
+            "error: mm: translation mismatch class=pool-window tidepool:nc-pool va=0xffff8",
+            " expected=Normal WB pa=0x",
+            " found=Normal NC pa=0x",
+        ]),
         BootTest::new("mmu-bare-static-pool", with(Machine::new(Mode::Bare), |m| {
             m.scenario = Some("static-pool".into());
             m.bootargs = "selftest=pool-window".into();
@@ -763,13 +820,15 @@ fn dma() -> Vec<BootTest> {
                 "dma: device /virtio_mmio@a003c00 coherent=no pool=/reserved-memory/dma-pool-dynamic",
                 "dma: selftest /virtio_mmio@a003c00 ok bounced=yes",
                 // One hypercall per sync for the device, covering both pages; none for the CPU.
-                "dma: stats /virtio_mmio@a003c00 syncs=4 hypercalls=2 pages=4 refusals=0 fallbacks=0 va_ops=0 \
+                // One invalidate after the device wrote (the from-device round
+                // trip); nothing for the to-device one (tidepool_dma::sync_action).
+                "dma: stats /virtio_mmio@a003c00 syncs=4 hypercalls=1 pages=2 refusals=0 fallbacks=0 va_ops=0 \
                  va_bytes=0 bounced=24576 maps=2 unmaps=2 allocs=1 frees=1",
                 "dma: device /virtio_mmio@a003e00 coherent=no pool=/reserved-memory/dma@78000000",
                 "dma: selftest /virtio_mmio@a003e00 ok bounced=yes",
                 // Xen refused the pool at setup: window VA maintenance, no hypercall.
-                "dma: stats /virtio_mmio@a003e00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=2 va_ops=2 \
-                 va_bytes=16384 bounced=24576 maps=2 unmaps=2 allocs=1 frees=1",
+                "dma: stats /virtio_mmio@a003e00 syncs=4 hypercalls=0 pages=0 refusals=0 fallbacks=1 va_ops=1 \
+                 va_bytes=8192 bounced=24576 maps=2 unmaps=2 allocs=1 frees=1",
                 "dma: pool /reserved-memory/dma-pool-dynamic usage 0/1024 pages",
                 "dma: pool /reserved-memory/dma@78000000 usage 0/1024 pages",
             ])

@@ -29,23 +29,27 @@
 //! is coherent memory and is never synced.
 //!
 //! So a request is exactly two sync points, whatever its size: the map's
-//! `ForDevice` (clean+invalidate of the region) and the unmap's `ForCpu`.
-//! What they cost follows the DMA layer's policy (`tidepool_dma::sync_action`):
+//! `ForDevice` and the unmap's `ForCpu`. What they cost follows the DMA
+//! layer's policy (`tidepool_dma::sync_action`; proven on a cache model by
+//! `tidepool-dma-model`):
 //!
 //! | device                                   | `ForDevice` (submit)                  | `ForCpu` (completion) |
 //! |------------------------------------------|---------------------------------------|-----------------------|
-//! | coherent                                 | nothing                               | nothing               |
+//! | coherent, linear RAM                     | nothing                               | nothing               |
+//! | coherent, no-map pool under Xen          | 1 invalidate (hypercall, or through the window if Xen refuses) | nothing |
 //! | non-coherent, no pool (linear RAM)       | 1 `DC CIVAC` range by linear VA       | 1 `DC IVAC` range by linear VA |
-//! | non-coherent, no-map pool, Xen accepts   | **1 hypercall** (one batch, every page of the region) | nothing |
-//! | non-coherent, no-map pool, Xen refuses   | 1 `DC CIVAC` range through the pool window (the refusal was learned once, at setup) | nothing |
-//! | non-coherent, no-map pool, no Xen        | nothing                               | nothing               |
+//! | non-coherent, no-map pool, Xen accepts   | nothing                               | **1 hypercall** (invalidate, one batch, every page of the region) |
+//! | non-coherent, no-map pool, Xen refuses   | nothing                               | 1 `DC IVAC` range through the pool window (the refusal was learned once, at setup) |
+//! | any, no-map pool, no Xen                 | nothing                               | nothing               |
 //!
-//! The `ForCpu` sync of a no-map pool behind a non-cacheable window needs
-//! nothing: the CPU reads the region (through the bounce copy) via that
-//! window, which does not use the caches, and the `ForDevice`
-//! clean+invalidate already removed every line. So under Xen a request
-//! through a pool costs one `GNTTABOP_cache_flush` hypercall, where
-//! `virtio-drivers`' three separate shares would cost three. The driver
+//! A no-map pool behind a non-cacheable window holds no dirty line (it was
+//! cleaned and invalidated once at setup and is only written non-cacheable
+//! since), so the device reads what the bounce copy wrote; only Xen's
+//! write-back directmap can allocate (clean, possibly stale) lines of it,
+//! which the completion's invalidate drops before the CPU copies the region
+//! back. So under Xen a request through a pool costs one
+//! `GNTTABOP_cache_flush` hypercall, where `virtio-drivers`' three separate
+//! shares would cost three. The driver
 //! only ever syncs its one mapping; the policy decides the rest. A region
 //! starts on a page (slots and bounce buffers are page-aligned) and is at
 //! most 16 + 256 KiB + 1 bytes, so 65 pages: one batch of the kernel's
@@ -101,8 +105,8 @@
 //! `avail.idx`; a full fence between that and the `QueueNotify` write; an
 //! acquire fence between reading `used.idx` and reading the used entry and
 //! the request's region. A request's region is synced by `map` (whose cache
-//! maintenance or hypercall has completed when it returns) before its
-//! descriptors are written.
+//! maintenance or hypercall, where it has one, has completed when it
+//! returns) before its descriptors are written.
 //!
 //! # Features
 //!

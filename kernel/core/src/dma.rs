@@ -12,7 +12,7 @@ use core::fmt;
 
 use log::info;
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning,
+    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning, Host,
     OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SetupError,
     WarningSink, WindowAttributes,
 };
@@ -108,17 +108,20 @@ impl fmt::Display for DmaSetupError {
 
 impl Dma {
     /// Sets up every pool: the device tree's DMA pools and the kernel's two.
-    /// With `flush` (a direct-mapped Xen domain), each own-window pool is
-    /// probed once for `GNTTABOP_cache_flush` (one page), and the answer is
-    /// printed and kept.
+    /// `host` says whether Xen maps the memory too (its directmap, which
+    /// decides the maintenance of non-cacheable pools; see
+    /// `tidepool_dma::sync_action`). With `flush` (a direct-mapped Xen
+    /// domain), each own-window pool is probed once for
+    /// `GNTTABOP_cache_flush` (one page), and the answer is printed and kept.
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
+        host: Host,
         flush: Option<XenFlush>,
     ) -> Result<Self, DmaSetupError> {
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
-            pools: PoolSet::new(address_map),
+            pools: PoolSet::new(address_map, host),
             cache: KernelCache,
             memory: KernelMemory,
             flush,

@@ -217,10 +217,12 @@ pub fn run_naive(dma: &mut Dma, dt: &'static DeviceTree) -> ! {
         Err(err) => info!("dma: naive: tidepool refuses phys_to_virt({dma_addr}): {err}"),
     }
     let alias = LINEAR_OFFSET + dma_addr.0;
-    match mmu::translate_read(alias) {
-        None => info!("dma: naive: the MMU has no translation for the linear alias {alias:#x}"),
-        Some(pa) => {
-            error!("dma: naive: the linear alias {alias:#x} translates to {pa:#x}");
+    match tidepool_mm::verify::Par::decode(mmu::translate_read(alias)) {
+        tidepool_mm::verify::Par::Fault => {
+            info!("dma: naive: the MMU has no translation for the linear alias {alias:#x}")
+        }
+        found => {
+            error!("dma: naive: the linear alias {alias:#x} translates to {found}");
             shutdown(ShutdownReason::Crash);
         }
     }

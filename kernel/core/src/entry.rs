@@ -155,7 +155,16 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             None
         }
     };
-    let mut dma = match crate::dma::Dma::new(dt, memory, flush) {
+    let mut dma = match crate::dma::Dma::new(
+        dt,
+        memory,
+        if under_xen {
+            tidepool_dma::Host::Hypervisor
+        } else {
+            tidepool_dma::Host::Bare
+        },
+        flush,
+    ) {
         Ok(dma) => dma,
         Err(err) => {
             error!("{err}");

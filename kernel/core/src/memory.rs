@@ -7,9 +7,10 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use log::info;
 use tidepool_dt::DeviceTree;
+use tidepool_mm::verify::{Mismatch, Verified, verify};
 use tidepool_mm::{
-    AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, PageTable, PhysAddr, PhysRange,
-    RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
+    AddressClass, AddressMap, BuildError, MAIR_EL1_VALUE, MapError, Mapping, PageTable, PhysAddr,
+    PhysRange, RegionKind, TableArena, TcrError, TranslationError, build_tables, tcr_el1,
 };
 
 use crate::arch::aarch64::linker::{Span, image_layout};
@@ -46,6 +47,8 @@ pub enum BringUpError {
     Tcr(TcrError),
     /// The heap's linear address could not be computed.
     Heap(TranslationError),
+    /// The MMU translates an address differently from the plan.
+    Verify(Mismatch<'static>),
 }
 
 impl fmt::Display for BringUpError {
@@ -56,6 +59,7 @@ impl fmt::Display for BringUpError {
             Self::Tables(e) => write!(f, "{e}"),
             Self::Tcr(e) => write!(f, "TCR_EL1: {e}"),
             Self::Heap(e) => write!(f, "heap: {e}"),
+            Self::Verify(mismatch) => write!(f, "{mismatch}"),
         }
     }
 }
@@ -114,6 +118,13 @@ pub fn bring_up(
     let map = &setup.layout.address_map;
     crate::console::move_to_window(map);
     ADDRESS_MAP.store(core::ptr::from_ref(map).cast_mut(), Ordering::Release);
+    // Every boot: the MMU's own answer for every mapping (and for the linear
+    // alias of every no-map region) against the plan, before anything uses
+    // them.
+    let verified = verify_mappings(&setup.layout.mappings, map).map_err(BringUpError::Verify)?;
+    for class in verified {
+        info!("{class}");
+    }
 
     let heap = map
         .phys_to_virt(setup.heap.base)
@@ -134,6 +145,16 @@ pub fn bring_up(
         setup.heap.size / 1024
     );
     Ok(setup)
+}
+
+/// Has the MMU translate the pages of `mappings` and of the linear alias of
+/// every no-map region of `map` (`AT S1E1R`) and compares its answers with
+/// them ([`verify`]).
+pub fn verify_mappings<'a>(
+    mappings: &[Mapping<'a>],
+    map: &'a AddressMap,
+) -> Result<[Verified; 6], Mismatch<'a>> {
+    verify(mappings, map, |va| mmu::translate_read(va.0))
 }
 
 /// Prints every mapping with its attributes and each no-map pool's window.

@@ -2,7 +2,7 @@
 //! console reports the boot tests check.
 
 use log::{error, info};
-use tidepool_mm::{LINEAR_OFFSET, Region, RegionKind};
+use tidepool_mm::{LINEAR_OFFSET, MappingKind, MemoryType, Region, RegionKind};
 
 use crate::bootargs::Bootargs;
 use crate::memory_plan::MemorySetup;
@@ -32,6 +32,9 @@ pub fn run_requested(args: &Bootargs<'_>, memory: &MemorySetup<'_>) {
                 shutdown(ShutdownReason::Crash);
             }
         }
+    }
+    if args.selftest("mm-mismatch") {
+        mm_mismatch(memory);
     }
     if args.selftest("xen") {
         crate::platform::selftest::run(memory);
@@ -67,6 +70,29 @@ pub fn run_requested(args: &Bootargs<'_>, memory: &MemorySetup<'_>) {
         // SAFETY: deliberately raises a breakpoint exception, reported as fatal.
         unsafe { core::arch::asm!("brk #0x7e1") };
     }
+}
+
+/// Runs the boot's MMU check against a plan that asks for a write-back
+/// pool window, to show the fatal report (the tables map it non-cacheable).
+fn mm_mismatch(memory: &MemorySetup<'_>) {
+    let mut mappings = memory.layout.mappings.clone();
+    let Some(window) = mappings
+        .iter_mut()
+        .find(|m| m.kind == MappingKind::PoolWindow)
+    else {
+        error!("selftest: mm-mismatch: no pool window");
+        shutdown(ShutdownReason::Crash);
+    };
+    window.attributes.memory = MemoryType::NormalWriteBack;
+    info!(
+        "selftest: mm-mismatch: expecting {} write-back",
+        window.name
+    );
+    match crate::memory::verify_mappings(&mappings, &memory.layout.address_map) {
+        Err(mismatch) => error!("mm: {mismatch}"),
+        Ok(_) => error!("selftest: mm-mismatch: the MMU check found nothing"),
+    }
+    shutdown(ShutdownReason::Crash);
 }
 
 /// Writes a pattern through a pool's window and reads it back.

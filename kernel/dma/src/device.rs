@@ -664,6 +664,7 @@ impl<'a> DmaDevice<'a> {
                 let action = sync_action(
                     self.coherent,
                     MemoryClass::LinearRam,
+                    env.pools.host(),
                     None,
                     true,
                     point,
@@ -684,7 +685,7 @@ impl<'a> DmaDevice<'a> {
         let mut platform = env.platform.as_deref_mut();
         let support = match platform.as_deref_mut() {
             // Learned once: at setup, or here if the pool was set up without the platform.
-            Some(flush) if pool.memory_class() == MemoryClass::NoMapPool && !self.coherent => Some(
+            Some(flush) if pool.memory_class() == MemoryClass::NoMapPool => Some(
                 pool.flush_support()
                     .unwrap_or_else(|| pool.probe_platform_flush(flush)),
             ),
@@ -694,6 +695,7 @@ impl<'a> DmaDevice<'a> {
         let action = sync_action(
             self.coherent,
             pool.memory_class(),
+            pool.host(),
             support,
             pool.window_cacheable(),
             point,

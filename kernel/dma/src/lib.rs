@@ -20,10 +20,15 @@
 //!   device uses the CPU buffer directly, which must be linear RAM.
 //! - **A sync** does what [`sync_action`] says for (device coherent?, memory
 //!   class, Xen's answer for the pool, window cacheable?, sync point,
-//!   direction). In short: coherent devices need nothing; linear memory is
-//!   maintained by linear VA; a no-map pool is flushed by Xen when Xen
-//!   accepts it, maintained through its window when Xen refuses it, and
-//!   needs nothing without Xen when its window is non-cacheable.
+//!   direction, and [`Host`]: whether a hypervisor maps the memory too). In
+//!   short: coherent devices need nothing for cacheable memory; linear
+//!   memory is cleaned by linear VA for the device and invalidated for the
+//!   CPU; a no-map pool behind a non-cacheable window, cleaned and
+//!   invalidated once at setup, needs nothing before the device and, under
+//!   Xen, one invalidate after the device wrote (by Xen when it accepts the
+//!   pool, through the window otherwise). The policy is proven against a
+//!   pessimistic model of caches and aliases by the `tidepool-dma-model`
+//!   crate, whose tests run this crate's real code.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
 //!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
@@ -90,7 +95,7 @@ pub use device::{
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{
-    DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
 };
 pub use pool::{
     Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,

@@ -120,69 +120,98 @@ pub const fn cache_op_for(point: SyncPoint, dir: DmaDirection) -> Option<CacheOp
     }
 }
 
+/// What the kernel runs on, as far as other mappings of its memory go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Host {
+    /// No hypervisor: the kernel's own page tables are the only mappings of
+    /// its memory (bare metal, QEMU without Xen).
+    Bare,
+    /// Under a hypervisor that maps all RAM write-back on its own (Xen's
+    /// directmap): any page, a no-map pool's included, may have cache lines
+    /// allocated through that mapping at any moment. Those lines are clean
+    /// (Xen does not write a guest's DMA memory), but they can be stale.
+    Hypervisor,
+}
+
 /// The sync policy.
 ///
 /// - `coherent`: the device has `dma-coherent`;
 /// - `class`: what the buffer is;
-/// - `platform`: `None` when not running under a hypervisor that flushes by
-///   physical address, else what it said to the pool's probe;
+/// - `host`: whether a hypervisor maps the memory too ([`Host`]);
+/// - `flush`: what the hypervisor said to the pool's flush probe, `None`
+///   when it was not asked (no hypervisor, a domain that is not
+///   direct-mapped, a pool in the linear map);
 /// - `window_cacheable`: whether the pool's own window is mapped cacheable
 ///   (only looked at for a no-map pool);
-/// - `point`, `dir`: the sync point and the mapping's direction, which give
-///   the operation ([`cache_op_for`]).
+/// - `point`, `dir`: the sync point and the mapping's direction.
 ///
-/// | device       | memory             | platform  | action                      |
-/// |--------------|--------------------|-----------|-----------------------------|
-/// | coherent     | any                | any       | none                        |
-/// | non-coherent | linear RAM         | any       | by linear VA                |
-/// | non-coherent | mapped pool        | any       | by linear VA                |
-/// | non-coherent | no-map pool        | accepted  | platform flush (hypercall)  |
-/// | non-coherent | no-map pool        | refused   | by window VA                |
-/// | non-coherent | no-map pool, NC    | none      | none                        |
-/// | non-coherent | no-map pool, WB    | none      | by window VA                |
+/// The operation, for memory the kernel maps cacheable (linear RAM, a mapped
+/// pool, a no-map pool behind a write-back window), is [`cache_op_for`] for
+/// a non-coherent device and nothing for a coherent one. A no-map pool
+/// behind a non-cacheable window is different: the pool was cleaned and
+/// invalidated once when it was set up ([`crate::PoolSet::add`]), and since
+/// the kernel only writes it non-cacheable, no dirty line of it can exist
+/// afterwards; the only lines are the clean, possibly stale ones a
+/// hypervisor's write-back mapping allocates speculatively, which a
+/// non-cacheable read may hit. So:
 ///
-/// One exception to the rows above: **for the CPU, a no-map pool whose
-/// window is non-cacheable needs nothing**, under Xen or not. The CPU reaches
-/// the pool only through that window (there is no linear alias), and its
-/// non-cacheable reads do not allocate or use lines of this guest; the sync
-/// for the device (clean+invalidate where the device writes) already removed
-/// every line, dirty or clean, that another agent held, so nothing can be
-/// written back over the device's data. This is the assumption Linux makes
-/// for every coherent allocation it remaps non-cacheable (including from a
-/// no-map `shared-dma-pool`), and it makes a request cost one platform
-/// flush (for the device) instead of two.
+/// | device       | memory             | host, flush    | for the device       | for the CPU (device wrote) |
+/// |--------------|--------------------|----------------|----------------------|----------------------------|
+/// | coherent     | cacheable          | any            | none                 | none                       |
+/// | coherent     | no-map pool, NC    | bare           | none                 | none                       |
+/// | coherent     | no-map pool, NC    | hypervisor     | invalidate           | none                       |
+/// | non-coherent | linear / mapped    | any            | clean (+inval.) by linear VA | invalidate by linear VA |
+/// | non-coherent | no-map pool, WB    | any            | clean (+inval.) by window / Xen | invalidate by window / Xen |
+/// | non-coherent | no-map pool, NC    | bare           | none                 | none                       |
+/// | non-coherent | no-map pool, NC    | hypervisor     | none                 | invalidate by Xen / window |
 ///
-/// A no-map pool's window is non-cacheable by default, so CPU accesses
-/// through it never allocate lines and need no maintenance of their own.
-/// Under Xen the hypervisor's own mapping of the pages (or an earlier
-/// cacheable mapping) may still hold lines, which is what the platform flush
-/// is for. When Xen refuses it, maintenance by VA through the window takes its
-/// place: `DC` by VA acts on the cache lines of the physical address whatever
-/// the attributes of the VA used, so it cleans or drops lines any cacheable
-/// alias holds. The linear map is never used for pool memory.
+/// A coherent device's reads snoop the cache, so a stale line allocated
+/// through the hypervisor's alias before the CPU's non-cacheable writes (the
+/// bounce copy) would be what it reads, and what the CPU reads back where the
+/// device wrote nothing; dropped after those writes, lines allocated later
+/// hold the CPU's data, and the device's writes update them, so the CPU
+/// needs nothing afterwards. A non-coherent device reads memory, which the CPU's
+/// non-cacheable writes reached; after it wrote, the stale lines are dropped
+/// so that the CPU's non-cacheable reads cannot hit them (lines allocated
+/// after the drop hold the device's data). Either way a request through a
+/// non-cacheable pool costs at most one maintenance operation.
+///
+/// How: by linear VA for linear memory; for a no-map pool by the platform
+/// (one batched hypercall) when it accepted the pool's probe, else by VA
+/// through the pool's window (`DC` by VA acts on the lines of the physical
+/// address whatever the attributes of the VA used). The linear map is never
+/// used for pool memory.
 pub const fn sync_action(
     coherent: bool,
     class: MemoryClass,
-    platform: Option<FlushSupport>,
+    host: Host,
+    flush: Option<FlushSupport>,
     window_cacheable: bool,
     point: SyncPoint,
     dir: DmaDirection,
 ) -> SyncAction {
-    let Some(op) = cache_op_for(point, dir) else {
+    let non_cacheable_pool = matches!(class, MemoryClass::NoMapPool) && !window_cacheable;
+    let op = if non_cacheable_pool {
+        match (host, coherent, point) {
+            (Host::Bare, _, _) => None,
+            (Host::Hypervisor, true, SyncPoint::ForDevice) => Some(CacheOp::Invalidate),
+            (Host::Hypervisor, false, SyncPoint::ForCpu) if dir.device_writes() => {
+                Some(CacheOp::Invalidate)
+            }
+            (Host::Hypervisor, _, _) => None,
+        }
+    } else if coherent {
+        None
+    } else {
+        cache_op_for(point, dir)
+    };
+    let Some(op) = op else {
         return SyncAction::None;
     };
-    if coherent {
-        return SyncAction::None;
-    }
-    if matches!((class, point), (MemoryClass::NoMapPool, SyncPoint::ForCpu)) && !window_cacheable {
-        return SyncAction::None;
-    }
-    match (class, platform) {
+    match (class, flush) {
         (MemoryClass::LinearRam | MemoryClass::MappedPool, _) => SyncAction::LinearVa { op },
         (MemoryClass::NoMapPool, Some(FlushSupport::Accepted)) => SyncAction::Platform { op },
-        (MemoryClass::NoMapPool, Some(FlushSupport::Refused(_))) => SyncAction::WindowVa { op },
-        (MemoryClass::NoMapPool, None) if window_cacheable => SyncAction::WindowVa { op },
-        (MemoryClass::NoMapPool, None) => SyncAction::None,
+        (MemoryClass::NoMapPool, _) => SyncAction::WindowVa { op },
     }
 }
 
@@ -220,15 +249,17 @@ mod tests {
         assert_eq!(cache_op_for(ForCpu, Bidirectional), Some(Invalidate));
     }
 
+    const ALL_HOSTS: [Host; 2] = [Host::Bare, Host::Hypervisor];
+
     #[test]
-    fn coherent_device_needs_nothing_anywhere() {
+    fn coherent_device_needs_nothing_for_cacheable_memory() {
         for class in ALL_CLASSES {
-            for platform in ALL_PLATFORMS {
-                for cacheable in [false, true] {
+            for host in ALL_HOSTS {
+                for flush in ALL_PLATFORMS {
                     for point in ALL_POINTS {
                         for dir in ALL_DIRS {
                             assert_eq!(
-                                sync_action(true, class, platform, cacheable, point, dir),
+                                sync_action(true, class, host, flush, true, point, dir),
                                 SyncAction::None
                             );
                         }
@@ -239,132 +270,159 @@ mod tests {
     }
 
     #[test]
+    fn coherent_device_invalidates_a_non_cacheable_pool_for_itself_under_a_hypervisor() {
+        for dir in ALL_DIRS {
+            let expected = |action: SyncAction| action;
+            let nc = |flush, point| {
+                sync_action(
+                    true,
+                    MemoryClass::NoMapPool,
+                    Host::Hypervisor,
+                    flush,
+                    false,
+                    point,
+                    dir,
+                )
+            };
+            assert_eq!(
+                nc(Some(FlushSupport::Accepted), ForDevice),
+                expected(SyncAction::Platform { op: Invalidate })
+            );
+            assert_eq!(
+                nc(Some(FlushSupport::Refused(FlushErrno::Eperm)), ForDevice),
+                expected(SyncAction::WindowVa { op: Invalidate })
+            );
+            assert_eq!(
+                nc(None, ForDevice),
+                expected(SyncAction::WindowVa { op: Invalidate })
+            );
+            for flush in ALL_PLATFORMS {
+                assert_eq!(nc(flush, ForCpu), SyncAction::None);
+                for point in ALL_POINTS {
+                    assert_eq!(
+                        sync_action(
+                            true,
+                            MemoryClass::NoMapPool,
+                            Host::Bare,
+                            flush,
+                            false,
+                            point,
+                            dir
+                        ),
+                        SyncAction::None
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn non_coherent_linear_memory_uses_linear_va_whatever_the_platform() {
         for class in [MemoryClass::LinearRam, MemoryClass::MappedPool] {
-            for platform in ALL_PLATFORMS {
-                for point in ALL_POINTS {
-                    for dir in ALL_DIRS {
-                        let expected = match cache_op_for(point, dir) {
-                            Some(op) => SyncAction::LinearVa { op },
-                            None => SyncAction::None,
-                        };
-                        assert_eq!(
-                            sync_action(false, class, platform, true, point, dir),
-                            expected
-                        );
+            for host in ALL_HOSTS {
+                for flush in ALL_PLATFORMS {
+                    for point in ALL_POINTS {
+                        for dir in ALL_DIRS {
+                            let expected = match cache_op_for(point, dir) {
+                                Some(op) => SyncAction::LinearVa { op },
+                                None => SyncAction::None,
+                            };
+                            assert_eq!(
+                                sync_action(false, class, host, flush, true, point, dir),
+                                expected
+                            );
+                        }
                     }
                 }
             }
         }
-        assert_eq!(
-            sync_action(
-                false,
-                MemoryClass::LinearRam,
-                None,
-                true,
-                ForDevice,
-                ToDevice
-            ),
-            SyncAction::LinearVa { op: Clean }
-        );
-        assert_eq!(
-            sync_action(
-                false,
-                MemoryClass::LinearRam,
-                None,
-                true,
-                ForCpu,
-                FromDevice
-            ),
-            SyncAction::LinearVa { op: Invalidate }
-        );
     }
 
     #[test]
-    fn no_map_pool_under_xen_accepted_uses_the_platform() {
-        for cacheable in [false, true] {
-            assert_eq!(
-                sync_action(
-                    false,
-                    MemoryClass::NoMapPool,
-                    Some(FlushSupport::Accepted),
-                    cacheable,
-                    ForDevice,
-                    Bidirectional
-                ),
-                SyncAction::Platform {
-                    op: CleanInvalidate
+    fn non_cacheable_pool_needs_nothing_before_a_non_coherent_device() {
+        for host in ALL_HOSTS {
+            for flush in ALL_PLATFORMS {
+                for dir in ALL_DIRS {
+                    assert_eq!(
+                        sync_action(
+                            false,
+                            MemoryClass::NoMapPool,
+                            host,
+                            flush,
+                            false,
+                            ForDevice,
+                            dir
+                        ),
+                        SyncAction::None
+                    );
                 }
-            );
-            assert_eq!(
-                sync_action(
-                    false,
-                    MemoryClass::NoMapPool,
-                    Some(FlushSupport::Accepted),
-                    cacheable,
-                    ForCpu,
-                    FromDevice
-                ),
-                if cacheable {
-                    SyncAction::Platform { op: Invalidate }
+            }
+        }
+    }
+
+    #[test]
+    fn non_cacheable_pool_is_invalidated_after_a_non_coherent_device_wrote_under_a_hypervisor() {
+        for dir in ALL_DIRS {
+            let expected = |action| {
+                if dir.device_writes() {
+                    action
                 } else {
                     SyncAction::None
                 }
+            };
+            let nc = |host, flush| {
+                sync_action(
+                    false,
+                    MemoryClass::NoMapPool,
+                    host,
+                    flush,
+                    false,
+                    ForCpu,
+                    dir,
+                )
+            };
+            assert_eq!(
+                nc(Host::Hypervisor, Some(FlushSupport::Accepted)),
+                expected(SyncAction::Platform { op: Invalidate })
             );
-        }
-    }
-
-    #[test]
-    fn no_map_pool_behind_a_non_cacheable_window_needs_nothing_for_the_cpu() {
-        for platform in ALL_PLATFORMS {
-            for dir in ALL_DIRS {
+            for errno in [
+                FlushErrno::Eperm,
+                FlushErrno::Eopnotsupp,
+                FlushErrno::Einval,
+            ] {
                 assert_eq!(
-                    sync_action(false, MemoryClass::NoMapPool, platform, false, ForCpu, dir),
-                    SyncAction::None
+                    nc(Host::Hypervisor, Some(FlushSupport::Refused(errno))),
+                    expected(SyncAction::WindowVa { op: Invalidate })
                 );
+            }
+            assert_eq!(
+                nc(Host::Hypervisor, None),
+                expected(SyncAction::WindowVa { op: Invalidate })
+            );
+            for flush in ALL_PLATFORMS {
+                assert_eq!(nc(Host::Bare, flush), SyncAction::None);
             }
         }
     }
 
     #[test]
-    fn no_map_pool_under_xen_refused_uses_the_window_even_when_non_cacheable() {
-        for errno in [
-            FlushErrno::Eperm,
-            FlushErrno::Eopnotsupp,
-            FlushErrno::Einval,
-        ] {
-            for cacheable in [false, true] {
-                assert_eq!(
-                    sync_action(
-                        false,
-                        MemoryClass::NoMapPool,
-                        Some(FlushSupport::Refused(errno)),
-                        cacheable,
-                        ForDevice,
-                        ToDevice
-                    ),
-                    SyncAction::WindowVa { op: Clean }
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn no_map_pool_without_xen_depends_on_the_window() {
-        for point in ALL_POINTS {
-            for dir in ALL_DIRS {
-                assert_eq!(
-                    sync_action(false, MemoryClass::NoMapPool, None, false, point, dir),
-                    SyncAction::None
-                );
-                let expected = match cache_op_for(point, dir) {
-                    Some(op) => SyncAction::WindowVa { op },
-                    None => SyncAction::None,
-                };
-                assert_eq!(
-                    sync_action(false, MemoryClass::NoMapPool, None, true, point, dir),
-                    expected
-                );
+    fn write_back_window_is_maintained_like_linear_memory() {
+        for host in ALL_HOSTS {
+            for point in ALL_POINTS {
+                for dir in ALL_DIRS {
+                    let op = cache_op_for(point, dir);
+                    let by = |flush| {
+                        sync_action(false, MemoryClass::NoMapPool, host, flush, true, point, dir)
+                    };
+                    assert_eq!(
+                        by(Some(FlushSupport::Accepted)),
+                        op.map_or(SyncAction::None, |op| SyncAction::Platform { op })
+                    );
+                    assert_eq!(
+                        by(None),
+                        op.map_or(SyncAction::None, |op| SyncAction::WindowVa { op })
+                    );
+                }
             }
         }
     }
@@ -372,11 +430,19 @@ mod tests {
     #[test]
     fn a_buffer_the_device_only_read_needs_nothing_for_the_cpu() {
         for class in ALL_CLASSES {
-            for platform in ALL_PLATFORMS {
-                assert_eq!(
-                    sync_action(false, class, platform, true, ForCpu, ToDevice),
-                    SyncAction::None
-                );
+            for host in ALL_HOSTS {
+                for flush in ALL_PLATFORMS {
+                    for cacheable in [false, true] {
+                        for coherent in [false, true] {
+                            assert_eq!(
+                                sync_action(
+                                    coherent, class, host, flush, cacheable, ForCpu, ToDevice
+                                ),
+                                SyncAction::None
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -24,7 +24,9 @@ use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, Virt
 use crate::allocator::{AllocFailure, FreeFault, PageAllocator};
 use crate::boundary::{CacheMaintenance, CacheOp, OwnedPhysRange, OwnedVirtRange, PlatformFlush};
 use crate::error::SetupError;
-use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
+use crate::policy::{
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, sync_action,
+};
 
 /// Memory attributes of a pool's own window.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -214,6 +216,7 @@ pub struct Pool<'a> {
     placement: PoolPlacement,
     class: MemoryClass,
     role: PoolRole,
+    host: Host,
     flush_support: Option<FlushSupport>,
     refusal_warned: bool,
     pages: PageAllocator,
@@ -260,6 +263,11 @@ impl<'a> Pool<'a> {
                 ..
             }
         )
+    }
+
+    /// What the kernel runs on (whether a hypervisor maps the pool too).
+    pub fn host(&self) -> Host {
+        self.host
     }
 
     /// What Xen said to a flush of the pool's pages; `None` if never asked
@@ -366,9 +374,10 @@ impl<'a> Pool<'a> {
 /// `dma: pool <name> <base>+<size> window <va> <nc|wb|linear> xen-flush=<state> -> <sync>`
 ///
 /// `<state>` is `accepted`, `refused(<ERRNO>)` or `none` (not asked: no
-/// hypervisor, or a pool in the linear map); `<sync>` is what a sync of a
-/// non-coherent device does in the pool: `xen cache flush`, `window VA
-/// maintenance`, `linear VA maintenance` or `no CPU maintenance`.
+/// hypervisor, or a pool in the linear map); `<sync>` is how a
+/// non-coherent device's request (a bidirectional mapping) is maintained in
+/// the pool: `xen cache flush`, `window VA maintenance`, `linear VA
+/// maintenance` or `no CPU maintenance`.
 pub struct PoolLine<'p, 'a>(&'p Pool<'a>);
 
 impl fmt::Display for PoolLine<'_, '_> {
@@ -394,14 +403,23 @@ impl fmt::Display for PoolLine<'_, '_> {
             Some(support) => write!(f, "{support}")?,
             None => f.write_str("none")?,
         }
-        let action = sync_action(
-            false,
-            pool.class,
-            pool.flush_support,
-            pool.window_cacheable(),
-            SyncPoint::ForDevice,
-            DmaDirection::ToDevice,
-        );
+        // What a non-coherent device's request (the device reads and writes)
+        // costs: the first maintenance of its two syncs.
+        let action = [SyncPoint::ForDevice, SyncPoint::ForCpu]
+            .into_iter()
+            .map(|point| {
+                sync_action(
+                    false,
+                    pool.class,
+                    pool.host,
+                    pool.flush_support,
+                    pool.window_cacheable(),
+                    point,
+                    DmaDirection::Bidirectional,
+                )
+            })
+            .find(|action| *action != SyncAction::None)
+            .unwrap_or(SyncAction::None);
         f.write_str(match action {
             SyncAction::None => " -> no CPU maintenance",
             SyncAction::LinearVa { .. } => " -> linear VA maintenance",
@@ -434,15 +452,17 @@ pub(crate) fn first_rejected_byte<'m>(
 /// [`PoolId`].
 pub struct PoolSet<'a> {
     map: &'a AddressMap,
+    host: Host,
     pools: Vec<Pool<'a>>,
 }
 
 impl<'a> PoolSet<'a> {
-    /// No pools yet; every pool will be checked against `map`, and every
-    /// DMA operation classifies addresses with it.
-    pub fn new(map: &'a AddressMap) -> Self {
+    /// No pools yet, on `host`; every pool will be checked against `map`,
+    /// and every DMA operation classifies addresses with it.
+    pub fn new(map: &'a AddressMap, host: Host) -> Self {
         Self {
             map,
+            host,
             pools: Vec::new(),
         }
     }
@@ -452,10 +472,16 @@ impl<'a> PoolSet<'a> {
         self.map
     }
 
+    /// What the kernel runs on.
+    pub fn host(&self) -> Host {
+        self.host
+    }
+
     /// Sets up a pool: checks it against the address map, cleans and
     /// invalidates an own-window pool once through its window (so that no
     /// line an earlier cacheable alias left can later be written back over
-    /// device data), and, when a platform is given, probes whether it
+    /// device data; the policy for non-cacheable windows relies on it:
+    /// see [`sync_action`]), and, when a platform is given, probes whether it
     /// flushes the pool's pages (own-window pools only: a pool in the linear
     /// map is always maintained by linear VA).
     ///
@@ -554,6 +580,7 @@ impl<'a> PoolSet<'a> {
             placement: spec.placement,
             class,
             role: spec.role,
+            host: self.host,
             flush_support: None,
             refusal_warned: false,
             pages: PageAllocator::new(phys),

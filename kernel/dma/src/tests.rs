@@ -234,7 +234,14 @@ impl Rig {
     fn new(platform: Platform) -> Self {
         let map = address_map();
         let mut rig = Rig {
-            pools: PoolSet::new(map),
+            pools: PoolSet::new(
+                map,
+                if platform == Platform::Xen {
+                    Host::Hypervisor
+                } else {
+                    Host::Bare
+                },
+            ),
             cache: RecordingCache {
                 map,
                 ops: Vec::new(),
@@ -376,25 +383,42 @@ fn window_of(rig: &Rig, pool: &str, dma: DmaAddr) -> u64 {
 // ---- the policy rows, applied ----
 
 #[test]
-fn coherent_device_does_no_maintenance_even_in_a_no_map_pool_under_xen() {
+fn coherent_device_invalidates_a_non_cacheable_pool_for_itself_under_xen() {
     let mut rig = Rig::new(Platform::Xen);
     for pool in [STATIC_POOL, DYNAMIC_POOL] {
+        rig.forget_setup();
         let mut dev = rig.device(DEVICE, true, Some(pool));
         let buf = rig.cpu_buffer(0x4010_0000, 0x2000, 1);
         let mapping = dev
             .map(&mut rig.env(), buf, DmaDirection::Bidirectional)
             .unwrap();
+        let window = VirtAddr(window_of(&rig, pool, mapping.dma_addr()));
+        let bounce = PhysRange {
+            base: mapping.dma_addr().phys(),
+            size: 0x2000,
+        };
         dev.sync_for_cpu(&mut rig.env(), &mapping).unwrap();
         dev.sync_for_device(&mut rig.env(), &mapping).unwrap();
         dev.unmap(&mut rig.env(), mapping).unwrap();
-        assert_eq!(rig.cache.ops, []);
-        assert_eq!(rig.hypercalls(), []);
+        // Twice for the device (map, sync_for_device), never for the CPU.
         let stats = dev.stats();
-        assert_eq!(
-            (stats.syncs, stats.hypercalls, stats.va_ops, stats.fallbacks),
-            (4, 0, 0, 0)
-        );
+        if pool == STATIC_POOL {
+            assert_eq!(rig.cache.ops, [(CacheOp::Invalidate, window, 0x2000); 2]);
+            assert_eq!(rig.hypercalls(), []);
+            assert_eq!(
+                (stats.syncs, stats.hypercalls, stats.va_ops, stats.fallbacks),
+                (4, 0, 2, 2)
+            );
+        } else {
+            assert_eq!(rig.cache.ops, []);
+            assert_eq!(rig.hypercalls(), [(CacheOp::Invalidate, bounce); 2]);
+            assert_eq!(
+                (stats.syncs, stats.hypercalls, stats.va_ops, stats.fallbacks),
+                (4, 2, 0, 0)
+            );
+        }
     }
+    rig.forget_setup();
     // A coherent device without a pool, on linear RAM.
     let mut dev = rig.device(DEVICE, true, None);
     let buf = rig.cpu_buffer(0x4010_0000, 0x2000, 1);
@@ -472,7 +496,7 @@ fn mapped_pool_is_maintained_by_its_linear_address() {
 }
 
 #[test]
-fn no_map_pool_accepted_by_xen_gets_one_hypercall_for_the_device_for_all_pages() {
+fn no_map_pool_accepted_by_xen_gets_one_hypercall_for_the_cpu_for_all_pages() {
     let mut rig = Rig::new(Platform::Xen);
     assert_eq!(
         rig.pool(DYNAMIC_POOL).flush_support(),
@@ -490,12 +514,13 @@ fn no_map_pool_accepted_by_xen_gets_one_hypercall_for_the_device_for_all_pages()
     assert!(DYNAMIC_PHYS.contains(bounce.base));
     dev.sync_for_cpu(&mut rig.env(), &mapping).unwrap();
     dev.unmap(&mut rig.env(), mapping).unwrap();
-    // One hypercall for every page of the mapping, for the device; the CPU
-    // reads through the non-cacheable window and needs none.
-    assert_eq!(rig.hypercalls(), [(CacheOp::CleanInvalidate, bounce)]);
+    // Nothing for the device (the pool holds no dirty line and the device
+    // reads memory); one hypercall for every page of the mapping each time
+    // the CPU takes it back (sync_for_cpu, unmap).
+    assert_eq!(rig.hypercalls(), [(CacheOp::Invalidate, bounce); 2]);
     assert_eq!(rig.cache.ops, []);
     let stats = dev.stats();
-    assert_eq!((stats.syncs, stats.hypercalls, stats.pages), (3, 1, 3));
+    assert_eq!((stats.syncs, stats.hypercalls, stats.pages), (3, 2, 6));
     assert_eq!((stats.refusals, stats.fallbacks, stats.va_ops), (0, 0, 0));
     assert!(rig.warnings.is_empty());
 }
@@ -516,7 +541,7 @@ fn no_map_pool_refused_at_probe_uses_the_window_and_no_hypercall() {
     assert!(window.0 >= STATIC_WINDOW && window.0 < STATIC_WINDOW + STATIC_PHYS.size);
     dev.unmap(&mut rig.env(), mapping).unwrap();
     assert_eq!(rig.hypercalls(), []);
-    assert_eq!(rig.cache.ops, [(CacheOp::CleanInvalidate, window, 0x1000)]);
+    assert_eq!(rig.cache.ops, [(CacheOp::Invalidate, window, 0x1000)]);
     let stats = dev.stats();
     assert_eq!(
         (
@@ -547,15 +572,17 @@ fn refusal_during_a_sync_falls_back_counts_and_warns_once_per_pool() {
     let buf = rig.cpu_buffer(0x4010_0000, 0x1000, 1);
 
     let mapping = dev
-        .map(&mut rig.env(), buf, DmaDirection::ToDevice)
+        .map(&mut rig.env(), buf, DmaDirection::FromDevice)
         .unwrap();
     let window = VirtAddr(window_of(&rig, DYNAMIC_POOL, mapping.dma_addr()));
     let bounce = PhysRange {
         base: mapping.dma_addr().phys(),
         size: 0x1000,
     };
-    assert_eq!(rig.hypercalls(), [(CacheOp::Clean, bounce)]);
-    assert_eq!(rig.cache.ops, [(CacheOp::Clean, window, 0x1000)]);
+    assert_eq!(rig.hypercalls(), []);
+    dev.sync_for_cpu(&mut rig.env(), &mapping).unwrap();
+    assert_eq!(rig.hypercalls(), [(CacheOp::Invalidate, bounce)]);
+    assert_eq!(rig.cache.ops, [(CacheOp::Invalidate, window, 0x1000)]);
     assert_eq!(
         rig.warnings,
         [
@@ -655,7 +682,7 @@ fn no_xen_and_a_write_back_window_is_maintained_through_the_window() {
 fn a_pool_set_up_without_the_platform_is_probed_at_its_first_sync() {
     let map = address_map();
     let mut rig = Rig::new(Platform::Xen);
-    let mut pools = PoolSet::new(map);
+    let mut pools = PoolSet::new(map, Host::Hypervisor);
     let placement = own_window(DYNAMIC_WINDOW, WindowAttributes::NonCacheable);
     let spec = PoolSpec {
         name: DYNAMIC_POOL,
@@ -671,7 +698,7 @@ fn a_pool_set_up_without_the_platform_is_probed_at_its_first_sync() {
     let mut dev = rig.device(DEVICE, false, Some(DYNAMIC_POOL));
     let buf = rig.cpu_buffer(0x4010_0000, 0x1000, 1);
     let mapping = dev
-        .map(&mut rig.env(), buf, DmaDirection::ToDevice)
+        .map(&mut rig.env(), buf, DmaDirection::FromDevice)
         .unwrap();
     let first_page = PhysRange {
         base: DYNAMIC_PHYS.base,
@@ -681,15 +708,16 @@ fn a_pool_set_up_without_the_platform_is_probed_at_its_first_sync() {
         base: mapping.dma_addr().phys(),
         size: 0x1000,
     };
-    assert_eq!(
-        rig.hypercalls(),
-        [(CacheOp::Clean, first_page), (CacheOp::Clean, bounce)]
-    );
+    assert_eq!(rig.hypercalls(), [(CacheOp::Clean, first_page)]);
     assert_eq!(
         rig.pool(DYNAMIC_POOL).flush_support(),
         Some(FlushSupport::Accepted)
     );
     dev.unmap(&mut rig.env(), mapping).unwrap();
+    assert_eq!(
+        rig.hypercalls(),
+        [(CacheOp::Clean, first_page), (CacheOp::Invalidate, bounce)]
+    );
 }
 
 // ---- bounce buffers ----
@@ -994,7 +1022,7 @@ fn pool_setup_cleans_own_windows_once_and_probes_them() {
         refused: vec![(STATIC_PHYS, FlushErrno::Eperm)],
         ..FakeXen::default()
     };
-    let mut pools = PoolSet::new(map);
+    let mut pools = PoolSet::new(map, Host::Bare);
     let static_spec = PoolSpec {
         name: STATIC_POOL,
         phys: STATIC_PHYS,
@@ -1183,7 +1211,7 @@ fn pools_must_match_the_address_map() {
         assert_eq!(rig.add_pool(spec).unwrap_err().to_string(), message);
     }
     // Same region, other window.
-    let mut pools = PoolSet::new(address_map());
+    let mut pools = PoolSet::new(address_map(), Host::Bare);
     let wrong_window = spec(
         STATIC_POOL,
         STATIC_PHYS,
@@ -1220,7 +1248,7 @@ fn devices_resolve_their_pools() {
         err.err().unwrap().to_string(),
         "device /virtio_mmio@a003e00: memory-region /reserved-memory/nope is not a DMA pool that was set up"
     );
-    let empty = PoolSet::new(address_map());
+    let empty = PoolSet::new(address_map(), Host::Bare);
     for (coherent, message) in [
         (
             false,
@@ -1243,7 +1271,7 @@ fn devices_resolve_their_pools() {
     }
     // A device that refers to a pool set it was not built from.
     let mut other = Rig::new(Platform::Bare);
-    other.pools = PoolSet::new(address_map());
+    other.pools = PoolSet::new(address_map(), Host::Bare);
     let mut dev = rig.device(DEVICE, false, Some(STATIC_POOL));
     let err = dev.alloc_coherent(&mut other.env(), 0x1000, 1).unwrap_err();
     assert_eq!(

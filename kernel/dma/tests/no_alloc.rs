@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, DmaMemory,
-    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange,
+    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange, OwnedVirtRange,
     PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
@@ -142,7 +142,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
         calls: 0,
     };
     let mut warnings = CountingWarnings::default();
-    let mut pools = PoolSet::new(&map);
+    let mut pools = PoolSet::new(&map, Host::Hypervisor);
     let nc = WindowAttributes::NonCacheable;
     for (name, phys, window, role) in [
         (

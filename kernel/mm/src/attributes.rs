@@ -32,6 +32,12 @@ impl MemoryType {
         }
     }
 
+    /// The attribute byte of this type in [`MAIR_EL1_VALUE`] (what
+    /// `PAR_EL1.ATTR` reports for a page of this type).
+    pub const fn mair_attribute(self) -> u8 {
+        (MAIR_EL1_VALUE >> (8 * self.mair_index())) as u8
+    }
+
     /// The memory type at attribute index `index` of [`MAIR_EL1_VALUE`].
     pub const fn from_mair_index(index: u64) -> Option<Self> {
         match index {

@@ -18,6 +18,7 @@ pub mod carve;
 mod descriptor;
 pub mod layout;
 pub mod page_table;
+pub mod verify;
 
 pub use addr::{PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
 pub use address_map::{

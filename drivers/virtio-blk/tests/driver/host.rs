@@ -19,8 +19,8 @@ use std::vec::Vec;
 
 use tidepool_dma::{
     CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, OwnedPhysRange, OwnedVirtRange, PlatformFlush, PoolPlacement,
-    PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink, WindowAttributes,
+    FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
+    PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink, WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -233,7 +233,7 @@ impl Rig {
         let map: &'static AddressMap = Box::leak(Box::new(AddressMap::new(0, regions).unwrap()));
         let mut rig = Rig {
             map,
-            pools: PoolSet::new(map),
+            pools: PoolSet::new(map, if xen { Host::Hypervisor } else { Host::Bare }),
             cache: RecordingCache {
                 ops: Vec::with_capacity(1 << 16),
             },

@@ -72,17 +72,15 @@ pub fn pa_range() -> u8 {
     ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) as u8
 }
 
-/// Asks the MMU to translate `va` for an EL1 read (`AT S1E1R`): the physical
-/// address, or `None` when the stage-1 walk faults. Unlike a load, this
-/// cannot fault, and unlike `DC` by VA (a no-op in QEMU), QEMU performs it.
-pub fn translate_read(va: u64) -> Option<u64> {
-    /// PAR_EL1.F: the walk faulted.
-    const PAR_FAULT: u64 = 1;
-    /// PAR_EL1.PA, bits [47:12], on success.
-    const PAR_PA: u64 = 0x0000_ffff_ffff_f000;
+/// Asks the MMU to translate `va` for an EL1 read (`AT S1E1R`) and returns
+/// `PAR_EL1` as it says it (decoded by `tidepool_mm::verify::Par`). Unlike a
+/// load, this cannot fault, and unlike `DC` by VA (a no-op in QEMU), QEMU
+/// performs it.
+pub fn translate_read(va: u64) -> u64 {
     let par: u64;
     // SAFETY: AT only writes PAR_EL1, which is then read (aarch64-cpu does
-    // not declare PAR_EL1); no memory the program sees is accessed.
+    // not declare PAR_EL1); no memory the program sees is accessed. The two
+    // run in one asm block, so nothing between them can overwrite PAR_EL1.
     unsafe {
         core::arch::asm!(
             "at s1e1r, {va}",
@@ -93,5 +91,5 @@ pub fn translate_read(va: u64) -> Option<u64> {
             options(nostack),
         );
     }
-    (par & PAR_FAULT == 0).then_some((par & PAR_PA) | (va & 0xfff))
+    par
 }
