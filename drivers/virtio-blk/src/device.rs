@@ -3,25 +3,27 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering, fence};
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
-    PoolError,
+    PoolError, SyncPoint,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
 use crate::error::{BlkError, DeviceFault, InitError};
 use crate::memory::SharedMemory;
-use crate::queue::{Buffer, QUEUE_SIZE_LIMIT, RING_ALIGN, RingLayout, SplitQueue};
+use crate::queue::{
+    Buffer, PushError, QUEUE_SIZE_LIMIT, RING_ALIGN, RingAccess, RingLayout, SplitQueue, UsedError,
+};
 use crate::request::{
     Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,
     MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request, SECTOR_SIZE, STATUS_UNWRITTEN, Token,
 };
 use crate::stats::{BlkStats, StatsLine};
 use crate::transport::{
-    self, BLOCK_DEVICE_ID, ConfigWord, FeatureSet, InterruptRegisters, InterruptStatus,
+    self, BLOCK_DEVICE_ID, Barrier, ConfigWord, FeatureSet, InterruptRegisters, InterruptStatus,
     InterruptValue, LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion,
     WriteRegister, feature,
 };
@@ -319,6 +321,14 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         #[allow(unsafe_code)]
         let memory = unsafe { SharedMemory::window(ring.virt(), layout.bytes) };
         let queue = SplitQueue::new(memory, ring.dma_addr(), layout);
+        // The allocation's zeroing is the CPU's write of the whole ring,
+        // which the device reads from now on (and the CPU reads back where
+        // the device has not written yet: the used ring).
+        if let Err(error) =
+            dma.sync_coherent(env, &ring, 0, layout.bytes as u64, SyncPoint::ForDevice)
+        {
+            return Err((InitError::Dma { error }, Some(ring)));
+        }
         if let Err(error) = program_queue(transport, version, &queue, device) {
             return Err((error, Some(ring)));
         }
@@ -516,22 +526,32 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         } else {
             &chain_storage
         };
-        let head = match self.queue.push(chain) {
-            Ok(head) => head,
-            Err(_) => {
-                self.dma
-                    .unmap(env, mapping)
-                    .map_err(|error| BlkError::Dma { op, lba, error })?;
-                return Err(BlkError::QueueFull {
-                    device,
-                    in_flight: self.in_flight(),
-                });
-            }
+        let mut ring = RingSync {
+            transport: &self.hold.transport,
+            dma: &mut self.dma,
+            env,
+            ring: &self.ring,
         };
-        self.head_slot[usize::from(head)] = index as u16;
-        // The available index must reach memory before the device is told
-        // to look at it (§2.7.13.4).
-        fence(Ordering::SeqCst);
+        let refused = match self.queue.push(chain, &mut ring) {
+            Ok(head) => {
+                self.head_slot[usize::from(head)] = index as u16;
+                None
+            }
+            Err(PushError::Full(_)) => Some(BlkError::QueueFull {
+                device,
+                in_flight: self.in_flight(),
+            }),
+            Err(PushError::Sync(error)) => Some(BlkError::Dma { op, lba, error }),
+        };
+        if let Some(refused) = refused {
+            self.dma
+                .unmap(env, mapping)
+                .map_err(|error| BlkError::Dma { op, lba, error })?;
+            return Err(refused);
+        }
+        // The available index must reach the device before it is told to
+        // look at it (§2.7.13.4).
+        self.hold.transport.barrier(Barrier::DmaWrite);
         self.hold.transport.write(WriteRegister::QueueNotify, 0);
         let slot = &mut self.slots[index];
         slot.generation = slot.generation.wrapping_add(1);
@@ -735,6 +755,8 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             outcome.capacity = self.config_changed();
         }
         if pending.is_set(InterruptStatus::USED_BUFFER) {
+            // The used ring is read after the interrupt's cause was.
+            self.hold.transport.barrier(Barrier::DmaRead);
             self.harvest(env, &mut outcome.completions);
         }
         if healthy {
@@ -854,11 +876,22 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// outcome. A protocol fault stops the device.
     fn harvest(&mut self, env: &mut DmaEnv<'_, 'a>, completions: &mut Completions) {
         while self.fault.is_none() {
-            let used = match self.queue.pop_used() {
+            let mut ring = RingSync {
+                transport: &self.hold.transport,
+                dma: &mut self.dma,
+                env,
+                ring: &self.ring,
+            };
+            let used = match self.queue.pop_used(&mut ring) {
                 None => return,
                 Some(Ok(used)) => used,
-                Some(Err(fault)) => {
+                Some(Err(UsedError::Fault(fault))) => {
                     self.fault = Some(fault);
+                    return;
+                }
+                Some(Err(UsedError::Sync(error))) => {
+                    log::error!("blk: {} used ring sync refused: {error}", self.name());
+                    self.fault = Some(DeviceFault::RingSyncRefused);
                     return;
                 }
             };
@@ -1140,6 +1173,35 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             });
         }
         first_error.map_or(Ok(dma), Err)
+    }
+}
+
+/// The queue's way to the transport's barriers and the DMA layer's sync
+/// points of the ring, for one push or pop.
+struct RingSync<'r, 'e, 'a, T> {
+    transport: &'r T,
+    dma: &'r mut DmaDevice<'a>,
+    env: &'r mut DmaEnv<'e, 'a>,
+    ring: &'r CoherentBuffer<'a>,
+}
+
+impl<'a, T: Transport> RingAccess<'a> for RingSync<'_, '_, 'a, T> {
+    fn barrier(&mut self, barrier: Barrier) {
+        self.transport.barrier(barrier);
+    }
+
+    fn sync(&mut self, offset: usize, len: usize, point: SyncPoint) -> Result<(), DmaError<'a>> {
+        self.dma
+            .sync_coherent(self.env, self.ring, offset as u64, len as u64, point)
+    }
+
+    fn sync_published(&mut self, offset: usize, len: usize) {
+        if let Err(error) = self.sync(offset, len, SyncPoint::ForDevice) {
+            log::error!(
+                "blk: {} available index sync refused: {error} (the request may time out)",
+                self.dma.name()
+            );
+        }
     }
 }
 

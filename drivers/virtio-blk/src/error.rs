@@ -249,6 +249,9 @@ pub enum DeviceFault {
     /// `Status` did not read 0 after a reset: the device may still use its
     /// memory, which is therefore not given back.
     ResetIncomplete,
+    /// The DMA layer refused to sync the used ring for the CPU, so what the
+    /// device returned cannot be read safely (the refusal is logged).
+    RingSyncRefused,
 }
 
 impl fmt::Display for DeviceFault {
@@ -268,6 +271,7 @@ impl fmt::Display for DeviceFault {
             }
             Self::NeedsReset => f.write_str("device needs a reset"),
             Self::ResetIncomplete => f.write_str("device did not complete its reset"),
+            Self::RingSyncRefused => f.write_str("the used ring could not be synced for the CPU"),
         }
     }
 }

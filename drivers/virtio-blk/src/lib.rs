@@ -26,7 +26,8 @@
 //! pointing into that one region: header (device reads), data (device
 //! writes for a read, reads for a write), status (device writes). A flush
 //! has no data descriptor. Completion unmaps it once. The virtqueue itself
-//! is coherent memory and is never synced.
+//! is coherent memory, synced only through the DMA layer's coherent sync
+//! points (see *Ordering*), never with a hypercall.
 //!
 //! So a request is exactly two sync points, whatever its size: the map's
 //! `ForDevice` and the unmap's `ForCpu`. What they cost follows the DMA
@@ -95,17 +96,31 @@
 //!
 //! # Ordering
 //!
-//! The ring is in coherent memory (non-cacheable for a non-coherent
-//! device), so it needs ordering, never cache maintenance.
-//! `VIRTIO_F_ORDER_PLATFORM` is not negotiated: device and driver count as
-//! software on CPUs of one SMP system (virtio 1.2 §6.1), as a QEMU or Xen
-//! backend is, and `core::sync::atomic::fence` is the barrier the
-//! specification asks for (a `DMB ISH` family barrier on aarch64): a release
-//! fence between writing descriptors and ring entry and publishing
-//! `avail.idx`; a full fence between that and the `QueueNotify` write; an
-//! acquire fence between reading `used.idx` and reading the used entry and
-//! the request's region. A request's region is synced by `map` (whose cache
-//! maintenance or hypercall, where it has one, has completed when it
+//! The ring is coherent memory (non-cacheable for a non-coherent device).
+//! It needs barriers, and, where the DMA layer's policy says so, its sync
+//! points (`DmaDevice::sync_coherent`, decided by
+//! `tidepool_dma::coherent_sync_action`): under Xen, whose write-back
+//! directmap may allocate clean, stale lines of it at any moment, the
+//! lines about to be read are invalidated through the window first. For a
+//! non-coherent device that is `used.idx` before the driver reads it and
+//! the entries it publishes after (the CPU's non-cacheable reads could hit
+//! a stale line); for a coherent device in a non-cacheable pool, the
+//! descriptors and available ring before `avail.idx` is written and
+//! `avail.idx` after (its snooping reads could). Each is a `DC IVAC` of a
+//! line or a few, counted as `coherent_va_ops` in the `dma: stats` line;
+//! a request through a pool Xen flushes keeps its one hypercall.
+//!
+//! `VIRTIO_F_ORDER_PLATFORM` is not negotiated, but the barriers are the
+//! ones a device that is not a CPU needs (a real DMA master as well as a
+//! QEMU or Xen backend): outer shareable, as Linux's `dma_wmb`/`dma_rmb` and
+//! the barriers inside `writel`/`readl`. They are the transport's
+//! ([`Transport::barrier`], `DMB OSHST`/`DMB OSHLD` in [`MmioTransport`]):
+//! a [`Barrier::DmaWrite`] between the descriptors and ring entry and
+//! `avail.idx`, and between `avail.idx` and the `QueueNotify` write; a
+//! [`Barrier::DmaRead`] after the interrupt's causes were read and before
+//! the used ring is, and between `used.idx` and the entries and request
+//! regions it publishes. A request's region is synced by `map` (whose
+//! cache maintenance or hypercall, where it has one, has completed when it
 //! returns) before its descriptors are written.
 //!
 //! # Features
@@ -177,4 +192,4 @@ pub use request::{
     SECTOR_SIZE, Token,
 };
 pub use stats::{BlkStats, StatsLine};
-pub use transport::{FeatureSet, InterruptRegisters, Transport, TransportVersion};
+pub use transport::{Barrier, FeatureSet, InterruptRegisters, Transport, TransportVersion};

@@ -15,32 +15,37 @@
 //! That is the legacy layout with `QueueAlign` = 4096 (§2.7 "Legacy
 //! Interfaces"), and it meets the modern alignments (16, 2, 4) too.
 //!
-//! # Ordering
+//! # Ordering and sync points
 //!
-//! The ring is coherent memory (non-cacheable for a non-coherent device), so
-//! it needs ordering, never cache maintenance. `VIRTIO_F_ORDER_PLATFORM` is
-//! not negotiated, so the device counts as software on a CPU of the same SMP
-//! system (§6.1), and `core::sync::atomic::fence` (a `DMB ISH` family
-//! barrier on aarch64) is the barrier the specification asks for:
-//! - descriptors and the ring entry are written, then a release fence, then
-//!   `avail.idx` (§2.7.13.3: the device must see the entry before the index);
-//! - `used.idx` is read, then an acquire fence, then the used entry and the
-//!   request's buffers (§2.7.14: the device wrote them before the index).
+//! The ring is coherent memory, non-cacheable for a non-coherent device, so
+//! it needs ordering and, where the DMA layer's policy says so, a sync of
+//! the lines about to be read (`tidepool_dma::coherent_sync_action`: under
+//! Xen, whose write-back directmap may hold stale lines of it, an
+//! invalidate of just those lines through the window). Both go through
+//! [`RingAccess`]: barriers are the transport's ([`Barrier`], outer
+//! shareable, for a device that is not a CPU), syncs the DMA layer's.
+//! - Publishing: descriptors and the ring entry are written, synced for the
+//!   device, a [`Barrier::DmaWrite`], then `avail.idx`, synced for the
+//!   device (§2.7.13.3: the device must see the entry before the index).
+//! - Taking: `used.idx` is synced for the CPU and read, then a
+//!   [`Barrier::DmaRead`], then the entries it publishes are synced for the
+//!   CPU and read (§2.7.14: the device wrote them before the index). The
+//!   second sync is needed: a line of an entry allocated after the first
+//!   one but before the device wrote the entry would be stale.
 //!
-//! The driver adds a full fence between publishing `avail.idx` and writing
-//! `QueueNotify` (in [`crate::BlockDevice`]).
+//! The driver adds a [`Barrier::DmaWrite`] between publishing `avail.idx`
+//! and writing `QueueNotify` (in [`crate::BlockDevice`]).
 //!
 //! The free list and the length of every chain live in driver memory, not in
 //! the descriptors: a device that scribbles on the table cannot corrupt the
 //! driver's view of which descriptors are free, and every used entry is
 //! checked against the chains actually in flight.
 
-use core::sync::atomic::{Ordering, fence};
-
-use tidepool_dma::DmaAddr;
+use tidepool_dma::{DmaAddr, DmaError, SyncPoint};
 
 use crate::error::DeviceFault;
 use crate::memory::SharedMemory;
+use crate::transport::Barrier;
 
 /// The largest queue the driver sets up (it takes the device's maximum if
 /// that is smaller).
@@ -75,21 +80,28 @@ pub(crate) struct RingLayout {
 }
 
 impl RingLayout {
+    /// End of the available ring: the descriptor table and the available
+    /// ring are `[0, avail_end)`, the part the driver writes.
+    pub(crate) const fn avail_end(&self) -> usize {
+        // flags, idx, ring[size], used_event.
+        self.avail + RING_ENTRIES + 2 * self.size as usize + 2
+    }
+
     /// The layout of a queue of `size` entries.
     pub(crate) const fn new(size: u16) -> Self {
         let entries = size as usize;
         let avail = DESCRIPTOR_SIZE * entries;
-        // flags, idx, ring[size], used_event.
-        let avail_end = avail + RING_ENTRIES + 2 * entries + 2;
-        let used = avail_end.next_multiple_of(RING_ALIGN);
-        // flags, idx, ring[size], avail_event.
-        let bytes = used + RING_ENTRIES + USED_ENTRY_SIZE * entries + 2;
-        Self {
+        let mut layout = Self {
             size,
             avail,
-            used,
-            bytes,
-        }
+            used: 0,
+            bytes: 0,
+        };
+        let used = layout.avail_end().next_multiple_of(RING_ALIGN);
+        // flags, idx, ring[size], avail_event.
+        layout.used = used;
+        layout.bytes = used + RING_ENTRIES + USED_ENTRY_SIZE * entries + 2;
+        layout
     }
 }
 
@@ -120,6 +132,30 @@ pub(crate) struct QueueFull {
     pub(crate) free: u16,
 }
 
+/// What the queue needs besides its memory: the transport's barriers and
+/// the DMA layer's sync points of the ring's coherent allocation.
+pub(crate) trait RingAccess<'a> {
+    /// Executes `barrier` ([`crate::Transport::barrier`]).
+    fn barrier(&mut self, barrier: Barrier);
+    /// Syncs `len` bytes at `offset` of the ring for `point`
+    /// (`DmaDevice::sync_coherent`).
+    fn sync(&mut self, offset: usize, len: usize, point: SyncPoint) -> Result<(), DmaError<'a>>;
+    /// Syncs `len` bytes at `offset` of the ring for the device, after they
+    /// were published: nothing can be taken back, so a refusal (which the
+    /// sync of a range around them just before rules out) is reported, not
+    /// returned.
+    fn sync_published(&mut self, offset: usize, len: usize);
+}
+
+/// Why a used entry could not be taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum UsedError<'a> {
+    /// The device broke the protocol.
+    Fault(DeviceFault),
+    /// The DMA layer refused to sync the used ring.
+    Sync(DmaError<'a>),
+}
+
 /// A split virtqueue and the driver's bookkeeping of it.
 pub(crate) struct SplitQueue {
     memory: SharedMemory,
@@ -136,6 +172,8 @@ pub(crate) struct SplitQueue {
     avail_idx: u16,
     /// The `used.idx` up to which entries have been taken.
     last_used: u16,
+    /// The `used.idx` last read, whose entries are synced for the CPU.
+    seen_used: u16,
 }
 
 impl SplitQueue {
@@ -161,6 +199,7 @@ impl SplitQueue {
             chain_len: [0; QUEUE_SIZE_LIMIT as usize],
             avail_idx: 0,
             last_used: 0,
+            seen_used: 0,
         }
     }
 
@@ -192,15 +231,20 @@ impl SplitQueue {
 
     /// Puts `chain` on the free descriptors, publishes it in the available
     /// ring and returns its head. The caller notifies the device.
-    pub(crate) fn push(&mut self, chain: &[Buffer]) -> Result<u16, QueueFull> {
+    pub(crate) fn push<'a>(
+        &mut self,
+        chain: &[Buffer],
+        ring: &mut dyn RingAccess<'a>,
+    ) -> Result<u16, PushError<'a>> {
         let count = u16::try_from(chain.len()).unwrap_or(u16::MAX);
         if count == 0 || count > self.free_count {
-            return Err(QueueFull {
+            return Err(PushError::Full(QueueFull {
                 free: self.free_count,
-            });
+            }));
         }
         let head = self.free_head;
         let mut index = head;
+        let mut free_head = self.free_head;
         for (position, buffer) in chain.iter().enumerate() {
             let last = position + 1 == chain.len();
             let mut flags = if buffer.device_writes {
@@ -218,22 +262,28 @@ impl SplitQueue {
             self.memory.write_u16(at + 12, flags);
             self.memory.write_u16(at + 14, if last { 0 } else { link });
             if last {
-                self.free_head = link;
+                free_head = link;
             } else {
                 index = link;
             }
         }
-        self.free_count -= count;
-        self.chain_len[usize::from(head)] = count;
         let slot = usize::from(self.avail_idx % self.layout.size);
         self.memory
             .write_u16(self.layout.avail + RING_ENTRIES + 2 * slot, head);
+        // Nothing is taken from the free list until the chain is published:
+        // a refused sync leaves the queue as it was.
+        ring.sync(0, self.layout.avail_end(), SyncPoint::ForDevice)
+            .map_err(PushError::Sync)?;
         // The device must see the descriptors and the entry before the index
         // that hands them over.
-        fence(Ordering::Release);
+        ring.barrier(Barrier::DmaWrite);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.memory
             .write_u16(self.layout.avail + RING_IDX, self.avail_idx);
+        self.free_head = free_head;
+        self.free_count -= count;
+        self.chain_len[usize::from(head)] = count;
+        ring.sync_published(self.layout.avail + RING_IDX, 2);
         Ok(head)
     }
 
@@ -243,21 +293,35 @@ impl SplitQueue {
     /// A used entry that names no chain in flight, or a used index that ran
     /// more than a queue's worth ahead, is a [`DeviceFault`]; the entry is
     /// skipped (an index jump is not).
-    pub(crate) fn pop_used(&mut self) -> Option<Result<Used, DeviceFault>> {
-        let published = self.memory.read_u16(self.layout.used + RING_IDX);
-        if published == self.last_used {
-            return None;
+    pub(crate) fn pop_used<'a>(
+        &mut self,
+        ring: &mut dyn RingAccess<'a>,
+    ) -> Option<Result<Used, UsedError<'a>>> {
+        if self.last_used == self.seen_used {
+            let at = self.layout.used + RING_IDX;
+            if let Err(error) = ring.sync(at, 2, SyncPoint::ForCpu) {
+                return Some(Err(UsedError::Sync(error)));
+            }
+            let published = self.memory.read_u16(at);
+            if published == self.last_used {
+                return None;
+            }
+            let ahead = published.wrapping_sub(self.last_used);
+            if ahead > self.layout.size {
+                return Some(Err(UsedError::Fault(DeviceFault::UsedIndexJump {
+                    taken: self.last_used,
+                    published,
+                })));
+            }
+            // Read the entries (and, after this returns, the request's
+            // buffers) only after the index that says the device wrote them.
+            ring.barrier(Barrier::DmaRead);
+            let (offset, len) = self.used_entries(self.last_used, ahead);
+            if let Err(error) = ring.sync(offset, len, SyncPoint::ForCpu) {
+                return Some(Err(UsedError::Sync(error)));
+            }
+            self.seen_used = published;
         }
-        let ahead = published.wrapping_sub(self.last_used);
-        if ahead > self.layout.size {
-            return Some(Err(DeviceFault::UsedIndexJump {
-                taken: self.last_used,
-                published,
-            }));
-        }
-        // Read the entry (and, after this returns, the request's buffers)
-        // only after the index that says the device wrote them.
-        fence(Ordering::Acquire);
         let entry = self.layout.used
             + RING_ENTRIES
             + USED_ENTRY_SIZE * usize::from(self.last_used % self.layout.size);
@@ -265,14 +329,16 @@ impl SplitQueue {
         let len = self.memory.read_u32(entry + 4);
         self.last_used = self.last_used.wrapping_add(1);
         let Some(head) = u16::try_from(id).ok().filter(|&id| id < self.layout.size) else {
-            return Some(Err(DeviceFault::UsedIdOutOfRange {
+            return Some(Err(UsedError::Fault(DeviceFault::UsedIdOutOfRange {
                 id,
                 size: self.layout.size,
-            }));
+            })));
         };
         let count = self.chain_len[usize::from(head)];
         if count == 0 {
-            return Some(Err(DeviceFault::UsedIdNotInFlight { id: head }));
+            return Some(Err(UsedError::Fault(DeviceFault::UsedIdNotInFlight {
+                id: head,
+            })));
         }
         let mut last = head;
         for _ in 1..count {
@@ -284,6 +350,28 @@ impl SplitQueue {
         self.chain_len[usize::from(head)] = 0;
         Some(Ok(Used { head, len }))
     }
+
+    /// Offset and length of the `count` used entries from index `first`:
+    /// just those, or every entry when they wrap around the ring.
+    fn used_entries(&self, first: u16, count: u16) -> (usize, usize) {
+        let entries = self.layout.used + RING_ENTRIES;
+        let start = usize::from(first % self.layout.size);
+        let count = usize::from(count);
+        if start + count <= usize::from(self.layout.size) {
+            (entries + USED_ENTRY_SIZE * start, USED_ENTRY_SIZE * count)
+        } else {
+            (entries, USED_ENTRY_SIZE * usize::from(self.layout.size))
+        }
+    }
+}
+
+/// Why a chain was not published.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PushError<'a> {
+    /// Not enough free descriptors.
+    Full(QueueFull),
+    /// The DMA layer refused to sync the ring.
+    Sync(DmaError<'a>),
 }
 
 #[cfg(test)]
@@ -291,6 +379,56 @@ mod tests {
     use super::*;
 
     use std::vec::Vec;
+
+    /// What the queue asked of the transport and the DMA layer.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Access {
+        Barrier(Barrier),
+        Sync(usize, usize, SyncPoint),
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        accesses: Vec<Access>,
+    }
+
+    impl<'a> RingAccess<'a> for Recorder {
+        fn barrier(&mut self, barrier: Barrier) {
+            self.accesses.push(Access::Barrier(barrier));
+        }
+
+        fn sync(
+            &mut self,
+            offset: usize,
+            len: usize,
+            point: SyncPoint,
+        ) -> Result<(), DmaError<'a>> {
+            self.accesses.push(Access::Sync(offset, len, point));
+            Ok(())
+        }
+
+        fn sync_published(&mut self, offset: usize, len: usize) {
+            self.accesses
+                .push(Access::Sync(offset, len, SyncPoint::ForDevice));
+        }
+    }
+
+    fn push(q: &mut SplitQueue, chain: &[Buffer]) -> Result<u16, QueueFull> {
+        q.push(chain, &mut Recorder::default())
+            .map_err(|error| match error {
+                PushError::Full(full) => full,
+                PushError::Sync(error) => panic!("{error}"),
+            })
+    }
+
+    fn pop(q: &mut SplitQueue) -> Option<Result<Used, DeviceFault>> {
+        q.pop_used(&mut Recorder::default()).map(|result| {
+            result.map_err(|error| match error {
+                UsedError::Fault(fault) => fault,
+                UsedError::Sync(error) => panic!("{error}"),
+            })
+        })
+    }
 
     /// A queue in plain memory at a made-up DMA address.
     fn queue(size: u16) -> SplitQueue {
@@ -392,7 +530,7 @@ mod tests {
     fn a_chain_is_written_as_linked_descriptors_and_published() {
         let mut q = queue(8);
         let mut device = Device::new();
-        let head = q.push(&request(0x4000_0000)).unwrap();
+        let head = push(&mut q, &request(0x4000_0000)).unwrap();
         assert_eq!(q.free_descriptors(), 5);
         assert_eq!(device.take(&q), Some(head));
         assert_eq!(
@@ -404,28 +542,30 @@ mod tests {
             ]
         );
         assert_eq!(device.take(&q), None);
-        assert!(q.pop_used().is_none());
+        assert!(pop(&mut q).is_none());
         device.complete(&mut q, u32::from(head), 513);
-        assert_eq!(q.pop_used(), Some(Ok(Used { head, len: 513 })));
+        assert_eq!(pop(&mut q), Some(Ok(Used { head, len: 513 })));
         assert_eq!(q.free_descriptors(), 8);
-        assert!(q.pop_used().is_none());
+        assert!(pop(&mut q).is_none());
     }
 
     #[test]
     fn free_list_exhaustion_refuses_without_side_effects_and_recovers() {
         let mut q = queue(8);
         let mut device = Device::new();
-        let first = q.push(&request(0x1000)).unwrap();
-        let second = q.push(&request(0x2000)).unwrap();
-        assert_eq!(q.push(&request(0x3000)), Err(QueueFull { free: 2 }));
-        assert_eq!(q.push(&[]), Err(QueueFull { free: 2 }));
+        let first = push(&mut q, &request(0x1000)).unwrap();
+        let second = push(&mut q, &request(0x2000)).unwrap();
+        assert_eq!(push(&mut q, &request(0x3000)), Err(QueueFull { free: 2 }));
+        assert_eq!(push(&mut q, &[]), Err(QueueFull { free: 2 }));
         // Two descriptors still fit a flush (header and status).
-        let flush = q
-            .push(&[buffer(0x3000, 16, false), buffer(0x3010, 1, true)])
-            .unwrap();
+        let flush = push(
+            &mut q,
+            &[buffer(0x3000, 16, false), buffer(0x3010, 1, true)],
+        )
+        .unwrap();
         assert_eq!(q.free_descriptors(), 0);
         assert_eq!(
-            q.push(&[buffer(0x4000, 16, false)]),
+            push(&mut q, &[buffer(0x4000, 16, false)]),
             Err(QueueFull { free: 0 })
         );
         // Only three chains were published.
@@ -434,9 +574,9 @@ mod tests {
         assert_eq!(device.take(&q), Some(flush));
         assert_eq!(device.take(&q), None);
         device.complete(&mut q, u32::from(second), 1);
-        assert_eq!(q.pop_used().unwrap().unwrap().head, second);
+        assert_eq!(pop(&mut q).unwrap().unwrap().head, second);
         assert_eq!(q.free_descriptors(), 3);
-        let again = q.push(&request(0x5000)).unwrap();
+        let again = push(&mut q, &request(0x5000)).unwrap();
         assert_eq!(device.take(&q), Some(again));
         assert_eq!(Device::chain(&q, again)[0], (0x5000, 16, DESC_F_NEXT));
     }
@@ -446,7 +586,7 @@ mod tests {
         let mut q = queue(16);
         let mut device = Device::new();
         let heads: Vec<u16> = (0..5)
-            .map(|i| q.push(&request(0x10_0000 * (i + 1))).unwrap())
+            .map(|i| push(&mut q, &request(0x10_0000 * (i + 1))).unwrap())
             .collect();
         assert_eq!(q.free_descriptors(), 1);
         for _ in 0..5 {
@@ -455,7 +595,7 @@ mod tests {
         for &i in &[3, 0, 4] {
             device.complete(&mut q, u32::from(heads[i]), 1);
         }
-        let popped: Vec<u16> = core::iter::from_fn(|| q.pop_used())
+        let popped: Vec<u16> = core::iter::from_fn(|| pop(&mut q))
             .map(|u| u.unwrap().head)
             .collect();
         assert_eq!(popped, [heads[3], heads[0], heads[4]]);
@@ -467,7 +607,7 @@ mod tests {
             (0x30_0000 + 528, 1, DESC_F_WRITE)
         );
         let new: Vec<u16> = (0..3)
-            .map(|i| q.push(&request(0x100_0000 * (i + 1))).unwrap())
+            .map(|i| push(&mut q, &request(0x100_0000 * (i + 1))).unwrap())
             .collect();
         assert_eq!(q.free_descriptors(), 1);
         for head in new {
@@ -477,8 +617,8 @@ mod tests {
         for &i in &[2, 1] {
             device.complete(&mut q, u32::from(heads[i]), 1);
         }
-        assert_eq!(q.pop_used().unwrap().unwrap().head, heads[2]);
-        assert_eq!(q.pop_used().unwrap().unwrap().head, heads[1]);
+        assert_eq!(pop(&mut q).unwrap().unwrap().head, heads[2]);
+        assert_eq!(pop(&mut q).unwrap().unwrap().head, heads[1]);
     }
 
     #[test]
@@ -488,19 +628,21 @@ mod tests {
         // Two chains stay in flight across the wrap of both indices.
         let mut outstanding = std::collections::VecDeque::new();
         for round in 0..70_000_u32 {
-            let head = q
-                .push(&[
+            let head = push(
+                &mut q,
+                &[
                     buffer(u64::from(round) << 12, 16, false),
                     buffer(1, 1, true),
-                ])
-                .unwrap();
+                ],
+            )
+            .unwrap();
             assert_eq!(device.take(&q), Some(head));
             outstanding.push_back(head);
             if outstanding.len() == 2 {
                 let oldest = outstanding.pop_front().unwrap();
                 device.complete(&mut q, u32::from(oldest), 1);
                 assert_eq!(
-                    q.pop_used(),
+                    pop(&mut q),
                     Some(Ok(Used {
                         head: oldest,
                         len: 1
@@ -523,35 +665,142 @@ mod tests {
     fn used_entries_naming_no_chain_in_flight_are_faults() {
         let mut q = queue(8);
         let mut device = Device::new();
-        let head = q.push(&request(0x1000)).unwrap();
+        let head = push(&mut q, &request(0x1000)).unwrap();
         device.take(&q).unwrap();
         device.complete(&mut q, 8, 1);
         assert_eq!(
-            q.pop_used(),
+            pop(&mut q),
             Some(Err(DeviceFault::UsedIdOutOfRange { id: 8, size: 8 }))
         );
         device.complete(&mut q, u32::from(head) + 1, 1);
         assert_eq!(
-            q.pop_used(),
+            pop(&mut q),
             Some(Err(DeviceFault::UsedIdNotInFlight { id: head + 1 }))
         );
         device.complete(&mut q, u32::from(head), 1);
-        assert_eq!(q.pop_used(), Some(Ok(Used { head, len: 1 })));
+        assert_eq!(pop(&mut q), Some(Ok(Used { head, len: 1 })));
         // Returned twice.
         device.complete(&mut q, u32::from(head), 1);
         assert_eq!(
-            q.pop_used(),
+            pop(&mut q),
             Some(Err(DeviceFault::UsedIdNotInFlight { id: head }))
         );
         assert_eq!(q.free_descriptors(), 8);
         // An index more than a queue ahead.
         q.memory.write_u16(q.layout.used + RING_IDX, 4 + 9);
         assert_eq!(
-            q.pop_used(),
+            pop(&mut q),
             Some(Err(DeviceFault::UsedIndexJump {
                 taken: 4,
                 published: 13
             }))
         );
+    }
+
+    /// Publishing: the descriptors and the entry synced for the device, a
+    /// write barrier, then the index (written after the barrier) synced.
+    #[test]
+    fn a_chain_is_synced_and_ordered_before_its_index() {
+        let mut q = queue(8);
+        let mut ring = Recorder::default();
+        let head = q.push(&request(0x1000), &mut ring).unwrap();
+        let avail_end = q.layout.avail_end();
+        assert_eq!(avail_end, 128 + 4 + 16 + 2);
+        assert_eq!(
+            ring.accesses,
+            [
+                Access::Sync(0, avail_end, SyncPoint::ForDevice),
+                Access::Barrier(Barrier::DmaWrite),
+                Access::Sync(q.layout.avail + RING_IDX, 2, SyncPoint::ForDevice),
+            ]
+        );
+        assert_eq!(Device::new().take(&q), Some(head));
+    }
+
+    /// Taking: the index synced for the CPU and read, a read barrier, then
+    /// just the entries it published synced (all of them when they wrap),
+    /// once for all of them; an unchanged index is synced and read again.
+    #[test]
+    fn used_entries_are_synced_after_the_index_that_publishes_them() {
+        let mut q = queue(4);
+        let mut device = Device::new();
+        let used = q.layout.used;
+        let mut ring = Recorder::default();
+        assert!(q.pop_used(&mut ring).is_none());
+        assert_eq!(
+            ring.accesses,
+            [Access::Sync(used + RING_IDX, 2, SyncPoint::ForCpu)]
+        );
+        let mut wrapped = [false, false];
+        for round in 0..4 {
+            let heads: Vec<u16> = (0..3)
+                .map(|i| push(&mut q, &[buffer(0x1000 * (i + 1), 16, true)]).unwrap())
+                .collect();
+            for &head in &heads {
+                device.take(&q).unwrap();
+                device.complete(&mut q, u32::from(head), 1);
+            }
+            // Entries 3 * round .. 3 * round + 3, of a ring of four.
+            let first = (3 * round) % 4;
+            let mut ring = Recorder::default();
+            for &head in &heads {
+                assert_eq!(q.pop_used(&mut ring), Some(Ok(Used { head, len: 1 })));
+            }
+            let wraps = first + 3 > 4;
+            wrapped[usize::from(wraps)] = true;
+            let entries = if wraps {
+                (used + RING_ENTRIES, 32)
+            } else {
+                (used + RING_ENTRIES + 8 * first, 24)
+            };
+            assert_eq!(
+                ring.accesses,
+                [
+                    Access::Sync(used + RING_IDX, 2, SyncPoint::ForCpu),
+                    Access::Barrier(Barrier::DmaRead),
+                    Access::Sync(entries.0, entries.1, SyncPoint::ForCpu),
+                ],
+                "round {round}"
+            );
+            assert!(pop(&mut q).is_none());
+        }
+        assert_eq!(wrapped, [true, true]);
+    }
+
+    /// A ring the DMA layer refuses to sync.
+    struct Refusing;
+
+    impl<'a> RingAccess<'a> for Refusing {
+        fn barrier(&mut self, _: Barrier) {}
+
+        fn sync(&mut self, _: usize, _: usize, _: SyncPoint) -> Result<(), DmaError<'a>> {
+            Err(DmaError::ZeroLength { device: "dev" })
+        }
+
+        fn sync_published(&mut self, _: usize, _: usize) {
+            unreachable!("a refused sync publishes nothing");
+        }
+    }
+
+    /// A refused sync publishes nothing and takes nothing: the chain's
+    /// descriptors stay free, the device sees no new index, and a used
+    /// entry stays to be taken once syncs work again.
+    #[test]
+    fn a_refused_sync_publishes_and_takes_nothing() {
+        let mut q = queue(8);
+        let mut device = Device::new();
+        assert_eq!(
+            q.push(&request(0x1000), &mut Refusing),
+            Err(PushError::Sync(DmaError::ZeroLength { device: "dev" }))
+        );
+        assert_eq!((q.free_descriptors(), device.take(&q)), (8, None));
+        let head = push(&mut q, &request(0x1000)).unwrap();
+        device.take(&q).unwrap();
+        device.complete(&mut q, u32::from(head), 1);
+        assert_eq!(
+            q.pop_used(&mut Refusing),
+            Some(Err(UsedError::Sync(DmaError::ZeroLength { device: "dev" })))
+        );
+        assert_eq!(pop(&mut q), Some(Ok(Used { head, len: 1 })));
     }
 }

@@ -84,9 +84,10 @@ pub mod feature {
     /// platform's DMA view. Accepted when offered: every address the driver
     /// gives comes from the DMA layer, which is that view.
     pub const ACCESS_PLATFORM: u64 = 1 << 33;
-    /// `VIRTIO_F_ORDER_PLATFORM`: not negotiated. Without it device and
-    /// driver are software on CPUs of one SMP system, for which the driver's
-    /// barriers are the right ones (see the crate documentation).
+    /// `VIRTIO_F_ORDER_PLATFORM`: not negotiated, since the driver orders
+    /// for the platform anyway: its barriers ([`Barrier`](crate::transport::Barrier)) are outer
+    /// shareable, what a device that is not a CPU needs (see the crate
+    /// documentation).
     pub const ORDER_PLATFORM: u64 = 1 << 36;
 }
 
@@ -212,12 +213,33 @@ pub enum ConfigWord {
     BlkSize,
 }
 
+/// A memory barrier between the driver's accesses of memory it shares with
+/// the device (the ring, the request regions) and of the device's
+/// registers, for an observer outside the CPUs' inner shareable domain: a
+/// device that is not a CPU (a real DMA master, coherent or not), as well
+/// as a QEMU or Xen backend.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Barrier {
+    /// The device observes the driver's earlier writes before its later
+    /// writes, of memory or registers: `DMB OSHST` on aarch64 (Linux's
+    /// `dma_wmb`, and the `__iowmb` in `writel`). Before `avail.idx` is
+    /// published, and before `QueueNotify`.
+    DmaWrite,
+    /// The driver's earlier reads, of memory or registers, complete before
+    /// its later reads of memory: `DMB OSHLD` (Linux's `dma_rmb`, and the
+    /// `__iormb` in `readl`). After the interrupt's causes are taken and
+    /// before the used ring is read, and between `used.idx` and the entries
+    /// it publishes.
+    DmaRead,
+}
+
 /// One virtio-mmio transport, register by register.
 ///
-/// Every call is exactly one 32-bit access of the named register; the
-/// implementation adds no ordering of its own beyond what a device access
-/// has. The driver orders its ring memory against [`WriteRegister::QueueNotify`]
-/// with a fence before the write (see the crate documentation).
+/// Every call of `read`, `write` and `read_config` is exactly one 32-bit
+/// access of the named register, with no ordering of its own beyond what a
+/// device access has; the driver asks for the ordering it needs between
+/// memory and registers with [`Transport::barrier`] (see the crate
+/// documentation).
 pub trait Transport {
     /// The interrupt registers, apart from the rest.
     type Interrupt: InterruptRegisters;
@@ -228,6 +250,8 @@ pub trait Transport {
     fn write(&mut self, register: WriteRegister, value: u32);
     /// Reads one word of the device configuration space.
     fn read_config(&self, word: ConfigWord) -> u32;
+    /// Executes `barrier`.
+    fn barrier(&self, barrier: Barrier);
     /// `InterruptStatus` and `InterruptACK` as a value of their own, for an
     /// interrupt handler. Only the driver asks for them, once
     /// ([`BlockDevice::interrupt_handler`](crate::BlockDevice::interrupt_handler)),

@@ -13,7 +13,10 @@ use crate::boundary::{
     CacheMaintenance, CacheOp, DmaMemory, FlushErrno, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
 };
 use crate::error::{DmaError, SetupError};
-use crate::policy::{DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, sync_action};
+use crate::policy::{
+    DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, coherent_sync_action,
+    sync_action,
+};
 use crate::pool::{Pool, PoolId, PoolRole, PoolSet, first_rejected_byte};
 
 /// A DMA address: what a device is given to reach memory.
@@ -279,11 +282,16 @@ pub struct DmaStats {
     pub allocs: u64,
     /// Coherent frees.
     pub frees: u64,
+    /// Sync points of coherent memory ([`DmaDevice::sync_coherent`]); not
+    /// in `syncs`, which counts those of streaming mappings.
+    pub coherent_syncs: u64,
+    /// Cache maintenance calls by VA they made; not in `va_ops`.
+    pub coherent_va_ops: u64,
 }
 
 /// The console line of a device's counters:
 ///
-/// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N`
+/// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N coherent_syncs=N coherent_va_ops=N`
 ///
 /// Keys are the [`DmaStats`] fields, always all of them, in that order, in
 /// decimal.
@@ -295,7 +303,7 @@ impl fmt::Display for StatsLine<'_, '_> {
         write!(
             f,
             "dma: stats {} syncs={} hypercalls={} pages={} refusals={} fallbacks={} va_ops={} va_bytes={} \
-             bounced={} maps={} unmaps={} allocs={} frees={}",
+             bounced={} maps={} unmaps={} allocs={} frees={} coherent_syncs={} coherent_va_ops={}",
             self.0.name,
             s.syncs,
             s.hypercalls,
@@ -308,7 +316,9 @@ impl fmt::Display for StatsLine<'_, '_> {
             s.maps,
             s.unmaps,
             s.allocs,
-            s.frees
+            s.frees,
+            s.coherent_syncs,
+            s.coherent_va_ops
         )
     }
 }
@@ -470,6 +480,58 @@ impl<'a> DmaDevice<'a> {
         })
         .map_err(|error| DmaError::Pool { device, error })?;
         self.stats.frees += 1;
+        Ok(())
+    }
+
+    /// The sync point of coherent memory: `len` bytes at `offset` of
+    /// `buffer`, before the CPU reads what the device wrote there
+    /// ([`SyncPoint::ForCpu`]) or before the device reads what the CPU wrote
+    /// there ([`SyncPoint::ForDevice`]). Does what [`coherent_sync_action`]
+    /// says: nothing unless a hypervisor's cacheable alias may hold stale
+    /// lines the reader could hit, then an invalidate of just those lines
+    /// through the window (never a hypercall).
+    ///
+    /// The device must have finished writing the part before a `ForCpu`
+    /// sync (it said so, e.g. by an index the CPU read before the sync);
+    /// the CPU reads it after.
+    pub fn sync_coherent(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        buffer: &CoherentBuffer<'a>,
+        offset: u64,
+        len: u64,
+        point: SyncPoint,
+    ) -> Result<(), DmaError<'a>> {
+        self.check_owner(buffer.device)?;
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > buffer.size) {
+            return Err(DmaError::OutsideCoherentBuffer {
+                device: self.name,
+                offset,
+                len,
+                size: buffer.size,
+            });
+        }
+        let pool = self.pool(env.pools, buffer.pool)?;
+        let action = coherent_sync_action(
+            self.coherent,
+            pool.memory_class(),
+            pool.host(),
+            pool.window_cacheable(),
+            point,
+        );
+        self.stats.coherent_syncs += 1;
+        match action {
+            SyncAction::None => {}
+            SyncAction::LinearVa { op }
+            | SyncAction::WindowVa { op }
+            | SyncAction::Platform { op } => {
+                // Coherent memory is reached at its window address (the
+                // linear one for a linear pool).
+                let start = VirtAddr(buffer.virt.0 + offset);
+                env.cache.maintain(op, &OwnedVirtRange::new(start, len));
+                self.stats.coherent_va_ops += 1;
+            }
+        }
         Ok(())
     }
 

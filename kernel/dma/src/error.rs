@@ -211,6 +211,17 @@ pub enum DmaError<'a> {
         /// Length given.
         len: u64,
     },
+    /// A sync of part of a coherent buffer that is empty or runs past its end.
+    OutsideCoherentBuffer {
+        /// The device.
+        device: &'a str,
+        /// Offset of the part in the buffer.
+        offset: u64,
+        /// Length of the part.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
 }
 
 impl fmt::Display for DmaError<'_> {
@@ -256,6 +267,15 @@ impl fmt::Display for DmaError<'_> {
                     "device {device}: no live DMA buffer of {len:#x} bytes at {dma}"
                 )
             }
+            Self::OutsideCoherentBuffer {
+                device,
+                offset,
+                len,
+                size,
+            } => write!(
+                f,
+                "device {device}: sync of {len:#x} bytes at {offset:#x} of a coherent buffer of {size:#x} bytes"
+            ),
         }
     }
 }

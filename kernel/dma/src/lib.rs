@@ -29,6 +29,14 @@
 //!   pool, through the window otherwise). The policy is proven against a
 //!   pessimistic model of caches and aliases by the `tidepool-dma-model`
 //!   crate, whose tests run this crate's real code.
+//! - **Coherent memory has sync points too** ([`DmaDevice::sync_coherent`],
+//!   decided by [`coherent_sync_action`]): before the CPU reads part of it
+//!   the device wrote, or the device reads part the CPU wrote. Under a
+//!   hypervisor whose directmap may hold stale lines of non-cacheable
+//!   memory, an invalidate of just that part through the window for the
+//!   reader that could hit them (the CPU for a non-coherent device, the
+//!   device for a coherent one); nothing otherwise; never a hypercall, so
+//!   a ring costs no flush.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
 //!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
@@ -66,7 +74,7 @@
 //! - Pool setup ([`Pool::setup_line`]):
 //!   `dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000 window 0xfffff00000000000 nc xen-flush=refused(EPERM) -> window VA maintenance`
 //! - Device counters ([`DmaDevice::stats_line`]):
-//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0`
+//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0 coherent_syncs=0 coherent_va_ops=0`
 //! - A refusal after an accepted probe ([`FlushRefusedWarning`]):
 //!   `dma: warning: pool /reserved-memory/dma@78000000 xen-flush=refused(EPERM) in a sync for /virtio_mmio@a003e00 -> window VA maintenance from now on`
 #![cfg_attr(not(test), no_std)]
@@ -95,7 +103,8 @@ pub use device::{
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{
-    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for, sync_action,
+    DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for,
+    coherent_sync_action, sync_action,
 };
 pub use pool::{
     Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,

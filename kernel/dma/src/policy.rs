@@ -215,6 +215,54 @@ pub const fn sync_action(
     }
 }
 
+/// The sync policy for part of a coherent allocation (a virtqueue's rings),
+/// at the point where the CPU is about to read what the device wrote
+/// ([`SyncPoint::ForCpu`]) or the device is about to read what the CPU
+/// wrote ([`SyncPoint::ForDevice`]); the arguments are as for
+/// [`sync_action`].
+///
+/// Coherent memory is cacheable only for a coherent device (a non-coherent
+/// device's coherent memory behind a cacheable window is refused at
+/// allocation), and non-cacheable otherwise, so this is [`sync_action`] for
+/// a buffer both sides read and write: nothing for cacheable memory or
+/// without a hypervisor; under one, whose write-back directmap may allocate
+/// clean, stale lines of it at any moment, an invalidate before the reader
+/// that could hit them: the CPU's non-cacheable reads for a non-coherent
+/// device, the device's snooping reads for a coherent one.
+///
+/// | device       | memory          | host       | for the device       | for the CPU          |
+/// |--------------|-----------------|------------|----------------------|----------------------|
+/// | coherent     | cacheable       | any        | none                 | none                 |
+/// | any          | non-cacheable   | bare       | none                 | none                 |
+/// | coherent     | non-cacheable   | hypervisor | invalidate by window | none                 |
+/// | non-coherent | non-cacheable   | hypervisor | none                 | invalidate by window |
+///
+/// Always by VA through the window, never by the platform, even where it
+/// flushes the pool: such a sync covers a few lines (a used ring's index,
+/// or the entries just published), for which `DC IVAC` costs a few
+/// instructions where a hypercall costs a trap into Xen, and a block
+/// request keeps its one hypercall (its region's). `DC` by VA acts on the
+/// physical line whatever the window's attributes, so the result is the
+/// same.
+pub const fn coherent_sync_action(
+    coherent: bool,
+    class: MemoryClass,
+    host: Host,
+    window_cacheable: bool,
+    point: SyncPoint,
+) -> SyncAction {
+    // Without a platform flush, `sync_action` answers by VA only.
+    sync_action(
+        coherent,
+        class,
+        host,
+        None,
+        window_cacheable,
+        point,
+        DmaDirection::Bidirectional,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +506,31 @@ mod tests {
             FlushSupport::Refused(FlushErrno::Other(-14)).to_string(),
             "refused(error -14)"
         );
+    }
+
+    #[test]
+    fn coherent_allocations_are_invalidated_by_window_for_the_reader_a_stale_line_could_fool() {
+        for host in ALL_HOSTS {
+            for point in ALL_POINTS {
+                let nc = |coherent| {
+                    coherent_sync_action(coherent, MemoryClass::NoMapPool, host, false, point)
+                };
+                let expected = |reader_snoops_stale_lines: bool| {
+                    if host == Host::Hypervisor && reader_snoops_stale_lines {
+                        SyncAction::WindowVa { op: Invalidate }
+                    } else {
+                        SyncAction::None
+                    }
+                };
+                assert_eq!(nc(false), expected(point == ForCpu), "{host:?} {point:?}");
+                assert_eq!(nc(true), expected(point == ForDevice), "{host:?} {point:?}");
+                for class in ALL_CLASSES {
+                    assert_eq!(
+                        coherent_sync_action(true, class, host, true, point),
+                        SyncAction::None
+                    );
+                }
+            }
+        }
     }
 }

@@ -207,7 +207,7 @@ impl WarningSink for Vec<String> {
 }
 
 /// How the machine under test behaves.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Platform {
     /// No hypervisor.
     Bare,
@@ -883,6 +883,79 @@ fn coherent_memory_comes_from_the_right_pool_zeroed() {
 }
 
 #[test]
+fn coherent_memory_is_synced_through_its_window_only_where_a_stale_line_could_be_read() {
+    for platform in [Platform::Xen, Platform::Bare] {
+        let xen = platform == Platform::Xen;
+        let mut rig = Rig::new(platform);
+        // (coherent, pool, invalidated for the CPU, for the device)
+        let cases = [
+            (false, Some(DYNAMIC_POOL), xen, false),
+            (false, Some(STATIC_POOL), xen, false),
+            (false, None, xen, false),
+            (true, Some(DYNAMIC_POOL), false, xen),
+            (true, None, false, false),
+        ];
+        for (coherent, pool, for_cpu, for_device) in cases {
+            let mut dev = rig.device(DEVICE, coherent, pool);
+            let buffer = dev.alloc_coherent(&mut rig.env(), 0x2000, 1).unwrap();
+            rig.forget_setup();
+            let part = VirtAddr(buffer.virt().0 + 0x1000);
+            for (point, expected) in [
+                (SyncPoint::ForCpu, for_cpu),
+                (SyncPoint::ForDevice, for_device),
+            ] {
+                dev.sync_coherent(&mut rig.env(), &buffer, 0x1000, 0x40, point)
+                    .unwrap();
+                let ops = core::mem::take(&mut rig.cache.ops);
+                let want = if expected {
+                    vec![(CacheOp::Invalidate, part, 0x40)]
+                } else {
+                    vec![]
+                };
+                assert_eq!(ops, want, "{platform:?} {coherent} {pool:?} {point:?}");
+            }
+            // Never a hypercall, even on a pool Xen flushes.
+            assert!(rig.xen.as_ref().is_none_or(|xen| xen.calls.is_empty()));
+            let stats = dev.stats();
+            assert_eq!((stats.coherent_syncs, stats.syncs, stats.va_ops), (2, 0, 0));
+            assert_eq!(
+                stats.coherent_va_ops,
+                u64::from(for_cpu) + u64::from(for_device)
+            );
+            // Parts outside the buffer and other devices' buffers are refused.
+            for (offset, len) in [(0x2000, 1), (0x1fc0, 0x41), (0, 0), (u64::MAX, 2)] {
+                assert_eq!(
+                    dev.sync_coherent(&mut rig.env(), &buffer, offset, len, SyncPoint::ForCpu),
+                    Err(DmaError::OutsideCoherentBuffer {
+                        device: DEVICE,
+                        offset,
+                        len,
+                        size: 0x2000
+                    })
+                );
+            }
+            let mut other = rig.device(OTHER_DEVICE, coherent, pool);
+            assert!(matches!(
+                other.sync_coherent(&mut rig.env(), &buffer, 0, 1, SyncPoint::ForCpu),
+                Err(DmaError::ForeignHandle { .. })
+            ));
+            assert_eq!(rig.cache.ops, []);
+            dev.free_coherent(&mut rig.env(), buffer).unwrap();
+        }
+    }
+    assert_eq!(
+        DmaError::OutsideCoherentBuffer {
+            device: DEVICE,
+            offset: 0x1fc0,
+            len: 0x41,
+            size: 0x2000
+        }
+        .to_string(),
+        "device /virtio_mmio@a003e00: sync of 0x41 bytes at 0x1fc0 of a coherent buffer of 0x2000 bytes"
+    );
+}
+
+#[test]
 fn coherent_memory_is_never_cacheable_for_a_non_coherent_device() {
     let mut rig = Rig::new(Platform::Bare);
     for pool in [WB_POOL, MAPPED_POOL] {
@@ -1119,10 +1192,12 @@ fn stats_line() {
     let buffers: Vec<_> = (0..3)
         .map(|_| dev.alloc_coherent(&mut rig.env(), 0x1000, 1).unwrap())
         .collect();
+    dev.sync_coherent(&mut rig.env(), &buffers[0], 0, 8, SyncPoint::ForCpu)
+        .unwrap();
     assert_eq!(
         dev.stats_line().to_string(),
         "dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=6 pages=6 refusals=0 fallbacks=0 va_ops=0 \
-         va_bytes=0 bounced=49152 maps=6 unmaps=6 allocs=3 frees=0"
+         va_bytes=0 bounced=49152 maps=6 unmaps=6 allocs=3 frees=0 coherent_syncs=1 coherent_va_ops=1"
     );
     for buffer in buffers {
         dev.free_coherent(&mut rig.env(), buffer).unwrap();

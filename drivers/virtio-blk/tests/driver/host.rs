@@ -176,6 +176,9 @@ pub enum DeviceKind {
     DynamicPool,
     /// Not coherent, the static no-map pool (Xen refuses flushes).
     StaticPool,
+    /// `dma-coherent`, the dynamic no-map pool: its ring is non-cacheable
+    /// memory a snooping device reads.
+    CoherentPool,
 }
 
 /// The DMA world of one test.
@@ -299,6 +302,7 @@ impl Rig {
             DeviceKind::NonCoherent => (false, None),
             DeviceKind::DynamicPool => (false, Some(DYNAMIC_POOL)),
             DeviceKind::StaticPool => (false, Some(STATIC_POOL)),
+            DeviceKind::CoherentPool => (true, Some(DYNAMIC_POOL)),
         };
         DmaDevice::new(
             DeviceSpec {

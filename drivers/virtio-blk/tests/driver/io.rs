@@ -16,11 +16,12 @@ use crate::host::{DEVICE, DeviceKind, Rig};
 use crate::sim::{S_IOERR, S_UNSUPP, Sim, SimConfig};
 use crate::{Bench, bench, bench_with, ticking};
 
-const KINDS: [DeviceKind; 4] = [
+const KINDS: [DeviceKind; 5] = [
     DeviceKind::Coherent,
     DeviceKind::NonCoherent,
     DeviceKind::DynamicPool,
     DeviceKind::StaticPool,
+    DeviceKind::CoherentPool,
 ];
 
 /// Fills the simulated disk with the pattern of `seed`.
@@ -812,4 +813,44 @@ fn the_driver_survives_the_wrap_of_its_16_bit_ring_indices() {
     }
     assert_eq!(b.disk.stats().flushes, 70_000);
     assert_eq!(b.sim.state().flushes, 70_000);
+}
+
+/// The outer-shareable barriers a device that is not a CPU needs: two
+/// `DmaWrite`s per submission (before `avail.idx`, before `QueueNotify`:
+/// the simulated device refuses a notify without one since the last
+/// register write), and `DmaRead`s after an interrupt's causes and after
+/// each `used.idx` that publishes entries.
+#[test]
+fn the_ring_is_ordered_for_the_device_by_the_transport_barriers() {
+    // The simulated device completes each request when notified.
+    let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
+    let barriers = |b: &Bench| {
+        let s = b.sim.state();
+        (s.write_barriers, s.read_barriers)
+    };
+    let before = barriers(&b);
+    let token = b
+        .disk
+        .submit(
+            &mut b.rig.env(),
+            Request::Read { lba: 0, sectors: 1 },
+            Deadline::NEVER,
+        )
+        .unwrap();
+    assert_eq!(barriers(&b), (before.0 + 2, before.1));
+    let outcome = b.disk.handle_interrupt(&mut b.rig.env());
+    assert_eq!(outcome.completions.as_slice(), [token]);
+    assert_eq!(barriers(&b), (before.0 + 2, before.1 + 2));
+    finish(&mut b.disk, token, &mut [0; SECTOR_BYTES]).unwrap();
+    // Polling has no interrupt cause to order after: the used index's only.
+    let token = b
+        .disk
+        .submit(
+            &mut b.rig.env(),
+            Request::Read { lba: 0, sectors: 1 },
+            Deadline::NEVER,
+        )
+        .unwrap();
+    assert_eq!(b.disk.poll(&mut b.rig.env()).as_slice(), [token]);
+    assert_eq!(barriers(&b), (before.0 + 4, before.1 + 3));
 }

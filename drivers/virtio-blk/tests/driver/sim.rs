@@ -15,7 +15,7 @@ use std::vec::Vec;
 
 use tidepool_mm::{AddressClass, AddressMap, PhysAddr};
 use tidepool_virtio_blk::transport::{ConfigWord, MAGIC, ReadRegister, WriteRegister, feature};
-use tidepool_virtio_blk::{InterruptRegisters, Transport};
+use tidepool_virtio_blk::{Barrier, InterruptRegisters, Transport};
 
 /// `Status` bits (virtio 1.2 §2.1).
 pub mod status {
@@ -144,6 +144,12 @@ pub struct SimState {
     used_idx: u16,
     pub pending: Vec<Pending>,
     pub notifications: u32,
+    /// `Barrier::DmaWrite`s and `Barrier::DmaRead`s executed.
+    pub write_barriers: u32,
+    pub read_barriers: u32,
+    /// A `Barrier::DmaWrite` came after the last register write: a
+    /// `QueueNotify` now is ordered after the ring the driver wrote.
+    notify_ordered: bool,
     /// Statuses to answer for requests at these sectors.
     pub errors: Vec<(u64, u8)>,
     pub flushes: u32,
@@ -181,6 +187,9 @@ impl Sim {
             used_idx: 0,
             pending: Vec::with_capacity(1024),
             notifications: 0,
+            write_barriers: 0,
+            read_barriers: 0,
+            notify_ordered: false,
             errors: Vec::new(),
             flushes: 0,
         })))
@@ -486,6 +495,7 @@ impl Transport for Sim {
         let mut guard = self.0.borrow_mut();
         let s = &mut *guard;
         let legacy = s.config.version == 1;
+        let ordered = core::mem::take(&mut s.notify_ordered);
         match register {
             WriteRegister::DeviceFeaturesSel => s.device_features_sel = value,
             WriteRegister::DriverFeaturesSel => s.driver_features_sel = value,
@@ -518,6 +528,10 @@ impl Transport for Sim {
             WriteRegister::QueueNotify => {
                 assert_eq!(value, 0, "notify of a queue other than 0");
                 assert!(s.live(), "notify before the device is live");
+                assert!(
+                    ordered,
+                    "QueueNotify without a DmaWrite barrier after the ring was written"
+                );
                 s.notifications += 1;
                 s.take_available();
                 if s.config.auto_complete {
@@ -570,6 +584,16 @@ impl Transport for Sim {
             ConfigWord::SizeMax => s.config.size_max,
             ConfigWord::BlkSize => s.config.blk_size,
         }
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        self.with(|s| match barrier {
+            Barrier::DmaWrite => {
+                s.write_barriers += 1;
+                s.notify_ordered = true;
+            }
+            Barrier::DmaRead => s.read_barriers += 1,
+        });
     }
 
     fn interrupt_registers(&self) -> Sim {

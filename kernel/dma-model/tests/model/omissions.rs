@@ -153,3 +153,59 @@ fn coherent_device_gets_a_non_cacheable_pool_invalidated_first() {
         }
     }
 }
+
+/// The ring's sync point for the CPU: a non-coherent device's coherent
+/// memory under Xen is invalidated (through the window) after the device
+/// wrote, before the CPU reads; Xen's directmap allocated a line of it
+/// before the device wrote, and the CPU's non-cacheable read would hit it.
+#[test]
+fn coherent_memory_of_a_non_coherent_device_is_invalidated_for_the_cpu() {
+    let steps = [
+        Step::SyncForDevice,
+        Step::FillAll,
+        Step::DeviceWrite {
+            at: 0,
+            len: u16::MAX,
+        },
+        Step::SyncForCpu,
+        Step::CpuRead,
+    ];
+    for pool in [PoolKind::None, PoolKind::NoMapNc] {
+        check_coherent(row(false, pool, Xen::Accepted), 0x200, &steps);
+    }
+}
+
+/// The ring's sync point for a coherent device: its coherent memory in a
+/// non-cacheable pool under Xen is invalidated after the CPU wrote, before
+/// the device reads; its reads snoop, and a line Xen's directmap allocated
+/// before the CPU's non-cacheable write is stale.
+#[test]
+fn coherent_memory_of_a_coherent_device_is_invalidated_for_the_device() {
+    let steps = [
+        Step::FillAll,
+        Step::CpuWrite {
+            at: 0,
+            len: u16::MAX,
+        },
+        Step::SyncForDevice,
+        Step::DeviceRead,
+    ];
+    for xen in [Xen::Accepted, Xen::Refused] {
+        check_coherent(row(true, PoolKind::NoMapNc, xen), 0x200, &steps);
+    }
+}
+
+fn check_coherent(row: Row, len: u16, steps: &[Step]) {
+    let case = Case {
+        offset: 0,
+        len,
+        steps: steps.to_vec(),
+        chaos: Vec::new(),
+        non_cacheable_hits: true,
+    };
+    assert_eq!(
+        crate::world::run_coherent(row, &case),
+        Ok(()),
+        "{row:?} {case:?}"
+    );
+}

@@ -3,7 +3,8 @@
 
 use tidepool_dma::{
     CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno, FlushRefusedWarning, Host,
-    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
+    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SyncPoint, WarningSink,
+    WindowAttributes,
 };
 use tidepool_dma_model::{Alias, Attributes, Device, Handle, LINE, Machine};
 
@@ -274,7 +275,8 @@ impl World {
         (world, device)
     }
 
-    fn env(&mut self) -> DmaEnv<'_, 'static> {
+    /// The DMA environment of the world's pools and boundaries.
+    pub fn env(&mut self) -> DmaEnv<'_, 'static> {
         DmaEnv {
             pools: &mut self.pools,
             cache: &mut self.cache,
@@ -464,10 +466,22 @@ pub fn hypercalls_per_request(row: Row, dir: DmaDirection, len: u64) -> u64 {
 
 /// The driver of one case on a coherent allocation of `case.len` bytes:
 /// the CPU reaches it at the address the DMA layer gives (a window or the
-/// linear map), the device at its DMA address, with no sync points at all
-/// (syncs and remaps in the steps are skipped); the same invariant as
-/// [`run`].
+/// linear map), the device at its DMA address. Its sync points are those of
+/// a ring: `SyncForCpu` is `sync_coherent(ForCpu)` after the device wrote,
+/// before the CPU reads; `SyncForDevice` is `sync_coherent(ForDevice)` after
+/// the CPU wrote, before the device reads; each hands the memory over, and
+/// steps of the side that does not hold it are skipped (`Remap` too). What
+/// the CPU wrote, it reads back only after a `SyncForDevice` (a driver never
+/// reads back its own descriptors; the used ring it reads was zeroed by the
+/// allocation, which counts as a CPU write: a driver syncs a new ring for
+/// the device before it hands it over). The same invariant as [`run`].
 pub fn run_coherent(row: Row, case: &Case) -> Result<(), String> {
+    run_coherent_with(row, case, true)
+}
+
+/// [`run_coherent`], with the DMA layer's sync calls made (`syncs`) or left
+/// out: what a driver that never calls `sync_coherent` gets.
+pub fn run_coherent_with(row: Row, case: &Case, syncs: bool) -> Result<(), String> {
     let (mut world, mut device) = World::new(row, case.chaos.clone(), case.non_cacheable_hits);
     let len = u64::from(case.len.max(1));
     let buffer = device
@@ -475,40 +489,61 @@ pub fn run_coherent(row: Row, case: &Case) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (virt, dma, kind) = (buffer.virt(), buffer.dma_addr(), world.kind);
     let mut shadow = vec![0; len as usize];
+    let mut device_owns = false;
+    let mut cpu_wrote = true;
     for (index, step) in case.steps.iter().enumerate() {
         let at = |at: u16, n: u16| {
             let at = u64::from(at) % len;
             (at, u64::from(n.max(1)).min(len - at))
         };
         match *step {
-            Step::CpuWrite { at: a, len: n } => {
+            Step::CpuWrite { at: a, len: n } if !device_owns => {
                 let (a, n) = at(a, n);
                 let data = world.data(n as usize);
                 let mut machine = world.machine.machine();
                 machine.cpu_write(VirtAddr(virt.0 + a), &data);
                 shadow[a as usize..(a + n) as usize].copy_from_slice(&data);
+                cpu_wrote = true;
             }
-            Step::DeviceWrite { at: a, len: n } => {
+            Step::DeviceWrite { at: a, len: n } if device_owns => {
                 let (a, n) = at(a, n);
                 let data = world.data(n as usize);
                 let pa = tidepool_mm::PhysAddr(dma.0 + a);
                 world.machine.machine().device_write(kind, pa, &data);
                 shadow[a as usize..(a + n) as usize].copy_from_slice(&data);
             }
-            Step::DeviceRead => {
+            Step::DeviceRead if device_owns => {
                 let pa = tidepool_mm::PhysAddr(dma.0);
                 let seen = world.machine.machine().device_read(kind, pa, len);
                 compare("device read", index, &seen, &shadow)?;
             }
-            Step::CpuRead => {
+            Step::CpuRead if !device_owns && !cpu_wrote => {
                 let seen = world.machine.machine().cpu_read(virt, len);
                 compare("CPU read", index, &seen, &shadow)?;
+            }
+            Step::SyncForCpu | Step::SyncForDevice => {
+                let point = if *step == Step::SyncForCpu {
+                    SyncPoint::ForCpu
+                } else {
+                    SyncPoint::ForDevice
+                };
+                if syncs {
+                    device
+                        .sync_coherent(&mut world.env(), &buffer, 0, len, point)
+                        .map_err(|e| e.to_string())?;
+                }
+                device_owns = point == SyncPoint::ForDevice;
+                cpu_wrote &= !device_owns;
             }
             Step::Chaos(n) => world.machine.machine().chaos(usize::from(n)),
             Step::FillAll => world.machine.machine().fill_all(),
             Step::WriteBackAll => world.machine.machine().write_back_all(),
-            Step::SyncForCpu | Step::SyncForDevice | Step::Remap => {}
+            _ => {}
         }
+    }
+    let faults = world.machine.machine().faults().to_vec();
+    if let Some(fault) = faults.first() {
+        return Err(format!("the machine faulted: {fault}"));
     }
     device
         .free_coherent(&mut world.env(), buffer)
