@@ -68,7 +68,8 @@ pub struct BenchArgs {
 /// Runs every benchmark, prints the table, and fails if a run yielded no
 /// numbers.
 pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
+    let qemu = tools::Qemu::fetch(ws)?.version()?;
     let image = crate::build_kernel(ws)?;
     let image_bytes = std::fs::metadata(&image)
         .map_err(|e| Error::io(image.clone(), e))?
@@ -119,6 +120,7 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
     let linux = (!args.skip_linux).then(|| linux_bench(ws, &dir, runs, dom0()));
 
     let results = Results {
+        qemu,
         runs,
         disk_mib: DISK_MIB,
         dom0_mem: DOM0_MEM,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
 
+use crate::board::Board;
 use crate::qemu::{self, Captured, Machine, Mode};
 use crate::{Error, Result, Workspace};
 
@@ -155,7 +156,11 @@ impl BootTest {
                     .push(format!("mm: verified 0{}", verified_line(class)));
             }
         }
-        if let Mode::XenDom0 { .. } = mode {
+        // On a board whose UART Xen cannot drive, Xen's own lines go only
+        // to its ring (printed by dom0 at boot, before this one).
+        if let Mode::XenDom0 { .. } = mode
+            && t.machine.board.is_none()
+        {
             t.expect.push("Hardware Dom0 halted".into());
         }
         t
@@ -459,6 +464,7 @@ pub fn all() -> Vec<BootTest> {
     tests.extend(xen_platform());
     tests.extend(dma());
     tests.extend(block());
+    tests.extend(board());
     tests.extend(monitor());
     tests
 }
@@ -855,6 +861,113 @@ fn dma() -> Vec<BootTest> {
             "is the linear alias of 0x",
             ": no-map pool /reserved-memory/dma-pool-dynamic, which is not in the linear map",
         ]),
+    ]
+}
+
+/// The i.MX 8M Plus EVK on QEMU 10 with its own tree: bare (entered at EL2)
+/// and as Xen dom0, the console on the i.MX UART; Xen's ring printed by
+/// dom0; the board's no-map regions (its own dsp@92400000, which Xen 4.17
+/// hands dom0 as a memory bank, and the scenarios' pools) kept out of the
+/// linear map; dma-naive faulting on a pool's linear alias.
+fn board() -> Vec<BootTest> {
+    let evk = |machine: Machine| {
+        with(machine, |m| {
+            m.board = Some(Board::Imx8mpEvk);
+            m.memory = Board::Imx8mpEvk.default_memory().into();
+        })
+    };
+    let scenario = |mut m: Machine, name: &str, bootargs: &str| {
+        m.scenario = Some(name.into());
+        m.bootargs = bootargs.into();
+        m
+    };
+    const CONSOLE: &str = "console=imx-uart@0x30890000";
+    const DSP: &str =
+        "mem: reserved /reserved-memory/dsp@92400000 base=0x92400000 size=0x2000000 static no-map";
+    let naive = |pool: &str| {
+        [
+            "dma: naive: tidepool path ok for /soc@0/bus@30800000/mmc@30b50000 buffer 0x"
+                .to_string(),
+            format!("refused: no-map pool /reserved-memory/{pool}, not in the linear map"),
+            "dma: naive: the MMU has no translation for the linear alias 0xffff0000".into(),
+            "fault: synchronous exception in kernel: class=data-abort".into(),
+            format!(": no-map pool /reserved-memory/{pool}, which is not in the linear map"),
+        ]
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let slow = |mut t: BootTest| {
+        // Four emulated CPUs under Xen on a shared host.
+        t.timeout = Duration::from_secs(180);
+        t
+    };
+    vec![
+        BootTest::new("imx8mp-bare", evk(Machine::new(Mode::Bare)))
+            .expect(&["boot: tidepool", "el=2", "boot: no hypervisor", CONSOLE, DSP])
+            .check_with(no_map_regions_not_linear)
+            .clean(),
+        slow(
+            BootTest::new("imx8mp-xen-dom0", evk(xen_dom0("256M")))
+                .expect(&[
+                    "boot: tidepool",
+                    "el=1",
+                    "xen: version 4.17",
+                    CONSOLE,
+                    "mem: bank 0x92400000 size=0x2000000",
+                    DSP,
+                    "xen: ring: (XEN) Xen version 4.17",
+                    "xen: ring: (XEN) *** LOADING DOMAIN 0 ***",
+                    "xen: console ring printed bytes=",
+                ])
+                .check_with(no_map_regions_not_linear)
+                .clean(),
+        ),
+        slow(
+            BootTest::new(
+                "imx8mp-xen-rpmsg-naive-faults",
+                scenario(evk(xen_dom0("256M")), "imx8mp-evk-rpmsg", "selftest=dma-naive"),
+            )
+            .expect(&[
+                "mem: reserved /reserved-memory/vdevbuffer@55400000 base=0x55400000 size=0x100000 static no-map",
+                "compatible=shared-dma-pool users=/soc@0/bus@30800000/mmc@30b50000",
+                "dma: pool /reserved-memory/vdevbuffer@55400000 0x55400000+0x100000 window 0xffff8",
+                "nc xen-flush=refused(EPERM) -> window VA maintenance",
+            ])
+            .crash(&strs(&naive("vdevbuffer@55400000"))),
+        ),
+        slow(
+            BootTest::new(
+                "imx8mp-xen-dynamic-pool",
+                scenario(evk(xen_dom0("256M")), "imx8mp-evk-dynamic-pool", "selftest=dma"),
+            )
+            .expect(&[
+                "dma: pool /reserved-memory/sd-dma-pool 0x",
+                "nc xen-flush=accepted -> xen cache flush",
+            ])
+            .clean(),
+        ),
+        // The monitor reads the i.MX UART by its interrupt (SPI 27). As Xen
+        // 4.17's dom0 the same input gets no interrupt on QEMU (the model
+        // receives the bytes, dom0 never takes SPI 27): not covered yet.
+        BootTest::new("imx8mp-monitor-bare", evk(Machine::new(Mode::Bare)))
+            .monitor(&["irq", "pools", "poweroff"], 0)
+            .expect(&[
+                "monitor: input imx-uart /soc@0/bus@30800000/serial@30890000 intid=59 level",
+                "boot: ready",
+                "> irq",
+                "irq: intid=59 count=",
+                " device=/soc@0/bus@30800000/serial@30890000",
+                "> pools",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "> poweroff",
+                "shutdown: poweroff",
+            ]),
+        BootTest::new(
+            "imx8mp-bare-dynamic-pool-naive-faults",
+            scenario(evk(Machine::new(Mode::Bare)), "imx8mp-evk-dynamic-pool", "selftest=dma-naive"),
+        )
+        .crash(&strs(&naive("sd-dma-pool"))),
     ]
 }
 

@@ -1,7 +1,8 @@
-//! Getting Debian packages: host tools with apt-get, and arm64 packages
-//! (Xen, a Linux kernel with board DTBs) fetched into the build directory
-//! through a private apt state, without touching the system's apt or dpkg
-//! configuration (platform.md).
+//! Getting Debian packages: host tools with apt-get, and packages fetched
+//! into the build directory through a private apt state, without touching
+//! the system's apt or dpkg configuration (platform.md): arm64 packages (Xen,
+//! a Linux kernel with board DTBs) from the system's suites, and the host's
+//! QEMU 10 from `bookworm-backports` with a sources list of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,30 +53,82 @@ pub fn has_program(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A private arm64 apt state under `dir`.
-pub struct Arm64Apt {
+/// A private apt state under `dir`, for one architecture, reading the
+/// system's sources or a sources list of its own.
+pub struct PrivateApt {
     dir: PathBuf,
+    arch: String,
+    /// Its own sources list (and an empty parts directory), if any.
+    own_sources: bool,
 }
 
-impl Arm64Apt {
-    /// Uses (creating if needed) the apt state in `dir`.
-    pub fn new(dir: &Path) -> Result<Self> {
-        for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+/// Debian's backports suite for the host's release, where QEMU 10 is.
+const BACKPORTS_SOURCE: &str = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+    http://deb.debian.org/debian bookworm-backports main\n";
+
+impl PrivateApt {
+    /// The arm64 apt state in `dir` (created if needed), reading the
+    /// system's sources.
+    pub fn arm64(dir: &Path) -> Result<Self> {
+        Self::create(dir, "arm64".into(), None)
+    }
+
+    /// The host-architecture apt state in `dir` (created if needed) whose
+    /// only source is `bookworm-backports`.
+    pub fn host_backports(dir: &Path) -> Result<Self> {
+        Self::create(dir, host_architecture()?, Some(BACKPORTS_SOURCE))
+    }
+
+    /// The host-architecture apt state in `dir` (created if needed),
+    /// reading the system's sources.
+    pub fn host(dir: &Path) -> Result<Self> {
+        Self::create(dir, host_architecture()?, None)
+    }
+
+    fn create(dir: &Path, arch: String, sources: Option<&str>) -> Result<Self> {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "debs",
+            "sources.list.d",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        if let Some(text) = sources {
+            let list = dir.join("sources.list");
+            std::fs::write(&list, text).map_err(|e| Error::io(list, e))?;
         }
         Ok(Self {
             dir: dir.to_path_buf(),
+            arch,
+            own_sources: sources.is_some(),
         })
+    }
+
+    /// The options every apt-get/apt-cache call of this state takes.
+    fn options(&self) -> Vec<String> {
+        let mut opts = vec![
+            format!("-oAPT::Architecture={}", self.arch),
+            format!("-oAPT::Architectures={}", self.arch),
+            format!("-oDir::State::Lists={}", self.dir.join("lists").display()),
+            format!("-oDir::Cache={}", self.dir.join("cache").display()),
+        ];
+        if self.own_sources {
+            opts.push(format!(
+                "-oDir::Etc::SourceList={}",
+                self.dir.join("sources.list").display()
+            ));
+            opts.push(format!(
+                "-oDir::Etc::SourceParts={}",
+                self.dir.join("sources.list.d").display()
+            ));
+        }
+        opts
     }
 
     fn apt(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("apt-get");
-        cmd.args([
-            "-q",
-            "-oAPT::Architecture=arm64",
-            "-oAPT::Architectures=arm64",
-            &format!("-oDir::State::Lists={}", self.dir.join("lists").display()),
-            &format!("-oDir::Cache={}", self.dir.join("cache").display()),
+        cmd.arg("-q").args(self.options()).args([
             "-oDebug::NoLocking=1",
             // Downloads land in a directory the unprivileged _apt user cannot
             // write; run them as the caller instead of warning.
@@ -94,33 +147,41 @@ impl Arm64Apt {
         Ok(())
     }
 
-    /// Downloads package `name` (the newest version the archive has) and
-    /// unpacks it under `dest`, unless `dest` already holds an unpacked copy.
-    pub fn fetch_and_unpack(&self, name: &str, dest: &Path) -> Result<()> {
+    /// Downloads packages `names` (the newest version the archive has of
+    /// each) and unpacks them together under `dest`, unless `dest` already
+    /// holds an unpacked copy.
+    pub fn fetch_and_unpack(&self, names: &[&str], dest: &Path) -> Result<()> {
         if dest.join(".unpacked").exists() {
             return Ok(());
         }
         self.update_once()?;
         let debs = self.dir.join("debs");
-        run_checked(self.apt(&["download", name]).current_dir(&debs))?;
-        let deb = std::fs::read_dir(&debs)
-            .map_err(|e| Error::io(debs.clone(), e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}_")))
-            })
-            .max()
-            .ok_or_else(|| {
-                Error::msg(format!(
-                    "apt-get download {name} left no .deb in {}",
-                    debs.display()
-                ))
-            })?;
+        run_checked(
+            self.apt(&[&["download"], names].concat())
+                .current_dir(&debs),
+        )?;
         std::fs::create_dir_all(dest).map_err(|e| Error::io(dest.to_path_buf(), e))?;
-        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
-        std::fs::write(dest.join(".unpacked"), deb.display().to_string())
+        let mut unpacked = Vec::new();
+        for name in names {
+            let deb = std::fs::read_dir(&debs)
+                .map_err(|e| Error::io(debs.clone(), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{name}_")))
+                })
+                .max()
+                .ok_or_else(|| {
+                    Error::msg(format!(
+                        "apt-get download {name} left no .deb in {}",
+                        debs.display()
+                    ))
+                })?;
+            run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
+            unpacked.push(deb.display().to_string());
+        }
+        std::fs::write(dest.join(".unpacked"), unpacked.join("\n"))
             .map_err(|e| Error::io(dest.to_path_buf(), e))
     }
 
@@ -129,13 +190,7 @@ impl Arm64Apt {
     pub fn newest_named(&self, prefix: &str, suffix: &str) -> Result<String> {
         self.update_once()?;
         let mut cmd = Command::new("apt-cache");
-        cmd.args([
-            "-oAPT::Architecture=arm64",
-            "-oAPT::Architectures=arm64",
-            &format!("-oDir::State::Lists={}", self.dir.join("lists").display()),
-            &format!("-oDir::Cache={}", self.dir.join("cache").display()),
-            "pkgnames",
-        ]);
+        cmd.args(self.options()).arg("pkgnames");
         let listing = cmd
             .output()
             .map_err(|e| Error::msg(format!("apt-cache: {e}")))?;
@@ -152,8 +207,21 @@ impl Arm64Apt {
         names
             .last()
             .map(|s| s.to_string())
-            .ok_or_else(|| Error::msg(format!("no arm64 package named {prefix}*{suffix}")))
+            .ok_or_else(|| Error::msg(format!("no {} package named {prefix}*{suffix}", self.arch)))
     }
+}
+
+/// The host's Debian architecture (`amd64`).
+fn host_architecture() -> Result<String> {
+    let output = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .map_err(|e| Error::msg(format!("dpkg --print-architecture: {e}")))?;
+    let arch = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || arch.is_empty() {
+        return Err(Error::msg("dpkg --print-architecture gave no architecture"));
+    }
+    Ok(arch)
 }
 
 /// Orders names like `linux-image-6.1.0-56-arm64-unsigned` by their numbers.

@@ -501,6 +501,7 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::dtb::DtWriteReason;
     use super::test_fixture::{self, VIRTIO_MMIO_COUNT};
     use super::*;
 
@@ -537,16 +538,15 @@ mod tests {
             .collect()
     }
 
-    /// QEMU's own DT for a GICv3 virt machine, or `None` if QEMU is not installed.
+    /// QEMU's own DT for a GICv3 virt machine, or `None` if xtask has not
+    /// fetched QEMU into build/qemu yet (`cargo xtask test` fetches it first).
     fn qemu_dumpdtb() -> Option<Vec<u8>> {
+        crate::tools::Qemu::unpacked(&crate::Workspace::locate().build.join("qemu")).ok()?;
         let path =
             std::env::temp_dir().join(format!("xtask-devicetree-test-{}.dtb", std::process::id()));
         let machine = crate::qemu::Machine::new(crate::qemu::Mode::XenDom0 {
             dom0_mem: "256M".into(),
         });
-        if !crate::debian::has_program("qemu-system-aarch64") {
-            return None;
-        }
         machine.dump_dtb(&path).expect("QEMU dumps its DTB");
         let bytes = std::fs::read(&path).expect("QEMU wrote the DTB");
         std::fs::remove_file(&path).expect("the DTB can be removed");
@@ -575,7 +575,7 @@ mod tests {
             Some(dtb) => assert_round_trip(&dtb),
             None => {
                 eprintln!(
-                    "qemu-system-aarch64 not found: round-tripping the vm-fdt fixture instead"
+                    "QEMU not fetched into build/qemu: round-tripping the vm-fdt fixture instead"
                 );
                 assert_round_trip(&test_fixture::qemu_like_dtb())
             }
@@ -933,11 +933,35 @@ mod tests {
         tree.add_node("/bad name").unwrap();
         let err = tree.to_dtb().unwrap_err();
         assert_eq!(err.place, "/bad name");
-        assert_eq!(err.error, vm_fdt::Error::InvalidNodeName);
+        assert_eq!(err.error, DtWriteReason::InvalidNodeName);
 
         let mut tree = fixture();
         tree.set_u32s("/psci", "phandle", &[0x8000]).unwrap();
         let err = tree.to_dtb().unwrap_err();
-        assert_eq!(err.error, vm_fdt::Error::DuplicatePhandle);
+        assert_eq!(err.error, DtWriteReason::DuplicatePhandle(0x8000));
+
+        let mut tree = fixture();
+        tree.set_empty("/psci", "bad name").unwrap();
+        let err = tree.to_dtb().unwrap_err();
+        assert_eq!(err.place, "/psci:bad name");
+        assert_eq!(err.error, DtWriteReason::InvalidPropertyName);
+    }
+
+    #[test]
+    fn long_property_names_of_linux_trees_are_written() {
+        let mut tree = fixture();
+        let name = "snps,gfladj-refclk-lpm-sel-quirk";
+        assert_eq!(name.len(), 32, "one over the specification's limit");
+        tree.set_empty("/psci", name).unwrap();
+        let written = tree.to_dtb().unwrap();
+        assert_eq!(Tree::from_dtb(&written).unwrap(), tree);
+        assert!(
+            fdt::Fdt::new(&written)
+                .unwrap()
+                .find_node("/psci")
+                .unwrap()
+                .property(name)
+                .is_some()
+        );
     }
 }

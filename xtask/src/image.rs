@@ -22,6 +22,22 @@ pub struct Image {
     pub relocations: usize,
 }
 
+/// The memory an arm64 Image (Linux's, tidepool's, Xen's) needs from its
+/// load address: the header's `image_size`, which must cover the file.
+pub fn header_memory_size(bytes: &[u8]) -> Result<u64> {
+    if bytes.len() < 64 || &bytes[56..60] != IMAGE_MAGIC {
+        return Err(Error::msg("no arm64 Image header (magic missing)"));
+    }
+    let memory_size = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if memory_size < bytes.len() as u64 {
+        return Err(Error::msg(format!(
+            "Image header image_size {memory_size:#x} is smaller than the file {:#x}",
+            bytes.len()
+        )));
+    }
+    Ok(memory_size)
+}
+
 /// Flattens the loadable segments of `elf` (linked at 0) into an Image and
 /// checks the header and relocations.
 pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
@@ -42,18 +58,8 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
         }
         bytes[vaddr..vaddr + data.len()].copy_from_slice(data);
     }
-    if bytes.len() < 64 || &bytes[56..60] != IMAGE_MAGIC {
-        return Err(Error::msg(
-            "kernel ELF does not start with an arm64 Image header (magic missing)",
-        ));
-    }
-    let memory_size = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    if memory_size < bytes.len() as u64 {
-        return Err(Error::msg(format!(
-            "Image header image_size {memory_size:#x} is smaller than the file {:#x}",
-            bytes.len()
-        )));
-    }
+    let memory_size =
+        header_memory_size(&bytes).map_err(|e| Error::msg(format!("kernel ELF: {e}")))?;
 
     let mut relocations = 0;
     if let Some(section) = file.section_by_name(".rela.dyn") {

@@ -2,6 +2,8 @@
 //! tidepool. CI runs exactly `cargo xtask test`.
 
 mod bench;
+mod board;
+mod board_image;
 mod boot_tests;
 mod command_tests;
 mod debian;
@@ -68,7 +70,8 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    fn locate() -> Self {
+    /// The workspace this xtask was built in.
+    pub fn locate() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives in the workspace")
@@ -100,6 +103,9 @@ enum Cmd {
     Test(TestArgs),
     /// Measure tidepool against Linux as Xen dom0 and print the ratios to the targets.
     Bench(bench::BenchArgs),
+    /// Write the boot files for a physical board's SD card (Xen, tidepool,
+    /// the board DTB, a U-Boot script).
+    Image(board_image::ImageArgs),
     /// Print the memory plan of a device tree blob.
     Dt {
         /// The .dtb file.
@@ -124,9 +130,9 @@ struct RunArgs {
     /// GIC version (2 or 3).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     gic: u8,
-    /// QEMU memory (-m).
-    #[arg(long, default_value = "1G")]
-    memory: String,
+    /// QEMU memory (-m; default 1G, a board's own default with --board).
+    #[arg(long)]
+    memory: Option<String>,
     /// Xen's dom0_mem.
     #[arg(long, default_value = "256M")]
     dom0_mem: String,
@@ -148,6 +154,10 @@ struct RunArgs {
     /// Use the modern (v2) virtio-mmio transport.
     #[arg(long)]
     modern_virtio: bool,
+    /// Boot on this board's QEMU model with its own device tree instead of
+    /// `virt` (imx8mp-evk); `--disk` is then its SD card.
+    #[arg(long, conflicts_with_all = ["domu", "el2", "modern_virtio"])]
+    board: Option<String>,
 }
 
 #[derive(Args)]
@@ -168,6 +178,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(&ws, args).and_then(|run| run_verdict(&run)),
         Cmd::Test(args) => test(&ws, args),
         Cmd::Bench(args) => bench::run(&ws, args),
+        Cmd::Image(args) => board_image::run(&ws, args),
         Cmd::Dt { file, json } => dt(&file, json),
     };
     match result {
@@ -226,7 +237,7 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
 /// Boots as `args` says, the console on the terminal, until QEMU is gone
 /// (see [`qemu::QemuCommand::run`]).
 fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     let image = build_kernel(ws)?;
     let mode = if args.no_xen {
         Mode::Bare
@@ -242,7 +253,15 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     let mut machine = Machine::new(mode);
     machine.gic = args.gic;
     machine.virtualization |= args.el2;
-    machine.memory = args.memory;
+    machine.board = args
+        .board
+        .as_deref()
+        .map(board::Board::from_name)
+        .transpose()?;
+    machine.memory = match (args.memory, machine.board) {
+        (None, Some(board)) => board.default_memory().to_string(),
+        (memory, _) => memory.unwrap_or_else(|| "1G".into()),
+    };
     // On a terminal the user can type, so the kernel stays up as a monitor;
     // on a pipe the monitor runs when asked, and xtask types the lines.
     let interactive = std::io::stdin().is_terminal();
@@ -354,12 +373,14 @@ fn lint(ws: &Workspace) -> Result<()> {
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).
-const KERNEL_CRATES: [&str; 10] = [
+const KERNEL_CRATES: [&str; 12] = [
     "tidepool-boot",
     "tidepool-kernel",
     "tidepool-monitor",
     "tidepool-gic",
     "tidepool-pl011",
+    "tidepool-imx-uart",
+    "tidepool-serial",
     "tidepool-virtio-blk",
     "tidepool-dma",
     "tidepool-dt",
@@ -372,7 +393,7 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         // Lints first: they fail in seconds, before anything is fetched.
         lint(ws)?;
     }
-    tools::ensure_host_tools()?;
+    tools::ensure_host_tools(ws)?;
     if !args.boot_only {
         run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args([
             "test",
@@ -399,18 +420,42 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
     let image = build_kernel(ws)?;
     let boot = boot_tests::run_all(ws, &image, args.filter.as_deref());
     let commands = command_tests::run_all(ws, args.filter.as_deref());
-    match (boot, commands.is_empty()) {
-        (Ok(()), true) => Ok(()),
-        (Ok(()), false) => Err(Error::msg(format!(
-            "failed command tests: {}",
-            commands.join(", ")
-        ))),
-        (Err(boot), true) => Err(boot),
-        (Err(boot), false) => Err(Error::msg(format!(
-            "{boot}; failed command tests: {}",
-            commands.join(", ")
-        ))),
+    let image = image_check(ws, args.filter.as_deref());
+    let mut failures = Vec::new();
+    if let Err(boot) = boot {
+        failures.push(boot.to_string());
     }
+    if !commands.is_empty() {
+        failures.push(format!("failed command tests: {}", commands.join(", ")));
+    }
+    if let Err(image) = image {
+        failures.push(format!("image check imx8mp-evk failed: {image}"));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::msg(failures.join("; ")))
+    }
+}
+
+/// The physical board's boot folder, written and checked (no boot), unless
+/// `filter` leaves it out (it matches `image-imx8mp-evk`).
+fn image_check(ws: &Workspace, filter: Option<&str>) -> Result<()> {
+    if filter.is_some_and(|f| !"image-imx8mp-evk".contains(f)) {
+        return Ok(());
+    }
+    board_image::run(
+        ws,
+        board_image::ImageArgs {
+            board: board::Board::Imx8mpEvk.name().into(),
+            out: ws.build.join("image-test/imx8mp-evk"),
+            xen: None,
+            dom0_mem: "512M".into(),
+            bootargs: String::new(),
+        },
+    )?;
+    println!("image check imx8mp-evk ... ok");
+    Ok(())
 }
 
 fn dt(file: &Path, json: bool) -> Result<()> {

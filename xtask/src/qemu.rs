@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::board::Board;
 use crate::devicetree::{self, Module, Tree};
 use crate::scenario::Scenario;
 use crate::{Error, Result, Workspace};
@@ -48,6 +49,9 @@ struct BootFiles<'f> {
     dtb: Option<&'f Path>,
     /// Xen (the Xen modes).
     xen: Option<&'f Path>,
+    /// The board's device tree, for a [`Machine::board`] boot (its CPUs and
+    /// console decide the command line).
+    board_tree: Option<&'f Tree>,
 }
 
 /// A virtio block device on the command line.
@@ -80,8 +84,12 @@ pub struct Machine {
     pub scenario: Option<String>,
     /// virtio-mmio block devices (the first gets QEMU's last transport).
     pub disks: Vec<Disk>,
-    /// Use the modern (v2) virtio-mmio interface instead of QEMU 7.2's legacy default.
+    /// Use the modern (v2) virtio-mmio interface instead of QEMU's legacy default.
     pub modern_virtio: bool,
+    /// A board with its own device tree instead of `virt` (then `disks`
+    /// is at most one SD card, and `gic`, `cpus`, `virtualization` and
+    /// `modern_virtio` do not apply: the board's tree and model decide).
+    pub board: Option<Board>,
 }
 
 impl Machine {
@@ -99,6 +107,7 @@ impl Machine {
             scenario: None,
             disks: Vec::new(),
             modern_virtio: false,
+            board: None,
         }
     }
 
@@ -142,8 +151,16 @@ impl Machine {
                 "if=none,id=disk{i},format=raw,file={}{ro}",
                 disk.file
             ));
+            // QEMU merges adjacent requests it finds queued together; an
+            // injected error then fails every request of the merge (timing
+            // decides how many): keep each request its own.
+            let merging = if disk.file.starts_with("blkdebug:") {
+                ",request-merging=off"
+            } else {
+                ""
+            };
             args.push("-device".into());
-            args.push(format!("virtio-blk-device,drive=disk{i}"));
+            args.push(format!("virtio-blk-device,drive=disk{i}{merging}"));
         }
         args
     }
@@ -166,17 +183,30 @@ impl Machine {
     /// line (without the console, which [`QemuCommand::run`] adds).
     pub fn prepare(&self, ws: &Workspace, image: &Path, run_dir: &Path) -> Result<QemuCommand> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir.to_path_buf(), e))?;
+        if self.board.is_some() && matches!(self.mode, Mode::XenDomU { .. } | Mode::LoaderOnly) {
+            return Err(Error::msg(
+                "on a board tidepool boots bare or as Xen dom0 (no domU, no loader-only boot)",
+            ));
+        }
+        let board_tree = self.board.map(|board| board.tree(ws)).transpose()?;
         let dtb = match &self.mode {
             Mode::LoaderOnly => None,
             Mode::Bare => Some(self.host_dtb(ws, run_dir, |tree| {
                 devicetree::set_bootargs(tree, &self.bootargs)
             })?),
             Mode::XenDom0 { dom0_mem } => {
-                let module = self.kernel_module(image)?;
-                let xen_bootargs = format!(
-                    "console=dtuart dtuart=/pl011@9000000 dom0_mem={dom0_mem} {}",
-                    self.xen_args
-                );
+                let mut module = self.kernel_module(image)?;
+                // On a board Xen's console is the tree's stdout-path UART,
+                // if Xen has a driver for it (Xen 4.17 has none for the
+                // i.MX UART: dom0 drives it, and prints Xen's ring).
+                let console = match (self.board, &board_tree) {
+                    (Some(board), Some(tree)) => {
+                        module.bootargs = board.dom0_bootargs(tree, &module.bootargs)?;
+                        "console=dtuart"
+                    }
+                    _ => "console=dtuart dtuart=/pl011@9000000",
+                };
+                let xen_bootargs = format!("{console} dom0_mem={dom0_mem} {}", self.xen_args);
                 Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::add_xen_dom0(tree, xen_bootargs.trim(), &module)
                 })?)
@@ -204,6 +234,7 @@ impl Machine {
             image,
             dtb: dtb.as_deref(),
             xen: xen.as_deref(),
+            board_tree: board_tree.as_ref(),
         })
     }
 
@@ -213,7 +244,16 @@ impl Machine {
             file.map(|f| f.display().to_string())
                 .ok_or_else(|| Error::msg(format!("{:?} needs {what}", self.mode)))
         };
-        let mut args = self.hardware_args(None);
+        let mut args = match (self.board, files.board_tree) {
+            (Some(board), Some(tree)) => board.hardware_args(tree, &self.memory, &self.disks)?,
+            (Some(board), None) => {
+                return Err(Error::msg(format!(
+                    "{} needs its device tree",
+                    board.name()
+                )));
+            }
+            (None, _) => self.hardware_args(None),
+        };
         let image = files.image.display().to_string();
         match &self.mode {
             Mode::LoaderOnly => {
@@ -263,21 +303,35 @@ impl Machine {
         })
     }
 
-    /// QEMU's own device tree for this machine, plus the scenario and `edit`.
+    /// The machine's device tree (QEMU's own for `virt`, the board's own
+    /// for a board: QEMU rewrites its memory node to `-m`), plus the
+    /// scenario and `edit`.
     fn host_dtb(
         &self,
         ws: &Workspace,
         run_dir: &Path,
         edit: impl FnOnce(&mut Tree) -> std::result::Result<(), devicetree::DtEditError>,
     ) -> Result<PathBuf> {
-        let qemu_dtb = run_dir.join("qemu.dtb");
-        self.dump_dtb(&qemu_dtb)?;
-        let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
-        let mut tree = Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?;
+        let mut tree = match self.board {
+            Some(board) => board.tree(ws)?,
+            None => {
+                let qemu_dtb = run_dir.join("qemu.dtb");
+                self.dump_dtb(&qemu_dtb)?;
+                let bytes = std::fs::read(&qemu_dtb).map_err(|e| Error::io(qemu_dtb.clone(), e))?;
+                Tree::from_dtb(&bytes).map_err(|e| Error::msg(format!("QEMU's DT: {e}")))?
+            }
+        };
         if let Some(name) = &self.scenario {
             let path = ws.root.join("qemu/scenarios").join(format!("{name}.toml"));
             let scenario = Scenario::load(&path)
                 .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+            let machine = self.board.map_or(crate::scenario::VIRT, Board::name);
+            if scenario.machine() != machine {
+                return Err(Error::msg(format!(
+                    "scenario {name} edits the tree of {}, not of {machine}",
+                    scenario.machine()
+                )));
+            }
             scenario
                 .apply(&mut tree)
                 .map_err(|e| Error::msg(format!("scenario {name}: {e}")))?;
@@ -550,7 +604,7 @@ impl QemuCommand {
         if let Some(why) = missing_from_base_install(&args) {
             return Err(Error::msg(format!("QEMU command line refused: {why}")));
         }
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = crate::tools::qemu();
         cmd.args(args);
         Ok(cmd)
     }
@@ -912,6 +966,7 @@ mod tests {
             image: Path::new("tidepool.img"),
             dtb: Some(Path::new("host.dtb")),
             xen: Some(Path::new("xen")),
+            board_tree: None,
         }
     }
 
@@ -1003,9 +1058,14 @@ mod tests {
             &mut files,
         );
         assert!(files.len() > 10);
-        let spawn = ["Command::new(", "QEMU"].concat();
+        // The binary is xtask's own QEMU (build/qemu): tools::Qemu makes the
+        // one `Command` for it (with its module and data folders), which
+        // only QemuCommand asks for (tools' own `--version` aside).
+        let spawn = ["tools::", "qemu()"].concat();
         let by_name = ["Command::new(\"", "qemu-system"].concat();
+        let binary = ["Command::new(&self", ".binary)"].concat();
         let mut spawns = Vec::new();
+        let mut builders = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -1013,9 +1073,14 @@ mod tests {
                 name.clone(),
                 text.matches(&spawn).count(),
             ));
-            spawns.extend(std::iter::repeat_n(name, text.matches(&by_name).count()));
+            spawns.extend(std::iter::repeat_n(
+                name.clone(),
+                text.matches(&by_name).count(),
+            ));
+            builders.extend(std::iter::repeat_n(name, text.matches(&binary).count()));
         }
         assert_eq!(spawns, ["qemu.rs"]);
+        assert_eq!(builders, ["tools.rs"]);
     }
 
     #[test]

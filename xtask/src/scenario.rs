@@ -16,11 +16,14 @@ use serde::Deserialize;
 use crate::devicetree::{DtEditError, Tree};
 
 const RESERVED_MEMORY: &str = "/reserved-memory";
+/// The `machine` of a scenario for QEMU's `virt`.
+pub const VIRT: &str = "virt";
 
 /// A loaded, checked scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
     description: String,
+    machine: String,
     remove_nodes: Vec<String>,
     regions: Vec<Region>,
     edits: Vec<NodeEdit>,
@@ -126,12 +129,22 @@ pub enum Problem {
     FalseProperty(String),
     /// An extra property set to an empty list (write `true` for an empty property).
     EmptyList(String),
+    /// `machine` names neither `virt` nor a board xtask knows.
+    UnknownMachine(String),
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::EmptyDescription => f.write_str("the description is empty"),
+            Self::UnknownMachine(name) => {
+                let boards: Vec<&str> = crate::board::BOARDS.iter().map(|b| b.name()).collect();
+                write!(
+                    f,
+                    "machine `{name}` is neither `virt` nor a board ({})",
+                    boards.join(", ")
+                )
+            }
             Self::BadRegionName => {
                 f.write_str("a region name must be non-empty and contain no `/`")
             }
@@ -193,6 +206,8 @@ impl std::error::Error for ScenarioError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ScenarioFile {
     description: String,
+    #[serde(default)]
+    machine: Option<String>,
     #[serde(default)]
     remove_nodes: Vec<String>,
     #[serde(default)]
@@ -405,6 +420,10 @@ impl Scenario {
         if file.description.trim().is_empty() {
             return Err(invalid("description", Problem::EmptyDescription));
         }
+        let machine = file.machine.unwrap_or_else(|| VIRT.to_string());
+        if machine != VIRT && crate::board::Board::from_name(&machine).is_err() {
+            return Err(invalid("machine", Problem::UnknownMachine(machine)));
+        }
         let regions = file
             .reserved_memory
             .into_iter()
@@ -427,6 +446,7 @@ impl Scenario {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             description: file.description,
+            machine,
             remove_nodes: file.remove_nodes,
             regions,
             edits,
@@ -436,6 +456,12 @@ impl Scenario {
     /// The scenario's one-line description.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The machine whose tree it edits: `virt` (the default) or a board's
+    /// name (`imx8mp-evk`).
+    pub fn machine(&self) -> &str {
+        &self.machine
     }
 
     /// Applies the scenario to `tree`. On error `tree` is left unchanged.
@@ -547,11 +573,40 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/scenarios")
     }
 
+    /// The tree a scenario for `machine` edits: the fixture for `virt`, the
+    /// board's own tree (`None` if Debian's kernel package, which the board
+    /// test fetches, is not in build/ yet).
+    fn machine_tree(machine: &str) -> Option<Tree> {
+        if machine == VIRT {
+            return Some(fixture());
+        }
+        let ws = crate::Workspace::locate();
+        let board = crate::board::Board::from_name(machine).unwrap();
+        ws.build
+            .join("linux-image/.unpacked")
+            .exists()
+            .then(|| board.tree(&ws).expect("the board's tree"))
+    }
+
+    /// Loads `qemu/scenarios/NAME.toml`, applies it to its machine's tree,
+    /// and returns the tree as re-read from the written DTB (`None` for a
+    /// board whose tree is not fetched).
+    fn applied_to_machine(name: &str) -> Option<Tree> {
+        let path = scenarios_dir().join(format!("{name}.toml"));
+        let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut tree = machine_tree(scenario.machine())?;
+        scenario
+            .apply(&mut tree)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Some(Tree::from_dtb(&tree.to_dtb().expect("writes")).expect("re-parses"))
+    }
+
     /// Loads `qemu/scenarios/NAME.toml`, applies it to the fixture, and
     /// returns the tree as re-read from the written DTB.
     fn applied(name: &str) -> Tree {
         let path = scenarios_dir().join(format!("{name}.toml"));
         let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(scenario.machine(), VIRT, "{name}");
         let mut tree = fixture();
         scenario
             .apply(&mut tree)
@@ -626,13 +681,16 @@ mod tests {
             if path.extension().is_some_and(|e| e == "toml") {
                 let name = path.file_stem().unwrap().to_string_lossy().into_owned();
                 assert!(!Scenario::load(&path).unwrap().description().is_empty());
-                applied(&name);
+                applied_to_machine(&name);
                 names.push(name);
             }
         }
         names.sort();
         for expected in [
             "dynamic-pool",
+            "imx8mp-evk-dynamic-pool",
+            "imx8mp-evk-rpmsg",
+            "imx8mp-evk-stock",
             "imx8-like",
             "noncoherent",
             "static-pool",
@@ -643,6 +701,74 @@ mod tests {
                 "qemu/scenarios/{expected}.toml is missing"
             );
         }
+    }
+
+    #[test]
+    fn unknown_machines_are_refused() {
+        let err = Scenario::parse("description = \"x\"\nmachine = \"pi5\"").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("machine `pi5` is neither `virt` nor a board (imx8mp-evk)"),
+            "{err}"
+        );
+        let board = Scenario::parse("description = \"x\"\nmachine = \"imx8mp-evk\"").unwrap();
+        assert_eq!(board.machine(), "imx8mp-evk");
+        assert_eq!(
+            Scenario::parse("description = \"x\"").unwrap().machine(),
+            VIRT
+        );
+    }
+
+    /// The SD slot's uSDHC in the EVK's tree.
+    const EVK_SD: &str = "/soc@0/bus@30800000/mmc@30b50000";
+
+    #[test]
+    fn evk_rpmsg_layout_wires_vdevbuffer_to_the_sd_slot() {
+        let Some(tree) = applied_to_machine("imx8mp-evk-rpmsg") else {
+            eprintln!("board tree not fetched: skipping");
+            return;
+        };
+        for (name, size) in [
+            ("vdev0vring0@55000000", 0x8000),
+            ("vdev0vring1@55008000", 0x8000),
+            ("rsc-table@550ff000", 0x1000),
+            ("vdevbuffer@55400000", 0x10_0000),
+        ] {
+            let node = tree.node(&format!("{RESERVED_MEMORY}/{name}")).unwrap();
+            assert_eq!(node.property("no-map").unwrap(), b"", "{name}");
+            let reg = node.property("reg").unwrap();
+            assert_eq!(&reg[12..16], &(size as u32).to_be_bytes(), "{name}");
+        }
+        let pool = tree
+            .node(&format!("{RESERVED_MEMORY}/vdevbuffer@55400000"))
+            .unwrap();
+        assert_eq!(pool.property("compatible").unwrap(), b"shared-dma-pool\0");
+        assert_eq!(
+            u32_at(tree.node(EVK_SD).unwrap(), "memory-region"),
+            u32_at(pool, "phandle")
+        );
+        // The board's own no-map region is kept.
+        assert!(
+            tree.node(&format!("{RESERVED_MEMORY}/dsp@92400000"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn evk_dynamic_pool_is_wired_to_the_sd_slot() {
+        let Some(tree) = applied_to_machine("imx8mp-evk-dynamic-pool") else {
+            eprintln!("board tree not fetched: skipping");
+            return;
+        };
+        let pool = tree
+            .node(&format!("{RESERVED_MEMORY}/sd-dma-pool"))
+            .unwrap();
+        assert!(pool.property("reg").is_none());
+        assert_eq!(pool.property("no-map").unwrap(), b"");
+        assert_eq!(
+            u32_at(tree.node(EVK_SD).unwrap(), "memory-region"),
+            u32_at(pool, "phandle")
+        );
     }
 
     #[test]

@@ -2,20 +2,158 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-use crate::debian::{Arm64Apt, ensure_host_tool};
+use crate::debian::{PrivateApt, ensure_host_tool};
 use crate::{Error, Result, Workspace, run_checked};
 
 /// The Xen package and the hypervisor image inside it.
 const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
 const XEN_IMAGE_IN_PACKAGE: &str = "boot/xen-4.17-arm64";
 
-/// Makes sure QEMU, the device-tree tools and dpkg-deb are installed.
-pub fn ensure_host_tools() -> Result<()> {
-    ensure_host_tool("qemu-system-aarch64", "qemu-system-arm")?;
+/// Makes sure the device-tree tools and dpkg-deb are installed and QEMU is
+/// fetched.
+pub fn ensure_host_tools(ws: &Workspace) -> Result<()> {
     // The board test reads every DTB a second way, with libfdt's fdtdump.
     ensure_host_tool("fdtdump", "device-tree-compiler")?;
-    ensure_host_tool("dpkg-deb", "dpkg")
+    ensure_host_tool("dpkg-deb", "dpkg")?;
+    Qemu::fetch(ws).map(|_| ())
+}
+
+/// QEMU's Debian packages (bookworm-backports, QEMU 10): the emulator,
+/// its loadable modules, and its firmware and option ROMs.
+const QEMU_PACKAGES: [&str; 3] = ["qemu-system-arm", "qemu-system-common", "qemu-system-data"];
+
+/// The one QEMU every run uses: Debian's QEMU 10 from bookworm-backports,
+/// unpacked into build/qemu. QEMU 10 is needed for `-machine imx8mp-evk`
+/// (Debian 12's QEMU 7.2 has no such machine), and the `virt` boot tests
+/// pass under it too, so a fresh machine needs no system QEMU at all.
+pub struct Qemu {
+    binary: PathBuf,
+    modules: PathBuf,
+    data: PathBuf,
+}
+
+impl Qemu {
+    /// The QEMU unpacked in `ws`'s build/qemu, fetching it first if needed.
+    pub fn fetch(ws: &Workspace) -> Result<&'static Qemu> {
+        static QEMU: OnceLock<Qemu> = OnceLock::new();
+        static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _fetching = FETCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(qemu) = QEMU.get() {
+            return Ok(qemu);
+        }
+        let dest = ws.build.join("qemu");
+        if !dest.join(".unpacked").exists() {
+            eprintln!(
+                "xtask: fetching QEMU 10 ({}, bookworm-backports) into {}",
+                QEMU_PACKAGES.join(" "),
+                dest.display()
+            );
+            PrivateApt::host_backports(&ws.build.join("apt-host-backports"))?
+                .fetch_and_unpack(&QEMU_PACKAGES, &dest)?;
+        }
+        let qemu = Self::unpacked(&dest)?;
+        Ok(QEMU.get_or_init(|| qemu))
+    }
+
+    /// The QEMU unpacked under `dest`, if it is complete.
+    pub fn unpacked(dest: &Path) -> Result<Qemu> {
+        let binary = dest.join("usr/bin/qemu-system-aarch64");
+        let data = dest.join("usr/share/qemu");
+        // The modules live under the host's multiarch triplet
+        // (usr/lib/x86_64-linux-gnu/qemu on amd64).
+        let lib = dest.join("usr/lib");
+        let modules = std::fs::read_dir(&lib)
+            .map_err(|e| Error::io(lib.clone(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path().join("qemu")))
+            .find(|p| p.is_dir())
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "no usr/lib/*/qemu module folder in {}",
+                    dest.display()
+                ))
+            })?;
+        for path in [&binary, &data] {
+            if !path.exists() {
+                return Err(Error::msg(format!(
+                    "the unpacked QEMU lacks {}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Qemu {
+            binary,
+            modules,
+            data,
+        })
+    }
+
+    /// A command running this QEMU with its own modules and data folder
+    /// (otherwise it would load the system's modules and firmware, if any).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.env("QEMU_MODULE_DIR", &self.modules)
+            .arg("-L")
+            .arg(&self.data);
+        cmd
+    }
+
+    /// `qemu-system-aarch64 --version`'s first line, e.g. "QEMU emulator
+    /// version 10.0.2 (Debian ...)".
+    pub fn version(&self) -> Result<String> {
+        let output = self
+            .command()
+            .arg("--version")
+            .output()
+            .map_err(|e| Error::msg(format!("{} --version: {e}", self.binary.display())))?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
+/// U-Boot's `mkimage`: the system's if installed, otherwise Debian's
+/// `u-boot-tools` fetched once into build/u-boot-tools (no system install).
+pub fn mkimage(ws: &Workspace) -> Result<PathBuf> {
+    if crate::debian::has_program("mkimage") {
+        return Ok(PathBuf::from("mkimage"));
+    }
+    let dest = ws.build.join("u-boot-tools");
+    let binary = dest.join("usr/bin/mkimage");
+    if !binary.is_file() {
+        eprintln!(
+            "xtask: fetching u-boot-tools (for mkimage) into {}",
+            dest.display()
+        );
+        PrivateApt::host(&ws.build.join("apt-host"))?.fetch_and_unpack(&["u-boot-tools"], &dest)?;
+    }
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(Error::msg(format!(
+            "u-boot-tools has no {}",
+            binary.display()
+        )))
+    }
+}
+
+/// A command running the QEMU of this workspace (build/qemu, which
+/// [`ensure_host_tools`] fetches first in every command that runs QEMU;
+/// spawning fails with the binary's path if it is not there).
+pub fn qemu() -> Command {
+    let dest = Workspace::locate().build.join("qemu");
+    Qemu::unpacked(&dest)
+        .unwrap_or_else(|_| Qemu {
+            binary: dest.join("usr/bin/qemu-system-aarch64"),
+            modules: dest.join("usr/lib/qemu"),
+            data: dest.join("usr/share/qemu"),
+        })
+        .command()
 }
 
 /// The kernel's target triple (also named in rust-toolchain.toml).
@@ -142,7 +280,7 @@ pub fn xen_image(ws: &Workspace) -> Result<PathBuf> {
             "xtask: fetching {XEN_PACKAGE} (arm64) into {}",
             dest.display()
         );
-        Arm64Apt::new(&ws.build.join("apt-arm64"))?.fetch_and_unpack(XEN_PACKAGE, &dest)?;
+        PrivateApt::arm64(&ws.build.join("apt-arm64"))?.fetch_and_unpack(&[XEN_PACKAGE], &dest)?;
     }
     if image.is_file() {
         Ok(image)
@@ -156,7 +294,7 @@ pub fn xen_image(ws: &Workspace) -> Result<PathBuf> {
 /// The board device trees shipped in Debian's newest arm64 Linux image
 /// package (for the device-tree plan test), fetched once into build/.
 pub fn board_dtbs(ws: &Workspace) -> Result<PathBuf> {
-    let apt = Arm64Apt::new(&ws.build.join("apt-arm64"))?;
+    let apt = PrivateApt::arm64(&ws.build.join("apt-arm64"))?;
     let dest = ws.build.join("linux-image");
     if !dest.join(".unpacked").exists() {
         let package = apt.newest_named("linux-image-6.1.0-", "-arm64-unsigned")?;
@@ -164,7 +302,7 @@ pub fn board_dtbs(ws: &Workspace) -> Result<PathBuf> {
             "xtask: fetching {package} (arm64, for its board DTBs) into {}",
             dest.display()
         );
-        apt.fetch_and_unpack(&package, &dest)?;
+        apt.fetch_and_unpack(&[&package], &dest)?;
     }
     let lib = dest.join("usr/lib");
     let dir = std::fs::read_dir(&lib)

@@ -18,6 +18,7 @@
 
 use core::fmt;
 
+use tidepool_serial::for_each_terminal_byte;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
@@ -208,21 +209,6 @@ impl BaudDivisor {
             fractional,
         })
     }
-}
-
-/// Feeds `bytes` to `emit` with each `\n` preceded by `\r`, stopping at the
-/// first error.
-fn for_each_terminal_byte<E>(
-    bytes: &[u8],
-    mut emit: impl FnMut(u8) -> Result<(), E>,
-) -> Result<(), E> {
-    for &byte in bytes {
-        if byte == b'\n' {
-            emit(b'\r')?;
-        }
-        emit(byte)?;
-    }
-    Ok(())
 }
 
 /// A PL011 UART.
@@ -498,31 +484,6 @@ mod tests {
             BaudDivisor::new(16 * 65_535 + 8, 1),
             error(16 * 65_535 + 8, 1)
         );
-    }
-
-    #[test]
-    fn newlines_become_crlf() {
-        let mut out = Vec::new();
-        for_each_terminal_byte::<()>(b"a\nb\n\n", |byte| {
-            out.push(byte);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(out, b"a\r\nb\r\n\r\n");
-    }
-
-    #[test]
-    fn emission_stops_at_first_error() {
-        let mut out = Vec::new();
-        let result = for_each_terminal_byte(b"ab\nc", |byte| {
-            if byte == b'\r' {
-                return Err(byte);
-            }
-            out.push(byte);
-            Ok(())
-        });
-        assert_eq!(result, Err(b'\r'));
-        assert_eq!(out, b"ab");
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   sectors of every block device, then flush;
 //! - `bench=MIB`: the block benchmark over the first `MIB` MiB of the first
 //!   block device;
+//! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
+//!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
+//!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
+//!   does not drive (the i.MX UART under Xen 4.17) is told this way;
 //! - `monitor`: after the boot work, read commands from the console instead
 //!   of powering off.
 //!
@@ -75,6 +79,8 @@ pub struct Bootargs<'a> {
     pub blk_write: Option<SectorRange>,
     /// `bench=`: MiB to benchmark over.
     pub bench_mib: Option<u64>,
+    /// `console-uart=`: the UART to drive as the console.
+    pub console_uart: Option<&'a str>,
     /// `monitor`: run the console monitor after boot.
     pub monitor: bool,
     raw: &'a str,
@@ -113,6 +119,7 @@ impl<'a> Bootargs<'a> {
             blk_verify: None,
             blk_write: None,
             bench_mib: None,
+            console_uart: None,
             monitor: false,
             raw: line,
         };
@@ -157,6 +164,8 @@ impl<'a> Bootargs<'a> {
             "bench" => {
                 self.bench_mib = Some(value.parse().ok().filter(|&m| m > 0).ok_or_else(bad)?)
             }
+            "console-uart" if !value.is_empty() => self.console_uart = Some(value),
+            "console-uart" => return Err(bad()),
             "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
             // Words Linux-style loaders commonly add, accepted silently.
             "console" | "earlycon" | "root" | "rw" | "ro" => {}
@@ -180,6 +189,24 @@ pub fn parse_size(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_uart_names_a_node_or_alias() {
+        let a = Bootargs::parse("console-uart=serial1 log=debug");
+        assert_eq!(a.console_uart, Some("serial1"));
+        assert_eq!(a.errors().count(), 0);
+        let a = Bootargs::parse("console-uart=/soc@0/bus@30800000/serial@30890000");
+        assert_eq!(a.console_uart, Some("/soc@0/bus@30800000/serial@30890000"));
+        let a = Bootargs::parse("console-uart=");
+        assert_eq!(a.console_uart, None);
+        assert_eq!(
+            a.errors().collect::<Vec<_>>(),
+            [BootargError::BadValue {
+                key: "console-uart",
+                value: ""
+            }]
+        );
+    }
 
     #[test]
     fn block_words() {

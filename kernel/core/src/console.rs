@@ -4,8 +4,8 @@
 //! backend in one piece (one `console_io` hypercall under Xen). With no lock
 //! anywhere on the path, the same code serves as the emergency console of the
 //! fault and panic handlers. The backend is chosen once at boot: Xen's
-//! `console_io`, the PL011 named by `/chosen/stdout-path`, or, when the device
-//! tree is unusable, the build-time early UART.
+//! `console_io`, the UART named by `/chosen/stdout-path` (PL011 or i.MX), or,
+//! when the device tree is unusable, the build-time early UART.
 
 use core::fmt;
 
@@ -93,6 +93,8 @@ mod backend {
         Xen,
         /// A PL011 (or SBSA) UART at this address.
         Pl011(usize),
+        /// An i.MX UART at this address.
+        ImxUart(usize),
     }
 
     impl fmt::Display for Backend {
@@ -101,6 +103,7 @@ mod backend {
                 Backend::None => f.write_str("none"),
                 Backend::Xen => f.write_str("console_io"),
                 Backend::Pl011(base) => write!(f, "pl011@{base:#x}"),
+                Backend::ImxUart(base) => write!(f, "imx-uart@{base:#x}"),
             }
         }
     }
@@ -110,26 +113,36 @@ mod backend {
     static KIND: AtomicU8 = AtomicU8::new(0);
     static UART: AtomicUsize = AtomicUsize::new(0);
 
-    /// Selects the backend. Called at boot before anything else runs.
+    /// Selects the backend. Called at boot before anything else runs; an
+    /// i.MX UART nobody set up is enabled here (see `tidepool_imx_uart`).
     pub fn select(backend: Backend) {
         let (kind, base) = match backend {
             Backend::None => (0, 0),
             Backend::Xen => (1, 0),
             Backend::Pl011(base) => (2, base),
+            Backend::ImxUart(base) => {
+                // SAFETY: as in `write_line`: the base is the stdout-path
+                // UART's, mapped as Device memory (identity before the MMU
+                // is on, its window after), and only the console drives it.
+                unsafe { tidepool_imx_uart::ImxUart::new(base) }.enable();
+                (3, base)
+            }
         };
         UART.store(base, Ordering::Relaxed);
         KIND.store(kind, Ordering::Release);
     }
 
-    /// Once the MMU is on, moves a PL011 console to its window in `map`
+    /// Once the MMU is on, moves a UART console to its window in `map`
     /// (the identity address is no longer mapped). A UART without a window
     /// (not named by `stdout-path`, e.g. the build-time early UART) goes
     /// quiet rather than fault.
     pub fn move_to_window(map: &tidepool_mm::AddressMap) {
-        if KIND.load(Ordering::Acquire) == 2 {
+        let kind = KIND.load(Ordering::Acquire);
+        if kind == 2 || kind == 3 {
             let base = UART.load(Ordering::Relaxed) as u64;
             match map.window_address(tidepool_mm::PhysAddr(base)) {
-                Some(window) => select(Backend::Pl011(window.0 as usize)),
+                Some(window) if kind == 2 => select(Backend::Pl011(window.0 as usize)),
+                Some(window) => select(Backend::ImxUart(window.0 as usize)),
                 None => select(Backend::None),
             }
         }
@@ -152,6 +165,16 @@ mod backend {
                 // the MMU's MMIO window after); the PL011 is only ever driven
                 // through this stateless transmit path.
                 let uart = unsafe { tidepool_pl011::Pl011::new(UART.load(Ordering::Relaxed)) };
+                // A UART that reports an error has nowhere else to report it.
+                let _ = uart.write_bytes(bytes);
+            }
+            3 => {
+                // SAFETY: the base was taken from the device tree's
+                // stdout-path node and is mapped as Device memory (identity
+                // before the MMU is on, by its MMIO window after); the
+                // console only transmits, and receive is left to whoever
+                // takes the UART's interrupt.
+                let uart = unsafe { tidepool_imx_uart::ImxUart::new(UART.load(Ordering::Relaxed)) };
                 // A UART that reports an error has nowhere else to report it.
                 let _ = uart.write_bytes(bytes);
             }

@@ -8,8 +8,9 @@
 //! ([`ConsoleInput::drain`]); its interrupt handler calls [`receive`].
 //! [`start`] takes the one source the kernel reads. The monitor sees only
 //! bytes ([`read`], [`wait`]), whatever the device: here Xen's console as
-//! dom0 (`CONSOLEIO_read` on `VIRQ_CONSOLE`) and the PL011 (bare metal, or
-//! Xen's vpl011 in a dom0less domU).
+//! dom0 (`CONSOLEIO_read` on `VIRQ_CONSOLE`), the PL011 (bare metal, or
+//! Xen's vpl011 in a dom0less domU) and the i.MX UART (bare metal, or as a
+//! dom0 that drives it because Xen cannot).
 //!
 //! The ring ([`InputRing`]) has one producer (the source's interrupt
 //! handler, IRQs masked) and one consumer (the monitor): no lock. A full
@@ -23,6 +24,7 @@ use alloc::boxed::Box;
 use spin::Once;
 use tidepool_dt::{DeviceTree, Uart, UartKind};
 use tidepool_gic::{IntId, Trigger};
+use tidepool_imx_uart::ImxUart;
 use tidepool_mm::{AddressMap, PhysAddr};
 use tidepool_monitor::InputRing;
 use tidepool_pl011::Pl011;
@@ -105,22 +107,28 @@ impl fmt::Display for InputError {
     }
 }
 
-/// Picks the console's input for this platform and starts it: Xen's
-/// console as the hardware domain, the vpl011 as another Xen guest, the
-/// `stdout-path` PL011 on bare metal.
+/// Picks the console's input for this platform and starts it: the i.MX
+/// UART the console writes to (`console_uart`, its physical address), else
+/// Xen's console as the hardware domain, the vpl011 as another Xen guest,
+/// the `stdout-path` PL011 on bare metal.
 pub fn start_for_platform(
     dt: &'static DeviceTree,
     memory: &'static MemorySetup<'static>,
+    console_uart: Option<u64>,
 ) -> Result<&'static dyn ConsoleInput, InputError> {
     static XEN_CONSOLE: XenConsoleInput = XenConsoleInput::new();
     let map = &memory.layout.address_map;
     let uarts = &dt.platform.uarts;
-    let pl011 = |uart: &'static Uart| -> Result<&'static dyn ConsoleInput, InputError> {
-        Ok(Box::leak(Box::new(Pl011Input::new(uart, map)?)))
+    let uart_input = |uart: &'static Uart| -> Result<&'static dyn ConsoleInput, InputError> {
+        Ok(Box::leak(Box::new(UartInput::new(uart, map)?)))
     };
+    let imx_console = uarts
+        .iter()
+        .find(|u| u.kind == UartKind::Imx && Some(u.reg.base()) == console_uart);
     let source = match crate::xen::domain() {
+        _ if let Some(uart) = imx_console => uart_input(uart)?,
         Some(domain) if domain.features.has(XenFeature::Dom0) => &XEN_CONSOLE,
-        Some(_) => pl011(
+        Some(_) => uart_input(
             uarts
                 .iter()
                 .find(|u| u.kind == UartKind::SbsaUart)
@@ -128,7 +136,7 @@ pub fn start_for_platform(
         )?,
         None => {
             let stdout = dt.platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
-            pl011(
+            uart_input(
                 uarts
                     .iter()
                     .find(|u| Some(u.path.as_str()) == stdout)
@@ -253,15 +261,22 @@ impl ConsoleInput for XenConsoleInput {
     }
 }
 
-/// A PL011 (or Xen's vpl011, an SBSA UART) receiving by interrupt.
-pub struct Pl011Input {
-    uart: Pl011,
+/// The UART drivers that receive: a PL011 (or Xen's vpl011, an SBSA UART)
+/// or an i.MX UART.
+enum Receiver {
+    Pl011(Pl011),
+    Imx(ImxUart),
+}
+
+/// A UART receiving by interrupt.
+pub struct UartInput {
+    uart: Receiver,
     path: &'static str,
     intid: IntId,
     trigger: Trigger,
 }
 
-impl Pl011Input {
+impl UartInput {
     /// The UART of device-tree node `node`, through its window in `map`.
     pub fn new(node: &'static Uart, map: &AddressMap) -> Result<Self, InputError> {
         let path = node.path.as_str();
@@ -271,11 +286,21 @@ impl Pl011Input {
         let window = map
             .window_address(PhysAddr(phys))
             .ok_or(InputError::NotMapped { path, phys })?;
-        // SAFETY: the window maps this UART's register block as Device
-        // memory for the kernel's lifetime; the console's transmit path is
-        // the only other user, and it programs nothing (it only writes DR
-        // and reads FR).
-        let uart = unsafe { Pl011::new(window.0 as usize) };
+        let uart = match node.kind {
+            UartKind::Pl011 | UartKind::SbsaUart => {
+                // SAFETY: the window maps this UART's register block as
+                // Device memory for the kernel's lifetime; the console's
+                // transmit path is the only other user, and it programs
+                // nothing (it only writes DR and reads FR).
+                Receiver::Pl011(unsafe { Pl011::new(window.0 as usize) })
+            }
+            UartKind::Imx => {
+                // SAFETY: as for the PL011; the console's transmit path
+                // enabled the UART once and then only writes UTXD and
+                // reads UTS.
+                Receiver::Imx(unsafe { ImxUart::new(window.0 as usize) })
+            }
+        };
         Ok(Self {
             uart,
             path,
@@ -285,11 +310,15 @@ impl Pl011Input {
     }
 }
 
-impl fmt::Display for Pl011Input {
+impl fmt::Display for UartInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.uart {
+            Receiver::Pl011(_) => "pl011",
+            Receiver::Imx(_) => "imx-uart",
+        };
         write!(
             f,
-            "pl011 {} intid={} {}",
+            "{kind} {} intid={} {}",
             self.path,
             self.intid.raw(),
             self.trigger
@@ -297,20 +326,34 @@ impl fmt::Display for Pl011Input {
     }
 }
 
-impl ConsoleInput for Pl011Input {
+impl ConsoleInput for UartInput {
     fn attach(&'static self) -> Result<(), InputError> {
         irq::register(self.intid, self.trigger, &on_interrupt).map_err(InputError::Irq)?;
-        self.uart.enable_receive_interrupts();
+        match &self.uart {
+            Receiver::Pl011(uart) => uart.enable_receive_interrupts(),
+            Receiver::Imx(uart) => uart.enable_receive_interrupts(),
+        }
         Ok(())
     }
 
     fn drain(&self, deliver: &mut dyn FnMut(u8)) {
-        while let Some(received) = self.uart.receive() {
-            match received {
-                Ok(byte) => deliver(byte),
-                Err(_) => device_error(),
+        let mut take = |received: Result<u8, ()>| match received {
+            Ok(byte) => deliver(byte),
+            Err(()) => device_error(),
+        };
+        match &self.uart {
+            Receiver::Pl011(uart) => {
+                while let Some(received) = uart.receive() {
+                    take(received.map_err(drop));
+                }
+                uart.clear_receive_interrupts();
+            }
+            // The i.MX UART's receive interrupt ends when its FIFO is empty.
+            Receiver::Imx(uart) => {
+                while let Some(received) = uart.receive() {
+                    take(received.map_err(drop));
+                }
             }
         }
-        self.uart.clear_receive_interrupts();
     }
 }

@@ -168,15 +168,18 @@ pub fn run(dma: &mut Dma, dt: &'static DeviceTree) {
 /// (`phys_to_virt`, then `DC CIVAC` by that address), which faults.
 pub fn run_naive(dma: &mut Dma, dt: &'static DeviceTree) -> ! {
     let map = dma.address_map();
-    let with_pool =
-        dt.platform.virtio_mmio.iter().find(|v| {
-            crate::dma::device_pool(dt, &v.memory_regions).is_some_and(|pool| pool.no_map)
-        });
-    let Some(node) = with_pool else {
+    // Any device the tree gives a no-map DMA pool (virtio on QEMU virt, the
+    // uSDHC on the i.MX 8M Plus): no driver is needed to show the fault.
+    let with_pool = dt.plan.reserved().iter().find_map(|region| {
+        let user = region.users.first()?;
+        (region.no_map && region.is_dma_pool()).then_some((region, user))
+    });
+    let Some((pool, node)) = with_pool else {
         error!("dma: naive: no device with a no-map pool in the device tree");
         shutdown(ShutdownReason::Crash);
     };
-    let mut device = match dma.device(dt, &node.path, node.dma_coherent, &node.memory_regions) {
+    let regions = core::slice::from_ref(&pool.path);
+    let mut device = match dma.device(dt, &node.path, node.dma_coherent, regions) {
         Ok(device) => device,
         Err(err) => {
             error!("{err}");

@@ -1,7 +1,10 @@
-//! The first look at the device tree, before the MMU and heap exist: is the
-//! blob usable, are we under Xen, where is the console, how do we power off.
-//! Allocation-free; the full memory plan is computed later (tidepool-dt).
+//! The first look at the device tree, before the MMU is on: is the blob
+//! usable, are we under Xen, where is the console, how do we power off. Only
+//! the boot heap exists (a blob with NOP tokens is copied into it); the full
+//! memory plan is computed later (tidepool-dt).
 
+use alloc::borrow::Cow;
+use alloc::boxed::Box;
 use core::fmt;
 
 /// Largest device tree accepted (Linux's limit too).
@@ -9,7 +12,7 @@ const MAX_DTB_SIZE: usize = 2 << 20;
 const FDT_MAGIC: u32 = 0xd00d_feed;
 
 /// Why the blob at x0 is not a usable device tree.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum DtbError {
     /// x0 was 0: the loader passed no device tree.
     Null,
@@ -19,6 +22,8 @@ pub enum DtbError {
     BadMagic(u32),
     /// `totalsize` is implausible.
     BadSize(usize),
+    /// The structural check (tidepool-dt) rejected the blob.
+    Structure(tidepool_dt::DtbError),
     /// The `fdt` crate rejected the blob.
     Parse(fdt::FdtError),
 }
@@ -32,6 +37,7 @@ impl fmt::Display for DtbError {
                 write!(f, "no FDT magic (found {m:#010x}, want {FDT_MAGIC:#010x})")
             }
             Self::BadSize(s) => write!(f, "implausible totalsize {s:#x} (limit {MAX_DTB_SIZE:#x})"),
+            Self::Structure(e) => write!(f, "malformed: {e}"),
             Self::Parse(e) => write!(f, "malformed: {e}"),
         }
     }
@@ -70,6 +76,16 @@ pub unsafe fn blob_at(addr: usize) -> Result<&'static [u8], DtbError> {
     Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, size) })
 }
 
+/// `blob` as the `fdt` crate can read it without panicking (see
+/// [`tidepool_dt::fdt_readable`]); a copy without NOP tokens lives in the
+/// heap for the kernel's lifetime.
+pub fn readable(blob: &'static [u8]) -> Result<&'static [u8], DtbError> {
+    match tidepool_dt::fdt_readable(blob).map_err(DtbError::Structure)? {
+        Cow::Borrowed(bytes) => Ok(bytes),
+        Cow::Owned(copy) => Ok(Box::leak(copy.into_boxed_slice())),
+    }
+}
+
 /// How PSCI is reached, from `/psci`'s `method`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PsciMethod {
@@ -84,8 +100,9 @@ pub enum PsciMethod {
 pub struct EarlyPlatform<'a> {
     /// A `/hypervisor` node compatible with `xen,xen` exists.
     pub xen: bool,
-    /// The PL011/SBSA UART named by `/chosen/stdout-path`, if any.
-    pub stdout_uart: Option<u64>,
+    /// The UART named by `/chosen/stdout-path`, if the kernel drives its
+    /// kind: the kind and its first `reg` address.
+    pub stdout_uart: Option<(tidepool_dt::UartKind, u64)>,
     /// PSCI's conduit, if a `/psci` node says.
     pub psci: Option<PsciMethod>,
     /// `/chosen/bootargs` (empty if absent).
@@ -109,6 +126,25 @@ fn node_at<'b, 'a>(dt: &'b fdt::Fdt<'a>, path: &str) -> Option<fdt::node::FdtNod
     Some(node)
 }
 
+/// The UART `spec` names (a node path or an `/aliases` name, optionally
+/// followed by `:options`, as in `stdout-path`), if the kernel drives its
+/// kind: the kind and its first `reg` address.
+pub fn uart(dt: &fdt::Fdt<'_>, spec: &str) -> Option<(tidepool_dt::UartKind, u64)> {
+    let path = spec.split(':').next().unwrap_or(spec);
+    let node = if path.starts_with('/') {
+        node_at(dt, path)
+    } else {
+        dt.aliases()?.resolve_node(path)
+    }?;
+    let kind = tidepool_dt::UartKind::from_compatible(node.compatible()?.all())?;
+    // The fdt crate does not translate through bus `ranges`: the buses above
+    // the UARTs this reads (QEMU virt, i.MX 8M) map 1:1. The full device
+    // tree (tidepool-dt) translates, and the console moves to its window
+    // once the MMU is on.
+    let region = node.reg()?.next()?;
+    Some((kind, region.starting_address as u64))
+}
+
 /// Reads the early facts from a parsed tree.
 pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
     let xen = dt.find_compatible(&["xen,xen"]).is_some();
@@ -120,20 +156,7 @@ pub fn discover<'a>(dt: &fdt::Fdt<'a>) -> EarlyPlatform<'a> {
     let stdout_uart = chosen
         .and_then(|c| c.property("stdout-path"))
         .and_then(|p| p.as_str())
-        .and_then(|path| {
-            let path = path.split(':').next().unwrap_or(path);
-            if path.starts_with('/') {
-                node_at(dt, path)
-            } else {
-                dt.aliases()?.resolve_node(path)
-            }
-        })
-        .filter(|node| {
-            node.compatible()
-                .is_some_and(|c| c.all().any(|s| s == "arm,pl011" || s == "arm,sbsa-uart"))
-        })
-        .and_then(|node| node.reg()?.next())
-        .map(|region| region.starting_address as u64);
+        .and_then(|spec| uart(dt, spec));
     let psci = node_at(dt, "/psci")
         .and_then(|n| n.property("method"))
         .and_then(|p| p.as_str())

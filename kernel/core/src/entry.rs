@@ -3,7 +3,7 @@
 use alloc::boxed::Box;
 
 use log::{error, info, warn};
-use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree};
+use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree, UartKind};
 use tidepool_mm::PhysRange;
 
 use crate::arch::aarch64::{cpu, linker, psci::Conduit};
@@ -53,12 +53,18 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         Conduit::Hvc
     }));
 
+    // The boot heap (in BSS) holds a copy of a blob with NOP tokens.
+    crate::heap::init_boot_region();
     // SAFETY: the boot protocol hands over the blob at x0 for the kernel's
     // lifetime; a null, misaligned or magic-less pointer is rejected before
     // anything beyond its 8-byte header is read.
     let blob = unsafe { early_dt::blob_at(dtb_addr) };
-    let parsed = blob.and_then(|b| Ok((b, fdt::Fdt::new(b).map_err(early_dt::DtbError::Parse)?)));
-    let (dt_blob, early) = match parsed {
+    let parsed = blob.and_then(|b| {
+        let readable = early_dt::readable(b)?;
+        let fdt = fdt::Fdt::new(readable).map_err(early_dt::DtbError::Parse)?;
+        Ok((b, readable, fdt))
+    });
+    let (dt_blob, dt_readable, early) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => {
             console::select(Backend::Pl011(EARLY_UART));
@@ -74,10 +80,25 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     let platform = early_dt::discover(&early);
     let under_xen = platform.xen;
-    let console = match (platform.xen, platform.stdout_uart) {
-        (true, _) => Backend::Xen,
-        (false, Some(uart)) => Backend::Pl011(uart as usize),
-        (false, None) => Backend::Pl011(EARLY_UART),
+    let args = Bootargs::parse(platform.bootargs);
+    // `console-uart=` chooses the UART, also under Xen (which removes
+    // stdout-path from dom0's tree). Otherwise under Xen the console is
+    // Xen's console_io, except on an i.MX UART: Xen hides the UART it
+    // drives itself from its guests, and a PL011 in a guest's tree is Xen's
+    // emulation, but an i.MX UART in a guest's tree is the real one, left to
+    // it (Xen 4.17 has no driver for it; its console_io output goes
+    // nowhere).
+    let chosen_uart = args.console_uart.map(|spec| early_dt::uart(&early, spec));
+    let uart_backend = |(kind, base): (UartKind, u64)| match kind {
+        UartKind::Imx => Backend::ImxUart(base as usize),
+        UartKind::Pl011 | UartKind::SbsaUart => Backend::Pl011(base as usize),
+    };
+    let console = match (chosen_uart, platform.xen, platform.stdout_uart) {
+        (Some(Some(uart)), _, _) => uart_backend(uart),
+        (_, _, Some(uart @ (UartKind::Imx, _))) => uart_backend(uart),
+        (_, true, _) => Backend::Xen,
+        (_, false, Some(uart)) => uart_backend(uart),
+        (_, false, None) => Backend::Pl011(EARLY_UART),
     };
     console::select(console);
     set_power_control(match (platform.xen, platform.psci) {
@@ -90,13 +111,12 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             Conduit::Hvc
         }),
     });
-    let args = Bootargs::parse(platform.bootargs);
     crate::logger::init(args.log_level);
     banner(entry_el, load_base, dtb_addr);
     if platform.xen {
         let v = xen::version();
         info!(
-            "xen: version {}.{}{} console=console_io",
+            "xen: version {}.{}{} console={console}",
             v.major,
             v.minor,
             v.extra_str()
@@ -107,12 +127,14 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     for problem in args.errors() {
         warn!("{problem}");
     }
+    if let (Some(None), Some(spec)) = (chosen_uart, args.console_uart) {
+        warn!("boot: console-uart={spec} names no UART this kernel drives; console={console}");
+    }
     info!("boot: bootargs \"{}\"", platform.bootargs);
 
-    crate::heap::init_boot_region();
     let image = linker::image_layout().image;
     let busy = AddrRange::new(image.start as u64, (image.end - image.start) as u64);
-    let dt = match DeviceTree::from_dtb_with(dt_blob, busy.as_slice()) {
+    let dt = match DeviceTree::from_dtb_with(dt_readable, busy.as_slice()) {
         Ok(dt) => &*Box::leak(Box::new(dt)),
         Err(err) => {
             error!("dt: unusable device tree at {dtb_addr:#x}: {err}");
@@ -142,6 +164,11 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if let Err(err) = crate::platform::init(dt, memory) {
         error!("{err}");
         shutdown(ShutdownReason::Crash);
+    }
+    // Xen's own messages went to its console ring only, unless Xen's
+    // console is the one this kernel writes to.
+    if under_xen && console != Backend::Xen {
+        crate::xen::print_console_ring();
     }
 
     // GNTTABOP_cache_flush takes machine addresses: only a direct-mapped
@@ -184,7 +211,11 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
 
     if args.monitor {
         // Without input there is no monitor: say why and power off.
-        match crate::console_input::start_for_platform(dt, memory) {
+        let console_uart = match console {
+            Backend::ImxUart(base) => Some(base as u64),
+            _ => None,
+        };
+        match crate::console_input::start_for_platform(dt, memory, console_uart) {
             Ok(source) => info!("monitor: input {source}"),
             Err(err) => {
                 error!("monitor: no console input: {err}");

@@ -11,9 +11,9 @@
 //!   window of their own.
 //! - Other no-map regions in memory are classified (a fault there names
 //!   them) but not mapped.
-//! - Windows (Device-nGnRE): the console UART named by `stdout-path` (and,
-//!   under Xen, the vpl011 a dom0less domU reads its input from), the
-//!   GIC's distributor, CPU interface and redistributors, and every
+//! - Windows (Device-nGnRE): every UART the kernel drives (the console, and
+//!   under Xen the vpl011 a dom0less domU reads its input from, are among
+//!   them), the GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
 //!   (Xen's Arm ABI requires that type for memory it shares).
@@ -29,7 +29,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion, UartKind};
+use tidepool_dt::{AddrRange, DeviceTree, ReservedRegion};
 use tidepool_mm::{
     CarveError, ImageSections, KernelLayout, MemoryType, MmioSpec, NamedRange, PAGE_SIZE,
     PhysRange, PlanError, PlanInput, PoolSpec, carve, plan_layout,
@@ -186,24 +186,10 @@ pub fn plan_memory<'a>(
         memory: MemoryType::Device,
     };
     let mut mmio: Vec<MmioSpec<'a>> = Vec::new();
-    if let Some(stdout) = &platform.chosen.stdout
-        && let Some(reg) = stdout.reg
-        && platform.uarts.iter().any(|u| u.path == stdout.path)
-    {
-        mmio.push(device(&stdout.path, reg));
-    }
-    // Under Xen the console writes through console_io, and a dom0less domU
-    // reads what its user types from Xen's vpl011 (`arm,sbsa-uart`).
-    if platform.hypervisor.is_some() {
-        let stdout = platform.chosen.stdout.as_ref().map(|s| s.path.as_str());
-        mmio.extend(
-            platform
-                .uarts
-                .iter()
-                .filter(|u| u.kind == UartKind::SbsaUart && Some(u.path.as_str()) != stdout)
-                .map(|u| device(&u.path, u.reg)),
-        );
-    }
+    // Every UART the kernel drives, not only stdout-path's: Xen removes
+    // stdout-path from dom0's tree, where `console-uart=` names the console,
+    // and a dom0less domU reads what its user types from Xen's vpl011.
+    mmio.extend(platform.uarts.iter().map(|u| device(&u.path, u.reg)));
     if let Some(gic) = &platform.gic {
         mmio.push(device(&gic.path, gic.distributor));
         mmio.extend(gic.cpu_interface.map(|r| device(&gic.path, r)));

@@ -149,7 +149,7 @@
 //!
 //! [`Platform`] holds `/chosen` (bootargs, the resolved `stdout-path`), the
 //! Xen `/hypervisor` node, the GIC, the architected timer, PSCI, virtio-mmio
-//! transports and PL011 UARTs; see its module for the rules.
+//! transports and the UARTs the kernel drives (PL011, SBSA, i.MX); see its module for the rules.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -171,6 +171,15 @@ mod tests;
 
 pub use blob::MAX_DEPTH;
 pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
+
+/// The blob as the `fdt` crate can read it without panicking: `dtb` itself
+/// when it passes the structural check and has no NOP tokens, otherwise a
+/// copy without them (loaders leave NOPs where they delete nodes or
+/// properties: QEMU's `imx8mp-evk` does, and `fdt` 0.1.5 panics on a NOP
+/// between properties).
+pub fn fdt_readable(dtb: &[u8]) -> Result<alloc::borrow::Cow<'_, [u8]>, DtbError> {
+    Ok(blob::check(dtb)?.bytes)
+}
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,

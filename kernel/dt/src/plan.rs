@@ -38,6 +38,9 @@ pub struct RegionUser {
     pub path: String,
     /// The matching `memory-region-names` entry, if there is one.
     pub name: Option<String>,
+    /// Whether the device's DMA is cache-coherent (the nearest
+    /// `dma-coherent`/`dma-noncoherent`, as for every device).
+    pub dma_coherent: bool,
 }
 
 /// One reserved region (one `reg` entry of a `/reserved-memory` child, or
@@ -724,6 +727,7 @@ fn attach_users(
                     users.push(RegionUser {
                         path: entry.path.clone(),
                         name: name.clone(),
+                        dma_coherent: crate::platform::dma_coherent(tree, node),
                     });
                 }
             }

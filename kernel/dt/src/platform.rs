@@ -167,7 +167,8 @@ pub struct VirtioMmio {
     pub reg: AddrRange,
     /// Its interrupt (first specifier).
     pub interrupt: GicInterrupt,
-    /// `dma-coherent` on the node or an ancestor.
+    /// DMA-coherent: `dma-coherent` on the node or the nearest ancestor
+    /// that says either `dma-coherent` or `dma-noncoherent`.
     pub dma_coherent: bool,
     /// Paths of the nodes its `memory-region` names, in order.
     pub memory_regions: Vec<String>,
@@ -180,9 +181,25 @@ pub enum UartKind {
     Pl011,
     /// `arm,sbsa-uart` (Xen's vpl011 in a domU).
     SbsaUart,
+    /// An NXP i.MX UART: `fsl,imx6q-uart`, the fallback every later i.MX
+    /// (6, 7, 8M: `fsl,imx8mp-uart`, ...) lists.
+    Imx,
 }
 
-/// A PL011-compatible UART.
+impl UartKind {
+    /// The kind of UART a node with these `compatible` strings is, if the
+    /// kernel has a driver for it.
+    pub fn from_compatible<'a>(compatible: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        compatible.into_iter().find_map(|c| match c {
+            "arm,pl011" => Some(Self::Pl011),
+            "arm,sbsa-uart" => Some(Self::SbsaUart),
+            "fsl,imx6q-uart" => Some(Self::Imx),
+            _ => None,
+        })
+    }
+}
+
+/// A UART the kernel can drive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uart {
     /// Full path.
@@ -211,7 +228,7 @@ pub struct Platform {
     pub psci: Option<Psci>,
     /// virtio-mmio transports, in tree order.
     pub virtio_mmio: Vec<VirtioMmio>,
-    /// PL011 and SBSA UARTs, in tree order.
+    /// PL011, SBSA and i.MX UARTs, in tree order.
     pub uarts: Vec<Uart>,
     /// Nodes left out (or facts left unset) and why.
     pub errors: Vec<NodeError>,
@@ -276,14 +293,8 @@ impl Platform {
                     .virtio_mmio
                     .extend(keep(virtio_mmio(tree, node), errors));
             }
-            let uart_kind = if tree.is_compatible(node, &["arm,pl011"]) {
-                Some(UartKind::Pl011)
-            } else if tree.is_compatible(node, &["arm,sbsa-uart"]) {
-                Some(UartKind::SbsaUart)
-            } else {
-                None
-            };
-            if let Some(kind) = uart_kind {
+            let compatible = tree.strings(node, "compatible").ok().flatten();
+            if let Some(kind) = compatible.and_then(UartKind::from_compatible) {
                 // A UART serves output without an interrupt: only a
                 // malformed one is an error, and the UART is kept.
                 let interrupt = tree.has(node, "interrupts").then(|| {
@@ -604,15 +615,29 @@ fn psci(tree: &Tree<'_>, node: usize) -> Result<Psci, NodeError> {
     })
 }
 
+/// Whether `node`'s DMA is cache-coherent: the nearest of the node and its
+/// ancestors with `dma-coherent` or `dma-noncoherent` decides (as Linux's
+/// `of_dma_is_coherent` reads them); with neither, not coherent (arm64's
+/// default). QEMU 10's `virt` puts `dma-coherent` on the root node, so a
+/// scenario makes one device non-coherent with `dma-noncoherent` on it.
+pub(crate) fn dma_coherent(tree: &Tree<'_>, node: usize) -> bool {
+    let mut current = Some(node);
+    while let Some(n) = current {
+        if tree.has(n, "dma-coherent") {
+            return true;
+        }
+        if tree.has(n, "dma-noncoherent") {
+            return false;
+        }
+        current = tree.nodes[n].parent;
+    }
+    false
+}
+
 fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
     let reg = first_reg(tree, node)?;
     let interrupt = interrupt(tree, node)?;
-    let mut dma_coherent = false;
-    let mut current = Some(node);
-    while let Some(n) = current {
-        dma_coherent |= tree.has(n, "dma-coherent");
-        current = tree.nodes[n].parent;
-    }
+    let dma_coherent = dma_coherent(tree, node);
     let mut memory_regions = Vec::new();
     if let Some(value) = tree.property(node, "memory-region") {
         let phandles =

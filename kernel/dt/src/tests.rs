@@ -1402,6 +1402,92 @@ fn platform_of_qemu_virt() {
 }
 
 #[test]
+fn imx_uart_on_a_soc_bus_is_the_console() {
+    // The i.MX 8M Plus EVK's layout: the UART under /soc@0/bus@30800000,
+    // stdout-path by full path, 32-bit cells below the root.
+    let dt = two_gib()
+        .root(|n| {
+            n.u32("#address-cells", 2)
+                .u32("#size-cells", 2)
+                .u32("interrupt-parent", 0x8002)
+        })
+        .node("intc@8000000", gic_v3)
+        .node("chosen", |n| {
+            n.str("stdout-path", "/soc@0/bus@30800000/serial@30890000")
+        })
+        .node("soc@0", |n| {
+            n.u32("#address-cells", 1)
+                .u32("#size-cells", 1)
+                .cells("ranges", &[0, 0, 0, 0x3e00_0000])
+                .node("bus@30800000", |n| {
+                    n.u32("#address-cells", 1)
+                        .u32("#size-cells", 1)
+                        .cells("ranges", &[0x3080_0000, 0x3080_0000, 0x40_0000])
+                        .node("serial@30890000", |n| {
+                            n.strs("compatible", &["fsl,imx8mp-uart", "fsl,imx6q-uart"])
+                                .cells("reg", &[0x3089_0000, 0x1_0000])
+                                .cells("interrupts", &[0, 0x1b, 4])
+                        })
+                        .node("serial@30880000", |n| {
+                            n.strs("compatible", &["fsl,imx8mp-uart", "fsl,imx6q-uart"])
+                                .cells("reg", &[0x3088_0000, 0x1_0000])
+                                .str("status", "disabled")
+                        })
+                })
+        });
+    let platform = Platform::from_dtb(&dt.build()).unwrap();
+    assert!(platform.errors.is_empty(), "{:?}", platform.errors);
+    let stdout = platform.chosen.stdout.as_ref().unwrap();
+    assert_eq!(stdout.reg, Some(r(0x3089_0000, 0x1_0000)));
+    assert_eq!(
+        platform.uarts,
+        vec![Uart {
+            path: "/soc@0/bus@30800000/serial@30890000".into(),
+            kind: UartKind::Imx,
+            reg: r(0x3089_0000, 0x1_0000),
+            interrupt: Some(GicInterrupt {
+                kind: InterruptKind::Spi,
+                number: 0x1b,
+                flags: 4
+            })
+        }]
+    );
+    assert_eq!(
+        UartKind::from_compatible(["arm,pl011", "arm,primecell"]),
+        Some(UartKind::Pl011)
+    );
+    assert_eq!(UartKind::from_compatible(["fsl,imx21-uart"]), None);
+}
+
+#[test]
+fn nearest_dma_coherence_property_decides() {
+    // QEMU 10's virt: `dma-coherent` on the root; a device opts out with
+    // `dma-noncoherent`, and its own `dma-coherent` beats both.
+    let dt = qemu_virt()
+        .root(|n| n.empty("dma-coherent"))
+        .node("virtio_mmio@a000400", |n| {
+            n.str("compatible", "virtio,mmio")
+                .reg64("reg", &[(0xa00_0400, 0x200)])
+                .cells("interrupts", &[0, 0x12, 1])
+                .empty("dma-noncoherent")
+        })
+        .node("virtio_mmio@a000600", |n| {
+            n.str("compatible", "virtio,mmio")
+                .reg64("reg", &[(0xa00_0600, 0x200)])
+                .cells("interrupts", &[0, 0x13, 1])
+                .empty("dma-noncoherent")
+                .empty("dma-coherent")
+        });
+    let platform = Platform::from_dtb(&dt.build()).unwrap();
+    let coherent: Vec<bool> = platform
+        .virtio_mmio
+        .iter()
+        .map(|v| v.dma_coherent)
+        .collect();
+    assert_eq!(coherent, [true, true, false, true]);
+}
+
+#[test]
 fn arch_timer_needs_the_virtual_timer_interrupt() {
     let timer_with = |interrupts: &'static [u32]| {
         two_gib()

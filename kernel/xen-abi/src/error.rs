@@ -243,6 +243,8 @@ pub enum XenOp {
     GrantUnmap,
     /// `grant_table_op(GNTTABOP_cache_flush)`.
     GrantCacheFlush,
+    /// `sysctl(XEN_SYSCTL_readconsole)`.
+    SysctlReadConsole,
 }
 
 impl XenOp {
@@ -269,6 +271,7 @@ impl XenOp {
             | Self::GrantMap
             | Self::GrantUnmap
             | Self::GrantCacheFlush => xen_sys::__HYPERVISOR_grant_table_op,
+            Self::SysctlReadConsole => xen_sys::__HYPERVISOR_sysctl,
         }
     }
 
@@ -296,6 +299,8 @@ impl XenOp {
             Self::GrantMap => GNTTABOP_map_grant_ref,
             Self::GrantUnmap => GNTTABOP_unmap_grant_ref,
             Self::GrantCacheFlush => GNTTABOP_cache_flush,
+            // In the argument struct (`cmd`); x0 holds its address.
+            Self::SysctlReadConsole => crate::sysctl::XEN_SYSCTL_readconsole,
         }
     }
 
@@ -320,6 +325,7 @@ impl XenOp {
             | Self::GrantMap
             | Self::GrantUnmap
             | Self::GrantCacheFlush => "grant_table_op",
+            Self::SysctlReadConsole => "sysctl",
         }
     }
 
@@ -347,6 +353,7 @@ impl XenOp {
             Self::GrantMap => "map_grant_ref",
             Self::GrantUnmap => "unmap_grant_ref",
             Self::GrantCacheFlush => "cache_flush",
+            Self::SysctlReadConsole => "readconsole",
         }
     }
 }

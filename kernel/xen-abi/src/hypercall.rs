@@ -37,6 +37,7 @@ use crate::grant::{
 use crate::hvm::{HvmParam, XenHvmParam};
 use crate::memory::{VacantFrame, XenAddToPhysmap, XenMapSpace};
 use crate::sched::{SchedShutdown, ShutdownReason};
+use crate::sysctl::{ConsoleRingRead, XenSysctl};
 use crate::version::{XenExtraVersion, XenFeatureInfo, XenFeatures, XenVersion};
 
 /// One hypercall with its arguments. Buffers Xen only reads are shared
@@ -98,6 +99,18 @@ pub enum Hypercall<'a> {
     /// machine addresses: only [`cache_flush_range`](crate::cache_flush_range)
     /// and the probe build the entries.
     GrantCacheFlush(CacheFlushEntries<'a>),
+    /// `sysctl(op)` with `XEN_SYSCTL_readconsole`. [`registers`] sets
+    /// `u.readconsole.buffer` and `count` from `buffer`. Only
+    /// [`Hypervisor::read_console_ring`] builds `op`: another command in
+    /// it would make Xen read the union's other guest handles.
+    ///
+    /// [`registers`]: Hypercall::registers
+    SysctlReadConsole {
+        /// The request (and Xen's answer).
+        op: &'a mut XenSysctl,
+        /// Receives console bytes; its length is the count.
+        buffer: &'a mut [u8],
+    },
 }
 
 /// The register values of one hypercall: number in x16, arguments in x0-x4.
@@ -155,6 +168,7 @@ impl Hypercall<'_> {
             Self::GrantMap(_) => XenOp::GrantMap,
             Self::GrantUnmap(_) => XenOp::GrantUnmap,
             Self::GrantCacheFlush(_) => XenOp::GrantCacheFlush,
+            Self::SysctlReadConsole { .. } => XenOp::SysctlReadConsole,
         }
     }
 
@@ -197,6 +211,12 @@ impl Hypercall<'_> {
                 let entries = entries.entries();
                 [command, address_of(entries), entries.len() as u64, 0, 0]
             }
+            Self::SysctlReadConsole { op, buffer } => {
+                // Never more bytes than the buffer holds.
+                op.u.readconsole.count = u32::try_from(buffer.len()).unwrap_or(u32::MAX);
+                op.u.readconsole.buffer = address_of(*buffer);
+                [address_of(*op), 0, 0, 0, 0]
+            }
         };
         HypercallRegisters {
             number: op.hypercall_number(),
@@ -231,6 +251,9 @@ impl Hypercall<'_> {
             Self::GrantMap(arg) => [Some(buffer_of(*arg)), None],
             Self::GrantUnmap(arg) => [Some(buffer_of(*arg)), None],
             Self::GrantCacheFlush(entries) => [Some(buffer_of(entries.entries())), None],
+            Self::SysctlReadConsole { op, buffer } => {
+                [Some(buffer_of(*op)), Some(buffer_of(*buffer))]
+            }
         }
     }
 }
@@ -502,6 +525,28 @@ pub unsafe trait Hypervisor {
         grant_result(XenOp::GrantUnmap, ret, arg.status)?;
         Ok(mapping.into_frame())
     }
+
+    /// `XEN_SYSCTL_readconsole`: Xen's console ring from `index` into
+    /// `buffer` (hardware domain only). Xen answers with the bytes it wrote
+    /// and the index to continue from; an answer claiming more bytes than
+    /// the buffer holds is clamped to the buffer.
+    fn read_console_ring(
+        &mut self,
+        index: u32,
+        buffer: &mut [u8],
+    ) -> Result<ConsoleRingRead, XenError> {
+        let mut op = XenSysctl::read_console(index);
+        let len = buffer.len();
+        let ret = self.call(Hypercall::SysctlReadConsole {
+            op: &mut op,
+            buffer,
+        });
+        XenError::check(XenOp::SysctlReadConsole, ret)?;
+        Ok(ConsoleRingRead {
+            next_index: op.u.readconsole.index,
+            count: (op.u.readconsole.count as usize).min(len),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -573,10 +618,48 @@ mod tests {
                     }
                     setup.status = self.status;
                 }
+                Hypercall::SysctlReadConsole { op, buffer } => {
+                    assert_eq!(op.cmd, crate::sysctl::XEN_SYSCTL_readconsole);
+                    assert_eq!(op.interface_version, 0x15);
+                    let rc = &mut op.u.readconsole;
+                    assert_eq!((rc.incremental, rc.clear), (1, 0));
+                    assert_eq!(rc.count as usize, buffer.len());
+                    assert_eq!(rc.buffer, address_of(&*buffer));
+                    let text = b"(XEN) Xen version 4.17\n";
+                    let n = text.len().min(buffer.len());
+                    buffer[..n].copy_from_slice(&text[..n]);
+                    rc.index += n as u32;
+                    // A lying answer: more than the buffer holds.
+                    rc.count = if self.status == 0 { n as u32 } else { u32::MAX };
+                }
                 _ => {}
             }
             self.ret
         }
+    }
+
+    #[test]
+    fn console_ring_reads_continue_and_clamp() {
+        let mut xen = RecordingXen::default();
+        let mut buffer = [0u8; 64];
+        let read = xen.read_console_ring(7, &mut buffer).unwrap();
+        assert_eq!(read.count, 23);
+        assert_eq!(read.next_index, 30);
+        assert_eq!(&buffer[..read.count], b"(XEN) Xen version 4.17\n");
+        let (op, regs) = xen.log[0];
+        assert_eq!(op, XenOp::SysctlReadConsole);
+        assert_eq!(regs.number, 35);
+        assert_eq!(op.to_string(), "sysctl(readconsole)");
+        xen.status = 1;
+        let mut small = [0u8; 4];
+        assert_eq!(xen.read_console_ring(0, &mut small).unwrap().count, 4);
+        xen.ret = -13;
+        assert_eq!(
+            xen.read_console_ring(0, &mut buffer)
+                .unwrap_err()
+                .to_string(),
+            "sysctl(readconsole): EACCES (-13)"
+        );
     }
 
     #[test]

@@ -44,10 +44,12 @@
 //! The other calls stay safe: version and feature queries, console write
 //! and read, `HVMOP_get_param` (reads a value), event channels (ports, not
 //! memory), `SCHEDOP_shutdown`, grant-table size and setup (Xen writes
-//! only the frame list the call borrows), and the cache-flush probe (length
-//! 0). `VCPUOP_register_vcpu_info`, which would have Xen write a vCPU's
-//! state into a frame for good, is not offered: the kernel keeps the
-//! `vcpu_info` in shared info.
+//! only the frame list the call borrows), `XEN_SYSCTL_readconsole` (Xen
+//! writes only the buffer the call borrows; only the typed method builds
+//! its argument, so no other sysctl command can ride in it), and the
+//! cache-flush probe (length 0). `VCPUOP_register_vcpu_info`, which would
+//! have Xen write a vCPU's state into a frame for good, is not offered:
+//! the kernel keeps the `vcpu_info` in shared info.
 //!
 //! Tokens rather than `unsafe fn` methods keep this crate free of `unsafe`
 //! blocks (it is `#![deny(unsafe_code)]`; only the contracts are declared),
@@ -83,6 +85,7 @@ pub mod hypercall;
 pub mod memory;
 pub mod ring;
 pub mod sched;
+pub mod sysctl;
 pub mod version;
 
 pub use cache_flush::{
@@ -104,4 +107,5 @@ pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};
 pub use memory::{VacantFrame, XenMapSpace};
 pub use sched::ShutdownReason;
+pub use sysctl::{ConsoleRingRead, ConsoleRingSummary, XenSysctl, read_console_lines};
 pub use version::{XenExtraVersion, XenFeature, XenFeatures, XenVersion};

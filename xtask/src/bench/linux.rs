@@ -16,7 +16,7 @@ use object::{Object, ObjectSection};
 
 use super::cpio::Newc;
 use super::{KeyValues, ParseError, Rate, Throughput};
-use crate::debian::Arm64Apt;
+use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
 use crate::qemu::{Machine, Mode, QemuCommand};
 use crate::{Error, Result, Workspace, tools};
@@ -79,7 +79,8 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
     let busybox_dir = dir.join("busybox-static");
-    Arm64Apt::new(&ws.build.join("apt-arm64"))?.fetch_and_unpack("busybox-static", &busybox_dir)?;
+    PrivateApt::arm64(&ws.build.join("apt-arm64"))?
+        .fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 

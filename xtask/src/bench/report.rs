@@ -69,6 +69,8 @@ impl LinuxRun {
 
 /// Every run of one `cargo xtask bench`.
 pub struct Results {
+    /// Which QEMU ran (its `--version` line).
+    pub qemu: String,
     /// Boots per measurement (the best timing kept).
     pub runs: u32,
     /// The disk's size in MiB.
@@ -325,9 +327,10 @@ pub fn render(r: &Results) -> String {
     );
 
     let mut out = format!(
-        "bench: tidepool vs Linux as Xen dom0: QEMU TCG virt, -m {}M, Xen 4.17 dom0_mem={}, \
+        "bench: tidepool vs Linux as Xen dom0: {} TCG virt, -m {}M, Xen 4.17 dom0_mem={}, \
          one read-only {} MiB raw disk on the first virtio-blk device (virtio-mmio legacy); \
          best of {} boot(s) per measurement\n\n",
+        r.qemu,
         super::MEMORY_MIB,
         r.dom0_mem,
         r.disk_mib,
@@ -457,6 +460,7 @@ mod tests {
 
     fn results() -> Results {
         Results {
+            qemu: "QEMU emulator version 10.0.2".into(),
             runs: 3,
             disk_mib: 64,
             dom0_mem: "256M",

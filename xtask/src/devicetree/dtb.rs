@@ -1,5 +1,12 @@
 //! The DTB format (Devicetree Specification, chapter 5): reading it into a
-//! [`Tree`] and writing a [`Tree`] back with `vm-fdt`.
+//! [`Tree`] and writing a [`Tree`] back.
+//!
+//! The writer is our own rather than `vm-fdt`'s: `vm-fdt` enforces the
+//! specification's 31-character limit on property names, which Linux's own
+//! board trees exceed (the i.MX 8M Plus EVK's has
+//! `snps,gfladj-refclk-lpm-sel-quirk`, 32; `dtc` accepts it with a
+//! warning). It checks the characters of names and that phandles are
+//! unique, as `vm-fdt` did.
 //!
 //! The reader walks the structure block itself rather than going through the
 //! `fdt` crate: `fdt` 0.1.5 panics (`unwrap`, `assert_eq!`) on malformed
@@ -7,7 +14,7 @@
 
 use std::fmt;
 
-use vm_fdt::{FdtReserveEntry, FdtWriter};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{MemoryReservation, Node, Tree};
 
@@ -119,13 +126,42 @@ impl fmt::Display for DtParseError {
 
 impl std::error::Error for DtParseError {}
 
-/// Why a tree could not be written: where, and `vm-fdt`'s reason.
+/// Why a tree could not be written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DtWriteReason {
+    /// A node name that is empty (below the root) or has a character the
+    /// specification does not allow (`[0-9a-zA-Z,._+-]` and one `@`).
+    InvalidNodeName,
+    /// A property name that is empty or has a character the specification
+    /// does not allow (`[0-9a-zA-Z,._+?#-]`).
+    InvalidPropertyName,
+    /// Two nodes have this phandle.
+    DuplicatePhandle(u32),
+    /// Nodes nest deeper than the reader accepts.
+    TooDeep,
+    /// The blob would not fit the header's 32-bit sizes.
+    TooLarge,
+}
+
+impl fmt::Display for DtWriteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidNodeName => f.write_str("invalid node name"),
+            Self::InvalidPropertyName => f.write_str("invalid property name"),
+            Self::DuplicatePhandle(p) => write!(f, "phandle {p:#x} is used twice"),
+            Self::TooDeep => write!(f, "nodes nest deeper than {MAX_DEPTH} levels"),
+            Self::TooLarge => f.write_str("the blob would exceed 4 GiB"),
+        }
+    }
+}
+
+/// Why a tree could not be written: where, and why.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DtWriteError {
-    /// The node path (or `path:property`, or `/memreserve/`).
+    /// The node path (or `path:property`).
     pub place: String,
-    /// What `vm-fdt` refused.
-    pub error: vm_fdt::Error,
+    /// What is wrong there.
+    pub error: DtWriteReason,
 }
 
 impl fmt::Display for DtWriteError {
@@ -345,48 +381,162 @@ pub(super) fn parse(blob: &[u8]) -> Result<Tree, DtParseError> {
     }
 }
 
-fn write_error(place: &str) -> impl FnOnce(vm_fdt::Error) -> DtWriteError + '_ {
-    move |error| DtWriteError {
-        place: place.to_string(),
-        error,
+/// The blob being written: structure and strings blocks.
+struct Writer {
+    structure: Vec<u8>,
+    strings: Vec<u8>,
+    string_offsets: BTreeMap<String, u32>,
+    phandles: BTreeSet<u32>,
+}
+
+impl Writer {
+    fn token(&mut self, token: u32) {
+        self.structure.extend_from_slice(&token.to_be_bytes());
     }
-}
 
-/// Writes `tree` as a DTB.
-pub(super) fn write(tree: &Tree) -> Result<Vec<u8>, DtWriteError> {
-    let reservations = tree
-        .memory_reservations
-        .iter()
-        .map(|r| FdtReserveEntry::new(r.address, r.size))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(write_error("/memreserve/"))?;
-    let mut writer =
-        FdtWriter::new_with_mem_reserv(&reservations).map_err(write_error("/memreserve/"))?;
-    writer.set_boot_cpuid_phys(tree.boot_cpuid_phys);
-    write_node(&mut writer, &tree.root, "/")?;
-    writer.finish().map_err(write_error("/"))
-}
+    fn pad(&mut self) {
+        while !self.structure.len().is_multiple_of(4) {
+            self.structure.push(0);
+        }
+    }
 
-fn write_node(writer: &mut FdtWriter, node: &Node, path: &str) -> Result<(), DtWriteError> {
-    let handle = writer.begin_node(&node.name).map_err(write_error(path))?;
-    for (name, value) in &node.props {
-        let written = match <[u8; 4]>::try_from(value.as_slice()) {
-            // vm-fdt checks phandles for uniqueness when they go through here.
-            Ok(cell) if name == "phandle" => writer.property_phandle(u32::from_be_bytes(cell)),
-            _ => writer.property(name, value),
-        };
-        written.map_err(|error| DtWriteError {
-            place: format!("{path}:{name}"),
+    fn string_offset(&mut self, name: &str) -> Result<u32, DtWriteReason> {
+        if let Some(&offset) = self.string_offsets.get(name) {
+            return Ok(offset);
+        }
+        let offset = u32::try_from(self.strings.len()).map_err(|_| DtWriteReason::TooLarge)?;
+        self.strings.extend_from_slice(name.as_bytes());
+        self.strings.push(0);
+        self.string_offsets.insert(name.to_string(), offset);
+        Ok(offset)
+    }
+
+    fn node(&mut self, node: &Node, path: &str, depth: usize) -> Result<(), DtWriteError> {
+        let fail = |error| DtWriteError {
+            place: path.to_string(),
             error,
-        })?;
-    }
-    for child in &node.children {
-        let child_path = if path == "/" {
-            format!("/{}", child.name)
-        } else {
-            format!("{path}/{}", child.name)
         };
-        write_node(writer, child, &child_path)?;
+        if depth > MAX_DEPTH {
+            return Err(fail(DtWriteReason::TooDeep));
+        }
+        if !node_name_valid(&node.name, depth == 1) {
+            return Err(fail(DtWriteReason::InvalidNodeName));
+        }
+        self.token(FDT_BEGIN_NODE);
+        self.structure.extend_from_slice(node.name.as_bytes());
+        self.structure.push(0);
+        self.pad();
+        for (name, value) in &node.props {
+            let fail = |error| DtWriteError {
+                place: format!("{path}:{name}"),
+                error,
+            };
+            if !property_name_valid(name) {
+                return Err(fail(DtWriteReason::InvalidPropertyName));
+            }
+            if (name == "phandle" || name == "linux,phandle")
+                && let Ok(cell) = <[u8; 4]>::try_from(value.as_slice())
+            {
+                let phandle = u32::from_be_bytes(cell);
+                // `linux,phandle` repeats `phandle` on old trees.
+                let repeat =
+                    name == "linux,phandle" && node.property("phandle") == Some(value.as_slice());
+                if !repeat && !self.phandles.insert(phandle) {
+                    return Err(fail(DtWriteReason::DuplicatePhandle(phandle)));
+                }
+            }
+            let len = u32::try_from(value.len()).map_err(|_| fail(DtWriteReason::TooLarge))?;
+            let offset = self.string_offset(name).map_err(fail)?;
+            self.token(FDT_PROP);
+            self.structure.extend_from_slice(&len.to_be_bytes());
+            self.structure.extend_from_slice(&offset.to_be_bytes());
+            self.structure.extend_from_slice(value);
+            self.pad();
+        }
+        for child in &node.children {
+            let child_path = if path == "/" {
+                format!("/{}", child.name)
+            } else {
+                format!("{path}/{}", child.name)
+            };
+            self.node(child, &child_path, depth + 1)?;
+        }
+        self.token(FDT_END_NODE);
+        Ok(())
     }
-    writer.end_node(handle).map_err(write_error(path))
+}
+
+/// A node name: `name[@unit]`, characters `[0-9a-zA-Z,._+-]` (and `@`
+/// once); only the root's is empty.
+fn node_name_valid(name: &str, root: bool) -> bool {
+    if root {
+        return name.is_empty();
+    }
+    let (base, unit) = match name.split_once('@') {
+        Some((base, unit)) => (base, Some(unit)),
+        None => (name, None),
+    };
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ",._+-".contains(c))
+    };
+    !base.is_empty() && ok(base) && unit.is_none_or(ok)
+}
+
+/// A property name: characters `[0-9a-zA-Z,._+?#-]`, any length (see the
+/// module docs).
+fn property_name_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ",._+?#-".contains(c))
+}
+
+/// Writes `tree` as a version-17 DTB: header, memory reservation block,
+/// structure block, strings block.
+pub(super) fn write(tree: &Tree) -> Result<Vec<u8>, DtWriteError> {
+    let mut writer = Writer {
+        structure: Vec::new(),
+        strings: Vec::new(),
+        string_offsets: BTreeMap::new(),
+        phandles: BTreeSet::new(),
+    };
+    writer.node(&tree.root, "/", 1)?;
+    writer.token(FDT_END);
+    let mut reservations = Vec::new();
+    for r in &tree.memory_reservations {
+        reservations.extend_from_slice(&r.address.to_be_bytes());
+        reservations.extend_from_slice(&r.size.to_be_bytes());
+    }
+    reservations.extend_from_slice(&[0; 16]);
+    // Header, then the reservations (8-aligned), structure, strings.
+    let off_rsvmap = HEADER_LEN;
+    let off_struct = off_rsvmap + reservations.len();
+    let off_strings = off_struct + writer.structure.len();
+    let total = off_strings + writer.strings.len();
+    let too_large = || DtWriteError {
+        place: "/".into(),
+        error: DtWriteReason::TooLarge,
+    };
+    let field = |n: usize| u32::try_from(n).map_err(|_| too_large());
+    let header = [
+        FDT_MAGIC,
+        field(total)?,
+        field(off_struct)?,
+        field(off_strings)?,
+        field(off_rsvmap)?,
+        SUPPORTED_VERSION,
+        16,
+        tree.boot_cpuid_phys,
+        field(writer.strings.len())?,
+        field(writer.structure.len())?,
+    ];
+    let mut blob = Vec::with_capacity(total);
+    for word in header {
+        blob.extend_from_slice(&word.to_be_bytes());
+    }
+    blob.extend_from_slice(&reservations);
+    blob.extend_from_slice(&writer.structure);
+    blob.extend_from_slice(&writer.strings);
+    Ok(blob)
 }

@@ -79,6 +79,26 @@ pub fn console_write(bytes: &[u8]) {
     let _ = Xen.console_write(bytes);
 }
 
+/// Prints Xen's console ring (`XEN_SYSCTL_readconsole`), for a dom0 whose
+/// console is a UART Xen does not drive: Xen's messages are otherwise
+/// invisible. A refusal (a domain without the privilege) is a warning.
+pub fn print_console_ring() {
+    /// Calls before giving up on a Xen that keeps writing.
+    const MAX_READS: usize = 64;
+    let mut buffer = alloc::vec![0u8; 4096];
+    let result = tidepool_xen_abi::read_console_lines(&mut Xen, &mut buffer, MAX_READS, |line| {
+        let text = core::str::from_utf8(line).unwrap_or("(not UTF-8)");
+        info!("xen: ring: {}", text.trim_end());
+    });
+    match result {
+        Ok(summary) => info!(
+            "xen: console ring printed bytes={} lines={}",
+            summary.bytes, summary.lines
+        ),
+        Err(err) => warn!("xen: console ring not readable: {err}"),
+    }
+}
+
 /// Xen's version as `xen_version` reports it.
 #[derive(Clone, Copy, Debug)]
 pub struct XenVersion {
