@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tidepool_block::pattern::{DiskPattern, SectorRange};
+
 use crate::{Error, Result, Workspace};
 
 /// How long one command may take, its build check included; past it the
@@ -233,7 +235,46 @@ fn all() -> Vec<CommandTest> {
             ],
             stderr: &[],
         },
+        // The SD card as Xen dom0: the pattern lands exactly on the sectors
+        // asked for, and nowhere else (checked in the image afterwards,
+        // `disk_after`).
+        CommandTest {
+            name: "run-board-sd-write",
+            args: &[
+                "run",
+                "--board",
+                "imx8mp-evk",
+                "--disk",
+                "{disk}",
+                "--bootargs",
+                "blk-write=5@1000+300",
+            ],
+            stdin: "",
+            success: true,
+            stdout: &[
+                "blk: wrote /soc@0/bus@30800000/mmc@30b50000 lba=1000 sectors=300 seed=5, flushed",
+                "boot: ready",
+                "shutdown: poweroff",
+            ],
+            stderr: OFF,
+        },
     ]
+}
+
+/// What a command's `{disk}` must hold after it ran (created with seed 1
+/// everywhere), by test name.
+fn disk_after(name: &str) -> Option<DiskPattern> {
+    match name {
+        "run-board-sd-write" => Some(DiskPattern {
+            seed: 1,
+            written: Some(SectorRange {
+                seed: 5,
+                lba: 1000,
+                count: 300,
+            }),
+        }),
+        _ => None,
+    }
 }
 
 /// What a finished command did.
@@ -243,6 +284,8 @@ struct Finished {
     stderr: String,
     elapsed: Duration,
     timed_out: bool,
+    /// The check of its disk image against [`disk_after`], if it has one.
+    disk: Option<std::result::Result<(), String>>,
 }
 
 impl CommandTest {
@@ -321,6 +364,8 @@ impl CommandTest {
             stderr: stderr.join().unwrap_or_default(),
             elapsed: start.elapsed(),
             timed_out,
+            disk: disk_after(self.name)
+                .map(|content| crate::disk::verify(&dir.join("disk.img"), content)),
         };
         for (file, text) in [("stdout", &finished.stdout), ("stderr", &finished.stderr)] {
             std::fs::write(dir.join(file), text).map_err(|e| Error::io(dir.join(file), e))?;
@@ -350,6 +395,9 @@ impl CommandTest {
             if !run.stderr.contains(want) {
                 return Err(format!("stderr lacks {want:?}"));
             }
+        }
+        if let Some(Err(why)) = &run.disk {
+            return Err(format!("the disk image after the run: {why}"));
         }
         Ok(())
     }
@@ -489,8 +537,12 @@ mod tests {
             stderr: stderr.into(),
             elapsed: Duration::ZERO,
             timed_out,
+            disk: None,
         };
         assert_eq!(test.check(&run(true, "a\nb\n", "c", false)), Ok(()));
+        let mut bad_disk = run(true, "a\nb\n", "c", false);
+        bad_disk.disk = Some(Err("sector 7 holds seed 5".into()));
+        assert!(test.check(&bad_disk).is_err());
         assert!(test.check(&run(true, "b\na\n", "c", false)).is_err());
         assert!(test.check(&run(false, "a\nb\n", "c", false)).is_err());
         assert!(test.check(&run(true, "a\nb\n", "", false)).is_err());

@@ -1,11 +1,11 @@
 //! Disk images for the block tests: filled with the disk pattern the kernel
-//! checks (`tidepool_virtio_blk::pattern`), verified after QEMU exits, and
+//! checks (`tidepool_block::pattern`), verified after QEMU exits, and
 //! QEMU `blkdebug` configurations that inject I/O errors.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tidepool_virtio_blk::pattern::{self, DiskPattern, SECTOR_BYTES};
+use tidepool_block::pattern::{self, DiskPattern, SECTOR_BYTES};
 
 use crate::{Error, Result};
 

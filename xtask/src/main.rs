@@ -373,7 +373,7 @@ fn lint(ws: &Workspace) -> Result<()> {
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).
-const KERNEL_CRATES: [&str; 12] = [
+const KERNEL_CRATES: [&str; 14] = [
     "tidepool-boot",
     "tidepool-kernel",
     "tidepool-monitor",
@@ -382,6 +382,8 @@ const KERNEL_CRATES: [&str; 12] = [
     "tidepool-imx-uart",
     "tidepool-serial",
     "tidepool-virtio-blk",
+    "tidepool-block",
+    "tidepool-usdhc",
     "tidepool-dma",
     "tidepool-dt",
     "tidepool-mm",

@@ -8,12 +8,11 @@ use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
-    PoolError, SyncPoint,
+    SyncPoint,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
 use crate::error::{BlkError, DeviceFault, InitError};
-use crate::memory::SharedMemory;
 use crate::queue::{
     Buffer, PushError, QUEUE_SIZE_LIMIT, RING_ALIGN, RingAccess, RingLayout, SplitQueue, UsedError,
 };
@@ -21,12 +20,13 @@ use crate::request::{
     Completion, Completions, DESCRIPTORS_PER_REQUEST, Deadline, DeviceStatus, HEADER_LEN,
     MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request, SECTOR_SIZE, STATUS_UNWRITTEN, Token,
 };
-use crate::stats::{BlkStats, StatsLine};
 use crate::transport::{
     self, BLOCK_DEVICE_ID, Barrier, ConfigWord, FeatureSet, InterruptRegisters, InterruptStatus,
     InterruptValue, LEGACY_PAGE_SIZE, MAGIC, ReadRegister, Status, Transport, TransportVersion,
     WriteRegister, feature,
 };
+use tidepool_block::SharedMemory;
+use tidepool_block::{BlkStats, BlockDriver, Notice, StatsLine};
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
 /// status, rounded up to whole pages so that no two slots share a cache line
@@ -422,10 +422,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// Its counters as a console line.
     pub fn stats_line(&self) -> StatsLine<'_> {
-        StatsLine {
-            device: self.name(),
-            stats: &self.stats,
-        }
+        StatsLine::new(self.name(), &self.stats)
     }
 
     /// What was set up, as a console line.
@@ -478,7 +475,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         };
         let base = index * SLOT_STRIDE;
         let bytes_len = bytes as usize;
-        self.hold.staging.write_u32(base, op.request_type());
+        self.hold
+            .staging
+            .write_u32(base, crate::request::request_type(op));
         self.hold.staging.write_u32(base + 4, 0);
         self.hold.staging.write_u64(base + 8, lba);
         if let Some(data) = data {
@@ -562,57 +561,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             expired: false,
             abandoned: false,
         };
-        Ok(Token {
-            slot: index as u16,
-            generation: slot.generation,
-        })
-    }
-
-    /// Submits `request`, due `timeout` after its submission, waiting while
-    /// every slot is busy (or the device's pool has no room for another
-    /// bounce buffer while requests are in flight). `wait` lets time pass
-    /// (the kernel sleeps until the device's interrupt or a timer) and takes
-    /// what came back ([`Self::handle_interrupt`] or [`Self::poll`], and
-    /// [`Self::expire`]).
-    ///
-    /// It waits at most `timeout`, by `clock`: every request holding a slot
-    /// was submitted before the call, so each is past its own deadline by
-    /// then, and a device that returned none of them holds them for good.
-    /// Then it gives up with [`BlkError::NoFreeSlot`] rather than wait
-    /// forever.
-    pub fn submit_waiting(
-        &mut self,
-        env: &mut DmaEnv<'_, 'a>,
-        request: Request<'_>,
-        clock: &mut dyn FnMut() -> u64,
-        timeout: u64,
-        wait: &mut dyn FnMut(&mut Self, &mut DmaEnv<'_, 'a>),
-    ) -> Result<Token, BlkError<'a>> {
-        let give_up = clock().saturating_add(timeout);
-        loop {
-            let now = clock();
-            match self.submit(env, request, Deadline::after(now, timeout)) {
-                Err(BlkError::QueueFull { .. })
-                | Err(BlkError::Dma {
-                    error:
-                        DmaError::Pool {
-                            error: PoolError::Exhausted { .. },
-                            ..
-                        },
-                    ..
-                }) if self.in_flight() > 0 => {
-                    if now >= give_up {
-                        return Err(BlkError::NoFreeSlot {
-                            device: self.name(),
-                            in_flight: self.in_flight(),
-                            timed_out: self.timed_out(),
-                        });
-                    }
-                    wait(self, env);
-                }
-                other => return other,
-            }
-        }
+        Ok(Token::new(index as u16, slot.generation))
     }
 
     /// Requests the device holds past their deadline.
@@ -789,10 +738,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             {
                 *expired = true;
                 self.stats.timeouts += 1;
-                completions.push(Token {
-                    slot: index as u16,
-                    generation: slot.generation,
-                });
+                completions.push(Token::new(index as u16, slot.generation));
             }
         }
         completions
@@ -813,12 +759,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         let unknown = Poll::Ready(Err(BlkError::UnknownToken { device, token }));
         let Some(slot) = self
             .slots
-            .get_mut(usize::from(token.slot))
-            .filter(|slot| slot.generation == token.generation)
+            .get_mut(usize::from(token.slot()))
+            .filter(|slot| slot.generation == token.generation())
         else {
             return unknown;
         };
-        let base = usize::from(token.slot) * SLOT_STRIDE;
+        let base = usize::from(token.slot()) * SLOT_STRIDE;
         let (request, outcome) = match &mut slot.state {
             SlotState::Free
             | SlotState::InFlight {
@@ -935,10 +881,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             }
             let slot = &mut self.slots[index];
             slot.state = SlotState::Done { request, outcome };
-            completions.push(Token {
-                slot: index as u16,
-                generation: slot.generation,
-            });
+            completions.push(Token::new(index as u16, slot.generation));
         }
     }
 
@@ -1443,5 +1386,113 @@ impl fmt::Display for InfoLine<'_> {
             yes_no(g.flush),
             self.features
         )
+    }
+}
+
+impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
+    type Error = BlkError<'a>;
+
+    fn name(&self) -> &'a str {
+        BlockDevice::name(self)
+    }
+
+    fn capacity(&self) -> u64 {
+        BlockDevice::capacity(self)
+    }
+
+    fn max_request_bytes(&self) -> u32 {
+        BlockDevice::max_request_bytes(self)
+    }
+
+    fn slots(&self) -> usize {
+        BlockDevice::slots(self)
+    }
+
+    fn in_flight(&self) -> usize {
+        BlockDevice::in_flight(self)
+    }
+
+    fn submit(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, BlkError<'a>> {
+        BlockDevice::submit(self, env, request, deadline)
+    }
+
+    fn is_busy(&self, error: &BlkError<'a>) -> bool {
+        match error {
+            BlkError::QueueFull { .. } => true,
+            BlkError::Dma {
+                error:
+                    tidepool_dma::DmaError::Pool {
+                        error: tidepool_dma::PoolError::Exhausted { .. },
+                        ..
+                    },
+                ..
+            } => BlockDevice::in_flight(self) > 0,
+            _ => false,
+        }
+    }
+
+    fn no_free_slot(&self) -> BlkError<'a> {
+        BlkError::NoFreeSlot {
+            device: BlockDevice::name(self),
+            in_flight: BlockDevice::in_flight(self),
+            timed_out: self.timed_out(),
+        }
+    }
+
+    fn interrupt_noted(&self) -> bool {
+        BlockDevice::interrupt_noted(self)
+    }
+
+    /// A capacity change is an informational notice
+    /// (`blk: <device> capacity=N was=M`), a device that failed an error.
+    fn handle_interrupt(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions {
+        let outcome = BlockDevice::handle_interrupt(self, env);
+        if let Some(change) = outcome.capacity {
+            notice(Notice::Info(&change));
+        }
+        if let Some(fault) = outcome.fault {
+            notice(Notice::Error(&format_args!(
+                "blk: {} failed: {fault}; its requests in flight fail, new ones are refused",
+                BlockDevice::name(self)
+            )));
+        }
+        outcome.completions
+    }
+
+    fn has_completions(&self) -> bool {
+        self.queue.has_used()
+    }
+
+    fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions {
+        BlockDevice::poll(self, env)
+    }
+
+    fn expire(&mut self, now: u64) -> Completions {
+        BlockDevice::expire(self, now)
+    }
+
+    fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, BlkError<'a>>> {
+        BlockDevice::finish(self, token, read_into)
+    }
+
+    fn stats(&self) -> &BlkStats {
+        BlockDevice::stats(self)
+    }
+
+    fn dma(&self) -> &DmaDevice<'a> {
+        BlockDevice::dma(self)
     }
 }

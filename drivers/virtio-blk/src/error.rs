@@ -342,7 +342,7 @@ pub enum BlkError<'a> {
         /// returned).
         in_flight: usize,
     },
-    /// [`BlockDevice::submit_waiting`](crate::BlockDevice::submit_waiting)
+    /// [`BlockDriver::submit_waiting`](tidepool_block::BlockDriver::submit_waiting)
     /// waited a whole request timeout and no slot (or pool room) came free:
     /// by then every request holding one was past its deadline, and the
     /// device had not returned them.

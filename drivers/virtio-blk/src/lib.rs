@@ -73,7 +73,7 @@
 //! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
 //! // Asynchronous:
 //! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
-//! //   or, waiting at most `timeout` for a free slot:
+//! //   or, waiting at most `timeout` for a free slot (`tidepool_block::BlockDriver`):
 //! let token = disk.submit_waiting(&mut env, request, &mut || now(), timeout, &mut |disk, env| { /* sleep, then take what came back */ })?;
 //! //   interrupts: the GIC SPI handler of the transport's `interrupts` runs
 //! //   `handler.handle()` (it acknowledges and notes), with
@@ -142,12 +142,12 @@
 //! # `unsafe`
 //!
 //! The crate is `#![deny(unsafe_code)]` except for `mmio` (the one
-//! constructor of the register block, [`MmioTransport::new`]), `memory`
-//! (bounds-checked volatile and copying accesses to memory shared with the
-//! device, either the driver's own heap allocation or a window address), and
-//! two blocks in `device`: the ring's window address becomes such a window
-//! (vouched for by the DMA layer's `PoolSet::add` contract), and a request
-//! slot of the staging buffers becomes a `CpuBuffer` to map.
+//! constructor of the register block, [`MmioTransport::new`]) and two
+//! blocks in `device`: the ring's window address becomes a
+//! [`tidepool_block::SharedMemory`] (bounds-checked volatile and copying
+//! accesses to memory shared with the device; vouched for by the DMA
+//! layer's `PoolSet::add` contract), and a request slot of the staging
+//! buffers becomes a `CpuBuffer` to map.
 //!
 //! # Console lines
 //!
@@ -172,13 +172,9 @@ extern crate alloc;
 mod device;
 mod error;
 #[allow(unsafe_code)]
-mod memory;
-#[allow(unsafe_code)]
 mod mmio;
-pub mod pattern;
 mod queue;
 mod request;
-mod stats;
 pub mod transport;
 
 pub use device::{
@@ -191,5 +187,5 @@ pub use request::{
     Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
     SECTOR_SIZE, Token,
 };
-pub use stats::{BlkStats, StatsLine};
+pub use tidepool_block::{BlkStats, StatsLine, pattern};
 pub use transport::{Barrier, FeatureSet, InterruptRegisters, Transport, TransportVersion};

@@ -5,9 +5,6 @@ use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
-#[cfg(target_arch = "aarch64")]
-use aarch64_cpu::asm::barrier as asm_barrier;
-
 use crate::transport::{
     Barrier, ConfigWord, InterruptRegisters, InterruptStatus, ReadRegister, Status, Transport,
     WriteRegister,
@@ -154,18 +151,7 @@ impl Transport for MmioTransport {
     }
 
     fn barrier(&self, barrier: Barrier) {
-        #[cfg(target_arch = "aarch64")]
-        match barrier {
-            Barrier::DmaWrite => asm_barrier::dmb(asm_barrier::OSHST),
-            Barrier::DmaRead => asm_barrier::dmb(asm_barrier::OSHLD),
-        }
-        // A host build (the unit tests) has no device to order against:
-        // the strongest fence stands in for both.
-        #[cfg(not(target_arch = "aarch64"))]
-        {
-            let _ = barrier;
-            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        }
+        barrier.execute();
     }
 
     fn interrupt_registers(&self) -> MmioInterrupt {

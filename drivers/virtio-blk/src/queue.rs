@@ -44,7 +44,8 @@
 use tidepool_dma::{DmaAddr, DmaError, SyncPoint};
 
 use crate::error::DeviceFault;
-use crate::memory::SharedMemory;
+use tidepool_block::SharedMemory;
+
 use crate::transport::Barrier;
 
 /// The largest queue the driver sets up (it takes the device's maximum if
@@ -285,6 +286,12 @@ impl SplitQueue {
         self.chain_len[usize::from(head)] = count;
         ring.sync_published(self.layout.avail + RING_IDX, 2);
         Ok(head)
+    }
+
+    /// Whether the device returned a chain not yet taken (one read of the
+    /// used index, no side effect).
+    pub(crate) fn has_used(&self) -> bool {
+        self.memory.read_u16(self.layout.used + RING_IDX) != self.last_used
     }
 
     /// Takes the next chain the device returned, if any, and puts its

@@ -21,8 +21,7 @@
 
 use core::fmt;
 
-/// Bytes in a sector, the unit of `sector` in requests and of `capacity`.
-pub const SECTOR_SIZE: u32 = 512;
+pub use tidepool_block::{Completion, Completions, Deadline, Op, Request, SECTOR_SIZE, Token};
 
 /// The largest request the driver sends; larger transfers are split
 /// ([`BlockDevice::read`](crate::BlockDevice::read) and
@@ -50,57 +49,13 @@ const S_UNSUPP: u8 = 2;
 /// specification defines, so a device that never writes it is noticed.
 pub(crate) const STATUS_UNWRITTEN: u8 = 0xff;
 
-/// A request's operation.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Op {
-    /// `VIRTIO_BLK_T_IN`.
-    Read,
-    /// `VIRTIO_BLK_T_OUT`.
-    Write,
-    /// `VIRTIO_BLK_T_FLUSH`.
-    Flush,
-}
-
-impl Op {
-    /// The header's `type`.
-    pub(crate) const fn request_type(self) -> u32 {
-        match self {
-            Self::Read => T_IN,
-            Self::Write => T_OUT,
-            Self::Flush => T_FLUSH,
-        }
+/// The header's `type` of an operation.
+pub(crate) const fn request_type(op: Op) -> u32 {
+    match op {
+        Op::Read => T_IN,
+        Op::Write => T_OUT,
+        Op::Flush => T_FLUSH,
     }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Flush => "flush",
-        })
-    }
-}
-
-/// A request to submit.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Request<'d> {
-    /// Read `sectors` sectors from `lba`.
-    Read {
-        /// First sector.
-        lba: u64,
-        /// Sectors to read.
-        sectors: u32,
-    },
-    /// Write `data` (whole sectors) at `lba`; copied at submission.
-    Write {
-        /// First sector.
-        lba: u64,
-        /// The bytes to write.
-        data: &'d [u8],
-    },
-    /// Make every completed write durable.
-    Flush,
 }
 
 /// A status other than `VIRTIO_BLK_S_OK` that a device answered with.
@@ -137,102 +92,12 @@ impl fmt::Display for DeviceStatus {
     }
 }
 
-/// The time by which a request must complete, in whatever unit the kernel's
-/// clock counts (the driver only compares it with the `now` it is given).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub struct Deadline(pub u64);
-
-impl Deadline {
-    /// No deadline.
-    pub const NEVER: Self = Self(u64::MAX);
-
-    /// `timeout` after `now`, saturating.
-    pub const fn after(now: u64, timeout: u64) -> Self {
-        Self(now.saturating_add(timeout))
-    }
-}
-
-/// The handle of a submitted request, until [`BlockDevice::finish`](crate::BlockDevice::finish)
-/// has given its outcome.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Token {
-    pub(crate) slot: u16,
-    pub(crate) generation: u32,
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request {}.{}", self.slot, self.generation)
-    }
-}
-
-/// A request that completed: what [`BlockDevice::finish`](crate::BlockDevice::finish)
-/// gives back (the driver also keeps one per request in flight).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Completion {
-    /// The operation.
-    pub op: Op,
-    /// Its first sector (0 for a flush).
-    pub lba: u64,
-    /// Data bytes moved (0 for a flush).
-    pub bytes: u32,
-}
-
-/// The tokens one call of [`BlockDevice::handle_interrupt`](crate::BlockDevice::handle_interrupt),
-/// [`BlockDevice::poll`](crate::BlockDevice::poll) or
-/// [`BlockDevice::expire`](crate::BlockDevice::expire) found finished (no
-/// allocation: at most one per slot).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Completions {
-    tokens: [Token; MAX_IN_FLIGHT],
-    len: usize,
-}
-
 /// The most requests in flight per device: three descriptors each in the
 /// largest queue.
 pub const MAX_IN_FLIGHT: usize = crate::queue::QUEUE_SIZE_LIMIT as usize / DESCRIPTORS_PER_REQUEST;
 
+// Every request in flight fits the shared completion list.
+const _: () = assert!(MAX_IN_FLIGHT <= tidepool_block::MAX_IN_FLIGHT);
+
 /// Descriptors a read or write takes (header, data, status).
 pub(crate) const DESCRIPTORS_PER_REQUEST: usize = 3;
-
-impl Completions {
-    pub(crate) const fn new() -> Self {
-        Self {
-            tokens: [Token {
-                slot: 0,
-                generation: 0,
-            }; MAX_IN_FLIGHT],
-            len: 0,
-        }
-    }
-
-    pub(crate) fn push(&mut self, token: Token) {
-        // At most one per slot, and there are at most MAX_IN_FLIGHT slots.
-        self.tokens[self.len] = token;
-        self.len += 1;
-    }
-
-    /// The tokens.
-    pub fn as_slice(&self) -> &[Token] {
-        &self.tokens[..self.len]
-    }
-
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl<'c> IntoIterator for &'c Completions {
-    type Item = &'c Token;
-    type IntoIter = core::slice::Iter<'c, Token>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.as_slice().iter()
-    }
-}

@@ -213,25 +213,7 @@ pub enum ConfigWord {
     BlkSize,
 }
 
-/// A memory barrier between the driver's accesses of memory it shares with
-/// the device (the ring, the request regions) and of the device's
-/// registers, for an observer outside the CPUs' inner shareable domain: a
-/// device that is not a CPU (a real DMA master, coherent or not), as well
-/// as a QEMU or Xen backend.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Barrier {
-    /// The device observes the driver's earlier writes before its later
-    /// writes, of memory or registers: `DMB OSHST` on aarch64 (Linux's
-    /// `dma_wmb`, and the `__iowmb` in `writel`). Before `avail.idx` is
-    /// published, and before `QueueNotify`.
-    DmaWrite,
-    /// The driver's earlier reads, of memory or registers, complete before
-    /// its later reads of memory: `DMB OSHLD` (Linux's `dma_rmb`, and the
-    /// `__iormb` in `readl`). After the interrupt's causes are taken and
-    /// before the used ring is read, and between `used.idx` and the entries
-    /// it publishes.
-    DmaRead,
-}
+pub use tidepool_block::Barrier;
 
 /// One virtio-mmio transport, register by register.
 ///

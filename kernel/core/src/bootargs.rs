@@ -24,7 +24,7 @@
 
 use core::fmt;
 
-pub use tidepool_virtio_blk::pattern::{DiskPattern, SectorRange};
+pub use tidepool_block::pattern::{DiskPattern, SectorRange};
 
 /// Console log level selected by `log=`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -196,6 +196,12 @@ pub fn plan_memory<'a>(
         mmio.extend(gic.redistributors.iter().map(|r| device(&gic.path, *r)));
     }
     mmio.extend(platform.virtio_mmio.iter().map(|v| device(&v.path, v.reg)));
+    mmio.extend(
+        platform
+            .usdhc
+            .iter()
+            .map(|u| device(&u.device.path, u.device.reg)),
+    );
     let mut shared_info = None;
     if let Some(xen) = &platform.hypervisor {
         let shared = |name: &'a str, phys: PhysRange| MmioSpec {

@@ -10,11 +10,12 @@
 use alloc::vec::Vec;
 
 use log::{error, info};
+use tidepool_block::BlockDriver;
+use tidepool_block::pattern::{DiskPattern, SECTOR_BYTES};
 use tidepool_dt::DeviceTree;
 use tidepool_monitor::{BlkCommand, COMMANDS, Command, Echo, LineEditor, PROMPT, hexdump};
-use tidepool_virtio_blk::pattern::{DiskPattern, SECTOR_BYTES};
 
-use crate::block::Disk;
+use crate::block::{AnyDisk, Disk, with_disk};
 use crate::console;
 use crate::console_input;
 use crate::dma::Dma;
@@ -32,7 +33,7 @@ pub struct Monitor {
     /// The DMA layer.
     pub dma: Dma,
     /// The block devices.
-    pub disks: Vec<Disk>,
+    pub disks: Vec<AnyDisk>,
 }
 
 /// The editor's echo: straight to the console.
@@ -150,7 +151,7 @@ impl Monitor {
             .iter()
             .filter(|d| device.is_none_or(|name| matches(d, name)))
         {
-            info!("{}", disk.device().dma().stats_line());
+            disk.print_dma_stats();
             shown += 1;
         }
         match device {
@@ -179,7 +180,7 @@ impl Monitor {
     }
 
     /// Runs `f` on the block device called `name` (see [`matches`]).
-    fn with_disk(&mut self, name: &str, f: impl FnOnce(&mut Disk, &mut Dma)) {
+    fn with_disk(&mut self, name: &str, f: impl FnOnce(&mut AnyDisk, &mut Dma)) {
         match self.disks.iter_mut().find(|d| matches(d, name)) {
             Some(disk) => f(disk, &mut self.dma),
             None => error!("monitor: blk: no block device {name}"),
@@ -191,27 +192,30 @@ impl Monitor {
             BlkCommand::List => {
                 info!("blk: devices={}", self.disks.len());
                 for disk in &self.disks {
-                    info!("{}", disk.device().info_line());
-                    info!("{}", disk.device().stats_line());
+                    disk.print_info();
                 }
             }
             BlkCommand::Read { device, lba, count } => {
-                self.with_disk(device, |disk, dma| read(disk, dma, lba, count));
-            }
-            BlkCommand::Verify { device, seed } => self.with_disk(device, |disk, dma| {
-                crate::block::verify(
-                    disk,
-                    dma,
-                    DiskPattern {
-                        seed,
-                        written: None,
-                    },
+                self.with_disk(
+                    device,
+                    |any, dma| with_disk!(any, disk => read(disk, dma, lba, count)),
                 );
+            }
+            BlkCommand::Verify { device, seed } => self.with_disk(device, |any, dma| {
+                let expected = DiskPattern {
+                    seed,
+                    written: None,
+                };
+                with_disk!(any, disk => {
+                    crate::block::verify(disk, dma, expected);
+                });
             }),
-            BlkCommand::Bench { device, mib } => self.with_disk(device, |disk, dma| {
-                if let Err(err) = crate::block::bench(disk, dma, mib) {
-                    error!("blk: bench {}: {err}", disk.name());
-                }
+            BlkCommand::Bench { device, mib } => self.with_disk(device, |any, dma| {
+                with_disk!(any, disk => {
+                    if let Err(err) = crate::block::bench(disk, dma, mib) {
+                        error!("blk: bench {}: {err}", disk.name());
+                    }
+                })
             }),
         }
     }
@@ -219,14 +223,14 @@ impl Monitor {
 
 /// Whether `name` names `disk`: its device-tree path, or the node name
 /// after the last `/`.
-fn matches(disk: &Disk, name: &str) -> bool {
+fn matches(disk: &AnyDisk, name: &str) -> bool {
     let path = disk.name();
     path == name || path.rsplit('/').next() == Some(name)
 }
 
 /// `blk read`: sector `lba` as hex-dump records, then the FNV-1a checksum
 /// of the sectors after it.
-fn read(disk: &mut Disk, dma: &mut Dma, lba: u64, count: u64) {
+fn read<D: BlockDriver<'static>>(disk: &mut Disk<D>, dma: &mut Dma, lba: u64, count: u64) {
     let capacity = disk.device().capacity();
     if lba.checked_add(count).is_none_or(|end| end > capacity) {
         error!(

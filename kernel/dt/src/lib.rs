@@ -185,8 +185,8 @@ pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,
 };
 pub use platform::{
-    ArchTimer, Chosen, Gic, GicInterrupt, GicVersion, Hypervisor, InterruptKind, Platform, Psci,
-    PsciMethod, Stdout, Uart, UartKind, VirtioMmio,
+    ArchTimer, Chosen, DmaDeviceNode, Gic, GicInterrupt, GicVersion, Hypervisor, InterruptKind,
+    Platform, Psci, PsciMethod, Stdout, Uart, UartKind, Usdhc, VirtioMmio,
 };
 pub use range::AddrRange;
 pub use report::ConsoleLine;

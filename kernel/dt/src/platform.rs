@@ -1,6 +1,6 @@
 //! Platform facts the kernel needs once at boot: `/chosen`, the Xen
 //! `/hypervisor` node, the GIC, the architected timer, PSCI, virtio-mmio
-//! transports and UARTs.
+//! transports, i.MX uSDHC controllers and UARTs.
 //!
 //! Only available nodes (`status` absent or okay on the node and every
 //! ancestor) are read. Every `reg` is translated to a root (CPU physical)
@@ -29,6 +29,9 @@ const ARCH_TIMER: &[&str] = &["arm,armv8-timer", "arm,armv7-timer"];
 /// Position of the virtual timer among the architected timer's interrupts
 /// (secure physical, non-secure physical, virtual, hypervisor).
 const VIRTUAL_TIMER: usize = 2;
+/// i.MX uSDHC `compatible` strings: the i.MX 8M Plus and the earlier
+/// parts with the same register layout its node also lists.
+const USDHC: &[&str] = &["fsl,imx8mp-usdhc", "fsl,imx8mm-usdhc", "fsl,imx7d-usdhc"];
 /// Largest SPI number (INTID 1019).
 const MAX_SPI: u32 = 987;
 /// Largest PPI number (INTID 31).
@@ -158,9 +161,10 @@ pub struct Psci {
     pub method: PsciMethod,
 }
 
-/// A virtio-mmio transport (`virtio,mmio`).
+/// A memory-mapped device that does DMA: its registers, its interrupt, and
+/// what its DMA needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VirtioMmio {
+pub struct DmaDeviceNode {
     /// Full path.
     pub path: String,
     /// Register window (first `reg` entry), translated.
@@ -172,6 +176,24 @@ pub struct VirtioMmio {
     pub dma_coherent: bool,
     /// Paths of the nodes its `memory-region` names, in order.
     pub memory_regions: Vec<String>,
+}
+
+/// A virtio-mmio transport (`virtio,mmio`).
+pub type VirtioMmio = DmaDeviceNode;
+
+/// An i.MX uSDHC controller (`fsl,imx8mp-usdhc` and its family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usdhc {
+    /// The node, its registers, interrupt and DMA.
+    pub device: DmaDeviceNode,
+    /// Whether the controller's write-protect input means something:
+    /// `fsl,wp-controller` and no `disable-wp`. As Linux's i.MX driver
+    /// reads the tree: without `fsl,wp-controller` the pin may be unwired
+    /// (the i.MX 8M Plus EVK's SD slot), and its level says nothing.
+    pub write_protect_pin: bool,
+    /// The first `assigned-clock-rates` entry: the controller's input
+    /// clock in Hz, when the tree sets it.
+    pub clock_hz: Option<u32>,
 }
 
 /// The kind of a UART.
@@ -228,6 +250,8 @@ pub struct Platform {
     pub psci: Option<Psci>,
     /// virtio-mmio transports, in tree order.
     pub virtio_mmio: Vec<VirtioMmio>,
+    /// i.MX uSDHC controllers, in tree order.
+    pub usdhc: Vec<Usdhc>,
     /// PL011, SBSA and i.MX UARTs, in tree order.
     pub uarts: Vec<Uart>,
     /// Nodes left out (or facts left unset) and why.
@@ -291,7 +315,19 @@ impl Platform {
             if tree.is_compatible(node, &["virtio,mmio"]) {
                 platform
                     .virtio_mmio
-                    .extend(keep(virtio_mmio(tree, node), errors));
+                    .extend(keep(dma_device(tree, node), errors));
+            }
+            if tree.is_compatible(node, USDHC) {
+                let usdhc = dma_device(tree, node).map(|device| Usdhc {
+                    device,
+                    write_protect_pin: tree.has(node, "fsl,wp-controller")
+                        && !tree.has(node, "disable-wp"),
+                    clock_hz: tree
+                        .property(node, "assigned-clock-rates")
+                        .filter(|value| value.len() >= 4)
+                        .map(|value| u32::from_be_bytes([value[0], value[1], value[2], value[3]])),
+                });
+                platform.usdhc.extend(keep(usdhc, errors));
             }
             let compatible = tree.strings(node, "compatible").ok().flatten();
             if let Some(kind) = compatible.and_then(UartKind::from_compatible) {
@@ -634,7 +670,7 @@ pub(crate) fn dma_coherent(tree: &Tree<'_>, node: usize) -> bool {
     false
 }
 
-fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
+fn dma_device(tree: &Tree<'_>, node: usize) -> Result<DmaDeviceNode, NodeError> {
     let reg = first_reg(tree, node)?;
     let interrupt = interrupt(tree, node)?;
     let dma_coherent = dma_coherent(tree, node);
@@ -647,7 +683,7 @@ fn virtio_mmio(tree: &Tree<'_>, node: usize) -> Result<VirtioMmio, NodeError> {
             memory_regions.push(tree.nodes[target].path.clone());
         }
     }
-    Ok(VirtioMmio {
+    Ok(DmaDeviceNode {
         path: tree.nodes[node].path.clone(),
         reg,
         interrupt,

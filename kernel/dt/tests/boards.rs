@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tidepool_dt::{AddrRange, DeviceTree, Placement, Plan};
+use tidepool_dt::{AddrRange, DeviceTree, InterruptKind, Placement, Plan, Platform};
 
 /// One node as `fdtdump` prints it: full path, parent, properties as bytes.
 struct DumpNode {
@@ -613,6 +613,53 @@ fn board(dtbs: &[PathBuf], suffix: &str) -> Plan {
         .find(|p| p.ends_with(suffix))
         .unwrap_or_else(|| panic!("{suffix} is not among the board DTBs"));
     Plan::from_dtb(&std::fs::read(file).unwrap()).unwrap()
+}
+
+/// The i.MX 8M Plus EVK's uSDHC controllers: the SD slot (usdhc2) and the
+/// eMMC (usdhc3) are enabled, with their interrupts, the 400 MHz clock the
+/// tree assigns, and no write-protect pin (no `fsl,wp-controller`).
+#[test]
+#[ignore = "needs TIDEPOOL_BOARD_DTBS; run by cargo xtask test"]
+fn imx8mp_evk_usdhc_controllers() {
+    let dtbs = board_dtbs();
+    let file = dtbs
+        .iter()
+        .find(|p| p.ends_with("freescale/imx8mp-evk.dtb"))
+        .expect("imx8mp-evk.dtb is among the board DTBs");
+    let platform = Platform::from_dtb(&std::fs::read(file).unwrap()).unwrap();
+    let usdhc: Vec<_> = platform
+        .usdhc
+        .iter()
+        .map(|u| {
+            (
+                u.device.path.rsplit('/').next().unwrap().to_string(),
+                u.device.reg,
+                u.device.interrupt.kind,
+                u.device.interrupt.number,
+                u.clock_hz,
+                u.write_protect_pin,
+                u.device.dma_coherent,
+            )
+        })
+        .collect();
+    let slot = |name: &str, base: u64, spi: u32| {
+        (
+            name.to_string(),
+            AddrRange::new(base, 0x1_0000).unwrap(),
+            InterruptKind::Spi,
+            spi,
+            Some(400_000_000),
+            false,
+            false,
+        )
+    };
+    assert_eq!(
+        usdhc,
+        [
+            slot("mmc@30b50000", 0x30b5_0000, 23),
+            slot("mmc@30b60000", 0x30b6_0000, 24)
+        ]
+    );
 }
 
 #[test]

@@ -297,6 +297,11 @@ impl Rig {
 
     /// A DMA context for [`DEVICE`] of `kind`.
     pub fn dma_device(&self, kind: DeviceKind) -> DmaDevice<'static> {
+        self.dma_device_named(kind, DEVICE)
+    }
+
+    /// A DMA context for the device `name` of `kind`.
+    pub fn dma_device_named(&self, kind: DeviceKind, name: &'static str) -> DmaDevice<'static> {
         let (coherent, pool) = match kind {
             DeviceKind::Coherent => (true, None),
             DeviceKind::NonCoherent => (false, None),
@@ -306,7 +311,7 @@ impl Rig {
         };
         DmaDevice::new(
             DeviceSpec {
-                name: DEVICE,
+                name,
                 coherent,
                 pool,
             },

@@ -4,6 +4,7 @@
 
 use core::sync::atomic::AtomicU32;
 use core::task::Poll;
+use tidepool_block::BlockDriver;
 
 use tidepool_virtio_blk::pattern::{self, SECTOR_BYTES};
 use tidepool_virtio_blk::transport::feature;

@@ -1,10 +1,10 @@
-//! Memory the CPU shares with the device: the virtqueue's coherent
-//! allocation (reached through its pool window) and the per-slot staging
-//! buffers (the driver's own allocation in linear RAM).
+//! Memory the CPU shares with a device: a driver's coherent allocations
+//! (reached through their pool window: a virtqueue, an ADMA2 descriptor
+//! table) and its staging buffers (its own allocation in linear RAM).
 //!
 //! Both are reached only through [`SharedMemory`], which checks every access
 //! against its length. The device may write the memory at any time it owns
-//! part of it, so the driver never holds a Rust reference into it: ring
+//! part of it, so the driver never holds a Rust reference into it: shared
 //! fields are read and written with volatile accesses, and staging bytes are
 //! copied in and out while the CPU owns them (before `map`, after `unmap`).
 
@@ -14,7 +14,7 @@ use core::ptr::NonNull;
 use tidepool_mm::VirtAddr;
 
 /// A range of memory shared with a device.
-pub(crate) struct SharedMemory {
+pub struct SharedMemory {
     base: NonNull<u8>,
     len: usize,
     /// The layout to free it with, when the driver allocated it.
@@ -28,7 +28,7 @@ unsafe impl Send for SharedMemory {}
 impl SharedMemory {
     /// `len` zeroed bytes aligned to `align`, from the heap (linear RAM in
     /// the kernel); freed when dropped. `None` if the heap cannot give them.
-    pub(crate) fn allocate(len: usize, align: usize) -> Option<Self> {
+    pub fn allocate(len: usize, align: usize) -> Option<Self> {
         let layout = Layout::from_size_align(len, align).ok()?;
         if len == 0 {
             return None;
@@ -49,7 +49,7 @@ impl SharedMemory {
     /// `[virt, virt + len)` is mapped, readable and writable normal memory
     /// that nothing but this value and the device accesses for as long as
     /// the value lives; `virt` is not 0.
-    pub(crate) unsafe fn window(virt: VirtAddr, len: usize) -> Self {
+    pub unsafe fn window(virt: VirtAddr, len: usize) -> Self {
         let pointer = core::ptr::with_exposed_provenance_mut::<u8>(virt.0 as usize);
         // SAFETY: the caller guarantees `virt` is not 0.
         let base = unsafe { NonNull::new_unchecked(pointer) };
@@ -61,7 +61,7 @@ impl SharedMemory {
     }
 
     /// The virtual address of the first byte.
-    pub(crate) fn virt(&self) -> VirtAddr {
+    pub fn virt(&self) -> VirtAddr {
         VirtAddr(self.base.as_ptr().expose_provenance() as u64)
     }
 
@@ -86,50 +86,50 @@ impl SharedMemory {
     }
 
     /// Reads the little-endian `u16` at `offset`.
-    pub(crate) fn read_u16(&self, offset: usize) -> u16 {
+    pub fn read_u16(&self, offset: usize) -> u16 {
         // SAFETY: `at` checked bounds and alignment; the memory is valid for
         // reads (constructor contracts).
         u16::from_le(unsafe { self.at::<u16>(offset).read_volatile() })
     }
 
     /// Writes the little-endian `u16` at `offset`.
-    pub(crate) fn write_u16(&mut self, offset: usize, value: u16) {
+    pub fn write_u16(&mut self, offset: usize, value: u16) {
         // SAFETY: as for `read_u16`; the memory is valid for writes.
         unsafe { self.at::<u16>(offset).write_volatile(value.to_le()) }
     }
 
     /// Reads the little-endian `u32` at `offset`.
-    pub(crate) fn read_u32(&self, offset: usize) -> u32 {
+    pub fn read_u32(&self, offset: usize) -> u32 {
         // SAFETY: as for `read_u16`.
         u32::from_le(unsafe { self.at::<u32>(offset).read_volatile() })
     }
 
     /// Writes the little-endian `u32` at `offset`.
-    pub(crate) fn write_u32(&mut self, offset: usize, value: u32) {
+    pub fn write_u32(&mut self, offset: usize, value: u32) {
         // SAFETY: as for `write_u16`.
         unsafe { self.at::<u32>(offset).write_volatile(value.to_le()) }
     }
 
     /// Writes the little-endian `u64` at `offset`.
-    pub(crate) fn write_u64(&mut self, offset: usize, value: u64) {
+    pub fn write_u64(&mut self, offset: usize, value: u64) {
         // SAFETY: as for `write_u16`.
         unsafe { self.at::<u64>(offset).write_volatile(value.to_le()) }
     }
 
     /// Reads the byte at `offset`.
-    pub(crate) fn read_u8(&self, offset: usize) -> u8 {
+    pub fn read_u8(&self, offset: usize) -> u8 {
         // SAFETY: as for `read_u16`.
         unsafe { self.at::<u8>(offset).read_volatile() }
     }
 
     /// Writes the byte at `offset`.
-    pub(crate) fn write_u8(&mut self, offset: usize, value: u8) {
+    pub fn write_u8(&mut self, offset: usize, value: u8) {
         // SAFETY: as for `write_u16`.
         unsafe { self.at::<u8>(offset).write_volatile(value) }
     }
 
     /// Copies `bytes` to `offset`. Only while the CPU owns that part.
-    pub(crate) fn write_bytes(&mut self, offset: usize, bytes: &[u8]) {
+    pub fn write_bytes(&mut self, offset: usize, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -144,7 +144,7 @@ impl SharedMemory {
 
     /// Copies the bytes at `offset` into `bytes`. Only while the CPU owns
     /// that part.
-    pub(crate) fn read_bytes(&self, offset: usize, bytes: &mut [u8]) {
+    pub fn read_bytes(&self, offset: usize, bytes: &mut [u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -159,7 +159,7 @@ impl SharedMemory {
     /// Gives up the memory for good: it is never freed (a device that may
     /// still write it keeps it). Returns the bytes leaked (0 for a window,
     /// which the driver does not own).
-    pub(crate) fn leak(&mut self) -> usize {
+    pub fn leak(&mut self) -> usize {
         self.owned.take().map_or(0, |_| self.len)
     }
 }

@@ -30,8 +30,15 @@ pub struct BlkStats {
 /// Keys are the [`BlkStats`] fields, always all of them, in that order, in
 /// decimal.
 pub struct StatsLine<'s> {
-    pub(crate) device: &'s str,
-    pub(crate) stats: &'s BlkStats,
+    device: &'s str,
+    stats: &'s BlkStats,
+}
+
+impl<'s> StatsLine<'s> {
+    /// The line of `device`'s `stats`.
+    pub const fn new(device: &'s str, stats: &'s BlkStats) -> Self {
+        Self { device, stats }
+    }
 }
 
 impl fmt::Display for StatsLine<'_> {

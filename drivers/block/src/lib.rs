@@ -1,0 +1,158 @@
+//! What tidepool's block drivers share, so that the kernel has one block
+//! interface and one transfer loop whatever the device (virtio-blk, the
+//! i.MX uSDHC SD card): requests ([`Request`]), their handles ([`Token`])
+//! and deadlines, the counters and their console line ([`BlkStats`]), the
+//! [`BlockDriver`] trait, [`SharedMemory`] (bounds-checked access to memory
+//! a driver shares with its device, the crate's one `unsafe` module), and
+//! [`pattern`], the disk content the kernel and xtask share.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod barrier;
+#[allow(unsafe_code)]
+mod memory;
+pub mod pattern;
+mod request;
+mod stats;
+
+use core::fmt;
+use core::task::Poll;
+
+use tidepool_dma::{DmaDevice, DmaEnv};
+
+pub use barrier::Barrier;
+pub use memory::SharedMemory;
+pub use request::{
+    Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,
+};
+pub use stats::{BlkStats, StatsLine};
+
+/// A console line an interrupt brought besides completions (a capacity
+/// change, a device that failed), for the kernel to print at its level.
+pub enum Notice<'n> {
+    /// Information.
+    Info(&'n dyn fmt::Display),
+    /// An error.
+    Error(&'n dyn fmt::Display),
+}
+
+/// A block device as the kernel drives it: asynchronous requests with
+/// deadlines, completed by the kernel calling [`Self::handle_interrupt`]
+/// after the device's interrupt (or [`Self::poll`] instead of it) and
+/// [`Self::expire`] from its clock, and collected with [`Self::finish`].
+/// All DMA goes through the device's [`DmaDevice`].
+pub trait BlockDriver<'a> {
+    /// Why a request failed or was refused.
+    type Error: fmt::Display;
+
+    /// The device's name (its device-tree path).
+    fn name(&self) -> &'a str;
+
+    /// Capacity in 512-byte sectors.
+    fn capacity(&self) -> u64;
+
+    /// The largest request in bytes (larger transfers are split).
+    fn max_request_bytes(&self) -> u32;
+
+    /// How many requests can be in flight at once.
+    fn slots(&self) -> usize;
+
+    /// How many are in flight now.
+    fn in_flight(&self) -> usize;
+
+    /// Submits a request due by `deadline`. Refused without touching the
+    /// device when it cannot be done (read-only, out of range, ...).
+    fn submit(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, Self::Error>;
+
+    /// Whether `error` (from [`Self::submit`]) only means "not now": every
+    /// slot, or the device's DMA pool, is taken by requests in flight, and
+    /// the same request can be submitted again once one completes.
+    fn is_busy(&self, error: &Self::Error) -> bool;
+
+    /// The error of [`Self::submit_waiting`] when the requests holding the
+    /// slots stayed past the wait.
+    fn no_free_slot(&self) -> Self::Error;
+
+    /// Submits `request`, due `timeout` after its submission, waiting while
+    /// the device is busy ([`Self::is_busy`]). `wait` lets time pass (the
+    /// kernel sleeps until the device's interrupt or a timer) and takes what
+    /// came back.
+    ///
+    /// It waits at most `timeout`, by `clock`: every request holding a slot
+    /// was submitted before the call, so each is past its own deadline by
+    /// then, and a device that returned none of them holds them for good.
+    /// Then it gives up with [`Self::no_free_slot`] rather than wait
+    /// forever.
+    fn submit_waiting(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        request: Request<'_>,
+        clock: &mut dyn FnMut() -> u64,
+        timeout: u64,
+        wait: &mut dyn FnMut(&mut Self, &mut DmaEnv<'_, 'a>),
+    ) -> Result<Token, Self::Error>
+    where
+        Self: Sized,
+    {
+        let give_up = clock().saturating_add(timeout);
+        loop {
+            let now = clock();
+            match self.submit(env, request, Deadline::after(now, timeout)) {
+                Err(error) if self.is_busy(&error) => {
+                    if now >= give_up {
+                        return Err(self.no_free_slot());
+                    }
+                    wait(self, env);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the kernel's interrupt handler noted an interrupt that
+    /// [`Self::handle_interrupt`] has not handled yet: what a waiter waits
+    /// for.
+    fn interrupt_noted(&self) -> bool;
+
+    /// Acts on the noted interrupt: takes what the device finished, and
+    /// tells `notice` what else it brought. Returns the tokens that became
+    /// ready to [`Self::finish`].
+    fn handle_interrupt(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions;
+
+    /// Whether the device finished something [`Self::poll`] would take: a
+    /// register or ring read with no side effect, for a waiter to check
+    /// after every wake-up rather than trust that the interrupt arrived.
+    fn has_completions(&self) -> bool;
+
+    /// Takes what the device finished without an interrupt (polling);
+    /// returns the tokens that became ready to [`Self::finish`].
+    fn poll(&mut self, env: &mut DmaEnv<'_, 'a>) -> Completions;
+
+    /// Marks requests whose deadline is at or before `now` as timed out.
+    fn expire(&mut self, now: u64) -> Completions;
+
+    /// The outcome of a request, once; `Pending` while the device holds it.
+    /// A read's data is copied into `read_into` (exactly its length).
+    fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, Self::Error>>;
+
+    /// Its request counters.
+    fn stats(&self) -> &BlkStats;
+
+    /// Its DMA context (for its counters).
+    fn dma(&self) -> &DmaDevice<'a>;
+}
