@@ -10,15 +10,18 @@
 //!    non-coherent, with a dynamic no-map pool Xen flushes: the path where
 //!    every request costs a cache-flush hypercall);
 //! 4. tidepool as an 8 MiB dom0less domU, which must reach `boot: ready`;
-//! 5. Linux as dom0 (`linux.rs`), timing busybox `dd` reads of the disk.
+//! 5. Linux as dom0 (`linux.rs`), timing busybox `dd` reads of the disk;
+//! 6. the PV lines (`pv.rs`): tidepool and a Linux domU as `xl` guests of a
+//!    Linux dom0, each reading the disk through dom0's xen-blkback.
 //!
 //! Runs 1, 2, 3 and 5 are repeated (`--runs`, default 3) and the best
 //! timing of each kind kept: other work on the host only ever slows an
 //! emulated run down. A run that yields no numbers fails the command; a
 //! missed target is reported as `MISSED` and does not.
 
-mod cpio;
-mod linux;
+pub(crate) mod cpio;
+pub(crate) mod linux;
+mod pv;
 mod report;
 mod tidepool;
 
@@ -60,6 +63,10 @@ pub struct BenchArgs {
     /// Skip the Linux dom0 run (tidepool's numbers only, no ratios).
     #[arg(long)]
     skip_linux: bool,
+    /// Skip the PV runs (tidepool and a Linux domU as xl guests of a Linux
+    /// dom0, through its blkback).
+    #[arg(long)]
+    skip_pv: bool,
     /// Boots per measurement; the best timing of each kind is kept.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
@@ -118,6 +125,7 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         &domu,
     );
     let linux = (!args.skip_linux).then(|| linux_bench(ws, &dir, runs, dom0()));
+    let pv = (!args.skip_pv).then(|| pv::run(ws, &image, &dir, &disk, DISK_MIB, runs));
 
     let results = Results {
         qemu,
@@ -132,7 +140,10 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         image_bytes,
     };
     println!("{}", report::render(&results));
-    match results.failed_runs() {
+    if let Some(pv) = &pv {
+        println!("{}", pv::render(pv));
+    }
+    match results.failed_runs() + pv.as_ref().map_or(0, pv::failed_runs) {
         0 => Ok(()),
         n => Err(Error::msg(format!(
             "{n} benchmark run(s) failed (see above)"
@@ -262,7 +273,7 @@ fn linux_bench(
         }
     );
     let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
-    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"))?;
+    let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"), None)?;
     best_of(runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
         let console = run_timed(&args, LINUX_TIMEOUT)?;

@@ -43,6 +43,19 @@ pub struct BootTest {
     /// follows the first's (after [`SECOND_BOOT`]), so `expect` continues
     /// into it.
     pub second_boot: Option<&'static str>,
+    /// Boot as an `xl` guest of a Linux dom0 (`pv.rs`), the first disk as
+    /// its `xvda`, instead of as `machine` says.
+    pub pv: Option<PvSpec>,
+}
+
+/// What the Linux dom0 of a PV test does beyond creating the guest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PvSpec {
+    /// `xl block-detach` the disk once the guest's console shows this.
+    pub detach_on: Option<&'static str>,
+    /// tidepool is a dom0less domU next to the Linux dom0 (see
+    /// `crate::pv::PvGuest::dom0less`).
+    pub dom0less: bool,
 }
 
 /// Printed between the consoles of a test's two boots.
@@ -98,6 +111,7 @@ impl BootTest {
             typing: Vec::new(),
             errors: None,
             second_boot: None,
+            pv: None,
         }
     }
 
@@ -467,6 +481,7 @@ pub fn all() -> Vec<BootTest> {
     tests.extend(board());
     tests.extend(sd_card());
     tests.extend(monitor());
+    tests.extend(pv());
     tests
 }
 
@@ -1098,14 +1113,40 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
         images.push(path);
     }
     let console = qemu::Console::Captured(test.timeout);
-    let args = machine.prepare(ws, image, &run_dir)?;
-    let typing = (!test.typing.is_empty()).then(|| {
-        qemu::Typing::after_boot(
-            &machine.mode,
-            test.typing.iter().map(|s| s.to_string()).collect(),
-        )
-    });
-    let mut run = args.run_typing(console, None, typing.as_ref())?;
+    let mut run = match test.pv {
+        Some(spec) => {
+            let guest = crate::pv::PvGuest {
+                bootargs: machine.bootargs.clone(),
+                disk: images.first().cloned(),
+                read_only: test.disks.first().is_some_and(|d| d.read_only),
+                detach_on: spec.detach_on.map(String::from),
+                dom0less: spec.dom0less,
+            };
+            // xl console in dom0 reads the serial line, where Xen sends
+            // input for dom0: typing needs no console switch.
+            let typing = (!test.typing.is_empty()).then(|| {
+                qemu::Typing::after_boot(
+                    &machine.mode,
+                    test.typing.iter().map(|s| s.to_string()).collect(),
+                )
+            });
+            crate::pv::qemu_args(ws, image, &guest, &run_dir)?.run_typing(
+                console,
+                None,
+                typing.as_ref(),
+            )?
+        }
+        None => {
+            let args = machine.prepare(ws, image, &run_dir)?;
+            let typing = (!test.typing.is_empty()).then(|| {
+                qemu::Typing::after_boot(
+                    &machine.mode,
+                    test.typing.iter().map(|s| s.to_string()).collect(),
+                )
+            });
+            args.run_typing(console, None, typing.as_ref())?
+        }
+    };
     if let Some(bootargs) = test.second_boot
         && !run.timed_out
     {
@@ -1127,6 +1168,147 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
     std::fs::write(run_dir.join("console.log"), run.lines.join("\n"))
         .map_err(|e| Error::io(run_dir.join("console.log"), e))?;
     Ok(run)
+}
+
+/// What no PV run may show. Linux shares the console, so tidepool's own
+/// prefixes are matched with more context than `CLEAN_REJECT`'s ("default:"
+/// in Linux's boot log contains "fault:").
+const PV_REJECT: &[&str] = &[
+    "fault: synchronous",
+    "fault: translation",
+    "panic: ",
+    "shutdown: crash",
+    "pv-dom0: guest-crashed",
+    "pv-dom0: error",
+];
+
+/// tidepool as an `xl` guest of a real Linux dom0 (issue 14): PV console,
+/// xenstore, and blkfront against Linux's xen-blkback on the 8 MiB test
+/// disk. Each boots Linux and the toolstack, so they are the slowest tests;
+/// one run covers write, verify and the benchmark.
+fn pv() -> Vec<BootTest> {
+    let guest = |name: &str, bootargs: &str| {
+        let mut t = BootTest::new(
+            name,
+            with(xen_dom0(crate::pv::DOM0_MEM), |m| {
+                m.bootargs = bootargs.into()
+            }),
+        );
+        t.pv = Some(PvSpec::default());
+        t.timeout = Duration::from_secs(300);
+        t
+    };
+    let attached = [
+        "pv-dom0: created name=tidepool",
+        "boot: tidepool",
+        "console: xen-pv gpa=0x39000000",
+        "xenstore: connected gpa=0x39001000",
+        "name=tidepool",
+        "blk: xvda pv devid=51712 backend=/local/domain/0/backend/vbd/",
+        "sectors=16384 sector_size=512",
+    ];
+    let shut_down = [
+        "boot: ready",
+        "shutdown: poweroff",
+        "pv-dom0: guest-shutdown name=tidepool state=---s--",
+        "pv-dom0: done",
+    ];
+    let mut detach = guest(
+        "pv-xl-detach-during-io",
+        "blk-verify=1 bench=8 blk-verify=1",
+    )
+    .with_disks(&[disk(
+        1,
+        Some(DiskPattern {
+            seed: 1,
+            written: None,
+        }),
+    )])
+    .expect(&attached)
+    .expect(&["back end went away (state Closing)", "blk: xvda closed"])
+    .expect(&shut_down)
+    .reject(PV_REJECT);
+    detach.pv = Some(PvSpec {
+        detach_on: Some("blk: xvda pv devid="),
+        dom0less: false,
+    });
+    let mut dom0less = guest("pv-dom0less-block-attach", WRITE_AND_VERIFY)
+        .with_disks(&[disk(1, Some(REWRITTEN))])
+        .expect(&[
+            "boot: tidepool",
+            "xenstore: waiting for dom0's init-dom0less evtchn=",
+            "xenstore: connected gpa=0x39001000",
+            "blk: xvda pv devid=51712 backend=/local/domain/0/backend/vbd/1/51712 sectors=16384 \
+             sector_size=512 read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
+            "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
+            "blk: verify xvda sectors=16384 ok",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+            "boot: ready",
+            "shutdown: poweroff",
+            "pv-dom0: guest-shutdown name=1 state=---s--",
+            "pv-dom0: done",
+        ])
+        .reject(PV_REJECT)
+        // tidepool's errors; dom0's toolstack may print its own.
+        .reject(&["(d1) error: "]);
+    dom0less.pv = Some(PvSpec {
+        detach_on: None,
+        dom0less: true,
+    });
+    let mut monitor = guest("pv-xl-monitor-input", "monitor")
+        .expect(&[
+            "console: xen-pv gpa=0x39000000",
+            "monitor: input xen pv console",
+            "boot: ready",
+            "> help",
+            "monitor: command=\"blk read DEV LBA COUNT\" about=",
+            "> poweroff",
+            "shutdown: poweroff",
+            "pv-dom0: guest-shutdown name=tidepool state=---s--",
+        ])
+        .reject(PV_REJECT);
+    monitor.typing = vec!["help", "poweroff"];
+    vec![
+        monitor,
+        guest(
+            "pv-xl-write-verify-bench",
+            &format!("{WRITE_AND_VERIFY} bench=8"),
+        )
+        .with_disks(&[disk(1, Some(REWRITTEN))])
+        .expect(&attached)
+        .expect(&[
+            "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
+            "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
+            "blk: verify xvda sectors=16384 ok",
+            "blk: bench device=xvda seq_mib=8",
+            "blk: stats xvda reads=",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+        ])
+        .expect(&shut_down)
+        .reject(PV_REJECT)
+        .reject(&["error: "]),
+        guest("pv-xl-read-only", "blk-write=2@0+8 blk-verify=1")
+            .with_disks(&[TestDisk {
+                read_only: true,
+                ..disk(
+                    1,
+                    Some(DiskPattern {
+                        seed: 1,
+                        written: None,
+                    }),
+                )
+            }])
+            .expect(&attached)
+            .expect(&[
+                "read_only=1 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
+                "error: blk: xvda write of sectors 0..8: the disk is read-only",
+                "blk: verify xvda sectors=16384 ok",
+            ])
+            .expect(&shut_down)
+            .reject(PV_REJECT),
+        detach,
+        dom0less,
+    ]
 }
 
 /// Sectors of each block-test disk (8 MiB).

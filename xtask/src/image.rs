@@ -12,6 +12,26 @@ const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 /// The size target for the image file (README, DEVELOPERS guide).
 pub const IMAGE_SIZE_LIMIT: usize = 512 * 1024;
 
+/// Where Xen's toolstack puts a guest's boot modules (device tree,
+/// ramdisk): at the first 2 MiB boundary after the Image *file*, since it
+/// ignores `image_size` (`xg_dom_arm.c`, `modbase = ROUNDUP(kernend, 21)`
+/// when RAM is under 128 MiB plus the modules). The entry code clears BSS
+/// before it looks at the device tree, so the whole image in memory must end
+/// below that boundary, or an `xl` guest would wipe its own device tree.
+const XL_MODULE_ALIGN: u64 = 2 << 20;
+
+/// Refuses an image whose memory footprint from `text_offset` crosses the
+/// 2 MiB boundary where `xl` places the device tree.
+fn check_xl_placement(text_offset: u64, memory_size: u64) -> Result<()> {
+    if text_offset + memory_size > XL_MODULE_ALIGN {
+        return Err(Error::msg(format!(
+            "the Image needs {memory_size:#x} bytes from text_offset {text_offset:#x}, past the \
+             2 MiB boundary where xl places an arm64 guest's device tree (BSS would overwrite it)"
+        )));
+    }
+    Ok(())
+}
+
 /// What the conversion found.
 pub struct Image {
     /// The flat image file.
@@ -60,6 +80,8 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
     }
     let memory_size =
         header_memory_size(&bytes).map_err(|e| Error::msg(format!("kernel ELF: {e}")))?;
+    let text_offset = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    check_xl_placement(text_offset, memory_size)?;
 
     let mut relocations = 0;
     if let Some(section) = file.section_by_name(".rela.dyn") {
@@ -84,4 +106,17 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
         memory_size,
         relocations,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xl_places_the_device_tree_at_the_next_2mib_boundary() {
+        assert!(check_xl_placement(0, 0xd1000).is_ok());
+        assert!(check_xl_placement(0, 2 << 20).is_ok());
+        assert!(check_xl_placement(0x1000, 2 << 20).is_err());
+        assert!(check_xl_placement(0, (2 << 20) + 1).is_err());
+    }
 }

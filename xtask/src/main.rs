@@ -10,6 +10,7 @@ mod debian;
 mod devicetree;
 mod disk;
 mod image;
+mod pv;
 mod qemu;
 mod scenario;
 mod tools;
@@ -121,6 +122,12 @@ struct RunArgs {
     /// Boot as a dom0less domU (with vpl011) instead of dom0.
     #[arg(long, conflicts_with = "no_xen")]
     domu: bool,
+    /// Boot as an `xl` guest of a Linux dom0 (Xen toolstack, Linux's
+    /// blkback serving --disk as xvda); the console is `xl console`. With
+    /// --domu: a dom0less domU next to that dom0 (`xen,enhanced`; dom0 runs
+    /// init-dom0less, then `xl block-attach`es the disk).
+    #[arg(long, conflicts_with = "no_xen")]
+    pv: bool,
     /// Boot on bare QEMU, without Xen.
     #[arg(long)]
     no_xen: bool,
@@ -148,7 +155,8 @@ struct RunArgs {
     /// Device-tree scenario from qemu/scenarios/ (e.g. static-pool).
     #[arg(long)]
     scenario: Option<String>,
-    /// A raw disk image for a virtio-blk device (repeatable).
+    /// A raw disk image for a virtio-blk device (repeatable; with --pv,
+    /// one disk, the guest's xvda).
     #[arg(long)]
     disk: Vec<String>,
     /// Use the modern (v2) virtio-mmio transport.
@@ -239,6 +247,26 @@ pub fn build_kernel(ws: &Workspace) -> Result<PathBuf> {
 fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     tools::ensure_host_tools(ws)?;
     let image = build_kernel(ws)?;
+    if args.pv {
+        if args.disk.len() > 1 {
+            return Err(Error::msg("--pv takes one --disk (the guest's xvda)"));
+        }
+        let guest = pv::PvGuest {
+            bootargs: args.bootargs,
+            disk: args.disk.first().map(PathBuf::from),
+            read_only: false,
+            detach_on: None,
+            dom0less: args.domu,
+        };
+        let run_dir = ws.build.join("run-pv").join(std::process::id().to_string());
+        let qemu = pv::qemu_args(ws, &image, &guest, &run_dir)?;
+        eprintln!("xtask: qemu-system-aarch64 {}", qemu.args().join(" "));
+        let qmp = std::env::temp_dir().join(format!("tidepool-qmp-{}.sock", std::process::id()));
+        let run = qemu.run(Console::Terminal, Some(&qmp));
+        let _ = std::fs::remove_file(&qmp);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        return run;
+    }
     let mode = if args.no_xen {
         Mode::Bare
     } else if args.domu {

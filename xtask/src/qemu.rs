@@ -484,6 +484,9 @@ pub enum Console {
 #[derive(Clone, Debug)]
 pub struct QemuCommand {
     args: Vec<String>,
+    /// Only Xen's own lines end the run: the guests' consoles share the
+    /// line with a Linux dom0 that outlives them (`crate::pv`).
+    xen_endings_only: bool,
 }
 
 /// The QEMU binary.
@@ -575,7 +578,17 @@ pub fn missing_from_base_install(args: &[String]) -> Option<String> {
 
 impl QemuCommand {
     fn new(args: Vec<String>) -> Self {
-        Self { args }
+        Self {
+            args,
+            xen_endings_only: false,
+        }
+    }
+
+    /// Lets only Xen's lines (`(XEN) ...`: dom0 halted, a panic) end the
+    /// run, not a guest's `shutdown:` line: with a Linux dom0 running the
+    /// toolstack, the machine ends when dom0 does.
+    pub fn end_with_xen_only(&mut self) {
+        self.xen_endings_only = true;
     }
 
     /// Appends arguments (for a boot mode's own devices).
@@ -690,6 +703,7 @@ impl QemuCommand {
                 Ok((at, line)) => {
                     if ending.is_none()
                         && let Some(how) = Ending::of_line(&line)
+                            .filter(|_| !self.xen_endings_only || line.starts_with("(XEN) "))
                     {
                         ending = Some((how, line.clone()));
                         deadline = Some(Instant::now() + GRACE);

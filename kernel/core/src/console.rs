@@ -5,7 +5,10 @@
 //! anywhere on the path, the same code serves as the emergency console of the
 //! fault and panic handlers. The backend is chosen once at boot: Xen's
 //! `console_io`, the UART named by `/chosen/stdout-path` (PL011 or i.MX), or,
-//! when the device tree is unusable, the build-time early UART.
+//! when the device tree is unusable, the build-time early UART. An `xl` guest
+//! moves to the PV console ring once its page is mapped; the lines written to
+//! `console_io` before (which a release Xen drops for a domU) are kept in a
+//! small buffer and replayed there.
 
 use core::fmt;
 
@@ -75,7 +78,7 @@ impl fmt::Write for Line {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use backend::{Backend, move_to_window, select, write_bytes, write_line};
+pub use backend::{Backend, move_to_window, select, select_pv, write_bytes, write_line};
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod backend {
@@ -95,6 +98,8 @@ mod backend {
         Pl011(usize),
         /// An i.MX UART at this address.
         ImxUart(usize),
+        /// The PV console ring (`xl console`).
+        XenPv,
     }
 
     impl fmt::Display for Backend {
@@ -104,6 +109,7 @@ mod backend {
                 Backend::Xen => f.write_str("console_io"),
                 Backend::Pl011(base) => write!(f, "pl011@{base:#x}"),
                 Backend::ImxUart(base) => write!(f, "imx-uart@{base:#x}"),
+                Backend::XenPv => f.write_str("xen-pv"),
             }
         }
     }
@@ -113,6 +119,44 @@ mod backend {
     static KIND: AtomicU8 = AtomicU8::new(0);
     static UART: AtomicUsize = AtomicUsize::new(0);
 
+    /// Bytes of the first lines written to `console_io`, replayed on the PV
+    /// console: the boot banner and platform lines an `xl` guest prints
+    /// before its console page is mapped. Filled by one CPU before anything
+    /// else runs (plain loads and stores, as above); what does not fit is
+    /// not replayed.
+    const EARLY_BYTES: usize = 4096;
+    static EARLY: [AtomicU8; EARLY_BYTES] = [const { AtomicU8::new(0) }; EARLY_BYTES];
+    static EARLY_LEN: AtomicUsize = AtomicUsize::new(0);
+
+    fn keep_early(bytes: &[u8]) {
+        let len = EARLY_LEN.load(Ordering::Relaxed);
+        if len + bytes.len() > EARLY_BYTES {
+            return;
+        }
+        for (slot, &b) in EARLY[len..].iter().zip(bytes) {
+            slot.store(b, Ordering::Relaxed);
+        }
+        EARLY_LEN.store(len + bytes.len(), Ordering::Relaxed);
+    }
+
+    /// Moves the console to the PV ring (mapped by
+    /// `crate::xen::pv_console::init`) and replays the early lines there.
+    pub fn select_pv() {
+        let len = EARLY_LEN.load(Ordering::Relaxed);
+        let mut chunk = [0u8; 256];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(chunk.len());
+            for (dst, src) in chunk[..n].iter_mut().zip(&EARLY[at..at + n]) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            crate::xen::pv_console::write(&chunk[..n]);
+            at += n;
+        }
+        KIND.store(4, Ordering::Release);
+    }
+
+    /// Selects the backend. Called at boot before anything else runs.
     /// Selects the backend. Called at boot before anything else runs; an
     /// i.MX UART nobody set up is enabled here (see `tidepool_imx_uart`).
     pub fn select(backend: Backend) {
@@ -127,6 +171,7 @@ mod backend {
                 unsafe { tidepool_imx_uart::ImxUart::new(base) }.enable();
                 (3, base)
             }
+            Backend::XenPv => (4, 0),
         };
         UART.store(base, Ordering::Relaxed);
         KIND.store(kind, Ordering::Release);
@@ -157,7 +202,13 @@ mod backend {
     /// not a line, so no newline is added.
     pub fn write_bytes(bytes: &[u8]) {
         match KIND.load(Ordering::Acquire) {
-            1 => crate::xen::console_write(bytes),
+            1 => {
+                keep_early(bytes);
+                crate::xen::console_write(bytes);
+            }
+            4 if !crate::xen::pv_console::write(bytes) => {
+                crate::xen::console_write(bytes);
+            }
             2 => {
                 // SAFETY: the base was taken from the device tree's
                 // stdout-path node (or is the documented early UART) and is

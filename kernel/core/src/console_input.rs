@@ -66,8 +66,8 @@ pub trait ConsoleInput: fmt::Display + Sync {
 pub enum InputError {
     /// A source was already started.
     AlreadyStarted,
-    /// A Xen guest other than the hardware domain without a vpl011 (an
-    /// `xl` guest, whose console is the PV ring).
+    /// A Xen guest other than the hardware domain with neither a PV console
+    /// nor a vpl011.
     NoVpl011,
     /// Bare metal, and `/chosen/stdout-path` names no PL011.
     NoStdoutUart,
@@ -93,9 +93,7 @@ impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AlreadyStarted => f.write_str("console input is already started"),
-            Self::NoVpl011 => f.write_str(
-                "this Xen guest has no vpl011 (arm,sbsa-uart), and PV console input is not supported",
-            ),
+            Self::NoVpl011 => f.write_str("no PV console and no vpl011 (arm,sbsa-uart)"),
             Self::NoStdoutUart => f.write_str("/chosen/stdout-path names no PL011"),
             Self::NoInterrupt { path } => write!(f, "{path} has no usable interrupt"),
             Self::NotMapped { path, phys } => {
@@ -122,12 +120,14 @@ pub fn start_for_platform(
     let uart_input = |uart: &'static Uart| -> Result<&'static dyn ConsoleInput, InputError> {
         Ok(Box::leak(Box::new(UartInput::new(uart, map)?)))
     };
+    static PV_CONSOLE: PvConsoleInput = PvConsoleInput;
     let imx_console = uarts
         .iter()
         .find(|u| u.kind == UartKind::Imx && Some(u.reg.base()) == console_uart);
-    let source = match crate::xen::domain() {
+    let source: &'static dyn ConsoleInput = match crate::xen::domain() {
         _ if let Some(uart) = imx_console => uart_input(uart)?,
         Some(domain) if domain.features.has(XenFeature::Dom0) => &XEN_CONSOLE,
+        Some(_) if crate::xen::pv_console::port().is_some() => &PV_CONSOLE,
         Some(_) => uart_input(
             uarts
                 .iter()
@@ -253,6 +253,39 @@ impl ConsoleInput for XenConsoleInput {
         // Xen hands over at most what fits; a short read means it is empty.
         // A refused read (not the hardware domain) leaves nothing to take.
         while let Ok(n) = Xen.console_read(&mut buffer) {
+            buffer[..n].iter().for_each(|&byte| deliver(byte));
+            if n < buffer.len() {
+                break;
+            }
+        }
+    }
+}
+
+/// Xen's PV console ring (an `xl` guest: what `xl console` types),
+/// receiving on the ring's event channel.
+pub struct PvConsoleInput;
+
+impl fmt::Display for PvConsoleInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("xen pv console")?;
+        match crate::xen::pv_console::port() {
+            Some(port) => write!(f, " {port}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ConsoleInput for PvConsoleInput {
+    fn attach(&'static self) -> Result<(), InputError> {
+        let port = crate::xen::pv_console::port().ok_or(InputError::NoVpl011)?;
+        events::bind_existing(port, &on_event).map_err(InputError::Event)?;
+        Ok(())
+    }
+
+    fn drain(&self, deliver: &mut dyn FnMut(u8)) {
+        let mut buffer = [0u8; 64];
+        loop {
+            let n = crate::xen::pv_console::read(&mut buffer);
             buffer[..n].iter().for_each(|&byte| deliver(byte));
             if n < buffer.len() {
                 break;

@@ -206,8 +206,11 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if args.selftest("dma-naive") {
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
+    connect_xenstore(&memory.layout.address_map);
     let mut disks = crate::block::probe(dt, &mut dma);
     crate::block::run_requested(&args, &mut disks, &mut dma);
+    let mut pv_disks = crate::blkfront::probe(&memory.layout.address_map);
+    crate::blkfront::run_requested(&args, &mut pv_disks);
 
     if args.monitor {
         // Without input there is no monitor: say why and power off.
@@ -238,6 +241,27 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         dma,
         disks,
     })
+}
+
+/// Connects to xenstore when the toolstack gave this domain a store page
+/// (an `xl` guest) and says who the domain is there.
+fn connect_xenstore(map: &tidepool_mm::AddressMap) {
+    use tidepool_xen_abi::xenstore::TxId;
+    match xen::store::init(map) {
+        Ok(page) => {
+            let name = xen::store::with(|xs| xs.read(TxId::NONE, "name"));
+            match name {
+                Some(Ok(name)) => info!(
+                    "xenstore: connected gpa={} evtchn={} name={name}",
+                    page.gpa, page.port.0
+                ),
+                Some(Err(err)) => error!("xenstore: read name: {err}"),
+                None => {}
+            }
+        }
+        Err(xen::store::StoreSetupError::NoStore) => {}
+        Err(err) => error!("xenstore: {err}"),
+    }
 }
 
 fn banner(entry_el: u64, load_base: usize, dtb_addr: usize) {

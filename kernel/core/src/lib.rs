@@ -16,6 +16,8 @@ pub mod memory_plan;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod arch;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod blkfront;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod block;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod console_input;

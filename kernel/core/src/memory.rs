@@ -86,8 +86,9 @@ pub fn bring_up(
         stack: phys(layout.stack),
         exception_stack: phys(layout.exception_stack),
     };
+    let xen_pages = crate::xen::pv::windows(crate::xen::pv::discover(dt));
     let setup: &'static MemorySetup<'static> = Box::leak(Box::new(
-        plan_memory(dt, &image, dtb, heap_size).map_err(BringUpError::Plan)?,
+        plan_memory(dt, &image, dtb, heap_size, &xen_pages).map_err(BringUpError::Plan)?,
     ));
 
     // SAFETY: the arena is used only here, once, before anything else can
@@ -117,6 +118,9 @@ pub fn bring_up(
     }
     let map = &setup.layout.address_map;
     crate::console::move_to_window(map);
+    if let Some(page) = crate::xen::pv_console::init(map) {
+        info!("console: xen-pv gpa={} evtchn={}", page.gpa, page.port.0);
+    }
     ADDRESS_MAP.store(core::ptr::from_ref(map).cast_mut(), Ordering::Release);
     // Every boot: the MMU's own answer for every mapping (and for the linear
     // alias of every no-map region) against the plan, before anything uses

@@ -16,7 +16,9 @@
 //!   them), the GIC's distributor, CPU interface and redistributors, and every
 //!   virtio-mmio transport. Under Xen, the grant-table region and the page
 //!   chosen for the shared-info frame are windows of Normal write-back memory
-//!   (Xen's Arm ABI requires that type for memory it shares).
+//!   (Xen's Arm ABI requires that type for memory it shares), as are the
+//!   pages the toolstack shares with an `xl` guest (PV console, xenstore),
+//!   which lie outside its RAM.
 //! - The kernel's own DMA pools, carved from RAM like the heap: a
 //!   non-cacheable pool ([`KERNEL_NC_POOL`], cut out of the linear map and
 //!   given a window, for coherent allocations of non-coherent devices
@@ -120,12 +122,15 @@ pub fn is_dma_pool(region: &ReservedRegion) -> bool {
     region.is_compatible("shared-dma-pool") || region.is_compatible("restricted-dma-pool")
 }
 
-/// Plans the kernel's memory from the device tree (see the module docs).
+/// Plans the kernel's memory from the device tree (see the module docs);
+/// `xen_pages` are further pages Xen shares (named by `HVM_PARAM_*`, not in
+/// the device tree).
 pub fn plan_memory<'a>(
     dt: &'a DeviceTree,
     image: &ImageSpans,
     dtb: PhysRange,
     heap_size: Option<u64>,
+    xen_pages: &[NamedRange<'a>],
 ) -> Result<MemorySetup<'a>, MemoryError> {
     let plan = &dt.plan;
     let ram: Vec<PhysRange> = plan.linear_map().iter().map(|r| phys(*r)).collect();
@@ -217,6 +222,7 @@ pub fn plan_memory<'a>(
             (base.checked_add(PAGE_SIZE)? <= r.end()).then(|| PhysRange::new(base, PAGE_SIZE))
         });
         mmio.extend(shared_info.map(|page| shared(SHARED_INFO, page)));
+        mmio.extend(xen_pages.iter().map(|page| shared(page.name, page.phys)));
     }
 
     let stacks = [
@@ -374,7 +380,7 @@ mod tests {
     #[test]
     fn no_map_pool_is_a_window_not_linear() {
         let dt = device_tree(true, true);
-        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         let pool = "/reserved-memory/dma@78000000";
         match map.classify(PhysAddr(0x7800_1000)) {
@@ -433,7 +439,7 @@ mod tests {
             let dt = device_tree(no_map, false);
             let pool = &dt.plan.reserved()[0];
             assert!(!pool.in_memory, "the plan keeps the pool outside memory");
-            let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
+            let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
             let map = &setup.layout.address_map;
             match map.classify(PhysAddr(0x7800_1000)) {
                 AddressClass::NoMapPool {
@@ -456,7 +462,7 @@ mod tests {
     #[test]
     fn mapped_pool_stays_linear() {
         let dt = device_tree(false, true);
-        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         assert!(matches!(
             setup.layout.address_map.classify(PhysAddr(0x7800_0000)),
             AddressClass::MappedPool { .. }
@@ -475,9 +481,33 @@ mod tests {
     }
 
     #[test]
+    fn toolstack_pages_are_write_back_windows() {
+        let dt = device_tree(true, true);
+        let console = NamedRange {
+            name: "xen pv console",
+            phys: PhysRange::new(0x3900_0000, PAGE_SIZE),
+        };
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[console]).unwrap();
+        let mapping = setup
+            .layout
+            .mappings
+            .iter()
+            .find(|m| m.phys == PhysAddr(0x3900_0000))
+            .expect("the console page is mapped");
+        assert_eq!(mapping.attributes.memory, MemoryType::NormalWriteBack);
+        assert!(
+            setup
+                .layout
+                .address_map
+                .window_address(PhysAddr(0x3900_0000))
+                .is_some()
+        );
+    }
+
+    #[test]
     fn devices_and_xen_windows() {
         let dt = device_tree(true, true);
-        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         let class = map.classify(PhysAddr(0xa00_3e00));
         assert!(
@@ -534,7 +564,7 @@ mod tests {
         assert_eq!(default_heap_size(&[mib(64)]), 8 * MIB);
         assert_eq!(default_heap_size(&[mib(1024)]), 32 * MIB);
         let dt = device_tree(true, true);
-        let setup = plan_memory(&dt, &image(), DTB, None).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, None, &[]).unwrap();
         assert_eq!(setup.heap.size, 32 * MIB, "256 MiB of linear RAM");
     }
 
@@ -564,7 +594,7 @@ mod tests {
     #[test]
     fn kernel_pools_one_windowed_one_linear() {
         let dt = device_tree(true, true);
-        let setup = plan_memory(&dt, &image(), DTB, Some(MIB)).unwrap();
+        let setup = plan_memory(&dt, &image(), DTB, Some(MIB), &[]).unwrap();
         let map = &setup.layout.address_map;
         assert!(matches!(
             map.classify(setup.kernel_nc_pool.base),
@@ -587,7 +617,7 @@ mod tests {
     #[test]
     fn heap_too_big_is_a_clear_error() {
         let dt = device_tree(true, true);
-        let err = plan_memory(&dt, &image(), DTB, Some(512 * MIB)).unwrap_err();
+        let err = plan_memory(&dt, &image(), DTB, Some(512 * MIB), &[]).unwrap_err();
         assert!(matches!(err, MemoryError::Heap { size, .. } if size == 512 * MIB));
         assert!(
             err.to_string()

@@ -21,6 +21,12 @@ pub const BLKIF_OP_INDIRECT: u8 = 6;
 /// `BLKIF_MAX_SEGMENTS_PER_REQUEST`: segments of a direct request.
 pub const BLKIF_MAX_SEGMENTS_PER_REQUEST: usize = 11;
 
+/// `BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`: indirect pages of one request.
+pub const BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST: usize = 8;
+
+/// Segments one 4 KiB indirect page holds.
+pub const BLKIF_SEGMENTS_PER_INDIRECT_PAGE: usize = 4096 / size_of::<BlkifRequestSegment>();
+
 /// `BLKIF_RSP_OKAY`.
 pub const BLKIF_RSP_OKAY: i16 = 0;
 /// `BLKIF_RSP_ERROR`.
@@ -65,6 +71,59 @@ pub struct BlkifRequest {
 crate::assert_layout!(BlkifRequest, size 112, align 8,
     operation @ 0, nr_segments @ 1, handle @ 2, id @ 8, sector_number @ 16, seg @ 24);
 
+/// `struct blkif_request_indirect`: a read or write whose segments are in
+/// granted indirect pages.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct BlkifRequestIndirect {
+    /// `BLKIF_OP_INDIRECT`.
+    pub operation: u8,
+    /// `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
+    pub indirect_op: u8,
+    /// Segments in the indirect pages.
+    pub nr_segments: u16,
+    /// Guest cookie, echoed in the response.
+    pub id: u64,
+    /// First 512-byte sector on the disk.
+    pub sector_number: u64,
+    /// The virtual device.
+    pub handle: u16,
+    /// Grants of the pages holding the segments.
+    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+}
+
+crate::assert_layout!(BlkifRequestIndirect, size 64, align 8,
+    operation @ 0, indirect_op @ 1, nr_segments @ 2, id @ 8, sector_number @ 16, handle @ 24,
+    indirect_grefs @ 28);
+
+impl BlkifRequestIndirect {
+    /// The request as the little-endian words of a ring slot (the rest of
+    /// the slot is zero), following the offsets checked above.
+    pub fn to_words(&self) -> [u64; BLKIF_SLOT_WORDS] {
+        let mut words = [0u64; BLKIF_SLOT_WORDS];
+        words[0] = u64::from(self.operation)
+            | u64::from(self.indirect_op) << 8
+            | u64::from(self.nr_segments) << 16;
+        words[1] = self.id;
+        words[2] = self.sector_number;
+        let g = &self.indirect_grefs;
+        words[3] = u64::from(self.handle) | u64::from(g[0]) << 32;
+        for i in 0..3 {
+            words[4 + i] = u64::from(g[1 + 2 * i]) | u64::from(g[2 + 2 * i]) << 32;
+        }
+        words[7] = u64::from(g[7]);
+        words
+    }
+}
+
+impl BlkifRequestSegment {
+    /// The segment as one little-endian word (its 8 bytes, padding zero),
+    /// as it sits in a request or an indirect page.
+    pub fn to_word(&self) -> u64 {
+        u64::from(self.gref) | u64::from(self.first_sect) << 32 | u64::from(self.last_sect) << 40
+    }
+}
+
 /// `struct blkif_response`.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -108,9 +167,7 @@ impl BlkifRequest {
         words[1] = self.id;
         words[2] = self.sector_number;
         for (word, seg) in words[3..].iter_mut().zip(&self.seg) {
-            *word = u64::from(seg.gref)
-                | u64::from(seg.first_sect) << 32
-                | u64::from(seg.last_sect) << 40;
+            *word = seg.to_word();
         }
         words
     }
@@ -182,6 +239,36 @@ mod tests {
             .flat_map(|w| w.to_le_bytes())
             .collect();
         assert_eq!(words, request_bytes(&req));
+    }
+
+    #[test]
+    fn indirect_request_words_are_the_struct_layout() {
+        let req = BlkifRequestIndirect {
+            operation: BLKIF_OP_INDIRECT,
+            indirect_op: BLKIF_OP_READ,
+            nr_segments: 256,
+            id: 0x0102_0304_0506_0708,
+            sector_number: 0x1122,
+            handle: 0xca00,
+            indirect_grefs: [11, 12, 13, 14, 15, 16, 17, 0xffee_ddcc],
+        };
+        let mut want = [0u8; 112];
+        want[0] = req.operation;
+        want[1] = req.indirect_op;
+        want[2..4].copy_from_slice(&req.nr_segments.to_le_bytes());
+        want[8..16].copy_from_slice(&req.id.to_le_bytes());
+        want[16..24].copy_from_slice(&req.sector_number.to_le_bytes());
+        want[24..26].copy_from_slice(&req.handle.to_le_bytes());
+        for (i, g) in req.indirect_grefs.iter().enumerate() {
+            want[28 + 4 * i..32 + 4 * i].copy_from_slice(&g.to_le_bytes());
+        }
+        let got: Vec<u8> = req
+            .to_words()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(BLKIF_SEGMENTS_PER_INDIRECT_PAGE, 512);
     }
 
     #[test]

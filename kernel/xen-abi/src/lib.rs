@@ -61,6 +61,8 @@
 // ABI constants keep the C names of Xen's headers, so they can be grepped.
 #![allow(non_upper_case_globals)]
 
+extern crate alloc;
+
 /// Checks a `#[repr(C)]` type's size, alignment and field offsets at compile
 /// time.
 macro_rules! assert_layout {
@@ -74,8 +76,10 @@ macro_rules! assert_layout {
 }
 pub(crate) use assert_layout;
 
+pub mod blkfront;
 pub mod blkif;
 pub mod cache_flush;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod event;
@@ -87,6 +91,7 @@ pub mod ring;
 pub mod sched;
 pub mod sysctl;
 pub mod version;
+pub mod xenstore;
 
 pub use cache_flush::{
     CacheFlushBatch, CacheFlushDone, CacheFlushEntries, CacheFlushError, CacheFlushRefusal,

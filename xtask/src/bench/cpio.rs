@@ -12,6 +12,12 @@ const S_IFREG: u32 = 0o100_000;
 const S_IFLNK: u32 = 0o120_000;
 const S_IFCHR: u32 = 0o020_000;
 
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::{Error, Result};
+
 /// The name of the entry that ends an archive.
 const TRAILER: &str = "TRAILER!!!";
 
@@ -19,6 +25,7 @@ const TRAILER: &str = "TRAILER!!!";
 pub struct Newc {
     out: Vec<u8>,
     next_ino: u32,
+    dirs: HashSet<String>,
 }
 
 impl Newc {
@@ -27,12 +34,65 @@ impl Newc {
         Self {
             out: Vec::new(),
             next_ino: 1,
+            dirs: HashSet::new(),
         }
     }
 
     /// A directory `path` (no leading `/`) with permission bits `perm`.
     pub fn dir(&mut self, path: &str, perm: u32) {
-        self.entry(path, S_IFDIR | perm, 2, (0, 0), b"");
+        if self.dirs.insert(path.to_string()) {
+            self.entry(path, S_IFDIR | perm, 2, (0, 0), b"");
+        }
+    }
+
+    /// Everything under the host directory `root` whose path relative to it
+    /// `keep` accepts: regular files with their permission bits, symbolic
+    /// links as they are, and the directories leading to them (each once).
+    pub fn tree(&mut self, root: &Path, keep: fn(&str) -> bool) -> Result<()> {
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(dir.clone(), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for path in entries {
+                let rel = path
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .ok_or_else(|| Error::msg(format!("{}: not UTF-8", path.display())))?
+                    .to_string();
+                let meta =
+                    std::fs::symlink_metadata(&path).map_err(|e| Error::io(path.clone(), e))?;
+                if meta.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                if !keep(&rel) {
+                    continue;
+                }
+                self.parents(&rel);
+                if meta.file_type().is_symlink() {
+                    let target =
+                        std::fs::read_link(&path).map_err(|e| Error::io(path.clone(), e))?;
+                    self.symlink(&rel, &target.to_string_lossy());
+                } else if meta.is_file() {
+                    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.clone(), e))?;
+                    self.file(&rel, meta.permissions().mode() & 0o7777, &bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories above `path`, outermost first.
+    fn parents(&mut self, path: &str) {
+        let mut at = 0;
+        while let Some(slash) = path[at..].find('/') {
+            self.dir(&path[..at + slash], 0o755);
+            at += slash + 1;
+        }
     }
 
     /// A regular file `path` with permission bits `perm` and contents `data`.
@@ -189,5 +249,34 @@ mod tests {
         );
         assert_eq!((got[3].mode, got[3].rdev), (0o020_600, (5, 1)));
         assert!(got[4].data.is_empty());
+    }
+
+    #[test]
+    fn tree_keeps_what_is_asked_with_parents_once() {
+        let root = std::env::temp_dir().join(format!("cpio-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/lib/x")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/doc")).unwrap();
+        std::fs::write(root.join("usr/lib/x/a.so"), b"elf").unwrap();
+        std::fs::write(root.join("usr/share/doc/README"), b"doc").unwrap();
+        std::os::unix::fs::symlink("x/a.so", root.join("usr/lib/a.so.1")).unwrap();
+        let mut a = Newc::new();
+        a.dir("usr", 0o755);
+        a.tree(&root, |p| !p.starts_with("usr/share")).unwrap();
+        let got = entries(&a.finish());
+        let _ = std::fs::remove_dir_all(&root);
+        let names: Vec<&str> = got.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "usr",
+                "usr/lib",
+                "usr/lib/a.so.1",
+                "usr/lib/x",
+                "usr/lib/x/a.so"
+            ]
+        );
+        assert_eq!(got[2].data, b"x/a.so");
+        assert_eq!(got[4].data, b"elf");
     }
 }

@@ -46,7 +46,7 @@ const SMALL_BLOCK: u64 = 4096;
 /// How many small reads.
 pub const SMALL_READS: u64 = 4096;
 
-/// The files that make Linux a benchmark dom0.
+/// The files that make Linux a dom0: the Image and an initramfs.
 pub struct LinuxDom0 {
     /// The uncompressed arm64 Image.
     pub image: PathBuf,
@@ -56,9 +56,52 @@ pub struct LinuxDom0 {
     pub modules: Vec<String>,
 }
 
+/// Part of a Debian package to put into an initramfs.
+pub struct PackagePart {
+    /// The package name.
+    pub name: &'static str,
+    /// Which of its paths (relative, no leading `/`) to keep; directories
+    /// are kept when something under them is.
+    pub keep: fn(&str) -> bool,
+}
+
+/// What a dom0 initramfs holds besides busybox-static.
+pub struct Dom0Contents<'a> {
+    /// Modules wanted, in the kernel's names (dependencies are added).
+    pub modules: &'a [&'a str],
+    /// busybox applets linked into `/bin`.
+    pub applets: &'a [&'a str],
+    /// Package contents unpacked into the root.
+    pub packages: &'a [PackagePart],
+    /// Further files: path, permission bits, contents.
+    pub files: Vec<(String, u32, Vec<u8>)>,
+    /// `/init`, given the modules to load in order.
+    pub init: &'a dyn Fn(&[String]) -> String,
+    /// The initramfs file name in the run directory.
+    pub name: &'a str,
+}
+
 /// Fetches (once) Debian's Linux image package and busybox-static and
 /// writes the initramfs for reading a `disk_bytes` disk into `dir`.
 pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: WANTED_MODULES,
+            applets: APPLETS,
+            packages: &[],
+            files: Vec::new(),
+            init: &|modules| init_script(modules, disk_bytes, "vda", false),
+            name: "linux-initramfs.cpio",
+        },
+    )
+}
+
+/// Fetches (once) Debian's Linux image package, busybox-static and
+/// `contents.packages`, and writes the initramfs `contents` describes into
+/// `dir`.
+pub fn build(ws: &Workspace, dir: &Path, contents: &Dom0Contents<'_>) -> Result<LinuxDom0> {
     // The package board_dtbs unpacks: ROOT/usr/lib/linux-image-VERSION holds
     // the DTBs; the Image and modules are ROOT/boot and ROOT/lib/modules.
     let dtbs = tools::board_dtbs(ws)?;
@@ -78,14 +121,15 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     }
     let modules_dir = root.join(format!("lib/modules/{version}"));
 
-    let busybox_dir = dir.join("busybox-static");
-    PrivateApt::arm64(&ws.build.join("apt-arm64"))?
-        .fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
+    let apt = PrivateApt::arm64(&ws.build.join("apt-arm64"))?;
+    let unpacked = ws.build.join("debian-arm64");
+    let busybox_dir = unpacked.join("busybox-static");
+    apt.fetch_and_unpack(&["busybox-static"], &busybox_dir)?;
     let busybox_path = busybox_dir.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(|e| Error::io(busybox_path, e))?;
 
     let index = ModuleIndex::scan(&modules_dir)?;
-    let modules = load_order(WANTED_MODULES, &index.builtin, |name| index.depends(name))?;
+    let modules = load_order(contents.modules, &index.builtin, |name| index.depends(name))?;
     let mut archive = Newc::new();
     for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
         archive.dir(d, 0o755);
@@ -93,7 +137,7 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     // The kernel opens /dev/console for /init before devtmpfs is mounted.
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("bin/busybox", 0o755, &busybox);
-    for applet in APPLETS {
+    for applet in contents.applets {
         archive.symlink(&format!("bin/{applet}"), "busybox");
     }
     for name in &modules {
@@ -101,8 +145,17 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
         let bytes = std::fs::read(path).map_err(|e| Error::io(path.clone(), e))?;
         archive.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
     }
-    archive.file("init", 0o755, init_script(&modules, disk_bytes).as_bytes());
-    let initramfs = dir.join("linux-initramfs.cpio");
+    for part in contents.packages {
+        let dest = unpacked.join(part.name);
+        apt.fetch_and_unpack(&[part.name], &dest)?;
+        archive.tree(&dest, part.keep)?;
+    }
+    for (path, perm, bytes) in &contents.files {
+        archive.file(path, *perm, bytes);
+    }
+    archive.file("init", 0o755, (contents.init)(&modules).as_bytes());
+    let initramfs = dir.join(contents.name);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.to_path_buf(), e))?;
     std::fs::write(&initramfs, archive.finish()).map_err(|e| Error::io(initramfs.clone(), e))?;
     Ok(LinuxDom0 {
         image,
@@ -111,9 +164,28 @@ pub fn prepare(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0>
     })
 }
 
-/// `/init`: mount, load `modules`, wait for /dev/vda, time the reads of a
-/// `disk_bytes` disk, power off.
-fn init_script(modules: &[String], disk_bytes: u64) -> String {
+/// Fetches (once) what a Linux domU needs to time reads of its PV disk
+/// `xvda` (`disk_bytes`) through xen-blkfront, and writes its initramfs into
+/// `dir`: the same `/init` as the dom0 benchmark, plus 16 readers at once.
+pub fn prepare_domu(ws: &Workspace, dir: &Path, disk_bytes: u64) -> Result<LinuxDom0> {
+    build(
+        ws,
+        dir,
+        &Dom0Contents {
+            modules: &["xen_blkfront"],
+            applets: APPLETS,
+            packages: &[],
+            files: Vec::new(),
+            init: &|modules| init_script(modules, disk_bytes, "xvda", true),
+            name: "linux-domu-initramfs.cpio",
+        },
+    )
+}
+
+/// `/init`: mount, load `modules`, wait for /dev/`device`, time the reads
+/// of a `disk_bytes` disk (and with `qd16`, 16 readers of 4 KiB blocks at
+/// once, each over its own sixteenth of the small reads' span), power off.
+fn init_script(modules: &[String], disk_bytes: u64, device: &str, qd16: bool) -> String {
     let seq_reads = disk_bytes / SEQ_BLOCK;
     let seq_bytes = seq_reads * SEQ_BLOCK;
     let small_bytes = SMALL_READS * SMALL_BLOCK;
@@ -121,6 +193,23 @@ fn init_script(modules: &[String], disk_bytes: u64) -> String {
         .iter()
         .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
         .collect();
+    let per_reader = SMALL_READS / 16;
+    let qd16_step = if qd16 {
+        format!(
+            r#"t0=$(now)
+i=0
+while [ $i -lt 16 ]; do
+    dd if=/dev/{device} of=/dev/null bs={SMALL_BLOCK} count={per_reader} skip=$((i * {per_reader})) iflag=direct 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+t1=$(now)
+echo "{PREFIX}qd16 bytes={small_bytes} reqs={SMALL_READS} start_ns=$t0 end_ns=$t1"
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"#!/bin/sh
 # tidepool's `cargo xtask bench`, Linux dom0 side (xtask/src/bench/linux.rs).
@@ -139,27 +228,42 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "{PREFIX}init uptime=$(cut -d' ' -f1 /proc/uptime)"
 {insmods}n=0
-while [ ! -b /dev/vda ]; do
+while [ ! -b /dev/{device} ]; do
     n=$((n + 1))
-    [ $n -gt 500 ] && fail "no /dev/vda after 5 s"
+    [ $n -gt 500 ] && fail "no /dev/{device} after 5 s"
     usleep 10000
 done
 t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SEQ_BLOCK} count={seq_reads} iflag=direct 2>/dev/null || fail "dd seq"
+dd if=/dev/{device} of=/dev/null bs={SEQ_BLOCK} count={seq_reads} iflag=direct 2>/dev/null || fail "dd seq"
 t1=$(now)
 echo "{PREFIX}seq bytes={seq_bytes} reqs={seq_reads} start_ns=$t0 end_ns=$t1"
 t0=$(now)
-dd if=/dev/vda of=/dev/null bs={SMALL_BLOCK} count={SMALL_READS} iflag=direct 2>/dev/null || fail "dd qd1"
+dd if=/dev/{device} of=/dev/null bs={SMALL_BLOCK} count={SMALL_READS} iflag=direct 2>/dev/null || fail "dd qd1"
 t1=$(now)
 echo "{PREFIX}qd1 bytes={small_bytes} reqs={SMALL_READS} start_ns=$t0 end_ns=$t1"
-echo "{PREFIX}done"
+{qd16_step}echo "{PREFIX}done"
 poweroff -f
 "#
     )
 }
 
+/// A dom0less domU booted by Xen next to the Linux dom0.
+pub struct DomU<'a> {
+    /// Its kernel Image.
+    pub image: &'a Path,
+    /// Its memory in KiB.
+    pub memory_kib: u64,
+    /// Its command line.
+    pub bootargs: &'a str,
+}
+
+/// Where QEMU's loader puts a dom0less domU's Image: below QEMU's DTB.
+const DOMU_ADDR: u64 = 0x4700_0000;
+
 /// QEMU's arguments for Linux as dom0 on `machine`'s hardware (its memory,
-/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU.
+/// GIC, disks), with Xen, the Image and the initramfs loaded by QEMU; with
+/// `domu`, also a dom0less domU with `xen,enhanced = "enabled"` (xenstore
+/// once dom0 runs `init-dom0less`) and a vpl011.
 ///
 /// `Machine::prepare`'s dom0 mode loads one module below QEMU's DTB, too
 /// little room for a 33 MB Image; its bare mode with Xen as the `-kernel`
@@ -171,6 +275,7 @@ pub fn qemu_args(
     dom0: &LinuxDom0,
     xen_bootargs: &str,
     run_dir: &Path,
+    domu: Option<&DomU<'_>>,
 ) -> Result<QemuCommand> {
     let mut bare = machine.clone();
     bare.mode = Mode::Bare;
@@ -205,6 +310,27 @@ pub fn qemu_args(
     devicetree::add_xen_dom0(&mut tree, xen_bootargs, &kernel)
         .and_then(|()| devicetree::add_xen_dom0_ramdisk(&mut tree, RAMDISK_ADDR, ramdisk_size))
         .map_err(|e| Error::msg(format!("Linux dom0 device tree: {e}")))?;
+    if let Some(domu) = domu {
+        let size = size(domu.image)?;
+        if DOMU_ADDR + size > 0x4800_0000 {
+            return Err(Error::msg(format!(
+                "the domU Image ({size} bytes) would overlap QEMU's DTB"
+            )));
+        }
+        let module = Module {
+            addr: DOMU_ADDR,
+            size,
+            bootargs: domu.bootargs.into(),
+        };
+        devicetree::add_xen_dom0less_domu(&mut tree, "domU1", domu.memory_kib, 1, true, &module)
+            .and_then(|()| tree.set_string("/chosen/domU1", "xen,enhanced", "enabled"))
+            .map_err(|e| Error::msg(format!("dom0less domU device tree: {e}")))?;
+        args.push("-device");
+        args.push(format!(
+            "loader,file={},addr={DOMU_ADDR:#x},force-raw=on",
+            domu.image.display()
+        ));
+    }
     let out = tree
         .to_dtb()
         .map_err(|e| Error::msg(format!("writing DT: {e}")))?;
@@ -244,6 +370,8 @@ pub struct LinuxBench {
     pub seq: Throughput,
     /// The 4 KiB O_DIRECT reads, one at a time (sequential offsets).
     pub qd1: Rate,
+    /// The same reads by 16 readers at once, if `/init` ran them.
+    pub qd16: Option<Rate>,
 }
 
 /// Why Linux's console did not yield the numbers.
@@ -305,6 +433,13 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
     let (bytes, time) = read_timed(&seq, "bytes").map_err(|e| bad("seq", e))?;
     let qd1 = get("qd1")?;
     let (requests, qd1_time) = read_timed(&qd1, "reqs").map_err(|e| bad("qd1", e))?;
+    let qd16 = match get("qd16") {
+        Ok(kv) => {
+            let (requests, time) = read_timed(&kv, "reqs").map_err(|e| bad("qd16", e))?;
+            Some(Rate { requests, time })
+        }
+        Err(_) => None,
+    };
     Ok(LinuxBench {
         init_uptime,
         seq: Throughput { bytes, time },
@@ -312,6 +447,7 @@ pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseErro
             requests,
             time: qd1_time,
         },
+        qd16,
     })
 }
 
@@ -512,7 +648,17 @@ bench-linux: done";
 
     #[test]
     fn init_script_reads_the_whole_disk_and_loads_modules_in_order() {
-        let script = init_script(&["virtio_mmio".into(), "virtio_blk".into()], 64 << 20);
+        let script = init_script(
+            &["virtio_mmio".into(), "virtio_blk".into()],
+            64 << 20,
+            "vda",
+            false,
+        );
+        assert!(!script.contains("qd16"));
+        let domu = init_script(&["xen_blkfront".into()], 64 << 20, "xvda", true);
+        assert!(domu.contains("if=/dev/xvda"));
+        assert!(domu.contains("skip=$((i * 256))"));
+        assert!(domu.contains("bench-linux: qd16 bytes=16777216 reqs=4096 "));
         assert!(script.starts_with("#!/bin/sh\n"));
         let mmio = script.find("insmod /lib/modules/virtio_mmio.ko").unwrap();
         let blk = script.find("insmod /lib/modules/virtio_blk.ko").unwrap();

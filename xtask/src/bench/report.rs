@@ -61,6 +61,10 @@ impl LinuxRun {
                 init_uptime,
                 seq: self.bench.seq.faster(other.bench.seq),
                 qd1: self.bench.qd1.faster(other.bench.qd1),
+                qd16: match (self.bench.qd16, other.bench.qd16) {
+                    (Some(a), Some(b)) => Some(a.faster(b)),
+                    (a, b) => a.or(b),
+                },
             },
             init_host,
         }
@@ -124,7 +128,7 @@ impl Results {
 
 /// Whether a target was met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
+pub(super) enum Verdict {
     Met,
     Missed,
     /// A run it depends on has no numbers.
@@ -132,7 +136,7 @@ enum Verdict {
 }
 
 impl Verdict {
-    fn at_least(value: Option<f64>, target: f64) -> Self {
+    pub(super) fn at_least(value: Option<f64>, target: f64) -> Self {
         match value {
             Some(v) if v >= target => Self::Met,
             Some(_) => Self::Missed,
@@ -160,7 +164,7 @@ impl fmt::Display for Verdict {
 }
 
 /// A tidepool cell: `show` of the numbers, or `failed`.
-fn cell<T>(outcome: &Outcome<T>, show: impl Fn(&T) -> String) -> String {
+pub(super) fn cell<T>(outcome: &Outcome<T>, show: impl Fn(&T) -> String) -> String {
     outcome.as_ref().map_or_else(|_| "failed".into(), show)
 }
 
@@ -172,11 +176,11 @@ fn linux_cell(linux: &Option<Outcome<LinuxRun>>, show: impl Fn(&LinuxRun) -> Str
     }
 }
 
-fn ratio(ours: Option<f64>, linux: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(ours: Option<f64>, linux: Option<f64>) -> Option<f64> {
     Some(ours? / linux?)
 }
 
-fn show_ratio(r: Option<f64>) -> String {
+pub(super) fn show_ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
 }
 
@@ -446,6 +450,7 @@ mod tests {
                     requests: 4096,
                     time: Duration::from_secs(2),
                 },
+                qd16: None,
             },
             init_host: Duration::from_millis(3100),
         }

@@ -211,6 +211,16 @@ pub fn bind_interdomain(
     attach(port, handler)
 }
 
+/// Takes a port the toolstack bound before the kernel started (the PV
+/// console's and xenstore's, named by `HVM_PARAM_*`), handled by `handler`.
+pub fn bind_existing(
+    port: EvtchnPort,
+    handler: &'static dyn EventHandler,
+) -> Result<EvtchnPort, EventChannelError> {
+    shared_info()?;
+    attach(port, handler)
+}
+
 /// Notifies the other end of `port`.
 pub fn send(port: EvtchnPort) -> Result<(), EventChannelError> {
     Ok(Xen.evtchn_send(port)?)

@@ -11,6 +11,9 @@
 pub mod events;
 pub mod flush;
 pub mod grants;
+pub mod pv;
+pub mod pv_console;
+pub mod store;
 
 use core::fmt;
 

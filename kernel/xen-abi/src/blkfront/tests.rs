@@ -1,0 +1,340 @@
+//! The handshake against the simulated xenstored with a simulated Linux
+//! blkback, and the response checks.
+
+use alloc::string::ToString;
+use alloc::vec;
+
+use super::*;
+use crate::xenstore::XenstoreInterface;
+use crate::xenstore::sim::{Hook, client};
+
+const BE: &str = "/local/domain/0/backend/vbd/1/51712";
+const FE: &str = "device/vbd/51712";
+
+/// Linux's blkback as xenstore sees it: InitWait with its features; when
+/// the front end says Initialised, it publishes the disk and connects.
+fn blkback(connects: bool) -> Hook {
+    Box::new(move |tree, path| {
+        if path == format!("{FE}/state") && tree.get(path).map(String::as_str) == Some("3") {
+            if !connects {
+                return vec![(format!("{BE}/state"), "6".into())];
+            }
+            vec![
+                (format!("{BE}/sectors"), "131072".into()),
+                (format!("{BE}/sector-size"), "512".into()),
+                (format!("{BE}/info"), "4".into()),
+                (format!("{BE}/feature-flush-cache"), "1".into()),
+                (format!("{BE}/state"), "4".into()),
+            ]
+        } else {
+            vec![]
+        }
+    })
+}
+
+fn seed(tree: &mut alloc::collections::BTreeMap<String, String>) {
+    for (k, v) in [
+        (format!("{FE}/backend"), BE.to_string()),
+        (format!("{FE}/backend-id"), "0".into()),
+        (format!("{FE}/state"), "1".into()),
+        (format!("{BE}/state"), "2".into()),
+        (format!("{BE}/max-ring-page-order"), "4".into()),
+        (format!("{BE}/feature-max-indirect-segments"), "256".into()),
+        (format!("{BE}/feature-persistent"), "1".into()),
+    ] {
+        tree.insert(k, v);
+    }
+}
+
+#[test]
+fn handshake_with_blkback() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut().hook = Some(blkback(true));
+    assert_eq!(find_vbds(&mut xs).unwrap(), [51712]);
+    let (vbd, features) = probe(&mut xs, 51712).unwrap();
+    assert_eq!(vbd.backend, BE);
+    assert_eq!(vbd.backend_id, DomId(0));
+    assert_eq!(
+        features,
+        BackendFeatures {
+            max_ring_page_order: 4,
+            max_indirect_segments: 256,
+            persistent: true
+        }
+    );
+    let refs = [GrantRef(9)];
+    let setup = FrontendSetup {
+        ring_refs: &refs,
+        port: EvtchnPort(5),
+        persistent: true,
+    };
+    let info = connect(&mut xs, &vbd, &setup).unwrap();
+    assert_eq!(
+        info,
+        DiskInfo {
+            sectors: 131072,
+            sector_size: 512,
+            read_only: true,
+            flush: true
+        }
+    );
+    let sim = sim.borrow();
+    let key = |k: &str| sim.tree.get(&format!("{FE}/{k}")).cloned();
+    assert_eq!(key("ring-ref").as_deref(), Some("9"));
+    assert_eq!(key("event-channel").as_deref(), Some("5"));
+    assert_eq!(key("protocol").as_deref(), Some("arm-abi"));
+    assert_eq!(key("feature-persistent").as_deref(), Some("1"));
+    assert_eq!(key("state").as_deref(), Some("4"));
+    assert_eq!(disk_name(51712), "xvda");
+    assert_eq!(disk_name(51728), "xvdb");
+}
+
+#[test]
+fn multi_page_rings_publish_their_order() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    let (vbd, _) = probe(&mut xs, 51712).unwrap();
+    let refs = [GrantRef(8), GrantRef(9), GrantRef(10), GrantRef(11)];
+    let setup = FrontendSetup {
+        ring_refs: &refs,
+        port: EvtchnPort(5),
+        persistent: false,
+    };
+    publish(&mut xs, &vbd, &setup).unwrap();
+    let sim = sim.borrow();
+    assert_eq!(sim.tree[&format!("{FE}/ring-page-order")], "2");
+    assert_eq!(sim.tree[&format!("{FE}/ring-ref3")], "11");
+    assert!(!sim.tree.contains_key(&format!("{FE}/ring-ref")));
+    let three = [GrantRef(1); 3];
+    drop(sim);
+    assert!(matches!(
+        publish(
+            &mut xs,
+            &vbd,
+            &FrontendSetup {
+                ring_refs: &three,
+                ..setup
+            }
+        ),
+        Err(BlkfrontError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn a_backend_that_closes_or_never_answers_is_an_error() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut().hook = Some(blkback(false));
+    let (vbd, _) = probe(&mut xs, 51712).unwrap();
+    let refs = [GrantRef(9)];
+    let setup = FrontendSetup {
+        ring_refs: &refs,
+        port: EvtchnPort(5),
+        persistent: false,
+    };
+    let err = connect(&mut xs, &vbd, &setup).unwrap_err();
+    assert_eq!(
+        err,
+        BlkfrontError::BackendClosed {
+            state: XenbusState::Closed
+        }
+    );
+    assert_eq!(err.to_string(), "back end went away (state Closed)");
+
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    let (vbd, _) = probe(&mut xs, 51712).unwrap();
+    let err = connect(&mut xs, &vbd, &setup).unwrap_err();
+    assert_eq!(
+        err,
+        BlkfrontError::StateTimeout {
+            want: XenbusState::Connected,
+            seen: XenbusState::InitWait
+        }
+    );
+
+    // A garbage size.
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/sectors"), "lots".into());
+    let (vbd, _) = probe(&mut xs, 51712).unwrap();
+    assert!(matches!(
+        disk_info(&mut xs, &vbd),
+        Err(BlkfrontError::BadKey { .. })
+    ));
+}
+
+#[test]
+fn no_vbd_directory_means_no_disks() {
+    let page = XenstoreInterface::new();
+    let (mut xs, _) = client(&page);
+    assert!(find_vbds(&mut xs).unwrap().is_empty());
+}
+
+fn response(id: u64, operation: u8, status: i16) -> BlkifResponse {
+    BlkifResponse {
+        id,
+        operation,
+        status,
+    }
+}
+
+#[test]
+fn responses_are_checked_before_they_are_trusted() {
+    let mut inflight = Inflight::<4>::new();
+    let (slot, id) = inflight.start(BLKIF_OP_READ, 8, 100).unwrap();
+    assert_eq!(inflight.count(), 1);
+    assert_eq!(
+        inflight.complete(response(id + 1, BLKIF_OP_READ, 0)),
+        Err(BlkfrontError::UnknownId { id: id + 1 })
+    );
+    assert_eq!(
+        inflight.complete(response(id, BLKIF_OP_WRITE, 0)),
+        Err(BlkfrontError::WrongOperation {
+            id,
+            sent: BLKIF_OP_READ,
+            got: BLKIF_OP_WRITE
+        })
+    );
+    assert_eq!(
+        inflight.complete(response(id, BLKIF_OP_READ, 7)),
+        Err(BlkfrontError::BadStatus { id, status: 7 })
+    );
+    let done = inflight.complete(response(id, BLKIF_OP_READ, 0)).unwrap();
+    assert_eq!((done.slot, done.result), (slot, Ok(())));
+    // The same id again is stale.
+    assert_eq!(
+        inflight.complete(response(id, BLKIF_OP_READ, 0)),
+        Err(BlkfrontError::UnknownId { id })
+    );
+    // A reused slot has a new id.
+    inflight.release(slot);
+    let (slot2, id2) = inflight.start(BLKIF_OP_WRITE, 16, 100).unwrap();
+    assert_eq!(slot2, slot);
+    assert_ne!(id2, id);
+    let done = inflight
+        .complete(response(id2, BLKIF_OP_WRITE, BLKIF_RSP_ERROR))
+        .unwrap();
+    assert_eq!(done.result, Err(RequestFailure::Io));
+    assert_eq!(
+        completion_error(done.op, 16, RequestFailure::Io).to_string(),
+        "write at sector 16 failed"
+    );
+}
+
+#[test]
+fn slots_run_out_and_late_requests_expire() {
+    let mut inflight = Inflight::<2>::new();
+    inflight.start(BLKIF_OP_READ, 0, 10).unwrap();
+    inflight.start(BLKIF_OP_READ, 8, 20).unwrap();
+    assert_eq!(
+        inflight.start(BLKIF_OP_READ, 16, 30),
+        Err(BlkfrontError::Busy)
+    );
+    let late = inflight.expire(15);
+    assert_eq!(
+        late,
+        [(
+            0,
+            BlkfrontError::Timeout {
+                op: BLKIF_OP_READ,
+                sector: 0
+            }
+        )]
+    );
+    assert_eq!(inflight.count(), 1);
+    inflight.release(1);
+    assert_eq!(inflight.count(), 0);
+    // The expired slot stays taken until its failure is collected.
+    assert_eq!(inflight.start(BLKIF_OP_READ, 24, 40).unwrap().0, 1);
+    assert_eq!(
+        inflight.start(BLKIF_OP_READ, 24, 40),
+        Err(BlkfrontError::Busy)
+    );
+    inflight.release(0);
+    assert!(inflight.has_free());
+}
+
+#[test]
+fn a_finished_slot_is_not_reused_before_it_is_collected() {
+    let mut inflight = Inflight::<2>::new();
+    let (a, id_a) = inflight.start(BLKIF_OP_READ, 0, 100).unwrap();
+    let (b, _) = inflight.start(BLKIF_OP_READ, 8, 100).unwrap();
+    inflight.complete(response(id_a, BLKIF_OP_READ, 0)).unwrap();
+    // `a` finished but its data is still in its pages: no new request
+    // may take it.
+    assert_eq!(inflight.count(), 1);
+    assert!(!inflight.has_free());
+    assert_eq!(
+        inflight.start(BLKIF_OP_READ, 16, 100),
+        Err(BlkfrontError::Busy)
+    );
+    inflight.release(a);
+    assert_eq!(inflight.start(BLKIF_OP_READ, 16, 100).unwrap().0, a);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn requests_cover_their_sectors_page_by_page() {
+    let grefs: Vec<GrantRef> = (100..111).map(GrantRef).collect();
+    let req = rw_request(BLKIF_OP_WRITE, 51712, 7, 64, 9, &grefs).unwrap();
+    assert_eq!((req.nr_segments, req.sector_number, req.id), (2, 64, 7));
+    assert_eq!((req.seg[0].gref, req.seg[0].last_sect), (100, 7));
+    assert_eq!((req.seg[1].gref, req.seg[1].last_sect), (101, 0));
+    let full = rw_request(BLKIF_OP_READ, 0, 1, 0, 88, &grefs).unwrap();
+    assert_eq!(full.nr_segments, 11);
+    assert!(rw_request(BLKIF_OP_READ, 0, 1, 0, 89, &grefs).is_err());
+    assert!(rw_request(BLKIF_OP_READ, 0, 1, 0, 0, &grefs).is_err());
+    assert!(rw_request(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, 8, &grefs).is_err());
+    let flush = flush_request(3, 9);
+    assert_eq!(
+        (flush.operation, flush.nr_segments),
+        (BLKIF_OP_FLUSH_DISKCACHE, 0)
+    );
+}
+
+#[test]
+fn indirect_requests_name_their_segment_pages() {
+    let data: Vec<GrantRef> = (200..232).map(GrantRef).collect();
+    let indirect = [GrantRef(300)];
+    let req = indirect_request(BLKIF_OP_READ, 0xca00, 5, 1024, 255, &data, &indirect, 256).unwrap();
+    assert_eq!(
+        (req.operation, req.indirect_op, req.nr_segments),
+        (crate::blkif::BLKIF_OP_INDIRECT, BLKIF_OP_READ, 32)
+    );
+    assert_eq!(req.indirect_grefs[..2], [300, 0]);
+    let segs: Vec<_> = segments(255, &data).collect();
+    assert_eq!(segs.len(), 32);
+    assert_eq!((segs[31].gref, segs[31].last_sect), (231, 6));
+    // More than the back end takes, or than the pages given.
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 257, &data, &indirect, 256).is_err());
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 64, &data, &indirect, 4).is_err());
+    assert!(indirect_request(BLKIF_OP_READ, 0, 5, 0, 8, &data, &[], 256).is_err());
+}
+
+#[test]
+fn probe_waits_for_the_backend_to_publish_its_features() {
+    // A device just attached: the back end is still Initialising and has
+    // written no features yet; reading them now would see none.
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/state"), "1".into());
+    assert_eq!(
+        probe(&mut xs, 51712).unwrap_err(),
+        BlkfrontError::StateTimeout {
+            want: XenbusState::InitWait,
+            seen: XenbusState::Initialising
+        }
+    );
+}

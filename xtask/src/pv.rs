@@ -1,0 +1,496 @@
+//! tidepool as a PV guest of a real Linux dom0: Debian's arm64 Linux boots
+//! as Xen's dom0 with the Xen toolstack (`xen-utils-4.17`) in its initramfs,
+//! starts xenstored and xenconsoled, and `xl create`s tidepool with the disk
+//! as `xvda`, served by Linux's own `xen-blkback` (`linux-dom0.md`).
+//!
+//! The dom0 side reuses the benchmark's Linux dom0 (`bench/linux.rs`): the
+//! same Image, module resolution, initramfs writer and QEMU loading. Its
+//! `/init` prints `pv-dom0: KIND key=value` lines; tidepool's own console
+//! reaches QEMU's serial line through `xl console` running in dom0.
+
+use std::path::{Path, PathBuf};
+
+use crate::bench::linux::{self, Dom0Contents, PackagePart};
+use crate::qemu::{Disk, Machine, Mode, QemuCommand};
+use crate::{Error, Result, Workspace};
+
+/// The prefix of dom0 `/init`'s console lines.
+pub const PREFIX: &str = "pv-dom0: ";
+/// The guest's `xl` name.
+pub const GUEST_NAME: &str = "tidepool";
+/// QEMU's RAM: the benchmark's machine, whose layout the loader addresses
+/// of `bench/linux.rs` are checked against.
+pub const MEMORY: &str = "1024M";
+/// dom0's memory: Linux, the toolstack and the unpacked initramfs.
+pub const DOM0_MEM: &str = "384M";
+/// The guest's memory in MiB.
+pub const GUEST_MEM_MIB: u64 = 128;
+
+/// Kernel modules for the toolstack and the disk backend.
+const MODULES: &[&str] = &[
+    "xen_privcmd",
+    "xenfs",
+    "xen_evtchn",
+    "xen_gntdev",
+    "xen_gntalloc",
+    "xen_blkback",
+    "loop",
+    "virtio_mmio",
+    "virtio_blk",
+];
+/// busybox applets `/init` and the hotplug scripts use.
+const APPLETS: &[&str] = &[
+    "sh", "mount", "mkdir", "ln", "insmod", "cut", "usleep", "sleep", "poweroff", "cat", "grep",
+    "sed", "awk", "tail", "head", "ls", "rm", "kill", "stat", "readlink", "basename", "dirname",
+    "expr", "id", "tr", "sort", "uniq", "wc", "touch", "mkfifo", "printf", "echo", "test", "true",
+    "false", "seq", "blockdev", "realpath", "logger", "env",
+];
+
+/// Keeps what a program needs at run time: no documentation, locales,
+/// charset converters or Python.
+fn runtime_files(path: &str) -> bool {
+    !(path.starts_with("usr/share/")
+        || path.contains("/gconv/")
+        || path.contains("/python")
+        || path.contains("xenfsimage")
+        || path.starts_with("etc/init.d/")
+        || path.starts_with("etc/default/"))
+}
+
+/// The Debian packages of the toolstack and what it links, in the parts
+/// dom0 needs (`linux-dom0.md` lists why each is there).
+const PACKAGES: &[PackagePart] = &[
+    PackagePart {
+        name: "xen-utils-4.17",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "xen-utils-common",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "xenstore-utils",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxenmisc4.17",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxencall1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxenevtchn1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxenforeignmemory1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxengnttab1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxenstore4",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxentoollog1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxenhypfs1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxendevicemodel1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libxentoolcore1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libc6",
+        keep: runtime_files,
+    },
+    // Without it `xl` aborts at the end of `xl create` (pthread_cancel).
+    PackagePart {
+        name: "libgcc-s1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libyajl2",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libncurses6",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libtinfo6",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libfdt1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libuuid1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "libsmartcols1",
+        keep: runtime_files,
+    },
+    PackagePart {
+        name: "zlib1g",
+        keep: runtime_files,
+    },
+    // The hotplug scripts are bash.
+    PackagePart {
+        name: "bash",
+        keep: |p| p == "bin/bash",
+    },
+    // busybox-static has neither; the block hotplug script needs both.
+    PackagePart {
+        name: "util-linux",
+        keep: |p| p == "usr/bin/flock",
+    },
+    PackagePart {
+        name: "mount",
+        keep: |p| p == "sbin/losetup",
+    },
+];
+
+/// The guest's kernel.
+#[derive(Clone, Debug)]
+pub enum GuestKernel {
+    /// tidepool's Image.
+    Tidepool(PathBuf),
+    /// A Linux Image with its initramfs (the benchmark's Linux domU).
+    Linux {
+        /// The Image.
+        image: PathBuf,
+        /// The initramfs.
+        initramfs: PathBuf,
+    },
+}
+
+/// What the dom0 does with the guest.
+#[derive(Clone, Debug)]
+pub struct PvGuest {
+    /// tidepool's bootargs (`xl`'s `extra=`).
+    pub bootargs: String,
+    /// The disk image on the host, `xvda` in the guest (through dom0's
+    /// `/dev/vda`), if any.
+    pub disk: Option<PathBuf>,
+    /// Attach the disk read-only (`access=ro`).
+    pub read_only: bool,
+    /// `xl block-detach` the disk once the guest's console shows this.
+    pub detach_on: Option<String>,
+    /// Boot tidepool as a dom0less domU next to the Linux dom0 (Xen builds
+    /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
+    /// runs `init-dom0less`, then `xl block-attach`es the disk.
+    pub dom0less: bool,
+}
+
+/// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
+/// toolstack and `image` (tidepool) as the guest to create, the disk as
+/// virtio-blk.
+pub fn qemu_args(
+    ws: &Workspace,
+    image: &Path,
+    guest: &PvGuest,
+    run_dir: &Path,
+) -> Result<QemuCommand> {
+    qemu_args_for(
+        ws,
+        &GuestKernel::Tidepool(image.to_path_buf()),
+        guest,
+        run_dir,
+    )
+}
+
+/// [`qemu_args`] for any guest kernel.
+pub fn qemu_args_for(
+    ws: &Workspace,
+    kernel: &GuestKernel,
+    guest: &PvGuest,
+    run_dir: &Path,
+) -> Result<QemuCommand> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path.to_path_buf(), e));
+    let mut files = Vec::new();
+    match kernel {
+        GuestKernel::Tidepool(_) if guest.dom0less => {}
+        GuestKernel::Tidepool(image) => files.push(("guest.img".to_string(), 0o644, read(image)?)),
+        GuestKernel::Linux { image, initramfs } => {
+            files.push(("guest.img".to_string(), 0o644, read(image)?));
+            files.push(("guest-initramfs.cpio".to_string(), 0o644, read(initramfs)?));
+        }
+    }
+    let config = xl_config(guest, matches!(kernel, GuestKernel::Linux { .. }));
+    let dom0 = linux::build(
+        ws,
+        run_dir,
+        &Dom0Contents {
+            modules: MODULES,
+            applets: APPLETS,
+            packages: PACKAGES,
+            files: files
+                .into_iter()
+                .chain([("etc/xen/guest.cfg".to_string(), 0o644, config.into_bytes())])
+                .collect(),
+            init: &|modules| init_script(modules, guest),
+            name: "pv-dom0.cpio",
+        },
+    )?;
+    let mut machine = Machine::new(Mode::XenDom0 {
+        dom0_mem: DOM0_MEM.into(),
+    });
+    machine.memory = MEMORY.into();
+    machine.disks = guest
+        .disk
+        .iter()
+        .map(|file| Disk {
+            file: file.display().to_string(),
+            read_only: guest.read_only,
+        })
+        .collect();
+    let mut xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
+    let domu = match kernel {
+        GuestKernel::Tidepool(image) if guest.dom0less => {
+            // A dom0less guest's console_io reaches Xen's console only at
+            // guest_loglvl=all (4.17 gives it no PV console).
+            xen_bootargs.push_str(" guest_loglvl=all");
+            Some(linux::DomU {
+                image,
+                memory_kib: GUEST_MEM_MIB * 1024,
+                bootargs: &guest.bootargs,
+            })
+        }
+        _ => None,
+    };
+    let mut qemu = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, run_dir, domu.as_ref())?;
+    // The guest's `shutdown:` line is not the end: dom0 reports the guest's
+    // state and powers off after it.
+    qemu.end_with_xen_only();
+    Ok(qemu)
+}
+
+/// Linux guest's command line: its console is the PV console, `/init`
+/// from its initramfs.
+const LINUX_GUEST_BOOTARGS: &str = "console=hvc0 rdinit=/init cma=0";
+
+/// The `xl` configuration of the guest (a Linux guest gets its initramfs
+/// as `ramdisk`).
+fn xl_config(guest: &PvGuest, linux: bool) -> String {
+    let bootargs = if linux {
+        LINUX_GUEST_BOOTARGS
+    } else {
+        guest.bootargs.as_str()
+    };
+    let mut cfg = format!(
+        "name = \"{GUEST_NAME}\"\nkernel = \"/guest.img\"\nmemory = {GUEST_MEM_MIB}\nvcpus = 1\n\
+         extra = \"{}\"\non_poweroff = \"preserve\"\non_crash = \"preserve\"\non_reboot = \"preserve\"\n",
+        bootargs.replace('"', "")
+    );
+    if linux {
+        cfg.push_str("ramdisk = \"/guest-initramfs.cpio\"\n");
+    }
+    if guest.disk.is_some() {
+        let access = if guest.read_only { "ro" } else { "rw" };
+        cfg.push_str(&format!(
+            "disk = [ 'format=raw,vdev=xvda,access={access},target=/dev/vda' ]\n"
+        ));
+    }
+    cfg
+}
+
+/// dom0's `/init`: mount, load `modules`, start xenstored and xenconsoled,
+/// create the guest paused, attach `xl console`, unpause, optionally detach
+/// its disk, and wait until it shuts down or crashes; then power off.
+fn init_script(modules: &[String], guest: &PvGuest) -> String {
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
+        .collect();
+    let wait_disk = if guest.disk.is_some() {
+        "n=0\nwhile [ ! -b /dev/vda ]; do\n    n=$((n + 1))\n    [ $n -gt 500 ] && fail \"no /dev/vda after 5 s\"\n    usleep 10000\ndone\n"
+    } else {
+        ""
+    };
+    // The dom0less guest is domain 1, named by init-dom0less.
+    let name = if guest.dom0less { "1" } else { GUEST_NAME };
+    let detach = match &guest.detach_on {
+        Some(pattern) => format!(
+            r#"(
+    until grep -q "{pattern}" /var/log/xen/guest-{GUEST_NAME}.log 2>/dev/null; do usleep 20000; done
+    echo "{PREFIX}detaching disk=xvda"
+    if xl block-detach {name} xvda; then echo "{PREFIX}detached disk=xvda"; else echo "{PREFIX}detach-failed disk=xvda"; fi
+) &
+"#,
+            pattern = pattern.replace('"', "")
+        ),
+        None => String::new(),
+    };
+    let start = if guest.dom0less {
+        let attach = if guest.disk.is_some() {
+            let access = if guest.read_only { "ro" } else { "rw" };
+            format!(
+                "xl block-attach 1 'format=raw,vdev=xvda,access={access},target=/dev/vda' || fail \"xl block-attach\"\n\
+                 echo \"{PREFIX}attached disk=xvda\"\n"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "init-dom0less || fail \"init-dom0less\"\n\
+             echo \"{PREFIX}init-dom0less done uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+             {attach}console=\n"
+        )
+    } else {
+        format!(
+            r#"xl create -p /etc/xen/guest.cfg || fail "xl create"
+echo "{PREFIX}created name={GUEST_NAME} domid=$(xl domid {GUEST_NAME}) uptime=$(cut -d' ' -f1 /proc/uptime)"
+xl console {GUEST_NAME} </dev/console &
+console=$!
+xl unpause {GUEST_NAME} || fail "xl unpause"
+"#
+        )
+    };
+    format!(
+        r#"#!/bin/sh
+# tidepool's PV dom0 (xtask/src/pv.rs): the Xen toolstack and Linux's blkback.
+export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LD_LIBRARY_PATH=/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu:/usr/lib/xen-4.17/lib/aarch64-linux-gnu
+fail() {{ echo "{PREFIX}error $1"; poweroff -f; }}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# Warnings and worse only: the guest's console shares this one.
+echo 4 > /proc/sys/kernel/printk
+mkdir -p /dev/pts /run /tmp /var/lib/xen /var/log/xen
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+ln -s /run /var/run
+ln -s /run/lock /var/lock
+mkdir -p /run/xen /run/xenstored /run/lock
+# The hotplug scripts' locking reads /dev/stdin; without it they loop.
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+echo "{PREFIX}init uptime=$(cut -d' ' -f1 /proc/uptime)"
+{insmods}mkdir -p /proc/xen
+mount -t xenfs xenfs /proc/xen || fail "mount xenfs"
+XENSTORED_ROOTDIR=/run/xenstored xenstored --pid-file=/run/xenstored.pid || fail "xenstored"
+n=0
+until xenstore-read -s / >/dev/null 2>&1; do
+    n=$((n + 1))
+    [ $n -gt 500 ] && fail "xenstored does not answer"
+    usleep 10000
+done
+xen-init-dom0 >/dev/null || fail "xen-init-dom0"
+xenconsoled --log=guest --log-dir=/var/log/xen || fail "xenconsoled"
+
+{wait_disk}echo "{PREFIX}toolstack uptime=$(cut -d' ' -f1 /proc/uptime)"
+{start}{detach}while :; do
+    set -- $(xl list {name} 2>/dev/null | tail -n 1)
+    case "$5" in
+        *s*) echo "{PREFIX}guest-shutdown name={name} state=$5"; break ;;
+        *c*) echo "{PREFIX}guest-crashed name={name} state=$5"; break ;;
+        "") echo "{PREFIX}guest-vanished name={name}"; break ;;
+    esac
+    usleep 100000
+done
+usleep 300000
+kill $console 2>/dev/null
+xl destroy {name}
+echo "{PREFIX}done"
+poweroff -f
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> PvGuest {
+        PvGuest {
+            bootargs: "blk-verify=0@0+8".into(),
+            disk: Some("disk.img".into()),
+            read_only: false,
+            detach_on: None,
+            dom0less: false,
+        }
+    }
+
+    #[test]
+    fn config_names_the_disk_and_its_access() {
+        let cfg = xl_config(&guest(), false);
+        assert!(cfg.contains("extra = \"blk-verify=0@0+8\""));
+        assert!(cfg.contains("'format=raw,vdev=xvda,access=rw,target=/dev/vda'"));
+        let ro = xl_config(
+            &PvGuest {
+                read_only: true,
+                ..guest()
+            },
+            false,
+        );
+        assert!(ro.contains("access=ro"));
+        let none = xl_config(
+            &PvGuest {
+                disk: None,
+                ..guest()
+            },
+            false,
+        );
+        assert!(!none.contains("disk ="));
+        let linux = xl_config(&guest(), true);
+        assert!(linux.contains("extra = \"console=hvc0 rdinit=/init cma=0\""));
+        assert!(linux.contains("ramdisk = \"/guest-initramfs.cpio\""));
+    }
+
+    #[test]
+    fn init_starts_the_toolstack_before_creating_the_guest() {
+        let script = init_script(&["xen_privcmd".into(), "xenfs".into()], &guest());
+        let order = [
+            "insmod /lib/modules/xen_privcmd.ko",
+            "insmod /lib/modules/xenfs.ko",
+            "mount -t xenfs",
+            "xenstored --pid-file",
+            "xen-init-dom0",
+            "xenconsoled",
+            "[ ! -b /dev/vda ]",
+            "xl create -p",
+            "xl console",
+            "xl unpause",
+            "guest-shutdown",
+            "poweroff -f",
+        ];
+        let mut at = 0;
+        for step in order {
+            let found = script[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("{step} after {at}"));
+            at += found + step.len();
+        }
+        assert!(!script.contains("block-detach"));
+        let detaching = init_script(
+            &[],
+            &PvGuest {
+                detach_on: Some("blk: write".into()),
+                ..guest()
+            },
+        );
+        assert!(detaching.contains("grep -q \"blk: write\""));
+        assert!(detaching.contains("xl block-detach tidepool xvda"));
+        for applet in ["grep", "usleep", "tail", "kill", "ln", "mkdir"] {
+            assert!(APPLETS.contains(&applet), "{applet} is linked");
+        }
+    }
+}
