@@ -31,7 +31,9 @@ use tidepool_xen_abi::blkif::{
     BLKIF_RESPONSE_WORDS, BLKIF_RING_SLOTS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
 use tidepool_xen_abi::xenstore::TxId;
-use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantAccess, GrantRef, Hypervisor};
+use tidepool_xen_abi::{
+    EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
+};
 
 use crate::arch::aarch64::cpu;
 use crate::timer;
@@ -95,7 +97,6 @@ pub struct PvDisk {
     /// The back end keeps our grants mapped (`feature-persistent`).
     persistent: bool,
     ring: BlkifFrontRing<'static>,
-    ring_ref: GrantRef,
     port: EvtchnPort,
     signalled: &'static AtomicBool,
     inflight: Inflight<BLKIF_RING_SLOTS>,
@@ -104,6 +105,9 @@ pub struct PvDisk {
     grefs: Vec<Vec<GrantRef>>,
     /// Each slot's indirect page and its grant (with indirect requests).
     indirect: Vec<(&'static mut [u8], GrantRef)>,
+    /// Every grant the disk made (ring, data and indirect pages), ended
+    /// at close.
+    grants: Vec<Grant>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
     segments: usize,
@@ -223,21 +227,28 @@ impl PvDisk {
         let shared: &'static BlkifSharedRing =
             unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
         let ring = BlkifFrontRing::init(shared);
-        let ring_ref = grants::grant(backend, ring_pa.0 >> 12, GrantAccess::ReadWrite)
-            .map_err(PvSetupError::Grant)?;
-        let mut stats = PvStats {
-            grants_made: 1,
-            ..PvStats::default()
+        let mut stats = PvStats::default();
+        let mut held = Vec::new();
+        let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
+            stats.grants_made += 1;
+            // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
+            // this driver's alone. The driver touches the ring page only
+            // through `BlkifSharedRing`'s atomics, and a slot's data and
+            // indirect pages only while no request of that slot is in flight:
+            // `Inflight` hands out no slot whose request is in flight or
+            // timed out (the back end may still write a timed-out one's).
+            let frame = unsafe { GrantableFrame::new(pa >> 12) };
+            let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
+            let gref = grant.gref();
+            held.push(grant);
+            Ok(gref)
         };
+        let ring_ref = grant(ring_pa.0, GrantAccess::ReadWrite)?;
         let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
         let segments = if indirect_ok {
             INDIRECT_SEGMENTS
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
-        };
-        let mut grant = |pa: u64, access| {
-            stats.grants_made += 1;
-            grants::grant(backend, pa >> 12, access).map_err(PvSetupError::Grant)
         };
         let mut pages = Vec::with_capacity(BLKIF_RING_SLOTS);
         let mut grefs = Vec::with_capacity(BLKIF_RING_SLOTS);
@@ -296,13 +307,13 @@ impl PvDisk {
             features,
             persistent,
             ring,
-            ring_ref,
             port,
             signalled,
             inflight: Inflight::new(),
             pages,
             grefs,
             indirect,
+            grants: held,
             segments,
             done: [const { None }; BLKIF_RING_SLOTS],
             broken: None,
@@ -672,8 +683,9 @@ impl PvDisk {
             warn!("blk: {} close: {err}", self.name);
         }
         let mut still_mapped = 0;
-        for gref in self.grefs.iter().flatten().chain([&self.ring_ref]) {
-            if grants::end(*gref).is_err() {
+        // A grant the back end still maps stays (its page is never freed).
+        for grant in self.grants.drain(..) {
+            if grants::end(grant).is_err() {
                 still_mapped += 1;
             }
         }
