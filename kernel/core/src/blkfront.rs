@@ -9,7 +9,8 @@
 //! Linux keeps them): data is copied between the caller's buffer and a
 //! slot's pages, so no request grants or revokes anything. Every response is checked (`Inflight::complete`) before its
 //! slot is reused; a request without a response after
-//! [`REQUEST_TIMEOUT`] fails. A watch on the back end's state notices a
+//! [`REQUEST_TIMEOUT`] fails, and its slot is never reused (the back end
+//! may still write the slot's pages). A watch on the back end's state notices a
 //! detach (`xl block-detach`): I/O then fails with "back end went away" and
 //! the device closes; at shutdown every device closes cleanly.
 
