@@ -1255,19 +1255,35 @@ fn pv() -> Vec<BootTest> {
         detach_on: None,
         dom0less: true,
     });
+    // The monitor's `blk` commands on a PV disk go through the same loop as
+    // on virtio; the disk stays open until `poweroff` closes it.
     let mut monitor = guest("pv-xl-monitor-input", "monitor")
+        .with_disks(&[disk(
+            1,
+            Some(DiskPattern {
+                seed: 1,
+                written: None,
+            }),
+        )])
         .expect(&[
             "console: xen-pv gpa=0x39000000",
             "monitor: input xen pv console",
             "boot: ready",
             "> help",
             "monitor: command=\"blk read DEV LBA COUNT\" about=",
+            "> blk verify xvda 1",
+            "blk: verify xvda sectors=16384 ok",
+            "> blk",
+            "blk: xvda pv devid=51712",
+            "blk: stats xvda reads=",
+            "blk: grants xvda grants_made=",
             "> poweroff",
+            "blk: xvda closed state=6 grants_still_mapped=0",
             "shutdown: poweroff",
             "pv-dom0: guest-shutdown name=tidepool state=---s--",
         ])
         .reject(PV_REJECT);
-    monitor.typing = vec!["help", "poweroff"];
+    monitor.typing = vec!["help", "blk verify xvda 1", "blk", "poweroff"];
     vec![
         monitor,
         guest(

@@ -42,7 +42,8 @@ pub enum Notice<'n> {
 /// deadlines, completed by the kernel calling [`Self::handle_interrupt`]
 /// after the device's interrupt (or [`Self::poll`] instead of it) and
 /// [`Self::expire`] from its clock, and collected with [`Self::finish`].
-/// All DMA goes through the device's [`DmaDevice`].
+/// All DMA goes through the device's [`DmaDevice`], if it has one (a Xen
+/// PV disk shares pages it granted to its back end instead).
 pub trait BlockDriver<'a> {
     /// Why a request failed or was refused.
     type Error: fmt::Display;
@@ -153,6 +154,14 @@ pub trait BlockDriver<'a> {
     /// Its request counters.
     fn stats(&self) -> &BlkStats;
 
-    /// Its DMA context (for its counters).
-    fn dma(&self) -> &DmaDevice<'a>;
+    /// Its DMA context (for its counters); `None` for a device whose memory
+    /// does not go through the DMA layer (a Xen PV disk's granted pages).
+    fn dma(&self) -> Option<&DmaDevice<'a>>;
+
+    /// Counters the driver keeps besides [`BlkStats`], as a console line
+    /// printed after its `blk: stats` line (a Xen PV disk's grants made and
+    /// reused); none by default.
+    fn driver_stats(&self) -> Option<&dyn fmt::Display> {
+        None
+    }
 }

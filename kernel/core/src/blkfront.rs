@@ -1,27 +1,37 @@
 //! Xen PV block devices (`device/vbd` in xenstore), served by another
 //! domain's back end (Linux's xen-blkback under `xl`), on the protocol
-//! logic of `tidepool_xen_abi::blkfront`.
+//! logic of `tidepool_xen_abi::blkfront`. A [`PvDisk`] is a
+//! [`BlockDriver`], so the kernel's one transfer loop (`crate::block`)
+//! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
+//! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
 //! One ring page and, per ring slot, its data pages (11, a direct
 //! request's segments; or [`INDIRECT_SEGMENTS`] and one indirect page when
 //! the back end takes indirect requests), all granted to the back end once
 //! at setup and kept granted (the front end's side of persistent grants, as
 //! Linux keeps them): data is copied between the caller's buffer and a
-//! slot's pages, so no request grants or revokes anything. Every response is checked (`Inflight::complete`) before its
-//! slot is reused; a request without a response after
-//! [`REQUEST_TIMEOUT`] fails, and its slot is never reused (the back end
-//! may still write the slot's pages). A watch on the back end's state notices a
-//! detach (`xl block-detach`): I/O then fails with "back end went away" and
-//! the device closes; at shutdown every device closes cleanly.
+//! slot's pages, so no request grants or revokes anything. Every response is
+//! checked (`Inflight::complete`) before its slot is reused; a request
+//! without a response after [`REQUEST_TIMEOUT`] fails, and its slot is never
+//! reused (the back end may still write its pages). A watch on the back
+//! end's state notices a detach (`xl block-detach`): requests in flight and
+//! every later one then fail with "back end went away"; every device closes
+//! before the kernel powers off ([`PvDisk::close`]).
 
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
+use tidepool_block::{
+    BlkStats, BlockDriver, Completion, Completions, Deadline, MAX_IN_FLIGHT, Notice, Op, Request,
+    Token,
+};
+use tidepool_dma::{DmaDevice, DmaEnv};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
     self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd,
@@ -29,7 +39,7 @@ use tidepool_xen_abi::blkfront::{
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_RESPONSE_WORDS, BLKIF_RING_SLOTS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
+    BLKIF_RESPONSE_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
 use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{
@@ -37,15 +47,14 @@ use tidepool_xen_abi::{
 };
 
 use crate::arch::aarch64::cpu;
-use crate::timer;
 use crate::xen::{Xen, events, grants, store};
 
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too):
-/// 32 slots of them are 4 MiB of granted pages, about a thousand grants.
+/// [`SLOTS`] of them are 2.6 MiB of granted pages, about 700 grants.
 pub const INDIRECT_SEGMENTS: usize = 32;
-/// Bytes a pass of the pattern writer and the verifier moves: requests
-/// enough to keep the ring busy.
-const PASS_BYTES: usize = 2 << 20;
+/// Requests in flight at once: the most the block interface tracks (the
+/// ring has 32 slots; each in-flight request keeps its own data pages).
+const SLOTS: usize = MAX_IN_FLIGHT;
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
 /// response after this time finds its slot expired and breaks the device.
@@ -71,26 +80,39 @@ fn alloc_pages(map: &AddressMap, pages: usize) -> Option<(&'static mut [u8], Phy
     ))
 }
 
-/// Counters of one device.
+/// A device's grant counters and their console line,
+/// `blk: grants <disk> grants_made=N grants_reused=N`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PvStats {
-    /// Read requests completed.
-    pub reads: u64,
-    /// Write requests completed.
-    pub writes: u64,
-    /// Flushes completed.
-    pub flushes: u64,
-    /// Failed requests.
-    pub errors: u64,
+pub struct GrantStats {
+    name: &'static str,
     /// Grants made (at setup).
     pub grants_made: u64,
     /// Segments sent on pages already granted (no new grant).
     pub grants_reused: u64,
 }
 
+impl core::fmt::Display for GrantStats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "blk: grants {} grants_made={} grants_reused={}",
+            self.name, self.grants_made, self.grants_reused
+        )
+    }
+}
+
+/// What a slot's request is, for its completion.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    token: Token,
+    op: Op,
+    lba: u64,
+    bytes: u32,
+}
+
 /// One PV block device.
 pub struct PvDisk {
-    name: String,
+    name: &'static str,
     vbd: Vbd,
     info: DiskInfo,
     /// What the back end offered.
@@ -100,7 +122,9 @@ pub struct PvDisk {
     ring: BlkifFrontRing<'static>,
     port: EvtchnPort,
     signalled: &'static AtomicBool,
-    inflight: Inflight<BLKIF_RING_SLOTS>,
+    inflight: Inflight<SLOTS>,
+    /// What each taken slot holds.
+    sent: [Option<Sent>; SLOTS],
     /// Each slot's data pages and their grants.
     pages: Vec<&'static mut [u8]>,
     grefs: Vec<Vec<GrantRef>>,
@@ -113,15 +137,12 @@ pub struct PvDisk {
     /// requests.
     segments: usize,
     /// Results of finished requests not yet collected, by slot.
-    done: [Option<Result<(), BlkfrontError>>; BLKIF_RING_SLOTS],
+    done: [Option<Result<(), BlkfrontError>>; SLOTS],
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
-    /// Requests finished (answered or timed out) so far: what a wait waits
-    /// to see grow.
-    finished: u64,
     token: String,
-    stats: PvStats,
-    timeout_ticks: u64,
+    stats: BlkStats,
+    grant_stats: GrantStats,
 }
 
 /// Why a device could not be set up.
@@ -187,7 +208,7 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
 
 /// Sets up every `device/vbd` of this domain; a device that fails is
 /// reported and left out.
-pub fn probe(map: &'static AddressMap) -> Vec<PvDisk> {
+pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
     let found = if store::came_late() {
         Some(wait_for_attach())
     } else {
@@ -206,7 +227,7 @@ pub fn probe(map: &'static AddressMap) -> Vec<PvDisk> {
         let name = blkfront::disk_name(devid);
         match PvDisk::set_up(map, devid, name.clone()) {
             Ok(disk) => {
-                disk.log_info();
+                info!("{}", disk.info_line());
                 disks.push(disk);
             }
             Err(err) => error!("blk: {name} devid={devid}: {err}"),
@@ -216,7 +237,7 @@ pub fn probe(map: &'static AddressMap) -> Vec<PvDisk> {
 }
 
 impl PvDisk {
-    fn set_up(map: &'static AddressMap, devid: u32, name: String) -> Result<Self, PvSetupError> {
+    fn set_up(map: &AddressMap, devid: u32, name: String) -> Result<Self, PvSetupError> {
         let (vbd, features) = store::with(|xs| blkfront::probe(xs, devid)).ok_or(
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
@@ -228,10 +249,15 @@ impl PvDisk {
         let shared: &'static BlkifSharedRing =
             unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
         let ring = BlkifFrontRing::init(shared);
-        let mut stats = PvStats::default();
+        let name: &'static str = name.leak();
+        let mut grant_stats = GrantStats {
+            name,
+            grants_made: 0,
+            grants_reused: 0,
+        };
         let mut held = Vec::new();
         let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
-            stats.grants_made += 1;
+            grant_stats.grants_made += 1;
             // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
             // this driver's alone. The driver touches the ring page only
             // through `BlkifSharedRing`'s atomics, and a slot's data and
@@ -251,10 +277,10 @@ impl PvDisk {
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
         };
-        let mut pages = Vec::with_capacity(BLKIF_RING_SLOTS);
-        let mut grefs = Vec::with_capacity(BLKIF_RING_SLOTS);
+        let mut pages = Vec::with_capacity(SLOTS);
+        let mut grefs = Vec::with_capacity(SLOTS);
         let mut indirect = Vec::new();
-        for _ in 0..BLKIF_RING_SLOTS {
+        for _ in 0..SLOTS {
             let (buffer, pa) = alloc_pages(map, segments).ok_or(PvSetupError::NoMemory)?;
             let refs = (0..segments)
                 .map(|i| grant(pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
@@ -293,7 +319,6 @@ impl PvDisk {
         if let Some(Err(err)) = store::with(|xs| xs.watch(&backend_state, &token)) {
             warn!("blk: {name}: no state watch: {err}");
         }
-        let timeout_ticks = crate::arch::aarch64::timer::frequency() * REQUEST_TIMEOUT.as_secs();
         // Linux's blkback says whether it keeps grants mapped only when it
         // connects.
         let persistent = store::with(|xs| {
@@ -311,23 +336,23 @@ impl PvDisk {
             port,
             signalled,
             inflight: Inflight::new(),
+            sent: [None; SLOTS],
             pages,
             grefs,
             indirect,
             grants: held,
             segments,
-            done: [const { None }; BLKIF_RING_SLOTS],
+            done: [const { None }; SLOTS],
             broken: None,
-            finished: 0,
             token,
-            stats,
-            timeout_ticks,
+            stats: BlkStats::default(),
+            grant_stats,
         })
     }
 
-    /// Prints `blk: xvda pv devid=... backend=... sectors=... ...`.
-    pub fn log_info(&self) {
-        info!(
+    /// `blk: xvda pv devid=... backend=... sectors=... ...`, its setup line.
+    pub fn info_line(&self) -> String {
+        format!(
             "blk: {} pv devid={} backend={} sectors={} sector_size={} read_only={} flush={} \
              persistent={} max_ring_page_order={} indirect_segments={} request_bytes={}",
             self.name,
@@ -341,36 +366,12 @@ impl PvDisk {
             self.features.max_ring_page_order,
             self.features.max_indirect_segments,
             self.request_bytes()
-        );
-    }
-
-    /// Prints `blk: stats xvda ...` with the grant counters.
-    pub fn log_stats(&self) {
-        let s = &self.stats;
-        info!(
-            "blk: stats {} reads={} writes={} flushes={} errors={} grants_made={} grants_reused={}",
-            self.name, s.reads, s.writes, s.flushes, s.errors, s.grants_made, s.grants_reused
-        );
+        )
     }
 
     /// Bytes one request moves at most.
     pub fn request_bytes(&self) -> usize {
         self.segments * PAGE
-    }
-
-    /// The disk's name (`xvda`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Size in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        self.info.sectors
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &PvStats {
-        &self.stats
     }
 
     fn notify(&self) {
@@ -399,32 +400,42 @@ impl PvDisk {
         }
     }
 
-    /// Starts a request in a free slot: returns the slot.
-    fn submit(
+    /// Starts `op` in a free slot, due by `deadline`; returns its token.
+    fn start(
         &mut self,
         op: u8,
         lba: u64,
         data: Option<&[u8]>,
         sectors: usize,
-    ) -> Result<usize, BlkfrontError> {
+        deadline: Deadline,
+    ) -> Result<Token, BlkfrontError> {
         if let Some(err) = &self.broken {
             return Err(err.clone());
         }
         if op != BLKIF_OP_READ && self.info.read_only {
             return Err(BlkfrontError::ReadOnly);
         }
-        // Every slot taken: requests in flight (wait for one) or results
-        // the caller has not collected (a caller's error: it holds them).
-        while !self.inflight.has_free() {
-            if self.inflight.count() == 0 {
-                return Err(BlkfrontError::Busy);
-            }
-            self.wait_any()?;
-        }
-        let deadline = crate::arch::aarch64::timer::counter() + self.timeout_ticks;
-        let (slot, id) = self.inflight.start(op, lba, deadline)?;
+        let (slot, id) = self.inflight.start(op, lba, deadline.0)?;
+        let token = Token::new(slot as u16, (id >> 32) as u32);
+        let (kind, bytes) = match op {
+            BLKIF_OP_READ => (Op::Read, sectors * SECTOR),
+            BLKIF_OP_WRITE => (Op::Write, sectors * SECTOR),
+            _ => (Op::Flush, 0),
+        };
+        self.sent[slot] = Some(Sent {
+            token,
+            op: kind,
+            lba,
+            bytes: bytes as u32,
+        });
         let handle = self.vbd.devid as u16;
         let request = if op == BLKIF_OP_FLUSH_DISKCACHE {
+            if !self.info.flush {
+                // No write cache to flush: done without asking the back end
+                // (collected by `finish` like any other).
+                self.finished(slot, Ok(()), &mut Completions::new());
+                return Ok(token);
+            }
             blkfront::flush_request(handle, id).to_words()
         } else {
             if let Some(data) = data {
@@ -463,7 +474,7 @@ impl PvDisk {
                     return Err(err);
                 }
             };
-            self.stats.grants_reused += pages as u64;
+            self.grant_stats.grants_reused += pages as u64;
             words
         };
         if let Err(err) = self.ring.put_request(&request) {
@@ -476,21 +487,55 @@ impl PvDisk {
         if self.ring.push_requests() {
             self.notify();
         }
-        Ok(slot)
+        Ok(token)
     }
 
     /// Drops a slot that never reached the ring.
     fn forget(&mut self, slot: usize) {
+        self.sent[slot] = None;
         self.inflight.release(slot);
     }
 
-    /// Takes every response off the ring and checks it; a response that
-    /// cannot be trusted breaks the device.
-    fn harvest(&mut self) {
-        loop {
+    /// Records the outcome of the request in `slot` and counts it.
+    fn finished(&mut self, slot: usize, result: Result<(), BlkfrontError>, done: &mut Completions) {
+        let Some(sent) = self.sent[slot] else {
+            return;
+        };
+        match (&result, sent.op) {
+            (Err(BlkfrontError::Timeout { .. }), _) => self.stats.timeouts += 1,
+            (Err(_), _) => self.stats.errors += 1,
+            (Ok(()), Op::Read) => {
+                self.stats.reads += 1;
+                self.stats.bytes_read += u64::from(sent.bytes);
+            }
+            (Ok(()), Op::Write) => {
+                self.stats.writes += 1;
+                self.stats.bytes_written += u64::from(sent.bytes);
+            }
+            (Ok(()), Op::Flush) => self.stats.flushes += 1,
+        }
+        self.done[slot] = Some(result);
+        done.push(sent.token);
+    }
+
+    /// Takes every response off the ring and checks it (a response that
+    /// cannot be trusted breaks the device), re-arming the back end's
+    /// notification; then looks at the back end's state. A broken device
+    /// fails every request in flight.
+    fn harvest(&mut self) -> Completions {
+        let mut done = Completions::new();
+        while self.broken.is_none() {
             let words = match self.ring.take_response::<BLKIF_RESPONSE_WORDS>() {
                 Ok(Some(words)) => words,
-                Ok(None) => break,
+                Ok(None) => match self.ring.final_check_for_responses() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(err) => {
+                        error!("blk: {}: {err}", self.name);
+                        self.broken = Some(BlkfrontError::BadRequest("ring overrun"));
+                        break;
+                    }
+                },
                 Err(err) => {
                     error!("blk: {}: {err}", self.name);
                     self.broken = Some(BlkfrontError::BadRequest("ring overrun"));
@@ -500,18 +545,11 @@ impl PvDisk {
             let response = BlkifResponse::from_words(words);
             let described = self.inflight_sector(response.id);
             match self.inflight.complete(response) {
-                Ok(done) => {
-                    let result = done
-                        .result
-                        .map_err(|failure| blkfront::completion_error(done.op, described, failure));
-                    match (done.op, &result) {
-                        (_, Err(_)) => self.stats.errors += 1,
-                        (BLKIF_OP_READ, _) => self.stats.reads += 1,
-                        (BLKIF_OP_WRITE, _) => self.stats.writes += 1,
-                        _ => self.stats.flushes += 1,
-                    }
-                    self.done[done.slot] = Some(result);
-                    self.finished += 1;
+                Ok(completed) => {
+                    let result = completed.result.map_err(|failure| {
+                        blkfront::completion_error(completed.op, described, failure)
+                    });
+                    self.finished(completed.slot, result, &mut done);
                 }
                 Err(err) => {
                     error!("blk: {}: {err}", self.name);
@@ -519,6 +557,14 @@ impl PvDisk {
                 }
             }
         }
+        self.check_backend();
+        if let Some(err) = self.broken.clone() {
+            // Nothing more will come back: every request in flight fails.
+            for (slot, _) in self.inflight.expire(u64::MAX) {
+                self.finished(slot, Err(err.clone()), &mut done);
+            }
+        }
+        done
     }
 
     fn inflight_sector(&self, id: u64) -> u64 {
@@ -527,142 +573,17 @@ impl PvDisk {
             .map_or(0, |(_, sector)| sector)
     }
 
-    /// Waits until another request finishes (answered or timed out), or the
-    /// device breaks.
-    fn wait_any(&mut self) -> Result<(), BlkfrontError> {
-        let before = self.finished;
-        loop {
-            self.harvest();
-            if self.finished != before {
-                return Ok(());
-            }
-            if let Some(err) = &self.broken {
-                return Err(err.clone());
-            }
-            if !matches!(self.ring.final_check_for_responses(), Ok(false)) {
-                continue;
-            }
-            let signalled = self.signalled;
-            // Waking at least every 100 ms to look at the back end's state.
-            let _ = timer::wait_for(Duration::from_millis(100), || {
-                signalled.swap(false, Ordering::AcqRel)
-            });
-            for (slot, err) in self.inflight.expire(crate::arch::aarch64::timer::counter()) {
-                self.stats.errors += 1;
-                self.done[slot] = Some(Err(err));
-                self.finished += 1;
-            }
-            self.check_backend();
-        }
-    }
-
-    /// Waits for the request in `slot` and copies a read's data out.
-    fn finish(&mut self, slot: usize, out: Option<&mut [u8]>) -> Result<(), BlkfrontError> {
-        loop {
-            if let Some(result) = self.done[slot].take() {
-                if let (Ok(()), Some(out)) = (&result, out) {
-                    out.copy_from_slice(&self.pages[slot][..out.len()]);
-                }
-                self.inflight.release(slot);
-                return result;
-            }
-            self.wait_any()?;
-        }
-    }
-
-    /// Reads `buffer.len()` bytes (whole sectors) at `lba`, keeping up to
-    /// `depth` requests in flight.
-    pub fn read_depth(
-        &mut self,
-        lba: u64,
-        buffer: &mut [u8],
-        depth: usize,
-    ) -> Result<(), BlkfrontError> {
-        let request_bytes = self.request_bytes();
-        let chunks: Vec<(u64, usize, usize)> = buffer
-            .chunks(request_bytes)
-            .enumerate()
-            .scan(0usize, |offset, (_, chunk)| {
-                let at = *offset;
-                *offset += chunk.len();
-                Some((lba + (at / SECTOR) as u64, at, chunk.len()))
-            })
-            .collect();
-        let mut pending: alloc::collections::VecDeque<(usize, usize, usize)> =
-            alloc::collections::VecDeque::new();
-        let mut next = 0;
-        let mut result = Ok(());
-        while next < chunks.len() || !pending.is_empty() {
-            while result.is_ok() && next < chunks.len() && pending.len() < depth.max(1) {
-                let (at_lba, offset, len) = chunks[next];
-                match self.submit(BLKIF_OP_READ, at_lba, None, len / SECTOR) {
-                    Ok(slot) => pending.push_back((slot, offset, len)),
-                    Err(err) => result = Err(err),
-                }
-                next += 1;
-            }
-            let Some((slot, offset, len)) = pending.pop_front() else {
-                break;
-            };
-            let done = self.finish(slot, Some(&mut buffer[offset..offset + len]));
-            if result.is_ok() {
-                result = done;
-            }
-        }
-        result
-    }
-
-    /// Reads `buffer.len()` bytes at `lba` with the ring full.
-    pub fn read(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), BlkfrontError> {
-        self.read_depth(lba, buffer, BLKIF_RING_SLOTS)
-    }
-
-    /// Writes `data` (whole sectors) at `lba`, up to the ring's depth in
-    /// flight.
-    pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), BlkfrontError> {
-        let mut pending = alloc::collections::VecDeque::new();
-        let mut result = Ok(());
-        let request_bytes = self.request_bytes();
-        for (i, chunk) in data.chunks(request_bytes).enumerate() {
-            if pending.len() == BLKIF_RING_SLOTS {
-                let slot = pending.pop_front().expect("non-empty");
-                result = result.and(self.finish(slot, None));
-            }
-            if result.is_err() {
-                break;
-            }
-            let at = lba + (i * request_bytes / SECTOR) as u64;
-            match self.submit(BLKIF_OP_WRITE, at, Some(chunk), chunk.len() / SECTOR) {
-                Ok(slot) => pending.push_back(slot),
-                Err(err) => result = Err(err),
-            }
-        }
-        for slot in pending {
-            let done = self.finish(slot, None);
-            if result.is_ok() {
-                result = done;
-            }
-        }
-        result
-    }
-
-    /// Flushes the back end's write cache (nothing to do if it has none).
-    pub fn flush(&mut self) -> Result<(), BlkfrontError> {
-        if !self.info.flush {
-            return Ok(());
-        }
-        let slot = self.submit(BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0)?;
-        self.finish(slot, None)
-    }
-
-    /// Disconnects: waits for requests in flight, goes Closing, waits for
-    /// the back end to close, goes Closed, revokes the grants and closes
-    /// the event channel. Problems are reported, never fatal.
+    /// Disconnects: goes Closing, waits for the back end to close, goes
+    /// Closed, revokes the grants and closes the event channel. Problems
+    /// are reported, never fatal. The kernel's transfer loop collects every
+    /// request it submits, so none is in flight here.
     pub fn close(&mut self) {
-        while self.inflight.count() > 0 && self.broken.is_none() {
-            if self.wait_any().is_err() {
-                break;
-            }
+        if self.inflight.count() > 0 {
+            warn!(
+                "blk: {} close with {} requests in flight",
+                self.name,
+                self.inflight.count()
+            );
         }
         let vbd = self.vbd.clone();
         let token = self.token.clone();
@@ -703,172 +624,141 @@ impl PvDisk {
     }
 }
 
-/// What the bootargs ask of the PV disks: write, verify, benchmark on the
-/// first; then each one's counters; then every disk closes.
-pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [PvDisk]) {
-    for disk in disks.iter_mut() {
-        if let Some(range) = args.blk_write {
-            match write_pattern(disk, range) {
-                Ok(()) => info!(
-                    "blk: wrote {} lba={} sectors={} seed={}, flushed",
-                    disk.name(),
-                    range.lba,
-                    range.count,
-                    range.seed
-                ),
-                Err(err) => error!(
-                    "blk: {} write of sectors {}..{}: {err}",
-                    disk.name(),
-                    range.lba,
-                    range.lba + range.count
-                ),
+impl BlockDriver<'static> for PvDisk {
+    type Error = BlkfrontError;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn capacity(&self) -> u64 {
+        self.info.sectors
+    }
+
+    fn max_request_bytes(&self) -> u32 {
+        self.request_bytes() as u32
+    }
+
+    fn slots(&self) -> usize {
+        SLOTS
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inflight.count()
+    }
+
+    fn submit(
+        &mut self,
+        _env: &mut DmaEnv<'_, 'static>,
+        request: Request<'_>,
+        deadline: Deadline,
+    ) -> Result<Token, BlkfrontError> {
+        let check = |lba: u64, bytes: usize| {
+            if bytes == 0 || !bytes.is_multiple_of(SECTOR) || bytes > self.request_bytes() {
+                return Err(BlkfrontError::BadRequest(
+                    "size not whole sectors within a request",
+                ));
             }
-        }
-        if let Some(expected) = args.blk_verify {
-            verify(disk, expected);
-        }
-    }
-    if let (Some(mib), Some(disk)) = (args.bench_mib, disks.first_mut())
-        && let Err(err) = bench(disk, mib)
-    {
-        error!("blk: bench {}: {err}", disk.name);
-    }
-    for disk in disks.iter_mut() {
-        disk.log_stats();
-        disk.close();
-    }
-}
-
-fn write_pattern(
-    disk: &mut PvDisk,
-    range: crate::bootargs::SectorRange,
-) -> Result<(), BlkfrontError> {
-    use tidepool_virtio_blk::pattern;
-    let per_pass = (PASS_BYTES / SECTOR) as u64;
-    let mut sectors = alloc::vec![[0u8; SECTOR]; per_pass as usize];
-    let mut at = range.lba;
-    let end = range.lba + range.count;
-    while at < end {
-        let n = per_pass.min(end - at) as usize;
-        pattern::fill_sectors(range.seed, at, &mut sectors[..n]);
-        disk.write(at, sectors[..n].as_flattened())?;
-        at += n as u64;
-    }
-    disk.flush()
-}
-
-fn verify(disk: &mut PvDisk, expected: crate::bootargs::DiskPattern) -> u64 {
-    use tidepool_virtio_blk::pattern;
-    let capacity = disk.capacity();
-    let mut buffer = alloc::vec![0u8; PASS_BYTES];
-    let per_pass = (buffer.len() / SECTOR) as u64;
-    let mut problems = 0;
-    let mut lba = 0;
-    while lba < capacity {
-        let sectors = per_pass.min(capacity - lba);
-        let bytes = &mut buffer[..sectors as usize * SECTOR];
-        if let Err(err) = disk.read(lba, bytes) {
-            error!(
-                "blk: {} read of sectors {lba}..{} failed: {err}",
-                disk.name(),
-                lba + sectors
-            );
-            problems += 1;
-            if disk.broken.is_some() {
-                break;
+            match lba.checked_add((bytes / SECTOR) as u64) {
+                Some(end) if end <= self.info.sectors => Ok(bytes / SECTOR),
+                _ => Err(BlkfrontError::BadRequest("sectors beyond the disk")),
             }
-            lba += sectors;
-            continue;
-        }
-        for (i, sector) in bytes.chunks_exact(SECTOR).enumerate() {
-            let at = lba + i as u64;
-            let sector: &[u8; SECTOR] = sector.try_into().expect("whole sectors");
-            if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
-                if problems < 8 {
-                    error!("blk: {} {mismatch}", disk.name());
-                }
-                problems += 1;
+        };
+        match request {
+            Request::Read { lba, sectors } => {
+                let sectors = check(lba, sectors as usize * SECTOR)?;
+                self.start(BLKIF_OP_READ, lba, None, sectors, deadline)
             }
+            Request::Write { lba, data } => {
+                let sectors = check(lba, data.len())?;
+                self.start(BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
+            }
+            Request::Flush => self.start(BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),
         }
-        lba += sectors;
     }
-    if problems == 0 {
-        info!("blk: verify {} sectors={capacity} ok", disk.name());
-    } else {
-        error!(
-            "blk: verify {} sectors={capacity} problems={problems}",
-            disk.name()
-        );
-    }
-    problems
-}
 
-/// Random 4 KiB reads of the first `span` sectors, `depth` in flight.
-fn random_reads(
-    disk: &mut PvDisk,
-    count: u64,
-    depth: usize,
-    span: u64,
-) -> Result<(), BlkfrontError> {
-    const SECTORS: u64 = SECTORS_PER_PAGE as u64;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next_lba = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % (span / SECTORS)) * SECTORS
-    };
-    let mut buffer = [0u8; PAGE];
-    let mut pending = alloc::collections::VecDeque::with_capacity(depth);
-    let mut submitted = 0;
-    while submitted < count || !pending.is_empty() {
-        while submitted < count && pending.len() < depth {
-            pending.push_back(disk.submit(BLKIF_OP_READ, next_lba(), None, SECTORS as usize)?);
-            submitted += 1;
+    fn is_busy(&self, error: &BlkfrontError) -> bool {
+        matches!(error, BlkfrontError::Busy)
+    }
+
+    fn no_free_slot(&self) -> BlkfrontError {
+        BlkfrontError::Busy
+    }
+
+    fn interrupt_noted(&self) -> bool {
+        self.signalled.load(Ordering::Acquire)
+    }
+
+    fn handle_interrupt(
+        &mut self,
+        _env: &mut DmaEnv<'_, 'static>,
+        _notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Completions {
+        self.signalled.store(false, Ordering::Release);
+        self.harvest()
+    }
+
+    fn has_completions(&self) -> bool {
+        // A ring the back end overran is news too: `poll` reports it.
+        !matches!(self.ring.has_unconsumed_responses(), Ok(false))
+    }
+
+    fn poll(&mut self, _env: &mut DmaEnv<'_, 'static>) -> Completions {
+        self.harvest()
+    }
+
+    fn expire(&mut self, now: u64) -> Completions {
+        let mut done = Completions::new();
+        for (slot, err) in self.inflight.expire(now) {
+            self.finished(slot, Err(err), &mut done);
         }
-        let slot = pending.pop_front().expect("non-empty");
-        disk.finish(slot, Some(&mut buffer))?;
+        done
     }
-    Ok(())
-}
 
-/// `bench=MIB` on a PV disk: sequential reads of the first `mib` MiB
-/// (the largest requests, 4 MiB passes), then 4 KiB random reads at queue
-/// depth 1 and 16; one `blk: bench` line, as for virtio.
-fn bench(disk: &mut PvDisk, mib: u64) -> Result<(), BlkfrontError> {
-    const RANDOM_READS: u64 = 4096;
-    let span = (mib << 20).min(disk.capacity() * SECTOR as u64) / SECTOR as u64;
-    let before = *disk.stats();
-    let mut buffer = alloc::vec![0u8; 2 * PASS_BYTES];
-    let start = cpu::uptime_us();
-    let mut lba = 0;
-    while lba < span {
-        let sectors = (span - lba).min((buffer.len() / SECTOR) as u64);
-        disk.read(lba, &mut buffer[..sectors as usize * SECTOR])?;
-        lba += sectors;
+    fn finish(
+        &mut self,
+        token: Token,
+        read_into: &mut [u8],
+    ) -> Poll<Result<Completion, BlkfrontError>> {
+        let slot = usize::from(token.slot());
+        let Some(sent) = self.sent.get(slot).copied().flatten() else {
+            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request")));
+        };
+        if sent.token != token {
+            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request")));
+        }
+        let Some(result) = self.done[slot].take() else {
+            return Poll::Pending;
+        };
+        let result = result.and_then(|()| {
+            if sent.op == Op::Read {
+                let Some(data) = self.pages[slot].get(..read_into.len()) else {
+                    return Err(BlkfrontError::BadRequest(
+                        "read buffer larger than the request",
+                    ));
+                };
+                read_into.copy_from_slice(data);
+            }
+            Ok(Completion {
+                op: sent.op,
+                lba: sent.lba,
+                bytes: sent.bytes,
+            })
+        });
+        self.sent[slot] = None;
+        self.inflight.release(slot);
+        Poll::Ready(result)
     }
-    let seq_us = (cpu::uptime_us() - start).max(1);
-    let start = cpu::uptime_us();
-    random_reads(disk, RANDOM_READS, 1, span)?;
-    let qd1_us = (cpu::uptime_us() - start).max(1);
-    let start = cpu::uptime_us();
-    random_reads(disk, RANDOM_READS, 16, span)?;
-    let qd16_us = (cpu::uptime_us() - start).max(1);
-    let after = disk.stats();
-    let seq_bytes = span * SECTOR as u64;
-    let hundredths = seq_bytes * 1_000_000 / (1 << 20) * 100 / seq_us;
-    info!(
-        "blk: bench device={} seq_mib={} seq_us={seq_us} seq_mib_s={}.{:02} qd1_reqs={RANDOM_READS} \
-         qd1_us={qd1_us} qd1_iops={} qd16_reqs={RANDOM_READS} qd16_us={qd16_us} qd16_iops={} requests={} \
-         flush_hypercalls=0",
-        disk.name(),
-        seq_bytes >> 20,
-        hundredths / 100,
-        hundredths % 100,
-        RANDOM_READS * 1_000_000 / qd1_us,
-        RANDOM_READS * 1_000_000 / qd16_us,
-        (after.reads + after.writes + after.flushes)
-            - (before.reads + before.writes + before.flushes),
-    );
-    Ok(())
+
+    fn stats(&self) -> &BlkStats {
+        &self.stats
+    }
+
+    fn dma(&self) -> Option<&DmaDevice<'static>> {
+        None
+    }
+
+    fn driver_stats(&self) -> Option<&dyn core::fmt::Display> {
+        Some(&self.grant_stats)
+    }
 }

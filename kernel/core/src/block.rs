@@ -1,9 +1,11 @@
 //! Block devices: every virtio-mmio transport with a block device behind it
 //! (`tidepool-virtio-blk`) and every i.MX uSDHC with an SD card
 //! (`tidepool-usdhc`), both on the DMA layer, completing by interrupt, and
-//! both driven through the one [`BlockDriver`] interface by the one
-//! transfer loop here ([`Disk`]): `blk-write=`, `blk-verify=` and `bench=`
-//! work the same on either, and print the same lines.
+//! every Xen PV disk of the domain (`crate::blkfront`, on pages granted to
+//! its back end, completing by event channel), all driven through the one
+//! [`BlockDriver`] interface by the one transfer loop here ([`Disk`]):
+//! `blk-write=`, `blk-verify=`, `bench=` and the monitor's `blk` commands
+//! work the same on any, and print the same lines.
 //!
 //! A device's SPI handler only quietens the device and notes the interrupt
 //! for its driver (virtio: the driver's `InterruptHandler` acknowledges it
@@ -35,6 +37,7 @@ use tidepool_virtio_blk::transport::{ReadRegister, Transport};
 use tidepool_virtio_blk::{BlockDevice, MmioTransport, Options};
 
 use crate::arch::aarch64::{cpu, timer as arch_timer};
+use crate::blkfront::{self, PvDisk};
 use crate::bootargs::{DiskPattern, SectorRange};
 use crate::dma::Dma;
 use crate::irq;
@@ -44,9 +47,11 @@ use crate::timer;
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// `DeviceID` of a block device.
 const BLOCK_DEVICE_ID: u32 = 2;
-/// How long one request may take before it is reported as timed out.
+/// How long one request may take before it is reported as timed out (a
+/// PV disk's requests get [`blkfront::REQUEST_TIMEOUT`]).
 const REQUEST_TIMEOUT_US: u64 = 5_000_000;
-/// Bytes per request of the bulk paths (the driver's largest request).
+/// Bytes per request of the bulk paths, at most (or the driver's largest
+/// request, if smaller).
 const CHUNK_BYTES: usize = 256 * 1024;
 
 /// The uSDHC's input clock when the device tree does not assign one: what
@@ -68,6 +73,8 @@ pub enum AnyDisk {
     Virtio(Disk<VirtioDisk>),
     /// SD card.
     Sd(Disk<SdDisk>),
+    /// Xen PV disk.
+    Pv(Disk<PvDisk>),
 }
 
 /// Runs `$body` with `$disk` bound to the [`Disk`] inside an [`AnyDisk`],
@@ -77,6 +84,7 @@ macro_rules! with_disk {
         match $any {
             AnyDisk::Virtio($disk) => $body,
             AnyDisk::Sd($disk) => $body,
+            AnyDisk::Pv($disk) => $body,
         }
     };
 }
@@ -88,19 +96,43 @@ impl AnyDisk {
         with_disk!(self, disk => disk.name())
     }
 
-    /// Prints the device's setup line (`blk: <device> virtio-mmio ...` or
-    /// `blk: <device> sd ...`) and its counters (`blk: stats ...`).
+    /// Prints the device's setup line (`blk: <device> virtio-mmio ...`,
+    /// `blk: <device> sd ...` or `blk: <device> pv ...`) and its counters
+    /// (`blk: stats ...` and the driver's own, if any).
     pub fn print_info(&self) {
         match self {
             AnyDisk::Virtio(disk) => info!("{}", disk.device.info_line()),
             AnyDisk::Sd(disk) => info!("{}", disk.device.info_line()),
+            AnyDisk::Pv(disk) => info!("{}", disk.device.info_line()),
         }
-        with_disk!(self, disk => info!("{}", StatsLine::new(disk.name(), disk.device.stats())));
+        with_disk!(self, disk => print_stats(&disk.device, false));
     }
 
-    /// Prints the device's DMA counters (`dma: stats ...`).
-    pub fn print_dma_stats(&self) {
-        with_disk!(self, disk => info!("{}", disk.device.dma().stats_line()));
+    /// Prints the device's DMA counters (`dma: stats ...`); false for a
+    /// device whose memory is not the DMA layer's (a PV disk).
+    pub fn print_dma_stats(&self) -> bool {
+        with_disk!(self, disk => BlockDriver::dma(&disk.device).map(|dma| info!("{}", dma.stats_line())).is_some())
+    }
+
+    /// Disconnects the device before the kernel powers off or reboots (a PV
+    /// disk tells its back end; the others need nothing).
+    pub fn close(&mut self) {
+        if let AnyDisk::Pv(disk) = self {
+            disk.device.close();
+        }
+    }
+}
+
+/// Prints a device's counters: `blk: stats ...`, the driver's own line if
+/// it has one, and with `dma` its DMA counters (`dma: stats ...`) if its
+/// memory goes through the DMA layer.
+pub fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
+    info!("{}", StatsLine::new(device.name(), device.stats()));
+    if let Some(line) = device.driver_stats() {
+        info!("{line}");
+    }
+    if dma && let Some(dma) = device.dma() {
+        info!("{}", dma.stats_line());
     }
 }
 
@@ -111,8 +143,8 @@ pub struct Disk<D> {
     timeout_ticks: u64,
 }
 
-/// Finds and sets up every block device of the device tree: virtio block
-/// devices, then SD cards. Transports without a device, or with another
+/// Finds and sets up every block device: virtio block devices and SD cards
+/// of the device tree, then the domain's Xen PV disks. Transports without a device, or with another
 /// kind, and controllers without a card are skipped; a device that fails
 /// to set up is reported and left out.
 pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<AnyDisk> {
@@ -121,6 +153,11 @@ pub fn probe(dt: &'static DeviceTree, dma: &mut Dma) -> Vec<AnyDisk> {
         .map(AnyDisk::Virtio)
         .collect();
     disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
+    disks.extend(
+        blkfront::probe(dma.address_map())
+            .into_iter()
+            .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
+    );
     disks
 }
 
@@ -277,10 +314,22 @@ fn set_up_sd(
 
 impl<D: BlockDriver<'static>> Disk<D> {
     fn new(device: D) -> Self {
+        Self::with_timeout(device, Duration::from_micros(REQUEST_TIMEOUT_US))
+    }
+
+    /// A disk whose requests may take `timeout` each.
+    fn with_timeout(device: D, timeout: Duration) -> Self {
         Self {
             device,
-            timeout_ticks: arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
+            timeout_ticks: arch_timer::frequency() * timeout.as_secs(),
         }
+    }
+
+    /// Bytes per request of the bulk paths: [`CHUNK_BYTES`], or the
+    /// driver's largest request if smaller, in whole sectors.
+    fn chunk_bytes(&self) -> usize {
+        let max = self.device.max_request_bytes() as usize / SECTOR_BYTES * SECTOR_BYTES;
+        CHUNK_BYTES.min(max.max(SECTOR_BYTES))
     }
 
     /// The device-tree path of the device.
@@ -324,17 +373,18 @@ impl<D: BlockDriver<'static>> Disk<D> {
     }
 
     /// Reads `buffer.len()` bytes at `lba` with up to the driver's
-    /// in-flight limit of 256 KiB requests outstanding.
+    /// in-flight limit of [`Self::chunk_bytes`] requests outstanding.
     pub fn read(&mut self, dma: &mut Dma, lba: u64, buffer: &mut [u8]) -> Result<(), D::Error> {
-        let sectors_per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
+        let chunk_bytes = self.chunk_bytes();
+        let sectors_per_chunk = (chunk_bytes / SECTOR_BYTES) as u64;
         let mut pending: Vec<(Token, usize)> = Vec::with_capacity(self.device.slots());
-        let chunks = buffer.len().div_ceil(CHUNK_BYTES);
+        let chunks = buffer.len().div_ceil(chunk_bytes);
         let mut next = 0;
         let mut result = Ok(());
         while next < chunks || !pending.is_empty() {
             while next < chunks && pending.len() < self.device.slots() && result.is_ok() {
-                let offset = next * CHUNK_BYTES;
-                let len = CHUNK_BYTES.min(buffer.len() - offset);
+                let offset = next * chunk_bytes;
+                let len = chunk_bytes.min(buffer.len() - offset);
                 let request = Request::Read {
                     lba: lba + next as u64 * sectors_per_chunk,
                     sectors: (len / SECTOR_BYTES) as u32,
@@ -352,7 +402,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
                 break;
             };
             pending.remove(0);
-            let len = CHUNK_BYTES.min(buffer.len() - offset);
+            let len = chunk_bytes.min(buffer.len() - offset);
             let done = self.complete(dma, token, &mut buffer[offset..offset + len]);
             if result.is_ok() {
                 result = done;
@@ -364,10 +414,11 @@ impl<D: BlockDriver<'static>> Disk<D> {
         result
     }
 
-    /// Writes `data` at `lba`, one 256 KiB request at a time.
+    /// Writes `data` at `lba`, one [`Self::chunk_bytes`] request at a time.
     pub fn write(&mut self, dma: &mut Dma, lba: u64, data: &[u8]) -> Result<(), D::Error> {
-        for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
-            let lba = lba + (i * CHUNK_BYTES / SECTOR_BYTES) as u64;
+        let chunk_bytes = self.chunk_bytes();
+        for (i, chunk) in data.chunks(chunk_bytes).enumerate() {
+            let lba = lba + (i * chunk_bytes / SECTOR_BYTES) as u64;
             let token = self.submit(dma, Request::Write { lba, data: chunk })?;
             self.complete(dma, token, &mut [])?;
         }
@@ -559,7 +610,13 @@ pub fn bench<D: BlockDriver<'static>>(
     const RANDOM_READS: u64 = 4096;
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
-    let before_dma = *disk.device.dma().stats();
+    let dma_counters = |disk: &Disk<D>| {
+        disk.device
+            .dma()
+            .map(|dma| *dma.stats())
+            .unwrap_or_default()
+    };
+    let before_dma = dma_counters(disk);
 
     // Large passes keep the queue full: it drains only between passes.
     let Some(mut buffer) = zeroed(8 << 20) else {
@@ -583,7 +640,7 @@ pub fn bench<D: BlockDriver<'static>>(
     let qd16_us = (cpu::uptime_us() - start).max(1);
 
     let blk = disk.device.stats();
-    let dma_stats = disk.device.dma().stats();
+    let dma_stats = dma_counters(disk);
     let requests = (blk.reads + blk.writes + blk.flushes)
         - (before_blk.reads + before_blk.writes + before_blk.flushes);
     let hypercalls = dma_stats.hypercalls - before_dma.hypercalls;
@@ -606,7 +663,8 @@ pub fn bench<D: BlockDriver<'static>>(
 
 /// What the bootargs ask of the block devices, in order: write, verify,
 /// benchmark; then each device's counters and the pools' usage against
-/// their baseline. Errors are reported and the next task still runs.
+/// their baseline; then, without the monitor, the disks close. Errors are
+/// reported and the next task still runs.
 pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk], dma: &mut Dma) {
     if disks.is_empty() {
         return;
@@ -623,12 +681,15 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
         });
     }
     for any in disks.iter() {
-        with_disk!(any, disk => {
-            info!("{}", StatsLine::new(disk.name(), disk.device.stats()));
-            info!("{}", disk.device.dma().stats_line());
-        });
+        with_disk!(any, disk => print_stats(&disk.device, true));
     }
     dma.print_usage("now");
+    // The monitor's `blk` commands use the disks until it powers off.
+    if !args.monitor {
+        for disk in disks.iter_mut() {
+            disk.close();
+        }
+    }
 }
 
 /// The write and the verify the bootargs ask of one device.

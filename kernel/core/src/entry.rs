@@ -209,8 +209,6 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     connect_xenstore(&memory.layout.address_map);
     let mut disks = crate::block::probe(dt, &mut dma);
     crate::block::run_requested(&args, &mut disks, &mut dma);
-    let mut pv_disks = crate::blkfront::probe(&memory.layout.address_map);
-    crate::blkfront::run_requested(&args, &mut pv_disks);
 
     if args.monitor {
         // Without input there is no monitor: say why and power off.

@@ -130,8 +130,8 @@ impl Monitor {
                     level.as_str().to_ascii_lowercase()
                 ));
             }
-            Command::PowerOff => crate::shutdown::shutdown(ShutdownReason::PowerOff),
-            Command::Reboot => crate::shutdown::shutdown(ShutdownReason::Reboot),
+            Command::PowerOff => self.shut_down(ShutdownReason::PowerOff),
+            Command::Reboot => self.shut_down(ShutdownReason::Reboot),
         }
     }
 
@@ -144,6 +144,15 @@ impl Monitor {
         info!("mm: heap {} used={used} total={total}", self.memory.heap);
     }
 
+    /// Closes the disks (a PV disk tells its back end), then powers off or
+    /// reboots.
+    fn shut_down(&mut self, reason: ShutdownReason) -> ! {
+        for disk in &mut self.disks {
+            disk.close();
+        }
+        crate::shutdown::shutdown(reason)
+    }
+
     fn dma_stats(&self, device: Option<&str>) {
         let mut shown = 0;
         for disk in self
@@ -151,8 +160,9 @@ impl Monitor {
             .iter()
             .filter(|d| device.is_none_or(|name| matches(d, name)))
         {
-            disk.print_dma_stats();
-            shown += 1;
+            if disk.print_dma_stats() {
+                shown += 1;
+            }
         }
         match device {
             Some(name) if shown == 0 => error!("monitor: dma: no DMA device {name}"),

@@ -192,7 +192,9 @@ impl<'a, const SLOTS: usize, const WORDS: usize> FrontRing<'a, SLOTS, WORDS> {
         self.has_unconsumed_responses()
     }
 
-    fn has_unconsumed_responses(&self) -> Result<bool, RingError> {
+    /// Whether the back end has published responses not yet taken, without
+    /// touching the ring (`RING_HAS_UNCONSUMED_RESPONSES`).
+    pub fn has_unconsumed_responses(&self) -> Result<bool, RingError> {
         // Response contents after the index (rmb).
         let rsp_prod = self.shared.rsp_prod.load(Ordering::Acquire);
         let unconsumed = rsp_prod.wrapping_sub(self.rsp_cons);
