@@ -12,7 +12,8 @@
 //! Linux keeps them): data is copied between the caller's buffer and a
 //! slot's pages, so no request grants or revokes anything. Every response is
 //! checked (`Inflight::complete`) before its slot is reused; a request
-//! without a response after [`REQUEST_TIMEOUT`] fails. A watch on the back
+//! without a response after [`REQUEST_TIMEOUT`] fails, and its slot is never
+//! reused (the back end may still write its pages). A watch on the back
 //! end's state notices a detach (`xl block-detach`): requests in flight and
 //! every later one then fail with "back end went away"; every device closes
 //! before the kernel powers off ([`PvDisk::close`]).
@@ -41,7 +42,9 @@ use tidepool_xen_abi::blkif::{
     BLKIF_RESPONSE_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
 use tidepool_xen_abi::xenstore::TxId;
-use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantAccess, GrantRef, Hypervisor};
+use tidepool_xen_abi::{
+    EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
+};
 
 use crate::arch::aarch64::cpu;
 use crate::xen::{Xen, events, grants, store};
@@ -119,7 +122,6 @@ pub struct PvDisk {
     /// The back end keeps our grants mapped (`feature-persistent`).
     persistent: bool,
     ring: BlkifFrontRing<'static>,
-    ring_ref: GrantRef,
     port: EvtchnPort,
     signalled: &'static AtomicBool,
     inflight: Inflight<SLOTS>,
@@ -130,6 +132,9 @@ pub struct PvDisk {
     grefs: Vec<Vec<GrantRef>>,
     /// Each slot's indirect page and its grant (with indirect requests).
     indirect: Vec<(&'static mut [u8], GrantRef)>,
+    /// Every grant the disk made (ring, data and indirect pages), ended
+    /// at close.
+    grants: Vec<Grant>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
     segments: usize,
@@ -246,23 +251,33 @@ impl PvDisk {
         let shared: &'static BlkifSharedRing =
             unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
         let ring = BlkifFrontRing::init(shared);
-        let ring_ref = grants::grant(backend, ring_pa.0 >> 12, GrantAccess::ReadWrite)
-            .map_err(PvSetupError::Grant)?;
         let name: &'static str = name.leak();
         let mut grant_stats = GrantStats {
             name,
-            grants_made: 1,
+            grants_made: 0,
             grants_reused: 0,
         };
+        let mut held = Vec::new();
+        let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
+            grant_stats.grants_made += 1;
+            // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
+            // this driver's alone. The driver touches the ring page only
+            // through `BlkifSharedRing`'s atomics, and a slot's data and
+            // indirect pages only while no request of that slot is in flight:
+            // `Inflight` hands out no slot whose request is in flight or
+            // timed out (the back end may still write a timed-out one's).
+            let frame = unsafe { GrantableFrame::new(pa >> 12) };
+            let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
+            let gref = grant.gref();
+            held.push(grant);
+            Ok(gref)
+        };
+        let ring_ref = grant(ring_pa.0, GrantAccess::ReadWrite)?;
         let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
         let segments = if indirect_ok {
             INDIRECT_SEGMENTS
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
-        };
-        let mut grant = |pa: u64, access| {
-            grant_stats.grants_made += 1;
-            grants::grant(backend, pa >> 12, access).map_err(PvSetupError::Grant)
         };
         let mut pages = Vec::with_capacity(SLOTS);
         let mut grefs = Vec::with_capacity(SLOTS);
@@ -320,7 +335,6 @@ impl PvDisk {
             features,
             persistent,
             ring,
-            ring_ref,
             port,
             signalled,
             inflight: Inflight::new(),
@@ -328,6 +342,7 @@ impl PvDisk {
             pages,
             grefs,
             indirect,
+            grants: held,
             segments,
             done: [const { None }; SLOTS],
             broken: None,
@@ -592,8 +607,9 @@ impl PvDisk {
             warn!("blk: {} close: {err}", self.name);
         }
         let mut still_mapped = 0;
-        for gref in self.grefs.iter().flatten().chain([&self.ring_ref]) {
-            if grants::end(*gref).is_err() {
+        // A grant the back end still maps stays (its page is never freed).
+        for grant in self.grants.drain(..) {
+            if grants::end(grant).is_err() {
                 still_mapped += 1;
             }
         }

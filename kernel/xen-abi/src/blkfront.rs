@@ -519,11 +519,14 @@ struct Pending {
 /// One slot: free, a request in flight, or finished and holding its data
 /// until the caller collects it ([`Inflight::release`]): a finished slot
 /// is not reused before that, or a new request would overwrite its pages.
+/// A slot whose request timed out is never reused: the back end may still
+/// write its pages whenever it gets to the request.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
     Free,
     InFlight(Pending),
     Done,
+    Expired,
 }
 
 /// The requests in flight, by slot; ids carry a generation so a stale or
@@ -635,9 +638,12 @@ impl<const N: usize> Inflight<N> {
     }
 
     /// Frees `slot` for a request that never reached the ring, or one
-    /// whose result the caller has collected.
+    /// whose result the caller has collected. A slot whose request timed
+    /// out stays taken for good (see [`Inflight::expire`]).
     pub fn release(&mut self, slot: usize) {
-        if let Some(entry) = self.slots.get_mut(slot) {
+        if let Some(entry) = self.slots.get_mut(slot)
+            && !matches!(entry, Slot::Expired)
+        {
             *entry = Slot::Free;
         }
     }
@@ -650,8 +656,10 @@ impl<const N: usize> Inflight<N> {
         }
     }
 
-    /// Marks every request due before `now` done (timed out) and returns
-    /// their slots.
+    /// Marks every request due before `now` timed out and returns their
+    /// slots. Those slots are never handed out again: the back end may
+    /// still answer, and write the slot's granted pages, at any time
+    /// (a late answer then breaks the device, as an unknown id).
     pub fn expire(&mut self, now: u64) -> Vec<(usize, BlkfrontError)> {
         let mut late = Vec::new();
         for (slot, entry) in self.slots.iter_mut().enumerate() {
@@ -665,7 +673,7 @@ impl<const N: usize> Inflight<N> {
                         sector: p.sector,
                     },
                 ));
-                *entry = Slot::Done;
+                *entry = Slot::Expired;
             }
         }
         late

@@ -11,12 +11,18 @@
 //! - Xen 4.17 refuses pages owned by no domain, such as a static no-map
 //!   `shared-dma-pool`, with `-EPERM`: that result must reach the caller;
 //! - `length == 0` or `op == 0` returns 0: the availability probe.
+//!
+//! An invalidate discards dirty lines, and every operation acts on whatever
+//! memory the machine address names, so a flush that names memory takes a
+//! [`CacheFlushTarget`], which only the memory's owner makes (in `unsafe`).
+//! The hypercall's entries ride in [`CacheFlushEntries`], which only this
+//! module builds: from a target, or the probe that names no memory.
 
 use core::fmt;
 
 use tidepool_mm::CacheOp;
 
-use crate::error::{XenErrno, XenError};
+use crate::error::{XenErrno, XenError, XenOp};
 use crate::hypercall::{Hypercall, Hypervisor};
 
 /// `GNTTABOP_cache_flush`.
@@ -67,6 +73,64 @@ impl GnttabCacheFlush {
     /// Address of the entry's first byte.
     pub const fn start(&self) -> u64 {
         (self.dev_bus_addr & !(XEN_PAGE_SIZE - 1)) + self.offset as u64
+    }
+}
+
+/// The entries of one `GNTTABOP_cache_flush`
+/// ([`Hypercall::GrantCacheFlush`]): built only here, from a
+/// [`CacheFlushTarget`] or as the probe, so safe code cannot put an address
+/// of its choice in one.
+///
+/// ```compile_fail,E0308
+/// // Raw entries are not a flush request.
+/// use tidepool_xen_abi::{GnttabCacheFlush, Hypercall, Hypervisor};
+/// fn invalidate<H: Hypervisor>(xen: &mut H) {
+///     let entry = GnttabCacheFlush { dev_bus_addr: 0x4000_0000, offset: 0, length: 4096, op: 2 };
+///     xen.call(Hypercall::GrantCacheFlush(&[entry]));
+/// }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct CacheFlushEntries<'a>(pub(crate) &'a [GnttabCacheFlush]);
+
+impl<'a> CacheFlushEntries<'a> {
+    /// The entries, for a hypervisor that emulates the call.
+    pub const fn entries(&self) -> &'a [GnttabCacheFlush] {
+        self.0
+    }
+}
+
+/// A range of machine addresses its owner lets Xen apply one cache
+/// operation to, for [`cache_flush_range`]. Only
+/// [`CacheFlushTarget::new`], the owner's promise, makes one.
+///
+/// ```compile_fail,E0133
+/// // Asking Xen to invalidate memory is the owner's promise.
+/// use tidepool_mm::CacheOp;
+/// use tidepool_xen_abi::CacheFlushTarget;
+/// let target = CacheFlushTarget::new(0x4000_0000, 0x1000, CacheOp::Invalidate);
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct CacheFlushTarget {
+    start: u64,
+    len: u64,
+    op: CacheOp,
+}
+
+impl CacheFlushTarget {
+    /// `op` on the `len` bytes from machine address `start`.
+    ///
+    /// # Safety
+    ///
+    /// The range is this domain's own memory named by machine address:
+    /// the domain is direct-mapped (dom0, or a direct-mapped domU), so its
+    /// guest-physical addresses are machine addresses. With
+    /// [`CacheOp::Invalidate`] the caller also owns every byte of the range
+    /// for the call: Xen discards the dirty lines wholly inside it (it
+    /// cleans partial lines first). `Clean` and `CleanInvalidate` lose no
+    /// data.
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub const unsafe fn new(start: u64, len: u64, op: CacheOp) -> Self {
+        Self { start, len, op }
     }
 }
 
@@ -227,7 +291,7 @@ impl Iterator for PageEntries {
     }
 }
 
-/// Flushes `len` bytes from machine address `start` with `op`.
+/// Applies the target's operation to its range.
 ///
 /// Pages go to Xen in batches of up to [`CACHE_FLUSH_MAX_BATCH`] entries,
 /// one hypercall per batch. When a batch fails, Xen has flushed an unknown
@@ -235,13 +299,21 @@ impl Iterator for PageEntries {
 /// are idempotent) to find the exact page that fails and its errno. If every
 /// entry then succeeds, the batch counts as done and the flush continues.
 /// A zero-length range issues nothing.
+///
+/// ```compile_fail,E0061
+/// // An address range is not a target: only its owner makes one.
+/// use tidepool_xen_abi::{CacheFlushBatch, Hypervisor, cache_flush_range};
+/// use tidepool_mm::CacheOp;
+/// fn invalidate<H: Hypervisor>(xen: &mut H, batch: &mut CacheFlushBatch) {
+///     let _ = cache_flush_range(xen, batch, 0x4000_0000, 0x1000, CacheOp::Invalidate);
+/// }
+/// ```
 pub fn cache_flush_range<H: Hypervisor + ?Sized>(
     hypervisor: &mut H,
     batch: &mut CacheFlushBatch,
-    start: u64,
-    len: u64,
-    op: CacheOp,
+    target: &CacheFlushTarget,
 ) -> Result<CacheFlushDone, CacheFlushError> {
+    let CacheFlushTarget { start, len, op } = *target;
     if len == 0 {
         return Ok(CacheFlushDone {
             pages: 0,
@@ -305,23 +377,25 @@ fn flush_entries<H: Hypervisor + ?Sized>(
     hypervisor: &mut H,
     entries: &[GnttabCacheFlush],
 ) -> Result<(), XenErrno> {
+    let entries = CacheFlushEntries(entries);
     XenErrno::check(hypervisor.call(Hypercall::GrantCacheFlush(entries))).map(|_| ())
 }
 
 /// Whether Xen implements `GNTTABOP_cache_flush`: `Ok(false)` on `-ENOSYS`
-/// (as Linux's probe decides), an error for any other refusal.
+/// (as Linux's probe decides), an error for any other refusal. The probe
+/// names no memory.
 pub fn cache_flush_available<H: Hypervisor + ?Sized>(hypervisor: &mut H) -> Result<bool, XenError> {
-    match hypervisor.grant_cache_flush(&[GnttabCacheFlush::PROBE]) {
+    match flush_entries(hypervisor, &[GnttabCacheFlush::PROBE]) {
         Ok(()) => Ok(true),
-        Err(err) if err.as_errno() == Some(XenErrno::ENOSYS) => Ok(false),
-        Err(err) => Err(err),
+        Err(XenErrno::ENOSYS) => Ok(false),
+        Err(errno) => Err(XenError::errno(XenOp::GrantCacheFlush, errno)),
     }
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // Fakes implement `Hypervisor`; they touch no memory.
 mod tests {
     use super::*;
-    use crate::error::XenOp;
 
     /// A fake Xen that records each cache_flush batch and refuses listed
     /// pages the way Xen does: entries before the first refused one are
@@ -333,11 +407,14 @@ mod tests {
         flushed: Vec<u64>,
     }
 
-    impl Hypervisor for FakeXen {
+    // SAFETY: a fake: it emulates the call on the borrowed entries only.
+
+    unsafe impl Hypervisor for FakeXen {
         fn call(&mut self, call: Hypercall<'_>) -> i64 {
             let Hypercall::GrantCacheFlush(entries) = call else {
                 panic!("unexpected hypercall {:?}", call.op());
             };
+            let entries = entries.entries();
             self.calls.push(entries.to_vec());
             for entry in entries {
                 assert!(u32::from(entry.offset) + u32::from(entry.length) <= 4096);
@@ -373,7 +450,12 @@ mod tests {
         len: u64,
         op: CacheOp,
     ) -> Result<CacheFlushDone, CacheFlushError> {
-        cache_flush_range(xen, &mut CacheFlushBatch::new(), start, len, op)
+        cache_flush_range(xen, &mut CacheFlushBatch::new(), &target(start, len, op))
+    }
+
+    /// A target (the fakes flush nothing real).
+    fn target(start: u64, len: u64, op: CacheOp) -> CacheFlushTarget {
+        CacheFlushTarget { start, len, op }
     }
 
     #[test]
@@ -587,11 +669,14 @@ mod tests {
         counts: Vec<usize>,
     }
 
-    impl Hypervisor for FailOnce {
+    // SAFETY: a fake: it emulates the call on the borrowed entries only.
+
+    unsafe impl Hypervisor for FailOnce {
         fn call(&mut self, call: Hypercall<'_>) -> i64 {
             let Hypercall::GrantCacheFlush(entries) = call else {
                 panic!("unexpected call")
             };
+            let entries = entries.entries();
             self.counts.push(entries.len());
             if self.failed {
                 0
@@ -609,7 +694,7 @@ mod tests {
             counts: Vec::new(),
         };
         let mut batch = CacheFlushBatch::new();
-        let done = cache_flush_range(&mut xen, &mut batch, 0, 0x3000, CacheOp::Clean);
+        let done = cache_flush_range(&mut xen, &mut batch, &target(0, 0x3000, CacheOp::Clean));
         assert_eq!(
             done,
             Ok(CacheFlushDone {
@@ -622,11 +707,14 @@ mod tests {
 
     struct Probe(i64, Vec<GnttabCacheFlush>);
 
-    impl Hypervisor for Probe {
+    // SAFETY: a fake: it emulates the call on the borrowed entries only.
+
+    unsafe impl Hypervisor for Probe {
         fn call(&mut self, call: Hypercall<'_>) -> i64 {
             let Hypercall::GrantCacheFlush(entries) = call else {
                 panic!("unexpected call")
             };
+            let entries = entries.entries();
             self.1.extend_from_slice(entries);
             self.0
         }

@@ -9,7 +9,6 @@ use crate::grant::{
 };
 use crate::hvm::HVMOP_get_param;
 use crate::memory::XENMEM_add_to_physmap;
-use crate::vcpu::VCPUOP_register_vcpu_info;
 use crate::version::{XENVER_extraversion, XENVER_get_features, XENVER_version};
 
 macro_rules! xen_errnos {
@@ -234,8 +233,6 @@ pub enum XenOp {
     EvtchnStatus,
     /// `sched_op(SCHEDOP_shutdown)`.
     SchedShutdown,
-    /// `vcpu_op(VCPUOP_register_vcpu_info)`.
-    VcpuRegisterVcpuInfo,
     /// `grant_table_op(GNTTABOP_setup_table)`.
     GrantSetupTable,
     /// `grant_table_op(GNTTABOP_query_size)`.
@@ -269,7 +266,6 @@ impl XenOp {
             | Self::EvtchnClose
             | Self::EvtchnStatus => xen_sys::__HYPERVISOR_event_channel_op,
             Self::SchedShutdown => xen_sys::__HYPERVISOR_sched_op,
-            Self::VcpuRegisterVcpuInfo => xen_sys::__HYPERVISOR_vcpu_op,
             Self::GrantSetupTable
             | Self::GrantQuerySize
             | Self::GrantMap
@@ -298,7 +294,6 @@ impl XenOp {
             Self::EvtchnClose => xen_sys::EVTCHNOP_close,
             Self::EvtchnStatus => xen_sys::EVTCHNOP_status,
             Self::SchedShutdown => xen_sys::SCHEDOP_shutdown,
-            Self::VcpuRegisterVcpuInfo => VCPUOP_register_vcpu_info,
             Self::GrantSetupTable => GNTTABOP_setup_table,
             Self::GrantQuerySize => GNTTABOP_query_size,
             Self::GrantMap => GNTTABOP_map_grant_ref,
@@ -325,7 +320,6 @@ impl XenOp {
             | Self::EvtchnClose
             | Self::EvtchnStatus => "event_channel_op",
             Self::SchedShutdown => "sched_op",
-            Self::VcpuRegisterVcpuInfo => "vcpu_op",
             Self::GrantSetupTable
             | Self::GrantQuerySize
             | Self::GrantMap
@@ -354,7 +348,6 @@ impl XenOp {
             Self::EvtchnClose => "close",
             Self::EvtchnStatus => "status",
             Self::SchedShutdown => "shutdown",
-            Self::VcpuRegisterVcpuInfo => "register_vcpu_info",
             Self::GrantSetupTable => "setup_table",
             Self::GrantQuerySize => "query_size",
             Self::GrantMap => "map_grant_ref",
@@ -514,7 +507,6 @@ mod tests {
         assert_eq!(XenOp::XenVersion.hypercall_number(), 17);
         assert_eq!(XenOp::ConsoleWrite.hypercall_number(), 18);
         assert_eq!(XenOp::GrantCacheFlush.hypercall_number(), 20);
-        assert_eq!(XenOp::VcpuRegisterVcpuInfo.hypercall_number(), 24);
         assert_eq!(XenOp::SchedShutdown.hypercall_number(), 29);
         assert_eq!(XenOp::EvtchnSend.hypercall_number(), 32);
         assert_eq!(XenOp::HvmGetParam.hypercall_number(), 34);
@@ -535,7 +527,6 @@ mod tests {
             (XenOp::EvtchnBindIpi, 7),
             (XenOp::EvtchnUnmask, 9),
             (XenOp::SchedShutdown, 2),
-            (XenOp::VcpuRegisterVcpuInfo, 10),
             (XenOp::GrantSetupTable, 2),
             (XenOp::GrantQuerySize, 6),
             (XenOp::GrantMap, 0),

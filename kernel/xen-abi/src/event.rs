@@ -290,8 +290,8 @@ impl Default for VcpuTimeInfo {
 
 /// `struct vcpu_info` (arm64: no upcall mask, empty `arch_vcpu_info`).
 ///
-/// Either slot 0 of [`SharedInfo::vcpu_info`] or a copy the guest registers
-/// with `VCPUOP_register_vcpu_info`, which must not cross a page boundary.
+/// Slot 0 of [`SharedInfo::vcpu_info`] (the kernel runs on vCPU 0 and does
+/// not move it elsewhere with `VCPUOP_register_vcpu_info`).
 #[repr(C)]
 #[derive(Debug)]
 pub struct VcpuInfo {

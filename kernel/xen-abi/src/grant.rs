@@ -6,11 +6,22 @@
 //! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` into the region the
 //! device tree's `/hypervisor` node names, and hands the entries to
 //! [`GrantTable`] as a slice.
+//!
+//! A grant lets another domain read or write one of this domain's frames,
+//! and a grant mapping puts another domain's frame at one of this domain's
+//! guest-physical frames; both name memory, so both take tokens only the
+//! memory's owner makes: a [`GrantableFrame`] to grant, a
+//! [`VacantFrame`] to map at (given back, on unmap, by
+//! the [`GrantMapping`] the map returned). A grant is ended only through the
+//! [`Grant`] that made it: ending another's grant would free its entry for
+//! reuse, and the other domain, still told that reference, would reach
+//! whatever frame the entry names next.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use crate::domain::DomId;
+use crate::memory::VacantFrame;
 
 /// `GNTTABOP_map_grant_ref`.
 pub const GNTTABOP_map_grant_ref: u32 = 0;
@@ -52,6 +63,82 @@ pub struct GrantRef(pub u32);
 impl fmt::Display for GrantRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gref {}", self.0)
+    }
+}
+
+/// One of this domain's frames, which its owner lets another domain access
+/// through a grant ([`GrantTable::grant`]). Only [`GrantableFrame::new`],
+/// the owner's promise, makes one.
+///
+/// ```compile_fail,E0133
+/// // Sharing a frame with another domain is the owner's promise.
+/// let frame = tidepool_xen_abi::GrantableFrame::new(0x40123);
+/// ```
+///
+/// ```compile_fail,E0451
+/// let frame = tidepool_xen_abi::GrantableFrame { gfn: 0x40123 };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantableFrame {
+    gfn: u64,
+}
+
+impl GrantableFrame {
+    /// Guest frame `gfn` (guest-physical address >> 12), to be granted.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns frame `gfn` (this domain's RAM, allocated to it) and
+    /// keeps it allocated, given to nothing else, until the grant made from
+    /// this token has ended ([`GrantTable::end`] returned `Ok`), or for
+    /// good. Until then the other domain may read it (and, with
+    /// [`GrantAccess::ReadWrite`], write it), so the kernel accesses the
+    /// page only as its protocol with that domain allows: atomics for a
+    /// shared ring, or a data page only while no request that names it is
+    /// in flight (before it is sent, after its response).
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub const unsafe fn new(gfn: u64) -> Self {
+        Self { gfn }
+    }
+}
+
+/// A grant made by [`GrantTable::grant`]: only the table makes one, and
+/// [`GrantTable::end`] takes it, so only the grant's maker can end it. Its
+/// [`GrantRef`] is what the other domain is told.
+///
+/// ```compile_fail,E0308
+/// // A reference is not a grant: safe code cannot end someone else's.
+/// use tidepool_xen_abi::{GrantRef, GrantTable};
+/// fn end_any(table: &mut GrantTable<'_>) {
+///     let _ = table.end(GrantRef(8));
+/// }
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct Grant {
+    gref: GrantRef,
+}
+
+impl Grant {
+    /// The reference to tell the other domain.
+    pub const fn gref(&self) -> GrantRef {
+        self.gref
+    }
+}
+
+/// A grant [`GrantTable::end`] did not end, given back with the reason
+/// (typically [`GrantError::InUse`]: end it again once the other domain has
+/// unmapped it).
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantNotEnded {
+    /// The grant, still valid.
+    pub grant: Grant,
+    /// Why it was not ended.
+    pub error: GrantError,
+}
+
+impl fmt::Display for GrantNotEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
     }
 }
 
@@ -153,19 +240,65 @@ impl fmt::Display for GrantHandle {
     }
 }
 
-/// `struct gnttab_map_grant_ref`.
+/// A grant mapping made by [`Hypervisor::grant_map`](crate::Hypervisor::grant_map):
+/// another domain's frame at one of this domain's guest-physical frames.
+/// Only a successful map makes one, and
+/// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) takes it to
+/// remove exactly that mapping, so safe code cannot unmap a frame it did
+/// not map. Dropping it leaves the mapping in place for good (its frame is
+/// never handed out again).
+///
+/// ```compile_fail,E0451
+/// // No forged mapping: address and handle are private.
+/// use tidepool_xen_abi::{GrantHandle, GrantMapping};
+/// let mapping = GrantMapping { gfn: 0x40401, handle: GrantHandle(0) };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantMapping {
+    gfn: u64,
+    handle: GrantHandle,
+}
+
+impl GrantMapping {
+    /// A mapping Xen just made at `frame`.
+    pub(crate) const fn new(frame: VacantFrame, handle: GrantHandle) -> Self {
+        Self {
+            gfn: frame.gfn(),
+            handle,
+        }
+    }
+
+    /// The guest-physical address the granted frame appears at.
+    pub const fn gpa(&self) -> u64 {
+        self.gfn << 12
+    }
+
+    /// Xen's handle of the mapping.
+    pub const fn handle(&self) -> GrantHandle {
+        self.handle
+    }
+
+    /// The frame back, once Xen has removed the mapping.
+    pub(crate) const fn into_frame(self) -> VacantFrame {
+        VacantFrame::reclaimed(self.gfn)
+    }
+}
+
+/// `struct gnttab_map_grant_ref`. The inputs are private and only
+/// [`Hypervisor::grant_map`](crate::Hypervisor::grant_map) builds one, from a
+/// [`VacantFrame`].
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(PartialEq, Eq, Debug)]
 pub struct GnttabMapGrantRef {
     /// Where to map: on Arm, with [`GNTMAP_host_map`], the guest-physical
     /// address (page-aligned) the frame appears at.
-    pub host_addr: u64,
+    pub(crate) host_addr: u64,
     /// `GNTMAP_*`.
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// The grant reference in the granting domain's table.
-    pub gref: u32,
+    pub(crate) gref: u32,
     /// The granting domain.
-    pub dom: u16,
+    pub(crate) dom: u16,
     /// OUT: `GNTST_*`.
     pub status: i16,
     /// OUT: the mapping's handle.
@@ -178,11 +311,16 @@ crate::assert_layout!(GnttabMapGrantRef, size 32, align 8, host_addr @ 0, flags 
     gref @ 12, dom @ 16, status @ 18, handle @ 20, dev_bus_addr @ 24);
 
 impl GnttabMapGrantRef {
-    /// A host mapping of `dom`'s grant `gref` at guest-physical address
-    /// `gpa`, read-only or read-write.
-    pub const fn host(dom: DomId, gref: GrantRef, gpa: u64, access: GrantAccess) -> Self {
+    /// A host mapping of `dom`'s grant `gref` at `frame`, read-only or
+    /// read-write.
+    pub(crate) const fn host(
+        dom: DomId,
+        gref: GrantRef,
+        frame: &VacantFrame,
+        access: GrantAccess,
+    ) -> Self {
         Self {
-            host_addr: gpa,
+            host_addr: frame.gpa(),
             flags: match access {
                 GrantAccess::ReadOnly => GNTMAP_host_map | GNTMAP_readonly,
                 GrantAccess::ReadWrite => GNTMAP_host_map,
@@ -196,16 +334,18 @@ impl GnttabMapGrantRef {
     }
 }
 
-/// `struct gnttab_unmap_grant_ref`.
+/// `struct gnttab_unmap_grant_ref`. The inputs are private and only
+/// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) builds one,
+/// from a [`GrantMapping`].
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(PartialEq, Eq, Debug)]
 pub struct GnttabUnmapGrantRef {
     /// The address the frame was mapped at (its `host_addr`).
-    pub host_addr: u64,
+    pub(crate) host_addr: u64,
     /// The device mapping's bus address (0 for a host mapping).
-    pub dev_bus_addr: u64,
+    pub(crate) dev_bus_addr: u64,
     /// The mapping's handle.
-    pub handle: u32,
+    pub(crate) handle: u32,
     /// OUT: `GNTST_*`.
     pub status: i16,
 }
@@ -214,12 +354,12 @@ crate::assert_layout!(GnttabUnmapGrantRef, size 24, align 8,
     host_addr @ 0, dev_bus_addr @ 8, handle @ 16, status @ 20);
 
 impl GnttabUnmapGrantRef {
-    /// Removes the host mapping `handle` at guest-physical address `gpa`.
-    pub const fn host(gpa: u64, handle: GrantHandle) -> Self {
+    /// Removes the host mapping `mapping`.
+    pub(crate) const fn host(mapping: &GrantMapping) -> Self {
         Self {
-            host_addr: gpa,
+            host_addr: mapping.gpa(),
             dev_bus_addr: 0,
-            handle: handle.0,
+            handle: mapping.handle.0,
             status: 0,
         }
     }
@@ -383,16 +523,25 @@ impl<'a> GrantTable<'a> {
         self.free_len
     }
 
-    /// Grants `domid` access to guest frame `gfn`.
+    /// Grants `domid` access to `frame`. On an error nothing is granted.
     ///
     /// Writes the frame and domain first and publishes the flags last with
     /// release ordering, so Xen never sees a valid entry with stale contents.
+    ///
+    /// ```compile_fail,E0308
+    /// // A frame number is not a grantable frame: only its owner makes one.
+    /// use tidepool_xen_abi::{DomId, GrantAccess, GrantTable};
+    /// fn share(table: &mut GrantTable<'_>) {
+    ///     let _ = table.grant(DomId(1), 0x40123, GrantAccess::ReadWrite);
+    /// }
+    /// ```
     pub fn grant(
         &mut self,
         domid: DomId,
-        gfn: u64,
+        frame: GrantableFrame,
         access: GrantAccess,
-    ) -> Result<GrantRef, GrantError> {
+    ) -> Result<Grant, GrantError> {
+        let gfn = frame.gfn;
         let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
         if self.free_len == 0 {
             return Err(GrantError::Exhausted {
@@ -409,13 +558,20 @@ impl<'a> GrantTable<'a> {
             GrantAccess::ReadWrite => GTF_permit_access,
         };
         entry.flags.store(flags, Ordering::Release);
-        Ok(gref)
+        Ok(Grant { gref })
     }
 
     /// Ends a grant: atomically clears the entry's flags, but only while Xen
     /// has it neither reading nor writing. On [`GrantError::InUse`] the grant
-    /// stays valid and the caller must retry after the remote domain unmaps.
-    pub fn end(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+    /// stays valid, comes back in the error, and the caller must retry after
+    /// the remote domain unmaps. (The other errors mean the grant came from
+    /// another table.)
+    pub fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
+        self.end_entry(grant.gref)
+            .map_err(|error| GrantNotEnded { grant, error })
+    }
+
+    fn end_entry(&mut self, gref: GrantRef) -> Result<(), GrantError> {
         let entry = self.entry(gref)?;
         if self.free_len >= self.usable() {
             // Every usable entry is on the free list: none is granted.
@@ -460,6 +616,19 @@ impl<'a> GrantTable<'a> {
 mod tests {
     use super::*;
 
+    /// A frame to grant (the tests' entries point at nothing).
+    fn frame(gfn: u64) -> GrantableFrame {
+        GrantableFrame { gfn }
+    }
+
+    /// A grant this table did not make (from another table, in the
+    /// kernel's terms): only tests can build one.
+    fn foreign(gref: u32) -> Grant {
+        Grant {
+            gref: GrantRef(gref),
+        }
+    }
+
     fn table(n: usize) -> Vec<GrantEntryV1> {
         (0..n).map(|_| GrantEntryV1::default()).collect()
     }
@@ -470,9 +639,13 @@ mod tests {
         let mut storage = [GrantRef::default(); 8];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
         assert_eq!(gt.usable(), 8);
-        let a = gt.grant(DomId(1), 0x40123, GrantAccess::ReadWrite).unwrap();
-        let b = gt.grant(DomId(2), 0x40124, GrantAccess::ReadOnly).unwrap();
-        assert_eq!((a, b), (GrantRef(8), GrantRef(9)));
+        let a = gt
+            .grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite)
+            .unwrap();
+        let b = gt
+            .grant(DomId(2), frame(0x40124), GrantAccess::ReadOnly)
+            .unwrap();
+        assert_eq!((a.gref(), b.gref()), (GrantRef(8), GrantRef(9)));
         let e = &entries[8];
         assert_eq!(e.flags.load(Ordering::SeqCst), GTF_permit_access);
         assert_eq!(e.domid.load(Ordering::SeqCst), 1);
@@ -495,17 +668,33 @@ mod tests {
         let entries = table(10);
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let a = gt.grant(DomId(1), 1, GrantAccess::ReadWrite).unwrap();
+        let a = gt
+            .grant(DomId(1), frame(1), GrantAccess::ReadWrite)
+            .unwrap();
+        let gref = a.gref();
         gt.end(a).unwrap();
-        assert_eq!(entries[a.0 as usize].flags.load(Ordering::SeqCst), 0);
+        assert_eq!(entries[gref.0 as usize].flags.load(Ordering::SeqCst), 0);
         assert_eq!(gt.free_count(), 2);
-        assert_eq!(gt.grant(DomId(1), 2, GrantAccess::ReadWrite).unwrap(), a);
+        let again = gt
+            .grant(DomId(1), frame(2), GrantAccess::ReadWrite)
+            .unwrap();
+        assert_eq!(again.gref(), gref);
+        // A grant this table did not make is refused, and given back.
+        let err = gt.end(foreign(9)).unwrap_err();
         assert_eq!(
-            gt.end(GrantRef(9)),
-            Err(GrantError::NotGranted(GrantRef(9)))
+            err,
+            GrantNotEnded {
+                grant: foreign(9),
+                error: GrantError::NotGranted(GrantRef(9))
+            }
         );
-        gt.end(a).unwrap();
-        assert_eq!(gt.end(a), Err(GrantError::NotGranted(a)));
+        assert_eq!(err.to_string(), "gref 9 is not granted");
+        gt.end(again).unwrap();
+        // Every entry free: nothing to end.
+        assert_eq!(
+            gt.end(foreign(8)).unwrap_err().error,
+            GrantError::NotGranted(GrantRef(8))
+        );
     }
 
     #[test]
@@ -513,28 +702,29 @@ mod tests {
         let entries = table(9);
         let mut storage = [GrantRef::default(); 1];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let g = gt.grant(DomId(3), 7, GrantAccess::ReadWrite).unwrap();
-        let entry = &entries[g.0 as usize];
+        let mut g = gt
+            .grant(DomId(3), frame(7), GrantAccess::ReadWrite)
+            .unwrap();
+        let gref = g.gref();
+        let entry = &entries[gref.0 as usize];
         for busy in [GTF_reading, GTF_writing, GTF_reading | GTF_writing] {
             entry.flags.fetch_or(busy, Ordering::SeqCst);
             let err = gt.end(g).unwrap_err();
             assert_eq!(
-                err,
+                err.error,
                 GrantError::InUse {
-                    gref: g,
+                    gref,
                     flags: GTF_permit_access | busy
                 }
             );
+            // The grant comes back to its maker.
+            g = err.grant;
             // The grant is left intact.
             assert_eq!(entry.flags.load(Ordering::SeqCst), GTF_permit_access | busy);
             entry.flags.fetch_and(!busy, Ordering::SeqCst);
         }
         assert_eq!(
-            GrantError::InUse {
-                gref: g,
-                flags: 0x19
-            }
-            .to_string(),
+            GrantError::InUse { gref, flags: 0x19 }.to_string(),
             "gref 8 is still mapped by the remote domain (flags 0x19)"
         );
         gt.end(g).unwrap();
@@ -546,16 +736,24 @@ mod tests {
         let entries = table(10);
         let mut storage = [GrantRef::default(); 2];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        let a = gt.grant(DomId(1), 1, GrantAccess::ReadOnly).unwrap();
-        gt.grant(DomId(1), 2, GrantAccess::ReadOnly).unwrap();
-        let err = gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap_err();
+        let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
+        let gref = a.gref();
+        gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
+        let err = gt
+            .grant(DomId(1), frame(3), GrantAccess::ReadOnly)
+            .unwrap_err();
         assert_eq!(err, GrantError::Exhausted { usable: 2 });
         assert_eq!(
             err.to_string(),
             "grant table exhausted: all 2 usable entries are granted"
         );
         gt.end(a).unwrap();
-        assert_eq!(gt.grant(DomId(1), 3, GrantAccess::ReadOnly).unwrap(), a);
+        assert_eq!(
+            gt.grant(DomId(1), frame(3), GrantAccess::ReadOnly)
+                .unwrap()
+                .gref(),
+            gref
+        );
     }
 
     #[test]
@@ -563,16 +761,19 @@ mod tests {
         let entries = table(12);
         let mut storage = [GrantRef::default(); 4];
         let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
-        assert_eq!(gt.end(GrantRef(1)), Err(GrantError::Reserved(GrantRef(1))));
         assert_eq!(
-            gt.end(GrantRef(12)),
-            Err(GrantError::OutOfRange {
-                gref: GrantRef(12),
-                entries: 12
-            })
+            gt.end(foreign(1)).unwrap_err().error,
+            GrantError::Reserved(GrantRef(1))
         );
         assert_eq!(
-            gt.grant(DomId(1), 1 << 32, GrantAccess::ReadWrite),
+            gt.end(foreign(12)).unwrap_err().error,
+            GrantError::OutOfRange {
+                gref: GrantRef(12),
+                entries: 12
+            }
+        );
+        assert_eq!(
+            gt.grant(DomId(1), frame(1 << 32), GrantAccess::ReadWrite),
             Err(GrantError::FrameTooLarge(1 << 32))
         );
         assert_eq!(gt.free_count(), 4);
@@ -580,19 +781,24 @@ mod tests {
 
     #[test]
     fn map_arguments_carry_access_and_target() {
-        let map =
-            GnttabMapGrantRef::host(DomId(1), GrantRef(9), 0x4040_1000, GrantAccess::ReadOnly);
+        let at = VacantFrame::reclaimed(0x40401);
+        let map = GnttabMapGrantRef::host(DomId(1), GrantRef(9), &at, GrantAccess::ReadOnly);
         assert_eq!(map.flags, GNTMAP_host_map | GNTMAP_readonly);
         assert_eq!((map.gref, map.dom, map.host_addr), (9, 1, 0x4040_1000));
-        let map =
-            GnttabMapGrantRef::host(DomId(0), GrantRef(8), 0x4040_1000, GrantAccess::ReadWrite);
+        let map = GnttabMapGrantRef::host(DomId(0), GrantRef(8), &at, GrantAccess::ReadWrite);
         assert_eq!(map.flags, 2);
-        let unmap = GnttabUnmapGrantRef::host(0x4040_1000, GrantHandle(3));
+        let mapping = GrantMapping::new(at, GrantHandle(3));
+        assert_eq!(
+            (mapping.gpa(), mapping.handle()),
+            (0x4040_1000, GrantHandle(3))
+        );
+        let unmap = GnttabUnmapGrantRef::host(&mapping);
         assert_eq!(
             (unmap.host_addr, unmap.dev_bus_addr, unmap.handle),
             (0x4040_1000, 0, 3)
         );
         assert_eq!(GrantHandle(3).to_string(), "grant handle 3");
+        assert_eq!(mapping.into_frame(), VacantFrame::reclaimed(0x40401));
     }
 
     #[test]
@@ -622,7 +828,7 @@ mod tests {
         let mut none: [GrantRef; 0] = [];
         let mut gt = GrantTable::new(&small, &mut none).unwrap();
         assert_eq!(
-            gt.grant(DomId(1), 1, GrantAccess::ReadWrite),
+            gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite),
             Err(GrantError::Exhausted { usable: 0 })
         );
     }

@@ -4,15 +4,26 @@
 //!
 //! The kernel's implementation is one line of `unsafe`:
 //! `let regs = call.registers(); hypercall(regs.number, regs.args)`. Its
-//! safety rests on [`Hypercall::registers`]: every pointer it produces comes
-//! from a reference the [`Hypercall`] holds for the whole call, to a buffer
-//! of the size Xen reads or writes (the layouts are checked at compile
-//! time). Host tests implement the trait with fakes that match on the
-//! variants and read or fill the typed arguments.
+//! safety rests on two things:
+//!
+//! - [`Hypercall::registers`]: every pointer it produces comes from a
+//!   reference the [`Hypercall`] holds for the whole call, to a buffer of
+//!   the size Xen reads or writes (the layouts are checked at compile time).
+//! - The variants whose arguments name memory by address (a frame to place
+//!   a page at, a mapping to remove, machine addresses to flush) carry
+//!   arguments safe code cannot build: their fields are private and only
+//!   the typed methods below fill them, from tokens the memory's owner made
+//!   in `unsafe` ([`VacantFrame`], [`GrantMapping`],
+//!   [`CacheFlushTarget`](crate::CacheFlushTarget)). So [`Hypervisor::call`]
+//!   stays safe: no value safe code can pass it makes Xen touch memory the
+//!   caller does not own. See the crate documentation for the list.
+//!
+//! Host tests implement the trait with fakes that match on the variants and
+//! read or fill the typed arguments.
 
 use core::ptr;
 
-use crate::cache_flush::GnttabCacheFlush;
+use crate::cache_flush::CacheFlushEntries;
 use crate::domain::DomId;
 use crate::error::{GrantStatus, XenError, XenErrorCause, XenOp};
 use crate::event::{
@@ -21,13 +32,12 @@ use crate::event::{
 };
 use crate::grant::{
     GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmapGrantRef, GrantAccess,
-    GrantHandle, GrantRef, GrantTableSize,
+    GrantHandle, GrantMapping, GrantRef, GrantTableSize,
 };
 use crate::hvm::{HvmParam, XenHvmParam};
-use crate::memory::{XenAddToPhysmap, XenMapSpace};
+use crate::memory::{VacantFrame, XenAddToPhysmap, XenMapSpace};
 use crate::sched::{SchedShutdown, ShutdownReason};
 use crate::sysctl::{ConsoleRingRead, XenSysctl};
-use crate::vcpu::VcpuRegisterVcpuInfo;
 use crate::version::{XenExtraVersion, XenFeatureInfo, XenFeatures, XenVersion};
 
 /// One hypercall with its arguments. Buffers Xen only reads are shared
@@ -44,7 +54,8 @@ pub enum Hypercall<'a> {
     ConsoleWrite(&'a [u8]),
     /// `console_io(CONSOLEIO_read, len, buffer)`: returns the bytes read.
     ConsoleRead(&'a mut [u8]),
-    /// `memory_op(XENMEM_add_to_physmap, arg)`.
+    /// `memory_op(XENMEM_add_to_physmap, arg)`. Names a guest frame: only
+    /// [`Hypervisor::add_to_physmap`] builds the argument.
     AddToPhysmap(&'a mut XenAddToPhysmap),
     /// `hvm_op(HVMOP_get_param, arg)`.
     HvmGetParam(&'a mut XenHvmParam),
@@ -66,13 +77,6 @@ pub enum Hypercall<'a> {
     EvtchnStatus(&'a mut EvtchnStatus),
     /// `sched_op(SCHEDOP_shutdown, arg)`.
     SchedShutdown(&'a SchedShutdown),
-    /// `vcpu_op(VCPUOP_register_vcpu_info, vcpu, arg)`.
-    VcpuRegisterVcpuInfo {
-        /// The vCPU whose `vcpu_info` moves.
-        vcpu: u32,
-        /// Where it moves to.
-        info: &'a VcpuRegisterVcpuInfo,
-    },
     /// `grant_table_op(GNTTABOP_setup_table, arg, 1)`. [`registers`]
     /// sets `setup.nr_frames` and `setup.frame_list` from `frames`.
     ///
@@ -85,14 +89,20 @@ pub enum Hypercall<'a> {
     },
     /// `grant_table_op(GNTTABOP_query_size, arg, 1)`.
     GrantQuerySize(&'a mut GnttabQuerySize),
-    /// `grant_table_op(GNTTABOP_map_grant_ref, arg, 1)`.
+    /// `grant_table_op(GNTTABOP_map_grant_ref, arg, 1)`. Names a guest
+    /// frame: only [`Hypervisor::grant_map`] builds the argument.
     GrantMap(&'a mut GnttabMapGrantRef),
-    /// `grant_table_op(GNTTABOP_unmap_grant_ref, arg, 1)`.
+    /// `grant_table_op(GNTTABOP_unmap_grant_ref, arg, 1)`. Names a mapping:
+    /// only [`Hypervisor::grant_unmap`] builds the argument.
     GrantUnmap(&'a mut GnttabUnmapGrantRef),
-    /// `grant_table_op(GNTTABOP_cache_flush, entries, count)`.
-    GrantCacheFlush(&'a [GnttabCacheFlush]),
+    /// `grant_table_op(GNTTABOP_cache_flush, entries, count)`. Names
+    /// machine addresses: only [`cache_flush_range`](crate::cache_flush_range)
+    /// and the probe build the entries.
+    GrantCacheFlush(CacheFlushEntries<'a>),
     /// `sysctl(op)` with `XEN_SYSCTL_readconsole`. [`registers`] sets
-    /// `u.readconsole.buffer` and `count` from `buffer`.
+    /// `u.readconsole.buffer` and `count` from `buffer`. Only
+    /// [`Hypervisor::read_console_ring`] builds `op`: another command in
+    /// it would make Xen read the union's other guest handles.
     ///
     /// [`registers`]: Hypercall::registers
     SysctlReadConsole {
@@ -153,7 +163,6 @@ impl Hypercall<'_> {
             Self::EvtchnClose(_) => XenOp::EvtchnClose,
             Self::EvtchnStatus(_) => XenOp::EvtchnStatus,
             Self::SchedShutdown(_) => XenOp::SchedShutdown,
-            Self::VcpuRegisterVcpuInfo { .. } => XenOp::VcpuRegisterVcpuInfo,
             Self::GrantSetupTable { .. } => XenOp::GrantSetupTable,
             Self::GrantQuerySize(_) => XenOp::GrantQuerySize,
             Self::GrantMap(_) => XenOp::GrantMap,
@@ -187,9 +196,6 @@ impl Hypercall<'_> {
             Self::EvtchnClose(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::EvtchnStatus(arg) => [command, address_of(*arg), 0, 0, 0],
             Self::SchedShutdown(arg) => [command, address_of(*arg), 0, 0, 0],
-            Self::VcpuRegisterVcpuInfo { vcpu, info } => {
-                [command, u64::from(*vcpu), address_of(*info), 0, 0]
-            }
             Self::GrantSetupTable { setup, frames } => {
                 // Never more frames than the buffer holds.
                 setup.nr_frames = u32::try_from(frames.len()).unwrap_or(u32::MAX);
@@ -202,7 +208,8 @@ impl Hypercall<'_> {
             Self::GrantCacheFlush(entries) => {
                 // Xen reads `count` entries; a count it rejects (negative as
                 // an int) fails with -EINVAL before any read.
-                [command, address_of(*entries), entries.len() as u64, 0, 0]
+                let entries = entries.entries();
+                [command, address_of(entries), entries.len() as u64, 0, 0]
             }
             Self::SysctlReadConsole { op, buffer } => {
                 // Never more bytes than the buffer holds.
@@ -237,14 +244,13 @@ impl Hypercall<'_> {
             Self::EvtchnClose(arg) => [Some(buffer_of(*arg)), None],
             Self::EvtchnStatus(arg) => [Some(buffer_of(*arg)), None],
             Self::SchedShutdown(arg) => [Some(buffer_of(*arg)), None],
-            Self::VcpuRegisterVcpuInfo { info, .. } => [Some(buffer_of(*info)), None],
             Self::GrantSetupTable { setup, frames } => {
                 [Some(buffer_of(*setup)), Some(buffer_of(*frames))]
             }
             Self::GrantQuerySize(arg) => [Some(buffer_of(*arg)), None],
             Self::GrantMap(arg) => [Some(buffer_of(*arg)), None],
             Self::GrantUnmap(arg) => [Some(buffer_of(*arg)), None],
-            Self::GrantCacheFlush(entries) => [Some(buffer_of(*entries)), None],
+            Self::GrantCacheFlush(entries) => [Some(buffer_of(entries.entries())), None],
             Self::SysctlReadConsole { op, buffer } => {
                 [Some(buffer_of(*op)), Some(buffer_of(*buffer))]
             }
@@ -267,7 +273,30 @@ fn grant_result(op: XenOp, ret: i64, status: i16) -> Result<(), XenError> {
 /// Implementors provide [`Hypervisor::call`]; the other methods are the typed
 /// operations built on it, each turning Xen's result into a [`XenError`]
 /// that names the operation and the errno.
-pub trait Hypervisor {
+///
+/// # Implementation safety
+///
+/// [`call`](Self::call) issues exactly the hypercall
+/// [`Hypercall::registers`] describes, once, and returns Xen's x0 unchanged
+/// (a host fake instead emulates it on the borrowed arguments and touches
+/// nothing else); it keeps no pointer past its return. Callers build on
+/// those answers: an `Ok` from [`grant_unmap`](Self::grant_unmap) hands a
+/// frame back for reuse, an `Ok` from
+/// [`cache_flush_range`](crate::cache_flush_range) tells the DMA layer that
+/// memory is clean before a device reads it. Hence `unsafe impl`.
+///
+/// ```compile_fail,E0200
+/// // Implementing it takes `unsafe impl`: its answers are relied on.
+/// use tidepool_xen_abi::{Hypercall, Hypervisor};
+/// struct Liar;
+/// impl Hypervisor for Liar {
+///     fn call(&mut self, _: Hypercall<'_>) -> i64 {
+///         0
+///     }
+/// }
+/// ```
+#[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+pub unsafe trait Hypervisor {
     /// Issues one hypercall and returns Xen's x0 unchanged.
     fn call(&mut self, call: Hypercall<'_>) -> i64;
 
@@ -315,9 +344,23 @@ pub trait Hypervisor {
     }
 
     /// `XENMEM_add_to_physmap` for the calling domain: page `idx` of `space`
-    /// appears at guest frame `gpfn`.
-    fn add_to_physmap(&mut self, space: XenMapSpace, idx: u64, gpfn: u64) -> Result<(), XenError> {
-        let mut arg = XenAddToPhysmap::new(space, idx, gpfn);
+    /// appears at `frame`, which keeps it (on an error too: the frame's
+    /// owner gave it up).
+    ///
+    /// ```compile_fail,E0308
+    /// // A frame number is not a frame its owner gave up.
+    /// use tidepool_xen_abi::{Hypervisor, XenMapSpace};
+    /// fn remap<H: Hypervisor>(xen: &mut H) {
+    ///     let _ = xen.add_to_physmap(XenMapSpace::SharedInfo, 0, 0x40000);
+    /// }
+    /// ```
+    fn add_to_physmap(
+        &mut self,
+        space: XenMapSpace,
+        idx: u64,
+        frame: VacantFrame,
+    ) -> Result<(), XenError> {
+        let mut arg = XenAddToPhysmap::new(space, idx, frame);
         let ret = self.call(Hypercall::AddToPhysmap(&mut arg));
         XenError::check(XenOp::AddToPhysmap, ret).map(|_| ())
     }
@@ -415,14 +458,6 @@ pub trait Hypervisor {
         XenError::check(XenOp::SchedShutdown, ret).map(|_| ())
     }
 
-    /// `VCPUOP_register_vcpu_info`: `vcpu`'s `vcpu_info` moves to `offset` in
-    /// guest frame `gfn` (it must not cross the page's end).
-    fn register_vcpu_info(&mut self, vcpu: u32, gfn: u64, offset: u32) -> Result<(), XenError> {
-        let info = VcpuRegisterVcpuInfo::new(gfn, offset);
-        let ret = self.call(Hypercall::VcpuRegisterVcpuInfo { vcpu, info: &info });
-        XenError::check(XenOp::VcpuRegisterVcpuInfo, ret).map(|_| ())
-    }
-
     /// `GNTTABOP_query_size` for the calling domain.
     fn grant_query_size(&mut self) -> Result<GrantTableSize, XenError> {
         let mut arg = GnttabQuerySize::new();
@@ -447,36 +482,48 @@ pub trait Hypervisor {
     }
 
     /// `GNTTABOP_map_grant_ref` as a host mapping: `dom`'s grant `gref`
-    /// appears at guest-physical address `gpa` (page-aligned, not RAM) of the
-    /// calling domain. While mapped, Xen marks the grant entry in use
-    /// (`GTF_reading`/`GTF_writing`).
+    /// appears at frame `at` of the calling domain. While mapped, Xen marks
+    /// the grant entry in use (`GTF_reading`/`GTF_writing`). If Xen refuses,
+    /// the frame is dropped with the error (its owner may vouch for it
+    /// again: nothing was placed there).
+    ///
+    /// ```compile_fail,E0308
+    /// // A guest-physical address is not a frame its owner gave up.
+    /// use tidepool_xen_abi::{DomId, GrantAccess, GrantRef, Hypervisor};
+    /// fn map_over_ram<H: Hypervisor>(xen: &mut H) {
+    ///     let _ = xen.grant_map(DomId(1), GrantRef(8), 0x4000_0000, GrantAccess::ReadWrite);
+    /// }
+    /// ```
     fn grant_map(
         &mut self,
         dom: DomId,
         gref: GrantRef,
-        gpa: u64,
+        at: VacantFrame,
         access: GrantAccess,
-    ) -> Result<GrantHandle, XenError> {
-        let mut arg = GnttabMapGrantRef::host(dom, gref, gpa, access);
+    ) -> Result<GrantMapping, XenError> {
+        let mut arg = GnttabMapGrantRef::host(dom, gref, &at, access);
         let ret = self.call(Hypercall::GrantMap(&mut arg));
         grant_result(XenOp::GrantMap, ret, arg.status)?;
-        Ok(GrantHandle(arg.handle))
+        Ok(GrantMapping::new(at, GrantHandle(arg.handle)))
     }
 
-    /// `GNTTABOP_unmap_grant_ref` of a host mapping made by
-    /// [`Hypervisor::grant_map`] at `gpa`.
-    fn grant_unmap(&mut self, gpa: u64, handle: GrantHandle) -> Result<(), XenError> {
-        let mut arg = GnttabUnmapGrantRef::host(gpa, handle);
+    /// `GNTTABOP_unmap_grant_ref` of a mapping made by
+    /// [`Hypervisor::grant_map`]; gives its frame back. If Xen refuses, the
+    /// mapping stays and is forgotten with the error: its frame is never
+    /// handed out again.
+    ///
+    /// ```compile_fail,E0061
+    /// // Only the mapping itself names what to unmap.
+    /// use tidepool_xen_abi::{GrantHandle, Hypervisor};
+    /// fn unmap_anything<H: Hypervisor>(xen: &mut H) {
+    ///     let _ = xen.grant_unmap(0x4040_1000, GrantHandle(0));
+    /// }
+    /// ```
+    fn grant_unmap(&mut self, mapping: GrantMapping) -> Result<VacantFrame, XenError> {
+        let mut arg = GnttabUnmapGrantRef::host(&mapping);
         let ret = self.call(Hypercall::GrantUnmap(&mut arg));
-        grant_result(XenOp::GrantUnmap, ret, arg.status)
-    }
-
-    /// `GNTTABOP_cache_flush` with all `entries` in one call. On failure Xen
-    /// has done an unknown prefix of the entries;
-    /// [`cache_flush_range`](crate::cache_flush_range) finds out which.
-    fn grant_cache_flush(&mut self, entries: &[GnttabCacheFlush]) -> Result<(), XenError> {
-        let ret = self.call(Hypercall::GrantCacheFlush(entries));
-        XenError::check(XenOp::GrantCacheFlush, ret).map(|_| ())
+        grant_result(XenOp::GrantUnmap, ret, arg.status)?;
+        Ok(mapping.into_frame())
     }
 
     /// `XEN_SYSCTL_readconsole`: Xen's console ring from `index` into
@@ -503,8 +550,10 @@ pub trait Hypervisor {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // A fake implements `Hypervisor`; it touches no memory.
 mod tests {
     use super::*;
+    use crate::cache_flush::{GnttabCacheFlush, cache_flush_available};
     use crate::error::XenErrno;
 
     /// Records each hypercall's operation and registers, and answers like Xen.
@@ -515,7 +564,8 @@ mod tests {
         status: i16,
     }
 
-    impl Hypervisor for RecordingXen {
+    // SAFETY: a fake: it emulates each call on the borrowed arguments only.
+    unsafe impl Hypervisor for RecordingXen {
         fn call(&mut self, mut call: Hypercall<'_>) -> i64 {
             let regs = call.registers();
             self.log.push((call.op(), regs));
@@ -543,12 +593,15 @@ mod tests {
                     arg.vcpu = 0;
                     arg.u = [1, 0];
                 }
+                Hypercall::AddToPhysmap(arg) => assert_eq!(arg.domid, DomId::SELF.0),
                 Hypercall::GrantMap(arg) => {
                     assert_ne!(arg.flags & crate::grant::GNTMAP_host_map, 0);
                     arg.handle = arg.gref + 100;
                     arg.status = self.status;
                 }
                 Hypercall::GrantUnmap(arg) => {
+                    // The mapping's own address and handle.
+                    assert_eq!((arg.host_addr, arg.handle), (0x4040_1000, 108));
                     assert_eq!(arg.dev_bus_addr, 0);
                     arg.status = self.status;
                 }
@@ -637,11 +690,19 @@ mod tests {
                 vcpu: 0
             }
         );
-        let handle = xen
-            .grant_map(DomId(1), GrantRef(8), 0x4040_1000, GrantAccess::ReadWrite)
+        let at = VacantFrame::reclaimed(0x40401);
+        let mapping = xen
+            .grant_map(DomId(1), GrantRef(8), at, GrantAccess::ReadWrite)
             .unwrap();
-        assert_eq!(handle, GrantHandle(108));
-        xen.grant_unmap(0x4040_1000, handle).unwrap();
+        assert_eq!(
+            (mapping.gpa(), mapping.handle()),
+            (0x4040_1000, GrantHandle(108))
+        );
+        // Unmapping hands the frame back.
+        assert_eq!(
+            xen.grant_unmap(mapping).unwrap(),
+            VacantFrame::reclaimed(0x40401)
+        );
         assert_eq!(
             xen.grant_query_size().unwrap(),
             GrantTableSize {
@@ -661,21 +722,20 @@ mod tests {
             ..Default::default()
         };
         let err = xen
-            .add_to_physmap(XenMapSpace::SharedInfo, 0, 0x40000)
+            .add_to_physmap(XenMapSpace::SharedInfo, 0, VacantFrame::reclaimed(0x40000))
             .unwrap_err();
         assert_eq!(err.to_string(), "memory_op(add_to_physmap): EPERM (-1)");
         let err = xen.evtchn_send(EvtchnPort(3)).unwrap_err();
         assert_eq!(err, XenError::errno(XenOp::EvtchnSend, XenErrno::EPERM));
         let mut xen = RecordingXen {
-            ret: -38,
+            ret: -22,
             ..Default::default()
         };
         assert_eq!(
-            xen.grant_cache_flush(&[GnttabCacheFlush::PROBE])
-                .unwrap_err()
-                .to_string(),
-            "grant_table_op(cache_flush): ENOSYS (-38)"
+            cache_flush_available(&mut xen).unwrap_err().to_string(),
+            "grant_table_op(cache_flush): EINVAL (-22)"
         );
+        xen.ret = -38;
         assert_eq!(
             xen.xen_version().unwrap_err(),
             XenError::errno(XenOp::XenVersion, XenErrno::ENOSYS)
@@ -698,14 +758,17 @@ mod tests {
             err.cause,
             XenErrorCause::GrantStatus(GrantStatus::PermissionDenied)
         );
+        let at = VacantFrame::reclaimed(0x40401);
         let err = xen
-            .grant_map(DomId(1), GrantRef(8), 0x4040_1000, GrantAccess::ReadOnly)
+            .grant_map(DomId(1), GrantRef(8), at, GrantAccess::ReadOnly)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
             "grant_table_op(map_grant_ref): GNTST_permission_denied (-8)"
         );
-        let err = xen.grant_unmap(0x4040_1000, GrantHandle(1)).unwrap_err();
+        // A refused unmap keeps the frame: no VacantFrame comes back.
+        let mapping = GrantMapping::new(VacantFrame::reclaimed(0x40401), GrantHandle(108));
+        let err = xen.grant_unmap(mapping).unwrap_err();
         assert_eq!(err.op, XenOp::GrantUnmap);
         // A failing hypercall wins over whatever the status field holds.
         let mut xen = RecordingXen {
@@ -725,16 +788,14 @@ mod tests {
         xen.xen_version().unwrap();
         xen.console_write(b"hello\n").unwrap();
         xen.sched_shutdown(ShutdownReason::Crash).unwrap();
-        xen.register_vcpu_info(1, 0x40123, 0x40).unwrap();
         xen.evtchn_unmask(EvtchnPort(3)).unwrap();
         xen.evtchn_close(EvtchnPort(3)).unwrap();
         let entries = [GnttabCacheFlush::PROBE; 3];
-        xen.grant_cache_flush(&entries).unwrap();
+        xen.call(Hypercall::GrantCacheFlush(CacheFlushEntries(&entries)));
         let expect = [
             (XenOp::XenVersion, 17, 0, None),
             (XenOp::ConsoleWrite, 18, 0, Some(6)),
             (XenOp::SchedShutdown, 29, 2, None),
-            (XenOp::VcpuRegisterVcpuInfo, 24, 10, Some(1)),
             (XenOp::EvtchnUnmask, 32, 9, None),
             (XenOp::EvtchnClose, 32, 3, None),
             (XenOp::GrantCacheFlush, 20, 12, None),
@@ -749,14 +810,16 @@ mod tests {
             }
         }
         // cache_flush: pointer to the entries in x1, count in x2.
-        let (_, regs) = xen.log[6];
+        let (_, regs) = xen.log[5];
         assert_eq!(regs.args[1], address_of(&entries[..]));
         assert_eq!(regs.args[2], 3);
     }
 
     #[test]
     fn pointers_and_buffers_name_the_borrowed_arguments() {
-        let mut arg = XenAddToPhysmap::new(XenMapSpace::GrantTable, 2, 0x40202);
+        let frame = VacantFrame::reclaimed(0x40202);
+        let mut arg = XenAddToPhysmap::new(XenMapSpace::GrantTable, 2, frame);
+        assert_eq!((arg.space, arg.idx, arg.gpfn), (1, 2, 0x40202));
         let address = address_of(&arg);
         let mut call = Hypercall::AddToPhysmap(&mut arg);
         let regs = call.registers();

@@ -14,6 +14,48 @@
 //! - [`GrantTable`]: v1 grants with a free list.
 //! - [`ring`] and [`blkif`]: the shared-ring front end and the PV block
 //!   messages, for a block front end.
+//!
+//! # Soundness: hypercalls that name memory
+//!
+//! Safe code must not be able to make Xen touch memory the caller does not
+//! own. Most hypercalls pass Xen only buffers the [`Hypercall`] borrows for
+//! the call, which Rust's borrow rules already make sound. Some name memory
+//! by address instead, and Xen acts on that memory after checking only that
+//! it belongs to the domain, which is the kernel as a whole, not the
+//! caller. Each of those takes a token that only the memory's owner makes,
+//! with an `unsafe` constructor whose `# Safety` is the promise:
+//!
+//! | call | names | token |
+//! |---|---|---|
+//! | `XENMEM_add_to_physmap` | the guest frame Xen's page replaces | [`VacantFrame`] |
+//! | `GNTTABOP_map_grant_ref` | the guest frame the foreign page replaces | [`VacantFrame`] |
+//! | `GNTTABOP_unmap_grant_ref` | the mapping to remove | [`GrantMapping`] (only a map makes one; unmap gives the [`VacantFrame`] back) |
+//! | `GNTTABOP_cache_flush` | machine addresses to clean or invalidate | [`CacheFlushTarget`] |
+//! | a grant-table entry ([`GrantTable::grant`]) | the frame another domain may then read or write | [`GrantableFrame`] |
+//! | ending a grant ([`GrantTable::end`]) | the entry, free for reuse afterwards | [`Grant`] (only a grant makes one) |
+//!
+//! The argument structs of those calls have private fields and
+//! crate-private constructors, so the typed methods of [`Hypervisor`] are
+//! the only way to issue them, and [`Hypervisor::call`] stays safe: no
+//! [`Hypercall`] safe code can build names memory. The kernel relies on what
+//! the implementation answers (an unmap that succeeded, a flush that is
+//! complete), so implementing [`Hypervisor`] is `unsafe`.
+//!
+//! The other calls stay safe: version and feature queries, console write
+//! and read, `HVMOP_get_param` (reads a value), event channels (ports, not
+//! memory), `SCHEDOP_shutdown`, grant-table size and setup (Xen writes
+//! only the frame list the call borrows), `XEN_SYSCTL_readconsole` (Xen
+//! writes only the buffer the call borrows; only the typed method builds
+//! its argument, so no other sysctl command can ride in it), and the
+//! cache-flush probe (length 0). `VCPUOP_register_vcpu_info`, which would
+//! have Xen write a vCPU's state into a frame for good, is not offered:
+//! the kernel keeps the `vcpu_info` in shared info.
+//!
+//! Tokens rather than `unsafe fn` methods keep this crate free of `unsafe`
+//! blocks (it is `#![deny(unsafe_code)]`; only the contracts are declared),
+//! and make each promise a value the caller must produce, as the DMA
+//! layer's `OwnedPhysRange` does. Each door is shown closed by a
+//! `compile_fail` test on the item.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 // ABI constants keep the C names of Xen's headers, so they can be grepped.
@@ -48,13 +90,13 @@ pub mod memory;
 pub mod ring;
 pub mod sched;
 pub mod sysctl;
-pub mod vcpu;
 pub mod version;
 pub mod xenstore;
 
 pub use cache_flush::{
-    CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushRefusal, GnttabCacheFlush,
-    cache_flush_available, cache_flush_range, gnttab_cache_bits,
+    CacheFlushBatch, CacheFlushDone, CacheFlushEntries, CacheFlushError, CacheFlushRefusal,
+    CacheFlushTarget, GnttabCacheFlush, cache_flush_available, cache_flush_range,
+    gnttab_cache_bits,
 };
 pub use domain::DomId;
 pub use error::{GrantStatus, XenErrno, XenError, XenErrorCause, XenOp};
@@ -63,11 +105,12 @@ pub use event::{
     SharedInfo, SharedInfoPage, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
 };
 pub use grant::{
-    GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantRef, GrantTable, GrantTableSize,
+    Grant, GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantMapping, GrantNotEnded,
+    GrantRef, GrantTable, GrantTableSize, GrantableFrame,
 };
 pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};
-pub use memory::XenMapSpace;
+pub use memory::{VacantFrame, XenMapSpace};
 pub use sched::ShutdownReason;
 pub use sysctl::{ConsoleRingRead, ConsoleRingSummary, XenSysctl, read_console_lines};
 pub use version::{XenExtraVersion, XenFeature, XenFeatures, XenVersion};

@@ -56,16 +56,26 @@ pub struct XenSysctlPayload {
 
 crate::assert_layout!(XenSysctlPayload, size 128, align 8, readconsole @ 0);
 
-/// `struct xen_sysctl`.
+/// `struct xen_sysctl`. Its fields are private and only
+/// [`Hypervisor::read_console_ring`](crate::Hypervisor::read_console_ring)
+/// builds one: with another command, Xen would read the union as that
+/// command's arguments, guest addresses included, which
+/// [`Hypercall::registers`](crate::Hypercall::registers) does not fill from
+/// borrowed buffers.
+///
+/// ```compile_fail,E0624
+/// // No sysctl of safe code's making.
+/// let op = tidepool_xen_abi::XenSysctl::read_console(0);
+/// ```
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(PartialEq, Eq, Debug)]
 pub struct XenSysctl {
     /// `XEN_SYSCTL_*`.
-    pub cmd: u32,
+    pub(crate) cmd: u32,
     /// [`XEN_SYSCTL_INTERFACE_VERSION`].
-    pub interface_version: u32,
+    pub(crate) interface_version: u32,
     /// The command's arguments.
-    pub u: XenSysctlPayload,
+    pub(crate) u: XenSysctlPayload,
 }
 
 crate::assert_layout!(XenSysctl, size 136, align 8, cmd @ 0, interface_version @ 4, u @ 8);
@@ -74,7 +84,7 @@ impl XenSysctl {
     /// `XEN_SYSCTL_readconsole` from ring index `index`, incremental, not
     /// clearing the ring. The buffer is set by
     /// [`Hypercall::registers`](crate::Hypercall::registers).
-    pub const fn read_console(index: u32) -> Self {
+    pub(crate) const fn read_console(index: u32) -> Self {
         Self {
             cmd: XEN_SYSCTL_readconsole,
             interface_version: XEN_SYSCTL_INTERFACE_VERSION,
@@ -159,6 +169,7 @@ pub fn read_console_lines(
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // A fake implements `Hypervisor`; it touches no memory.
 mod tests {
     use super::*;
     use crate::{Hypercall, Hypervisor};
@@ -170,7 +181,8 @@ mod tests {
         calls: usize,
     }
 
-    impl Hypervisor for Ring {
+    // SAFETY: a fake: it emulates the call on the borrowed arguments only.
+    unsafe impl Hypervisor for Ring {
         fn call(&mut self, mut call: Hypercall<'_>) -> i64 {
             call.registers();
             let Hypercall::SysctlReadConsole { op, buffer } = call else {

@@ -16,8 +16,8 @@ use log::{error, info};
 use tidepool_dma::{DmaDirection, SyncPoint, cache_op_for};
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, RegionKind, VirtAddr};
 use tidepool_xen_abi::{
-    CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, Hypervisor, Virq,
-    cache_flush_available,
+    CacheFlushError, EvtchnPort, EvtchnState, GrantAccess, GrantError, GrantNotEnded,
+    GrantableFrame, Hypervisor, VacantFrame, Virq, cache_flush_available,
 };
 
 use crate::memory_plan::MemorySetup;
@@ -173,13 +173,18 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
     let map = &memory.layout.address_map;
     let page = Box::new(Page([0; PAGE_SIZE as usize]));
     let gfn = phys_of(map, &*page) / PAGE_SIZE;
+    // SAFETY: `page` is this function's own heap page, freed only at its end
+    // after every grant of it has ended (a grant that cannot be ended ends
+    // the boot instead), and its contents are not touched meanwhile; the
+    // grants go to this domain itself.
+    let grantable = || unsafe { GrantableFrame::new(gfn) };
     let writable = check(
         "grant rw",
-        grants::grant(domain.id, gfn, GrantAccess::ReadWrite),
+        grants::grant(domain.id, grantable(), GrantAccess::ReadWrite),
     );
     let readable = check(
         "grant ro",
-        grants::grant(domain.id, gfn, GrantAccess::ReadOnly),
+        grants::grant(domain.id, grantable(), GrantAccess::ReadOnly),
     );
 
     // This domain maps its own grant, at the page after shared info (free
@@ -199,30 +204,42 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
             "no free page after shared info for a grant mapping (gpa {target:#x})"
         ));
     }
-    let handle = check(
+    // SAFETY: the page lies in an extended region (checked above), space
+    // Xen guarantees unused, and nothing in the kernel maps or uses it (the
+    // memory plan gave shared info only the page before it).
+    let at = unsafe { VacantFrame::new(target / PAGE_SIZE) };
+    let mapping = check(
         "map own grant",
-        Xen.grant_map(domain.id, writable, target, GrantAccess::ReadWrite),
+        Xen.grant_map(domain.id, writable.gref(), at, GrantAccess::ReadWrite),
     );
-    match grants::end(writable) {
-        Err(GrantTableError::Table(GrantError::InUse { flags, .. })) => info!(
-            "xen: grant {writable} of gfn {gfn:#x} mapped at gpa {target:#x}: end refused while in use (flags {flags:#x}), grant kept"
-        ),
+    let writable_ref = writable.gref();
+    let writable = match grants::end(writable) {
+        Err(GrantNotEnded {
+            grant,
+            error: GrantError::InUse { flags, .. },
+        }) => {
+            info!(
+                "xen: grant {writable_ref} of gfn {gfn:#x} mapped at gpa {target:#x}: end refused while in use (flags {flags:#x}), grant kept"
+            );
+            grant
+        }
         other => fail(format_args!(
-            "ending mapped {writable} gave {other:?}, not InUse"
+            "ending mapped {writable_ref} gave {other:?}, not InUse"
         )),
-    }
-    check("unmap own grant", Xen.grant_unmap(target, handle));
+    };
+    check("unmap own grant", Xen.grant_unmap(mapping));
+    let readable_ref = readable.gref();
     check("end rw grant", grants::end(writable));
     check("end ro grant", grants::end(readable));
     info!(
-        "xen: grant {writable} (rw) and {readable} (ro) of gfn {gfn:#x} to {} made and ended",
+        "xen: grant {writable_ref} (rw) and {readable_ref} (ro) of gfn {gfn:#x} to {} made and ended",
         domain.id
     );
 
     let free = check("free count", grants::free_count());
     let mut held = Vec::with_capacity(free);
     let exhausted = loop {
-        match grants::grant(domain.id, gfn, GrantAccess::ReadOnly) {
+        match grants::grant(domain.id, grantable(), GrantAccess::ReadOnly) {
             Ok(gref) => held.push(gref),
             Err(error) => break error,
         }
@@ -236,8 +253,8 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
         ));
     }
     let granted = held.len();
-    for gref in held {
-        check("end grant", grants::end(gref));
+    for grant in held {
+        check("end grant", grants::end(grant));
     }
     let free_after = check("free count", grants::free_count());
     if granted != free || free_after != free {

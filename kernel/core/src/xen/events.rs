@@ -22,7 +22,7 @@ use tidepool_gic::IntId;
 use tidepool_mm::PhysAddr;
 use tidepool_xen_abi::{
     DomId, EventDispatcher, EventError, EventHandler, EvtchnPort, EvtchnState, Hypervisor,
-    SharedInfo, Virq, XenError, XenMapSpace,
+    SharedInfo, VacantFrame, Virq, XenError, XenMapSpace,
 };
 
 use super::{Xen, XenSetupError};
@@ -105,7 +105,12 @@ pub fn init(
         .address_map
         .window_address(PhysAddr(gpa))
         .ok_or(XenSetupError::SharedInfoNotMapped { gpa })?;
-    Xen.add_to_physmap(XenMapSpace::SharedInfo, 0, gpa >> PAGE_SHIFT)
+    // SAFETY: the memory plan took this page from an extended region
+    // (guest-physical space Xen guarantees unused) for shared info alone:
+    // nothing else maps or uses it, and its window is read below only as
+    // the `SharedInfo` Xen places there. `init` runs once.
+    let frame = unsafe { VacantFrame::new(gpa >> PAGE_SHIFT) };
+    Xen.add_to_physmap(XenMapSpace::SharedInfo, 0, frame)
         .map_err(XenSetupError::SharedInfo)?;
     // SAFETY: the window maps this page read-write as Normal write-back
     // memory for the kernel's lifetime, nothing else uses it, and Xen has

@@ -13,7 +13,9 @@ use core::fmt;
 
 use tidepool_dma::{FlushDone, FlushErrno, FlushFailed, OwnedPhysRange, PlatformFlush};
 use tidepool_mm::{CacheOp, PhysRange};
-use tidepool_xen_abi::{CacheFlushBatch, CacheFlushDone, CacheFlushError, cache_flush_range};
+use tidepool_xen_abi::{
+    CacheFlushBatch, CacheFlushDone, CacheFlushError, CacheFlushTarget, cache_flush_range,
+};
 
 use super::Xen;
 
@@ -68,7 +70,12 @@ impl XenFlush {
         op: CacheOp,
         range: PhysRange,
     ) -> Result<CacheFlushDone, CacheFlushError> {
-        cache_flush_range(&mut Xen, &mut self.batch, range.base.0, range.size, op)
+        // SAFETY: a `XenFlush` exists only in a direct-mapped domain (`new`),
+        // so the range's guest-physical addresses are its machine addresses;
+        // for `Invalidate` the caller owns the range (this function's
+        // contract), and the other operations lose no data.
+        let target = unsafe { CacheFlushTarget::new(range.base.0, range.size, op) };
+        cache_flush_range(&mut Xen, &mut self.batch, &target)
     }
 }
 

@@ -13,8 +13,8 @@ use spin::{Mutex, Once};
 use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
 use tidepool_xen_abi::{
-    DomId, GrantAccess, GrantEntryV1, GrantError, GrantRef, GrantTable, Hypervisor, XenError,
-    XenMapSpace,
+    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantNotEnded, GrantRef, GrantTable,
+    GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace,
 };
 
 use super::Xen;
@@ -114,7 +114,12 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
         .ok_or(GrantSetupError::NotMapped { gpa })?;
     let first_gfn = gpa / PAGE_SIZE;
     for index in 0..frames {
-        xen.add_to_physmap(XenMapSpace::GrantTable, index, first_gfn + index)
+        // SAFETY: the frame lies in the hypervisor node's grant-table region
+        // (`frames` is bounded by its size), guest-physical space Xen
+        // reserves for this: the kernel uses it only through this table,
+        // read as the entries Xen places there. `init` runs once.
+        let frame = unsafe { VacantFrame::new(first_gfn + index) };
+        xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)
             .map_err(|error| GrantSetupError::MapFrame { index, error })?;
     }
     let mut reported = [0u64; FRAMES as usize];
@@ -150,12 +155,12 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
     Ok(())
 }
 
-/// Why a grant could not be made or ended.
+/// Why a grant could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantTableError {
     /// No grant table (not under Xen, or before [`init`]).
     NotSetUp,
-    /// The table refused (exhausted, still in use, not granted, ...).
+    /// The table refused (exhausted, frame beyond 32 bits).
     Table(GrantError),
 }
 
@@ -175,18 +180,29 @@ fn with_table<R>(
     irq::without_interrupts(|| action(&mut table.lock())).map_err(GrantTableError::Table)
 }
 
-/// Grants `domid` access to the guest frame `gfn` (a guest-physical
-/// address >> 12). Fails with [`GrantError::Exhausted`] when every entry is
-/// granted.
-pub fn grant(domid: DomId, gfn: u64, access: GrantAccess) -> Result<GrantRef, GrantTableError> {
-    with_table(|table| table.grant(domid, gfn, access))
+/// Grants `domid` access to `frame`, which its owner vouched for. Fails
+/// with [`GrantError::Exhausted`] when every entry is granted. Only the
+/// returned [`Grant`] can end the grant.
+pub fn grant(
+    domid: DomId,
+    frame: GrantableFrame,
+    access: GrantAccess,
+) -> Result<Grant, GrantTableError> {
+    with_table(|table| table.grant(domid, frame, access))
 }
 
-/// Ends a grant. While the other domain still has it mapped this fails with
-/// [`GrantError::InUse`] and the grant stays valid: end it again after the
-/// other domain unmaps it.
-pub fn end(gref: GrantRef) -> Result<(), GrantTableError> {
-    with_table(|table| table.end(gref))
+/// Ends `grant`. While the other domain still has it mapped this fails with
+/// [`GrantError::InUse`] and the grant comes back in the error, still
+/// valid: end it again after the other domain unmaps it.
+pub fn end(grant: Grant) -> Result<(), GrantNotEnded> {
+    match TABLE.get() {
+        Some(table) => irq::without_interrupts(|| table.lock().end(grant)),
+        // Grants come only from the table: this one is not the kernel's.
+        None => {
+            let error = GrantError::NotGranted(grant.gref());
+            Err(GrantNotEnded { grant, error })
+        }
+    }
 }
 
 /// Entries granted now and entries usable in all.

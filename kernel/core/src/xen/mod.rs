@@ -35,7 +35,10 @@ use crate::memory_plan::MemorySetup;
 /// through here.
 pub struct Xen;
 
-impl Hypervisor for Xen {
+// SAFETY: `call` issues exactly the hypercall `Hypercall::registers`
+// describes, once, returns Xen's x0 unchanged and keeps nothing; the cache
+// maintenance around it touches only the call's own buffers.
+unsafe impl Hypervisor for Xen {
     fn call(&mut self, mut call: Hypercall<'_>) -> i64 {
         let buffers = call.guest_buffers();
         for buffer in buffers.iter().flatten() {
@@ -43,7 +46,10 @@ impl Hypervisor for Xen {
         }
         let registers = call.registers();
         // SAFETY: `Hypercall` borrows every buffer its registers point at,
-        // with the size Xen accesses, for the whole call.
+        // with the size Xen accesses, for the whole call; a variant that
+        // names memory by address (a frame, a mapping, machine addresses)
+        // carries arguments only `tidepool-xen-abi`'s typed methods build,
+        // from tokens whose owners vouched for that memory in `unsafe`.
         let rc = unsafe { hypercall(registers.number, registers.args) };
         // What Xen wrote went through its cacheable mapping: drop stale lines
         // before uncached reads (nothing to do once the caches are on).
