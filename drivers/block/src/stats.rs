@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::{Completion, Op};
+
 /// What a device has done, counted when requests complete (a timed-out
 /// request counts once, as a timeout, whenever the device returns it).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -21,6 +23,23 @@ pub struct BlkStats {
     pub bytes_read: u64,
     /// Bytes written by successful writes.
     pub bytes_written: u64,
+}
+
+impl BlkStats {
+    /// Counts a request that completed successfully.
+    pub fn count_success(&mut self, request: Completion) {
+        match request.op {
+            Op::Read => {
+                self.reads += 1;
+                self.bytes_read += u64::from(request.bytes);
+            }
+            Op::Write => {
+                self.writes += 1;
+                self.bytes_written += u64::from(request.bytes);
+            }
+            Op::Flush => self.flushes += 1,
+        }
+    }
 }
 
 /// The console line of a device's counters:

@@ -581,7 +581,7 @@ impl<'a, C: Controller> SdCard<'a, C> {
             Ok(()) => outcome,
         };
         match outcome {
-            Ok(()) => self.count_success(request),
+            Ok(()) => self.stats.count_success(request),
             Err(_) => self.stats.errors += 1,
         }
         self.slot = Slot::Done { request, outcome };
@@ -670,21 +670,6 @@ impl<'a, C: Controller> SdCard<'a, C> {
                 self.slot = Slot::Free;
                 Poll::Ready(outcome.map(|()| request))
             }
-        }
-    }
-
-    fn count_success(&mut self, request: Completion) {
-        let stats = &mut self.stats;
-        match request.op {
-            Op::Read => {
-                stats.reads += 1;
-                stats.bytes_read += u64::from(request.bytes);
-            }
-            Op::Write => {
-                stats.writes += 1;
-                stats.bytes_written += u64::from(request.bytes);
-            }
-            Op::Flush => stats.flushes += 1,
         }
     }
 

@@ -968,7 +968,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 continue;
             }
             match outcome {
-                Ok(()) => self.count_success(request),
+                Ok(()) => self.stats.count_success(request),
                 Err(_) => self.stats.errors += 1,
             }
             let slot = &mut self.slots[index];
@@ -978,21 +978,6 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 region,
             };
             completions.push(Token::new(index as u16, slot.generation));
-        }
-    }
-
-    fn count_success(&mut self, request: Completion) {
-        let stats = &mut self.stats;
-        match request.op {
-            Op::Read => {
-                stats.reads += 1;
-                stats.bytes_read += u64::from(request.bytes);
-            }
-            Op::Write => {
-                stats.writes += 1;
-                stats.bytes_written += u64::from(request.bytes);
-            }
-            Op::Flush => stats.flushes += 1,
         }
     }
 
