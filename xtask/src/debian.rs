@@ -151,6 +151,12 @@ impl PrivateApt {
     /// each) and unpacks them together under `dest`, unless `dest` already
     /// holds an unpacked copy.
     pub fn fetch_and_unpack(&self, names: &[&str], dest: &Path) -> Result<()> {
+        // Boot tests run in parallel and share the debs folder: one fetch at
+        // a time, or one test's download is taken from under another's.
+        static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _fetching = FETCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if dest.join(".unpacked").exists() {
             return Ok(());
         }
