@@ -729,11 +729,15 @@ impl BlockDriver<'static> for PvDisk {
         // a poller's upcall only sets `signalled`.
     }
 
+    /// A read's data is lent in place in the slot's granted pages: the
+    /// back end answered (its response was checked) and the slot is
+    /// released only after the borrow, so no request can reuse the pages
+    /// while the caller reads them.
     fn finish(
         &mut self,
         _env: &mut DmaEnv<'_, 'static>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, BlkfrontError>> {
         let slot = usize::from(token.slot());
         let Some(sent) = self.sent.get(slot).copied().flatten() else {
@@ -745,24 +749,17 @@ impl BlockDriver<'static> for PvDisk {
         let Some(result) = self.done[slot].take() else {
             return Poll::Pending;
         };
-        let result = result.and_then(|()| {
-            if sent.op == Op::Read {
-                let Some(data) = self.pages[slot].get(..read_into.len()) else {
-                    return Err(BlkfrontError::BadRequest(
-                        "read buffer larger than the request",
-                    ));
-                };
-                read_into.copy_from_slice(data);
-            }
-            Ok(Completion {
-                op: sent.op,
-                lba: sent.lba,
-                bytes: sent.bytes,
-            })
-        });
+        if result.is_ok() && sent.op == Op::Read {
+            // A request is at most the slot's pages (`start` built it so).
+            data(&self.pages[slot][..sent.bytes as usize]);
+        }
         self.sent[slot] = None;
         self.inflight.release(slot);
-        Poll::Ready(result)
+        Poll::Ready(result.map(|()| Completion {
+            op: sent.op,
+            lba: sent.lba,
+            bytes: sent.bytes,
+        }))
     }
 
     fn stats(&self) -> &BlkStats {
