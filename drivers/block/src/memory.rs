@@ -4,9 +4,12 @@
 //!
 //! Both are reached only through [`SharedMemory`], which checks every access
 //! against its length. The device may write the memory at any time it owns
-//! part of it, so the driver never holds a Rust reference into it: shared
-//! fields are read and written with volatile accesses, and staging bytes are
-//! copied in and out while the CPU owns them (before `map`, after `unmap`).
+//! part of it, so the driver holds no Rust reference into it while the
+//! device may: shared fields are read and written with volatile accesses,
+//! staging bytes are copied in before `map`, and a finished read's bytes
+//! are lent as a slice after `unmap` ([`SharedMemory::bytes`], `unsafe`:
+//! the driver vouches that the device is done with them for as long as the
+//! slice lives).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;

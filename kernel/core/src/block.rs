@@ -725,6 +725,8 @@ struct Phase {
     elapsed_ticks: u64,
     /// Ticks spent in WFI.
     idle_ticks: u64,
+    /// Ticks spent in `GNTTABOP_cache_flush` (a pool device's syncs).
+    flush_ticks: u64,
     checksum: Checksum,
 }
 
@@ -736,6 +738,11 @@ impl Phase {
     /// CPU time per request: the time not spent in WFI, in nanoseconds.
     fn busy_ns_per_request(&self) -> u64 {
         ticks_to_ns(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
+    }
+
+    /// Time in `GNTTABOP_cache_flush` per request, in nanoseconds.
+    fn flush_ns_per_request(&self) -> u64 {
+        ticks_to_ns(self.flush_ticks) / self.requests.max(1)
     }
 
     fn per_second(&self) -> u64 {
@@ -759,6 +766,7 @@ fn timed_reads<D: BlockDriver<'static>>(
     let depth = depth.min(disk.device.slots());
     let mut checksum = Checksum::new();
     let idle_before = disk.waiter.idle_ticks;
+    let flush_before = dma.flush_ticks();
     let start = arch_timer::counter();
     // Whole sectors: a multiple of 8 bytes.
     let requests = disk.read_each(dma, depth, requests, &mut |_, bytes| {
@@ -769,6 +777,7 @@ fn timed_reads<D: BlockDriver<'static>>(
         requests,
         elapsed_ticks: arch_timer::counter() - start,
         idle_ticks: disk.waiter.idle_ticks - idle_before,
+        flush_ticks: dma.flush_ticks() - flush_before,
         checksum,
     })
 }
@@ -787,8 +796,9 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
 /// ([`workload::random_blocks`], the list `cargo xtask bench` gives Linux's
 /// fio) at queue depth 1, 16 and 32; every byte read goes into a checksum
 /// per phase, computed inside the timing. Printed as `blk: bench seq ...`,
-/// `blk: bench qdN ...` (each with the CPU time per request: time not in
-/// WFI) and `blk: bench dma ...` (the DMA counters) lines.
+/// `blk: bench qdN ...` (each with the CPU time per request, `busy_ns`:
+/// time not in WFI, and of it the time in `GNTTABOP_cache_flush`,
+/// `flush_ns`) and `blk: bench dma ...` (the DMA counters) lines.
 pub fn bench<D: BlockDriver<'static>>(
     disk: &mut Disk<D>,
     dma: &mut Dma,
@@ -830,24 +840,26 @@ pub fn bench<D: BlockDriver<'static>>(
     let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq.us());
     let (per_req, per_req_frac) = ratio(hypercalls, requests);
     info!(
-        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} sum={:016x}",
+        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} flush_ns={} sum={:016x}",
         disk.name(),
         disk.waiter.mode,
         seq_bytes >> 20,
         seq.requests,
         seq.us(),
         seq.busy_ns_per_request(),
+        seq.flush_ns_per_request(),
         seq.checksum.value(),
     );
     for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
         info!(
-            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} sum={:016x}",
+            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} flush_ns={} sum={:016x}",
             phase.requests,
             phase.depth,
             workload::SEED,
             phase.us(),
             phase.per_second(),
             phase.busy_ns_per_request(),
+            phase.flush_ns_per_request(),
             phase.checksum.value()
         );
     }
