@@ -12,9 +12,9 @@ use core::fmt;
 
 use log::info;
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning, Host,
-    OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SetupError,
-    WarningSink, WindowAttributes,
+    Addressing, CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory,
+    FlushRefusedWarning, Host, OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet,
+    PoolSpec, SetupError, WarningSink, WindowAttributes,
 };
 use tidepool_dt::{DeviceTree, ReservedRegion};
 use tidepool_mm::{AddressMap, PhysRange, RegionKind};
@@ -191,6 +191,7 @@ impl Dma {
             memory: &mut self.memory,
             platform: self.flush.as_mut().map(|f| f as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: None,
         }
     }
 
@@ -251,6 +252,7 @@ impl Dma {
                 name: path,
                 coherent,
                 pool,
+                addressing: Addressing::Bus,
             },
             &self.pools,
         )

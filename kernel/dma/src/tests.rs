@@ -329,6 +329,7 @@ impl Rig {
             memory: &mut self.memory,
             platform: self.xen.as_mut().map(|xen| xen as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: None,
         }
     }
 
@@ -343,6 +344,7 @@ impl Rig {
                 name,
                 coherent,
                 pool,
+                addressing: Addressing::Bus,
             },
             &self.pools,
         )
@@ -1406,6 +1408,7 @@ fn devices_resolve_their_pools() {
             name: DEVICE,
             coherent: false,
             pool: Some("/reserved-memory/nope"),
+            addressing: Addressing::Bus,
         },
         &rig.pools,
     );
@@ -1429,6 +1432,7 @@ fn devices_resolve_their_pools() {
                 name: DEVICE,
                 coherent,
                 pool: None,
+                addressing: Addressing::Bus,
             },
             &empty,
         );

@@ -2,9 +2,9 @@
 //! real device, and the driver of one random case against the invariant.
 
 use tidepool_dma::{
-    CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno, FlushRefusedWarning, Host,
-    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SyncPoint, WarningSink,
-    WindowAttributes,
+    Addressing, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno,
+    FlushRefusedWarning, Host, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
+    SyncPoint, WarningSink, WindowAttributes,
 };
 use tidepool_dma_model::{Alias, Attributes, Device, Handle, LINE, Machine};
 
@@ -255,6 +255,7 @@ impl World {
             name: DEVICE,
             coherent: row.coherent,
             pool,
+            addressing: Addressing::Bus,
         };
         let device = DmaDevice::new(spec, &pools).expect("the device's pools exist");
         let world = Self {
@@ -285,6 +286,7 @@ impl World {
                 .platform
                 .then_some(&mut self.flush as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: None,
         }
     }
 
