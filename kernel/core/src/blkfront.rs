@@ -754,8 +754,7 @@ impl PvDisk {
 
     /// Disconnects: goes Closing, waits for the back end to close, goes
     /// Closed, revokes the ring's grant, frees the slots' pages (which ends
-    /// their grants; the pages of a request that expired stay mapped and
-    /// granted, and any grant the back end still maps is leaked with its
+    /// their grants; a grant the back end still maps is leaked with its
     /// pages) and closes the event channel. Problems are reported, never
     /// fatal. The kernel's transfer loop collects every request it submits,
     /// so none is in flight here. Prints the closed line and the disk's
@@ -794,18 +793,19 @@ impl PvDisk {
                 still_mapped += 1;
             }
         }
+        // Freeing ends the grants. That is safe even for an expired
+        // request's pages: Xen ends no grant the back end still maps, and
+        // then the DMA layer leaks the pages instead of freeing them.
         for memory in self.data.iter_mut().chain(self.indirect.iter_mut()) {
-            match memory.take() {
-                Some(SlotMemory::Idle(buffer)) => match self.dma.free_in_pool(env, buffer) {
-                    Ok(()) => {}
-                    Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
-                    Err(err) => error!("blk: {} close: {err}", self.name),
-                },
-                Some(SlotMemory::Mapped(mapping)) => {
-                    still_mapped += mapping.grant_refs().count();
-                    *memory = Some(SlotMemory::Mapped(mapping));
-                }
-                None => {}
+            let freed = match memory.take() {
+                Some(SlotMemory::Idle(buffer)) => self.dma.free_in_pool(env, buffer),
+                Some(SlotMemory::Mapped(mapping)) => self.dma.unmap(env, mapping),
+                None => Ok(()),
+            };
+            match freed {
+                Ok(()) => {}
+                Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
+                Err(err) => error!("blk: {} close: {err}", self.name),
             }
         }
         if let Err(err) = events::close(self.port) {
