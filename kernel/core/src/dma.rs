@@ -309,31 +309,25 @@ impl Dma {
         domid: DomId,
         bytes: usize,
     ) -> Result<DmaDevice<'static>, DmaSetupError> {
-        let no_memory = DmaSetupError::NoMemory {
+        let no_memory = || DmaSetupError::NoMemory {
             device: name,
             bytes,
         };
-        let layout =
-            core::alloc::Layout::from_size_align(bytes, PAGE_SIZE as usize).map_err(|_| {
-                DmaSetupError::NoMemory {
-                    device: name,
-                    bytes,
-                }
-            })?;
-        if bytes == 0 {
-            return Err(no_memory);
-        }
+        let layout = core::alloc::Layout::from_size_align(bytes, PAGE_SIZE as usize)
+            .ok()
+            .filter(|layout| layout.size() != 0)
+            .ok_or_else(no_memory)?;
         // Zeroed: its pages are granted to another domain, which must not
         // read what earlier heap users left there.
         // SAFETY: `layout` has a non-zero size (checked above).
         let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
         if pointer.is_null() {
-            return Err(no_memory);
+            return Err(no_memory());
         }
-        let map = self.address_map();
-        let base = map
+        let base = self
+            .address_map()
             .virt_to_phys(tidepool_mm::VirtAddr(pointer as u64))
-            .map_err(|_| no_memory)?;
+            .map_err(|_| no_memory())?;
         let pool: &'static str =
             alloc::string::String::leak(alloc::format!("tidepool:grants-{name}"));
         let spec = PoolSpec {

@@ -412,7 +412,10 @@ impl Machine {
             let index = (pa - line) as usize;
             if device == Device::Domain {
                 let data = self.memory_line(line);
-                let cached = self.cache.entry(line).or_insert(Line { data, dirty: false });
+                let cached = self
+                    .cache
+                    .entry(line)
+                    .or_insert(Line { data, dirty: false });
                 cached.data[index] = byte;
                 cached.dirty = true;
                 continue;
