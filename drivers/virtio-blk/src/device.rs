@@ -1624,7 +1624,7 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         BlockDevice::stats(self)
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'a>> {
-        Some(BlockDevice::dma(self))
+    fn dma(&self) -> &DmaDevice<'a> {
+        BlockDevice::dma(self)
     }
 }
