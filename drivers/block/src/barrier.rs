@@ -19,6 +19,12 @@ pub enum Barrier {
     /// before the used ring is read, and between `used.idx` and the entries
     /// it publishes.
     DmaRead,
+    /// The driver's earlier writes are observed by the device before its
+    /// later reads, of memory or registers: `DMB OSH` (Linux's `virtio_mb`
+    /// for a device that is not a CPU). Between publishing `avail.idx` and
+    /// reading the device's `VIRTQ_USED_F_NO_NOTIFY`: a store then a load,
+    /// which neither barrier above orders.
+    DmaFull,
 }
 
 impl Barrier {
@@ -28,9 +34,10 @@ impl Barrier {
         match self {
             Barrier::DmaWrite => asm_barrier::dmb(asm_barrier::OSHST),
             Barrier::DmaRead => asm_barrier::dmb(asm_barrier::OSHLD),
+            Barrier::DmaFull => asm_barrier::dmb(asm_barrier::OSH),
         }
         // A host build (the unit tests) has no device to order against:
-        // the strongest fence stands in for both.
+        // the strongest fence stands in for all three.
         #[cfg(not(target_arch = "aarch64"))]
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }

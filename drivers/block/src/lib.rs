@@ -67,14 +67,25 @@ pub trait BlockDriver<'a> {
     /// How many are in flight now.
     fn in_flight(&self) -> usize;
 
-    /// Submits a request due by `deadline`. Refused without touching the
-    /// device when it cannot be done (read-only, out of range, ...).
+    /// Submits a request due by `deadline`: it is published to the device,
+    /// which may not look at it before [`Self::kick`]. Refused without
+    /// touching the device when it cannot be done (read-only, out of
+    /// range, ...).
     fn submit(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         request: Request<'_>,
         deadline: Deadline,
     ) -> Result<Token, Self::Error>;
+
+    /// Tells the device about the requests [`Self::submit`] published since
+    /// the last kick, if there are any and the device asked to be told:
+    /// one notification for a batch of requests rather than one per
+    /// request. Whoever submits ends each batch with a kick, and must kick
+    /// before it waits for a completion: a request published but never
+    /// notified may never be seen (a virtio device looks at its queue when
+    /// notified). [`Self::submit_waiting`] kicks before each of its waits.
+    fn kick(&mut self, env: &mut DmaEnv<'_, 'a>);
 
     /// Whether `error` (from [`Self::submit`]) only means "not now": every
     /// slot, or the device's DMA pool, is taken by requests in flight, and
@@ -102,7 +113,9 @@ pub trait BlockDriver<'a> {
     /// was submitted before the call, so each is past its own deadline by
     /// then, and a device that returned none of them holds them for good.
     /// Then it gives up with [`Self::no_free_slot`] rather than wait
-    /// forever.
+    /// forever. It kicks ([`Self::kick`]) before every wait, so the
+    /// requests holding the slots have been notified; the request it
+    /// submits is published, and the caller kicks when its batch ends.
     fn submit_waiting(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
@@ -122,6 +135,7 @@ pub trait BlockDriver<'a> {
                     if now >= give_up {
                         return Err(self.no_free_slot());
                     }
+                    self.kick(env);
                     wait(self, env);
                 }
                 other => return other,

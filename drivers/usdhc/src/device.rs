@@ -1019,6 +1019,10 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
         SdCard::submit(self, env, request, deadline)
     }
 
+    /// Nothing to do: the controller takes one request at a time, and
+    /// `submit` issues its command at once (there is no batch to end).
+    fn kick(&mut self, _env: &mut DmaEnv<'_, 'a>) {}
+
     fn is_busy(&self, error: &SdError<'a>) -> bool {
         match error {
             // Waiting helps only while the request holding the slot is in

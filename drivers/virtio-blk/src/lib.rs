@@ -86,6 +86,8 @@
 //! disk.read(&mut env, lba, &mut buffer, &mut || now(), timeout)?;
 //! // Asynchronous:
 //! let token = disk.submit(&mut env, Request::Read { lba, sectors }, Deadline::after(now(), timeout))?;
+//! // ... more submissions; the batch ends with one notification, before any wait:
+//! disk.kick(&mut env);
 //! //   or, waiting at most `timeout` for a free slot (`tidepool_block::BlockDriver`):
 //! let token = disk.submit_waiting(&mut env, request, &mut || now(), timeout, &mut |disk, env| { /* sleep, then take what came back */ })?;
 //! //   interrupts: the GIC SPI handler of the transport's `interrupts` runs
@@ -129,7 +131,10 @@
 //! the barriers inside `writel`/`readl`. They are the transport's
 //! ([`Transport::barrier`], `DMB OSHST`/`DMB OSHLD` in [`MmioTransport`]):
 //! a [`Barrier::DmaWrite`] between the descriptors and ring entry and
-//! `avail.idx`, and between `avail.idx` and the `QueueNotify` write; a
+//! `avail.idx`; a [`Barrier::DmaFull`] between the last `avail.idx` of a
+//! batch and the read of the device's `VIRTQ_USED_F_NO_NOTIFY` (a store
+//! then a load), which also orders the index before the `QueueNotify`
+//! write; a
 //! [`Barrier::DmaRead`] after the interrupt's causes were read and before
 //! the used ring is, and between `used.idx` and the entries and request
 //! regions it publishes. A request's region is synced by `map` (whose

@@ -33,8 +33,11 @@
 //!   second sync is needed: a line of an entry allocated after the first
 //!   one but before the device wrote the entry would be stale.
 //!
-//! The driver adds a [`Barrier::DmaWrite`] between publishing `avail.idx`
-//! and writing `QueueNotify` (in [`crate::BlockDevice`]).
+//! - Notifying (once per batch, [`crate::BlockDevice::kick`]): a
+//!   [`Barrier::DmaFull`] after the last `avail.idx`, then the used ring's
+//!   `flags` synced for the CPU and read; `QueueNotify` is written only if
+//!   the device did not set `VIRTQ_USED_F_NO_NOTIFY`, and the full barrier
+//!   orders the index before that write too.
 //!
 //! The free list and the length of every chain live in driver memory, not in
 //! the descriptors: a device that scribbles on the table cannot corrupt the
@@ -62,6 +65,8 @@ const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 /// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver asks not to be interrupted.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// `VIRTQ_USED_F_NO_NOTIFY`: the device asks not to be notified.
+const USED_F_NO_NOTIFY: u16 = 1;
 /// Offset of `idx` in both rings (after `flags`).
 const RING_IDX: usize = 2;
 /// Offset of the first entry in both rings.
@@ -173,6 +178,8 @@ pub(crate) struct SplitQueue {
     chain_len: [u16; QUEUE_SIZE_LIMIT as usize],
     /// The next `avail.idx` to publish.
     avail_idx: u16,
+    /// The `avail.idx` the device was last told about (or chose not to be).
+    notified_idx: u16,
     /// The `used.idx` up to which entries have been taken.
     last_used: u16,
     /// The `used.idx` last read, whose entries are synced for the CPU.
@@ -201,6 +208,7 @@ impl SplitQueue {
             next,
             chain_len: [0; QUEUE_SIZE_LIMIT as usize],
             avail_idx: 0,
+            notified_idx: 0,
             last_used: 0,
             seen_used: 0,
         }
@@ -241,7 +249,8 @@ impl SplitQueue {
     }
 
     /// Puts `chain` on the free descriptors, publishes it in the available
-    /// ring and returns its head. The caller notifies the device.
+    /// ring and returns its head. The caller notifies the device when its
+    /// batch ends ([`Self::needs_notify`]).
     pub(crate) fn push<'a>(
         &mut self,
         chain: &[Buffer],
@@ -296,6 +305,26 @@ impl SplitQueue {
         self.chain_len[usize::from(head)] = count;
         ring.sync_published(self.layout.avail + RING_IDX, 2);
         Ok(head)
+    }
+
+    /// Whether the device must be notified now: chains were published since
+    /// the last call, and the device has not asked not to be
+    /// (`VIRTQ_USED_F_NO_NOTIFY`, §2.7.10; event indices are not
+    /// negotiated). The flag is read after a [`Barrier::DmaFull`]: the
+    /// published index must reach the device before the flag is read, or
+    /// a device clearing the flag after its last look at the ring would
+    /// be neither notified nor see the new chains (Linux's
+    /// `virtqueue_kick_prepare`). A refused sync of the flag counts as
+    /// "notify": a notification too many is always allowed.
+    pub(crate) fn needs_notify<'a>(&mut self, ring: &mut dyn RingAccess<'a>) -> bool {
+        if self.notified_idx == self.avail_idx {
+            return false;
+        }
+        self.notified_idx = self.avail_idx;
+        ring.barrier(Barrier::DmaFull);
+        let flags = self.layout.used;
+        ring.sync(flags, 2, SyncPoint::ForCpu).is_err()
+            || self.memory.read_u16(flags) & USED_F_NO_NOTIFY == 0
     }
 
     /// Whether the device returned a chain not yet taken (one read of the

@@ -575,9 +575,7 @@ impl PvDisk {
             })
             .into());
         }
-        if self.ring.push_requests() {
-            self.notify();
-        }
+        // Published to the back end, and notified, by `kick`.
         Ok(token)
     }
 
@@ -872,6 +870,15 @@ impl BlockDriver<'static> for PvDisk {
                 self.start(env, BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
             }
             Request::Flush => self.start(env, BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),
+        }
+    }
+
+    /// Publishes the requests written since the last kick and notifies the
+    /// back end if it asked to be (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`):
+    /// one event for a batch.
+    fn kick(&mut self, _env: &mut DmaEnv<'_, 'static>) {
+        if self.ring.push_requests() {
+            self.notify();
         }
     }
 

@@ -557,7 +557,13 @@ impl Waiter {
     /// Waits for a completion as the mode says, or a request timeout; lets
     /// the driver act on an interrupt (printing what else it brought),
     /// otherwise polls; then expires late requests.
+    ///
+    /// It kicks the device first ([`BlockDriver::kick`]): every wait of the
+    /// transfer loop comes here, so a batch of submissions ends, with one
+    /// notification, exactly when the loop cannot go on without the device,
+    /// and no request it waits for is left published but unnotified.
     fn wait<D: BlockDriver<'static>>(&mut self, device: &mut D, env: &mut DmaEnv<'_, 'static>) {
+        device.kick(env);
         let start = arch_timer::counter();
         let spin = match self.mode {
             WaitMode::Wfi => 0,

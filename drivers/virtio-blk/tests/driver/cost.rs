@@ -32,6 +32,7 @@ fn one_request(b: &mut Bench, request: Request<'_>, read_into: &mut [u8]) -> Cos
         .unwrap();
     let hypercalls_at_submit = b.rig.hypercalls().len();
     let env = &mut b.rig.env();
+    b.disk.kick(env);
     assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
     assert!(matches!(
         b.disk
@@ -61,13 +62,15 @@ fn split_ring(ops: &[VaOp], ring: VirtAddr) -> (Vec<VaOp>, Vec<VaOp>) {
         .partition(|(_, va, _)| (ring.0..ring.0 + 0x2000).contains(&va.0))
 }
 
-/// The used ring's syncs for the CPU when an interrupt brings back the
-/// `n`-th request: `used.idx`, the one entry it publishes, `used.idx`
-/// again (nothing more came back). Each an invalidate through the window
-/// of just those bytes (so of their lines), never a hypercall.
+/// The used ring's syncs for the CPU of the `n`-th request: its `flags`
+/// when the request is kicked (`VIRTQ_USED_F_NO_NOTIFY`), then, when an
+/// interrupt brings it back, `used.idx`, the one entry it publishes,
+/// `used.idx` again (nothing more came back). Each an invalidate through
+/// the window of just those bytes (so of their lines), never a hypercall.
 fn used_ring_syncs(ring: VirtAddr, n: u64) -> Vec<VaOp> {
     let used = ring.0 + 0x1000;
     vec![
+        (CacheOp::Invalidate, VirtAddr(used), 2),
         (CacheOp::Invalidate, VirtAddr(used + 2), 2),
         (CacheOp::Invalidate, VirtAddr(used + 4 + 8 * (n % 64)), 8),
         (CacheOp::Invalidate, VirtAddr(used + 2), 2),
@@ -141,10 +144,11 @@ fn a_4k_read_through_a_pool_xen_flushes_costs_one_hypercall() {
     // Requests are built in the pool: nothing is bounced in or out.
     assert_eq!(stats.bounced, 0);
     // Two sync points to publish (for the device: nothing, the device does
-    // not snoop), three to take back, and the new ring's at setup.
+    // not snoop), one to kick (the device's flags), three to take back, and
+    // the new ring's at setup.
     assert_eq!(
         (stats.coherent_syncs, stats.coherent_va_ops),
-        (5 * requests + 1, 3 * requests)
+        (6 * requests + 1, 4 * requests)
     );
 }
 

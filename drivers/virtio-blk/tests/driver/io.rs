@@ -265,6 +265,7 @@ fn device_errors_carry_the_operation_sector_and_status() {
             Deadline::NEVER,
         )
         .unwrap();
+    b.disk.kick(&mut b.rig.env());
     b.disk.poll(&mut b.rig.env());
     let error = finish(&mut b.disk, &mut b.rig.env(), token, &mut buffer).unwrap_err();
     assert_eq!(
@@ -368,6 +369,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
         .disk
         .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline(100))
         .unwrap();
+    b.disk.kick(env);
     let mut buffer = [0; 4096];
     assert_eq!(b.disk.finish(env, token, &mut |_| {}), Poll::Pending);
     assert!(b.disk.expire(99).is_empty());
@@ -403,6 +405,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
         .disk
         .submit(env, Request::Read { lba: 8, sectors: 8 }, Deadline(5))
         .unwrap();
+    b.disk.kick(env);
     assert_eq!(b.disk.expire(5).as_slice(), [token]);
     b.sim.complete_all();
     assert!(b.disk.poll(env).is_empty());
@@ -454,7 +457,13 @@ fn twenty_one_requests_in_flight_complete_out_of_order_by_interrupt() {
                     .unwrap()
             })
             .collect();
+        // Published, not yet notified: the device has not looked.
+        assert_eq!((b.disk.in_flight(), b.sim.pending()), (21, 0));
+        assert_eq!(b.sim.state().notifications, 0);
+        // One notification for the batch.
+        b.disk.kick(env);
         assert_eq!((b.disk.in_flight(), b.sim.pending()), (21, 21));
+        assert_eq!(b.sim.state().notifications, 1);
         assert_eq!(
             b.disk.submit(env, Request::Flush, Deadline::NEVER),
             Err(BlkError::QueueFull {
@@ -509,6 +518,7 @@ fn a_read_is_lent_in_place_where_the_device_wrote_it_on_every_kind_of_dma() {
             .disk
             .submit(env, Request::Read { lba: 6, sectors: 8 }, Deadline::NEVER)
             .unwrap();
+        b.disk.kick(env);
         assert_eq!(b.disk.poll(env).as_slice(), [token]);
         let mut lent = None;
         let done = b.disk.finish(env, token, &mut |bytes| {
@@ -535,6 +545,7 @@ fn a_read_is_lent_in_place_where_the_device_wrote_it_on_every_kind_of_dma() {
             .disk
             .submit(env, Request::Read { lba: 7, sectors: 1 }, Deadline::NEVER)
             .unwrap();
+        b.disk.kick(env);
         b.disk.poll(env);
         for token in [write, failing] {
             let _ = b.disk.finish(env, token, &mut |_| panic!("{kind:?}: lent"));
@@ -551,6 +562,7 @@ fn tokens_are_finished_once() {
         .disk
         .submit(env, Request::Read { lba: 3, sectors: 2 }, Deadline::NEVER)
         .unwrap();
+    b.disk.kick(env);
     assert_eq!(b.disk.poll(env).as_slice(), [token]);
     let mut buffer = [0; 1024];
     finish(&mut b.disk, env, token, &mut buffer).unwrap();
@@ -566,6 +578,7 @@ fn tokens_are_finished_once() {
         .submit(env, Request::Read { lba: 3, sectors: 2 }, Deadline::NEVER)
         .unwrap();
     assert_ne!(again, token);
+    b.disk.kick(env);
     b.disk.poll(env);
     assert!(finish(&mut b.disk, env, token, &mut buffer).is_err());
     assert!(finish(&mut b.disk, env, again, &mut buffer).is_ok());
@@ -610,6 +623,7 @@ fn interrupts_acknowledge_and_report_capacity_changes() {
             Deadline::NEVER,
         )
         .unwrap();
+    b.disk.kick(env);
     b.sim.complete_all();
     assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
     assert!(finish(&mut b.disk, env, token, &mut [0; 512]).is_ok());
@@ -637,6 +651,7 @@ fn the_interrupt_handler_acknowledges_and_the_driver_acts_on_what_it_noted() {
         .disk
         .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
         .unwrap();
+    b.disk.kick(env);
     b.sim.complete_all();
     b.sim.set_capacity(16384);
     // In the interrupt: acknowledged (the line drops), noted, nothing else.
@@ -747,6 +762,11 @@ fn waiting_for_a_slot_gives_up_after_a_request_timeout() {
     );
     assert_eq!(waits, 10, "a whole timeout, then no more");
     assert_eq!(
+        (b.sim.pending(), b.sim.state().notifications),
+        (2, 1),
+        "kicked once, before the first wait"
+    );
+    assert_eq!(
         result.unwrap_err().to_string(),
         "blk /virtio_mmio@a003e00: no request slot came free within a request timeout: the device \
          holds 2 requests, 2 of them timed out"
@@ -774,6 +794,7 @@ fn waiting_for_a_slot_gives_up_after_a_request_timeout() {
             },
         )
         .unwrap();
+    b.disk.kick(env);
     assert_eq!(b.sim.pending(), 2, "one returned, the flush taken");
     b.sim.complete_all();
     b.disk.poll(env);
@@ -846,6 +867,7 @@ fn the_driver_survives_the_wrap_of_its_16_bit_ring_indices() {
     let env = &mut b.rig.env();
     for round in 0..70_000_u32 {
         let token = b.disk.submit(env, Request::Flush, Deadline::NEVER).unwrap();
+        b.disk.kick(env);
         assert_eq!(b.disk.poll(env).as_slice(), [token], "round {round}");
         finish(&mut b.disk, env, token, &mut []).unwrap();
     }
@@ -853,9 +875,10 @@ fn the_driver_survives_the_wrap_of_its_16_bit_ring_indices() {
     assert_eq!(b.sim.state().flushes, 70_000);
 }
 
-/// The outer-shareable barriers a device that is not a CPU needs: two
-/// `DmaWrite`s per submission (before `avail.idx`, before `QueueNotify`:
-/// the simulated device refuses a notify without one since the last
+/// The outer-shareable barriers a device that is not a CPU needs: a
+/// `DmaWrite` per submission (before `avail.idx`), a `DmaFull` per kick
+/// (before reading `VIRTQ_USED_F_NO_NOTIFY`, and before `QueueNotify`: the
+/// simulated device refuses a notify without a barrier since the last
 /// register write), and `DmaRead`s after an interrupt's causes and after
 /// each `used.idx` that publishes entries.
 #[test]
@@ -864,7 +887,7 @@ fn the_ring_is_ordered_for_the_device_by_the_transport_barriers() {
     let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
     let barriers = |b: &Bench| {
         let s = b.sim.state();
-        (s.write_barriers, s.read_barriers)
+        (s.write_barriers, s.read_barriers, s.full_barriers)
     };
     let before = barriers(&b);
     let token = b
@@ -875,10 +898,12 @@ fn the_ring_is_ordered_for_the_device_by_the_transport_barriers() {
             Deadline::NEVER,
         )
         .unwrap();
-    assert_eq!(barriers(&b), (before.0 + 2, before.1));
+    assert_eq!(barriers(&b), (before.0 + 1, before.1, before.2));
+    b.disk.kick(&mut b.rig.env());
+    assert_eq!(barriers(&b), (before.0 + 1, before.1, before.2 + 1));
     let outcome = b.disk.handle_interrupt(&mut b.rig.env());
     assert_eq!(outcome.completions.as_slice(), [token]);
-    assert_eq!(barriers(&b), (before.0 + 2, before.1 + 2));
+    assert_eq!(barriers(&b), (before.0 + 1, before.1 + 2, before.2 + 1));
     finish(&mut b.disk, &mut b.rig.env(), token, &mut [0; SECTOR_BYTES]).unwrap();
     // Polling has no interrupt cause to order after: the used index's only.
     let token = b
@@ -889,6 +914,7 @@ fn the_ring_is_ordered_for_the_device_by_the_transport_barriers() {
             Deadline::NEVER,
         )
         .unwrap();
+    b.disk.kick(&mut b.rig.env());
     assert_eq!(b.disk.poll(&mut b.rig.env()).as_slice(), [token]);
-    assert_eq!(barriers(&b), (before.0 + 4, before.1 + 3));
+    assert_eq!(barriers(&b), (before.0 + 2, before.1 + 3, before.2 + 2));
 }

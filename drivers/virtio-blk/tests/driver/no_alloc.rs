@@ -69,6 +69,7 @@ fn the_io_path_does_not_allocate() {
                 Deadline::NEVER,
             );
             assert!(matches!(beyond, Err(BlkError::OutOfRange { .. })));
+            b.disk.kick(env);
             // Completed newest first, half by interrupt, half by polling.
             for _ in 0..MAX_IN_FLIGHT / 2 {
                 b.sim.complete(b.sim.pending() - 1);
@@ -111,6 +112,7 @@ fn the_io_path_does_not_allocate() {
                     Deadline(0),
                 )
                 .unwrap();
+            b.disk.kick(env);
             assert_eq!(b.disk.expire(0).len(), 1);
             b.sim.complete_all();
             b.disk.poll(env);

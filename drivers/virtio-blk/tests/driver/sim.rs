@@ -147,6 +147,8 @@ pub struct SimState {
     /// `Barrier::DmaWrite`s and `Barrier::DmaRead`s executed.
     pub write_barriers: u32,
     pub read_barriers: u32,
+    /// `Barrier::DmaFull`s executed.
+    pub full_barriers: u32,
     /// A `Barrier::DmaWrite` came after the last register write: a
     /// `QueueNotify` now is ordered after the ring the driver wrote.
     notify_ordered: bool,
@@ -192,6 +194,7 @@ impl Sim {
             notifications: 0,
             write_barriers: 0,
             read_barriers: 0,
+            full_barriers: 0,
             notify_ordered: false,
             errors: Vec::new(),
             flushes: 0,
@@ -599,6 +602,11 @@ impl Transport for Sim {
                 s.notify_ordered = true;
             }
             Barrier::DmaRead => s.read_barriers += 1,
+            // Orders the driver's writes before its later writes too.
+            Barrier::DmaFull => {
+                s.full_barriers += 1;
+                s.notify_ordered = true;
+            }
         });
     }
 
