@@ -23,6 +23,11 @@ pub struct BlkStats {
     pub bytes_read: u64,
     /// Bytes written by successful writes.
     pub bytes_written: u64,
+    /// Notifications of new requests sent to the device (a virtio
+    /// `QueueNotify` write, a Xen event-channel send): at most one per
+    /// batch of submissions ([`crate::BlockDriver::kick`]); none for a
+    /// device that takes each request as it is submitted.
+    pub notifies: u64,
 }
 
 impl BlkStats {
@@ -44,7 +49,7 @@ impl BlkStats {
 
 /// The console line of a device's counters:
 ///
-/// `blk: stats <device> reads=N writes=N flushes=N errors=N timeouts=N bytes_read=N bytes_written=N`
+/// `blk: stats <device> reads=N writes=N flushes=N errors=N timeouts=N bytes_read=N bytes_written=N notifies=N`
 ///
 /// Keys are the [`BlkStats`] fields, always all of them, in that order, in
 /// decimal.
@@ -65,7 +70,7 @@ impl fmt::Display for StatsLine<'_> {
         let s = self.stats;
         write!(
             f,
-            "blk: stats {} reads={} writes={} flushes={} errors={} timeouts={} bytes_read={} bytes_written={}",
+            "blk: stats {} reads={} writes={} flushes={} errors={} timeouts={} bytes_read={} bytes_written={} notifies={}",
             self.device,
             s.reads,
             s.writes,
@@ -73,7 +78,8 @@ impl fmt::Display for StatsLine<'_> {
             s.errors,
             s.timeouts,
             s.bytes_read,
-            s.bytes_written
+            s.bytes_written,
+            s.notifies
         )
     }
 }

@@ -645,6 +645,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         // before this write too.
         if self.queue.needs_notify(&mut ring) {
             self.hold.transport.write(WriteRegister::QueueNotify, 0);
+            self.stats.notifies += 1;
         }
     }
 

@@ -176,7 +176,7 @@
 //! - [`BlockDevice::info_line`]:
 //!   `blk: /virtio_mmio@a003e00 virtio-mmio modern capacity=2048 block_size=512 max_request=262144 queue=128 slots=16 read_only=no flush=yes features=0x300000240 (blk-size,flush,version-1,access-platform)`
 //! - [`BlockDevice::stats_line`]:
-//!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288`
+//!   `blk: stats /virtio_mmio@a003e00 reads=12 writes=3 flushes=1 errors=0 timeouts=0 bytes_read=49152 bytes_written=12288 notifies=4`
 //! - [`CapacityChange`] (from [`BlockDevice::handle_interrupt`]):
 //!   `blk: /virtio_mmio@a003e00 capacity=16384 was=8192`
 //!

@@ -879,6 +879,7 @@ impl BlockDriver<'static> for PvDisk {
     fn kick(&mut self, _env: &mut DmaEnv<'_, 'static>) {
         if self.ring.push_requests() {
             self.notify();
+            self.stats.notifies += 1;
         }
     }
 

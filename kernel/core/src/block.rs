@@ -730,6 +730,8 @@ struct Phase {
     idle_ticks: u64,
     /// Ticks spent in `GNTTABOP_cache_flush` (a pool device's syncs).
     flush_ticks: u64,
+    /// Notifications sent to the device ([`BlockDriver::kick`]).
+    notifies: u64,
     checksum: Checksum,
 }
 
@@ -770,6 +772,7 @@ fn timed_reads<D: BlockDriver<'static>>(
     let mut checksum = Checksum::new();
     let idle_before = disk.waiter.idle_ticks;
     let flush_before = dma.flush_ticks();
+    let notifies_before = disk.device.stats().notifies;
     let start = arch_timer::counter();
     // Whole sectors: a multiple of 8 bytes.
     let requests = disk.read_each(dma, depth, requests, &mut |_, bytes| {
@@ -781,6 +784,7 @@ fn timed_reads<D: BlockDriver<'static>>(
         elapsed_ticks: arch_timer::counter() - start,
         idle_ticks: disk.waiter.idle_ticks - idle_before,
         flush_ticks: dma.flush_ticks() - flush_before,
+        notifies: disk.device.stats().notifies - notifies_before,
         checksum,
     })
 }
@@ -801,7 +805,8 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
 /// per phase, computed inside the timing. Printed as `blk: bench seq ...`,
 /// `blk: bench qdN ...` (each with the CPU time per request, `busy_ns`:
 /// time not in WFI, and of it the time in `GNTTABOP_cache_flush`,
-/// `flush_ns`) and `blk: bench dma ...` (the DMA counters) lines.
+/// `flush_ns`, and the notifications the phase sent the device,
+/// `notifies`) and `blk: bench dma ...` (the DMA counters) lines.
 pub fn bench<D: BlockDriver<'static>>(
     disk: &mut Disk<D>,
     dma: &mut Dma,
@@ -838,7 +843,7 @@ pub fn bench<D: BlockDriver<'static>>(
     let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq.us());
     let (per_req, per_req_frac) = ratio(hypercalls, requests);
     info!(
-        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} flush_ns={} sum={:016x}",
+        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} flush_ns={} notifies={} sum={:016x}",
         disk.name(),
         disk.waiter.mode,
         seq_bytes >> 20,
@@ -846,11 +851,12 @@ pub fn bench<D: BlockDriver<'static>>(
         seq.us(),
         seq.busy_ns_per_request(),
         seq.flush_ns_per_request(),
+        seq.notifies,
         seq.checksum.value(),
     );
     for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
         info!(
-            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} flush_ns={} sum={:016x}",
+            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} flush_ns={} notifies={} sum={:016x}",
             phase.requests,
             phase.depth,
             workload::SEED,
@@ -858,6 +864,7 @@ pub fn bench<D: BlockDriver<'static>>(
             phase.per_second(),
             phase.busy_ns_per_request(),
             phase.flush_ns_per_request(),
+            phase.notifies,
             phase.checksum.value()
         );
     }

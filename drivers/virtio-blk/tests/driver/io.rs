@@ -105,7 +105,7 @@ fn reads_and_writes_round_trip_on_every_kind_of_dma_and_transport() {
             assert_eq!(
                 b.disk.stats_line().to_string(),
                 "blk: stats /virtio_mmio@a003e00 reads=2 writes=1 flushes=1 errors=0 timeouts=0 \
-                 bytes_read=5632 bytes_written=4096"
+                 bytes_read=5632 bytes_written=4096 notifies=4"
             );
             assert_eq!(b.sim.state().notifications, 4);
             shut_down(b, &baseline);
@@ -917,4 +917,117 @@ fn the_ring_is_ordered_for_the_device_by_the_transport_barriers() {
     b.disk.kick(&mut b.rig.env());
     assert_eq!(b.disk.poll(&mut b.rig.env()).as_slice(), [token]);
     assert_eq!(barriers(&b), (before.0 + 2, before.1 + 3, before.2 + 2));
+}
+
+/// A batch of submissions costs one `QueueNotify`, written by the kick that
+/// ends it: the device (which looks at its queue only when notified) sees
+/// none of it before, all of it after; a kick with nothing new writes
+/// nothing; the blocking helpers notify once per batch too.
+#[test]
+fn a_batch_of_submissions_is_one_notification() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::DynamicPool, true);
+    fill_disk(&b.sim, 3);
+    let env = &mut b.rig.env();
+    let tokens: Vec<Token> = (0..16)
+        .map(|i| {
+            b.disk
+                .submit(env, Request::Read { lba: 8 * i, sectors: 8 }, Deadline::NEVER)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(b.sim.state().notifications, 0);
+    assert!(b.sim.state().reads_at.is_empty(), "the device has not looked");
+    assert!(b.disk.poll(env).is_empty());
+    b.disk.kick(env);
+    assert_eq!(b.sim.state().notifications, 1);
+    assert_eq!(b.disk.poll(env).as_slice(), tokens);
+    b.disk.kick(env);
+    assert_eq!(b.sim.state().notifications, 1, "nothing new, no notification");
+    let mut buffer = [0; 4096];
+    for (i, token) in (0..).zip(tokens) {
+        finish(&mut b.disk, env, token, &mut buffer).unwrap();
+        verify(3, 8 * i, &buffer);
+    }
+    // Eight requests of 256 KiB, one batch.
+    let mut big = vec![0; 2 << 20];
+    b.disk.read(env, 0, &mut big, &mut ticking(), 10).unwrap();
+    verify(3, 0, &big);
+    assert_eq!(b.sim.state().notifications, 2);
+    assert_eq!(b.disk.stats().notifies, 2, "counted");
+}
+
+/// A waiter never waits on a request the device was not told about:
+/// `submit_waiting` kicks before it waits. The requests holding both slots
+/// were only published, and the device looks at its queue only when
+/// notified: without the kick, the wait (which, like the kernel's, only
+/// takes what came back, here finishing it) would last until the slot
+/// timeout and fail with `NoFreeSlot`.
+#[test]
+fn a_waiter_for_a_slot_kicks_the_requests_holding_the_slots_first() {
+    let mut b = bench_with(
+        SimConfig::modern(),
+        DeviceKind::NonCoherent,
+        false,
+        Options { in_flight: 2 },
+    );
+    let env = &mut b.rig.env();
+    let held = [0, 8].map(|lba| {
+        b.disk
+            .submit(env, Request::Read { lba, sectors: 8 }, Deadline::NEVER)
+            .unwrap()
+    });
+    let now = std::cell::Cell::new(0_u64);
+    let mut waits = 0;
+    let mut ready = Vec::new();
+    let token = b
+        .disk
+        .submit_waiting(
+            env,
+            Request::Read { lba: 16, sectors: 8 },
+            &mut || now.get(),
+            100,
+            &mut |disk, env| {
+                waits += 1;
+                now.set(now.get() + 10);
+                // What came back is finished, which frees its slot.
+                for &token in &disk.poll(env) {
+                    assert!(matches!(
+                        disk.finish(env, token, &mut |_| {}),
+                        Poll::Ready(Ok(_))
+                    ));
+                    ready.push(token);
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!((waits, b.sim.state().notifications), (1, 1));
+    assert_eq!(ready, held);
+    b.disk.kick(env);
+    assert_eq!(b.disk.poll(env).as_slice(), [token]);
+}
+
+/// A device that set `VIRTQ_USED_F_NO_NOTIFY` (it polls its queue) is not
+/// notified; once it clears the flag, it is again.
+#[test]
+fn a_device_that_asks_not_to_be_notified_is_not() {
+    let mut b = bench(SimConfig::modern(), DeviceKind::Coherent, false);
+    let env = &mut b.rig.env();
+    b.sim.suppress_notifications(true);
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
+        .unwrap();
+    b.disk.kick(env);
+    assert_eq!(b.sim.state().notifications, 0);
+    b.sim.look();
+    assert_eq!(b.disk.poll(env).as_slice(), [token]);
+    b.sim.suppress_notifications(false);
+    let token = b
+        .disk
+        .submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER)
+        .unwrap();
+    b.disk.kick(env);
+    assert_eq!(b.sim.state().notifications, 1);
+    assert_eq!(b.disk.stats().notifies, 1, "counted");
+    assert_eq!(b.disk.poll(env).as_slice(), [token]);
 }

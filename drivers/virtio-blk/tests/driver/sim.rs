@@ -251,6 +251,20 @@ impl Sim {
         });
     }
 
+    /// Sets or clears `VIRTQ_USED_F_NO_NOTIFY` in the used ring, as a device
+    /// that polls its queue does.
+    pub fn suppress_notifications(&self, suppress: bool) {
+        self.with(|s| {
+            let (_, _, used) = s.rings();
+            s.write(used, &u16::from(suppress).to_le_bytes());
+        });
+    }
+
+    /// The device looks at its queue unprompted (a device that polls it).
+    pub fn look(&self) {
+        self.with(SimState::look);
+    }
+
     /// Publishes a used entry naming `id`, which the driver never submitted.
     pub fn return_bogus(&self, id: u32) {
         self.with(|s| s.push_used(id, 1));
@@ -445,6 +459,19 @@ impl SimState {
         self.push_used(u32::from(pending.head), written);
     }
 
+    /// Takes every newly available chain and, with `auto_complete`,
+    /// completes it: what the device does when notified, or when it looks
+    /// at its queue unprompted.
+    fn look(&mut self) {
+        self.take_available();
+        if self.config.auto_complete {
+            while !self.pending.is_empty() {
+                let pending = self.pending.remove(0);
+                self.execute(pending);
+            }
+        }
+    }
+
     fn disk_range(&self, sector: u64, len: u32) -> Option<std::ops::Range<usize>> {
         let start = sector.checked_mul(512)? as usize;
         let end = start.checked_add(len as usize)?;
@@ -542,13 +569,7 @@ impl Transport for Sim {
                     "QueueNotify without a DmaWrite barrier after the ring was written"
                 );
                 s.notifications += 1;
-                s.take_available();
-                if s.config.auto_complete {
-                    while !s.pending.is_empty() {
-                        let pending = s.pending.remove(0);
-                        s.execute(pending);
-                    }
-                }
+                s.look();
             }
             WriteRegister::InterruptAck => s.interrupt_status &= !value,
             WriteRegister::Status => {
