@@ -8,7 +8,7 @@ use core::task::Poll;
 
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaAddr, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping,
-    PoolBuffer, SyncPoint,
+    PoolBuffer, PoolError, SyncPoint,
 };
 use tidepool_mm::{PAGE_SIZE, VirtAddr};
 
@@ -43,9 +43,10 @@ pub struct Options {
     /// Requests in flight at most (request slots). For a device without a
     /// pool of its own each slot holds a staging buffer of the largest
     /// request (260 KiB of heap), allocated at setup (halved, down to one
-    /// slot, while the heap cannot give them all); a pool device builds
-    /// each request in its pool instead. Capped at [`MAX_IN_FLIGHT`] and at
-    /// a third of the queue (a request takes three descriptors).
+    /// slot, while the heap cannot give them all); a pool device's slot
+    /// holds a region of its pool instead, allocated at setup too (as many
+    /// slots as the pool holds). Capped at [`MAX_IN_FLIGHT`] and at a third
+    /// of the queue (a request takes three descriptors).
     pub in_flight: usize,
 }
 
@@ -98,7 +99,7 @@ enum SlotState<'a> {
         request: Completion,
         outcome: Result<(), Failure<'a>>,
         /// A pool device's request region, back from the device, until
-        /// `finish` has copied a read's data out of it.
+        /// `finish` has lent a read's data from it.
         region: Option<PoolBuffer<'a>>,
     },
 }
@@ -111,6 +112,11 @@ struct Slot<'a> {
     /// Its staging region has been zeroed (on first use, not at setup:
     /// 32 slots are 8 MiB of heap to clear).
     staged: bool,
+    /// A pool device's request region, allocated in its pool at setup and
+    /// kept for the device's life: here while the slot is free (mapped
+    /// while it is in flight, in `Done` until finished). A slot of a pool
+    /// device without one (its unmap was refused) takes no more requests.
+    region: Option<PoolBuffer<'a>>,
 }
 
 /// What the device reaches outside the DMA pools, and the one way to stop
@@ -207,6 +213,8 @@ struct Parts<'a> {
     queue: SplitQueue,
     ring: CoherentBuffer<'a>,
     staging: Option<SharedMemory>,
+    /// A pool device's request regions, one per slot.
+    regions: Vec<PoolBuffer<'a>>,
     slots: usize,
 }
 
@@ -265,13 +273,17 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 geometry: parts.geometry,
                 queue: parts.queue,
                 ring: parts.ring,
-                slots: (0..parts.slots)
-                    .map(|_| Slot {
-                        generation: 0,
-                        state: SlotState::Free,
-                        staged: false,
-                    })
-                    .collect(),
+                slots: {
+                    let mut regions = parts.regions.into_iter();
+                    (0..parts.slots)
+                        .map(|_| Slot {
+                            generation: 0,
+                            state: SlotState::Free,
+                            staged: false,
+                            region: regions.next(),
+                        })
+                        .collect()
+                },
                 interrupts: None,
                 head_slot: [0; QUEUE_SIZE_LIMIT as usize],
                 stats: BlkStats::default(),
@@ -316,8 +328,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             .in_flight
             .min(MAX_IN_FLIGHT)
             .min(usize::from(size) / DESCRIPTORS_PER_REQUEST);
-        // A pool device builds each request in its pool, sized to it: no
-        // staging in linear RAM, and no copy between the two.
+        // A pool device builds each request in its pool, in its slot's
+        // region (allocated below): no staging in linear RAM, and no copy
+        // between the two.
         // A heap too small for every slot's staging gets half as many
         // slots, down to one: fewer requests in flight rather than no disk.
         let mut slots = slots;
@@ -367,12 +380,33 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             };
             return Err((error, Some(ring)));
         }
+        // A pool device's request regions: one per slot, each for the
+        // largest request, allocated once here (the device touches none
+        // before a request is published) and kept, so that no request
+        // allocates, or waits for pool room; as many slots as the pool
+        // holds. Taking the pool whole is right for a device's own pool
+        // (`private_pool`), which nothing else allocates from.
+        let regions = match dma.private_pool() {
+            Some(_) => {
+                let bytes = (HEADER_LEN + geometry.max_request as usize + 1)
+                    .next_multiple_of(PAGE_SIZE as usize);
+                match alloc_regions(dma, env, slots, bytes as u64) {
+                    Ok(regions) => regions,
+                    Err(error) => return Err((InitError::Dma { error }, Some(ring))),
+                }
+            }
+            None => Vec::new(),
+        };
+        if !regions.is_empty() {
+            slots = regions.len();
+        }
         Ok(Parts {
             features,
             geometry,
             queue,
             ring,
             staging,
+            regions,
             slots,
         })
     }
@@ -498,11 +532,11 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         let Completion { op, lba, bytes } = completion;
         // Slots are at most a third of the queue, so a free slot always finds
         // its descriptors (the queue's refusal is still handled below).
-        let Some(index) = self
-            .slots
-            .iter()
-            .position(|slot| matches!(slot.state, SlotState::Free))
-        else {
+        // A pool device's slot takes a request only with its region.
+        let staged = self.hold.staging.is_some();
+        let Some(index) = self.slots.iter().position(|slot| {
+            matches!(slot.state, SlotState::Free) && (staged || slot.region.is_some())
+        }) else {
             return Err(BlkError::QueueFull {
                 device,
                 in_flight: self.in_flight(),
@@ -547,11 +581,17 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                     .map_err(dma_error)?
             }
             None => {
-                let region = self
-                    .dma
-                    .alloc_in_pool(env, region_len as u64)
-                    .map_err(dma_error)?;
+                let slot = &mut self.slots[index];
+                let Some(region) = slot.region.take() else {
+                    // Chosen above for having one.
+                    return Err(BlkError::QueueFull {
+                        device,
+                        in_flight: self.in_flight(),
+                    });
+                };
                 fill(&mut pool_memory(&region), 0);
+                // Only the request's bytes are mapped, so only they are
+                // synced (a 4 KiB read's region is two pages, not 65).
                 match self.dma.map_in_pool(
                     env,
                     region,
@@ -560,9 +600,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 ) {
                     Ok(mapping) => mapping,
                     Err((error, region)) => {
-                        // Ours, just allocated: the pool takes it back.
-                        let freed = self.dma.free_in_pool(env, region);
-                        debug_assert!(freed.is_ok(), "{freed:?}");
+                        self.slots[index].region = Some(region);
                         return Err(dma_error(error));
                     }
                 }
@@ -608,9 +646,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             Err(PushError::Sync(error)) => Some(BlkError::Dma { op, lba, error }),
         };
         if let Some(refused) = refused {
-            self.dma
-                .unmap(env, mapping)
-                .map_err(|error| BlkError::Dma { op, lba, error })?;
+            if staged {
+                self.dma.unmap(env, mapping).map_err(dma_error)?;
+            } else {
+                self.slots[index].region =
+                    Some(self.dma.unmap_in_pool(env, mapping).map_err(dma_error)?);
+            }
             return Err(refused);
         }
         let slot = &mut self.slots[index];
@@ -836,10 +877,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     /// or its pool region through the pool's window), which the device
     /// returned and [`Self::poll`]/[`Self::handle_interrupt`] unmapped (the
     /// `ForCpu` sync) before the token became ready; the borrow ends before
-    /// the slot is free again, or its pool region back in the pool.
+    /// the slot is free again. Nothing goes back to the DMA layer here (a
+    /// pool region stays its slot's), so `_env` is unused; it is the
+    /// [`BlockDriver::finish`] signature, whose other drivers need it.
     pub fn finish(
         &mut self,
-        env: &mut DmaEnv<'_, 'a>,
+        _env: &mut DmaEnv<'_, 'a>,
         token: Token,
         data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, BlkError<'a>>> {
@@ -916,10 +959,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         else {
             unreachable!("only a done slot gets here");
         };
-        if let Some(region) = region
-            && let Err(error) = self.dma.free_in_pool(env, region)
-        {
-            return Poll::Ready(Err(BlkError::Dma { op, lba, error }));
+        // The region stays the slot's, for its next request.
+        if region.is_some() {
+            slot.region = region;
         }
         Poll::Ready(match outcome {
             Ok(()) => Ok(request),
@@ -986,10 +1028,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 outcome.and_then(|status| DeviceStatus::check(status).map_err(Failure::Status));
             let slot = &mut self.slots[index];
             if abandoned || expired {
-                if let Some(region) = region {
-                    let freed = self.dma.free_in_pool(env, region);
-                    // Ours, just back from the device: the pool takes it.
-                    debug_assert!(freed.is_ok(), "{freed:?}");
+                // Back with its slot: nothing of it is lent.
+                if region.is_some() {
+                    slot.region = region;
                 }
                 if expired && !abandoned {
                     slot.state = SlotState::Done {
@@ -1186,7 +1227,8 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     }
 
     /// Resets the device (it stops all DMA), unmaps the regions of requests
-    /// it still held, frees the ring, and gives back the DMA context (whose
+    /// it still held, frees a pool device's request regions and the ring,
+    /// and gives back the DMA context (whose
     /// pools are then as before [`Self::new`]). Staging buffers go back to
     /// the heap.
     ///
@@ -1215,6 +1257,16 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
         let mut first_error = None;
         for slot in slots {
+            // A pool device's region, while its slot is free or done.
+            if let Some(region) = slot.region
+                && let Err(error) = dma.free_in_pool(env, region)
+            {
+                first_error.get_or_insert(BlkError::Dma {
+                    op: Op::Flush,
+                    lba: 0,
+                    error,
+                });
+            }
             let (request, result) = match slot.state {
                 SlotState::InFlight {
                     mapping, request, ..
@@ -1243,6 +1295,35 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
         }
         first_error.map_or(Ok(dma), Err)
     }
+}
+
+/// A pool device's request regions: `wanted` of `bytes` each, or as many
+/// as its pool holds (at least one). Nothing stays allocated on an error.
+fn alloc_regions<'a>(
+    dma: &mut DmaDevice<'a>,
+    env: &mut DmaEnv<'_, 'a>,
+    wanted: usize,
+    bytes: u64,
+) -> Result<Vec<PoolBuffer<'a>>, DmaError<'a>> {
+    let mut regions = Vec::with_capacity(wanted);
+    while regions.len() < wanted {
+        match dma.alloc_in_pool(env, bytes) {
+            Ok(region) => regions.push(region),
+            Err(DmaError::Pool {
+                error: PoolError::Exhausted { .. },
+                ..
+            }) if !regions.is_empty() => break,
+            Err(error) => {
+                for region in regions {
+                    // Ours, just allocated: the pool takes it back.
+                    let freed = dma.free_in_pool(env, region);
+                    debug_assert!(freed.is_ok(), "{freed:?}");
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(regions)
 }
 
 /// The CPU's access to a pool buffer, through its pool's window.
@@ -1563,33 +1644,14 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         BlockDevice::kick(self, env);
     }
 
+    /// Every slot taken: a pool device's requests use their slots' regions,
+    /// allocated at setup, so its pool is never the reason.
     fn is_busy(&self, error: &BlkError<'a>) -> bool {
-        match error {
-            BlkError::QueueFull { .. } => true,
-            BlkError::Dma {
-                error:
-                    tidepool_dma::DmaError::Pool {
-                        error: tidepool_dma::PoolError::Exhausted { .. },
-                        ..
-                    },
-                ..
-            } => BlockDevice::in_flight(self) > 0,
-            _ => false,
-        }
+        matches!(error, BlkError::QueueFull { .. })
     }
 
     fn is_full(&self, error: &BlkError<'a>) -> bool {
-        matches!(
-            error,
-            BlkError::QueueFull { .. }
-                | BlkError::Dma {
-                    error: tidepool_dma::DmaError::Pool {
-                        error: tidepool_dma::PoolError::Exhausted { .. },
-                        ..
-                    },
-                    ..
-                }
-        )
+        matches!(error, BlkError::QueueFull { .. })
     }
 
     fn no_free_slot(&self) -> BlkError<'a> {

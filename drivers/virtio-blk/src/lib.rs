@@ -22,9 +22,12 @@
 //! A request is one region, `[16-byte header | data | status byte]`,
 //! contiguous. For a device without a pool of its own it is the slot's
 //! staging buffer in linear RAM, allocated once at setup; for a device with
-//! a pool it is built in place in that pool (a
-//! [`PoolBuffer`](tidepool_dma::PoolBuffer) of exactly the request's pages,
-//! from the DMA layer), so nothing is bounced. The CPU writes the header,
+//! a pool it is built in place in that pool, in the slot's region (a
+//! [`PoolBuffer`](tidepool_dma::PoolBuffer) for the largest request, from
+//! the DMA layer, allocated once at setup: as many slots as the pool holds,
+//! so no request allocates or waits for pool room), mapped for exactly the
+//! request's bytes, so nothing is bounced and only the request's pages are
+//! synced. The CPU writes the header,
 //! the status byte and a write's data there (a read's data area is left to
 //! the device), maps the region once, `Bidirectional` (the device reads the
 //! header and writes the status; a read's data too), and hands the device a
@@ -154,8 +157,8 @@
 //! # No allocation on the I/O path
 //!
 //! Setup allocates the staging buffers (devices without a pool), the slot
-//! table and (through the DMA layer) the ring; a pool device's regions come
-//! from its pool's allocator, which uses no heap. Submission, interrupt handling, polling, expiry,
+//! table and (through the DMA layer) the ring and a pool device's request
+//! regions, one per slot, kept until shutdown. Submission, interrupt handling, polling, expiry,
 //! finishing and the blocking helpers allocate nothing (a test counts).
 //!
 //! # `unsafe`

@@ -30,10 +30,10 @@ const HOST_RAM: PhysRange = PhysRange::new(0x1_0000_0000, (1 << 47) - 0x1_0000_0
 
 /// A static host pool (Xen refuses flushes of it, as 4.17 does).
 pub const STATIC_POOL: &str = "/reserved-memory/dma@78000000";
-pub const STATIC_PHYS: PhysRange = PhysRange::new(0x7800_0000, 0x40_0000);
+pub const STATIC_PHYS: PhysRange = PhysRange::new(0x7800_0000, 0x100_0000);
 /// A dynamic pool in the guest's own RAM (Xen accepts flushes of it).
 pub const DYNAMIC_POOL: &str = "/reserved-memory/dma-pool-dynamic";
-pub const DYNAMIC_PHYS: PhysRange = PhysRange::new(0x7c00_0000, 0x40_0000);
+pub const DYNAMIC_PHYS: PhysRange = PhysRange::new(0x7c00_0000, 0x100_0000);
 /// The kernel's non-cacheable pool.
 const NC_POOL: &str = "tidepool:nc-pool";
 pub const NC_PHYS: PhysRange = PhysRange::new(0x7a00_0000, 0x10_0000);

@@ -14,7 +14,7 @@ use tidepool_virtio_blk::{
     Options, Request, Token,
 };
 
-use crate::host::{DEVICE, DeviceKind, Rig};
+use crate::host::{DEVICE, DYNAMIC_PHYS, DeviceKind, Rig};
 use crate::sim::{S_IOERR, S_UNSUPP, Sim, SimConfig};
 use crate::{Bench, bench, bench_with, ticking};
 
@@ -931,18 +931,32 @@ fn a_batch_of_submissions_is_one_notification() {
     let tokens: Vec<Token> = (0..16)
         .map(|i| {
             b.disk
-                .submit(env, Request::Read { lba: 8 * i, sectors: 8 }, Deadline::NEVER)
+                .submit(
+                    env,
+                    Request::Read {
+                        lba: 8 * i,
+                        sectors: 8,
+                    },
+                    Deadline::NEVER,
+                )
                 .unwrap()
         })
         .collect();
     assert_eq!(b.sim.state().notifications, 0);
-    assert!(b.sim.state().reads_at.is_empty(), "the device has not looked");
+    assert!(
+        b.sim.state().reads_at.is_empty(),
+        "the device has not looked"
+    );
     assert!(b.disk.poll(env).is_empty());
     b.disk.kick(env);
     assert_eq!(b.sim.state().notifications, 1);
     assert_eq!(b.disk.poll(env).as_slice(), tokens);
     b.disk.kick(env);
-    assert_eq!(b.sim.state().notifications, 1, "nothing new, no notification");
+    assert_eq!(
+        b.sim.state().notifications,
+        1,
+        "nothing new, no notification"
+    );
     let mut buffer = [0; 4096];
     for (i, token) in (0..).zip(tokens) {
         finish(&mut b.disk, env, token, &mut buffer).unwrap();
@@ -983,7 +997,10 @@ fn a_waiter_for_a_slot_kicks_the_requests_holding_the_slots_first() {
         .disk
         .submit_waiting(
             env,
-            Request::Read { lba: 16, sectors: 8 },
+            Request::Read {
+                lba: 16,
+                sectors: 8,
+            },
             &mut || now.get(),
             100,
             &mut |disk, env| {
@@ -1030,4 +1047,76 @@ fn a_device_that_asks_not_to_be_notified_is_not() {
     assert_eq!(b.sim.state().notifications, 1);
     assert_eq!(b.disk.stats().notifies, 1, "counted");
     assert_eq!(b.disk.poll(env).as_slice(), [token]);
+}
+
+/// A pool device's request regions are allocated once, at setup: one per
+/// slot, each for the largest request, as many as its pool holds. A request
+/// neither allocates from the pool nor waits for room in it (a sixth waits
+/// for a slot), and shutdown gives every region back.
+#[test]
+fn a_pool_device_has_a_region_per_slot_allocated_once_at_setup() {
+    const PAGE: u64 = 4096;
+    let mut rig = Rig::new(true);
+    let baseline = rig.usage();
+    // Another allocation leaves room for the ring (two pages) and five
+    // regions of 65 pages.
+    let mut other = rig.dma_device_named(DeviceKind::DynamicPool, "/other");
+    let taken = other
+        .alloc_in_pool(&mut rig.env(), DYNAMIC_PHYS.size - (2 + 5 * 65) * PAGE)
+        .unwrap();
+    let sim = Sim::new(SimConfig::modern(), rig.map);
+    let mut disk = crate::init(
+        &mut rig,
+        &sim,
+        DeviceKind::DynamicPool,
+        Options { in_flight: 16 },
+    )
+    .unwrap();
+    assert_eq!(disk.slots(), 5);
+    let set_up = rig.usage();
+    fill_disk(&sim, 4);
+    for round in 0..3_u64 {
+        let env = &mut rig.env();
+        let tokens: Vec<Token> = (0..5)
+            .map(|i| {
+                let request = if i % 2 == 0 {
+                    Request::Read {
+                        lba: 512 * i,
+                        sectors: 512,
+                    }
+                } else {
+                    Request::Read {
+                        lba: 8 * i,
+                        sectors: 8,
+                    }
+                };
+                disk.submit(env, request, Deadline::NEVER).unwrap()
+            })
+            .collect();
+        assert!(matches!(
+            disk.submit(env, Request::Read { lba: 0, sectors: 8 }, Deadline::NEVER),
+            Err(BlkError::QueueFull { .. })
+        ));
+        assert_eq!(
+            rig.usage(),
+            set_up,
+            "round {round}: in flight, nothing allocated"
+        );
+        let env = &mut rig.env();
+        disk.kick(env);
+        assert_eq!(disk.poll(env).as_slice(), tokens, "round {round}");
+        for (i, token) in (0..).zip(tokens) {
+            let lba = if i % 2 == 0 { 512 * i } else { 8 * i };
+            let done = disk.finish(env, token, &mut |bytes| verify(4, lba, bytes));
+            assert!(matches!(done, Poll::Ready(Ok(_))));
+        }
+        assert_eq!(
+            rig.usage(),
+            set_up,
+            "round {round}: finished, nothing freed"
+        );
+    }
+    disk.shutdown(&mut rig.env()).unwrap();
+    other.free_in_pool(&mut rig.env(), taken).unwrap();
+    assert_eq!(rig.usage(), baseline);
 }
