@@ -12,10 +12,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::blkif::{
-    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY, BLKIF_SEGMENTS_PER_INDIRECT_PAGE, BlkifRequest, BlkifRequestIndirect,
-    BlkifRequestSegment, BlkifResponse,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_RING_ORDER, BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BLKIF_SEGMENTS_PER_INDIRECT_PAGE,
+    BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, BlkifResponse, blkif_ring_slots,
 };
 use crate::domain::DomId;
 use crate::event::EvtchnPort;
@@ -342,6 +342,53 @@ pub fn probe<C: StoreChannel>(
     Ok((vbd, features))
 }
 
+/// The shared ring the front end sets up for a back end, and how many
+/// requests it keeps in flight on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RingLayout {
+    /// `ring-page-order`: the ring is `2^order` pages.
+    pub order: u32,
+    /// Entries of the ring (`BLK_RING_SIZE`).
+    pub entries: usize,
+    /// Requests in flight at most: one ring entry each, so never more than
+    /// the ring holds.
+    pub requests: usize,
+}
+
+impl RingLayout {
+    /// The ring for a back end offering `max-ring-page-order` `offered` (0
+    /// when it offers none: one page, published as `ring-ref`), for a front
+    /// end that keeps at most `in_flight` requests in flight (the block
+    /// layer's `MAX_IN_FLIGHT`).
+    ///
+    /// The order is the smallest whose ring holds `in_flight` requests,
+    /// within the offer and [`BLKIF_MAX_RING_ORDER`]. Each request in flight
+    /// takes one ring entry (an indirect request carries its segments in its
+    /// own pages), so a ring of more entries than requests in flight only
+    /// costs pages and grants, and fewer entries cap the queue depth: with
+    /// 42 in flight that is order 1 (64 entries, 2 pages) rather than the 16
+    /// pages (512 entries) Linux's blkback offers. A back end offering less
+    /// gets the largest ring it takes, and the requests in flight shrink to
+    /// its entries (32 on one page).
+    pub fn choose(offered: u32, in_flight: usize) -> Self {
+        let cap = offered.min(BLKIF_MAX_RING_ORDER);
+        let order = (0..=cap)
+            .find(|&order| blkif_ring_slots(order) >= in_flight)
+            .unwrap_or(cap);
+        let entries = blkif_ring_slots(order);
+        Self {
+            order,
+            entries,
+            requests: entries.min(in_flight),
+        }
+    }
+
+    /// Pages of the ring.
+    pub const fn pages(&self) -> usize {
+        1 << self.order
+    }
+}
+
 /// What the front end publishes.
 #[derive(Clone, Copy, Debug)]
 pub struct FrontendSetup<'a> {
@@ -532,15 +579,9 @@ enum Slot {
 /// The requests in flight, by slot; ids carry a generation so a stale or
 /// forged id is caught.
 #[derive(Debug)]
-pub struct Inflight<const N: usize> {
-    slots: [Slot; N],
-    generation: [u32; N],
-}
-
-impl<const N: usize> Default for Inflight<N> {
-    fn default() -> Self {
-        Self::new()
-    }
+pub struct Inflight {
+    slots: Vec<Slot>,
+    generation: Vec<u32>,
 }
 
 /// A finished request.
@@ -563,13 +604,18 @@ pub enum RequestFailure {
     NotSupported,
 }
 
-impl<const N: usize> Inflight<N> {
-    /// No requests.
-    pub const fn new() -> Self {
+impl Inflight {
+    /// `slots` free slots (see [`RingLayout::requests`]).
+    pub fn new(slots: usize) -> Self {
         Self {
-            slots: [Slot::Free; N],
-            generation: [0; N],
+            slots: alloc::vec![Slot::Free; slots],
+            generation: alloc::vec![0; slots],
         }
+    }
+
+    /// Slots, taken or free.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Requests in flight.
