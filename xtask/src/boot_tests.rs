@@ -56,6 +56,9 @@ pub struct PvSpec {
     /// tidepool is a dom0less domU next to the Linux dom0 (see
     /// `crate::pv::PvGuest::dom0less`).
     pub dom0less: bool,
+    /// Linux's blkback offers this `max-ring-page-order` (see
+    /// `crate::pv::PvGuest::blkback_max_ring_order`).
+    pub blkback_max_ring_order: Option<u32>,
 }
 
 /// Printed between the consoles of a test's two boots.
@@ -1124,6 +1127,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
                 read_only: test.disks.first().is_some_and(|d| d.read_only),
                 detach_on: spec.detach_on.map(String::from),
                 dom0less: spec.dom0less,
+                blkback_max_ring_order: spec.blkback_max_ring_order,
             };
             // xl console in dom0 reads the serial line, where Xen sends
             // input for dom0: typing needs no console switch.
@@ -1233,7 +1237,7 @@ fn pv() -> Vec<BootTest> {
     .reject(PV_REJECT);
     detach.pv = Some(PvSpec {
         detach_on: Some("blk: xvda pv devid="),
-        dom0less: false,
+        ..PvSpec::default()
     });
     let mut dom0less = guest("pv-dom0less-block-attach", WRITE_AND_VERIFY)
         .with_disks(&[disk(1, Some(REWRITTEN))])
@@ -1255,8 +1259,35 @@ fn pv() -> Vec<BootTest> {
         // tidepool's errors; dom0's toolstack may print its own.
         .reject(&["(d1) error: "]);
     dom0less.pv = Some(PvSpec {
-        detach_on: None,
         dom0less: true,
+        ..PvSpec::default()
+    });
+    // Read-only, and the single-page fallback: dom0 loads blkback with
+    // `max_ring_page_order=0`, so the ring is one page (`ring-ref`) with 32
+    // entries and 32 requests in flight (the verify keeps them busy).
+    let mut read_only = guest("pv-xl-read-only", "blk-write=2@0+8 blk-verify=1")
+        .with_disks(&[TestDisk {
+            read_only: true,
+            ..disk(
+                1,
+                Some(DiskPattern {
+                    seed: 1,
+                    written: None,
+                }),
+            )
+        }])
+        .expect(&attached)
+        .expect(&[
+            "read_only=1 flush=1 persistent=1 max_ring_page_order=0 indirect_segments=256 \
+             request_bytes=131072 ring_pages=1 ring_entries=32 slots=32",
+            "error: blk: xvda write of sectors 0..8: the disk is read-only",
+            "blk: verify xvda sectors=16384 ok",
+        ])
+        .expect(&shut_down)
+        .reject(PV_REJECT);
+    read_only.pv = Some(PvSpec {
+        blkback_max_ring_order: Some(0),
+        ..PvSpec::default()
     });
     // The monitor's `blk` commands on a PV disk go through the same loop as
     // on virtio; the disk stays open until `poweroff` closes it.
@@ -1296,13 +1327,17 @@ fn pv() -> Vec<BootTest> {
         .with_disks(&[disk(1, Some(REWRITTEN))])
         .expect(&attached)
         .expect(&[
-            "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
+            // Linux's blkback offers 16 pages; 2 (64 entries) hold the 42
+            // requests the block layer keeps in flight.
+            "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256 \
+             request_bytes=131072 ring_pages=2 ring_entries=64 slots=42",
             "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
             "blk: verify xvda sectors=16384 ok",
             // The one transfer loop's lines, as for virtio.
             "blk: bench seq device=xvda wait=poll mib=8 ",
             "blk: bench qd1 ",
-            "blk: bench qd32 ",
+            // 32 in flight: more than a one-page ring's slots would allow.
+            "blk: bench qd32 reqs=4096 in_flight=32 ",
             "blk: bench dma requests=",
             "blk: stats xvda reads=",
             "blk: xvda closed state=6 grants_still_mapped=0",
@@ -1310,25 +1345,7 @@ fn pv() -> Vec<BootTest> {
         .expect(&shut_down)
         .reject(PV_REJECT)
         .reject(&["error: "]),
-        guest("pv-xl-read-only", "blk-write=2@0+8 blk-verify=1")
-            .with_disks(&[TestDisk {
-                read_only: true,
-                ..disk(
-                    1,
-                    Some(DiskPattern {
-                        seed: 1,
-                        written: None,
-                    }),
-                )
-            }])
-            .expect(&attached)
-            .expect(&[
-                "read_only=1 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
-                "error: blk: xvda write of sectors 0..8: the disk is read-only",
-                "blk: verify xvda sectors=16384 ok",
-            ])
-            .expect(&shut_down)
-            .reject(PV_REJECT),
+        read_only,
         detach,
         dom0less,
     ]

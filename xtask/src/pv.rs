@@ -198,6 +198,10 @@ pub struct PvGuest {
     /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
     /// runs `init-dom0less`, then `xl block-attach`es the disk.
     pub dom0less: bool,
+    /// Load Linux's blkback with this `max_ring_page_order` (its default,
+    /// 4 on Debian's kernel, when `None`). The parameter is read-only in
+    /// sysfs, so it is given to `insmod`.
+    pub blkback_max_ring_order: Option<u32>,
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
@@ -327,7 +331,13 @@ fn xl_config(guest: &PvGuest, linux: bool) -> String {
 fn init_script(modules: &[String], guest: &PvGuest) -> String {
     let insmods: String = modules
         .iter()
-        .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
+        .map(|m| {
+            let args = match guest.blkback_max_ring_order {
+                Some(order) if m == "xen_blkback" => format!(" max_ring_page_order={order}"),
+                _ => String::new(),
+            };
+            format!("insmod /lib/modules/{m}.ko{args} || fail \"insmod {m}\"\n")
+        })
         .collect();
     let wait_disk = if guest.disk.is_some() {
         "n=0\nwhile [ ! -b /dev/vda ]; do\n    n=$((n + 1))\n    [ $n -gt 500 ] && fail \"no /dev/vda after 5 s\"\n    usleep 10000\ndone\n"
@@ -442,6 +452,7 @@ mod tests {
             read_only: false,
             detach_on: None,
             dom0less: false,
+            blkback_max_ring_order: None,
         }
     }
 
@@ -496,6 +507,18 @@ mod tests {
             at += found + step.len();
         }
         assert!(!script.contains("block-detach"));
+        assert!(!script.contains("max_ring_page_order"));
+        let one_page = init_script(
+            &["xen_blkback".into(), "loop".into()],
+            &PvGuest {
+                blkback_max_ring_order: Some(0),
+                ..guest()
+            },
+        );
+        assert!(one_page.contains(
+            "insmod /lib/modules/xen_blkback.ko max_ring_page_order=0 || fail \"insmod xen_blkback\"\n\
+             insmod /lib/modules/loop.ko ||"
+        ));
         let detaching = init_script(
             &[],
             &PvGuest {

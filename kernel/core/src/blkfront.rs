@@ -5,10 +5,13 @@
 //! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
 //! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
-//! One ring page and, per ring slot, its data pages (11, a direct
-//! request's segments; or [`INDIRECT_SEGMENTS`] and one indirect page when
-//! the back end takes indirect requests), all granted to the back end once
-//! at setup and kept granted (the front end's side of persistent grants, as
+//! A ring of `2^order` pages ([`RingLayout::choose`]: two pages, 64 entries,
+//! for the block layer's 42 requests in flight when the back end offers
+//! `max-ring-page-order`; one page, 32 entries, when it does not) and, per
+//! request slot, its data pages (11, a direct request's segments; or
+//! [`INDIRECT_SEGMENTS`] and one indirect page when the back end takes
+//! indirect requests), all granted to the back end once at setup and kept
+//! granted (the front end's side of persistent grants, as
 //! Linux keeps them): data is copied between the caller's buffer and a
 //! slot's pages, so no request grants or revokes anything. Every response is
 //! checked (`Inflight::complete`) before its slot is reused; a request
@@ -34,13 +37,14 @@ use tidepool_block::{
 use tidepool_dma::{DmaDevice, DmaEnv};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
-    self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd,
-    XenbusState,
+    self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, RingLayout,
+    SECTORS_PER_PAGE, Vbd, XenbusState,
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_RESPONSE_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
+    BLKIF_RESPONSE_WORDS, BLKIF_SLOT_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
+use tidepool_xen_abi::ring::RingError;
 use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{
     EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
@@ -49,14 +53,11 @@ use tidepool_xen_abi::{
 use crate::arch::aarch64::cpu;
 use crate::xen::{Xen, events, grants, store};
 
-/// Segments of an indirect request (128 KiB; Linux's blkfront default too):
-/// [`SLOTS`] of them are 2.6 MiB of granted pages, about 700 grants.
+/// Segments of an indirect request (128 KiB; Linux's blkfront default too).
+/// Each request slot keeps its own: at the block interface's
+/// [`MAX_IN_FLIGHT`] (42) slots that is 5.4 MiB of the heap (16 MiB in a
+/// 128 MiB `xl` guest) and 1386 grants of the grant table's 2040.
 pub const INDIRECT_SEGMENTS: usize = 32;
-/// Requests in flight at once: within the one-page ring's 32 entries and
-/// the block interface's [`MAX_IN_FLIGHT`] (42, sized for virtio's 128-entry
-/// queue); each in-flight request keeps its own data pages.
-const SLOTS: usize = 21;
-const _: () = assert!(SLOTS <= MAX_IN_FLIGHT && SLOTS <= 32);
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
 /// response after this time finds its slot expired and breaks the device.
@@ -124,9 +125,11 @@ pub struct PvDisk {
     ring: BlkifFrontRing<'static>,
     port: EvtchnPort,
     signalled: &'static AtomicBool,
-    inflight: Inflight<SLOTS>,
+    /// The ring's pages and entries, and the request slots on it.
+    layout: RingLayout,
+    inflight: Inflight,
     /// What each taken slot holds.
-    sent: [Option<Sent>; SLOTS],
+    sent: Vec<Option<Sent>>,
     /// Each slot's data pages and their grants.
     pages: Vec<&'static mut [u8]>,
     grefs: Vec<Vec<GrantRef>>,
@@ -139,7 +142,7 @@ pub struct PvDisk {
     /// requests.
     segments: usize,
     /// Results of finished requests not yet collected, by slot.
-    done: [Option<Result<(), BlkfrontError>>; SLOTS],
+    done: Vec<Option<Result<(), BlkfrontError>>>,
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
     token: String,
@@ -152,8 +155,15 @@ pub struct PvDisk {
 pub enum PvSetupError {
     /// The protocol failed.
     Protocol(BlkfrontError),
-    /// No memory for the ring or data pages.
-    NoMemory,
+    /// The heap has no room for the ring or a slot's pages.
+    NoMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// The ring's area does not make a ring.
+    Ring(RingError),
     /// A grant failed.
     Grant(grants::GrantTableError),
     /// The event channel failed.
@@ -166,7 +176,8 @@ impl core::fmt::Display for PvSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Protocol(e) => write!(f, "{e}"),
-            Self::NoMemory => f.write_str("no memory for the rings"),
+            Self::NoMemory { what, bytes } => write!(f, "no memory for the {what} ({bytes} bytes)"),
+            Self::Ring(e) => write!(f, "ring: {e}"),
             Self::Grant(e) => write!(f, "grant: {e}"),
             Self::Event(e) => write!(f, "event channel: {e}"),
             Self::SectorSize(size) => write!(f, "sector-size {size} (512 only)"),
@@ -244,13 +255,32 @@ impl PvDisk {
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
         let backend = vbd.backend_id;
-        let (ring_page, ring_pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory)?;
-        // SAFETY: a page-aligned page of linear RAM this driver alone owns
-        // for the kernel's lifetime; `BlkifSharedRing` (3648 bytes, 8-byte
-        // aligned) is made of atomics, so the back end writing it is sound.
-        let shared: &'static BlkifSharedRing =
-            unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
-        let ring = BlkifFrontRing::init(shared);
+        let layout = RingLayout::choose(features.max_ring_page_order, MAX_IN_FLIGHT);
+        let slots = layout.requests;
+        // One allocation from the heap, which is linear RAM: the pages are
+        // virtually contiguous, as the ring logic needs (one slice of
+        // entries over them); that they are physically contiguous too is
+        // not needed (each page is granted on its own) but costs nothing at
+        // two pages.
+        let (ring_area, ring_pa) =
+            alloc_pages(map, layout.pages()).ok_or(PvSetupError::NoMemory {
+                what: "ring",
+                bytes: layout.pages() * PAGE,
+            })?;
+        let entries = core::ptr::slice_from_raw_parts(
+            ring_area
+                .as_ptr()
+                .cast::<[core::sync::atomic::AtomicU64; BLKIF_SLOT_WORDS]>(),
+            layout.entries,
+        );
+        // SAFETY: `ring_area` is `layout.pages()` page-aligned pages of
+        // linear RAM, zeroed, never freed, this driver's alone; the ring's
+        // 64-byte header and `layout.entries` slots fit in it (its entries
+        // are `__CONST_RING_SIZE` over those pages: only slots that fit
+        // after the header). `BlkifSharedRing` is atomics (8-byte aligned),
+        // valid zeroed, so the back end writing it at any time is sound.
+        let shared: &'static BlkifSharedRing = unsafe { &*(entries as *const BlkifSharedRing) };
+        let ring = BlkifFrontRing::init(shared).map_err(PvSetupError::Ring)?;
         let name: &'static str = name.leak();
         let mut grant_stats = GrantStats {
             name,
@@ -272,25 +302,33 @@ impl PvDisk {
             held.push(grant);
             Ok(gref)
         };
-        let ring_ref = grant(ring_pa.0, GrantAccess::ReadWrite)?;
+        let ring_refs = (0..layout.pages())
+            .map(|i| grant(ring_pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
+            .collect::<Result<Vec<_>, _>>()?;
         let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
         let segments = if indirect_ok {
             INDIRECT_SEGMENTS
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
         };
-        let mut pages = Vec::with_capacity(SLOTS);
-        let mut grefs = Vec::with_capacity(SLOTS);
+        let mut pages = Vec::with_capacity(slots);
+        let mut grefs = Vec::with_capacity(slots);
         let mut indirect = Vec::new();
-        for _ in 0..SLOTS {
-            let (buffer, pa) = alloc_pages(map, segments).ok_or(PvSetupError::NoMemory)?;
+        for _ in 0..slots {
+            let (buffer, pa) = alloc_pages(map, segments).ok_or(PvSetupError::NoMemory {
+                what: "data pages of a request slot",
+                bytes: segments * PAGE,
+            })?;
             let refs = (0..segments)
                 .map(|i| grant(pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
                 .collect::<Result<Vec<_>, _>>()?;
             pages.push(buffer);
             grefs.push(refs);
             if indirect_ok {
-                let (page, pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory)?;
+                let (page, pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory {
+                    what: "indirect page of a request slot",
+                    bytes: PAGE,
+                })?;
                 // Read-write although the back end only reads it: with
                 // persistent grants Linux's blkback maps every page
                 // read-write, and a read-only grant fails that map.
@@ -306,7 +344,7 @@ impl PvDisk {
         // `feature-persistent` promises the back end (it may keep them
         // mapped); Linux's blkback advertises its side only when it connects.
         let setup = FrontendSetup {
-            ring_refs: &[ring_ref],
+            ring_refs: &ring_refs,
             port,
             persistent: true,
         };
@@ -337,14 +375,15 @@ impl PvDisk {
             ring,
             port,
             signalled,
-            inflight: Inflight::new(),
-            sent: [None; SLOTS],
+            layout,
+            inflight: Inflight::new(slots),
+            sent: alloc::vec![None; slots],
             pages,
             grefs,
             indirect,
             grants: held,
             segments,
-            done: [const { None }; SLOTS],
+            done: alloc::vec![None; slots],
             broken: None,
             token,
             stats: BlkStats::default(),
@@ -356,7 +395,8 @@ impl PvDisk {
     pub fn info_line(&self) -> String {
         format!(
             "blk: {} pv devid={} backend={} sectors={} sector_size={} read_only={} flush={} \
-             persistent={} max_ring_page_order={} indirect_segments={} request_bytes={}",
+             persistent={} max_ring_page_order={} indirect_segments={} request_bytes={} \
+             ring_pages={} ring_entries={} slots={}",
             self.name,
             self.vbd.devid,
             self.vbd.backend,
@@ -367,7 +407,10 @@ impl PvDisk {
             u8::from(self.persistent),
             self.features.max_ring_page_order,
             self.features.max_indirect_segments,
-            self.request_bytes()
+            self.request_bytes(),
+            self.layout.pages(),
+            self.layout.entries,
+            self.inflight.slots()
         )
     }
 
@@ -482,8 +525,9 @@ impl PvDisk {
         if let Err(err) = self.ring.put_request(&request) {
             self.forget(slot);
             return Err(BlkfrontError::BadRequest(match err {
-                tidepool_xen_abi::ring::RingError::Full { .. } => "ring full",
-                tidepool_xen_abi::ring::RingError::ResponseOverflow { .. } => "ring overrun",
+                RingError::Full { .. } => "ring full",
+                RingError::ResponseOverflow { .. } => "ring overrun",
+                RingError::BadSize { .. } => "ring size",
             }));
         }
         if self.ring.push_requests() {
@@ -642,7 +686,7 @@ impl BlockDriver<'static> for PvDisk {
     }
 
     fn slots(&self) -> usize {
-        SLOTS
+        self.inflight.slots()
     }
 
     fn in_flight(&self) -> usize {
