@@ -261,7 +261,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
             read_only: false,
             detach_on: None,
             dom0less: args.domu,
-            blkback_max_ring_order: None,
+            blkback_params: String::new(),
         };
         let run_dir = ws.build.join("run-pv").join(std::process::id().to_string());
         let qemu = pv::qemu_args(ws, &image, &guest, &run_dir)?;

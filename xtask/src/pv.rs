@@ -198,10 +198,11 @@ pub struct PvGuest {
     /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
     /// runs `init-dom0less`, then `xl block-attach`es the disk.
     pub dom0less: bool,
-    /// Load Linux's blkback with this `max_ring_page_order` (its default,
-    /// 4 on Debian's kernel, when `None`). The parameter is read-only in
-    /// sysfs, so it is given to `insmod`.
-    pub blkback_max_ring_order: Option<u32>,
+    /// Module parameters for Linux's blkback (`max_ring_page_order=0`,
+    /// `max_persistent_grants=2048`; empty: its defaults, 4 and 1056 on
+    /// Debian's kernel), given to `insmod`: `max_ring_page_order` is
+    /// read-only in sysfs.
+    pub blkback_params: String,
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
@@ -332,8 +333,8 @@ fn init_script(modules: &[String], guest: &PvGuest) -> String {
     let insmods: String = modules
         .iter()
         .map(|m| {
-            let args = match guest.blkback_max_ring_order {
-                Some(order) if m == "xen_blkback" => format!(" max_ring_page_order={order}"),
+            let args = match guest.blkback_params.as_str() {
+                params if m == "xen_blkback" && !params.is_empty() => format!(" {params}"),
                 _ => String::new(),
             };
             format!("insmod /lib/modules/{m}.ko{args} || fail \"insmod {m}\"\n")
@@ -452,7 +453,7 @@ mod tests {
             read_only: false,
             detach_on: None,
             dom0less: false,
-            blkback_max_ring_order: None,
+            blkback_params: String::new(),
         }
     }
 
@@ -507,11 +508,11 @@ mod tests {
             at += found + step.len();
         }
         assert!(!script.contains("block-detach"));
-        assert!(!script.contains("max_ring_page_order"));
+        assert!(script.contains("insmod /lib/modules/xenfs.ko || fail"));
         let one_page = init_script(
             &["xen_blkback".into(), "loop".into()],
             &PvGuest {
-                blkback_max_ring_order: Some(0),
+                blkback_params: "max_ring_page_order=0".into(),
                 ..guest()
             },
         );

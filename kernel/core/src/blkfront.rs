@@ -5,10 +5,11 @@
 //! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
 //! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
-//! A ring of `2^order` pages ([`RingLayout::choose`]: two pages, 64 entries,
-//! for the block layer's 42 requests in flight when the back end offers
-//! `max-ring-page-order`; one page, 32 entries, when it does not) and, per
-//! request slot, its data pages (11, a direct request's segments; or
+//! A ring of `2^order` pages ([`RingLayout::choose`]: as many requests in
+//! flight as the block layer's 42 and the back end's persistent grants
+//! allow, on the smallest ring that holds them: against Linux's blkback
+//! with indirect requests, 32 on one page; with `blk-pv-grants=2048`, or
+//! direct requests, 42 on two pages) and, per request slot, its data pages (11, a direct request's segments; or
 //! [`INDIRECT_SEGMENTS`] and one indirect page when the back end takes
 //! indirect requests), all granted to the back end once at setup and kept
 //! granted (the front end's side of persistent grants, as
@@ -37,8 +38,8 @@ use tidepool_block::{
 use tidepool_dma::{DmaDevice, DmaEnv};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
-    self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, RingLayout,
-    SECTORS_PER_PAGE, Vbd, XenbusState,
+    self, BLKBACK_PERSISTENT_GRANTS, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup,
+    Inflight, RingLayout, SECTORS_PER_PAGE, Vbd, XenbusState,
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
@@ -54,9 +55,10 @@ use crate::arch::aarch64::cpu;
 use crate::xen::{Xen, events, grants, store};
 
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too).
-/// Each request slot keeps its own: at the block interface's
-/// [`MAX_IN_FLIGHT`] (42) slots that is 5.4 MiB of the heap (16 MiB in a
-/// 128 MiB `xl` guest) and 1386 grants of the grant table's 2040.
+/// Each request slot keeps its own: 32 slots (Linux's blkback's persistent
+/// grants) are 4.1 MiB of the heap (16 MiB in a 128 MiB `xl` guest) and
+/// 1056 grants; the block interface's [`MAX_IN_FLIGHT`] (42), 5.4 MiB and
+/// 1386 grants of the grant table's 2040.
 pub const INDIRECT_SEGMENTS: usize = 32;
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
@@ -220,8 +222,11 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
 }
 
 /// Sets up every `device/vbd` of this domain; a device that fails is
-/// reported and left out.
-pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
+/// reported and left out. `persistent_grants` is how many grants the back
+/// end keeps mapped, which it does not say (`blk-pv-grants=`; Linux
+/// blkback's default, [`BLKBACK_PERSISTENT_GRANTS`], if `None`).
+pub fn probe(map: &AddressMap, persistent_grants: Option<usize>) -> Vec<PvDisk> {
+    let persistent_grants = persistent_grants.unwrap_or(BLKBACK_PERSISTENT_GRANTS);
     let found = if store::came_late() {
         Some(wait_for_attach())
     } else {
@@ -238,7 +243,7 @@ pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
     let mut disks = Vec::new();
     for devid in devids {
         let name = blkfront::disk_name(devid);
-        match PvDisk::set_up(map, devid, name.clone()) {
+        match PvDisk::set_up(map, devid, name.clone(), persistent_grants) {
             Ok(disk) => {
                 info!("{}", disk.info_line());
                 disks.push(disk);
@@ -250,12 +255,29 @@ pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
 }
 
 impl PvDisk {
-    fn set_up(map: &AddressMap, devid: u32, name: String) -> Result<Self, PvSetupError> {
+    fn set_up(
+        map: &AddressMap,
+        devid: u32,
+        name: String,
+        persistent_grants: usize,
+    ) -> Result<Self, PvSetupError> {
         let (vbd, features) = store::with(|xs| blkfront::probe(xs, devid)).ok_or(
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
         let backend = vbd.backend_id;
-        let layout = RingLayout::choose(features.max_ring_page_order, MAX_IN_FLIGHT);
+        let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
+        let segments = if indirect_ok {
+            INDIRECT_SEGMENTS
+        } else {
+            BLKIF_MAX_SEGMENTS_PER_REQUEST
+        };
+        // Each request slot keeps its data pages (and indirect page) granted.
+        let layout = RingLayout::choose(
+            features.max_ring_page_order,
+            MAX_IN_FLIGHT,
+            segments + usize::from(indirect_ok),
+            persistent_grants,
+        );
         let slots = layout.requests;
         // One allocation from the heap, which is linear RAM: the pages are
         // virtually contiguous, as the ring logic needs (one slice of
@@ -305,12 +327,6 @@ impl PvDisk {
         let ring_refs = (0..layout.pages())
             .map(|i| grant(ring_pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
             .collect::<Result<Vec<_>, _>>()?;
-        let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
-        let segments = if indirect_ok {
-            INDIRECT_SEGMENTS
-        } else {
-            BLKIF_MAX_SEGMENTS_PER_REQUEST
-        };
         let mut pages = Vec::with_capacity(slots);
         let mut grefs = Vec::with_capacity(slots);
         let mut indirect = Vec::new();

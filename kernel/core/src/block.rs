@@ -180,15 +180,21 @@ struct Waiter {
 /// of the device tree, then the domain's Xen PV disks, each waiting as
 /// `wait` says. Transports without a device, or with another kind, and
 /// controllers without a card are skipped; a device that fails to set up is
-/// reported and left out.
-pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<AnyDisk> {
+/// reported and left out. `pv_grants` is what the PV disks' back end keeps
+/// mapped (`blk-pv-grants=`; see `blkfront::probe`).
+pub fn probe(
+    dt: &'static DeviceTree,
+    dma: &mut Dma,
+    wait: WaitMode,
+    pv_grants: Option<usize>,
+) -> Vec<AnyDisk> {
     let mut disks: Vec<AnyDisk> = probe_virtio(dt, dma)
         .into_iter()
         .map(AnyDisk::Virtio)
         .collect();
     disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
     disks.extend(
-        blkfront::probe(dma.address_map())
+        blkfront::probe(dma.address_map(), pv_grants)
             .into_iter()
             .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
     );

@@ -202,8 +202,9 @@ fn ring_refs(layout: &RingLayout) -> Vec<GrantRef> {
 
 /// Probes and connects against a blkback offering `offered` as its
 /// `max-ring-page-order` (`None`: no such key), with the ring
-/// [`RingLayout::choose`] picks for 42 requests in flight; returns the
-/// layout and the front end's keys.
+/// [`RingLayout::choose`] picks for 42 direct requests in flight (11 grants
+/// each, within blkback's persistent grants); returns the layout and the
+/// front end's keys.
 fn connect_offering(offered: Option<&str>) -> (RingLayout, Vec<(String, String)>) {
     let page = XenstoreInterface::new();
     let (mut xs, sim) = client(&page);
@@ -220,7 +221,12 @@ fn connect_offering(offered: Option<&str>) -> (RingLayout, Vec<(String, String)>
     };
     sim.borrow_mut().hook = Some(blkback(true));
     let (vbd, features) = probe(&mut xs, 51712).unwrap();
-    let layout = RingLayout::choose(features.max_ring_page_order, 42);
+    let layout = RingLayout::choose(
+        features.max_ring_page_order,
+        42,
+        11,
+        BLKBACK_PERSISTENT_GRANTS,
+    );
     let refs = ring_refs(&layout);
     let setup = FrontendSetup {
         ring_refs: &refs,
@@ -250,7 +256,7 @@ fn keys(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn the_ring_keys_follow_the_order() {
-    // Linux's blkback offers 4: the ring for 42 requests is order 1.
+    // Linux's blkback offers 4: the ring for 42 direct requests is order 1.
     let (layout, written) = connect_offering(Some("4"));
     assert_eq!(
         layout,
@@ -285,8 +291,9 @@ fn the_ring_keys_follow_the_order() {
 
 #[test]
 fn the_ring_order_is_the_smallest_that_holds_the_requests_within_the_offer() {
+    // Grants are no limit here.
     let choose = |offered, in_flight| {
-        let layout = RingLayout::choose(offered, in_flight);
+        let layout = RingLayout::choose(offered, in_flight, 1, usize::MAX);
         (
             layout.order,
             layout.pages(),
@@ -308,6 +315,23 @@ fn the_ring_order_is_the_smallest_that_holds_the_requests_within_the_offer() {
 }
 
 #[test]
+fn the_requests_in_flight_keep_within_blkback_persistent_grants() {
+    let choose = |grants_per_request, persistent_grants| {
+        let layout = RingLayout::choose(4, 42, grants_per_request, persistent_grants);
+        (layout.pages(), layout.requests)
+    };
+    // 32 data pages and an indirect page: 32 requests, one page, as Linux's
+    // blkfront and blkback are sized.
+    assert_eq!(choose(33, BLKBACK_PERSISTENT_GRANTS), (1, 32));
+    // Direct requests (11 pages): all 42, on two pages.
+    assert_eq!(choose(11, BLKBACK_PERSISTENT_GRANTS), (2, 42));
+    // A back end told to keep more (dom0's max_persistent_grants=2048).
+    assert_eq!(choose(33, 2048), (2, 42));
+    // A budget too small for even one request still leaves one.
+    assert_eq!(choose(33, 10), (1, 1));
+}
+
+#[test]
 fn blkback_fails_a_ring_above_its_offer() {
     // The simulated blkback checks the keys as Linux's does: an order over
     // its offer fails the device, so the accepted handshakes above are real.
@@ -320,7 +344,7 @@ fn blkback_fails_a_ring_above_its_offer() {
     sim.borrow_mut().hook = Some(blkback(true));
     let (vbd, features) = probe(&mut xs, 51712).unwrap();
     assert_eq!(features.max_ring_page_order, 1);
-    let refs = ring_refs(&RingLayout::choose(2, 100));
+    let refs = ring_refs(&RingLayout::choose(2, 100, 1, usize::MAX));
     assert_eq!(refs.len(), 4);
     let setup = FrontendSetup {
         ring_refs: &refs,
