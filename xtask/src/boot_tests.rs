@@ -1270,37 +1270,6 @@ fn pv() -> Vec<BootTest> {
         dom0less: true,
         ..PvSpec::default()
     });
-    // The multi-page ring: dom0's blkback keeps 2048 grants mapped and the
-    // guest is told so, so all 42 requests of 33 grants fit; blkback offers
-    // 16 pages and 2 (64 entries) hold them.
-    let mut bench = guest(
-        "pv-xl-write-verify-bench",
-        &format!("{WRITE_AND_VERIFY} bench=8 blk-pv-grants=2048"),
-    )
-    .with_disks(&[disk(1, Some(REWRITTEN))])
-    .expect(&attached)
-    .expect(&[
-        "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256 \
-         request_bytes=131072 ring_pages=2 ring_entries=64 slots=42",
-        "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
-        "blk: verify xvda sectors=16384 ok",
-        // The one transfer loop's lines, as for virtio.
-        "blk: bench seq device=xvda wait=poll mib=8 ",
-        "blk: bench qd1 ",
-        // QD32 keeps 32 requests in flight (main's 21 slots kept 21).
-        "blk: bench qd32 reqs=4096 in_flight=32 ",
-        "blk: bench dma requests=",
-        "blk: stats xvda reads=",
-        "blk: grants xvda grants_made=1388 ",
-        "blk: xvda closed state=6 grants_still_mapped=0",
-    ])
-    .expect(&shut_down)
-    .reject(PV_REJECT)
-    .reject(&["error: "]);
-    bench.pv = Some(PvSpec {
-        blkback_params: "max_persistent_grants=2048",
-        ..PvSpec::default()
-    });
     // Read-only, and the single-page fallback: dom0 loads blkback with
     // `max_ring_page_order=0`, so the ring is one page (`ring-ref`) with 32
     // entries and 32 requests in flight (the verify keeps them busy).
@@ -1349,14 +1318,62 @@ fn pv() -> Vec<BootTest> {
             "> blk",
             "blk: xvda pv devid=51712",
             "blk: stats xvda reads=",
-            "blk: grants xvda grants_made=",
+            // The PV disk is a grant device of the DMA layer: its grants
+            // are its DMA counters.
+            "> dma",
+            "dma: stats xvda syncs=",
+            " grants_made=",
             "> poweroff",
             "blk: xvda closed state=6 grants_still_mapped=0",
+            "dma: stats xvda syncs=",
+            " grants_leaked=0",
             "shutdown: poweroff",
             "pv-dom0: guest-shutdown name=tidepool state=---s--",
         ])
         .reject(PV_REJECT);
-    monitor.typing = vec!["help", "blk verify xvda 1", "blk", "poweroff"];
+    monitor.typing = vec!["help", "blk verify xvda 1", "blk", "dma", "poweroff"];
+    // The PV disk's memory is a grant device of the DMA layer. The
+    // multi-page ring: dom0's blkback keeps 2048 grants mapped and the
+    // guest is told so, so all 42 requests of 33 grants fit; blkback offers
+    // 16 pages and 2 (64 entries) hold them.
+    let mut bench = guest(
+        "pv-xl-write-verify-bench",
+        &format!("{WRITE_AND_VERIFY} bench=8 blk-pv-grants=2048"),
+    )
+    .with_disks(&[disk(1, Some(REWRITTEN))])
+    .expect(&attached)
+    .expect(&[
+        "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256 \
+         request_bytes=131072 ring_pages=2 ring_entries=64 slots=42",
+        "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
+        "blk: verify xvda sectors=16384 ok",
+        // The one transfer loop's lines, as for virtio.
+        "blk: bench seq device=xvda wait=poll mib=8 ",
+        "blk: bench qd1 ",
+        // QD32 keeps 32 requests in flight (21 slots kept 21 before).
+        "blk: bench qd32 reqs=4096 in_flight=32 ",
+        "blk: bench dma requests=",
+        "blk: stats xvda reads=",
+        "dma: stats xvda syncs=",
+        "blk: xvda closed state=6 grants_still_mapped=0",
+        "dma: stats xvda syncs=",
+    ])
+    .expect(&shut_down)
+    .check_with(persistent_grants)
+    .reject(PV_REJECT)
+    .reject(&["error: "]);
+    bench.anywhere.extend(
+        [
+            "dma: pool tidepool:grants-xvda ",
+            "dma: device xvda coherent=yes pool=tidepool:grants-xvda coherent-allocs=none \
+             dma-addr=grant(d0)",
+        ]
+        .map(String::from),
+    );
+    bench.pv = Some(PvSpec {
+        blkback_params: "max_persistent_grants=2048",
+        ..PvSpec::default()
+    });
     vec![monitor, bench, read_only, detach, dom0less]
 }
 
@@ -1386,6 +1403,65 @@ const REWRITTEN: DiskPattern = DiskPattern {
 const WRITE_AND_VERIFY: &str = "blk-write=2@2048+2048 blk-verify=1,2@2048+2048";
 /// Check the whole disk again, in a later boot.
 const VERIFY_AGAIN: &str = "blk-verify=1,2@2048+2048";
+
+/// The PV disk's grants, from its `dma: stats` lines: after the run (the
+/// one before `blk: xvda closed`) at least one grant, no more than the
+/// pool's pages (each page is granted once and kept), many more requests'
+/// pages reused than granted (persistent grants), and no cache maintenance
+/// (the back end is a CPU: coherent); after close, every grant ended and
+/// none leaked.
+fn persistent_grants(lines: &[String]) -> std::result::Result<(), String> {
+    let closed = lines
+        .iter()
+        .position(|l| l.contains("blk: xvda closed"))
+        .ok_or("no blk: xvda closed line")?;
+    let (before, after) = lines.split_at(closed);
+    let counters = |lines: &[String]| -> std::result::Result<Vec<u64>, String> {
+        let line = lines
+            .iter()
+            .rev()
+            .find_map(|l| l.split("dma: stats xvda ").nth(1))
+            .ok_or("no dma: stats line for xvda")?;
+        let values = crate::bench::KeyValues::new(line);
+        [
+            "grants_made",
+            "grants_reused",
+            "grants_ended",
+            "grants_leaked",
+            "va_ops",
+            "hypercalls",
+        ]
+        .iter()
+        .map(|key| values.u64(key).map_err(|e| format!("xvda: {e}")))
+        .collect()
+    };
+    let pool_pages = lines
+        .iter()
+        .find_map(|l| l.split("dma: pool tidepool:grants-xvda ").nth(1))
+        .and_then(|rest| hex_after(rest, "+"))
+        .ok_or("no size in the dma: pool line of xvda")?
+        / 4096;
+    let run = counters(before)?;
+    let (made, reused, va_ops, hypercalls) = (run[0], run[1], run[4], run[5]);
+    if made == 0 || made > pool_pages || reused < 10 * made {
+        return Err(format!(
+            "xvda: grants_made={made} grants_reused={reused} for a pool of {pool_pages} pages"
+        ));
+    }
+    if va_ops != 0 || hypercalls != 0 {
+        return Err(format!(
+            "xvda: cache maintenance of a grant device: va_ops={va_ops} hypercalls={hypercalls}"
+        ));
+    }
+    let end = counters(after)?;
+    if end[0] != made || end[2] != made || end[3] != 0 {
+        return Err(format!(
+            "xvda after close: grants_made={} grants_ended={} grants_leaked={}",
+            end[0], end[2], end[3]
+        ));
+    }
+    Ok(())
+}
 
 /// The counters of a device's last `dma: stats` line that the checks use.
 #[derive(Debug)]

@@ -174,14 +174,6 @@ pub trait BlockDriver<'a> {
     /// Its request counters.
     fn stats(&self) -> &BlkStats;
 
-    /// Its DMA context (for its counters); `None` for a device whose memory
-    /// does not go through the DMA layer (a Xen PV disk's granted pages).
-    fn dma(&self) -> Option<&DmaDevice<'a>>;
-
-    /// Counters the driver keeps besides [`BlkStats`], as a console line
-    /// printed after its `blk: stats` line (a Xen PV disk's grants made and
-    /// reused); none by default.
-    fn driver_stats(&self) -> Option<&dyn fmt::Display> {
-        None
-    }
+    /// Its DMA context (for its counters).
+    fn dma(&self) -> &DmaDevice<'a>;
 }

@@ -1104,7 +1104,7 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
         &self.stats
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'a>> {
-        Some(&self.dma)
+    fn dma(&self) -> &DmaDevice<'a> {
+        &self.dma
     }
 }

@@ -1612,7 +1612,7 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         BlockDevice::stats(self)
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'a>> {
-        Some(BlockDevice::dma(self))
+    fn dma(&self) -> &DmaDevice<'a> {
+        BlockDevice::dma(self)
     }
 }

@@ -132,31 +132,28 @@ impl AnyDisk {
         with_disk!(self, disk => print_stats(&disk.device, false));
     }
 
-    /// Prints the device's DMA counters (`dma: stats ...`); false for a
-    /// device whose memory is not the DMA layer's (a PV disk).
-    pub fn print_dma_stats(&self) -> bool {
-        with_disk!(self, disk => BlockDriver::dma(&disk.device).map(|dma| info!("{}", dma.stats_line())).is_some())
+    /// Prints the device's DMA counters (`dma: stats ...`, with the grants
+    /// of a PV disk).
+    pub fn print_dma_stats(&self) {
+        with_disk!(self, disk => info!("{}", BlockDriver::dma(&disk.device).stats_line()))
     }
 
     /// Disconnects the device before the kernel powers off or reboots (a PV
-    /// disk tells its back end; the others need nothing).
-    pub fn close(&mut self) {
+    /// disk tells its back end and ends its grants; the others need
+    /// nothing).
+    pub fn close(&mut self, dma: &mut Dma) {
         if let AnyDisk::Pv(disk) = self {
-            disk.device.close();
+            disk.device.close(&mut dma.env());
         }
     }
 }
 
-/// Prints a device's counters: `blk: stats ...`, the driver's own line if
-/// it has one, and with `dma` its DMA counters (`dma: stats ...`) if its
-/// memory goes through the DMA layer.
+/// Prints a device's counters: `blk: stats ...`, and with `dma` its DMA
+/// counters (`dma: stats ...`).
 pub fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
     info!("{}", StatsLine::new(device.name(), device.stats()));
-    if let Some(line) = device.driver_stats() {
-        info!("{line}");
-    }
-    if dma && let Some(dma) = device.dma() {
-        info!("{}", dma.stats_line());
+    if dma {
+        info!("{}", device.dma().stats_line());
     }
 }
 
@@ -194,7 +191,7 @@ pub fn probe(
         .collect();
     disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
     disks.extend(
-        blkfront::probe(dma.address_map(), pv_grants)
+        blkfront::probe(dma, pv_grants)
             .into_iter()
             .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
     );
@@ -805,12 +802,7 @@ pub fn bench<D: BlockDriver<'static>>(
 ) -> Result<(), D::Error> {
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
-    let dma_counters = |disk: &Disk<D>| {
-        disk.device
-            .dma()
-            .map(|dma| *dma.stats())
-            .unwrap_or_default()
-    };
+    let dma_counters = |disk: &Disk<D>| *disk.device.dma().stats();
     let before_dma = dma_counters(disk);
     let Some(mut buffer) = zeroed(CHUNK_BYTES) else {
         error!("blk: bench {}: no heap for its buffer", disk.name());
@@ -902,7 +894,7 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
     // The monitor's `blk` commands use the disks until it powers off.
     if !args.monitor {
         for disk in disks.iter_mut() {
-            disk.close();
+            disk.close(dma);
         }
     }
 }

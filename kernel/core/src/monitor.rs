@@ -148,7 +148,7 @@ impl Monitor {
     /// reboots.
     fn shut_down(&mut self, reason: ShutdownReason) -> ! {
         for disk in &mut self.disks {
-            disk.close();
+            disk.close(&mut self.dma);
         }
         crate::shutdown::shutdown(reason)
     }
@@ -160,9 +160,8 @@ impl Monitor {
             .iter()
             .filter(|d| device.is_none_or(|name| matches(d, name)))
         {
-            if disk.print_dma_stats() {
-                shown += 1;
-            }
+            disk.print_dma_stats();
+            shown += 1;
         }
         match device {
             Some(name) if shown == 0 => error!("monitor: dma: no DMA device {name}"),
