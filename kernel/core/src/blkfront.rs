@@ -258,11 +258,9 @@ pub struct PvDisk {
 pub enum PvSetupError {
     /// The protocol failed.
     Protocol(BlkfrontError),
-    /// The heap has no room for the ring.
+    /// The heap has no room for the ring's pages.
     NoMemory {
-        /// What was being allocated.
-        what: &'static str,
-        /// Its size in bytes.
+        /// The ring's size in bytes.
         bytes: usize,
     },
     /// The ring's area does not make a ring.
@@ -283,7 +281,7 @@ impl core::fmt::Display for PvSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Protocol(e) => write!(f, "{e}"),
-            Self::NoMemory { what, bytes } => write!(f, "no memory for the {what} ({bytes} bytes)"),
+            Self::NoMemory { bytes } => write!(f, "no memory for the ring ({bytes} bytes)"),
             Self::Ring(e) => write!(f, "ring: {e}"),
             Self::Grant(e) => write!(f, "grant: {e}"),
             Self::DmaSetup(e) => write!(f, "{e}"),
@@ -437,7 +435,6 @@ impl PvDisk {
         // a few pages.
         let (ring_area, ring_pa) =
             alloc_pages(map, layout.pages()).ok_or(PvSetupError::NoMemory {
-                what: "ring",
                 bytes: layout.pages() * PAGE,
             })?;
         let entries = core::ptr::slice_from_raw_parts(
