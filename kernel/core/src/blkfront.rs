@@ -988,11 +988,15 @@ impl BlockDriver<'static> for PvDisk {
         // a poller's upcall only sets `signalled`.
     }
 
+    /// A read's data is lent in place in the slot's granted pages: the
+    /// back end answered (its response was checked), the pages are unmapped
+    /// from it, and the slot is released only after the borrow, so no
+    /// request can reuse them while the caller reads them.
     fn finish(
         &mut self,
         env: &mut DmaEnv<'_, 'static>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, PvError>> {
         let slot = usize::from(token.slot());
         let Some(sent) = self.sent.get(slot).copied().flatten() else {
@@ -1014,12 +1018,15 @@ impl BlockDriver<'static> for PvDisk {
                 let Some(Some(SlotMemory::Idle(buffer))) = self.data.get(slot) else {
                     return Err(PvError::NoSlotMemory);
                 };
-                if read_into.len() as u64 > buffer.size() {
-                    return Err(
-                        BlkfrontError::BadRequest("read buffer larger than the request").into(),
-                    );
+                if u64::from(sent.bytes) > buffer.size() {
+                    return Err(BlkfrontError::BadRequest("a read larger than its slot").into());
                 }
-                window(buffer).read_bytes(0, read_into);
+                let memory = window(buffer);
+                // SAFETY: the slot's buffer is idle (unmapped just above,
+                // after the back end answered): no request names its pages
+                // until the slot is released below, after the slice is
+                // gone, and `&mut self` is held for the whole call.
+                data(unsafe { memory.bytes(0, sent.bytes as usize) });
             }
             Ok(Completion {
                 op: sent.op,

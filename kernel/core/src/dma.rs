@@ -201,6 +201,12 @@ impl Dma {
         Ok(dma)
     }
 
+    /// Counter ticks spent in `GNTTABOP_cache_flush` for the DMA layer so
+    /// far (0 without the Xen flush).
+    pub fn flush_ticks(&self) -> u64 {
+        self.flush.as_ref().map_or(0, XenFlush::ticks)
+    }
+
     /// The address map every DMA operation classifies addresses with.
     pub fn address_map(&self) -> &'static AddressMap {
         self.pools.address_map()
