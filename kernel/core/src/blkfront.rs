@@ -93,6 +93,19 @@ fn alloc_pages(map: &AddressMap, pages: usize) -> Option<(&'static mut [u8], Phy
     ))
 }
 
+/// The ring pages' grants while a disk is set up: ended if the setup fails
+/// before the disk owns them (one the back end still maps stays granted; its
+/// page is never freed).
+struct RingGrants(Vec<Grant>);
+
+impl Drop for RingGrants {
+    fn drop(&mut self) {
+        for grant in self.0.drain(..) {
+            let _ = grants::end(grant);
+        }
+    }
+}
+
 /// `slots` empty per-slot entries.
 fn empty_slots<T>(slots: usize) -> Vec<Option<T>> {
     let mut entries = Vec::new();
@@ -452,7 +465,7 @@ impl PvDisk {
         let shared: &'static BlkifSharedRing = unsafe { &*(entries as *const BlkifSharedRing) };
         let ring = BlkifFrontRing::init(shared).map_err(PvSetupError::Ring)?;
         let name: &'static str = name.leak();
-        let mut held = Vec::new();
+        let mut held = RingGrants(Vec::new());
         let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
             // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
             // this driver's alone. The driver touches the ring pages only
@@ -460,7 +473,7 @@ impl PvDisk {
             let frame = unsafe { GrantableFrame::new(pa >> 12) };
             let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
             let gref = grant.gref();
-            held.push(grant);
+            held.0.push(grant);
             Ok(gref)
         };
         let mut ring_refs = Vec::with_capacity(layout.pages());
@@ -518,7 +531,7 @@ impl PvDisk {
             dma: dma_device,
             data,
             indirect,
-            grants: held,
+            grants: core::mem::take(&mut held.0),
             segments,
             done: empty_slots(slots),
             broken: None,
