@@ -208,8 +208,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
     connect_xenstore(&memory.layout.address_map);
-    let wait = args.wait.unwrap_or(crate::block::DEFAULT_WAIT);
-    let mut disks = crate::block::probe(dt, &mut dma, wait, args.blk_pv_grants);
+    let mut disks = crate::block::probe(dt, &mut dma, args.wait, args.blk_pv_grants);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
     if args.monitor {
