@@ -322,6 +322,7 @@ impl fmt::Write for ImxUart {
 mod tests {
     use super::*;
     use core::fmt::Write as _;
+    use tidepool_serial::fake::FakeRegisters;
 
     const URXD_: usize = 0x00;
     const UTXD_: usize = 0x40;
@@ -331,48 +332,23 @@ mod tests {
     const USR2_: usize = 0x98;
     const UTS_: usize = 0xb4;
 
-    /// Plain memory standing in for the UART's registers: a leaked, zeroed
-    /// allocation, accessed by the test only through its base pointer.
-    struct FakeUart {
-        base: *mut u32,
+    /// A zeroed register block for one UART.
+    fn fake() -> FakeRegisters {
+        FakeRegisters::new(0x100)
     }
 
-    impl FakeUart {
-        const WORDS: usize = 0x100 / 4;
-
-        fn new() -> Self {
-            let words: &'static mut [u32] = Box::leak(vec![0_u32; Self::WORDS].into_boxed_slice());
-            Self {
-                base: words.as_mut_ptr(),
-            }
-        }
-
-        fn uart(&self) -> ImxUart {
-            // SAFETY: the allocation is leaked, 4-byte aligned and as large
-            // as the register block.
-            unsafe { ImxUart::new(self.base as usize) }
-        }
-
-        fn read(&self, offset: usize) -> u32 {
-            assert!(offset / 4 < Self::WORDS);
-            // SAFETY: in bounds (checked) and aligned in the leaked
-            // allocation; volatile, as the driver writes it too.
-            unsafe { self.base.add(offset / 4).read_volatile() }
-        }
-
-        fn write(&self, offset: usize, value: u32) {
-            assert!(offset / 4 < Self::WORDS);
-            // SAFETY: as for `read`.
-            unsafe { self.base.add(offset / 4).write_volatile(value) }
-        }
+    fn uart(fake: &FakeRegisters) -> ImxUart {
+        // SAFETY: the fake's memory is leaked, 4-byte aligned and as large
+        // as the register block.
+        unsafe { ImxUart::new(fake.base()) }
     }
 
     #[test]
     fn enable_sets_up_an_unconfigured_uart_8n1_without_reset() {
-        let fake = FakeUart::new();
+        let fake = fake();
         // QEMU's reset state: SRST high (not in reset), everything off.
         fake.write(UCR2_, 1);
-        fake.uart().enable();
+        uart(&fake).enable();
         assert_eq!(fake.read(UCR1_), 1, "UARTEN");
         // SRST | RXEN | TXEN | WS | IRTS.
         assert_eq!(fake.read(UCR2_), 0x4027);
@@ -380,23 +356,23 @@ mod tests {
 
     #[test]
     fn enable_keeps_a_configured_uart_and_turns_its_receiver_on() {
-        let fake = FakeUart::new();
+        let fake = fake();
         // Firmware's choice: two stop bits, parity, 8 bits, transmitter on.
         fake.write(UCR1_, 1);
         fake.write(UCR2_, 0x4000 | 0x100 | 0x40 | 0x20 | 0x05);
-        fake.uart().enable();
+        uart(&fake).enable();
         assert_eq!(fake.read(UCR2_), 0x4167);
         assert_eq!(fake.read(UCR1_), 1);
         // QEMU's model at boot: UARTEN and TXEN only (SRST reads 0).
         fake.write(UCR2_, 0x4);
-        fake.uart().enable();
+        uart(&fake).enable();
         assert_eq!(fake.read(UCR2_), 0x7, "SRST and RXEN added, nothing else");
     }
 
     #[test]
     fn writes_reach_the_transmit_register() {
-        let fake = FakeUart::new();
-        let mut uart = fake.uart();
+        let fake = fake();
+        let mut uart = uart(&fake);
         uart.write_byte(b'x').unwrap();
         assert_eq!(fake.read(UTXD_), u32::from(b'x'));
         write!(uart, "ok {}", 7).unwrap();
@@ -408,9 +384,9 @@ mod tests {
 
     #[test]
     fn full_fifo_and_unfinished_transmission_time_out() {
-        let fake = FakeUart::new();
+        let fake = fake();
         fake.write(UTS_, 1 << 4);
-        let mut uart = fake.uart();
+        let mut uart = uart(&fake);
         assert_eq!(uart.write_byte(b'x'), Err(ImxUartError::TransmitTimeout));
         assert_eq!(fake.read(UTXD_), 0);
         assert_eq!(uart.write_str("x"), Err(fmt::Error));
@@ -421,8 +397,8 @@ mod tests {
 
     #[test]
     fn reads_a_waiting_character() {
-        let fake = FakeUart::new();
-        let uart = fake.uart();
+        let fake = fake();
+        let uart = uart(&fake);
         assert_eq!(uart.receive(), None);
         fake.write(USR2_, 1);
         fake.write(URXD_, 0x8000 | u32::from(b'q'));
@@ -434,8 +410,8 @@ mod tests {
 
     #[test]
     fn damaged_characters_are_reported_and_overrun_cleared() {
-        let fake = FakeUart::new();
-        let uart = fake.uart();
+        let fake = fake();
+        let uart = uart(&fake);
         fake.write(USR2_, 1);
         fake.write(URXD_, 0x8000 | 0x4000 | 0x2000 | 0x1000 | 0x41);
         let err = uart.receive().unwrap().unwrap_err();
@@ -459,11 +435,11 @@ mod tests {
 
     #[test]
     fn receive_interrupt_sets_trigger_level_and_enable() {
-        let fake = FakeUart::new();
+        let fake = fake();
         // The divider bits (RFDIV, 9:7) must survive.
         fake.write(UFCR_, 0b101 << 7 | 0x20);
         fake.write(UCR1_, 1);
-        fake.uart().enable_receive_interrupts();
+        uart(&fake).enable_receive_interrupts();
         assert_eq!(fake.read(UFCR_), 0b101 << 7 | 1);
         assert_eq!(fake.read(UCR1_), 1 | 1 << 9);
     }

@@ -364,6 +364,7 @@ impl fmt::Write for Pl011 {
 mod tests {
     use super::*;
     use core::fmt::Write as _;
+    use tidepool_serial::fake::FakeRegisters;
 
     const UARTDR: usize = 0x000;
     const UARTFR: usize = 0x018;
@@ -377,40 +378,15 @@ mod tests {
     const FR_TXFF: u32 = 1 << 5;
     const FR_RXFE: u32 = 1 << 4;
 
-    /// Plain memory standing in for the UART's registers: a leaked, zeroed
-    /// 4 KiB allocation, accessed by the test only through its base pointer.
-    struct FakeUart {
-        base: *mut u32,
+    /// A zeroed register block for one UART.
+    fn fake() -> FakeRegisters {
+        FakeRegisters::new(0x1000)
     }
 
-    impl FakeUart {
-        const WORDS: usize = 0x1000 / 4;
-
-        fn new() -> Self {
-            let words: &'static mut [u32] = Box::leak(vec![0_u32; Self::WORDS].into_boxed_slice());
-            Self {
-                base: words.as_mut_ptr(),
-            }
-        }
-
-        fn uart(&self) -> Pl011 {
-            // SAFETY: the allocation is leaked, 4-byte aligned and as large
-            // as the register block.
-            unsafe { Pl011::new(self.base as usize) }
-        }
-
-        fn read(&self, offset: usize) -> u32 {
-            assert!(offset / 4 < Self::WORDS);
-            // SAFETY: in bounds (checked) and aligned in the leaked
-            // allocation; volatile, as the driver writes it too.
-            unsafe { self.base.add(offset / 4).read_volatile() }
-        }
-
-        fn write(&self, offset: usize, value: u32) {
-            assert!(offset / 4 < Self::WORDS);
-            // SAFETY: as for `read`.
-            unsafe { self.base.add(offset / 4).write_volatile(value) }
-        }
+    fn uart(fake: &FakeRegisters) -> Pl011 {
+        // SAFETY: the fake's memory is leaked, 4-byte aligned and as large
+        // as the register block.
+        unsafe { Pl011::new(fake.base()) }
     }
 
     #[test]
@@ -488,9 +464,9 @@ mod tests {
 
     #[test]
     fn init_without_clock_writes_nothing() {
-        let fake = FakeUart::new();
+        let fake = fake();
         fake.write(UARTCR, 0x301);
-        fake.uart().init(None, 115_200).unwrap();
+        uart(&fake).init(None, 115_200).unwrap();
         assert_eq!(fake.read(UARTCR), 0x301);
         for offset in (0..0x1000).step_by(4).filter(|&offset| offset != UARTCR) {
             assert_eq!(fake.read(offset), 0, "register at {offset:#x}");
@@ -499,9 +475,9 @@ mod tests {
 
     #[test]
     fn init_with_clock_programs_8n1() {
-        let fake = FakeUart::new();
+        let fake = fake();
         fake.write(UARTIMSC, 0x7ff);
-        fake.uart().init(Some(24_000_000), 115_200).unwrap();
+        uart(&fake).init(Some(24_000_000), 115_200).unwrap();
         assert_eq!(fake.read(UARTIBRD), 13);
         assert_eq!(fake.read(UARTFBRD), 1);
         assert_eq!(fake.read(UARTLCR_H), 0x70);
@@ -512,10 +488,10 @@ mod tests {
 
     #[test]
     fn init_rejects_bad_baud_before_touching_the_uart() {
-        let fake = FakeUart::new();
+        let fake = fake();
         fake.write(UARTCR, 0x301);
         assert_eq!(
-            fake.uart().init(Some(24_000_000), 0),
+            uart(&fake).init(Some(24_000_000), 0),
             Err(Pl011Error::UnreachableBaudRate {
                 clock_hz: 24_000_000,
                 baud: 0
@@ -526,8 +502,8 @@ mod tests {
 
     #[test]
     fn writes_reach_the_data_register() {
-        let fake = FakeUart::new();
-        let mut uart = fake.uart();
+        let fake = fake();
+        let mut uart = uart(&fake);
         uart.write_byte(b'x').unwrap();
         assert_eq!(fake.read(UARTDR), u32::from(b'x'));
         write!(uart, "ok {}", 7).unwrap();
@@ -538,9 +514,9 @@ mod tests {
 
     #[test]
     fn full_fifo_times_out() {
-        let fake = FakeUart::new();
+        let fake = fake();
         fake.write(UARTFR, FR_TXFF);
-        let mut uart = fake.uart();
+        let mut uart = uart(&fake);
         assert_eq!(uart.write_byte(b'x'), Err(Pl011Error::TransmitTimeout));
         assert_eq!(fake.read(UARTDR), 0);
         assert_eq!(uart.write_str("x"), Err(fmt::Error));
@@ -558,8 +534,8 @@ mod tests {
 
     #[test]
     fn receive_reads_until_the_fifo_is_empty() {
-        let fake = FakeUart::new();
-        let uart = fake.uart();
+        let fake = fake();
+        let uart = uart(&fake);
         fake.write(UARTDR, u32::from(b'p'));
         assert_eq!(uart.receive(), Some(Ok(b'p')));
         fake.write(UARTDR, 0x800 | u32::from(b'q'));
@@ -578,8 +554,8 @@ mod tests {
 
     #[test]
     fn receive_interrupts_are_unmasked_and_cleared() {
-        let fake = FakeUart::new();
-        let uart = fake.uart();
+        let fake = fake();
+        let uart = uart(&fake);
         uart.enable_receive_interrupts();
         assert_eq!(fake.read(UARTIMSC), 0x50);
         assert_eq!(fake.read(UARTICR), 0x50);

@@ -1,7 +1,10 @@
 //! What the UART drivers behind the kernel console share.
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fake-registers")), no_std)]
 #![deny(unsafe_code)]
+
+#[cfg(feature = "fake-registers")]
+pub mod fake;
 
 /// Feeds `bytes` to `emit` with each `\n` preceded by `\r` (terminals and
 /// serial consoles expect CR LF), stopping at the first error.

@@ -427,28 +427,6 @@ impl Default for SharedInfo {
     }
 }
 
-/// A page-aligned page holding a [`SharedInfo`], for a `static` whose frame
-/// the kernel hands to `XENMEM_add_to_physmap(XENMAPSPACE_shared_info)`:
-/// Xen then replaces the frame with its own shared-info page, which the
-/// atomics read without any `unsafe`.
-#[repr(C, align(4096))]
-#[derive(Debug, Default)]
-pub struct SharedInfoPage {
-    /// The shared information at the start of the page.
-    pub info: SharedInfo,
-}
-
-crate::assert_layout!(SharedInfoPage, size 4096, align 4096, info @ 0);
-
-impl SharedInfoPage {
-    /// All zero.
-    pub const fn new() -> Self {
-        Self {
-            info: SharedInfo::new(),
-        }
-    }
-}
-
 /// Runs the upcall scan of the 2-level ABI and calls `deliver` for every
 /// pending, unmasked port; returns how many ports it delivered.
 ///

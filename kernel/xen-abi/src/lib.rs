@@ -102,7 +102,7 @@ pub use domain::DomId;
 pub use error::{GrantStatus, XenErrno, XenError, XenErrorCause, XenOp};
 pub use event::{
     EventDispatcher, EventError, EventHandler, EvtchnPort, EvtchnPortStatus, EvtchnState,
-    SharedInfo, SharedInfoPage, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
+    SharedInfo, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
 };
 pub use grant::{
     Grant, GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantMapping, GrantNotEnded,
