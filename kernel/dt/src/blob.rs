@@ -10,7 +10,6 @@
 //! block.
 
 use alloc::vec::Vec;
-use core::ops::Range;
 
 use crate::error::{Block, DtbError, StructureError};
 use crate::range::AddrRange;
@@ -46,16 +45,17 @@ pub(crate) struct RawNode<'a> {
     pub name: &'a str,
     /// Index of its parent in [`CheckedBlob::nodes`] (`None` for the root).
     pub parent: Option<usize>,
-    /// Its properties: a range of [`CheckedBlob::properties`].
-    pub properties: Range<usize>,
+    /// Its properties, in blob order (allocated at their number: a large
+    /// board tree has thousands, and the kernel reads it in a 256 KiB boot
+    /// heap, so no vector of them all grows by doubling).
+    pub properties: Vec<Property<'a>>,
 }
 
 /// A blob that passed the check: its nodes in tree (depth-first) order, root
-/// first; every property, node by node; and the `/memreserve/` entries as
-/// read from the header's block, in blob order, each `(address, size)`.
+/// first, and the `/memreserve/` entries as read from the header's block, in
+/// blob order, each `(address, size)`.
 pub(crate) struct CheckedBlob<'a> {
     pub nodes: Vec<RawNode<'a>>,
-    pub properties: Vec<Property<'a>>,
     pub memreserve: Vec<(u64, u64)>,
 }
 
@@ -117,12 +117,8 @@ pub(crate) fn check(data: &[u8]) -> Result<CheckedBlob<'_>, DtbError> {
     let structure = block(blob, Block::Structure, off_struct, size_struct, 4)?;
     let strings = block(blob, Block::Strings, off_strings, size_strings, 1)?;
     let memreserve = memreserve_entries(blob, off_rsvmap)?;
-    let (nodes, properties) = read_structure(structure, strings)?;
-    Ok(CheckedBlob {
-        nodes,
-        properties,
-        memreserve,
-    })
+    let nodes = read_structure(structure, strings)?;
+    Ok(CheckedBlob { nodes, memreserve })
 }
 
 fn block(
@@ -182,11 +178,21 @@ fn memreserve_entries(blob: &[u8], offset: u32) -> Result<Vec<(u64, u64)>, DtbEr
 fn read_structure<'a>(
     structure: &'a [u8],
     strings: &'a [u8],
-) -> Result<(Vec<RawNode<'a>>, Vec<Property<'a>>), DtbError> {
+) -> Result<Vec<RawNode<'a>>, DtbError> {
     let fail = |offset: usize, error: StructureError| DtbError::Structure { offset, error };
     let names = PropertyNames::new(strings);
     let mut nodes: Vec<RawNode<'a>> = Vec::new();
-    let mut properties: Vec<Property<'a>> = Vec::new();
+    // The properties of the node open at the deepest level, until its first
+    // child or its end (properties come before children): then they move
+    // to the node, in a vector of their own size.
+    let mut pending: Vec<Property<'a>> = Vec::new();
+    let settle = |nodes: &mut Vec<RawNode<'a>>, pending: &mut Vec<Property<'a>>, node: usize| {
+        if !pending.is_empty() {
+            // A copy at its length, not the buffer with its slack.
+            nodes[node].properties = pending.as_slice().to_vec();
+            pending.clear();
+        }
+    };
     // The nodes open at each depth (index into `nodes`).
     let mut open = [0usize; MAX_DEPTH];
     let mut depth = 0usize;
@@ -215,10 +221,14 @@ fn read_structure<'a>(
                 if depth == MAX_DEPTH {
                     return Err(fail(at, StructureError::TooDeep));
                 }
+                let parent = depth.checked_sub(1).map(|up| open[up]);
+                if let Some(parent) = parent {
+                    settle(&mut nodes, &mut pending, parent);
+                }
                 nodes.push(RawNode {
                     name,
-                    parent: depth.checked_sub(1).map(|up| open[up]),
-                    properties: properties.len()..properties.len(),
+                    parent,
+                    properties: Vec::new(),
                 });
                 open[depth] = nodes.len() - 1;
                 depth += 1;
@@ -230,6 +240,7 @@ fn read_structure<'a>(
                 depth = depth
                     .checked_sub(1)
                     .ok_or(fail(at, StructureError::UnbalancedEndNode))?;
+                settle(&mut nodes, &mut pending, open[depth]);
                 at += 4;
             }
             TOKEN_PROP => {
@@ -250,18 +261,16 @@ fn read_structure<'a>(
                 let value_end =
                     value_end.ok_or(fail(at, StructureError::PropertyPastEnd { len }))?;
                 let name = names.get(name_offset).map_err(|error| fail(at, error))?;
-                properties.push(Property {
+                pending.push(Property {
                     name,
                     value: &structure[at + 12..value_end],
                 });
-                // Properties come before children: this node's run ends here.
-                nodes[open[depth - 1]].properties.end = properties.len();
                 at = align4(value_end);
             }
             TOKEN_NOP => at += 4,
             TOKEN_END if depth > 0 => return Err(fail(at, StructureError::EndInsideNode)),
             TOKEN_END if !seen_root => return Err(fail(at, StructureError::NoRoot)),
-            TOKEN_END => return Ok((nodes, properties)),
+            TOKEN_END => return Ok(nodes),
             other => return Err(fail(at, StructureError::UnknownToken(other))),
         }
     }
@@ -387,28 +396,26 @@ mod tests {
         let blob = minimal();
         let checked = check(&blob).unwrap();
         assert!(checked.memreserve.is_empty());
+        let value = 0x1234_5678u32.to_be_bytes();
         assert_eq!(
             checked.nodes,
             [
                 RawNode {
                     name: "",
                     parent: None,
-                    properties: 0..1
+                    properties: vec![Property {
+                        name: "a",
+                        value: &value
+                    }]
                 },
                 RawNode {
                     name: "c",
                     parent: Some(0),
-                    properties: 1..1
+                    properties: vec![]
                 }
             ]
         );
-        assert_eq!(
-            checked.properties,
-            [Property {
-                name: "a",
-                value: &0x1234_5678u32.to_be_bytes()
-            }]
-        );
+        assert_eq!(checked.nodes[0].properties.capacity(), 1);
     }
 
     #[test]
@@ -651,11 +658,14 @@ mod tests {
         ]);
         let blob = assemble(&structure, b"a\0");
         let checked = check(&blob).unwrap();
-        let lengths: Vec<usize> = checked.properties.iter().map(|p| p.value.len()).collect();
+        let lengths: Vec<usize> = checked.nodes[0]
+            .properties
+            .iter()
+            .map(|p| p.value.len())
+            .collect();
         assert_eq!(lengths, vec![0, 4]);
         assert_eq!(checked.nodes.len(), 2);
-        assert_eq!(checked.nodes[0].properties, 0..2);
         assert_eq!(checked.nodes[1].name, "c");
-        assert_eq!(checked.nodes[1].properties, 2..2);
+        assert!(checked.nodes[1].properties.is_empty());
     }
 }

@@ -349,9 +349,10 @@ impl Platform {
             platform.aliases = tree.nodes[aliases]
                 .properties
                 .iter()
-                .filter(|p| p.name != "name" && p.name != "phandle")
                 .filter_map(|p| {
-                    Some((p.name.to_string(), tree::first_string(p.value)?.to_string()))
+                    // An alias is a path; `phandle` and the like are not.
+                    let path = tree::first_string(p.value).filter(|v| v.starts_with('/'))?;
+                    Some((p.name.to_string(), path.to_string()))
                 })
                 .collect();
         }

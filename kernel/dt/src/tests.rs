@@ -1474,6 +1474,8 @@ fn a_uart_is_named_by_path_alias_or_path_without_unit_addresses() {
         .node("aliases", |n| {
             n.str("serial1", "/soc@0/serial@30890000")
                 .str("serial9", "/soc@0/nothing@1")
+                .u32("phandle", 7)
+                .str("name", "aliases")
         })
         .node("chosen", |n| n.str("stdout-path", "serial1:115200n8"))
         .node("soc@0", |n| {
@@ -1491,6 +1493,13 @@ fn a_uart_is_named_by_path_alias_or_path_without_unit_addresses() {
                 .node("timer@1000", |n| n.cells("reg", &[0x1000, 0x100]))
         });
     let platform = Platform::from_dtb(&dt.build()).unwrap();
+    // Only paths are aliases.
+    let names: Vec<&str> = platform
+        .aliases
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(names, ["serial1", "serial9"]);
     let path = |spec: &str| platform.uart(spec).map(|u| u.path.as_str());
     assert_eq!(path("serial1"), Some("/soc@0/serial@30890000"));
     assert_eq!(path("serial1:115200n8"), Some("/soc@0/serial@30890000"));

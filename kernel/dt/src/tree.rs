@@ -83,7 +83,7 @@ impl<'a> Tree<'a> {
                     path
                 }
             };
-            let properties = &blob.properties[raw.properties.clone()];
+            let properties = raw.properties.as_slice();
             let status_ok = match properties.iter().find(|p| p.name == "status") {
                 None => true,
                 Some(status) => matches!(first_string(status.value), Some("okay" | "ok")),
