@@ -1328,6 +1328,9 @@ mod tests {
     }
 
     proptest! {
+        // Each case expands up to a million descriptors one at a time.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         /// Runs are the step-by-step descriptors, grouped: each run stays
         /// in one table, and consecutive runs of one granule meet only at a
         /// table boundary.
@@ -1360,7 +1363,9 @@ mod tests {
                 }
             }
         }
+    }
 
+    proptest! {
         /// In a 32 MiB space, every page: inside a range it translates to the
         /// right address with the right attributes, outside to nothing.
         #[test]
