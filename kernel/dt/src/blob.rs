@@ -3,11 +3,11 @@
 //!
 //! Only a blob that passes is read: header and blocks in bounds, a
 //! well-formed token stream with one unnamed root, UTF-8 names, properties
-//! before children (as the Devicetree Specification requires; it also makes
-//! each node's properties one contiguous run), bounded nesting. NOP tokens,
-//! which loaders leave where they delete nodes or properties (QEMU's
-//! `imx8mp-evk` does), are skipped. It also reads the memory reservation
-//! block.
+//! before children (as the Devicetree Specification requires; it also means
+//! a node's properties are complete at its first child), bounded nesting.
+//! NOP tokens, which loaders leave where they delete nodes or properties
+//! (QEMU's `imx8mp-evk` does), are skipped. It also reads the memory
+//! reservation block.
 
 use alloc::vec::Vec;
 
