@@ -177,6 +177,10 @@ mod tests {
                         reference(op, start, len),
                         "{op} {start:#x}+{len:#x}"
                     );
+                    assert!(
+                        line_spans(op, start, len, 64).all(|span| span.lines > 0),
+                        "no empty span: {op} {start:#x}+{len:#x}"
+                    );
                 }
             }
         }
