@@ -1507,8 +1507,13 @@ fn a_uart_is_named_by_path_alias_or_path_without_unit_addresses() {
         path("/soc@0/serial@30880000"),
         Some("/soc@0/serial@30880000")
     );
-    // Without unit addresses: the first UART that matches.
+    // Without unit addresses: the first UART that matches; a component
+    // with one must match exactly.
     assert_eq!(path("/soc/serial"), Some("/soc@0/serial@30880000"));
+    assert_eq!(path("/soc@0/serial"), Some("/soc@0/serial@30880000"));
+    assert_eq!(path("/soc@1/serial"), None);
+    assert_eq!(path("/soc/timer"), None);
+    assert_eq!(path("/soc/serial/port"), None);
     assert_eq!(
         path("/soc@0/serial@30890000:9600"),
         Some("/soc@0/serial@30890000")
