@@ -401,9 +401,16 @@ mod tests {
         Plan::from_dtb(&dtc(dts)).unwrap()
     }
 
+    /// `program` from the device-tree-compiler `cargo xtask test` fetches.
+    fn dtc_tool(program: &str) -> Command {
+        crate::tools::DtcTools::unpacked(&crate::Workspace::locate().build.join("dtc"))
+            .expect("device-tree-compiler unpacked in build/dtc")
+            .command(program)
+    }
+
     fn dtc(source: &str) -> Vec<u8> {
         use std::io::Write as _;
-        let mut child = Command::new("dtc")
+        let mut child = dtc_tool("dtc")
             .args(["-q", "-I", "dts", "-O", "dtb"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -515,10 +522,7 @@ mod tests {
         for line in source.lines() {
             let words = shell_words(line);
             let fdtput = |args: &[&str]| {
-                let status = Command::new("fdtput")
-                    .args(args)
-                    .status()
-                    .expect("fdtput runs");
+                let status = dtc_tool("fdtput").args(args).status().expect("fdtput runs");
                 assert!(status.success(), "fdtput {args:?}");
             };
             let f = file.to_str().unwrap();

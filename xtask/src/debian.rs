@@ -1,4 +1,4 @@
-//! Getting Debian packages: host tools with apt-get, and packages fetched
+//! Getting Debian packages: everything xtask needs is fetched
 //! into the build directory through a private apt state, without touching
 //! the system's apt or dpkg configuration (platform.md): arm64 packages (Xen,
 //! a Linux kernel with board DTBs) from the system's suites, and the host's
@@ -9,37 +9,15 @@ use std::process::Command;
 
 use crate::{Error, Result, run_checked};
 
-/// Makes sure host command `program` exists, installing Debian package
-/// `package` with apt-get when running as root; otherwise says exactly what
-/// to run.
-pub fn ensure_host_tool(program: &str, package: &str) -> Result<()> {
-    if has_program(program) {
-        return Ok(());
-    }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    if !is_root {
-        return Err(Error::msg(format!(
-            "`{program}` is missing; install it with: sudo apt-get update && sudo apt-get install -y {package}"
-        )));
-    }
-    eprintln!("xtask: installing {package} (for `{program}`) with apt-get");
-    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(Command::new("apt-get").args([
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-        package,
-    ]))?;
+/// Fails with the command to install `package` if `program` is not on
+/// `PATH` (for what every Debian has, like dpkg; xtask installs nothing on
+/// the system).
+pub fn require_program(program: &str, package: &str) -> Result<()> {
     if has_program(program) {
         Ok(())
     } else {
         Err(Error::msg(format!(
-            "installed {package} but `{program}` is still missing"
+            "`{program}` is missing; install it with: sudo apt-get install {package}"
         )))
     }
 }

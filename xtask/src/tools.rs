@@ -4,20 +4,79 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::debian::{PrivateApt, ensure_host_tool};
+use crate::debian::{PrivateApt, require_program};
 use crate::{Error, Result, Workspace, run_checked};
 
 /// The Xen package and the hypervisor image inside it.
 const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
 const XEN_IMAGE_IN_PACKAGE: &str = "boot/xen-4.17-arm64";
 
-/// Makes sure the device-tree tools and dpkg-deb are installed and QEMU is
-/// fetched.
+/// Makes sure dpkg-deb is there (it unpacks every fetched package) and
+/// QEMU and libfdt's tools are fetched.
 pub fn ensure_host_tools(ws: &Workspace) -> Result<()> {
-    // The board test reads every DTB a second way, with libfdt's fdtdump.
-    ensure_host_tool("fdtdump", "device-tree-compiler")?;
-    ensure_host_tool("dpkg-deb", "dpkg")?;
+    require_program("dpkg-deb", "dpkg")?;
+    DtcTools::fetch(ws)?;
     Qemu::fetch(ws).map(|_| ())
+}
+
+/// Debian's `device-tree-compiler` and the libraries it links, for the
+/// host architecture.
+const DTC_PACKAGES: [&str; 3] = ["device-tree-compiler", "libfdt1", "libyaml-0-2"];
+
+/// libfdt's tools (`dtc`, `fdtput`), which xtask's tests use as an
+/// independent writer and editor of device trees: Debian's
+/// `device-tree-compiler` unpacked into build/dtc, run with its own
+/// libraries (no system install).
+pub struct DtcTools {
+    #[cfg_attr(not(test), allow(dead_code))]
+    bin: PathBuf,
+    #[cfg_attr(not(test), allow(dead_code))]
+    libs: PathBuf,
+}
+
+impl DtcTools {
+    /// The tools unpacked in `ws`'s build/dtc, fetching them first if needed.
+    pub fn fetch(ws: &Workspace) -> Result<DtcTools> {
+        let dest = ws.build.join("dtc");
+        if !dest.join(".unpacked").exists() {
+            eprintln!(
+                "xtask: fetching {} into {}",
+                DTC_PACKAGES.join(" "),
+                dest.display()
+            );
+            PrivateApt::host(&ws.build.join("apt-host"))?.fetch_and_unpack(&DTC_PACKAGES, &dest)?;
+        }
+        Self::unpacked(&dest)
+    }
+
+    /// The tools unpacked under `dest`, if they are there.
+    pub fn unpacked(dest: &Path) -> Result<DtcTools> {
+        let bin = dest.join("usr/bin");
+        if !bin.join("dtc").is_file() {
+            return Err(Error::msg(format!(
+                "no dtc in {} (`cargo xtask test` fetches device-tree-compiler there)",
+                bin.display()
+            )));
+        }
+        // The libraries live under the host's multiarch triplet
+        // (usr/lib/x86_64-linux-gnu on amd64).
+        let lib = dest.join("usr/lib");
+        let libs = std::fs::read_dir(&lib)
+            .map_err(|e| Error::io(lib.clone(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.join("libfdt.so.1").exists())
+            .ok_or_else(|| Error::msg(format!("no libfdt.so.1 under {}", lib.display())))?;
+        Ok(DtcTools { bin, libs })
+    }
+
+    /// A command running `program` (`dtc`, `fdtput`, ...) from the unpacked
+    /// package with its unpacked libraries (only xtask's tests run them).
+    #[cfg(test)]
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.env("LD_LIBRARY_PATH", &self.libs);
+        cmd
+    }
 }
 
 /// QEMU's Debian packages (bookworm-backports, QEMU 10): the emulator,

@@ -161,27 +161,27 @@ pub trait BlockDriver<'a> {
     fn set_interrupts(&mut self, enabled: bool);
 
     /// The outcome of a request, once; `Pending` while the device holds it.
-    /// A read's data is copied into `read_into` (exactly its length); a
-    /// request built in the device's pool gives its region back through
-    /// `env`.
+    ///
+    /// A successful read's data is lent to `data`, called once with exactly
+    /// the request's bytes where the device put them (its staging buffer,
+    /// pool region or granted pages), after the device returned them and
+    /// the DMA layer synced them for the CPU: the caller reads them in
+    /// place, no copy. The borrow ends before `finish` returns, and only
+    /// then does the memory go back to the driver (a pool region to its
+    /// pool through `env`), so the caller can never see it while the
+    /// device may write it. `data` is not called for a write, a flush or a
+    /// failed request. (A `dyn` callback, not a generic one: one copy of
+    /// each driver's `finish` in the Image, whatever the callers.)
     fn finish(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, Self::Error>>;
 
     /// Its request counters.
     fn stats(&self) -> &BlkStats;
 
-    /// Its DMA context (for its counters); `None` for a device whose memory
-    /// does not go through the DMA layer (a Xen PV disk's granted pages).
-    fn dma(&self) -> Option<&DmaDevice<'a>>;
-
-    /// Counters the driver keeps besides [`BlkStats`], as a console line
-    /// printed after its `blk: stats` line (a Xen PV disk's grants made and
-    /// reused); none by default.
-    fn driver_stats(&self) -> Option<&dyn fmt::Display> {
-        None
-    }
+    /// Its DMA context (for its counters).
+    fn dma(&self) -> &DmaDevice<'a>;
 }

@@ -4,9 +4,12 @@
 //!
 //! Both are reached only through [`SharedMemory`], which checks every access
 //! against its length. The device may write the memory at any time it owns
-//! part of it, so the driver never holds a Rust reference into it: shared
-//! fields are read and written with volatile accesses, and staging bytes are
-//! copied in and out while the CPU owns them (before `map`, after `unmap`).
+//! part of it, so the driver holds no Rust reference into it while the
+//! device may: shared fields are read and written with volatile accesses,
+//! staging bytes are copied in before `map`, and a finished read's bytes
+//! are lent as a slice after `unmap` ([`SharedMemory::bytes`], `unsafe`:
+//! the driver vouches that the device is done with them for as long as the
+//! slice lives).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -166,6 +169,28 @@ impl SharedMemory {
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), destination, bytes.len()) }
     }
 
+    /// The `len` bytes at `offset`, to read in place (a finished read's
+    /// data lent to its caller, without a copy).
+    ///
+    /// # Safety
+    ///
+    /// Nothing writes those bytes, the device included, while the slice
+    /// lives: the CPU owns that part (its mapping was unmapped, and it is
+    /// not mapped again until the slice is gone).
+    pub unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        if len == 0 {
+            return &[];
+        }
+        let first = self.at::<u8>(offset);
+        self.at::<u8>(offset + len - 1);
+        // SAFETY: both ends were checked to lie inside the memory, which is
+        // valid for reads (constructor contracts; an unzeroed allocation's
+        // parts are written, by the CPU or the device, before they are
+        // read); the caller guarantees nothing writes it while the slice,
+        // which borrows `self`, lives.
+        unsafe { core::slice::from_raw_parts(first, len) }
+    }
+
     /// Copies the bytes at `offset` into `bytes`. Only while the CPU owns
     /// that part.
     pub fn read_bytes(&self, offset: usize, bytes: &mut [u8]) {
@@ -226,6 +251,26 @@ mod tests {
         let memory = SharedMemory::allocate(64, 8).unwrap();
         let mut bytes = [0; 8];
         memory.read_bytes(60, &mut bytes);
+    }
+
+    #[test]
+    fn bytes_are_lent_in_place_and_bounded() {
+        let mut memory = SharedMemory::allocate(64, 8).unwrap();
+        memory.write_bytes(8, &[1, 2, 3, 4]);
+        // SAFETY: nothing else writes the memory.
+        let bytes = unsafe { memory.bytes(8, 4) };
+        assert_eq!(bytes, [1, 2, 3, 4]);
+        assert_eq!(bytes.as_ptr() as u64, memory.virt().0 + 8);
+        // SAFETY: as above.
+        assert!(unsafe { memory.bytes(64, 0) }.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "past")]
+    fn lending_past_the_end_is_refused() {
+        let memory = SharedMemory::allocate(64, 8).unwrap();
+        // SAFETY: nothing else writes the memory.
+        let _ = unsafe { memory.bytes(60, 8) };
     }
 
     #[test]

@@ -634,15 +634,19 @@ impl<'a, C: Controller> SdCard<'a, C> {
     }
 
     /// The outcome of a request, once: `Pending` while the card holds it.
-    /// A read's data is copied into `read_into`, which must be exactly the
-    /// read's length (on a length error the request stays ready).
+    /// A successful read's data is lent to `data`, in place in the staging
+    /// buffer, which the controller's DMA filled and the completion
+    /// unmapped (the `ForCpu` sync) before the token became ready; the slot
+    /// is free again only after the borrow.
     pub fn finish(
         &mut self,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, SdError<'a>>> {
-        let device = self.name();
-        let unknown = Poll::Ready(Err(SdError::UnknownToken { device, token }));
+        let unknown = Poll::Ready(Err(SdError::UnknownToken {
+            device: self.name(),
+            token,
+        }));
         if token != self.token() {
             return unknown;
         }
@@ -658,14 +662,13 @@ impl<'a, C: Controller> SdCard<'a, C> {
             Slot::Done { request, outcome } => {
                 let (request, outcome) = (*request, *outcome);
                 if outcome.is_ok() && request.op == Op::Read {
-                    if read_into.len() != request.bytes as usize {
-                        return Poll::Ready(Err(SdError::ReadBufferLength {
-                            device,
-                            expected: request.bytes,
-                            found: read_into.len(),
-                        }));
-                    }
-                    self.staging.read_bytes(0, read_into);
+                    // SAFETY: the slot is done: the staging buffer's one
+                    // mapping was unmapped when the request completed, and
+                    // it is mapped again only by a submission, which needs
+                    // the slot free (below, after the slice is gone) and
+                    // `&mut self`, held for this whole call.
+                    #[allow(unsafe_code)]
+                    data(unsafe { self.staging.bytes(0, request.bytes as usize) });
                 }
                 self.slot = Slot::Free;
                 Poll::Ready(outcome.map(|()| request))
@@ -1095,16 +1098,16 @@ impl<'a, C: Controller> BlockDriver<'a> for SdCard<'a, C> {
         &mut self,
         _env: &mut DmaEnv<'_, 'a>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, SdError<'a>>> {
-        SdCard::finish(self, token, read_into)
+        SdCard::finish(self, token, data)
     }
 
     fn stats(&self) -> &BlkStats {
         &self.stats
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'a>> {
-        Some(&self.dma)
+    fn dma(&self) -> &DmaDevice<'a> {
+        &self.dma
     }
 }

@@ -205,15 +205,6 @@ pub enum SdError<'a> {
         /// The DMA layer's error (names the device).
         error: DmaError<'a>,
     },
-    /// `finish` was given a buffer of the wrong length for a read.
-    ReadBufferLength {
-        /// The device.
-        device: &'a str,
-        /// The read's length.
-        expected: u32,
-        /// The buffer's.
-        found: usize,
-    },
     /// A token that is not (or no longer) a request of this device.
     UnknownToken {
         /// The device.
@@ -294,14 +285,6 @@ impl fmt::Display for SdError<'_> {
                 error,
             } => write!(f, "{device}: {op} at sector {lba}: {error}"),
             Self::Dma { op, lba, error } => write!(f, "{op} at sector {lba}: {error}"),
-            Self::ReadBufferLength {
-                device,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{device}: read of {expected} bytes finished into a buffer of {found}"
-            ),
             Self::UnknownToken { device, token } => write!(f, "{device}: unknown {token}"),
         }
     }

@@ -50,7 +50,10 @@
 //! `#![deny(unsafe_code)]` except `mmio` (the one constructor of the
 //! register block, [`Usdhc::new`]) and [`SdCard::new`], which turns the
 //! DMA layer's window address of the descriptor table into shared memory
-//! and carries that obligation to the kernel.
+//! and carries that obligation to the kernel; in `device`, a request's
+//! staging bytes become the `CpuBuffer` it maps, and [`SdCard::finish`]
+//! lends a finished read's staging bytes to its caller in place (unmapped
+//! by then, and free for the next request only after the borrow).
 //!
 //! # Console lines
 //!

@@ -809,15 +809,17 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
 
     /// The outcome of a request, once: `Pending` while the device holds it,
     /// its deadline has not passed and the device has not failed (then it
-    /// is [`BlkError::Broken`]). A read's data is copied into
-    /// `read_into`, which must be exactly the read's length (on a length
-    /// error the request stays ready); for a write or a flush `read_into` is
-    /// not used. A pool device's request region goes back to its pool.
+    /// is [`BlkError::Broken`]). A successful read's data is lent to
+    /// `data`, in place in the request's region (the slot's staging buffer,
+    /// or its pool region through the pool's window), which the device
+    /// returned and [`Self::poll`]/[`Self::handle_interrupt`] unmapped (the
+    /// `ForCpu` sync) before the token became ready; the borrow ends before
+    /// the slot is free again, or its pool region back in the pool.
     pub fn finish(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, BlkError<'a>>> {
         let device = self.name();
         let unknown = Poll::Ready(Err(BlkError::UnknownToken { device, token }));
@@ -859,34 +861,43 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             } => (*request, *outcome),
         };
         let Completion { op, lba, bytes } = request;
-        if outcome.is_ok() && op == Op::Read && read_into.len() != bytes as usize {
-            return Poll::Ready(Err(BlkError::ReadBufferLength {
-                device,
-                expected: bytes,
-                found: read_into.len(),
-            }));
+        let lend = outcome.is_ok() && op == Op::Read;
+        let data_at = HEADER_LEN..HEADER_LEN + bytes as usize;
+        // The slot stays `Done` (so never mapped again) while its data is
+        // lent: `&mut self` is held for the whole call.
+        let SlotState::Done { region, .. } = &slot.state else {
+            unreachable!("only a done slot gets here");
+        };
+        match (&self.hold.staging, region) {
+            (Some(staging), _) if lend => {
+                let base = usize::from(token.slot()) * SLOT_STRIDE;
+                // SAFETY: the slot is done: the device returned its region
+                // and it was unmapped (the `ForCpu` sync) before the slot
+                // became `Done`; it is mapped again only by a submission
+                // into a free slot, which cannot happen while `self` is
+                // borrowed here, and the slice does not outlive this call.
+                #[allow(unsafe_code)]
+                data(unsafe { staging.bytes(base + data_at.start, data_at.len()) });
+            }
+            (None, Some(region)) if lend => {
+                let memory = pool_memory(region);
+                // SAFETY: as for the staging buffer: the region came back
+                // from the device and was unmapped before the slot became
+                // `Done`, and it goes back to the pool only below, after
+                // the slice is gone.
+                #[allow(unsafe_code)]
+                data(unsafe { memory.bytes(data_at.start, data_at.len()) });
+            }
+            _ => {}
         }
         let SlotState::Done { region, .. } = core::mem::replace(&mut slot.state, SlotState::Free)
         else {
             unreachable!("only a done slot gets here");
         };
-        let copy_out = outcome.is_ok() && op == Op::Read;
-        match (&self.hold.staging, region) {
-            (Some(staging), _) => {
-                if copy_out {
-                    let base = usize::from(token.slot()) * SLOT_STRIDE;
-                    staging.read_bytes(base + HEADER_LEN, read_into);
-                }
-            }
-            (None, Some(region)) => {
-                if copy_out {
-                    pool_memory(&region).read_bytes(HEADER_LEN, read_into);
-                }
-                if let Err(error) = self.dma.free_in_pool(env, region) {
-                    return Poll::Ready(Err(BlkError::Dma { op, lba, error }));
-                }
-            }
-            (None, None) => {}
+        if let Some(region) = region
+            && let Err(error) = self.dma.free_in_pool(env, region)
+        {
+            return Poll::Ready(Err(BlkError::Dma { op, lba, error }));
         }
         Poll::Ready(match outcome {
             Ok(()) => Ok(request),
@@ -1066,7 +1077,7 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 });
             }
             self.expire(clock());
-            if let Poll::Ready(result) = self.finish(env, token, &mut []) {
+            if let Poll::Ready(result) = self.finish(env, token, &mut |_| {}) {
                 return result.map(|_| ());
             }
         }
@@ -1134,11 +1145,12 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 let Some((token, offset, len)) = *entry else {
                     continue;
                 };
-                let read_into: &mut [u8] = match &mut transfer {
-                    Transfer::Read(buffer) => &mut buffer[offset..offset + len],
-                    Transfer::Write(_) => &mut [],
+                let mut copy_out = |bytes: &[u8]| {
+                    if let Transfer::Read(buffer) = &mut transfer {
+                        buffer[offset..offset + len].copy_from_slice(bytes);
+                    }
                 };
-                if let Poll::Ready(result) = self.finish(env, token, read_into) {
+                if let Poll::Ready(result) = self.finish(env, token, &mut copy_out) {
                     *entry = None;
                     if let Err(error) = result {
                         first_error.get_or_insert(error);
@@ -1603,16 +1615,16 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         token: Token,
-        read_into: &mut [u8],
+        data: &mut dyn FnMut(&[u8]),
     ) -> Poll<Result<Completion, BlkError<'a>>> {
-        BlockDevice::finish(self, env, token, read_into)
+        BlockDevice::finish(self, env, token, data)
     }
 
     fn stats(&self) -> &BlkStats {
         BlockDevice::stats(self)
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'a>> {
-        Some(BlockDevice::dma(self))
+    fn dma(&self) -> &DmaDevice<'a> {
+        BlockDevice::dma(self)
     }
 }

@@ -383,15 +383,6 @@ pub enum BlkError<'a> {
         /// The token.
         token: Token,
     },
-    /// The buffer given to receive a read is not the read's length.
-    ReadBufferLength {
-        /// The device.
-        device: &'a str,
-        /// The read's length.
-        expected: u32,
-        /// The buffer's length.
-        found: usize,
-    },
     /// The DMA layer refused a map or unmap of the request's region.
     Dma {
         /// The operation.
@@ -466,14 +457,6 @@ impl fmt::Display for BlkError<'_> {
             Self::UnknownToken { device, token } => {
                 write!(f, "blk {device}: {token} is not waiting to be finished")
             }
-            Self::ReadBufferLength {
-                device,
-                expected,
-                found,
-            } => write!(
-                f,
-                "blk {device}: read of {expected} bytes into a buffer of {found}"
-            ),
             Self::Dma { op, lba, error } => write!(f, "blk: {op} at sector {lba}: {error}"),
             Self::NoFreeSlot {
                 device,

@@ -30,9 +30,11 @@
 //! header and writes the status; a read's data too), and hands the device a
 //! chain of three descriptors pointing into it: header (device reads), data
 //! (device writes for a read, reads for a write), status (device writes). A
-//! flush has no data descriptor. Completion unmaps it once; `finish` copies
-//! a read's data out (the one copy every path makes: the caller's buffer is
-//! not the device's) and gives a pool region back. The virtqueue itself is
+//! flush has no data descriptor. Completion unmaps it once; `finish` lends
+//! a read's data to its caller in place, as a slice of the region that
+//! lives only during the call (the caller checksums or verifies it there:
+//! no copy), and only then frees the slot or gives a pool region back. The
+//! virtqueue itself is
 //! coherent memory, synced only through the DMA layer's coherent sync
 //! points (see *Ordering*), never with a hypercall.
 //!
@@ -65,7 +67,8 @@
 //! `tidepool_xen_abi::CACHE_FLUSH_MAX_BATCH`).
 //!
 //! Bytes copied per request are therefore the same on every path: the
-//! header and status, a write's data in, a read's data out. Bouncing the
+//! header and status, and a write's data in; a read's data is not copied
+//! at all. Bouncing the
 //! region through the pool (the DMA layer's [`map`](tidepool_dma::DmaDevice::map))
 //! would copy the whole region in and out again, whatever the direction;
 //! issue 15's `cargo xtask bench` run measured that path at 0.43x of the
@@ -94,7 +97,7 @@
 //! //   outcome.capacity: report it; outcome.fault: the device failed, its requests fail
 //! //   or, without interrupts: disk.poll(&mut env);
 //! //   from a timer: for token in &disk.expire(now()) { /* timed out */ }
-//! match disk.finish(&mut env, token, &mut buffer) { Poll::Ready(result) => ..., Poll::Pending => ... }
+//! match disk.finish(&mut env, token, &mut |data| read_in_place(data)) { Poll::Ready(result) => ..., Poll::Pending => ... }
 //! console!("{}", disk.stats_line());
 //! ```
 //!
@@ -153,13 +156,15 @@
 //! # `unsafe`
 //!
 //! The crate is `#![deny(unsafe_code)]` except for `mmio` (the one
-//! constructor of the register block, [`MmioTransport::new`]) and three
+//! constructor of the register block, [`MmioTransport::new`]) and these
 //! places in `device`: the ring's window address and a pool device's
 //! request regions (`PoolBuffer`s) become
 //! [`tidepool_block::SharedMemory`]s (bounds-checked volatile and copying
 //! accesses to memory shared with the device; vouched for by the DMA
-//! layer's `PoolSet::add` contract), and a request slot of the staging
-//! buffers becomes a `CpuBuffer` to map.
+//! layer's `PoolSet::add` contract), a request slot of the staging
+//! buffers becomes a `CpuBuffer` to map, and `finish` lends a finished
+//! read's data as a slice (`SharedMemory::bytes`: the slot is done, its
+//! mapping gone, and it is not mapped again while `&mut self` is held).
 //!
 //! # Console lines
 //!

@@ -5,12 +5,18 @@
 //! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
 //! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
-//! One ring page and, per ring slot, its data pages (11, a direct
-//! request's segments; or [`INDIRECT_SEGMENTS`] and one indirect page when
-//! the back end takes indirect requests), all granted to the back end once
-//! at setup and kept granted (the front end's side of persistent grants, as
-//! Linux keeps them): data is copied between the caller's buffer and a
-//! slot's pages, so no request grants or revokes anything. Every response is
+//! One ring page, granted at setup, and, per ring slot, its data pages
+//! (11, a direct request's segments; or [`INDIRECT_SEGMENTS`] and one
+//! indirect page when the back end takes indirect requests): pool buffers
+//! of the disk's DMA context, a grant device of the DMA layer
+//! (`tidepool_dma::Addressing::Grant`), allocated at setup from the disk's
+//! own pool and mapped for each request like virtio's, which gives the
+//! pages' grant references. A page is granted at its first request and
+//! stays granted (the front end's side of persistent grants, as Linux keeps
+//! them): data is copied between the caller's buffer and a slot's pages, so
+//! later requests grant nothing, and `dma: stats xvda ... grants_made=N
+//! grants_reused=N` counts both; closing frees the buffers, which ends their
+//! grants. Every response is
 //! checked (`Inflight::complete`) before its slot is reused; a request
 //! without a response after [`REQUEST_TIMEOUT`] fails, and its slot is never
 //! reused (the back end may still write its pages). A watch on the back
@@ -29,9 +35,9 @@ use core::time::Duration;
 use log::{error, info, warn};
 use tidepool_block::{
     BlkStats, BlockDriver, Completion, Completions, Deadline, MAX_IN_FLIGHT, Notice, Op, Request,
-    Token,
+    SharedMemory, Token,
 };
-use tidepool_dma::{DmaDevice, DmaEnv};
+use tidepool_dma::{DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolBuffer};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
     self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd,
@@ -39,14 +45,15 @@ use tidepool_xen_abi::blkfront::{
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_RESPONSE_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
+    BLKIF_RESPONSE_WORDS, BLKIF_SLOT_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
 use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{
-    EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
+    DomId, EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
 };
 
 use crate::arch::aarch64::cpu;
+use crate::dma::{Dma, DmaSetupError};
 use crate::xen::{Xen, events, grants, store};
 
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too):
@@ -82,27 +89,6 @@ fn alloc_pages(map: &AddressMap, pages: usize) -> Option<(&'static mut [u8], Phy
     ))
 }
 
-/// A device's grant counters and their console line,
-/// `blk: grants <disk> grants_made=N grants_reused=N`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GrantStats {
-    name: &'static str,
-    /// Grants made (at setup).
-    pub grants_made: u64,
-    /// Segments sent on pages already granted (no new grant).
-    pub grants_reused: u64,
-}
-
-impl core::fmt::Display for GrantStats {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "blk: grants {} grants_made={} grants_reused={}",
-            self.name, self.grants_made, self.grants_reused
-        )
-    }
-}
-
 /// What a slot's request is, for its completion.
 #[derive(Clone, Copy, Debug)]
 struct Sent {
@@ -110,6 +96,113 @@ struct Sent {
     op: Op,
     lba: u64,
     bytes: u32,
+    /// It got no response in time, or the back end went away: its slot is
+    /// never reused and its pages stay mapped (the back end may still
+    /// write them).
+    expired: bool,
+}
+
+/// A slot's pages: their pool buffer while the CPU owns them, its mapping
+/// while a request of the slot is in flight.
+enum SlotMemory {
+    Idle(PoolBuffer<'static>),
+    Mapped(DmaMapping<'static>),
+}
+
+/// The CPU's access to a slot's pool buffer.
+fn window(buffer: &PoolBuffer<'static>) -> SharedMemory {
+    // SAFETY: the buffer's window address: its pool is the disk's, set
+    // aside from linear RAM for good by `Dma::grant_device` and vouched for
+    // to `PoolSet::add`, so it is mapped read-write normal memory (not at
+    // 0). The pool gave these pages to this buffer alone, and the caller
+    // holds the buffer, not a mapping of it: no request naming its pages is
+    // in flight, so the back end does not touch them while the value lives.
+    unsafe { SharedMemory::window(buffer.virt(), buffer.size() as usize) }
+}
+
+/// Fills the idle buffer in `memory` (`fill`, while the CPU owns it), maps
+/// its first `len` bytes for the back end and writes their grant
+/// references to `grefs`; returns how many. The buffer stays idle if the
+/// map fails.
+fn map_slot_memory(
+    dma: &mut DmaDevice<'static>,
+    env: &mut DmaEnv<'_, 'static>,
+    memory: &mut Option<SlotMemory>,
+    len: usize,
+    dir: DmaDirection,
+    fill: impl FnOnce(&mut SharedMemory),
+    grefs: &mut [GrantRef],
+) -> Result<usize, PvError> {
+    let buffer = match memory.take() {
+        Some(SlotMemory::Idle(buffer)) => buffer,
+        other => {
+            *memory = other;
+            return Err(PvError::NoSlotMemory);
+        }
+    };
+    fill(&mut window(&buffer));
+    match dma.map_in_pool(env, buffer, len as u64, dir) {
+        Ok(mapping) => {
+            let mut count = 0;
+            for (slot, gref) in grefs.iter_mut().zip(mapping.grant_refs()) {
+                *slot = gref;
+                count += 1;
+            }
+            *memory = Some(SlotMemory::Mapped(mapping));
+            Ok(count)
+        }
+        Err((error, buffer)) => {
+            *memory = Some(SlotMemory::Idle(buffer));
+            Err(PvError::Dma(error))
+        }
+    }
+}
+
+/// Gives a mapped slot memory back to the CPU; a failed unmap loses it.
+fn unmap_slot_memory(
+    dma: &mut DmaDevice<'static>,
+    env: &mut DmaEnv<'_, 'static>,
+    memory: &mut Option<SlotMemory>,
+) -> Result<(), PvError> {
+    match memory.take() {
+        Some(SlotMemory::Mapped(mapping)) => {
+            let buffer = dma.unmap_in_pool(env, mapping).map_err(PvError::Dma)?;
+            *memory = Some(SlotMemory::Idle(buffer));
+            Ok(())
+        }
+        other => {
+            *memory = other;
+            Ok(())
+        }
+    }
+}
+
+/// Why a request of a PV disk failed or was refused.
+#[derive(Clone, Debug)]
+pub enum PvError {
+    /// The block protocol: the request, the back end or its response.
+    Protocol(BlkfrontError),
+    /// The DMA layer refused to hand a slot's pages to the back end (a
+    /// grant the grant table refused) or to give them back.
+    Dma(DmaError<'static>),
+    /// The slot's pages were lost by an earlier failed unmap.
+    NoSlotMemory,
+}
+
+impl core::fmt::Display for PvError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Protocol(e) => write!(f, "{e}"),
+            Self::Dma(e) => write!(f, "{e}"),
+            Self::NoSlotMemory => f.write_str("the request slot lost its pages"),
+        }
+    }
+}
+
+impl From<BlkfrontError> for PvError {
+    fn from(e: BlkfrontError) -> Self {
+        Self::Protocol(e)
+    }
 }
 
 /// One PV block device.
@@ -127,13 +220,14 @@ pub struct PvDisk {
     inflight: Inflight<SLOTS>,
     /// What each taken slot holds.
     sent: [Option<Sent>; SLOTS],
-    /// Each slot's data pages and their grants.
-    pages: Vec<&'static mut [u8]>,
-    grefs: Vec<Vec<GrantRef>>,
-    /// Each slot's indirect page and its grant (with indirect requests).
-    indirect: Vec<(&'static mut [u8], GrantRef)>,
-    /// Every grant the disk made (ring, data and indirect pages), ended
-    /// at close.
+    /// The disk's DMA context: a grant device whose pool holds every
+    /// slot's pages.
+    dma: DmaDevice<'static>,
+    /// Each slot's data pages.
+    data: Vec<Option<SlotMemory>>,
+    /// Each slot's indirect page (with indirect requests; empty otherwise).
+    indirect: Vec<Option<SlotMemory>>,
+    /// The ring page's grant, ended at close.
     grants: Vec<Grant>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
@@ -144,7 +238,6 @@ pub struct PvDisk {
     broken: Option<BlkfrontError>,
     token: String,
     stats: BlkStats,
-    grant_stats: GrantStats,
 }
 
 /// Why a device could not be set up.
@@ -156,6 +249,10 @@ pub enum PvSetupError {
     NoMemory,
     /// A grant failed.
     Grant(grants::GrantTableError),
+    /// The disk's DMA context could not be set up.
+    DmaSetup(DmaSetupError),
+    /// The disk's pool could not give a slot its pages.
+    Dma(DmaError<'static>),
     /// The event channel failed.
     Event(events::EventChannelError),
     /// The disk's sectors are not 512 bytes.
@@ -168,6 +265,8 @@ impl core::fmt::Display for PvSetupError {
             Self::Protocol(e) => write!(f, "{e}"),
             Self::NoMemory => f.write_str("no memory for the rings"),
             Self::Grant(e) => write!(f, "grant: {e}"),
+            Self::DmaSetup(e) => write!(f, "{e}"),
+            Self::Dma(e) => write!(f, "{e}"),
             Self::Event(e) => write!(f, "event channel: {e}"),
             Self::SectorSize(size) => write!(f, "sector-size {size} (512 only)"),
         }
@@ -178,6 +277,49 @@ impl From<BlkfrontError> for PvSetupError {
     fn from(e: BlkfrontError) -> Self {
         Self::Protocol(e)
     }
+}
+
+/// A disk's DMA context and its slots' pages: data pages, and indirect
+/// pages with indirect requests (none otherwise).
+type SlotPages = (
+    DmaDevice<'static>,
+    Vec<Option<SlotMemory>>,
+    Vec<Option<SlotMemory>>,
+);
+
+/// The disk's DMA context, a grant device for `backend`, with a pool that
+/// holds exactly every slot's pages, and those pages: `segments` data pages
+/// per slot and, with `indirect`, one indirect page. Nothing is granted
+/// yet: a page is granted at its first request.
+fn slot_memory(
+    dma: &mut Dma,
+    name: &'static str,
+    backend: DomId,
+    slots: usize,
+    segments: usize,
+    indirect: bool,
+) -> Result<SlotPages, PvSetupError> {
+    let per_slot = segments + usize::from(indirect);
+    let mut device = dma
+        .grant_device(name, backend, slots * per_slot * PAGE)
+        .map_err(PvSetupError::DmaSetup)?;
+    let mut env = dma.env();
+    let mut alloc = |pages: usize| {
+        device
+            .alloc_in_pool(&mut env, (pages * PAGE) as u64)
+            .map(|buffer| Some(SlotMemory::Idle(buffer)))
+            .map_err(PvSetupError::Dma)
+    };
+    let data = (0..slots)
+        .map(|_| alloc(segments))
+        .collect::<Result<Vec<_>, _>>()?;
+    let indirect = match indirect {
+        true => (0..slots)
+            .map(|_| alloc(1))
+            .collect::<Result<Vec<_>, _>>()?,
+        false => Vec::new(),
+    };
+    Ok((device, data, indirect))
 }
 
 /// How long a dom0less guest waits for its first disk (`xl block-attach`
@@ -210,7 +352,7 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
 
 /// Sets up every `device/vbd` of this domain; a device that fails is
 /// reported and left out.
-pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
+pub fn probe(dma: &mut Dma) -> Vec<PvDisk> {
     let found = if store::came_late() {
         Some(wait_for_attach())
     } else {
@@ -227,7 +369,7 @@ pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
     let mut disks = Vec::new();
     for devid in devids {
         let name = blkfront::disk_name(devid);
-        match PvDisk::set_up(map, devid, name.clone()) {
+        match PvDisk::set_up(dma, devid, name.clone()) {
             Ok(disk) => {
                 info!("{}", disk.info_line());
                 disks.push(disk);
@@ -239,7 +381,8 @@ pub fn probe(map: &AddressMap) -> Vec<PvDisk> {
 }
 
 impl PvDisk {
-    fn set_up(map: &AddressMap, devid: u32, name: String) -> Result<Self, PvSetupError> {
+    fn set_up(dma: &mut Dma, devid: u32, name: String) -> Result<Self, PvSetupError> {
+        let map = dma.address_map();
         let (vbd, features) = store::with(|xs| blkfront::probe(xs, devid)).ok_or(
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
@@ -252,20 +395,11 @@ impl PvDisk {
             unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
         let ring = BlkifFrontRing::init(shared);
         let name: &'static str = name.leak();
-        let mut grant_stats = GrantStats {
-            name,
-            grants_made: 0,
-            grants_reused: 0,
-        };
         let mut held = Vec::new();
         let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
-            grant_stats.grants_made += 1;
             // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
             // this driver's alone. The driver touches the ring page only
-            // through `BlkifSharedRing`'s atomics, and a slot's data and
-            // indirect pages only while no request of that slot is in flight:
-            // `Inflight` hands out no slot whose request is in flight or
-            // timed out (the back end may still write a timed-out one's).
+            // through `BlkifSharedRing`'s atomics.
             let frame = unsafe { GrantableFrame::new(pa >> 12) };
             let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
             let gref = grant.gref();
@@ -279,24 +413,8 @@ impl PvDisk {
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
         };
-        let mut pages = Vec::with_capacity(SLOTS);
-        let mut grefs = Vec::with_capacity(SLOTS);
-        let mut indirect = Vec::new();
-        for _ in 0..SLOTS {
-            let (buffer, pa) = alloc_pages(map, segments).ok_or(PvSetupError::NoMemory)?;
-            let refs = (0..segments)
-                .map(|i| grant(pa.0 + (i * PAGE) as u64, GrantAccess::ReadWrite))
-                .collect::<Result<Vec<_>, _>>()?;
-            pages.push(buffer);
-            grefs.push(refs);
-            if indirect_ok {
-                let (page, pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory)?;
-                // Read-write although the back end only reads it: with
-                // persistent grants Linux's blkback maps every page
-                // read-write, and a read-only grant fails that map.
-                indirect.push((page, grant(pa.0, GrantAccess::ReadWrite)?));
-            }
-        }
+        let (dma_device, data, indirect) =
+            slot_memory(dma, name, backend, SLOTS, segments, indirect_ok)?;
         let signalled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let handler: &'static dyn EventHandler = Box::leak(Box::new(move |_: EvtchnPort| {
             signalled.store(true, Ordering::Release)
@@ -339,8 +457,8 @@ impl PvDisk {
             signalled,
             inflight: Inflight::new(),
             sent: [None; SLOTS],
-            pages,
-            grefs,
+            dma: dma_device,
+            data,
             indirect,
             grants: held,
             segments,
@@ -348,7 +466,6 @@ impl PvDisk {
             broken: None,
             token,
             stats: BlkStats::default(),
-            grant_stats,
         })
     }
 
@@ -405,17 +522,18 @@ impl PvDisk {
     /// Starts `op` in a free slot, due by `deadline`; returns its token.
     fn start(
         &mut self,
+        env: &mut DmaEnv<'_, 'static>,
         op: u8,
         lba: u64,
         data: Option<&[u8]>,
         sectors: usize,
         deadline: Deadline,
-    ) -> Result<Token, BlkfrontError> {
+    ) -> Result<Token, PvError> {
         if let Some(err) = &self.broken {
-            return Err(err.clone());
+            return Err(err.clone().into());
         }
         if op != BLKIF_OP_READ && self.info.read_only {
-            return Err(BlkfrontError::ReadOnly);
+            return Err(BlkfrontError::ReadOnly.into());
         }
         let (slot, id) = self.inflight.start(op, lba, deadline.0)?;
         let token = Token::new(slot as u16, (id >> 32) as u32);
@@ -429,6 +547,7 @@ impl PvDisk {
             op: kind,
             lba,
             bytes: bytes as u32,
+            expired: false,
         });
         let handle = self.vbd.devid as u16;
         let request = if op == BLKIF_OP_FLUSH_DISKCACHE {
@@ -440,51 +559,21 @@ impl PvDisk {
             }
             blkfront::flush_request(handle, id).to_words()
         } else {
-            if let Some(data) = data {
-                self.pages[slot][..data.len()].copy_from_slice(data);
-            }
-            let pages = sectors.div_ceil(SECTORS_PER_PAGE);
-            let words = if pages > BLKIF_MAX_SEGMENTS_PER_REQUEST && !self.indirect.is_empty() {
-                let (page, gref) = &mut self.indirect[slot];
-                let request = blkfront::indirect_request(
-                    op,
-                    handle,
-                    id,
-                    lba,
-                    sectors,
-                    &self.grefs[slot],
-                    &[*gref],
-                    self.segments,
-                );
-                request.map(|r| {
-                    for (bytes, seg) in page
-                        .chunks_exact_mut(8)
-                        .zip(blkfront::segments(sectors, &self.grefs[slot]))
-                    {
-                        bytes.copy_from_slice(&seg.to_word().to_le_bytes());
-                    }
-                    r.to_words()
-                })
-            } else {
-                blkfront::rw_request(op, handle, id, lba, sectors, &self.grefs[slot])
-                    .map(|r| r.to_words())
-            };
-            let words = match words {
+            match self.map_request(env, slot, op, handle, id, lba, sectors, data) {
                 Ok(words) => words,
                 Err(err) => {
-                    self.forget(slot);
+                    self.forget(env, slot);
                     return Err(err);
                 }
-            };
-            self.grant_stats.grants_reused += pages as u64;
-            words
+            }
         };
         if let Err(err) = self.ring.put_request(&request) {
-            self.forget(slot);
+            self.forget(env, slot);
             return Err(BlkfrontError::BadRequest(match err {
                 tidepool_xen_abi::ring::RingError::Full { .. } => "ring full",
                 tidepool_xen_abi::ring::RingError::ResponseOverflow { .. } => "ring overrun",
-            }));
+            })
+            .into());
         }
         if self.ring.push_requests() {
             self.notify();
@@ -492,10 +581,98 @@ impl PvDisk {
         Ok(token)
     }
 
-    /// Drops a slot that never reached the ring.
-    fn forget(&mut self, slot: usize) {
+    /// Copies `data` (a write's) into the slot's data pages, maps them and,
+    /// for an indirect request, the slot's indirect page with the segments,
+    /// and builds the request on their grant references.
+    #[allow(clippy::too_many_arguments)]
+    fn map_request(
+        &mut self,
+        env: &mut DmaEnv<'_, 'static>,
+        slot: usize,
+        op: u8,
+        handle: u16,
+        id: u64,
+        lba: u64,
+        sectors: usize,
+        data: Option<&[u8]>,
+    ) -> Result<[u64; BLKIF_SLOT_WORDS], PvError> {
+        let dir = match op {
+            BLKIF_OP_READ => DmaDirection::FromDevice,
+            _ => DmaDirection::ToDevice,
+        };
+        let mut grefs = [GrantRef::default(); INDIRECT_SEGMENTS];
+        let count = map_slot_memory(
+            &mut self.dma,
+            env,
+            &mut self.data[slot],
+            sectors * SECTOR,
+            dir,
+            |memory| {
+                if let Some(data) = data {
+                    memory.write_bytes(0, data);
+                }
+            },
+            &mut grefs,
+        )?;
+        let grefs = &grefs[..count];
+        let pages = sectors.div_ceil(SECTORS_PER_PAGE);
+        if pages <= BLKIF_MAX_SEGMENTS_PER_REQUEST || self.indirect.is_empty() {
+            return Ok(blkfront::rw_request(op, handle, id, lba, sectors, grefs)?.to_words());
+        }
+        let mut indirect = [GrantRef::default()];
+        map_slot_memory(
+            &mut self.dma,
+            env,
+            &mut self.indirect[slot],
+            PAGE,
+            DmaDirection::ToDevice,
+            |memory| {
+                for (i, seg) in blkfront::segments(sectors, grefs).enumerate() {
+                    memory.write_u64(i * 8, seg.to_word());
+                }
+            },
+            &mut indirect,
+        )?;
+        let request = blkfront::indirect_request(
+            op,
+            handle,
+            id,
+            lba,
+            sectors,
+            grefs,
+            &indirect,
+            self.segments,
+        )?;
+        Ok(request.to_words())
+    }
+
+    /// Gives a slot's pages back to the CPU (those of a request in flight
+    /// no more).
+    fn unmap_slot(&mut self, env: &mut DmaEnv<'_, 'static>, slot: usize) -> Result<(), PvError> {
+        let data = unmap_slot_memory(&mut self.dma, env, &mut self.data[slot]);
+        let indirect = match self.indirect.get_mut(slot) {
+            Some(memory) => unmap_slot_memory(&mut self.dma, env, memory),
+            None => Ok(()),
+        };
+        data.and(indirect)
+    }
+
+    /// Drops a slot that never reached the ring, giving its pages back.
+    fn forget(&mut self, env: &mut DmaEnv<'_, 'static>, slot: usize) {
+        if let Err(err) = self.unmap_slot(env, slot) {
+            error!("blk: {}: {err}", self.name);
+        }
         self.sent[slot] = None;
         self.inflight.release(slot);
+    }
+
+    /// Fails the request in `slot` for good: it expired, or the back end
+    /// went away. Its pages stay mapped: the back end may still write them.
+    fn expired(&mut self, slot: usize, err: BlkfrontError, done: &mut Completions) {
+        if let Some(sent) = &mut self.sent[slot] {
+            sent.expired = true;
+        }
+        self.finished(slot, Err(err), done);
     }
 
     /// Records the outcome of the request in `slot` and counts it.
@@ -563,7 +740,7 @@ impl PvDisk {
         if let Some(err) = self.broken.clone() {
             // Nothing more will come back: every request in flight fails.
             for (slot, _) in self.inflight.expire(u64::MAX) {
-                self.finished(slot, Err(err.clone()), &mut done);
+                self.expired(slot, err.clone(), &mut done);
             }
         }
         done
@@ -576,10 +753,13 @@ impl PvDisk {
     }
 
     /// Disconnects: goes Closing, waits for the back end to close, goes
-    /// Closed, revokes the grants and closes the event channel. Problems
-    /// are reported, never fatal. The kernel's transfer loop collects every
-    /// request it submits, so none is in flight here.
-    pub fn close(&mut self) {
+    /// Closed, revokes the ring's grant, frees the slots' pages (which ends
+    /// their grants; a grant the back end still maps is leaked with its
+    /// pages) and closes the event channel. Problems are reported, never
+    /// fatal. The kernel's transfer loop collects every request it submits,
+    /// so none is in flight here. Prints the closed line and the disk's
+    /// `dma: stats` line.
+    pub fn close(&mut self, env: &mut DmaEnv<'_, 'static>) {
         if self.inflight.count() > 0 {
             warn!(
                 "blk: {} close with {} requests in flight",
@@ -613,6 +793,21 @@ impl PvDisk {
                 still_mapped += 1;
             }
         }
+        // Freeing ends the grants. That is safe even for an expired
+        // request's pages: Xen ends no grant the back end still maps, and
+        // then the DMA layer leaks the pages instead of freeing them.
+        for memory in self.data.iter_mut().chain(self.indirect.iter_mut()) {
+            let freed = match memory.take() {
+                Some(SlotMemory::Idle(buffer)) => self.dma.free_in_pool(env, buffer),
+                Some(SlotMemory::Mapped(mapping)) => self.dma.unmap(env, mapping),
+                None => Ok(()),
+            };
+            match freed {
+                Ok(()) => {}
+                Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
+                Err(err) => error!("blk: {} close: {err}", self.name),
+            }
+        }
         if let Err(err) = events::close(self.port) {
             warn!("blk: {} close event channel: {err}", self.name);
         }
@@ -623,11 +818,12 @@ impl PvDisk {
                 .flatten()
                 .unwrap_or_default()
         );
+        info!("{}", self.dma.stats_line());
     }
 }
 
 impl BlockDriver<'static> for PvDisk {
-    type Error = BlkfrontError;
+    type Error = PvError;
 
     fn name(&self) -> &'static str {
         self.name
@@ -651,10 +847,10 @@ impl BlockDriver<'static> for PvDisk {
 
     fn submit(
         &mut self,
-        _env: &mut DmaEnv<'_, 'static>,
+        env: &mut DmaEnv<'_, 'static>,
         request: Request<'_>,
         deadline: Deadline,
-    ) -> Result<Token, BlkfrontError> {
+    ) -> Result<Token, PvError> {
         let check = |lba: u64, bytes: usize| {
             if bytes == 0 || !bytes.is_multiple_of(SECTOR) || bytes > self.request_bytes() {
                 return Err(BlkfrontError::BadRequest(
@@ -669,28 +865,28 @@ impl BlockDriver<'static> for PvDisk {
         match request {
             Request::Read { lba, sectors } => {
                 let sectors = check(lba, sectors as usize * SECTOR)?;
-                self.start(BLKIF_OP_READ, lba, None, sectors, deadline)
+                self.start(env, BLKIF_OP_READ, lba, None, sectors, deadline)
             }
             Request::Write { lba, data } => {
                 let sectors = check(lba, data.len())?;
-                self.start(BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
+                self.start(env, BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
             }
-            Request::Flush => self.start(BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),
+            Request::Flush => self.start(env, BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),
         }
     }
 
-    fn is_busy(&self, error: &BlkfrontError) -> bool {
-        matches!(error, BlkfrontError::Busy)
+    fn is_busy(&self, error: &PvError) -> bool {
+        matches!(error, PvError::Protocol(BlkfrontError::Busy))
     }
 
-    fn is_full(&self, error: &BlkfrontError) -> bool {
-        // A finished request keeps its slot (and granted pages) until
+    fn is_full(&self, error: &PvError) -> bool {
+        // A finished request keeps its slot (and mapped pages) until
         // `finish`: busy and full are the same refusal here.
-        matches!(error, BlkfrontError::Busy)
+        matches!(error, PvError::Protocol(BlkfrontError::Busy))
     }
 
-    fn no_free_slot(&self) -> BlkfrontError {
-        BlkfrontError::Busy
+    fn no_free_slot(&self) -> PvError {
+        BlkfrontError::Busy.into()
     }
 
     fn interrupt_noted(&self) -> bool {
@@ -718,7 +914,7 @@ impl BlockDriver<'static> for PvDisk {
     fn expire(&mut self, now: u64) -> Completions {
         let mut done = Completions::new();
         for (slot, err) in self.inflight.expire(now) {
-            self.finished(slot, Err(err), &mut done);
+            self.expired(slot, err, &mut done);
         }
         done
     }
@@ -729,30 +925,45 @@ impl BlockDriver<'static> for PvDisk {
         // a poller's upcall only sets `signalled`.
     }
 
+    /// A read's data is lent in place in the slot's granted pages: the
+    /// back end answered (its response was checked), the pages are unmapped
+    /// from it, and the slot is released only after the borrow, so no
+    /// request can reuse them while the caller reads them.
     fn finish(
         &mut self,
-        _env: &mut DmaEnv<'_, 'static>,
+        env: &mut DmaEnv<'_, 'static>,
         token: Token,
-        read_into: &mut [u8],
-    ) -> Poll<Result<Completion, BlkfrontError>> {
+        data: &mut dyn FnMut(&[u8]),
+    ) -> Poll<Result<Completion, PvError>> {
         let slot = usize::from(token.slot());
         let Some(sent) = self.sent.get(slot).copied().flatten() else {
-            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request")));
+            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request").into()));
         };
         if sent.token != token {
-            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request")));
+            return Poll::Ready(Err(BlkfrontError::BadRequest("no such request").into()));
         }
         let Some(result) = self.done[slot].take() else {
             return Poll::Pending;
         };
-        let result = result.and_then(|()| {
+        // An expired request's pages stay the back end's.
+        let unmapped = match sent.expired {
+            true => Ok(()),
+            false => self.unmap_slot(env, slot),
+        };
+        let result = result.map_err(PvError::from).and(unmapped).and_then(|()| {
             if sent.op == Op::Read {
-                let Some(data) = self.pages[slot].get(..read_into.len()) else {
-                    return Err(BlkfrontError::BadRequest(
-                        "read buffer larger than the request",
-                    ));
+                let Some(Some(SlotMemory::Idle(buffer))) = self.data.get(slot) else {
+                    return Err(PvError::NoSlotMemory);
                 };
-                read_into.copy_from_slice(data);
+                if u64::from(sent.bytes) > buffer.size() {
+                    return Err(BlkfrontError::BadRequest("a read larger than its slot").into());
+                }
+                let memory = window(buffer);
+                // SAFETY: the slot's buffer is idle (unmapped just above,
+                // after the back end answered): no request names its pages
+                // until the slot is released below, after the slice is
+                // gone, and `&mut self` is held for the whole call.
+                data(unsafe { memory.bytes(0, sent.bytes as usize) });
             }
             Ok(Completion {
                 op: sent.op,
@@ -769,11 +980,7 @@ impl BlockDriver<'static> for PvDisk {
         &self.stats
     }
 
-    fn dma(&self) -> Option<&DmaDevice<'static>> {
-        None
-    }
-
-    fn driver_stats(&self) -> Option<&dyn core::fmt::Display> {
-        Some(&self.grant_stats)
+    fn dma(&self) -> &DmaDevice<'static> {
+        &self.dma
     }
 }

@@ -34,6 +34,7 @@
 //! (rate and CPU time per request: the time not spent in WFI).
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32};
@@ -44,7 +45,7 @@ use log::{error, info, warn};
 use tidepool_block::pattern::{self, SECTOR_BYTES};
 use tidepool_block::wait::{SpinBudget, WaitMode};
 use tidepool_block::workload::{self, BLOCK_BYTES, Checksum};
-use tidepool_block::{BlockDriver, Notice, Request, StatsLine, Token};
+use tidepool_block::{BlockDriver, Deadline, Notice, Request, StatsLine, Token};
 use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, GicInterrupt, Usdhc as UsdhcNode, VirtioMmio};
 use tidepool_mm::PhysAddr;
@@ -132,31 +133,28 @@ impl AnyDisk {
         with_disk!(self, disk => print_stats(&disk.device, false));
     }
 
-    /// Prints the device's DMA counters (`dma: stats ...`); false for a
-    /// device whose memory is not the DMA layer's (a PV disk).
-    pub fn print_dma_stats(&self) -> bool {
-        with_disk!(self, disk => BlockDriver::dma(&disk.device).map(|dma| info!("{}", dma.stats_line())).is_some())
+    /// Prints the device's DMA counters (`dma: stats ...`, with the grants
+    /// of a PV disk).
+    pub fn print_dma_stats(&self) {
+        with_disk!(self, disk => info!("{}", BlockDriver::dma(&disk.device).stats_line()))
     }
 
     /// Disconnects the device before the kernel powers off or reboots (a PV
-    /// disk tells its back end; the others need nothing).
-    pub fn close(&mut self) {
+    /// disk tells its back end and ends its grants; the others need
+    /// nothing).
+    pub fn close(&mut self, dma: &mut Dma) {
         if let AnyDisk::Pv(disk) = self {
-            disk.device.close();
+            disk.device.close(&mut dma.env());
         }
     }
 }
 
-/// Prints a device's counters: `blk: stats ...`, the driver's own line if
-/// it has one, and with `dma` its DMA counters (`dma: stats ...`) if its
-/// memory goes through the DMA layer.
+/// Prints a device's counters: `blk: stats ...`, and with `dma` its DMA
+/// counters (`dma: stats ...`).
 pub fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
     info!("{}", StatsLine::new(device.name(), device.stats()));
-    if let Some(line) = device.driver_stats() {
-        info!("{line}");
-    }
-    if dma && let Some(dma) = device.dma() {
-        info!("{}", dma.stats_line());
+    if dma {
+        info!("{}", device.dma().stats_line());
     }
 }
 
@@ -188,7 +186,7 @@ pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<AnyD
         .collect();
     disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
     disks.extend(
-        blkfront::probe(dma.address_map())
+        blkfront::probe(dma)
             .into_iter()
             .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
     );
@@ -415,74 +413,126 @@ impl<D: BlockDriver<'static>> Disk<D> {
         )
     }
 
-    /// Submits `request` like [`Self::submit`], except that when the pool
-    /// is held by requests the device has returned but the caller has not
-    /// finished yet (`holding`: the caller has some), it returns `None`
-    /// for the caller to finish its oldest first. A pool device's finished
-    /// request keeps its region until `finish` copies the data out.
+    /// Submits `request` like [`Self::submit`], except when the caller
+    /// holds requests of its own it has not finished yet (`holding`): then
+    /// a device with no room (every slot, or its DMA pool, taken) gets one
+    /// attempt and `None` comes back, for the caller to finish its oldest
+    /// first, which frees room as soon as that one is back. Waiting here
+    /// instead would wait for any completion, which frees nothing on a pool
+    /// device: its finished requests keep their pool regions until
+    /// `finish`, so each retry was a failed pool allocation and another
+    /// wait (225 of them in `bench=64`'s sequential pass through a 4 MiB
+    /// pool, whose time this took from about 120 ms to 105).
     fn submit_or_defer(
         &mut self,
         dma: &mut Dma,
         request: Request<'_>,
         holding: bool,
     ) -> Result<Option<Token>, D::Error> {
-        match self.submit(dma, request) {
-            Err(error) if holding && self.device.is_full(&error) => Ok(None),
+        if !holding {
+            return self.submit(dma, request).map(Some);
+        }
+        let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
+        match self.device.submit(&mut dma.env(), request, deadline) {
+            Err(error) if self.device.is_busy(&error) || self.device.is_full(&error) => Ok(None),
             other => other.map(Some),
         }
     }
 
-    /// Waits for `token` and copies a read's data into `buffer`.
-    fn complete(&mut self, dma: &mut Dma, token: Token, buffer: &mut [u8]) -> Result<(), D::Error> {
+    /// Waits for `token`; a read's data is lent to `data` in place
+    /// ([`BlockDriver::finish`]).
+    fn complete(
+        &mut self,
+        dma: &mut Dma,
+        token: Token,
+        data: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), D::Error> {
         loop {
-            if let Poll::Ready(result) = self.device.finish(&mut dma.env(), token, buffer) {
+            if let Poll::Ready(result) = self.device.finish(&mut dma.env(), token, data) {
                 return result.map(|_| ());
             }
             self.wait_and_harvest(dma);
         }
     }
 
-    /// Reads `buffer.len()` bytes at `lba` with up to the driver's
-    /// in-flight limit of [`Self::chunk_bytes`] requests outstanding.
-    pub fn read(&mut self, dma: &mut Dma, lba: u64, buffer: &mut [u8]) -> Result<(), D::Error> {
-        let chunk_bytes = self.chunk_bytes();
-        let sectors_per_chunk = (chunk_bytes / SECTOR_BYTES) as u64;
-        let mut pending: Vec<(Token, usize)> = Vec::with_capacity(self.device.slots());
-        let chunks = buffer.len().div_ceil(chunk_bytes);
-        let mut next = 0;
+    /// The one transfer loop of reads: submits `requests` (first sector,
+    /// sectors; each at most the driver's largest request) with up to
+    /// `depth` in flight (at most the device's slots), finishes them in
+    /// submission order, and lends each one's data to `each(lba, bytes)`
+    /// where the device put it, synced for the CPU by the DMA layer: no
+    /// copy ([`BlockDriver::finish`]; the borrow ends before the request's
+    /// memory goes back to the driver). On an error the requests already
+    /// submitted are still finished (their slots come back; the successful
+    /// ones are still lent) before the first error is returned. Returns
+    /// the number of requests read.
+    ///
+    /// Why lend rather than read into the caller's memory: for a pool
+    /// device the caller's memory is not memory the device can reach, so
+    /// the DMA layer would bounce it through the pool (a copy, the design
+    /// issue 15 measured at 0.43x); and a virtio request's header, data and
+    /// status are one region so that it costs one map and at most one
+    /// flush hypercall, which a separate caller buffer would make three.
+    /// Lending the region works the same on every device and DMA path.
+    pub fn read_each(
+        &mut self,
+        dma: &mut Dma,
+        depth: usize,
+        requests: impl Iterator<Item = (u64, u32)>,
+        each: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<u64, D::Error> {
+        let depth = depth.clamp(1, self.device.slots().max(1));
+        let mut requests = requests.peekable();
+        // (token, first sector) in submission order; at most `depth`.
+        let mut pending: VecDeque<(Token, u64)> = VecDeque::with_capacity(depth);
+        let mut count = 0;
         let mut result = Ok(());
-        while next < chunks || !pending.is_empty() {
-            while next < chunks && pending.len() < self.device.slots() && result.is_ok() {
-                let offset = next * chunk_bytes;
-                let len = chunk_bytes.min(buffer.len() - offset);
-                let request = Request::Read {
-                    lba: lba + next as u64 * sectors_per_chunk,
-                    sectors: (len / SECTOR_BYTES) as u32,
-                };
+        while (result.is_ok() && requests.peek().is_some()) || !pending.is_empty() {
+            while result.is_ok()
+                && pending.len() < depth
+                && let Some(&(lba, sectors)) = requests.peek()
+            {
+                let request = Request::Read { lba, sectors };
                 match self.submit_or_defer(dma, request, !pending.is_empty()) {
-                    Ok(Some(token)) => pending.push((token, offset)),
+                    Ok(Some(token)) => {
+                        requests.next();
+                        pending.push_back((token, lba));
+                        count += 1;
+                    }
                     Ok(None) => break,
                     Err(err) => result = Err(err),
                 }
-                next += 1;
             }
-            if result.is_err() && pending.is_empty() {
-                break;
-            }
-            let Some((token, offset)) = pending.first().copied() else {
+            let Some((token, lba)) = pending.pop_front() else {
                 break;
             };
-            pending.remove(0);
-            let len = chunk_bytes.min(buffer.len() - offset);
-            let done = self.complete(dma, token, &mut buffer[offset..offset + len]);
-            if result.is_ok() {
-                result = done;
-            }
-            if result.is_err() {
-                next = chunks;
+            let done = self.complete(dma, token, &mut |bytes| each(lba, bytes));
+            if let Err(err) = done
+                && result.is_ok()
+            {
+                result = Err(err);
             }
         }
-        result
+        result.map(|()| count)
+    }
+
+    /// Reads `sectors` sectors from `lba` in requests of
+    /// [`Self::chunk_bytes`], as many in flight as the device takes, and
+    /// lends each request's data to `each(lba, bytes)` in order, in place
+    /// ([`Self::read_each`]).
+    pub fn read_with(
+        &mut self,
+        dma: &mut Dma,
+        lba: u64,
+        sectors: u64,
+        each: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<(), D::Error> {
+        let chunk = (self.chunk_bytes() / SECTOR_BYTES) as u64;
+        let requests = (0..sectors.div_ceil(chunk)).map(|i| {
+            let at = i * chunk;
+            (lba + at, (sectors - at).min(chunk) as u32)
+        });
+        let depth = self.device.slots();
+        self.read_each(dma, depth, requests, each).map(|_| ())
     }
 
     /// Writes `data` at `lba`, one [`Self::chunk_bytes`] request at a time.
@@ -491,7 +541,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
         for (i, chunk) in data.chunks(chunk_bytes).enumerate() {
             let lba = lba + (i * chunk_bytes / SECTOR_BYTES) as u64;
             let token = self.submit(dma, Request::Write { lba, data: chunk })?;
-            self.complete(dma, token, &mut [])?;
+            self.complete(dma, token, &mut |_| {})?;
         }
         Ok(())
     }
@@ -499,17 +549,8 @@ impl<D: BlockDriver<'static>> Disk<D> {
     /// Flushes the device's write cache.
     pub fn flush(&mut self, dma: &mut Dma) -> Result<(), D::Error> {
         let token = self.submit(dma, Request::Flush)?;
-        self.complete(dma, token, &mut [])
+        self.complete(dma, token, &mut |_| {})
     }
-}
-
-/// `bytes` zeroed bytes from the heap, `None` where the heap has no room
-/// (the monitor asks for these buffers on a running system).
-pub fn zeroed(bytes: usize) -> Option<Vec<u8>> {
-    let mut buffer = Vec::new();
-    buffer.try_reserve_exact(bytes).ok()?;
-    buffer.resize(bytes, 0);
-    Some(buffer)
 }
 
 impl Waiter {
@@ -604,55 +645,46 @@ fn take<D: BlockDriver<'static>>(device: &mut D, env: &mut DmaEnv<'_, 'static>) 
     }
 }
 
-/// Reads the whole disk and checks every sector; read errors are reported
-/// with their sector and the check goes on. Returns the number of bad
-/// sectors or failed reads.
+/// Reads the whole disk and checks every sector in place, as each request
+/// completes ([`Disk::read_with`]); read errors are reported with their
+/// sectors and the check goes on with the next pass of 16 requests.
+/// Returns the number of bad sectors or failed reads.
 pub fn verify<D: BlockDriver<'static>>(
     disk: &mut Disk<D>,
     dma: &mut Dma,
     expected: DiskPattern,
 ) -> u64 {
     let capacity = disk.device.capacity();
-    let Some(mut buffer) = zeroed(CHUNK_BYTES * 16) else {
-        error!("blk: verify {}: no heap for its buffer", disk.name());
-        return 1;
-    };
-    let per_pass = (buffer.len() / SECTOR_BYTES) as u64;
+    let name = disk.name();
+    let per_pass = (disk.chunk_bytes() * 16 / SECTOR_BYTES) as u64;
     let mut problems = 0;
     let mut lba = 0;
     while lba < capacity {
         let sectors = per_pass.min(capacity - lba);
-        let bytes = &mut buffer[..sectors as usize * SECTOR_BYTES];
-        if let Err(err) = disk.read(dma, lba, bytes) {
+        let mut check = |at: u64, bytes: &[u8]| {
+            let (whole, _) = bytes.as_chunks::<SECTOR_BYTES>();
+            for (at, sector) in (at..).zip(whole) {
+                if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
+                    if problems < 8 {
+                        error!("blk: {name} {mismatch}");
+                    }
+                    problems += 1;
+                }
+            }
+        };
+        if let Err(err) = disk.read_with(dma, lba, sectors, &mut check) {
             error!(
-                "blk: {} read of sectors {lba}..{} failed: {err}",
-                disk.name(),
+                "blk: {name} read of sectors {lba}..{} failed: {err}",
                 lba + sectors
             );
             problems += 1;
-            lba += sectors;
-            continue;
-        }
-        for (i, sector) in bytes.chunks_exact(SECTOR_BYTES).enumerate() {
-            let at = lba + i as u64;
-            let sector: &[u8; SECTOR_BYTES] =
-                sector.try_into().expect("chunks_exact gives whole sectors");
-            if let Err(mismatch) = pattern::verify(expected.seed_of(at), at, sector) {
-                if problems < 8 {
-                    error!("blk: {} {mismatch}", disk.name());
-                }
-                problems += 1;
-            }
         }
         lba += sectors;
     }
     if problems == 0 {
-        info!("blk: verify {} sectors={capacity} ok", disk.name());
+        info!("blk: verify {name} sectors={capacity} ok");
     } else {
-        error!(
-            "blk: verify {} sectors={capacity} problems={problems}",
-            disk.name()
-        );
+        error!("blk: verify {name} sectors={capacity} problems={problems}");
     }
     problems
 }
@@ -690,6 +722,8 @@ struct Phase {
     elapsed_ticks: u64,
     /// Ticks spent in WFI.
     idle_ticks: u64,
+    /// Ticks spent in `GNTTABOP_cache_flush` (a pool device's syncs).
+    flush_ticks: u64,
     checksum: Checksum,
 }
 
@@ -703,6 +737,11 @@ impl Phase {
         ticks_to_ns(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
     }
 
+    /// Time in `GNTTABOP_cache_flush` per request, in nanoseconds.
+    fn flush_ns_per_request(&self) -> u64 {
+        ticks_to_ns(self.flush_ticks) / self.requests.max(1)
+    }
+
     fn per_second(&self) -> u64 {
         self.requests * 1_000_000 / self.us()
     }
@@ -713,64 +752,29 @@ fn ticks_to_ns(ticks: u64) -> u64 {
 }
 
 /// Reads `requests` (first sector, sectors) with up to `depth` in flight
-/// (at most the device's slots), finishing them in submission order and
-/// adding every byte read to a checksum; times it all. On an error the
-/// requests already submitted are still finished (their slots come back)
-/// before the first error is returned.
+/// through the one transfer loop ([`Disk::read_each`]), adding every byte
+/// read to a checksum in place, inside the timing.
 fn timed_reads<D: BlockDriver<'static>>(
     disk: &mut Disk<D>,
     dma: &mut Dma,
     depth: usize,
     requests: impl Iterator<Item = (u64, u32)>,
-    buffer: &mut [u8],
 ) -> Result<Phase, D::Error> {
     let depth = depth.min(disk.device.slots());
-    let mut requests = requests.peekable();
-    let mut pending: Vec<(Token, usize)> = Vec::with_capacity(depth);
     let mut checksum = Checksum::new();
-    let mut count = 0;
-    let mut result = Ok(());
     let idle_before = disk.waiter.idle_ticks;
+    let flush_before = dma.flush_ticks();
     let start = arch_timer::counter();
-    while (result.is_ok() && requests.peek().is_some()) || !pending.is_empty() {
-        while result.is_ok()
-            && pending.len() < depth
-            && let Some(&(lba, sectors)) = requests.peek()
-        {
-            let request = Request::Read { lba, sectors };
-            match disk.submit_or_defer(dma, request, !pending.is_empty()) {
-                Ok(Some(token)) => {
-                    requests.next();
-                    pending.push((token, sectors as usize * SECTOR_BYTES));
-                    count += 1;
-                }
-                Ok(None) => break,
-                Err(err) => result = Err(err),
-            }
-        }
-        if pending.is_empty() {
-            break;
-        }
-        let (token, len) = pending.remove(0);
-        let bytes = &mut buffer[..len];
-        match disk.complete(dma, token, bytes) {
-            // Whole sectors: a multiple of 8 bytes.
-            Ok(()) => {
-                let _ = checksum.update(bytes);
-            }
-            Err(err) => {
-                if result.is_ok() {
-                    result = Err(err);
-                }
-            }
-        }
-    }
-    result?;
+    // Whole sectors: a multiple of 8 bytes.
+    let requests = disk.read_each(dma, depth, requests, &mut |_, bytes| {
+        let _ = checksum.update(bytes);
+    })?;
     Ok(Phase {
         depth,
-        requests: count,
+        requests,
         elapsed_ticks: arch_timer::counter() - start,
         idle_ticks: disk.waiter.idle_ticks - idle_before,
+        flush_ticks: dma.flush_ticks() - flush_before,
         checksum,
     })
 }
@@ -789,8 +793,9 @@ fn ratio(a: u64, b: u64) -> (u64, u64) {
 /// ([`workload::random_blocks`], the list `cargo xtask bench` gives Linux's
 /// fio) at queue depth 1, 16 and 32; every byte read goes into a checksum
 /// per phase, computed inside the timing. Printed as `blk: bench seq ...`,
-/// `blk: bench qdN ...` (each with the CPU time per request: time not in
-/// WFI) and `blk: bench dma ...` (the DMA counters) lines.
+/// `blk: bench qdN ...` (each with the CPU time per request, `busy_ns`:
+/// time not in WFI, and of it the time in `GNTTABOP_cache_flush`,
+/// `flush_ns`) and `blk: bench dma ...` (the DMA counters) lines.
 pub fn bench<D: BlockDriver<'static>>(
     disk: &mut Disk<D>,
     dma: &mut Dma,
@@ -799,17 +804,8 @@ pub fn bench<D: BlockDriver<'static>>(
 ) -> Result<(), D::Error> {
     let span = (mib << 20).min(disk.device.capacity() * SECTOR_BYTES as u64) / SECTOR_BYTES as u64;
     let before_blk = *disk.device.stats();
-    let dma_counters = |disk: &Disk<D>| {
-        disk.device
-            .dma()
-            .map(|dma| *dma.stats())
-            .unwrap_or_default()
-    };
+    let dma_counters = |disk: &Disk<D>| *disk.device.dma().stats();
     let before_dma = dma_counters(disk);
-    let Some(mut buffer) = zeroed(CHUNK_BYTES) else {
-        error!("blk: bench {}: no heap for its buffer", disk.name());
-        return Ok(());
-    };
 
     // The largest requests the driver takes, up to [`CHUNK_BYTES`].
     let chunk = (disk.chunk_bytes() / SECTOR_BYTES) as u64;
@@ -817,14 +813,14 @@ pub fn bench<D: BlockDriver<'static>>(
         let lba = i * chunk;
         (lba, (span - lba).min(chunk) as u32)
     });
-    let seq = timed_reads(disk, dma, disk.device.slots(), chunks, &mut buffer)?;
+    let seq = timed_reads(disk, dma, disk.device.slots(), chunks)?;
     let block_sectors = BLOCK_BYTES / SECTOR_BYTES as u64;
     let span_blocks = span / block_sectors;
     let mut random = [1usize, 16, 32].map(|depth| (depth, None));
     for (depth, phase) in &mut random {
         let blocks = workload::random_blocks(workload::SEED, reads, span_blocks)
             .map(|block| (block * block_sectors, block_sectors as u32));
-        *phase = Some(timed_reads(disk, dma, *depth, blocks, &mut buffer)?);
+        *phase = Some(timed_reads(disk, dma, *depth, blocks)?);
     }
 
     let blk = disk.device.stats();
@@ -836,24 +832,26 @@ pub fn bench<D: BlockDriver<'static>>(
     let (mib_s, mib_s_frac) = ratio(seq_bytes * 1_000_000 / (1 << 20), seq.us());
     let (per_req, per_req_frac) = ratio(hypercalls, requests);
     info!(
-        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} sum={:016x}",
+        "blk: bench seq device={} wait={} mib={} reqs={} us={} mib_s={mib_s}.{mib_s_frac:02} busy_ns={} flush_ns={} sum={:016x}",
         disk.name(),
         disk.waiter.mode,
         seq_bytes >> 20,
         seq.requests,
         seq.us(),
         seq.busy_ns_per_request(),
+        seq.flush_ns_per_request(),
         seq.checksum.value(),
     );
     for (depth, phase) in random.iter().filter_map(|(d, p)| Some((d, p.as_ref()?))) {
         info!(
-            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} sum={:016x}",
+            "blk: bench qd{depth} reqs={} in_flight={} span_blocks={span_blocks} seed={:#x} us={} iops={} busy_ns={} flush_ns={} sum={:016x}",
             phase.requests,
             phase.depth,
             workload::SEED,
             phase.us(),
             phase.per_second(),
             phase.busy_ns_per_request(),
+            phase.flush_ns_per_request(),
             phase.checksum.value()
         );
     }
@@ -896,7 +894,7 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
     // The monitor's `blk` commands use the disks until it powers off.
     if !args.monitor {
         for disk in disks.iter_mut() {
-            disk.close();
+            disk.close(dma);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The DMA layer's machine side: cache maintenance by VA, Xen's
-//! `GNTTABOP_cache_flush`, copies for bounce buffers, warnings on the
-//! console, and the pools the device tree and the memory plan give.
+//! `GNTTABOP_cache_flush`, copies for bounce buffers, grants (the grant
+//! table, `crate::xen::grants`), warnings on the console, and the pools the
+//! device tree and the memory plan give, and those the kernel sets aside
+//! for a grant device ([`Dma::grant_device`]).
 //!
 //! The policy and the bookkeeping live in `tidepool-dma` (host-tested); this
-//! module only implements its four boundary traits for the running machine
+//! module only implements its boundary traits for the running machine
 //! and sets up the pools. DMA addresses are physical addresses: there is no
 //! IOMMU, and under Xen dom0 is mapped 1:1 (see `tidepool_dma`).
 
@@ -12,16 +14,18 @@ use core::fmt;
 
 use log::info;
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushRefusedWarning, Host,
-    OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SetupError,
-    WarningSink, WindowAttributes,
+    Addressing, CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory,
+    FlushRefusedWarning, Host, OwnedVirtRange, PageGrants, PlatformFlush, PoolPlacement, PoolRole,
+    PoolSet, PoolSpec, SetupError, WarningSink, WindowAttributes,
 };
 use tidepool_dt::{DeviceTree, ReservedRegion};
-use tidepool_mm::{AddressMap, PhysRange, RegionKind};
+use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, RegionKind};
 
 use crate::arch::aarch64::cache::maintain_range;
 use crate::memory_plan::{KERNEL_LINEAR_POOL, KERNEL_NC_POOL, MemorySetup, is_dma_pool};
 use crate::xen::flush::XenFlush;
+use crate::xen::grants::{self, KernelGrants};
+use tidepool_xen_abi::DomId;
 
 /// Data-cache maintenance by virtual address, to the point of coherency.
 pub struct KernelCache;
@@ -94,15 +98,33 @@ pub struct Dma {
     memory: KernelMemory,
     flush: Option<XenFlush>,
     warnings: ConsoleWarnings,
+    /// The grant table, once Xen's is set up (taken at the first
+    /// [`Dma::env`] after that).
+    grants: Option<KernelGrants>,
 }
 
-/// Why the DMA layer could not be set up.
+/// Why the DMA layer, or a device's DMA context, could not be set up.
 #[derive(Debug)]
-pub struct DmaSetupError(SetupError<'static>);
+pub enum DmaSetupError {
+    /// The DMA layer refused a pool or a device.
+    Setup(SetupError<'static>),
+    /// The heap has no room for a grant device's pool.
+    NoMemory {
+        /// The device.
+        device: &'static str,
+        /// Bytes asked for.
+        bytes: usize,
+    },
+}
 
 impl fmt::Display for DmaSetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dma: {}", self.0)
+        match self {
+            Self::Setup(error) => write!(f, "dma: {error}"),
+            Self::NoMemory { device, bytes } => {
+                write!(f, "dma: no heap for the pool of {device} ({bytes} bytes)")
+            }
+        }
     }
 }
 
@@ -126,6 +148,7 @@ impl Dma {
             memory: KernelMemory,
             flush,
             warnings: ConsoleWarnings,
+            grants: None,
         };
         let own_window = |name: &str| {
             address_map
@@ -169,13 +192,19 @@ impl Dma {
             // kernel's lifetime; every pool is a device-tree DMA pool or one
             // of the kernel's two, carved for DMA alone from linear RAM clear
             // of the image, the heap and every other region.
-            let id =
-                unsafe { dma.pools.add(spec, &mut dma.cache, platform) }.map_err(DmaSetupError)?;
+            let id = unsafe { dma.pools.add(spec, &mut dma.cache, platform) }
+                .map_err(DmaSetupError::Setup)?;
             if let Some(pool) = dma.pools.get(id) {
                 info!("{}", pool.setup_line());
             }
         }
         Ok(dma)
+    }
+
+    /// Counter ticks spent in `GNTTABOP_cache_flush` for the DMA layer so
+    /// far (0 without the Xen flush).
+    pub fn flush_ticks(&self) -> u64 {
+        self.flush.as_ref().map_or(0, XenFlush::ticks)
     }
 
     /// The address map every DMA operation classifies addresses with.
@@ -185,12 +214,19 @@ impl Dma {
 
     /// The environment DMA operations run in.
     pub fn env(&mut self) -> DmaEnv<'_, 'static> {
+        if self.grants.is_none() {
+            self.grants = grants::page_grants();
+        }
         DmaEnv {
             pools: &mut self.pools,
             cache: &mut self.cache,
             memory: &mut self.memory,
             platform: self.flush.as_mut().map(|f| f as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: self
+                .grants
+                .as_mut()
+                .map(|grants| grants as &mut dyn PageGrants),
         }
     }
 
@@ -251,17 +287,83 @@ impl Dma {
                 name: path,
                 coherent,
                 pool,
+                addressing: Addressing::Bus,
             },
             &self.pools,
         )
-        .map_err(DmaSetupError)?;
+        .map_err(DmaSetupError::Setup)?;
         info!(
-            "dma: device {path} coherent={} pool={} coherent-allocs={} dma-addr=phys",
+            "dma: device {path} coherent={} pool={} coherent-allocs={} dma-addr={}",
             if coherent { "yes" } else { "no" },
             pool.unwrap_or("none"),
             self.pools
                 .get(device.coherent_pool())
-                .map_or("?", |p| p.name())
+                .map_or("?", |p| p.name()),
+            device.addressing()
+        );
+        Ok(device)
+    }
+
+    /// A DMA context for `name`, a device that is another domain (`domid`,
+    /// a PV back end) and is given grant references: its own pool of
+    /// `bytes` (whole pages) of linear RAM from the heap, set aside for
+    /// good, named `tidepool:grants-<name>`. Prints the pool's and the
+    /// device's lines.
+    pub fn grant_device(
+        &mut self,
+        name: &'static str,
+        domid: DomId,
+        bytes: usize,
+    ) -> Result<DmaDevice<'static>, DmaSetupError> {
+        let no_memory = || DmaSetupError::NoMemory {
+            device: name,
+            bytes,
+        };
+        let layout = core::alloc::Layout::from_size_align(bytes, PAGE_SIZE as usize)
+            .ok()
+            .filter(|layout| layout.size() != 0)
+            .ok_or_else(no_memory)?;
+        // Zeroed: its pages are granted to another domain, which must not
+        // read what earlier heap users left there.
+        // SAFETY: `layout` has a non-zero size (checked above).
+        let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if pointer.is_null() {
+            return Err(no_memory());
+        }
+        let base = self
+            .address_map()
+            .virt_to_phys(tidepool_mm::VirtAddr(pointer as u64))
+            .map_err(|_| no_memory())?;
+        let pool: &'static str =
+            alloc::string::String::leak(alloc::format!("tidepool:grants-{name}"));
+        let spec = PoolSpec {
+            name: pool,
+            phys: PhysRange::new(base.0, bytes as u64),
+            placement: PoolPlacement::Linear,
+            role: PoolRole::DevicePrivate,
+        };
+        // SAFETY: a fresh heap allocation, never freed (it is set aside for
+        // the pool for good), in linear RAM the address map and the live
+        // page tables describe for the kernel's lifetime; nothing but the
+        // pool's allocations will reach it.
+        let id =
+            unsafe { self.pools.add(spec, &mut self.cache, None) }.map_err(DmaSetupError::Setup)?;
+        if let Some(pool) = self.pools.get(id) {
+            info!("{}", pool.setup_line());
+        }
+        let device = DmaDevice::new(
+            DeviceSpec {
+                name,
+                coherent: true,
+                pool: Some(pool),
+                addressing: Addressing::Grant { domid },
+            },
+            &self.pools,
+        )
+        .map_err(DmaSetupError::Setup)?;
+        info!(
+            "dma: device {name} coherent=yes pool={pool} coherent-allocs=none dma-addr={}",
+            device.addressing()
         );
         Ok(device)
     }

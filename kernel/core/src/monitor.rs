@@ -148,7 +148,7 @@ impl Monitor {
     /// reboots.
     fn shut_down(&mut self, reason: ShutdownReason) -> ! {
         for disk in &mut self.disks {
-            disk.close();
+            disk.close(&mut self.dma);
         }
         crate::shutdown::shutdown(reason)
     }
@@ -160,9 +160,8 @@ impl Monitor {
             .iter()
             .filter(|d| device.is_none_or(|name| matches(d, name)))
         {
-            if disk.print_dma_stats() {
-                shown += 1;
-            }
+            disk.print_dma_stats();
+            shown += 1;
         }
         match device {
             Some(name) if shown == 0 => error!("monitor: dma: no DMA device {name}"),
@@ -239,7 +238,8 @@ fn matches(disk: &AnyDisk, name: &str) -> bool {
 }
 
 /// `blk read`: sector `lba` as hex-dump records, then the FNV-1a checksum
-/// of the sectors after it.
+/// of the sectors after it, computed in place as each request completes
+/// (`Disk::read_with`: no buffer for the whole range).
 fn read<D: BlockDriver<'static>>(disk: &mut Disk<D>, dma: &mut Dma, lba: u64, count: u64) {
     let capacity = disk.device().capacity();
     if lba.checked_add(count).is_none_or(|end| end > capacity) {
@@ -249,27 +249,33 @@ fn read<D: BlockDriver<'static>>(disk: &mut Disk<D>, dma: &mut Dma, lba: u64, co
         );
         return;
     }
-    let bytes = count as usize * SECTOR_BYTES;
-    let Some(mut buffer) = crate::block::zeroed(bytes) else {
-        error!("monitor: blk read: no heap for {bytes} bytes");
-        return;
+    let mut first = [0u8; SECTOR_BYTES];
+    let mut rest = hexdump::Fnv1a64::new();
+    let mut take = |at: u64, bytes: &[u8]| {
+        let bytes = if at == lba {
+            let (sector, after) = bytes.split_at(SECTOR_BYTES);
+            first.copy_from_slice(sector);
+            after
+        } else {
+            bytes
+        };
+        rest.update(bytes);
     };
-    if let Err(err) = disk.read(dma, lba, &mut buffer) {
+    if let Err(err) = disk.read_with(dma, lba, count, &mut take) {
         error!(
             "blk: {} read of sectors {lba}+{count} failed: {err}",
             disk.name()
         );
         return;
     }
-    let (first, rest) = buffer.split_at(SECTOR_BYTES);
-    for line in hexdump::lines(first) {
+    for line in hexdump::lines(&first) {
         info!("blk: dump {} lba={lba} {line}", disk.name());
     }
     info!(
         "blk: read {} lba={lba} sectors={count} rest_sectors={} rest_fnv1a64={:#018x}",
         disk.name(),
         count - 1,
-        hexdump::fnv1a64(rest)
+        rest.value()
     );
 }
 

@@ -21,6 +21,9 @@
 //! - The device: physical addresses. A non-coherent device reads and writes
 //!   memory and ignores the cache; a coherent one snoops: its reads return a
 //!   cached line if there is one, its writes update the line and memory.
+//!   Another domain (a grant device's back end) is a CPU with its own
+//!   write-back mapping, in the same coherent cache: its accesses allocate
+//!   lines and its writes leave them dirty, to be written back whenever.
 //!
 //! # Rules, taken pessimistically
 //!
@@ -112,6 +115,9 @@ pub enum Device {
     NonCoherent,
     /// Snoops the cache (`dma-coherent`).
     Coherent,
+    /// Another domain's CPU through its own write-back mapping (a grant
+    /// device's back end): allocates lines, and its writes dirty them.
+    Domain,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -382,7 +388,12 @@ impl Machine {
                 }
                 let index = (pa - line) as usize;
                 match (device, self.cache.get(&line)) {
-                    (Device::Coherent, Some(cached)) => cached.data[index],
+                    (Device::Coherent | Device::Domain, Some(cached)) => cached.data[index],
+                    (Device::Domain, None) => {
+                        let data = self.memory_line(line);
+                        self.cache.insert(line, Line { data, dirty: false });
+                        data[index]
+                    }
                     _ => self.memory_line(line)[index],
                 }
             })
@@ -399,6 +410,16 @@ impl Machine {
                 self.touch(line);
             }
             let index = (pa - line) as usize;
+            if device == Device::Domain {
+                let data = self.memory_line(line);
+                let cached = self
+                    .cache
+                    .entry(line)
+                    .or_insert(Line { data, dirty: false });
+                cached.data[index] = byte;
+                cached.dirty = true;
+                continue;
+            }
             self.memory.entry(line).or_insert([0; LINE as usize])[index] = byte;
             if device == Device::Coherent
                 && let Some(cached) = self.cache.get_mut(&line)

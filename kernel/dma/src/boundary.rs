@@ -1,7 +1,7 @@
 //! The boundaries between the DMA logic and the machine, as traits.
 //!
 //! Each is implemented twice: by the kernel on aarch64 (a thin, unsafe layer:
-//! `DC` instructions, a raw copy, the Xen hypercall) and by recording fakes in
+//! `DC` instructions, a raw copy, the Xen hypercall, grant-table entries) and by recording fakes in
 //! this crate's tests. None of them is called with a linear-map address of
 //! pool memory: pool memory is reached only through the pool's own window.
 //!
@@ -33,6 +33,7 @@ use core::fmt;
 
 pub use tidepool_mm::CacheOp;
 use tidepool_mm::{PhysRange, VirtAddr};
+use tidepool_xen_abi::{DomId, Grant, GrantAccess, GrantError, GrantNotEnded};
 
 /// A range of kernel virtual addresses the DMA layer owns for the duration
 /// of one boundary call: a block of a pool's window, or a CPU buffer mapped
@@ -243,4 +244,36 @@ pub unsafe trait DmaMemory {
     fn copy(&mut self, src: &OwnedVirtRange, dst: &OwnedVirtRange);
     /// Writes zeros over `dst`.
     fn zero(&mut self, dst: &OwnedVirtRange);
+}
+
+/// Grants of this domain's pages to another domain (Xen's grant table): the
+/// device side of a grant device ([`Addressing::Grant`](crate::Addressing::Grant)).
+///
+/// The kernel's implementation writes a v1 grant-table entry
+/// (`GrantableFrame` of the lent page) and ends it through the [`Grant`]
+/// token the table made; the tests' fake is a real
+/// [`tidepool_xen_abi::GrantTable`] over entries in host memory.
+///
+/// # Implementation safety
+///
+/// [`grant`](Self::grant) must grant `domid` access to exactly the one page
+/// `page` names (a page-aligned 4 KiB block the layer owns and keeps until
+/// the grant has ended), with `access`, and nothing else; on an error
+/// nothing is granted. [`end`](Self::end) must end exactly the grant it is
+/// given, and return `Ok` only once the other domain can no longer reach
+/// the page through it (Xen's entry revoked, no mapping of it left); the
+/// layer frees the page for reuse on `Ok` and never otherwise. Neither
+/// keeps an address past the call.
+#[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+pub unsafe trait PageGrants {
+    /// Grants `domid` `access` to the page `page` names.
+    fn grant(
+        &mut self,
+        domid: DomId,
+        page: &OwnedPhysRange,
+        access: GrantAccess,
+    ) -> Result<Grant, GrantError>;
+    /// Ends `grant`, or gives it back, still valid, with the reason
+    /// (typically [`GrantError::InUse`]: the other domain still maps it).
+    fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded>;
 }

@@ -5,19 +5,26 @@
 //! run on the I/O path. All state they change was allocated at setup (the
 //! pools' bitmaps) or lives in the device itself (the counters).
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use tidepool_mm::{AddressClass, AddressMap, PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
+use tidepool_xen_abi::{Grant, GrantRef};
 
 use crate::boundary::{
-    CacheMaintenance, CacheOp, DmaMemory, FlushErrno, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
+    CacheMaintenance, CacheOp, DmaMemory, FlushErrno, OwnedPhysRange, OwnedVirtRange, PageGrants,
+    PlatformFlush,
 };
 use crate::error::{DmaError, SetupError};
 use crate::policy::{
     DmaDirection, FlushSupport, MemoryClass, SyncAction, SyncPoint, coherent_sync_action,
-    sync_action,
+    snoops_cpu_caches, sync_action,
 };
 use crate::pool::{Pool, PoolId, PoolRole, PoolSet, first_rejected_byte};
+
+mod grant;
+
+pub use grant::Addressing;
 
 /// A DMA address: what a device is given to reach memory.
 ///
@@ -45,15 +52,21 @@ impl fmt::Display for DmaAddr {
     }
 }
 
-/// What the device tree says about a device's DMA.
+/// What the device tree (or, for a grant device, the PV protocol) says
+/// about a device's DMA.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct DeviceSpec<'a> {
-    /// The device node's path, e.g. `/virtio_mmio@a003e00`.
+    /// The device node's path, e.g. `/virtio_mmio@a003e00`, or a PV
+    /// device's name (`xvda`).
     pub name: &'a str,
-    /// Whether the node has `dma-coherent`.
+    /// Whether the node has `dma-coherent` (a grant device is coherent
+    /// whatever this says).
     pub coherent: bool,
-    /// The `shared-dma-pool` its `memory-region` points at, by name.
+    /// The pool its memory comes from, by name: the `shared-dma-pool` its
+    /// `memory-region` points at, or a grant device's private pool.
     pub pool: Option<&'a str>,
+    /// The kind of address the device is given.
+    pub addressing: Addressing,
 }
 
 /// A CPU buffer to map for streaming DMA, by kernel virtual address.
@@ -164,6 +177,8 @@ pub struct DmaEnv<'e, 'a> {
     pub platform: Option<&'e mut dyn PlatformFlush>,
     /// Where warnings go.
     pub warnings: &'e mut dyn WarningSink,
+    /// This domain's grant table, for grant devices; `None` outside Xen.
+    pub grants: Option<&'e mut dyn PageGrants>,
 }
 
 /// Where a mapping's device-visible memory is.
@@ -212,12 +227,27 @@ pub struct DmaMapping<'a> {
     cpu: CpuBuffer,
     dir: DmaDirection,
     target: MappingTarget,
+    /// A grant device's page grants (those of its pool buffer); empty for
+    /// a bus device.
+    grants: Vec<Option<Grant>>,
 }
 
 impl<'a> DmaMapping<'a> {
-    /// The address to give the device.
+    /// The address to give a bus device. A grant device is given
+    /// [`Self::grant_refs`] instead (this is then the guest-physical
+    /// address, which the other domain cannot use).
     pub fn dma_addr(&self) -> DmaAddr {
         self.dma
+    }
+
+    /// What a grant device is given: the grant reference of each page of
+    /// the mapping, in order (none for a bus device).
+    pub fn grant_refs(&self) -> impl Iterator<Item = GrantRef> + '_ {
+        let pages = self.cpu.len.div_ceil(PAGE_SIZE) as usize;
+        self.grants
+            .iter()
+            .take(pages)
+            .map_while(|grant| grant.as_ref().map(Grant::gref))
     }
 
     /// The mapped length in bytes.
@@ -239,6 +269,18 @@ impl<'a> DmaMapping<'a> {
     /// The device that made it.
     pub fn device(&self) -> &'a str {
         self.device
+    }
+
+    /// The pool buffer a mapping of [`DmaDevice::map_in_pool`] was made
+    /// from, with its grants.
+    fn into_pool_buffer(self, pool: PoolId, block: PhysRange) -> PoolBuffer<'a> {
+        PoolBuffer {
+            device: self.device,
+            pool,
+            block,
+            window: self.cpu.virt,
+            grants: self.grants,
+        }
     }
 }
 
@@ -287,12 +329,18 @@ impl<'a> CoherentBuffer<'a> {
 /// gives it back), so it cannot be freed or refilled while the device may
 /// use it; freeing consumes it. Its contents are not zeroed: a fresh buffer
 /// holds what this pool's earlier users left.
+///
+/// A grant device's buffer carries its pages' grants: made at the first map
+/// that covers a page, kept while the buffer lives, ended when it is freed.
 #[derive(PartialEq, Eq, Debug)]
 pub struct PoolBuffer<'a> {
     device: &'a str,
     pool: PoolId,
     block: PhysRange,
     window: VirtAddr,
+    /// One entry per page for a grant device (its grant, once made); empty
+    /// for a bus device.
+    grants: Vec<Option<Grant>>,
 }
 
 impl<'a> PoolBuffer<'a> {
@@ -301,9 +349,15 @@ impl<'a> PoolBuffer<'a> {
         self.window
     }
 
-    /// Its DMA address.
+    /// Its DMA address (a bus device's; a grant device is given the
+    /// mapping's [`DmaMapping::grant_refs`]).
     pub fn dma_addr(&self) -> DmaAddr {
         DmaAddr::from_phys(self.block.base)
+    }
+
+    /// Pages granted so far (a grant device's buffer; 0 otherwise).
+    pub fn granted_pages(&self) -> usize {
+        self.grants.iter().flatten().count()
     }
 
     /// Its size in bytes (whole pages).
@@ -350,14 +404,25 @@ pub struct DmaStats {
     pub coherent_syncs: u64,
     /// Cache maintenance calls by VA they made; not in `va_ops`.
     pub coherent_va_ops: u64,
+    /// Grants made (a grant device's pages, each at the first map that
+    /// covers it).
+    pub grants_made: u64,
+    /// Pages mapped that were already granted (no new grant).
+    pub grants_reused: u64,
+    /// Grants ended (their buffers freed).
+    pub grants_ended: u64,
+    /// Grants that could not be ended (the other domain still mapped them)
+    /// and whose pages are leaked on purpose.
+    pub grants_leaked: u64,
 }
 
 /// The console line of a device's counters:
 ///
 /// `dma: stats <device> syncs=N hypercalls=N pages=N refusals=N fallbacks=N va_ops=N va_bytes=N bounced=N maps=N unmaps=N allocs=N frees=N coherent_syncs=N coherent_va_ops=N`
 ///
-/// Keys are the [`DmaStats`] fields, always all of them, in that order, in
-/// decimal.
+/// Keys are the [`DmaStats`] fields, in that order, in decimal; the four
+/// `grants_*` keys only for a grant device, after the others:
+/// ` grants_made=N grants_reused=N grants_ended=N grants_leaked=N`.
 pub struct StatsLine<'d, 'a>(&'d DmaDevice<'a>);
 
 impl fmt::Display for StatsLine<'_, '_> {
@@ -382,7 +447,15 @@ impl fmt::Display for StatsLine<'_, '_> {
             s.frees,
             s.coherent_syncs,
             s.coherent_va_ops
-        )
+        )?;
+        if let Addressing::Grant { .. } = self.0.addressing {
+            write!(
+                f,
+                " grants_made={} grants_reused={} grants_ended={} grants_leaked={}",
+                s.grants_made, s.grants_reused, s.grants_ended, s.grants_leaked
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -395,8 +468,11 @@ impl fmt::Display for StatsLine<'_, '_> {
 ///   otherwise the device is given the CPU buffer's own physical address,
 ///   which must be linear RAM.
 /// - Syncs follow [`sync_action`].
+/// - A grant device ([`Addressing::Grant`]) is given only buffers of its
+///   pool, granted page by page ([`Self::map_in_pool`]).
 pub struct DmaDevice<'a> {
     name: &'a str,
+    addressing: Addressing,
     coherent: bool,
     private_pool: Option<PoolId>,
     coherent_pool: PoolId,
@@ -415,10 +491,14 @@ impl<'a> DmaDevice<'a> {
             ),
             None => None,
         };
+        if matches!(spec.addressing, Addressing::Grant { .. }) && private_pool.is_none() {
+            return Err(SetupError::GrantDeviceWithoutPool { device });
+        }
+        let coherent = snoops_cpu_caches(spec.addressing, spec.coherent);
         let coherent_pool = match private_pool {
             Some(pool) => pool,
             None => {
-                let role = if spec.coherent {
+                let role = if coherent {
                     PoolRole::KernelLinear
                 } else {
                     PoolRole::KernelNonCacheable
@@ -430,7 +510,8 @@ impl<'a> DmaDevice<'a> {
         };
         Ok(Self {
             name: device,
-            coherent: spec.coherent,
+            addressing: spec.addressing,
+            coherent,
             private_pool,
             coherent_pool,
             stats: DmaStats::default(),
@@ -442,7 +523,12 @@ impl<'a> DmaDevice<'a> {
         self.name
     }
 
-    /// Whether the device is DMA-coherent.
+    /// The kind of address it is given.
+    pub fn addressing(&self) -> Addressing {
+        self.addressing
+    }
+
+    /// Whether the device is DMA-coherent (always, for a grant device).
     pub fn is_coherent(&self) -> bool {
         self.coherent
     }
@@ -505,6 +591,7 @@ impl<'a> DmaDevice<'a> {
         align: u64,
     ) -> Result<CoherentBuffer<'a>, DmaError<'a>> {
         let device = self.name;
+        self.refuse_grant_device()?;
         let pool_id = self.coherent_pool;
         let pool = self.pool_mut(env.pools, pool_id)?;
         if !self.coherent && pool.window_cacheable() {
@@ -550,6 +637,10 @@ impl<'a> DmaDevice<'a> {
     /// in the device's own pool, for requests built in place
     /// ([`Self::map_in_pool`]). Refused for a device without a pool: its
     /// streaming memory is its CPU buffers ([`Self::map`]).
+    ///
+    /// A grant device's buffer is the memory it will grant; it grants
+    /// nothing yet, but allocates its list of page grants here (a grant
+    /// device's buffers are allocated once, at setup, and kept).
     pub fn alloc_in_pool(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
@@ -561,24 +652,45 @@ impl<'a> DmaDevice<'a> {
         let block = pool
             .alloc(size, PAGE_SIZE)
             .map_err(|error| DmaError::Pool { device, error })?;
+        let grants = match self.addressing {
+            Addressing::Bus => Vec::new(),
+            Addressing::Grant { .. } => (0..block.size / PAGE_SIZE).map(|_| None).collect(),
+        };
         Ok(PoolBuffer {
             device,
             pool: pool_id,
             window: window_address(pool, block.base),
             block,
+            grants,
         })
     }
 
-    /// Frees a pool buffer of this device.
+    /// Frees a pool buffer of this device. A grant device's grants of it
+    /// are ended first; if the other domain still maps any, the buffer is
+    /// not freed but leaked, for good, with [`DmaError::GrantsStillMapped`]
+    /// (that domain may still write it).
     pub fn free_in_pool(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         buffer: PoolBuffer<'a>,
     ) -> Result<(), DmaError<'a>> {
         self.check_owner(buffer.device)?;
+        self.release_block(env, buffer.pool, buffer.block, buffer.grants)
+    }
+
+    /// Ends a grant device's `grants` of `block`, then frees the block; a
+    /// grant that cannot be ended leaves the block allocated for good.
+    fn release_block(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        pool: PoolId,
+        block: PhysRange,
+        grants: Vec<Option<Grant>>,
+    ) -> Result<(), DmaError<'a>> {
         let device = self.name;
-        self.pool_mut(env.pools, buffer.pool)?
-            .free(buffer.block)
+        self.end_grants(env, block, grants)?;
+        self.pool_mut(env.pools, pool)?
+            .free(block)
             .map_err(|error| DmaError::Pool { device, error })
     }
 
@@ -586,7 +698,12 @@ impl<'a> DmaDevice<'a> {
     /// `dir` and syncs them for the device, copying nothing: the device is
     /// given the buffer itself. Only the mapped bytes are synced, now and at
     /// unmap. On a refusal (another device's buffer, `len` zero or past the
-    /// buffer) the buffer comes back with the error.
+    /// buffer, a grant the table refused) the buffer comes back with the
+    /// error.
+    ///
+    /// A grant device is given the grant of each mapped page
+    /// ([`DmaMapping::grant_refs`]): made now for a page never granted,
+    /// reused (and counted so) for one granted by an earlier map.
     #[allow(clippy::result_large_err)]
     pub fn map_in_pool(
         &mut self,
@@ -609,6 +726,10 @@ impl<'a> DmaDevice<'a> {
             };
             return Err((error, buffer));
         }
+        let mut buffer = buffer;
+        if let Err(error) = self.grant_pages(env, buffer.block, &mut buffer.grants, len) {
+            return Err((error, buffer));
+        }
         let mapping = DmaMapping {
             device: self.name,
             dma: buffer.dma_addr(),
@@ -622,9 +743,10 @@ impl<'a> DmaDevice<'a> {
                 block: buffer.block,
                 window: buffer.window,
             },
+            grants: buffer.grants,
         };
         if let Err(error) = self.cache_sync(env, &mapping, SyncPoint::ForDevice) {
-            return Err((error, buffer));
+            return Err((error, mapping.into_pool_buffer(buffer.pool, buffer.block)));
         }
         self.stats.maps += 1;
         Ok(mapping)
@@ -640,12 +762,7 @@ impl<'a> DmaDevice<'a> {
         mapping: DmaMapping<'a>,
     ) -> Result<PoolBuffer<'a>, DmaError<'a>> {
         self.check_owner(mapping.device)?;
-        let MappingTarget::InPool {
-            pool,
-            block,
-            window,
-        } = mapping.target
-        else {
+        let MappingTarget::InPool { pool, block, .. } = mapping.target else {
             return Err(DmaError::NotInPool {
                 device: self.name,
                 dma: mapping.dma,
@@ -660,12 +777,7 @@ impl<'a> DmaDevice<'a> {
         }
         self.cache_sync(env, &mapping, SyncPoint::ForCpu)?;
         self.stats.unmaps += 1;
-        Ok(PoolBuffer {
-            device: self.name,
-            pool,
-            block,
-            window,
-        })
+        Ok(mapping.into_pool_buffer(pool, block))
     }
 
     /// The sync point of coherent memory: `len` bytes at `offset` of
@@ -779,6 +891,7 @@ impl<'a> DmaDevice<'a> {
         cpu: CpuBuffer,
         dir: DmaDirection,
     ) -> Result<DmaMapping<'a>, DmaError<'a>> {
+        self.refuse_grant_device()?;
         self.check_buffer(&cpu)?;
         let device = self.name;
         let mapping = match self.private_pool {
@@ -802,6 +915,7 @@ impl<'a> DmaDevice<'a> {
                     cpu,
                     dir,
                     target,
+                    grants: Vec::new(),
                 }
             }
             None => {
@@ -813,6 +927,7 @@ impl<'a> DmaDevice<'a> {
                     cpu,
                     dir,
                     target,
+                    grants: Vec::new(),
                 }
             }
         };
@@ -825,8 +940,8 @@ impl<'a> DmaDevice<'a> {
     /// the device wrote it, and frees the bounce buffer.
     ///
     /// A mapping of [`Self::map_in_pool`] is synced and its pool buffer
-    /// freed (for a caller giving up on it; [`Self::unmap_in_pool`] keeps
-    /// it).
+    /// freed, its grants ended as [`Self::free_in_pool`] does (for a caller
+    /// giving up on it; [`Self::unmap_in_pool`] keeps it).
     ///
     /// A mapping of another device is refused; it is consumed all the same
     /// and its bounce buffer stays allocated (a caller bug, visible in the
@@ -849,10 +964,7 @@ impl<'a> DmaDevice<'a> {
         }
         self.sync_for_cpu(env, &mapping)?;
         if let Some((pool, block, _)) = mapping.target.pool_block() {
-            let device = self.name;
-            self.pool_mut(env.pools, pool)?
-                .free(block)
-                .map_err(|error| DmaError::Pool { device, error })?;
+            self.release_block(env, pool, block, mapping.grants)?;
         }
         self.stats.unmaps += 1;
         Ok(())

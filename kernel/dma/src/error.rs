@@ -3,6 +3,7 @@
 use core::fmt;
 
 use tidepool_mm::{AddressClass, PhysAddr, PhysRange, VirtAddr};
+use tidepool_xen_abi::{DomId, GrantError, GrantRef};
 
 use crate::device::DmaAddr;
 use crate::pool::{PoolError, PoolId, PoolPlacement, PoolRole};
@@ -66,6 +67,12 @@ pub enum SetupError<'a> {
         device: &'a str,
         /// The kernel pool it needs.
         role: PoolRole,
+    },
+    /// A grant device without a pool of its own: its buffers are the pages
+    /// it grants, and they come from its pool alone.
+    GrantDeviceWithoutPool {
+        /// The device.
+        device: &'a str,
     },
 }
 
@@ -132,6 +139,9 @@ impl fmt::Display for SetupError<'_> {
                     f,
                     "device {device} has no pool of its own and there is no {role}"
                 )
+            }
+            Self::GrantDeviceWithoutPool { device } => {
+                write!(f, "grant device {device} has no pool to grant pages of")
             }
         }
     }
@@ -235,6 +245,47 @@ pub enum DmaError<'a> {
         /// The buffer's size.
         size: u64,
     },
+    /// A grant device is given only its pool buffers, granted once and
+    /// kept ([`DmaDevice::map_in_pool`](crate::DmaDevice::map_in_pool));
+    /// CPU buffers and coherent memory are refused.
+    GrantDeviceNeedsPoolBuffer {
+        /// The device.
+        device: &'a str,
+    },
+    /// A grant device's operation without a grant table in the environment.
+    NoGrantTable {
+        /// The device.
+        device: &'a str,
+    },
+    /// The grant table refused to grant a page; the pages granted before it
+    /// stay granted to the buffer.
+    GrantRefused {
+        /// The device.
+        device: &'a str,
+        /// The domain the page was for.
+        domid: DomId,
+        /// The page.
+        phys: PhysAddr,
+        /// What the table said.
+        error: GrantError,
+    },
+    /// Grants of a freed buffer that could not be ended (the other domain
+    /// still maps them): the buffer's pages are leaked on purpose, never
+    /// freed, since that domain may still write them.
+    GrantsStillMapped {
+        /// The device.
+        device: &'a str,
+        /// The domain that still maps them.
+        domid: DomId,
+        /// The first grant not ended.
+        gref: GrantRef,
+        /// Why it was not ended.
+        error: GrantError,
+        /// Grants not ended.
+        count: usize,
+        /// The buffer's pages, left allocated for good.
+        leaked: PhysRange,
+    },
 }
 
 impl fmt::Display for DmaError<'_> {
@@ -297,6 +348,34 @@ impl fmt::Display for DmaError<'_> {
             } => write!(
                 f,
                 "device {device}: sync of {len:#x} bytes at {offset:#x} of a coherent buffer of {size:#x} bytes"
+            ),
+            Self::GrantDeviceNeedsPoolBuffer { device } => write!(
+                f,
+                "grant device {device}: only its pool buffers are granted, not CPU buffers or coherent memory"
+            ),
+            Self::NoGrantTable { device } => {
+                write!(f, "grant device {device}: no grant table")
+            }
+            Self::GrantRefused {
+                device,
+                domid,
+                phys,
+                error,
+            } => write!(
+                f,
+                "grant device {device}: page {phys} not granted to {domid}: {error}"
+            ),
+            Self::GrantsStillMapped {
+                device,
+                domid,
+                gref,
+                error,
+                count,
+                leaked,
+            } => write!(
+                f,
+                "grant device {device}: {count} grants still mapped by {domid} (first {gref}: {error}); \
+                 {leaked} leaked, never freed"
             ),
         }
     }

@@ -37,6 +37,22 @@
 //!   reader that could hit them (the CPU for a non-coherent device, the
 //!   device for a coherent one); nothing otherwise; never a hypercall, so
 //!   a ring costs no flush.
+//! - **Two kinds of device address** ([`Addressing`]): a bus device is given
+//!   [`DmaAddr`]s; a grant device (a Xen PV back end, another domain) is
+//!   given a grant reference per page ([`DmaMapping::grant_refs`]), made
+//!   through the [`PageGrants`] boundary. Its buffers come from its own pool
+//!   ([`DmaDevice::alloc_in_pool`]; CPU buffers and coherent memory are
+//!   refused) and use persistent grants, as Linux's blkfront does with
+//!   `feature-persistent`: a page is granted at the first map that covers
+//!   it and stays granted while the buffer lives, so a later map is a reuse
+//!   (counted, `grants_reused`), not a new grant (`grants_made`); freeing
+//!   the buffer ends its grants. A grant the back end still maps cannot be
+//!   ended: the buffer is then leaked on purpose, never freed (the other
+//!   domain could still write it), and the free fails with
+//!   [`DmaError::GrantsStillMapped`]. Grants are made lazily rather than
+//!   when the buffer is allocated so that pages a workload never reaches
+//!   (a 4 KiB request in a 128 KiB slot) hold no grant-table entry. A grant
+//!   device is coherent ([`snoops_cpu_caches`]): the other side is a CPU.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
 //!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
@@ -45,10 +61,11 @@
 //!
 //! # Boundaries
 //!
-//! The machine is behind four traits, implemented by the kernel on aarch64
+//! The machine is behind five traits, implemented by the kernel on aarch64
 //! and by recording fakes in the tests: [`CacheMaintenance`] (`DC` by VA),
 //! [`PlatformFlush`] (`GNTTABOP_cache_flush`, one batched call per sync),
-//! [`DmaMemory`] (copies for bounce buffers) and [`WarningSink`].
+//! [`DmaMemory`] (copies for bounce buffers), [`PageGrants`] (grant-table
+//! entries) and [`WarningSink`].
 //!
 //! # Soundness
 //!
@@ -58,7 +75,7 @@
 //! address map its windows come from) and [`CpuBuffer::new`] (a CPU buffer
 //! to map). Handles ([`CpuBuffer`], [`DmaMapping`], [`CoherentBuffer`]) are
 //! neither `Clone` nor `Copy` and have private fields, so memory is never
-//! handed out twice; the three memory-touching boundary traits are
+//! handed out twice; the four memory-touching boundary traits are
 //! `unsafe` to implement and take ranges only this crate builds (`src/boundary.rs`
 //! says why both).
 //!
@@ -66,7 +83,8 @@
 //!
 //! Pool metadata is allocated once, by [`PoolSet::add`]. Map, unmap, syncs
 //! and coherent allocation and free use no heap (a test counts allocations
-//! around them).
+//! around them). A grant device's buffer allocates its list of page
+//! grants when it is allocated (once, at setup: its buffers are kept).
 //!
 //! # Console lines
 //!
@@ -74,7 +92,8 @@
 //! - Pool setup ([`Pool::setup_line`]):
 //!   `dma: pool /reserved-memory/dma@78000000 0x78000000+0x400000 window 0xfffff00000000000 nc xen-flush=refused(EPERM) -> window VA maintenance`
 //! - Device counters ([`DmaDevice::stats_line`]):
-//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0 coherent_syncs=0 coherent_va_ops=0`
+//!   `dma: stats /virtio_mmio@a003e00 syncs=12 hypercalls=12 pages=24 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 bounced=98304 maps=6 unmaps=6 allocs=3 frees=0 coherent_syncs=0 coherent_va_ops=0`;
+//!   a grant device's adds `grants_made=N grants_reused=N grants_ended=N grants_leaked=N`
 //! - A refusal after an accepted probe ([`FlushRefusedWarning`]):
 //!   `dma: warning: pool /reserved-memory/dma@78000000 xen-flush=refused(EPERM) in a sync for /virtio_mmio@a003e00 -> window VA maintenance from now on`
 #![cfg_attr(not(test), no_std)]
@@ -95,16 +114,16 @@ mod tests;
 pub use allocator::FreeFault;
 pub use boundary::{
     CacheMaintenance, CacheOp, DmaMemory, FlushDone, FlushErrno, FlushFailed, OwnedPhysRange,
-    OwnedVirtRange, PlatformFlush,
+    OwnedVirtRange, PageGrants, PlatformFlush,
 };
 pub use device::{
-    CoherentBuffer, CpuBuffer, DeviceSpec, DmaAddr, DmaDevice, DmaEnv, DmaMapping, DmaStats,
-    FlushRefusedWarning, PoolBuffer, StatsLine, WarningSink,
+    Addressing, CoherentBuffer, CpuBuffer, DeviceSpec, DmaAddr, DmaDevice, DmaEnv, DmaMapping,
+    DmaStats, FlushRefusedWarning, PoolBuffer, StatsLine, WarningSink,
 };
 pub use error::{DmaError, SetupError};
 pub use policy::{
     DmaDirection, FlushSupport, Host, MemoryClass, SyncAction, SyncPoint, cache_op_for,
-    coherent_sync_action, sync_action,
+    coherent_sync_action, snoops_cpu_caches, sync_action,
 };
 pub use pool::{
     Pool, PoolError, PoolId, PoolLine, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage,

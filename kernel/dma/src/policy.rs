@@ -4,6 +4,25 @@
 use core::fmt;
 
 use crate::boundary::{CacheOp, FlushErrno};
+use crate::device::Addressing;
+
+/// Whether a device's accesses are coherent with this CPU's caches, which
+/// is the `coherent` every other decision here takes.
+///
+/// - A bus device: what its node's `dma-coherent` says.
+/// - A grant device: always. Its "device" is another domain's CPUs, which
+///   reach the granted pages through their own Normal write-back mapping
+///   (Xen maps a grant that way; Linux's blkback copies with `memcpy`), in
+///   the same inner-shareable domain as ours: the hardware keeps both sides'
+///   caches coherent, exactly as for a snooping bus master. No cache
+///   maintenance is needed for its cacheable memory, and a `dma-coherent`
+///   property has no say.
+pub const fn snoops_cpu_caches(addressing: Addressing, dma_coherent: bool) -> bool {
+    match addressing {
+        Addressing::Bus => dma_coherent,
+        Addressing::Grant { .. } => true,
+    }
+}
 
 /// Which way data moves in a streaming mapping.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -283,6 +302,33 @@ mod tests {
         Some(FlushSupport::Accepted),
         Some(FlushSupport::Refused(FlushErrno::Eperm)),
     ];
+
+    #[test]
+    fn a_grant_device_is_coherent_whatever_the_device_tree_says() {
+        use tidepool_xen_abi::DomId;
+        let grant = Addressing::Grant { domid: DomId(0) };
+        for dma_coherent in [false, true] {
+            assert!(snoops_cpu_caches(grant, dma_coherent));
+            assert_eq!(
+                snoops_cpu_caches(Addressing::Bus, dma_coherent),
+                dma_coherent
+            );
+        }
+        // So its cacheable memory never needs maintenance, in any direction.
+        for class in [MemoryClass::LinearRam, MemoryClass::MappedPool] {
+            for host in ALL_HOSTS {
+                for point in ALL_POINTS {
+                    for dir in ALL_DIRS {
+                        let coherent = snoops_cpu_caches(grant, false);
+                        assert_eq!(
+                            sync_action(coherent, class, host, None, true, point, dir),
+                            SyncAction::None
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn op_table() {

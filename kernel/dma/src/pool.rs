@@ -1,7 +1,7 @@
 //! DMA pools: physical ranges the kernel hands out DMA memory from, each with
 //! the window the kernel reaches it through.
 //!
-//! Three roles share one type:
+//! Four roles share one type:
 //! - a device-tree `shared-dma-pool` (`/reserved-memory` child named by a
 //!   device's `memory-region`), `no-map` or not;
 //! - the kernel's non-cacheable pool: RAM the kernel carves out of its own,
@@ -11,7 +11,9 @@
 //!   device without a sync, so they must not be cacheable). Under Xen its
 //!   pages are the guest's own, so Xen accepts flushes of them;
 //! - the kernel's linear pool: write-back RAM in the linear map, for coherent
-//!   allocations of coherent devices without a pool of their own.
+//!   allocations of coherent devices without a pool of their own;
+//! - a device-private pool: linear RAM the kernel set aside for one device
+//!   (a Xen PV disk's pages to grant), which names it as its pool.
 //!
 //! Whether Xen flushes a pool's pages is learned once, when the pool is set
 //! up, by flushing its first page ([`Pool::probe_platform_flush`]).
@@ -66,6 +68,9 @@ pub enum PoolRole {
     /// The kernel's linear write-back pool, for coherent allocations of
     /// coherent devices without a pool.
     KernelLinear,
+    /// Linear RAM the kernel set aside for one device, which names it as
+    /// its pool: a Xen PV disk's pages to grant to its back end.
+    DevicePrivate,
 }
 
 impl fmt::Display for PoolRole {
@@ -74,6 +79,7 @@ impl fmt::Display for PoolRole {
             Self::DeviceTree => "device-tree pool",
             Self::KernelNonCacheable => "kernel non-cacheable pool",
             Self::KernelLinear => "kernel linear pool",
+            Self::DevicePrivate => "device-private pool",
         })
     }
 }
@@ -617,9 +623,10 @@ impl<'a> PoolSet<'a> {
     }
 
     /// The kernel's pool with `role`, if one was added (`None` for
-    /// [`PoolRole::DeviceTree`], which is not a kernel pool).
+    /// [`PoolRole::DeviceTree`] and [`PoolRole::DevicePrivate`], which are
+    /// not kernel pools).
     pub fn kernel_pool(&self, role: PoolRole) -> Option<PoolId> {
-        if role == PoolRole::DeviceTree {
+        if matches!(role, PoolRole::DeviceTree | PoolRole::DevicePrivate) {
             return None;
         }
         self.pools

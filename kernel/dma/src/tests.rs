@@ -16,6 +16,8 @@ use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr, PhysRange, Region, RegionKind
 
 use crate::*;
 
+mod grants;
+
 const LINEAR_OFFSET: u64 = 0xffff_0000_0000_0000;
 const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x3800_0000);
 /// A static host pool: Xen refuses flushes of it (EPERM).
@@ -221,6 +223,8 @@ struct Rig {
     memory: FakeMemory,
     xen: Option<FakeXen>,
     warnings: Vec<String>,
+    /// The grant table grant devices use (none until a test sets one).
+    grants: Option<grants::FakeGrantTable>,
 }
 
 fn own_window(window: u64, attributes: WindowAttributes) -> PoolPlacement {
@@ -255,6 +259,7 @@ impl Rig {
                 ..FakeXen::default()
             }),
             warnings: Vec::new(),
+            grants: None,
         };
         let nc = WindowAttributes::NonCacheable;
         let specs = [
@@ -329,6 +334,10 @@ impl Rig {
             memory: &mut self.memory,
             platform: self.xen.as_mut().map(|xen| xen as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: self
+                .grants
+                .as_mut()
+                .map(|grants| grants as &mut dyn PageGrants),
         }
     }
 
@@ -343,6 +352,7 @@ impl Rig {
                 name,
                 coherent,
                 pool,
+                addressing: Addressing::Bus,
             },
             &self.pools,
         )
@@ -1406,6 +1416,7 @@ fn devices_resolve_their_pools() {
             name: DEVICE,
             coherent: false,
             pool: Some("/reserved-memory/nope"),
+            addressing: Addressing::Bus,
         },
         &rig.pools,
     );
@@ -1429,6 +1440,7 @@ fn devices_resolve_their_pools() {
                 name: DEVICE,
                 coherent,
                 pool: None,
+                addressing: Addressing::Bus,
             },
             &empty,
         );

@@ -6,9 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, DmaMemory,
-    FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange, OwnedVirtRange,
-    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink, WindowAttributes,
+    Addressing, CacheMaintenance, CacheOp, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv,
+    DmaMemory, FlushDone, FlushErrno, FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange,
+    OwnedVirtRange, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, WarningSink,
+    WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -181,6 +182,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
         name,
         coherent: false,
         pool,
+        addressing: Addressing::Bus,
     };
     let mut pooled = DmaDevice::new(
         spec(
@@ -205,6 +207,7 @@ fn map_sync_unmap_and_coherent_allocation_do_not_allocate() {
             memory: &mut memory,
             platform: Some(&mut xen),
             warnings: &mut warnings,
+            grants: None,
         };
         for device in [&mut pooled, &mut direct] {
             for dir in [

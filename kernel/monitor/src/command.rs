@@ -4,8 +4,9 @@ use core::fmt;
 
 use log::LevelFilter;
 
-/// Most sectors `blk read` reads at once (1 MiB): the buffer comes from the
-/// kernel heap.
+/// Most sectors `blk read` reads at once (1 MiB). It needs no buffer (each
+/// request is hashed in place as it completes): the bound only keeps one
+/// command short.
 pub const MAX_READ_SECTORS: u64 = 2048;
 
 /// Largest `blk bench` span in MiB (the benchmark's sequential pass reads

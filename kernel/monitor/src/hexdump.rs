@@ -51,14 +51,36 @@ pub fn lines(data: &[u8]) -> impl Iterator<Item = HexLine<'_>> {
     })
 }
 
-/// The 64-bit FNV-1a hash of `data`: a checksum a host can recompute with a
-/// few lines of any language.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    data.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
+/// The 64-bit FNV-1a hash of a byte stream: a checksum a host can
+/// recompute with a few lines of any language. Fed in pieces (a read's
+/// requests as they complete), it is the hash of their concatenation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    /// The hash of nothing.
+    pub const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Adds `data` to the stream.
+    pub fn update(&mut self, data: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        self.0 = data.iter().fold(self.0, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+    }
+
+    /// The hash of everything added.
+    pub const fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]
@@ -96,10 +118,25 @@ mod tests {
         );
     }
 
+    fn fnv1a64(data: &[u8]) -> u64 {
+        let mut hash = Fnv1a64::new();
+        hash.update(data);
+        hash.value()
+    }
+
     #[test]
     fn fnv1a64_matches_the_reference_vectors() {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn fnv1a64_in_pieces_is_the_hash_of_the_whole() {
+        let mut pieces = Fnv1a64::new();
+        pieces.update(b"foo");
+        pieces.update(b"");
+        pieces.update(b"bar");
+        assert_eq!(pieces.value(), fnv1a64(b"foobar"));
     }
 }

@@ -477,6 +477,27 @@ pub fn figures(r: &Results) -> Vec<Figure> {
         Figure::new("pool path's extra time per flushed page, sequential", "us")
             .values(None, per_page, None),
     );
+    // Of which measured inside the flush hypercall (the kernel times each
+    // `GNTTABOP_cache_flush`): per request, and per page flushed.
+    let flush = |b: Option<&KernelBench>| b.map(|b| b.seq_flush.as_secs_f64() * 1e6);
+    out.push(
+        Figure::new("time in the flush hypercall per request, sequential", "us").values(
+            flush(stock),
+            flush(pool),
+            None,
+        ),
+    );
+    out.push(
+        Figure::new(
+            "time in the flush hypercall per flushed page, sequential",
+            "us",
+        )
+        .values(
+            None,
+            flush(pool).map(|us| us / SEQ_REQUEST_PAGES as f64),
+            None,
+        ),
+    );
     let bounced = |b: Option<&KernelBench>| b.map(|b| b.bounced as f64 / b.requests.max(1) as f64);
     out.push(Figure::new("bytes bounced per request", "bytes").values(
         bounced(stock),
@@ -790,6 +811,7 @@ mod tests {
                 time: Duration::from_millis(seq_ms),
             },
             seq_busy: Duration::from_micros(300),
+            seq_flush: Duration::from_micros(flushes.min(1) * 100),
             seq_sum: 1,
             random: [1, 16, 32]
                 .into_iter()

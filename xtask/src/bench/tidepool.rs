@@ -36,6 +36,8 @@ pub struct KernelBench {
     pub seq: Throughput,
     /// CPU time per sequential request.
     pub seq_busy: Duration,
+    /// Of it, the time in `GNTTABOP_cache_flush` per sequential request.
+    pub seq_flush: Duration,
     /// The checksum of the sequential reads.
     pub seq_sum: u64,
     /// Random 4 KiB reads per queue depth, in the order printed.
@@ -103,7 +105,8 @@ impl KernelBench {
                 }
             }
         }
-        let (device, wait, seq, seq_busy, seq_sum) = seq.ok_or(BenchLinesError::Missing("seq"))?;
+        let (device, wait, seq, (seq_busy, seq_flush), seq_sum) =
+            seq.ok_or(BenchLinesError::Missing("seq"))?;
         let (requests, flush_hypercalls, flush_pages, bounced) =
             dma.ok_or(BenchLinesError::Missing("dma"))?;
         if random.is_empty() {
@@ -114,6 +117,7 @@ impl KernelBench {
             wait,
             seq,
             seq_busy,
+            seq_flush,
             seq_sum,
             random,
             requests,
@@ -139,10 +143,10 @@ impl KernelBench {
             &self
         };
         let (requests, flush_hypercalls) = (worse.requests, worse.flush_hypercalls);
-        let (seq, seq_busy) = if other.seq.mib_per_s() > self.seq.mib_per_s() {
-            (other.seq, other.seq_busy)
+        let (seq, seq_busy, seq_flush) = if other.seq.mib_per_s() > self.seq.mib_per_s() {
+            (other.seq, other.seq_busy, other.seq_flush)
         } else {
-            (self.seq, self.seq_busy)
+            (self.seq, self.seq_busy, self.seq_flush)
         };
         let random = self
             .random
@@ -155,6 +159,7 @@ impl KernelBench {
         Self {
             seq,
             seq_busy,
+            seq_flush,
             random,
             requests,
             flush_hypercalls,
@@ -168,7 +173,7 @@ impl KernelBench {
     }
 }
 
-type Seq = (String, String, Throughput, Duration, u64);
+type Seq = (String, String, Throughput, (Duration, Duration), u64);
 
 fn read_seq(kv: &KeyValues<'_>) -> Result<Seq, ParseError> {
     Ok((
@@ -178,7 +183,10 @@ fn read_seq(kv: &KeyValues<'_>) -> Result<Seq, ParseError> {
             bytes: kv.u64("mib")? << 20,
             time: micros(kv, "us")?,
         },
-        Duration::from_nanos(kv.u64("busy_ns")?),
+        (
+            Duration::from_nanos(kv.u64("busy_ns")?),
+            Duration::from_nanos(kv.u64("flush_ns")?),
+        ),
         hex(kv, "sum")?,
     ))
 }
@@ -237,7 +245,7 @@ mod tests {
     use super::*;
 
     const LINES: &str = "\
-blk: bench seq device=/virtio_mmio@a003e00 wait=poll mib=64 reqs=256 us=123456 mib_s=518.3 busy_ns=400000 sum=6a800000c03fefd5
+blk: bench seq device=/virtio_mmio@a003e00 wait=poll mib=64 reqs=256 us=123456 mib_s=518.3 busy_ns=400000 flush_ns=150000 sum=6a800000c03fefd5
 blk: bench qd1 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=1024000 iops=4000 busy_ns=250000 sum=60885000c31226f5
 blk: bench qd16 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=512000 iops=8000 busy_ns=120000 sum=60885000c31226f5
 blk: bench qd32 reqs=4096 span_blocks=16384 seed=0x9e3779b97f4a7c15 us=500000 iops=8192 busy_ns=110000 sum=60885000c31226f5
@@ -257,6 +265,7 @@ blk: bench dma requests=12544 flush_hypercalls=12544 hypercalls_per_req=1.00 flu
         assert_eq!(b.seq.bytes, 64 << 20);
         assert_eq!(b.seq.time, Duration::from_micros(123_456));
         assert_eq!(b.seq_busy, Duration::from_micros(400));
+        assert_eq!(b.seq_flush, Duration::from_micros(150));
         assert_eq!(b.seq_sum, 0x6a80_0000_c03f_efd5);
         let depths: Vec<u64> = b.random.iter().map(|(d, _)| *d).collect();
         assert_eq!(depths, [1, 16, 32]);

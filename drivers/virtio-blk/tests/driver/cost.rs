@@ -34,7 +34,8 @@ fn one_request(b: &mut Bench, request: Request<'_>, read_into: &mut [u8]) -> Cos
     let env = &mut b.rig.env();
     assert_eq!(b.disk.handle_interrupt(env).completions.as_slice(), [token]);
     assert!(matches!(
-        b.disk.finish(env, token, read_into),
+        b.disk
+            .finish(env, token, &mut |bytes| read_into.copy_from_slice(bytes)),
         Poll::Ready(Ok(_))
     ));
     Cost {

@@ -18,9 +18,10 @@ use std::sync::Once;
 use std::vec::Vec;
 
 use tidepool_dma::{
-    CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone, FlushErrno,
-    FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange, OwnedVirtRange, PlatformFlush,
-    PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink, WindowAttributes,
+    Addressing, CacheMaintenance, CacheOp, DeviceSpec, DmaDevice, DmaEnv, DmaMemory, FlushDone,
+    FlushErrno, FlushFailed, FlushRefusedWarning, Host, OwnedPhysRange, OwnedVirtRange,
+    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, PoolUsage, WarningSink,
+    WindowAttributes,
 };
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysRange, Region, RegionKind, VirtAddr};
 
@@ -292,6 +293,7 @@ impl Rig {
             memory: &mut self.memory,
             platform: self.xen.as_mut().map(|xen| xen as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: None,
         }
     }
 
@@ -314,6 +316,7 @@ impl Rig {
                 name,
                 coherent,
                 pool,
+                addressing: Addressing::Bus,
             },
             &self.pools,
         )

@@ -83,7 +83,8 @@ fn the_io_path_does_not_allocate() {
                     &mut buffer[..0]
                 };
                 assert!(matches!(
-                    b.disk.finish(env, token.unwrap(), read_into),
+                    b.disk.finish(env, token.unwrap(), &mut |bytes| read_into
+                        .copy_from_slice(bytes)),
                     Poll::Ready(Ok(_))
                 ));
             }
@@ -114,11 +115,11 @@ fn the_io_path_does_not_allocate() {
             b.sim.complete_all();
             b.disk.poll(env);
             assert!(matches!(
-                b.disk.finish(env, failing, &mut buffer[..512]),
+                b.disk.finish(env, failing, &mut |_| {}),
                 Poll::Ready(Err(BlkError::Device { .. }))
             ));
             assert!(matches!(
-                b.disk.finish(env, late, &mut buffer[..512]),
+                b.disk.finish(env, late, &mut |_| {}),
                 Poll::Ready(Err(BlkError::Timeout { .. }))
             ));
             // The blocking helpers: a split read, a write and a flush.

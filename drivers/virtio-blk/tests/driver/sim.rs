@@ -154,6 +154,9 @@ pub struct SimState {
     /// Statuses to answer for requests at these sectors.
     pub errors: Vec<(u64, u8)>,
     pub flushes: u32,
+    /// The host address and length of each read's data, where the device
+    /// wrote it.
+    pub reads_at: Vec<(usize, u32)>,
 }
 
 /// A handle on the simulated device; the driver owns one as its transport,
@@ -193,6 +196,7 @@ impl Sim {
             notify_ordered: false,
             errors: Vec::new(),
             flushes: 0,
+            reads_at: Vec::with_capacity(1 << 14),
         })))
     }
 
@@ -414,6 +418,8 @@ impl SimState {
             (None, T_IN, Some((addr, len))) => match self.disk_range(pending.sector, len) {
                 Some(range) => {
                     self.write(addr, &self.disk[range]);
+                    let at = self.host(addr, len as usize).expose_provenance();
+                    self.reads_at.push((at, len));
                     (0, len + 1)
                 }
                 None => (S_IOERR, 1),

@@ -18,6 +18,7 @@ use tidepool_xen_abi::{
 };
 
 use super::Xen;
+use crate::arch::aarch64::timer::counter;
 
 /// Why there is no Xen flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +42,13 @@ impl fmt::Display for FlushUnavailable {
 }
 
 /// `GNTTABOP_cache_flush` for a direct-mapped domain, with the buffer its
-/// batches are built in (no allocation, no lock on the I/O path).
+/// batches are built in (no allocation, no lock on the I/O path), and the
+/// time spent in the DMA layer's flushes (for `bench=`: what a pool path
+/// pays the hypervisor, measured rather than inferred).
 pub struct XenFlush {
     batch: CacheFlushBatch,
+    /// Counter ticks spent in [`PlatformFlush::flush`], hypercalls included.
+    ticks: u64,
 }
 
 impl XenFlush {
@@ -55,7 +60,13 @@ impl XenFlush {
         }
         Ok(Self {
             batch: CacheFlushBatch::new(),
+            ticks: 0,
         })
+    }
+
+    /// Counter ticks the DMA layer's flushes took so far (virtual counter).
+    pub fn ticks(&self) -> u64 {
+        self.ticks
     }
 
     /// Applies `op` to every byte of `range` through Xen.
@@ -84,8 +95,11 @@ impl XenFlush {
 // when the hypercall returns, and nothing is kept.
 unsafe impl PlatformFlush for XenFlush {
     fn flush(&mut self, op: CacheOp, range: &OwnedPhysRange) -> Result<FlushDone, FlushFailed> {
+        let start = counter();
         // SAFETY: the DMA layer lends only a block of a pool it owns.
-        match unsafe { self.flush_range(op, range.range()) } {
+        let result = unsafe { self.flush_range(op, range.range()) };
+        self.ticks += counter().wrapping_sub(start);
+        match result {
             Ok(done) => Ok(FlushDone {
                 hypercalls: done.hypercalls,
                 pages: done.pages as u32,

@@ -10,6 +10,7 @@ use core::fmt;
 
 use log::info;
 use spin::{Mutex, Once};
+use tidepool_dma::{OwnedPhysRange, PageGrants};
 use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
 use tidepool_xen_abi::{
@@ -213,4 +214,40 @@ pub fn usage() -> Result<(usize, usize), GrantTableError> {
 /// Entries not granted now.
 pub fn free_count() -> Result<usize, GrantTableError> {
     with_table(|table| Ok(table.free_count()))
+}
+
+/// The grant table as the DMA layer's [`PageGrants`]: how a grant device's
+/// pool buffers are granted to its back end and their grants ended.
+pub struct KernelGrants(&'static Mutex<GrantTable<'static>>);
+
+/// The grant table for the DMA layer, once [`init`] has set it up.
+pub fn page_grants() -> Option<KernelGrants> {
+    TABLE.get().map(KernelGrants)
+}
+
+// SAFETY: `grant` writes one v1 entry granting exactly the lent page's
+// frame to `domid` with `access` (nothing on an error), and `end` is
+// `GrantTable::end`, which frees the entry only once Xen shows no mapping
+// of it (`GTF_reading`/`GTF_writing` clear) and gives the grant back
+// otherwise. Neither keeps an address.
+unsafe impl PageGrants for KernelGrants {
+    fn grant(
+        &mut self,
+        domid: DomId,
+        page: &OwnedPhysRange,
+        access: GrantAccess,
+    ) -> Result<Grant, GrantError> {
+        // SAFETY: the DMA layer lends a page of a grant device's pool, which
+        // it owns and keeps allocated until the grant has ended (for good if
+        // it never does: `PageGrants`' contract); a guest-physical address
+        // of this domain's RAM. The CPU touches it only while the buffer is
+        // the driver's (before it is mapped for a request, after it is
+        // unmapped), as the grant device's protocol allows.
+        let frame = unsafe { GrantableFrame::new(page.range().base.0 / PAGE_SIZE) };
+        irq::without_interrupts(|| self.0.lock().grant(domid, frame, access))
+    }
+
+    fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
+        irq::without_interrupts(|| self.0.lock().end(grant))
+    }
 }

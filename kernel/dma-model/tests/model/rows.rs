@@ -20,7 +20,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn case() -> impl Strategy<Value = Case> {
+pub fn case() -> impl Strategy<Value = Case> {
     (
         0u16..128,
         1u16..0x2000,

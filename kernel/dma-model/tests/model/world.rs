@@ -2,9 +2,9 @@
 //! real device, and the driver of one random case against the invariant.
 
 use tidepool_dma::{
-    CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno, FlushRefusedWarning, Host,
-    PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec, SyncPoint, WarningSink,
-    WindowAttributes,
+    Addressing, CpuBuffer, DeviceSpec, DmaDevice, DmaDirection, DmaEnv, FlushErrno,
+    FlushRefusedWarning, Host, PlatformFlush, PoolPlacement, PoolRole, PoolSet, PoolSpec,
+    SyncPoint, WarningSink, WindowAttributes,
 };
 use tidepool_dma_model::{Alias, Attributes, Device, Handle, LINE, Machine};
 
@@ -117,10 +117,12 @@ pub struct World {
     memory: Handle,
     flush: Handle,
     platform: bool,
-    pools: PoolSet<'static>,
+    pub pools: PoolSet<'static>,
     warnings: Warnings,
-    kind: Device,
+    pub kind: Device,
     generation: u8,
+    /// The grant table, for a grant device.
+    pub grants: Option<crate::grants::FakeGrantTable>,
 }
 
 fn region(name: &str, phys: PhysRange, kind: RegionKind, window: Option<u64>) -> Region {
@@ -255,6 +257,7 @@ impl World {
             name: DEVICE,
             coherent: row.coherent,
             pool,
+            addressing: Addressing::Bus,
         };
         let device = DmaDevice::new(spec, &pools).expect("the device's pools exist");
         let world = Self {
@@ -271,6 +274,7 @@ impl World {
                 Device::NonCoherent
             },
             generation: 0,
+            grants: None,
         };
         (world, device)
     }
@@ -285,11 +289,15 @@ impl World {
                 .platform
                 .then_some(&mut self.flush as &mut dyn PlatformFlush),
             warnings: &mut self.warnings,
+            grants: self
+                .grants
+                .as_mut()
+                .map(|grants| grants as &mut dyn tidepool_dma::PageGrants),
         }
     }
 
     /// Fresh data: every write of a case is told apart from every other.
-    fn data(&mut self, len: usize) -> Vec<u8> {
+    pub fn data(&mut self, len: usize) -> Vec<u8> {
         self.generation = self.generation.wrapping_add(1);
         let g = self.generation;
         (0..len)
@@ -433,7 +441,7 @@ pub fn run(row: Row, dir: DmaDirection, case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-fn compare(what: &str, step: usize, seen: &[u8], expected: &[u8]) -> Result<(), String> {
+pub fn compare(what: &str, step: usize, seen: &[u8], expected: &[u8]) -> Result<(), String> {
     match seen.iter().zip(expected).position(|(a, b)| a != b) {
         None => Ok(()),
         Some(byte) => Err(format!(
