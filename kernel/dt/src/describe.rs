@@ -162,7 +162,7 @@ fn decode(name: &str, value: &[u8], reg_cells: Option<[usize; 2]>) -> PropertyVa
     }
     if name == "reg"
         && let Some(fields) = reg_cells
-        && let Ok(pairs) = tree::decode(value, "reg", &fields)
+        && let Ok(pairs) = tree::decode(value, "reg", fields)
     {
         return PropertyValue::Reg(pairs.iter().map(|p| (p[0], p[1])).collect());
     }
