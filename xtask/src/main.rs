@@ -438,10 +438,13 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
             "tidepool-boot",
         ]))?;
         let dtbs = tools::board_dtbs(ws)?;
+        let dtc = tools::DtcTools::fetch(ws)?;
         run_checked(
             Command::new(env!("CARGO"))
                 .current_dir(&ws.root)
                 .env("TIDEPOOL_BOARD_DTBS", &dtbs)
+                .env("TIDEPOOL_FDTDUMP", dtc.program("fdtdump"))
+                .env("LD_LIBRARY_PATH", dtc.libs())
                 .args([
                     "test",
                     "-p",

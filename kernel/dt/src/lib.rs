@@ -171,7 +171,7 @@ mod tree;
 mod tests;
 
 pub use blob::MAX_DEPTH;
-pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
+pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node, describe_tree};
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,

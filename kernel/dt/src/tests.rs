@@ -1888,6 +1888,23 @@ fn describe_decodes_known_shapes() {
 }
 
 #[test]
+fn describe_tree_is_every_node_in_blob_order() {
+    let blob = qemu_virt().node("odd", |n| n.bytes("blob", &[1])).build();
+    let all = describe_tree(&blob).unwrap();
+    assert_eq!(all[0].path, "/");
+    for node in &all {
+        assert_eq!(&describe_node(&blob, &node.path).unwrap(), node);
+    }
+    assert_eq!(all.last().unwrap().path, "/odd");
+    let children: usize = all.iter().map(|n| n.children.len()).sum();
+    assert_eq!(children + 1, all.len(), "each node once");
+    assert!(matches!(
+        describe_tree(&blob[..40]),
+        Err(DescribeError::Dtb(_))
+    ));
+}
+
+#[test]
 fn describe_refuses_missing_nodes_and_bad_blobs() {
     let blob = qemu_virt().build();
     assert_eq!(
