@@ -68,7 +68,7 @@ const SMOKE_DISK_MIB: u64 = 8;
 const SMOKE_READS: u64 = 64;
 /// The dom0less domU's memory in KiB (the 8 MiB target).
 const DOMU_KIB: u64 = 8 * 1024;
-/// The kernel's default wait mode (`kernel/core/src/block.rs`), which the
+/// The default wait mode of a virtio disk (`BlockDriver::default_wait`), which the
 /// stock run uses; the others get a run each.
 const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
 /// The scenario with a non-coherent first disk behind a no-map pool that

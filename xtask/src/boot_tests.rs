@@ -56,6 +56,9 @@ pub struct PvSpec {
     /// tidepool is a dom0less domU next to the Linux dom0 (see
     /// `crate::pv::PvGuest::dom0less`).
     pub dom0less: bool,
+    /// Module parameters for Linux's blkback (see
+    /// `crate::pv::PvGuest::blkback_params`).
+    pub blkback_params: &'static str,
 }
 
 /// Printed between the consoles of a test's two boots.
@@ -1125,6 +1128,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
                 read_only: test.disks.first().is_some_and(|d| d.read_only),
                 detach_on: spec.detach_on.map(String::from),
                 dom0less: spec.dom0less,
+                blkback_params: spec.blkback_params.into(),
             };
             // xl console in dom0 reads the serial line, where Xen sends
             // input for dom0: typing needs no console switch.
@@ -1229,12 +1233,20 @@ fn pv() -> Vec<BootTest> {
         }),
     )])
     .expect(&attached)
-    .expect(&["back end went away (state Closing)", "blk: xvda closed"])
+    .expect(&[
+        // Linux's blkback with its defaults: its 1056 persistent grants hold
+        // 32 requests of 33 grants, which one page (32 entries) holds,
+        // although it offers 16.
+        "max_ring_page_order=4 indirect_segments=256 request_bytes=131072 \
+         ring_pages=1 ring_entries=32 slots=32",
+        "back end went away (state Closing)",
+        "blk: xvda closed",
+    ])
     .expect(&shut_down)
     .reject(PV_REJECT);
     detach.pv = Some(PvSpec {
         detach_on: Some("blk: xvda pv devid="),
-        dom0less: false,
+        ..PvSpec::default()
     });
     let mut dom0less = guest("pv-dom0less-block-attach", WRITE_AND_VERIFY)
         .with_disks(&[disk(1, Some(REWRITTEN))])
@@ -1256,8 +1268,35 @@ fn pv() -> Vec<BootTest> {
         // tidepool's errors; dom0's toolstack may print its own.
         .reject(&["(d1) error: "]);
     dom0less.pv = Some(PvSpec {
-        detach_on: None,
         dom0less: true,
+        ..PvSpec::default()
+    });
+    // Read-only, and the single-page fallback: dom0 loads blkback with
+    // `max_ring_page_order=0`, so the ring is one page (`ring-ref`) with 32
+    // entries and 32 requests in flight (the verify keeps them busy).
+    let mut read_only = guest("pv-xl-read-only", "blk-write=2@0+8 blk-verify=1")
+        .with_disks(&[TestDisk {
+            read_only: true,
+            ..disk(
+                1,
+                Some(DiskPattern {
+                    seed: 1,
+                    written: None,
+                }),
+            )
+        }])
+        .expect(&attached)
+        .expect(&[
+            "read_only=1 flush=1 persistent=1 max_ring_page_order=0 indirect_segments=256 \
+             request_bytes=131072 ring_pages=1 ring_entries=32 slots=32",
+            "error: blk: xvda write of sectors 0..8: the disk is read-only",
+            "blk: verify xvda sectors=16384 ok",
+        ])
+        .expect(&shut_down)
+        .reject(PV_REJECT);
+    read_only.pv = Some(PvSpec {
+        blkback_params: "max_ring_page_order=0",
+        ..PvSpec::default()
     });
     // The monitor's `blk` commands on a PV disk go through the same loop as
     // on virtio; the disk stays open until `poweroff` closes it.
@@ -1294,21 +1333,27 @@ fn pv() -> Vec<BootTest> {
         ])
         .reject(PV_REJECT);
     monitor.typing = vec!["help", "blk verify xvda 1", "blk", "dma", "poweroff"];
-    // The PV disk's memory is a grant device of the DMA layer.
+    // The PV disk's memory is a grant device of the DMA layer. The
+    // multi-page ring: dom0's blkback keeps 2048 grants mapped and the
+    // guest is told so, so all 42 requests of 33 grants fit; blkback offers
+    // 16 pages and 2 (64 entries) hold them.
     let mut bench = guest(
         "pv-xl-write-verify-bench",
-        &format!("{WRITE_AND_VERIFY} bench=8"),
+        &format!("{WRITE_AND_VERIFY} bench=8 blk-pv-grants=2048"),
     )
     .with_disks(&[disk(1, Some(REWRITTEN))])
     .expect(&attached)
     .expect(&[
-        "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
+        "read_only=0 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256 \
+         request_bytes=131072 ring_pages=2 ring_entries=64 slots=42",
         "blk: wrote xvda lba=2048 sectors=2048 seed=2, flushed",
         "blk: verify xvda sectors=16384 ok",
-        // The one transfer loop's lines, as for virtio.
-        "blk: bench seq device=xvda wait=poll mib=8 ",
+        // The one transfer loop's lines, as for virtio; a PV disk waits
+        // in WFI by default (its back end needs this CPU).
+        "blk: bench seq device=xvda wait=wfi mib=8 ",
         "blk: bench qd1 ",
-        "blk: bench qd32 ",
+        // QD32 keeps 32 requests in flight (21 slots kept 21 before).
+        "blk: bench qd32 reqs=4096 in_flight=32 ",
         "blk: bench dma requests=",
         "blk: stats xvda reads=",
         "dma: stats xvda syncs=",
@@ -1327,31 +1372,11 @@ fn pv() -> Vec<BootTest> {
         ]
         .map(String::from),
     );
-    vec![
-        monitor,
-        bench,
-        guest("pv-xl-read-only", "blk-write=2@0+8 blk-verify=1")
-            .with_disks(&[TestDisk {
-                read_only: true,
-                ..disk(
-                    1,
-                    Some(DiskPattern {
-                        seed: 1,
-                        written: None,
-                    }),
-                )
-            }])
-            .expect(&attached)
-            .expect(&[
-                "read_only=1 flush=1 persistent=1 max_ring_page_order=4 indirect_segments=256",
-                "error: blk: xvda write of sectors 0..8: the disk is read-only",
-                "blk: verify xvda sectors=16384 ok",
-            ])
-            .expect(&shut_down)
-            .reject(PV_REJECT),
-        detach,
-        dom0less,
-    ]
+    bench.pv = Some(PvSpec {
+        blkback_params: "max_persistent_grants=2048",
+        ..PvSpec::default()
+    });
+    vec![monitor, bench, read_only, detach, dom0less]
 }
 
 /// Sectors of each block-test disk (8 MiB).

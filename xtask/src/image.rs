@@ -3,7 +3,7 @@
 
 use object::elf::{PT_LOAD, R_AARCH64_RELATIVE};
 use object::read::elf::{ElfFile64, ProgramHeader, Rela};
-use object::{Endianness, Object, ObjectSection};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 
 use crate::{Error, Result};
 
@@ -83,6 +83,10 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
     let text_offset = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     check_xl_placement(text_offset, memory_size)?;
 
+    let text_end = file
+        .symbol_by_name("__text_end")
+        .map(|symbol| symbol.address())
+        .ok_or_else(|| Error::msg("kernel ELF: no __text_end symbol"))?;
     let mut relocations = 0;
     if let Some(section) = file.section_by_name(".rela.dyn") {
         let data = section
@@ -98,6 +102,7 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
                     rela.r_offset(endian)
                 )));
             }
+            check_relocation_target(rela.r_offset(endian), text_end)?;
             relocations += 1;
         }
     }
@@ -108,9 +113,31 @@ pub fn elf_to_image(elf: &[u8]) -> Result<Image> {
     })
 }
 
+/// Refuses a relocation that writes the kernel text (`[0, text_end)`): the
+/// entry code writes relocations with the caches off, and the MMU bring-up
+/// discards stale cache lines only from the end of the text on (what the
+/// kernel writes before its caches are on: relocated data, BSS, stacks).
+fn check_relocation_target(offset: u64, text_end: u64) -> Result<()> {
+    if offset < text_end {
+        return Err(Error::msg(format!(
+            "relocation at {offset:#x} writes the kernel text (which ends at {text_end:#x}): \
+             the MMU bring-up invalidates the caches only after the text"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relocations_into_the_text_are_refused() {
+        assert!(check_relocation_target(0x6a000, 0x6a000).is_ok());
+        assert!(check_relocation_target(0x7c008, 0x6a000).is_ok());
+        assert!(check_relocation_target(0x69ff8, 0x6a000).is_err());
+        assert!(check_relocation_target(0, 0x6a000).is_err());
+    }
 
     #[test]
     fn xl_places_the_device_tree_at_the_next_2mib_boundary() {

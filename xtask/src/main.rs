@@ -261,6 +261,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
             read_only: false,
             detach_on: None,
             dom0less: args.domu,
+            blkback_params: String::new(),
         };
         let run_dir = ws.build.join("run-pv").join(std::process::id().to_string());
         let qemu = pv::qemu_args(ws, &image, &guest, &run_dir)?;
@@ -437,10 +438,13 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
             "tidepool-boot",
         ]))?;
         let dtbs = tools::board_dtbs(ws)?;
+        let dtc = tools::DtcTools::fetch(ws)?;
         run_checked(
             Command::new(env!("CARGO"))
                 .current_dir(&ws.root)
                 .env("TIDEPOOL_BOARD_DTBS", &dtbs)
+                .env("TIDEPOOL_FDTDUMP", dtc.program("fdtdump"))
+                .env("LD_LIBRARY_PATH", dtc.libs())
                 .args([
                     "test",
                     "-p",

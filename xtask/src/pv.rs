@@ -198,6 +198,11 @@ pub struct PvGuest {
     /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
     /// runs `init-dom0less`, then `xl block-attach`es the disk.
     pub dom0less: bool,
+    /// Module parameters for Linux's blkback (`max_ring_page_order=0`,
+    /// `max_persistent_grants=2048`; empty: its defaults, 4 and 1056 on
+    /// Debian's kernel), given to `insmod`: `max_ring_page_order` is
+    /// read-only in sysfs.
+    pub blkback_params: String,
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
@@ -327,7 +332,13 @@ fn xl_config(guest: &PvGuest, linux: bool) -> String {
 fn init_script(modules: &[String], guest: &PvGuest) -> String {
     let insmods: String = modules
         .iter()
-        .map(|m| format!("insmod /lib/modules/{m}.ko || fail \"insmod {m}\"\n"))
+        .map(|m| {
+            let args = match guest.blkback_params.as_str() {
+                params if m == "xen_blkback" && !params.is_empty() => format!(" {params}"),
+                _ => String::new(),
+            };
+            format!("insmod /lib/modules/{m}.ko{args} || fail \"insmod {m}\"\n")
+        })
         .collect();
     let wait_disk = if guest.disk.is_some() {
         "n=0\nwhile [ ! -b /dev/vda ]; do\n    n=$((n + 1))\n    [ $n -gt 500 ] && fail \"no /dev/vda after 5 s\"\n    usleep 10000\ndone\n"
@@ -442,6 +453,7 @@ mod tests {
             read_only: false,
             detach_on: None,
             dom0less: false,
+            blkback_params: String::new(),
         }
     }
 
@@ -496,6 +508,18 @@ mod tests {
             at += found + step.len();
         }
         assert!(!script.contains("block-detach"));
+        assert!(script.contains("insmod /lib/modules/xenfs.ko || fail"));
+        let one_page = init_script(
+            &["xen_blkback".into(), "loop".into()],
+            &PvGuest {
+                blkback_params: "max_ring_page_order=0".into(),
+                ..guest()
+            },
+        );
+        assert!(one_page.contains(
+            "insmod /lib/modules/xen_blkback.ko max_ring_page_order=0 || fail \"insmod xen_blkback\"\n\
+             insmod /lib/modules/loop.ko ||"
+        ));
         let detaching = init_script(
             &[],
             &PvGuest {

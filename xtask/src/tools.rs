@@ -28,9 +28,7 @@ const DTC_PACKAGES: [&str; 3] = ["device-tree-compiler", "libfdt1", "libyaml-0-2
 /// `device-tree-compiler` unpacked into build/dtc, run with its own
 /// libraries (no system install).
 pub struct DtcTools {
-    #[cfg_attr(not(test), allow(dead_code))]
     bin: PathBuf,
-    #[cfg_attr(not(test), allow(dead_code))]
     libs: PathBuf,
 }
 
@@ -69,12 +67,22 @@ impl DtcTools {
         Ok(DtcTools { bin, libs })
     }
 
-    /// A command running `program` (`dtc`, `fdtput`, ...) from the unpacked
-    /// package with its unpacked libraries (only xtask's tests run them).
+    /// The path of `program` (`dtc`, `fdtdump`, `fdtput`, ...) in the
+    /// unpacked package; it runs with [`Self::libs`] as `LD_LIBRARY_PATH`.
+    pub fn program(&self, program: &str) -> PathBuf {
+        self.bin.join(program)
+    }
+
+    /// The folder of the unpacked libraries the programs link.
+    pub fn libs(&self) -> &Path {
+        &self.libs
+    }
+
+    /// A command running `program` with its unpacked libraries.
     #[cfg(test)]
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
-        cmd.env("LD_LIBRARY_PATH", &self.libs);
+        let mut cmd = Command::new(self.program(program));
+        cmd.env("LD_LIBRARY_PATH", self.libs());
         cmd
     }
 }

@@ -26,6 +26,8 @@ use core::task::Poll;
 
 use tidepool_dma::{DmaDevice, DmaEnv};
 
+use wait::WaitMode;
+
 pub use barrier::Barrier;
 pub use memory::SharedMemory;
 pub use request::{
@@ -173,6 +175,16 @@ pub trait BlockDriver<'a> {
     /// default) or not, for a waiter that polls ([`Self::poll`]). A hint:
     /// a device may interrupt anyway.
     fn set_interrupts(&mut self, enabled: bool);
+
+    /// How to wait for this device when `wait=` does not say: polling (the
+    /// default) for a device that works beside the CPU, as hardware and
+    /// QEMU's I/O thread do. A driver whose device is served by software
+    /// needing this CPU's time (a Xen PV back end in another domain, where
+    /// the domains share a physical CPU) says [`WaitMode::Wfi`]: a spinning
+    /// guest would starve its own back end.
+    fn default_wait(&self) -> WaitMode {
+        WaitMode::Poll
+    }
 
     /// The outcome of a request, once; `Pending` while the device holds it.
     ///

@@ -5,9 +5,14 @@
 //! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
 //! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
-//! One ring page, granted at setup, and, per ring slot, its data pages
-//! (11, a direct request's segments; or [`INDIRECT_SEGMENTS`] and one
-//! indirect page when the back end takes indirect requests): pool buffers
+//! A ring of `2^order` pages, granted at setup ([`RingLayout::choose`]: as
+//! many requests in flight as the block layer's 42 and the back end's
+//! persistent grants allow, on the smallest ring that holds them: against
+//! Linux's blkback with indirect requests, 32 on one page; with
+//! `blk-pv-grants=2048`, or direct requests, 42 on two pages), and, per
+//! request slot, its data pages (11, a direct request's segments; or
+//! [`INDIRECT_SEGMENTS`] and one indirect page when the back end takes
+//! indirect requests): pool buffers
 //! of the disk's DMA context, a grant device of the DMA layer
 //! (`tidepool_dma::Addressing::Grant`), allocated at setup from the disk's
 //! own pool and mapped for each request like virtio's, which gives the
@@ -33,6 +38,7 @@ use core::task::Poll;
 use core::time::Duration;
 
 use log::{error, info, warn};
+use tidepool_block::wait::WaitMode;
 use tidepool_block::{
     BlkStats, BlockDriver, Completion, Completions, Deadline, MAX_IN_FLIGHT, Notice, Op, Request,
     SharedMemory, Token,
@@ -40,13 +46,14 @@ use tidepool_block::{
 use tidepool_dma::{DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolBuffer};
 use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
 use tidepool_xen_abi::blkfront::{
-    self, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup, Inflight, SECTORS_PER_PAGE, Vbd,
-    XenbusState,
+    self, BLKBACK_PERSISTENT_GRANTS, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup,
+    Inflight, RingLayout, SECTORS_PER_PAGE, Vbd, XenbusState,
 };
 use tidepool_xen_abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_RESPONSE_WORDS, BLKIF_SLOT_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
+use tidepool_xen_abi::ring::RingError;
 use tidepool_xen_abi::xenstore::TxId;
 use tidepool_xen_abi::{
     DomId, EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
@@ -56,14 +63,12 @@ use crate::arch::aarch64::cpu;
 use crate::dma::{Dma, DmaSetupError};
 use crate::xen::{Xen, events, grants, store};
 
-/// Segments of an indirect request (128 KiB; Linux's blkfront default too):
-/// [`SLOTS`] of them are 2.6 MiB of granted pages, about 700 grants.
+/// Segments of an indirect request (128 KiB; Linux's blkfront default too).
+/// Each request slot keeps its own: 32 slots (Linux's blkback's persistent
+/// grants) are 4.1 MiB of pool and 1056 grants; the block interface's
+/// [`MAX_IN_FLIGHT`] (42), 5.4 MiB and 1386 grants of the grant table's
+/// 2040.
 pub const INDIRECT_SEGMENTS: usize = 32;
-/// Requests in flight at once: within the one-page ring's 32 entries and
-/// the block interface's [`MAX_IN_FLIGHT`] (42, sized for virtio's 128-entry
-/// queue); each in-flight request keeps its own data pages.
-const SLOTS: usize = 21;
-const _: () = assert!(SLOTS <= MAX_IN_FLIGHT && SLOTS <= 32);
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
 /// response after this time finds its slot expired and breaks the device.
@@ -87,6 +92,26 @@ fn alloc_pages(map: &AddressMap, pages: usize) -> Option<(&'static mut [u8], Phy
         unsafe { core::slice::from_raw_parts_mut(ptr, pages * PAGE) },
         pa,
     ))
+}
+
+/// The ring pages' grants while a disk is set up: ended if the setup fails
+/// before the disk owns them (one the back end still maps stays granted; its
+/// page is never freed).
+struct RingGrants(Vec<Grant>);
+
+impl Drop for RingGrants {
+    fn drop(&mut self) {
+        for grant in self.0.drain(..) {
+            let _ = grants::end(grant);
+        }
+    }
+}
+
+/// `slots` empty per-slot entries.
+fn empty_slots<T>(slots: usize) -> Vec<Option<T>> {
+    let mut entries = Vec::new();
+    entries.resize_with(slots, || None);
+    entries
 }
 
 /// What a slot's request is, for its completion.
@@ -217,9 +242,11 @@ pub struct PvDisk {
     ring: BlkifFrontRing<'static>,
     port: EvtchnPort,
     signalled: &'static AtomicBool,
-    inflight: Inflight<SLOTS>,
+    /// The ring's pages and entries, and the request slots on it.
+    layout: RingLayout,
+    inflight: Inflight,
     /// What each taken slot holds.
-    sent: [Option<Sent>; SLOTS],
+    sent: Vec<Option<Sent>>,
     /// The disk's DMA context: a grant device whose pool holds every
     /// slot's pages.
     dma: DmaDevice<'static>,
@@ -227,13 +254,13 @@ pub struct PvDisk {
     data: Vec<Option<SlotMemory>>,
     /// Each slot's indirect page (with indirect requests; empty otherwise).
     indirect: Vec<Option<SlotMemory>>,
-    /// The ring page's grant, ended at close.
+    /// The ring pages' grants, ended at close.
     grants: Vec<Grant>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
     segments: usize,
     /// Results of finished requests not yet collected, by slot.
-    done: [Option<Result<(), BlkfrontError>>; SLOTS],
+    done: Vec<Option<Result<(), BlkfrontError>>>,
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
     token: String,
@@ -245,8 +272,13 @@ pub struct PvDisk {
 pub enum PvSetupError {
     /// The protocol failed.
     Protocol(BlkfrontError),
-    /// No memory for the ring or data pages.
-    NoMemory,
+    /// The heap has no room for the ring's pages.
+    NoMemory {
+        /// The ring's size in bytes.
+        bytes: usize,
+    },
+    /// The ring's area does not make a ring.
+    Ring(RingError),
     /// A grant failed.
     Grant(grants::GrantTableError),
     /// The disk's DMA context could not be set up.
@@ -263,7 +295,8 @@ impl core::fmt::Display for PvSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Protocol(e) => write!(f, "{e}"),
-            Self::NoMemory => f.write_str("no memory for the rings"),
+            Self::NoMemory { bytes } => write!(f, "no memory for the ring ({bytes} bytes)"),
+            Self::Ring(e) => write!(f, "ring: {e}"),
             Self::Grant(e) => write!(f, "grant: {e}"),
             Self::DmaSetup(e) => write!(f, "{e}"),
             Self::Dma(e) => write!(f, "{e}"),
@@ -351,8 +384,11 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
 }
 
 /// Sets up every `device/vbd` of this domain; a device that fails is
-/// reported and left out.
-pub fn probe(dma: &mut Dma) -> Vec<PvDisk> {
+/// reported and left out. `persistent_grants` is how many grants the back
+/// end keeps mapped, which it does not say (`blk-pv-grants=`; Linux
+/// blkback's default, [`BLKBACK_PERSISTENT_GRANTS`], if `None`).
+pub fn probe(dma: &mut Dma, persistent_grants: Option<usize>) -> Vec<PvDisk> {
+    let persistent_grants = persistent_grants.unwrap_or(BLKBACK_PERSISTENT_GRANTS);
     let found = if store::came_late() {
         Some(wait_for_attach())
     } else {
@@ -369,7 +405,7 @@ pub fn probe(dma: &mut Dma) -> Vec<PvDisk> {
     let mut disks = Vec::new();
     for devid in devids {
         let name = blkfront::disk_name(devid);
-        match PvDisk::set_up(dma, devid, name.clone()) {
+        match PvDisk::set_up(dma, devid, name.clone(), persistent_grants) {
             Ok(disk) => {
                 info!("{}", disk.info_line());
                 disks.push(disk);
@@ -381,40 +417,75 @@ pub fn probe(dma: &mut Dma) -> Vec<PvDisk> {
 }
 
 impl PvDisk {
-    fn set_up(dma: &mut Dma, devid: u32, name: String) -> Result<Self, PvSetupError> {
+    fn set_up(
+        dma: &mut Dma,
+        devid: u32,
+        name: String,
+        persistent_grants: usize,
+    ) -> Result<Self, PvSetupError> {
         let map = dma.address_map();
         let (vbd, features) = store::with(|xs| blkfront::probe(xs, devid)).ok_or(
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
         let backend = vbd.backend_id;
-        let (ring_page, ring_pa) = alloc_pages(map, 1).ok_or(PvSetupError::NoMemory)?;
-        // SAFETY: a page-aligned page of linear RAM this driver alone owns
-        // for the kernel's lifetime; `BlkifSharedRing` (3648 bytes, 8-byte
-        // aligned) is made of atomics, so the back end writing it is sound.
-        let shared: &'static BlkifSharedRing =
-            unsafe { &*(ring_page.as_ptr() as *const BlkifSharedRing) };
-        let ring = BlkifFrontRing::init(shared);
-        let name: &'static str = name.leak();
-        let mut held = Vec::new();
-        let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
-            // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
-            // this driver's alone. The driver touches the ring page only
-            // through `BlkifSharedRing`'s atomics.
-            let frame = unsafe { GrantableFrame::new(pa >> 12) };
-            let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
-            let gref = grant.gref();
-            held.push(grant);
-            Ok(gref)
-        };
-        let ring_ref = grant(ring_pa.0, GrantAccess::ReadWrite)?;
         let indirect_ok = features.max_indirect_segments as usize >= INDIRECT_SEGMENTS;
         let segments = if indirect_ok {
             INDIRECT_SEGMENTS
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
         };
+        // Each request slot keeps its data pages (and indirect page) granted.
+        let layout = RingLayout::choose(
+            features.max_ring_page_order,
+            MAX_IN_FLIGHT,
+            segments + usize::from(indirect_ok),
+            persistent_grants,
+        );
+        let slots = layout.requests;
+        // One allocation from the heap, which is linear RAM: the pages are
+        // virtually contiguous, as the ring logic needs (one slice of
+        // entries over them); that they are physically contiguous too is
+        // not needed (each page is granted on its own) but costs nothing at
+        // a few pages.
+        let (ring_area, ring_pa) =
+            alloc_pages(map, layout.pages()).ok_or(PvSetupError::NoMemory {
+                bytes: layout.pages() * PAGE,
+            })?;
+        let entries = core::ptr::slice_from_raw_parts(
+            ring_area
+                .as_ptr()
+                .cast::<[core::sync::atomic::AtomicU64; BLKIF_SLOT_WORDS]>(),
+            layout.entries,
+        );
+        // SAFETY: `ring_area` is `layout.pages()` page-aligned pages of
+        // linear RAM, zeroed, never freed, this driver's alone; the ring's
+        // 64-byte header and `layout.entries` slots fit in it (its entries
+        // are `__CONST_RING_SIZE` over those pages: only slots that fit
+        // after the header). `BlkifSharedRing` is atomics (8-byte aligned),
+        // valid zeroed, so the back end writing it at any time is sound.
+        let shared: &'static BlkifSharedRing = unsafe { &*(entries as *const BlkifSharedRing) };
+        let ring = BlkifFrontRing::init(shared).map_err(PvSetupError::Ring)?;
+        let name: &'static str = name.leak();
+        let mut held = RingGrants(Vec::new());
+        let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
+            // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
+            // this driver's alone. The driver touches the ring pages only
+            // through `BlkifSharedRing`'s atomics.
+            let frame = unsafe { GrantableFrame::new(pa >> 12) };
+            let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
+            let gref = grant.gref();
+            held.0.push(grant);
+            Ok(gref)
+        };
+        let mut ring_refs = Vec::with_capacity(layout.pages());
+        for page in 0..layout.pages() {
+            ring_refs.push(grant(
+                ring_pa.0 + (page * PAGE) as u64,
+                GrantAccess::ReadWrite,
+            )?);
+        }
         let (dma_device, data, indirect) =
-            slot_memory(dma, name, backend, SLOTS, segments, indirect_ok)?;
+            slot_memory(dma, name, backend, slots, segments, indirect_ok)?;
         let signalled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let handler: &'static dyn EventHandler = Box::leak(Box::new(move |_: EvtchnPort| {
             signalled.store(true, Ordering::Release)
@@ -424,7 +495,7 @@ impl PvDisk {
         // `feature-persistent` promises the back end (it may keep them
         // mapped); Linux's blkback advertises its side only when it connects.
         let setup = FrontendSetup {
-            ring_refs: &[ring_ref],
+            ring_refs: &ring_refs,
             port,
             persistent: true,
         };
@@ -455,14 +526,15 @@ impl PvDisk {
             ring,
             port,
             signalled,
-            inflight: Inflight::new(),
-            sent: [None; SLOTS],
+            layout,
+            inflight: Inflight::new(slots),
+            sent: empty_slots(slots),
             dma: dma_device,
             data,
             indirect,
-            grants: held,
+            grants: core::mem::take(&mut held.0),
             segments,
-            done: [const { None }; SLOTS],
+            done: empty_slots(slots),
             broken: None,
             token,
             stats: BlkStats::default(),
@@ -473,7 +545,8 @@ impl PvDisk {
     pub fn info_line(&self) -> String {
         format!(
             "blk: {} pv devid={} backend={} sectors={} sector_size={} read_only={} flush={} \
-             persistent={} max_ring_page_order={} indirect_segments={} request_bytes={}",
+             persistent={} max_ring_page_order={} indirect_segments={} request_bytes={} \
+             ring_pages={} ring_entries={} slots={}",
             self.name,
             self.vbd.devid,
             self.vbd.backend,
@@ -484,7 +557,10 @@ impl PvDisk {
             u8::from(self.persistent),
             self.features.max_ring_page_order,
             self.features.max_indirect_segments,
-            self.request_bytes()
+            self.request_bytes(),
+            self.layout.pages(),
+            self.layout.entries,
+            self.inflight.slots()
         )
     }
 
@@ -570,8 +646,9 @@ impl PvDisk {
         if let Err(err) = self.ring.put_request(&request) {
             self.forget(env, slot);
             return Err(BlkfrontError::BadRequest(match err {
-                tidepool_xen_abi::ring::RingError::Full { .. } => "ring full",
-                tidepool_xen_abi::ring::RingError::ResponseOverflow { .. } => "ring overrun",
+                RingError::Full { .. } => "ring full",
+                RingError::ResponseOverflow { .. } => "ring overrun",
+                RingError::BadSize { .. } => "ring size",
             })
             .into());
         }
@@ -836,7 +913,7 @@ impl BlockDriver<'static> for PvDisk {
     }
 
     fn slots(&self) -> usize {
-        SLOTS
+        self.inflight.slots()
     }
 
     fn in_flight(&self) -> usize {
@@ -931,6 +1008,14 @@ impl BlockDriver<'static> for PvDisk {
         // The hint is not taken: the ring asks the back end for an event
         // only when the front end runs dry of responses (`rsp_event`), and
         // a poller's upcall only sets `signalled`.
+    }
+
+    /// WFI: the back end is dom0's blkback, which needs the physical CPU
+    /// this guest would spin on where they share one (measured on the
+    /// emulated one-CPU machine: polling made each QD1 read wait about
+    /// 17 ms for dom0 to run, 41-57 reads/s; WFI gave 266).
+    fn default_wait(&self) -> WaitMode {
+        WaitMode::Wfi
     }
 
     /// A read's data is lent in place in the slot's granted pages: the

@@ -30,7 +30,9 @@
 //! - `hybrid`: spin for a budget that follows recent completion times
 //!   ([`SpinBudget`], at most [`SPIN_CAP_US`]), then WFI.
 //!
-//! The default is [`DEFAULT_WAIT`]; `cargo xtask bench` measures all three
+//! Without `wait=`, each device waits as its driver says
+//! ([`BlockDriver::default_wait`]: polling, but WFI for a Xen PV disk,
+//! whose back end needs this CPU); `cargo xtask bench` measures all three
 //! (rate and CPU time per request: the time not spent in WFI).
 
 use alloc::boxed::Box;
@@ -76,8 +78,6 @@ const IN_FLIGHT: usize = 32;
 pub const SPIN_CAP_US: u64 = 1000;
 /// Random reads per queue depth of `bench=` when `bench-reads=` is not given.
 pub const BENCH_READS: u64 = 4096;
-/// How block I/O waits when `wait=` is not given.
-pub const DEFAULT_WAIT: WaitMode = WaitMode::Poll;
 
 /// The uSDHC's input clock when the device tree does not assign one: what
 /// the i.MX 8M Plus tree assigns its `usdhc` clocks.
@@ -178,22 +178,28 @@ struct Waiter {
 
 /// Finds and sets up every block device: virtio block devices and SD cards
 /// of the device tree, then the domain's Xen PV disks, each waiting as
-/// `wait` says. Transports without a device, or with another kind, and
+/// `wait` says (or, without `wait=`, as its driver says). Transports without a device, or with another kind, and
 /// controllers without a card are skipped; a device that fails to set up is
-/// reported and left out.
-pub fn probe(dt: &'static DeviceTree, dma: &mut Dma, wait: WaitMode) -> Vec<AnyDisk> {
+/// reported and left out. `pv_grants` is what the PV disks' back end keeps
+/// mapped (`blk-pv-grants=`; see `blkfront::probe`).
+pub fn probe(
+    dt: &'static DeviceTree,
+    dma: &mut Dma,
+    wait: Option<WaitMode>,
+    pv_grants: Option<usize>,
+) -> Vec<AnyDisk> {
     let mut disks: Vec<AnyDisk> = probe_virtio(dt, dma)
         .into_iter()
         .map(AnyDisk::Virtio)
         .collect();
     disks.extend(probe_sd(dt, dma).into_iter().map(AnyDisk::Sd));
     disks.extend(
-        blkfront::probe(dma)
+        blkfront::probe(dma, pv_grants)
             .into_iter()
             .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
     );
     for any in &mut disks {
-        with_disk!(any, disk => disk.set_wait(wait));
+        with_disk!(any, disk => disk.set_wait(wait.unwrap_or(disk.device().default_wait())));
     }
     disks
 }
@@ -363,7 +369,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
             device,
             timeout_ticks: arch_timer::frequency() * timeout.as_secs(),
             waiter: Waiter {
-                mode: DEFAULT_WAIT,
+                mode: WaitMode::Poll,
                 budget: SpinBudget::new(arch_timer::frequency() * SPIN_CAP_US / 1_000_000),
                 idle_ticks: 0,
                 unkicked: 0,

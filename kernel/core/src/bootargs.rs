@@ -15,6 +15,10 @@
 //!   (default 4096);
 //! - `wait=wfi|poll|hybrid`: how block I/O waits for completions (default
 //!   `poll`, see `block`);
+//! - `blk-pv-grants=N`: grants the PV disks' back end keeps mapped (Linux
+//!   blkback's `max_persistent_grants`, which it does not advertise; default
+//!   1056, its own default), which bounds blkfront's requests in flight and
+//!   so its ring (see `tidepool_xen_abi::blkfront::RingLayout`);
 //! - `console-uart=PATH|ALIAS`: drive this UART (a node path or an
 //!   `/aliases` name, as in `stdout-path`) as the console, also under Xen.
 //!   Xen removes `stdout-path` from dom0's tree, so a dom0 whose UART Xen
@@ -87,6 +91,8 @@ pub struct Bootargs<'a> {
     pub bench_reads: Option<u64>,
     /// `wait=wfi|poll|hybrid`: how block I/O waits for completions.
     pub wait: Option<WaitMode>,
+    /// `blk-pv-grants=`: grants the PV back end keeps mapped.
+    pub blk_pv_grants: Option<usize>,
     /// `console-uart=`: the UART to drive as the console.
     pub console_uart: Option<&'a str>,
     /// `monitor`: run the console monitor after boot.
@@ -129,6 +135,7 @@ impl<'a> Bootargs<'a> {
             bench_mib: None,
             bench_reads: None,
             wait: None,
+            blk_pv_grants: None,
             console_uart: None,
             monitor: false,
             raw: line,
@@ -178,6 +185,9 @@ impl<'a> Bootargs<'a> {
                 self.bench_reads = Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?)
             }
             "wait" => self.wait = Some(value.parse().map_err(|_| bad())?),
+            "blk-pv-grants" => {
+                self.blk_pv_grants = Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?)
+            }
             "console-uart" if !value.is_empty() => self.console_uart = Some(value),
             "console-uart" => return Err(bad()),
             "monitor" if value.is_empty() && !word.contains('=') => self.monitor = true,
@@ -225,13 +235,16 @@ mod tests {
     #[test]
     fn block_words() {
         let a = Bootargs::parse(
-            "blk-verify=7,8@2048+16 blk-write=8@2048+16 bench=64 bench-reads=32 wait=poll",
+            "blk-verify=7,8@2048+16 blk-write=8@2048+16 bench=64 bench-reads=32 wait=poll \
+             blk-pv-grants=2048",
         );
         assert_eq!(a.errors().count(), 0);
         assert_eq!((a.bench_reads, a.wait), (Some(32), Some(WaitMode::Poll)));
-        let bad = Bootargs::parse("wait=spin bench-reads=0");
+        assert_eq!(a.blk_pv_grants, Some(2048));
+        let bad = Bootargs::parse("wait=spin bench-reads=0 blk-pv-grants=0 blk-pv-grants=lots");
         assert_eq!((bad.wait, bad.bench_reads), (None, None));
-        assert_eq!(bad.errors().count(), 2);
+        assert_eq!(bad.blk_pv_grants, None);
+        assert_eq!(bad.errors().count(), 4);
         let written = SectorRange {
             seed: 8,
             lba: 2048,

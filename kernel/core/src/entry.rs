@@ -3,13 +3,13 @@
 use alloc::boxed::Box;
 
 use log::{error, info, warn};
-use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree, UartKind};
+use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree, PsciMethod, Uart, UartKind};
 use tidepool_mm::PhysRange;
 
 use crate::arch::aarch64::{cpu, linker, psci::Conduit};
 use crate::bootargs::{Bootargs, LogLevel};
 use crate::console::{self, Backend};
-use crate::early_dt::{self, PsciMethod};
+use crate::early_dt;
 use crate::shutdown::{PowerControl, set_power_control, shutdown};
 use crate::xen::{self, ShutdownReason};
 
@@ -54,18 +54,23 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         Conduit::Hvc
     }));
 
-    // The boot heap (in BSS) holds a copy of a blob with NOP tokens.
+    // The boot heap (in BSS) holds the device tree's reading until the
+    // memory plan has placed the main heap.
     crate::heap::init_boot_region();
+    let image = linker::image_layout().image;
+    let busy = AddrRange::new(image.start as u64, (image.end - image.start) as u64);
     // SAFETY: the boot protocol hands over the blob at x0 for the kernel's
     // lifetime; a null, misaligned or magic-less pointer is rejected before
     // anything beyond its 8-byte header is read.
     let blob = unsafe { early_dt::blob_at(dtb_addr) };
-    let parsed = blob.and_then(|b| {
-        let readable = early_dt::readable(b)?;
-        let fdt = fdt::Fdt::new(readable).map_err(early_dt::DtbError::Parse)?;
-        Ok((b, readable, fdt))
+    // The one reading of the device tree: the console, the power control
+    // and the memory plan all come from it.
+    let parsed = blob.and_then(|blob| {
+        DeviceTree::from_dtb_with(blob, busy.as_slice())
+            .map(|dt| (blob, &*Box::leak(Box::new(dt))))
+            .map_err(early_dt::DtbError::Structure)
     });
-    let (dt_blob, dt_readable, early) = match parsed {
+    let (dt_blob, dt) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => {
             console::select(Backend::Pl011(EARLY_UART));
@@ -79,9 +84,10 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         }
     };
 
-    let platform = early_dt::discover(&early);
+    let platform = &dt.platform;
     let under_xen = platform.xen;
-    let args = Bootargs::parse(platform.bootargs);
+    let bootargs = platform.chosen.bootargs.as_deref().unwrap_or("");
+    let args = Bootargs::parse(bootargs);
     // `console-uart=` chooses the UART, also under Xen (which removes
     // stdout-path from dom0's tree). Otherwise under Xen the console is
     // Xen's console_io, except on an i.MX UART: Xen hides the UART it
@@ -89,32 +95,34 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     // emulation, but an i.MX UART in a guest's tree is the real one, left to
     // it (Xen 4.17 has no driver for it; its console_io output goes
     // nowhere).
-    let chosen_uart = args.console_uart.map(|spec| early_dt::uart(&early, spec));
-    let uart_backend = |(kind, base): (UartKind, u64)| match kind {
-        UartKind::Imx => Backend::ImxUart(base as usize),
-        UartKind::Pl011 | UartKind::SbsaUart => Backend::Pl011(base as usize),
+    let chosen_uart = args.console_uart.map(|spec| platform.uart(spec));
+    let uart_backend = |uart: &Uart| match uart.kind {
+        UartKind::Imx => Backend::ImxUart(uart.reg.base() as usize),
+        UartKind::Pl011 | UartKind::SbsaUart => Backend::Pl011(uart.reg.base() as usize),
     };
-    let console = match (chosen_uart, platform.xen, platform.stdout_uart) {
+    let console = match (chosen_uart, under_xen, platform.stdout_uart()) {
         (Some(Some(uart)), _, _) => uart_backend(uart),
-        (_, _, Some(uart @ (UartKind::Imx, _))) => uart_backend(uart),
+        (_, _, Some(uart)) if uart.kind == UartKind::Imx => uart_backend(uart),
         (_, true, _) => Backend::Xen,
         (_, false, Some(uart)) => uart_backend(uart),
         (_, false, None) => Backend::Pl011(EARLY_UART),
     };
     console::select(console);
-    set_power_control(match (platform.xen, platform.psci) {
-        (true, _) => PowerControl::Xen,
-        (false, Some(PsciMethod::Smc)) => PowerControl::Psci(Conduit::Smc),
-        (false, Some(PsciMethod::Hvc)) => PowerControl::Psci(Conduit::Hvc),
-        (false, None) => PowerControl::Psci(if entry_el == 2 {
-            Conduit::Smc
-        } else {
-            Conduit::Hvc
-        }),
-    });
+    set_power_control(
+        match (under_xen, platform.psci.as_ref().map(|p| p.method)) {
+            (true, _) => PowerControl::Xen,
+            (false, Some(PsciMethod::Smc)) => PowerControl::Psci(Conduit::Smc),
+            (false, Some(PsciMethod::Hvc)) => PowerControl::Psci(Conduit::Hvc),
+            (false, None) => PowerControl::Psci(if entry_el == 2 {
+                Conduit::Smc
+            } else {
+                Conduit::Hvc
+            }),
+        },
+    );
     crate::logger::init(args.log_level);
     banner(entry_el, load_base, dtb_addr);
-    if platform.xen {
+    if under_xen {
         let v = xen::version();
         info!(
             "xen: version {}.{}{} console={console}",
@@ -131,17 +139,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     if let (Some(None), Some(spec)) = (chosen_uart, args.console_uart) {
         warn!("boot: console-uart={spec} names no UART this kernel drives; console={console}");
     }
-    info!("boot: bootargs \"{}\"", platform.bootargs);
-
-    let image = linker::image_layout().image;
-    let busy = AddrRange::new(image.start as u64, (image.end - image.start) as u64);
-    let dt = match DeviceTree::from_dtb_with(dt_readable, busy.as_slice()) {
-        Ok(dt) => &*Box::leak(Box::new(dt)),
-        Err(err) => {
-            error!("dt: unusable device tree at {dtb_addr:#x}: {err}");
-            shutdown(ShutdownReason::Crash);
-        }
-    };
+    info!("boot: bootargs \"{bootargs}\"");
     for line in dt.plan.console_lines() {
         match line {
             ConsoleLine::Error(_) => warn!("{line}"),
@@ -151,9 +149,6 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     for problem in &dt.platform.errors {
         warn!("dt: {problem}");
     }
-    // From here on the blob is not mapped: bootargs come from the owned copy
-    // (already checked and reported above).
-    let args = Bootargs::parse(dt.platform.chosen.bootargs.as_deref().unwrap_or(""));
     let dtb = PhysRange::new(dtb_addr as u64, dt_blob.len() as u64);
     let memory = match crate::memory::bring_up(dt, dtb, args.heap_size.map(|size| size as u64)) {
         Ok(memory) => memory,
@@ -208,8 +203,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
         crate::dma_selftest::run_naive(&mut dma, dt);
     }
     connect_xenstore(&memory.layout.address_map);
-    let wait = args.wait.unwrap_or(crate::block::DEFAULT_WAIT);
-    let mut disks = crate::block::probe(dt, &mut dma, wait);
+    let mut disks = crate::block::probe(dt, &mut dma, args.wait, args.blk_pv_grants);
     crate::block::run_requested(&args, &mut disks, &mut dma);
 
     if args.monitor {

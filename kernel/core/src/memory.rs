@@ -99,21 +99,24 @@ pub fn bring_up(
     let roots = build_tables(&mut arena, &setup.layout.mappings).map_err(BringUpError::Tables)?;
     let tcr = tcr_el1(mmu::pa_range()).map_err(BringUpError::Tcr)?;
     let used = arena.tables_used();
-    let view = arena.into_view();
 
+    let written = layout.rodata.start..layout.image.end;
     // SAFETY: the tables map the whole image at its identity addresses with
     // its sections' permissions (text executable, everything the code
     // touches next writable where it must be), and MAIR_EL1_VALUE defines the
-    // attribute indices they use. The image is the kernel's own and was
-    // written only with the caches off (relocations, BSS, stacks, heap,
-    // tables): its lines may be, and are, invalidated.
+    // attribute indices they use. The image after its text is the kernel's
+    // own and was written only with the caches off (relocations, BSS,
+    // stacks, heap, tables): its lines may be, and are, invalidated. The
+    // text is not written (xtask refuses a relocation into it) and the boot
+    // protocol has the loader clean it to the point of coherency, so any
+    // line of it a cache holds is what memory holds.
     unsafe {
         mmu::enable(
             MAIR_EL1_VALUE,
             tcr,
             roots.ttbr0.phys().0,
             roots.ttbr1.phys().0,
-            &[(layout.image.start, layout.image.end - layout.image.start)],
+            &[(written.start, written.len())],
         );
     }
     let map = &setup.layout.address_map;
@@ -140,8 +143,7 @@ pub fn bring_up(
     print_mappings(setup, false);
     info!(
         "mm: tables {used} of {TABLE_ARENA_TABLES}, ttbr0 {} ttbr1 {}",
-        view.mapping_counts(roots.ttbr0),
-        view.mapping_counts(roots.ttbr1)
+        roots.ttbr0_counts, roots.ttbr1_counts
     );
     info!(
         "mm: heap {} at {heap} ({} KiB)",

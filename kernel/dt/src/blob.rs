@@ -1,15 +1,14 @@
-//! Structural check of a flattened device tree before the `fdt` crate reads it.
+//! The flattened device tree read in one pass: the structural check and the
+//! node index are the same walk over the token stream.
 //!
-//! `fdt` 0.1.5 indexes and unwraps freely: a block offset outside the blob, a
-//! property running past its block, a name offset outside the strings block, a
-//! non-UTF-8 name, a property after a child node or a NOP between properties
-//! make it panic. This module accepts only blobs on which it cannot: header
-//! and blocks in bounds, a well-formed token stream with one unnamed root,
-//! UTF-8 names, properties before children, bounded nesting. NOP tokens,
-//! which are legal but which `fdt` mishandles, are removed in a private copy.
-//! It also reads the memory reservation block.
+//! Only a blob that passes is read: header and blocks in bounds, a
+//! well-formed token stream with one unnamed root, UTF-8 names, properties
+//! before children (as the Devicetree Specification requires; it also means
+//! a node's properties are complete at its first child), bounded nesting.
+//! NOP tokens, which loaders leave where they delete nodes or properties
+//! (QEMU's `imx8mp-evk` does), are skipped. It also reads the memory
+//! reservation block.
 
-use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
 use crate::error::{Block, DtbError, StructureError};
@@ -17,7 +16,7 @@ use crate::range::AddrRange;
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
 const HEADER_LEN: usize = 40;
-/// The format version whose header (with `size_dt_struct`) `fdt` reads.
+/// The format version whose header (with `size_dt_struct`) is read.
 const VERSION: u32 = 17;
 
 const TOKEN_BEGIN_NODE: u32 = 1;
@@ -30,11 +29,33 @@ const TOKEN_END: u32 = 9;
 /// below 10; the bound keeps the recursive walks' stack use small.
 pub const MAX_DEPTH: usize = 32;
 
-/// A blob that passed the check: the bytes to hand to `fdt` (the input, or a
-/// copy without NOP tokens) and the `/memreserve/` entries as read from the
-/// header's block, in blob order, each `(address, size)`.
+/// A property as the structure block gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Property<'a> {
+    /// Its name, from the strings block.
+    pub name: &'a str,
+    /// Its value.
+    pub value: &'a [u8],
+}
+
+/// A node as the structure block gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RawNode<'a> {
+    /// Its name (empty for the root).
+    pub name: &'a str,
+    /// Index of its parent in [`CheckedBlob::nodes`] (`None` for the root).
+    pub parent: Option<usize>,
+    /// Its properties, in blob order (allocated at their number: a large
+    /// board tree has thousands, and the kernel reads it in a 256 KiB boot
+    /// heap, so no vector of them all grows by doubling).
+    pub properties: Vec<Property<'a>>,
+}
+
+/// A blob that passed the check: its nodes in tree (depth-first) order, root
+/// first, and the `/memreserve/` entries as read from the header's block, in
+/// blob order, each `(address, size)`.
 pub(crate) struct CheckedBlob<'a> {
-    pub bytes: Cow<'a, [u8]>,
+    pub nodes: Vec<RawNode<'a>>,
     pub memreserve: Vec<(u64, u64)>,
 }
 
@@ -51,7 +72,7 @@ fn align4(n: usize) -> usize {
     n.next_multiple_of(4)
 }
 
-/// Checks `data` and returns what `fdt` may safely read.
+/// Checks `data` and reads its nodes and properties.
 pub(crate) fn check(data: &[u8]) -> Result<CheckedBlob<'_>, DtbError> {
     let header = |index: usize| {
         be32(data, index * 4).ok_or(DtbError::Truncated {
@@ -96,18 +117,8 @@ pub(crate) fn check(data: &[u8]) -> Result<CheckedBlob<'_>, DtbError> {
     let structure = block(blob, Block::Structure, off_struct, size_struct, 4)?;
     let strings = block(blob, Block::Strings, off_strings, size_strings, 1)?;
     let memreserve = memreserve_entries(blob, off_rsvmap)?;
-    let nops = check_structure(structure, strings)?;
-    let bytes = if nops.is_empty() {
-        Cow::Borrowed(blob)
-    } else {
-        Cow::Owned(without_nops(
-            blob,
-            off_struct as usize,
-            size_struct as usize,
-            &nops,
-        ))
-    };
-    Ok(CheckedBlob { bytes, memreserve })
+    let nodes = read_structure(structure, strings)?;
+    Ok(CheckedBlob { nodes, memreserve })
 }
 
 fn block(
@@ -162,10 +173,28 @@ fn memreserve_entries(blob: &[u8], offset: u32) -> Result<Vec<(u64, u64)>, DtbEr
     }
 }
 
-/// Walks the token stream; returns the offsets of NOP tokens.
-fn check_structure(structure: &[u8], strings: &[u8]) -> Result<Vec<usize>, DtbError> {
+/// Walks the token stream once, checking it and collecting every node and
+/// property.
+fn read_structure<'a>(
+    structure: &'a [u8],
+    strings: &'a [u8],
+) -> Result<Vec<RawNode<'a>>, DtbError> {
     let fail = |offset: usize, error: StructureError| DtbError::Structure { offset, error };
-    let mut nops = Vec::new();
+    let names = PropertyNames::new(strings);
+    let mut nodes: Vec<RawNode<'a>> = Vec::new();
+    // The properties of the node open at the deepest level, until its first
+    // child or its end (properties come before children): then they move
+    // to the node, in a vector of their own size.
+    let mut pending: Vec<Property<'a>> = Vec::new();
+    let settle = |nodes: &mut Vec<RawNode<'a>>, pending: &mut Vec<Property<'a>>, node: usize| {
+        if !pending.is_empty() {
+            // A copy at its length, not the buffer with its slack.
+            nodes[node].properties = pending.as_slice().to_vec();
+            pending.clear();
+        }
+    };
+    // The nodes open at each depth (index into `nodes`).
+    let mut open = [0usize; MAX_DEPTH];
     let mut depth = 0usize;
     let mut seen_root = false;
     // Bit d set: the node open at depth d already has a child.
@@ -189,10 +218,20 @@ fn check_structure(structure: &[u8], strings: &[u8]) -> Result<Vec<usize>, DtbEr
                     return Err(fail(at, StructureError::NamedRoot));
                 }
                 has_child |= 1 << depth;
-                depth += 1;
-                if depth > MAX_DEPTH {
+                if depth == MAX_DEPTH {
                     return Err(fail(at, StructureError::TooDeep));
                 }
+                let parent = depth.checked_sub(1).map(|up| open[up]);
+                if let Some(parent) = parent {
+                    settle(&mut nodes, &mut pending, parent);
+                }
+                nodes.push(RawNode {
+                    name,
+                    parent,
+                    properties: Vec::new(),
+                });
+                open[depth] = nodes.len() - 1;
+                depth += 1;
                 has_child &= !(1 << depth);
                 seen_root = true;
                 at = align4(name_start + name_len + 1);
@@ -201,6 +240,7 @@ fn check_structure(structure: &[u8], strings: &[u8]) -> Result<Vec<usize>, DtbEr
                 depth = depth
                     .checked_sub(1)
                     .ok_or(fail(at, StructureError::UnbalancedEndNode))?;
+                settle(&mut nodes, &mut pending, open[depth]);
                 at += 4;
             }
             TOKEN_PROP => {
@@ -220,54 +260,53 @@ fn check_structure(structure: &[u8], strings: &[u8]) -> Result<Vec<usize>, DtbEr
                     .filter(|&end| end <= structure.len());
                 let value_end =
                     value_end.ok_or(fail(at, StructureError::PropertyPastEnd { len }))?;
-                check_property_name(strings, name_offset).map_err(|error| fail(at, error))?;
+                let name = names.get(name_offset).map_err(|error| fail(at, error))?;
+                pending.push(Property {
+                    name,
+                    value: &structure[at + 12..value_end],
+                });
                 at = align4(value_end);
             }
-            TOKEN_NOP => {
-                nops.push(at);
-                at += 4;
-            }
+            TOKEN_NOP => at += 4,
             TOKEN_END if depth > 0 => return Err(fail(at, StructureError::EndInsideNode)),
             TOKEN_END if !seen_root => return Err(fail(at, StructureError::NoRoot)),
-            TOKEN_END => return Ok(nops),
+            TOKEN_END => return Ok(nodes),
             other => return Err(fail(at, StructureError::UnknownToken(other))),
         }
     }
 }
 
-fn check_property_name(strings: &[u8], offset: u32) -> Result<(), StructureError> {
-    let rest = strings
-        .get(offset as usize..)
-        .filter(|rest| !rest.is_empty());
-    let rest = rest.ok_or(StructureError::NameOffsetOutOfBounds(offset))?;
-    let len = rest
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(StructureError::UnterminatedPropertyName)?;
-    core::str::from_utf8(&rest[..len])
-        .map(|_| ())
-        .map_err(|_| StructureError::NonUtf8PropertyName)
+/// Property names from the strings block. Names repeat on every node
+/// (`reg`, `compatible`), so when the whole block is ASCII (as in every real
+/// tree) it is checked once and each name is a slice of it; otherwise each
+/// name is checked on its own.
+struct PropertyNames<'a> {
+    bytes: &'a [u8],
+    ascii: Option<&'a str>,
 }
 
-/// A copy of `blob` whose structure block has the NOP tokens at `nops`
-/// (offsets inside the block, ascending) removed and its size field updated.
-fn without_nops(blob: &[u8], off_struct: usize, size_struct: usize, nops: &[usize]) -> Vec<u8> {
-    let mut copy = blob.to_vec();
-    let mut write = off_struct;
-    let mut read = off_struct;
-    for &nop in nops {
-        let nop = off_struct + nop;
-        copy.copy_within(read..nop, write);
-        write += nop - read;
-        read = nop + 4;
+impl<'a> PropertyNames<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let ascii = core::str::from_utf8(bytes).ok().filter(|s| s.is_ascii());
+        Self { bytes, ascii }
     }
-    let end = off_struct + size_struct;
-    copy.copy_within(read..end, write);
-    write += end - read;
-    copy[write..end].fill(0);
-    let new_size = u32::try_from(write - off_struct).unwrap_or(u32::MAX);
-    copy[36..40].copy_from_slice(&new_size.to_be_bytes());
-    copy
+
+    /// The NUL-terminated UTF-8 name at `offset`.
+    fn get(&self, offset: u32) -> Result<&'a str, StructureError> {
+        let start = offset as usize;
+        let rest = self.bytes.get(start..).filter(|rest| !rest.is_empty());
+        let rest = rest.ok_or(StructureError::NameOffsetOutOfBounds(offset))?;
+        let len = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(StructureError::UnterminatedPropertyName)?;
+        match self.ascii {
+            Some(text) => Ok(&text[start..start + len]),
+            None => {
+                core::str::from_utf8(&rest[..len]).map_err(|_| StructureError::NonUtf8PropertyName)
+            }
+        }
+    }
 }
 
 /// The `/memreserve/` entries as ranges; entries that are empty or wrap are
@@ -353,11 +392,52 @@ mod tests {
     const STRUCT: usize = HEADER_LEN + 16;
 
     #[test]
-    fn accepts_a_minimal_blob_without_copying() {
+    fn reads_the_nodes_and_properties_of_a_minimal_blob() {
         let blob = minimal();
         let checked = check(&blob).unwrap();
-        assert!(matches!(checked.bytes, Cow::Borrowed(_)));
         assert!(checked.memreserve.is_empty());
+        let value = 0x1234_5678u32.to_be_bytes();
+        assert_eq!(
+            checked.nodes,
+            [
+                RawNode {
+                    name: "",
+                    parent: None,
+                    properties: vec![Property {
+                        name: "a",
+                        value: &value
+                    }]
+                },
+                RawNode {
+                    name: "c",
+                    parent: Some(0),
+                    properties: vec![]
+                }
+            ]
+        );
+        assert_eq!(checked.nodes[0].properties.capacity(), 1);
+    }
+
+    #[test]
+    fn property_names_are_read_at_any_offset_and_checked() {
+        // dtc shares suffixes: `phandle` can point into `linux,phandle`.
+        let names = PropertyNames::new(b"linux,phandle\0reg\0");
+        assert!(names.ascii.is_some());
+        assert_eq!(names.get(0), Ok("linux,phandle"));
+        assert_eq!(names.get(6), Ok("phandle"));
+        assert_eq!(names.get(14), Ok("reg"));
+        assert_eq!(names.get(17), Ok(""));
+        assert_eq!(
+            names.get(18),
+            Err(StructureError::NameOffsetOutOfBounds(18))
+        );
+        // A block that is not all ASCII: each name is checked on its own,
+        // and an offset inside a multi-byte character is not UTF-8.
+        let names = PropertyNames::new("\u{e9}t\u{e9}\0a".as_bytes());
+        assert!(names.ascii.is_none());
+        assert_eq!(names.get(0), Ok("\u{e9}t\u{e9}"));
+        assert_eq!(names.get(1), Err(StructureError::NonUtf8PropertyName));
+        assert_eq!(names.get(6), Err(StructureError::UnterminatedPropertyName));
     }
 
     #[test]
@@ -509,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn structural_rules_fdt_relies_on() {
+    fn structural_rules() {
         let words = |words: &[u32]| {
             words
                 .iter()
@@ -547,27 +627,45 @@ mod tests {
     }
 
     #[test]
-    fn nops_are_removed_in_a_copy() {
+    fn nops_are_skipped() {
         let words = |words: &[u32]| {
             words
                 .iter()
                 .flat_map(|w| w.to_be_bytes())
                 .collect::<Vec<u8>>()
         };
-        // NOP before the root, between two properties and before END_NODE.
-        let structure = words(&[4, 1, 0, 3, 0, 0, 4, 3, 4, 0, 7, 4, 2, 9]);
+        // NOP before the root, between two properties, before END_NODE,
+        // and between a child and its parent's END_NODE.
+        let structure = words(&[
+            4,
+            1,
+            0,
+            3,
+            0,
+            0,
+            4,
+            3,
+            4,
+            0,
+            7,
+            4,
+            1,
+            0x6300_0000,
+            2,
+            4,
+            2,
+            9,
+        ]);
         let blob = assemble(&structure, b"a\0");
         let checked = check(&blob).unwrap();
-        let Cow::Owned(copy) = checked.bytes else {
-            panic!("NOPs must force a copy")
-        };
-        let expected = assemble(&words(&[1, 0, 3, 0, 0, 3, 4, 0, 7, 2, 9]), b"");
-        // Same structure block content and size, trailing bytes zeroed.
-        assert_eq!(be32(&copy, 36), Some(44));
-        assert_eq!(&copy[STRUCT..STRUCT + 44], &expected[STRUCT..STRUCT + 44]);
-        assert!(copy[STRUCT + 44..STRUCT + 56].iter().all(|&b| b == 0));
-        let tree = fdt::Fdt::new(&copy).unwrap();
-        let lengths: Vec<usize> = tree.root().properties().map(|p| p.value.len()).collect();
+        let lengths: Vec<usize> = checked.nodes[0]
+            .properties
+            .iter()
+            .map(|p| p.value.len())
+            .collect();
         assert_eq!(lengths, vec![0, 4]);
+        assert_eq!(checked.nodes.len(), 2);
+        assert_eq!(checked.nodes[1].name, "c");
+        assert!(checked.nodes[1].properties.is_empty());
     }
 }

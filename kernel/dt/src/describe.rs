@@ -127,6 +127,19 @@ pub fn describe_node(dtb: &[u8], path: &str) -> Result<NodeDescription, Describe
     let node = tree
         .find(path)
         .ok_or_else(|| DescribeError::NoNode(path.to_string()))?;
+    Ok(describe(&tree, node))
+}
+
+/// Describes every node of `dtb`, in blob order, from one reading.
+pub fn describe_tree(dtb: &[u8]) -> Result<Vec<NodeDescription>, DescribeError> {
+    let checked = blob::check(dtb)?;
+    let tree = Tree::new(&checked)?;
+    Ok((0..tree.nodes.len())
+        .map(|node| describe(&tree, node))
+        .collect())
+}
+
+fn describe(tree: &Tree<'_>, node: usize) -> NodeDescription {
     // The parent's cell counts shape `reg`; where they are unusable, `reg`
     // is shown as plain cells.
     let cells = tree.nodes[node]
@@ -149,11 +162,11 @@ pub fn describe_node(dtb: &[u8], path: &str) -> Result<NodeDescription, Describe
         .iter()
         .map(|&child| tree.nodes[child].name.to_string())
         .collect();
-    Ok(NodeDescription {
+    NodeDescription {
         path: tree.nodes[node].path.clone(),
         properties,
         children,
-    })
+    }
 }
 
 fn decode(name: &str, value: &[u8], reg_cells: Option<[usize; 2]>) -> PropertyValue {
@@ -162,7 +175,7 @@ fn decode(name: &str, value: &[u8], reg_cells: Option<[usize; 2]>) -> PropertyVa
     }
     if name == "reg"
         && let Some(fields) = reg_cells
-        && let Ok(pairs) = tree::decode(value, "reg", &fields)
+        && let Ok(pairs) = tree::decode(value, "reg", fields)
     {
         return PropertyValue::Reg(pairs.iter().map(|p| (p[0], p[1])).collect());
     }

@@ -73,9 +73,6 @@ pub enum DtbError {
         /// What is wrong there.
         error: StructureError,
     },
-    /// The `fdt` crate refused the blob after the structural check accepted
-    /// it (the check is meant to make this impossible).
-    Fdt(fdt::FdtError),
 }
 
 impl fmt::Display for DtbError {
@@ -116,7 +113,6 @@ impl fmt::Display for DtbError {
             Self::Structure { offset, error } => {
                 write!(f, "structure block offset {offset:#x}: {error}")
             }
-            Self::Fdt(error) => write!(f, "fdt crate: {error}"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The device tree, read once, and the memory plan the kernel derives from
 //! it: what is RAM, what is reserved, what may be in the linear map, which
 //! device owns which DMA pool. Shared by the kernel (no_std, at boot) and the
-//! host tools (`cargo xtask dt`). Built on the `fdt` crate.
+//! host tools (`cargo xtask dt`). The blob is read in one pass over its
+//! token stream (the structural check and the node index are one walk).
 //!
 //! ```no_run
 //! # fn demo(dtb: &[u8], image: tidepool_dt::AddrRange) -> Result<(), tidepool_dt::DtbError> {
@@ -170,16 +171,7 @@ mod tree;
 mod tests;
 
 pub use blob::MAX_DEPTH;
-pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node};
-
-/// The blob as the `fdt` crate can read it without panicking: `dtb` itself
-/// when it passes the structural check and has no NOP tokens, otherwise a
-/// copy without them (loaders leave NOPs where they delete nodes or
-/// properties: QEMU's `imx8mp-evk` does, and `fdt` 0.1.5 panics on a NOP
-/// between properties).
-pub fn fdt_readable(dtb: &[u8]) -> Result<alloc::borrow::Cow<'_, [u8]>, DtbError> {
-    Ok(blob::check(dtb)?.bytes)
-}
+pub use describe::{DescribeError, NodeDescription, PropertyValue, describe_node, describe_tree};
 pub use error::{AddrRangeText, Block, DtbError, NodeError, NodeErrorKind, StructureError};
 pub use plan::{
     MEMRESERVE_PATH, MIN_DYNAMIC_ALIGNMENT, Placement, Plan, RegionUser, ReservedRegion,
@@ -203,7 +195,8 @@ pub struct DeviceTree {
 
 impl DeviceTree {
     /// Reads `dtb`; dynamic reserved regions are also kept out of `busy`
-    /// (see [`Plan::from_dtb_with`]).
+    /// (see [`Plan::from_dtb_with`]). The one reading of the blob: at boot
+    /// every fact comes from it, the early console's included.
     pub fn from_dtb_with(dtb: &[u8], busy: &[AddrRange]) -> Result<DeviceTree, DtbError> {
         let checked = blob::check(dtb)?;
         let tree = tree::Tree::new(&checked)?;

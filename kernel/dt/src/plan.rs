@@ -274,7 +274,7 @@ fn memory_banks(tree: &Tree<'_>, errors: &mut Vec<NodeError>) -> Vec<AddrRange> 
             errors.push(tree.error(node, NodeErrorKind::Missing { property: "reg" }));
             continue;
         };
-        match tree::decode(reg, "reg", &[cells.address, cells.size]) {
+        match tree::decode(reg, "reg", [cells.address, cells.size]) {
             Err(kind) => errors.push(tree.error(node, kind)),
             Ok(entries) => {
                 for entry in entries.iter().filter(|e| e[1] != 0) {
@@ -417,7 +417,7 @@ fn read_child(
     let no_map = tree.has(node, "no-map");
     let reusable = tree.has(node, "reusable");
     let reg = tree.property(node, "reg");
-    let readable = match reg.map(|reg| tree::decode(reg, "reg", &[cells.address, cells.size])) {
+    let readable = match reg.map(|reg| tree::decode(reg, "reg", [cells.address, cells.size])) {
         None => Vec::new(),
         Some(Err(kind)) => {
             reject(kind, errors);
@@ -459,7 +459,7 @@ fn read_child(
             };
             let windows = match tree.property(node, "alloc-ranges") {
                 None => Ok(None),
-                Some(value) => tree::decode(value, "alloc-ranges", &[cells.address, cells.size])
+                Some(value) => tree::decode(value, "alloc-ranges", [cells.address, cells.size])
                     .map(|entries| {
                         Some(translated_entries(
                             tree,
@@ -529,7 +529,7 @@ fn translated_entries(
     tree: &Tree<'_>,
     node: usize,
     property: &'static str,
-    entries: &[Vec<u64>],
+    entries: &[[u64; 2]],
     translate: &dyn Fn(usize, AddrRange) -> Result<AddrRange, NodeError>,
     errors: &mut Vec<NodeError>,
 ) -> Vec<AddrRange> {
@@ -652,7 +652,7 @@ fn attach_users(
         else {
             continue;
         };
-        let phandles = match tree::decode(value, "memory-region", &[1]) {
+        let phandles = match tree::decode(value, "memory-region", [1]) {
             Ok(phandles) if !phandles.is_empty() => phandles,
             Ok(_) => {
                 errors.push(tree.error(

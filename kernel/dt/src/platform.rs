@@ -240,7 +240,11 @@ pub struct Uart {
 pub struct Platform {
     /// `/chosen`.
     pub chosen: Chosen,
-    /// The Xen `/hypervisor` node, if present.
+    /// An available `/hypervisor` node is compatible with `xen,xen`: the
+    /// kernel runs under Xen, even when that node is unusable (then
+    /// `hypervisor` is `None` and the reason is in `errors`).
+    pub xen: bool,
+    /// The Xen `/hypervisor` node, if present and usable.
     pub hypervisor: Option<Hypervisor>,
     /// The first available GIC node, in tree order.
     pub gic: Option<Gic>,
@@ -254,11 +258,51 @@ pub struct Platform {
     pub usdhc: Vec<Usdhc>,
     /// PL011, SBSA and i.MX UARTs, in tree order.
     pub uarts: Vec<Uart>,
+    /// `/aliases`: each name and the path it stands for.
+    pub aliases: Vec<(String, String)>,
     /// Nodes left out (or facts left unset) and why.
     pub errors: Vec<NodeError>,
 }
 
 impl Platform {
+    /// The UART `spec` names, if it is one the kernel drives: a node path or
+    /// an `/aliases` name, optionally followed by `:options` (as in
+    /// `stdout-path`). A path component without a unit address matches one
+    /// with any (`/soc/serial` matches `/soc@0/serial@30890000`).
+    pub fn uart(&self, spec: &str) -> Option<&Uart> {
+        let name = spec.split(':').next().unwrap_or(spec);
+        let path = if name.starts_with('/') {
+            name
+        } else {
+            self.aliases
+                .iter()
+                .find(|(alias, _)| alias == name)
+                .map(|(_, path)| path.as_str())?
+        };
+        let matches = |node_path: &str| {
+            let mut want = path.split('/').filter(|c| !c.is_empty());
+            let mut have = node_path.split('/').filter(|c| !c.is_empty());
+            loop {
+                match (want.next(), have.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(h))
+                        if w == h || (!w.contains('@') && h.split('@').next() == Some(w)) => {}
+                    _ => return false,
+                }
+            }
+        };
+        self.uarts
+            .iter()
+            .find(|u| u.path == path)
+            .or_else(|| self.uarts.iter().find(|u| matches(&u.path)))
+    }
+
+    /// The UART `/chosen/stdout-path` names, if it is one the kernel drives.
+    pub fn stdout_uart(&self) -> Option<&Uart> {
+        let stdout = self.chosen.stdout.as_ref()?;
+        self.uarts.iter().find(|u| u.path == stdout.path)
+    }
+
     /// The node whose interrupt is `intid`, among those the kernel drives:
     /// the virtual timer, Xen's event-channel upcall, UARTs and virtio-mmio
     /// transports (what the monitor's `irq` names).
@@ -296,28 +340,48 @@ impl Platform {
         let mut platform = Platform::default();
         let errors = &mut platform.errors;
         platform.chosen = chosen(tree, errors);
-        platform.hypervisor = tree
+        let xen = tree
             .child(ROOT, "hypervisor")
-            .filter(|&n| tree.nodes[n].available && tree.is_compatible(n, &["xen,xen"]))
-            .and_then(|n| keep(hypervisor(tree, n), errors));
+            .filter(|&n| tree.nodes[n].available && tree.is_compatible(n, &["xen,xen"]));
+        platform.xen = xen.is_some();
+        platform.hypervisor = xen.and_then(|n| keep(hypervisor(tree, n), errors));
+        if let Some(aliases) = tree.child(ROOT, "aliases") {
+            platform.aliases = tree.nodes[aliases]
+                .properties
+                .iter()
+                .filter_map(|p| {
+                    // An alias is a path; `phandle` and the like are not.
+                    let path = tree::first_string(p.value).filter(|v| v.starts_with('/'))?;
+                    Some((p.name.to_string(), path.to_string()))
+                })
+                .collect();
+        }
         for node in (0..tree.nodes.len()).filter(|&n| tree.nodes[n].available) {
-            if platform.gic.is_none()
-                && (tree.is_compatible(node, GIC_V2) || tree.is_compatible(node, GIC_V3))
-            {
+            // One reading of `compatible` per node; a malformed one matches
+            // nothing.
+            let Some(compatible) = tree.strings(node, "compatible").ok().flatten() else {
+                continue;
+            };
+            let is = |candidates: &[&str]| compatible.iter().any(|c| candidates.contains(c));
+            if platform.gic.is_none() && (is(GIC_V2) || is(GIC_V3)) {
                 platform.gic = keep(gic(tree, node), errors);
             }
-            if platform.timer.is_none() && tree.is_compatible(node, ARCH_TIMER) {
+            if platform.timer.is_none() && is(ARCH_TIMER) {
                 platform.timer = keep(arch_timer(tree, node), errors);
             }
-            if platform.psci.is_none() && is_psci(tree, node) {
+            if platform.psci.is_none()
+                && compatible
+                    .iter()
+                    .any(|c| *c == "arm,psci" || c.starts_with("arm,psci-"))
+            {
                 platform.psci = keep(psci(tree, node), errors);
             }
-            if tree.is_compatible(node, &["virtio,mmio"]) {
+            if is(&["virtio,mmio"]) {
                 platform
                     .virtio_mmio
                     .extend(keep(dma_device(tree, node), errors));
             }
-            if tree.is_compatible(node, USDHC) {
+            if is(USDHC) {
                 let usdhc = dma_device(tree, node).map(|device| Usdhc {
                     device,
                     write_protect_pin: tree.has(node, "fsl,wp-controller")
@@ -329,8 +393,7 @@ impl Platform {
                 });
                 platform.usdhc.extend(keep(usdhc, errors));
             }
-            let compatible = tree.strings(node, "compatible").ok().flatten();
-            if let Some(kind) = compatible.and_then(UartKind::from_compatible) {
+            if let Some(kind) = UartKind::from_compatible(compatible.iter().copied()) {
                 // A UART serves output without an interrupt: only a
                 // malformed one is an error, and the UART is kept.
                 let interrupt = tree.has(node, "interrupts").then(|| {
@@ -429,7 +492,7 @@ fn regs(tree: &Tree<'_>, node: usize) -> Result<Vec<AddrRange>, NodeError> {
         .ok_or_else(|| tree.error(node, NodeErrorKind::Missing { property: "reg" }))?;
     let parent = tree.nodes[node].parent.unwrap_or(ROOT);
     let cells = tree.cells(parent)?;
-    let entries = tree::decode(value, "reg", &[cells.address, cells.size])
+    let entries = tree::decode(value, "reg", [cells.address, cells.size])
         .map_err(|kind| tree.error(node, kind))?;
     if entries.is_empty() {
         return Err(tree.error(node, NodeErrorKind::Missing { property: "reg" }));
@@ -503,7 +566,7 @@ fn interrupts(tree: &Tree<'_>, node: usize) -> Result<Vec<GicInterrupt>, NodeErr
     if cells != 3 {
         return Err(tree.error(parent, NodeErrorKind::UnsupportedInterruptCells(cells)));
     }
-    let specifiers = tree::decode(value, "interrupts", &[1, 1, 1]).map_err(error)?;
+    let specifiers = tree::decode(value, "interrupts", [1, 1, 1]).map_err(error)?;
     if specifiers.is_empty() {
         return Err(error(NodeErrorKind::Truncated {
             property: "interrupts",
@@ -618,15 +681,6 @@ fn gic(tree: &Tree<'_>, node: usize) -> Result<Gic, NodeError> {
     }
 }
 
-fn is_psci(tree: &Tree<'_>, node: usize) -> bool {
-    let list = tree
-        .property(node, "compatible")
-        .and_then(tree::string_list)
-        .unwrap_or_default();
-    list.iter()
-        .any(|c| *c == "arm,psci" || c.starts_with("arm,psci-"))
-}
-
 fn psci(tree: &Tree<'_>, node: usize) -> Result<Psci, NodeError> {
     let compatible = owned(
         tree.strings(node, "compatible")
@@ -677,7 +731,7 @@ fn dma_device(tree: &Tree<'_>, node: usize) -> Result<DmaDeviceNode, NodeError> 
     let mut memory_regions = Vec::new();
     if let Some(value) = tree.property(node, "memory-region") {
         let phandles =
-            tree::decode(value, "memory-region", &[1]).map_err(|kind| tree.error(node, kind))?;
+            tree::decode(value, "memory-region", [1]).map_err(|kind| tree.error(node, kind))?;
         for (entry, phandle) in phandles.iter().map(|p| p[0] as u32).enumerate() {
             let target = tree.target(node, "memory-region", entry, phandle)?;
             memory_regions.push(tree.nodes[target].path.clone());

@@ -1460,6 +1460,94 @@ fn imx_uart_on_a_soc_bus_is_the_console() {
 }
 
 #[test]
+fn a_uart_is_named_by_path_alias_or_path_without_unit_addresses() {
+    let dt = two_gib()
+        .root(|n| {
+            n.u32("#address-cells", 2)
+                .u32("#size-cells", 2)
+                .u32("interrupt-parent", 0x8002)
+        })
+        .node("intc@8000000", gic_v3)
+        .node("hypervisor", |n| {
+            n.strs("compatible", &["xen,xen-4.17", "xen,xen"])
+        })
+        .node("aliases", |n| {
+            n.str("serial1", "/soc@0/serial@30890000")
+                .str("serial9", "/soc@0/nothing@1")
+                .u32("phandle", 7)
+                .str("name", "aliases")
+        })
+        .node("chosen", |n| n.str("stdout-path", "serial1:115200n8"))
+        .node("soc@0", |n| {
+            n.u32("#address-cells", 1)
+                .u32("#size-cells", 1)
+                .cells("ranges", &[0, 0, 0, 0x3e00_0000])
+                .node("serial@30880000", |n| {
+                    n.str("compatible", "fsl,imx6q-uart")
+                        .cells("reg", &[0x3088_0000, 0x1_0000])
+                })
+                .node("serial@30890000", |n| {
+                    n.str("compatible", "fsl,imx6q-uart")
+                        .cells("reg", &[0x3089_0000, 0x1_0000])
+                })
+                .node("timer@1000", |n| n.cells("reg", &[0x1000, 0x100]))
+        });
+    let platform = Platform::from_dtb(&dt.build()).unwrap();
+    // Only paths are aliases.
+    let names: Vec<&str> = platform
+        .aliases
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(names, ["serial1", "serial9"]);
+    let path = |spec: &str| platform.uart(spec).map(|u| u.path.as_str());
+    assert_eq!(path("serial1"), Some("/soc@0/serial@30890000"));
+    assert_eq!(path("serial1:115200n8"), Some("/soc@0/serial@30890000"));
+    assert_eq!(
+        path("/soc@0/serial@30880000"),
+        Some("/soc@0/serial@30880000")
+    );
+    // Without unit addresses: the first UART that matches; a component
+    // with one must match exactly.
+    assert_eq!(path("/soc/serial"), Some("/soc@0/serial@30880000"));
+    assert_eq!(path("/soc@0/serial"), Some("/soc@0/serial@30880000"));
+    assert_eq!(path("/soc@1/serial"), None);
+    assert_eq!(path("/soc/timer"), None);
+    assert_eq!(path("/soc/serial/port"), None);
+    assert_eq!(
+        path("/soc@0/serial@30890000:9600"),
+        Some("/soc@0/serial@30890000")
+    );
+    // No such alias, an alias to no UART, a node that is no UART, a prefix.
+    assert_eq!(path("serial2"), None);
+    assert_eq!(path("serial9"), None);
+    assert_eq!(path("/soc@0/timer@1000"), None);
+    assert_eq!(path("/soc@0"), None);
+    assert_eq!(
+        platform.stdout_uart().map(|u| u.reg),
+        Some(r(0x3089_0000, 0x1_0000))
+    );
+    // Xen is recognised even though its node is unusable (no `reg`).
+    assert!(platform.xen);
+    assert!(platform.hypervisor.is_none());
+    assert!(
+        platform.errors.iter().any(|e| e.path == "/hypervisor"),
+        "{:?}",
+        platform.errors
+    );
+    let bare = Platform::from_dtb(&qemu_virt().build()).unwrap();
+    assert!(!bare.xen);
+    assert_eq!(
+        bare.stdout_uart().map(|u| (u.kind, u.reg)),
+        Some((UartKind::Pl011, r(0x900_0000, 0x1000)))
+    );
+    assert_eq!(
+        bare.aliases,
+        vec![("serial0".to_string(), "/pl011@9000000".to_string())]
+    );
+}
+
+#[test]
 fn nearest_dma_coherence_property_decides() {
     // QEMU 10's virt: `dma-coherent` on the root; a device opts out with
     // `dma-noncoherent`, and its own `dma-coherent` beats both.
@@ -1797,6 +1885,23 @@ fn describe_decodes_known_shapes() {
         describe_node(&blob, "/memory").unwrap().path,
         "/memory@40000000"
     );
+}
+
+#[test]
+fn describe_tree_is_every_node_in_blob_order() {
+    let blob = qemu_virt().node("odd", |n| n.bytes("blob", &[1])).build();
+    let all = describe_tree(&blob).unwrap();
+    assert_eq!(all[0].path, "/");
+    for node in &all {
+        assert_eq!(&describe_node(&blob, &node.path).unwrap(), node);
+    }
+    assert_eq!(all.last().unwrap().path, "/odd");
+    let children: usize = all.iter().map(|n| n.children.len()).sum();
+    assert_eq!(children + 1, all.len(), "each node once");
+    assert!(matches!(
+        describe_tree(&blob[..40]),
+        Err(DescribeError::Dtb(_))
+    ));
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The device tree as an index over the `fdt` crate's nodes: full paths,
+//! The device tree as an index over the checked blob's nodes: full paths,
 //! parents, availability, phandles, and the property decoders everything else
 //! is built from (cells, `reg`-style pairs, strings, address translation).
 
@@ -6,9 +6,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use fdt::node::{FdtNode, NodeProperty};
-
-use crate::blob::CheckedBlob;
+use crate::blob::{CheckedBlob, Property};
 use crate::error::{DtbError, NodeError, NodeErrorKind, StructureError};
 use crate::range::AddrRange;
 
@@ -18,7 +16,7 @@ pub(crate) struct Node<'a> {
     pub path: String,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
-    pub properties: Vec<NodeProperty<'a>>,
+    pub properties: &'a [Property<'a>],
     /// `status` is absent, "okay" or "ok" here and on every ancestor.
     pub available: bool,
 }
@@ -59,54 +57,59 @@ pub(crate) const ROOT: usize = 0;
 impl<'a> Tree<'a> {
     /// Indexes a blob that passed [`crate::blob::check`].
     pub fn new(blob: &'a CheckedBlob<'_>) -> Result<Self, DtbError> {
-        let fdt = fdt::Fdt::new(&blob.bytes).map_err(DtbError::Fdt)?;
-        let root = fdt.find_node("/").ok_or(DtbError::Structure {
-            offset: 0,
-            error: StructureError::NoRoot,
-        })?;
+        if blob.nodes.is_empty() {
+            return Err(DtbError::Structure {
+                offset: 0,
+                error: StructureError::NoRoot,
+            });
+        }
         let mut tree = Tree {
-            nodes: Vec::new(),
+            nodes: Vec::with_capacity(blob.nodes.len()),
             phandles: BTreeMap::new(),
         };
-        tree.add(root, None);
-        Ok(tree)
-    }
-
-    fn add(&mut self, node: FdtNode<'_, 'a>, parent: Option<usize>) {
-        let index = self.nodes.len();
-        let path = match parent {
-            None => "/".to_string(),
-            Some(ROOT) => alloc::format!("/{}", node.name),
-            Some(parent) => alloc::format!("{}/{}", self.nodes[parent].path, node.name),
-        };
-        let properties: Vec<NodeProperty<'a>> = node.properties().collect();
-        let status_ok = match properties.iter().find(|p| p.name == "status") {
-            None => true,
-            Some(status) => matches!(first_string(status.value), Some("okay" | "ok")),
-        };
-        let available = status_ok && parent.is_none_or(|p| self.nodes[p].available);
-        for property in properties
-            .iter()
-            .filter(|p| p.name == "phandle" || p.name == "linux,phandle")
-        {
-            if let Ok(phandle) = <[u8; 4]>::try_from(property.value).map(u32::from_be_bytes) {
-                self.claim_phandle(phandle, index);
+        for (index, raw) in blob.nodes.iter().enumerate() {
+            let path = match raw.parent {
+                None => "/".to_string(),
+                Some(parent) => {
+                    let above = if parent == ROOT {
+                        ""
+                    } else {
+                        tree.nodes[parent].path.as_str()
+                    };
+                    let mut path = String::with_capacity(above.len() + 1 + raw.name.len());
+                    path.push_str(above);
+                    path.push('/');
+                    path.push_str(raw.name);
+                    path
+                }
+            };
+            let properties = raw.properties.as_slice();
+            let status_ok = match properties.iter().find(|p| p.name == "status") {
+                None => true,
+                Some(status) => matches!(first_string(status.value), Some("okay" | "ok")),
+            };
+            let available = status_ok && raw.parent.is_none_or(|p| tree.nodes[p].available);
+            for property in properties
+                .iter()
+                .filter(|p| p.name == "phandle" || p.name == "linux,phandle")
+            {
+                if let Ok(phandle) = <[u8; 4]>::try_from(property.value).map(u32::from_be_bytes) {
+                    tree.claim_phandle(phandle, index);
+                }
+            }
+            tree.nodes.push(Node {
+                name: raw.name,
+                path,
+                parent: raw.parent,
+                children: Vec::new(),
+                properties,
+                available,
+            });
+            if let Some(parent) = raw.parent {
+                tree.nodes[parent].children.push(index);
             }
         }
-        self.nodes.push(Node {
-            name: node.name,
-            path,
-            parent,
-            children: Vec::new(),
-            properties,
-            available,
-        });
-        if let Some(parent) = parent {
-            self.nodes[parent].children.push(index);
-        }
-        for child in node.children() {
-            self.add(child, Some(index));
-        }
+        Ok(tree)
     }
 
     fn claim_phandle(&mut self, phandle: u32, node: usize) {
@@ -263,13 +266,20 @@ impl<'a> Tree<'a> {
             .transpose()
     }
 
-    /// Whether `compatible` of `node` lists one of `candidates`.
+    /// Whether `compatible` of `node` is a well-formed string list that
+    /// lists one of `candidates`.
     pub fn is_compatible(&self, node: usize, candidates: &[&str]) -> bool {
-        let list = self
-            .property(node, "compatible")
-            .and_then(string_list)
-            .unwrap_or_default();
-        list.iter().any(|c| candidates.contains(c))
+        let Some(items) = self.property(node, "compatible").and_then(list_items) else {
+            return false;
+        };
+        let mut found = false;
+        for item in items {
+            if core::str::from_utf8(item).is_err() {
+                return false;
+            }
+            found = found || candidates.iter().any(|c| c.as_bytes() == item);
+        }
+        found
     }
 
     /// The one-cell property `name`: `Ok(None)` if absent.
@@ -351,7 +361,7 @@ impl<'a> Tree<'a> {
         let entries = decode(
             ranges,
             "ranges",
-            &[child.address, parent.address, child.size],
+            [child.address, parent.address, child.size],
         )?;
         for entry in entries {
             let (child_base, parent_base, len) = (entry[0], entry[1], entry[2]);
@@ -374,13 +384,13 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// Splits `value` into entries of `fields.iter().sum()` cells, each field
-/// `fields[i]` cells (1 or 2) wide. An empty value has no entry.
-pub(crate) fn decode(
+/// Splits `value` into entries of `N` fields, field `i` being `fields[i]`
+/// cells (1 or 2) wide. An empty value has no entry.
+pub(crate) fn decode<const N: usize>(
     value: &[u8],
     property: &'static str,
-    fields: &[usize],
-) -> Result<Vec<Vec<u64>>, NodeErrorKind> {
+    fields: [usize; N],
+) -> Result<Vec<[u64; N]>, NodeErrorKind> {
     let unit = fields.iter().sum::<usize>() * 4;
     if !value.len().is_multiple_of(unit) {
         return Err(NodeErrorKind::Truncated {
@@ -391,14 +401,11 @@ pub(crate) fn decode(
     }
     let entries = value.chunks_exact(unit).map(|entry| {
         let mut at = 0;
-        fields
-            .iter()
-            .map(|&cells| {
-                let field = read_cells(&entry[at..at + cells * 4]);
-                at += cells * 4;
-                field
-            })
-            .collect()
+        fields.map(|cells| {
+            let field = read_cells(&entry[at..at + cells * 4]);
+            at += cells * 4;
+            field
+        })
     });
     Ok(entries.collect())
 }
@@ -420,9 +427,26 @@ pub(crate) fn string_list(value: &[u8]) -> Option<Vec<&str>> {
     }
 }
 
-/// The first string of a string list.
+/// The first string of a string list (`None` if the list is empty or is
+/// not a well-formed list of UTF-8 strings).
 pub(crate) fn first_string(value: &[u8]) -> Option<&str> {
-    string_list(value)?.first().copied()
+    let mut first = None;
+    for item in list_items(value)? {
+        let text = core::str::from_utf8(item).ok()?;
+        first.get_or_insert(text);
+    }
+    first
+}
+
+/// The items of a NUL-terminated string list, not yet checked as UTF-8
+/// (`None` if the value does not end in NUL; an empty value has none).
+fn list_items(value: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    let body = match value.split_last() {
+        None => None,
+        Some((0, body)) => Some(body),
+        Some(_) => return None,
+    };
+    Some(body.into_iter().flat_map(|body| body.split(|&b| b == 0)))
 }
 
 #[cfg(test)]
@@ -522,15 +546,15 @@ mod tests {
             .flat_map(|w| w.to_be_bytes())
             .collect();
         assert_eq!(
-            decode(&value, "reg", &[2, 1]).unwrap(),
-            vec![vec![0x4000_0000, 0x1000]]
+            decode(&value, "reg", [2, 1]).unwrap(),
+            vec![[0x4000_0000, 0x1000]]
         );
         assert_eq!(
-            decode(&value, "reg", &[1, 2]).unwrap(),
-            vec![vec![0, 0x4000_0000_0000_1000]]
+            decode(&value, "reg", [1, 2]).unwrap(),
+            vec![[0, 0x4000_0000_0000_1000]]
         );
         assert_eq!(
-            decode(&value, "reg", &[2, 2]).unwrap_err(),
+            decode(&value, "reg", [2, 2]).unwrap_err(),
             NodeErrorKind::Truncated {
                 property: "reg",
                 len: 12,

@@ -1,13 +1,16 @@
 //! Real board device trees: every `*.dtb` under `$TIDEPOOL_BOARD_DTBS`
 //! (Debian's arm64 kernel package ships ~577, `cargo xtask test` fetches
 //! them). For each, the plan is compared with an independent reading of the
-//! same file by `fdtdump` (libfdt, Debian's `device-tree-compiler`): memory
+//! same file by `fdtdump` (libfdt, Debian's `device-tree-compiler`; its path
+//! in `$TIDEPOOL_FDTDUMP`, which `cargo xtask test` fetches too): memory
 //! banks, `/memreserve/`, reserved-memory children (reg, size, no-map,
 //! reusable, compatible), memory-region users and the linear map. Every
 //! static reserved region of every board is kept (inside memory, or outside
 //! every bank, as Linux keeps it), and every dynamic one is placed unless
 //! memory has no room. A few known facts about specific boards are checked
-//! too.
+//! too. The node index itself is compared, node by node, with a third
+//! reader, the `fdt` crate: same nodes, property names in blob order and
+//! children.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -62,10 +65,12 @@ fn value_bytes(text: &str) -> Vec<u8> {
 }
 
 fn fdtdump(file: &Path) -> Dump {
-    let output = Command::new("fdtdump")
+    let fdtdump = std::env::var_os("TIDEPOOL_FDTDUMP")
+        .expect("TIDEPOOL_FDTDUMP must name libfdt's fdtdump (device-tree-compiler)");
+    let output = Command::new(fdtdump)
         .arg(file)
         .output()
-        .expect("run fdtdump (package device-tree-compiler)");
+        .expect("run fdtdump");
     assert!(output.status.success(), "fdtdump {} failed", file.display());
     let text = String::from_utf8_lossy(&output.stdout);
     let mut dump = Dump {
@@ -690,6 +695,59 @@ fn every_board_plan_matches_fdtdump() {
         totals.outside_memory > 0,
         "the set should have reserved regions outside memory"
     );
+}
+
+/// Every node of `dtb` as the `fdt` crate reads it: full path, property
+/// names and children's names, in blob order.
+fn fdt_crate_nodes(dtb: &[u8]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    fn walk(
+        node: fdt::node::FdtNode<'_, '_>,
+        path: String,
+        out: &mut Vec<(String, Vec<String>, Vec<String>)>,
+    ) {
+        let properties = node.properties().map(|p| p.name.to_string()).collect();
+        let children: Vec<_> = node.children().collect();
+        let names = children.iter().map(|c| c.name.to_string()).collect();
+        out.push((path.clone(), properties, names));
+        for child in children {
+            let prefix = if path == "/" { "" } else { path.as_str() };
+            walk(child, format!("{prefix}/{}", child.name), out);
+        }
+    }
+    let fdt = fdt::Fdt::new(dtb).expect("the fdt crate reads the DTB");
+    let mut out = Vec::new();
+    walk(
+        fdt.find_node("/").expect("a root node"),
+        "/".into(),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+#[ignore = "needs TIDEPOOL_BOARD_DTBS; run by cargo xtask test"]
+fn every_board_node_matches_the_fdt_crate() {
+    let (mut boards, mut nodes) = (0, 0);
+    for file in board_dtbs() {
+        let dtb = std::fs::read(&file).unwrap();
+        let ours =
+            tidepool_dt::describe_tree(&dtb).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let theirs = fdt_crate_nodes(&dtb);
+        assert_eq!(ours.len(), theirs.len(), "{}: nodes", file.display());
+        for (ours, (path, properties, children)) in ours.iter().zip(theirs) {
+            let names: Vec<_> = ours.properties.iter().map(|(n, _)| n.clone()).collect();
+            assert_eq!(
+                (ours.path.as_str(), &names, &ours.children),
+                (path.as_str(), &properties, &children),
+                "{}",
+                file.display()
+            );
+            nodes += 1;
+        }
+        boards += 1;
+    }
+    eprintln!("boards: {boards} DTBs, {nodes} nodes read alike by tidepool-dt and the fdt crate");
+    assert!(boards > 0 && nodes > boards);
 }
 
 #[test]

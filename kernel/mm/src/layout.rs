@@ -41,7 +41,7 @@ use crate::address_map::{AddressMap, IdentityRange, Region, RegionKind};
 use crate::attributes::{MapAttributes, MemoryType};
 use crate::page_table::{
     Granule, LOWER_HALF_END, MapError, MappingCounts, PHYS_ADDR_LIMIT, TableArena, TableRoot,
-    UPPER_HALF_START, chunk_counts, chunks, table_key,
+    UPPER_HALF_START, run_counts, runs, table_key,
 };
 
 /// The linear map places physical `pa` at virtual `pa + LINEAR_OFFSET`: the
@@ -178,7 +178,7 @@ impl Mapping<'_> {
     /// The blocks and pages the builder writes for this mapping (for a
     /// mapping that is 4 KiB aligned, as every planned one is).
     pub fn counts(&self) -> MappingCounts {
-        chunk_counts(self.virt.0, self.phys.0, self.size)
+        run_counts(self.virt.0, self.phys.0, self.size)
     }
 
     /// The physical range mapped.
@@ -702,15 +702,16 @@ pub fn tables_needed(mappings: &[Mapping<'_>]) -> usize {
     let mut last_key = [None; 4];
     let mut tables = ROOTS;
     for mapping in mappings {
-        for chunk in chunks(mapping.virt.0, mapping.phys.0, mapping.size) {
-            // The chunk needs a table at every level from 1 down to its own.
+        for run in runs(mapping.virt.0, mapping.phys.0, mapping.size) {
+            // The run needs a table at every level from 1 down to its own
+            // (all its descriptors are in one table).
             let levels = last_key
                 .iter_mut()
                 .enumerate()
-                .take(chunk.granule.level() + 1)
+                .take(run.granule.level() + 1)
                 .skip(1);
             for (level, last) in levels {
-                let key = Some(table_key(chunk.virt, level));
+                let key = Some(table_key(run.virt, level));
                 if *last != key {
                     *last = key;
                     tables += 1;
@@ -728,6 +729,10 @@ pub struct KernelRoots {
     pub ttbr0: TableRoot,
     /// Upper half: linear map and windows (TTBR1_EL1).
     pub ttbr1: TableRoot,
+    /// The blocks and pages written under `ttbr0`.
+    pub ttbr0_counts: MappingCounts,
+    /// The blocks and pages written under `ttbr1`.
+    pub ttbr1_counts: MappingCounts,
 }
 
 /// Why the tables of a layout could not be built.
@@ -778,13 +783,15 @@ pub fn build_tables<'a>(
     }
     let ttbr0 = arena.new_root().map_err(|_| too_small)?;
     let ttbr1 = arena.new_root().map_err(|_| too_small)?;
+    let mut ttbr0_counts = MappingCounts::default();
+    let mut ttbr1_counts = MappingCounts::default();
     for mapping in mappings {
-        let root = if mapping.virt.0 < LOWER_HALF_END {
-            ttbr0
+        let (root, counts) = if mapping.virt.0 < LOWER_HALF_END {
+            (ttbr0, &mut ttbr0_counts)
         } else {
-            ttbr1
+            (ttbr1, &mut ttbr1_counts)
         };
-        arena
+        *counts += arena
             .map(
                 root,
                 mapping.virt,
@@ -797,7 +804,12 @@ pub fn build_tables<'a>(
                 error,
             })?;
     }
-    Ok(KernelRoots { ttbr0, ttbr1 })
+    Ok(KernelRoots {
+        ttbr0,
+        ttbr1,
+        ttbr0_counts,
+        ttbr1_counts,
+    })
 }
 
 #[cfg(test)]
@@ -942,7 +954,10 @@ mod tests {
             needed,
             "tables_needed is exact for a planned layout"
         );
-        check(&layout, arena.into_view(), roots)
+        let view = arena.into_view();
+        assert_eq!(roots.ttbr0_counts, view.mapping_counts(roots.ttbr0));
+        assert_eq!(roots.ttbr1_counts, view.mapping_counts(roots.ttbr1));
+        check(&layout, view, roots)
     }
 
     fn translate(view: &TableView<'_>, roots: KernelRoots, virt: u64) -> Option<Translation> {

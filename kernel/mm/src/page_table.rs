@@ -111,6 +111,15 @@ impl MappingCounts {
         }
     }
 
+    /// Counts `count` more descriptors of `granule`.
+    pub(crate) fn add_run(&mut self, granule: Granule, count: usize) {
+        match granule {
+            Granule::Block1G => self.blocks_1g += count,
+            Granule::Block2M => self.blocks_2m += count,
+            Granule::Page4K => self.pages_4k += count,
+        }
+    }
+
     /// Bytes mapped by all the counted descriptors.
     pub fn bytes(&self) -> u64 {
         self.blocks_1g as u64 * Granule::Block1G.size()
@@ -138,18 +147,24 @@ impl fmt::Display for MappingCounts {
     }
 }
 
-/// One descriptor-sized piece of a mapping: `granule` bytes from `virt` to `phys`.
+/// Consecutive descriptors of one granule in one table: `count` blocks or
+/// pages of `granule` bytes, the first mapping `virt` to `phys`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Chunk {
+pub(crate) struct Run {
     pub(crate) virt: u64,
     pub(crate) phys: u64,
     pub(crate) granule: Granule,
+    pub(crate) count: usize,
 }
 
 /// Splits a page-aligned mapping into the descriptors [`TableArena::map`]
-/// writes: at each step the largest granule to which the virtual address,
-/// the physical address and the remaining size are all aligned.
-pub(crate) fn chunks(virt: u64, phys: u64, size: u64) -> impl Iterator<Item = Chunk> {
+/// writes, table by table: at each step the largest granule to which the
+/// virtual address, the physical address and the remaining size are all
+/// aligned, repeated while the size lasts, up to the end of the table
+/// that holds it. A larger granule can only start at that end (its
+/// alignment is the table's span), so a run is exactly the descriptors a
+/// step-by-step choice would make there.
+pub(crate) fn runs(virt: u64, phys: u64, size: u64) -> impl Iterator<Item = Run> {
     let (mut virt, mut phys, mut remaining) = (virt, phys, size);
     core::iter::from_fn(move || {
         if remaining < PAGE_SIZE {
@@ -162,23 +177,27 @@ pub(crate) fn chunks(virt: u64, phys: u64, size: u64) -> impl Iterator<Item = Ch
                 virt & mask == 0 && phys & mask == 0 && remaining >= g.size()
             })
             .unwrap_or(Granule::Page4K);
-        let chunk = Chunk {
+        let left_in_table = (ENTRIES_PER_TABLE - entry_index(virt, granule.level())) as u64;
+        let count = (remaining / granule.size()).min(left_in_table);
+        let run = Run {
             virt,
             phys,
             granule,
+            count: count as usize,
         };
-        virt = virt.wrapping_add(granule.size());
-        phys = phys.wrapping_add(granule.size());
-        remaining -= granule.size();
-        Some(chunk)
+        let bytes = count * granule.size();
+        virt = virt.wrapping_add(bytes);
+        phys = phys.wrapping_add(bytes);
+        remaining -= bytes;
+        Some(run)
     })
 }
 
 /// The descriptor counts [`TableArena::map`] produces for a page-aligned mapping.
-pub(crate) fn chunk_counts(virt: u64, phys: u64, size: u64) -> MappingCounts {
+pub(crate) fn run_counts(virt: u64, phys: u64, size: u64) -> MappingCounts {
     let mut counts = MappingCounts::default();
-    for chunk in chunks(virt, phys, size) {
-        counts.add(chunk.granule);
+    for run in runs(virt, phys, size) {
+        counts.add_run(run.granule, run.count);
     }
     counts
 }
@@ -524,43 +543,50 @@ impl<'a> TableArena<'a> {
     fn check(&self, root_index: usize, virt: u64, phys: u64, size: u64) -> Result<usize, MapError> {
         let view = self.view();
         // The key of the table most recently counted as new at each level:
-        // chunks come in increasing address order, so one per level suffices.
+        // runs come in increasing address order, so one per level suffices.
         let mut pending = [None; LEVELS];
         let mut needed = 0;
-        let mut count_new = |chunk_virt: u64, level: usize| {
-            let key = Some(table_key(chunk_virt, level));
+        let mut count_new = |run_virt: u64, level: usize| {
+            let key = Some(table_key(run_virt, level));
             if pending[level] != key {
                 pending[level] = key;
                 needed += 1;
             }
         };
-        for chunk in chunks(virt, phys, size) {
-            let target = chunk.granule.level();
-            let conflict = MapError::AlreadyMapped {
-                virt: VirtAddr(chunk.virt),
-            };
+        for run in runs(virt, phys, size) {
+            let target = run.granule.level();
             // `None` once the walk is inside tables this mapping would create.
             let mut table = Some(root_index);
-            for level in 0..=target {
+            for level in 0..target {
                 let Some(current) = table else {
-                    if level < target {
-                        count_new(chunk.virt, level + 1);
-                    }
+                    count_new(run.virt, level + 1);
                     continue;
                 };
-                let raw = self.tables[current].0[entry_index(chunk.virt, level)];
-                match (descriptor::decode(raw, level), level == target) {
-                    (Decoded::Invalid, true) if raw == 0 => {}
-                    (Decoded::Invalid, false) if raw == 0 => {
-                        count_new(chunk.virt, level + 1);
+                let raw = self.tables[current].0[entry_index(run.virt, level)];
+                match descriptor::decode(raw, level) {
+                    Decoded::Invalid if raw == 0 => {
+                        count_new(run.virt, level + 1);
                         table = None;
                     }
-                    (Decoded::Table(next), false) => {
+                    Decoded::Table(next) => {
                         table = Some(view.table_index(next).ok_or(MapError::UnknownTable {
                             table: PhysAddr(next),
                         })?);
                     }
-                    _ => return Err(conflict),
+                    _ => {
+                        return Err(MapError::AlreadyMapped {
+                            virt: VirtAddr(run.virt),
+                        });
+                    }
+                }
+            }
+            if let Some(current) = table {
+                let first = entry_index(run.virt, target);
+                let slots = &self.tables[current].0[first..first + run.count];
+                if let Some(taken) = slots.iter().position(|&raw| raw != 0) {
+                    return Err(MapError::AlreadyMapped {
+                        virt: VirtAddr(run.virt + taken as u64 * run.granule.size()),
+                    });
                 }
             }
         }
@@ -577,11 +603,11 @@ impl<'a> TableArena<'a> {
         attributes: MapAttributes,
     ) -> Result<MappingCounts, MapError> {
         let mut counts = MappingCounts::default();
-        for chunk in chunks(virt, phys, size) {
-            let target = chunk.granule.level();
+        for run in runs(virt, phys, size) {
+            let target = run.granule.level();
             let mut table = root_index;
             for level in 0..target {
-                let slot = entry_index(chunk.virt, level);
+                let slot = entry_index(run.virt, level);
                 let raw = self.tables[table].0[slot];
                 table = match descriptor::decode(raw, level) {
                     Decoded::Table(next) => {
@@ -598,19 +624,24 @@ impl<'a> TableArena<'a> {
                     }
                     _ => {
                         return Err(MapError::AlreadyMapped {
-                            virt: VirtAddr(chunk.virt),
+                            virt: VirtAddr(run.virt),
                         });
                     }
                 };
             }
-            let slot = &mut self.tables[table].0[entry_index(chunk.virt, target)];
-            if *slot != 0 {
-                return Err(MapError::AlreadyMapped {
-                    virt: VirtAddr(chunk.virt),
-                });
+            let first = entry_index(run.virt, target);
+            let slots = &mut self.tables[table].0[first..first + run.count];
+            let mut output = run.phys;
+            for (index, slot) in slots.iter_mut().enumerate() {
+                if *slot != 0 {
+                    return Err(MapError::AlreadyMapped {
+                        virt: VirtAddr(run.virt + index as u64 * run.granule.size()),
+                    });
+                }
+                *slot = descriptor::leaf(output, target, attributes);
+                output += run.granule.size();
             }
-            *slot = descriptor::leaf(chunk.phys, target, attributes);
-            counts.add(chunk.granule);
+            counts.add_run(run.granule, run.count);
         }
         Ok(counts)
     }
@@ -1260,7 +1291,7 @@ mod tests {
                 .map(root, VirtAddr(virt), PhysAddr(phys), size, attributes)
                 .unwrap();
             prop_assert_eq!(c.bytes(), size);
-            prop_assert_eq!(c, chunk_counts(virt, phys, size));
+            prop_assert_eq!(c, run_counts(virt, phys, size));
             total += c;
         }
         prop_assert_eq!(a.view().mapping_counts(root), total);
@@ -1275,6 +1306,63 @@ mod tests {
             prop_assert_eq!(got, expected, "at {:#x}", virt);
         }
         Ok(())
+    }
+
+    /// The descriptors of a mapping one at a time, each the largest
+    /// granule the addresses and the remaining size allow: what [`runs`]
+    /// must group, table by table.
+    fn one_at_a_time(virt: u64, phys: u64, size: u64) -> Vec<(u64, u64, Granule)> {
+        let (mut virt, mut phys, mut remaining) = (virt, phys, size);
+        let mut out = Vec::new();
+        while remaining >= PAGE_SIZE {
+            let granule = [Granule::Block1G, Granule::Block2M, Granule::Page4K]
+                .into_iter()
+                .find(|g| virt % g.size() == 0 && phys % g.size() == 0 && remaining >= g.size())
+                .unwrap();
+            out.push((virt, phys, granule));
+            virt += granule.size();
+            phys += granule.size();
+            remaining -= granule.size();
+        }
+        out
+    }
+
+    proptest! {
+        // Each case expands up to a million descriptors one at a time.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Runs are the step-by-step descriptors, grouped: each run stays
+        /// in one table, and consecutive runs of one granule meet only at a
+        /// table boundary.
+        #[test]
+        fn runs_group_the_largest_granule_descriptors_by_table(
+            virt_pages in 0u64..(1 << 20),
+            phys_delta_pages in prop_oneof![Just(0u64), Just(512), Just(1 << 18), 0u64..(1 << 20)],
+            size_pages in 0u64..(1 << 20),
+        ) {
+            let virt = 0xffff_0000_0000_0000 + virt_pages * PAGE_SIZE;
+            let phys = (virt_pages + phys_delta_pages) * PAGE_SIZE;
+            let size = size_pages * PAGE_SIZE;
+            let runs: Vec<Run> = runs(virt, phys, size).collect();
+            let expanded: Vec<(u64, u64, Granule)> = runs
+                .iter()
+                .flat_map(|r| (0..r.count as u64).map(move |i| {
+                    (r.virt + i * r.granule.size(), r.phys + i * r.granule.size(), r.granule)
+                }))
+                .collect();
+            prop_assert_eq!(expanded, one_at_a_time(virt, phys, size));
+            for run in &runs {
+                prop_assert!(run.count > 0);
+                let level = run.granule.level();
+                let last = run.virt + (run.count as u64 - 1) * run.granule.size();
+                prop_assert_eq!(table_key(run.virt, level), table_key(last, level));
+            }
+            for pair in runs.windows(2) {
+                if pair[0].granule == pair[1].granule {
+                    prop_assert_eq!(entry_index(pair[1].virt, pair[1].granule.level()), 0);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -1,9 +1,13 @@
 //! PV block protocol messages (`xen/include/public/io/blkif.h`, arm64), and
-//! the one-page ring that carries them.
+//! the ring (one page, or `2^ring-page-order` pages) that carries them.
 //!
 //! Sector numbers are in 512-byte units whatever the disk's `sector-size`.
 
 use crate::ring::{FrontRing, SharedRing, ring_slots};
+
+/// `XENBUS_MAX_RING_GRANT_ORDER`: the largest ring order Linux's blkfront
+/// and blkback use (16 pages), whatever a back end offers.
+pub const BLKIF_MAX_RING_ORDER: u32 = 4;
 
 /// `BLKIF_OP_READ`.
 pub const BLKIF_OP_READ: u8 = 0;
@@ -144,16 +148,25 @@ pub const BLKIF_SLOT_WORDS: usize = size_of::<BlkifRequest>() / 8;
 /// 64-bit words of a response.
 pub const BLKIF_RESPONSE_WORDS: usize = size_of::<BlkifResponse>() / 8;
 
-/// Slots of a one-page block ring: 32.
-pub const BLKIF_RING_SLOTS: usize = ring_slots(size_of::<BlkifRequest>());
+/// Slots of a block ring of `2^order` pages (`BLK_RING_SIZE`): 32 for one
+/// page, doubling with each order.
+pub const fn blkif_ring_slots(order: u32) -> usize {
+    ring_slots(1 << order, size_of::<BlkifRequest>())
+}
 
-/// The shared page of a block ring (`blkif_sring`).
-pub type BlkifSharedRing = SharedRing<BLKIF_RING_SLOTS, BLKIF_SLOT_WORDS>;
+/// The shared area of a block ring of any size (`blkif_sring`).
+pub type BlkifSharedRing = SharedRing<BLKIF_SLOT_WORDS>;
 
 /// The front end of a block ring.
-pub type BlkifFrontRing<'a> = FrontRing<'a, BLKIF_RING_SLOTS, BLKIF_SLOT_WORDS>;
+pub type BlkifFrontRing<'a> = FrontRing<'a, BLKIF_SLOT_WORDS>;
 
-crate::assert_layout!(BlkifSharedRing, size 3648, align 8,
+/// A one-page block ring, sized: what `blkif_sring` is in C.
+type BlkifRingPage = SharedRing<
+    BLKIF_SLOT_WORDS,
+    [[core::sync::atomic::AtomicU64; BLKIF_SLOT_WORDS]; blkif_ring_slots(0)],
+>;
+
+crate::assert_layout!(BlkifRingPage, size 3648, align 8,
     req_prod @ 0, req_event @ 4, rsp_prod @ 8, rsp_event @ 12, pad @ 16, slots @ 64);
 
 impl BlkifRequest {
@@ -209,8 +222,18 @@ mod tests {
 
     #[test]
     fn ring_geometry_matches_blkif_h() {
-        assert_eq!(BLKIF_RING_SLOTS, 32);
         assert_eq!((BLKIF_SLOT_WORDS, BLKIF_RESPONSE_WORDS), (14, 2));
+        // __CONST_RING_SIZE(blkif, XEN_PAGE_SIZE << order): (4096 << order
+        // - 64) / 112 entries fit (36, 72, 145, 292, 584), rounded down to a
+        // power of two.
+        let slots: Vec<usize> = (0..=BLKIF_MAX_RING_ORDER).map(blkif_ring_slots).collect();
+        assert_eq!(slots, [32, 64, 128, 256, 512]);
+        for order in 0..=BLKIF_MAX_RING_ORDER {
+            let bytes = 4096 << order;
+            let used = 64 + blkif_ring_slots(order) * 112;
+            // It fits its pages, and twice the slots would not.
+            assert!(used <= bytes && used + blkif_ring_slots(order) * 112 > bytes);
+        }
     }
 
     #[test]
@@ -293,8 +316,8 @@ mod tests {
 
     #[test]
     fn request_round_trip_through_the_ring() {
-        let shared = BlkifSharedRing::new();
-        let mut ring = BlkifFrontRing::init(&shared);
+        let shared = BlkifRingPage::new();
+        let mut ring = BlkifFrontRing::init(&shared).unwrap();
         let req = BlkifRequest {
             operation: BLKIF_OP_READ,
             id: 7,

@@ -47,6 +47,7 @@ pub(super) fn run(
         read_only: true,
         detach_on: None,
         dom0less: false,
+        blkback_params: String::new(),
     };
     let tidepool = best_of(plan.runs, "pv-tidepool", KernelBench::best, |label| {
         eprintln!("bench: {label}: booting (xl guest of a Linux dom0, blkfront)");

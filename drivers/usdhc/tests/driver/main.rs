@@ -399,7 +399,7 @@ fn completion_is_interrupt_driven_and_a_late_request_times_out_and_is_stopped() 
             Deadline::NEVER,
         )
         .unwrap_err();
-    assert!(b.card.is_busy(&busy));
+    assert!(b.card.is_busy(&busy) && b.card.is_full(&busy));
     assert!(b.card.expire(99).is_empty());
     assert_eq!(b.card.expire(100).as_slice(), [token]);
     assert_eq!(b.sim.state().resets, (1, 1));
@@ -450,11 +450,46 @@ fn completion_is_interrupt_driven_and_a_late_request_times_out_and_is_stopped() 
         )
         .unwrap_err();
     assert!(matches!(held, SdError::Busy { .. }) && !b.card.is_busy(&held));
+    assert!(
+        b.card.is_full(&held),
+        "finishing the held request frees the slot"
+    );
     assert!(matches!(
         b.card
             .finish(token, &mut |bytes| assert_eq!(bytes.len(), 512)),
         Poll::Ready(Ok(_))
     ));
+}
+
+#[test]
+fn turning_interrupts_off_is_a_hint_the_card_ignores() {
+    // One request at a time, whose one interrupt the kernel's handler
+    // masks: a polling waiter finds the completion either way, so the
+    // card keeps signalling and polling still works.
+    let config = SimConfig {
+        auto_complete: false,
+        ..SimConfig::sdhc()
+    };
+    let mut b = bench(config, DeviceKind::DynamicPool, false);
+    for enabled in [false, true, false] {
+        BlockDriver::set_interrupts(&mut b.card, enabled);
+        let token = b
+            .card
+            .submit(
+                &mut b.rig.env(),
+                Request::Read { lba: 0, sectors: 1 },
+                Deadline::NEVER,
+            )
+            .unwrap();
+        b.sim.complete();
+        assert!(b.sim.irq(), "interrupts {enabled}: the card still signals");
+        assert!(b.card.has_completions());
+        assert_eq!(b.card.poll(&mut b.rig.env()).as_slice(), [token]);
+        assert!(matches!(
+            b.card.finish(token, &mut |_| {}),
+            Poll::Ready(Ok(_))
+        ));
+    }
 }
 
 #[test]
@@ -492,7 +527,7 @@ fn requests_the_card_cannot_do_are_refused_before_it_sees_them() {
             .submit(&mut b.rig.env(), request, Deadline::NEVER)
             .unwrap_err();
         assert!(error.to_string().contains(text), "{error}");
-        assert!(!b.card.is_busy(&error));
+        assert!(!b.card.is_busy(&error) && !b.card.is_full(&error));
     }
     assert_eq!(commands(&b.sim).len(), before);
     // A flush completes without a command: no card cache is enabled.

@@ -1120,3 +1120,104 @@ fn a_pool_device_has_a_region_per_slot_allocated_once_at_setup() {
     other.free_in_pool(&mut rig.env(), taken).unwrap();
     assert_eq!(rig.usage(), baseline);
 }
+
+#[test]
+fn with_interrupts_off_completions_raise_none_and_polling_finds_them() {
+    for kind in [DeviceKind::Coherent, DeviceKind::DynamicPool] {
+        let mut config = SimConfig::modern();
+        config.auto_complete = false;
+        let mut b = bench(config, kind, false);
+        let env = &mut b.rig.env();
+        let mut round = |disk: &mut BlockDevice<'static, Sim>, interrupts: bool| {
+            BlockDriver::set_interrupts(disk, interrupts);
+            let token = disk
+                .submit(env, Request::Read { lba: 8, sectors: 8 }, Deadline::NEVER)
+                .unwrap();
+            b.sim.complete_all();
+            let raised = b.sim.with(|s| core::mem::take(&mut s.interrupt_status));
+            assert!(disk.has_completions(), "the used ring shows it either way");
+            assert_eq!(disk.poll(env).as_slice(), [token]);
+            assert!(finish(disk, env, token, &mut [0; 4096]).is_ok());
+            raised
+        };
+        assert_eq!(round(&mut b.disk, false), 0, "{kind:?}: no interrupt");
+        assert_eq!(round(&mut b.disk, true), 1, "{kind:?}: interrupts back on");
+        assert_eq!(round(&mut b.disk, false), 0, "{kind:?}: off again");
+    }
+}
+
+#[test]
+fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
+    // The queue: two slots, both in flight.
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench_with(
+        config,
+        DeviceKind::NonCoherent,
+        false,
+        Options { in_flight: 2 },
+    );
+    let env = &mut b.rig.env();
+    let read = Request::Read { lba: 0, sectors: 8 };
+    let tokens = [0, 1].map(|_| b.disk.submit(env, read, Deadline::NEVER).unwrap());
+    let full = b.disk.submit(env, read, Deadline::NEVER).unwrap_err();
+    assert!(matches!(full, BlkError::QueueFull { .. }), "{full:?}");
+    assert!(b.disk.is_full(&full) && b.disk.is_busy(&full));
+    // Refusals that waiting or finishing cannot cure are neither.
+    let beyond = Request::Read {
+        lba: b.disk.capacity(),
+        sectors: 1,
+    };
+    for refused in [
+        b.disk.submit(env, beyond, Deadline::NEVER).unwrap_err(),
+        b.disk
+            .submit(env, Request::Read { lba: 0, sectors: 0 }, Deadline::NEVER)
+            .unwrap_err(),
+    ] {
+        assert!(
+            !b.disk.is_full(&refused) && !b.disk.is_busy(&refused),
+            "{refused:?}"
+        );
+    }
+    b.sim.complete_all();
+    b.disk.poll(env);
+    for token in tokens {
+        assert!(finish(&mut b.disk, env, token, &mut [0; 4096]).is_ok());
+    }
+
+    // The pool: requests are built in it until it has no room.
+    let mut config = SimConfig::modern();
+    config.auto_complete = false;
+    let mut b = bench_with(
+        config,
+        DeviceKind::DynamicPool,
+        false,
+        Options { in_flight: 21 },
+    );
+    let env = &mut b.rig.env();
+    let sectors = b.disk.max_request_bytes() / SECTOR_BYTES as u32;
+    let big = Request::Read { lba: 0, sectors };
+    let mut tokens = Vec::new();
+    let exhausted = loop {
+        match b.disk.submit(env, big, Deadline::NEVER) {
+            Ok(token) => tokens.push(token),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(exhausted, BlkError::Dma { .. }) && tokens.len() < 21,
+        "{exhausted:?} after {}",
+        tokens.len()
+    );
+    assert!(b.disk.is_full(&exhausted) && b.disk.is_busy(&exhausted));
+    // Returned but not finished: the regions stay taken. Waiting cannot
+    // help; finishing one does.
+    b.sim.complete_all();
+    assert_eq!(b.disk.poll(env).len(), tokens.len());
+    assert_eq!(b.disk.in_flight(), 0);
+    let held = b.disk.submit(env, big, Deadline::NEVER).unwrap_err();
+    assert!(b.disk.is_full(&held) && !b.disk.is_busy(&held), "{held:?}");
+    let mut buffer = vec![0; sectors as usize * SECTOR_BYTES];
+    assert!(finish(&mut b.disk, env, tokens.remove(0), &mut buffer).is_ok());
+    tokens.push(b.disk.submit(env, big, Deadline::NEVER).unwrap());
+}

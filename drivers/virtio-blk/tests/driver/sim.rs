@@ -29,6 +29,7 @@ pub mod status {
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
@@ -488,7 +489,12 @@ impl SimState {
         fence(Ordering::Release);
         self.used_idx = self.used_idx.wrapping_add(1);
         self.write(used + 2, &self.used_idx.to_le_bytes());
-        self.interrupt_status |= 1;
+        // As QEMU does without VIRTIO_F_EVENT_IDX: no interrupt while the
+        // driver's available ring says VIRTQ_AVAIL_F_NO_INTERRUPT.
+        let (_, avail, _) = self.rings();
+        if self.read_u16(avail) & AVAIL_F_NO_INTERRUPT == 0 {
+            self.interrupt_status |= 1;
+        }
     }
 }
 

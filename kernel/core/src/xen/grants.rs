@@ -21,8 +21,9 @@ use tidepool_xen_abi::{
 use super::Xen;
 use crate::irq;
 
-/// Frames the kernel maps: 2048 entries, 2040 of them usable (a block ring
-/// of 32 requests with 11 segments each needs 352).
+/// Frames the kernel maps: 2048 entries, 2040 of them usable (blkfront's
+/// 32 request slots of 33 pages and its ring page take 1057; 42 slots on
+/// a two-page ring, 1388).
 const FRAMES: u64 = 4;
 
 /// Grant entries per 4 KiB frame.

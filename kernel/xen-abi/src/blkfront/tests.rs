@@ -11,12 +11,33 @@ use crate::xenstore::sim::{Hook, client};
 const BE: &str = "/local/domain/0/backend/vbd/1/51712";
 const FE: &str = "device/vbd/51712";
 
+/// Whether the front end's ring keys are what Linux's blkback takes
+/// (`read_per_ring_refs`): without `ring-page-order`, one page in
+/// `ring-ref`; with it, an order within the back end's
+/// `max-ring-page-order` and `ring-ref0` .. `ring-ref{2^order - 1}`.
+fn ring_keys_valid(tree: &alloc::collections::BTreeMap<String, String>) -> bool {
+    let offered: u32 = tree
+        .get(&format!("{BE}/max-ring-page-order"))
+        .map_or(0, |v| v.parse().unwrap());
+    let fe = |key: &str| tree.get(&format!("{FE}/{key}"));
+    match fe("ring-page-order") {
+        None => fe("ring-ref").is_some(),
+        Some(order) => match order.parse::<u32>() {
+            Ok(order) if order <= offered => {
+                (0..1 << order).all(|i| fe(&format!("ring-ref{i}")).is_some())
+            }
+            _ => false,
+        },
+    }
+}
+
 /// Linux's blkback as xenstore sees it: InitWait with its features; when
-/// the front end says Initialised, it publishes the disk and connects.
+/// the front end says Initialised, it checks the ring keys, publishes the
+/// disk and connects (or fails the device: Closed).
 fn blkback(connects: bool) -> Hook {
     Box::new(move |tree, path| {
         if path == format!("{FE}/state") && tree.get(path).map(String::as_str) == Some("3") {
-            if !connects {
+            if !connects || !ring_keys_valid(tree) {
                 return vec![(format!("{BE}/state"), "6".into())];
             }
             vec![
@@ -172,6 +193,172 @@ fn a_backend_that_closes_or_never_answers_is_an_error() {
     ));
 }
 
+/// The refs a front end grants for `layout`: 20, 21, ...
+fn ring_refs(layout: &RingLayout) -> Vec<GrantRef> {
+    (0..layout.pages() as u32)
+        .map(|i| GrantRef(20 + i))
+        .collect()
+}
+
+/// Probes and connects against a blkback offering `offered` as its
+/// `max-ring-page-order` (`None`: no such key), with the ring
+/// [`RingLayout::choose`] picks for 42 direct requests in flight (11 grants
+/// each, within blkback's persistent grants); returns the layout and the
+/// front end's keys.
+fn connect_offering(offered: Option<&str>) -> (RingLayout, Vec<(String, String)>) {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    match offered {
+        Some(order) => sim
+            .borrow_mut()
+            .tree
+            .insert(format!("{BE}/max-ring-page-order"), order.into()),
+        None => sim
+            .borrow_mut()
+            .tree
+            .remove(&format!("{BE}/max-ring-page-order")),
+    };
+    sim.borrow_mut().hook = Some(blkback(true));
+    let (vbd, features) = probe(&mut xs, 51712).unwrap();
+    let layout = RingLayout::choose(
+        features.max_ring_page_order,
+        42,
+        11,
+        BLKBACK_PERSISTENT_GRANTS,
+    );
+    let refs = ring_refs(&layout);
+    let setup = FrontendSetup {
+        ring_refs: &refs,
+        port: EvtchnPort(5),
+        persistent: true,
+    };
+    connect(&mut xs, &vbd, &setup).unwrap();
+    let sim = sim.borrow();
+    let keys = sim
+        .tree
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(&format!("{FE}/"))?;
+            key.starts_with("ring-")
+                .then(|| (key.to_string(), v.clone()))
+        })
+        .collect();
+    (layout, keys)
+}
+
+fn keys(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_ring_keys_follow_the_order() {
+    // Linux's blkback offers 4: the ring for 42 direct requests is order 1.
+    let (layout, written) = connect_offering(Some("4"));
+    assert_eq!(
+        layout,
+        RingLayout {
+            order: 1,
+            entries: 64,
+            requests: 42
+        }
+    );
+    assert_eq!(
+        written,
+        keys(&[
+            ("ring-page-order", "1"),
+            ("ring-ref0", "20"),
+            ("ring-ref1", "21")
+        ])
+    );
+    // A back end offering no order, or order 0: one page, `ring-ref` only.
+    for offered in [None, Some("0")] {
+        let (layout, written) = connect_offering(offered);
+        assert_eq!(
+            layout,
+            RingLayout {
+                order: 0,
+                entries: 32,
+                requests: 32
+            }
+        );
+        assert_eq!(written, keys(&[("ring-ref", "20")]));
+    }
+}
+
+#[test]
+fn the_ring_order_is_the_smallest_that_holds_the_requests_within_the_offer() {
+    // Grants are no limit here.
+    let choose = |offered, in_flight| {
+        let layout = RingLayout::choose(offered, in_flight, 1, usize::MAX);
+        (
+            layout.order,
+            layout.pages(),
+            layout.entries,
+            layout.requests,
+        )
+    };
+    assert_eq!(choose(4, 42), (1, 2, 64, 42));
+    assert_eq!(choose(1, 42), (1, 2, 64, 42));
+    assert_eq!(choose(4, 32), (0, 1, 32, 32));
+    assert_eq!(choose(4, 200), (3, 8, 256, 200));
+    assert_eq!(choose(4, 512), (4, 16, 512, 512));
+    // A back end offering less than wanted: its largest ring, and no more
+    // requests in flight than that ring holds.
+    assert_eq!(choose(0, 42), (0, 1, 32, 32));
+    assert_eq!(choose(2, 1000), (2, 4, 128, 128));
+    // Beyond XENBUS_MAX_RING_GRANT_ORDER (16 pages), whatever is offered.
+    assert_eq!(choose(9, 1000), (4, 16, 512, 512));
+}
+
+#[test]
+fn the_requests_in_flight_keep_within_blkback_persistent_grants() {
+    let choose = |grants_per_request, persistent_grants| {
+        let layout = RingLayout::choose(4, 42, grants_per_request, persistent_grants);
+        (layout.pages(), layout.requests)
+    };
+    // 32 data pages and an indirect page: 32 requests, one page, as Linux's
+    // blkfront and blkback are sized.
+    assert_eq!(choose(33, BLKBACK_PERSISTENT_GRANTS), (1, 32));
+    // Direct requests (11 pages): all 42, on two pages.
+    assert_eq!(choose(11, BLKBACK_PERSISTENT_GRANTS), (2, 42));
+    // A back end told to keep more (dom0's max_persistent_grants=2048).
+    assert_eq!(choose(33, 2048), (2, 42));
+    // A budget too small for even one request still leaves one.
+    assert_eq!(choose(33, 10), (1, 1));
+}
+
+#[test]
+fn blkback_fails_a_ring_above_its_offer() {
+    // The simulated blkback checks the keys as Linux's does: an order over
+    // its offer fails the device, so the accepted handshakes above are real.
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/max-ring-page-order"), "1".into());
+    sim.borrow_mut().hook = Some(blkback(true));
+    let (vbd, features) = probe(&mut xs, 51712).unwrap();
+    assert_eq!(features.max_ring_page_order, 1);
+    let refs = ring_refs(&RingLayout::choose(2, 100, 1, usize::MAX));
+    assert_eq!(refs.len(), 4);
+    let setup = FrontendSetup {
+        ring_refs: &refs,
+        port: EvtchnPort(5),
+        persistent: true,
+    };
+    assert_eq!(
+        connect(&mut xs, &vbd, &setup),
+        Err(BlkfrontError::BackendClosed {
+            state: XenbusState::Closed
+        })
+    );
+}
+
 #[test]
 fn no_vbd_directory_means_no_disks() {
     let page = XenstoreInterface::new();
@@ -189,7 +376,7 @@ fn response(id: u64, operation: u8, status: i16) -> BlkifResponse {
 
 #[test]
 fn responses_are_checked_before_they_are_trusted() {
-    let mut inflight = Inflight::<4>::new();
+    let mut inflight = Inflight::new(4);
     let (slot, id) = inflight.start(BLKIF_OP_READ, 8, 100).unwrap();
     assert_eq!(inflight.count(), 1);
     assert_eq!(
@@ -232,7 +419,7 @@ fn responses_are_checked_before_they_are_trusted() {
 
 #[test]
 fn slots_run_out_and_late_requests_expire() {
-    let mut inflight = Inflight::<2>::new();
+    let mut inflight = Inflight::new(2);
     inflight.start(BLKIF_OP_READ, 0, 10).unwrap();
     inflight.start(BLKIF_OP_READ, 8, 20).unwrap();
     assert_eq!(
@@ -267,7 +454,7 @@ fn slots_run_out_and_late_requests_expire() {
 
 #[test]
 fn a_finished_slot_is_not_reused_before_it_is_collected() {
-    let mut inflight = Inflight::<2>::new();
+    let mut inflight = Inflight::new(2);
     let (a, id_a) = inflight.start(BLKIF_OP_READ, 0, 100).unwrap();
     let (b, _) = inflight.start(BLKIF_OP_READ, 8, 100).unwrap();
     inflight.complete(response(id_a, BLKIF_OP_READ, 0)).unwrap();

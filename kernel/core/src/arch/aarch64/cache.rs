@@ -2,7 +2,7 @@
 
 use aarch64_cpu::asm::barrier;
 use tidepool_mm::CacheOp;
-use tidepool_mm::cache::line_ops;
+use tidepool_mm::cache::line_spans;
 
 /// Smallest data-cache line of this CPU (CTR_EL0.DminLine).
 fn dcache_line() -> usize {
@@ -17,7 +17,7 @@ fn dcache_line() -> usize {
 ///
 /// `Invalidate` discards data, so it is applied only to lines wholly inside
 /// the range: a partial line at either end also holds bytes of a neighbour,
-/// and is cleaned and invalidated instead ([`line_ops`], host-tested).
+/// and is cleaned and invalidated instead ([`line_spans`], host-tested).
 ///
 /// # Safety
 ///
@@ -28,20 +28,31 @@ fn dcache_line() -> usize {
 /// VA faults like a load).
 pub unsafe fn maintain_range(op: CacheOp, start: usize, len: usize) {
     barrier::dsb(barrier::SY);
-    for (addr, op) in line_ops(op, start, len, dcache_line()) {
-        // SAFETY: DC by VA only affects cache state for `addr`'s line; it
-        // reads or writes no program-visible memory beyond what the
-        // coherence protocol does anyway, except that IVAC drops dirty data:
-        // `line_ops` asks for it only on whole lines inside the range, which
-        // the caller owns.
-        unsafe {
-            match op {
-                CacheOp::Clean => core::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)),
-                CacheOp::Invalidate => {
-                    core::arch::asm!("dc ivac, {}", in(reg) addr, options(nostack))
+    let line = dcache_line();
+    for span in line_spans(op, start, len, line) {
+        let lines = (0..span.lines).map(|index| span.first + index * line);
+        // SAFETY (each block): DC by VA only affects cache state for the
+        // line at `addr`; it reads or writes no program-visible memory
+        // beyond what the coherence protocol does anyway, except that IVAC
+        // drops dirty data: `line_spans` asks for it only on whole lines
+        // inside the range, which the caller owns.
+        match span.op {
+            CacheOp::Clean => {
+                for addr in lines {
+                    // SAFETY: as above.
+                    unsafe { core::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)) };
                 }
-                CacheOp::CleanInvalidate => {
-                    core::arch::asm!("dc civac, {}", in(reg) addr, options(nostack))
+            }
+            CacheOp::Invalidate => {
+                for addr in lines {
+                    // SAFETY: as above; a whole line inside the range.
+                    unsafe { core::arch::asm!("dc ivac, {}", in(reg) addr, options(nostack)) };
+                }
+            }
+            CacheOp::CleanInvalidate => {
+                for addr in lines {
+                    // SAFETY: as above.
+                    unsafe { core::arch::asm!("dc civac, {}", in(reg) addr, options(nostack)) };
                 }
             }
         }
