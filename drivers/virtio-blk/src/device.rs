@@ -1644,10 +1644,12 @@ impl<'a, T: Transport> BlockDriver<'a> for BlockDevice<'a, T> {
         BlockDevice::kick(self, env);
     }
 
-    /// Every slot taken: a pool device's requests use their slots' regions,
-    /// allocated at setup, so its pool is never the reason.
+    /// Every slot taken, some by requests in flight (slots held by requests
+    /// done but not finished come back only through `finish`): a pool
+    /// device's requests use their slots' regions, allocated at setup, so
+    /// its pool is never the reason.
     fn is_busy(&self, error: &BlkError<'a>) -> bool {
-        matches!(error, BlkError::QueueFull { .. })
+        matches!(error, BlkError::QueueFull { .. }) && BlockDevice::in_flight(self) > 0
     }
 
     fn is_full(&self, error: &BlkError<'a>) -> bool {

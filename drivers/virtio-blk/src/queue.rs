@@ -824,6 +824,34 @@ mod tests {
         assert_eq!(wrapped, [true, true]);
     }
 
+    /// Notifying: nothing published since the last notification, none;
+    /// otherwise a full barrier, then the used ring's `flags` synced and
+    /// read, and the device's `VIRTQ_USED_F_NO_NOTIFY` suppresses it; a
+    /// refused sync of the flags notifies.
+    #[test]
+    fn a_notification_follows_a_full_barrier_and_honours_no_notify() {
+        let mut q = queue(16);
+        let mut ring = Recorder::default();
+        assert!(!q.needs_notify(&mut ring));
+        assert!(ring.accesses.is_empty());
+        push(&mut q, &request(0x1000)).unwrap();
+        push(&mut q, &request(0x2000)).unwrap();
+        assert!(q.needs_notify(&mut ring), "one notification for both");
+        assert_eq!(
+            ring.accesses,
+            [
+                Access::Barrier(Barrier::DmaFull),
+                Access::Sync(q.layout.used, 2, SyncPoint::ForCpu),
+            ]
+        );
+        assert!(!q.needs_notify(&mut Recorder::default()), "told already");
+        q.memory.write_u16(q.layout.used, USED_F_NO_NOTIFY);
+        push(&mut q, &request(0x3000)).unwrap();
+        assert!(!q.needs_notify(&mut Recorder::default()), "the device polls");
+        push(&mut q, &request(0x4000)).unwrap();
+        assert!(q.needs_notify(&mut Refusing));
+    }
+
     /// A ring the DMA layer refuses to sync.
     struct Refusing;
 

@@ -1133,6 +1133,7 @@ fn with_interrupts_off_completions_raise_none_and_polling_finds_them() {
             let token = disk
                 .submit(env, Request::Read { lba: 8, sectors: 8 }, Deadline::NEVER)
                 .unwrap();
+            disk.kick(env);
             b.sim.complete_all();
             let raised = b.sim.with(|s| core::mem::take(&mut s.interrupt_status));
             assert!(disk.has_completions(), "the used ring shows it either way");
@@ -1163,6 +1164,7 @@ fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
     let full = b.disk.submit(env, read, Deadline::NEVER).unwrap_err();
     assert!(matches!(full, BlkError::QueueFull { .. }), "{full:?}");
     assert!(b.disk.is_full(&full) && b.disk.is_busy(&full));
+    b.disk.kick(env);
     // Refusals that waiting or finishing cannot cure are neither.
     let beyond = Request::Read {
         lba: b.disk.capacity(),
@@ -1181,11 +1183,15 @@ fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
     }
     b.sim.complete_all();
     b.disk.poll(env);
+    // Returned but not finished: still full, and waiting cannot help.
+    let held = b.disk.submit(env, read, Deadline::NEVER).unwrap_err();
+    assert!(b.disk.is_full(&held) && !b.disk.is_busy(&held), "{held:?}");
     for token in tokens {
         assert!(finish(&mut b.disk, env, token, &mut [0; 4096]).is_ok());
     }
 
-    // The pool: requests are built in it until it has no room.
+    // The pool: each slot has its region, so a full pool device is a full
+    // queue, never an exhausted pool.
     let mut config = SimConfig::modern();
     config.auto_complete = false;
     let mut b = bench_with(
@@ -1205,11 +1211,12 @@ fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
         }
     };
     assert!(
-        matches!(exhausted, BlkError::Dma { .. }) && tokens.len() < 21,
+        matches!(exhausted, BlkError::QueueFull { .. }) && tokens.len() == 21,
         "{exhausted:?} after {}",
         tokens.len()
     );
     assert!(b.disk.is_full(&exhausted) && b.disk.is_busy(&exhausted));
+    b.disk.kick(env);
     // Returned but not finished: the regions stay taken. Waiting cannot
     // help; finishing one does.
     b.sim.complete_all();
