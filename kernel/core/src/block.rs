@@ -490,15 +490,17 @@ impl<D: BlockDriver<'static>> Disk<D> {
         each: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<u64, D::Error> {
         let depth = depth.clamp(1, self.device.slots().max(1));
-        // A batch of submissions ends with one kick once it holds a
-        // quarter of the depth, or when the loop waits (the waiter kicks):
-        // the device is told of new work while it still has the rest of
-        // the queue to do, so it never idles behind requests published
-        // but not notified while the CPU finishes completed ones (kicking
-        // only before waits measured slower for that reason), and a deep
-        // queue costs a notification per `batch` requests, not per
-        // request.
-        let batch = depth.div_ceil(4);
+        // A batch of submissions ends with one kick once it holds half the
+        // depth, or when the loop waits (the waiter kicks): the device is
+        // told of new work while it still has the other half to do, so it
+        // does not idle behind requests published but not notified while
+        // the CPU finishes completed ones, and a deep queue costs two
+        // notifications per `depth` requests, not `depth`. Measured under
+        // TCG (docs/benchmarks.md): kicking only before waits was best at
+        // QD16 but slowest sequentially (the device idled while the CPU
+        // checksummed), a quarter of the depth best sequentially but slower
+        // at QD16; half was within noise of the best of both.
+        let batch = depth.div_ceil(2);
         let mut requests = requests.peekable();
         // (token, first sector) in submission order; at most `depth`.
         let mut pending: VecDeque<(Token, u64)> = VecDeque::with_capacity(depth);
