@@ -847,7 +847,10 @@ mod tests {
         assert!(!q.needs_notify(&mut Recorder::default()), "told already");
         q.memory.write_u16(q.layout.used, USED_F_NO_NOTIFY);
         push(&mut q, &request(0x3000)).unwrap();
-        assert!(!q.needs_notify(&mut Recorder::default()), "the device polls");
+        assert!(
+            !q.needs_notify(&mut Recorder::default()),
+            "the device polls"
+        );
         push(&mut q, &request(0x4000)).unwrap();
         assert!(q.needs_notify(&mut Refusing));
     }
