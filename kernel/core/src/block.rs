@@ -498,8 +498,8 @@ impl<D: BlockDriver<'static>> Disk<D> {
         // notifications per `depth` requests, not `depth`. Measured under
         // TCG (docs/benchmarks.md): kicking only before waits was best at
         // QD16 but slowest sequentially (the device idled while the CPU
-        // checksummed), a quarter of the depth best sequentially but slower
-        // at QD16; half was within noise of the best of both.
+        // checksummed), a quarter of the depth slower at QD16; half was
+        // the fastest sequentially and near the best at QD16.
         let batch = depth.div_ceil(2);
         let mut requests = requests.peekable();
         // (token, first sector) in submission order; at most `depth`.
