@@ -107,6 +107,34 @@ impl Drop for RingGrants {
     }
 }
 
+/// The event channel while a disk is set up: closed if the setup fails
+/// before the disk owns it (the disk closes it at [`PvDisk::close`]).
+struct SetupPort {
+    port: EvtchnPort,
+    kept: bool,
+}
+
+impl SetupPort {
+    /// The port, from now on the disk's to close.
+    fn keep(mut self) -> EvtchnPort {
+        self.kept = true;
+        self.port
+    }
+}
+
+impl Drop for SetupPort {
+    fn drop(&mut self) {
+        if !self.kept
+            && let Err(err) = events::close(self.port)
+        {
+            warn!(
+                "blk: setup failed and its event channel {} stays open: {err}",
+                self.port.0
+            );
+        }
+    }
+}
+
 /// `slots` empty per-slot entries.
 fn empty_slots<T>(slots: usize) -> Vec<Option<T>> {
     let mut entries = Vec::new();
@@ -491,6 +519,7 @@ impl PvDisk {
             signalled.store(true, Ordering::Release)
         }));
         let port = events::alloc_unbound(backend, handler).map_err(PvSetupError::Event)?;
+        let held_port = SetupPort { port, kept: false };
         // The data pages stay granted for the device's life, which is what
         // `feature-persistent` promises the back end (it may keep them
         // mapped); Linux's blkback advertises its side only when it connects.
@@ -524,7 +553,7 @@ impl PvDisk {
             features,
             persistent,
             ring,
-            port,
+            port: held_port.keep(),
             signalled,
             layout,
             inflight: Inflight::new(slots),
