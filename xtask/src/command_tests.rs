@@ -258,6 +258,28 @@ fn all() -> Vec<CommandTest> {
             ],
             stderr: OFF,
         },
+        // A Xen PV disk, tidepool as an `xl` guest of a Linux dom0 through
+        // its blkback: the pattern lands exactly on the sectors asked for,
+        // and nowhere else (issue 14's "done when", checked in the image).
+        CommandTest {
+            name: "run-pv-write",
+            args: &[
+                "run",
+                "--pv",
+                "--disk",
+                "{disk}",
+                "--bootargs",
+                "blk-write=5@100+50",
+            ],
+            stdin: "",
+            success: true,
+            stdout: &[
+                "blk: wrote xvda lba=100 sectors=50 seed=5, flushed",
+                "boot: ready",
+                "shutdown: poweroff",
+            ],
+            stderr: &["xtask: guest powered off"],
+        },
     ]
 }
 
@@ -271,6 +293,14 @@ fn disk_after(name: &str) -> Option<DiskPattern> {
                 seed: 5,
                 lba: 1000,
                 count: 300,
+            }),
+        }),
+        "run-pv-write" => Some(DiskPattern {
+            seed: 1,
+            written: Some(SectorRange {
+                seed: 5,
+                lba: 100,
+                count: 50,
             }),
         }),
         _ => None,
