@@ -105,6 +105,8 @@ mod allocator;
 mod boundary;
 mod device;
 mod error;
+#[cfg(any(test, feature = "fake-grants"))]
+pub mod fake_grants;
 mod policy;
 mod pool;
 

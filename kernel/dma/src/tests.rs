@@ -224,7 +224,7 @@ struct Rig {
     xen: Option<FakeXen>,
     warnings: Vec<String>,
     /// The grant table grant devices use (none until a test sets one).
-    grants: Option<grants::FakeGrantTable>,
+    grants: Option<crate::fake_grants::FakeGrantTable>,
 }
 
 fn own_window(window: u64, attributes: WindowAttributes) -> PoolPlacement {

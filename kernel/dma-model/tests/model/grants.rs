@@ -4,19 +4,14 @@
 //! all (the policy calls a grant device coherent), must still show each
 //! side exactly what the other last wrote, whatever the adversary does.
 
-use core::sync::atomic::Ordering;
-
 use proptest::prelude::*;
+use tidepool_dma::fake_grants::FakeGrantTable;
 use tidepool_dma::{
-    Addressing, DeviceSpec, DmaDevice, DmaDirection, OwnedPhysRange, PageGrants, PoolPlacement,
-    PoolRole, PoolSpec,
+    Addressing, DeviceSpec, DmaDevice, DmaDirection, PoolPlacement, PoolRole, PoolSpec,
 };
 use tidepool_dma_model::Device;
 use tidepool_mm::{PAGE_SIZE, PhysAddr, PhysRange, VirtAddr};
-use tidepool_xen_abi::{
-    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantNotEnded, GrantRef, GrantTable,
-    GrantableFrame,
-};
+use tidepool_xen_abi::{DomId, GrantRef};
 
 use crate::world::{Case, LINEAR_OFFSET, PoolKind, Row, Step, World, Xen, compare};
 
@@ -24,49 +19,6 @@ use crate::world::{Case, LINEAR_OFFSET, PoolKind, Row, Step, World, Xen, compare
 /// does from the heap).
 const GRANT_POOL: &str = "tidepool:grants-xvda";
 const GRANT_PHYS: PhysRange = PhysRange::new(0x40e0_0000, 0x4000);
-
-/// A v1 grant table over entries in host memory; the back end's mapping
-/// is played by [`FakeGrantTable::entry_flags`] staying clear.
-pub struct FakeGrantTable {
-    entries: &'static [GrantEntryV1],
-    table: GrantTable<'static>,
-}
-
-impl FakeGrantTable {
-    fn new(usable: usize) -> Self {
-        let entries: &'static [GrantEntryV1] =
-            Vec::leak((0..8 + usable).map(|_| GrantEntryV1::default()).collect());
-        let free = Vec::leak(vec![GrantRef::default(); usable]);
-        Self {
-            entries,
-            table: GrantTable::new(entries, free).expect("fresh entries"),
-        }
-    }
-
-    /// The flags of entry `gref`.
-    fn entry_flags(&self, gref: GrantRef) -> u16 {
-        self.entries[gref.0 as usize].flags.load(Ordering::Acquire)
-    }
-}
-
-// SAFETY: grants host entries no other domain reads; the frames are the
-// model's.
-unsafe impl PageGrants for FakeGrantTable {
-    fn grant(
-        &mut self,
-        domid: DomId,
-        page: &OwnedPhysRange,
-        access: GrantAccess,
-    ) -> Result<Grant, GrantError> {
-        // SAFETY: a page of the model's memory, which no domain can reach.
-        let frame = unsafe { GrantableFrame::new(page.range().base.0 / PAGE_SIZE) };
-        self.table.grant(domid, frame, access)
-    }
-
-    fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
-        self.table.end(grant)
-    }
-}
 
 /// One case on a grant device of the pool's first `len` bytes, in
 /// direction `dir`, under `xen`: the CPU reaches the buffer through the
@@ -210,7 +162,7 @@ fn run_grant(xen: Xen, dir: DmaDirection, case: &Case) -> Result<(), String> {
         ));
     }
     let table = world.grants.as_ref().expect("set above");
-    if let Some(gref) = refs.iter().find(|gref| table.entry_flags(**gref) != 0) {
+    if let Some(gref) = refs.iter().find(|gref| table.entry(**gref).0 != 0) {
         return Err(format!("{gref} still granted after the free"));
     }
     let faults = world.machine.machine().faults().to_vec();

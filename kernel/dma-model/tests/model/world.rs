@@ -122,7 +122,7 @@ pub struct World {
     pub kind: Device,
     generation: u8,
     /// The grant table, for a grant device.
-    pub grants: Option<crate::grants::FakeGrantTable>,
+    pub grants: Option<tidepool_dma::fake_grants::FakeGrantTable>,
 }
 
 fn region(name: &str, phys: PhysRange, kind: RegionKind, window: Option<u64>) -> Region {

@@ -3,15 +3,11 @@
 //! entries in host memory, with the back end's mappings played by setting
 //! the entries' in-use flags as Xen does.
 
-use core::sync::atomic::Ordering;
-
 use tidepool_xen_abi::grant::{GTF_permit_access, GTF_readonly, GTF_writing};
-use tidepool_xen_abi::{
-    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantNotEnded, GrantRef, GrantTable,
-    GrantableFrame,
-};
+use tidepool_xen_abi::{DomId, GrantError, GrantRef};
 
 use super::*;
+use crate::fake_grants::FakeGrantTable;
 
 /// The back end's domain.
 const BACK_END: DomId = DomId(0);
@@ -19,71 +15,6 @@ const BACK_END: DomId = DomId(0);
 const DISK: &str = "xvda";
 const GRANT_POOL: &str = "tidepool:grants-xvda";
 const GRANT_PHYS: PhysRange = PhysRange::new(0x4900_0000, 0x10_000);
-
-/// A v1 grant table over entries in host memory.
-pub(super) struct FakeGrantTable {
-    entries: &'static [GrantEntryV1],
-    table: GrantTable<'static>,
-}
-
-impl FakeGrantTable {
-    /// A table with `usable` entries besides the 8 reserved ones.
-    fn new(usable: usize) -> Self {
-        let entries: &'static [GrantEntryV1] = Vec::leak(
-            (0..8 + usable)
-                .map(|_| GrantEntryV1::default())
-                .collect::<Vec<_>>(),
-        );
-        let free = Vec::leak(vec![GrantRef::default(); usable]);
-        Self {
-            entries,
-            table: GrantTable::new(entries, free).unwrap(),
-        }
-    }
-
-    /// The back end maps `gref` (Xen sets the in-use flag).
-    fn map_by_back_end(&self, gref: GrantRef) {
-        self.entries[gref.0 as usize]
-            .flags
-            .fetch_or(GTF_writing, Ordering::AcqRel);
-    }
-
-    /// What entry `gref` grants: (flags, domain, frame).
-    fn entry(&self, gref: GrantRef) -> (u16, u16, u32) {
-        let entry = &self.entries[gref.0 as usize];
-        (
-            entry.flags.load(Ordering::Acquire),
-            entry.domid.load(Ordering::Acquire),
-            entry.frame.load(Ordering::Acquire),
-        )
-    }
-
-    /// Entries granted now.
-    fn granted(&self) -> usize {
-        self.table.usable() - self.table.free_count()
-    }
-}
-
-// SAFETY: grants host entries no other domain reads; the frames it names
-// are the fake pool's, which nothing reaches.
-unsafe impl PageGrants for FakeGrantTable {
-    fn grant(
-        &mut self,
-        domid: DomId,
-        page: &OwnedPhysRange,
-        access: GrantAccess,
-    ) -> Result<Grant, GrantError> {
-        assert_eq!(page.range().size, PAGE_SIZE, "one page per grant");
-        assert!(page.range().base.is_aligned(PAGE_SIZE));
-        // SAFETY: a page of the fake pool, which no domain can reach.
-        let frame = unsafe { GrantableFrame::new(page.range().base.0 / PAGE_SIZE) };
-        self.table.grant(domid, frame, access)
-    }
-
-    fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
-        self.table.end(grant)
-    }
-}
 
 /// A rig under Xen with a grant table of `usable` entries and the disk's
 /// pool; the disk is declared non-coherent, which a grant device ignores.
