@@ -12,10 +12,9 @@ const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
 const XEN_IMAGE_IN_PACKAGE: &str = "boot/xen-4.17-arm64";
 
 /// Makes sure dpkg-deb is there (it unpacks every fetched package) and
-/// QEMU and libfdt's tools are fetched.
+/// QEMU is fetched.
 pub fn ensure_host_tools(ws: &Workspace) -> Result<()> {
     require_program("dpkg-deb", "dpkg")?;
-    DtcTools::fetch(ws)?;
     Qemu::fetch(ws).map(|_| ())
 }
 
