@@ -562,7 +562,7 @@ fn linux_bench(
             dom0.modules.join(", ")
         }
     );
-    let xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
+    let xen_bootargs = format!("{} dom0_mem={DOM0_MEM}", crate::qemu::XEN_VIRT_CONSOLE);
     let args = linux::qemu_args(ws, &machine, &dom0, &xen_bootargs, &dir.join("linux"), None)?;
     best_of(plan.runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");

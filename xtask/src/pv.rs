@@ -271,7 +271,7 @@ pub fn qemu_args_for(
             read_only: guest.read_only,
         })
         .collect();
-    let mut xen_bootargs = format!("console=dtuart dtuart=/pl011@9000000 dom0_mem={DOM0_MEM}");
+    let mut xen_bootargs = format!("{} dom0_mem={DOM0_MEM}", crate::qemu::XEN_VIRT_CONSOLE);
     let domu = match kernel {
         GuestKernel::Tidepool(image) if guest.dom0less => {
             // A dom0less guest's console_io reaches Xen's console only at

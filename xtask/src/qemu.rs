@@ -14,6 +14,8 @@ use crate::devicetree::{self, Module, Tree};
 use crate::scenario::Scenario;
 use crate::{Error, Result, Workspace};
 
+/// Xen's console on QEMU's `virt`: its PL011, by device-tree path.
+pub const XEN_VIRT_CONSOLE: &str = "console=dtuart dtuart=/pl011@9000000";
 /// Where QEMU's `-kernel` boot puts its device tree; modules must stay clear.
 const QEMU_DTB_ADDR: u64 = 0x4800_0000;
 /// Where the kernel module for Xen is loaded (below QEMU's DTB).
@@ -212,7 +214,7 @@ impl Machine {
                         module.bootargs = board.dom0_bootargs(tree, &module.bootargs)?;
                         "console=dtuart"
                     }
-                    _ => "console=dtuart dtuart=/pl011@9000000",
+                    _ => XEN_VIRT_CONSOLE,
                 };
                 let xen_bootargs = format!("{console} dom0_mem={dom0_mem} {}", self.xen_args);
                 Some(self.host_dtb(ws, run_dir, |tree| {
@@ -223,10 +225,7 @@ impl Machine {
                 let module = self.kernel_module(image)?;
                 // A domU's console_io output reaches Xen's console only at
                 // guest_loglvl=all (platform.md).
-                let xen_bootargs = format!(
-                    "console=dtuart dtuart=/pl011@9000000 guest_loglvl=all {}",
-                    self.xen_args
-                );
+                let xen_bootargs = format!("{XEN_VIRT_CONSOLE} guest_loglvl=all {}", self.xen_args);
                 Some(self.host_dtb(ws, run_dir, |tree| {
                     devicetree::set_xen_bootargs(tree, xen_bootargs.trim())?;
                     devicetree::add_xen_dom0less_domu(tree, "domU1", *memory_kib, 1, true, &module)

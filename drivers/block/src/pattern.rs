@@ -18,7 +18,7 @@
 use core::fmt;
 
 /// Bytes in a pattern sector.
-pub const SECTOR_BYTES: usize = 512;
+pub const SECTOR_BYTES: usize = crate::SECTOR_SIZE as usize;
 
 /// The first eight bytes of every pattern sector.
 pub const MAGIC: [u8; 8] = *b"TIDEPOOL";

@@ -7,7 +7,7 @@ use core::task::Poll;
 
 use tidepool_block::{
     Barrier, BlkStats, BlockDriver, Completion, Completions, Deadline, Notice, Op, Request,
-    SECTOR_SIZE, SharedMemory, StatsLine, Token,
+    SECTOR_SIZE, SharedMemory, Token,
 };
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolError,
@@ -276,11 +276,6 @@ impl<'a, C: Controller> SdCard<'a, C> {
     /// Its counters.
     pub fn stats(&self) -> &BlkStats {
         &self.stats
-    }
-
-    /// Its counters as a console line.
-    pub fn stats_line(&self) -> StatsLine<'_> {
-        StatsLine::new(self.name(), &self.stats)
     }
 
     /// Its DMA context.

@@ -59,7 +59,7 @@
 //!
 //! - [`SdCard::info_line`]:
 //!   `blk: /soc@0/bus@30800000/mmc@30b50000 sd capacity=131072 block_size=512 max_request=262144 slots=1 read_only=no card=sdsc csd=1 rca=0x4567 product=QEMU! bus_width=4 clock_hz=25000000 dma=adma2 table=0x55400000`
-//! - [`SdCard::stats_line`]: the shared `blk: stats ...` line.
+//! - `blk: stats ...`: the shared line (`tidepool_block::StatsLine`).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 

@@ -1,8 +1,6 @@
 //! tidepool's virtio-mmio block driver (legacy and modern transports, one
 //! split virtqueue), all of whose DMA — allocation, mapping and every sync —
-//! goes through the device's [`DmaDevice`](tidepool_dma::DmaDevice); and
-//! what the kernel and xtask share: [`pattern`], the disk content, and
-//! [`workload`], the benchmark's random reads and checksum.
+//! goes through the device's [`DmaDevice`](tidepool_dma::DmaDevice).
 //!
 //! # Why not `virtio-drivers`
 //!
@@ -212,5 +210,4 @@ pub use request::{
     Completion, Completions, Deadline, DeviceStatus, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Op, Request,
     SECTOR_SIZE, Token,
 };
-pub use tidepool_block::{BlkStats, StatsLine, pattern};
 pub use transport::{Barrier, FeatureSet, InterruptRegisters, Transport, TransportVersion};

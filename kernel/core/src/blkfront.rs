@@ -73,8 +73,8 @@ pub const INDIRECT_SEGMENTS: usize = 32;
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
 /// response after this time finds its slot expired and breaks the device.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const PAGE: usize = 4096;
-const SECTOR: usize = 512;
+const PAGE: usize = tidepool_mm::PAGE_SIZE as usize;
+const SECTOR: usize = blkfront::BLKIF_SECTOR_BYTES;
 
 /// A page-aligned, zeroed, never-freed buffer of `pages` pages in linear
 /// RAM, and its guest-physical address.
@@ -606,11 +606,11 @@ impl PvDisk {
     /// Looks at xenstore's queued watch events: the back end leaving
     /// (Closing/Closed) ends all I/O.
     fn check_backend(&mut self) {
-        let token = self.token.clone();
+        let token = &self.token;
         let changed = store::with(|xs| {
             let mut changed = false;
             while let Ok(Some(event)) = xs.poll_event() {
-                changed |= event.token == token;
+                changed |= event.token == *token;
             }
             changed.then(|| blkfront::backend_state(xs, &self.vbd))
         })
@@ -826,11 +826,10 @@ impl PvDisk {
                 }
             };
             let response = BlkifResponse::from_words(words);
-            let described = self.inflight_sector(response.id);
             match self.inflight.complete(response) {
                 Ok(completed) => {
                     let result = completed.result.map_err(|failure| {
-                        blkfront::completion_error(completed.op, described, failure)
+                        blkfront::completion_error(completed.op, completed.sector, failure)
                     });
                     self.finished(completed.slot, result, &mut done);
                 }
@@ -848,12 +847,6 @@ impl PvDisk {
             }
         }
         done
-    }
-
-    fn inflight_sector(&self, id: u64) -> u64 {
-        self.inflight
-            .describe((id & 0xffff_ffff) as usize)
-            .map_or(0, |(_, sector)| sector)
     }
 
     /// Disconnects: goes Closing, waits for the back end to close, goes

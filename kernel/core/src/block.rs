@@ -125,12 +125,10 @@ impl AnyDisk {
     /// `blk: <device> sd ...` or `blk: <device> pv ...`) and its counters
     /// (`blk: stats ...` and the driver's own, if any).
     pub fn print_info(&self) {
-        match self {
-            AnyDisk::Virtio(disk) => info!("{}", disk.device.info_line()),
-            AnyDisk::Sd(disk) => info!("{}", disk.device.info_line()),
-            AnyDisk::Pv(disk) => info!("{}", disk.device.info_line()),
-        }
-        with_disk!(self, disk => print_stats(&disk.device, false));
+        with_disk!(self, disk => {
+            info!("{}", disk.device.info_line());
+            print_stats(&disk.device, false)
+        });
     }
 
     /// Prints the device's DMA counters (`dma: stats ...`, with the grants
@@ -151,7 +149,7 @@ impl AnyDisk {
 
 /// Prints a device's counters: `blk: stats ...`, and with `dma` its DMA
 /// counters (`dma: stats ...`).
-pub fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
+fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
     info!("{}", StatsLine::new(device.name(), device.stats()));
     if dma {
         info!("{}", device.dma().stats_line());
@@ -443,7 +441,8 @@ impl<D: BlockDriver<'static>> Disk<D> {
         }
         let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
         match self.device.submit(&mut dma.env(), request, deadline) {
-            Err(error) if self.device.is_busy(&error) || self.device.is_full(&error) => Ok(None),
+            // Busy implies full (`BlockDriver::is_full`).
+            Err(error) if self.device.is_full(&error) => Ok(None),
             other => other.map(Some),
         }
     }

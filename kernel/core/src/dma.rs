@@ -138,9 +138,13 @@ impl Dma {
     pub fn new(
         dt: &'static DeviceTree,
         memory: &'static MemorySetup<'static>,
-        host: Host,
         flush: Option<XenFlush>,
     ) -> Result<Self, DmaSetupError> {
+        let host = if dt.platform.xen {
+            Host::Hypervisor
+        } else {
+            Host::Bare
+        };
         let address_map = &memory.layout.address_map;
         let mut dma = Dma {
             pools: PoolSet::new(address_map, host),

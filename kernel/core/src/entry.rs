@@ -45,7 +45,9 @@ const fn parse_hex(text: &str) -> usize {
 /// kernel stack, BSS cleared and relocations applied.
 #[unsafe(no_mangle)]
 extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -> ! {
-    cpu::mark_entry();
+    // The kernel's own boot time runs from here, without the hypervisor's
+    // or firmware's before it.
+    let entry_us = cpu::uptime_us();
     // Until the device tree says otherwise, power off the way QEMU's virt
     // board expects: its PSCI sits behind SMC when the guest owns EL2.
     set_power_control(PowerControl::Psci(if entry_el == 2 {
@@ -178,16 +180,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             None
         }
     };
-    let mut dma = match crate::dma::Dma::new(
-        dt,
-        memory,
-        if under_xen {
-            tidepool_dma::Host::Hypervisor
-        } else {
-            tidepool_dma::Host::Bare
-        },
-        flush,
-    ) {
+    let mut dma = match crate::dma::Dma::new(dt, memory, flush) {
         Ok(dma) => dma,
         Err(err) => {
             error!("{err}");
@@ -224,7 +217,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     info!(
         "boot: ready uptime_us={} since_entry_us={} heap_used={heap_used} heap_total={heap_total}",
         cpu::uptime_us(),
-        cpu::since_entry_us()
+        cpu::uptime_us() - entry_us
     );
     if !args.monitor {
         shutdown(ShutdownReason::PowerOff)

@@ -612,6 +612,8 @@ pub struct Completed {
     pub slot: usize,
     /// What it was.
     pub op: u8,
+    /// Its first sector (for an error's context).
+    pub sector: u64,
     /// Its result.
     pub result: Result<(), RequestFailure>,
 }
@@ -700,6 +702,7 @@ impl Inflight {
         Ok(Completed {
             slot,
             op: pending.op,
+            sector: pending.sector,
             result,
         })
     }
@@ -712,14 +715,6 @@ impl Inflight {
             && !matches!(entry, Slot::Expired)
         {
             *entry = Slot::Free;
-        }
-    }
-
-    /// The request in flight in `slot`: operation and first sector.
-    pub fn describe(&self, slot: usize) -> Option<(u8, u64)> {
-        match self.slots.get(slot)? {
-            Slot::InFlight(p) => Some((p.op, p.sector)),
-            _ => None,
         }
     }
 

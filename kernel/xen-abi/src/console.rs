@@ -82,16 +82,8 @@ impl fmt::Display for ConsoleRingError {
 /// returns how many were taken. The caller notifies the back end's event
 /// channel when that is not 0.
 pub fn write(page: &ConsoleInterface, bytes: &[u8]) -> Result<usize, ConsoleRingError> {
-    let cons = page.out_cons.load(Ordering::Acquire);
+    let used = pending_output(page)?;
     let prod = page.out_prod.load(Ordering::Relaxed);
-    let used = prod.wrapping_sub(cons) as usize;
-    if used > CONSOLE_OUT_BYTES {
-        return Err(ConsoleRingError {
-            ring: "out",
-            prod,
-            cons,
-        });
-    }
     let n = bytes.len().min(CONSOLE_OUT_BYTES - used);
     for (i, &b) in bytes[..n].iter().enumerate() {
         let at = prod.wrapping_add(i as u32) as usize % CONSOLE_OUT_BYTES;

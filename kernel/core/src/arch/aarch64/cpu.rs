@@ -2,8 +2,6 @@
 
 use aarch64_cpu::registers::{DAIF, Readable, SCTLR_EL1};
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use super::timer;
 
 /// Waits for an interrupt (Xen traps WFI and deschedules the vCPU). It
@@ -39,22 +37,6 @@ pub fn unmask_irqs() {
     // and the asm is not `nomem`, so every memory access the compiler
     // scheduled before it is done by then.
     unsafe { core::arch::asm!("msr daifclr, #2", options(nostack, preserves_flags)) };
-}
-
-/// The virtual counter when the kernel's Rust code was entered.
-static ENTRY_TICKS: AtomicU64 = AtomicU64::new(0);
-
-/// Notes the kernel's entry time; called first thing by the entry code (a
-/// plain store: no exclusive access, so safe with the MMU off).
-pub fn mark_entry() {
-    ENTRY_TICKS.store(timer::counter(), Ordering::Relaxed);
-}
-
-/// Microseconds since [`mark_entry`]: the kernel's own boot time, without
-/// the hypervisor's or firmware's before it.
-pub fn since_entry_us() -> u64 {
-    let ticks = timer::counter().wrapping_sub(ENTRY_TICKS.load(Ordering::Relaxed));
-    ((u128::from(ticks) * 1_000_000) / u128::from(timer::frequency())) as u64
 }
 
 /// Microseconds on the virtual counter (since the domain or machine started).
