@@ -280,6 +280,21 @@ fn all() -> Vec<CommandTest> {
             ],
             stderr: &["xtask: guest powered off"],
         },
+        // With no disk work asked, the PV disk still closes cleanly before
+        // the domain powers off (its back end sees Closed, every grant
+        // ended).
+        CommandTest {
+            name: "run-pv-idle",
+            args: &["run", "--pv", "--disk", "{disk}"],
+            stdin: "",
+            success: true,
+            stdout: &[
+                "blk: xvda closed state=6 grants_still_mapped=0",
+                "boot: ready",
+                "shutdown: poweroff",
+            ],
+            stderr: &["xtask: guest powered off"],
+        },
     ]
 }
 

@@ -904,8 +904,7 @@ pub fn bench<D: BlockDriver<'static>>(
 
 /// What the bootargs ask of the block devices, in order: write, verify,
 /// benchmark; then each device's counters and the pools' usage against
-/// their baseline; then, without the monitor, the disks close. Errors are
-/// reported and the next task still runs.
+/// their baseline. Errors are reported and the next task still runs.
 pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk], dma: &mut Dma) {
     // Nothing asked, nothing to report: a boot without disk work prints no
     // counters (each console line is a hypercall under Xen).
@@ -929,11 +928,13 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
         with_disk!(any, disk => print_stats(&disk.device, true));
     }
     dma.print_usage("now");
-    // The monitor's `blk` commands use the disks until it powers off.
-    if !args.monitor {
-        for disk in disks.iter_mut() {
-            disk.close(dma);
-        }
+}
+
+/// Disconnects every disk before the kernel powers off or reboots (see
+/// [`AnyDisk::close`]).
+pub fn close_all(disks: &mut [AnyDisk], dma: &mut Dma) {
+    for disk in disks {
+        disk.close(dma);
     }
 }
 

@@ -198,6 +198,11 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     connect_xenstore(&memory.layout.address_map);
     let mut disks = crate::block::probe(dt, &mut dma, args.wait, args.blk_pv_grants);
     crate::block::run_requested(&args, &mut disks, &mut dma);
+    // The monitor's `blk` commands use the disks until it powers off, and
+    // closes them then; otherwise they close now, disk work or not.
+    if !args.monitor {
+        crate::block::close_all(&mut disks, &mut dma);
+    }
 
     if args.monitor {
         // Without input there is no monitor: say why and power off.
@@ -209,6 +214,7 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
             Ok(source) => info!("monitor: input {source}"),
             Err(err) => {
                 error!("monitor: no console input: {err}");
+                crate::block::close_all(&mut disks, &mut dma);
                 shutdown(ShutdownReason::PowerOff)
             }
         }

@@ -147,9 +147,7 @@ impl Monitor {
     /// Closes the disks (a PV disk tells its back end), then powers off or
     /// reboots.
     fn shut_down(&mut self, reason: ShutdownReason) -> ! {
-        for disk in &mut self.disks {
-            disk.close(&mut self.dma);
-        }
+        crate::block::close_all(&mut self.disks, &mut self.dma);
         crate::shutdown::shutdown(reason)
     }
 
