@@ -11,7 +11,7 @@ use tidepool_block::pattern::{DiskPattern, SectorRange};
 
 use crate::board::Board;
 use crate::qemu::{self, Captured, Machine, Mode};
-use crate::{Error, Result, Workspace};
+use crate::{Error, Failure, Result, Workspace};
 
 /// A check over a whole console: `Err` says what is wrong.
 type ConsoleCheck = fn(&[String]) -> std::result::Result<(), String>;
@@ -1022,8 +1022,9 @@ fn cross_checks(results: &[(String, Captured)]) -> Vec<(String, std::result::Res
     checks
 }
 
-/// Runs the boot tests (those matching `filter`) two at a time.
-pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()> {
+/// Runs the boot tests (those matching `filter`) two at a time; returns
+/// those that failed. `Err` only if they could not run at all.
+pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<Vec<Failure>> {
     let tests: Vec<BootTest> = all()
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
@@ -1037,36 +1038,38 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
     }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(String, Captured)>> = Mutex::new(Vec::new());
-    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let passed = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
                 while let Some(test) = tests.get(next.fetch_add(1, Ordering::SeqCst)) {
                     let verdict = run_one(ws, image, test);
-                    match verdict {
-                        Ok(run) => {
-                            match test.check(&run) {
-                                Ok(()) => {
-                                    println!("boot test {} ... ok ({:.1}s)", test.name, run.elapsed.as_secs_f64());
-                                    passed.fetch_add(1, Ordering::SeqCst);
-                                }
-                                Err(why) => {
-                                    println!(
-                                        "boot test {} ... FAILED: {why}\n--- console tail ---\n{}\n--- qemu stderr ---\n{}\n---",
-                                        test.name,
-                                        run.tail(40),
-                                        run.stderr.trim()
-                                    );
-                                    failures.lock().expect("not poisoned").push(test.name.clone());
-                                }
+                    let report = match &verdict {
+                        Ok(run) => match test.check(run) {
+                            Ok(()) => {
+                                println!("boot test {} ... ok ({:.1}s)", test.name, run.elapsed.as_secs_f64());
+                                passed.fetch_add(1, Ordering::SeqCst);
+                                None
                             }
-                            results.lock().expect("not poisoned").push((test.name.clone(), run));
-                        }
-                        Err(err) => {
-                            println!("boot test {} ... FAILED: {err}", test.name);
-                            failures.lock().expect("not poisoned").push(test.name.clone());
-                        }
+                            Err(why) => Some(format!(
+                                "boot test {} ... FAILED: {why}\n--- console tail ---\n{}\n--- qemu stderr ---\n{}\n---",
+                                test.name,
+                                run.tail(40),
+                                run.stderr.trim()
+                            )),
+                        },
+                        Err(err) => Some(format!("boot test {} ... FAILED: {err}", test.name)),
+                    };
+                    if let Some(report) = report {
+                        println!("{report}");
+                        failures.lock().expect("not poisoned").push(Failure {
+                            name: test.name.clone(),
+                            report,
+                        });
+                    }
+                    if let Ok(run) = verdict {
+                        results.lock().expect("not poisoned").push((test.name.clone(), run));
                     }
                 }
             });
@@ -1082,20 +1085,14 @@ pub fn run_all(ws: &Workspace, image: &Path, filter: Option<&str>) -> Result<()>
                 passed += 1;
             }
             Err(why) => {
-                println!("boot check {name} ... FAILED: {why}");
-                failures.push(name);
+                let report = format!("boot check {name} ... FAILED: {why}");
+                println!("{report}");
+                failures.push(Failure { name, report });
             }
         }
     }
     println!("boot tests: {passed} passed, {} failed", failures.len());
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::msg(format!(
-            "failed boot tests: {}",
-            failures.join(", ")
-        )))
-    }
+    Ok(failures)
 }
 
 fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tidepool_block::pattern::{DiskPattern, SectorRange};
 
-use crate::{Error, Result, Workspace};
+use crate::{Error, Failure, Result, Workspace};
 
 /// How long one command may take, its build check included; past it the
 /// command counts as hung and its process group is killed.
@@ -454,8 +454,8 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Runs the command tests whose name contains `filter`, two at a time;
-/// returns the names of those that failed.
-pub fn run_all(ws: &Workspace, filter: Option<&str>) -> Vec<String> {
+/// returns those that failed.
+pub fn run_all(ws: &Workspace, filter: Option<&str>) -> Vec<Failure> {
     let tests: Vec<CommandTest> = all()
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
@@ -479,8 +479,15 @@ pub fn run_all(ws: &Workspace, filter: Option<&str>) -> Vec<String> {
         }
     });
     if let Err(e) = fetched {
-        println!("command tests: {e}");
-        return tests.iter().map(|t| t.name.to_string()).collect();
+        let report = format!("command tests: {e}");
+        println!("{report}");
+        return tests
+            .iter()
+            .map(|t| Failure {
+                name: t.name.to_string(),
+                report: report.clone(),
+            })
+            .collect();
     }
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
@@ -503,18 +510,19 @@ pub fn run_all(ws: &Workspace, filter: Option<&str>) -> Vec<String> {
                     match verdict {
                         Ok(run) => println!("{line} ... ok ({:.1}s)", run.elapsed.as_secs_f64()),
                         Err((why, run)) => {
-                            println!("{line} ... FAILED: {why}");
+                            let mut report = format!("{line} ... FAILED: {why}");
                             if let Some(run) = run {
-                                println!(
-                                    "--- stdout tail ---\n{}\n--- stderr tail ---\n{}\n---",
+                                report.push_str(&format!(
+                                    "\n--- stdout tail ---\n{}\n--- stderr tail ---\n{}\n---",
                                     tail(&run.stdout, 30),
                                     tail(&run.stderr, 10)
-                                );
+                                ));
                             }
-                            failures
-                                .lock()
-                                .expect("not poisoned")
-                                .push(test.name.to_string());
+                            println!("{report}");
+                            failures.lock().expect("not poisoned").push(Failure {
+                                name: test.name.to_string(),
+                                report,
+                            });
                         }
                     }
                 }

@@ -469,11 +469,21 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
         _ => bench::smoke(ws),
     };
     let mut failures = Vec::new();
-    if let Err(boot) = boot {
-        failures.push(boot.to_string());
+    let mut reports = Vec::new();
+    for (kind, failed) in [("boot", boot), ("command", Ok(commands))] {
+        match failed {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => {
+                let names: Vec<&str> = failed.iter().map(|f| f.name.as_str()).collect();
+                failures.push(format!("failed {kind} tests: {}", names.join(", ")));
+                reports.extend(failed.into_iter().map(|f| f.report));
+            }
+            Err(error) => failures.push(format!("{kind} tests: {error}")),
+        }
     }
-    if !commands.is_empty() {
-        failures.push(format!("failed command tests: {}", commands.join(", ")));
+    // Printed again here, where the end of a long log (CI's) shows them.
+    for report in &reports {
+        println!("{report}");
     }
     if let Err(image) = image {
         failures.push(format!("image check imx8mp-evk failed: {image}"));
@@ -486,6 +496,15 @@ fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
     } else {
         Err(Error::msg(failures.join("; ")))
     }
+}
+
+/// A test that failed: its name, and what it printed then (why, and the
+/// tail of its console or output).
+pub struct Failure {
+    /// The test's name.
+    pub name: String,
+    /// The lines printed when it failed.
+    pub report: String,
 }
 
 /// The physical board's boot folder, written and checked (no boot), unless

@@ -17,8 +17,8 @@
 //!
 //! Receive, in the shape of the PL011 driver's, for console input by
 //! interrupt: [`ImxUart::enable_receive_interrupts`] raises the UART's
-//! interrupt while a character waits; the handler drains
-//! [`ImxUart::receive`], which returns each character or why it is damaged.
+//! interrupt while a character waits; the handler calls
+//! [`ImxUart::drain`], which delivers each character or why it is damaged.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -256,10 +256,20 @@ impl ImxUart {
         )
     }
 
+    /// Moves every character waiting, in order, to `deliver` (one the UART
+    /// flagged as that error). The receive interrupt is a level, raised
+    /// while a character waits: emptying the FIFO ends it, and a character
+    /// arriving afterwards raises it again; nothing is acknowledged.
+    pub fn drain(&self, mut deliver: impl FnMut(Result<u8, ReceiveError>)) {
+        while let Some(received) = self.receive() {
+            deliver(received);
+        }
+    }
+
     /// The next received character, `None` when none waits. A character
     /// the UART flagged (framing, parity, break, overrun) is returned as
     /// that error, and an overrun is acknowledged (USR2.ORE).
-    pub fn receive(&self) -> Option<Result<u8, ReceiveError>> {
+    fn receive(&self) -> Option<Result<u8, ReceiveError>> {
         if !self.registers.usr2.is_set(USR2::RDR) {
             return None;
         }
@@ -286,8 +296,7 @@ impl ImxUart {
     /// Raises the UART's interrupt while a character waits: receiver-ready
     /// with a receive FIFO trigger level of one character (the FIFO's
     /// divider bits are kept). The condition clears itself as
-    /// [`Self::receive`] empties the FIFO: the handler drains it until
-    /// `None`, and there is nothing else to acknowledge.
+    /// [`Self::drain`] empties the FIFO.
     pub fn enable_receive_interrupts(&self) {
         self.registers.ufcr.modify(UFCR::RXTL.val(1));
         self.registers.ucr1.modify(UCR1::RRDYEN::SET);

@@ -1,6 +1,6 @@
 //! Arm PL011 UART (`arm,pl011`) for the kernel console: transmit, and
 //! receive by interrupt ([`Pl011::enable_receive_interrupts`],
-//! [`Pl011::receive`], [`Pl011::clear_receive_interrupts`]).
+//! [`Pl011::drain`]).
 //!
 //! [`Pl011::new`] is the only `unsafe` item. [`Pl011::init`] with no clock
 //! leaves the UART exactly as the firmware, QEMU or the hypervisor set it up
@@ -292,10 +292,26 @@ impl Pl011 {
         for_each_terminal_byte(bytes, |byte| self.write_byte(byte))
     }
 
+    /// Moves every byte in the receive FIFO, in order, to `deliver` (a
+    /// byte flagged with a framing, parity, break or overrun error as that
+    /// error), and ends the receive interrupts.
+    ///
+    /// The interrupts are cleared *before* the FIFO is read. The PL011
+    /// raises its receive interrupt when the FIFO fills to its trigger
+    /// level (one byte in QEMU's model), not while it stays there: cleared
+    /// after the FIFO read empty, a byte that arrived in between would sit
+    /// in the FIFO with no interrupt, and so would every byte after it.
+    pub fn drain(&self, mut deliver: impl FnMut(Result<u8, ReceiveError>)) {
+        self.clear_receive_interrupts();
+        while let Some(received) = self.receive() {
+            deliver(received);
+        }
+    }
+
     /// The next received byte, `None` when the receive FIFO is empty. A
     /// byte flagged with a framing, parity, break or overrun error is
     /// returned as that error.
-    pub fn receive(&self) -> Option<Result<u8, ReceiveError>> {
+    fn receive(&self) -> Option<Result<u8, ReceiveError>> {
         if self.registers.fr.is_set(FR::RXFE) {
             return None;
         }
@@ -320,9 +336,8 @@ impl Pl011 {
         self.registers.imsc.write(IMSC::RXIM::SET + IMSC::RTIM::SET);
     }
 
-    /// Clears the receive and receive-timeout interrupts: call after
-    /// [`Pl011::receive`] has drained the FIFO.
-    pub fn clear_receive_interrupts(&self) {
+    /// Clears the receive and receive-timeout interrupts.
+    fn clear_receive_interrupts(&self) {
         self.registers.icr.write(ICR::RXIC::SET + ICR::RTIC::SET);
     }
 
@@ -559,9 +574,28 @@ mod tests {
         uart.enable_receive_interrupts();
         assert_eq!(fake.read(UARTIMSC), 0x50);
         assert_eq!(fake.read(UARTICR), 0x50);
-        fake.write(UARTICR, 0);
-        uart.clear_receive_interrupts();
-        assert_eq!(fake.read(UARTICR), 0x50);
+    }
+
+    /// A byte that arrives once the FIFO has read empty raises the receive
+    /// interrupt again: the drain's clear comes before its reads, and no
+    /// clear after the last read takes that new interrupt away.
+    #[test]
+    fn drain_clears_the_interrupts_before_it_reads() {
+        let fake = fake();
+        let uart = uart(&fake);
+        fake.write(UARTDR, u32::from(b'a'));
+        let mut delivered = Vec::new();
+        uart.drain(|received| {
+            // Already cleared when the first byte is read.
+            assert_eq!(fake.read(UARTICR), 0x50);
+            delivered.push(received);
+            // The FIFO reads empty now, and a new byte's interrupt (the
+            // test's marker, 0) must outlive the drain.
+            fake.write(UARTFR, FR_RXFE);
+            fake.write(UARTICR, 0);
+        });
+        assert_eq!(delivered, [Ok(b'a')]);
+        assert_eq!(fake.read(UARTICR), 0, "a clear after the last read");
     }
 
     #[test]

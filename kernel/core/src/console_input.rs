@@ -375,18 +375,8 @@ impl ConsoleInput for UartInput {
             Err(()) => device_error(),
         };
         match &self.uart {
-            Receiver::Pl011(uart) => {
-                while let Some(received) = uart.receive() {
-                    take(received.map_err(drop));
-                }
-                uart.clear_receive_interrupts();
-            }
-            // The i.MX UART's receive interrupt ends when its FIFO is empty.
-            Receiver::Imx(uart) => {
-                while let Some(received) = uart.receive() {
-                    take(received.map_err(drop));
-                }
-            }
+            Receiver::Pl011(uart) => uart.drain(|received| take(received.map_err(drop))),
+            Receiver::Imx(uart) => uart.drain(|received| take(received.map_err(drop))),
         }
     }
 }
