@@ -166,6 +166,26 @@ fn all() -> Vec<CommandTest> {
             ],
             stderr: &["xtask: guest rebooted"],
         },
+        // 3000 lines, each typed once the last one's echo shows: every line
+        // is bytes arriving while the PL011's interrupt handler drains its
+        // FIFO. Input stalled for good after about 200 lines when the
+        // handler cleared the receive interrupt after reading the FIFO.
+        CommandTest {
+            name: "run-monitor-bare-pipe-3000-lines",
+            args: &["run", "--no-xen", "--bootargs", "monitor"],
+            stdin: format!("{}pools\npoweroff\n", "xen\n".repeat(3000)).leak(),
+            success: true,
+            stdout: &[
+                "boot: ready",
+                "> xen",
+                "xen: none (no hypervisor)",
+                "> pools",
+                "dma: pool tidepool:nc-pool usage 0/64 pages",
+                "> poweroff",
+                "shutdown: poweroff",
+            ],
+            stderr: OFF,
+        },
         // The i.MX 8M Plus EVK: Xen 4.17 has no driver for its UART, so
         // the run ends on tidepool's own line, Xen's halt going to its ring.
         CommandTest {
