@@ -1364,8 +1364,8 @@ fn pv() -> Vec<BootTest> {
     bench.anywhere.extend(
         [
             "dma: pool tidepool:grants-xvda ",
-            "dma: device xvda coherent=yes pool=tidepool:grants-xvda coherent-allocs=none \
-             dma-addr=grant(d0)",
+            "dma: device xvda coherent=yes pool=tidepool:grants-xvda \
+             coherent-allocs=tidepool:grants-xvda dma-addr=grant(d0)",
         ]
         .map(String::from),
     );
