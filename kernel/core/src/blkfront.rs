@@ -465,7 +465,10 @@ impl PvDisk {
         // connects). One block of the pool, whose window is linear RAM: the
         // pages are virtually contiguous, as the ring logic needs (one slice
         // of entries over them); that they are physically contiguous too is
-        // not needed (each page is granted on its own).
+        // not needed (each page is granted on its own). Its sync points
+        // need nothing (`tidepool_dma::coherent_sync_action`: a coherent
+        // device, here another domain's CPU, in cacheable memory), so none
+        // is called: the ring logic's atomics and barriers are all it takes.
         let memory = device
             .alloc_coherent(&mut dma.env(), ring_bytes as u64, PAGE as u64)
             .map_err(PvSetupError::Dma)?;
