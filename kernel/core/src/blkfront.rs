@@ -492,7 +492,9 @@ impl PvDisk {
         // header and `layout.entries` slots fit in it (its entries are
         // `__CONST_RING_SIZE` over those pages: only slots that fit after
         // the header). The disk frees it at close, after which it starts no
-        // request and the pool gives nothing more out (the device allocates
+        // request (`broken`), takes no response (`harvest`, `broken`) and
+        // neither publishes nor looks (`kick`, `has_completions`: no
+        // `ring_memory`), and the pool gives nothing more out (the device allocates
         // at setup only; the pool's memory never returns to the heap).
         // `BlkifSharedRing` is atomics (8-byte aligned), valid zeroed, so
         // the back end writing it at any time is sound.
@@ -972,7 +974,8 @@ impl BlockDriver<'static> for PvDisk {
     /// back end if it asked to be (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`):
     /// one event for a batch.
     fn kick(&mut self, _env: &mut DmaEnv<'_, 'static>) {
-        if self.ring.push_requests() {
+        // A closed disk's ring is freed: not even its index is written.
+        if self.ring_memory.is_some() && self.ring.push_requests() {
             self.notify();
             self.stats.notifies += 1;
         }
@@ -1006,8 +1009,9 @@ impl BlockDriver<'static> for PvDisk {
     }
 
     fn has_completions(&self) -> bool {
-        // A ring the back end overran is news too: `poll` reports it.
-        !matches!(self.ring.has_unconsumed_responses(), Ok(false))
+        // A closed disk's ring is freed (and nothing is in flight). A ring
+        // the back end overran is news: `poll` reports it.
+        self.ring_memory.is_some() && !matches!(self.ring.has_unconsumed_responses(), Ok(false))
     }
 
     fn poll(&mut self, _env: &mut DmaEnv<'_, 'static>) -> Completions {
