@@ -405,7 +405,7 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
         }
         // Each wait is bounded by the store's reply timeout; a timeout here
         // only means nothing changed yet.
-        let _ = store::with(|xs| xs.wait_event());
+        let _ = store::with(|xs| xs.wait_event(TOKEN));
     };
     let _ = store::with(|xs| xs.unwatch("device/vbd", TOKEN));
     result
@@ -603,14 +603,15 @@ impl PvDisk {
         let _ = Xen.evtchn_send(self.port);
     }
 
-    /// Looks at xenstore's queued watch events: the back end leaving
-    /// (Closing/Closed) ends all I/O.
+    /// Takes this disk's own queued watch events (other disks' stay queued
+    /// for them); after any, reads the back end's state: the back end
+    /// leaving (Closing/Closed) ends all I/O.
     fn check_backend(&mut self) {
         let token = &self.token;
         let changed = store::with(|xs| {
             let mut changed = false;
-            while let Ok(Some(event)) = xs.poll_event() {
-                changed |= event.token == *token;
+            while let Ok(Some(_)) = xs.poll_event(token) {
+                changed = true;
             }
             changed.then(|| blkfront::backend_state(xs, &self.vbd))
         })
