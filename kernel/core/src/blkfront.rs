@@ -1041,6 +1041,12 @@ impl BlockDriver<'static> for PvDisk {
         WaitMode::Wfi
     }
 
+    /// [`REQUEST_TIMEOUT`]: the back end is dom0's blkback, software
+    /// sharing the CPU, not a device beside it.
+    fn request_timeout(&self) -> Duration {
+        REQUEST_TIMEOUT
+    }
+
     /// A read's data is lent in place in the slot's granted pages: the
     /// back end answered (its response was checked), the pages are unmapped
     /// from it, and the slot is released only after the borrow, so no
