@@ -278,7 +278,11 @@ pub fn qemu_args_for(
             VDEV_LETTERS.len()
         )));
     }
-    machine.disks = guest.disks.clone();
+    // QEMU `virt` plugs its first virtio device into the highest
+    // virtio-mmio transport, and Linux names the disks from the lowest one
+    // (`vda` was the last disk given): given last first, dom0's `vda` is
+    // the first disk, the guest's `xvda`.
+    machine.disks = guest.disks.iter().rev().cloned().collect();
     let mut xen_bootargs = format!("{} dom0_mem={DOM0_MEM}", crate::qemu::XEN_VIRT_CONSOLE);
     let domu = match kernel {
         GuestKernel::Tidepool(image) if guest.dom0less => {
