@@ -1411,7 +1411,11 @@ fn pv() -> Vec<BootTest> {
         ])
         .expect(&shut_down[1..])
         .reject(PV_REJECT)
-        .reject(&["error: blk: xvda", "warning: blk: xvda", "pv-dom0: detach-failed"]);
+        .reject(&[
+            "error: blk: xvda",
+            "warning: blk: xvda",
+            "pv-dom0: detach-failed",
+        ]);
     two.anywhere.extend(
         [
             "pv-dom0: detaching disk=xvdb",
