@@ -388,7 +388,7 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
         }
         // Each wait is bounded by the store's reply timeout; a timeout here
         // only means nothing changed yet.
-        let _ = store::with(|xs| xs.wait_event());
+        let _ = store::with(|xs| xs.wait_event(TOKEN));
     };
     let _ = store::with(|xs| xs.unwatch("device/vbd", TOKEN));
     result
@@ -598,14 +598,15 @@ impl PvDisk {
         let _ = Xen.evtchn_send(self.port);
     }
 
-    /// Looks at xenstore's queued watch events: the back end leaving
-    /// (Closing/Closed) ends all I/O.
+    /// Takes this disk's own queued watch events (other disks' stay queued
+    /// for them); after any, reads the back end's state: the back end
+    /// leaving (Closing/Closed) ends all I/O.
     fn check_backend(&mut self) {
         let token = &self.token;
         let changed = store::with(|xs| {
             let mut changed = false;
-            while let Ok(Some(event)) = xs.poll_event() {
-                changed |= event.token == *token;
+            while let Ok(Some(_)) = xs.poll_event(token) {
+                changed = true;
             }
             changed.then(|| blkfront::backend_state(xs, &self.vbd))
         })
@@ -1038,6 +1039,12 @@ impl BlockDriver<'static> for PvDisk {
     /// 17 ms for dom0 to run, 41-57 reads/s; WFI gave 266).
     fn default_wait(&self) -> WaitMode {
         WaitMode::Wfi
+    }
+
+    /// [`REQUEST_TIMEOUT`]: the back end is dom0's blkback, software
+    /// sharing the CPU, not a device beside it.
+    fn request_timeout(&self) -> Duration {
+        REQUEST_TIMEOUT
     }
 
     /// A read's data is lent in place in the slot's granted pages: the

@@ -41,7 +41,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32};
 use core::task::Poll;
-use core::time::Duration;
 
 use log::{error, info, warn};
 use tidepool_block::pattern::{self, SECTOR_BYTES};
@@ -66,9 +65,6 @@ use crate::timer;
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// `DeviceID` of a block device.
 const BLOCK_DEVICE_ID: u32 = 2;
-/// How long one request may take before it is reported as timed out (a
-/// PV disk's requests get [`blkfront::REQUEST_TIMEOUT`]).
-const REQUEST_TIMEOUT_US: u64 = 5_000_000;
 /// Bytes per request of the bulk paths, at most (or the driver's largest
 /// request, if smaller).
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -156,16 +152,17 @@ fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
     }
 }
 
-/// One block device and how long its requests may take.
+/// One block device and how it waits.
 pub struct Disk<D> {
     device: D,
-    /// [`REQUEST_TIMEOUT_US`] in counter ticks.
-    timeout_ticks: u64,
     waiter: Waiter,
 }
 
 /// How a device waits, and what waiting cost.
 struct Waiter {
+    /// The driver's [`BlockDriver::request_timeout`] in counter ticks: how
+    /// long a request may take, and the longest one wait lasts.
+    timeout_ticks: u64,
     mode: WaitMode,
     budget: SpinBudget,
     /// Ticks spent in WFI (interrupts on), for the CPU cost of a request.
@@ -194,7 +191,7 @@ pub fn probe(
     disks.extend(
         blkfront::probe(dma, pv_grants)
             .into_iter()
-            .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
+            .map(|disk| AnyDisk::Pv(Disk::new(disk))),
     );
     for any in &mut disks {
         with_disk!(any, disk => disk.set_wait(wait.unwrap_or(disk.device().default_wait())));
@@ -357,16 +354,14 @@ fn set_up_sd(
 }
 
 impl<D: BlockDriver<'static>> Disk<D> {
+    /// A disk whose requests may take what its driver says
+    /// ([`BlockDriver::request_timeout`]).
     fn new(device: D) -> Self {
-        Self::with_timeout(device, Duration::from_micros(REQUEST_TIMEOUT_US))
-    }
-
-    /// A disk whose requests may take `timeout` each.
-    fn with_timeout(device: D, timeout: Duration) -> Self {
+        let timeout_ticks = arch_timer::frequency() * device.request_timeout().as_secs();
         Self {
             device,
-            timeout_ticks: arch_timer::frequency() * timeout.as_secs(),
             waiter: Waiter {
+                timeout_ticks,
                 mode: WaitMode::Poll,
                 budget: SpinBudget::new(arch_timer::frequency() * SPIN_CAP_US / 1_000_000),
                 idle_ticks: 0,
@@ -415,7 +410,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
             &mut dma.env(),
             request,
             &mut arch_timer::counter,
-            self.timeout_ticks,
+            waiter.timeout_ticks,
             &mut |device, env| waiter.wait(device, env),
         )
     }
@@ -439,7 +434,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
         if !holding {
             return self.submit(dma, request).map(Some);
         }
-        let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
+        let deadline = Deadline::after(arch_timer::counter(), self.waiter.timeout_ticks);
         match self.device.submit(&mut dma.env(), request, deadline) {
             // Busy implies full (`BlockDriver::is_full`).
             Err(error) if self.device.is_full(&error) => Ok(None),
@@ -590,11 +585,7 @@ impl Waiter {
         device.kick(env);
         self.unkicked = 0;
         let start = arch_timer::counter();
-        let spin = match self.mode {
-            WaitMode::Wfi => 0,
-            WaitMode::Poll => arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
-            WaitMode::Hybrid => self.budget.ticks(),
-        };
+        let spin = self.mode.spin_ticks(self.timeout_ticks, &self.budget);
         let mut done = spin_for(device, env, start, spin);
         if !done && self.mode != WaitMode::Poll {
             self.idle(device, env);
@@ -620,7 +611,7 @@ impl Waiter {
     /// takes no interrupt at all; Xen still ends its WFI when it injects
     /// one, and the check then sees the completion.
     fn idle<D: BlockDriver<'static>>(&mut self, device: &mut D, env: &mut DmaEnv<'_, 'static>) {
-        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
+        let deadline = device.request_timeout();
         let start = arch_timer::counter();
         // A timeout is not an error here: `expire` reports late requests.
         if let Err(err) = timer::wait_for(deadline, || {
