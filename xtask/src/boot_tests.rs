@@ -37,6 +37,9 @@ pub struct BootTest {
     /// Lines typed into the console after `boot: ready` (see
     /// [`qemu::Typing`]).
     pub typing: Vec<&'static str>,
+    /// One of `typing` (its index) typed only once the console has also
+    /// shown this text (see [`qemu::Typing::hold`]).
+    pub typing_hold: Option<(usize, &'static str)>,
     /// Exactly this many lines contain `error:` (deliberately bad input).
     pub errors: Option<usize>,
     /// A second boot on the same disks with these bootargs; its console
@@ -112,6 +115,7 @@ impl BootTest {
             check: None,
             disks: Vec::new(),
             typing: Vec::new(),
+            typing_hold: None,
             errors: None,
             second_boot: None,
             pv: None,
@@ -1128,8 +1132,9 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
             };
             // xl console in dom0 reads the serial line, where Xen sends
             // input for dom0: typing needs no console switch.
-            let typing = (!test.typing.is_empty()).then(|| {
-                qemu::Typing::after_boot(
+            let typing = (!test.typing.is_empty()).then(|| qemu::Typing {
+                hold: test.typing_hold.map(|(at, text)| (at, text.to_string())),
+                ..qemu::Typing::after_boot(
                     &machine.mode,
                     test.typing.iter().map(|s| s.to_string()).collect(),
                 )
@@ -1236,9 +1241,14 @@ fn pv() -> Vec<BootTest> {
         "max_ring_page_order=4 indirect_segments=256 request_bytes=131072 \
          ring_pages=1 ring_entries=32 slots=32",
         "back end went away (state Closing)",
-        "blk: xvda closed",
+        // The disk closes itself as soon as nothing of it is in flight,
+        // before the boot's disk work ends (its counters), not at
+        // power-off: dom0's detach waits for it.
+        "blk: xvda closed state=6 grants_still_mapped=0",
+        "blk: stats xvda reads=",
     ])
     .expect(&shut_down)
+    .check_with(detached_promptly)
     .reject(PV_REJECT);
     detach.pv = Some(PvSpec {
         detach: Some(crate::pv::Detach {
@@ -1400,6 +1410,10 @@ fn pv() -> Vec<BootTest> {
             "blk: verify xvda sectors=16384 ok",
             "> blk verify xvdb 3",
             "blk: verify xvdb sectors=16384 ok",
+            // xvdb, idle, closes itself between xvda's verifies once its
+            // back end is Closing, before anything asks it for I/O.
+            "blk: xvdb closing: back end went away (state Closing)",
+            "blk: xvdb closed state=6 grants_still_mapped=0",
             "> blk verify xvdb 3",
             "error: blk: xvdb read of sectors ",
             "back end went away (state Closing)",
@@ -1408,9 +1422,9 @@ fn pv() -> Vec<BootTest> {
             "blk: verify xvda sectors=16384 ok",
             "> poweroff",
             "blk: xvda closed state=6 grants_still_mapped=0",
-            "blk: xvdb closed",
         ])
         .expect(&shut_down[1..])
+        .check_with(detached_promptly)
         .reject(PV_REJECT)
         .reject(&[
             "error: blk: xvda",
@@ -1430,6 +1444,9 @@ fn pv() -> Vec<BootTest> {
         &["blk verify xvdb 3", "blk verify xvda 1", "poweroff"],
     ]
     .concat();
+    // `poweroff` waits for dom0's `xl block-detach` to return: a disk that
+    // stayed open until power-off would hold it until libxl's timeout.
+    two.typing_hold = Some((two.typing.len() - 1, "pv-dom0: detached disk=xvdb"));
     two.pv = Some(PvSpec {
         detach: Some(crate::pv::Detach {
             vdev: "xvdb",
@@ -1446,6 +1463,42 @@ fn pv() -> Vec<BootTest> {
 /// time in `pv-xl-detach-during-io`), and much less than the 10 s libxl
 /// waits for the front end to close before it removes the device.
 const XVDA_VERIFIES_WHILE_DETACHING: usize = 8;
+
+/// How long libxl waits for a device's back end to close before it removes
+/// the device by force (`LIBXL_DESTROY_TIMEOUT`, 10 s).
+const LIBXL_DESTROY_TIMEOUT_MS: u64 = 10_000;
+
+/// dom0's `xl block-detach` returned (`pv-dom0: detached disk=... elapsed_ms=N`)
+/// in less than libxl's timeout: the guest closed the detached disk itself,
+/// promptly. And no disk closed twice.
+fn detached_promptly(lines: &[String]) -> std::result::Result<(), String> {
+    let elapsed = lines
+        .iter()
+        .find_map(|l| l.split("pv-dom0: detached disk=").nth(1))
+        .ok_or("no pv-dom0: detached line")?
+        .split_once(" elapsed_ms=")
+        .and_then(|(_, ms)| ms.trim().parse::<u64>().ok())
+        .ok_or("no elapsed_ms= on the detached line")?;
+    if elapsed >= LIBXL_DESTROY_TIMEOUT_MS {
+        return Err(format!(
+            "xl block-detach took {elapsed} ms: libxl waited out its timeout"
+        ));
+    }
+    let mut closed: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("blk: ")
+                .nth(1)?
+                .split_once(" closed state=")
+                .map(|(disk, _)| disk)
+        })
+        .collect();
+    closed.sort_unstable();
+    if let Some(pair) = closed.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("{} closed twice", pair[0]));
+    }
+    Ok(())
+}
 
 /// Sectors of each block-test disk (8 MiB).
 const DISK_SECTORS: u64 = 16384;

@@ -383,7 +383,12 @@ fn init_script(modules: &[String], guest: &PvGuest) -> String {
             r#"(
     until grep -q "{pattern}" /var/log/xen/guest-{GUEST_NAME}.log 2>/dev/null; do usleep 20000; done
     echo "{PREFIX}detaching disk={vdev}"
-    if xl block-detach {name} {vdev}; then echo "{PREFIX}detached disk={vdev}"; else echo "{PREFIX}detach-failed disk={vdev}"; fi
+    start=$(cut -d' ' -f1 /proc/uptime)
+    xl block-detach {name} {vdev}
+    status=$?
+    end=$(cut -d' ' -f1 /proc/uptime)
+    ms=$(( (${{end%.*}} - ${{start%.*}}) * 1000 + (1${{end#*.}} - 1${{start#*.}}) * 10 ))
+    if [ $status -eq 0 ]; then echo "{PREFIX}detached disk={vdev} elapsed_ms=$ms"; else echo "{PREFIX}detach-failed disk={vdev} status=$status elapsed_ms=$ms"; fi
 ) &
 "#,
             pattern = on.replace('"', "")
@@ -572,7 +577,12 @@ mod tests {
             },
         );
         assert!(detaching.contains("grep -q \"blk: write\""));
-        assert!(detaching.contains("xl block-detach tidepool xvdb"));
+        assert!(detaching.contains("xl block-detach tidepool xvdb\n"));
+        // How long the detach took, in ms, from /proc/uptime's centiseconds.
+        assert!(detaching.contains("detached disk=xvdb elapsed_ms=$ms"));
+        assert!(detaching.contains(
+            "ms=$(( (${end%.*} - ${start%.*}) * 1000 + (1${end#*.} - 1${start#*.}) * 10 ))"
+        ));
         let vda = detaching.find("[ ! -b /dev/vda ]").unwrap();
         let vdb = detaching.find("[ ! -b /dev/vdb ]").unwrap();
         assert!(vda < vdb && vdb < detaching.find("xl create -p").unwrap());

@@ -774,6 +774,11 @@ pub struct Typing {
     pub prefix: Vec<u8>,
     /// The lines, without their newlines.
     pub lines: Vec<String>,
+    /// A line (its index in `lines`) typed only once a console line has
+    /// also contained this text, before or after the echo of the line
+    /// before it: for a command that must wait for something outside the
+    /// guest (dom0's `xl block-detach` returning, before `poweroff`).
+    pub hold: Option<(usize, String)>,
 }
 
 impl Typing {
@@ -792,6 +797,7 @@ impl Typing {
             after: "boot: ready".into(),
             prefix,
             lines,
+            hold: None,
         }
     }
 }
@@ -802,19 +808,34 @@ pub struct Typist<'t> {
     typing: &'t Typing,
     /// The next line to type; `None` until `typing.after` appears.
     next: Option<usize>,
+    /// The held line's text appeared (see [`Typing::hold`]).
+    released: bool,
+    /// The next line's predecessor echoed, and the next line is held.
+    echoed: bool,
 }
 
 impl<'t> Typist<'t> {
     /// Nothing typed yet.
     pub fn new(typing: &'t Typing) -> Self {
-        Self { typing, next: None }
+        Self {
+            typing,
+            next: None,
+            released: false,
+            echoed: false,
+        }
     }
 
     /// The bytes to type now that the console printed `line`, if any.
     pub fn on_line(&mut self, line: &str) -> Option<Vec<u8>> {
         let lines = &self.typing.lines;
+        if let Some((_, text)) = &self.typing.hold
+            && line.contains(text.as_str())
+        {
+            self.released = true;
+        }
         let send = match self.next {
             None if line.contains(self.typing.after.as_str()) => 0,
+            Some(i) if self.echoed => i,
             Some(i) if i > 0 && i < lines.len() => {
                 let previous = lines[i - 1].as_str();
                 // A line with editing keys (arrows, backspace, Ctrl-U) echoes
@@ -827,6 +848,12 @@ impl<'t> Typist<'t> {
             }
             _ => return None,
         };
+        let held = matches!(&self.typing.hold, Some((at, _)) if *at == send);
+        if held && !self.released {
+            self.echoed = true;
+            return None;
+        }
+        self.echoed = false;
         self.next = Some(send + 1);
         let mut bytes = if send == 0 {
             self.typing.prefix.clone()
@@ -1178,6 +1205,26 @@ mod tests {
             Some(&b"poweroff\n"[..])
         );
         assert_eq!(typist.on_line("> poweroff"), None, "nothing left to type");
+    }
+
+    #[test]
+    fn a_held_line_waits_for_its_text_as_well_as_the_echo() {
+        let mut typing = typing(&Mode::Bare, &["blk", "poweroff", "irq"]);
+        typing.hold = Some((1, "pv-dom0: detached".into()));
+        let mut typist = Typist::new(&typing);
+        typist.on_line("boot: ready").unwrap();
+        assert_eq!(typist.on_line("> blk"), None, "held");
+        assert_eq!(typist.on_line("blk: devices=1"), None);
+        assert_eq!(
+            typist.on_line("pv-dom0: detached disk=xvdb").as_deref(),
+            Some(&b"poweroff\n"[..])
+        );
+        assert_eq!(typist.on_line("> poweroff").as_deref(), Some(&b"irq\n"[..]));
+        // The text before the echo: typed at the echo.
+        let mut typist = Typist::new(&typing);
+        typist.on_line("boot: ready").unwrap();
+        assert_eq!(typist.on_line("pv-dom0: detached disk=xvdb"), None);
+        assert_eq!(typist.on_line("> blk").as_deref(), Some(&b"poweroff\n"[..]));
     }
 
     #[test]

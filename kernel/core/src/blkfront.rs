@@ -27,9 +27,12 @@
 //! checked (`Inflight::complete`) before its slot is reused; a request
 //! without a response after [`REQUEST_TIMEOUT`] fails, and its slot is never
 //! reused (the back end may still write its pages). A watch on the back
-//! end's state notices a detach (`xl block-detach`): requests in flight and
-//! every later one then fail with "back end went away"; every device closes
-//! before the kernel powers off ([`PvDisk::close`]).
+//! end's state notices a detach (`xl block-detach`): new requests then fail
+//! with "back end went away", and once nothing of the disk is outstanding
+//! it closes itself ([`PvDisk::close`]), as Linux's blkfront answers its
+//! back end's Closing, so the toolstack's detach completes instead of
+//! waiting out its timeout. Every device still open closes before the
+//! kernel powers off.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -293,6 +296,14 @@ pub struct PvDisk {
     done: Vec<Option<Result<(), BlkfrontError>>>,
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
+    /// The back end is leaving or gone (Closing, Closed, or its state
+    /// unreadable): the disk closes itself once nothing of it is
+    /// outstanding ([`PvDisk::close_if_left`]).
+    left: bool,
+    /// [`PvDisk::close`] ran: the ring and the slots' pages are freed, the
+    /// event channel closed. Closing happens once, whoever asks first (the
+    /// back end leaving, or the kernel powering off).
+    closed: bool,
     token: String,
     stats: BlkStats,
 }
@@ -560,6 +571,8 @@ impl PvDisk {
             segments,
             done: empty_slots(slots),
             broken: None,
+            left: false,
+            closed: false,
             token,
             stats: BlkStats::default(),
         })
@@ -600,7 +613,8 @@ impl PvDisk {
 
     /// Takes this disk's own queued watch events (other disks' stay queued
     /// for them); after any, reads the back end's state: the back end
-    /// leaving (Closing/Closed) ends all I/O.
+    /// leaving (Closing/Closed, or its state gone) ends new I/O and has the
+    /// disk close itself ([`Self::close_if_left`]).
     fn check_backend(&mut self) {
         let token = &self.token;
         let changed = store::with(|xs| {
@@ -614,10 +628,65 @@ impl PvDisk {
         match changed {
             Some(Ok(state @ (XenbusState::Closing | XenbusState::Closed))) => {
                 self.broken = Some(BlkfrontError::BackendClosed { state });
+                self.left = true;
             }
-            Some(Err(err)) => self.broken = Some(err),
+            Some(Err(err)) => {
+                self.broken = Some(err);
+                self.left = true;
+            }
             _ => {}
         }
+    }
+
+    /// Whether the back end may still answer the requests in flight: it is
+    /// Closing. Linux's blkback serves its ring until the front end says
+    /// Closed: `frontend_changed` (drivers/block/xen-blkback/xenbus.c)
+    /// answers the front end's Closing with Closing only, and stops the
+    /// ring's thread (`xen_blkif_disconnect`) on Closed; the toolstack's
+    /// Closing (`xl block-detach` writes the back end's `state`) stops
+    /// nothing. Closed, gone, or a broken protocol: nothing more comes back.
+    fn answers_in_flight(&self) -> bool {
+        matches!(
+            self.broken,
+            Some(BlkfrontError::BackendClosed {
+                state: XenbusState::Closing
+            })
+        )
+    }
+
+    /// Closes the disk ([`Self::close`]) if its back end left and nothing
+    /// of the disk is outstanding: no request in flight (each was answered,
+    /// failed, or expired: an expired request's pages are the DMA layer's
+    /// to end or leak at close) and no result its caller has not collected
+    /// yet (a finished read's data stays in its slot's pages until
+    /// `finish`). Linux's blkfront answers its back end's Closing the same
+    /// way (`blkback_changed` → `blkfront_closing`, which goes Closed once
+    /// the disk's users are done): the toolstack's detach waits for the
+    /// front end to close.
+    fn close_if_left(&mut self, env: &mut DmaEnv<'_, 'static>) {
+        if !self.left
+            || self.closed
+            || self.inflight.count() > 0
+            || self.done.iter().any(Option::is_some)
+        {
+            return;
+        }
+        if let Some(err) = &self.broken {
+            info!("blk: {} closing: {err}", self.name);
+        }
+        self.close(env);
+    }
+
+    /// Looks at the disk while none of its requests is in flight (between
+    /// the monitor's commands, while it waits for input): a disk whose
+    /// back end left closes itself ([`Self::close_if_left`]). Whether the
+    /// disk is still open.
+    pub fn tend(&mut self, env: &mut DmaEnv<'_, 'static>) -> bool {
+        if !self.closed {
+            self.check_backend();
+            self.close_if_left(env);
+        }
+        !self.closed
     }
 
     /// Starts `op` in a free slot, due by `deadline`; returns its token.
@@ -800,10 +869,15 @@ impl PvDisk {
     /// Takes every response off the ring and checks it (a response that
     /// cannot be trusted breaks the device), re-arming the back end's
     /// notification; then looks at the back end's state. A broken device
-    /// fails every request in flight.
+    /// fails every request in flight, unless its back end is Closing and so
+    /// still answers them ([`Self::answers_in_flight`]). A closed disk's
+    /// ring is freed: nothing is read.
     fn harvest(&mut self) -> Completions {
         let mut done = Completions::new();
-        while self.broken.is_none() {
+        if self.closed {
+            return done;
+        }
+        while self.broken.is_none() || self.answers_in_flight() {
             let words = match self.ring.take_response::<BLKIF_RESPONSE_WORDS>() {
                 Ok(Some(words)) => words,
                 Ok(None) => match self.ring.final_check_for_responses() {
@@ -836,7 +910,9 @@ impl PvDisk {
             }
         }
         self.check_backend();
-        if let Some(err) = self.broken.clone() {
+        if let Some(err) = self.broken.clone()
+            && !self.answers_in_flight()
+        {
             // Nothing more will come back: every request in flight fails.
             for (slot, _) in self.inflight.expire(u64::MAX) {
                 self.expired(slot, err.clone(), &mut done);
@@ -851,8 +927,14 @@ impl PvDisk {
     /// with its pages) and closes the event channel; the disk does no more
     /// I/O. Problems are reported, never fatal. The kernel's transfer loop
     /// collects every request it submits, so none is in flight here. Prints
-    /// the closed line and the disk's `dma: stats` line.
+    /// the closed line and the disk's `dma: stats` line. Once: a disk that
+    /// closed itself when its back end left ([`Self::close_if_left`]) is
+    /// not closed again at power-off.
     pub fn close(&mut self, env: &mut DmaEnv<'_, 'static>) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         if self.inflight.count() > 0 {
             warn!(
                 "blk: {} close with {} requests in flight",
@@ -947,6 +1029,8 @@ impl BlockDriver<'static> for PvDisk {
         request: Request<'_>,
         deadline: Deadline,
     ) -> Result<Token, PvError> {
+        // A disk whose back end left closes before it refuses the request.
+        self.close_if_left(env);
         let check = |lba: u64, bytes: usize| {
             if bytes == 0 || !bytes.is_multiple_of(SECTOR) || bytes > self.request_bytes() {
                 return Err(BlkfrontError::BadRequest(
@@ -1002,11 +1086,13 @@ impl BlockDriver<'static> for PvDisk {
 
     fn handle_interrupt(
         &mut self,
-        _env: &mut DmaEnv<'_, 'static>,
+        env: &mut DmaEnv<'_, 'static>,
         _notice: &mut dyn FnMut(Notice<'_>),
     ) -> Completions {
         self.signalled.store(false, Ordering::Release);
-        self.harvest()
+        let done = self.harvest();
+        self.close_if_left(env);
+        done
     }
 
     fn has_completions(&self) -> bool {
@@ -1015,8 +1101,10 @@ impl BlockDriver<'static> for PvDisk {
         self.ring_memory.is_some() && !matches!(self.ring.has_unconsumed_responses(), Ok(false))
     }
 
-    fn poll(&mut self, _env: &mut DmaEnv<'_, 'static>) -> Completions {
-        self.harvest()
+    fn poll(&mut self, env: &mut DmaEnv<'_, 'static>) -> Completions {
+        let done = self.harvest();
+        self.close_if_left(env);
+        done
     }
 
     fn expire(&mut self, now: u64) -> Completions {
@@ -1095,6 +1183,8 @@ impl BlockDriver<'static> for PvDisk {
         });
         self.sent[slot] = None;
         self.inflight.release(slot);
+        // The last outstanding request of a disk whose back end left.
+        self.close_if_left(env);
         Poll::Ready(result)
     }
 

@@ -141,6 +141,17 @@ impl AnyDisk {
             disk.device.close(&mut dma.env());
         }
     }
+
+    /// Lets the device act on what happened while none of its requests was
+    /// in flight: a PV disk whose back end left (`xl block-detach`) closes
+    /// itself, which the toolstack's detach waits for (`PvDisk::tend`).
+    /// Whether it wants tending again (a PV disk still open).
+    pub fn tend(&mut self, dma: &mut Dma) -> bool {
+        match self {
+            AnyDisk::Pv(disk) => disk.device.tend(&mut dma.env()),
+            AnyDisk::Virtio(_) | AnyDisk::Sd(_) => false,
+        }
+    }
 }
 
 /// Prints a device's counters: `blk: stats ...`, and with `dma` its DMA
@@ -921,8 +932,16 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
     dma.print_usage("now");
 }
 
+/// Tends every disk between uses ([`AnyDisk::tend`]); whether any wants
+/// tending again.
+pub fn tend_all(disks: &mut [AnyDisk], dma: &mut Dma) -> bool {
+    disks
+        .iter_mut()
+        .fold(false, |again, disk| disk.tend(dma) | again)
+}
+
 /// Disconnects every disk before the kernel powers off or reboots (see
-/// [`AnyDisk::close`]).
+/// [`AnyDisk::close`]; a disk closes once).
 pub fn close_all(disks: &mut [AnyDisk], dma: &mut Dma) {
     for disk in disks {
         disk.close(dma);

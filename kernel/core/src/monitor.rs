@@ -8,6 +8,7 @@
 //! the printers the boot report uses.
 
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use log::{error, info};
 use tidepool_block::BlockDriver;
@@ -45,13 +46,24 @@ impl Echo for ConsoleEcho {
     }
 }
 
-/// Reads and runs commands until one powers off or reboots.
+/// How often the monitor, waiting for input, tends the disks that want it
+/// (a PV disk whose back end may leave: `xl block-detach` waits for it to
+/// close, at most 10 s before libxl removes the device by force).
+const TEND_PERIOD: Duration = Duration::from_millis(100);
+
+/// Reads and runs commands until one powers off or reboots. Between
+/// commands, and every [`TEND_PERIOD`] while it waits for input, it tends
+/// the disks ([`crate::block::tend_all`]).
 pub fn run(mut monitor: Monitor) -> ! {
     let mut editor = LineEditor::new();
     let mut reported = (0, 0);
     console::write_bytes(PROMPT.as_bytes());
     loop {
-        if let Err(err) = console_input::wait() {
+        let waited = match crate::block::tend_all(&mut monitor.disks, &mut monitor.dma) {
+            true => console_input::wait_at_most(TEND_PERIOD),
+            false => console_input::wait(),
+        };
+        if let Err(err) = waited {
             error!("monitor: cannot wait for input: {err}");
             crate::shutdown::shutdown(ShutdownReason::Crash);
         }
@@ -79,6 +91,7 @@ pub fn run(mut monitor: Monitor) -> ! {
                     if !matches!(command, Command::Log(_)) {
                         log::set_max_level(level);
                     }
+                    crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
                 }
                 Ok(None) => {}
                 Err(err) => error!("monitor: {err}"),
