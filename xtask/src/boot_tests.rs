@@ -1389,11 +1389,15 @@ fn pv() -> Vec<BootTest> {
     // Two disks, each watching its own back end, on the one xenstore ring.
     // Both verify; then dom0 detaches xvdb while xvda keeps reading
     // (verifies typed one after another): xvdb's back end goes Closing
-    // while only xvda does I/O and looks at watch events. xvdb's next
-    // verify must find its back end gone, and xvda must go on working and
-    // close cleanly. When every disk drained one shared queue of events,
-    // xvda's I/O swallowed xvdb's event and xvdb's verify read on from a
-    // back end waiting to close.
+    // while only xvda does I/O and looks at watch events. xvdb, idle,
+    // must close itself (between xvda's verifies, or while the monitor
+    // waits for input), so that dom0's `xl block-detach` returns well
+    // before libxl's timeout; xvdb's next verify, typed only once it has
+    // returned, must find its back end gone, and xvda must go on working
+    // and close cleanly. When every disk drained one shared queue of
+    // events, xvda's I/O swallowed xvdb's event and xvdb's verify read on
+    // from a back end waiting to close; when a detached disk stayed open
+    // until power-off, the detach waited out libxl's 10 s.
     let unchanged = |seed| {
         Some(DiskPattern {
             seed,
@@ -1414,7 +1418,9 @@ fn pv() -> Vec<BootTest> {
             // back end is Closing, before anything asks it for I/O.
             "blk: xvdb closing: back end went away (state Closing)",
             "blk: xvdb closed state=6 grants_still_mapped=0",
-            "> blk verify xvdb 3",
+            // Typed once dom0's detach returned: its line may take the
+            // prompt's, and the echo then has none.
+            "blk verify xvdb 3",
             "error: blk: xvdb read of sectors ",
             "back end went away (state Closing)",
             "error: blk: verify xvdb sectors=16384 problems=",
@@ -1444,9 +1450,13 @@ fn pv() -> Vec<BootTest> {
         &["blk verify xvdb 3", "blk verify xvda 1", "poweroff"],
     ]
     .concat();
-    // `poweroff` waits for dom0's `xl block-detach` to return: a disk that
-    // stayed open until power-off would hold it until libxl's timeout.
-    two.typing_hold = Some((two.typing.len() - 1, "pv-dom0: detached disk=xvdb"));
+    // xvdb's second verify waits for dom0's `xl block-detach` to return
+    // (however long xl takes to start): a disk that stays open until
+    // power-off holds the detach until libxl's timeout.
+    two.typing_hold = Some((
+        2 + XVDA_VERIFIES_WHILE_DETACHING,
+        "pv-dom0: detached disk=xvdb",
+    ));
     two.pv = Some(PvSpec {
         detach: Some(crate::pv::Detach {
             vdev: "xvdb",
@@ -1457,11 +1467,10 @@ fn pv() -> Vec<BootTest> {
     vec![monitor, bench, read_only, detach, two, dom0less]
 }
 
-/// Verifies of xvda typed in `pv-xl-two-disks-detach-one` between xvdb's
-/// detach and its next verify: they take longer than dom0's `xl
-/// block-detach` takes to set xvdb's back end Closing (about two verifies'
-/// time in `pv-xl-detach-during-io`), and much less than the 10 s libxl
-/// waits for the front end to close before it removes the device.
+/// Verifies of xvda typed in `pv-xl-two-disks-detach-one` after xvdb's
+/// detach starts: xvda's I/O while xvdb's back end goes Closing (xl takes
+/// about a second to get there, several verifies' time), much less than
+/// the 10 s libxl waits for the front end to close.
 const XVDA_VERIFIES_WHILE_DETACHING: usize = 8;
 
 /// How long libxl waits for a device's back end to close before it removes

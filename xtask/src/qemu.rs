@@ -841,8 +841,14 @@ impl<'t> Typist<'t> {
                 // A line with editing keys (arrows, backspace, Ctrl-U) echoes
                 // as something else: any prompt line is its echo.
                 let edited = previous.bytes().any(|b| b.is_ascii_control());
+                // The held line is typed on text from outside the guest
+                // (dom0's), which may take the prompt's line: its echo
+                // then comes without a prompt.
+                let unprompted =
+                    line == previous && matches!(&self.typing.hold, Some((at, _)) if *at + 1 == i);
                 match after_prompt(line) {
                     Some(echo) if edited || echo == previous => i,
+                    _ if unprompted => i,
                     _ => return None,
                 }
             }
@@ -1220,6 +1226,12 @@ mod tests {
             Some(&b"poweroff\n"[..])
         );
         assert_eq!(typist.on_line("> poweroff").as_deref(), Some(&b"irq\n"[..]));
+        // The text on the prompt's line: the held line echoes without one.
+        let mut typist = Typist::new(&typing);
+        typist.on_line("boot: ready").unwrap();
+        assert_eq!(typist.on_line("> blk"), None);
+        assert!(typist.on_line("> pv-dom0: detached disk=xvdb").is_some());
+        assert_eq!(typist.on_line("poweroff").as_deref(), Some(&b"irq\n"[..]));
         // The text before the echo: typed at the echo.
         let mut typist = Typist::new(&typing);
         typist.on_line("boot: ready").unwrap();

@@ -932,12 +932,14 @@ pub fn run_requested(args: &crate::bootargs::Bootargs<'_>, disks: &mut [AnyDisk]
     dma.print_usage("now");
 }
 
-/// Tends every disk between uses ([`AnyDisk::tend`]); whether any wants
+/// Tends every disk between uses ([`AnyDisk::tend`]); how many want
 /// tending again.
-pub fn tend_all(disks: &mut [AnyDisk], dma: &mut Dma) -> bool {
+pub fn tend_all(disks: &mut [AnyDisk], dma: &mut Dma) -> usize {
     disks
         .iter_mut()
-        .fold(false, |again, disk| disk.tend(dma) | again)
+        .map(|disk| disk.tend(dma))
+        .filter(|&again| again)
+        .count()
 }
 
 /// Disconnects every disk before the kernel powers off or reboots (see

@@ -57,12 +57,19 @@ const TEND_PERIOD: Duration = Duration::from_millis(100);
 pub fn run(mut monitor: Monitor) -> ! {
     let mut editor = LineEditor::new();
     let mut reported = (0, 0);
+    let mut tended = crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
     console::write_bytes(PROMPT.as_bytes());
     loop {
-        let waited = match crate::block::tend_all(&mut monitor.disks, &mut monitor.dma) {
-            true => console_input::wait_at_most(TEND_PERIOD),
-            false => console_input::wait(),
+        let waited = match tended {
+            0 => console_input::wait(),
+            _ => console_input::wait_at_most(TEND_PERIOD),
         };
+        let still = crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
+        if still < tended {
+            // A disk closed and printed its lines after the prompt.
+            console::write_bytes(PROMPT.as_bytes());
+        }
+        tended = still;
         if let Err(err) = waited {
             error!("monitor: cannot wait for input: {err}");
             crate::shutdown::shutdown(ShutdownReason::Crash);
@@ -91,7 +98,7 @@ pub fn run(mut monitor: Monitor) -> ! {
                     if !matches!(command, Command::Log(_)) {
                         log::set_max_level(level);
                     }
-                    crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
+                    tended = crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
                 }
                 Ok(None) => {}
                 Err(err) => error!("monitor: {err}"),
