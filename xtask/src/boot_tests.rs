@@ -1242,10 +1242,12 @@ fn pv() -> Vec<BootTest> {
          ring_pages=1 ring_entries=32 slots=32",
         "back end went away (state Closing)",
         // The disk closes itself as soon as nothing of it is in flight,
-        // before the boot's disk work ends (its counters), not at
-        // power-off: dom0's detach waits for it.
+        // before the boot's disk work ends (its counters, `blk: stats
+        // xvda`), not at power-off: dom0's detach waits for it. The
+        // requests in flight when the back end went Closing were answered,
+        // not failed: later ones were refused before they started.
         "blk: xvda closed state=6 grants_still_mapped=0",
-        "blk: stats xvda reads=",
+        "writes=0 flushes=0 errors=0 timeouts=0 ",
     ])
     .expect(&shut_down)
     .check_with(detached_promptly)
@@ -1451,12 +1453,10 @@ fn pv() -> Vec<BootTest> {
     ]
     .concat();
     // xvdb's second verify waits for dom0's `xl block-detach` to return
-    // (however long xl takes to start): a disk that stays open until
-    // power-off holds the detach until libxl's timeout.
-    two.typing_hold = Some((
-        2 + XVDA_VERIFIES_WHILE_DETACHING,
-        "pv-dom0: detached disk=xvdb",
-    ));
+    // (however long xl takes to start; its line, `detached` or
+    // `detach-failed`, says `elapsed_ms=`): a disk that stays open until
+    // power-off has the detach fail after libxl's 10 s timeout.
+    two.typing_hold = Some((2 + XVDA_VERIFIES_WHILE_DETACHING, " elapsed_ms="));
     two.pv = Some(PvSpec {
         detach: Some(crate::pv::Detach {
             vdev: "xvdb",
@@ -1481,6 +1481,9 @@ const LIBXL_DESTROY_TIMEOUT_MS: u64 = 10_000;
 /// in less than libxl's timeout: the guest closed the detached disk itself,
 /// promptly. And no disk closed twice.
 fn detached_promptly(lines: &[String]) -> std::result::Result<(), String> {
+    if let Some(failed) = lines.iter().find(|l| l.contains("pv-dom0: detach-failed")) {
+        return Err(format!("xl block-detach failed: {failed}"));
+    }
     let elapsed = lines
         .iter()
         .find_map(|l| l.split("pv-dom0: detached disk=").nth(1))
