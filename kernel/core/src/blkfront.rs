@@ -60,7 +60,7 @@ use tidepool_xen_abi::blkif::{
     BLKIF_RESPONSE_WORDS, BLKIF_SLOT_WORDS, BlkifFrontRing, BlkifResponse, BlkifSharedRing,
 };
 use tidepool_xen_abi::ring::RingError;
-use tidepool_xen_abi::xenstore::TxId;
+use tidepool_xen_abi::xenstore::{TxId, XsErrno, XsError};
 use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantRef, Hypervisor};
 
 use crate::arch::aarch64::cpu;
@@ -297,7 +297,7 @@ pub struct PvDisk {
     /// The back end went away or broke the protocol: no more I/O.
     broken: Option<BlkfrontError>,
     /// The back end is leaving or gone (Closing, Closed, or its state
-    /// unreadable): the disk closes itself once nothing of it is
+    /// node removed): the disk closes itself once nothing of it is
     /// outstanding ([`PvDisk::close_if_left`]).
     left: bool,
     /// [`PvDisk::close`] ran: the ring and the slots' pages are freed, the
@@ -613,8 +613,8 @@ impl PvDisk {
 
     /// Takes this disk's own queued watch events (other disks' stay queued
     /// for them); after any, reads the back end's state: the back end
-    /// leaving (Closing/Closed, or its state gone) ends new I/O and has the
-    /// disk close itself ([`Self::close_if_left`]).
+    /// leaving (Closing/Closed, or its state node gone) ends new I/O and
+    /// has the disk close itself ([`Self::close_if_left`]).
     fn check_backend(&mut self) {
         let token = &self.token;
         let changed = store::with(|xs| {
@@ -631,8 +631,17 @@ impl PvDisk {
                 self.left = true;
             }
             Some(Err(err)) => {
+                // The back end's directory gone (the toolstack removed the
+                // device) is a back end that left; any other failure only
+                // breaks the device.
+                self.left |= matches!(
+                    err,
+                    BlkfrontError::Store(XsError::Errno {
+                        errno: XsErrno::NoEnt,
+                        ..
+                    })
+                );
                 self.broken = Some(err);
-                self.left = true;
             }
             _ => {}
         }
