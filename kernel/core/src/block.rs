@@ -16,8 +16,8 @@
 //! capacity change, reported, or a device that needs a reset, failed). So
 //! a driver's state is never touched from interrupt context. Waiting for a
 //! free request slot lasts at most one request timeout. The drivers' clock
-//! is the virtual counter in ticks (no division on the I/O path); reports
-//! use microseconds ([`cpu::uptime_us`]).
+//! is the virtual counter in ticks (no division on the I/O path); times
+//! are converted to and from ticks by [`timer`] only.
 //!
 //! # Waiting (`wait=`)
 //!
@@ -28,7 +28,7 @@
 //! - `poll`: spin on the device ([`BlockDriver::poll`]) with its interrupts
 //!   suppressed where the driver can ([`BlockDriver::set_interrupts`]).
 //! - `hybrid`: spin for a budget that follows recent completion times
-//!   ([`SpinBudget`], at most [`SPIN_CAP_US`]), then WFI.
+//!   ([`SpinBudget`], at most [`SPIN_CAP`]), then WFI.
 //!
 //! Without `wait=`, each device waits as its driver says
 //! ([`BlockDriver::default_wait`]: polling, but WFI for a Xen PV disk,
@@ -68,14 +68,14 @@ const VIRTIO_MAGIC: u32 = 0x7472_6976;
 const BLOCK_DEVICE_ID: u32 = 2;
 /// How long one request may take before it is reported as timed out (a
 /// PV disk's requests get [`blkfront::REQUEST_TIMEOUT`]).
-const REQUEST_TIMEOUT_US: u64 = 5_000_000;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per request of the bulk paths, at most (or the driver's largest
 /// request, if smaller).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Requests in flight per device (the benchmark's deepest queue, QD32).
 const IN_FLIGHT: usize = 32;
 /// The longest spin of `wait=hybrid` before WFI.
-pub const SPIN_CAP_US: u64 = 1000;
+pub const SPIN_CAP: Duration = Duration::from_millis(1);
 /// Random reads per queue depth of `bench=` when `bench-reads=` is not given.
 pub const BENCH_READS: u64 = 4096;
 
@@ -159,7 +159,7 @@ fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
 /// One block device and how long its requests may take.
 pub struct Disk<D> {
     device: D,
-    /// [`REQUEST_TIMEOUT_US`] in counter ticks.
+    /// How long one request may take, in counter ticks.
     timeout_ticks: u64,
     waiter: Waiter,
 }
@@ -168,6 +168,9 @@ pub struct Disk<D> {
 struct Waiter {
     mode: WaitMode,
     budget: SpinBudget,
+    /// How long `poll` spins for a completion ([`REQUEST_TIMEOUT`]), in
+    /// counter ticks (converted once: no division on the I/O path).
+    poll_ticks: u64,
     /// Ticks spent in WFI (interrupts on), for the CPU cost of a request.
     idle_ticks: u64,
     /// Requests submitted since the device was last kicked.
@@ -322,7 +325,7 @@ fn set_up_sd(
     let options = tidepool_usdhc::Options {
         base_clock_hz: node.clock_hz.unwrap_or(USDHC_DEFAULT_CLOCK_HZ),
         ignore_write_protect_pin: !node.write_protect_pin,
-        ticks_per_ms: (arch_timer::frequency() / 1000).max(1),
+        ticks_per_ms: ticks(Duration::from_millis(1)),
         ..tidepool_usdhc::Options::default()
     };
     // SAFETY: `base` is the controller's register block, mapped as Device
@@ -356,19 +359,26 @@ fn set_up_sd(
     Ok(Disk::new(card))
 }
 
+/// Counter ticks in `duration` ([`timer::duration_to_ticks`]), at most
+/// the counter's range.
+fn ticks(duration: Duration) -> u64 {
+    timer::duration_to_ticks(duration).unwrap_or(u64::MAX)
+}
+
 impl<D: BlockDriver<'static>> Disk<D> {
     fn new(device: D) -> Self {
-        Self::with_timeout(device, Duration::from_micros(REQUEST_TIMEOUT_US))
+        Self::with_timeout(device, REQUEST_TIMEOUT)
     }
 
     /// A disk whose requests may take `timeout` each.
     fn with_timeout(device: D, timeout: Duration) -> Self {
         Self {
             device,
-            timeout_ticks: arch_timer::frequency() * timeout.as_secs(),
+            timeout_ticks: ticks(timeout),
             waiter: Waiter {
                 mode: WaitMode::Poll,
-                budget: SpinBudget::new(arch_timer::frequency() * SPIN_CAP_US / 1_000_000),
+                budget: SpinBudget::new(ticks(SPIN_CAP)),
+                poll_ticks: ticks(REQUEST_TIMEOUT),
                 idle_ticks: 0,
                 unkicked: 0,
             },
@@ -592,7 +602,7 @@ impl Waiter {
         let start = arch_timer::counter();
         let spin = match self.mode {
             WaitMode::Wfi => 0,
-            WaitMode::Poll => arch_timer::frequency() * (REQUEST_TIMEOUT_US / 1_000_000),
+            WaitMode::Poll => self.poll_ticks,
             WaitMode::Hybrid => self.budget.ticks(),
         };
         let mut done = spin_for(device, env, start, spin);
@@ -620,10 +630,9 @@ impl Waiter {
     /// takes no interrupt at all; Xen still ends its WFI when it injects
     /// one, and the check then sees the completion.
     fn idle<D: BlockDriver<'static>>(&mut self, device: &mut D, env: &mut DmaEnv<'_, 'static>) {
-        let deadline = Duration::from_micros(REQUEST_TIMEOUT_US);
         let start = arch_timer::counter();
         // A timeout is not an error here: `expire` reports late requests.
-        if let Err(err) = timer::wait_for(deadline, || {
+        if let Err(err) = timer::wait_for(REQUEST_TIMEOUT, || {
             device.interrupt_noted() || device.has_completions()
         }) && !matches!(err, timer::WaitError::TimedOut { .. })
         {
@@ -762,17 +771,17 @@ struct Phase {
 
 impl Phase {
     fn us(&self) -> u64 {
-        ticks_to_ns(self.elapsed_ticks).div_ceil(1000).max(1)
+        nanos(self.elapsed_ticks).div_ceil(1000).max(1)
     }
 
     /// CPU time per request: the time not spent in WFI, in nanoseconds.
     fn busy_ns_per_request(&self) -> u64 {
-        ticks_to_ns(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
+        nanos(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
     }
 
     /// Time in `GNTTABOP_cache_flush` per request, in nanoseconds.
     fn flush_ns_per_request(&self) -> u64 {
-        ticks_to_ns(self.flush_ticks) / self.requests.max(1)
+        nanos(self.flush_ticks) / self.requests.max(1)
     }
 
     fn per_second(&self) -> u64 {
@@ -780,8 +789,9 @@ impl Phase {
     }
 }
 
-fn ticks_to_ns(ticks: u64) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(arch_timer::frequency())) as u64
+/// Nanoseconds in `ticks` counter ticks ([`timer::ticks_to_duration`]).
+fn nanos(ticks: u64) -> u64 {
+    u64::try_from(timer::ticks_to_duration(ticks).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Reads `requests` (first sector, sectors) with up to `depth` in flight
