@@ -47,7 +47,7 @@ use log::{error, info, warn};
 use tidepool_block::pattern::{self, SECTOR_BYTES};
 use tidepool_block::wait::{SpinBudget, WaitMode};
 use tidepool_block::workload::{self, BLOCK_BYTES, Checksum};
-use tidepool_block::{BlockDriver, Deadline, Notice, Request, StatsLine, Token};
+use tidepool_block::{BlockDriver, Deadline, Notice, Request, StatsLine, Token, sector_chunks};
 use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, GicInterrupt, Usdhc as UsdhcNode, VirtioMmio};
 use tidepool_mm::PhysAddr;
@@ -392,6 +392,11 @@ impl<D: BlockDriver<'static>> Disk<D> {
         CHUNK_BYTES.min(max.max(SECTOR_BYTES))
     }
 
+    /// [`Self::chunk_bytes`] in sectors.
+    fn chunk_sectors(&self) -> u32 {
+        (self.chunk_bytes() / SECTOR_BYTES) as u32
+    }
+
     /// The device-tree path of the device.
     pub fn name(&self) -> &'static str {
         self.device.name()
@@ -560,11 +565,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
         sectors: u64,
         each: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(), D::Error> {
-        let chunk = (self.chunk_bytes() / SECTOR_BYTES) as u64;
-        let requests = (0..sectors.div_ceil(chunk)).map(|i| {
-            let at = i * chunk;
-            (lba + at, (sectors - at).min(chunk) as u32)
-        });
+        let requests = sector_chunks(lba, sectors, self.chunk_sectors());
         let depth = self.device.slots();
         self.read_each(dma, depth, requests, each).map(|_| ())
     }
@@ -696,11 +697,10 @@ pub fn verify<D: BlockDriver<'static>>(
 ) -> u64 {
     let capacity = disk.device.capacity();
     let name = disk.name();
-    let per_pass = (disk.chunk_bytes() * 16 / SECTOR_BYTES) as u64;
+    let per_pass = disk.chunk_sectors() * 16;
     let mut problems = 0;
-    let mut lba = 0;
-    while lba < capacity {
-        let sectors = per_pass.min(capacity - lba);
+    for (lba, sectors) in sector_chunks(0, capacity, per_pass) {
+        let sectors = u64::from(sectors);
         let mut check = |at: u64, bytes: &[u8]| {
             let (whole, _) = bytes.as_chunks::<SECTOR_BYTES>();
             for (at, sector) in (at..).zip(whole) {
@@ -719,7 +719,6 @@ pub fn verify<D: BlockDriver<'static>>(
             );
             problems += 1;
         }
-        lba += sectors;
     }
     if problems == 0 {
         info!("blk: verify {name} sectors={capacity} ok");
@@ -736,15 +735,13 @@ pub fn write_pattern<D: BlockDriver<'static>>(
     dma: &mut Dma,
     range: SectorRange,
 ) -> Result<(), D::Error> {
+    const PER_CHUNK: usize = CHUNK_BYTES / SECTOR_BYTES;
     let SectorRange { seed, lba, count } = range;
-    let per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
-    let mut sectors = vec![[0u8; SECTOR_BYTES]; per_chunk as usize];
-    let mut at = lba;
-    while at < lba + count {
-        let n = per_chunk.min(lba + count - at) as usize;
-        pattern::fill_sectors(seed, at, &mut sectors[..n]);
-        disk.write(dma, at, sectors[..n].as_flattened())?;
-        at += n as u64;
+    let mut sectors = vec![[0u8; SECTOR_BYTES]; PER_CHUNK];
+    for (at, n) in sector_chunks(lba, count, PER_CHUNK as u32) {
+        let sectors = &mut sectors[..n as usize];
+        pattern::fill_sectors(seed, at, sectors);
+        disk.write(dma, at, sectors.as_flattened())?;
     }
     disk.flush(dma)?;
     info!(
@@ -854,11 +851,7 @@ pub fn bench<D: BlockDriver<'static>>(
     let before_dma = dma_counters(disk);
 
     // The largest requests the driver takes, up to [`CHUNK_BYTES`].
-    let chunk = (disk.chunk_bytes() / SECTOR_BYTES) as u64;
-    let chunks = (0..span.div_ceil(chunk)).map(|i| {
-        let lba = i * chunk;
-        (lba, (span - lba).min(chunk) as u32)
-    });
+    let chunks = sector_chunks(0, span, disk.chunk_sectors());
     let seq = timed_reads(disk, dma, disk.device.slots(), chunks)?;
     let block_sectors = BLOCK_BYTES / SECTOR_BYTES as u64;
     let span_blocks = span / block_sectors;
