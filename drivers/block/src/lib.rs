@@ -35,7 +35,7 @@ pub use request::{
     Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,
     sector_chunks,
 };
-pub use stats::{BlkStats, StatsLine};
+pub use stats::{BlkStats, StatsLine, write_names};
 
 /// A console line an interrupt brought besides completions (a capacity
 /// change, a device that failed), for the kernel to print at its level.
