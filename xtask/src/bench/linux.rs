@@ -483,6 +483,13 @@ pub struct LinuxBench {
 }
 
 impl LinuxBench {
+    /// fio's random reads at `depth`, if it ran them.
+    pub fn at_depth(&self, depth: u64) -> Option<&FioJob> {
+        self.random
+            .iter()
+            .find_map(|(d, job)| (*d == depth).then_some(job))
+    }
+
     /// The best of two runs: each timing from the faster run, the earlier
     /// `/init` (the checksums are checked per run).
     pub fn faster(self, other: Self) -> Self {
@@ -799,6 +806,11 @@ mod tests {
         assert_eq!(qd1.requests, 4096);
         assert!((qd1.rate().iops() - 2000.0).abs() < 1e-9);
         assert_eq!(qd1.cpu_per_request(), Duration::from_nanos(125_000));
+        assert_eq!(
+            got.at_depth(16).map(|job| job.time),
+            Some(Duration::from_millis(512))
+        );
+        assert!(got.at_depth(64).is_none());
         assert_eq!(got.seq_sum, Crc32(u32::MAX));
         assert_eq!(got.random_sum, Crc32(12345));
     }

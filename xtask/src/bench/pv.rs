@@ -101,12 +101,7 @@ pub fn lines(r: &PvResults) -> Vec<(String, Option<f64>, Option<f64>, &'static s
         out.push((
             format!("PV 4 KiB random reads, QD{depth}"),
             t.and_then(|b| Some(b.at_depth(depth)?.rate.iops())),
-            l.and_then(|b| {
-                b.random
-                    .iter()
-                    .find(|(d, _)| *d == depth)
-                    .map(|(_, job)| job.rate().iops())
-            }),
+            l.and_then(|b| Some(b.at_depth(depth)?.rate().iops())),
             "IOPS",
         ));
     }
