@@ -46,39 +46,35 @@ pub fn poll_until<E>(mut done: impl FnMut() -> bool, timeout: E) -> Result<(), E
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_wait_ends_at_the_first_poll_that_holds() {
+    /// Waits for a flag that holds from poll `holds_from` on (never if
+    /// `None`): the result and the number of polls.
+    fn wait(holds_from: Option<u32>) -> (Result<(), &'static str>, u32) {
         let mut polls = 0;
         let result = poll_until(
             || {
                 polls += 1;
-                polls == 3
+                holds_from.is_some_and(|n| polls >= n)
             },
             "stuck",
         );
-        assert_eq!((result, polls), (Ok(()), 3));
+        (result, polls)
+    }
+
+    #[test]
+    fn a_wait_ends_at_the_first_poll_that_holds() {
+        assert_eq!(wait(Some(1)), (Ok(()), 1));
+        assert_eq!(wait(Some(3)), (Ok(()), 3));
+        assert_eq!(
+            wait(Some(POLL_LIMIT)),
+            (Ok(()), POLL_LIMIT),
+            "the last poll counts"
+        );
     }
 
     #[test]
     fn a_wait_gives_up_after_the_limit() {
-        let mut polls = 0;
-        let result = poll_until(
-            || {
-                polls += 1;
-                false
-            },
-            "stuck",
-        );
-        assert_eq!((result, polls), (Err("stuck"), POLL_LIMIT));
-        let mut polls = 0;
-        let last = poll_until(
-            || {
-                polls += 1;
-                polls == POLL_LIMIT
-            },
-            "stuck",
-        );
-        assert_eq!(last, Ok(()), "the last poll still counts");
+        assert_eq!(wait(None), (Err("stuck"), POLL_LIMIT));
+        assert_eq!(wait(Some(POLL_LIMIT + 1)), (Err("stuck"), POLL_LIMIT));
     }
 
     #[test]
