@@ -1330,10 +1330,11 @@ fn pv() -> Vec<BootTest> {
         ])
         .reject(PV_REJECT);
     monitor.typing = vec!["help", "blk verify xvda 1", "blk", "dma", "poweroff"];
-    // The PV disk's memory is a grant device of the DMA layer. The
-    // multi-page ring: dom0's blkback keeps 2048 grants mapped and the
-    // guest is told so, so all 42 requests of 33 grants fit; blkback offers
-    // 16 pages and 2 (64 entries) hold them.
+    // The PV disk's memory, ring and slots, is a grant device of the DMA
+    // layer (`persistent_grants` checks its numbers). The multi-page ring:
+    // dom0's blkback keeps 2048 grants mapped and the guest is told so, so
+    // all 42 requests of 33 grants fit; blkback offers 16 pages and 2 (64
+    // entries) hold them.
     let mut bench = guest(
         "pv-xl-write-verify-bench",
         &format!("{WRITE_AND_VERIFY} bench=8 blk-pv-grants=2048"),
@@ -1364,8 +1365,8 @@ fn pv() -> Vec<BootTest> {
     bench.anywhere.extend(
         [
             "dma: pool tidepool:grants-xvda ",
-            "dma: device xvda coherent=yes pool=tidepool:grants-xvda coherent-allocs=none \
-             dma-addr=grant(d0)",
+            "dma: device xvda coherent=yes pool=tidepool:grants-xvda \
+             coherent-allocs=tidepool:grants-xvda dma-addr=grant(d0)",
         ]
         .map(String::from),
     );
@@ -1403,12 +1404,17 @@ const WRITE_AND_VERIFY: &str = "blk-write=2@2048+2048 blk-verify=1,2@2048+2048";
 /// Check the whole disk again, in a later boot.
 const VERIFY_AGAIN: &str = "blk-verify=1,2@2048+2048";
 
-/// The PV disk's grants, from its `dma: stats` lines: after the run (the
-/// one before `blk: xvda closed`) at least one grant, no more than the
-/// pool's pages (each page is granted once and kept), many more requests'
-/// pages reused than granted (persistent grants), and no cache maintenance
-/// (the back end is a CPU: coherent); after close, every grant ended and
-/// none leaked.
+/// The PV disk's grants, from its `dma: stats` lines, against its pool and
+/// ring. The pool holds all the disk's shared memory: the ring
+/// (`ring_pages`, 2 here) and every slot's 32 data pages and indirect page
+/// (`slots` x 33, 42 x 33 = 1386 here): 1388 pages. The ring's pages are
+/// granted when the disk is set up and each slot's 33 at its first 128 KiB
+/// request; the sequential bench takes every slot at once with such
+/// requests, so after the run (the line before `blk: xvda closed`) every
+/// pool page is granted, once: `grants_made=1388`, the ring's 2 among
+/// them. Persistent grants: many more pages reused than granted; no cache
+/// maintenance (the back end is a CPU: coherent). After close, the ring's
+/// grants ended with the slots': `grants_ended=1388`, none leaked.
 fn persistent_grants(lines: &[String]) -> std::result::Result<(), String> {
     let closed = lines
         .iter()
@@ -1440,11 +1446,27 @@ fn persistent_grants(lines: &[String]) -> std::result::Result<(), String> {
         .and_then(|rest| hex_after(rest, "+"))
         .ok_or("no size in the dma: pool line of xvda")?
         / 4096;
+    let disk = lines
+        .iter()
+        .find_map(|l| l.split("blk: xvda pv ").nth(1))
+        .ok_or("no blk: xvda pv line")?;
+    let disk = crate::bench::KeyValues::new(disk);
+    let (ring_pages, slots) = (
+        disk.u64("ring_pages").map_err(|e| format!("xvda: {e}"))?,
+        disk.u64("slots").map_err(|e| format!("xvda: {e}"))?,
+    );
+    // 32 data pages and an indirect page per slot.
+    if pool_pages != ring_pages + slots * 33 {
+        return Err(format!(
+            "xvda: a pool of {pool_pages} pages for ring_pages={ring_pages} and {slots} slots of 33"
+        ));
+    }
     let run = counters(before)?;
     let (made, reused, va_ops, hypercalls) = (run[0], run[1], run[4], run[5]);
-    if made == 0 || made > pool_pages || reused < 10 * made {
+    if made != pool_pages || reused < 10 * made {
         return Err(format!(
-            "xvda: grants_made={made} grants_reused={reused} for a pool of {pool_pages} pages"
+            "xvda: grants_made={made} grants_reused={reused} for a pool of {pool_pages} pages \
+             (ring_pages={ring_pages}), each granted once"
         ));
     }
     if va_ops != 0 || hypercalls != 0 {
@@ -1871,4 +1893,45 @@ fn sd_card() -> Vec<BootTest> {
         ])
         .clean(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::persistent_grants;
+
+    /// The lines `persistent_grants` reads, from a run of
+    /// `pv-xl-write-verify-bench`: a pool of `pool_pages`, then the stats
+    /// before and after close.
+    fn run(pool_pages: u64, made: u64, ended: u64, leaked: u64) -> Vec<String> {
+        let stats = |ended: u64, leaked: u64| {
+            format!(
+                "dma: stats xvda syncs=25120 hypercalls=0 pages=0 refusals=0 fallbacks=0 va_ops=0 \
+                 va_bytes=0 bounced=0 maps=12560 unmaps=12560 allocs=1 frees=0 coherent_syncs=0 \
+                 coherent_va_ops=0 grants_made={made} grants_reused=15390 grants_ended={ended} \
+                 grants_leaked={leaked}"
+            )
+        };
+        vec![
+            format!(
+                "dma: pool tidepool:grants-xvda 0x46f82000+{:#x} window 0xffff000046f82000 linear",
+                pool_pages * 4096
+            ),
+            "blk: xvda pv devid=51712 sectors=16384 ring_pages=2 ring_entries=64 slots=42".into(),
+            stats(0, 0),
+            "blk: xvda closed state=6 grants_still_mapped=0".into(),
+            stats(ended, leaked),
+        ]
+    }
+
+    #[test]
+    fn the_ring_pages_are_in_the_pool_and_granted_and_ended_with_the_slots() {
+        // 2 ring pages + 42 slots x 33 pages, each granted once and ended.
+        assert_eq!(persistent_grants(&run(1388, 1388, 1388, 0)), Ok(()));
+        // The ring outside the pool (its grants not the DMA layer's).
+        assert!(persistent_grants(&run(1386, 1386, 1386, 0)).is_err());
+        // A pool page never granted, a grant not ended, one leaked.
+        assert!(persistent_grants(&run(1388, 1386, 1386, 0)).is_err());
+        assert!(persistent_grants(&run(1388, 1388, 1386, 0)).is_err());
+        assert!(persistent_grants(&run(1388, 1388, 1387, 1)).is_err());
+    }
 }

@@ -415,9 +415,7 @@ impl CommandTest {
             }
             if start.elapsed() > TIMEOUT {
                 timed_out = true;
-                // The whole group: cargo, xtask and QEMU.
-                let group = format!("kill -KILL -- -{}", child.id());
-                let _ = Command::new("sh").args(["-c", &group]).status();
+                kill_group(&child);
                 let _ = child.wait();
                 break None;
             }
@@ -558,9 +556,52 @@ pub fn run_all(ws: &Workspace, filter: Option<&str>) -> Vec<Failure> {
     failures
 }
 
+/// Kills `child`'s whole process group (cargo, xtask and QEMU), through
+/// the shell's POSIX `kill -s KILL -- -PGID`: Debian's `sh` (dash) refuses
+/// `kill -KILL -- -PGID` ("Illegal number"), which once left a hung test
+/// and its QEMU running for good.
+fn kill_group(child: &std::process::Child) {
+    let group = format!("kill -s KILL -- -{}", child.id());
+    let _ = Command::new("sh").args(["-c", &group]).status();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_command_is_killed_with_its_whole_group() {
+        // A shell in its own group with a child of its own, as cargo, xtask
+        // and QEMU are.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 600 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        kill_group(&child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running after kill_group");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        // The orphaned `sleep` is gone once its new parent reaps it.
+        let probe = format!("kill -s 0 -- -{} 2>/dev/null", child.id());
+        while Command::new("sh")
+            .args(["-c", &probe])
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(Instant::now() < deadline, "a process of the group survived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     #[test]
     fn every_run_mode_of_the_readme_is_tested() {

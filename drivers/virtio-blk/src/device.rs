@@ -312,7 +312,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
     }
 
     /// The handshake up to `DRIVER_OK`. An error comes with the ring if it
-    /// was already allocated, for the caller to free.
+    /// was already allocated, for the caller to free (a large error, once
+    /// per device at setup).
+    #[allow(clippy::result_large_err)]
     fn bring_up(
         transport: &mut T,
         dma: &mut DmaDevice<'a>,

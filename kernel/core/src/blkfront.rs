@@ -5,23 +5,25 @@
 //! drives it like virtio-blk and the SD card: `blk-write=`, `blk-verify=`,
 //! `bench=` and the monitor's `blk` commands, with the same lines.
 //!
-//! A ring of `2^order` pages, granted at setup ([`RingLayout::choose`]: as
-//! many requests in flight as the block layer's 42 and the back end's
-//! persistent grants allow, on the smallest ring that holds them: against
-//! Linux's blkback with indirect requests, 32 on one page; with
-//! `blk-pv-grants=2048`, or direct requests, 42 on two pages), and, per
-//! request slot, its data pages (11, a direct request's segments; or
-//! [`INDIRECT_SEGMENTS`] and one indirect page when the back end takes
-//! indirect requests): pool buffers
-//! of the disk's DMA context, a grant device of the DMA layer
-//! (`tidepool_dma::Addressing::Grant`), allocated at setup from the disk's
-//! own pool and mapped for each request like virtio's, which gives the
-//! pages' grant references. A page is granted at its first request and
+//! All of a disk's shared memory is the DMA layer's: its DMA context is a
+//! grant device (`tidepool_dma::Addressing::Grant`) whose own pool holds
+//! the ring and every slot's pages, allocated at setup. The ring of
+//! `2^order` pages ([`RingLayout::choose`]: as many requests in flight as
+//! the block layer's 42 and the back end's persistent grants allow, on the
+//! smallest ring that holds them: against Linux's blkback with indirect
+//! requests, 32 on one page; with `blk-pv-grants=2048`, or direct requests,
+//! 42 on two pages) is the device's coherent memory, every page granted
+//! when it is allocated. Per request slot, its data pages (11, a direct
+//! request's segments; or [`INDIRECT_SEGMENTS`] and one indirect page when
+//! the back end takes indirect requests) are pool buffers of the device,
+//! mapped for each request like virtio's, which gives the pages' grant
+//! references. A page is granted at its first request and
 //! stays granted (the front end's side of persistent grants, as Linux keeps
 //! them): data is copied between the caller's buffer and a slot's pages, so
 //! later requests grant nothing, and `dma: stats xvda ... grants_made=N
-//! grants_reused=N` counts both; closing frees the buffers, which ends their
-//! grants. Every response is
+//! grants_reused=N` counts both (the ring's pages among the grants made);
+//! closing frees the ring and the buffers, which ends their grants. Every
+//! response is
 //! checked (`Inflight::complete`) before its slot is reused; a request
 //! without a response after [`REQUEST_TIMEOUT`] fails, and its slot is never
 //! reused (the back end may still write its pages). A watch on the back
@@ -43,8 +45,9 @@ use tidepool_block::{
     BlkStats, BlockDriver, Completion, Completions, Deadline, MAX_IN_FLIGHT, Notice, Op, Request,
     SharedMemory, Token,
 };
-use tidepool_dma::{DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolBuffer};
-use tidepool_mm::{AddressMap, PhysAddr, VirtAddr};
+use tidepool_dma::{
+    CoherentBuffer, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolBuffer,
+};
 use tidepool_xen_abi::blkfront::{
     self, BLKBACK_PERSISTENT_GRANTS, BackendFeatures, BlkfrontError, DiskInfo, FrontendSetup,
     Inflight, RingLayout, SECTORS_PER_PAGE, Vbd, XenbusState,
@@ -55,19 +58,17 @@ use tidepool_xen_abi::blkif::{
 };
 use tidepool_xen_abi::ring::RingError;
 use tidepool_xen_abi::xenstore::TxId;
-use tidepool_xen_abi::{
-    DomId, EventHandler, EvtchnPort, Grant, GrantAccess, GrantRef, GrantableFrame, Hypervisor,
-};
+use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantRef, Hypervisor};
 
 use crate::dma::{Dma, DmaSetupError};
 use crate::timer;
-use crate::xen::{Xen, events, grants, store};
+use crate::xen::{Xen, events, store};
 
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too).
 /// Each request slot keeps its own: 32 slots (Linux's blkback's persistent
 /// grants) are 4.1 MiB of pool and 1056 grants; the block interface's
 /// [`MAX_IN_FLIGHT`] (42), 5.4 MiB and 1386 grants of the grant table's
-/// 2040.
+/// 2040; the ring's 1 or 2 pages come on top.
 pub const INDIRECT_SEGMENTS: usize = 32;
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a
@@ -76,33 +77,33 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PAGE: usize = tidepool_mm::PAGE_SIZE as usize;
 const SECTOR: usize = blkfront::BLKIF_SECTOR_BYTES;
 
-/// A page-aligned, zeroed, never-freed buffer of `pages` pages in linear
-/// RAM, and its guest-physical address.
-fn alloc_pages(map: &AddressMap, pages: usize) -> Option<(&'static mut [u8], PhysAddr)> {
-    let layout = core::alloc::Layout::from_size_align(pages * PAGE, PAGE).ok()?;
-    // SAFETY: the layout is non-zero-sized (pages >= 1 by every caller).
-    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-    if ptr.is_null() {
-        return None;
-    }
-    let pa = map.virt_to_phys(VirtAddr(ptr as u64)).ok()?;
-    // SAFETY: a fresh allocation of this size, never freed, owned by the
-    // caller alone.
-    Some((
-        unsafe { core::slice::from_raw_parts_mut(ptr, pages * PAGE) },
-        pa,
-    ))
+/// The ring's memory while a disk is set up: coherent memory of the disk's
+/// DMA context, every page granted to the back end. Freed through the DMA
+/// layer if the setup fails before the disk owns it, which ends its grants
+/// as at close (one the back end still maps stays granted, its pages never
+/// freed, and is counted in the device's `grants_leaked`).
+struct RingGrants<'d> {
+    dma: &'d mut Dma,
+    device: &'d mut DmaDevice<'static>,
+    memory: Option<CoherentBuffer<'static>>,
 }
 
-/// The ring pages' grants while a disk is set up: ended if the setup fails
-/// before the disk owns them (one the back end still maps stays granted; its
-/// page is never freed).
-struct RingGrants(Vec<Grant>);
+impl RingGrants<'_> {
+    /// The ring's memory, from now on the disk's to free ([`PvDisk::close`]).
+    fn keep(mut self) -> Option<CoherentBuffer<'static>> {
+        self.memory.take()
+    }
+}
 
-impl Drop for RingGrants {
+impl Drop for RingGrants<'_> {
     fn drop(&mut self) {
-        for grant in self.0.drain(..) {
-            let _ = grants::end(grant);
+        if let Some(memory) = self.memory.take()
+            && let Err(err) = self.device.free_coherent(&mut self.dma.env(), memory)
+        {
+            warn!(
+                "blk: {}: setup failed and its ring stays: {err}",
+                self.device.name()
+            );
         }
     }
 }
@@ -282,8 +283,9 @@ pub struct PvDisk {
     data: Vec<Option<SlotMemory>>,
     /// Each slot's indirect page (with indirect requests; empty otherwise).
     indirect: Vec<Option<SlotMemory>>,
-    /// The ring pages' grants, ended at close.
-    grants: Vec<Grant>,
+    /// The ring's memory, coherent memory of `dma` granted whole; freed
+    /// (its grants ended) at close.
+    ring_memory: Option<CoherentBuffer<'static>>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
     segments: usize,
@@ -300,18 +302,12 @@ pub struct PvDisk {
 pub enum PvSetupError {
     /// The protocol failed.
     Protocol(BlkfrontError),
-    /// The heap has no room for the ring's pages.
-    NoMemory {
-        /// The ring's size in bytes.
-        bytes: usize,
-    },
     /// The ring's area does not make a ring.
     Ring(RingError),
-    /// A grant failed.
-    Grant(grants::GrantTableError),
     /// The disk's DMA context could not be set up.
     DmaSetup(DmaSetupError),
-    /// The disk's pool could not give a slot its pages.
+    /// The disk's pool could not give the ring or a slot its pages, or a
+    /// ring page was not granted.
     Dma(DmaError<'static>),
     /// The event channel failed.
     Event(events::EventChannelError),
@@ -323,9 +319,7 @@ impl core::fmt::Display for PvSetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Protocol(e) => write!(f, "{e}"),
-            Self::NoMemory { bytes } => write!(f, "no memory for the ring ({bytes} bytes)"),
             Self::Ring(e) => write!(f, "ring: {e}"),
-            Self::Grant(e) => write!(f, "grant: {e}"),
             Self::DmaSetup(e) => write!(f, "{e}"),
             Self::Dma(e) => write!(f, "{e}"),
             Self::Event(e) => write!(f, "event channel: {e}"),
@@ -340,34 +334,23 @@ impl From<BlkfrontError> for PvSetupError {
     }
 }
 
-/// A disk's DMA context and its slots' pages: data pages, and indirect
-/// pages with indirect requests (none otherwise).
-type SlotPages = (
-    DmaDevice<'static>,
-    Vec<Option<SlotMemory>>,
-    Vec<Option<SlotMemory>>,
-);
+/// A disk's slots' pages: data pages, and indirect pages with indirect
+/// requests (none otherwise).
+type SlotPages = (Vec<Option<SlotMemory>>, Vec<Option<SlotMemory>>);
 
-/// The disk's DMA context, a grant device for `backend`, with a pool that
-/// holds exactly every slot's pages, and those pages: `segments` data pages
-/// per slot and, with `indirect`, one indirect page. Nothing is granted
-/// yet: a page is granted at its first request.
+/// Every slot's pages, from `device`'s pool: `segments` data pages per slot
+/// and, with `indirect`, one indirect page. Nothing is granted yet: a page
+/// is granted at its first request.
 fn slot_memory(
-    dma: &mut Dma,
-    name: &'static str,
-    backend: DomId,
+    device: &mut DmaDevice<'static>,
+    env: &mut DmaEnv<'_, 'static>,
     slots: usize,
     segments: usize,
     indirect: bool,
 ) -> Result<SlotPages, PvSetupError> {
-    let per_slot = segments + usize::from(indirect);
-    let mut device = dma
-        .grant_device(name, backend, slots * per_slot * PAGE)
-        .map_err(PvSetupError::DmaSetup)?;
-    let mut env = dma.env();
     let mut alloc = |pages: usize| {
         device
-            .alloc_in_pool(&mut env, (pages * PAGE) as u64)
+            .alloc_in_pool(env, (pages * PAGE) as u64)
             .map(|buffer| Some(SlotMemory::Idle(buffer)))
             .map_err(PvSetupError::Dma)
     };
@@ -380,7 +363,7 @@ fn slot_memory(
             .collect::<Result<Vec<_>, _>>()?,
         false => Vec::new(),
     };
-    Ok((device, data, indirect))
+    Ok((data, indirect))
 }
 
 /// How long a dom0less guest waits for its first disk (`xl block-attach`
@@ -451,7 +434,6 @@ impl PvDisk {
         name: String,
         persistent_grants: usize,
     ) -> Result<Self, PvSetupError> {
-        let map = dma.address_map();
         let (vbd, features) = store::with(|xs| blkfront::probe(xs, devid)).ok_or(
             PvSetupError::Protocol(BlkfrontError::BadRequest("no xenstore")),
         )??;
@@ -470,50 +452,61 @@ impl PvDisk {
             persistent_grants,
         );
         let slots = layout.requests;
-        // One allocation from the heap, which is linear RAM: the pages are
-        // virtually contiguous, as the ring logic needs (one slice of
-        // entries over them); that they are physically contiguous too is
-        // not needed (each page is granted on its own) but costs nothing at
-        // a few pages.
-        let (ring_area, ring_pa) =
-            alloc_pages(map, layout.pages()).ok_or(PvSetupError::NoMemory {
-                bytes: layout.pages() * PAGE,
-            })?;
+        let name: &'static str = name.leak();
+        // One pool for all the disk's shared memory: the ring, then every
+        // slot's pages.
+        let ring_bytes = layout.pages() * PAGE;
+        let per_slot = segments + usize::from(indirect_ok);
+        let mut device = dma
+            .grant_device(name, backend, ring_bytes + slots * per_slot * PAGE)
+            .map_err(PvSetupError::DmaSetup)?;
+        // The ring is coherent memory of the device: zeroed, and each page
+        // granted read-write to the back end now (it maps them all when it
+        // connects). One block of the pool, whose window is linear RAM: the
+        // pages are virtually contiguous, as the ring logic needs (one slice
+        // of entries over them); that they are physically contiguous too is
+        // not needed (each page is granted on its own). Its sync points
+        // need nothing (`tidepool_dma::coherent_sync_action`: a coherent
+        // device, here another domain's CPU, in cacheable memory), so none
+        // is called: the ring logic's atomics and barriers are all it takes.
+        let memory = device
+            .alloc_coherent(&mut dma.env(), ring_bytes as u64, PAGE as u64)
+            .map_err(PvSetupError::Dma)?;
+        let ring_refs: Vec<GrantRef> = memory.grant_refs().collect();
+        let ring_virt = memory.virt();
+        let held = RingGrants {
+            dma,
+            device: &mut device,
+            memory: Some(memory),
+        };
         let entries = core::ptr::slice_from_raw_parts(
-            ring_area
-                .as_ptr()
-                .cast::<[core::sync::atomic::AtomicU64; BLKIF_SLOT_WORDS]>(),
+            ring_virt.0 as *const [core::sync::atomic::AtomicU64; BLKIF_SLOT_WORDS],
             layout.entries,
         );
-        // SAFETY: `ring_area` is `layout.pages()` page-aligned pages of
-        // linear RAM, zeroed, never freed, this driver's alone; the ring's
-        // 64-byte header and `layout.entries` slots fit in it (its entries
-        // are `__CONST_RING_SIZE` over those pages: only slots that fit
-        // after the header). `BlkifSharedRing` is atomics (8-byte aligned),
-        // valid zeroed, so the back end writing it at any time is sound.
+        // SAFETY: `ring_virt` is where the CPU reaches the coherent
+        // allocation just made for the disk's device: `layout.pages()`
+        // page-aligned pages of its pool, which `Dma::grant_device` set
+        // aside from linear RAM for good and vouched for to `PoolSet::add`,
+        // so they are mapped read-write normal memory (not at 0), zeroed,
+        // and the pool gave them to this allocation only. The ring's 64-byte
+        // header and `layout.entries` slots fit in it (its entries are
+        // `__CONST_RING_SIZE` over those pages: only slots that fit after
+        // the header). The disk frees it at close, after which it starts no
+        // request and the pool gives nothing more out (the device allocates
+        // at setup only; the pool's memory never returns to the heap).
+        // `BlkifSharedRing` is atomics (8-byte aligned), valid zeroed, so
+        // the back end writing it at any time is sound.
         let shared: &'static BlkifSharedRing = unsafe { &*(entries as *const BlkifSharedRing) };
+        // Granted already, but the back end learns the grant references
+        // only from `connect` below.
         let ring = BlkifFrontRing::init(shared).map_err(PvSetupError::Ring)?;
-        let name: &'static str = name.leak();
-        let mut held = RingGrants(Vec::new());
-        let mut grant = |pa: u64, access| -> Result<GrantRef, PvSetupError> {
-            // SAFETY: `pa` is a page from `alloc_pages`: fresh, never freed,
-            // this driver's alone. The driver touches the ring pages only
-            // through `BlkifSharedRing`'s atomics.
-            let frame = unsafe { GrantableFrame::new(pa >> 12) };
-            let grant = grants::grant(backend, frame, access).map_err(PvSetupError::Grant)?;
-            let gref = grant.gref();
-            held.0.push(grant);
-            Ok(gref)
-        };
-        let mut ring_refs = Vec::with_capacity(layout.pages());
-        for page in 0..layout.pages() {
-            ring_refs.push(grant(
-                ring_pa.0 + (page * PAGE) as u64,
-                GrantAccess::ReadWrite,
-            )?);
-        }
-        let (dma_device, data, indirect) =
-            slot_memory(dma, name, backend, slots, segments, indirect_ok)?;
+        let (data, indirect) = slot_memory(
+            held.device,
+            &mut held.dma.env(),
+            slots,
+            segments,
+            indirect_ok,
+        )?;
         let signalled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let handler: &'static dyn EventHandler = Box::leak(Box::new(move |_: EvtchnPort| {
             signalled.store(true, Ordering::Release)
@@ -558,10 +551,10 @@ impl PvDisk {
             layout,
             inflight: Inflight::new(slots),
             sent: empty_slots(slots),
-            dma: dma_device,
+            ring_memory: held.keep(),
+            dma: device,
             data,
             indirect,
-            grants: core::mem::take(&mut held.0),
             segments,
             done: empty_slots(slots),
             broken: None,
@@ -850,12 +843,12 @@ impl PvDisk {
     }
 
     /// Disconnects: goes Closing, waits for the back end to close, goes
-    /// Closed, revokes the ring's grant, frees the slots' pages (which ends
-    /// their grants; a grant the back end still maps is leaked with its
-    /// pages) and closes the event channel. Problems are reported, never
-    /// fatal. The kernel's transfer loop collects every request it submits,
-    /// so none is in flight here. Prints the closed line and the disk's
-    /// `dma: stats` line.
+    /// Closed, frees the ring and the slots' pages through the DMA layer
+    /// (which ends their grants; a grant the back end still maps is leaked
+    /// with its pages) and closes the event channel; the disk does no more
+    /// I/O. Problems are reported, never fatal. The kernel's transfer loop
+    /// collects every request it submits, so none is in flight here. Prints
+    /// the closed line and the disk's `dma: stats` line.
     pub fn close(&mut self, env: &mut DmaEnv<'_, 'static>) {
         if self.inflight.count() > 0 {
             warn!(
@@ -883,27 +876,30 @@ impl PvDisk {
         if let Some(Err(err)) = result {
             warn!("blk: {} close: {err}", self.name);
         }
+        // No request uses the ring or the slots' pages from now on.
+        self.broken.get_or_insert(BlkfrontError::BackendClosed {
+            state: XenbusState::Closed,
+        });
         let mut still_mapped = 0;
-        // A grant the back end still maps stays (its page is never freed).
-        for grant in self.grants.drain(..) {
-            if grants::end(grant).is_err() {
-                still_mapped += 1;
-            }
+        // Freeing ends the grants, the ring's as the slots'. That is safe
+        // even for an expired request's pages: Xen ends no grant the back
+        // end still maps, and then the DMA layer leaks the pages instead of
+        // freeing them.
+        let name = self.name;
+        let mut count = |freed: Result<(), DmaError<'static>>| match freed {
+            Ok(()) => {}
+            Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
+            Err(err) => error!("blk: {name} close: {err}"),
+        };
+        if let Some(memory) = self.ring_memory.take() {
+            count(self.dma.free_coherent(env, memory));
         }
-        // Freeing ends the grants. That is safe even for an expired
-        // request's pages: Xen ends no grant the back end still maps, and
-        // then the DMA layer leaks the pages instead of freeing them.
         for memory in self.data.iter_mut().chain(self.indirect.iter_mut()) {
-            let freed = match memory.take() {
+            count(match memory.take() {
                 Some(SlotMemory::Idle(buffer)) => self.dma.free_in_pool(env, buffer),
                 Some(SlotMemory::Mapped(mapping)) => self.dma.unmap(env, mapping),
                 None => Ok(()),
-            };
-            match freed {
-                Ok(()) => {}
-                Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
-                Err(err) => error!("blk: {} close: {err}", self.name),
-            }
+            });
         }
         if let Err(err) = events::close(self.port) {
             warn!("blk: {} close event channel: {err}", self.name);

@@ -311,8 +311,9 @@ impl Dma {
     /// A DMA context for `name`, a device that is another domain (`domid`,
     /// a PV back end) and is given grant references: its own pool of
     /// `bytes` (whole pages) of linear RAM from the heap, set aside for
-    /// good, named `tidepool:grants-<name>`. Prints the pool's and the
-    /// device's lines.
+    /// good, named `tidepool:grants-<name>`, from which both its pool
+    /// buffers and its coherent memory (a ring) come. Prints the pool's and
+    /// the device's lines.
     pub fn grant_device(
         &mut self,
         name: &'static str,
@@ -366,7 +367,7 @@ impl Dma {
         )
         .map_err(DmaSetupError::Setup)?;
         info!(
-            "dma: device {name} coherent=yes pool={pool} coherent-allocs=none dma-addr={}",
+            "dma: device {name} coherent=yes pool={pool} coherent-allocs={pool} dma-addr={}",
             device.addressing()
         );
         Ok(device)

@@ -285,6 +285,12 @@ impl<'a> DmaMapping<'a> {
 }
 
 /// A coherent DMA buffer. Freeing consumes it; it cannot be copied.
+///
+/// A grant device's coherent buffer is memory shared with the other domain
+/// for as long as the buffer lives (a PV ring): every page is granted, read
+/// and write, when it is allocated ([`Self::grant_refs`]), and freeing it
+/// ends those grants, or leaks it for good if the other domain still maps
+/// one ([`DmaDevice::free_coherent`]).
 #[derive(PartialEq, Eq, Debug)]
 pub struct CoherentBuffer<'a> {
     device: &'a str,
@@ -292,12 +298,22 @@ pub struct CoherentBuffer<'a> {
     dma: DmaAddr,
     virt: VirtAddr,
     size: u64,
+    /// A grant device's page grants, one per page, all made; empty for a
+    /// bus device.
+    grants: Vec<Option<Grant>>,
 }
 
 impl<'a> CoherentBuffer<'a> {
-    /// The address to give the device.
+    /// The address to give a bus device. A grant device is given
+    /// [`Self::grant_refs`].
     pub fn dma_addr(&self) -> DmaAddr {
         self.dma
+    }
+
+    /// The grant references of a grant device's buffer, one per page in
+    /// order; none for a bus device.
+    pub fn grant_refs(&self) -> impl Iterator<Item = GrantRef> + '_ {
+        self.grants.iter().flatten().map(Grant::gref)
     }
 
     /// Where the CPU reaches it: the pool's window (linear for a linear pool).
@@ -584,6 +600,18 @@ impl<'a> DmaDevice<'a> {
 
     /// Allocates `size` bytes (whole pages) of zeroed coherent memory at a
     /// DMA address that is a multiple of `align` (a power of two).
+    ///
+    /// A grant device's coherent memory comes from its pool and every page
+    /// of it is granted now, read-write ([`CoherentBuffer::grant_refs`]):
+    /// it is the memory both sides use at any time for the buffer's whole
+    /// life, with no hand-over between them (a PV ring), which is what
+    /// coherent memory is, and unlike a pool buffer there is no map at
+    /// which to grant it later (nor anything to gain: the back end maps
+    /// every page of a ring when it connects). Its list of grants is the
+    /// one heap allocation (a grant device allocates at setup only). If a
+    /// grant is refused, the grants made for it are ended and the memory
+    /// freed before the refusal is returned (or kept for good, counted in
+    /// `grants_leaked`, if one could not be ended).
     pub fn alloc_coherent(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
@@ -591,7 +619,6 @@ impl<'a> DmaDevice<'a> {
         align: u64,
     ) -> Result<CoherentBuffer<'a>, DmaError<'a>> {
         let device = self.name;
-        self.refuse_grant_device()?;
         let pool_id = self.coherent_pool;
         let pool = self.pool_mut(env.pools, pool_id)?;
         if !self.coherent && pool.window_cacheable() {
@@ -605,6 +632,7 @@ impl<'a> DmaDevice<'a> {
             .map_err(|error| DmaError::Pool { device, error })?;
         let virt = window_address(pool, block.base);
         env.memory.zero(&OwnedVirtRange::new(virt, block.size));
+        let grants = self.grant_coherent(env, pool_id, block)?;
         self.stats.allocs += 1;
         Ok(CoherentBuffer {
             device,
@@ -612,23 +640,25 @@ impl<'a> DmaDevice<'a> {
             dma: DmaAddr::from_phys(block.base),
             virt,
             size: block.size,
+            grants,
         })
     }
 
-    /// Frees a coherent buffer of this device.
+    /// Frees a coherent buffer of this device. A grant device's grants of
+    /// it are ended first; if the other domain still maps any, the buffer
+    /// is not freed but leaked, for good, with
+    /// [`DmaError::GrantsStillMapped`], as [`Self::free_in_pool`] does.
     pub fn free_coherent(
         &mut self,
         env: &mut DmaEnv<'_, 'a>,
         buffer: CoherentBuffer<'a>,
     ) -> Result<(), DmaError<'a>> {
         self.check_owner(buffer.device)?;
-        let device = self.name;
-        let pool = self.pool_mut(env.pools, buffer.pool)?;
-        pool.free(PhysRange {
+        let block = PhysRange {
             base: buffer.dma.phys(),
             size: buffer.size,
-        })
-        .map_err(|error| DmaError::Pool { device, error })?;
+        };
+        self.release_block(env, buffer.pool, block, buffer.grants)?;
         self.stats.frees += 1;
         Ok(())
     }

@@ -245,9 +245,10 @@ pub enum DmaError<'a> {
         /// The buffer's size.
         size: u64,
     },
-    /// A grant device is given only its pool buffers, granted once and
-    /// kept ([`DmaDevice::map_in_pool`](crate::DmaDevice::map_in_pool));
-    /// CPU buffers and coherent memory are refused.
+    /// A grant device is given only memory of its own pool, granted once
+    /// and kept ([`DmaDevice::map_in_pool`](crate::DmaDevice::map_in_pool),
+    /// [`DmaDevice::alloc_coherent`](crate::DmaDevice::alloc_coherent));
+    /// CPU buffers are refused.
     GrantDeviceNeedsPoolBuffer {
         /// The device.
         device: &'a str,
@@ -351,7 +352,7 @@ impl fmt::Display for DmaError<'_> {
             ),
             Self::GrantDeviceNeedsPoolBuffer { device } => write!(
                 f,
-                "grant device {device}: only its pool buffers are granted, not CPU buffers or coherent memory"
+                "grant device {device}: only its pool's memory is granted, not CPU buffers"
             ),
             Self::NoGrantTable { device } => {
                 write!(f, "grant device {device}: no grant table")

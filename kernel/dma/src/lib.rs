@@ -40,9 +40,9 @@
 //! - **Two kinds of device address** ([`Addressing`]): a bus device is given
 //!   [`DmaAddr`]s; a grant device (a Xen PV back end, another domain) is
 //!   given a grant reference per page ([`DmaMapping::grant_refs`]), made
-//!   through the [`PageGrants`] boundary. Its buffers come from its own pool
-//!   ([`DmaDevice::alloc_in_pool`]; CPU buffers and coherent memory are
-//!   refused) and use persistent grants, as Linux's blkfront does with
+//!   through the [`PageGrants`] boundary. Its memory comes from its own
+//!   pool (CPU buffers are refused). Its pool buffers
+//!   ([`DmaDevice::alloc_in_pool`]) use persistent grants, as Linux's blkfront does with
 //!   `feature-persistent`: a page is granted at the first map that covers
 //!   it and stays granted while the buffer lives, so a later map is a reuse
 //!   (counted, `grants_reused`), not a new grant (`grants_made`); freeing
@@ -51,8 +51,12 @@
 //!   domain could still write it), and the free fails with
 //!   [`DmaError::GrantsStillMapped`]. Grants are made lazily rather than
 //!   when the buffer is allocated so that pages a workload never reaches
-//!   (a 4 KiB request in a 128 KiB slot) hold no grant-table entry. A grant
-//!   device is coherent ([`snoops_cpu_caches`]): the other side is a CPU.
+//!   (a 4 KiB request in a 128 KiB slot) hold no grant-table entry. Its
+//!   coherent memory ([`DmaDevice::alloc_coherent`]: a ring both sides use
+//!   at any time for its whole life) is granted whole, read-write, when it
+//!   is allocated ([`CoherentBuffer::grant_refs`]), counted and ended at
+//!   its free the same way, and leaked the same way. A grant device is
+//!   coherent ([`snoops_cpu_caches`]): the other side is a CPU.
 //! - **Xen's answer is learned once per pool** when the pool is set up, by
 //!   cleaning its first page (`Pool::probe_platform_flush`). A refusal
 //!   during a later sync (e.g. `EPERM`) falls back to window maintenance for
@@ -83,8 +87,9 @@
 //!
 //! Pool metadata is allocated once, by [`PoolSet::add`]. Map, unmap, syncs
 //! and coherent allocation and free use no heap (a test counts allocations
-//! around them). A grant device's buffer allocates its list of page
-//! grants when it is allocated (once, at setup: its buffers are kept).
+//! around them). A grant device's pool buffer or coherent buffer allocates
+//! its list of page grants when it is allocated (once, at setup: its
+//! buffers are kept).
 //!
 //! # Console lines
 //!

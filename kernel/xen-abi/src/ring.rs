@@ -125,7 +125,8 @@ pub struct FrontRing<'a, const WORDS: usize> {
 
 impl<'a, const WORDS: usize> FrontRing<'a, WORDS> {
     /// Resets `shared` (`SHARED_RING_INIT`) and attaches a front end to it
-    /// (`FRONT_RING_INIT`). Call before granting the pages to the back end.
+    /// (`FRONT_RING_INIT`). Call before the back end is given the pages'
+    /// grant references.
     /// Its slot count must be a power of two (as [`ring_slots`] gives).
     pub fn init(shared: &'a SharedRing<WORDS>) -> Result<Self, RingError> {
         let slots = shared.slots.len();

@@ -10,6 +10,7 @@ use tidepool_xen_abi::{DomId, Grant, GrantAccess};
 use super::{DmaDevice, DmaEnv};
 use crate::boundary::OwnedPhysRange;
 use crate::error::DmaError;
+use crate::pool::PoolId;
 
 /// How a device reaches the memory it is given: the kind of its addresses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -18,10 +19,11 @@ pub enum Addressing {
     Bus,
     /// By grant reference, page by page: the "device" is another domain
     /// (a Xen PV back end), which maps each page through this domain's
-    /// grant table ([`PageGrants`](crate::PageGrants)). Its buffers come from its own pool,
-    /// are granted page by page at the first map that covers the page and
-    /// stay granted until freed (persistent grants, Linux's model: a later
-    /// map of a granted page is a reuse, not a new grant). Its memory is
+    /// grant table ([`PageGrants`](crate::PageGrants)). Its memory comes from its own pool:
+    /// pool buffers are granted page by page at the first map that covers
+    /// the page and stay granted until freed (persistent grants, Linux's
+    /// model: a later map of a granted page is a reuse, not a new grant);
+    /// coherent memory (a ring) is granted whole when it is allocated. It is
     /// coherent whatever the device tree says ([`snoops_cpu_caches`](crate::snoops_cpu_caches)).
     Grant {
         /// The domain the pages are granted to.
@@ -137,7 +139,32 @@ impl<'a> DmaDevice<'a> {
         Ok(())
     }
 
-    /// Refuses what only a bus device does (CPU buffers, coherent memory).
+    /// Grants a grant device every page of `block`, a coherent allocation
+    /// of `pool` (see [`DmaDevice::alloc_coherent`]); nothing for a bus
+    /// device. On a refusal the grants made are ended and the block freed
+    /// (left allocated for good if a grant could not be ended, which
+    /// `grants_leaked` counts), and the refusal is returned.
+    pub(super) fn grant_coherent(
+        &mut self,
+        env: &mut DmaEnv<'_, 'a>,
+        pool: PoolId,
+        block: PhysRange,
+    ) -> Result<Vec<Option<Grant>>, DmaError<'a>> {
+        if self.addressing == Addressing::Bus {
+            return Ok(Vec::new());
+        }
+        let mut grants: Vec<Option<Grant>> = (0..block.size / PAGE_SIZE).map(|_| None).collect();
+        match self.grant_pages(env, block, &mut grants, block.size) {
+            Ok(()) => Ok(grants),
+            Err(refused) => {
+                // The refusal is the cause; a grant not ended is counted.
+                let _ = self.release_block(env, pool, block, grants);
+                Err(refused)
+            }
+        }
+    }
+
+    /// Refuses what only a bus device does (CPU buffers).
     pub(super) fn refuse_grant_device(&self) -> Result<(), DmaError<'a>> {
         match self.addressing {
             Addressing::Bus => Ok(()),

@@ -225,6 +225,118 @@ fn grants_without_a_table_to_end_them_are_leaked_with_their_pages() {
 }
 
 #[test]
+fn coherent_memory_is_granted_whole_when_allocated_and_its_grants_end_when_freed() {
+    let (mut rig, mut dev) = grant_rig(16);
+    let window = rig.pool(GRANT_POOL).window();
+    rig.memory.write(window.0, &[0xaa; 0x2000]);
+    let ring = dev
+        .alloc_coherent(&mut rig.env(), 0x2000, PAGE_SIZE)
+        .unwrap();
+    assert_eq!(rig.memory.read(ring.virt().0, 0x2000), vec![0; 0x2000]);
+    // Every page granted now, read-write, in order, to the back end.
+    let first_gfn = (ring.dma_addr().0 / PAGE_SIZE) as u32;
+    let refs: Vec<GrantRef> = ring.grant_refs().collect();
+    assert_eq!(refs.len(), 2);
+    for (i, gref) in refs.iter().enumerate() {
+        assert_eq!(
+            table(&rig).entry(*gref),
+            (GTF_permit_access, BACK_END.0, first_gfn + i as u32)
+        );
+    }
+    assert_eq!(table(&rig).granted(), 2);
+    let s = *dev.stats();
+    assert_eq!((s.allocs, s.grants_made, s.grants_reused), (1, 2, 0));
+    // Shared with a CPU: its sync points need nothing.
+    dev.sync_coherent(&mut rig.env(), &ring, 0, 0x2000, SyncPoint::ForCpu)
+        .unwrap();
+    assert!(rig.cache.ops.is_empty() && rig.hypercalls().is_empty());
+    // Freeing ends every grant, as for a pool buffer, and frees the pages.
+    dev.free_coherent(&mut rig.env(), ring).unwrap();
+    assert_eq!(table(&rig).granted(), 0);
+    for gref in refs {
+        assert_eq!(table(&rig).entry(gref).0, 0, "{gref} revoked");
+    }
+    assert_eq!(rig.pool(GRANT_POOL).usage().used_pages, 0);
+    assert_eq!(
+        dev.stats_line().to_string(),
+        "dma: stats xvda syncs=0 hypercalls=0 pages=0 refusals=0 fallbacks=0 va_ops=0 va_bytes=0 \
+         bounced=0 maps=0 unmaps=0 allocs=1 frees=1 coherent_syncs=1 coherent_va_ops=0 \
+         grants_made=2 grants_reused=0 grants_ended=2 grants_leaked=0"
+    );
+}
+
+#[test]
+fn coherent_memory_the_back_end_still_maps_at_its_free_is_leaked_not_freed() {
+    let (mut rig, mut dev) = grant_rig(16);
+    let ring = dev
+        .alloc_coherent(&mut rig.env(), 0x2000, PAGE_SIZE)
+        .unwrap();
+    let block = PhysRange::new(ring.dma_addr().0, 0x2000);
+    let refs: Vec<GrantRef> = ring.grant_refs().collect();
+    table(&rig).map_by_back_end(refs[0]);
+    let err = dev.free_coherent(&mut rig.env(), ring).unwrap_err();
+    assert_eq!(
+        err,
+        DmaError::GrantsStillMapped {
+            device: DISK,
+            domid: BACK_END,
+            gref: refs[0],
+            error: GrantError::InUse {
+                gref: refs[0],
+                flags: GTF_permit_access | GTF_writing,
+            },
+            count: 1,
+            leaked: block,
+        }
+    );
+    // The other grant ended; the mapped one stays, and the whole buffer
+    // stays allocated for good: the back end may still write it.
+    assert_eq!(table(&rig).granted(), 1);
+    assert_ne!(table(&rig).entry(refs[0]).0, 0);
+    assert_eq!(table(&rig).entry(refs[1]).0, 0);
+    assert!(rig.pool(GRANT_POOL).is_allocation(block));
+    let s = *dev.stats();
+    assert_eq!(
+        (s.grants_made, s.grants_ended, s.grants_leaked, s.frees),
+        (2, 1, 1, 0)
+    );
+    let next = dev
+        .alloc_coherent(&mut rig.env(), 0x2000, PAGE_SIZE)
+        .unwrap();
+    assert!(!block.contains(next.dma_addr().phys()));
+    let next = dev.alloc_in_pool(&mut rig.env(), 0x2000).unwrap();
+    assert!(!block.contains(next.dma_addr().phys()));
+}
+
+#[test]
+fn a_refused_grant_of_coherent_memory_ends_the_grants_made_and_frees_it() {
+    let (mut rig, mut dev) = grant_rig(2);
+    let err = dev
+        .alloc_coherent(&mut rig.env(), 0x3000, PAGE_SIZE)
+        .unwrap_err();
+    let DmaError::GrantRefused { phys, error, .. } = err else {
+        panic!("{err}");
+    };
+    assert_eq!(error, GrantError::Exhausted { usable: 2 });
+    assert_eq!(phys.0, GRANT_PHYS.base.0 + 0x2000, "the third page");
+    // The two grants made before it are ended and nothing stays allocated.
+    assert_eq!(table(&rig).granted(), 0);
+    assert_eq!(rig.pool(GRANT_POOL).usage().used_pages, 0);
+    let s = *dev.stats();
+    assert_eq!(
+        (s.allocs, s.grants_made, s.grants_ended, s.grants_leaked),
+        (0, 2, 2, 0)
+    );
+    // Without a grant table nothing is granted and nothing kept.
+    rig.grants = None;
+    assert_eq!(
+        dev.alloc_coherent(&mut rig.env(), 0x1000, PAGE_SIZE),
+        Err(DmaError::NoGrantTable { device: DISK })
+    );
+    assert_eq!(rig.pool(GRANT_POOL).usage().used_pages, 0);
+}
+
+#[test]
 fn a_grant_device_takes_only_its_pool_buffers() {
     let (mut rig, mut dev) = grant_rig(4);
     let cpu = rig.cpu_buffer(0x4010_0000, 0x100, 1);
@@ -233,10 +345,9 @@ fn a_grant_device_takes_only_its_pool_buffers() {
             .unwrap_err(),
         DmaError::GrantDeviceNeedsPoolBuffer { device: DISK }
     );
-    let err = dev.alloc_coherent(&mut rig.env(), 0x1000, PAGE_SIZE);
     assert_eq!(
-        err.unwrap_err().to_string(),
-        "grant device xvda: only its pool buffers are granted, not CPU buffers or coherent memory"
+        DmaError::GrantDeviceNeedsPoolBuffer { device: DISK }.to_string(),
+        "grant device xvda: only its pool's memory is granted, not CPU buffers"
     );
     assert_eq!(rig.pool(GRANT_POOL).usage().used_pages, 0);
     assert_eq!(dev.addressing(), Addressing::Grant { domid: BACK_END });
