@@ -43,16 +43,16 @@ pub struct BootTest {
     /// follows the first's (after [`SECOND_BOOT`]), so `expect` continues
     /// into it.
     pub second_boot: Option<&'static str>,
-    /// Boot as an `xl` guest of a Linux dom0 (`pv.rs`), the first disk as
-    /// its `xvda`, instead of as `machine` says.
+    /// Boot as an `xl` guest of a Linux dom0 (`pv.rs`), the disks as its
+    /// `xvda`, `xvdb`, ..., instead of as `machine` says.
     pub pv: Option<PvSpec>,
 }
 
 /// What the Linux dom0 of a PV test does beyond creating the guest.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PvSpec {
-    /// `xl block-detach` the disk once the guest's console shows this.
-    pub detach_on: Option<&'static str>,
+    /// `xl block-detach` a disk during the run.
+    pub detach: Option<crate::pv::Detach>,
     /// tidepool is a dom0less domU next to the Linux dom0 (see
     /// `crate::pv::PvGuest::dom0less`).
     pub dom0less: bool,
@@ -1121,9 +1121,8 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
         Some(spec) => {
             let guest = crate::pv::PvGuest {
                 bootargs: machine.bootargs.clone(),
-                disk: images.first().cloned(),
-                read_only: test.disks.first().is_some_and(|d| d.read_only),
-                detach_on: spec.detach_on.map(String::from),
+                disks: machine.disks.clone(),
+                detach: spec.detach,
                 dom0less: spec.dom0less,
                 blkback_params: spec.blkback_params.into(),
             };
@@ -1242,7 +1241,10 @@ fn pv() -> Vec<BootTest> {
     .expect(&shut_down)
     .reject(PV_REJECT);
     detach.pv = Some(PvSpec {
-        detach_on: Some("blk: xvda pv devid="),
+        detach: Some(crate::pv::Detach {
+            vdev: "xvda",
+            on: "blk: xvda pv devid=",
+        }),
         ..PvSpec::default()
     });
     let mut dom0less = guest("pv-dom0less-block-attach", WRITE_AND_VERIFY)
@@ -1374,8 +1376,76 @@ fn pv() -> Vec<BootTest> {
         blkback_params: "max_persistent_grants=2048",
         ..PvSpec::default()
     });
-    vec![monitor, bench, read_only, detach, dom0less]
+    // Two disks, each watching its own back end, on the one xenstore ring.
+    // Both verify; then dom0 detaches xvdb while xvda keeps reading
+    // (verifies typed one after another): xvdb's back end goes Closing
+    // while only xvda does I/O and looks at watch events. xvdb's next
+    // verify must find its back end gone, and xvda must go on working and
+    // close cleanly. When every disk drained one shared queue of events,
+    // xvda's I/O swallowed xvdb's event and xvdb's verify read on from a
+    // back end waiting to close.
+    let unchanged = |seed| {
+        Some(DiskPattern {
+            seed,
+            written: None,
+        })
+    };
+    let mut two = guest("pv-xl-two-disks-detach-one", "monitor")
+        .with_disks(&[disk(1, unchanged(1)), disk(3, unchanged(3))])
+        .expect(&[
+            "blk: xvda pv devid=51712 backend=/local/domain/0/backend/vbd/1/51712 sectors=16384",
+            "blk: xvdb pv devid=51728 backend=/local/domain/0/backend/vbd/1/51728 sectors=16384",
+            "boot: ready",
+            "> blk verify xvda 1",
+            "blk: verify xvda sectors=16384 ok",
+            "> blk verify xvdb 3",
+            "blk: verify xvdb sectors=16384 ok",
+            "> blk verify xvdb 3",
+            "error: blk: xvdb read of sectors ",
+            "back end went away (state Closing)",
+            "error: blk: verify xvdb sectors=16384 problems=",
+            "> blk verify xvda 1",
+            "blk: verify xvda sectors=16384 ok",
+            "> poweroff",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+            "blk: xvdb closed",
+        ])
+        .expect(&shut_down[1..])
+        .reject(PV_REJECT)
+        .reject(&[
+            "error: blk: xvda",
+            "warning: blk: xvda",
+            "pv-dom0: detach-failed",
+        ]);
+    two.anywhere.extend(
+        [
+            "pv-dom0: detaching disk=xvdb",
+            "pv-dom0: detached disk=xvdb",
+        ]
+        .map(String::from),
+    );
+    two.typing = [
+        &["blk verify xvda 1", "blk verify xvdb 3"][..],
+        &["blk verify xvda 1"; XVDA_VERIFIES_WHILE_DETACHING],
+        &["blk verify xvdb 3", "blk verify xvda 1", "poweroff"],
+    ]
+    .concat();
+    two.pv = Some(PvSpec {
+        detach: Some(crate::pv::Detach {
+            vdev: "xvdb",
+            on: "blk: verify xvdb sectors=16384 ok",
+        }),
+        ..PvSpec::default()
+    });
+    vec![monitor, bench, read_only, detach, two, dom0less]
 }
+
+/// Verifies of xvda typed in `pv-xl-two-disks-detach-one` between xvdb's
+/// detach and its next verify: they take longer than dom0's `xl
+/// block-detach` takes to set xvdb's back end Closing (about two verifies'
+/// time in `pv-xl-detach-during-io`), and much less than the 10 s libxl
+/// waits for the front end to close before it removes the device.
+const XVDA_VERIFIES_WHILE_DETACHING: usize = 8;
 
 /// Sectors of each block-test disk (8 MiB).
 const DISK_SECTORS: u64 = 16384;

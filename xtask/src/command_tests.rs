@@ -572,13 +572,20 @@ mod tests {
     #[test]
     fn a_hung_command_is_killed_with_its_whole_group() {
         // A shell in its own group with a child of its own, as cargo, xtask
-        // and QEMU are.
+        // and QEMU are; it prints the child's pid.
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 600 & wait"])
+            .args(["-c", "sleep 600 & echo $!; wait"])
+            .stdout(Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sleep: u32 = line.trim().parse().unwrap();
         kill_group(&child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -590,14 +597,16 @@ mod tests {
         };
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
-        // The orphaned `sleep` is gone once its new parent reaps it.
-        let probe = format!("kill -s 0 -- -{} 2>/dev/null", child.id());
-        while Command::new("sh")
-            .args(["-c", &probe])
-            .status()
-            .unwrap()
-            .success()
-        {
+        // The orphaned `sleep` is dead: gone, or a zombie its new parent
+        // has not reaped yet (state `Z`, after the command in parentheses).
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{sleep}/stat")).map_or(true, |stat| {
+                stat.rsplit(") ")
+                    .next()
+                    .is_some_and(|rest| rest.starts_with('Z'))
+            })
+        };
+        while !dead() {
             assert!(Instant::now() < deadline, "a process of the group survived");
             std::thread::sleep(Duration::from_millis(20));
         }

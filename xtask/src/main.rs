@@ -157,7 +157,7 @@ struct RunArgs {
     #[arg(long)]
     scenario: Option<String>,
     /// A raw disk image for a virtio-blk device (repeatable; with --pv,
-    /// one disk, the guest's xvda).
+    /// the guest's xvda, xvdb, ... in order).
     #[arg(long)]
     disk: Vec<String>,
     /// Use the modern (v2) virtio-mmio transport.
@@ -252,14 +252,17 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
     tools::ensure_host_tools(ws)?;
     let image = build_kernel(ws)?;
     if args.pv {
-        if args.disk.len() > 1 {
-            return Err(Error::msg("--pv takes one --disk (the guest's xvda)"));
-        }
         let guest = pv::PvGuest {
             bootargs: args.bootargs,
-            disk: args.disk.first().map(PathBuf::from),
-            read_only: false,
-            detach_on: None,
+            disks: args
+                .disk
+                .iter()
+                .map(|file| qemu::Disk {
+                    file: file.clone(),
+                    read_only: false,
+                })
+                .collect(),
+            detach: None,
             dom0less: args.domu,
             blkback_params: String::new(),
         };

@@ -182,18 +182,26 @@ pub enum GuestKernel {
     },
 }
 
+/// `xl block-detach` of one of the guest's disks during the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Detach {
+    /// The disk's `vdev` in the guest (`xvdb`).
+    pub vdev: &'static str,
+    /// Detach it once the guest's console shows this.
+    pub on: &'static str,
+}
+
 /// What the dom0 does with the guest.
 #[derive(Clone, Debug)]
 pub struct PvGuest {
     /// tidepool's bootargs (`xl`'s `extra=`).
     pub bootargs: String,
-    /// The disk image on the host, `xvda` in the guest (through dom0's
-    /// `/dev/vda`), if any.
-    pub disk: Option<PathBuf>,
-    /// Attach the disk read-only (`access=ro`).
-    pub read_only: bool,
-    /// `xl block-detach` the disk once the guest's console shows this.
-    pub detach_on: Option<String>,
+    /// The disk images on the host, in order the guest's `xvda`, `xvdb`,
+    /// ... (through dom0's virtio `/dev/vda`, `/dev/vdb`, ...), each
+    /// attached read-only (`access=ro`) if it says so.
+    pub disks: Vec<Disk>,
+    /// Detach a disk during the run.
+    pub detach: Option<Detach>,
     /// Boot tidepool as a dom0less domU next to the Linux dom0 (Xen builds
     /// it with `xen,enhanced = "enabled"`), instead of `xl create`: dom0
     /// runs `init-dom0less`, then `xl block-attach`es the disk.
@@ -263,14 +271,18 @@ pub fn qemu_args_for(
     // `bench/linux.rs` are checked against (Xen finds no 1:1 room for
     // DOM0_MEM beside a 136 MB initramfs in 1 GiB).
     machine.memory = format!("{}M", crate::bench::MEMORY_MIB);
-    machine.disks = guest
-        .disk
-        .iter()
-        .map(|file| Disk {
-            file: file.display().to_string(),
-            read_only: guest.read_only,
-        })
-        .collect();
+    if guest.disks.len() > VDEV_LETTERS.len() {
+        return Err(Error::msg(format!(
+            "{} disks: a PV guest takes at most {}",
+            guest.disks.len(),
+            VDEV_LETTERS.len()
+        )));
+    }
+    // QEMU `virt` plugs its first virtio device into the highest
+    // virtio-mmio transport, and Linux names the disks from the lowest one
+    // (`vda` was the last disk given): given last first, dom0's `vda` is
+    // the first disk, the guest's `xvda`.
+    machine.disks = guest.disks.iter().rev().cloned().collect();
     let mut xen_bootargs = format!("{} dom0_mem={DOM0_MEM}", crate::qemu::XEN_VIRT_CONSOLE);
     let domu = match kernel {
         GuestKernel::Tidepool(image) if guest.dom0less => {
@@ -290,6 +302,22 @@ pub fn qemu_args_for(
     // state and powers off after it.
     qemu.end_with_xen_only();
     Ok(qemu)
+}
+
+/// The last letter of each disk's name (`xvda`, dom0's `vda`), in order.
+const VDEV_LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+
+/// Each disk of `guest` with its name's last letter and its `xl` access.
+fn disk_names(guest: &PvGuest) -> impl Iterator<Item = (char, &'static str)> + '_ {
+    guest.disks.iter().zip(VDEV_LETTERS).map(|(disk, &letter)| {
+        let access = if disk.read_only { "ro" } else { "rw" };
+        (char::from(letter), access)
+    })
+}
+
+/// The `xl` disk specification of a disk: `xvdX` through dom0's `/dev/vdX`.
+fn disk_spec(letter: char, access: &str) -> String {
+    format!("format=raw,vdev=xvd{letter},access={access},target=/dev/vd{letter}")
 }
 
 /// Linux guest's command line: its console is the PV console, `/init`
@@ -317,11 +345,11 @@ fn xl_config(guest: &PvGuest, linux: bool) -> String {
     if linux {
         cfg.push_str("ramdisk = \"/guest-initramfs.cpio\"\n");
     }
-    if guest.disk.is_some() {
-        let access = if guest.read_only { "ro" } else { "rw" };
-        cfg.push_str(&format!(
-            "disk = [ 'format=raw,vdev=xvda,access={access},target=/dev/vda' ]\n"
-        ));
+    if !guest.disks.is_empty() {
+        let specs: Vec<String> = disk_names(guest)
+            .map(|(letter, access)| format!("'{}'", disk_spec(letter, access)))
+            .collect();
+        cfg.push_str(&format!("disk = [ {} ]\n", specs.join(", ")));
     }
     cfg
 }
@@ -340,35 +368,38 @@ fn init_script(modules: &[String], guest: &PvGuest) -> String {
             format!("insmod /lib/modules/{m}.ko{args} || fail \"insmod {m}\"\n")
         })
         .collect();
-    let wait_disk = if guest.disk.is_some() {
-        "n=0\nwhile [ ! -b /dev/vda ]; do\n    n=$((n + 1))\n    [ $n -gt 500 ] && fail \"no /dev/vda after 5 s\"\n    usleep 10000\ndone\n"
-    } else {
-        ""
-    };
+    let wait_disk: String = disk_names(guest)
+        .map(|(letter, _)| {
+            format!(
+                "n=0\nwhile [ ! -b /dev/vd{letter} ]; do\n    n=$((n + 1))\n    \
+                 [ $n -gt 500 ] && fail \"no /dev/vd{letter} after 5 s\"\n    usleep 10000\ndone\n"
+            )
+        })
+        .collect();
     // The dom0less guest is domain 1, named by init-dom0less.
     let name = if guest.dom0less { "1" } else { GUEST_NAME };
-    let detach = match &guest.detach_on {
-        Some(pattern) => format!(
+    let detach = match guest.detach {
+        Some(Detach { vdev, on }) => format!(
             r#"(
     until grep -q "{pattern}" /var/log/xen/guest-{GUEST_NAME}.log 2>/dev/null; do usleep 20000; done
-    echo "{PREFIX}detaching disk=xvda"
-    if xl block-detach {name} xvda; then echo "{PREFIX}detached disk=xvda"; else echo "{PREFIX}detach-failed disk=xvda"; fi
+    echo "{PREFIX}detaching disk={vdev}"
+    if xl block-detach {name} {vdev}; then echo "{PREFIX}detached disk={vdev}"; else echo "{PREFIX}detach-failed disk={vdev}"; fi
 ) &
 "#,
-            pattern = pattern.replace('"', "")
+            pattern = on.replace('"', "")
         ),
         None => String::new(),
     };
     let start = if guest.dom0less {
-        let attach = if guest.disk.is_some() {
-            let access = if guest.read_only { "ro" } else { "rw" };
-            format!(
-                "xl block-attach 1 'format=raw,vdev=xvda,access={access},target=/dev/vda' || fail \"xl block-attach\"\n\
-                 echo \"{PREFIX}attached disk=xvda\"\n"
-            )
-        } else {
-            String::new()
-        };
+        let attach: String = disk_names(guest)
+            .map(|(letter, access)| {
+                format!(
+                    "xl block-attach 1 '{}' || fail \"xl block-attach\"\n\
+                     echo \"{PREFIX}attached disk=xvd{letter}\"\n",
+                    disk_spec(letter, access)
+                )
+            })
+            .collect();
         format!(
             "init-dom0less || fail \"init-dom0less\"\n\
              echo \"{PREFIX}init-dom0less done uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
@@ -446,12 +477,18 @@ poweroff -f
 mod tests {
     use super::*;
 
+    fn disk(file: &str, read_only: bool) -> Disk {
+        Disk {
+            file: file.into(),
+            read_only,
+        }
+    }
+
     fn guest() -> PvGuest {
         PvGuest {
             bootargs: "blk-verify=0@0+8".into(),
-            disk: Some("disk.img".into()),
-            read_only: false,
-            detach_on: None,
+            disks: vec![disk("disk.img", false)],
+            detach: None,
             dom0less: false,
             blkback_params: String::new(),
         }
@@ -461,18 +498,21 @@ mod tests {
     fn config_names_the_disk_and_its_access() {
         let cfg = xl_config(&guest(), false);
         assert!(cfg.contains("extra = \"blk-verify=0@0+8\""));
-        assert!(cfg.contains("'format=raw,vdev=xvda,access=rw,target=/dev/vda'"));
-        let ro = xl_config(
+        assert!(cfg.contains("disk = [ 'format=raw,vdev=xvda,access=rw,target=/dev/vda' ]\n"));
+        let two = xl_config(
             &PvGuest {
-                read_only: true,
+                disks: vec![disk("a.img", false), disk("b.img", true)],
                 ..guest()
             },
             false,
         );
-        assert!(ro.contains("access=ro"));
+        assert!(two.contains(
+            "disk = [ 'format=raw,vdev=xvda,access=rw,target=/dev/vda', \
+             'format=raw,vdev=xvdb,access=ro,target=/dev/vdb' ]\n"
+        ));
         let none = xl_config(
             &PvGuest {
-                disk: None,
+                disks: Vec::new(),
                 ..guest()
             },
             false,
@@ -523,12 +563,33 @@ mod tests {
         let detaching = init_script(
             &[],
             &PvGuest {
-                detach_on: Some("blk: write".into()),
+                disks: vec![disk("a.img", false), disk("b.img", false)],
+                detach: Some(Detach {
+                    vdev: "xvdb",
+                    on: "blk: write",
+                }),
                 ..guest()
             },
         );
         assert!(detaching.contains("grep -q \"blk: write\""));
-        assert!(detaching.contains("xl block-detach tidepool xvda"));
+        assert!(detaching.contains("xl block-detach tidepool xvdb"));
+        let vda = detaching.find("[ ! -b /dev/vda ]").unwrap();
+        let vdb = detaching.find("[ ! -b /dev/vdb ]").unwrap();
+        assert!(vda < vdb && vdb < detaching.find("xl create -p").unwrap());
+        let dom0less = init_script(
+            &[],
+            &PvGuest {
+                disks: vec![disk("a.img", false), disk("b.img", true)],
+                dom0less: true,
+                ..guest()
+            },
+        );
+        assert!(dom0less.contains(
+            "xl block-attach 1 'format=raw,vdev=xvda,access=rw,target=/dev/vda' || fail"
+        ));
+        assert!(dom0less.contains(
+            "xl block-attach 1 'format=raw,vdev=xvdb,access=ro,target=/dev/vdb' || fail"
+        ));
         for applet in ["grep", "usleep", "tail", "kill", "ln", "mkdir"] {
             assert!(APPLETS.contains(&applet), "{applet} is linked");
         }

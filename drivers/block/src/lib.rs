@@ -24,6 +24,7 @@ pub mod workload;
 
 use core::fmt;
 use core::task::Poll;
+use core::time::Duration;
 
 use tidepool_dma::{DmaDevice, DmaEnv};
 
@@ -36,6 +37,11 @@ pub use request::{
     sector_chunks,
 };
 pub use stats::{BlkStats, StatsLine, write_names};
+
+/// How long a request may take when its driver does not say otherwise
+/// ([`BlockDriver::request_timeout`]): a device beside the CPU (virtio,
+/// an SD card) answers in milliseconds.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A console line an interrupt brought besides completions (a capacity
 /// change, a device that failed), for the kernel to print at its level.
@@ -186,6 +192,15 @@ pub trait BlockDriver<'a> {
     /// guest would starve its own back end.
     fn default_wait(&self) -> WaitMode {
         WaitMode::Poll
+    }
+
+    /// How long one request may take before [`Self::expire`] fails it, and
+    /// so the longest one wait for a completion lasts (a waiter that found
+    /// nothing by then lets [`Self::expire`] report what is late):
+    /// [`REQUEST_TIMEOUT`], or longer for a device served by software that
+    /// shares the CPU (a Xen PV back end in another domain).
+    fn request_timeout(&self) -> Duration {
+        REQUEST_TIMEOUT
     }
 
     /// The outcome of a request, once; `Pending` while the device holds it.

@@ -33,6 +33,20 @@ impl WaitMode {
             Self::Hybrid => "hybrid",
         }
     }
+
+    /// Ticks a waiter spins on the device before it idles in WFI, for a
+    /// device whose requests may take `timeout` ticks (its driver's
+    /// [`crate::BlockDriver::request_timeout`]): none for `wfi`, the
+    /// hybrid's `budget`, and for `poll` the whole request timeout, so that
+    /// a waiter gives up on a completion exactly when the request it waits
+    /// for is due, whatever the device.
+    pub const fn spin_ticks(self, timeout: u64, budget: &SpinBudget) -> u64 {
+        match self {
+            Self::Wfi => 0,
+            Self::Poll => timeout,
+            Self::Hybrid => budget.ticks(),
+        }
+    }
 }
 
 impl fmt::Display for WaitMode {
@@ -110,6 +124,25 @@ mod tests {
         }
         assert_eq!("spin".parse::<WaitMode>(), Err(UnknownWaitMode));
         assert_eq!("".parse::<WaitMode>(), Err(UnknownWaitMode));
+    }
+
+    /// A poller waits as long as the device's requests may take: a Xen PV
+    /// disk's 30 s, not the 5 s of a device beside the CPU (it used to
+    /// give up after 5 s whatever the device).
+    #[test]
+    fn a_poller_spins_for_the_drivers_request_timeout() {
+        let frequency = 62_500_000;
+        let pv = 30 * frequency;
+        let mut budget = SpinBudget::new(frequency / 1000);
+        assert_eq!(WaitMode::Poll.spin_ticks(pv, &budget), pv);
+        assert_eq!(
+            WaitMode::Poll.spin_ticks(5 * frequency, &budget),
+            5 * frequency
+        );
+        assert_eq!(WaitMode::Wfi.spin_ticks(pv, &budget), 0);
+        assert_eq!(WaitMode::Hybrid.spin_ticks(pv, &budget), budget.ticks());
+        budget.record(u64::MAX);
+        assert_eq!(WaitMode::Hybrid.spin_ticks(pv, &budget), 0);
     }
 
     #[test]

@@ -388,7 +388,7 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
         }
         // Each wait is bounded by the store's reply timeout; a timeout here
         // only means nothing changed yet.
-        let _ = store::with(|xs| xs.wait_event());
+        let _ = store::with(|xs| xs.wait_event(TOKEN));
     };
     let _ = store::with(|xs| xs.unwatch("device/vbd", TOKEN));
     result
@@ -492,7 +492,9 @@ impl PvDisk {
         // header and `layout.entries` slots fit in it (its entries are
         // `__CONST_RING_SIZE` over those pages: only slots that fit after
         // the header). The disk frees it at close, after which it starts no
-        // request and the pool gives nothing more out (the device allocates
+        // request (`broken`), takes no response (`harvest`, `broken`) and
+        // neither publishes nor looks (`kick`, `has_completions`: no
+        // `ring_memory`), and the pool gives nothing more out (the device allocates
         // at setup only; the pool's memory never returns to the heap).
         // `BlkifSharedRing` is atomics (8-byte aligned), valid zeroed, so
         // the back end writing it at any time is sound.
@@ -596,14 +598,15 @@ impl PvDisk {
         let _ = Xen.evtchn_send(self.port);
     }
 
-    /// Looks at xenstore's queued watch events: the back end leaving
-    /// (Closing/Closed) ends all I/O.
+    /// Takes this disk's own queued watch events (other disks' stay queued
+    /// for them); after any, reads the back end's state: the back end
+    /// leaving (Closing/Closed) ends all I/O.
     fn check_backend(&mut self) {
         let token = &self.token;
         let changed = store::with(|xs| {
             let mut changed = false;
-            while let Ok(Some(event)) = xs.poll_event() {
-                changed |= event.token == *token;
+            while let Ok(Some(_)) = xs.poll_event(token) {
+                changed = true;
             }
             changed.then(|| blkfront::backend_state(xs, &self.vbd))
         })
@@ -972,7 +975,8 @@ impl BlockDriver<'static> for PvDisk {
     /// back end if it asked to be (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`):
     /// one event for a batch.
     fn kick(&mut self, _env: &mut DmaEnv<'_, 'static>) {
-        if self.ring.push_requests() {
+        // A closed disk's ring is freed: not even its index is written.
+        if self.ring_memory.is_some() && self.ring.push_requests() {
             self.notify();
             self.stats.notifies += 1;
         }
@@ -1006,8 +1010,9 @@ impl BlockDriver<'static> for PvDisk {
     }
 
     fn has_completions(&self) -> bool {
-        // A ring the back end overran is news too: `poll` reports it.
-        !matches!(self.ring.has_unconsumed_responses(), Ok(false))
+        // A closed disk's ring is freed (and nothing is in flight). A ring
+        // the back end overran is news: `poll` reports it.
+        self.ring_memory.is_some() && !matches!(self.ring.has_unconsumed_responses(), Ok(false))
     }
 
     fn poll(&mut self, _env: &mut DmaEnv<'_, 'static>) -> Completions {
@@ -1034,6 +1039,12 @@ impl BlockDriver<'static> for PvDisk {
     /// 17 ms for dom0 to run, 41-57 reads/s; WFI gave 266).
     fn default_wait(&self) -> WaitMode {
         WaitMode::Wfi
+    }
+
+    /// [`REQUEST_TIMEOUT`]: the back end is dom0's blkback, software
+    /// sharing the CPU, not a device beside it.
+    fn request_timeout(&self) -> Duration {
+        REQUEST_TIMEOUT
     }
 
     /// A read's data is lent in place in the slot's granted pages: the

@@ -66,9 +66,6 @@ use crate::timer;
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// `DeviceID` of a block device.
 const BLOCK_DEVICE_ID: u32 = 2;
-/// How long one request may take before it is reported as timed out (a
-/// PV disk's requests get [`blkfront::REQUEST_TIMEOUT`]).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per request of the bulk paths, at most (or the driver's largest
 /// request, if smaller).
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -156,21 +153,19 @@ fn print_stats<D: BlockDriver<'static>>(device: &D, dma: bool) {
     }
 }
 
-/// One block device and how long its requests may take.
+/// One block device and how it waits.
 pub struct Disk<D> {
     device: D,
-    /// How long one request may take, in counter ticks.
-    timeout_ticks: u64,
     waiter: Waiter,
 }
 
 /// How a device waits, and what waiting cost.
 struct Waiter {
+    /// The driver's [`BlockDriver::request_timeout`] in counter ticks: how
+    /// long a request may take, and the longest one wait lasts.
+    timeout_ticks: u64,
     mode: WaitMode,
     budget: SpinBudget,
-    /// How long `poll` spins for a completion ([`REQUEST_TIMEOUT`]), in
-    /// counter ticks (converted once: no division on the I/O path).
-    poll_ticks: u64,
     /// Ticks spent in WFI (interrupts on), for the CPU cost of a request.
     idle_ticks: u64,
     /// Requests submitted since the device was last kicked.
@@ -197,7 +192,7 @@ pub fn probe(
     disks.extend(
         blkfront::probe(dma, pv_grants)
             .into_iter()
-            .map(|disk| AnyDisk::Pv(Disk::with_timeout(disk, blkfront::REQUEST_TIMEOUT))),
+            .map(|disk| AnyDisk::Pv(Disk::new(disk))),
     );
     for any in &mut disks {
         with_disk!(any, disk => disk.set_wait(wait.unwrap_or(disk.device().default_wait())));
@@ -366,19 +361,16 @@ fn ticks(duration: Duration) -> u64 {
 }
 
 impl<D: BlockDriver<'static>> Disk<D> {
+    /// A disk whose requests may take what its driver says
+    /// ([`BlockDriver::request_timeout`]).
     fn new(device: D) -> Self {
-        Self::with_timeout(device, REQUEST_TIMEOUT)
-    }
-
-    /// A disk whose requests may take `timeout` each.
-    fn with_timeout(device: D, timeout: Duration) -> Self {
+        let timeout_ticks = ticks(device.request_timeout());
         Self {
             device,
-            timeout_ticks: ticks(timeout),
             waiter: Waiter {
+                timeout_ticks,
                 mode: WaitMode::Poll,
                 budget: SpinBudget::new(ticks(SPIN_CAP)),
-                poll_ticks: ticks(REQUEST_TIMEOUT),
                 idle_ticks: 0,
                 unkicked: 0,
             },
@@ -430,7 +422,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
             &mut dma.env(),
             request,
             &mut arch_timer::counter,
-            self.timeout_ticks,
+            waiter.timeout_ticks,
             &mut |device, env| waiter.wait(device, env),
         )
     }
@@ -454,7 +446,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
         if !holding {
             return self.submit(dma, request).map(Some);
         }
-        let deadline = Deadline::after(arch_timer::counter(), self.timeout_ticks);
+        let deadline = Deadline::after(arch_timer::counter(), self.waiter.timeout_ticks);
         match self.device.submit(&mut dma.env(), request, deadline) {
             // Busy implies full (`BlockDriver::is_full`).
             Err(error) if self.device.is_full(&error) => Ok(None),
@@ -601,11 +593,7 @@ impl Waiter {
         device.kick(env);
         self.unkicked = 0;
         let start = arch_timer::counter();
-        let spin = match self.mode {
-            WaitMode::Wfi => 0,
-            WaitMode::Poll => self.poll_ticks,
-            WaitMode::Hybrid => self.budget.ticks(),
-        };
+        let spin = self.mode.spin_ticks(self.timeout_ticks, &self.budget);
         let mut done = spin_for(device, env, start, spin);
         if !done && self.mode != WaitMode::Poll {
             self.idle(device, env);
@@ -631,9 +619,10 @@ impl Waiter {
     /// takes no interrupt at all; Xen still ends its WFI when it injects
     /// one, and the check then sees the completion.
     fn idle<D: BlockDriver<'static>>(&mut self, device: &mut D, env: &mut DmaEnv<'_, 'static>) {
+        let deadline = device.request_timeout();
         let start = arch_timer::counter();
         // A timeout is not an error here: `expire` reports late requests.
-        if let Err(err) = timer::wait_for(REQUEST_TIMEOUT, || {
+        if let Err(err) = timer::wait_for(deadline, || {
             device.interrupt_noted() || device.has_completions()
         }) && !matches!(err, timer::WaitError::TimedOut { .. })
         {

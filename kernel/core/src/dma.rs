@@ -296,15 +296,7 @@ impl Dma {
             &self.pools,
         )
         .map_err(DmaSetupError::Setup)?;
-        info!(
-            "dma: device {path} coherent={} pool={} coherent-allocs={} dma-addr={}",
-            if coherent { "yes" } else { "no" },
-            pool.unwrap_or("none"),
-            self.pools
-                .get(device.coherent_pool())
-                .map_or("?", |p| p.name()),
-            device.addressing()
-        );
+        self.print_device(&device);
         Ok(device)
     }
 
@@ -366,10 +358,21 @@ impl Dma {
             &self.pools,
         )
         .map_err(DmaSetupError::Setup)?;
+        self.print_device(&device);
+        Ok(device)
+    }
+
+    /// A new device's `dma: device` line: its coherence, private pool,
+    /// where its coherent memory comes from and what its addresses are.
+    fn print_device(&self, device: &DmaDevice<'static>) {
+        let pool_name = |id| self.pools.get(id).map_or("?", |p| p.name());
         info!(
-            "dma: device {name} coherent=yes pool={pool} coherent-allocs={pool} dma-addr={}",
+            "dma: device {} coherent={} pool={} coherent-allocs={} dma-addr={}",
+            device.name(),
+            if device.is_coherent() { "yes" } else { "no" },
+            device.private_pool().map_or("none", pool_name),
+            pool_name(device.coherent_pool()),
             device.addressing()
         );
-        Ok(device)
     }
 }

@@ -682,10 +682,7 @@ impl<'a> DmaDevice<'a> {
         let block = pool
             .alloc(size, PAGE_SIZE)
             .map_err(|error| DmaError::Pool { device, error })?;
-        let grants = match self.addressing {
-            Addressing::Bus => Vec::new(),
-            Addressing::Grant { .. } => (0..block.size / PAGE_SIZE).map(|_| None).collect(),
-        };
+        let grants = self.no_grants_yet(block);
         Ok(PoolBuffer {
             device,
             pool: pool_id,

@@ -517,14 +517,10 @@ pub fn wait_for_backend<C: StoreChannel>(
             if closing && !matches!(want, XenbusState::Closing | XenbusState::Closed) {
                 return Err(BlkfrontError::BackendClosed { state: seen });
             }
-            loop {
-                match xs.wait_event() {
-                    Ok(event) if event.token == token => break,
-                    Ok(_) => {}
-                    // Nothing changed in one wait: look again.
-                    Err(XsError::Timeout { .. }) => break,
-                    Err(error) => return Err(error.into()),
-                }
+            match xs.wait_event(&token) {
+                // Nothing changed in one wait: look again.
+                Ok(_) | Err(XsError::Timeout { .. }) => {}
+                Err(error) => return Err(error.into()),
             }
         }
         Err(BlkfrontError::StateTimeout { want, seen })

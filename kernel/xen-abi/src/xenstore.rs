@@ -4,11 +4,27 @@
 //! responses from it) with free-running indices. A message is a 16-byte
 //! header (`type`, `req_id`, `tx_id`, `len`) and `len` bytes of payload,
 //! NUL-separated strings. [`Xenstore`] has one request outstanding at a
-//! time, matches its reply by request id, queues watch events that arrive
-//! meanwhile, maps xenstored's error strings to [`XsErrno`], and treats a
-//! reply longer than [`XENSTORE_PAYLOAD_MAX`], a wrong id or type, or a ring
-//! whose indices cannot be right as an error, never a wait without end: the
-//! [`StoreChannel`] bounds every wait.
+//! time, matches its reply by request id, maps xenstored's error strings to
+//! [`XsErrno`], and treats a reply longer than [`XENSTORE_PAYLOAD_MAX`], a
+//! wrong id or type, or a ring whose indices cannot be right as an error,
+//! never a wait without end: the [`StoreChannel`] bounds every wait.
+//!
+//! # Watch events
+//!
+//! Every watch has its own token and its own queue: an event read off the
+//! ring (while a reply is awaited, or by any owner looking for its own) is
+//! queued under its token, and only [`Xenstore::poll_event`] or
+//! [`Xenstore::wait_event`] with that token takes it, in arrival order. So
+//! several owners (two PV disks watching their back ends, the dom0less
+//! guest's `device/vbd` watch) share the one ring without taking each
+//! other's events. Memory is bounded: a queue holds at most
+//! [`WATCH_EVENTS_MAX`] events, and an event arriving at a full queue
+//! collapses it into one event naming the watched path itself. A watch event
+//! only means "look again at or under this path", and the watched path
+//! covers every path the dropped events named, so nothing an owner would
+//! act on is lost. An event whose token no watch has (one xenstored sent
+//! before it processed an unwatch) is dropped when it arrives, and
+//! [`Xenstore::unwatch`] drops the events its watch still had queued.
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -24,6 +40,9 @@ pub const XENSTORE_PAYLOAD_MAX: usize = 4096;
 pub const HEADER_BYTES: usize = 16;
 /// Transactions retried this many times on `EAGAIN` before giving up.
 pub const TRANSACTION_RETRIES: u32 = 8;
+/// Watch events queued per watch before the queue collapses into one (see
+/// the module's *Watch events*).
+pub const WATCH_EVENTS_MAX: usize = 16;
 
 /// `struct xenstore_domain_interface`.
 #[repr(C)]
@@ -292,6 +311,17 @@ pub enum XsError {
     },
     /// A transaction still conflicted after [`TRANSACTION_RETRIES`] tries.
     TransactionRetries,
+    /// A watch with this token exists already: each watch's token must be
+    /// its own, since it says whose queue its events go to.
+    TokenInUse {
+        /// The token.
+        token: String,
+    },
+    /// No watch has this token: nothing will ever come for it.
+    NotWatched {
+        /// The token.
+        token: String,
+    },
 }
 
 impl fmt::Display for XsError {
@@ -317,6 +347,8 @@ impl fmt::Display for XsError {
             }
             Self::Timeout { op } => write!(f, "no reply to {op:?}"),
             Self::TransactionRetries => f.write_str("transaction kept conflicting"),
+            Self::TokenInUse { token } => write!(f, "watch token {token:?} already in use"),
+            Self::NotWatched { token } => write!(f, "no watch with token {token:?}"),
         }
     }
 }
@@ -349,12 +381,34 @@ pub struct WatchEvent {
     pub token: String,
 }
 
+/// One watch: its path, its token and the events queued for it.
+struct Watch {
+    path: String,
+    token: String,
+    /// Paths of the events not taken yet, oldest first; at most
+    /// [`WATCH_EVENTS_MAX`].
+    events: VecDeque<String>,
+}
+
+impl Watch {
+    /// Queues an event for `path`; a full queue collapses into one event
+    /// for the watched path (see the module's *Watch events*).
+    fn push(&mut self, path: String) {
+        if self.events.len() == WATCH_EVENTS_MAX {
+            self.events.clear();
+            self.events.push_back(self.path.clone());
+        } else {
+            self.events.push_back(path);
+        }
+    }
+}
+
 /// A xenstore client over one store page.
 pub struct Xenstore<'a, C: StoreChannel> {
     page: &'a XenstoreInterface,
     channel: C,
     next_id: u32,
-    events: VecDeque<WatchEvent>,
+    watches: Vec<Watch>,
 }
 
 impl<'a, C: StoreChannel> Xenstore<'a, C> {
@@ -364,7 +418,7 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
             page,
             channel,
             next_id: 1,
-            events: VecDeque::new(),
+            watches: Vec::new(),
         }
     }
 
@@ -408,29 +462,52 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
             .collect())
     }
 
-    /// Watches `path` (and everything under it); events carry `token`.
-    /// xenstored fires it once at once.
+    /// Watches `path` (and everything under it); its events are queued
+    /// under `token`, which no other watch may have
+    /// ([`XsError::TokenInUse`]), for [`Self::poll_event`] and
+    /// [`Self::wait_event`] with it. xenstored fires it once at once.
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(
+        if self.watches.iter().any(|w| w.token == token) {
+            return Err(XsError::TokenInUse {
+                token: token.into(),
+            });
+        }
+        // Registered before the request: the first firing may follow the
+        // reply at once.
+        self.watches.push(Watch {
+            path: path.into(),
+            token: token.into(),
+            events: VecDeque::new(),
+        });
+        let result = self.request(
             XsType::Watch,
             TxId::NONE,
             path,
             &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
-        )
-        .map(drop)
+        );
+        if result.is_err() {
+            self.forget(path, token);
+        }
+        result.map(drop)
     }
 
-    /// Stops the watch of `path` with `token`.
+    /// Stops the watch of `path` with `token` and drops the events it
+    /// still had queued; later events with its token are dropped when they
+    /// arrive. The watch is forgotten here even if xenstored refuses.
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        self.request(
+        let result = self.request(
             XsType::Unwatch,
             TxId::NONE,
             path,
             &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
-        )
-        .map(drop)?;
-        self.events.retain(|e| e.token != token);
-        Ok(())
+        );
+        self.forget(path, token);
+        result.map(drop)
+    }
+
+    fn forget(&mut self, path: &str, token: &str) {
+        self.watches
+            .retain(|w| !(w.path == path && w.token == token));
     }
 
     /// Starts a transaction.
@@ -486,9 +563,11 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
         Err(XsError::TransactionRetries)
     }
 
-    /// The next queued watch event, without waiting.
-    pub fn poll_event(&mut self) -> Result<Option<WatchEvent>, XsError> {
-        while self.events.is_empty() && self.reply_available()? {
+    /// The oldest event of the watch with `token`, without waiting. Every
+    /// event already on the ring is queued under its own token first;
+    /// other watches' events stay queued for their owners.
+    pub fn poll_event(&mut self, token: &str) -> Result<Option<WatchEvent>, XsError> {
+        while self.reply_available()? {
             let (header, body) = self.receive(XsType::WatchEvent)?;
             if header.kind != XsType::WatchEvent.raw() {
                 return Err(XsError::WrongType {
@@ -498,13 +577,25 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
             }
             self.queue_event(body)?;
         }
-        Ok(self.events.pop_front())
+        let watch = self
+            .watches
+            .iter_mut()
+            .find(|w| w.token == token)
+            .ok_or_else(|| XsError::NotWatched {
+                token: token.into(),
+            })?;
+        Ok(watch.events.pop_front().map(|path| WatchEvent {
+            path,
+            token: token.into(),
+        }))
     }
 
-    /// The next watch event, waiting for one (bounded by the channel).
-    pub fn wait_event(&mut self) -> Result<WatchEvent, XsError> {
+    /// The oldest event of the watch with `token`, waiting for one (each
+    /// wait bounded by the channel; other watches' events that arrive
+    /// meanwhile stay queued for their owners).
+    pub fn wait_event(&mut self, token: &str) -> Result<WatchEvent, XsError> {
         loop {
-            if let Some(event) = self.poll_event()? {
+            if let Some(event) = self.poll_event(token)? {
                 return Ok(event);
             }
             self.channel.wait().map_err(|()| XsError::Timeout {
@@ -575,6 +666,8 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
         }
     }
 
+    /// Queues an event under its token; one for a token no watch has is
+    /// dropped.
     fn queue_event(&mut self, body: Vec<u8>) -> Result<(), XsError> {
         let text = utf8(XsType::WatchEvent, body)?;
         let mut fields = text.split('\0');
@@ -584,10 +677,9 @@ impl<'a, C: StoreChannel> Xenstore<'a, C> {
                 what: "watch event fields",
             });
         };
-        self.events.push_back(WatchEvent {
-            path: path.into(),
-            token: token.into(),
-        });
+        if let Some(watch) = self.watches.iter_mut().find(|w| w.token == token) {
+            watch.push(path.into());
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use super::tidepool::KernelBench;
 use super::{Expected, Plan, best_of, linux_results, run_timed, tidepool_results};
 use crate::Workspace;
 use crate::pv::{GuestKernel, PvGuest};
+use crate::qemu::Disk;
 
 /// Deadline for one PV run: dom0's boot and toolstack, then the guest (for
 /// Linux, fio and the checksum pass).
@@ -43,9 +44,11 @@ pub(super) fn run(
 ) -> PvResults {
     let guest = |bootargs: String| PvGuest {
         bootargs,
-        disk: Some(disk.to_path_buf()),
-        read_only: true,
-        detach_on: None,
+        disks: vec![Disk {
+            file: disk.display().to_string(),
+            read_only: true,
+        }],
+        detach: None,
         dom0less: false,
         blkback_params: String::new(),
     };

@@ -150,10 +150,7 @@ impl<'a> DmaDevice<'a> {
         pool: PoolId,
         block: PhysRange,
     ) -> Result<Vec<Option<Grant>>, DmaError<'a>> {
-        if self.addressing == Addressing::Bus {
-            return Ok(Vec::new());
-        }
-        let mut grants: Vec<Option<Grant>> = (0..block.size / PAGE_SIZE).map(|_| None).collect();
+        let mut grants = self.no_grants_yet(block);
         match self.grant_pages(env, block, &mut grants, block.size) {
             Ok(()) => Ok(grants),
             Err(refused) => {
@@ -161,6 +158,15 @@ impl<'a> DmaDevice<'a> {
                 let _ = self.release_block(env, pool, block, grants);
                 Err(refused)
             }
+        }
+    }
+
+    /// The page grants of a new allocation `block`, none made yet: a slot
+    /// per page for a grant device, nothing for a bus device.
+    pub(super) fn no_grants_yet(&self, block: PhysRange) -> Vec<Option<Grant>> {
+        match self.addressing {
+            Addressing::Bus => Vec::new(),
+            Addressing::Grant { .. } => (0..block.size / PAGE_SIZE).map(|_| None).collect(),
         }
     }
 

@@ -228,6 +228,22 @@ impl Sim {
         }
     }
 
+    /// A write by another domain (a back end changing its state): fires
+    /// the watches on `path` at once, with no request from the client.
+    pub fn peer_write(&mut self, page: &XenstoreInterface, path: &str, value: &str) {
+        self.set(path.into(), Some(value.into()));
+        self.fire_watches();
+        self.flush(page);
+    }
+
+    /// A watch event for `token` whatever the watches are (one xenstored
+    /// sent before it processed an unwatch).
+    pub fn send_event(&mut self, page: &XenstoreInterface, path: &str, token: &str) {
+        self.pending.push((path.into(), token.into()));
+        self.fire_watches();
+        self.flush(page);
+    }
+
     fn fire_watches(&mut self) {
         for (path, token) in std::mem::take(&mut self.pending) {
             self.reply(15, 0, 0, format!("{path}\0{token}\0").as_bytes());

@@ -58,20 +58,138 @@ fn watches_deliver_events_queued_around_replies() {
     let state = "/local/domain/0/backend/vbd/1/51712/state";
     xs.watch(state, "be-state").unwrap();
     // The initial firing.
-    let first = xs.wait_event().unwrap();
+    let first = xs.wait_event("be-state").unwrap();
     assert_eq!(
         (first.path.as_str(), first.token.as_str()),
         (state, "be-state")
     );
-    assert_eq!(xs.poll_event().unwrap(), None);
+    assert_eq!(xs.poll_event("be-state").unwrap(), None);
     // A write by "the backend" (here ourselves) fires it; the event
     // arrives after the write's reply and waits in the queue.
     xs.write(TxId::NONE, state, "4").unwrap();
     assert_eq!(xs.read(TxId::NONE, state).unwrap(), "4");
-    assert_eq!(xs.poll_event().unwrap().unwrap().token, "be-state");
+    assert_eq!(
+        xs.poll_event("be-state").unwrap().unwrap().token,
+        "be-state"
+    );
     xs.unwatch(state, "be-state").unwrap();
     xs.write(TxId::NONE, state, "5").unwrap();
-    assert_eq!(xs.poll_event().unwrap(), None);
+    assert_eq!(
+        xs.poll_event("be-state").unwrap_err(),
+        XsError::NotWatched {
+            token: "be-state".into()
+        }
+    );
+}
+
+/// Every path `token`'s owner gets now, oldest first.
+fn take_all(xs: &mut Xenstore<'_, super::sim::Channel<'_>>, token: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    while let Some(event) = xs.poll_event(token).unwrap() {
+        assert_eq!(event.token, token);
+        paths.push(event.path);
+    }
+    paths
+}
+
+/// Two disks' back ends change in turn; each disk takes only its own
+/// events, all of them, in order, whichever looks first and however the
+/// events interleave with replies (the drain-everything client lost every
+/// event of the owner that looked second).
+#[test]
+fn each_watch_owner_gets_its_own_events_in_order() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    xs.watch("/be", "a").unwrap();
+    xs.watch("/be2", "b").unwrap();
+    for i in 1..=3 {
+        sim.borrow_mut().peer_write(&page, &format!("/be/{i}"), "x");
+        sim.borrow_mut()
+            .peer_write(&page, &format!("/be2/{i}"), "x");
+    }
+    // A request in between: the events that arrive around its reply are
+    // queued, not taken.
+    xs.write(TxId::NONE, "/be2/4", "x").unwrap();
+    assert_eq!(
+        take_all(&mut xs, "b"),
+        ["/be2", "/be2/1", "/be2/2", "/be2/3", "/be2/4"]
+    );
+    sim.borrow_mut().peer_write(&page, "/be/4", "x");
+    assert_eq!(
+        take_all(&mut xs, "a"),
+        ["/be", "/be/1", "/be/2", "/be/3", "/be/4"]
+    );
+    assert_eq!(take_all(&mut xs, "b"), Vec::<String>::new());
+    // Waiting for one's own event goes past another's, which stays.
+    sim.borrow_mut().peer_write(&page, "/be2/5", "x");
+    sim.borrow_mut().peer_write(&page, "/be/5", "x");
+    assert_eq!(xs.wait_event("a").unwrap().path, "/be/5");
+    assert_eq!(take_all(&mut xs, "b"), ["/be2/5"]);
+    // A token is one watch's.
+    assert_eq!(
+        xs.watch("/be3", "a").unwrap_err(),
+        XsError::TokenInUse { token: "a".into() }
+    );
+    assert_eq!(take_all(&mut xs, "a"), Vec::<String>::new());
+}
+
+/// An unwatch drops the events its watch still had queued, and an event
+/// xenstored sent for it before the unwatch is dropped when it arrives;
+/// another watch's events, interleaved with them, all stay.
+#[test]
+fn unwatch_drops_its_own_queued_events_only() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    xs.watch("/be", "a").unwrap();
+    xs.watch("/be2", "b").unwrap();
+    // Owner a looks once, then its back end and b's change in turn.
+    assert_eq!(xs.poll_event("a").unwrap().unwrap().path, "/be");
+    for i in 1..=2 {
+        sim.borrow_mut().peer_write(&page, &format!("/be/{i}"), "x");
+        sim.borrow_mut()
+            .peer_write(&page, &format!("/be2/{i}"), "x");
+    }
+    assert_eq!(xs.poll_event("a").unwrap().unwrap().path, "/be/1");
+    xs.unwatch("/be", "a").unwrap();
+    assert_eq!(
+        xs.poll_event("a").unwrap_err(),
+        XsError::NotWatched { token: "a".into() }
+    );
+    sim.borrow_mut().send_event(&page, "/be/late", "a");
+    assert_eq!(take_all(&mut xs, "b"), ["/be2", "/be2/1", "/be2/2"]);
+    // Watching again starts afresh: only the new watch's first firing,
+    // nothing of the old watch's (/be/2) or the late one.
+    xs.watch("/be", "a").unwrap();
+    assert_eq!(take_all(&mut xs, "a"), ["/be"]);
+}
+
+/// A queue holds at most WATCH_EVENTS_MAX events; one more collapses it
+/// into one event for the watched path, which covers every path dropped.
+/// Another watch's queue is not touched.
+#[test]
+fn a_full_queue_collapses_into_its_watched_path() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    xs.watch("/be", "a").unwrap();
+    xs.watch("/be2", "b").unwrap();
+    sim.borrow_mut().peer_write(&page, "/be2/1", "x");
+    // The first firing and 15 writes fill a's queue; the 16th write
+    // collapses it, and the rest queue behind.
+    let writes = WATCH_EVENTS_MAX + 3;
+    for i in 0..writes {
+        sim.borrow_mut().peer_write(&page, &format!("/be/{i}"), "x");
+    }
+    let taken = take_all(&mut xs, "a");
+    let mut expected = vec!["/be".to_string()];
+    expected.extend((WATCH_EVENTS_MAX..writes).map(|i| format!("/be/{i}")));
+    assert_eq!(taken, expected);
+    assert!(taken.len() <= WATCH_EVENTS_MAX);
+    assert_eq!(take_all(&mut xs, "b"), ["/be2", "/be2/1"]);
+    // Exactly full is not collapsed.
+    for i in 0..WATCH_EVENTS_MAX {
+        sim.borrow_mut().peer_write(&page, &format!("/be/{i}"), "x");
+    }
+    assert_eq!(take_all(&mut xs, "a").len(), WATCH_EVENTS_MAX);
 }
 
 #[test]
