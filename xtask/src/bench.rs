@@ -46,7 +46,7 @@ use clap::Args;
 use tidepool_block::wait::WaitMode;
 use tidepool_block::workload::{self, BLOCK_BYTES, Checksum};
 
-use self::linux::Crc32;
+use self::linux::{Crc32, LinuxBench};
 use self::report::{LinuxRun, Ready, Results, Setup};
 use self::tidepool::KernelBench;
 use crate::qemu::{self, Disk, Machine, Mode, QemuCommand};
@@ -500,17 +500,35 @@ fn tidepool_bench(
 ) -> std::result::Result<KernelBench, RunError> {
     eprintln!("bench: {label}: booting ({})", describe(machine));
     let console = tidepool_console(ws, image, run_dir, machine)?;
-    for line in console
-        .lines
-        .iter()
-        .filter(|l| l.text.contains(tidepool::BENCH_PREFIX))
-    {
-        eprintln!("bench: {label}: {}", line.text.trim_start());
-    }
-    let bench = KernelBench::parse(console.lines.iter().map(|l| l.text.as_str()))
-        .map_err(|e| console.failure(e.to_string()))?;
+    tidepool_results(&console, label, expected)
+}
+
+/// A tidepool benchmark run's figures, from any machine: echoes its `blk:
+/// bench` lines, reads them and checks their checksums against the disk.
+fn tidepool_results(
+    console: &Console,
+    label: &str,
+    expected: &Expected,
+) -> std::result::Result<KernelBench, RunError> {
+    console.echo(label, tidepool::BENCH_PREFIX);
+    let bench = KernelBench::parse(console.texts()).map_err(|e| console.failure(e.to_string()))?;
     expected
         .check_tidepool(&bench)
+        .map_err(|e| console.failure(format!("wrong data: {e}")))?;
+    Ok(bench)
+}
+
+/// A Linux benchmark run's figures, dom0 or domU: echoes `/init`'s lines,
+/// reads them and checks Linux's checksums against the disk.
+fn linux_results(
+    console: &Console,
+    label: &str,
+    expected: &Expected,
+) -> std::result::Result<LinuxBench, RunError> {
+    console.echo(label, linux::PREFIX);
+    let bench = linux::parse(console.texts()).map_err(|e| console.failure(e.to_string()))?;
+    expected
+        .check_linux(bench.seq_sum, bench.random_sum)
         .map_err(|e| console.failure(format!("wrong data: {e}")))?;
     Ok(bench)
 }
@@ -567,17 +585,7 @@ fn linux_bench(
     best_of(plan.runs, "linux", LinuxRun::best, |label| {
         eprintln!("bench: {label}: booting");
         let console = run_timed(&args, LINUX_TIMEOUT)?;
-        for line in console
-            .lines
-            .iter()
-            .filter(|l| l.text.contains(linux::PREFIX))
-        {
-            eprintln!("bench: {label}: {}", line.text.trim_start());
-        }
-        let bench = linux::parse(&console.texts()).map_err(|e| console.failure(e.to_string()))?;
-        expected
-            .check_linux(bench.seq_sum, bench.random_sum)
-            .map_err(|e| console.failure(format!("wrong data: {e}")))?;
+        let bench = linux_results(&console, label, expected)?;
         let init_host = console
             .find(linux::INIT_MARKER)
             .map_or(console.elapsed, |(line, _)| line.at);
@@ -753,17 +761,38 @@ struct Console {
     elapsed: Duration,
 }
 
+/// What follows `prefix` in `line`, if it has it (console noise, such as
+/// Xen's `(d1) `, may come before it).
+fn after<'l>(line: &'l str, prefix: &str) -> Option<&'l str> {
+    let at = line.find(prefix)?;
+    Some(&line[at + prefix.len()..])
+}
+
+/// A `PREFIX KIND key=value ...` line, the shape of both sides' benchmark
+/// lines (`blk: bench seq ...`, `bench-linux: fio qd1 ...`): its kind (the
+/// word after `prefix`) and the rest.
+pub fn tagged<'l>(line: &'l str, prefix: &str) -> Option<(&'l str, &'l str)> {
+    let rest = after(line, prefix)?;
+    Some(rest.split_once(' ').unwrap_or((rest, "")))
+}
+
 impl Console {
     /// The first line containing `prefix`, and what follows the prefix.
     fn find(&self, prefix: &str) -> Option<(&Line, &str)> {
-        self.lines.iter().find_map(|l| {
-            let at = l.text.find(prefix)?;
-            Some((l, &l.text[at + prefix.len()..]))
-        })
+        self.lines
+            .iter()
+            .find_map(|l| Some((l, after(&l.text, prefix)?)))
     }
 
-    fn texts(&self) -> Vec<String> {
-        self.lines.iter().map(|l| l.text.clone()).collect()
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        self.lines.iter().map(|l| l.text.as_str())
+    }
+
+    /// Shows the lines containing `prefix` as progress, `label` first.
+    fn echo(&self, label: &str, prefix: &str) {
+        for line in self.texts().filter(|t| t.contains(prefix)) {
+            eprintln!("bench: {label}: {}", line.trim_start());
+        }
     }
 
     /// A [`RunError`] saying `what`, with how the run ended and its tail.
@@ -828,6 +857,19 @@ mod tests {
         assert!(kv.f64("e").is_err());
         assert!(kv.f64("f").is_err());
         assert_eq!(ParseError::Missing("x").to_string(), "no x=");
+    }
+
+    #[test]
+    fn tagged_lines() {
+        assert_eq!(
+            tagged("(d1) blk: bench qd16 reqs=4 us=9", "blk: bench "),
+            Some(("qd16", "reqs=4 us=9"))
+        );
+        assert_eq!(
+            tagged("bench-linux: done", "bench-linux: "),
+            Some(("done", ""))
+        );
+        assert_eq!(tagged("blk: stats reads=1", "blk: bench "), None);
     }
 
     #[test]

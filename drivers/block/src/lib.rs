@@ -1,7 +1,8 @@
 //! What tidepool's block drivers share, so that the kernel has one block
 //! interface and one transfer loop whatever the device (virtio-blk, the
 //! i.MX uSDHC SD card): requests ([`Request`]), their handles ([`Token`])
-//! and deadlines, the counters and their console line ([`BlkStats`]), the
+//! and deadlines, how a transfer splits into requests
+//! ([`sector_chunks`]), the counters and their console line ([`BlkStats`]), the
 //! [`BlockDriver`] trait, [`SharedMemory`] (bounds-checked access to memory
 //! a driver shares with its device, the crate's one `unsafe` module), and
 //! [`pattern`], the disk content the kernel and xtask share, [`workload`],
@@ -33,8 +34,9 @@ pub use barrier::Barrier;
 pub use memory::SharedMemory;
 pub use request::{
     Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,
+    sector_chunks,
 };
-pub use stats::{BlkStats, StatsLine};
+pub use stats::{BlkStats, StatsLine, write_names};
 
 /// How long a request may take when its driver does not say otherwise
 /// ([`BlockDriver::request_timeout`]): a device beside the CPU (virtio,

@@ -51,6 +51,25 @@ pub enum Request<'d> {
     Flush,
 }
 
+/// Splits the `sectors` sectors from `lba` into requests' ranges of at
+/// most `max` sectors each, in order, as (first sector, sectors): every
+/// range but the last has `max` sectors, the last has the rest. Nothing
+/// when `sectors` is 0; a `max` of 0 counts as 1 (never an endless or
+/// empty split); a range past the last sector number (`u64::MAX`) ends
+/// there (a driver refuses such sectors anyway).
+pub fn sector_chunks(lba: u64, sectors: u64, max: u32) -> impl Iterator<Item = (u64, u32)> {
+    let max = max.max(1);
+    let sectors = sectors.min(u64::MAX - lba);
+    (0..sectors.div_ceil(max.into())).map(move |i| {
+        let at = i * u64::from(max);
+        let left = sectors - at;
+        (
+            lba + at,
+            u32::try_from(left).map_or(max, |left| left.min(max)),
+        )
+    })
+}
+
 /// The time by which a request must complete, in whatever unit the kernel's
 /// clock counts (drivers only compare it with the `now` they are given).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -161,5 +180,68 @@ impl<'c> IntoIterator for &'c Completions {
 
     fn into_iter(self) -> Self::IntoIter {
         self.as_slice().iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(lba: u64, sectors: u64, max: u32) -> Vec<(u64, u32)> {
+        sector_chunks(lba, sectors, max).collect()
+    }
+
+    #[test]
+    fn a_range_splits_into_whole_requests_and_a_shorter_last() {
+        assert_eq!(split(100, 10, 4), [(100, 4), (104, 4), (108, 2)]);
+        assert_eq!(
+            split(0, 8, 4),
+            [(0, 4), (4, 4)],
+            "a multiple: no short last"
+        );
+        assert_eq!(split(7, 3, 4), [(7, 3)], "shorter than one request");
+    }
+
+    #[test]
+    fn one_sector_is_one_request() {
+        assert_eq!(split(42, 1, 512), [(42, 1)]);
+        assert_eq!(split(42, 1, 1), [(42, 1)]);
+    }
+
+    #[test]
+    fn the_last_chunk_ends_at_the_range_end() {
+        let chunks = split(3, 1_000_001, 512);
+        assert_eq!(chunks.len(), 1954);
+        assert_eq!(
+            chunks.last(),
+            Some(&(3 + 1953 * 512, 1_000_001 - 1953 * 512))
+        );
+        let covered: u64 = chunks.iter().map(|&(_, n)| u64::from(n)).sum();
+        assert_eq!(covered, 1_000_001);
+        assert!(
+            chunks
+                .windows(2)
+                .all(|w| w[0].0 + u64::from(w[0].1) == w[1].0)
+        );
+    }
+
+    #[test]
+    fn degenerate_ranges_end() {
+        assert_eq!(split(5, 0, 4), []);
+        assert_eq!(split(5, 2, 0), [(5, 1), (6, 1)], "max 0 counts as 1");
+        assert_eq!(
+            split(u64::MAX - 3, 10, 2),
+            [(u64::MAX - 3, 2), (u64::MAX - 1, 1)],
+            "ends at the last sector number"
+        );
+        let large = split(0, u64::from(u32::MAX) * 2 + 1, u32::MAX);
+        assert_eq!(
+            large,
+            [
+                (0, u32::MAX),
+                (u64::from(u32::MAX), u32::MAX),
+                (u64::from(u32::MAX) * 2, 1)
+            ]
+        );
     }
 }

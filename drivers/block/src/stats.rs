@@ -1,8 +1,27 @@
-//! Per-device counters and their console line.
+//! Per-device counters and their console line, and how the drivers' lines
+//! name the flags set in a register ([`write_names`]).
 
 use core::fmt;
 
 use crate::{Completion, Op};
+
+/// Writes ` (a,b,c)`, the `names` in order (the flags set in a register
+/// or feature word, as the drivers' console lines show them); nothing when
+/// there are none.
+pub fn write_names<'n>(
+    f: &mut fmt::Formatter<'_>,
+    names: impl IntoIterator<Item = &'n str>,
+) -> fmt::Result {
+    let mut names = names.into_iter();
+    let Some(first) = names.next() else {
+        return Ok(());
+    };
+    write!(f, " ({first}")?;
+    for name in names {
+        write!(f, ",{name}")?;
+    }
+    f.write_str(")")
+}
 
 /// What a device has done, counted when requests complete (a timed-out
 /// request counts once, as a timeout, whenever the device returns it).
@@ -81,5 +100,29 @@ impl fmt::Display for StatsLine<'_> {
             s.bytes_written,
             s.notifies
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flags(&'static [&'static str]);
+
+    impl fmt::Display for Flags {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("0x5")?;
+            write_names(f, self.0.iter().copied())
+        }
+    }
+
+    #[test]
+    fn names_are_listed_in_parentheses_or_not_at_all() {
+        assert_eq!(Flags(&[]).to_string(), "0x5");
+        assert_eq!(Flags(&["ro"]).to_string(), "0x5 (ro)");
+        assert_eq!(
+            Flags(&["blk-size", "flush", "version-1"]).to_string(),
+            "0x5 (blk-size,flush,version-1)"
+        );
     }
 }

@@ -25,7 +25,7 @@
 
 use core::fmt;
 
-use tidepool_serial::for_each_terminal_byte;
+use tidepool_serial::{for_each_terminal_byte, poll_until};
 use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
@@ -116,10 +116,6 @@ register_structs! {
         (0xb8 => @END),
     }
 }
-
-/// How many times a status register is polled before a wait is given up:
-/// far longer than a character takes at any usual baud rate.
-const POLL_LIMIT: u32 = 1 << 20;
 
 /// Why the UART could not do what it was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +231,7 @@ impl ImxUart {
 
     /// Transmits one byte as is, waiting while the transmit FIFO is full.
     pub fn write_byte(&self, byte: u8) -> Result<(), ImxUartError> {
-        self.wait(
+        poll_until(
             || !self.registers.uts.is_set(UTS::TXFULL),
             ImxUartError::TransmitTimeout,
         )?;
@@ -250,7 +246,7 @@ impl ImxUart {
 
     /// Waits until everything written has left the UART (USR2.TXDC).
     pub fn flush(&self) -> Result<(), ImxUartError> {
-        self.wait(
+        poll_until(
             || self.registers.usr2.is_set(USR2::TXDC),
             ImxUartError::FlushTimeout,
         )
@@ -300,16 +296,6 @@ impl ImxUart {
     pub fn enable_receive_interrupts(&self) {
         self.registers.ufcr.modify(UFCR::RXTL.val(1));
         self.registers.ucr1.modify(UCR1::RRDYEN::SET);
-    }
-
-    fn wait(&self, done: impl Fn() -> bool, timeout: ImxUartError) -> Result<(), ImxUartError> {
-        for _ in 0..POLL_LIMIT {
-            if done() {
-                return Ok(());
-            }
-            core::hint::spin_loop();
-        }
-        Err(timeout)
     }
 }
 

@@ -18,7 +18,7 @@
 
 use core::fmt;
 
-use tidepool_serial::for_each_terminal_byte;
+use tidepool_serial::{for_each_terminal_byte, poll_until};
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
@@ -111,11 +111,6 @@ register_structs! {
         (0x048 => @END),
     }
 }
-
-/// How many times the Flag Register is polled before a wait is given up:
-/// about a second of device reads, far longer than a character takes at
-/// any usual baud rate.
-const POLL_LIMIT: u32 = 1 << 20;
 
 /// Why the UART could not do what it was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,7 +277,10 @@ impl Pl011 {
 
     /// Transmits one byte as is, waiting while the transmit FIFO is full.
     pub fn write_byte(&self, byte: u8) -> Result<(), Pl011Error> {
-        self.wait_until_clear(FR::TXFF, Pl011Error::TransmitTimeout)?;
+        poll_until(
+            || !self.registers.fr.is_set(FR::TXFF),
+            Pl011Error::TransmitTimeout,
+        )?;
         self.registers.dr.write(DR::DATA.val(byte.into()));
         Ok(())
     }
@@ -343,21 +341,10 @@ impl Pl011 {
 
     /// Waits until everything written has left the UART (FR.BUSY clear).
     pub fn flush(&self) -> Result<(), Pl011Error> {
-        self.wait_until_clear(FR::BUSY, Pl011Error::FlushTimeout)
-    }
-
-    fn wait_until_clear(
-        &self,
-        flag: tock_registers::fields::Field<u32, FR::Register>,
-        timeout: Pl011Error,
-    ) -> Result<(), Pl011Error> {
-        for _ in 0..POLL_LIMIT {
-            if !self.registers.fr.is_set(flag) {
-                return Ok(());
-            }
-            core::hint::spin_loop();
-        }
-        Err(timeout)
+        poll_until(
+            || !self.registers.fr.is_set(FR::BUSY),
+            Pl011Error::FlushTimeout,
+        )
     }
 }
 

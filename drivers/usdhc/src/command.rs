@@ -4,6 +4,7 @@
 
 use core::fmt;
 
+use tidepool_block::write_names;
 use tock_registers::LocalRegisterCopy;
 use tock_registers::fields::FieldValue;
 
@@ -169,17 +170,10 @@ impl fmt::Display for CardStatus {
     /// `0x80000900 (OUT_OF_RANGE) state=tran`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#010x}", self.0)?;
-        let mut first = true;
-        for (bit, name) in ERROR_NAMES {
-            if self.0 & (1 << bit) != 0 {
-                f.write_str(if first { " (" } else { "," })?;
-                f.write_str(name)?;
-                first = false;
-            }
-        }
-        if !first {
-            f.write_str(")")?;
-        }
+        let set = ERROR_NAMES
+            .iter()
+            .filter(|&&(bit, _)| self.0 & (1 << bit) != 0);
+        write_names(f, set.map(|&(_, name)| name))?;
         const STATES: [&str; 9] = [
             "idle", "ready", "ident", "stby", "tran", "data", "rcv", "prg", "dis",
         ];
@@ -193,6 +187,19 @@ impl fmt::Display for CardStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_status_names_its_error_bits_and_state() {
+        assert_eq!(
+            CardStatus(0x8000_0900).to_string(),
+            "0x80000900 (OUT_OF_RANGE) state=tran"
+        );
+        assert_eq!(
+            CardStatus(0x0088_0000 | 3 << 9).to_string(),
+            "0x00880600 (COM_CRC_ERROR,ERROR) state=stby"
+        );
+        assert_eq!(CardStatus(0).to_string(), "0x00000000 state=idle");
+    }
 
     #[test]
     fn commands_encode_index_response_and_data() {

@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use tidepool_block::{Op, Token};
+use tidepool_block::{Op, Token, write_names};
 use tidepool_dma::DmaError;
 
 use crate::adma::AdmaError;
@@ -53,18 +53,10 @@ impl fmt::Display for Registers {
             (28, "dma"),
             (7, "card-removed"),
         ];
-        let mut first = true;
-        for (bit, name) in NAMES {
-            if self.int_status & (1 << bit) != 0 {
-                f.write_str(if first { " (" } else { "," })?;
-                f.write_str(name)?;
-                first = false;
-            }
-        }
-        if !first {
-            f.write_str(")")?;
-        }
-        Ok(())
+        let set = NAMES
+            .iter()
+            .filter(|&&(bit, _)| self.int_status & (1 << bit) != 0);
+        write_names(f, set.map(|&(_, name)| name))
     }
 }
 

@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+use tidepool_block::write_names;
 use tock_registers::{LocalRegisterCopy, register_bitfields};
 
 register_bitfields! {u32,
@@ -351,17 +352,7 @@ impl fmt::Display for FeatureSet {
             (feature::ACCESS_PLATFORM, "access-platform"),
             (feature::ORDER_PLATFORM, "order-platform"),
         ];
-        let mut first = true;
-        for (bit, name) in names {
-            if self.0 & bit != 0 {
-                f.write_str(if first { " (" } else { "," })?;
-                f.write_str(name)?;
-                first = false;
-            }
-        }
-        if !first {
-            f.write_str(")")?;
-        }
-        Ok(())
+        let set = names.into_iter().filter(|&(bit, _)| self.0 & bit != 0);
+        write_names(f, set.map(|(_, name)| name))
     }
 }

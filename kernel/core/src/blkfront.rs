@@ -63,8 +63,8 @@ use tidepool_xen_abi::ring::RingError;
 use tidepool_xen_abi::xenstore::{TxId, XsErrno, XsError};
 use tidepool_xen_abi::{EventHandler, EvtchnPort, GrantRef, Hypervisor};
 
-use crate::arch::aarch64::cpu;
 use crate::dma::{Dma, DmaSetupError};
+use crate::timer;
 use crate::xen::{Xen, events, store};
 
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too).
@@ -387,14 +387,14 @@ fn wait_for_attach() -> Result<Vec<u32>, BlkfrontError> {
     const TOKEN: &str = "blkfront-attach";
     store::with(|xs| xs.watch("device/vbd", TOKEN)).transpose()?;
     info!("blk: waiting for xl block-attach");
-    let start = cpu::uptime_us();
+    let start = timer::uptime_us();
     let result = loop {
         match store::with(blkfront::find_vbds) {
             Some(Ok(devids)) if !devids.is_empty() => break Ok(devids),
             Some(Err(err)) => break Err(err),
             _ => {}
         }
-        if cpu::uptime_us() - start > ATTACH_TIMEOUT_US {
+        if timer::uptime_us() - start > ATTACH_TIMEOUT_US {
             break Ok(Vec::new());
         }
         // Each wait is bounded by the store's reply timeout; a timeout here

@@ -16,8 +16,8 @@
 //! capacity change, reported, or a device that needs a reset, failed). So
 //! a driver's state is never touched from interrupt context. Waiting for a
 //! free request slot lasts at most one request timeout. The drivers' clock
-//! is the virtual counter in ticks (no division on the I/O path); reports
-//! use microseconds ([`cpu::uptime_us`]).
+//! is the virtual counter in ticks (no division on the I/O path); times
+//! are converted to and from ticks by [`timer`] only.
 //!
 //! # Waiting (`wait=`)
 //!
@@ -28,7 +28,7 @@
 //! - `poll`: spin on the device ([`BlockDriver::poll`]) with its interrupts
 //!   suppressed where the driver can ([`BlockDriver::set_interrupts`]).
 //! - `hybrid`: spin for a budget that follows recent completion times
-//!   ([`SpinBudget`], at most [`SPIN_CAP_US`]), then WFI.
+//!   ([`SpinBudget`], at most [`SPIN_CAP`]), then WFI.
 //!
 //! Without `wait=`, each device waits as its driver says
 //! ([`BlockDriver::default_wait`]: polling, but WFI for a Xen PV disk,
@@ -41,12 +41,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32};
 use core::task::Poll;
+use core::time::Duration;
 
 use log::{error, info, warn};
 use tidepool_block::pattern::{self, SECTOR_BYTES};
 use tidepool_block::wait::{SpinBudget, WaitMode};
 use tidepool_block::workload::{self, BLOCK_BYTES, Checksum};
-use tidepool_block::{BlockDriver, Deadline, Notice, Request, StatsLine, Token};
+use tidepool_block::{BlockDriver, Deadline, Notice, Request, StatsLine, Token, sector_chunks};
 use tidepool_dma::DmaEnv;
 use tidepool_dt::{DeviceTree, GicInterrupt, Usdhc as UsdhcNode, VirtioMmio};
 use tidepool_mm::PhysAddr;
@@ -71,7 +72,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Requests in flight per device (the benchmark's deepest queue, QD32).
 const IN_FLIGHT: usize = 32;
 /// The longest spin of `wait=hybrid` before WFI.
-pub const SPIN_CAP_US: u64 = 1000;
+pub const SPIN_CAP: Duration = Duration::from_millis(1);
 /// Random reads per queue depth of `bench=` when `bench-reads=` is not given.
 pub const BENCH_READS: u64 = 4096;
 
@@ -330,7 +331,7 @@ fn set_up_sd(
     let options = tidepool_usdhc::Options {
         base_clock_hz: node.clock_hz.unwrap_or(USDHC_DEFAULT_CLOCK_HZ),
         ignore_write_protect_pin: !node.write_protect_pin,
-        ticks_per_ms: (arch_timer::frequency() / 1000).max(1),
+        ticks_per_ms: ticks(Duration::from_millis(1)),
         ..tidepool_usdhc::Options::default()
     };
     // SAFETY: `base` is the controller's register block, mapped as Device
@@ -364,17 +365,23 @@ fn set_up_sd(
     Ok(Disk::new(card))
 }
 
+/// Counter ticks in `duration` ([`timer::duration_to_ticks`]), at most
+/// the counter's range.
+fn ticks(duration: Duration) -> u64 {
+    timer::duration_to_ticks(duration).unwrap_or(u64::MAX)
+}
+
 impl<D: BlockDriver<'static>> Disk<D> {
     /// A disk whose requests may take what its driver says
     /// ([`BlockDriver::request_timeout`]).
     fn new(device: D) -> Self {
-        let timeout_ticks = arch_timer::frequency() * device.request_timeout().as_secs();
+        let timeout_ticks = ticks(device.request_timeout());
         Self {
             device,
             waiter: Waiter {
                 timeout_ticks,
                 mode: WaitMode::Poll,
-                budget: SpinBudget::new(arch_timer::frequency() * SPIN_CAP_US / 1_000_000),
+                budget: SpinBudget::new(ticks(SPIN_CAP)),
                 idle_ticks: 0,
                 unkicked: 0,
             },
@@ -386,6 +393,11 @@ impl<D: BlockDriver<'static>> Disk<D> {
     fn chunk_bytes(&self) -> usize {
         let max = self.device.max_request_bytes() as usize / SECTOR_BYTES * SECTOR_BYTES;
         CHUNK_BYTES.min(max.max(SECTOR_BYTES))
+    }
+
+    /// [`Self::chunk_bytes`] in sectors.
+    fn chunk_sectors(&self) -> u32 {
+        (self.chunk_bytes() / SECTOR_BYTES) as u32
     }
 
     /// The device-tree path of the device.
@@ -556,11 +568,7 @@ impl<D: BlockDriver<'static>> Disk<D> {
         sectors: u64,
         each: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(), D::Error> {
-        let chunk = (self.chunk_bytes() / SECTOR_BYTES) as u64;
-        let requests = (0..sectors.div_ceil(chunk)).map(|i| {
-            let at = i * chunk;
-            (lba + at, (sectors - at).min(chunk) as u32)
-        });
+        let requests = sector_chunks(lba, sectors, self.chunk_sectors());
         let depth = self.device.slots();
         self.read_each(dma, depth, requests, each).map(|_| ())
     }
@@ -689,11 +697,10 @@ pub fn verify<D: BlockDriver<'static>>(
 ) -> u64 {
     let capacity = disk.device.capacity();
     let name = disk.name();
-    let per_pass = (disk.chunk_bytes() * 16 / SECTOR_BYTES) as u64;
+    let per_pass = disk.chunk_sectors() * 16;
     let mut problems = 0;
-    let mut lba = 0;
-    while lba < capacity {
-        let sectors = per_pass.min(capacity - lba);
+    for (lba, sectors) in sector_chunks(0, capacity, per_pass) {
+        let sectors = u64::from(sectors);
         let mut check = |at: u64, bytes: &[u8]| {
             let (whole, _) = bytes.as_chunks::<SECTOR_BYTES>();
             for (at, sector) in (at..).zip(whole) {
@@ -712,7 +719,6 @@ pub fn verify<D: BlockDriver<'static>>(
             );
             problems += 1;
         }
-        lba += sectors;
     }
     if problems == 0 {
         info!("blk: verify {name} sectors={capacity} ok");
@@ -729,15 +735,13 @@ pub fn write_pattern<D: BlockDriver<'static>>(
     dma: &mut Dma,
     range: SectorRange,
 ) -> Result<(), D::Error> {
+    const PER_CHUNK: usize = CHUNK_BYTES / SECTOR_BYTES;
     let SectorRange { seed, lba, count } = range;
-    let per_chunk = (CHUNK_BYTES / SECTOR_BYTES) as u64;
-    let mut sectors = vec![[0u8; SECTOR_BYTES]; per_chunk as usize];
-    let mut at = lba;
-    while at < lba + count {
-        let n = per_chunk.min(lba + count - at) as usize;
-        pattern::fill_sectors(seed, at, &mut sectors[..n]);
-        disk.write(dma, at, sectors[..n].as_flattened())?;
-        at += n as u64;
+    let mut sectors = vec![[0u8; SECTOR_BYTES]; PER_CHUNK];
+    for (at, n) in sector_chunks(lba, count, PER_CHUNK as u32) {
+        let sectors = &mut sectors[..n as usize];
+        pattern::fill_sectors(seed, at, sectors);
+        disk.write(dma, at, sectors.as_flattened())?;
     }
     disk.flush(dma)?;
     info!(
@@ -764,17 +768,17 @@ struct Phase {
 
 impl Phase {
     fn us(&self) -> u64 {
-        ticks_to_ns(self.elapsed_ticks).div_ceil(1000).max(1)
+        nanos(self.elapsed_ticks).div_ceil(1000).max(1)
     }
 
     /// CPU time per request: the time not spent in WFI, in nanoseconds.
     fn busy_ns_per_request(&self) -> u64 {
-        ticks_to_ns(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
+        nanos(self.elapsed_ticks.saturating_sub(self.idle_ticks)) / self.requests.max(1)
     }
 
     /// Time in `GNTTABOP_cache_flush` per request, in nanoseconds.
     fn flush_ns_per_request(&self) -> u64 {
-        ticks_to_ns(self.flush_ticks) / self.requests.max(1)
+        nanos(self.flush_ticks) / self.requests.max(1)
     }
 
     fn per_second(&self) -> u64 {
@@ -782,8 +786,9 @@ impl Phase {
     }
 }
 
-fn ticks_to_ns(ticks: u64) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(arch_timer::frequency())) as u64
+/// Nanoseconds in `ticks` counter ticks ([`timer::ticks_to_duration`]).
+fn nanos(ticks: u64) -> u64 {
+    u64::try_from(timer::ticks_to_duration(ticks).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Reads `requests` (first sector, sectors) with up to `depth` in flight
@@ -846,11 +851,7 @@ pub fn bench<D: BlockDriver<'static>>(
     let before_dma = dma_counters(disk);
 
     // The largest requests the driver takes, up to [`CHUNK_BYTES`].
-    let chunk = (disk.chunk_bytes() / SECTOR_BYTES) as u64;
-    let chunks = (0..span.div_ceil(chunk)).map(|i| {
-        let lba = i * chunk;
-        (lba, (span - lba).min(chunk) as u32)
-    });
+    let chunks = sector_chunks(0, span, disk.chunk_sectors());
     let seq = timed_reads(disk, dma, disk.device.slots(), chunks)?;
     let block_sectors = BLOCK_BYTES / SECTOR_BYTES as u64;
     let span_blocks = span / block_sectors;

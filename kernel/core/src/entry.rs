@@ -6,11 +6,12 @@ use log::{error, info, warn};
 use tidepool_dt::{AddrRange, ConsoleLine, DeviceTree, PsciMethod, Uart, UartKind};
 use tidepool_mm::PhysRange;
 
-use crate::arch::aarch64::{cpu, linker, psci::Conduit};
+use crate::arch::aarch64::{linker, psci::Conduit};
 use crate::bootargs::{Bootargs, LogLevel};
 use crate::console::{self, Backend};
 use crate::early_dt;
 use crate::shutdown::{PowerControl, set_power_control, shutdown};
+use crate::timer;
 use crate::xen::{self, ShutdownReason};
 
 /// The UART used when there is no usable device tree: QEMU `virt`'s PL011,
@@ -47,7 +48,7 @@ const fn parse_hex(text: &str) -> usize {
 extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -> ! {
     // The kernel's own boot time runs from here, without the hypervisor's
     // or firmware's before it.
-    let entry_us = cpu::uptime_us();
+    let entry_us = timer::uptime_us();
     // Until the device tree says otherwise, power off the way QEMU's virt
     // board expects: its PSCI sits behind SMC when the guest owns EL2.
     set_power_control(PowerControl::Psci(if entry_el == 2 {
@@ -222,8 +223,8 @@ extern "C" fn tidepool_entry(dtb_addr: usize, entry_el: u64, load_base: usize) -
     let (heap_used, heap_total) = crate::heap::usage();
     info!(
         "boot: ready uptime_us={} since_entry_us={} heap_used={heap_used} heap_total={heap_total}",
-        cpu::uptime_us(),
-        cpu::uptime_us() - entry_us
+        timer::uptime_us(),
+        timer::uptime_us() - entry_us
     );
     if !args.monitor {
         shutdown(ShutdownReason::PowerOff)

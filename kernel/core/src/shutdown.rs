@@ -47,7 +47,7 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
     };
     crate::console::write_line(format_args!(
         "shutdown: {word} uptime_us={}",
-        crate::arch::aarch64::cpu::uptime_us()
+        crate::timer::uptime_us()
     ));
     match power_control() {
         PowerControl::Xen => {

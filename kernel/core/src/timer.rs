@@ -61,15 +61,25 @@ pub fn now() -> Instant {
     }
 }
 
-/// Counter ticks in `duration`, rounded up so that a wait is never short.
-fn duration_to_ticks(duration: Duration) -> Option<u64> {
+/// Counter ticks in `duration`, rounded up so that a wait is never short;
+/// `None` past the counter's range.
+pub fn duration_to_ticks(duration: Duration) -> Option<u64> {
     let ticks = (duration.as_nanos() * u128::from(timer::frequency())).div_ceil(NANOS_PER_SECOND);
     u64::try_from(ticks).ok()
 }
 
-fn ticks_to_duration(ticks: u64) -> Duration {
+/// The time `ticks` counter ticks take, rounded down to the nanosecond
+/// (at most `u64::MAX` nanoseconds).
+pub fn ticks_to_duration(ticks: u64) -> Duration {
     let nanos = u128::from(ticks) * NANOS_PER_SECOND / u128::from(timer::frequency());
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// Microseconds on the virtual counter (since the domain or machine
+/// started); needs no set-up, so it can time the boot from the kernel's
+/// entry.
+pub fn uptime_us() -> u64 {
+    u64::try_from(ticks_to_duration(timer::counter()).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Why a wait ended without its condition.

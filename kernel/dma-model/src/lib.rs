@@ -185,9 +185,8 @@ impl Machine {
     pub fn fill_all(&mut self) {
         for i in 0..self.touched.len() {
             let line = self.touched[i];
-            if self.cacheable(line) && !self.cache.contains_key(&line) {
-                let data = self.memory_line(line);
-                self.cache.insert(line, Line { data, dirty: false });
+            if self.cacheable(line) {
+                self.fill(line);
             }
         }
     }
@@ -259,9 +258,8 @@ impl Machine {
             return;
         };
         match choice & 3 {
-            1 if self.cacheable(line) && !self.cache.contains_key(&line) => {
-                let data = self.memory_line(line);
-                self.cache.insert(line, Line { data, dirty: false });
+            1 if self.cacheable(line) => {
+                self.fill(line);
             }
             2 => self.write_back(line),
             3 => {
@@ -283,6 +281,28 @@ impl Machine {
             .get(&line)
             .copied()
             .unwrap_or([0; LINE as usize])
+    }
+
+    /// The cached copy of `line`, allocated clean from memory if the cache
+    /// does not hold it.
+    fn fill(&mut self, line: u64) -> &mut Line {
+        let data = self.memory_line(line);
+        self.cache
+            .entry(line)
+            .or_insert(Line { data, dirty: false })
+    }
+
+    /// Stores `byte` at `index` of `line` in the cache (allocating the
+    /// line), which makes it dirty.
+    fn store_cached(&mut self, line: u64, index: usize, byte: u8) {
+        let cached = self.fill(line);
+        cached.data[index] = byte;
+        cached.dirty = true;
+    }
+
+    /// Stores `byte` at `index` of `line` in memory, past the cache.
+    fn store_memory(&mut self, line: u64, index: usize, byte: u8) {
+        self.memory.entry(line).or_insert([0; LINE as usize])[index] = byte;
     }
 
     fn write_back(&mut self, line: u64) {
@@ -313,13 +333,7 @@ impl Machine {
         let index = (pa - line) as usize;
         self.touch(line);
         match attributes {
-            Attributes::WriteBack => {
-                let data = self.memory_line(line);
-                self.cache
-                    .entry(line)
-                    .or_insert(Line { data, dirty: false })
-                    .data[index]
-            }
+            Attributes::WriteBack => self.fill(line).data[index],
             Attributes::NonCacheable => match self.cache.get(&line).map(|l| l.data[index]) {
                 // Mismatched attributes: the read may hit a line another alias
                 // allocated.
@@ -337,18 +351,8 @@ impl Machine {
         let index = (pa - line) as usize;
         self.touch(line);
         match attributes {
-            Attributes::WriteBack => {
-                let data = self.memory_line(line);
-                let cached = self
-                    .cache
-                    .entry(line)
-                    .or_insert(Line { data, dirty: false });
-                cached.data[index] = value;
-                cached.dirty = true;
-            }
-            Attributes::NonCacheable => {
-                self.memory.entry(line).or_insert([0; LINE as usize])[index] = value;
-            }
+            Attributes::WriteBack => self.store_cached(line, index, value),
+            Attributes::NonCacheable => self.store_memory(line, index, value),
         }
     }
 
@@ -389,11 +393,7 @@ impl Machine {
                 let index = (pa - line) as usize;
                 match (device, self.cache.get(&line)) {
                     (Device::Coherent | Device::Domain, Some(cached)) => cached.data[index],
-                    (Device::Domain, None) => {
-                        let data = self.memory_line(line);
-                        self.cache.insert(line, Line { data, dirty: false });
-                        data[index]
-                    }
+                    (Device::Domain, None) => self.fill(line).data[index],
                     _ => self.memory_line(line)[index],
                 }
             })
@@ -411,16 +411,10 @@ impl Machine {
             }
             let index = (pa - line) as usize;
             if device == Device::Domain {
-                let data = self.memory_line(line);
-                let cached = self
-                    .cache
-                    .entry(line)
-                    .or_insert(Line { data, dirty: false });
-                cached.data[index] = byte;
-                cached.dirty = true;
+                self.store_cached(line, index, byte);
                 continue;
             }
-            self.memory.entry(line).or_insert([0; LINE as usize])[index] = byte;
+            self.store_memory(line, index, byte);
             if device == Device::Coherent
                 && let Some(cached) = self.cache.get_mut(&line)
             {

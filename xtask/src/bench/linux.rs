@@ -30,7 +30,7 @@ use tidepool_block::workload::{self, BLOCK_BYTES};
 
 use super::cpio::Newc;
 use super::userland::{self, LIB_DIR, Userland};
-use super::{KeyValues, ParseError, Rate, Throughput};
+use super::{KeyValues, ParseError, Rate, Throughput, tagged};
 use crate::debian::PrivateApt;
 use crate::devicetree::{self, Module, Tree};
 use crate::qemu::{Machine, Mode, QemuCommand};
@@ -483,6 +483,13 @@ pub struct LinuxBench {
 }
 
 impl LinuxBench {
+    /// fio's random reads at `depth`, if it ran them.
+    pub fn at_depth(&self, depth: u64) -> Option<&FioJob> {
+        self.random
+            .iter()
+            .find_map(|(d, job)| (*d == depth).then_some(job))
+    }
+
     /// The best of two runs: each timing from the faster run, the earlier
     /// `/init` (the checksums are checked per run).
     pub fn faster(self, other: Self) -> Self {
@@ -528,14 +535,14 @@ impl fmt::Display for LinuxParseError {
 }
 
 /// Finds `/init`'s lines in the console and reads the measurements.
-pub fn parse(lines: &[String]) -> std::result::Result<LinuxBench, LinuxParseError> {
+pub fn parse<'l>(
+    lines: impl IntoIterator<Item = &'l str>,
+) -> std::result::Result<LinuxBench, LinuxParseError> {
     let mut found: HashMap<String, &str> = HashMap::new();
     for line in lines {
-        let Some(at) = line.find(PREFIX) else {
+        let Some((kind, fields)) = tagged(line, PREFIX) else {
             continue;
         };
-        let rest = &line[at + PREFIX.len()..];
-        let (kind, fields) = rest.split_once(' ').unwrap_or((rest, ""));
         if kind == "error" {
             return Err(LinuxParseError::Reported(fields.to_string()));
         }
@@ -758,8 +765,8 @@ fn load_order(
 mod tests {
     use super::*;
 
-    fn lines(text: &str) -> Vec<String> {
-        text.lines().map(str::to_string).collect()
+    fn read(text: &str) -> std::result::Result<LinuxBench, LinuxParseError> {
+        parse(text.lines())
     }
 
     const FIO: &str =
@@ -784,7 +791,7 @@ mod tests {
 
     #[test]
     fn parses_init_output() {
-        let got = parse(&lines(&good())).unwrap();
+        let got = read(&good()).unwrap();
         assert_eq!(got.init_uptime, Duration::from_millis(2910));
         assert_eq!(got.seq.bytes, 64 << 20);
         assert_eq!(got.seq.time, Duration::from_millis(420));
@@ -799,6 +806,11 @@ mod tests {
         assert_eq!(qd1.requests, 4096);
         assert!((qd1.rate().iops() - 2000.0).abs() < 1e-9);
         assert_eq!(qd1.cpu_per_request(), Duration::from_nanos(125_000));
+        assert_eq!(
+            got.at_depth(16).map(|job| job.time),
+            Some(Duration::from_millis(512))
+        );
+        assert!(got.at_depth(64).is_none());
         assert_eq!(got.seq_sum, Crc32(u32::MAX));
         assert_eq!(got.random_sum, Crc32(12345));
     }
@@ -809,36 +821,31 @@ mod tests {
             "bench-linux: fio seq",
             "[  3.1] random: crng initbench-linux: fio seq",
         );
-        assert_eq!(parse(&lines(&text)).unwrap().seq.bytes, 64 << 20);
+        assert_eq!(read(&text).unwrap().seq.bytes, 64 << 20);
     }
 
     #[test]
     fn reports_what_is_wrong() {
-        let err = parse(&lines(
-            "bench-linux: init uptime=1.0\nbench-linux: error no /dev/vda after 5 s",
-        ));
+        let err = read("bench-linux: init uptime=1.0\nbench-linux: error no /dev/vda after 5 s");
         assert_eq!(
             err.unwrap_err(),
             LinuxParseError::Reported("no /dev/vda after 5 s".into())
         );
-        let err = parse(&lines("bench-linux: init uptime=1.0")).unwrap_err();
+        let err = read("bench-linux: init uptime=1.0").unwrap_err();
         assert_eq!(err, LinuxParseError::Missing("fio qd1".into()));
         assert_eq!(err.to_string(), "no 'bench-linux: fio qd1' line");
         let text = good().replace("runtime=420", "runtime=0");
         assert!(matches!(
-            parse(&lines(&text)),
+            read(&text),
             Err(LinuxParseError::Bad {
                 err: ParseError::Invalid { key: "runtime", .. },
                 ..
             })
         ));
         let text = good().replace("crc32=00003039", "crc32=");
-        assert!(
-            parse(&lines(&text)).is_err(),
-            "an empty sum (no crc32 applet)"
-        );
+        assert!(read(&text).is_err(), "an empty sum (no crc32 applet)");
         let text = good().replace("crc32=00003039", "crc32=123456789");
-        assert!(parse(&lines(&text)).is_err());
+        assert!(read(&text).is_err());
     }
 
     #[test]

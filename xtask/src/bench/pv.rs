@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::linux::{self, LinuxBench};
 use super::report::{Outcome, Verdict, ratio};
 use super::tidepool::KernelBench;
-use super::{Expected, Plan, best_of, run_timed};
+use super::{Expected, Plan, best_of, linux_results, run_timed, tidepool_results};
 use crate::Workspace;
 use crate::pv::{GuestKernel, PvGuest};
 use crate::qemu::Disk;
@@ -64,12 +64,7 @@ pub(super) fn run(
             &dir.join("pv-tidepool"),
         )?;
         let console = run_timed(&args, PV_TIMEOUT)?;
-        let bench = KernelBench::parse(console.lines.iter().map(|l| l.text.as_str()))
-            .map_err(|e| console.failure(e.to_string()))?;
-        expected
-            .check_tidepool(&bench)
-            .map_err(|e| console.failure(format!("wrong data: {e}")))?;
-        Ok(bench)
+        tidepool_results(&console, label, expected)
     });
     let linux = linux_domu(ws, dir, plan, expected, &guest(String::new()));
     PvResults { tidepool, linux }
@@ -92,18 +87,7 @@ fn linux_domu(
     best_of(plan.runs, "pv-linux", LinuxBench::faster, |label| {
         eprintln!("bench: {label}: booting (Linux domU, xen-blkfront)");
         let console = run_timed(&args, PV_TIMEOUT)?;
-        for line in console
-            .lines
-            .iter()
-            .filter(|l| l.text.contains(linux::PREFIX))
-        {
-            eprintln!("bench: {label}: {}", line.text.trim_start());
-        }
-        let bench = linux::parse(&console.texts()).map_err(|e| console.failure(e.to_string()))?;
-        expected
-            .check_linux(bench.seq_sum, bench.random_sum)
-            .map_err(|e| console.failure(format!("wrong data: {e}")))?;
-        Ok(bench)
+        linux_results(&console, label, expected)
     })
 }
 
@@ -120,12 +104,7 @@ pub fn lines(r: &PvResults) -> Vec<(String, Option<f64>, Option<f64>, &'static s
         out.push((
             format!("PV 4 KiB random reads, QD{depth}"),
             t.and_then(|b| Some(b.at_depth(depth)?.rate.iops())),
-            l.and_then(|b| {
-                b.random
-                    .iter()
-                    .find(|(d, _)| *d == depth)
-                    .map(|(_, job)| job.rate().iops())
-            }),
+            l.and_then(|b| Some(b.at_depth(depth)?.rate().iops())),
             "IOPS",
         ));
     }

@@ -377,14 +377,7 @@ pub fn figures(r: &Results) -> Vec<Figure> {
     let (stock, pool, linux) = (r.stock.as_ref().ok(), r.pool.as_ref().ok(), r.linux_ok());
     let seq = |b: Option<&KernelBench>| b.map(|b| b.seq.mib_per_s());
     let iops = |b: Option<&KernelBench>, depth| Some(b?.at_depth(depth)?.rate.iops());
-    let linux_iops = |depth| {
-        linux.and_then(|l| {
-            l.random
-                .iter()
-                .find(|(d, _)| *d == depth)
-                .map(|(_, job)| job.rate().iops())
-        })
-    };
+    let linux_iops = |depth| Some(linux?.at_depth(depth)?.rate().iops());
     let linux_seq = linux.map(|l| l.seq.throughput().mib_per_s());
     let mut out = vec![
         Figure::new("sequential read", "MiB/s")

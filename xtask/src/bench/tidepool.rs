@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{KeyValues, ParseError, Rate, Throughput};
+use super::{KeyValues, ParseError, Rate, Throughput, tagged};
 
 /// The start of the kernel's benchmark lines.
 pub const BENCH_PREFIX: &str = "blk: bench ";
@@ -83,11 +83,9 @@ impl KernelBench {
         let mut dma = None;
         let mut random = Vec::new();
         for line in lines {
-            let Some(at) = line.find(BENCH_PREFIX) else {
+            let Some((kind, fields)) = tagged(line, BENCH_PREFIX) else {
                 continue;
             };
-            let rest = &line[at + BENCH_PREFIX.len()..];
-            let (kind, fields) = rest.split_once(' ').unwrap_or((rest, ""));
             let bad = |err| BenchLinesError::Bad {
                 line: line.trim().to_string(),
                 err,

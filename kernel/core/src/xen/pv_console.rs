@@ -19,7 +19,7 @@ use tidepool_xen_abi::{EvtchnPort, Hypervisor};
 
 use super::Xen;
 use super::pv::{self, RingPage};
-use crate::arch::aarch64::cpu;
+use crate::timer;
 
 /// How long a writer waits for room in a full ring.
 const FULL_WAIT_US: u64 = 200_000;
@@ -71,7 +71,7 @@ pub fn write(bytes: &[u8]) -> bool {
                 if STALLED.load(Ordering::Relaxed) {
                     return true;
                 }
-                let now = cpu::uptime_us();
+                let now = timer::uptime_us();
                 let until = *deadline.get_or_insert(now + FULL_WAIT_US);
                 if now >= until {
                     STALLED.store(true, Ordering::Relaxed);

@@ -2,8 +2,6 @@
 
 use aarch64_cpu::registers::{DAIF, Readable, SCTLR_EL1};
 
-use super::timer;
-
 /// Waits for an interrupt (Xen traps WFI and deschedules the vCPU). It
 /// returns once an interrupt is pending, even one masked by PSTATE.I.
 pub fn wait_for_interrupt() {
@@ -37,11 +35,6 @@ pub fn unmask_irqs() {
     // and the asm is not `nomem`, so every memory access the compiler
     // scheduled before it is done by then.
     unsafe { core::arch::asm!("msr daifclr, #2", options(nostack, preserves_flags)) };
-}
-
-/// Microseconds on the virtual counter (since the domain or machine started).
-pub fn uptime_us() -> u64 {
-    ((u128::from(timer::counter()) * 1_000_000) / u128::from(timer::frequency())) as u64
 }
 
 /// Whether the MMU and data cache are on (SCTLR_EL1.M and .C): before that,
