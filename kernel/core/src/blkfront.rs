@@ -668,10 +668,11 @@ impl PvDisk {
     /// failed, or expired: an expired request's pages are the DMA layer's
     /// to end or leak at close) and no result its caller has not collected
     /// yet (a finished read's data stays in its slot's pages until
-    /// `finish`). Linux's blkfront answers its back end's Closing the same
-    /// way (`blkback_changed` → `blkfront_closing`, which goes Closed once
-    /// the disk's users are done): the toolstack's detach waits for the
-    /// front end to close.
+    /// `finish`). Linux's blkfront answers its back end's Closing by
+    /// closing too (`blkback_changed` → `blkfront_closing`: it stops new
+    /// requests and goes Closed, `xenbus_frontend_closed`); this one lets
+    /// the requests already on the ring finish first. The toolstack's
+    /// detach waits for the front end to close.
     fn close_if_left(&mut self, env: &mut DmaEnv<'_, 'static>) {
         if !self.left
             || self.closed
