@@ -1243,9 +1243,10 @@ fn pv() -> Vec<BootTest> {
         "back end went away (state Closing)",
         // The disk closes itself as soon as nothing of it is in flight,
         // before the boot's disk work ends (its counters, `blk: stats
-        // xvda`), not at power-off: dom0's detach waits for it. The
-        // requests in flight when the back end went Closing were answered,
-        // not failed: later ones were refused before they started.
+        // xvda`), not at power-off: dom0's detach waits for it. No request
+        // failed (`errors=0`: whatever was in flight when the back end
+        // went Closing was answered); later ones were refused before they
+        // started.
         "blk: xvda closed state=6 grants_still_mapped=0",
         "writes=0 flushes=0 errors=0 timeouts=0 ",
     ])

@@ -627,8 +627,8 @@ impl PvDisk {
         .flatten();
         match changed {
             Some(Ok(state @ (XenbusState::Closing | XenbusState::Closed))) => {
-                self.broken = Some(BlkfrontError::BackendClosed { state });
                 self.left = true;
+                self.break_with(BlkfrontError::BackendClosed { state });
             }
             Some(Err(err)) => {
                 // The back end's directory gone (the toolstack removed the
@@ -641,9 +641,22 @@ impl PvDisk {
                         ..
                     })
                 );
-                self.broken = Some(err);
+                self.break_with(err);
             }
             _ => {}
+        }
+    }
+
+    /// Ends new I/O with `error`. A back end's later state replaces an
+    /// earlier one; any other error stands, whatever the back end does
+    /// next: a ring judged untrustworthy (a bad response, an overrun) is
+    /// not read again, even if the back end then goes Closing.
+    fn break_with(&mut self, error: BlkfrontError) {
+        if matches!(
+            self.broken,
+            None | Some(BlkfrontError::BackendClosed { .. })
+        ) {
+            self.broken = Some(error);
         }
     }
 
@@ -958,6 +971,16 @@ impl PvDisk {
         // ring and disconnects only when the front end says Closed.
         let result = store::with(|xs| {
             let _ = xs.unwatch(&format!("{}/state", vbd.backend), &token);
+            // The toolstack removed the device (front end's directory and
+            // back end's together): writing `state` would only create it
+            // again. Linux's `__xenbus_switch_state` checks it exists too.
+            if let Err(XsError::Errno {
+                errno: XsErrno::NoEnt,
+                ..
+            }) = xs.read(TxId::NONE, &format!("{}/state", vbd.frontend))
+            {
+                return Ok(());
+            }
             blkfront::set_state(xs, &vbd, XenbusState::Closing)?;
             blkfront::wait_for_backend(xs, &vbd, XenbusState::Closing).or_else(
                 |err| match err {

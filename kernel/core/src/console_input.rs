@@ -202,14 +202,11 @@ pub fn read() -> Option<u8> {
 /// Idles (WFI) until a byte is waiting. Fails only if the kernel cannot
 /// wait at all (no timer, IRQs masked).
 pub fn wait() -> Result<(), WaitError> {
-    let waiting = || !RING.is_empty();
-    loop {
-        // The timeout only bounds each stretch of WFI; the wait goes on.
-        match crate::timer::wait_for(Duration::from_secs(60), waiting) {
-            Err(WaitError::TimedOut { .. }) => {}
-            other => return other,
-        }
+    // The period only bounds each stretch of WFI; the wait goes on.
+    while RING.is_empty() {
+        wait_at_most(Duration::from_secs(60))?;
     }
+    Ok(())
 }
 
 /// Waits until input arrives or `period` passes (running out is no
