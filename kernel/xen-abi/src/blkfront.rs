@@ -33,6 +33,11 @@ pub const VDISK_READONLY: u32 = 4;
 /// before giving up. The back end may wait for dom0's hotplug script (a bash
 /// script, seconds under emulation) before it connects.
 const STATE_EVENTS_MAX: u32 = 24;
+/// The same for a back end that is closing: it answers from its own
+/// xenstore watch, with no script to wait for, so a back end that does not
+/// (its domain died) holds the front end's close (and so the guest's
+/// power-off, or its console monitor) for a few waits, not two minutes.
+const CLOSE_EVENTS_MAX: u32 = 3;
 
 /// `enum xenbus_state`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -488,7 +493,9 @@ pub fn set_state<C: StoreChannel>(
 /// Waits (through a watch on the back end's state) until the back end is
 /// `want` (or past it: Initialised or Connected for InitWait, Closed for
 /// Closing). Closing or Closed on the way is
-/// [`BlkfrontError::BackendClosed`] unless that is what is wanted.
+/// [`BlkfrontError::BackendClosed`] unless that is what is wanted. Gives up
+/// with [`BlkfrontError::StateTimeout`] after [`STATE_EVENTS_MAX`] looks
+/// ([`CLOSE_EVENTS_MAX`] for Closing or Closed).
 pub fn wait_for_backend<C: StoreChannel>(
     xs: &mut Xenstore<'_, C>,
     vbd: &Vbd,
@@ -499,7 +506,11 @@ pub fn wait_for_backend<C: StoreChannel>(
     xs.watch(&path, &token)?;
     let result = (|| {
         let mut seen = XenbusState::Unknown;
-        for _ in 0..STATE_EVENTS_MAX {
+        let looks = match want {
+            XenbusState::Closing | XenbusState::Closed => CLOSE_EVENTS_MAX,
+            _ => STATE_EVENTS_MAX,
+        };
+        for _ in 0..looks {
             seen = backend_state(xs, vbd)?;
             // Skipped states are allowed: past InitWait counts as InitWait,
             // Closed as Closing.

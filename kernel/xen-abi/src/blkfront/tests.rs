@@ -527,3 +527,44 @@ fn probe_waits_for_the_backend_to_publish_its_features() {
         }
     );
 }
+
+#[test]
+fn a_back_end_that_never_closes_is_given_up_on_after_a_few_looks() {
+    // Its domain died: it stays Closing after the front end said Closed.
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    seed(&mut sim.borrow_mut().tree);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/state"), "5".into());
+    let vbd = Vbd {
+        devid: 51712,
+        frontend: FE.into(),
+        backend: BE.into(),
+        backend_id: DomId(0),
+    };
+    let reads = |sim: &core::cell::RefCell<crate::xenstore::sim::Sim>| {
+        sim.borrow()
+            .requests
+            .iter()
+            .filter(|&&(kind, _)| kind == crate::xenstore::XsType::Read.raw())
+            .count()
+    };
+    let before = reads(&sim);
+    assert_eq!(
+        wait_for_backend(&mut xs, &vbd, XenbusState::Closed).unwrap_err(),
+        BlkfrontError::StateTimeout {
+            want: XenbusState::Closed,
+            seen: XenbusState::Closing
+        }
+    );
+    // One read of the state per look: a close gives up after
+    // CLOSE_EVENTS_MAX, a connect only after STATE_EVENTS_MAX.
+    assert_eq!(reads(&sim) - before, CLOSE_EVENTS_MAX as usize);
+    sim.borrow_mut()
+        .tree
+        .insert(format!("{BE}/state"), "2".into());
+    let before = reads(&sim);
+    assert!(wait_for_backend(&mut xs, &vbd, XenbusState::Connected).is_err());
+    assert_eq!(reads(&sim) - before, STATE_EVENTS_MAX as usize);
+}
