@@ -66,8 +66,10 @@ pub fn run(mut monitor: Monitor) -> ! {
         };
         let still = crate::block::tend_all(&mut monitor.disks, &mut monitor.dma);
         if still < tended {
-            // A disk closed and printed its lines after the prompt.
+            // A disk closed and printed its lines after the prompt (and
+            // what was typed of a line so far).
             console::write_bytes(PROMPT.as_bytes());
+            editor.redraw(&mut ConsoleEcho);
         }
         tended = still;
         if let Err(err) = waited {

@@ -207,6 +207,12 @@ impl LineEditor {
             .then(|| self.history[(self.history_next + HISTORY - n) % HISTORY])
     }
 
+    /// Echoes the line typed so far again, for a terminal that printed
+    /// something else (and a new prompt) in the middle of it.
+    pub fn redraw(&self, echo: &mut impl Echo) {
+        echo.echo(self.line.as_bytes());
+    }
+
     fn erase(&mut self, echo: &mut impl Echo) {
         for _ in 0..self.line.len {
             echo.echo(RUB_OUT);
@@ -319,6 +325,17 @@ mod tests {
         assert_eq!(terminal.screen(), "pools\nmem\nxen\n");
         // Backspace on an empty line echoes nothing.
         assert!(!terminal.raw.windows(4).any(|w| w == b"\n\x08 \x08"));
+    }
+
+    #[test]
+    fn a_redraw_echoes_the_line_typed_so_far() {
+        let mut editor = LineEditor::new();
+        let mut terminal = Terminal::default();
+        type_in(&mut editor, &mut terminal, b"blk rea");
+        let mut again = Terminal::default();
+        editor.redraw(&mut again);
+        assert_eq!(again.screen(), "blk rea");
+        assert_eq!(type_in(&mut editor, &mut again, b"d\r"), ["blk read"]);
     }
 
     #[test]
