@@ -1228,3 +1228,16 @@ fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
     assert!(finish(&mut b.disk, env, tokens.remove(0), &mut buffer).is_ok());
     tokens.push(b.disk.submit(env, big, Deadline::NEVER).unwrap());
 }
+
+/// A virtio disk is beside the CPU and answers in milliseconds: its
+/// requests may take the block layer's `REQUEST_TIMEOUT` (5 s), the bound
+/// the kernel's waiter also spins for (a Xen PV disk says 30 s).
+#[test]
+fn a_virtio_disk_takes_the_block_layers_request_timeout() {
+    let b = bench(SimConfig::modern(), DeviceKind::Coherent, false);
+    assert_eq!(b.disk.request_timeout(), tidepool_block::REQUEST_TIMEOUT);
+    assert_eq!(
+        tidepool_block::REQUEST_TIMEOUT,
+        core::time::Duration::from_secs(5)
+    );
+}

@@ -163,6 +163,19 @@ fn unwatch_drops_its_own_queued_events_only() {
     assert_eq!(take_all(&mut xs, "a"), ["/be"]);
 }
 
+/// Two watches on one path (two owners of the same node) are two watches:
+/// unwatching one keeps the other and its events.
+#[test]
+fn unwatching_one_of_two_watches_on_a_path_keeps_the_other() {
+    let page = XenstoreInterface::new();
+    let (mut xs, sim) = client(&page);
+    xs.watch("/be", "a").unwrap();
+    xs.watch("/be", "b").unwrap();
+    xs.unwatch("/be", "a").unwrap();
+    sim.borrow_mut().peer_write(&page, "/be/1", "x");
+    assert_eq!(take_all(&mut xs, "b"), ["/be", "/be/1"]);
+}
+
 /// A queue holds at most WATCH_EVENTS_MAX events; one more collapses it
 /// into one event for the watched path, which covers every path dropped.
 /// Another watch's queue is not touched.
