@@ -115,9 +115,7 @@ fn reads_and_writes_round_trip_on_every_kind_of_dma_and_transport() {
 
 #[test]
 fn large_transfers_are_split_and_kept_in_flight_together() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
-    let mut b = bench(config, DeviceKind::DynamicPool, true);
+    let mut b = bench(SimConfig::held(), DeviceKind::DynamicPool, true);
     let data = pattern_bytes(9, 1000, 1600);
     // The device works only while the driver waits (time passes without a
     // new submission); note how many requests it held at once.
@@ -360,8 +358,7 @@ fn impossible_requests_are_refused_before_touching_the_device() {
 
 #[test]
 fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_device() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
+    let config = SimConfig::held();
     let baseline = Rig::new(true).usage();
     let mut b = bench(config, DeviceKind::DynamicPool, true);
     let env = &mut b.rig.env();
@@ -442,9 +439,7 @@ fn a_request_past_its_deadline_times_out_once_and_its_slot_returns_with_the_devi
 #[test]
 fn twenty_one_requests_in_flight_complete_out_of_order_by_interrupt() {
     for kind in [DeviceKind::DynamicPool, DeviceKind::NonCoherent] {
-        let mut config = SimConfig::modern();
-        config.auto_complete = false;
-        let mut b = bench_with(config, kind, true, Options { in_flight: 21 });
+        let mut b = bench_with(SimConfig::held(), kind, true, Options { in_flight: 21 });
         fill_disk(&b.sim, 77);
         let env = &mut b.rig.env();
         // 21 reads of 4 KiB at scattered sectors.
@@ -586,9 +581,7 @@ fn tokens_are_finished_once() {
 
 #[test]
 fn interrupts_acknowledge_and_report_capacity_changes() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
-    let mut b = bench(config, DeviceKind::Coherent, false);
+    let mut b = bench(SimConfig::held(), DeviceKind::Coherent, false);
     let env = &mut b.rig.env();
     // Not this device's interrupt.
     let nothing = b.disk.handle_interrupt(env);
@@ -634,9 +627,7 @@ fn interrupts_acknowledge_and_report_capacity_changes() {
 
 #[test]
 fn the_interrupt_handler_acknowledges_and_the_driver_acts_on_what_it_noted() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
-    let mut b = bench(config, DeviceKind::Coherent, false);
+    let mut b = bench(SimConfig::held(), DeviceKind::Coherent, false);
     let pending: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
     let handler = b.disk.interrupt_handler(pending).unwrap();
     assert!(
@@ -683,8 +674,7 @@ fn the_interrupt_handler_acknowledges_and_the_driver_acts_on_what_it_noted() {
 
 #[test]
 fn a_device_that_needs_a_reset_is_failed_and_its_requests_fail_at_once() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
+    let config = SimConfig::held();
     let baseline = Rig::new(false).usage();
     let mut b = bench(config, DeviceKind::NonCoherent, false);
     let env = &mut b.rig.env();
@@ -723,10 +713,8 @@ fn a_device_that_needs_a_reset_is_failed_and_its_requests_fail_at_once() {
 
 #[test]
 fn waiting_for_a_slot_gives_up_after_a_request_timeout() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
     let mut b = bench_with(
-        config,
+        SimConfig::held(),
         DeviceKind::NonCoherent,
         false,
         Options { in_flight: 2 },
@@ -803,8 +791,7 @@ fn waiting_for_a_slot_gives_up_after_a_request_timeout() {
 
 #[test]
 fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
+    let config = SimConfig::held();
     let baseline = Rig::new(true).usage();
     let mut b = bench(config, DeviceKind::DynamicPool, true);
     let env = &mut b.rig.env();
@@ -833,9 +820,7 @@ fn a_device_returning_what_it_was_not_given_is_stopped_and_shutdown_reclaims_all
 
 #[test]
 fn the_blocking_helpers_stop_waiting_for_a_broken_device() {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
-    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    let mut b = bench(SimConfig::held(), DeviceKind::NonCoherent, false);
     let sim = b.sim.clone();
     // The device returns garbage instead of the request, and the driver
     // waits without a deadline.
@@ -1124,9 +1109,7 @@ fn a_pool_device_has_a_region_per_slot_allocated_once_at_setup() {
 #[test]
 fn with_interrupts_off_completions_raise_none_and_polling_finds_them() {
     for kind in [DeviceKind::Coherent, DeviceKind::DynamicPool] {
-        let mut config = SimConfig::modern();
-        config.auto_complete = false;
-        let mut b = bench(config, kind, false);
+        let mut b = bench(SimConfig::held(), kind, false);
         let env = &mut b.rig.env();
         let mut round = |disk: &mut BlockDevice<'static, Sim>, interrupts: bool| {
             BlockDriver::set_interrupts(disk, interrupts);
@@ -1150,10 +1133,8 @@ fn with_interrupts_off_completions_raise_none_and_polling_finds_them() {
 #[test]
 fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
     // The queue: two slots, both in flight.
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
     let mut b = bench_with(
-        config,
+        SimConfig::held(),
         DeviceKind::NonCoherent,
         false,
         Options { in_flight: 2 },
@@ -1192,10 +1173,8 @@ fn a_full_queue_or_pool_is_full_and_busy_only_while_requests_are_in_flight() {
 
     // The pool: each slot has its region, so a full pool device is a full
     // queue, never an exhausted pool.
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
     let mut b = bench_with(
-        config,
+        SimConfig::held(),
         DeviceKind::DynamicPool,
         false,
         Options { in_flight: 21 },

@@ -18,10 +18,8 @@ fn the_io_path_does_not_allocate() {
         DeviceKind::NonCoherent,
         DeviceKind::Coherent,
     ] {
-        let mut config = SimConfig::modern();
-        config.auto_complete = false;
         let mut b = bench_with(
-            config,
+            SimConfig::held(),
             kind,
             true,
             Options {

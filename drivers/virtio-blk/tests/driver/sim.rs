@@ -62,6 +62,15 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// [`Self::modern`], holding every request until the test completes
+    /// it (`Sim::complete_all`): requests stay in flight.
+    pub fn held() -> Self {
+        Self {
+            auto_complete: false,
+            ..Self::modern()
+        }
+    }
+
     /// A modern device offering more than the driver implements.
     pub fn modern() -> Self {
         Self {

@@ -15,9 +15,7 @@ const STAGING_BYTES: u64 = 16 * 266_240;
 /// A device without a pool (the device writes the staging buffers
 /// directly) with one read in flight that it has not returned.
 fn busy_direct_device() -> Bench {
-    let mut config = SimConfig::modern();
-    config.auto_complete = false;
-    let mut b = bench(config, DeviceKind::NonCoherent, false);
+    let mut b = bench(SimConfig::held(), DeviceKind::NonCoherent, false);
     assert_eq!(b.disk.slots(), Options::default().in_flight);
     b.disk
         .submit(
