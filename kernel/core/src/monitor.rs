@@ -330,7 +330,10 @@ fn xen_report() {
         xen::events::upcalls()
     );
     match xen::grants::usage() {
-        Ok((in_use, usable)) => info!("xen: grants in_use={in_use} usable={usable}"),
+        Ok(u) => info!(
+            "xen: grants in_use={} usable={} frames={} limit={}",
+            u.in_use, u.usable, u.frames, u.limit
+        ),
         Err(err) => error!("xen: grants: {err}"),
     }
 }

@@ -5,7 +5,10 @@
 //! Arm supports only version 1. The kernel maps the table's frames with
 //! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` into the region the
 //! device tree's `/hypervisor` node names, and hands the entries to
-//! [`GrantTable`] as a slice.
+//! [`GrantTable`] as a slice. The table starts small and grows a frame at
+//! a time through [`GrantFrames`] when a grant finds no free entry, as
+//! Linux's `gnttab_expand` does, up to a limit (the region's frames and
+//! Xen's `max_nr_frames`).
 //!
 //! A grant lets another domain read or write one of this domain's frames,
 //! and a grant mapping puts another domain's frame at one of this domain's
@@ -17,10 +20,12 @@
 //! reuse, and the other domain, still told that reference, would reach
 //! whatever frame the entry names next.
 
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use crate::domain::DomId;
+use crate::error::XenError;
 use crate::memory::VacantFrame;
 
 /// `GNTTABOP_map_grant_ref`.
@@ -386,10 +391,26 @@ pub enum GrantAccess {
 /// Errors of [`GrantTable`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum GrantError {
-    /// Every usable entry is granted.
+    /// Every usable entry is granted and the table is at its limit.
     Exhausted {
         /// Usable (non-reserved) entries of the table.
         usable: usize,
+        /// Frames the table has.
+        frames: usize,
+        /// The most frames it may have.
+        limit: usize,
+    },
+    /// Xen refused to map the table's next frame; the table is as it was.
+    Grow {
+        /// The frame's index in the table.
+        frame: usize,
+        /// Xen's answer.
+        error: XenError,
+    },
+    /// The free map for the table's limit could not be allocated.
+    NoMemory {
+        /// The limit, in frames.
+        limit: usize,
     },
     /// The remote domain still has the grant mapped (`GTF_reading` or
     /// `GTF_writing`); the grant stays valid and may be ended later.
@@ -412,30 +433,35 @@ pub enum GrantError {
     NotGranted(GrantRef),
     /// The frame number does not fit the v1 entry's 32 bits.
     FrameTooLarge(u64),
-    /// A non-reserved entry was not all-zero when the table was built.
+    /// A non-reserved entry was not all-zero when its frame joined the
+    /// table.
     StaleEntry {
         /// The entry.
         gref: GrantRef,
         /// Its flags.
         flags: u16,
     },
-    /// The free-list storage given at setup is smaller than the table's
-    /// usable entries.
-    FreeListTooSmall {
-        /// Slots needed.
-        needed: usize,
-        /// Slots given.
-        provided: usize,
-    },
 }
 
 impl fmt::Display for GrantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Exhausted { usable } => {
+            Self::Exhausted {
+                usable,
+                frames,
+                limit,
+            } => write!(
+                f,
+                "grant table exhausted: all {usable} usable entries are granted, \
+                 frames={frames} limit={limit}"
+            ),
+            Self::Grow { frame, error } => {
+                write!(f, "grant table frame {frame} not mapped: {error}")
+            }
+            Self::NoMemory { limit } => {
                 write!(
                     f,
-                    "grant table exhausted: all {usable} usable entries are granted"
+                    "no memory for the free map of {limit} grant-table frames"
                 )
             }
             Self::InUse { gref, flags } => {
@@ -455,42 +481,75 @@ impl fmt::Display for GrantError {
             Self::StaleEntry { gref, flags } => {
                 write!(f, "{gref} is not free at setup (flags {flags:#x})")
             }
-            Self::FreeListTooSmall { needed, provided } => write!(
-                f,
-                "grant free list needs {needed} slots, {provided} were given"
-            ),
         }
     }
 }
 
+/// Where a [`GrantTable`] gets its frames: in the kernel, Xen places them
+/// in the `/hypervisor` node's grant-table region
+/// (`XENMEM_add_to_physmap`), which the kernel maps.
+pub trait GrantFrames<'a> {
+    /// Has Xen place the table's next frame after those placed so far, and
+    /// returns the entries of all of them, the new one included. At the
+    /// end of the region it places nothing and returns the entries as they
+    /// were; if Xen refuses, nothing changes.
+    fn map_next(&mut self) -> Result<&'a [GrantEntryV1], XenError>;
+}
+
+/// Entries per `u64` of [`GrantTable`]'s free map.
+const BITS: usize = u64::BITS as usize;
+
 /// The guest side of a v1 grant table: grants frames to other domains and
-/// ends grants, with a free list of references.
+/// ends grants, keeping which references are free, and grows a frame at a
+/// time up to its limit.
 ///
 /// Entries below [`GNTTAB_NR_RESERVED_ENTRIES`] are never touched; the others
-/// must be unused (flags zero, as Xen creates them) when the table is built.
+/// must be unused (flags zero, as Xen creates them) when their frame joins
+/// the table. The free map holds a bit per entry the table may ever have,
+/// allocated with the table (64 bytes per frame of the limit: 4 KiB for
+/// Xen's default 64), so growing and ending grants never allocate: the
+/// table grows on the I/O path, and interrupt handlers end grants.
 pub struct GrantTable<'a> {
+    /// The entries of the frames Xen has placed.
     entries: &'a [GrantEntryV1],
-    free: &'a mut [GrantRef],
-    free_len: usize,
+    /// A bit per entry up to the limit, set while the entry is free.
+    free: Vec<u64>,
+    free_count: usize,
+    /// No word of `free` before this one has a bit set.
+    first_free_word: usize,
+    /// The most frames the table may have.
+    limit: usize,
 }
 
 impl<'a> GrantTable<'a> {
-    /// Builds the table over the mapped `entries`, keeping the free list in
-    /// `free_storage`, which needs one slot per non-reserved entry.
-    /// References are handed out lowest first. Fails if a non-reserved entry
-    /// already has flags set: this table could not tell it from its own.
-    pub fn new(
-        entries: &'a [GrantEntryV1],
-        free_storage: &'a mut [GrantRef],
-    ) -> Result<Self, GrantError> {
-        let first = GNTTAB_NR_RESERVED_ENTRIES as usize;
-        let usable = entries.len().saturating_sub(first);
-        if free_storage.len() < usable {
-            return Err(GrantError::FreeListTooSmall {
-                needed: usable,
-                provided: free_storage.len(),
-            });
-        }
+    /// Builds the table over the mapped `entries` (none, to start empty and
+    /// [`grow`](Self::grow)), able to grow to `limit` frames (never fewer
+    /// than `entries` fill). References are handed out lowest first. Fails
+    /// if a non-reserved entry already has flags set (this table could not
+    /// tell it from its own) or the free map cannot be allocated.
+    pub fn new(entries: &'a [GrantEntryV1], limit: usize) -> Result<Self, GrantError> {
+        let limit = limit.max(entries.len().div_ceil(GRANT_ENTRIES_PER_FRAME));
+        // Saturates to a size no allocation has.
+        let words = limit.saturating_mul(GRANT_ENTRIES_PER_FRAME / BITS);
+        let mut free = Vec::new();
+        free.try_reserve_exact(words)
+            .map_err(|_| GrantError::NoMemory { limit })?;
+        free.resize(words, 0);
+        let mut table = Self {
+            entries: &[],
+            free,
+            free_count: 0,
+            first_free_word: 0,
+            limit,
+        };
+        table.take(entries)?;
+        Ok(table)
+    }
+
+    /// Makes `entries`, the table's entries followed by new ones, the
+    /// table's, with the new ones free. On an error nothing changes.
+    fn take(&mut self, entries: &'a [GrantEntryV1]) -> Result<(), GrantError> {
+        let first = self.entries.len().max(GNTTAB_NR_RESERVED_ENTRIES as usize);
         for (index, entry) in entries.iter().enumerate().skip(first) {
             let flags = entry.flags.load(Ordering::Acquire);
             if flags != 0 {
@@ -498,17 +557,40 @@ impl<'a> GrantTable<'a> {
                 return Err(GrantError::StaleEntry { gref, flags });
             }
         }
-        // The free list is a stack: push the highest reference first.
-        let refs = (first..entries.len()).rev();
-        for (slot, index) in free_storage.iter_mut().zip(refs) {
-            // `index` < entries.len(), whose references are u32 by ABI.
-            *slot = GrantRef(u32::try_from(index).unwrap_or(u32::MAX));
+        for index in first..entries.len() {
+            self.free[index / BITS] |= 1 << (index % BITS);
         }
-        Ok(Self {
-            entries,
-            free: free_storage,
-            free_len: usable,
-        })
+        self.free_count += entries.len().saturating_sub(first);
+        self.first_free_word = self.first_free_word.min(first / BITS);
+        self.entries = entries;
+        Ok(())
+    }
+
+    /// Adds the next frame from `frames` and frees its entries. Fails with
+    /// [`GrantError::Exhausted`] at the limit (or when `frames` has no
+    /// more), and with [`GrantError::Grow`] when Xen refuses; on an error
+    /// the table is as it was.
+    pub fn grow(&mut self, frames: &mut impl GrantFrames<'a>) -> Result<(), GrantError> {
+        let frame = self.frames();
+        let exhausted = self.exhausted();
+        if frame >= self.limit {
+            return Err(exhausted);
+        }
+        let entries = frames
+            .map_next()
+            .map_err(|error| GrantError::Grow { frame, error })?;
+        if entries.len() != (frame + 1) * GRANT_ENTRIES_PER_FRAME {
+            return Err(exhausted);
+        }
+        self.take(entries)
+    }
+
+    fn exhausted(&self) -> GrantError {
+        GrantError::Exhausted {
+            usable: self.usable(),
+            frames: self.frames(),
+            limit: self.limit,
+        }
     }
 
     /// Usable (non-reserved) entries.
@@ -520,7 +602,17 @@ impl<'a> GrantTable<'a> {
 
     /// Entries not granted now.
     pub fn free_count(&self) -> usize {
-        self.free_len
+        self.free_count
+    }
+
+    /// Frames the table has.
+    pub fn frames(&self) -> usize {
+        self.entries.len().div_ceil(GRANT_ENTRIES_PER_FRAME)
+    }
+
+    /// The most frames the table may have.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Grants `domid` access to `frame`. On an error nothing is granted.
@@ -543,13 +635,21 @@ impl<'a> GrantTable<'a> {
     ) -> Result<Grant, GrantError> {
         let gfn = frame.gfn;
         let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
-        if self.free_len == 0 {
-            return Err(GrantError::Exhausted {
-                usable: self.usable(),
-            });
-        }
-        self.free_len -= 1;
-        let gref = self.free[self.free_len];
+        let words = self.entries.len().div_ceil(BITS);
+        let Some((word, bits)) = self.free[..words]
+            .iter_mut()
+            .enumerate()
+            .skip(self.first_free_word)
+            .find(|(_, bits)| **bits != 0)
+        else {
+            return Err(self.exhausted());
+        };
+        let bit = bits.trailing_zeros();
+        *bits &= !(1 << bit);
+        self.first_free_word = word;
+        self.free_count -= 1;
+        // A bit of a word below `words`: an entry of the table.
+        let gref = GrantRef((word * BITS) as u32 + bit);
         let entry = &self.entries[gref.0 as usize];
         entry.frame.store(frame, Ordering::Relaxed);
         entry.domid.store(domid.0, Ordering::Relaxed);
@@ -559,6 +659,23 @@ impl<'a> GrantTable<'a> {
         };
         entry.flags.store(flags, Ordering::Release);
         Ok(Grant { gref })
+    }
+
+    /// [`grant`](Self::grant), first growing the table by a frame from
+    /// `frames` when no entry is free; says whether it grew. A failed
+    /// growth is the error (the table as it was, nothing granted).
+    pub fn grant_or_grow(
+        &mut self,
+        frames: &mut impl GrantFrames<'a>,
+        domid: DomId,
+        frame: GrantableFrame,
+        access: GrantAccess,
+    ) -> Result<(Grant, bool), GrantError> {
+        let grow = self.free_count == 0;
+        if grow {
+            self.grow(frames)?;
+        }
+        Ok((self.grant(domid, frame, access)?, grow))
     }
 
     /// Ends a grant: atomically clears the entry's flags, but only while Xen
@@ -573,8 +690,8 @@ impl<'a> GrantTable<'a> {
 
     fn end_entry(&mut self, gref: GrantRef) -> Result<(), GrantError> {
         let entry = self.entry(gref)?;
-        if self.free_len >= self.usable() {
-            // Every usable entry is on the free list: none is granted.
+        let (word, bit) = (gref.0 as usize / BITS, 1 << (gref.0 as usize % BITS));
+        if self.free[word] & bit != 0 {
             return Err(GrantError::NotGranted(gref));
         }
         let mut flags = entry.flags.load(Ordering::Acquire);
@@ -593,9 +710,9 @@ impl<'a> GrantTable<'a> {
                 Err(current) => flags = current,
             }
         }
-        // Checked above: free_len < usable <= free.len().
-        self.free[self.free_len] = gref;
-        self.free_len += 1;
+        self.free[word] |= bit;
+        self.free_count += 1;
+        self.first_free_word = self.first_free_word.min(word);
         Ok(())
     }
 
@@ -615,6 +732,10 @@ impl<'a> GrantTable<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Hypervisor;
+    use crate::error::{XenErrno, XenOp};
+    use crate::hypercall::tests::RecordingXen;
+    use crate::memory::XenMapSpace;
 
     /// A frame to grant (the tests' entries point at nothing).
     fn frame(gfn: u64) -> GrantableFrame {
@@ -636,8 +757,7 @@ mod tests {
     #[test]
     fn grant_writes_entry_and_hands_out_lowest_first() {
         let entries = table(16);
-        let mut storage = [GrantRef::default(); 8];
-        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let mut gt = GrantTable::new(&entries, 0).unwrap();
         assert_eq!(gt.usable(), 8);
         let a = gt
             .grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite)
@@ -666,8 +786,7 @@ mod tests {
     #[test]
     fn end_clears_flags_and_reference_is_reused() {
         let entries = table(10);
-        let mut storage = [GrantRef::default(); 2];
-        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let mut gt = GrantTable::new(&entries, 0).unwrap();
         let a = gt
             .grant(DomId(1), frame(1), GrantAccess::ReadWrite)
             .unwrap();
@@ -700,8 +819,7 @@ mod tests {
     #[test]
     fn end_fails_while_remote_maps_the_grant() {
         let entries = table(9);
-        let mut storage = [GrantRef::default(); 1];
-        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let mut gt = GrantTable::new(&entries, 0).unwrap();
         let mut g = gt
             .grant(DomId(3), frame(7), GrantAccess::ReadWrite)
             .unwrap();
@@ -734,18 +852,24 @@ mod tests {
     #[test]
     fn exhaustion_is_an_error_until_a_grant_ends() {
         let entries = table(10);
-        let mut storage = [GrantRef::default(); 2];
-        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let mut gt = GrantTable::new(&entries, 0).unwrap();
         let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
         let gref = a.gref();
         gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
         let err = gt
             .grant(DomId(1), frame(3), GrantAccess::ReadOnly)
             .unwrap_err();
-        assert_eq!(err, GrantError::Exhausted { usable: 2 });
+        assert_eq!(
+            err,
+            GrantError::Exhausted {
+                usable: 2,
+                frames: 1,
+                limit: 1
+            }
+        );
         assert_eq!(
             err.to_string(),
-            "grant table exhausted: all 2 usable entries are granted"
+            "grant table exhausted: all 2 usable entries are granted, frames=1 limit=1"
         );
         gt.end(a).unwrap();
         assert_eq!(
@@ -759,8 +883,7 @@ mod tests {
     #[test]
     fn bad_references_and_frames_are_refused() {
         let entries = table(12);
-        let mut storage = [GrantRef::default(); 4];
-        let mut gt = GrantTable::new(&entries, &mut storage).unwrap();
+        let mut gt = GrantTable::new(&entries, 0).unwrap();
         assert_eq!(
             gt.end(foreign(1)).unwrap_err().error,
             GrantError::Reserved(GrantRef(1))
@@ -802,20 +925,10 @@ mod tests {
     }
 
     #[test]
-    fn setup_checks_free_list_storage() {
-        let entries = table(GRANT_ENTRIES_PER_FRAME);
-        let mut storage = [GrantRef::default(); 100];
-        assert_eq!(
-            GrantTable::new(&entries, &mut storage).err(),
-            Some(GrantError::FreeListTooSmall {
-                needed: 504,
-                provided: 100
-            })
-        );
+    fn setup_refuses_stale_entries_and_an_impossible_limit() {
         let stale = table(10);
         stale[9].flags.store(GTF_permit_access, Ordering::SeqCst);
-        let mut storage = [GrantRef::default(); 2];
-        let err = GrantTable::new(&stale, &mut storage).err().unwrap();
+        let err = GrantTable::new(&stale, 0).err().unwrap();
         assert_eq!(
             err,
             GrantError::StaleEntry {
@@ -824,12 +937,195 @@ mod tests {
             }
         );
         assert_eq!(err.to_string(), "gref 9 is not free at setup (flags 0x1)");
+        let limit = usize::MAX / 8;
+        let err = GrantTable::new(&[], limit).err().unwrap();
+        assert_eq!(err, GrantError::NoMemory { limit });
+        assert!(
+            err.to_string()
+                .starts_with("no memory for the free map of ")
+        );
         let small = table(4);
-        let mut none: [GrantRef; 0] = [];
-        let mut gt = GrantTable::new(&small, &mut none).unwrap();
+        let mut gt = GrantTable::new(&small, 0).unwrap();
         assert_eq!(
             gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite),
-            Err(GrantError::Exhausted { usable: 0 })
+            Err(GrantError::Exhausted {
+                usable: 0,
+                frames: 1,
+                limit: 1
+            })
         );
+    }
+
+    /// A grant-table region of whole frames in host memory, whose frames
+    /// the hypercall double places one after another.
+    struct Region<'a> {
+        entries: &'a [GrantEntryV1],
+        placed: usize,
+        xen: RecordingXen,
+    }
+
+    impl<'a> Region<'a> {
+        fn new(entries: &'a [GrantEntryV1]) -> Self {
+            Self {
+                entries,
+                placed: 0,
+                xen: RecordingXen::default(),
+            }
+        }
+
+        fn placements(&self) -> usize {
+            let calls = self.xen.log.iter();
+            calls.filter(|(op, _)| *op == XenOp::AddToPhysmap).count()
+        }
+    }
+
+    impl<'a> GrantFrames<'a> for Region<'a> {
+        fn map_next(&mut self) -> Result<&'a [GrantEntryV1], XenError> {
+            if (self.placed + 1) * GRANT_ENTRIES_PER_FRAME <= self.entries.len() {
+                let index = self.placed as u64;
+                let at = VacantFrame::reclaimed(0x38000 + index);
+                self.xen
+                    .add_to_physmap(XenMapSpace::GrantTable, index, at)?;
+                self.placed += 1;
+            }
+            Ok(&self.entries[..self.placed * GRANT_ENTRIES_PER_FRAME])
+        }
+    }
+
+    const PER_FRAME: usize = GRANT_ENTRIES_PER_FRAME;
+
+    #[test]
+    fn the_table_grows_a_frame_when_full_up_to_its_limit() {
+        let entries = table(4 * PER_FRAME);
+        let mut region = Region::new(&entries);
+        let mut gt = GrantTable::new(&[], 3).unwrap();
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (0, 0, 0));
+        gt.grow(&mut region).unwrap();
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (1, 504, 504));
+        let mut grants = Vec::new();
+        let mut grew_at = Vec::new();
+        let exhausted = loop {
+            match gt.grant_or_grow(&mut region, DomId(1), frame(7), GrantAccess::ReadOnly) {
+                Ok((grant, grew)) => {
+                    if grew {
+                        grew_at.push(grant.gref().0);
+                    }
+                    grants.push(grant);
+                }
+                Err(error) => break error,
+            }
+        };
+        let refs: Vec<u32> = grants.iter().map(|g| g.gref().0).collect();
+        // Each growth came when the table was full, maps one frame, and its
+        // lowest entry is the next handed out.
+        assert_eq!(grew_at, [512, 1024]);
+        assert_eq!(region.placements(), 3);
+        // Every usable entry of the three frames once, lowest first; the
+        // reserved entries never, and untouched.
+        assert_eq!(refs, (8..3 * 512).collect::<Vec<u32>>());
+        assert!(
+            entries[..8]
+                .iter()
+                .all(|e| e.flags.load(Ordering::SeqCst) == 0)
+        );
+        assert_eq!(
+            entries[3 * 512 - 1].flags.load(Ordering::SeqCst),
+            GTF_permit_access | GTF_readonly
+        );
+        // Only at the limit is a grant refused, and nothing more is mapped
+        // though the region has room.
+        assert_eq!(
+            exhausted,
+            GrantError::Exhausted {
+                usable: 1528,
+                frames: 3,
+                limit: 3
+            }
+        );
+        assert_eq!(
+            exhausted.to_string(),
+            "grant table exhausted: all 1528 usable entries are granted, frames=3 limit=3"
+        );
+        assert_eq!(gt.grow(&mut region), Err(exhausted));
+        assert_eq!(region.placements(), 3);
+        // An entry of a grown frame ends and is handed out again.
+        gt.end(grants.swap_remove(1100 - 8)).unwrap();
+        let again = gt.grant_or_grow(&mut region, DomId(1), frame(8), GrantAccess::ReadWrite);
+        assert_eq!(again.map(|(g, grew)| (g.gref().0, grew)), Ok((1100, false)));
+    }
+
+    #[test]
+    fn a_refused_growth_leaves_the_table_as_it_was() {
+        let entries = table(2 * PER_FRAME);
+        let mut region = Region::new(&entries);
+        let mut gt = GrantTable::new(&[], 2).unwrap();
+        gt.grow(&mut region).unwrap();
+        let held: Vec<Grant> = (0..504)
+            .map(|i| gt.grant(DomId(1), frame(i), GrantAccess::ReadOnly).unwrap())
+            .collect();
+        region.xen.ret = -12;
+        let err = gt
+            .grant_or_grow(&mut region, DomId(1), frame(1), GrantAccess::ReadOnly)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GrantError::Grow {
+                frame: 1,
+                error: XenError::errno(XenOp::AddToPhysmap, XenErrno::ENOMEM)
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "grant table frame 1 not mapped: memory_op(add_to_physmap): ENOMEM (-12)"
+        );
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (1, 504, 0));
+        assert!(
+            entries[512..]
+                .iter()
+                .all(|e| e.flags.load(Ordering::SeqCst) == 0)
+        );
+        // The grants made before still end, and reuse needs no growth.
+        let first = held.into_iter().next().unwrap();
+        gt.end(first).unwrap();
+        let reused = gt.grant_or_grow(&mut region, DomId(1), frame(1), GrantAccess::ReadOnly);
+        assert_eq!(reused.map(|(g, grew)| (g.gref().0, grew)), Ok((8, false)));
+        // Once Xen agrees, the same frame is mapped and its entries freed.
+        region.xen.ret = 0;
+        let grown = gt.grant_or_grow(&mut region, DomId(1), frame(2), GrantAccess::ReadOnly);
+        assert_eq!(grown.map(|(g, grew)| (g.gref().0, grew)), Ok((512, true)));
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (2, 1016, 511));
+    }
+
+    #[test]
+    fn a_region_that_ends_or_a_stale_frame_does_not_grow_the_table() {
+        // The region holds one frame, the limit says two.
+        let entries = table(PER_FRAME);
+        let mut region = Region::new(&entries);
+        let mut gt = GrantTable::new(&[], 2).unwrap();
+        gt.grow(&mut region).unwrap();
+        assert_eq!(
+            gt.grow(&mut region),
+            Err(GrantError::Exhausted {
+                usable: 504,
+                frames: 1,
+                limit: 2
+            })
+        );
+        // A new frame whose entry is already in use is refused whole.
+        let entries = table(2 * PER_FRAME);
+        entries[700]
+            .flags
+            .store(GTF_permit_access, Ordering::SeqCst);
+        let mut region = Region::new(&entries);
+        let mut gt = GrantTable::new(&[], 2).unwrap();
+        gt.grow(&mut region).unwrap();
+        assert_eq!(
+            gt.grow(&mut region),
+            Err(GrantError::StaleEntry {
+                gref: GrantRef(700),
+                flags: 1
+            })
+        );
+        assert_eq!((gt.frames(), gt.free_count()), (1, 504));
     }
 }

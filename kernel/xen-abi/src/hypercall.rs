@@ -551,17 +551,17 @@ pub unsafe trait Hypervisor {
 
 #[cfg(test)]
 #[allow(unsafe_code)] // A fake implements `Hypervisor`; it touches no memory.
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache_flush::{GnttabCacheFlush, cache_flush_available};
     use crate::error::XenErrno;
 
     /// Records each hypercall's operation and registers, and answers like Xen.
     #[derive(Default)]
-    struct RecordingXen {
-        log: Vec<(XenOp, HypercallRegisters)>,
-        ret: i64,
-        status: i16,
+    pub(crate) struct RecordingXen {
+        pub(crate) log: Vec<(XenOp, HypercallRegisters)>,
+        pub(crate) ret: i64,
+        pub(crate) status: i16,
     }
 
     // SAFETY: a fake: it emulates each call on the borrowed arguments only.

@@ -11,7 +11,8 @@
 //!   batched, with exact reporting of which pages Xen refused.
 //! - [`scan_pending_events`] and [`EventDispatcher`]: the 2-level event
 //!   channel upcall over [`SharedInfo`].
-//! - [`GrantTable`]: v1 grants with a free list.
+//! - [`GrantTable`]: v1 grants with a free map, growing a frame at a time
+//!   through [`GrantFrames`] up to its limit.
 //! - [`ring`] and [`blkif`]: the shared-ring front end and the PV block
 //!   messages, for a block front end.
 //!
@@ -105,8 +106,8 @@ pub use event::{
     SharedInfo, UpcallSummary, VcpuInfo, Virq, scan_pending_events,
 };
 pub use grant::{
-    Grant, GrantAccess, GrantEntryV1, GrantError, GrantHandle, GrantMapping, GrantNotEnded,
-    GrantRef, GrantTable, GrantTableSize, GrantableFrame,
+    Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantHandle, GrantMapping,
+    GrantNotEnded, GrantRef, GrantTable, GrantTableSize, GrantableFrame,
 };
 pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};

@@ -2,34 +2,82 @@
 //! region the hypervisor node's first `reg` entry names (a window of Normal
 //! write-back memory), and the kernel's grants in them.
 //!
-//! Grants are made and ended with IRQs masked around a lock, so interrupt
-//! handlers may end grants too.
+//! The table starts with one frame (504 usable entries) and grows a frame
+//! at a time when a grant finds no free entry (`xen: grant table grown
+//! ...`), up to the region's frames and Xen's `max_nr_frames`: a PV disk
+//! keeps over a thousand grants, so every PV boot grows it. Grants are made
+//! and ended with IRQs masked around a lock, so interrupt handlers may end
+//! grants too; growing allocates nothing (`GrantTable`'s free map is sized
+//! for the limit at setup).
 
-use alloc::vec;
 use core::fmt;
 
 use log::info;
 use spin::{Mutex, Once};
 use tidepool_dma::{OwnedPhysRange, PageGrants};
 use tidepool_dt::Hypervisor as HypervisorNode;
-use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr};
+use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr, VirtAddr};
 use tidepool_xen_abi::{
-    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantNotEnded, GrantRef, GrantTable,
+    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantNotEnded, GrantTable,
     GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace,
 };
+
+use tidepool_xen_abi::grant::GRANT_ENTRIES_PER_FRAME;
 
 use super::Xen;
 use crate::irq;
 
-/// Frames the kernel maps: 2048 entries, 2040 of them usable (blkfront's
-/// 32 request slots of 33 pages and its ring page take 1057; 42 slots on
-/// a two-page ring, 1388).
-const FRAMES: u64 = 4;
+/// The table and the region its frames are placed in, under one lock.
+struct Grants {
+    table: GrantTable<'static>,
+    region: Region,
+}
 
-/// Grant entries per 4 KiB frame.
-const ENTRIES_PER_FRAME: usize = PAGE_SIZE as usize / size_of::<GrantEntryV1>();
+static TABLE: Once<Mutex<Grants>> = Once::new();
 
-static TABLE: Once<Mutex<GrantTable<'static>>> = Once::new();
+/// The grant-table region, where Xen places the table's frames in order,
+/// and the kernel's window over it.
+struct Region {
+    /// The region's first frame.
+    first_gfn: u64,
+    /// The window's address of the region's first byte.
+    va: VirtAddr,
+    /// Frames Xen has placed.
+    placed: usize,
+    /// Frames the table may have: the region's, at most, and the window
+    /// covers them.
+    limit: usize,
+}
+
+impl GrantFrames<'static> for Region {
+    fn map_next(&mut self) -> Result<&'static [GrantEntryV1], XenError> {
+        if self.placed < self.limit {
+            let index = self.placed as u64;
+            // SAFETY: frame `index` lies in the hypervisor node's grant-table
+            // region (`limit` is at most its frames), guest-physical space
+            // Xen reserves for the table, which the kernel reaches only
+            // through the entries below, as the page Xen places there. This
+            // token is the only one naming it: made here under the table's
+            // lock and consumed by the call (a refused call's is dropped
+            // before the next attempt makes another).
+            let frame = unsafe { VacantFrame::new(self.first_gfn + index) };
+            Xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)?;
+            self.placed += 1;
+        }
+        // SAFETY: the window maps the whole region read-write as Normal
+        // write-back memory for the kernel's lifetime (checked at setup),
+        // Xen has placed the table's first `placed` frames there and
+        // nothing else in the kernel uses the region. Every field of
+        // `GrantEntryV1` is an atomic, so sharing the entries with Xen is
+        // sound.
+        Ok(unsafe {
+            core::slice::from_raw_parts(
+                self.va.0 as *const GrantEntryV1,
+                self.placed * GRANT_ENTRIES_PER_FRAME,
+            )
+        })
+    }
+}
 
 /// Why the grant table could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,17 +91,13 @@ pub enum GrantSetupError {
         /// Xen's `max_nr_frames`.
         max_nr_frames: u32,
     },
-    /// The region has no window in the address map.
+    /// The window over the region does not cover the frames the table may
+    /// grow to.
     NotMapped {
-        /// Its guest-physical address.
+        /// The region's guest-physical address.
         gpa: u64,
-    },
-    /// Xen refused to map a frame.
-    MapFrame {
-        /// The frame's index in the table.
-        index: u64,
-        /// Xen's answer.
-        error: XenError,
+        /// Bytes the table may grow to.
+        bytes: u64,
     },
     /// `GNTTABOP_setup_table` failed.
     SetupTable(XenError),
@@ -66,7 +110,8 @@ pub enum GrantSetupError {
         /// Where Xen says it is (GFN).
         reported: u64,
     },
-    /// The table's entries are not free.
+    /// The table's first frame could not be mapped, or its free map
+    /// allocated, or its entries are not free.
     Table(GrantError),
 }
 
@@ -81,8 +126,12 @@ impl fmt::Display for GrantSetupError {
                 f,
                 "no frame to map: region holds {region_frames}, Xen allows {max_nr_frames}"
             ),
-            Self::NotMapped { gpa } => write!(f, "region at gpa {gpa:#x} has no window"),
-            Self::MapFrame { index, error } => write!(f, "frame {index}: {error}"),
+            Self::NotMapped { gpa, bytes } => {
+                write!(
+                    f,
+                    "region at gpa {gpa:#x} has no window of {bytes:#x} bytes"
+                )
+            }
             Self::FrameMismatch {
                 index,
                 mapped,
@@ -96,64 +145,56 @@ impl fmt::Display for GrantSetupError {
     }
 }
 
-/// Maps the grant table's frames into the hypervisor node's grant-table
-/// region, checks where Xen says they are, and builds the free list.
+/// Maps the grant table's first frame into the hypervisor node's
+/// grant-table region, checks where Xen says it is, and builds the table,
+/// able to grow to the region's frames and Xen's `max_nr_frames`.
 pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupError> {
     let mut xen = Xen;
     let size = xen.grant_query_size().map_err(GrantSetupError::QuerySize)?;
     let region = node.grant_table;
     let region_frames = region.size() / PAGE_SIZE;
-    let frames = FRAMES.min(region_frames).min(u64::from(size.max_nr_frames));
-    if frames == 0 {
+    let limit = region_frames.min(u64::from(size.max_nr_frames));
+    if limit == 0 {
         return Err(GrantSetupError::NoFrames {
             region_frames,
             max_nr_frames: size.max_nr_frames,
         });
     }
     let gpa = region.base();
+    let bytes = limit * PAGE_SIZE;
+    // The table grows in place: its window must hold every frame up to
+    // the limit, not only the first.
     let va = map
-        .window_address(PhysAddr(gpa))
-        .ok_or(GrantSetupError::NotMapped { gpa })?;
-    let first_gfn = gpa / PAGE_SIZE;
-    for index in 0..frames {
-        // SAFETY: the frame lies in the hypervisor node's grant-table region
-        // (`frames` is bounded by its size), guest-physical space Xen
-        // reserves for this: the kernel uses it only through this table,
-        // read as the entries Xen places there. `init` runs once.
-        let frame = unsafe { VacantFrame::new(first_gfn + index) };
-        xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)
-            .map_err(|error| GrantSetupError::MapFrame { index, error })?;
-    }
-    let mut reported = [0u64; FRAMES as usize];
-    let reported = &mut reported[..frames as usize];
-    xen.grant_setup_table(reported)
+        .region_of(PhysAddr(gpa))
+        .filter(|r| r.phys.contains(PhysAddr(gpa + bytes - 1)))
+        .and_then(|_| map.window_address(PhysAddr(gpa)))
+        .ok_or(GrantSetupError::NotMapped { gpa, bytes })?;
+    let mut region = Region {
+        first_gfn: gpa / PAGE_SIZE,
+        va,
+        placed: 0,
+        limit: limit as usize,
+    };
+    let mut table = GrantTable::new(&[], region.limit).map_err(GrantSetupError::Table)?;
+    table.grow(&mut region).map_err(GrantSetupError::Table)?;
+    let mut reported = [0u64; 1];
+    xen.grant_setup_table(&mut reported)
         .map_err(GrantSetupError::SetupTable)?;
-    for (index, (&gfn, mapped)) in reported.iter().zip(first_gfn..).enumerate() {
-        if gfn != mapped {
-            return Err(GrantSetupError::FrameMismatch {
-                index,
-                mapped,
-                reported: gfn,
-            });
-        }
+    if reported[0] != region.first_gfn {
+        return Err(GrantSetupError::FrameMismatch {
+            index: 0,
+            mapped: region.first_gfn,
+            reported: reported[0],
+        });
     }
-    let entries = frames as usize * ENTRIES_PER_FRAME;
-    // SAFETY: the window maps the grant-table region read-write as Normal
-    // write-back memory for the kernel's lifetime, Xen has just put the
-    // table's first `frames` frames there, and nothing else in the kernel
-    // uses the region. Every field of `GrantEntryV1` is an atomic, so sharing
-    // the entries with Xen is sound.
-    let entries: &'static [GrantEntryV1] =
-        unsafe { core::slice::from_raw_parts(va.0 as *const GrantEntryV1, entries) };
-    let free = vec![GrantRef::default(); entries.len()].leak();
-    let table = GrantTable::new(entries, free).map_err(GrantSetupError::Table)?;
     info!(
-        "xen: grant table v1 at gpa {gpa:#x} va {va} frames={frames} (max {}) entries={} free={}",
+        "xen: grant table v1 at gpa {gpa:#x} va {va} frames={} limit={limit} (region {region_frames}, max {}) entries={} free={}",
+        table.frames(),
         size.max_nr_frames,
-        entries.len(),
+        table.frames() * GRANT_ENTRIES_PER_FRAME,
         table.free_count()
     );
-    TABLE.call_once(|| Mutex::new(table));
+    TABLE.call_once(|| Mutex::new(Grants { table, region }));
     Ok(())
 }
 
@@ -175,22 +216,45 @@ impl fmt::Display for GrantTableError {
     }
 }
 
-fn with_table<R>(
-    action: impl FnOnce(&mut GrantTable<'static>) -> Result<R, GrantError>,
-) -> Result<R, GrantTableError> {
-    let table = TABLE.get().ok_or(GrantTableError::NotSetUp)?;
-    irq::without_interrupts(|| action(&mut table.lock())).map_err(GrantTableError::Table)
+fn with_table<R>(action: impl FnOnce(&mut Grants) -> R) -> Result<R, GrantTableError> {
+    let grants = TABLE.get().ok_or(GrantTableError::NotSetUp)?;
+    Ok(irq::without_interrupts(|| action(&mut grants.lock())))
 }
 
-/// Grants `domid` access to `frame`, which its owner vouched for. Fails
-/// with [`GrantError::Exhausted`] when every entry is granted. Only the
-/// returned [`Grant`] can end the grant.
+/// Grants through the table, growing it by a frame when no entry is free,
+/// and says so on the console once the lock is released.
+fn grant_or_grow(
+    grants: &Mutex<Grants>,
+    domid: DomId,
+    frame: GrantableFrame,
+    access: GrantAccess,
+) -> Result<Grant, GrantError> {
+    let (grant, grown) = irq::without_interrupts(|| {
+        let grants = &mut *grants.lock();
+        let table = &mut grants.table;
+        let (grant, grew) = table.grant_or_grow(&mut grants.region, domid, frame, access)?;
+        Ok((grant, grew.then(|| (table.frames(), table.free_count()))))
+    })?;
+    if let Some((frames, free)) = grown {
+        info!(
+            "xen: grant table grown frames={frames} entries={} free={free}",
+            frames * GRANT_ENTRIES_PER_FRAME
+        );
+    }
+    Ok(grant)
+}
+
+/// Grants `domid` access to `frame`, which its owner vouched for, growing
+/// the table when every entry is granted. Fails with
+/// [`GrantError::Exhausted`] at the table's limit, [`GrantError::Grow`] if
+/// Xen refuses a frame. Only the returned [`Grant`] can end the grant.
 pub fn grant(
     domid: DomId,
     frame: GrantableFrame,
     access: GrantAccess,
 ) -> Result<Grant, GrantTableError> {
-    with_table(|table| table.grant(domid, frame, access))
+    let grants = TABLE.get().ok_or(GrantTableError::NotSetUp)?;
+    grant_or_grow(grants, domid, frame, access).map_err(GrantTableError::Table)
 }
 
 /// Ends `grant`. While the other domain still has it mapped this fails with
@@ -198,7 +262,7 @@ pub fn grant(
 /// valid: end it again after the other domain unmaps it.
 pub fn end(grant: Grant) -> Result<(), GrantNotEnded> {
     match TABLE.get() {
-        Some(table) => irq::without_interrupts(|| table.lock().end(grant)),
+        Some(grants) => irq::without_interrupts(|| grants.lock().table.end(grant)),
         // Grants come only from the table: this one is not the kernel's.
         None => {
             let error = GrantError::NotGranted(grant.gref());
@@ -207,19 +271,34 @@ pub fn end(grant: Grant) -> Result<(), GrantNotEnded> {
     }
 }
 
-/// Entries granted now and entries usable in all.
-pub fn usage() -> Result<(usize, usize), GrantTableError> {
-    with_table(|table| Ok((table.usable() - table.free_count(), table.usable())))
+/// How much of the grant table is in use.
+pub struct GrantUsage {
+    /// Entries granted now.
+    pub in_use: usize,
+    /// Entries usable in the frames mapped.
+    pub usable: usize,
+    /// Frames mapped.
+    pub frames: usize,
+    /// The most frames the table may grow to.
+    pub limit: usize,
 }
 
-/// Entries not granted now.
-pub fn free_count() -> Result<usize, GrantTableError> {
-    with_table(|table| Ok(table.free_count()))
+/// How much of the table is in use.
+pub fn usage() -> Result<GrantUsage, GrantTableError> {
+    with_table(|grants| {
+        let table = &grants.table;
+        GrantUsage {
+            in_use: table.usable() - table.free_count(),
+            usable: table.usable(),
+            frames: table.frames(),
+            limit: table.limit(),
+        }
+    })
 }
 
 /// The grant table as the DMA layer's [`PageGrants`]: how a grant device's
 /// pool buffers are granted to its back end and their grants ended.
-pub struct KernelGrants(&'static Mutex<GrantTable<'static>>);
+pub struct KernelGrants(&'static Mutex<Grants>);
 
 /// The grant table for the DMA layer, once [`init`] has set it up.
 pub fn page_grants() -> Option<KernelGrants> {
@@ -227,10 +306,11 @@ pub fn page_grants() -> Option<KernelGrants> {
 }
 
 // SAFETY: `grant` writes one v1 entry granting exactly the lent page's
-// frame to `domid` with `access` (nothing on an error), and `end` is
-// `GrantTable::end`, which frees the entry only once Xen shows no mapping
-// of it (`GTF_reading`/`GTF_writing` clear) and gives the grant back
-// otherwise. Neither keeps an address.
+// frame to `domid` with `access` (nothing on an error; growing the table
+// first only adds free entries), and `end` is `GrantTable::end`, which
+// frees the entry only once Xen shows no mapping of it
+// (`GTF_reading`/`GTF_writing` clear) and gives the grant back otherwise.
+// Neither keeps an address.
 unsafe impl PageGrants for KernelGrants {
     fn grant(
         &mut self,
@@ -245,10 +325,10 @@ unsafe impl PageGrants for KernelGrants {
         // the driver's (before it is mapped for a request, after it is
         // unmapped), as the grant device's protocol allows.
         let frame = unsafe { GrantableFrame::new(page.range().base.0 / PAGE_SIZE) };
-        irq::without_interrupts(|| self.0.lock().grant(domid, frame, access))
+        grant_or_grow(self.0, domid, frame, access)
     }
 
     fn end(&mut self, grant: Grant) -> Result<(), GrantNotEnded> {
-        irq::without_interrupts(|| self.0.lock().end(grant))
+        irq::without_interrupts(|| self.0.lock().table.end(grant))
     }
 }

@@ -175,14 +175,18 @@ fn a_refused_grant_is_a_typed_error_and_gives_the_buffer_back() {
             device: DISK,
             domid: BACK_END,
             phys: third,
-            error: GrantError::Exhausted { usable: 2 },
+            error: GrantError::Exhausted {
+                usable: 2,
+                frames: 1,
+                limit: 1
+            },
         }
     );
     assert_eq!(
         err.to_string(),
         format!(
             "grant device xvda: page {third} not granted to d0: grant table exhausted: all 2 \
-             usable entries are granted"
+             usable entries are granted, frames=1 limit=1"
         )
     );
     // The two pages granted before stay the buffer's, and freeing ends them.
@@ -317,7 +321,14 @@ fn a_refused_grant_of_coherent_memory_ends_the_grants_made_and_frees_it() {
     let DmaError::GrantRefused { phys, error, .. } = err else {
         panic!("{err}");
     };
-    assert_eq!(error, GrantError::Exhausted { usable: 2 });
+    assert_eq!(
+        error,
+        GrantError::Exhausted {
+            usable: 2,
+            frames: 1,
+            limit: 1
+        }
+    );
     assert_eq!(phys.0, GRANT_PHYS.base.0 + 0x2000, "the third page");
     // The two grants made before it are ended and nothing stays allocated.
     assert_eq!(table(&rig).granted(), 0);
