@@ -1387,6 +1387,11 @@ fn pv() -> Vec<BootTest> {
     .reject(&["error: "]);
     bench.anywhere.extend(
         [
+            // The grant table starts with one frame (504 usable entries);
+            // the disk's 1388 grants grow it twice, a frame each time it is
+            // full (1 for the granted entry that made it grow).
+            "xen: grant table grown frames=2 entries=1024 free=511",
+            "xen: grant table grown frames=3 entries=1536 free=511",
             "dma: pool tidepool:grants-xvda ",
             "dma: device xvda coherent=yes pool=tidepool:grants-xvda \
              coherent-allocs=tidepool:grants-xvda dma-addr=grant(d0)",
@@ -1473,7 +1478,43 @@ fn pv() -> Vec<BootTest> {
         }),
         ..PvSpec::default()
     });
-    vec![monitor, bench, read_only, detach, two, dom0less]
+    // Two disks busy enough for more grants than a table of 4 frames holds
+    // (2040 usable entries; the table was that, fixed, before it grew on
+    // demand): each reads 8 MiB in 128 KiB requests, 32 in flight (xvda in
+    // the boot's `bench=`, xvdb in the monitor's), so each grants its ring
+    // and every slot's 33 pages, 1057 grants, and keeps them. The table
+    // grows to 5 frames and no request fails.
+    let mut busy = guest("pv-xl-two-disks-busy", "bench=8 bench-reads=64 monitor")
+        .with_disks(&[disk(1, unchanged(1)), disk(3, unchanged(3))])
+        .expect(&[
+            "blk: xvda pv devid=51712 ",
+            "ring_pages=1 ring_entries=32 slots=32",
+            "blk: xvdb pv devid=51728 ",
+            "ring_pages=1 ring_entries=32 slots=32",
+            "blk: bench qd32 reqs=64 in_flight=32 ",
+            "boot: ready",
+            "> blk bench xvdb 8",
+            "blk: bench qd32 reqs=4096 in_flight=32 ",
+            "> dma",
+            "dma: stats xvda syncs=",
+            " grants_made=1057 ",
+            "dma: stats xvdb syncs=",
+            " grants_made=1057 ",
+            "> poweroff",
+        ])
+        .expect(&shut_down[1..])
+        .reject(PV_REJECT)
+        .reject(&["error: "]);
+    busy.anywhere.extend(
+        [
+            "xen: grant table grown frames=5 entries=2560 free=511",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+            "blk: xvdb closed state=6 grants_still_mapped=0",
+        ]
+        .map(String::from),
+    );
+    busy.typing = vec!["blk bench xvdb 8", "dma", "poweroff"];
+    vec![monitor, bench, read_only, detach, two, busy, dom0less]
 }
 
 /// Verifies of xvda typed in `pv-xl-two-disks-detach-one` after xvdb's

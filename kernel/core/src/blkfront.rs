@@ -70,8 +70,8 @@ use crate::xen::{Xen, events, store};
 /// Segments of an indirect request (128 KiB; Linux's blkfront default too).
 /// Each request slot keeps its own: 32 slots (Linux's blkback's persistent
 /// grants) are 4.1 MiB of pool and 1056 grants; the block interface's
-/// [`MAX_IN_FLIGHT`] (42), 5.4 MiB and 1386 grants of the grant table's
-/// 2040; the ring's 1 or 2 pages come on top.
+/// [`MAX_IN_FLIGHT`] (42), 5.4 MiB and 1386 grants; the ring's 1 or 2
+/// pages come on top (the grant table grows to hold them all).
 pub const INDIRECT_SEGMENTS: usize = 32;
 /// How long one request may take. Generous: under emulation on a busy host
 /// dom0's blkback was seen taking over 5 s for one request of a batch; a

@@ -19,10 +19,8 @@ use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr, VirtAddr};
 use tidepool_xen_abi::{
     DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantNotEnded, GrantTable,
-    GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace,
+    GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace, grant::GRANT_ENTRIES_PER_FRAME,
 };
-
-use tidepool_xen_abi::grant::GRANT_ENTRIES_PER_FRAME;
 
 use super::Xen;
 use crate::irq;
@@ -44,8 +42,8 @@ struct Region {
     va: VirtAddr,
     /// Frames Xen has placed.
     placed: usize,
-    /// Frames the table may have: the region's, at most, and the window
-    /// covers them.
+    /// Frames the table may have: at most the region's, and the window
+    /// covers them (checked in [`init`]).
     limit: usize,
 }
 
@@ -57,17 +55,19 @@ impl GrantFrames<'static> for Region {
             // region (`limit` is at most its frames), guest-physical space
             // Xen reserves for the table, which the kernel reaches only
             // through the entries below, as the page Xen places there. This
-            // token is the only one naming it: made here under the table's
-            // lock and consumed by the call (a refused call's is dropped
-            // before the next attempt makes another).
+            // token is the only one naming it: made here (under the table's
+            // lock, or in `init` before the table is shared) and consumed
+            // by the call; a refused call's is dropped before the next
+            // attempt makes another.
             let frame = unsafe { VacantFrame::new(self.first_gfn + index) };
             Xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)?;
             self.placed += 1;
         }
-        // SAFETY: the window maps the whole region read-write as Normal
-        // write-back memory for the kernel's lifetime (checked at setup),
-        // Xen has placed the table's first `placed` frames there and
-        // nothing else in the kernel uses the region. Every field of
+        // SAFETY: the window maps the region's first `limit` frames
+        // read-write as Normal write-back memory for the kernel's lifetime
+        // (checked in `init`), Xen has placed the table's first `placed`
+        // (at most `limit`) frames there, and nothing else in the kernel
+        // uses the region. Every field of
         // `GrantEntryV1` is an atomic, so sharing the entries with Xen is
         // sound.
         Ok(unsafe {
@@ -101,10 +101,9 @@ pub enum GrantSetupError {
     },
     /// `GNTTABOP_setup_table` failed.
     SetupTable(XenError),
-    /// `GNTTABOP_setup_table` places a frame elsewhere than it was mapped.
+    /// `GNTTABOP_setup_table` places the first frame elsewhere than it was
+    /// mapped.
     FrameMismatch {
-        /// The frame's index in the table.
-        index: usize,
         /// Where it was mapped (GFN).
         mapped: u64,
         /// Where Xen says it is (GFN).
@@ -132,13 +131,9 @@ impl fmt::Display for GrantSetupError {
                     "region at gpa {gpa:#x} has no window of {bytes:#x} bytes"
                 )
             }
-            Self::FrameMismatch {
-                index,
-                mapped,
-                reported,
-            } => write!(
+            Self::FrameMismatch { mapped, reported } => write!(
                 f,
-                "frame {index} mapped at gfn {mapped:#x}, Xen reports gfn {reported:#x}"
+                "frame 0 mapped at gfn {mapped:#x}, Xen reports gfn {reported:#x}"
             ),
             Self::Table(error) => error.fmt(f),
         }
@@ -182,7 +177,6 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
         .map_err(GrantSetupError::SetupTable)?;
     if reported[0] != region.first_gfn {
         return Err(GrantSetupError::FrameMismatch {
-            index: 0,
             mapped: region.first_gfn,
             reported: reported[0],
         });
