@@ -479,7 +479,10 @@ impl fmt::Display for GrantError {
                 write!(f, "frame {gfn:#x} does not fit a v1 grant entry (32 bits)")
             }
             Self::StaleEntry { gref, flags } => {
-                write!(f, "{gref} is not free at setup (flags {flags:#x})")
+                write!(
+                    f,
+                    "{gref} is not free as its frame joins the table (flags {flags:#x})"
+                )
             }
         }
     }
@@ -936,7 +939,10 @@ mod tests {
                 flags: 1
             }
         );
-        assert_eq!(err.to_string(), "gref 9 is not free at setup (flags 0x1)");
+        assert_eq!(
+            err.to_string(),
+            "gref 9 is not free as its frame joins the table (flags 0x1)"
+        );
         let limit = usize::MAX / 8;
         let err = GrantTable::new(&[], limit).err().unwrap();
         assert_eq!(err, GrantError::NoMemory { limit });
