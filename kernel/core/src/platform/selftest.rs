@@ -245,7 +245,11 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
     // Granting until refused grows the table a frame at a time up to its
     // limit, and only there is a grant refused.
     let before = check("usage", grants::usage());
-    let mut held = Vec::with_capacity(before.limit * GRANT_ENTRIES_PER_FRAME);
+    let mut held = Vec::new();
+    let most = before.limit * GRANT_ENTRIES_PER_FRAME;
+    if held.try_reserve_exact(most).is_err() {
+        fail(format_args!("no memory to hold {most} grants"));
+    }
     let exhausted = loop {
         match grants::grant(domain.id, grantable(), GrantAccess::ReadOnly) {
             Ok(gref) => held.push(gref),

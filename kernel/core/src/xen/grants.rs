@@ -7,8 +7,11 @@
 //! ...`), up to the region's frames and Xen's `max_nr_frames`: a PV disk
 //! keeps over a thousand grants, so every PV boot grows it. Grants are made
 //! and ended with IRQs masked around a lock, so interrupt handlers may end
-//! grants too; growing allocates nothing (`GrantTable`'s free map is sized
-//! for the limit at setup).
+//! grants too. A growth is one `XENMEM_add_to_physmap` under that lock, so
+//! nothing sees a half-grown table; it allocates nothing (`GrantTable`'s
+//! free map is sized for the limit at setup); if Xen refuses, the table
+//! stays as it was, the grant fails with Xen's answer, and the next grant
+//! that finds the table full asks again.
 
 use core::fmt;
 
@@ -197,7 +200,8 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
 pub enum GrantTableError {
     /// No grant table (not under Xen, or before [`init`]).
     NotSetUp,
-    /// The table refused (exhausted, frame beyond 32 bits).
+    /// The table refused (exhausted at its limit, Xen refused a frame to
+    /// grow it, frame beyond 32 bits).
     Table(GrantError),
 }
 
