@@ -62,6 +62,9 @@ pub struct PvSpec {
     /// Module parameters for Linux's blkback (see
     /// `crate::pv::PvGuest::blkback_params`).
     pub blkback_params: &'static str,
+    /// Xen's limit on the guest's grant table (see
+    /// `crate::pv::PvGuest::max_grant_frames`).
+    pub max_grant_frames: Option<u32>,
 }
 
 /// Printed between the consoles of a test's two boots.
@@ -1137,6 +1140,7 @@ fn run_one(ws: &Workspace, image: &Path, test: &BootTest) -> Result<Captured> {
                 detach: spec.detach,
                 dom0less: spec.dom0less,
                 blkback_params: spec.blkback_params.into(),
+                max_grant_frames: spec.max_grant_frames,
             };
             // xl console in dom0 reads the serial line, where Xen sends
             // input for dom0: typing needs no console switch.
@@ -1514,7 +1518,41 @@ fn pv() -> Vec<BootTest> {
         .map(String::from),
     );
     busy.typing = vec!["blk bench xvdb 8", "dma", "poweroff"];
-    vec![monitor, bench, read_only, detach, two, busy, dom0less]
+    // At Xen's limit (`max_grant_frames = 2` in the guest's `xl`
+    // configuration: 1016 usable entries) the disk's 1057 grants do not
+    // fit. The verify (16 requests in flight, 529 grants) grows the table
+    // to its limit and passes; the bench's 32 requests in flight need
+    // more: the grant that finds the table full at its limit is refused,
+    // naming frames and limit, and the bench stops with that error before
+    // the request is sent. Nothing hangs or times out, and the disk closes
+    // with every grant ended.
+    let mut limit = guest("pv-xl-grant-limit", "bench=8 bench-reads=64 blk-verify=1")
+        .with_disks(&[disk(1, unchanged(1))])
+        .expect(&attached)
+        .expect(&[
+            "xen: grant table grown frames=2 entries=1024 free=511",
+            "blk: verify xvda sectors=16384 ok",
+            "error: blk: bench xvda: grant device xvda: page 0x",
+            " not granted to d0: grant table exhausted: all 1016 usable entries are granted, \
+             frames=2 limit=2",
+            " errors=0 timeouts=0 ",
+            "blk: xvda closed state=6 grants_still_mapped=0",
+            " grants_made=1016 ",
+            " grants_ended=1016 grants_leaked=0",
+        ])
+        .expect(&shut_down)
+        .reject(PV_REJECT);
+    // Xen's limit, not the region's (4096 frames), bounds the table.
+    limit
+        .anywhere
+        .push("frames=1 limit=2 (region 4096, max 2) entries=512 free=504".into());
+    limit.pv = Some(PvSpec {
+        max_grant_frames: Some(2),
+        ..PvSpec::default()
+    });
+    vec![
+        monitor, bench, read_only, detach, two, busy, limit, dom0less,
+    ]
 }
 
 /// Verifies of xvda typed in `pv-xl-two-disks-detach-one` after xvdb's

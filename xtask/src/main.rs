@@ -265,6 +265,7 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<qemu::Captured> {
             detach: None,
             dom0less: args.domu,
             blkback_params: String::new(),
+            max_grant_frames: None,
         };
         let run_dir = ws.build.join("run-pv").join(std::process::id().to_string());
         let qemu = pv::qemu_args(ws, &image, &guest, &run_dir)?;

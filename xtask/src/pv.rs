@@ -211,6 +211,10 @@ pub struct PvGuest {
     /// Debian's kernel), given to `insmod`: `max_ring_page_order` is
     /// read-only in sysfs.
     pub blkback_params: String,
+    /// `xl`'s `max_grant_frames`: Xen's limit on the guest's grant table
+    /// (`None`: Xen's default, 64). Not for a dom0less guest, which has no
+    /// `xl` configuration.
+    pub max_grant_frames: Option<u32>,
 }
 
 /// QEMU's arguments for the whole stack: Xen, the Linux dom0 with the
@@ -344,6 +348,9 @@ fn xl_config(guest: &PvGuest, linux: bool) -> String {
     );
     if linux {
         cfg.push_str("ramdisk = \"/guest-initramfs.cpio\"\n");
+    }
+    if let Some(frames) = guest.max_grant_frames {
+        cfg.push_str(&format!("max_grant_frames = {frames}\n"));
     }
     if !guest.disks.is_empty() {
         let specs: Vec<String> = disk_names(guest)
@@ -496,6 +503,7 @@ mod tests {
             detach: None,
             dom0less: false,
             blkback_params: String::new(),
+            max_grant_frames: None,
         }
     }
 
@@ -523,6 +531,15 @@ mod tests {
             false,
         );
         assert!(!none.contains("disk ="));
+        assert!(!none.contains("max_grant_frames"));
+        let small_table = xl_config(
+            &PvGuest {
+                max_grant_frames: Some(2),
+                ..guest()
+            },
+            false,
+        );
+        assert!(small_table.contains("\nmax_grant_frames = 2\n"));
         let linux = xl_config(&guest(), true);
         assert!(linux.contains("extra = \"console=hvc0 rdinit=/init cma=0\""));
         assert!(linux.contains("ramdisk = \"/guest-initramfs.cpio\""));

@@ -51,6 +51,7 @@ pub(super) fn run(
         detach: None,
         dom0less: false,
         blkback_params: String::new(),
+        max_grant_frames: None,
     };
     let tidepool = best_of(plan.runs, "pv-tidepool", KernelBench::best, |label| {
         eprintln!("bench: {label}: booting (xl guest of a Linux dom0, blkfront)");
