@@ -686,7 +686,7 @@ fn monitor() -> Vec<BootTest> {
                 "> blk read /virtio_mmio@a003e00 0 1",
                 &format!("blk: read {e00} lba=0 sectors=1 rest_sectors=0 rest_fnv1a64=0xcbf29ce484222325"),
                 "> blk read virtio_mmio@a003e00 16384 1",
-                "error: monitor: blk read: sectors 16384+1 are beyond /virtio_mmio@a003e00 (capacity=16384)",
+                "error: monitor: blk read: /virtio_mmio@a003e00: sectors 16384+1 are beyond the capacity of 16384 sectors",
                 "> blk verify virtio_mmio@a003e00 3",
                 &format!("blk: verify {e00} sectors=16384 ok"),
                 "> irq",

@@ -429,6 +429,7 @@ const KERNEL_CRATES: [&str; 14] = [
 ];
 
 fn test(ws: &Workspace, args: TestArgs) -> Result<()> {
+    tools::ensure_free_space(ws, tools::TEST_FOOTPRINT)?;
     if !args.boot_only {
         // Lints first: they fail in seconds, before anything is fetched.
         lint(ws)?;

@@ -2,9 +2,10 @@
 //! interface and one transfer loop whatever the device (virtio-blk, the
 //! i.MX uSDHC SD card): requests ([`Request`]), their handles ([`Token`])
 //! and deadlines, how a transfer splits into requests
-//! ([`sector_chunks`]), the counters and their console line ([`BlkStats`]), the
-//! [`BlockDriver`] trait, [`SharedMemory`] (bounds-checked access to memory
-//! a driver shares with its device, the crate's one `unsafe` module), and
+//! ([`sector_chunks`]), whether one fits its disk ([`DiskLimits`]), the
+//! counters and their console line ([`BlkStats`]), the [`BlockDriver`]
+//! trait, [`SharedMemory`] (bounds-checked access to memory a driver
+//! shares with its device, the crate's one `unsafe` module), and
 //! [`pattern`], the disk content the kernel and xtask share, [`workload`],
 //! the benchmark's random reads and checksum the kernel and xtask share,
 //! and [`wait`], how the kernel waits for a device.
@@ -14,6 +15,7 @@
 extern crate alloc;
 
 mod barrier;
+mod extent;
 #[allow(unsafe_code)]
 mod memory;
 pub mod pattern;
@@ -31,6 +33,7 @@ use tidepool_dma::{DmaDevice, DmaEnv};
 use wait::WaitMode;
 
 pub use barrier::Barrier;
+pub use extent::{DiskLimits, ExtentError};
 pub use memory::SharedMemory;
 pub use request::{
     Completion, Completions, Deadline, MAX_IN_FLIGHT, Op, Request, SECTOR_SIZE, Token,

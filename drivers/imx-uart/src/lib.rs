@@ -25,6 +25,7 @@
 
 use core::fmt;
 
+pub use tidepool_serial::ReceiveError;
 use tidepool_serial::{for_each_terminal_byte, poll_until};
 use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
@@ -117,6 +118,9 @@ register_structs! {
     }
 }
 
+/// The UART's name in messages.
+const NAME: &str = "i.MX UART";
+
 /// Why the UART could not do what it was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImxUartError {
@@ -134,41 +138,6 @@ impl fmt::Display for ImxUartError {
         }
     }
 }
-
-/// A received character the UART flagged as damaged (URXD's error bits; the
-/// character is dropped).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReceiveError {
-    /// The character as received.
-    pub byte: u8,
-    /// Framing error.
-    pub framing: bool,
-    /// Parity error.
-    pub parity: bool,
-    /// Break condition.
-    pub break_condition: bool,
-    /// Characters were lost before this one (receive FIFO overrun).
-    pub overrun: bool,
-}
-
-impl fmt::Display for ReceiveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "i.MX UART: received {:#04x} with", self.byte)?;
-        for (set, name) in [
-            (self.framing, " framing-error"),
-            (self.parity, " parity-error"),
-            (self.break_condition, " break"),
-            (self.overrun, " overrun"),
-        ] {
-            if set {
-                f.write_str(name)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl core::error::Error for ReceiveError {}
 
 impl core::error::Error for ImxUartError {}
 
@@ -281,6 +250,7 @@ impl ImxUart {
             self.registers.usr2.write(USR2::ORE::SET);
         }
         Some(Err(ReceiveError {
+            uart: NAME,
             byte,
             framing: rx.is_set(URXD::FRMERR),
             parity: rx.is_set(URXD::PRERR),
@@ -413,6 +383,7 @@ mod tests {
         assert_eq!(
             err,
             ReceiveError {
+                uart: NAME,
                 byte: 0x41,
                 framing: true,
                 parity: false,

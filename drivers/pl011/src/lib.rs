@@ -18,6 +18,7 @@
 
 use core::fmt;
 
+pub use tidepool_serial::ReceiveError;
 use tidepool_serial::{for_each_terminal_byte, poll_until};
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
@@ -112,6 +113,9 @@ register_structs! {
     }
 }
 
+/// The UART's name in messages.
+const NAME: &str = "PL011";
+
 /// Why the UART could not do what it was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pl011Error {
@@ -145,38 +149,6 @@ impl fmt::Display for Pl011Error {
 }
 
 impl core::error::Error for Pl011Error {}
-
-/// A received byte the UART flagged as damaged (the byte is dropped).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReceiveError {
-    /// Framing error.
-    pub framing: bool,
-    /// Parity error.
-    pub parity: bool,
-    /// Break condition.
-    pub break_condition: bool,
-    /// Bytes were lost before this one (receive FIFO overrun).
-    pub overrun: bool,
-}
-
-impl fmt::Display for ReceiveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PL011: received")?;
-        for (set, name) in [
-            (self.framing, " framing-error"),
-            (self.parity, " parity-error"),
-            (self.break_condition, " break"),
-            (self.overrun, " overrun"),
-        ] {
-            if set {
-                f.write_str(name)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl core::error::Error for ReceiveError {}
 
 /// A baud rate divisor: the reference clock divided by 16 × baud, in 64ths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,16 +286,16 @@ impl Pl011 {
             return None;
         }
         let data = self.registers.dr.extract();
+        let byte = data.read(DR::DATA) as u8;
         let error = ReceiveError {
+            uart: NAME,
+            byte,
             framing: data.is_set(DR::FE),
             parity: data.is_set(DR::PE),
             break_condition: data.is_set(DR::BE),
             overrun: data.is_set(DR::OE),
         };
-        if error.framing || error.parity || error.break_condition || error.overrun {
-            return Some(Err(error));
-        }
-        Some(Ok(data.read(DR::DATA) as u8))
+        Some(if error.any() { Err(error) } else { Ok(byte) })
     }
 
     /// Unmasks the receive and receive-timeout interrupts (and masks every
@@ -544,6 +516,8 @@ mod tests {
         assert_eq!(
             uart.receive(),
             Some(Err(ReceiveError {
+                uart: NAME,
+                byte: b'q',
                 framing: false,
                 parity: false,
                 break_condition: false,
@@ -587,16 +561,6 @@ mod tests {
 
     #[test]
     fn errors_display() {
-        assert_eq!(
-            ReceiveError {
-                framing: true,
-                parity: false,
-                break_condition: true,
-                overrun: false
-            }
-            .to_string(),
-            "PL011: received framing-error break"
-        );
         assert_eq!(
             Pl011Error::UnreachableBaudRate {
                 clock_hz: 1_000_000,

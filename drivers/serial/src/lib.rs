@@ -1,12 +1,15 @@
 //! What the UART drivers behind the kernel console share: terminal line
-//! endings ([`for_each_terminal_byte`]) and the bounded wait for a status
-//! flag ([`poll_until`]).
+//! endings ([`for_each_terminal_byte`]), the bounded wait for a status
+//! flag ([`poll_until`]) and a damaged received character
+//! ([`ReceiveError`]).
 
 #![cfg_attr(not(any(test, feature = "fake-registers")), no_std)]
 #![deny(unsafe_code)]
 
 #[cfg(feature = "fake-registers")]
 pub mod fake;
+
+use core::fmt;
 
 /// Feeds `bytes` to `emit` with each `\n` preceded by `\r` (terminals and
 /// serial consoles expect CR LF), stopping at the first error.
@@ -41,6 +44,50 @@ pub fn poll_until<E>(mut done: impl FnMut() -> bool, timeout: E) -> Result<(), E
     }
     Err(timeout)
 }
+
+/// A received character the UART flagged as damaged (it is dropped, not
+/// delivered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveError {
+    /// The UART's name in messages (`PL011`, `i.MX UART`).
+    pub uart: &'static str,
+    /// The character as received.
+    pub byte: u8,
+    /// Framing error (no valid stop bit).
+    pub framing: bool,
+    /// Parity error.
+    pub parity: bool,
+    /// Break: the line was held low longer than a character.
+    pub break_condition: bool,
+    /// Characters were lost before this one (receive FIFO overrun).
+    pub overrun: bool,
+}
+
+impl ReceiveError {
+    /// Whether any error is flagged (otherwise the character is good).
+    pub fn any(&self) -> bool {
+        self.framing || self.parity || self.break_condition || self.overrun
+    }
+}
+
+impl fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: received {:#04x} with", self.uart, self.byte)?;
+        for (set, name) in [
+            (self.framing, " framing-error"),
+            (self.parity, " parity-error"),
+            (self.break_condition, " break"),
+            (self.overrun, " overrun"),
+        ] {
+            if set {
+                f.write_str(name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for ReceiveError {}
 
 #[cfg(test)]
 mod tests {
@@ -100,5 +147,41 @@ mod tests {
         });
         assert_eq!(result, Err(b'\r'));
         assert_eq!(out, b"ab");
+    }
+
+    fn flagged(framing: bool, parity: bool, break_condition: bool, overrun: bool) -> ReceiveError {
+        ReceiveError {
+            uart: "UART",
+            byte: 0x41,
+            framing,
+            parity,
+            break_condition,
+            overrun,
+        }
+    }
+
+    #[test]
+    fn a_receive_error_names_every_flag_it_has() {
+        assert_eq!(
+            flagged(true, false, true, false).to_string(),
+            "UART: received 0x41 with framing-error break"
+        );
+        assert_eq!(
+            flagged(false, true, false, true).to_string(),
+            "UART: received 0x41 with parity-error overrun"
+        );
+    }
+
+    #[test]
+    fn any_flag_makes_an_error() {
+        assert!(!flagged(false, false, false, false).any());
+        for flags in [
+            flagged(true, false, false, false),
+            flagged(false, true, false, false),
+            flagged(false, false, true, false),
+            flagged(false, false, false, true),
+        ] {
+            assert!(flags.any(), "{flags:?}");
+        }
     }
 }

@@ -6,8 +6,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::Poll;
 
 use tidepool_block::{
-    Barrier, BlkStats, BlockDriver, Completion, Completions, Deadline, Notice, Op, Request,
-    SECTOR_SIZE, SharedMemory, Token,
+    Barrier, BlkStats, BlockDriver, Completion, Completions, Deadline, DiskLimits, Notice, Op,
+    Request, SECTOR_SIZE, SharedMemory, Token,
 };
 use tidepool_dma::{
     CoherentBuffer, CpuBuffer, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolError,
@@ -341,26 +341,15 @@ impl<'a, C: Controller> SdCard<'a, C> {
                 (Op::Write, lba, data.len() as u64)
             }
         };
-        if bytes == 0 {
-            return Err(SdError::Empty { device, op });
-        }
-        if !bytes.is_multiple_of(u64::from(SECTOR_SIZE)) {
-            return Err(SdError::NotWholeSectors { device, bytes });
-        }
-        let max = self.options.max_request_bytes;
-        if bytes > u64::from(max) {
-            return Err(SdError::TooLarge { device, bytes, max });
-        }
-        let sectors = bytes / u64::from(SECTOR_SIZE);
-        let capacity = self.card.sectors;
-        if lba.checked_add(sectors).is_none_or(|end| end > capacity) {
-            return Err(SdError::OutOfRange {
-                device,
-                lba,
-                sectors,
-                capacity,
-            });
-        }
+        let limits = DiskLimits {
+            block_sectors: 1,
+            max_bytes: self.options.max_request_bytes.into(),
+            capacity: self.card.sectors,
+        };
+        let sectors =
+            limits
+                .check(lba, bytes)
+                .map_err(|error| SdError::Extent { device, op, error })?;
         let cmd = match (op, sectors > 1) {
             (Op::Read, false) => command::READ_SINGLE_BLOCK,
             (Op::Read, true) => command::READ_MULTIPLE_BLOCK,
@@ -371,6 +360,7 @@ impl<'a, C: Controller> SdCard<'a, C> {
             Completion {
                 op,
                 lba,
+                // At most `max_request_bytes`, a `u32`.
                 bytes: bytes as u32,
             },
             Some(cmd),

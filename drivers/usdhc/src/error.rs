@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use tidepool_block::{Op, Token, write_names};
+use tidepool_block::{ExtentError, Op, Token, write_names};
 use tidepool_dma::DmaError;
 
 use crate::adma::AdmaError;
@@ -132,39 +132,16 @@ pub enum SdError<'a> {
         /// What protects it.
         reason: WriteProtect,
     },
-    /// Sectors beyond the card's capacity.
-    OutOfRange {
-        /// The device.
-        device: &'a str,
-        /// First sector.
-        lba: u64,
-        /// Sectors asked for.
-        sectors: u64,
-        /// The capacity in sectors.
-        capacity: u64,
-    },
-    /// A read or write of no bytes.
-    Empty {
+    /// A read or write that does not fit the card: empty, not whole
+    /// 512-byte sectors, larger than the driver's staging buffer, or beyond
+    /// its capacity.
+    Extent {
         /// The device.
         device: &'a str,
         /// The operation.
         op: Op,
-    },
-    /// A transfer that is not whole 512-byte sectors.
-    NotWholeSectors {
-        /// The device.
-        device: &'a str,
-        /// Its length.
-        bytes: u64,
-    },
-    /// A request larger than the driver's staging buffer.
-    TooLarge {
-        /// The device.
-        device: &'a str,
-        /// Its length.
-        bytes: u64,
-        /// The largest request.
-        max: u32,
+        /// How it does not fit.
+        error: ExtentError,
     },
     /// A request is already in flight (the card takes one at a time).
     Busy {
@@ -249,22 +226,7 @@ impl fmt::Display for SdError<'_> {
                 f,
                 "{device}: write at sector {lba} refused: the card is write-protected ({reason})"
             ),
-            Self::OutOfRange {
-                device,
-                lba,
-                sectors,
-                capacity,
-            } => write!(
-                f,
-                "{device}: sectors {lba}+{sectors} lie beyond the capacity of {capacity} sectors"
-            ),
-            Self::Empty { device, op } => write!(f, "{device}: empty {op}"),
-            Self::NotWholeSectors { device, bytes } => {
-                write!(f, "{device}: {bytes} bytes is not whole 512-byte sectors")
-            }
-            Self::TooLarge { device, bytes, max } => {
-                write!(f, "{device}: request of {bytes} bytes exceeds {max}")
-            }
+            Self::Extent { device, op, error } => write!(f, "{device}: {op}: {error}"),
             Self::Busy { device } => write!(f, "{device}: a request is in flight"),
             Self::NoFreeSlot { device } => write!(
                 f,

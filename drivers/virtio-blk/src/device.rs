@@ -26,7 +26,7 @@ use crate::transport::{
     WriteRegister, feature,
 };
 use tidepool_block::SharedMemory;
-use tidepool_block::{BlkStats, BlockDriver, Notice, StatsLine};
+use tidepool_block::{BlkStats, BlockDriver, DiskLimits, Notice, StatsLine};
 
 /// Bytes of one slot's staging buffer: header, the largest data and the
 /// status, rounded up to whole pages so that no two slots share a cache line
@@ -726,54 +726,38 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
                 u64::from(sectors) * u64::from(SECTOR_SIZE),
                 None,
             ),
-            Request::Write { lba, data } => {
-                if self.geometry.read_only {
-                    return Err(BlkError::ReadOnly { device, lba });
-                }
-                (Op::Write, lba, data.len() as u64, Some(data))
-            }
+            Request::Write { lba, data } => (Op::Write, lba, data.len() as u64, Some(data)),
         };
-        self.check_transfer(op, lba, bytes)?;
-        let max = self.geometry.max_request;
-        let bytes = u32::try_from(bytes)
-            .ok()
-            .filter(|&bytes| bytes <= max)
-            .ok_or(BlkError::TooLarge { device, bytes, max })?;
+        self.check_transfer(op, lba, bytes, self.geometry.max_request.into())?;
+        // `check_transfer` refused more than `max_request`, a `u32`.
+        let bytes = bytes as u32;
         Ok((Completion { op, lba, bytes }, data))
     }
 
-    /// The checks of a whole read or write, whatever the request size.
-    fn check_transfer(&self, op: Op, lba: u64, bytes: u64) -> Result<(), BlkError<'a>> {
+    /// The checks of a read or write of `bytes` bytes from `lba`, at most
+    /// `max_bytes` of them: a write needs a writable device, and the bytes
+    /// must fit the device (whole blocks of its block size, starting on
+    /// one).
+    fn check_transfer(
+        &self,
+        op: Op,
+        lba: u64,
+        bytes: u64,
+        max_bytes: u64,
+    ) -> Result<(), BlkError<'a>> {
         let device = self.name();
         if op == Op::Write && self.geometry.read_only {
             return Err(BlkError::ReadOnly { device, lba });
         }
-        if bytes == 0 {
-            return Err(BlkError::Empty { device, op });
+        let limits = DiskLimits {
+            block_sectors: self.geometry.block_size / SECTOR_SIZE,
+            max_bytes,
+            capacity: self.geometry.capacity,
+        };
+        match limits.check(lba, bytes) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(BlkError::Extent { device, op, error }),
         }
-        let block_size = self.geometry.block_size;
-        let start_aligned = lba
-            .checked_mul(u64::from(SECTOR_SIZE))
-            .is_some_and(|start| start.is_multiple_of(u64::from(block_size)));
-        if !start_aligned || !bytes.is_multiple_of(u64::from(block_size)) {
-            return Err(BlkError::Misaligned {
-                device,
-                lba,
-                bytes,
-                block_size,
-            });
-        }
-        let sectors = bytes / u64::from(SECTOR_SIZE);
-        let capacity = self.geometry.capacity;
-        if lba.checked_add(sectors).is_none_or(|end| end > capacity) {
-            return Err(BlkError::OutOfRange {
-                device,
-                lba,
-                sectors,
-                capacity,
-            });
-        }
-        Ok(())
     }
 
     /// The interrupt registers, for the kernel's interrupt handler: from now
@@ -1161,8 +1145,9 @@ impl<'a, T: Transport> BlockDevice<'a, T> {
             Transfer::Read(buffer) => (Op::Read, buffer.len()),
             Transfer::Write(data) => (Op::Write, data.len()),
         };
-        // Nothing is submitted for a transfer that cannot complete.
-        self.check_transfer(op, lba, total as u64)?;
+        // Nothing is submitted for a transfer that cannot complete; it is
+        // split into requests of at most `max_request` below.
+        self.check_transfer(op, lba, total as u64, u64::MAX)?;
         let chunk = self.geometry.max_request as usize;
         let mut in_flight: [Option<(Token, usize, usize)>; MAX_IN_FLIGHT] = [None; MAX_IN_FLIGHT];
         let mut next = 0;

@@ -3,6 +3,7 @@
 
 use core::fmt;
 
+use tidepool_block::ExtentError;
 use tidepool_dma::{DmaAddr, DmaError};
 
 use crate::request::{DeviceStatus, Op, Token};
@@ -287,46 +288,18 @@ pub enum BlkError<'a> {
         /// The write's first sector.
         lba: u64,
     },
-    /// Sectors beyond the device's capacity.
-    OutOfRange {
-        /// The device.
-        device: &'a str,
-        /// First sector.
-        lba: u64,
-        /// Sectors asked for.
-        sectors: u64,
-        /// The device's capacity in sectors.
-        capacity: u64,
-    },
-    /// A transfer that is not whole blocks of the device's block size, or
-    /// does not start on one.
-    Misaligned {
-        /// The device.
-        device: &'a str,
-        /// First sector.
-        lba: u64,
-        /// Bytes asked for.
-        bytes: u64,
-        /// The block size.
-        block_size: u32,
-    },
-    /// One request larger than the driver sends (use
+    /// A read or write that does not fit the device: empty, not whole
+    /// blocks of its block size or not starting on one, larger than one
+    /// request (use
     /// [`BlockDevice::read`](crate::BlockDevice::read)/[`write`](crate::BlockDevice::write),
-    /// which split).
-    TooLarge {
-        /// The device.
-        device: &'a str,
-        /// Bytes asked for.
-        bytes: u64,
-        /// The largest request.
-        max: u32,
-    },
-    /// A read or write of zero bytes.
-    Empty {
+    /// which split), or beyond its capacity.
+    Extent {
         /// The device.
         device: &'a str,
         /// The operation.
         op: Op,
+        /// How it does not fit.
+        error: ExtentError,
     },
     /// A flush request to a device without `VIRTIO_BLK_F_FLUSH` (whose
     /// completed writes are already durable).
@@ -411,31 +384,7 @@ impl fmt::Display for BlkError<'_> {
                     "blk {device}: write at sector {lba} to a read-only device"
                 )
             }
-            Self::OutOfRange {
-                device,
-                lba,
-                sectors,
-                capacity,
-            } => write!(
-                f,
-                "blk {device}: sectors {lba}+{sectors} beyond the capacity of {capacity} sectors"
-            ),
-            Self::Misaligned {
-                device,
-                lba,
-                bytes,
-                block_size,
-            } => write!(
-                f,
-                "blk {device}: {bytes} bytes at sector {lba} are not whole {block_size}-byte blocks"
-            ),
-            Self::TooLarge { device, bytes, max } => {
-                write!(
-                    f,
-                    "blk {device}: request of {bytes} bytes, at most {max} per request"
-                )
-            }
-            Self::Empty { device, op } => write!(f, "blk {device}: {op} of zero bytes"),
+            Self::Extent { device, op, error } => write!(f, "blk {device}: {op}: {error}"),
             Self::FlushNotSupported { device } => {
                 write!(f, "blk {device}: flush without VIRTIO_BLK_F_FLUSH")
             }

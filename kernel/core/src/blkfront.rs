@@ -45,8 +45,8 @@ use core::time::Duration;
 use log::{error, info, warn};
 use tidepool_block::wait::WaitMode;
 use tidepool_block::{
-    BlkStats, BlockDriver, Completion, Completions, Deadline, MAX_IN_FLIGHT, Notice, Op, Request,
-    SharedMemory, Token,
+    BlkStats, BlockDriver, Completion, Completions, Deadline, DiskLimits, ExtentError,
+    MAX_IN_FLIGHT, Notice, Op, Request, SECTOR_SIZE, SharedMemory, Token,
 };
 use tidepool_dma::{
     CoherentBuffer, DmaDevice, DmaDirection, DmaEnv, DmaError, DmaMapping, PoolBuffer,
@@ -244,6 +244,16 @@ pub enum PvError {
     Dma(DmaError<'static>),
     /// The slot's pages were lost by an earlier failed unmap.
     NoSlotMemory,
+    /// A read or write that does not fit the disk: empty, not whole
+    /// sectors, larger than one request's pages, or beyond its capacity.
+    Extent {
+        /// The disk.
+        device: &'static str,
+        /// The operation.
+        op: Op,
+        /// How it does not fit.
+        error: ExtentError,
+    },
 }
 
 impl core::fmt::Display for PvError {
@@ -252,6 +262,7 @@ impl core::fmt::Display for PvError {
             Self::Protocol(e) => write!(f, "{e}"),
             Self::Dma(e) => write!(f, "{e}"),
             Self::NoSlotMemory => f.write_str("the request slot lost its pages"),
+            Self::Extent { device, op, error } => write!(f, "{device}: {op}: {error}"),
         }
     }
 }
@@ -1064,24 +1075,25 @@ impl BlockDriver<'static> for PvDisk {
     ) -> Result<Token, PvError> {
         // A disk whose back end left closes before it refuses the request.
         self.close_if_left(env);
-        let check = |lba: u64, bytes: usize| {
-            if bytes == 0 || !bytes.is_multiple_of(SECTOR) || bytes > self.request_bytes() {
-                return Err(BlkfrontError::BadRequest(
-                    "size not whole sectors within a request",
-                ));
-            }
-            match lba.checked_add((bytes / SECTOR) as u64) {
-                Some(end) if end <= self.info.sectors => Ok(bytes / SECTOR),
-                _ => Err(BlkfrontError::BadRequest("sectors beyond the disk")),
-            }
+        let limits = DiskLimits {
+            block_sectors: 1,
+            max_bytes: self.request_bytes() as u64,
+            capacity: self.info.sectors,
+        };
+        let device = self.name;
+        let check = |op, lba, bytes| match limits.check(lba, bytes) {
+            // At most `request_bytes` / 512.
+            Ok(sectors) => Ok(sectors as usize),
+            Err(error) => Err(PvError::Extent { device, op, error }),
         };
         match request {
             Request::Read { lba, sectors } => {
-                let sectors = check(lba, sectors as usize * SECTOR)?;
+                let bytes = u64::from(sectors) * u64::from(SECTOR_SIZE);
+                let sectors = check(Op::Read, lba, bytes)?;
                 self.start(env, BLKIF_OP_READ, lba, None, sectors, deadline)
             }
             Request::Write { lba, data } => {
-                let sectors = check(lba, data.len())?;
+                let sectors = check(Op::Write, lba, data.len() as u64)?;
                 self.start(env, BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
             }
             Request::Flush => self.start(env, BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),

@@ -376,13 +376,13 @@ impl ConsoleInput for UartInput {
     }
 
     fn drain(&self, deliver: &mut dyn FnMut(u8)) {
-        let mut take = |received: Result<u8, ()>| match received {
+        let take = |received: Result<u8, tidepool_pl011::ReceiveError>| match received {
             Ok(byte) => deliver(byte),
-            Err(()) => device_error(),
+            Err(_) => device_error(),
         };
         match &self.uart {
-            Receiver::Pl011(uart) => uart.drain(|received| take(received.map_err(drop))),
-            Receiver::Imx(uart) => uart.drain(|received| take(received.map_err(drop))),
+            Receiver::Pl011(uart) => uart.drain(take),
+            Receiver::Imx(uart) => uart.drain(take),
         }
     }
 }

@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use log::{error, info};
-use tidepool_block::BlockDriver;
 use tidepool_block::pattern::{DiskPattern, SECTOR_BYTES};
+use tidepool_block::{BlockDriver, DiskLimits};
 use tidepool_dt::DeviceTree;
 use tidepool_monitor::{BlkCommand, COMMANDS, Command, Echo, LineEditor, PROMPT, hexdump};
 
@@ -261,12 +261,16 @@ fn matches(disk: &AnyDisk, name: &str) -> bool {
 /// of the sectors after it, computed in place as each request completes
 /// (`Disk::read_with`: no buffer for the whole range).
 fn read<D: BlockDriver<'static>>(disk: &mut Disk<D>, dma: &mut Dma, lba: u64, count: u64) {
-    let capacity = disk.device().capacity();
-    if lba.checked_add(count).is_none_or(|end| end > capacity) {
-        error!(
-            "monitor: blk read: sectors {lba}+{count} are beyond {} (capacity={capacity})",
-            disk.name()
-        );
+    // Nothing is read of a range that does not fit; the driver checks each
+    // request again, against its block size too.
+    let limits = DiskLimits {
+        block_sectors: 1,
+        max_bytes: u64::MAX,
+        capacity: disk.device().capacity(),
+    };
+    // `count` is at most MAX_READ_SECTORS: no overflow.
+    if let Err(err) = limits.check(lba, count * SECTOR_BYTES as u64) {
+        error!("monitor: blk read: {}: {err}", disk.name());
         return;
     }
     let mut first = [0u8; SECTOR_BYTES];

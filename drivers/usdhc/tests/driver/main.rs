@@ -9,7 +9,7 @@ mod sim;
 
 use std::task::Poll;
 
-use tidepool_block::{BlockDriver, Deadline, Op, Request};
+use tidepool_block::{BlockDriver, Deadline, ExtentError, Op, Request};
 use tidepool_dma::CacheOp;
 use tidepool_usdhc::{AdmaError, InitError, Options, SdCard, SdError, WriteProtect};
 
@@ -503,31 +503,57 @@ fn requests_the_card_cannot_do_are_refused_before_it_sees_them() {
                 lba: capacity - 1,
                 sectors: 2,
             },
-            "beyond",
+            Op::Read,
+            ExtentError::BeyondDisk {
+                lba: capacity - 1,
+                sectors: 2,
+                capacity,
+            },
         ),
-        (Request::Read { lba: 0, sectors: 0 }, "empty"),
+        (
+            Request::Read { lba: 0, sectors: 0 },
+            Op::Read,
+            ExtentError::Empty { lba: 0 },
+        ),
         (
             Request::Write {
                 lba: 0,
                 data: &[0; 100],
             },
-            "whole 512-byte",
+            Op::Write,
+            ExtentError::Misaligned {
+                lba: 0,
+                bytes: 100,
+                block_bytes: 512,
+            },
         ),
         (
             Request::Read {
                 lba: 0,
                 sectors: 1024,
             },
-            "exceeds",
+            Op::Read,
+            ExtentError::TooLarge {
+                bytes: 1024 * 512,
+                max: 256 * 1024,
+            },
         ),
     ];
-    for (request, text) in cases {
-        let error = b
+    for (request, op, error) in cases {
+        let refused = b
             .card
             .submit(&mut b.rig.env(), request, Deadline::NEVER)
             .unwrap_err();
-        assert!(error.to_string().contains(text), "{error}");
-        assert!(!b.card.is_busy(&error) && !b.card.is_full(&error));
+        assert_eq!(
+            refused,
+            SdError::Extent {
+                device: DEVICE,
+                op,
+                error
+            }
+        );
+        assert_eq!(refused.to_string(), format!("{DEVICE}: {op}: {error}"));
+        assert!(!b.card.is_busy(&refused) && !b.card.is_full(&refused));
     }
     assert_eq!(commands(&b.sim).len(), before);
     // A flush completes without a command: no card cache is enabled.

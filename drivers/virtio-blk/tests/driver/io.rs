@@ -4,7 +4,7 @@
 
 use core::sync::atomic::AtomicU32;
 use core::task::Poll;
-use tidepool_block::BlockDriver;
+use tidepool_block::{BlockDriver, ExtentError};
 
 use tidepool_block::pattern::{self, SECTOR_BYTES};
 use tidepool_dma::DmaEnv;
@@ -289,68 +289,89 @@ fn impossible_requests_are_refused_before_touching_the_device() {
             .submit(&mut env, request, Deadline::NEVER)
             .unwrap_err()
     };
+    let extent = |op, error| BlkError::Extent {
+        device: DEVICE,
+        op,
+        error,
+    };
     assert_eq!(
         submit(Request::Read {
             lba: 8192,
             sectors: 8
         }),
-        BlkError::OutOfRange {
-            device: DEVICE,
-            lba: 8192,
-            sectors: 8,
-            capacity: 8192
-        }
+        extent(
+            Op::Read,
+            ExtentError::BeyondDisk {
+                lba: 8192,
+                sectors: 8,
+                capacity: 8192
+            }
+        )
     );
     assert_eq!(
         submit(Request::Read {
             lba: u64::MAX - 3,
             sectors: 8
         }),
-        BlkError::Misaligned {
-            device: DEVICE,
-            lba: u64::MAX - 3,
-            bytes: 4096,
-            block_size: 4096
-        }
+        extent(
+            Op::Read,
+            ExtentError::Misaligned {
+                lba: u64::MAX - 3,
+                bytes: 4096,
+                block_bytes: 4096
+            }
+        )
     );
     assert_eq!(
         submit(Request::Read { lba: 1, sectors: 8 }),
-        BlkError::Misaligned {
-            device: DEVICE,
-            lba: 1,
-            bytes: 4096,
-            block_size: 4096
-        }
+        extent(
+            Op::Read,
+            ExtentError::Misaligned {
+                lba: 1,
+                bytes: 4096,
+                block_bytes: 4096
+            }
+        )
     );
     assert_eq!(
         submit(Request::Write {
             lba: 8,
             data: &[0; 512]
         }),
-        BlkError::Misaligned {
-            device: DEVICE,
-            lba: 8,
-            bytes: 512,
-            block_size: 4096
-        }
+        extent(
+            Op::Write,
+            ExtentError::Misaligned {
+                lba: 8,
+                bytes: 512,
+                block_bytes: 4096
+            }
+        )
     );
     assert_eq!(
         submit(Request::Read {
             lba: 0,
             sectors: 520
         }),
-        BlkError::TooLarge {
-            device: DEVICE,
-            bytes: 520 * 512,
-            max: 262144
-        }
+        extent(
+            Op::Read,
+            ExtentError::TooLarge {
+                bytes: 520 * 512,
+                max: 262144
+            }
+        )
     );
     assert_eq!(
         submit(Request::Write { lba: 0, data: &[] }),
-        BlkError::Empty {
-            device: DEVICE,
-            op: Op::Write
-        }
+        extent(Op::Write, ExtentError::Empty { lba: 0 })
+    );
+    assert_eq!(
+        submit(Request::Read {
+            lba: 8184,
+            sectors: 16
+        })
+        .to_string(),
+        format!("blk {DEVICE}: read: sectors 8184+16 are beyond the capacity of 8192 sectors"),
+        "the message names the device and the operation"
     );
     assert_eq!(b.sim.state().notifications, 0);
     assert_eq!(b.disk.dma().stats().maps, 0);

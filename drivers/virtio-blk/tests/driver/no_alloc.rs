@@ -4,6 +4,7 @@
 
 use core::task::Poll;
 
+use tidepool_block::ExtentError;
 use tidepool_virtio_blk::{BlkError, Deadline, MAX_IN_FLIGHT, Options, Request, Token};
 
 use crate::bench_with;
@@ -66,7 +67,13 @@ fn the_io_path_does_not_allocate() {
                 },
                 Deadline::NEVER,
             );
-            assert!(matches!(beyond, Err(BlkError::OutOfRange { .. })));
+            assert!(matches!(
+                beyond,
+                Err(BlkError::Extent {
+                    error: ExtentError::BeyondDisk { .. },
+                    ..
+                })
+            ));
             b.disk.kick(env);
             // Completed newest first, half by interrupt, half by polling.
             for _ in 0..MAX_IN_FLIGHT / 2 {
