@@ -759,8 +759,8 @@ fn xen_platform() -> Vec<BootTest> {
             "xen: domain d0 direct-mapped (guest-physical = machine)",
             "xen: grant table v1 at gpa 0x40200000 va 0x",
             // One frame at setup; the table grows from there.
-            "frames=1 limit=64 (region ",
-            ", max 64) entries=512 free=504",
+            "frames=1 limit=64 region_frames=",
+            " max_nr_frames=64 entries=512 free=504",
         ])
         .expect(&timer)
         .expect(&events(0).each_ref().map(String::as_str))
@@ -793,8 +793,8 @@ fn xen_platform() -> Vec<BootTest> {
             "xen: domain d1 not direct-mapped",
             "xen: grant table v1 at gpa 0x38000000 va 0x",
             // One frame at setup; the table grows from there.
-            "frames=1 limit=64 (region ",
-            ", max 64) entries=512 free=504",
+            "frames=1 limit=64 region_frames=",
+            " max_nr_frames=64 entries=512 free=504",
         ])
         .expect(&timer)
         .expect(&events(1).each_ref().map(String::as_str))
@@ -1545,7 +1545,7 @@ fn pv() -> Vec<BootTest> {
     // Xen's limit, not the region's (4096 frames), bounds the table.
     limit
         .anywhere
-        .push("frames=1 limit=2 (region 4096, max 2) entries=512 free=504".into());
+        .push("frames=1 limit=2 region_frames=4096 max_nr_frames=2 entries=512 free=504".into());
     limit.pv = Some(PvSpec {
         max_grant_frames: Some(2),
         ..PvSpec::default()

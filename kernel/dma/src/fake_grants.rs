@@ -33,7 +33,7 @@ impl FakeGrantTable {
         );
         Self {
             entries,
-            table: GrantTable::new(entries, 0).expect("fresh entries"),
+            table: GrantTable::new(entries).expect("fresh entries"),
         }
     }
 

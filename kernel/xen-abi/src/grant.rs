@@ -2,13 +2,14 @@
 //! the setup and size-query arguments, and the guest's bookkeeping of which
 //! references are free.
 //!
-//! Arm supports only version 1. The kernel maps the table's frames with
-//! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` into the region the
-//! device tree's `/hypervisor` node names, and hands the entries to
-//! [`GrantTable`] as a slice. The table starts small and grows a frame at
-//! a time through [`GrantFrames`] when a grant finds no free entry, as
-//! Linux's `gnttab_expand` does, up to a limit (the region's frames and
-//! Xen's `max_nr_frames`).
+//! Arm supports only version 1. A [`GrantTable`] starts empty in the
+//! [`GrantRegion`] the device tree's `/hypervisor` node names and grows a
+//! frame at a time when a grant finds no free entry, as Linux's
+//! `gnttab_expand` does, up to a limit (the region's frames and Xen's
+//! `max_nr_frames`): the table keeps which frame goes where and which Xen
+//! has placed; the kernel's [`GrantFrames`] makes the
+//! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table)` call and maps the
+//! entries, which the table checks extend its own.
 //!
 //! A grant lets another domain read or write one of this domain's frames,
 //! and a grant mapping puts another domain's frame at one of this domain's
@@ -433,6 +434,15 @@ pub enum GrantError {
     NotGranted(GrantRef),
     /// The frame number does not fit the v1 entry's 32 bits.
     FrameTooLarge(u64),
+    /// [`GrantFrames::entries`] answered a growth with entries that are not
+    /// the table's own followed by the new frame's: they start elsewhere or
+    /// are not exactly the frames asked for. The table is as it was.
+    WrongEntries {
+        /// Frames asked for.
+        frames: usize,
+        /// Entries given.
+        len: usize,
+    },
     /// A non-reserved entry was not all-zero when its frame joined the
     /// table.
     StaleEntry {
@@ -478,6 +488,10 @@ impl fmt::Display for GrantError {
             Self::FrameTooLarge(gfn) => {
                 write!(f, "frame {gfn:#x} does not fit a v1 grant entry (32 bits)")
             }
+            Self::WrongEntries { frames, len } => write!(
+                f,
+                "grant table growth to {frames} frames got {len} entries that do not extend its own"
+            ),
             Self::StaleEntry { gref, flags } => {
                 write!(
                     f,
@@ -488,15 +502,104 @@ impl fmt::Display for GrantError {
     }
 }
 
-/// Where a [`GrantTable`] gets its frames: in the kernel, Xen places them
-/// in the `/hypervisor` node's grant-table region
-/// (`XENMEM_add_to_physmap`), which the kernel maps.
+/// The v1 entry's frame number for `frame`, which must fit 32 bits.
+fn entry_frame(frame: &GrantableFrame) -> Result<u32, GrantError> {
+    u32::try_from(frame.gfn).map_err(|_| GrantError::FrameTooLarge(frame.gfn))
+}
+
+/// The kernel's side of a growing [`GrantTable`]: the hypercall that has
+/// Xen place a frame of the table, and the kernel's view of the region the
+/// frames are placed in. Which frame goes where, how many there may be and
+/// which are placed is the table's bookkeeping ([`GrantRegion`],
+/// [`GrantTable::grow`]), not the implementation's.
+///
+/// # What the table relies on, and checks
+///
+/// The table grants and ends grants through the entries
+/// [`entries`](Self::entries) returns, so they must be the entries Xen
+/// reads. [`GrantTable::grow`] accepts an answer only if it starts where
+/// the table's entries start (once it has any) and is exactly the frames
+/// asked for, and refuses any other with [`GrantError::WrongEntries`]: an
+/// implementation cannot swap the table's entries for other memory, where
+/// ending a grant would clear a copy while Xen's entry still grants the
+/// frame.
 pub trait GrantFrames<'a> {
-    /// Has Xen place the table's next frame after those placed so far, and
-    /// returns the entries of all of them, the new one included. At the
-    /// end of the region it places nothing and returns the entries as they
-    /// were; if Xen refuses, nothing changes.
-    fn map_next(&mut self) -> Result<&'a [GrantEntryV1], XenError>;
+    /// Has Xen place frame `index` of the table at `at`
+    /// (`XENMEM_add_to_physmap(XENMAPSPACE_grant_table)`). The table asks
+    /// for each frame once, in order, and again only after Xen refused it.
+    fn place(&mut self, index: u64, at: VacantFrame) -> Result<(), XenError>;
+
+    /// The entries of the table's first `frames` frames, all placed, as the
+    /// kernel maps them (fewer if its mapping ends before). The table asks
+    /// only for frames Xen has placed.
+    fn entries(&self, frames: usize) -> &'a [GrantEntryV1];
+}
+
+/// Where a growing [`GrantTable`]'s frames go: the guest-physical region
+/// the `/hypervisor` node's first `reg` entry names, frame `i` of the table
+/// at the region's frame `i` (as Linux and Zephyr place them), and how many
+/// the table may have: the region's frames or Xen's `max_nr_frames`,
+/// whichever is fewer.
+///
+/// ```compile_fail,E0133
+/// // Naming the grant-table region is the kernel's promise.
+/// let region = tidepool_xen_abi::GrantRegion::new(0x38000, 64, 64);
+/// ```
+///
+/// ```compile_fail,E0451
+/// let region = tidepool_xen_abi::GrantRegion { first_gfn: 0x38000, limit: 64 };
+/// ```
+#[derive(PartialEq, Eq, Debug)]
+pub struct GrantRegion {
+    first_gfn: u64,
+    limit: usize,
+}
+
+impl GrantRegion {
+    /// The region of `region_frames` frames from guest frame `first_gfn`,
+    /// for a table Xen lets have `max_nr_frames` (`GNTTABOP_query_size`).
+    ///
+    /// # Safety
+    ///
+    /// Guest frames `first_gfn..first_gfn + region_frames` are this
+    /// domain's grant-table region: guest-physical space Xen keeps for the
+    /// table, which nothing else uses or names (no other `GrantRegion`, no
+    /// [`VacantFrame`] of it), and which the kernel accesses only through
+    /// the entries its [`GrantFrames`] returns, as the pages Xen places
+    /// there. The table this region is given to makes the tokens that place
+    /// its frames, one frame at a time.
+    #[allow(unsafe_code)] // Declares the contract above; no unsafe operation.
+    pub const unsafe fn new(first_gfn: u64, region_frames: u64, max_nr_frames: u32) -> Self {
+        let mut limit = max_nr_frames as u64;
+        if region_frames < limit {
+            limit = region_frames;
+        }
+        // No frame beyond the last guest frame number.
+        if u64::MAX - first_gfn < limit {
+            limit = u64::MAX - first_gfn;
+        }
+        Self {
+            first_gfn,
+            // At most `u32::MAX`: fits a 64-bit `usize`.
+            limit: limit as usize,
+        }
+    }
+
+    /// The region's first guest frame, where the table's frame 0 goes.
+    pub const fn first_gfn(&self) -> u64 {
+        self.first_gfn
+    }
+
+    /// The most frames the table may have.
+    pub const fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The token that places the table's frame `index` (below the limit).
+    fn frame(&self, index: usize) -> VacantFrame {
+        debug_assert!(index < self.limit);
+        VacantFrame::reclaimed(self.first_gfn + index as u64)
+    }
 }
 
 /// Entries per `u64` of [`GrantTable`]'s free map.
@@ -513,40 +616,56 @@ const BITS: usize = u64::BITS as usize;
 /// Xen's default 64), so growing and ending grants never allocate: the
 /// table grows on the I/O path, and interrupt handlers end grants.
 pub struct GrantTable<'a> {
-    /// The entries of the frames Xen has placed.
+    /// The entries of the table's frames.
     entries: &'a [GrantEntryV1],
     /// A bit per entry up to the limit, set while the entry is free.
     free: Vec<u64>,
     free_count: usize,
     /// No word of `free` before this one has a bit set.
     first_free_word: usize,
-    /// The most frames the table may have.
-    limit: usize,
+    /// Where the table grows, if it does.
+    region: Option<GrantRegion>,
+    /// Frames Xen has placed in the region: the table's, and one more while
+    /// a placed frame is refused ([`GrantError::StaleEntry`]). Xen places a
+    /// frame only once (again, `EBUSY`), so a growth after a refusal takes
+    /// that frame without placing it.
+    placed: usize,
 }
 
 impl<'a> GrantTable<'a> {
-    /// Builds the table over the mapped `entries` (none, to start empty and
-    /// [`grow`](Self::grow)), able to grow to `limit` frames (never fewer
-    /// than `entries` fill). References are handed out lowest first. Fails
-    /// if a non-reserved entry already has flags set (this table could not
-    /// tell it from its own) or the free map cannot be allocated.
-    pub fn new(entries: &'a [GrantEntryV1], limit: usize) -> Result<Self, GrantError> {
-        let limit = limit.max(entries.len().div_ceil(GRANT_ENTRIES_PER_FRAME));
+    /// A table of the mapped `entries`, which does not grow. References
+    /// are handed out lowest first. Fails if a non-reserved entry already
+    /// has flags set (this table could not tell it from its own) or the
+    /// free map cannot be allocated.
+    pub fn new(entries: &'a [GrantEntryV1]) -> Result<Self, GrantError> {
+        let frames = entries.len().div_ceil(GRANT_ENTRIES_PER_FRAME);
+        let mut table = Self::with_limit(frames, None)?;
+        table.take(entries)?;
+        table.placed = frames;
+        Ok(table)
+    }
+
+    /// An empty table that [`grow`](Self::grow)s into `region`, up to its
+    /// limit. Fails if the free map cannot be allocated.
+    pub fn in_region(region: GrantRegion) -> Result<Self, GrantError> {
+        Self::with_limit(region.limit, Some(region))
+    }
+
+    fn with_limit(limit: usize, region: Option<GrantRegion>) -> Result<Self, GrantError> {
         // Saturates to a size no allocation has.
         let words = limit.saturating_mul(GRANT_ENTRIES_PER_FRAME / BITS);
         let mut free = Vec::new();
         free.try_reserve_exact(words)
             .map_err(|_| GrantError::NoMemory { limit })?;
         free.resize(words, 0);
-        let mut table = Self {
+        Ok(Self {
             entries: &[],
             free,
             free_count: 0,
             first_free_word: 0,
-            limit,
-        };
-        table.take(entries)?;
-        Ok(table)
+            region,
+            placed: 0,
+        })
     }
 
     /// Makes `entries`, the table's entries followed by new ones, the
@@ -569,21 +688,32 @@ impl<'a> GrantTable<'a> {
         Ok(())
     }
 
-    /// Adds the next frame from `frames` and frees its entries. Fails with
-    /// [`GrantError::Exhausted`] at the limit (or when `frames` has no
-    /// more), and with [`GrantError::Grow`] when Xen refuses; on an error
-    /// the table is as it was.
+    /// Adds the table's next frame: has Xen place it in the region through
+    /// `frames` (unless Xen already has), then frees its entries. Fails
+    /// with [`GrantError::Exhausted`] at the limit, [`GrantError::Grow`]
+    /// when Xen refuses, [`GrantError::WrongEntries`] when `frames` answers
+    /// with other entries than the table's, and [`GrantError::StaleEntry`]
+    /// when an entry of the new frame is in use; on an error the table is
+    /// as it was, and the next growth asks for the same frame.
     pub fn grow(&mut self, frames: &mut impl GrantFrames<'a>) -> Result<(), GrantError> {
         let frame = self.frames();
-        let exhausted = self.exhausted();
-        if frame >= self.limit {
-            return Err(exhausted);
+        let Some(region) = self.region.as_ref().filter(|r| frame < r.limit) else {
+            return Err(self.exhausted());
+        };
+        if self.placed == frame {
+            frames
+                .place(frame as u64, region.frame(frame))
+                .map_err(|error| GrantError::Grow { frame, error })?;
+            self.placed += 1;
         }
-        let entries = frames
-            .map_next()
-            .map_err(|error| GrantError::Grow { frame, error })?;
-        if entries.len() != (frame + 1) * GRANT_ENTRIES_PER_FRAME {
-            return Err(exhausted);
+        let entries = frames.entries(frame + 1);
+        let extends =
+            self.entries.is_empty() || core::ptr::eq(entries.as_ptr(), self.entries.as_ptr());
+        if !extends || entries.len() != (frame + 1) * GRANT_ENTRIES_PER_FRAME {
+            return Err(GrantError::WrongEntries {
+                frames: frame + 1,
+                len: entries.len(),
+            });
         }
         self.take(entries)
     }
@@ -592,7 +722,7 @@ impl<'a> GrantTable<'a> {
         GrantError::Exhausted {
             usable: self.usable(),
             frames: self.frames(),
-            limit: self.limit,
+            limit: self.limit(),
         }
     }
 
@@ -615,7 +745,7 @@ impl<'a> GrantTable<'a> {
 
     /// The most frames the table may have.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.region.as_ref().map_or(self.frames(), |r| r.limit)
     }
 
     /// Grants `domid` access to `frame`. On an error nothing is granted.
@@ -636,8 +766,17 @@ impl<'a> GrantTable<'a> {
         frame: GrantableFrame,
         access: GrantAccess,
     ) -> Result<Grant, GrantError> {
-        let gfn = frame.gfn;
-        let frame = u32::try_from(gfn).map_err(|_| GrantError::FrameTooLarge(gfn))?;
+        let frame = entry_frame(&frame)?;
+        self.grant_entry(domid, frame, access)
+    }
+
+    /// Writes a grant of v1 frame number `frame` into the lowest free entry.
+    fn grant_entry(
+        &mut self,
+        domid: DomId,
+        frame: u32,
+        access: GrantAccess,
+    ) -> Result<Grant, GrantError> {
         let words = self.entries.len().div_ceil(BITS);
         let Some((word, bits)) = self.free[..words]
             .iter_mut()
@@ -665,20 +804,21 @@ impl<'a> GrantTable<'a> {
     }
 
     /// [`grant`](Self::grant), first growing the table by a frame from
-    /// `frames` when no entry is free; says whether it grew. A failed
-    /// growth is the error (the table as it was, nothing granted).
+    /// `frames` when no entry is free. The frame number is checked before
+    /// the table grows; a failed growth is the error (the table as it was,
+    /// nothing granted). Whether it grew shows in [`frames`](Self::frames).
     pub fn grant_or_grow(
         &mut self,
         frames: &mut impl GrantFrames<'a>,
         domid: DomId,
         frame: GrantableFrame,
         access: GrantAccess,
-    ) -> Result<(Grant, bool), GrantError> {
-        let grow = self.free_count == 0;
-        if grow {
+    ) -> Result<Grant, GrantError> {
+        let frame = entry_frame(&frame)?;
+        if self.free_count == 0 {
             self.grow(frames)?;
         }
-        Ok((self.grant(domid, frame, access)?, grow))
+        self.grant_entry(domid, frame, access)
     }
 
     /// Ends a grant: atomically clears the entry's flags, but only while Xen
@@ -760,7 +900,7 @@ mod tests {
     #[test]
     fn grant_writes_entry_and_hands_out_lowest_first() {
         let entries = table(16);
-        let mut gt = GrantTable::new(&entries, 0).unwrap();
+        let mut gt = GrantTable::new(&entries).unwrap();
         assert_eq!(gt.usable(), 8);
         let a = gt
             .grant(DomId(1), frame(0x40123), GrantAccess::ReadWrite)
@@ -789,7 +929,7 @@ mod tests {
     #[test]
     fn end_clears_flags_and_reference_is_reused() {
         let entries = table(10);
-        let mut gt = GrantTable::new(&entries, 0).unwrap();
+        let mut gt = GrantTable::new(&entries).unwrap();
         let a = gt
             .grant(DomId(1), frame(1), GrantAccess::ReadWrite)
             .unwrap();
@@ -822,7 +962,7 @@ mod tests {
     #[test]
     fn end_fails_while_remote_maps_the_grant() {
         let entries = table(9);
-        let mut gt = GrantTable::new(&entries, 0).unwrap();
+        let mut gt = GrantTable::new(&entries).unwrap();
         let mut g = gt
             .grant(DomId(3), frame(7), GrantAccess::ReadWrite)
             .unwrap();
@@ -855,7 +995,7 @@ mod tests {
     #[test]
     fn exhaustion_is_an_error_until_a_grant_ends() {
         let entries = table(10);
-        let mut gt = GrantTable::new(&entries, 0).unwrap();
+        let mut gt = GrantTable::new(&entries).unwrap();
         let a = gt.grant(DomId(1), frame(1), GrantAccess::ReadOnly).unwrap();
         let gref = a.gref();
         gt.grant(DomId(1), frame(2), GrantAccess::ReadOnly).unwrap();
@@ -886,7 +1026,7 @@ mod tests {
     #[test]
     fn bad_references_and_frames_are_refused() {
         let entries = table(12);
-        let mut gt = GrantTable::new(&entries, 0).unwrap();
+        let mut gt = GrantTable::new(&entries).unwrap();
         assert_eq!(
             gt.end(foreign(1)).unwrap_err().error,
             GrantError::Reserved(GrantRef(1))
@@ -931,7 +1071,7 @@ mod tests {
     fn setup_refuses_stale_entries_and_an_impossible_limit() {
         let stale = table(10);
         stale[9].flags.store(GTF_permit_access, Ordering::SeqCst);
-        let err = GrantTable::new(&stale, 0).err().unwrap();
+        let err = GrantTable::new(&stale).err().unwrap();
         assert_eq!(
             err,
             GrantError::StaleEntry {
@@ -944,14 +1084,18 @@ mod tests {
             "gref 9 is not free as its frame joins the table (flags 0x1)"
         );
         let limit = usize::MAX / 8;
-        let err = GrantTable::new(&[], limit).err().unwrap();
+        let region = GrantRegion {
+            first_gfn: 0x38000,
+            limit,
+        };
+        let err = GrantTable::in_region(region).err().unwrap();
         assert_eq!(err, GrantError::NoMemory { limit });
         assert!(
             err.to_string()
                 .starts_with("no memory for the free map of ")
         );
         let small = table(4);
-        let mut gt = GrantTable::new(&small, 0).unwrap();
+        let mut gt = GrantTable::new(&small).unwrap();
         assert_eq!(
             gt.grant(DomId(1), frame(1), GrantAccess::ReadWrite),
             Err(GrantError::Exhausted {
@@ -962,20 +1106,24 @@ mod tests {
         );
     }
 
-    /// A grant-table region of whole frames in host memory, whose frames
-    /// the hypercall double places one after another.
-    struct Region<'a> {
+    /// The kernel's side of a growing table in host memory, as the
+    /// kernel's: places a frame with the hypercall (through the recording
+    /// double; like Xen since 4.17 it refuses to place a frame twice,
+    /// `EBUSY`), and answers with the entries of the frames asked for,
+    /// fewer where its window (`entries`) ends.
+    struct Window<'a> {
         entries: &'a [GrantEntryV1],
-        placed: usize,
         xen: RecordingXen,
+        /// (index, gfn) of each frame placed.
+        placed: Vec<(u64, u64)>,
     }
 
-    impl<'a> Region<'a> {
+    impl<'a> Window<'a> {
         fn new(entries: &'a [GrantEntryV1]) -> Self {
             Self {
                 entries,
-                placed: 0,
                 xen: RecordingXen::default(),
+                placed: Vec::new(),
             }
         }
 
@@ -985,47 +1133,93 @@ mod tests {
         }
     }
 
-    impl<'a> GrantFrames<'a> for Region<'a> {
-        fn map_next(&mut self) -> Result<&'a [GrantEntryV1], XenError> {
-            if (self.placed + 1) * GRANT_ENTRIES_PER_FRAME <= self.entries.len() {
-                let index = self.placed as u64;
-                let at = VacantFrame::reclaimed(0x38000 + index);
-                self.xen
-                    .add_to_physmap(XenMapSpace::GrantTable, index, at)?;
-                self.placed += 1;
+    impl<'a> GrantFrames<'a> for Window<'a> {
+        fn place(&mut self, index: u64, at: VacantFrame) -> Result<(), XenError> {
+            if self.placed.iter().any(|&(placed, _)| placed == index) {
+                return Err(XenError::errno(XenOp::AddToPhysmap, XenErrno::EBUSY));
             }
-            Ok(&self.entries[..self.placed * GRANT_ENTRIES_PER_FRAME])
+            let gfn = at.gfn();
+            self.xen
+                .add_to_physmap(XenMapSpace::GrantTable, index, at)?;
+            self.placed.push((index, gfn));
+            Ok(())
         }
+
+        fn entries(&self, frames: usize) -> &'a [GrantEntryV1] {
+            let len = frames.saturating_mul(PER_FRAME).min(self.entries.len());
+            &self.entries[..len]
+        }
+    }
+
+    /// The region of `region_frames` frames at gfn 0x38000, for a table Xen
+    /// lets have `max_nr_frames`.
+    #[allow(unsafe_code)]
+    fn region(region_frames: u64, max_nr_frames: u32) -> GrantRegion {
+        // SAFETY: a test: the window is host memory, and the recording
+        // double places nothing anywhere.
+        unsafe { GrantRegion::new(0x38000, region_frames, max_nr_frames) }
     }
 
     const PER_FRAME: usize = GRANT_ENTRIES_PER_FRAME;
 
-    #[test]
-    fn the_table_grows_a_frame_when_full_up_to_its_limit() {
-        let entries = table(4 * PER_FRAME);
-        let mut region = Region::new(&entries);
-        let mut gt = GrantTable::new(&[], 3).unwrap();
-        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (0, 0, 0));
-        gt.grow(&mut region).unwrap();
-        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (1, 504, 504));
+    /// Grants until refused; the references granted, those whose grant
+    /// grew the table, and the refusal.
+    fn fill<'a>(
+        gt: &mut GrantTable<'a>,
+        window: &mut Window<'a>,
+    ) -> (Vec<Grant>, Vec<u32>, GrantError) {
         let mut grants = Vec::new();
         let mut grew_at = Vec::new();
-        let exhausted = loop {
-            match gt.grant_or_grow(&mut region, DomId(1), frame(7), GrantAccess::ReadOnly) {
-                Ok((grant, grew)) => {
-                    if grew {
+        loop {
+            let before = gt.frames();
+            match gt.grant_or_grow(window, DomId(1), frame(7), GrantAccess::ReadOnly) {
+                Ok(grant) => {
+                    if gt.frames() != before {
                         grew_at.push(grant.gref().0);
                     }
                     grants.push(grant);
                 }
-                Err(error) => break error,
+                Err(error) => {
+                    assert_eq!(gt.frames(), before, "a refused grant grew the table");
+                    return (grants, grew_at, error);
+                }
             }
-        };
+        }
+    }
+
+    #[test]
+    fn the_region_limits_the_table_to_its_frames_and_xens() {
+        assert_eq!(region(64, 64).limit(), 64);
+        assert_eq!(region(64, 2).limit(), 2);
+        assert_eq!(region(3, 64).limit(), 3);
+        assert_eq!(region(0, 64).limit(), 0);
+        assert_eq!(region(u64::MAX, u32::MAX).limit(), u32::MAX as usize);
+        assert_eq!(region(1, 1).first_gfn(), 0x38000);
+        // No frame number past the last.
+        // SAFETY: a test: nothing is placed.
+        #[allow(unsafe_code)]
+        let last = unsafe { GrantRegion::new(u64::MAX - 1, 64, 64) };
+        assert_eq!(last.limit(), 1);
+    }
+
+    #[test]
+    fn the_table_grows_a_frame_when_full_up_to_its_limit() {
+        // The window holds four frames, Xen allows three.
+        let entries = table(4 * PER_FRAME);
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(4, 3)).unwrap();
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (0, 0, 0));
+        assert_eq!(gt.limit(), 3);
+        gt.grow(&mut window).unwrap();
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (1, 504, 504));
+        let (mut grants, grew_at, exhausted) = fill(&mut gt, &mut window);
         let refs: Vec<u32> = grants.iter().map(|g| g.gref().0).collect();
         // Each growth came when the table was full, maps one frame, and its
         // lowest entry is the next handed out.
         assert_eq!(grew_at, [512, 1024]);
-        assert_eq!(region.placements(), 3);
+        // Frame i of the table at the region's frame i, each placed once.
+        assert_eq!(window.placed, [(0, 0x38000), (1, 0x38001), (2, 0x38002)]);
+        assert_eq!(window.placements(), 3);
         // Every usable entry of the three frames once, lowest first; the
         // reserved entries never, and untouched.
         assert_eq!(refs, (8..3 * 512).collect::<Vec<u32>>());
@@ -1039,7 +1233,7 @@ mod tests {
             GTF_permit_access | GTF_readonly
         );
         // Only at the limit is a grant refused, and nothing more is mapped
-        // though the region has room.
+        // though the window has room.
         assert_eq!(
             exhausted,
             GrantError::Exhausted {
@@ -1052,26 +1246,27 @@ mod tests {
             exhausted.to_string(),
             "grant table exhausted: all 1528 usable entries are granted, frames=3 limit=3"
         );
-        assert_eq!(gt.grow(&mut region), Err(exhausted));
-        assert_eq!(region.placements(), 3);
+        assert_eq!(gt.grow(&mut window), Err(exhausted));
+        assert_eq!(window.placements(), 3);
         // An entry of a grown frame ends and is handed out again.
         gt.end(grants.swap_remove(1100 - 8)).unwrap();
-        let again = gt.grant_or_grow(&mut region, DomId(1), frame(8), GrantAccess::ReadWrite);
-        assert_eq!(again.map(|(g, grew)| (g.gref().0, grew)), Ok((1100, false)));
+        let again = gt.grant_or_grow(&mut window, DomId(1), frame(8), GrantAccess::ReadWrite);
+        assert_eq!(again.map(|g| g.gref().0), Ok(1100));
+        assert_eq!(gt.frames(), 3);
     }
 
     #[test]
     fn a_refused_growth_leaves_the_table_as_it_was() {
         let entries = table(2 * PER_FRAME);
-        let mut region = Region::new(&entries);
-        let mut gt = GrantTable::new(&[], 2).unwrap();
-        gt.grow(&mut region).unwrap();
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(2, 64)).unwrap();
+        gt.grow(&mut window).unwrap();
         let held: Vec<Grant> = (0..504)
             .map(|i| gt.grant(DomId(1), frame(i), GrantAccess::ReadOnly).unwrap())
             .collect();
-        region.xen.ret = -12;
+        window.xen.ret = -12;
         let err = gt
-            .grant_or_grow(&mut region, DomId(1), frame(1), GrantAccess::ReadOnly)
+            .grant_or_grow(&mut window, DomId(1), frame(1), GrantAccess::ReadOnly)
             .unwrap_err();
         assert_eq!(
             err,
@@ -1093,45 +1288,177 @@ mod tests {
         // The grants made before still end, and reuse needs no growth.
         let first = held.into_iter().next().unwrap();
         gt.end(first).unwrap();
-        let reused = gt.grant_or_grow(&mut region, DomId(1), frame(1), GrantAccess::ReadOnly);
-        assert_eq!(reused.map(|(g, grew)| (g.gref().0, grew)), Ok((8, false)));
-        // Once Xen agrees, the same frame is mapped and its entries freed.
-        region.xen.ret = 0;
-        let grown = gt.grant_or_grow(&mut region, DomId(1), frame(2), GrantAccess::ReadOnly);
-        assert_eq!(grown.map(|(g, grew)| (g.gref().0, grew)), Ok((512, true)));
+        let reused = gt.grant_or_grow(&mut window, DomId(1), frame(1), GrantAccess::ReadOnly);
+        assert_eq!((reused.map(|g| g.gref().0), gt.frames()), (Ok(8), 1));
+        // Once Xen agrees, the same frame is placed and its entries freed.
+        window.xen.ret = 0;
+        let grown = gt.grant_or_grow(&mut window, DomId(1), frame(2), GrantAccess::ReadOnly);
+        assert_eq!(grown.map(|g| g.gref().0), Ok(512));
         assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (2, 1016, 511));
+        assert_eq!(window.placed, [(0, 0x38000), (1, 0x38001)]);
     }
 
     #[test]
-    fn a_region_that_ends_or_a_stale_frame_does_not_grow_the_table() {
-        // The region holds one frame, the limit says two.
-        let entries = table(PER_FRAME);
-        let mut region = Region::new(&entries);
-        let mut gt = GrantTable::new(&[], 2).unwrap();
-        gt.grow(&mut region).unwrap();
-        assert_eq!(
-            gt.grow(&mut region),
-            Err(GrantError::Exhausted {
-                usable: 504,
-                frames: 1,
-                limit: 2
-            })
-        );
-        // A new frame whose entry is already in use is refused whole.
-        let entries = table(2 * PER_FRAME);
+    fn a_stale_frame_is_refused_until_cleared_then_taken_without_placing_it_again() {
+        let entries = table(3 * PER_FRAME);
         entries[700]
             .flags
             .store(GTF_permit_access, Ordering::SeqCst);
-        let mut region = Region::new(&entries);
-        let mut gt = GrantTable::new(&[], 2).unwrap();
-        gt.grow(&mut region).unwrap();
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(3, 64)).unwrap();
+        gt.grow(&mut window).unwrap();
+        let (grants, _, refused) = fill(&mut gt, &mut window);
+        assert_eq!(grants.len(), 504);
+        // Xen placed frame 1, but an entry of it is in use: refused whole.
+        let stale = GrantError::StaleEntry {
+            gref: GrantRef(700),
+            flags: 1,
+        };
+        assert_eq!(refused, stale);
+        assert_eq!((gt.frames(), gt.usable(), gt.free_count()), (1, 504, 0));
+        assert_eq!(window.placed, [(0, 0x38000), (1, 0x38001)]);
+        // Asked again, the table takes the placed frame rather than placing
+        // it again (Xen would refuse) or another: the same refusal.
+        for _ in 0..3 {
+            let again = gt.grant_or_grow(&mut window, DomId(1), frame(7), GrantAccess::ReadOnly);
+            assert_eq!(again, Err(stale));
+        }
+        assert_eq!(window.placements(), 2);
+        // Once the entry is free, the next growth takes frame 1, and the
+        // table goes on to its limit with consistent numbers.
+        entries[700].flags.store(0, Ordering::SeqCst);
+        let (more, grew_at, exhausted) = fill(&mut gt, &mut window);
+        assert_eq!(grew_at, [512, 1024]);
+        assert_eq!(more.len(), 2 * 512);
+        assert_eq!(window.placed, [(0, 0x38000), (1, 0x38001), (2, 0x38002)]);
         assert_eq!(
-            gt.grow(&mut region),
-            Err(GrantError::StaleEntry {
-                gref: GrantRef(700),
-                flags: 1
+            exhausted,
+            GrantError::Exhausted {
+                usable: 3 * 512 - 8,
+                frames: 3,
+                limit: 3
+            }
+        );
+        assert_eq!((gt.usable(), gt.free_count()), (1528, 0));
+    }
+
+    #[test]
+    fn the_frame_is_checked_before_the_table_grows() {
+        let entries = table(2 * PER_FRAME);
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(2, 64)).unwrap();
+        gt.grow(&mut window).unwrap();
+        let _held: Vec<Grant> = (0..504)
+            .map(|i| gt.grant(DomId(1), frame(i), GrantAccess::ReadOnly).unwrap())
+            .collect();
+        let too_large =
+            gt.grant_or_grow(&mut window, DomId(1), frame(1 << 32), GrantAccess::ReadOnly);
+        assert_eq!(too_large, Err(GrantError::FrameTooLarge(1 << 32)));
+        // Nothing placed, nothing grown.
+        assert_eq!((gt.frames(), gt.free_count()), (1, 0));
+        assert_eq!(window.placements(), 1);
+    }
+
+    /// A `GrantFrames` that answers with other memory than the table's
+    /// once the table has a frame, or with too few entries.
+    struct Liar<'a> {
+        window: Window<'a>,
+        other: &'a [GrantEntryV1],
+        short: bool,
+    }
+
+    impl<'a> GrantFrames<'a> for Liar<'a> {
+        fn place(&mut self, index: u64, at: VacantFrame) -> Result<(), XenError> {
+            self.window.place(index, at)
+        }
+
+        fn entries(&self, frames: usize) -> &'a [GrantEntryV1] {
+            match (frames, self.short) {
+                (1, _) => self.window.entries(1),
+                (_, false) => &self.other[..frames * PER_FRAME],
+                (_, true) => self.window.entries(frames - 1),
+            }
+        }
+    }
+
+    #[test]
+    fn a_growth_answered_with_other_entries_is_refused() {
+        for short in [false, true] {
+            let entries = table(2 * PER_FRAME);
+            // A copy whose entry 8 says it grants: ending through it would
+            // leave Xen's entry granting.
+            let other = table(2 * PER_FRAME);
+            other[8].flags.store(GTF_permit_access, Ordering::SeqCst);
+            let mut liar = Liar {
+                window: Window::new(&entries),
+                other: &other,
+                short,
+            };
+            let mut gt = GrantTable::in_region(region(2, 64)).unwrap();
+            gt.grow(&mut liar).unwrap();
+            let held: Vec<Grant> = (0..504)
+                .map(|i| gt.grant(DomId(1), frame(i), GrantAccess::ReadOnly).unwrap())
+                .collect();
+            let err = gt
+                .grant_or_grow(&mut liar, DomId(1), frame(1), GrantAccess::ReadOnly)
+                .unwrap_err();
+            let len = if short { 512 } else { 1024 };
+            assert_eq!(err, GrantError::WrongEntries { frames: 2, len });
+            assert_eq!((gt.frames(), gt.free_count()), (1, 0));
+            // Ending a grant clears Xen's entry, not the copy's.
+            let first = held.into_iter().next().unwrap();
+            gt.end(first).unwrap();
+            assert_eq!(entries[8].flags.load(Ordering::SeqCst), 0);
+            assert_eq!(other[8].flags.load(Ordering::SeqCst), GTF_permit_access);
+        }
+        assert_eq!(
+            GrantError::WrongEntries {
+                frames: 2,
+                len: 1024
+            }
+            .to_string(),
+            "grant table growth to 2 frames got 1024 entries that do not extend its own"
+        );
+    }
+
+    #[test]
+    fn a_region_or_xen_limit_stops_the_growth() {
+        // The region holds one frame; Xen allows 64.
+        let entries = table(2 * PER_FRAME);
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(1, 64)).unwrap();
+        gt.grow(&mut window).unwrap();
+        let exhausted = GrantError::Exhausted {
+            usable: 504,
+            frames: 1,
+            limit: 1,
+        };
+        assert_eq!(gt.grow(&mut window), Err(exhausted));
+        assert_eq!(window.placements(), 1);
+        // Xen allows one frame; the region holds 64.
+        let entries = table(2 * PER_FRAME);
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::in_region(region(64, 1)).unwrap();
+        gt.grow(&mut window).unwrap();
+        assert_eq!(gt.grow(&mut window), Err(exhausted));
+        assert_eq!(window.placements(), 1);
+        // A table that does not grow has its frames as its limit.
+        let fixed = table(PER_FRAME);
+        let entries = table(2 * PER_FRAME);
+        let mut window = Window::new(&entries);
+        let mut gt = GrantTable::new(&fixed).unwrap();
+        assert_eq!((gt.frames(), gt.limit()), (1, 1));
+        assert_eq!(gt.grow(&mut window), Err(exhausted));
+        assert_eq!(window.placements(), 0);
+        // An empty region: no frame at all.
+        let mut gt = GrantTable::in_region(region(0, 64)).unwrap();
+        assert_eq!(
+            gt.grow(&mut window),
+            Err(GrantError::Exhausted {
+                usable: 0,
+                frames: 0,
+                limit: 0
             })
         );
-        assert_eq!((gt.frames(), gt.free_count()), (1, 504));
     }
 }

@@ -28,7 +28,7 @@
 //!
 //! | call | names | token |
 //! |---|---|---|
-//! | `XENMEM_add_to_physmap` | the guest frame Xen's page replaces | [`VacantFrame`] |
+//! | `XENMEM_add_to_physmap` | the guest frame Xen's page replaces | [`VacantFrame`] (a growing [`GrantTable`] makes its frames' from its [`GrantRegion`]) |
 //! | `GNTTABOP_map_grant_ref` | the guest frame the foreign page replaces | [`VacantFrame`] |
 //! | `GNTTABOP_unmap_grant_ref` | the mapping to remove | [`GrantMapping`] (only a map makes one; unmap gives the [`VacantFrame`] back) |
 //! | `GNTTABOP_cache_flush` | machine addresses to clean or invalidate | [`CacheFlushTarget`] |
@@ -107,7 +107,7 @@ pub use event::{
 };
 pub use grant::{
     Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantHandle, GrantMapping,
-    GrantNotEnded, GrantRef, GrantTable, GrantTableSize, GrantableFrame,
+    GrantNotEnded, GrantRef, GrantRegion, GrantTable, GrantTableSize, GrantableFrame,
 };
 pub use hvm::HvmParam;
 pub use hypercall::{GuestBuffer, Hypercall, HypercallRegisters, Hypervisor};

@@ -11,7 +11,12 @@
 //! nothing sees a half-grown table; it allocates nothing (`GrantTable`'s
 //! free map is sized for the limit at setup); if Xen refuses, the table
 //! stays as it was, the grant fails with Xen's answer, and the next grant
-//! that finds the table full asks again.
+//! that finds the table full asks again. Which frame goes where, the limit
+//! and which frames Xen has placed are `GrantTable`'s (host-tested); this
+//! module makes the hypercall and the slice over the window. A frame Xen
+//! placed but the table refused (an entry not free) is not placed again
+//! (Xen answers `EBUSY` to a second placement since 4.17): a later growth
+//! takes it.
 
 use core::fmt;
 
@@ -21,64 +26,53 @@ use tidepool_dma::{OwnedPhysRange, PageGrants};
 use tidepool_dt::Hypervisor as HypervisorNode;
 use tidepool_mm::{AddressMap, PAGE_SIZE, PhysAddr, VirtAddr};
 use tidepool_xen_abi::{
-    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantNotEnded, GrantTable,
-    GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace, grant::GRANT_ENTRIES_PER_FRAME,
+    DomId, Grant, GrantAccess, GrantEntryV1, GrantError, GrantFrames, GrantNotEnded, GrantRegion,
+    GrantTable, GrantableFrame, Hypervisor, VacantFrame, XenError, XenMapSpace,
+    grant::GRANT_ENTRIES_PER_FRAME,
 };
 
 use super::Xen;
 use crate::irq;
 
-/// The table and the region its frames are placed in, under one lock.
+/// The table and the kernel's window over its region, under one lock.
 struct Grants {
     table: GrantTable<'static>,
-    region: Region,
+    window: Window,
 }
 
 static TABLE: Once<Mutex<Grants>> = Once::new();
 
-/// The grant-table region, where Xen places the table's frames in order,
-/// and the kernel's window over it.
-struct Region {
-    /// The region's first frame.
-    first_gfn: u64,
+/// The kernel's side of the growing table: the hypercall that places a
+/// frame, and the kernel's window over the grant-table region. Which frame
+/// goes where, the limit and which frames are placed are the table's
+/// ([`GrantRegion`], [`GrantTable::grow`]).
+struct Window {
     /// The window's address of the region's first byte.
     va: VirtAddr,
-    /// Frames Xen has placed.
-    placed: usize,
-    /// Frames the table may have: at most the region's, and the window
-    /// covers them (checked in [`init`]).
-    limit: usize,
+    /// Frames of the region the window maps (checked in [`init`]).
+    frames: usize,
 }
 
-impl GrantFrames<'static> for Region {
-    fn map_next(&mut self) -> Result<&'static [GrantEntryV1], XenError> {
-        if self.placed < self.limit {
-            let index = self.placed as u64;
-            // SAFETY: frame `index` lies in the hypervisor node's grant-table
-            // region (`limit` is at most its frames), guest-physical space
-            // Xen reserves for the table, which the kernel reaches only
-            // through the entries below, as the page Xen places there. This
-            // token is the only one naming it: made here (under the table's
-            // lock, or in `init` before the table is shared) and consumed
-            // by the call; a refused call's is dropped before the next
-            // attempt makes another.
-            let frame = unsafe { VacantFrame::new(self.first_gfn + index) };
-            Xen.add_to_physmap(XenMapSpace::GrantTable, index, frame)?;
-            self.placed += 1;
-        }
-        // SAFETY: the window maps the region's first `limit` frames
+impl GrantFrames<'static> for Window {
+    fn place(&mut self, index: u64, at: VacantFrame) -> Result<(), XenError> {
+        Xen.add_to_physmap(XenMapSpace::GrantTable, index, at)
+    }
+
+    fn entries(&self, frames: usize) -> &'static [GrantEntryV1] {
+        let frames = frames.min(self.frames);
+        // SAFETY: the window maps the region's first `self.frames` frames
         // read-write as Normal write-back memory for the kernel's lifetime
-        // (checked in `init`), Xen has placed the table's first `placed`
-        // (at most `limit`) frames there, and nothing else in the kernel
-        // uses the region. Every field of
-        // `GrantEntryV1` is an atomic, so sharing the entries with Xen is
-        // sound.
-        Ok(unsafe {
+        // (checked in `init`), and the table asks only for frames Xen has
+        // placed there (`GrantFrames::entries`); nothing else in the kernel
+        // uses the region (`GrantRegion::new`'s contract, promised in
+        // `init`). Every field of `GrantEntryV1` is an atomic, so sharing
+        // the entries with Xen is sound.
+        unsafe {
             core::slice::from_raw_parts(
                 self.va.0 as *const GrantEntryV1,
-                self.placed * GRANT_ENTRIES_PER_FRAME,
+                frames * GRANT_ENTRIES_PER_FRAME,
             )
-        })
+        }
     }
 }
 
@@ -149,17 +143,23 @@ impl fmt::Display for GrantSetupError {
 pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupError> {
     let mut xen = Xen;
     let size = xen.grant_query_size().map_err(GrantSetupError::QuerySize)?;
-    let region = node.grant_table;
-    let region_frames = region.size() / PAGE_SIZE;
-    let limit = region_frames.min(u64::from(size.max_nr_frames));
+    let node_region = node.grant_table;
+    let region_frames = node_region.size() / PAGE_SIZE;
+    let gpa = node_region.base();
+    // SAFETY: the hypervisor node's first `reg` entry is the grant-table
+    // region, guest-physical space Xen keeps for the table; the memory plan
+    // gives it nothing else, the kernel reaches it only through the
+    // entries `Window` returns, and this `init`, which runs once (from
+    // `xen::init` at boot), makes the only `GrantRegion`.
+    let region = unsafe { GrantRegion::new(gpa / PAGE_SIZE, region_frames, size.max_nr_frames) };
+    let (first_gfn, limit) = (region.first_gfn(), region.limit());
     if limit == 0 {
         return Err(GrantSetupError::NoFrames {
             region_frames,
             max_nr_frames: size.max_nr_frames,
         });
     }
-    let gpa = region.base();
-    let bytes = limit * PAGE_SIZE;
+    let bytes = limit as u64 * PAGE_SIZE;
     // The table grows in place: its window must hold every frame up to
     // the limit, not only the first.
     let va = map
@@ -167,31 +167,26 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
         .filter(|r| r.phys.contains(PhysAddr(gpa + bytes - 1)))
         .and_then(|_| map.window_address(PhysAddr(gpa)))
         .ok_or(GrantSetupError::NotMapped { gpa, bytes })?;
-    let mut region = Region {
-        first_gfn: gpa / PAGE_SIZE,
-        va,
-        placed: 0,
-        limit: limit as usize,
-    };
-    let mut table = GrantTable::new(&[], region.limit).map_err(GrantSetupError::Table)?;
-    table.grow(&mut region).map_err(GrantSetupError::Table)?;
+    let mut window = Window { va, frames: limit };
+    let mut table = GrantTable::in_region(region).map_err(GrantSetupError::Table)?;
+    table.grow(&mut window).map_err(GrantSetupError::Table)?;
     let mut reported = [0u64; 1];
     xen.grant_setup_table(&mut reported)
         .map_err(GrantSetupError::SetupTable)?;
-    if reported[0] != region.first_gfn {
+    if reported[0] != first_gfn {
         return Err(GrantSetupError::FrameMismatch {
-            mapped: region.first_gfn,
+            mapped: first_gfn,
             reported: reported[0],
         });
     }
     info!(
-        "xen: grant table v1 at gpa {gpa:#x} va {va} frames={} limit={limit} (region {region_frames}, max {}) entries={} free={}",
+        "xen: grant table v1 at gpa {gpa:#x} va {va} frames={} limit={limit} region_frames={region_frames} max_nr_frames={} entries={} free={}",
         table.frames(),
         size.max_nr_frames,
         table.frames() * GRANT_ENTRIES_PER_FRAME,
         table.free_count()
     );
-    TABLE.call_once(|| Mutex::new(Grants { table, region }));
+    TABLE.call_once(|| Mutex::new(Grants { table, window }));
     Ok(())
 }
 
@@ -220,26 +215,29 @@ fn with_table<R>(action: impl FnOnce(&mut Grants) -> R) -> Result<R, GrantTableE
 }
 
 /// Grants through the table, growing it by a frame when no entry is free,
-/// and says so on the console once the lock is released.
+/// and says so on the console once the lock is released: every growth,
+/// whether or not the grant then succeeds.
 fn grant_or_grow(
     grants: &Mutex<Grants>,
     domid: DomId,
     frame: GrantableFrame,
     access: GrantAccess,
 ) -> Result<Grant, GrantError> {
-    let (grant, grown) = irq::without_interrupts(|| {
+    let (result, grown) = irq::without_interrupts(|| {
         let grants = &mut *grants.lock();
         let table = &mut grants.table;
-        let (grant, grew) = table.grant_or_grow(&mut grants.region, domid, frame, access)?;
-        Ok((grant, grew.then(|| (table.frames(), table.free_count()))))
-    })?;
+        let before = table.frames();
+        let result = table.grant_or_grow(&mut grants.window, domid, frame, access);
+        let grown = (table.frames() != before).then(|| (table.frames(), table.free_count()));
+        (result, grown)
+    });
     if let Some((frames, free)) = grown {
         info!(
             "xen: grant table grown frames={frames} entries={} free={free}",
             frames * GRANT_ENTRIES_PER_FRAME
         );
     }
-    Ok(grant)
+    result
 }
 
 /// Grants `domid` access to `frame`, which its owner vouched for, growing
