@@ -63,7 +63,8 @@ impl GrantFrames<'static> for Window {
         // SAFETY: the window maps the region's first `self.frames` frames
         // read-write as Normal write-back memory for the kernel's lifetime
         // (checked in `init`), and the table asks only for frames Xen has
-        // placed there (`GrantFrames::entries`); nothing else in the kernel
+        // placed there (`GrantFrames::entries`; a frame not placed would
+        // fault, not reach other memory); nothing else in the kernel
         // uses the region (`GrantRegion::new`'s contract, promised in
         // `init`). Every field of `GrantEntryV1` is an atomic, so sharing
         // the entries with Xen is sound.
