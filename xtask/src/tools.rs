@@ -406,8 +406,12 @@ pub fn ensure_free_space(ws: &Workspace, footprint: u64) -> Result<()> {
         );
         return Ok(());
     };
-    let held = tree_size(&ws.root.join("target")) + tree_size(&ws.build);
-    space_verdict(free, held, footprint, &ws.root)
+    space_verdict(free, held(ws), footprint, &ws.root)
+}
+
+/// Bytes already in `ws`'s target/ and build/.
+fn held(ws: &Workspace) -> u64 {
+    tree_size(&ws.root.join("target")) + tree_size(&ws.build)
 }
 
 /// Free bytes on the file system holding `path`, by GNU `df` (in the C
@@ -538,7 +542,10 @@ mod tests {
     /// is not, and the check would then never run).
     #[test]
     fn df_reads_this_machines_free_space() {
-        assert!(free_space(Path::new(env!("CARGO_MANIFEST_DIR"))).is_some_and(|free| free > 0));
+        // More than a MiB: a disk this full would have failed the build.
+        assert!(
+            free_space(Path::new(env!("CARGO_MANIFEST_DIR"))).is_some_and(|free| free > 1 << 20)
+        );
     }
 
     #[test]
@@ -556,6 +563,25 @@ mod tests {
              (target/ and build/ hold 2.0 GiB of the 4.0 GiB a fresh clone uses): \
              free some space and run it again"
         );
+    }
+
+    #[test]
+    fn a_workspace_holds_its_target_and_build_folders_and_is_checked() {
+        let root = std::env::temp_dir().join(format!("xtask-ws-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ws = Workspace {
+            build: root.join("build"),
+            root: root.clone(),
+        };
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        std::fs::create_dir_all(&ws.build).unwrap();
+        std::fs::write(root.join("target/a"), [0u8; 7]).unwrap();
+        std::fs::write(ws.build.join("b"), [0u8; 5]).unwrap();
+        std::fs::write(root.join("elsewhere"), [0u8; 100]).unwrap();
+        assert_eq!(held(&ws), 12);
+        assert!(ensure_free_space(&ws, 1 << 20).is_ok());
+        assert!(ensure_free_space(&ws, 1 << 62).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
