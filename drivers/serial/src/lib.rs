@@ -83,6 +83,10 @@ impl fmt::Display for ReceiveError {
                 f.write_str(name)?;
             }
         }
+        if !self.any() {
+            // The i.MX UART's summary bit (URXD.ERR) without a detail bit.
+            f.write_str(" an error of no known kind")?;
+        }
         Ok(())
     }
 }
@@ -169,6 +173,10 @@ mod tests {
         assert_eq!(
             flagged(false, true, false, true).to_string(),
             "UART: received 0x41 with parity-error overrun"
+        );
+        assert_eq!(
+            flagged(false, false, false, false).to_string(),
+            "UART: received 0x41 with an error of no known kind"
         );
     }
 

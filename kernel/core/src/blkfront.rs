@@ -246,14 +246,9 @@ pub enum PvError {
     NoSlotMemory,
     /// A read or write that does not fit the disk: empty, not whole
     /// sectors, larger than one request's pages, or beyond its capacity.
-    Extent {
-        /// The disk.
-        device: &'static str,
-        /// The operation.
-        op: Op,
-        /// How it does not fit.
-        error: ExtentError,
-    },
+    /// (Its callers name the disk and the operation, as for every error
+    /// here.)
+    Extent(ExtentError),
 }
 
 impl core::fmt::Display for PvError {
@@ -262,7 +257,7 @@ impl core::fmt::Display for PvError {
             Self::Protocol(e) => write!(f, "{e}"),
             Self::Dma(e) => write!(f, "{e}"),
             Self::NoSlotMemory => f.write_str("the request slot lost its pages"),
-            Self::Extent { device, op, error } => write!(f, "{device}: {op}: {error}"),
+            Self::Extent(error) => error.fmt(f),
         }
     }
 }
@@ -1080,20 +1075,19 @@ impl BlockDriver<'static> for PvDisk {
             max_bytes: self.request_bytes() as u64,
             capacity: self.info.sectors,
         };
-        let device = self.name;
-        let check = |op, lba, bytes| match limits.check(lba, bytes) {
+        let check = |lba, bytes| match limits.check(lba, bytes) {
             // At most `request_bytes` / 512.
             Ok(sectors) => Ok(sectors as usize),
-            Err(error) => Err(PvError::Extent { device, op, error }),
+            Err(error) => Err(PvError::Extent(error)),
         };
         match request {
             Request::Read { lba, sectors } => {
                 let bytes = u64::from(sectors) * u64::from(SECTOR_SIZE);
-                let sectors = check(Op::Read, lba, bytes)?;
+                let sectors = check(lba, bytes)?;
                 self.start(env, BLKIF_OP_READ, lba, None, sectors, deadline)
             }
             Request::Write { lba, data } => {
-                let sectors = check(Op::Write, lba, data.len() as u64)?;
+                let sectors = check(lba, data.len() as u64)?;
                 self.start(env, BLKIF_OP_WRITE, lba, Some(data), sectors, deadline)
             }
             Request::Flush => self.start(env, BLKIF_OP_FLUSH_DISKCACHE, 0, None, 0, deadline),

@@ -376,7 +376,7 @@ impl ConsoleInput for UartInput {
     }
 
     fn drain(&self, deliver: &mut dyn FnMut(u8)) {
-        let take = |received: Result<u8, tidepool_pl011::ReceiveError>| match received {
+        let take = |received: Result<u8, tidepool_serial::ReceiveError>| match received {
             Ok(byte) => deliver(byte),
             Err(_) => device_error(),
         };
