@@ -236,14 +236,10 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
     check("unmap own grant", Xen.grant_unmap(mapping));
     let readable_ref = readable.gref();
     check("end rw grant", grants::end(writable));
-    check("end ro grant", grants::end(readable));
-    info!(
-        "xen: grant {writable_ref} (rw) and {readable_ref} (ro) of gfn {gfn:#x} to {} made and ended",
-        domain.id
-    );
 
     // Granting until refused grows the table a frame at a time up to its
-    // limit, and only there is a grant refused.
+    // limit, and only there is a grant refused. The read-only grant stays
+    // for it: the count must leave out grants made before.
     let before = check("usage", grants::usage());
     let mut held = Vec::new();
     let most = before.limit * GRANT_ENTRIES_PER_FRAME;
@@ -280,8 +276,14 @@ fn grants(domain: &Domain, memory: &MemorySetup<'_>) {
         ));
     }
     info!(
-        "xen: grant table full after {granted} grants ({exhausted}); all ended, {} free",
+        "xen: grant table full after {granted} grants besides {} held ({exhausted}); all ended, {} free",
+        before.in_use,
         after.usable - after.in_use
+    );
+    check("end ro grant", grants::end(readable));
+    info!(
+        "xen: grant {writable_ref} (rw) and {readable_ref} (ro) of gfn {gfn:#x} to {} made and ended",
+        domain.id
     );
     drop(page);
 }
