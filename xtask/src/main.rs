@@ -383,7 +383,8 @@ fn run_verdict(run: &qemu::Captured) -> Result<()> {
 /// `cargo fmt --check` and `cargo clippy -D warnings`, on the host crates
 /// (every target, tests included) and on the crates the kernel is built
 /// from for its own target, so `undocumented_unsafe_blocks` and the other
-/// workspace lints hold for the kernel too.
+/// workspace lints hold for the kernel too; then `cargo doc` with
+/// warnings denied.
 fn lint(ws: &Workspace) -> Result<()> {
     tools::ensure_toolchain(ws)?;
     let cargo = |args: &[&str]| {
@@ -407,7 +408,25 @@ fn lint(ws: &Workspace) -> Result<()> {
         kernel.extend(["-p", package]);
     }
     kernel.extend(["--", "-D", "warnings"]);
-    cargo(&kernel)
+    cargo(&kernel)?;
+    // Doc comments are the contracts (`# Safety`) and link each other: a
+    // broken or ambiguous link is an error, like a clippy warning.
+    eprintln!(
+        "xtask: RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps --workspace --exclude tidepool-boot"
+    );
+    run_checked(
+        Command::new(env!("CARGO"))
+            .current_dir(&ws.root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args([
+                "doc",
+                "--quiet",
+                "--no-deps",
+                "--workspace",
+                "--exclude",
+                "tidepool-boot",
+            ]),
+    )
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).

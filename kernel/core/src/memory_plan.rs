@@ -24,7 +24,7 @@
 //!   given a window, for coherent allocations of non-coherent devices
 //!   without a pool of their own) and a linear pool ([`KERNEL_LINEAR_POOL`],
 //!   for those of coherent devices).
-//! - The heap: carved from linear RAM by [`tidepool_mm::carve`] (the highest
+//! - The heap: carved from linear RAM by [`tidepool_mm::carve()`] (the highest
 //!   fit), clear of the image, the device tree, `/memreserve/` entries,
 //!   every reserved region and the kernel pools.
 

@@ -32,12 +32,12 @@ pub const VDISK_READONLY: u32 = 4;
 /// after a watch event or a bounded wait of the store channel without one,
 /// before giving up. The back end may wait for dom0's hotplug script (a bash
 /// script, seconds under emulation) before it connects.
-const STATE_EVENTS_MAX: u32 = 24;
+pub const STATE_EVENTS_MAX: u32 = 24;
 /// The same for a back end that is closing: it answers from its own
 /// xenstore watch, with no script to wait for, so a back end that does not
 /// (its domain died) holds the front end's close (and so the guest's
 /// power-off, or its console monitor) for a few waits, not two minutes.
-const CLOSE_EVENTS_MAX: u32 = 3;
+pub const CLOSE_EVENTS_MAX: u32 = 3;
 
 /// `enum xenbus_state`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
