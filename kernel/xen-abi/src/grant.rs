@@ -1202,6 +1202,25 @@ mod tests {
         assert_eq!(last.limit(), 1);
     }
 
+    /// The free map is a bit per entry the limit allows: 64 bytes a frame.
+    #[test]
+    fn the_free_map_holds_a_bit_per_entry_of_the_limit() {
+        let gt = GrantTable::in_region(region(64, 64)).unwrap();
+        assert_eq!(gt.free.len() * size_of::<u64>(), 64 * 64);
+        let gt = GrantTable::in_region(region(64, 3)).unwrap();
+        assert_eq!(gt.free.len(), 3 * PER_FRAME / 64);
+    }
+
+    /// The flags and map flags are those of Xen's `grant_table.h`.
+    #[test]
+    fn flag_values_are_xens() {
+        assert_eq!(
+            [GTF_permit_access, GTF_readonly, GTF_reading, GTF_writing],
+            [1, 4, 8, 16]
+        );
+        assert_eq!([GNTMAP_host_map, GNTMAP_readonly], [2, 4]);
+    }
+
     #[test]
     fn the_table_grows_a_frame_when_full_up_to_its_limit() {
         // The window holds four frames, Xen allows three.
