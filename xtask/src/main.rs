@@ -430,7 +430,7 @@ fn lint(ws: &Workspace) -> Result<()> {
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).
-const KERNEL_CRATES: [&str; 14] = [
+const KERNEL_CRATES: [&str; 15] = [
     "tidepool-boot",
     "tidepool-kernel",
     "tidepool-monitor",
@@ -438,6 +438,7 @@ const KERNEL_CRATES: [&str; 14] = [
     "tidepool-pl011",
     "tidepool-imx-uart",
     "tidepool-serial",
+    "tidepool-poll",
     "tidepool-virtio-blk",
     "tidepool-block",
     "tidepool-usdhc",

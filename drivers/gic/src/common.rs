@@ -38,22 +38,6 @@ pub(crate) fn load<R: Readable>(register: &R) -> R::T {
     register.get()
 }
 
-/// How many times a status bit is polled before the wait is given up.
-/// Each poll is one device (or trapped, emulated) register read.
-const POLL_LIMIT: u32 = 1 << 20;
-
-/// Polls `done` until it returns `true` (then `true`) or [`POLL_LIMIT`]
-/// polls have failed (then `false`).
-pub(crate) fn poll_until(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..POLL_LIMIT {
-        if done() {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    false
-}
-
 /// One past the highest INTID a distributor implements, from its
 /// GICD_TYPER.ITLinesNumber.
 pub(crate) const fn intid_limit(it_lines_number: u32) -> u32 {
@@ -189,20 +173,5 @@ mod tests {
             })
         );
         assert_eq!(check_exists(spi, 1020), Ok(()));
-    }
-
-    #[test]
-    fn poll_until_gives_up() {
-        let mut polls = 0;
-        assert!(!poll_until(|| {
-            polls += 1;
-            false
-        }));
-        assert_eq!(polls, POLL_LIMIT);
-        let mut countdown = 3;
-        assert!(poll_until(|| {
-            countdown -= 1;
-            countdown == 0
-        }));
     }
 }

@@ -8,6 +8,7 @@
 //! GICD_IGRPMODR is never written: it reads as zero and ignores writes in
 //! both of those cases, which is the Non-secure Group 1 setting.
 
+use tidepool_poll::poll_until;
 use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};
@@ -166,11 +167,10 @@ impl Distributor {
     }
 
     fn wait_for_writes(&self) -> Result<(), GicError> {
-        if common::poll_until(|| !self.registers.ctlr.is_set(GICD_CTLR::RWP)) {
-            Ok(())
-        } else {
-            Err(GicError::WritePendingTimeout(RegisterBlock::Distributor))
-        }
+        poll_until(
+            || !self.registers.ctlr.is_set(GICD_CTLR::RWP),
+            GicError::WritePendingTimeout(RegisterBlock::Distributor),
+        )
     }
 }
 
@@ -357,23 +357,19 @@ impl GicV3 {
     }
 
     fn wait_for_redistributor_writes(&self) -> Result<(), GicError> {
-        if common::poll_until(|| !self.redistributor.control.ctlr.is_set(GICR_CTLR::RWP)) {
-            Ok(())
-        } else {
-            Err(GicError::WritePendingTimeout(RegisterBlock::Redistributor(
-                self.affinity,
-            )))
-        }
+        poll_until(
+            || !self.redistributor.control.ctlr.is_set(GICR_CTLR::RWP),
+            GicError::WritePendingTimeout(RegisterBlock::Redistributor(self.affinity)),
+        )
     }
 
     fn wake_redistributor(&self) -> Result<(), GicError> {
         let waker = &self.redistributor.control.waker;
         waker.modify(GICR_WAKER::ProcessorSleep::CLEAR);
-        if common::poll_until(|| !waker.is_set(GICR_WAKER::ChildrenAsleep)) {
-            Ok(())
-        } else {
-            Err(GicError::WakeTimeout(self.affinity))
-        }
+        poll_until(
+            || !waker.is_set(GICR_WAKER::ChildrenAsleep),
+            GicError::WakeTimeout(self.affinity),
+        )
     }
 }
 

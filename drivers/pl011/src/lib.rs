@@ -18,8 +18,9 @@
 
 use core::fmt;
 
+use tidepool_poll::poll_until;
 pub use tidepool_serial::ReceiveError;
-use tidepool_serial::{for_each_terminal_byte, poll_until};
+use tidepool_serial::for_each_terminal_byte;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 use tock_registers::{register_bitfields, register_structs};

@@ -1,7 +1,7 @@
 //! What the UART drivers behind the kernel console share: terminal line
-//! endings ([`for_each_terminal_byte`]), the bounded wait for a status
-//! flag ([`poll_until`]) and a damaged received character
-//! ([`ReceiveError`]).
+//! endings ([`for_each_terminal_byte`]) and a damaged received character
+//! ([`ReceiveError`]). (Their bounded status waits are `tidepool_poll`'s,
+//! shared with the GIC.)
 
 #![cfg_attr(not(any(test, feature = "fake-registers")), no_std)]
 #![deny(unsafe_code)]
@@ -24,25 +24,6 @@ pub fn for_each_terminal_byte<E>(
         emit(byte)?;
     }
     Ok(())
-}
-
-/// How many times a UART's status register is polled before a wait is
-/// given up: about a second of device reads, far longer than a character
-/// takes at any usual baud rate.
-pub const POLL_LIMIT: u32 = 1 << 20;
-
-/// Polls `done` (a status register's flag) until it holds, at most
-/// [`POLL_LIMIT`] times with a spin-loop hint between polls, and returns
-/// `timeout` if it never did: every UART wait is bounded, so a console on
-/// a dead or stuck UART cannot hang the kernel.
-pub fn poll_until<E>(mut done: impl FnMut() -> bool, timeout: E) -> Result<(), E> {
-    for _ in 0..POLL_LIMIT {
-        if done() {
-            return Ok(());
-        }
-        core::hint::spin_loop();
-    }
-    Err(timeout)
 }
 
 /// A received character the UART flagged as damaged (it is dropped, not
@@ -96,37 +77,6 @@ impl core::error::Error for ReceiveError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Waits for a flag that holds from poll `holds_from` on (never if
-    /// `None`): the result and the number of polls.
-    fn wait(holds_from: Option<u32>) -> (Result<(), &'static str>, u32) {
-        let mut polls = 0;
-        let result = poll_until(
-            || {
-                polls += 1;
-                holds_from.is_some_and(|n| polls >= n)
-            },
-            "stuck",
-        );
-        (result, polls)
-    }
-
-    #[test]
-    fn a_wait_ends_at_the_first_poll_that_holds() {
-        assert_eq!(wait(Some(1)), (Ok(()), 1));
-        assert_eq!(wait(Some(3)), (Ok(()), 3));
-        assert_eq!(
-            wait(Some(POLL_LIMIT)),
-            (Ok(()), POLL_LIMIT),
-            "the last poll counts"
-        );
-    }
-
-    #[test]
-    fn a_wait_gives_up_after_the_limit() {
-        assert_eq!(wait(None), (Err("stuck"), POLL_LIMIT));
-        assert_eq!(wait(Some(POLL_LIMIT + 1)), (Err("stuck"), POLL_LIMIT));
-    }
 
     #[test]
     fn newlines_become_crlf() {
