@@ -403,30 +403,35 @@ fn lint(ws: &Workspace) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    let kernel_crates = || KERNEL_CRATES.iter().flat_map(|package| ["-p", package]);
     let mut kernel = vec!["clippy", "--quiet", "--target", tools::KERNEL_TARGET];
-    for package in KERNEL_CRATES {
-        kernel.extend(["-p", package]);
-    }
+    kernel.extend(kernel_crates());
     kernel.extend(["--", "-D", "warnings"]);
     cargo(&kernel)?;
     // Doc comments are the contracts (`# Safety`) and link each other: a
-    // broken or ambiguous link is an error, like a clippy warning.
-    eprintln!(
-        "xtask: RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps --workspace --exclude tidepool-boot"
-    );
-    run_checked(
-        Command::new(env!("CARGO"))
-            .current_dir(&ws.root)
-            .env("RUSTDOCFLAGS", "-D warnings")
-            .args([
-                "doc",
-                "--quiet",
-                "--no-deps",
-                "--workspace",
-                "--exclude",
-                "tidepool-boot",
-            ]),
-    )
+    // broken or ambiguous link is an error, like a clippy warning. Private
+    // items too, and the kernel for its own target, where the modules that
+    // touch hardware are compiled in.
+    let doc = |args: &[&str]| {
+        eprintln!(
+            "xtask: RUSTDOCFLAGS=\"-D warnings\" cargo {}",
+            args.join(" ")
+        );
+        run_checked(
+            Command::new(env!("CARGO"))
+                .current_dir(&ws.root)
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .args(args),
+        )
+    };
+    let private = ["doc", "--quiet", "--no-deps", "--document-private-items"];
+    let mut host = private.to_vec();
+    host.extend(["--workspace", "--exclude", "tidepool-boot"]);
+    doc(&host)?;
+    let mut kernel = private.to_vec();
+    kernel.extend(["--target", tools::KERNEL_TARGET]);
+    kernel.extend(kernel_crates());
+    doc(&kernel)
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).

@@ -1,13 +1,15 @@
 //! The bounded wait for a device register's status flag, shared by every
-//! driver that polls one (the UARTs, the GIC): a device that never sets
-//! the flag is an error the driver reports, never a hang.
+//! driver that polls one (the UARTs, the GIC, the uSDHC's line wait): a
+//! device that never sets the flag is an error the driver reports, never
+//! a hang.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
 /// How many times a status register is polled before a wait is given up:
 /// about a second of device (or trapped, emulated) register reads, far
-/// longer than a UART character or a GIC register write takes.
+/// longer than a UART character, a GIC register write or an SD card's
+/// busy line takes.
 pub const POLL_LIMIT: u32 = 1 << 20;
 
 /// Polls `done` (a status register's flag) until it holds, at most

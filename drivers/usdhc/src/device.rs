@@ -33,10 +33,6 @@ const ERROR_BITS: u32 = 0xffff_8000;
 /// The watermarks Linux's i.MX driver programs for DMA: 64 words and
 /// bursts of 16, both ways.
 const WATERMARKS: u32 = 0x1040_1040;
-/// Reads of `PRES_STATE` before a busy CMD or DAT line is reported (the
-/// I/O path has no clock; a card holds DAT0 busy after a write for at most
-/// 250 ms, which the controller already waited out for transfer complete).
-const LINE_SPINS: u32 = 100_000;
 /// The identification-mode clock (SD spec: at most 400 kHz).
 const IDENTIFICATION_HZ: u32 = 400_000;
 /// How long ACMD41 may take to report the card ready (SD spec: 1 s).
@@ -181,19 +177,17 @@ fn recover<C: Controller>(ctl: &mut C, multi_block: bool) {
     }
 }
 
-/// Waits (bounded by [`LINE_SPINS`]) until the lines `cmd` needs are free.
+/// Waits until the lines `cmd` needs are free, or fails with `PRES_STATE`.
+/// The wait is counted in reads ([`tidepool_poll::POLL_LIMIT`]): the I/O
+/// path has no clock, and a card holds DAT0 busy after a write for at most
+/// 250 ms, which the controller already waited out for transfer complete.
 fn wait_lines<C: Controller>(ctl: &C, cmd: Command) -> Result<(), u32> {
     let mut busy = PRES_STATE::CIHB::SET.value;
     if cmd.data || cmd.response == Response::R1b {
         busy |= PRES_STATE::CDIHB::SET.value;
     }
-    for _ in 0..LINE_SPINS {
-        let state = ctl.read(Reg::PresState);
-        if state & busy == 0 {
-            return Ok(());
-        }
-    }
-    Err(ctl.read(Reg::PresState))
+    tidepool_poll::poll_until(|| ctl.read(Reg::PresState) & busy == 0, ())
+        .map_err(|()| ctl.read(Reg::PresState))
 }
 
 impl<'a, C: Controller> SdCard<'a, C> {

@@ -9,8 +9,8 @@
 //! | offset                          | what                                   |
 //! |---------------------------------|----------------------------------------|
 //! | 0                               | descriptor table, 16 bytes × size      |
-//! | 16 × size                       | available ring: flags, idx, ring[size], used_event |
-//! | next multiple of 4096           | used ring: flags, idx, ring[size] of (id, len), avail_event |
+//! | 16 × size                       | available ring: flags, idx, ring\[size\], used_event |
+//! | next multiple of 4096           | used ring: flags, idx, ring\[size\] of (id, len), avail_event |
 //!
 //! That is the legacy layout with `QueueAlign` = 4096 (§2.7 "Legacy
 //! Interfaces"), and it meets the modern alignments (16, 2, 4) too.

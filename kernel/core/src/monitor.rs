@@ -208,7 +208,7 @@ impl Monitor {
         }
     }
 
-    /// Runs `f` on the block device called `name` (see [`matches`]).
+    /// Runs `f` on the block device called `name` (see [`matches()`]).
     fn with_disk(&mut self, name: &str, f: impl FnOnce(&mut AnyDisk, &mut Dma)) {
         match self.disks.iter_mut().find(|d| matches(d, name)) {
             Some(disk) => f(disk, &mut self.dma),

@@ -31,8 +31,8 @@ pub const LOWER_HALF_END: u64 = 1 << 48;
 /// First address of the upper (TTBR1) half with T1SZ = 16.
 pub const UPPER_HALF_START: u64 = 0xffff_0000_0000_0000;
 
-/// Address bits below each level's index: level 0 indexes bits [47:39],
-/// level 1 [38:30], level 2 [29:21], level 3 [20:12].
+/// Address bits below each level's index: level 0 indexes bits \[47:39\],
+/// level 1 \[38:30\], level 2 \[29:21\], level 3 \[20:12\].
 const LEVEL_SHIFT: [u32; 4] = [39, 30, 21, 12];
 
 /// Translation levels; the root is level 0.

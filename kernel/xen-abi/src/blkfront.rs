@@ -32,12 +32,12 @@ pub const VDISK_READONLY: u32 = 4;
 /// after a watch event or a bounded wait of the store channel without one,
 /// before giving up. The back end may wait for dom0's hotplug script (a bash
 /// script, seconds under emulation) before it connects.
-pub const STATE_EVENTS_MAX: u32 = 24;
+const STATE_EVENTS_MAX: u32 = 24;
 /// The same for a back end that is closing: it answers from its own
 /// xenstore watch, with no script to wait for, so a back end that does not
 /// (its domain died) holds the front end's close (and so the guest's
 /// power-off, or its console monitor) for a few waits, not two minutes.
-pub const CLOSE_EVENTS_MAX: u32 = 3;
+const CLOSE_EVENTS_MAX: u32 = 3;
 
 /// `enum xenbus_state`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -494,8 +494,8 @@ pub fn set_state<C: StoreChannel>(
 /// `want` (or past it: Initialised or Connected for InitWait, Closed for
 /// Closing). Closing or Closed on the way is
 /// [`BlkfrontError::BackendClosed`] unless that is what is wanted. Gives up
-/// with [`BlkfrontError::StateTimeout`] after [`STATE_EVENTS_MAX`] looks
-/// ([`CLOSE_EVENTS_MAX`] for Closing or Closed).
+/// with [`BlkfrontError::StateTimeout`] after `STATE_EVENTS_MAX` looks
+/// (`CLOSE_EVENTS_MAX` for Closing or Closed).
 pub fn wait_for_backend<C: StoreChannel>(
     xs: &mut Xenstore<'_, C>,
     vbd: &Vbd,

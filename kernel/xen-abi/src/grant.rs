@@ -683,7 +683,8 @@ impl<'a> GrantTable<'a> {
             self.free[index / BITS] |= 1 << (index % BITS);
         }
         self.free_count += entries.len().saturating_sub(first);
-        self.first_free_word = self.first_free_word.min(first / BITS);
+        // `first_free_word` needs no update: it is never past the old
+        // entries' last word, so never past the new entries' first.
         self.entries = entries;
         Ok(())
     }

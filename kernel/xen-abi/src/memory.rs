@@ -18,9 +18,10 @@ pub const XENMAPSPACE_grant_table: u32 = 1;
 ///
 /// Xen replaces whatever the frame held, so naming a frame is `unsafe`: a
 /// frame of the kernel's own RAM would vanish from under whoever uses it.
-/// Only [`VacantFrame::new`] (the owner's promise) and a successful
+/// Only [`VacantFrame::new`] (the owner's promise), a successful
 /// [`Hypervisor::grant_unmap`](crate::Hypervisor::grant_unmap) (which
-/// hands the frame back) make one. It is neither `Clone` nor `Copy`: one
+/// hands the frame back) and a [`GrantRegion`](crate::GrantRegion) (whose
+/// `unsafe` constructor is the promise for the region's frames) make one. It is neither `Clone` nor `Copy`: one
 /// frame, one placement.
 ///
 /// ```compile_fail,E0133
@@ -53,8 +54,9 @@ impl VacantFrame {
         Self { gfn }
     }
 
-    /// A frame a successful unmap handed back: the contract of
-    /// [`VacantFrame::new`] holds again for its former owner.
+    /// A frame whose [`VacantFrame::new`] contract another promise already
+    /// covers: one a successful unmap handed back (it holds again for its
+    /// former owner), or a frame of a [`GrantRegion`](crate::GrantRegion).
     pub(crate) const fn reclaimed(gfn: u64) -> Self {
         Self { gfn }
     }

@@ -62,9 +62,11 @@ impl GrantFrames<'static> for Window {
         let frames = frames.min(self.frames);
         // SAFETY: the window maps the region's first `self.frames` frames
         // read-write as Normal write-back memory for the kernel's lifetime
-        // (checked in `init`), and the table asks only for frames Xen has
-        // placed there (`GrantFrames::entries`; a frame not placed would
-        // fault, not reach other memory); nothing else in the kernel
+        // (checked in `init`). `Window` is private to this module, and its
+        // one user is the `GrantTable` `init` hands it to, which asks only
+        // for frames Xen has placed (`GrantFrames::entries`' promise, kept
+        // by the table's own count of placed frames and host-tested), so
+        // the slice covers Xen's frames only. Nothing else in the kernel
         // uses the region (`GrantRegion::new`'s contract, promised in
         // `init`). Every field of `GrantEntryV1` is an atomic, so sharing
         // the entries with Xen is sound.
@@ -196,8 +198,9 @@ pub fn init(node: &HypervisorNode, map: &AddressMap) -> Result<(), GrantSetupErr
 pub enum GrantTableError {
     /// No grant table (not under Xen, or before [`init`]).
     NotSetUp,
-    /// The table refused (exhausted at its limit, Xen refused a frame to
-    /// grow it, frame beyond 32 bits).
+    /// The table refused: exhausted at its limit, Xen refused a frame to
+    /// grow it, a grown frame's entries were in use or not the table's,
+    /// or the frame is beyond 32 bits.
     Table(GrantError),
 }
 
@@ -244,7 +247,10 @@ fn grant_or_grow(
 /// Grants `domid` access to `frame`, which its owner vouched for, growing
 /// the table when every entry is granted. Fails with
 /// [`GrantError::Exhausted`] at the table's limit, [`GrantError::Grow`] if
-/// Xen refuses a frame. Only the returned [`Grant`] can end the grant.
+/// Xen refuses a frame, [`GrantError::StaleEntry`] or
+/// [`GrantError::WrongEntries`] if a grown frame's entries are in use or
+/// not the table's, [`GrantError::FrameTooLarge`] for a frame beyond 32
+/// bits. Only the returned [`Grant`] can end the grant.
 pub fn grant(
     domid: DomId,
     frame: GrantableFrame,
