@@ -14,7 +14,7 @@ use tidepool_dma::CacheOp;
 use tidepool_usdhc::{AdmaError, InitError, Options, SdCard, SdError, WriteProtect};
 
 use crate::host::{CountingAllocator, DYNAMIC_PHYS, DeviceKind, NC_PHYS, Rig, STATIC_PHYS};
-use crate::sim::{CTOE, DCE, Sim, SimConfig};
+use crate::sim::{CDIHB, CIHB, CTOE, DCE, Sim, SimConfig};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -583,6 +583,62 @@ fn no_card_is_a_command_timeout_during_setup() {
     assert_ne!(registers.int_status & CTOE, 0);
     assert!(error.to_string().contains("command-timeout"), "{error}");
     assert_eq!(rig.usage(), baseline);
+}
+
+/// A controller whose command line never frees is reported at the first
+/// command, after a bounded wait, not waited on for ever.
+#[test]
+fn a_command_line_that_never_frees_is_reported() {
+    let mut rig = Rig::new(false);
+    let sim = Sim::new(
+        SimConfig {
+            stuck_lines: CIHB,
+            ..SimConfig::sdhc()
+        },
+        rig.map,
+    );
+    let baseline = rig.usage();
+    let error = init(&mut rig, &sim, DeviceKind::DynamicPool, Options::default())
+        .err()
+        .unwrap();
+    let InitError::Command(SdError::LineBusy {
+        cmd, pres_state, ..
+    }) = error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(cmd, 0, "the first command of setup");
+    assert_ne!(pres_state & CIHB, 0);
+    assert!(commands(&sim).is_empty(), "no command was sent");
+    assert_eq!(rig.usage(), baseline);
+}
+
+/// A data line that never frees holds back the first command that needs
+/// it (CMD7, SELECT_CARD: its R1b response holds DAT0 busy), and only
+/// that: the commands before it were sent.
+#[test]
+fn a_data_line_that_never_frees_is_reported_at_the_first_data_command() {
+    let mut rig = Rig::new(false);
+    let sim = Sim::new(
+        SimConfig {
+            stuck_lines: CDIHB,
+            ..SimConfig::sdhc()
+        },
+        rig.map,
+    );
+    let error = init(&mut rig, &sim, DeviceKind::DynamicPool, Options::default())
+        .err()
+        .unwrap();
+    let InitError::Command(SdError::LineBusy {
+        cmd, pres_state, ..
+    }) = error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(cmd, 7);
+    assert_eq!(pres_state & (CIHB | CDIHB), CDIHB);
+    assert_eq!(commands(&sim).first(), Some(&0));
+    assert_eq!(commands(&sim).last(), Some(&9), "up to CMD9 (SEND_CSD)");
 }
 
 #[test]

@@ -19,8 +19,8 @@ pub const CC: u32 = 1 << 0;
 pub const TC: u32 = 1 << 1;
 pub const CTOE: u32 = 1 << 16;
 pub const DCE: u32 = 1 << 21;
-const CIHB: u32 = 1 << 0;
-const CDIHB: u32 = 1 << 1;
+pub const CIHB: u32 = 1 << 0;
+pub const CDIHB: u32 = 1 << 1;
 const DLA: u32 = 1 << 2;
 const SDSTB: u32 = 1 << 3;
 const CINST: u32 = 1 << 16;
@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub busy_polls: u32,
     /// Complete data commands as soon as they are issued.
     pub auto_complete: bool,
+    /// `PRES_STATE` inhibit bits that stay set whatever the controller
+    /// does (`CIHB`: the command line never frees; `CDIHB`: the data line).
+    pub stuck_lines: u32,
 }
 
 impl SimConfig {
@@ -58,6 +61,7 @@ impl SimConfig {
             csd_wp: false,
             busy_polls: 3,
             auto_complete: true,
+            stuck_lines: 0,
         }
     }
 
@@ -530,6 +534,7 @@ impl Controller for Sim {
                 if s.pending.is_some() {
                     state |= CIHB | CDIHB | DLA;
                 }
+                state |= s.config.stuck_lines;
                 state
             }
             Reg::ProtCtrl => s.prot_ctrl,
