@@ -585,14 +585,14 @@ fn no_card_is_a_command_timeout_during_setup() {
     assert_eq!(rig.usage(), baseline);
 }
 
-/// A controller whose command line never frees is reported at the first
-/// command, after a bounded wait, not waited on for ever.
-#[test]
-fn a_command_line_that_never_frees_is_reported() {
+/// Sets up a card whose controller keeps the `stuck` inhibit bits set:
+/// the command that waited, `PRES_STATE` then, and the commands sent. The
+/// setup must fail with `LineBusy` and leak nothing.
+fn setup_with_stuck_lines(stuck: u32) -> (u8, u32, Vec<u8>) {
     let mut rig = Rig::new(false);
     let sim = Sim::new(
         SimConfig {
-            stuck_lines: CIHB,
+            stuck_lines: stuck,
             ..SimConfig::sdhc()
         },
         rig.map,
@@ -607,10 +607,18 @@ fn a_command_line_that_never_frees_is_reported() {
     else {
         panic!("{error:?}");
     };
+    assert_eq!(rig.usage(), baseline);
+    (cmd, pres_state, commands(&sim))
+}
+
+/// A controller whose command line never frees is reported at the first
+/// command, after a bounded wait, not waited on for ever.
+#[test]
+fn a_command_line_that_never_frees_is_reported() {
+    let (cmd, pres_state, sent) = setup_with_stuck_lines(CIHB);
     assert_eq!(cmd, 0, "the first command of setup");
     assert_ne!(pres_state & CIHB, 0);
-    assert!(commands(&sim).is_empty(), "no command was sent");
-    assert_eq!(rig.usage(), baseline);
+    assert!(sent.is_empty(), "no command was sent");
 }
 
 /// A data line that never frees holds back the first command that needs
@@ -618,27 +626,11 @@ fn a_command_line_that_never_frees_is_reported() {
 /// that: the commands before it were sent.
 #[test]
 fn a_data_line_that_never_frees_is_reported_at_the_first_data_command() {
-    let mut rig = Rig::new(false);
-    let sim = Sim::new(
-        SimConfig {
-            stuck_lines: CDIHB,
-            ..SimConfig::sdhc()
-        },
-        rig.map,
-    );
-    let error = init(&mut rig, &sim, DeviceKind::DynamicPool, Options::default())
-        .err()
-        .unwrap();
-    let InitError::Command(SdError::LineBusy {
-        cmd, pres_state, ..
-    }) = error
-    else {
-        panic!("{error:?}");
-    };
+    let (cmd, pres_state, sent) = setup_with_stuck_lines(CDIHB);
     assert_eq!(cmd, 7);
     assert_eq!(pres_state & (CIHB | CDIHB), CDIHB);
-    assert_eq!(commands(&sim).first(), Some(&0));
-    assert_eq!(commands(&sim).last(), Some(&9), "up to CMD9 (SEND_CSD)");
+    assert_eq!(sent.first(), Some(&0));
+    assert_eq!(sent.last(), Some(&9), "up to CMD9 (SEND_CSD)");
 }
 
 #[test]
