@@ -387,51 +387,50 @@ fn run_verdict(run: &qemu::Captured) -> Result<()> {
 /// warnings denied.
 fn lint(ws: &Workspace) -> Result<()> {
     tools::ensure_toolchain(ws)?;
-    let cargo = |args: &[&str]| {
-        eprintln!("xtask: cargo {}", args.join(" "));
-        run_checked(Command::new(env!("CARGO")).current_dir(&ws.root).args(args))
+    // `env`: variables set for this cargo run only (and shown before it).
+    let cargo = |env: &[(&str, &str)], args: &[&str]| {
+        let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}=\"{v}\" ")).collect();
+        eprintln!("xtask: {}cargo {}", shown.concat(), args.join(" "));
+        run_checked(
+            Command::new(env!("CARGO"))
+                .current_dir(&ws.root)
+                .envs(env.iter().copied())
+                .args(args),
+        )
     };
-    cargo(&["fmt", "--all", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--quiet",
-        "--workspace",
-        "--exclude",
-        "tidepool-boot",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    cargo(&[], &["fmt", "--all", "--check"])?;
+    cargo(
+        &[],
+        &[
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "tidepool-boot",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     let kernel_crates = || KERNEL_CRATES.iter().flat_map(|package| ["-p", package]);
     let mut kernel = vec!["clippy", "--quiet", "--target", tools::KERNEL_TARGET];
     kernel.extend(kernel_crates());
     kernel.extend(["--", "-D", "warnings"]);
-    cargo(&kernel)?;
+    cargo(&[], &kernel)?;
     // Doc comments are the contracts (`# Safety`) and link each other: a
     // broken or ambiguous link is an error, like a clippy warning. Private
     // items too, and the kernel for its own target, where the modules that
     // touch hardware are compiled in.
-    let doc = |args: &[&str]| {
-        eprintln!(
-            "xtask: RUSTDOCFLAGS=\"-D warnings\" cargo {}",
-            args.join(" ")
-        );
-        run_checked(
-            Command::new(env!("CARGO"))
-                .current_dir(&ws.root)
-                .env("RUSTDOCFLAGS", "-D warnings")
-                .args(args),
-        )
-    };
+    let deny = [("RUSTDOCFLAGS", "-D warnings")];
     let private = ["doc", "--quiet", "--no-deps", "--document-private-items"];
     let mut host = private.to_vec();
     host.extend(["--workspace", "--exclude", "tidepool-boot"]);
-    doc(&host)?;
+    cargo(&deny, &host)?;
     let mut kernel = private.to_vec();
     kernel.extend(["--target", tools::KERNEL_TARGET]);
     kernel.extend(kernel_crates());
-    doc(&kernel)
+    cargo(&deny, &kernel)
 }
 
 /// Every crate that goes into the kernel Image (linted for its target).

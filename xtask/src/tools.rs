@@ -406,6 +406,10 @@ pub fn ensure_free_space(ws: &Workspace, footprint: u64) -> Result<()> {
         );
         return Ok(());
     };
+    // Room for a whole fresh run: no need to size what is built already.
+    if free >= footprint {
+        return Ok(());
+    }
     space_verdict(free, held(ws), footprint, &ws.root)
 }
 

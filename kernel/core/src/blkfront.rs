@@ -293,7 +293,8 @@ pub struct PvDisk {
     /// Each slot's indirect page (with indirect requests; empty otherwise).
     indirect: Vec<Option<SlotMemory>>,
     /// The ring's memory, coherent memory of `dma` granted whole; freed
-    /// (its grants ended) at close.
+    /// (its grants ended) at close, so `None` once [`PvDisk::close`] ran
+    /// ([`PvDisk::is_closed`]).
     ring_memory: Option<CoherentBuffer<'static>>,
     /// Segments of one request: 11, or [`INDIRECT_SEGMENTS`] with indirect
     /// requests.
@@ -306,10 +307,6 @@ pub struct PvDisk {
     /// node removed): the disk closes itself once nothing of it is
     /// outstanding ([`PvDisk::close_if_left`]).
     left: bool,
-    /// [`PvDisk::close`] ran: the ring and the slots' pages are freed, the
-    /// event channel closed. Closing happens once, whoever asks first (the
-    /// back end leaving, or the kernel powering off).
-    closed: bool,
     token: String,
     stats: BlkStats,
 }
@@ -578,7 +575,6 @@ impl PvDisk {
             done: empty_slots(slots),
             broken: None,
             left: false,
-            closed: false,
             token,
             stats: BlkStats::default(),
         })
@@ -694,7 +690,7 @@ impl PvDisk {
     /// detach waits for the front end to close.
     fn close_if_left(&mut self, env: &mut DmaEnv<'_, 'static>) {
         if !self.left
-            || self.closed
+            || self.is_closed()
             || self.inflight.count() > 0
             || self.done.iter().any(Option::is_some)
         {
@@ -711,11 +707,11 @@ impl PvDisk {
     /// back end left closes itself ([`Self::close_if_left`]). Whether the
     /// disk is still open.
     pub fn tend(&mut self, env: &mut DmaEnv<'_, 'static>) -> bool {
-        if !self.closed {
+        if !self.is_closed() {
             self.check_backend();
             self.close_if_left(env);
         }
-        !self.closed
+        !self.is_closed()
     }
 
     /// Starts `op` in a free slot, due by `deadline`; returns its token.
@@ -903,7 +899,7 @@ impl PvDisk {
     /// ring is freed: nothing is read.
     fn harvest(&mut self) -> Completions {
         let mut done = Completions::new();
-        if self.closed {
+        if self.is_closed() {
             return done;
         }
         while self.broken.is_none() || self.answers_in_flight() {
@@ -950,6 +946,13 @@ impl PvDisk {
         done
     }
 
+    /// [`Self::close`] ran: the ring and the slots' pages are freed, the
+    /// event channel closed. Closing happens once, whoever asks first (the
+    /// back end leaving, or the kernel powering off).
+    fn is_closed(&self) -> bool {
+        self.ring_memory.is_none()
+    }
+
     /// Disconnects: goes Closing, waits for the back end to close, goes
     /// Closed, frees the ring and the slots' pages through the DMA layer
     /// (which ends their grants; a grant the back end still maps is leaked
@@ -960,10 +963,10 @@ impl PvDisk {
     /// closed itself when its back end left ([`Self::close_if_left`]) is
     /// not closed again at power-off.
     pub fn close(&mut self, env: &mut DmaEnv<'_, 'static>) {
-        if self.closed {
+        // Taken now, freed once the back end has let go of it.
+        let Some(ring_memory) = self.ring_memory.take() else {
             return;
-        }
-        self.closed = true;
+        };
         if self.inflight.count() > 0 {
             warn!(
                 "blk: {} close with {} requests in flight",
@@ -1015,9 +1018,7 @@ impl PvDisk {
             Err(DmaError::GrantsStillMapped { count, .. }) => still_mapped += count,
             Err(err) => error!("blk: {name} close: {err}"),
         };
-        if let Some(memory) = self.ring_memory.take() {
-            count(self.dma.free_coherent(env, memory));
-        }
+        count(self.dma.free_coherent(env, ring_memory));
         for memory in self.data.iter_mut().chain(self.indirect.iter_mut()) {
             count(match memory.take() {
                 Some(SlotMemory::Idle(buffer)) => self.dma.free_in_pool(env, buffer),
@@ -1099,7 +1100,7 @@ impl BlockDriver<'static> for PvDisk {
     /// one event for a batch.
     fn kick(&mut self, _env: &mut DmaEnv<'_, 'static>) {
         // A closed disk's ring is freed: not even its index is written.
-        if self.ring_memory.is_some() && self.ring.push_requests() {
+        if !self.is_closed() && self.ring.push_requests() {
             self.notify();
             self.stats.notifies += 1;
         }
@@ -1137,7 +1138,7 @@ impl BlockDriver<'static> for PvDisk {
     fn has_completions(&self) -> bool {
         // A closed disk's ring is freed (and nothing is in flight). A ring
         // the back end overran is news: `poll` reports it.
-        self.ring_memory.is_some() && !matches!(self.ring.has_unconsumed_responses(), Ok(false))
+        !self.is_closed() && !matches!(self.ring.has_unconsumed_responses(), Ok(false))
     }
 
     fn poll(&mut self, env: &mut DmaEnv<'_, 'static>) -> Completions {
